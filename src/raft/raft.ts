@@ -952,7 +952,9 @@ export class Raft {
       return false;
     }
     const cs = s.metadata.confState;
-    if (!cs.voters.includes(this.id) && !cs.learners.includes(this.id)) return false;
+    // The snapshot may predate our own AddLearner: we then learn of our membership from the entries
+    // that follow it. A removed member is never sent anything, so it cannot get here.
+    if (cs.removed.includes(this.id)) return false;
     if (this.raftLog.matchTerm(s.metadata.index, s.metadata.term)) {
       // We already have the entry: fast-forward the commit index instead.
       this.raftLog.commitTo(s.metadata.index);
