@@ -1,0 +1,450 @@
+// The driver: runs the Raft core against real storage, a transport and a state machine.
+//
+// One loop, strictly in order for each Ready: persist (synced) → send → apply → advance. The leader sends
+// its appends before its own write finishes (Raft thesis §10.2.1): it cannot count itself for a commit
+// until the next Ready, which only starts after this one's write. Everything that must survive a crash is
+// written through LevelStorage with sync on. Messages, ticks and proposals step the core between the
+// loop's awaits; their effects come out in the next Ready.
+
+import type { Logger } from "pino";
+import type { LevelStorage } from "./level-storage.js";
+import { Raft } from "./raft.js";
+import { CryptoRand } from "./rand.js";
+import { RawNode, type Status } from "./rawnode.js";
+import {
+  type ConfChange,
+  type ConfState,
+  type Entry,
+  EntryType,
+  ErrProposalDropped,
+  type Message,
+  MessageType,
+  NONE,
+  type NodeId,
+  type Rand,
+  type Ready,
+  type SoftState,
+  StateType,
+} from "./types.js";
+
+export interface StateMachine {
+  /** Apply one committed entry's payload, in log order. */
+  apply(data: Uint8Array, index: number): void | Promise<void>;
+  /** Serialise the whole state (as of the last applied index). */
+  snapshot(): Uint8Array | Promise<Uint8Array>;
+  /** Replace the whole state with a snapshot's (empty data: the empty state). */
+  restore(data: Uint8Array, index: number): void | Promise<void>;
+}
+
+export interface Transport {
+  /** Send without waiting. A message that cannot be delivered is reported with node.reportUnreachable. */
+  send(messages: Message[]): void;
+}
+
+/** Where a test may make the loop die, as a crash would. */
+export type CrashPoint = "beforePersist" | "afterPersist" | "afterSend" | "afterApply";
+
+export interface RaftNodeOptions {
+  id: NodeId;
+  storage: LevelStorage;
+  stateMachine: StateMachine;
+  transport: Transport;
+  /** Milliseconds per tick (default 100). */
+  tickMs?: number;
+  electionTick?: number;
+  heartbeatTick?: number;
+  /** Snapshot the state machine every N applied entries (default 10,000). */
+  snapshotInterval?: number;
+  /** Entries kept behind a snapshot for slow followers (default 500). */
+  keepTail?: number;
+  /** How long a proposal may wait to be applied (default 10 s). */
+  proposalTimeoutMs?: number;
+  maxSnapshotChunk?: number;
+  rand?: Rand;
+  logger?: Logger;
+  onConfChange?: (cc: ConfChange, cs: ConfState, index: number) => void;
+  onSoftState?: (ss: SoftState) => void;
+  /** Tests only: throw at this point of the loop, like a crash. */
+  crashAt?: (point: CrashPoint, rd: Ready) => boolean;
+}
+
+/** Entries carry [proposer id f64][sequence f64] before the payload, so a proposer can tell its own. */
+const HEADER = 16;
+
+interface Pending {
+  resolve: (index: number) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+interface PendingRead {
+  ctx: string;
+  index: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class NodeStoppedError extends Error {
+  constructor() {
+    super("raft node is stopped");
+  }
+}
+
+export class SimulatedCrash extends Error {}
+
+export class RaftNode {
+  readonly id: NodeId;
+  readonly rawNode: RawNode;
+  private readonly opts: RaftNodeOptions;
+  private readonly storage: LevelStorage;
+  private readonly sm: StateMachine;
+  private readonly log: Logger | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private running = false;
+  private scheduled = false;
+  private stopped = false;
+  private seq = 0;
+  private pending = new Map<number, Pending>();
+  private reads: PendingRead[] = [];
+  private readSeq = 0;
+  appliedIndex: number;
+  private snapshotIndex: number;
+  /** The loop failed (storage error, or a simulated crash): the node is dead. */
+  fatal: Error | undefined;
+  private idleWaiters: (() => void)[] = [];
+
+  private constructor(opts: RaftNodeOptions, applied: number) {
+    this.opts = opts;
+    this.id = opts.id;
+    this.storage = opts.storage;
+    this.sm = opts.stateMachine;
+    this.log = opts.logger;
+    this.appliedIndex = applied;
+    this.snapshotIndex = applied;
+    this.rawNode = new RawNode({
+      id: opts.id,
+      storage: opts.storage.mem,
+      rand: opts.rand ?? new CryptoRand(),
+      applied,
+      ...(opts.electionTick !== undefined ? { electionTick: opts.electionTick } : {}),
+      ...(opts.heartbeatTick !== undefined ? { heartbeatTick: opts.heartbeatTick } : {}),
+      ...(opts.maxSnapshotChunk !== undefined ? { maxSnapshotChunk: opts.maxSnapshotChunk } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+    });
+  }
+
+  /** Restore the state machine from the stored snapshot and start ticking. Committed entries after the
+   * snapshot are re-applied by the loop. */
+  static async start(opts: RaftNodeOptions): Promise<RaftNode> {
+    const snap = opts.storage.mem.snapshot();
+    await opts.stateMachine.restore(snap.data, snap.metadata.index);
+    const node = new RaftNode(opts, snap.metadata.index);
+    const tickMs = opts.tickMs ?? 100;
+    node.ticker = setInterval(() => node.tick(), tickMs);
+    node.ticker.unref?.();
+    node.kick();
+    return node;
+  }
+
+  // ------------------------------------------------------------------ inputs
+
+  tick(): void {
+    if (this.stopped) return;
+    this.rawNode.tick();
+    this.kick();
+  }
+
+  /** Deliver a message from a peer. */
+  step(m: Message): void {
+    if (this.stopped) return;
+    this.rawNode.step(m);
+    this.kick();
+  }
+
+  campaign(): void {
+    if (this.stopped) return;
+    this.rawNode.campaign();
+    this.kick();
+  }
+
+  reportUnreachable(id: NodeId): void {
+    if (this.stopped) return;
+    this.rawNode.reportUnreachable(id);
+  }
+
+  transferLeadership(to: NodeId): void {
+    this.rawNode.transferLeadership(to);
+    this.kick();
+  }
+
+  /** Propose data; resolves with its index once it is committed and applied here. */
+  propose(data: Uint8Array): Promise<number> {
+    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    const seq = ++this.seq;
+    const framed = new Uint8Array(HEADER + data.length);
+    const dv = new DataView(framed.buffer);
+    dv.setFloat64(0, this.id);
+    dv.setFloat64(8, seq);
+    framed.set(data, HEADER);
+    return new Promise<number>((resolve, reject) => {
+      try {
+        this.rawNode.propose(framed);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(seq);
+        reject(new ErrProposalDropped("timed out waiting for the proposal to commit"));
+      }, this.opts.proposalTimeoutMs ?? 10_000);
+      this.pending.set(seq, { resolve, reject, timer });
+      this.kick();
+    });
+  }
+
+  /** Propose a membership change; resolves once it is applied here. */
+  proposeConfChange(cc: ConfChange): Promise<ConfState> {
+    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    return new Promise<ConfState>((resolve, reject) => {
+      try {
+        this.rawNode.proposeConfChange(cc);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.confWaiters = this.confWaiters.filter((w) => w.resolve !== resolve);
+        reject(new ErrProposalDropped("timed out waiting for the membership change to commit"));
+      }, this.opts.proposalTimeoutMs ?? 10_000);
+      this.confWaiters.push({ cc, resolve, reject, timer });
+      this.kick();
+    });
+  }
+
+  private confWaiters: {
+    cc: ConfChange;
+    resolve: (cs: ConfState) => void;
+    reject: (e: Error) => void;
+    timer: NodeJS.Timeout;
+  }[] = [];
+
+  /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
+  readBarrier(timeoutMs = 5_000): Promise<void> {
+    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    const ctx = `${this.id}:${++this.readSeq}`;
+    return new Promise<void>((resolve, reject) => {
+      try {
+        this.rawNode.readIndex(new TextEncoder().encode(ctx));
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.reads = this.reads.filter((r) => r.ctx !== ctx);
+        reject(new ErrProposalDropped("timed out waiting for a read index from the leader"));
+      }, timeoutMs);
+      this.reads.push({ ctx, index: -1, resolve, reject, timer });
+      this.kick();
+    });
+  }
+
+  status(): Status {
+    return this.rawNode.status();
+  }
+
+  get isLeader(): boolean {
+    return this.rawNode.raft.state === StateType.Leader;
+  }
+
+  get leader(): NodeId {
+    return this.rawNode.raft.lead;
+  }
+
+  /** Resolves when the loop has nothing left to do (tests). */
+  idle(): Promise<void> {
+    if (!this.running && !this.scheduled) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  /** Stop ticking and processing; pending proposals fail. Does not close the storage. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.ticker) clearInterval(this.ticker);
+    await this.idle();
+    this.failAll(new NodeStoppedError());
+  }
+
+  // ------------------------------------------------------------------ the loop
+
+  private kick(): void {
+    if (this.running || this.scheduled || this.fatal) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.loop();
+    });
+  }
+
+  private async loop(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (!this.fatal && this.rawNode.hasReady()) {
+        await this.handle(this.rawNode.ready());
+      }
+    } catch (e) {
+      this.fatal = e instanceof Error ? e : new Error(String(e));
+      this.stopped = true;
+      if (this.ticker) clearInterval(this.ticker);
+      if (!(e instanceof SimulatedCrash)) this.log?.error({ err: this.fatal }, "raft loop failed; node stopped");
+      this.failAll(this.fatal);
+    } finally {
+      this.running = false;
+      if (!this.scheduled) {
+        const w = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const r of w) r();
+      }
+    }
+  }
+
+  private crash(point: CrashPoint, rd: Ready): void {
+    if (this.opts.crashAt?.(point, rd)) throw new SimulatedCrash(`simulated crash ${point}`);
+  }
+
+  private async handle(rd: Ready): Promise<void> {
+    if (rd.softState) {
+      this.opts.onSoftState?.(rd.softState);
+      if (rd.softState.state !== StateType.Leader && rd.softState.lead === NONE) this.failReadsOnLeaderLoss();
+    }
+    const isLeader = this.rawNode.raft.state === StateType.Leader;
+    const early: Message[] = [];
+    const late: Message[] = [];
+    for (const m of rd.messages) {
+      if (isLeader && (m.type === MessageType.App || m.type === MessageType.Snap)) early.push(m);
+      else late.push(m);
+    }
+    if (early.length > 0) this.opts.transport.send(early);
+    this.crash("beforePersist", rd);
+    if (rd.hardState || rd.entries.length > 0 || rd.snapshot) {
+      await this.storage.save(
+        {
+          ...(rd.hardState ? { hardState: rd.hardState } : {}),
+          entries: rd.entries,
+          ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
+        },
+        rd.mustSync,
+      );
+    }
+    this.crash("afterPersist", rd);
+    if (late.length > 0) this.opts.transport.send(late);
+    this.crash("afterSend", rd);
+    if (rd.snapshot) {
+      await this.sm.restore(rd.snapshot.data, rd.snapshot.metadata.index);
+      this.appliedIndex = rd.snapshot.metadata.index;
+      this.snapshotIndex = rd.snapshot.metadata.index;
+    }
+    for (const e of rd.committedEntries) await this.applyEntry(e);
+    this.crash("afterApply", rd);
+    this.rawNode.advance(rd);
+    for (const rs of rd.readStates) {
+      const ctx = new TextDecoder().decode(rs.ctx);
+      const r = this.reads.find((x) => x.ctx === ctx);
+      if (r) r.index = rs.index;
+    }
+    this.serveReads();
+    await this.maybeSnapshot();
+  }
+
+  private async applyEntry(e: Entry): Promise<void> {
+    if (e.type === EntryType.ConfChange) {
+      const cc = Raft.decodeConfChange(e);
+      const cs = this.rawNode.applyConfChange(cc);
+      this.opts.onConfChange?.(cc, cs, e.index);
+      const w = this.confWaiters.find((x) => x.cc.type === cc.type && x.cc.nodeId === cc.nodeId);
+      if (w) {
+        clearTimeout(w.timer);
+        this.confWaiters = this.confWaiters.filter((x) => x !== w);
+        w.resolve(cs);
+      }
+    } else if (e.data.length >= HEADER) {
+      const dv = new DataView(e.data.buffer, e.data.byteOffset, e.data.byteLength);
+      const proposer = dv.getFloat64(0);
+      const seq = dv.getFloat64(8);
+      await this.sm.apply(e.data.subarray(HEADER), e.index);
+      if (proposer === this.id) {
+        const p = this.pending.get(seq);
+        if (p) {
+          clearTimeout(p.timer);
+          this.pending.delete(seq);
+          p.resolve(e.index);
+        }
+      }
+    }
+    this.appliedIndex = e.index;
+  }
+
+  private serveReads(): void {
+    if (this.reads.length === 0) return;
+    const keep: PendingRead[] = [];
+    for (const r of this.reads) {
+      if (r.index >= 0 && r.index <= this.appliedIndex) {
+        clearTimeout(r.timer);
+        r.resolve();
+      } else {
+        keep.push(r);
+      }
+    }
+    this.reads = keep;
+  }
+
+  private failReadsOnLeaderLoss(): void {
+    // A read index granted by a leader stays valid; requests still waiting for one are lost with it.
+    const keep: PendingRead[] = [];
+    for (const r of this.reads) {
+      if (r.index < 0) {
+        clearTimeout(r.timer);
+        r.reject(new ErrProposalDropped("leader lost while waiting for a read index"));
+      } else {
+        keep.push(r);
+      }
+    }
+    this.reads = keep;
+  }
+
+  private async maybeSnapshot(): Promise<void> {
+    const interval = this.opts.snapshotInterval ?? 10_000;
+    if (this.appliedIndex - this.snapshotIndex < interval) return;
+    const index = this.appliedIndex;
+    const data = await this.sm.snapshot();
+    await this.storage.createSnapshot(index, this.rawNode.raft.confState(), data, this.opts.keepTail ?? 500);
+    this.snapshotIndex = index;
+    this.log?.info({ index, bytes: data.length }, "snapshot taken");
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+    for (const r of this.reads) {
+      clearTimeout(r.timer);
+      r.reject(err);
+    }
+    this.reads = [];
+    for (const w of this.confWaiters) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+    this.confWaiters = [];
+  }
+}
+
+/** Strip the driver's framing from an entry (for tools that read the log directly). */
+export function entryPayload(e: Entry): Uint8Array | undefined {
+  if (e.type !== EntryType.Normal || e.data.length < HEADER) return undefined;
+  return e.data.subarray(HEADER);
+}
