@@ -571,7 +571,12 @@ export class Raft {
   // ---------------------------------------------------------------- step
 
   step(m: Message): void {
-    if (m.from !== NONE && m.from !== this.id && this.removed.has(m.from)) return;
+    if (m.from !== NONE && m.from !== this.id && this.removed.has(m.from)) {
+      // A removed leader's last word is the TimeoutNow that hands leadership over: we may already have
+      // applied its removal when it arrives.
+      const handover = m.type === MessageType.TimeoutNow && m.term === this.term && m.from === this.lead;
+      if (!handover) return;
+    }
 
     if (m.term === 0) {
       // local message
