@@ -1,11 +1,14 @@
 // The driver: runs the Raft core against real storage, a transport and a state machine.
 //
 // One loop, strictly in order for each Ready: persist (synced) → send → apply → advance. The leader sends
-// its appends before its own write finishes (Raft thesis §10.2.1): it cannot count itself for a commit
-// until the next Ready, which only starts after this one's write. Everything that must survive a crash is
+// its appends before its own write finishes (Raft thesis §10.2.1). The core counts the leader's own new
+// entries towards a commit as soon as they are appended, before they are on disk; that is safe only
+// because this loop handles one Ready at a time: a commit index that depends on them is neither sent nor
+// applied before the next Ready, which starts after this one's write has finished. Keep it that way. Everything that must survive a crash is
 // written through LevelStorage with sync on. Messages, ticks and proposals step the core between the
 // loop's awaits; their effects come out in the next Ready.
 
+import { randomInt } from "node:crypto";
 import type { Logger } from "pino";
 import type { LevelStorage } from "./level-storage.js";
 import { Raft } from "./raft.js";
@@ -28,8 +31,8 @@ import {
 } from "./types.js";
 
 export interface StateMachine {
-  /** Apply one committed entry's payload, in log order. */
-  apply(data: Uint8Array, index: number): void | Promise<void>;
+  /** Apply one committed entry's payload, in log order. What it returns reaches the proposer. */
+  apply(data: Uint8Array, index: number): unknown;
   /** Serialise the whole state (as of the last applied index). */
   snapshot(): Uint8Array | Promise<Uint8Array>;
   /** Replace the whole state with a snapshot's (empty data: the empty state). */
@@ -68,11 +71,15 @@ export interface RaftNodeOptions {
   crashAt?: (point: CrashPoint, rd: Ready) => boolean;
 }
 
-/** Entries carry [proposer id f64][sequence f64] before the payload, so a proposer can tell its own. */
+/**
+ * Entries carry [proposer run id f64][sequence f64] before the payload, so a proposer can tell its own.
+ * The run id is random for every RaftNode instance: after a restart, entries of the previous run that are
+ * re-applied (or committed late) must not resolve this run's proposals.
+ */
 const HEADER = 16;
 
 interface Pending {
-  resolve: (index: number) => void;
+  resolve: (r: { index: number; result: unknown }) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
 }
@@ -105,6 +112,7 @@ export class RaftNode {
   private scheduled = false;
   private stopped = false;
   private seq = 0;
+  private readonly runId = randomInt(1, 2 ** 48 - 1);
   private pending = new Map<number, Pending>();
   private reads: PendingRead[] = [];
   private readSeq = 0;
@@ -179,15 +187,20 @@ export class RaftNode {
   }
 
   /** Propose data; resolves with its index once it is committed and applied here. */
-  propose(data: Uint8Array): Promise<number> {
+  async propose(data: Uint8Array): Promise<number> {
+    return (await this.proposeWithResult(data)).index;
+  }
+
+  /** Propose data; resolves once it is applied here, with what the state machine's apply returned. */
+  proposeWithResult(data: Uint8Array): Promise<{ index: number; result: unknown }> {
     if (this.stopped) return Promise.reject(new NodeStoppedError());
     const seq = ++this.seq;
     const framed = new Uint8Array(HEADER + data.length);
     const dv = new DataView(framed.buffer);
-    dv.setFloat64(0, this.id);
+    dv.setFloat64(0, this.runId);
     dv.setFloat64(8, seq);
     framed.set(data, HEADER);
-    return new Promise<number>((resolve, reject) => {
+    return new Promise<{ index: number; result: unknown }>((resolve, reject) => {
       try {
         this.rawNode.propose(framed);
       } catch (e) {
@@ -373,13 +386,13 @@ export class RaftNode {
       const dv = new DataView(e.data.buffer, e.data.byteOffset, e.data.byteLength);
       const proposer = dv.getFloat64(0);
       const seq = dv.getFloat64(8);
-      await this.sm.apply(e.data.subarray(HEADER), e.index);
-      if (proposer === this.id) {
+      const result = await this.sm.apply(e.data.subarray(HEADER), e.index);
+      if (proposer === this.runId) {
         const p = this.pending.get(seq);
         if (p) {
           clearTimeout(p.timer);
           this.pending.delete(seq);
-          p.resolve(e.index);
+          p.resolve({ index: e.index, result });
         }
       }
     }
