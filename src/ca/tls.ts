@@ -1,0 +1,312 @@
+// gRPC TLS for :2377. Client certificates are optional at the TLS level so that a node without one can
+// fetch the root CA and ask for a certificate with a join token; authorisation is decided per RPC from
+// peerRole(call). Servers are addressed by IP, so clients check the chain against the swarm root and
+// that the server's OU is swarm-manager, instead of matching a host name.
+//
+// grpc-js facts this file relies on (1.14):
+// - ServerCredentials.createSsl(root, pairs, true) sets requestCert and leaves Node's
+//   rejectUnauthorized default (true): a client WITHOUT a certificate is refused. With `false` no client
+//   certificate is requested at all. Neither is "optional". experimental.
+//   createCertificateProviderServerCredentials(..., requireClientCertificate=false) gives requestCert:true
+//   + rejectUnauthorized:false: a client may present a certificate or not. (Its first two parameters are
+//   passed swapped to the constructor in 1.14.7; we give one provider that serves both, so it does not
+//   matter.) A CertificateProvider must deliver its first update asynchronously: grpc-js reads the
+//   context before it registers its watcher, so a synchronous first update is lost and every
+//   connection is dropped ("due to unloaded credentials").
+// - call.getAuthContext().sslPeerCertificate is set only if the TLS socket is `authorized` (chain verified
+//   against the server's CA); a client without a certificate and a client with a certificate from
+//   another CA look the same to a handler ({}). Node has no "verify the client certificate if given"
+//   mode (Go's tls.VerifyClientCertIfGiven): with rejectUnauthorized:false a bad certificate still
+//   completes the handshake. listenTLS() below closes such connections itself.
+// - ChannelCredentials.createSsl(..., { rejectUnauthorized: false }) really skips verification (grpc-js
+//   checks `authorized` only when rejectUnauthorized is not false); checkServerIdentity replaces Node's
+//   host-name check and runs only after the chain verified.
+
+import { X509Certificate as NodeX509Certificate } from "node:crypto";
+import * as tls from "node:tls";
+import { ChannelCredentials, type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
+import { MANAGER_OU, type NodeRole, parseNodeCert } from "./certs.js";
+
+/** The identity of an authenticated peer. */
+export interface PeerIdentity {
+  nodeId: string;
+  role: NodeRole;
+  clusterId: string;
+}
+
+/** TLS material of a node: the swarm root CA bundle and the node's own certificate and key (PEM). */
+export interface TLSMaterial {
+  rootPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+/**
+ * Channel options to use with clientCredentials: grpc-js otherwise sends the target IP as TLS SNI,
+ * which Node warns about (DEP0123, RFC 6066 forbids IP server names). Host-name checking is ours anyway.
+ */
+export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = { "grpc.ssl_target_name_override": MANAGER_OU };
+
+const TLS_MIN_VERSION = "TLSv1.2";
+
+// ---------------------------------------------------------------------------------------------------
+// Server
+
+/** A grpc-js CertificateProvider holding fixed PEMs that can be replaced (certificate renewal). */
+class StaticCertificateProvider implements experimental.CertificateProvider {
+  private ca: experimental.CaCertificateUpdate;
+  private identity: experimental.IdentityCertificateUpdate;
+  private readonly caListeners = new Set<experimental.CaCertificateUpdateListener>();
+  private readonly identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
+
+  constructor(m: TLSMaterial) {
+    this.ca = { caCertificate: Buffer.from(m.rootPem) };
+    this.identity = { certificate: Buffer.from(m.certPem), privateKey: Buffer.from(m.keyPem) };
+  }
+
+  update(m: TLSMaterial): void {
+    this.ca = { caCertificate: Buffer.from(m.rootPem) };
+    this.identity = { certificate: Buffer.from(m.certPem), privateKey: Buffer.from(m.keyPem) };
+    for (const l of this.caListeners) l(this.ca);
+    for (const l of this.identityListeners) l(this.identity);
+  }
+
+  /**
+   * grpc-js registers its context watcher only after adding these listeners and reads the context
+   * before that: an update delivered synchronously would be lost and every connection dropped.
+   */
+  private deliverLater(f: () => void): void {
+    queueMicrotask(f);
+  }
+
+  addCaCertificateListener(l: experimental.CaCertificateUpdateListener): void {
+    this.caListeners.add(l);
+    this.deliverLater(() => this.caListeners.has(l) && l(this.ca));
+  }
+  removeCaCertificateListener(l: experimental.CaCertificateUpdateListener): void {
+    this.caListeners.delete(l);
+  }
+  addIdentityCertificateListener(l: experimental.IdentityCertificateUpdateListener): void {
+    this.identityListeners.add(l);
+    this.deliverLater(() => this.identityListeners.has(l) && l(this.identity));
+  }
+  removeIdentityCertificateListener(l: experimental.IdentityCertificateUpdateListener): void {
+    this.identityListeners.delete(l);
+  }
+}
+
+/** Server credentials whose certificates can be replaced without rebinding (after renewal). */
+export interface ReloadableServerCredentials {
+  credentials: ServerCredentials;
+  update(m: TLSMaterial): void;
+}
+
+export function reloadableServerCredentials(m: TLSMaterial): ReloadableServerCredentials {
+  checkMaterial(m);
+  const provider = new StaticCertificateProvider(m);
+  return {
+    credentials: experimental.createCertificateProviderServerCredentials(provider, provider, false),
+    update: (next) => {
+      checkMaterial(next);
+      provider.update(next);
+    },
+  };
+}
+
+/**
+ * Credentials for `server.bindAsync`. Client certificates are requested but optional: callers with a
+ * certificate from `rootPem` are identified by peerRole(); callers without one, AND callers with a
+ * certificate from another CA, are anonymous (peerRole → null) and can still reach RPCs that allow it.
+ * To refuse foreign certificates at the TLS level, use listenTLS() instead.
+ */
+export function serverCredentials(rootPem: string, certPem: string, keyPem: string): ServerCredentials {
+  return reloadableServerCredentials({ rootPem, certPem, keyPem }).credentials;
+}
+
+export interface TLSListener {
+  readonly host: string;
+  /** The bound port (useful when listening on port 0). */
+  readonly port: number;
+  /** Replaces the root bundle and/or server certificate for new connections (after renewal). */
+  update(m: TLSMaterial): void;
+  /** Stops accepting, closes this listener's HTTP/2 sessions, and waits for its connections to end. */
+  close(): Promise<void>;
+}
+
+export interface ListenTLSOptions extends TLSMaterial {
+  host: string;
+  port: number;
+}
+
+/**
+ * Serves `server` on host:port with TLS done by shoal, then hands the connection to grpc-js
+ * (server.createConnectionInjector). Like Go's tls.VerifyClientCertIfGiven: a client without a
+ * certificate is accepted (anonymous); a client whose certificate does not verify against the root
+ * bundle (another swarm, expired, self-signed) is disconnected right after the handshake, before any
+ * RPC. Use this for :2377; do not also bindAsync the same server unless you want both behaviours.
+ */
+export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise<TLSListener> {
+  checkMaterial(opts);
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  const sockets = new Set<tls.TLSSocket>();
+  const tlsServer = tls.createServer({
+    ...secureContextOptions(opts),
+    requestCert: true,
+    rejectUnauthorized: false,
+    ALPNProtocols: ["h2"],
+    minVersion: TLS_MIN_VERSION,
+  });
+  tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
+    socket.on("error", () => {
+      // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.
+    });
+    if (!socket.authorized && presentedCertificate(socket)) {
+      socket.destroy();
+      return;
+    }
+    if (socket.alpnProtocol !== "h2") {
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    injector.injectConnection(socket);
+  });
+  tlsServer.on("tlsClientError", () => {
+    // A failed handshake concerns only that client.
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    tlsServer.once("error", onError);
+    tlsServer.listen(opts.port, opts.host, () => {
+      tlsServer.off("error", onError);
+      resolve();
+    });
+  });
+  const addr = tlsServer.address();
+  const port = typeof addr === "object" && addr !== null ? addr.port : opts.port;
+
+  let closed: Promise<void> | null = null;
+  return {
+    host: opts.host,
+    port,
+    update(m: TLSMaterial): void {
+      checkMaterial(m);
+      tlsServer.setSecureContext(secureContextOptions(m));
+    },
+    close(): Promise<void> {
+      if (closed === null) {
+        closed = new Promise<void>((resolve) => {
+          tlsServer.close(() => resolve());
+          injector.destroy();
+          // Sessions get a graceful GOAWAY from injector.destroy(); do not let a stuck peer hold close().
+          const timer = setTimeout(() => {
+            for (const s of sockets) s.destroy();
+          }, 1000);
+          timer.unref();
+        });
+      }
+      return closed;
+    },
+  };
+}
+
+function secureContextOptions(m: TLSMaterial): tls.SecureContextOptions {
+  return { ca: m.rootPem, cert: m.certPem, key: m.keyPem };
+}
+
+function presentedCertificate(socket: tls.TLSSocket): boolean {
+  const peer = socket.getPeerCertificate();
+  return peer !== null && typeof peer === "object" && Buffer.isBuffer(peer.raw);
+}
+
+function checkMaterial(m: TLSMaterial): void {
+  // Fail here with a clear message rather than later inside a TLS handshake.
+  tls.createSecureContext(secureContextOptions(m));
+}
+
+/** The part of a grpc-js server call peerRole needs (every server call type has it). */
+export interface CallWithAuthContext {
+  getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } | undefined } | null;
+}
+
+/**
+ * The verified identity of the caller, or null if it presented no certificate (or one grpc-js did not
+ * accept as verified against the root bundle, or one with an OU shoal does not issue). grpc-js exposes
+ * the peer certificate only for `authorized` TLS connections, so a non-null result is chain-verified.
+ */
+export function peerRole(call: CallWithAuthContext): PeerIdentity | null {
+  const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+  if (!Buffer.isBuffer(raw)) return null;
+  try {
+    const { nodeId, role, clusterId } = parseNodeCert(raw);
+    return { nodeId, role, clusterId };
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Client
+
+/**
+ * Credentials for talking to a manager: the server's certificate must chain to `rootPem` and carry
+ * OU=swarm-manager (no host-name check: managers are addressed by IP). With certPem/keyPem the client
+ * authenticates as that node; without, it is anonymous (e.g. to request a certificate with a token).
+ * Pass CLIENT_CHANNEL_OPTIONS to the client constructor.
+ */
+export function clientCredentials(rootPem: string, certPem?: string, keyPem?: string): ChannelCredentials {
+  if ((certPem === undefined) !== (keyPem === undefined)) {
+    throw new TypeError("clientCredentials: certPem and keyPem must be given together");
+  }
+  const roots = parseTrustedRoots(rootPem);
+  return ChannelCredentials.createSsl(
+    Buffer.from(rootPem),
+    keyPem === undefined ? null : Buffer.from(keyPem),
+    certPem === undefined ? null : Buffer.from(certPem),
+    {
+      checkServerIdentity: (_host: string, cert: tls.PeerCertificate): Error | undefined =>
+        checkManagerCertificate(roots, cert),
+    },
+  );
+}
+
+/**
+ * Credentials that do not verify the server at all: only for fetching the root CA before joining, after
+ * which the joiner must compare the fetched bundle's digest with the join token (tokenMatchesRoot).
+ */
+export function insecureClientCredentials(): ChannelCredentials {
+  return ChannelCredentials.createSsl(null, null, null, {
+    rejectUnauthorized: false,
+    checkServerIdentity: () => undefined,
+  });
+}
+
+function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
+  const blocks = rootPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new TypeError("clientCredentials: rootPem contains no PEM certificate");
+  return blocks.map((b) => new NodeX509Certificate(b));
+}
+
+/** Node has verified the chain against the roots when this runs; we re-check the issuer and the role. */
+function checkManagerCertificate(roots: NodeX509Certificate[], cert: tls.PeerCertificate): Error | undefined {
+  if (!Buffer.isBuffer(cert.raw)) return new Error("the swarm manager presented no certificate");
+  let leaf: NodeX509Certificate;
+  try {
+    leaf = new NodeX509Certificate(cert.raw);
+  } catch {
+    return new Error("the swarm manager presented an unreadable certificate");
+  }
+  if (!roots.some((r) => leaf.checkIssued(r) && leaf.verify(r.publicKey))) {
+    return new Error("the server's certificate was not issued by this swarm's root CA");
+  }
+  let role: NodeRole;
+  try {
+    role = parseNodeCert(cert.raw).role;
+  } catch (err) {
+    return new Error(`the server's certificate is not a swarm node certificate: ${(err as Error).message}`);
+  }
+  if (role !== "manager") return new Error("the server is not a swarm manager (its certificate has OU=swarm-worker)");
+  return undefined;
+}
