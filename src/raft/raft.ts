@@ -1104,6 +1104,20 @@ export class Raft {
     return this.confState();
   }
 
+  /**
+   * The transport lost its connection to `id` (the peer process died, or the link broke). If that is our
+   * leader, stop trusting it: campaign within a few ticks instead of waiting out the election timeout, and
+   * stop refusing votes on its behalf. PreVote keeps this safe against false alarms: followers that still
+   * hear the leader refuse to pre-vote, so a healthy leader is not deposed.
+   */
+  leaderUnreachable(id: NodeId): void {
+    if (this.state !== StateType.Follower || id === NONE || id !== this.lead) return;
+    this.lead = NONE;
+    const soon = 1 + this.rand.intn(3);
+    this.electionElapsed = Math.max(this.electionElapsed, this.randomizedElectionTimeout - soon);
+    this.logger?.info({ leader: id }, "lost the connection to the leader; campaigning soon");
+  }
+
   private abortLeaderTransfer(): void {
     this.leadTransferee = NONE;
   }

@@ -124,13 +124,16 @@ export class RawNode {
     this.raft.step(newMessage({ type: MessageType.TransferLeader, from: transferee }));
   }
 
-  /** Tell the leader that `id` could not be reached (so replication to it drops back to probing). */
+  /**
+   * The transport could not reach `id`. On the leader, replication to it drops back to probing; on a
+   * follower whose leader it is, the follower campaigns soon instead of waiting out the election timeout.
+   */
   reportUnreachable(id: NodeId): void {
-    try {
-      this.raft.step(newMessage({ type: MessageType.Unreachable, from: id }));
-    } catch {
-      /* not a leader */
+    if (this.raft.state === StateType.Follower) {
+      this.raft.leaderUnreachable(id);
+      return;
     }
+    this.raft.step(newMessage({ type: MessageType.Unreachable, from: id }));
   }
 
   hasReady(): boolean {

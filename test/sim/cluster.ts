@@ -357,7 +357,24 @@ export class Simulation {
   }
 
   private send(m: Message): void {
-    if (this.cut.has(`${m.from}>${m.to}`)) return;
+    const dest = this.nodes.get(m.to);
+    if (this.cut.has(`${m.from}>${m.to}`) || !dest?.rn) {
+      // A real transport notices a dead peer or a broken link, sometimes: it tells the sender.
+      if (this.rand.chance(0.5)) {
+        this.schedule({
+          at: this.now + 1 + this.rand.intn(5),
+          kind: "fault",
+          run: () => {
+            const from = this.nodes.get(m.from);
+            if (!from?.rn) return;
+            this.log(`node ${m.from} told ${m.to} is unreachable`);
+            from.rn.reportUnreachable(m.to);
+            this.handleReady(from);
+          },
+        });
+      }
+      return;
+    }
     if (this.rand.chance(this.loss)) return;
     const copies = this.rand.chance(this.dup) ? 2 : 1;
     for (let i = 0; i < copies; i++) {

@@ -78,6 +78,42 @@ describe("election", () => {
 
 // ------------------------------------------------------------------------------------------------ 2
 
+describe("fast failover when the transport sees the leader die", () => {
+  it("followers told their leader is unreachable elect a new one within a few ticks, not an election timeout", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    net.node(1).down = true;
+    net.isolate(1);
+    // Both transports saw the connection to node 1 break.
+    for (const id of [2, 3]) {
+      net.node(id).rn.reportUnreachable(1);
+      net.process(id);
+    }
+    const ticks = net.tickUntil(() => net.leaders().some((n) => n.id !== 1), ELECTION, [2, 3]);
+    expect(ticks).toBeLessThanOrEqual(4);
+    expect(net.leader().term).toBeGreaterThan(term);
+  });
+
+  it("a false alarm on one follower does not depose a healthy leader", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    net.node(3).rn.reportUnreachable(1);
+    net.process(3);
+    net.tick(ELECTION);
+    expect(net.leader().id).toBe(1);
+    expect(net.node(1).term).toBe(term);
+    for (const n of net.nodes.values()) expect(n.term).toBe(term);
+  });
+
+  it("contrast: without the report, the followers wait out their election timeout", () => {
+    const net = cluster();
+    net.node(1).down = true;
+    net.isolate(1);
+    const ticks = net.tickUntil(() => net.leaders().some((n) => n.id !== 1), 3 * ELECTION, [2, 3]);
+    expect(ticks).toBeGreaterThanOrEqual(ELECTION);
+  });
+});
+
 describe("PreVote", () => {
   it("a partitioned follower does not inflate its term, and does not depose the leader when it returns", () => {
     const net = cluster();
