@@ -1,13 +1,83 @@
 #!/usr/bin/env node
 // shoald: the daemon, one per host (manager or worker).
 
-import { Command } from "commander";
+import { hostname as osHostname } from "node:os";
+import { Command, Option } from "commander";
+import pino from "pino";
+import { EngineServer } from "../engine/server.js";
 import { VERSION } from "../version.js";
+import { Daemon } from "./daemon.js";
+
+interface Flags {
+  dataRoot: string;
+  host: string;
+  hostname: string;
+  logLevel: string;
+  raftTickMs?: string;
+}
+
+function socketPathOf(host: string): string {
+  if (!host.startsWith("unix://")) {
+    throw new Error(`invalid --host ${host}: shoald listens on a unix socket (unix:///path/to/shoald.sock)`);
+  }
+  return host.slice("unix://".length);
+}
 
 function buildProgram(): Command {
   return new Command("shoald")
     .description("The shoal daemon: runs a swarm manager or worker on this host")
-    .version(`shoald version ${VERSION}`, "-v, --version", "Print version information and quit");
+    .version(`shoald version ${VERSION}`, "-v, --version", "Print version information and quit")
+    .option("--data-root <dir>", "Root directory of persistent swarm state", "/var/lib/shoal")
+    .option("-H, --host <unix:///path.sock>", "Socket to serve the Engine API on", "unix:///run/shoal/shoald.sock")
+    .option("--hostname <name>", "Hostname this node reports (several daemons on one machine)", osHostname())
+    .addOption(
+      new Option("--log-level <level>", "Log level")
+        .choices(["trace", "debug", "info", "warn", "error", "fatal"])
+        .default("info"),
+    )
+    .addOption(new Option("--raft-tick-ms <ms>", "Raft tick length in milliseconds (tests)").hideHelp())
+    .action(async (flags: Flags) => {
+      const logger = pino(
+        { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
+        pino.destination(2),
+      );
+      const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
+      const daemon = await Daemon.start({
+        dataRoot: flags.dataRoot,
+        hostname: flags.hostname,
+        logger,
+        ...(tickMs ? { tickMs } : {}),
+      });
+      const server = await EngineServer.listen({
+        socketPath: socketPathOf(flags.host),
+        backend: daemon,
+        logger: logger.child({ component: "engine" }),
+        dataRoot: flags.dataRoot,
+      });
+      logger.info({ socket: server.socketPath, dataRoot: flags.dataRoot, version: VERSION }, "shoald is ready");
+      let stopping = false;
+      const shutdown = async (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        logger.info({ signal }, "shutting down");
+        const force = setTimeout(() => process.exit(1), 10_000);
+        force.unref();
+        try {
+          await server.close();
+          await daemon.stop();
+        } finally {
+          logger.flush?.();
+          process.exit(0);
+        }
+      };
+      process.on("SIGTERM", () => void shutdown("SIGTERM"));
+      process.on("SIGINT", () => void shutdown("SIGINT"));
+    });
 }
 
-await buildProgram().parseAsync(process.argv);
+try {
+  await buildProgram().parseAsync(process.argv);
+} catch (e) {
+  process.stderr.write(`shoald: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+}

@@ -1,0 +1,169 @@
+// The agent: every node's session with the managers. It opens a Session stream with the leader (a
+// manager that is not the leader names it, and the agent goes there), sends heartbeats at the period the
+// dispatcher asks for, and when the session breaks fails over to another manager with backoff
+// (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
+// the daemon through onMessage.
+
+import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
+import type { NodeDescription } from "../engine/types.js";
+import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
+import { leaderHint } from "../manager/grpc-util.js";
+
+export interface AgentOptions {
+  nodeId: string;
+  /** The managers to try, in order (the daemon keeps this list current). */
+  managers: () => string[];
+  credentials: () => ChannelCredentials;
+  description: () => NodeDescription;
+  /** The address this node wants the managers to record (its data-path/advertise IP); may be empty. */
+  addr: string;
+  logger: Logger;
+  onMessage: (msg: SessionMessage) => void;
+}
+
+export const CHANNEL_OPTIONS = {
+  ...CLIENT_CHANNEL_OPTIONS,
+  "grpc.keepalive_time_ms": 1000,
+  "grpc.keepalive_timeout_ms": 1000,
+  "grpc.keepalive_permit_without_calls": 1,
+  "grpc.initial_reconnect_backoff_ms": 100,
+  "grpc.max_reconnect_backoff_ms": 1000,
+};
+
+export class Agent {
+  private stopped = false;
+  private hint: string | undefined;
+  private rotation = 0;
+  private current:
+    | { client: InstanceType<typeof DispatcherClient>; stream: ClientReadableStream<SessionMessage> }
+    | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  /** The manager the session is with, once established. */
+  connectedTo: string | undefined;
+  private loop: Promise<void> | undefined;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.logger.child({ component: "agent" });
+  }
+
+  start(): void {
+    if (!this.loop) this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.teardown();
+    await this.loop;
+  }
+
+  /** Drop the current session and reconnect (after a certificate change, say). */
+  reconnect(): void {
+    this.teardown();
+  }
+
+  private teardown(): void {
+    if (this.heartbeat) clearTimeout(this.heartbeat);
+    this.heartbeat = undefined;
+    if (this.current) {
+      this.current.stream.cancel();
+      this.current.client.close();
+      this.current = undefined;
+    }
+    this.connectedTo = undefined;
+  }
+
+  private nextAddr(): string | undefined {
+    if (this.hint) {
+      const h = this.hint;
+      this.hint = undefined;
+      return h;
+    }
+    const list = this.opts.managers();
+    if (list.length === 0) return undefined;
+    return list[this.rotation++ % list.length];
+  }
+
+  private async run(): Promise<void> {
+    let backoff = 100;
+    while (!this.stopped) {
+      const addr = this.nextAddr();
+      if (!addr) {
+        await sleep(backoff);
+        continue;
+      }
+      try {
+        await this.session(addr);
+        backoff = 100;
+      } catch (e) {
+        if (this.stopped) return;
+        const hint = leaderHint(e);
+        if (hint && hint !== addr) {
+          this.hint = hint;
+          continue;
+        }
+        this.log.debug(
+          { manager: addr, err: e instanceof Error ? e.message : String(e) },
+          "session failed; trying another manager",
+        );
+        await sleep(backoff + Math.floor(Math.random() * backoff * 0.2));
+        backoff = Math.min(8000, backoff * 2);
+      } finally {
+        this.teardown();
+      }
+    }
+  }
+
+  private session(addr: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const client = new DispatcherClient(addr, this.opts.credentials(), CHANNEL_OPTIONS);
+      const stream = client.session(
+        { descriptionJson: JSON.stringify(this.opts.description()), addr: this.opts.addr },
+        new Metadata(),
+      );
+      this.current = { client, stream };
+      let sessionId = "";
+      let period = 5000;
+      const beat = () => {
+        const deadline = new Date(Date.now() + Math.max(1000, period));
+        client.heartbeat({ sessionId }, new Metadata(), { deadline }, (err, res) => {
+          if (this.current?.stream !== stream) return;
+          if (err) {
+            this.log.debug({ manager: addr, err: err.message }, "heartbeat failed");
+            stream.cancel();
+            return;
+          }
+          if (res?.periodMs) period = res.periodMs;
+          this.heartbeat = setTimeout(beat, jittered(period));
+        });
+      };
+      stream.on("data", (msg: SessionMessage) => {
+        if (!sessionId) {
+          sessionId = msg.sessionId;
+          this.connectedTo = addr;
+          this.log.info({ manager: addr }, "session established");
+        }
+        if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = msg.heartbeatPeriodMs;
+        if (!this.heartbeat) this.heartbeat = setTimeout(beat, jittered(period));
+        try {
+          this.opts.onMessage(msg);
+        } catch (e) {
+          this.log.warn({ err: e }, "handling a session message failed");
+        }
+      });
+      stream.on("error", (e) => reject(e));
+      stream.on("end", () => resolve());
+    });
+  }
+}
+
+/** Heartbeats go out a little before the period is up (swarmkit: period ± 10 %, never late). */
+function jittered(periodMs: number): number {
+  return Math.max(50, Math.floor(periodMs * (0.6 + Math.random() * 0.2)));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}

@@ -1,0 +1,730 @@
+// shoald: one per host. It serves the Engine API on its socket, and once in a swarm runs an agent
+// (every node) and a manager (managers). The role can change at run time: a promoted worker renews its
+// certificate as a manager and joins the Raft group; a demoted manager leaves it and renews as a worker.
+
+// shoald: one per host. It serves the Engine API on its socket, and once in a swarm runs an agent
+// (every node) and a manager (managers). The role can change at run time: a promoted worker renews its
+// certificate as a manager and joins the Raft group; a demoted manager leaves it and renews as a worker.
+
+import os, { networkInterfaces } from "node:os";
+import type { ChannelCredentials } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
+import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
+import { newClusterId, newNodeId } from "../ca/ids.js";
+import { createRootCA, RootCA } from "../ca/rootca.js";
+import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
+import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
+import {
+  ApiError,
+  alreadyInSwarm,
+  badRequest,
+  MSG_WORKER,
+  notInSwarm,
+  notManager,
+  unavailable,
+} from "../engine/errors.js";
+import type {
+  ClusterInfo,
+  Node,
+  NodeDescription,
+  NodeListFilters,
+  NodeRole,
+  NodeSpec,
+  Swarm,
+  SwarmBackend,
+  SwarmInfo,
+  SwarmInitRequest,
+  SwarmJoinRequest,
+  SwarmSpec,
+  SwarmUpdateOptions,
+} from "../engine/types.js";
+import { CAClient, RaftMembershipClient, type SessionMessage } from "../gen/cluster.js";
+import { newNodeObject } from "../manager/ca-server.js";
+import { Control } from "../manager/control.js";
+import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
+import { forceNewCluster, Manager, splitHostPort } from "../manager/manager.js";
+import type { NodeId } from "../raft/types.js";
+import { VERSION } from "../version.js";
+import { type Certificates, DataRoot, type LocalState } from "./state.js";
+
+export interface DaemonOptions {
+  dataRoot: string;
+  hostname: string;
+  logger: Logger;
+  /** Raft tick (ms); default 100. */
+  tickMs?: number;
+  electionTick?: number;
+}
+
+export const DEFAULT_SPEC: SwarmSpec = {
+  Name: "default",
+  Labels: {},
+  Orchestration: { TaskHistoryRetentionLimit: 5 },
+  Raft: {
+    SnapshotInterval: 10000,
+    KeepOldSnapshots: 0,
+    LogEntriesForSlowFollowers: 500,
+    ElectionTick: 10,
+    HeartbeatTick: 1,
+  },
+  Dispatcher: { HeartbeatPeriod: 5_000_000_000 },
+  CAConfig: { NodeCertExpiry: 90 * 24 * 3600 * 1e9 },
+  TaskDefaults: {},
+  EncryptionConfig: { AutoLockManagers: false },
+};
+
+const JOIN_TIMEOUT_MS = 20_000;
+
+export class Daemon implements SwarmBackend {
+  readonly log: Logger;
+  private readonly root: DataRoot;
+  private state: LocalState | undefined;
+  private certs: Certificates | undefined;
+  manager: Manager | undefined;
+  private control: Control | undefined;
+  agent: Agent | undefined;
+  /** Serialises init/join/leave and role changes. */
+  private lock: Promise<void> = Promise.resolve();
+  private renewTimer: NodeJS.Timeout | undefined;
+  private roleChange: Promise<void> | undefined;
+  private stopped = false;
+
+  private constructor(private readonly opts: DaemonOptions) {
+    this.log = opts.logger;
+    this.root = new DataRoot(opts.dataRoot);
+  }
+
+  static async start(opts: DaemonOptions): Promise<Daemon> {
+    const d = new Daemon(opts);
+    await d.resume();
+    return d;
+  }
+
+  hostname(): string {
+    return this.opts.hostname;
+  }
+
+  get nodeId(): string | undefined {
+    return this.state?.nodeId;
+  }
+
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(f, f);
+    this.lock = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  /** Rejoin with whatever the data root holds: no token needed after a restart. */
+  private async resume(): Promise<void> {
+    const state = await this.root.loadState();
+    if (!state) return;
+    this.state = state;
+    this.certs = await this.root.loadCertificates();
+    this.log.info({ node: state.nodeId, role: state.role }, "resuming swarm membership from the data root");
+    if (state.role === "manager" && state.raftId !== undefined) await this.startManager(false);
+    this.startAgent();
+    this.scheduleRenewal();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    await this.agent?.stop();
+    this.agent = undefined;
+    await this.manager?.stop();
+    this.manager = undefined;
+  }
+
+  private async startManager(
+    bootstrap: boolean,
+    peers?: { raftId: NodeId; nodeId: string; addr: string }[],
+  ): Promise<void> {
+    const state = this.state!;
+    this.manager = await Manager.start({
+      dataRoot: this.root,
+      state,
+      certs: this.certs!,
+      logger: this.log,
+      bootstrap,
+      ...(peers ? { peers } : {}),
+      ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),
+      ...(this.opts.electionTick !== undefined ? { electionTick: this.opts.electionTick } : {}),
+    });
+    this.control = new Control(this.manager);
+  }
+
+  private async stopManager(): Promise<void> {
+    const m = this.manager;
+    this.manager = undefined;
+    this.control = undefined;
+    await m?.stop();
+  }
+
+  private credentials(): ChannelCredentials {
+    const c = this.certs!;
+    return clientCredentials(c.rootPem, c.certPem, c.keyPem);
+  }
+
+  private managerAddrs(): string[] {
+    const s = this.state!;
+    const list = s.managers.map((m) => m.addr);
+    if (s.role === "manager" && this.manager) list.unshift(s.advertiseAddr);
+    return [...new Set(list)];
+  }
+
+  private startAgent(): void {
+    const s = this.state!;
+    this.agent = new Agent({
+      nodeId: s.nodeId,
+      managers: () => this.managerAddrs(),
+      credentials: () => this.credentials(),
+      description: () => this.description(),
+      addr: s.dataPathAddr,
+      logger: this.log,
+      onMessage: (msg) => this.onSessionMessage(msg),
+    });
+    this.agent.start();
+  }
+
+  description(): NodeDescription {
+    return {
+      Hostname: this.opts.hostname,
+      Platform: { Architecture: os.arch() === "x64" ? "x86_64" : os.arch(), OS: "linux" },
+      Resources: { NanoCPUs: os.cpus().length * 1e9, MemoryBytes: os.totalmem() },
+      Engine: { EngineVersion: VERSION, Plugins: [{ Type: "Network", Name: "overlay" }] },
+    };
+  }
+
+  private onSessionMessage(msg: SessionMessage): void {
+    const s = this.state;
+    if (!s) return;
+    const managers = msg.managers.map((m) => ({ nodeId: m.nodeId, addr: m.addr }));
+    if (managers.length > 0 && JSON.stringify(managers) !== JSON.stringify(s.managers)) {
+      s.managers = managers;
+      void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
+    }
+    const role = msg.role as NodeRole;
+    if ((role === "manager" || role === "worker") && role !== s.role && !this.roleChange) {
+      this.roleChange = this.serial(() => this.changeRole(role)).finally(() => {
+        this.roleChange = undefined;
+      });
+    }
+  }
+
+  /** Follow a role change decided by the managers: renew the certificate, then start or stop the manager. */
+  private async changeRole(role: NodeRole): Promise<void> {
+    const s = this.state;
+    if (!s || s.role === role) return;
+    this.log.info({ from: s.role, to: role }, "role change");
+    const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
+    if (!addr) throw new Error("no manager to renew the certificate with");
+    const renewed = await this.renewCertificate(addr);
+    if (renewed.role !== role) {
+      this.log.warn({ want: role, got: renewed.role }, "the managers have not switched the role yet; will retry");
+      return;
+    }
+    if (role === "manager") {
+      const joined = await this.joinRaft(addr);
+      s.role = "manager";
+      s.raftId = joined.raftId;
+      await this.root.wipeRaft();
+      await this.root.saveState(s);
+      await this.startManager(false, joined.members);
+    } else {
+      await this.stopManager();
+      await this.root.wipeRaft();
+      s.role = "worker";
+      delete s.raftId;
+      await this.root.saveState(s);
+    }
+    this.agent?.reconnect();
+  }
+
+  private async renewCertificate(addr: string): Promise<{ role: NodeRole }> {
+    const s = this.state!;
+    const { keyPem, csrPem } = await generateNodeKeyAndCSR(s.nodeId);
+    const client = new CAClient(addr, this.credentials(), CHANNEL_OPTIONS);
+    try {
+      const res = await unary(client.renewNodeCertificate.bind(client), { csrPem }, 10_000);
+      this.certs = { rootPem: this.certs!.rootPem, certPem: res.certificatePem, keyPem };
+      await this.root.saveCertificates(this.certs);
+      this.manager?.updateCertificates(this.certs);
+      this.scheduleRenewal();
+      return { role: res.role as NodeRole };
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Renew the node certificate at a random 50-80 % of its life. */
+  private scheduleRenewal(): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    if (!this.certs) return;
+    const info = parseNodeCert(this.certs.certPem);
+    const at = renewalTime(info.notBefore, info.notAfter).getTime();
+    const wait = Math.max(1000, Math.min(at - Date.now(), 2 ** 31 - 1));
+    this.renewTimer = setTimeout(() => {
+      if (Date.now() < at) return this.scheduleRenewal();
+      const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
+      if (!addr) return this.scheduleRenewal();
+      void this.serial(() => this.renewCertificate(addr)).catch((e: unknown) => {
+        this.log.warn({ err: e }, "certificate renewal failed; retrying in a minute");
+        this.renewTimer = setTimeout(() => this.scheduleRenewal(), 60_000);
+      });
+    }, wait);
+    this.renewTimer.unref();
+  }
+
+  /** Ask the leader (following hints) to add this node to the Raft group. */
+  private async joinRaft(
+    addr: string,
+  ): Promise<{ raftId: NodeId; members: { raftId: NodeId; nodeId: string; addr: string }[] }> {
+    const s = this.state!;
+    let target = addr;
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const client = new RaftMembershipClient(target, this.credentials(), CHANNEL_OPTIONS);
+      try {
+        const res = await unary(client.join.bind(client), { addr: s.advertiseAddr }, 15_000);
+        return {
+          raftId: res.raftId,
+          members: res.members.map((m) => ({ raftId: m.raftId, nodeId: m.nodeId, addr: m.addr })),
+        };
+      } catch (e) {
+        const hint = leaderHint(e);
+        if (hint) target = hint;
+        else if (attempt >= 5) throw e;
+        else await new Promise((r) => setTimeout(r, 300));
+      } finally {
+        client.close();
+      }
+    }
+    throw unavailable("could not reach the swarm leader to join the raft group");
+  }
+
+  // ------------------------------------------------------------------ Engine API: swarm
+
+  async swarmInfo(): Promise<SwarmInfo> {
+    const s = this.state;
+    if (!s) {
+      return {
+        NodeID: "",
+        NodeAddr: "",
+        LocalNodeState: "inactive",
+        ControlAvailable: false,
+        Error: "",
+        RemoteManagers: null,
+      };
+    }
+    const info: SwarmInfo = {
+      NodeID: s.nodeId,
+      NodeAddr: s.dataPathAddr,
+      LocalNodeState: "active",
+      ControlAvailable: s.role === "manager" && this.manager !== undefined,
+      Error: "",
+      RemoteManagers: s.managers.map((m) => ({ NodeID: m.nodeId, Addr: m.addr })),
+    };
+    const m = this.manager;
+    const c = m?.store.cluster();
+    if (m && c) {
+      const nodes = m.store.nodes();
+      info.Nodes = nodes.length;
+      info.Managers = nodes.filter((n) => n.role === "manager").length;
+      info.Cluster = c.info;
+      info.RemoteManagers = m.store.members().map((x) => ({ NodeID: x.nodeId, Addr: x.addr }));
+    }
+    return info;
+  }
+
+  private requireControl(): Control {
+    if (!this.state) throw notManager();
+    if (this.state.role !== "manager") throw new ApiError(503, MSG_WORKER);
+    if (!this.control) throw notManager();
+    return this.control;
+  }
+
+  swarmInspect(): Promise<Swarm> {
+    return this.requireControl().swarmInspect();
+  }
+
+  swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void> {
+    return this.requireControl().swarmUpdate(spec, opts);
+  }
+
+  nodeList(filters: NodeListFilters): Promise<Node[]> {
+    return this.requireControl().nodeList(filters);
+  }
+
+  nodeInspect(ref: string): Promise<Node> {
+    return this.requireControl().nodeInspect(ref);
+  }
+
+  nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void> {
+    return this.requireControl().nodeUpdate(ref, version, spec);
+  }
+
+  nodeRemove(ref: string, force: boolean): Promise<void> {
+    return this.requireControl().nodeRemove(ref, force);
+  }
+
+  swarmInit(req: SwarmInitRequest): Promise<string> {
+    return this.serial(async () => {
+      if (this.state) {
+        if (req.ForceNewCluster && this.state.role === "manager" && this.state.raftId !== undefined) {
+          return this.forceNew();
+        }
+        throw alreadyInSwarm();
+      }
+      const listen = parseListenAddr(req.ListenAddr);
+      const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen);
+      const dataPathAddr = req.DataPathAddr ? resolveAdvertiseAddr(req.DataPathAddr, listen).ip : advertise.ip;
+      const spec = mergeSpec(req.Spec);
+      const pool = req.DefaultAddrPool && req.DefaultAddrPool.length > 0 ? req.DefaultAddrPool : ["10.0.0.0/8"];
+      const subnetSize = req.SubnetSize || 24;
+      if (subnetSize < 1 || subnetSize > 29)
+        throw badRequest(`invalid default address pool mask length ${subnetSize}: it must be between 1 and 29`);
+      for (const p of pool)
+        if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(p)) throw badRequest(`invalid default address pool ${p}`);
+      const dataPathPort = req.DataPathPort || 4789;
+      if (dataPathPort < 1024 || dataPathPort > 49151)
+        throw badRequest(`invalid data path port ${dataPathPort}: it must be within 1024-49151`);
+
+      const ca = await createRootCA();
+      const clusterId = newClusterId();
+      const nodeId = newNodeId();
+      const rootCA = await RootCA.fromPem(ca.certPem, ca.keyPem);
+      const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
+      const certPem = await signNodeCSR(rootCA, csrPem, { nodeId, role: "manager", clusterId });
+      const raftId = 1 + Math.floor(Math.random() * (2 ** 47 - 2));
+      this.certs = { rootPem: ca.certPem, certPem, keyPem };
+      this.state = {
+        version: 1,
+        nodeId,
+        clusterId,
+        role: "manager",
+        raftId,
+        listenAddr: `${listen.host}:${listen.port}`,
+        advertiseAddr: `${advertise.ip}:${advertise.port}`,
+        dataPathAddr,
+        managers: [],
+      };
+      try {
+        await this.root.saveCertificates(this.certs);
+        await this.root.saveState(this.state);
+        await this.startManager(true);
+        const m = this.manager!;
+        await waitFor(() => m.isLeader, 10_000, "this node to become the leader of the new swarm");
+        const now = new Date().toISOString();
+        const info: ClusterInfo = {
+          ID: clusterId,
+          Version: { Index: 0 },
+          CreatedAt: now,
+          UpdatedAt: now,
+          Spec: spec,
+          TLSInfo: tlsInfo(ca.certPem),
+          RootRotationInProgress: false,
+          DefaultAddrPool: pool,
+          SubnetSize: subnetSize,
+          DataPathPort: dataPathPort,
+        };
+        await m.write({
+          op: "cluster.create",
+          info,
+          secrets: {
+            rootCACertPem: ca.certPem,
+            rootCAKeyPem: ca.keyPem,
+            workerToken: generateJoinToken(ca.certPem),
+            managerToken: generateJoinToken(ca.certPem),
+          },
+        });
+        const node = newNodeObject(nodeId, "manager", req.Availability || "active", this.opts.hostname, advertise.ip);
+        node.Description = this.description();
+        await m.write({ op: "node.create", node, role: "manager" });
+        await m.write({ op: "member.add", member: { raftId, nodeId, addr: this.state.advertiseAddr } });
+        this.state.managers = [{ nodeId, addr: this.state.advertiseAddr }];
+        await this.root.saveState(this.state);
+        this.startAgent();
+        this.scheduleRenewal();
+        this.log.info({ node: nodeId, cluster: clusterId }, "swarm initialized");
+        return nodeId;
+      } catch (e) {
+        await this.abandon();
+        throw e;
+      }
+    });
+  }
+
+  /** Undo a failed init or join: nothing half-done stays behind. */
+  private async abandon(): Promise<void> {
+    await this.agent?.stop().catch(() => {});
+    this.agent = undefined;
+    await this.stopManager().catch(() => {});
+    this.state = undefined;
+    this.certs = undefined;
+    await this.root.wipe();
+  }
+
+  private async forceNew(): Promise<string> {
+    const s = this.state!;
+    this.log.warn({}, "forcing a new cluster from this manager's state");
+    await this.agent?.stop();
+    this.agent = undefined;
+    await this.stopManager();
+    await forceNewCluster(this.root, s.raftId!, this.log);
+    s.managers = [{ nodeId: s.nodeId, addr: s.advertiseAddr }];
+    await this.root.saveState(s);
+    await this.startManager(false);
+    const m = this.manager!;
+    await waitFor(() => m.isLeader, 10_000, "this node to become the leader of the new cluster");
+    this.startAgent();
+    return s.nodeId;
+  }
+
+  swarmJoin(req: SwarmJoinRequest): Promise<void> {
+    return this.serial(async () => {
+      if (this.state) throw alreadyInSwarm();
+      if (!req.JoinToken) throw badRequest("invalid join token");
+      let parsed: ReturnType<typeof parseJoinToken>;
+      try {
+        parsed = parseJoinToken(req.JoinToken);
+      } catch {
+        throw badRequest("invalid join token");
+      }
+      const remotes = (req.RemoteAddrs ?? []).filter((a) => a.length > 0);
+      if (remotes.length === 0) throw badRequest("at least 1 RemoteAddr is required to join");
+      const remote = withPort(remotes[0]!, 2377);
+      const listen = parseListenAddr(req.ListenAddr);
+
+      // 1. The root CA, unverified, checked against the token's digest.
+      const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL_OPTIONS);
+      let rootPem: string;
+      try {
+        rootPem = (await unary(anon.getRootCaCertificate.bind(anon), {}, 5000)).certificatePem;
+      } catch (e) {
+        throw unavailable(`could not reach the manager at ${remote}: ${toApiError(e).message}`);
+      } finally {
+        anon.close();
+      }
+      if (!tokenMatchesRoot(parsed, rootPem)) {
+        throw badRequest(
+          `remote CA does not match fingerprint. Expected: ${parsed.digest}, got ${rootDigest(rootPem)}. Check the join token and the manager address.`,
+        );
+      }
+      // 2. A certificate, for the token.
+      const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen, remote);
+      const { keyPem, csrPem } = await generateNodeKeyAndCSR();
+      const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL_OPTIONS);
+      let issued: { nodeId: string; certificatePem: string; role: string; clusterId: string };
+      try {
+        issued = await unary(
+          verified.issueNodeCertificate.bind(verified),
+          {
+            csrPem,
+            token: req.JoinToken,
+            availability: req.Availability || "active",
+            hostname: this.opts.hostname,
+            advertiseAddr: `${advertise.ip}:${advertise.port}`,
+          },
+          15_000,
+        );
+      } catch (e) {
+        throw toApiError(e);
+      } finally {
+        verified.close();
+      }
+      const role = issued.role as NodeRole;
+      this.certs = { rootPem, certPem: issued.certificatePem, keyPem };
+      this.state = {
+        version: 1,
+        nodeId: issued.nodeId,
+        clusterId: issued.clusterId,
+        role,
+        listenAddr: `${listen.host}:${listen.port}`,
+        advertiseAddr: `${advertise.ip}:${advertise.port}`,
+        dataPathAddr: req.DataPathAddr || advertise.ip,
+        managers: [{ nodeId: "", addr: remote }],
+      };
+      try {
+        await this.root.saveCertificates(this.certs);
+        if (role === "manager") {
+          const joined = await this.joinRaft(remote);
+          this.state.raftId = joined.raftId;
+          await this.root.saveState(this.state);
+          await this.startManager(false, joined.members);
+          const m = this.manager!;
+          await waitFor(
+            () => m.store.cluster() !== undefined,
+            JOIN_TIMEOUT_MS,
+            "the new manager to catch up with the swarm",
+          );
+        } else {
+          await this.root.saveState(this.state);
+        }
+        this.startAgent();
+        await waitFor(() => this.agent?.connectedTo !== undefined, JOIN_TIMEOUT_MS, "a session with the managers");
+        this.scheduleRenewal();
+        this.log.info({ node: issued.nodeId, role }, "joined the swarm");
+      } catch (e) {
+        await this.abandon();
+        throw toApiError(e);
+      }
+    });
+  }
+
+  swarmLeave(force: boolean): Promise<void> {
+    return this.serial(async () => {
+      const s = this.state;
+      if (!s) throw notInSwarm();
+      const m = this.manager;
+      if (s.role === "manager" && m) {
+        const { voters, reachable } = m.quorumView();
+        if (!force) {
+          const msg = "You are attempting to leave the swarm on a node that is participating as a manager. ";
+          if (voters.length <= 1) {
+            throw unavailable(
+              `${msg}Removing the last manager erases all current state of the swarm. Use \`--force\` to ignore this message.`,
+            );
+          }
+          if (m.removalLosesQuorum(m.raftId)) {
+            throw unavailable(
+              `${msg}Removing this node leaves ${reachable.length - 1} managers out of ${voters.length}. Without a Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus is to reinitialize it with \`--force-new-cluster\`. Use \`--force\` to suppress this message.`,
+            );
+          }
+        }
+        if (voters.length > 1)
+          await this.leaveRaft(m).catch((e: unknown) =>
+            this.log.warn({ err: e }, "could not leave the raft group cleanly"),
+          );
+      }
+      await this.agent?.stop();
+      this.agent = undefined;
+      await this.stopManager();
+      if (this.renewTimer) clearTimeout(this.renewTimer);
+      this.state = undefined;
+      this.certs = undefined;
+      await this.root.wipe();
+      this.log.info({}, "left the swarm");
+    });
+  }
+
+  private async leaveRaft(m: Manager): Promise<void> {
+    if (m.isLeader) {
+      m.transferLeadershipAway();
+      await waitFor(() => !m.isLeader && m.leaderAddr() !== undefined, 5000, "leadership to move to another manager");
+    }
+    let target = m.leaderAddr();
+    for (let attempt = 0; attempt < 10 && target; attempt++) {
+      const client = new RaftMembershipClient(target, this.credentials(), CHANNEL_OPTIONS);
+      try {
+        await unary(client.leave.bind(client), { nodeId: this.state!.nodeId }, 10_000);
+        return;
+      } catch (e) {
+        target = leaderHint(e) ?? target;
+        await new Promise((r) => setTimeout(r, 200));
+      } finally {
+        client.close();
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ addresses
+
+interface ListenAddr {
+  host: string;
+  port: number;
+}
+
+export function parseListenAddr(a: string | undefined): ListenAddr {
+  const text = a && a.length > 0 ? a : "0.0.0.0:2377";
+  const [host, portText] = text.includes(":") ? splitHostPort(text) : [text, "2377"];
+  const port = Number(portText);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw badRequest(`invalid listen address ${text}: bad port`);
+  if (!isIPv4(host)) throw badRequest(`invalid listen address ${text}: shoal listens on an IPv4 address`);
+  return { host, port };
+}
+
+/**
+ * The address other nodes reach this one at: an IP, IP:port, or an interface name. Without one, the
+ * listen address if it is specific, else the only non-loopback IPv4 address, else the address this host
+ * uses to reach `remote`; with several candidates, the error Docker gives.
+ */
+export function resolveAdvertiseAddr(
+  given: string | undefined,
+  listen: ListenAddr,
+  remote?: string,
+): { ip: string; port: number } {
+  if (given && given.length > 0) {
+    const [h, p] = given.includes(":") ? splitHostPort(given) : [given, String(listen.port)];
+    const port = Number(p);
+    if (isIPv4(h)) return { ip: h, port };
+    const iface = networkInterfaces()[h];
+    const v4 = iface?.find((x) => x.family === "IPv4");
+    if (!v4)
+      throw badRequest(
+        `advertise address must be a non-zero IP address or network interface (with optional port number)`,
+      );
+    return { ip: v4.address, port };
+  }
+  if (listen.host !== "0.0.0.0") return { ip: listen.host, port: listen.port };
+  if (remote) {
+    const [rh] = splitHostPort(remote);
+    if (rh.startsWith("127.")) return { ip: "127.0.0.1", port: listen.port };
+  }
+  const cands: { name: string; ip: string }[] = [];
+  for (const [name, addrs] of Object.entries(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === "IPv4" && !a.internal) cands.push({ name, ip: a.address });
+  }
+  if (cands.length === 1) return { ip: cands[0]!.ip, port: listen.port };
+  if (cands.length === 0)
+    throw badRequest("could not find the system's IP address - specify one with --advertise-addr");
+  throw badRequest(
+    `could not choose an IP address to advertise since this system has multiple addresses on different interfaces (${cands
+      .map((c) => `${c.ip} on ${c.name}`)
+      .join(" and ")}) - specify one with --advertise-addr`,
+  );
+}
+
+function withPort(a: string, port: number): string {
+  return /:\d+$/.test(a) ? a : `${a}:${port}`;
+}
+
+function isIPv4(s: string): boolean {
+  const parts = s.split(".");
+  return parts.length === 4 && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255);
+}
+
+function mergeSpec(s: Partial<SwarmSpec> | undefined): SwarmSpec {
+  const spec = structuredClone(DEFAULT_SPEC);
+  if (!s) return spec;
+  if (s.Name) spec.Name = s.Name;
+  if (s.Labels) spec.Labels = s.Labels;
+  if (s.Dispatcher?.HeartbeatPeriod) spec.Dispatcher.HeartbeatPeriod = s.Dispatcher.HeartbeatPeriod;
+  if (s.CAConfig?.NodeCertExpiry) spec.CAConfig.NodeCertExpiry = s.CAConfig.NodeCertExpiry;
+  if (s.Raft) {
+    for (const k of Object.keys(spec.Raft) as (keyof SwarmSpec["Raft"])[]) {
+      const v = s.Raft[k];
+      if (typeof v === "number" && v > 0) spec.Raft[k] = v;
+    }
+  }
+  if (s.Orchestration?.TaskHistoryRetentionLimit) spec.Orchestration = s.Orchestration;
+  return spec;
+}
+
+function tlsInfo(rootPem: string): ClusterInfo["TLSInfo"] {
+  return { TrustRoot: rootPem, CertIssuerSubject: Buffer.from("swarm-ca").toString("base64"), CertIssuerPublicKey: "" };
+}
+
+async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw unavailable(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

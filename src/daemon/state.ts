@@ -1,0 +1,109 @@
+// What a daemon keeps in its data root: which swarm it is in and as what, its certificates, and (on
+// managers) the Raft log under raft/. Files are written to a temporary name, synced and renamed, so a
+// crash leaves the old or the new file, never half of one.
+
+import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import type { NodeRole } from "../engine/types.js";
+import type { NodeId } from "../raft/types.js";
+
+export interface LocalState {
+  version: 1;
+  nodeId: string;
+  clusterId: string;
+  role: NodeRole;
+  /** This node's Raft id, while it is a Raft member. */
+  raftId?: NodeId;
+  /** host:port the cluster listener binds (managers). */
+  listenAddr: string;
+  /** host:port other nodes reach this node's listener at. */
+  advertiseAddr: string;
+  /** IP address used for the data path (overlay traffic). */
+  dataPathAddr: string;
+  /** The managers this node last knew, to reconnect after a restart without a token. */
+  managers: { nodeId: string; addr: string }[];
+}
+
+export interface Certificates {
+  rootPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+export class DataRoot {
+  constructor(readonly dir: string) {}
+
+  get raftDir(): string {
+    return join(this.dir, "raft");
+  }
+
+  private get stateFile(): string {
+    return join(this.dir, "swarm", "state.json");
+  }
+
+  private certFile(name: string): string {
+    return join(this.dir, "certificates", name);
+  }
+
+  async loadState(): Promise<LocalState | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.stateFile, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw e;
+    }
+    const s = JSON.parse(text) as LocalState;
+    if (s.version !== 1) throw new Error(`${this.stateFile}: unsupported state version ${String(s.version)}`);
+    return s;
+  }
+
+  async saveState(s: LocalState): Promise<void> {
+    await writeFileAtomic(this.stateFile, `${JSON.stringify(s, null, 2)}\n`, 0o600);
+  }
+
+  async loadCertificates(): Promise<Certificates> {
+    const [rootPem, certPem, keyPem] = await Promise.all([
+      readFile(this.certFile("swarm-root-ca.crt"), "utf8"),
+      readFile(this.certFile("swarm-node.crt"), "utf8"),
+      readFile(this.certFile("swarm-node.key"), "utf8"),
+    ]);
+    return { rootPem, certPem, keyPem };
+  }
+
+  async saveCertificates(c: Certificates): Promise<void> {
+    await writeFileAtomic(this.certFile("swarm-root-ca.crt"), c.rootPem, 0o644);
+    await writeFileAtomic(this.certFile("swarm-node.key"), c.keyPem, 0o600);
+    await writeFileAtomic(this.certFile("swarm-node.crt"), c.certPem, 0o644);
+  }
+
+  /** Forget the swarm: state, certificates and the Raft log. */
+  async wipe(): Promise<void> {
+    await rm(join(this.dir, "swarm"), { recursive: true, force: true });
+    await rm(join(this.dir, "certificates"), { recursive: true, force: true });
+    await rm(this.raftDir, { recursive: true, force: true });
+  }
+
+  async wipeRaft(): Promise<void> {
+    await rm(this.raftDir, { recursive: true, force: true });
+  }
+}
+
+export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fh = await open(tmp, "w", mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+  const dh = await open(dirname(path), "r");
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}

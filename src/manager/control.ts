@@ -1,0 +1,154 @@
+// The control API: what the Engine API's swarm and node calls do on a manager. Reads wait for a
+// ReadIndex barrier, so they see every write that finished before; writes are store commands whose
+// preconditions (object versions) are checked when they are applied.
+
+import { generateJoinToken } from "../ca/token.js";
+import { ApiError, badRequest, nodeNotFound } from "../engine/errors.js";
+import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
+import type { NodeRecord } from "../store/store.js";
+import type { Manager } from "./manager.js";
+
+export const QUORUM_LOSS_MESSAGE = "can't remove member from the raft: this would result in a loss of quorum";
+
+export class Control {
+  constructor(private readonly m: Manager) {}
+
+  /** A node as the Engine API shows it: with ManagerStatus from live Raft state. */
+  private present(rec: NodeRecord): Node {
+    const node = rec.node;
+    delete node.ManagerStatus;
+    if (rec.role === "manager") {
+      const member = this.m.store.memberByNode(node.ID);
+      const leader = member !== undefined && member.raftId === this.m.leaderRaftId();
+      node.ManagerStatus = {
+        ...(leader ? { Leader: true } : {}),
+        Reachability: member && this.m.reachable(member.raftId) ? "reachable" : "unreachable",
+        Addr: member?.addr ?? "",
+      };
+    }
+    return node;
+  }
+
+  async swarmInspect(): Promise<Swarm> {
+    await this.m.readBarrier();
+    const c = this.m.store.cluster();
+    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
+    return { ...c.info, JoinTokens: { Worker: c.secrets.workerToken, Manager: c.secrets.managerToken } };
+  }
+
+  async swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void> {
+    await this.m.readBarrier();
+    const c = this.m.store.cluster();
+    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
+    validateSwarmSpec(spec);
+    await this.m.write({
+      op: "cluster.update",
+      version: opts.version,
+      spec,
+      ...(opts.rotateWorkerToken ? { workerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
+      ...(opts.rotateManagerToken ? { managerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
+    });
+  }
+
+  async nodeList(filters: NodeListFilters): Promise<Node[]> {
+    await this.m.readBarrier();
+    const out: Node[] = [];
+    for (const rec of this.m.store.nodes()) {
+      const n = this.present(rec);
+      if (!matches(n, filters)) continue;
+      out.push(n);
+    }
+    return out;
+  }
+
+  /** ref: a full id, a unique id prefix, a hostname, or "self". */
+  async resolve(ref: string): Promise<NodeRecord> {
+    await this.m.readBarrier();
+    const id = ref === "self" ? this.m.nodeId : ref;
+    const nodes = this.m.store.nodes();
+    const exact = nodes.find((r) => r.node.ID === id);
+    if (exact) return exact;
+    const byName = nodes.filter((r) => r.node.Description.Hostname === ref || r.node.Spec.Name === ref);
+    if (byName.length === 1) return byName[0]!;
+    if (byName.length > 1) throw badRequest(`node ${ref} is ambiguous (${byName.length} matches found)`);
+    const byPrefix = nodes.filter((r) => r.node.ID.startsWith(ref));
+    if (byPrefix.length === 1) return byPrefix[0]!;
+    if (byPrefix.length > 1) throw badRequest(`node ${ref} is ambiguous (${byPrefix.length} matches found)`);
+    throw nodeNotFound(ref);
+  }
+
+  async nodeInspect(ref: string): Promise<Node> {
+    return this.present(await this.resolve(ref));
+  }
+
+  async nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void> {
+    const rec = await this.resolve(ref);
+    validateNodeSpec(spec);
+    if (rec.node.Spec.Role === "manager" && spec.Role === "worker") {
+      const managers = this.m.store.nodes().filter((r) => r.node.Spec.Role === "manager");
+      if (managers.length <= 1) throw badRequest("attempting to demote the last manager of the swarm");
+      const member = this.m.store.memberByNode(rec.node.ID);
+      if (member && this.m.removalLosesQuorum(member.raftId)) throw badRequest(QUORUM_LOSS_MESSAGE);
+    }
+    await this.m.write({ op: "node.update", id: rec.node.ID, version, spec });
+  }
+
+  async nodeRemove(ref: string, force: boolean): Promise<void> {
+    const rec = await this.resolve(ref);
+    const id = rec.node.ID;
+    if (id === this.m.nodeId) {
+      throw badRequest(
+        `node ${id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal`,
+      );
+    }
+    const member = this.m.store.memberByNode(id);
+    if (rec.role === "manager" || member) {
+      if (!force) {
+        throw badRequest(
+          `node ${id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal`,
+        );
+      }
+      if (member) {
+        if (this.m.removalLosesQuorum(member.raftId)) throw badRequest(QUORUM_LOSS_MESSAGE);
+        await this.m.removeMember(member.raftId);
+      }
+    } else if (!force && rec.node.Status.State !== "down") {
+      throw badRequest(`node ${id} is not down and can't be removed`);
+    }
+    await this.m.write({ op: "node.remove", id });
+  }
+}
+
+function validateNodeSpec(spec: NodeSpec): void {
+  if (spec.Role !== "worker" && spec.Role !== "manager") throw badRequest(`invalid role "${String(spec.Role)}"`);
+  if (!["active", "pause", "drain"].includes(spec.Availability)) {
+    throw badRequest(`invalid availability "${String(spec.Availability)}"`);
+  }
+  if (spec.Labels && typeof spec.Labels !== "object") throw badRequest("invalid labels");
+  spec.Labels ??= {};
+}
+
+function validateSwarmSpec(spec: SwarmSpec): void {
+  if (!spec || typeof spec !== "object") throw badRequest("invalid swarm spec");
+  const hb = spec.Dispatcher?.HeartbeatPeriod;
+  if (hb !== undefined && (typeof hb !== "number" || hb < 0)) throw badRequest("invalid heartbeat period");
+}
+
+function matches(n: Node, f: NodeListFilters): boolean {
+  const any = (vals: string[] | undefined, pred: (v: string) => boolean) =>
+    !vals || vals.length === 0 || vals.some(pred);
+  return (
+    any(f.id, (v) => n.ID.startsWith(v)) &&
+    any(f.name, (v) => n.Description.Hostname === v || n.Spec.Name === v) &&
+    any(f.role, (v) => (n.ManagerStatus ? "manager" : "worker") === v || n.Spec.Role === v) &&
+    any(f.membership, (v) => v === "accepted") &&
+    any(f["node.label"], (v) => labelMatch(n.Spec.Labels, v)) &&
+    any(f.label, (v) => labelMatch(n.Description.Engine.Labels ?? {}, v))
+  );
+}
+
+function labelMatch(labels: Record<string, string>, f: string): boolean {
+  const i = f.indexOf("=");
+  if (i < 0) return f in labels;
+  return labels[f.slice(0, i)] === f.slice(i + 1);
+}

@@ -1,0 +1,97 @@
+// gRPC helpers shared by the manager's services and the clients that call them.
+
+import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
+import { ApiError } from "../engine/errors.js";
+
+/** An error with a gRPC status code, for service handlers. */
+export class GrpcError extends Error {
+  readonly code: status;
+  readonly metadata: Metadata;
+
+  constructor(code: status, details: string, metadata?: Metadata) {
+    super(details);
+    this.code = code;
+    this.metadata = metadata ?? new Metadata();
+  }
+
+  /** What grpc-js expects a handler to hand to its callback. */
+  get details(): string {
+    return this.message;
+  }
+}
+
+export const LEADER_ADDR_KEY = "leader-addr";
+
+/** UNAVAILABLE, naming the leader (if known) so the caller can go there. */
+export function notLeader(leaderAddr: string | undefined): GrpcError {
+  const md = new Metadata();
+  if (leaderAddr) md.set(LEADER_ADDR_KEY, leaderAddr);
+  return new GrpcError(
+    status.UNAVAILABLE,
+    leaderAddr ? `this manager is not the leader; the leader is at ${leaderAddr}` : NO_LEADER_MESSAGE,
+    md,
+  );
+}
+
+export const NO_LEADER_MESSAGE =
+  "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+
+export function isServiceError(e: unknown): e is ServiceError {
+  return typeof e === "object" && e !== null && "code" in e && "details" in e && "metadata" in e;
+}
+
+/** The leader address a manager named in an UNAVAILABLE answer. */
+export function leaderHint(e: unknown): string | undefined {
+  if (!isServiceError(e)) return undefined;
+  const v = e.metadata?.get(LEADER_ADDR_KEY)[0];
+  return typeof v === "string" && v.length > 0 ? v : undefined;
+}
+
+/** Turn an error from a manager into what the Engine API tells the user. */
+export function toApiError(e: unknown, context?: string): ApiError {
+  if (e instanceof ApiError) return e;
+  if (isServiceError(e)) {
+    const prefix = context ? `${context}: ` : "";
+    switch (e.code) {
+      case status.INVALID_ARGUMENT:
+        return new ApiError(400, `${prefix}${e.details}`);
+      case status.NOT_FOUND:
+        return new ApiError(404, `${prefix}${e.details}`);
+      case status.PERMISSION_DENIED:
+        return new ApiError(403, `${prefix}${e.details}`);
+      case status.ALREADY_EXISTS:
+        return new ApiError(409, `${prefix}${e.details}`);
+      case status.FAILED_PRECONDITION:
+        return new ApiError(400, `${prefix}${e.details}`);
+      case status.UNAVAILABLE:
+      case status.DEADLINE_EXCEEDED:
+        return new ApiError(503, `${prefix}${e.details}`);
+      default:
+        return new ApiError(500, `${prefix}${e.details}`);
+    }
+  }
+  return new ApiError(500, e instanceof Error ? e.message : String(e));
+}
+
+/** A promise for a unary client call. */
+export function unary<Req, Res>(
+  fn: (req: Req, md: Metadata, opts: { deadline: Date }, cb: (err: ServiceError | null, res?: Res) => void) => unknown,
+  req: Req,
+  timeoutMs = 5000,
+): Promise<Res> {
+  return new Promise<Res>((resolve, reject) => {
+    fn(req, new Metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (err, res) => {
+      if (err) reject(err);
+      else resolve(res as Res);
+    });
+  });
+}
+
+/**
+ * End a server stream with an error status. (grpc-js sends the status from the stream's `_final`, which a
+ * destroyed stream never runs: `destroy(err)` would leave the client waiting forever. Its own 'error'
+ * handler records the status and ends the stream.)
+ */
+export function failStream(call: { emit(event: "error", err: Error): boolean }, err: Error): void {
+  call.emit("error", err);
+}

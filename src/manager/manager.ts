@@ -1,0 +1,476 @@
+// A manager: one Raft member holding the replicated store, serving the cluster protocol on its listener,
+// and, while it is the leader, running the loops that only the leader runs (dispatcher, role manager).
+// Writes from any manager are proposed to Raft (the core forwards them to the leader); reads that must
+// see every finished write go through a ReadIndex barrier first.
+
+import { randomInt } from "node:crypto";
+import { Server, status } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { RootCA } from "../ca/rootca.js";
+import { clientCredentials, listenTLS, type TLSListener } from "../ca/tls.js";
+import type { Certificates, DataRoot, LocalState } from "../daemon/state.js";
+import { ApiError } from "../engine/errors.js";
+import type { NodeRole } from "../engine/types.js";
+import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
+import { LevelStorage } from "../raft/level-storage.js";
+import { entryPayload, RaftNode } from "../raft/node.js";
+import { Raft } from "../raft/raft.js";
+import { bootstrapSnapshot } from "../raft/rawnode.js";
+import { GrpcTransport, RaftServiceDefinition, raftServiceImplementation } from "../raft/transport.js";
+import {
+  type ConfChange,
+  ConfChangeType,
+  EMPTY,
+  EntryType,
+  ErrProposalDropped,
+  type NodeId,
+  StateType,
+} from "../raft/types.js";
+import { type Command, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
+import { withAcl } from "./acl.js";
+import { caService } from "./ca-server.js";
+import { Dispatcher } from "./dispatcher.js";
+import { NO_LEADER_MESSAGE } from "./grpc-util.js";
+import { membershipService } from "./membership.js";
+import { RoleManager } from "./rolemanager.js";
+
+export interface ManagerOptions {
+  dataRoot: DataRoot;
+  state: LocalState;
+  certs: Certificates;
+  logger: Logger;
+  /** A new cluster: bootstrap Raft with this node as its only voter. */
+  bootstrap?: boolean;
+  /** Members known before the store has them (a manager that is joining). */
+  peers?: RaftMember[];
+  tickMs?: number;
+  electionTick?: number;
+  /** Called when this node learns it is no longer a Raft member. */
+  onRemoved?: () => void;
+  /** Called when leadership changes (for logs and tests). */
+  onLeaderChange?: (leader: NodeId) => void;
+}
+
+/** The message a joiner's membership request carries in a ConfChange. */
+interface MemberContext {
+  nodeId: string;
+  addr: string;
+}
+
+export function encodeMemberContext(c: MemberContext): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(c));
+}
+
+export class Manager {
+  readonly store = new Store();
+  readonly log: Logger;
+  readonly raftId: NodeId;
+  readonly nodeId: string;
+  readonly clusterId: string;
+  raft!: RaftNode;
+  private storage!: LevelStorage;
+  transport!: GrpcTransport;
+  private server: Server | undefined;
+  private listener: TLSListener | undefined;
+  readonly dispatcher: Dispatcher;
+  private roleManager: RoleManager;
+  private certs: Certificates;
+  private readonly opts: ManagerOptions;
+  private peers = new Map<NodeId, string>();
+  private prober: NodeJS.Timeout | undefined;
+  private leaderState = false;
+  private stopped = false;
+
+  private constructor(opts: ManagerOptions) {
+    this.opts = opts;
+    this.log = opts.logger.child({ component: "manager" });
+    if (opts.state.raftId === undefined) throw new Error("a manager needs a raft id");
+    this.raftId = opts.state.raftId;
+    this.nodeId = opts.state.nodeId;
+    this.clusterId = opts.state.clusterId;
+    this.certs = opts.certs;
+    for (const p of opts.peers ?? []) this.peers.set(p.raftId, p.addr);
+    this.dispatcher = new Dispatcher(this);
+    this.roleManager = new RoleManager(this);
+  }
+
+  static async start(opts: ManagerOptions): Promise<Manager> {
+    const m = new Manager(opts);
+    await m.startRaft();
+    await m.startServer();
+    m.prober = setInterval(() => m.probePeers(), 1000);
+    m.prober.unref();
+    return m;
+  }
+
+  get tls(): Certificates {
+    return this.certs;
+  }
+
+  /** After a certificate renewal. */
+  updateCertificates(c: Certificates): void {
+    this.certs = c;
+    this.listener?.update({ rootPem: c.rootPem, certPem: c.certPem, keyPem: c.keyPem });
+  }
+
+  private async startRaft(): Promise<void> {
+    this.storage = await LevelStorage.open(this.opts.dataRoot.raftDir);
+    if (this.opts.bootstrap && this.storage.mem.lastIndex() === 0) {
+      const b = bootstrapSnapshot([this.raftId]);
+      await this.storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);
+    }
+    this.transport = new GrpcTransport({
+      selfId: this.raftId,
+      resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id),
+      credentials: () => clientCredentials(this.certs.rootPem, this.certs.certPem, this.certs.keyPem),
+      onUnreachable: (id) => this.raft?.reportUnreachable(id),
+      logger: this.log.child({ component: "transport" }),
+    });
+    this.raft = await RaftNode.start({
+      id: this.raftId,
+      storage: this.storage,
+      stateMachine: {
+        apply: (data, index) => this.store.apply(data, index),
+        snapshot: () => this.store.snapshot(),
+        restore: (data, index) => this.store.restore(data, index),
+      },
+      transport: this.transport,
+      ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),
+      ...(this.opts.electionTick !== undefined ? { electionTick: this.opts.electionTick } : {}),
+      logger: this.log.child({ component: "raft", raftId: this.raftId.toString(16) }),
+      onConfChange: (cc, _cs, index) => this.onConfChange(cc, index),
+      onSoftState: (ss) => this.onSoftState(ss.state === StateType.Leader, ss.lead),
+    });
+    // A single-voter cluster need not wait out an election timeout.
+    const cs = this.raft.status().confState;
+    if (cs.voters.length === 1 && cs.voters[0] === this.raftId) this.raft.campaign();
+  }
+
+  private async startServer(): Promise<void> {
+    const server = new Server({
+      "grpc.max_receive_message_length": 8 << 20,
+      "grpc.max_send_message_length": 8 << 20,
+      "grpc.keepalive_time_ms": 1000,
+      "grpc.keepalive_timeout_ms": 1000,
+      "grpc.keepalive_permit_without_calls": 1,
+      "grpc.http2.min_ping_interval_without_data_ms": 500,
+    });
+    const acl = { clusterId: () => this.clusterId, isRemoved: (id: string) => this.store.isRemoved(id) };
+    server.addService(
+      RaftServiceDefinition,
+      raftServiceImplementation({
+        deliver: (m) => this.raft.step(m),
+        clusterId: () => this.clusterId,
+        onHeard: (id) => this.transport.markHeard(id),
+        selfId: () => this.raftId,
+        // A member's messages must come from the node it was added for (before the store knows a
+        // member, during a join, any manager of this cluster may speak).
+        checkSender: (from, peer) => {
+          const member = this.store.member(from);
+          return member === undefined || member.nodeId === peer.nodeId;
+        },
+        isRemoved: (nodeId) => this.store.isRemoved(nodeId),
+        logger: this.log.child({ component: "raft-server" }),
+      }),
+    );
+    server.addService(
+      CAService,
+      withAcl(
+        caService(this),
+        { getRootCaCertificate: "anyone", issueNodeCertificate: "anyone", renewNodeCertificate: ["worker", "manager"] },
+        acl,
+      ),
+    );
+    server.addService(
+      RaftMembershipService,
+      withAcl(membershipService(this), { join: ["manager"], leave: ["manager"] }, acl),
+    );
+    server.addService(
+      DispatcherService,
+      withAcl(this.dispatcher.service(), { session: ["worker", "manager"], heartbeat: ["worker", "manager"] }, acl),
+    );
+    const [host, portText] = splitHostPort(this.opts.state.listenAddr);
+    this.listener = await listenTLS(server, {
+      host,
+      port: Number(portText),
+      rootPem: this.certs.rootPem,
+      certPem: this.certs.certPem,
+      keyPem: this.certs.keyPem,
+    });
+    this.server = server;
+    this.log.info({ addr: `${host}:${this.listener.port}` }, "cluster listener started");
+  }
+
+  get listenPort(): number {
+    return this.listener?.port ?? 0;
+  }
+
+  // ------------------------------------------------------------------ raft state
+
+  get isLeader(): boolean {
+    return this.raft.isLeader;
+  }
+
+  /** host:port of the current leader, if known. */
+  leaderAddr(): string | undefined {
+    const lead = this.raft.leader;
+    if (lead === 0) return undefined;
+    if (lead === this.raftId) return this.opts.state.advertiseAddr;
+    return this.store.member(lead)?.addr ?? this.peers.get(lead);
+  }
+
+  leaderRaftId(): NodeId {
+    return this.raft.leader;
+  }
+
+  /** Is a member reachable from here (MANAGER STATUS)? */
+  reachable(raftId: NodeId): boolean {
+    if (raftId === this.raftId) return true;
+    if (raftId === this.raft.leader) return true;
+    return this.transport.reachable(raftId, 3000);
+  }
+
+  private probePeers(): void {
+    for (const m of this.store.members()) if (m.raftId !== this.raftId) void this.transport.probe(m.raftId);
+  }
+
+  private onSoftState(isLeader: boolean, lead: NodeId): void {
+    this.opts.onLeaderChange?.(lead);
+    if (isLeader && !this.leaderState) {
+      this.leaderState = true;
+      this.log.info({ term: this.raft.status().term }, "this manager is now the leader");
+      this.dispatcher.becomeLeader();
+      this.roleManager.start();
+    } else if (!isLeader && this.leaderState) {
+      this.leaderState = false;
+      this.log.info({ leader: lead.toString(16) }, "this manager is no longer the leader");
+      this.dispatcher.loseLeadership();
+      this.roleManager.stop();
+    }
+  }
+
+  private onConfChange(cc: ConfChange, index: number): void {
+    const at = new Date(0);
+    if (cc.type === ConfChangeType.AddLearner) {
+      let ctx: MemberContext;
+      try {
+        ctx = JSON.parse(new TextDecoder().decode(cc.context)) as MemberContext;
+      } catch {
+        return;
+      }
+      this.store.apply(
+        encodeCommand({ op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.nodeId, addr: ctx.addr } }, at),
+        index,
+      );
+    } else if (cc.type === ConfChangeType.RemoveNode) {
+      this.store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, at), index);
+      this.transport.removePeer(cc.nodeId);
+      if (cc.nodeId === this.raftId) {
+        this.log.warn({}, "this manager was removed from the raft group");
+        this.opts.onRemoved?.();
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ reads and writes
+
+  /** Propose a store command and wait for its outcome; a refused command becomes an ApiError. */
+  async write(cmd: Command): Promise<number> {
+    let res: { index: number; result: unknown };
+    try {
+      res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()));
+    } catch (e) {
+      if (e instanceof ErrProposalDropped) throw new ApiError(503, NO_LEADER_MESSAGE);
+      throw e;
+    }
+    const out = res.result as Outcome;
+    if (!out.ok) throw new ApiError(out.status, out.message);
+    return out.version;
+  }
+
+  /** Wait until this manager has applied every write that finished before the call. */
+  async readBarrier(): Promise<void> {
+    try {
+      await this.raft.readBarrier(5000);
+    } catch (e) {
+      if (e instanceof ErrProposalDropped) throw new ApiError(503, NO_LEADER_MESSAGE);
+      throw e;
+    }
+  }
+
+  /** Add a manager to the Raft group as a learner; resolves once applied here (leader only). */
+  async addMember(nodeId: string, addr: string): Promise<NodeId> {
+    const existing = this.store.memberByNode(nodeId);
+    if (existing) return existing.raftId;
+    let raftId: NodeId;
+    const cs = this.raft.status().confState;
+    do {
+      raftId = randomInt(1, 2 ** 47);
+    } while (cs.voters.includes(raftId) || cs.learners.includes(raftId) || cs.removed.includes(raftId));
+    await this.confChange({
+      type: ConfChangeType.AddLearner,
+      nodeId: raftId,
+      context: encodeMemberContext({ nodeId, addr }),
+    });
+    return raftId;
+  }
+
+  async removeMember(raftId: NodeId): Promise<void> {
+    await this.confChange({ type: ConfChangeType.RemoveNode, nodeId: raftId, context: EMPTY });
+  }
+
+  private async confChange(cc: ConfChange): Promise<void> {
+    // One membership change at a time: retry briefly while another is being applied.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.raft.proposeConfChange(cc);
+        return;
+      } catch (e) {
+        const busy = e instanceof ErrProposalDropped && /already in progress/.test(e.message);
+        if (!busy || attempt >= 50) {
+          if (e instanceof ErrProposalDropped)
+            throw new ApiError(503, e.message.includes("leader") ? NO_LEADER_MESSAGE : e.message);
+          throw e;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  /** The voters, and which of them this manager can reach now. */
+  quorumView(): { voters: NodeId[]; reachable: NodeId[] } {
+    const voters = this.raft.status().confState.voters;
+    return { voters, reachable: voters.filter((v) => this.reachable(v)) };
+  }
+
+  /** Would removing `raftId` (a voter) leave the group without a reachable quorum? */
+  removalLosesQuorum(raftId: NodeId): boolean {
+    const { voters, reachable } = this.quorumView();
+    if (!voters.includes(raftId)) return false;
+    const after = voters.length - 1;
+    if (after === 0) return true;
+    const reachableAfter = reachable.filter((v) => v !== raftId).length;
+    return reachableAfter < Math.floor(after / 2) + 1;
+  }
+
+  rootCA(): Promise<RootCA> {
+    const c = this.store.cluster();
+    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
+    return RootCA.fromPem(c.secrets.rootCACertPem, c.secrets.rootCAKeyPem);
+  }
+
+  roleOf(nodeId: string): NodeRole | undefined {
+    return this.store.node(nodeId)?.role;
+  }
+
+  transferLeadershipAway(): boolean {
+    const st = this.raft.status();
+    let best: NodeId = 0;
+    let bestMatch = -1;
+    for (const [id, p] of st.progress) {
+      if (id === this.raftId || p.isLearner || !this.reachable(id)) continue;
+      if (p.match > bestMatch) {
+        best = id;
+        bestMatch = p.match;
+      }
+    }
+    if (best === 0) return false;
+    this.log.info({ to: best.toString(16) }, "transferring leadership");
+    this.raft.transferLeadership(best);
+    return true;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.prober) clearInterval(this.prober);
+    this.roleManager.stop();
+    this.dispatcher.loseLeadership();
+    await this.raft.stop();
+    await this.transport.close();
+    if (this.server) this.server.forceShutdown();
+    await this.listener?.close();
+    await this.storage.close();
+  }
+}
+
+export function splitHostPort(addr: string): [string, string] {
+  const i = addr.lastIndexOf(":");
+  if (i < 0) return [addr, "2377"];
+  let host = addr.slice(0, i);
+  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
+  return [host, addr.slice(i + 1)];
+}
+
+/**
+ * force-new-cluster: rewrite a manager's Raft state so that it is the only member, keeping every
+ * committed object. Uncommitted entries are dropped; the other members are removed for good.
+ */
+export async function forceNewCluster(dataRoot: DataRoot, raftId: NodeId, log: Logger): Promise<void> {
+  const storage = await LevelStorage.open(dataRoot.raftDir);
+  try {
+    const mem = storage.mem;
+    const { hardState, confState } = mem.initialState();
+    const snap = mem.snapshot();
+    const store = new Store();
+    store.restore(snap.data, snap.metadata.index);
+    const members = new Set([...confState.voters, ...confState.learners]);
+    const removed = new Set(confState.removed);
+    // Replay what was committed.
+    for (let i = snap.metadata.index + 1; i <= hardState.commit; i++) {
+      const e = mem.entries(i, i + 1, Number.MAX_SAFE_INTEGER)[0]!;
+      if (e.type === EntryType.ConfChange) {
+        const cc = Raft.decodeConfChange(e);
+        if (cc.type === ConfChangeType.AddLearner) {
+          if (!removed.has(cc.nodeId)) members.add(cc.nodeId);
+          try {
+            const ctx = JSON.parse(new TextDecoder().decode(cc.context)) as MemberContext;
+            store.apply(
+              encodeCommand(
+                { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.nodeId, addr: ctx.addr } },
+                new Date(0),
+              ),
+              i,
+            );
+          } catch {
+            /* not ours */
+          }
+        } else if (cc.type === ConfChangeType.RemoveNode) {
+          members.delete(cc.nodeId);
+          removed.add(cc.nodeId);
+          store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, new Date(0)), i);
+        }
+      } else {
+        const payload = entryPayload(e);
+        if (payload) store.apply(payload, i);
+      }
+    }
+    for (const id of members) if (id !== raftId) removed.add(id);
+    store.keepOnlyMember(raftId);
+    const index = hardState.commit + 1;
+    const term = hardState.term + 1;
+    await storage.save(
+      {
+        snapshot: {
+          metadata: {
+            index,
+            term,
+            confState: { voters: [raftId], learners: [], removed: [...removed].sort((a, b) => a - b) },
+          },
+          data: store.snapshot(),
+        },
+        hardState: { term, vote: 0, commit: index },
+        entries: [],
+      },
+      true,
+    );
+    log.warn(
+      { index, term, dropped: [...members].filter((id) => id !== raftId).map((id) => id.toString(16)) },
+      "forced a new cluster",
+    );
+  } finally {
+    await storage.close();
+  }
+}
+
+export const GRPC_STATUS = status;

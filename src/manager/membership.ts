@@ -1,0 +1,53 @@
+// Raft membership over the cluster protocol: a manager joining asks the leader to add it as a learner
+// (the leader promotes it to voter once it has caught up); a manager leaving asks to be removed.
+
+import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
+import { peerRole } from "../ca/tls.js";
+import type { JoinRequest, JoinResponse, LeaveRequest, LeaveResponse } from "../gen/cluster.js";
+import { asGrpc } from "./ca-server.js";
+import { GrpcError, notLeader } from "./grpc-util.js";
+import type { Manager } from "./manager.js";
+
+export function membershipService(m: Manager): UntypedServiceImplementation {
+  return {
+    join: (call: ServerUnaryCall<JoinRequest, JoinResponse>, cb: sendUnaryData<JoinResponse>) => {
+      void (async () => {
+        if (!m.isLeader) throw notLeader(m.leaderAddr());
+        const peer = peerRole(call);
+        if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
+        const addr = call.request.addr;
+        if (!/^[^\s]+:\d+$/.test(addr))
+          throw new GrpcError(status.INVALID_ARGUMENT, `invalid manager address "${addr}"`);
+        const raftId = await m.addMember(peer.nodeId, addr);
+        m.log.info(
+          { node: peer.nodeId, raftId: raftId.toString(16), addr },
+          "manager joined the raft group as a learner",
+        );
+        const members = m.store.members().map((x) => ({ raftId: x.raftId, nodeId: x.nodeId, addr: x.addr }));
+        return { raftId, members, clusterId: m.clusterId };
+      })().then(
+        (res) => cb(null, res),
+        (e: unknown) => cb(asGrpc(e)),
+      );
+    },
+    leave: (call: ServerUnaryCall<LeaveRequest, LeaveResponse>, cb: sendUnaryData<LeaveResponse>) => {
+      void (async () => {
+        if (!m.isLeader) throw notLeader(m.leaderAddr());
+        const peer = peerRole(call);
+        const target = call.request.nodeId || peer?.nodeId || "";
+        const member = m.store.memberByNode(target);
+        if (!member) return {};
+        if (member.raftId === m.raftId) {
+          throw new GrpcError(status.FAILED_PRECONDITION, "the leader cannot remove itself: transfer leadership first");
+        }
+        await m.removeMember(member.raftId);
+        m.log.info({ node: target }, "manager left the raft group");
+        return {};
+      })().then(
+        (res) => cb(null, res),
+        (e: unknown) => cb(asGrpc(e)),
+      );
+    },
+  };
+}

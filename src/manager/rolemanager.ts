@@ -1,0 +1,60 @@
+// The role manager (leader only): makes each node's actual role follow its desired role (Spec.Role).
+// Promotion: the node's role becomes manager, its agent renews its certificate as a manager and joins
+// the Raft group. Demotion: the node leaves the Raft group first (the leader hands over leadership if it
+// is the one demoted), then its role becomes worker and its agent renews as a worker.
+
+import type { Manager } from "./manager.js";
+
+export class RoleManager {
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+
+  constructor(private readonly m: Manager) {}
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.reconcile(), 200);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private async reconcile(): Promise<void> {
+    if (this.busy || !this.m.isLeader) return;
+    this.busy = true;
+    try {
+      for (const rec of this.m.store.nodes()) {
+        const id = rec.node.ID;
+        const desired = rec.node.Spec.Role;
+        if (desired === "manager" && rec.role === "worker") {
+          this.m.log.info({ node: id }, "promoting node to manager");
+          await this.m.write({ op: "node.role", id, role: "manager" });
+          return;
+        }
+        if (desired === "worker" && rec.role === "manager") {
+          const member = this.m.store.memberByNode(id);
+          if (member) {
+            if (member.raftId === this.m.raftId) {
+              // The leader is being demoted: hand over; the next leader finishes the job.
+              this.m.transferLeadershipAway();
+              return;
+            }
+            this.m.log.info({ node: id }, "demoting manager: removing it from the raft group");
+            await this.m.removeMember(member.raftId);
+            return;
+          }
+          this.m.log.info({ node: id }, "demoting node to worker");
+          await this.m.write({ op: "node.role", id, role: "worker" });
+          return;
+        }
+      }
+    } catch (e) {
+      this.m.log.warn({ err: e }, "role reconciliation failed; will retry");
+    } finally {
+      this.busy = false;
+    }
+  }
+}
