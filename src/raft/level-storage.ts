@@ -390,12 +390,22 @@ export class LevelStorage {
     }
 
     if (ops.length === 0) return;
-    await this.db.batch(ops, { sync });
+    await this.writeOps(ops, sync);
 
     this.snapChunks = newChunks;
     if (snap !== undefined) mem.applySnapshot(snap);
     if (ents.length > 0) mem.append(ents);
     if (rd.hardState !== undefined) mem.setHardState(rd.hardState);
+  }
+
+  /** One atomic write. A chained batch costs a third of an array batch per op in classic-level. */
+  private async writeOps(ops: Op[], sync: boolean): Promise<void> {
+    const b = this.db.batch();
+    for (const op of ops) {
+      if (op.type === "put") b.put(op.key, op.value);
+      else b.del(op.key);
+    }
+    await b.write({ sync });
   }
 
   /** Appends the ops that store `snap` and delete the previous snapshot's chunks; returns the chunk count. */
@@ -454,18 +464,21 @@ export class LevelStorage {
 
     const ops: Op[] = [];
     const chunks = this.snapshotOps(ops, snap);
-    await this.db.batch(ops, { sync: true });
+    await this.writeOps(ops, true);
     this.snapChunks = chunks;
     mem.createSnapshot(index, confState, data);
 
     const offset = mem.ents[0]!.index;
     const compactIndex = index - keepTail;
     if (compactIndex > offset) {
-      const cops: Op[] = [];
-      for (let i = offset + 1; i <= compactIndex; i++) cops.push({ type: "del", key: entryKey(i) });
-      cops.push({ type: "put", key: COMPACTION_MARKER_KEY, value: encodeMarker(compactIndex, mem.term(compactIndex)) });
-      await this.db.batch(cops, { sync: true });
+      // The marker first (synced): entries at or below it are stale from then on, and open() removes any
+      // left behind by a crash. Then one range delete, not one op per entry.
+      await this.writeOps(
+        [{ type: "put", key: COMPACTION_MARKER_KEY, value: encodeMarker(compactIndex, mem.term(compactIndex)) }],
+        true,
+      );
       mem.compact(compactIndex);
+      await this.db.clear({ gt: entryKey(offset), lte: entryKey(compactIndex) });
     }
     return mem.snap;
   }

@@ -215,9 +215,14 @@ export class RaftLog {
     return this.storage.term(i);
   }
 
+  /** Term of entry i, or 0 when it cannot be seen (compacted or beyond the end). Never throws: this is
+   * the hot path of every append a follower receives. */
   zeroTermOnOutOfBounds(i: number): number {
+    if (i < this.firstIndex() - 1 || i > this.lastIndex()) return 0;
+    const ut = this.unstable.maybeTerm(i);
+    if (ut !== undefined) return ut;
     try {
-      return this.term(i);
+      return this.storage.term(i);
     } catch (e) {
       if (e instanceof ErrCompacted || e instanceof ErrUnavailable) return 0;
       throw e;
@@ -240,12 +245,8 @@ export class RaftLog {
   }
 
   matchTerm(i: number, term: number): boolean {
-    try {
-      return this.term(i) === term;
-    } catch (e) {
-      if (e instanceof ErrCompacted || e instanceof ErrUnavailable) return false;
-      throw e;
-    }
+    if (i < this.firstIndex() - 1 || i > this.lastIndex()) return false;
+    return this.zeroTermOnOutOfBounds(i) === term;
   }
 
   /**

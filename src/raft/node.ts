@@ -78,6 +78,9 @@ export interface RaftNodeOptions {
  */
 const HEADER = 16;
 
+/** Bytes of proposals stepped as one message (well under the transport's message limit). */
+const MAX_BATCH_BYTES = 1 << 20;
+
 interface Pending {
   resolve: (r: { index: number; result: unknown }) => void;
   reject: (err: Error) => void;
@@ -114,6 +117,7 @@ export class RaftNode {
   private seq = 0;
   private readonly runId = randomInt(1, 2 ** 48 - 1);
   private pending = new Map<number, Pending>();
+  private queued: { framed: Uint8Array; seq: number; resolve: Pending["resolve"]; reject: Pending["reject"] }[] = [];
   private reads: PendingRead[] = [];
   private readSeq = 0;
   appliedIndex: number;
@@ -200,20 +204,47 @@ export class RaftNode {
     dv.setFloat64(0, this.runId);
     dv.setFloat64(8, seq);
     framed.set(data, HEADER);
+    if (framed.length > this.rawNode.raft.maxProposalSize) {
+      return Promise.reject(
+        new ErrProposalDropped(
+          `proposal of ${framed.length} bytes exceeds the maximum of ${this.rawNode.raft.maxProposalSize} bytes`,
+        ),
+      );
+    }
     return new Promise<{ index: number; result: unknown }>((resolve, reject) => {
-      try {
-        this.rawNode.propose(framed);
-      } catch (e) {
-        reject(e);
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.pending.delete(seq);
-        reject(new ErrProposalDropped("timed out waiting for the proposal to commit"));
-      }, this.opts.proposalTimeoutMs ?? 10_000);
-      this.pending.set(seq, { resolve, reject, timer });
+      this.queued.push({ framed, seq, resolve, reject });
       this.kick();
     });
+  }
+
+  /**
+   * Step the proposals queued since the last turn of the loop as few messages as possible (each under
+   * MAX_BATCH_BYTES): while one Ready is being written, the next one's proposals gather here.
+   */
+  private flushProposals(): void {
+    while (this.queued.length > 0) {
+      let bytes = 0;
+      let n = 0;
+      while (n < this.queued.length && (n === 0 || bytes + this.queued[n]!.framed.length <= MAX_BATCH_BYTES)) {
+        bytes += this.queued[n]!.framed.length;
+        n++;
+      }
+      const batch = this.queued.splice(0, n);
+      try {
+        this.rawNode.proposeBatch(batch.map((b) => b.framed));
+      } catch (e) {
+        for (const b of batch) b.reject(e instanceof Error ? e : new Error(String(e)));
+        continue;
+      }
+      const timeoutMs = this.opts.proposalTimeoutMs ?? 10_000;
+      for (const b of batch) {
+        const timer = setTimeout(() => {
+          this.pending.delete(b.seq);
+          b.reject(new ErrProposalDropped("timed out waiting for the proposal to commit"));
+        }, timeoutMs);
+        this.pending.set(b.seq, { resolve: b.resolve, reject: b.reject, timer });
+      }
+    }
   }
 
   /** Propose a membership change; resolves once it is applied here. */
@@ -266,8 +297,9 @@ export class RaftNode {
     return this.rawNode.status();
   }
 
+  /** Whether this node leads now (a stopped node leads nothing, whatever its last state was). */
   get isLeader(): boolean {
-    return this.rawNode.raft.state === StateType.Leader;
+    return !this.stopped && this.rawNode.raft.state === StateType.Leader;
   }
 
   get leader(): NodeId {
@@ -304,7 +336,10 @@ export class RaftNode {
     if (this.running) return;
     this.running = true;
     try {
-      while (!this.fatal && this.rawNode.hasReady()) {
+      for (;;) {
+        if (this.fatal) break;
+        this.flushProposals();
+        if (!this.rawNode.hasReady()) break;
         await this.handle(this.rawNode.ready());
       }
     } catch (e) {
@@ -359,7 +394,10 @@ export class RaftNode {
       this.appliedIndex = rd.snapshot.metadata.index;
       this.snapshotIndex = rd.snapshot.metadata.index;
     }
-    for (const e of rd.committedEntries) await this.applyEntry(e);
+    for (const e of rd.committedEntries) {
+      const p = this.applyEntry(e);
+      if (p) await p;
+    }
     this.crash("afterApply", rd);
     this.rawNode.advance(rd);
     for (const rs of rd.readStates) {
@@ -371,7 +409,7 @@ export class RaftNode {
     await this.maybeSnapshot();
   }
 
-  private async applyEntry(e: Entry): Promise<void> {
+  private applyEntry(e: Entry): Promise<void> | undefined {
     if (e.type === EntryType.ConfChange) {
       const cc = Raft.decodeConfChange(e);
       const cs = this.rawNode.applyConfChange(cc);
@@ -386,17 +424,25 @@ export class RaftNode {
       const dv = new DataView(e.data.buffer, e.data.byteOffset, e.data.byteLength);
       const proposer = dv.getFloat64(0);
       const seq = dv.getFloat64(8);
-      const result = await this.sm.apply(e.data.subarray(HEADER), e.index);
-      if (proposer === this.runId) {
-        const p = this.pending.get(seq);
-        if (p) {
-          clearTimeout(p.timer);
-          this.pending.delete(seq);
-          p.resolve({ index: e.index, result });
+      const done = (result: unknown): void => {
+        if (proposer === this.runId) {
+          const p = this.pending.get(seq);
+          if (p) {
+            clearTimeout(p.timer);
+            this.pending.delete(seq);
+            p.resolve({ index: e.index, result });
+          }
         }
-      }
+        this.appliedIndex = e.index;
+      };
+      const result = this.sm.apply(e.data.subarray(HEADER), e.index);
+      // Only an asynchronous state machine costs a turn of the event loop per entry.
+      if (result instanceof Promise) return result.then(done);
+      done(result);
+      return undefined;
     }
     this.appliedIndex = e.index;
+    return undefined;
   }
 
   private serveReads(): void {
@@ -438,6 +484,7 @@ export class RaftNode {
   }
 
   private failAll(err: Error): void {
+    for (const q of this.queued.splice(0)) q.reject(err);
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(err);

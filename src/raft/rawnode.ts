@@ -80,6 +80,24 @@ export class RawNode {
     );
   }
 
+  /** Propose several entries in one message (one append to each follower instead of one per entry). */
+  proposeBatch(datas: Uint8Array[]): void {
+    for (const data of datas) {
+      if (data.length > this.raft.maxProposalSize) {
+        throw new ErrProposalDropped(
+          `proposal of ${data.length} bytes exceeds the maximum of ${this.raft.maxProposalSize} bytes`,
+        );
+      }
+    }
+    this.raft.step(
+      newMessage({
+        type: MessageType.Prop,
+        from: this.raft.id,
+        entries: datas.map((data) => ({ term: 0, index: 0, type: EntryType.Normal, data })),
+      }),
+    );
+  }
+
   /** Propose a membership change. On the leader it is validated at once and a clear error thrown. */
   proposeConfChange(cc: ConfChange): void {
     if (this.raft.state === StateType.Leader) {
