@@ -192,6 +192,8 @@ export class Raft {
   private readonly logger: RaftLogger | undefined;
   private readonly unsafeCommitAnyTerm: boolean;
   private snapAsm: SnapshotAssembly | undefined;
+  /** Set when the transport reported our leader dead, until a leader is known again. */
+  private fastElection = false;
 
   constructor(c: Config) {
     if (c.id === NONE) throw new Error("cannot use none as id");
@@ -437,10 +439,15 @@ export class Raft {
   }
 
   private resetRandomizedElectionTimeout(): void {
-    this.randomizedElectionTimeout = this.electionTimeout + this.rand.intn(this.electionTimeout);
+    // After the transport saw the leader die, survivors that collide (both candidates in one term) retry
+    // within a few ticks rather than a whole election timeout.
+    this.randomizedElectionTimeout = this.fastElection
+      ? 1 + this.rand.intn(5)
+      : this.electionTimeout + this.rand.intn(this.electionTimeout);
   }
 
   becomeFollower(term: number, lead: NodeId): void {
+    if (lead !== NONE) this.fastElection = false;
     this.reset(term);
     this.lead = lead;
     this.state = StateType.Follower;
@@ -464,6 +471,7 @@ export class Raft {
 
   private becomeLeader(): void {
     if (this.state === StateType.Follower) throw new Error("invalid transition [follower -> leader]");
+    this.fastElection = false;
     this.reset(this.term);
     this.lead = this.id;
     this.state = StateType.Leader;
@@ -835,11 +843,13 @@ export class Raft {
       case MessageType.App:
         this.electionElapsed = 0;
         this.lead = m.from;
+        this.leaderHeard();
         this.handleAppendEntries(m);
         return;
       case MessageType.Heartbeat:
         this.electionElapsed = 0;
         this.lead = m.from;
+        this.leaderHeard();
         this.handleHeartbeat(m);
         return;
       case MessageType.Snap:
@@ -1104,6 +1114,12 @@ export class Raft {
     return this.confState();
   }
 
+  private leaderHeard(): void {
+    if (!this.fastElection) return;
+    this.fastElection = false;
+    this.resetRandomizedElectionTimeout();
+  }
+
   /**
    * The transport lost its connection to `id` (the peer process died, or the link broke). If that is our
    * leader, stop trusting it: campaign within a few ticks instead of waiting out the election timeout, and
@@ -1113,6 +1129,7 @@ export class Raft {
   leaderUnreachable(id: NodeId): void {
     if (this.state !== StateType.Follower || id === NONE || id !== this.lead) return;
     this.lead = NONE;
+    this.fastElection = true;
     const soon = 1 + this.rand.intn(3);
     this.electionElapsed = Math.max(this.electionElapsed, this.randomizedElectionTimeout - soon);
     this.logger?.info({ leader: id }, "lost the connection to the leader; campaigning soon");

@@ -94,6 +94,38 @@ describe("fast failover when the transport sees the leader die", () => {
     expect(net.leader().term).toBeGreaterThan(term);
   });
 
+  it("two survivors that collide as candidates of one term retry within a few ticks, not an election timeout", () => {
+    let collisions = 0;
+    for (let seed = 1; seed <= 60; seed++) {
+      const net = cluster(3, 1, undefined, seed);
+      net.node(1).down = true;
+      net.isolate(1);
+      for (const id of [2, 3]) {
+        net.node(id).rn.reportUnreachable(1);
+        net.process(id);
+      }
+      let collidedAt = -1;
+      let t = 0;
+      for (; t < 3 * ELECTION && net.leaders().every((n) => n.id === 1); t++) {
+        net.tick(1, [2, 3]);
+        const [a, b] = [net.node(2), net.node(3)];
+        if (collidedAt < 0 && a.state === StateType.Candidate && b.state === StateType.Candidate && a.term === b.term) {
+          collidedAt = t;
+        }
+      }
+      expect(
+        net.leaders().some((n) => n.id !== 1),
+        `seed ${seed}: no leader`,
+      ).toBe(true);
+      if (collidedAt >= 0) {
+        collisions++;
+        // Without the fast retry, a collision costs a whole randomised election timeout (10-20 ticks).
+        expect(t - collidedAt, `seed ${seed}: collision at tick ${collidedAt}, leader at ${t}`).toBeLessThan(ELECTION);
+      }
+    }
+    expect(collisions, "no seed produced a collision: the test shows nothing").toBeGreaterThan(0);
+  });
+
   it("a false alarm on one follower does not depose a healthy leader", () => {
     const net = cluster();
     const term = net.node(1).term;
