@@ -44,6 +44,7 @@ import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
 import { forceNewCluster, Manager, splitHostPort } from "../manager/manager.js";
+import { newNetworkId } from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
 import { VERSION } from "../version.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
@@ -443,6 +444,19 @@ export class Daemon implements SwarmBackend {
             managerToken: generateJoinToken(ca.certPem),
           },
         });
+        await m.write({
+          op: "network.create",
+          id: newNetworkId(),
+          spec: {
+            name: "ingress",
+            driver: "overlay",
+            internal: false,
+            attachable: false,
+            ingress: true,
+            options: {},
+            labels: {},
+          },
+        });
         const node = newNodeObject(nodeId, "manager", req.Availability || "active", this.opts.hostname, advertise.ip);
         node.Description = this.description();
         await m.write({ op: "node.create", node, role: "manager" });
@@ -585,17 +599,19 @@ export class Daemon implements SwarmBackend {
       if (s.role === "manager" && m) {
         const { voters, reachable } = m.quorumView();
         if (!force) {
-          const msg = "You are attempting to leave the swarm on a node that is participating as a manager. ";
+          // Like dockerd: a manager never leaves without --force; the words depend on what it would cost.
+          let msg = "You are attempting to leave the swarm on a node that is participating as a manager. ";
           if (voters.length <= 1) {
             throw unavailable(
               `${msg}Removing the last manager erases all current state of the swarm. Use \`--force\` to ignore this message.`,
             );
           }
           if (m.removalLosesQuorum(m.raftId)) {
-            throw unavailable(
-              `${msg}Removing this node leaves ${reachable.length - 1} managers out of ${voters.length}. Without a Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus is to reinitialize it with \`--force-new-cluster\`. Use \`--force\` to suppress this message.`,
-            );
+            msg += `Removing this node leaves ${reachable.length - 1} managers out of ${voters.length}. Without a Raft quorum your swarm will be inaccessible. `;
           }
+          throw unavailable(
+            `${msg}The only way to restore a swarm that has lost consensus is to reinitialize it with \`--force-new-cluster\`. Use \`--force\` to suppress this message.`,
+          );
         }
         if (voters.length > 1)
           await this.leaveRaft(m).catch((e: unknown) =>

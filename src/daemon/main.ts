@@ -51,7 +51,7 @@ function buildProgram(): Command {
       const server = await EngineServer.listen({
         socketPath: socketPathOf(flags.host),
         backend: daemon,
-        logger: logger.child({ component: "engine" }),
+        logger,
         dataRoot: flags.dataRoot,
       });
       logger.info({ socket: server.socketPath, dataRoot: flags.dataRoot, version: VERSION }, "shoald is ready");

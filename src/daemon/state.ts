@@ -58,8 +58,14 @@ export class DataRoot {
     return s;
   }
 
-  async saveState(s: LocalState): Promise<void> {
-    await writeFileAtomic(this.stateFile, `${JSON.stringify(s, null, 2)}\n`, 0o600);
+  private saving: Promise<void> = Promise.resolve();
+
+  /** Saves are serialised: the last one called is the one on disk. */
+  saveState(s: LocalState): Promise<void> {
+    const text = `${JSON.stringify(s, null, 2)}\n`;
+    const run = this.saving.then(() => writeFileAtomic(this.stateFile, text, 0o600));
+    this.saving = run.catch(() => undefined);
+    return run;
   }
 
   async loadCertificates(): Promise<Certificates> {
@@ -89,9 +95,12 @@ export class DataRoot {
   }
 }
 
+let tmpSeq = 0;
+
 export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${process.pid}`;
+  // A name of its own for every write: two writes of the same file at once must not share a temp file.
+  const tmp = `${path}.tmp-${process.pid}-${++tmpSeq}`;
   const fh = await open(tmp, "w", mode);
   try {
     await fh.writeFile(data);

@@ -68,6 +68,8 @@ export class Manager {
   readonly nodeId: string;
   readonly clusterId: string;
   raft!: RaftNode;
+  /** The root logger, for subsystems that carry their own component name. */
+  private readonly root: Logger;
   private storage!: LevelStorage;
   transport!: GrpcTransport;
   private server: Server | undefined;
@@ -83,6 +85,7 @@ export class Manager {
 
   private constructor(opts: ManagerOptions) {
     this.opts = opts;
+    this.root = opts.logger;
     this.log = opts.logger.child({ component: "manager" });
     if (opts.state.raftId === undefined) throw new Error("a manager needs a raft id");
     this.raftId = opts.state.raftId;
@@ -96,8 +99,15 @@ export class Manager {
 
   static async start(opts: ManagerOptions): Promise<Manager> {
     const m = new Manager(opts);
-    await m.startRaft();
+    // The listener first: a busy port is a clear error before anything else has started.
     await m.startServer();
+    try {
+      await m.startRaft();
+    } catch (e) {
+      await m.listener?.close();
+      m.server?.forceShutdown();
+      throw e;
+    }
     m.prober = setInterval(() => m.probePeers(), 1000);
     m.prober.unref();
     return m;
@@ -124,7 +134,7 @@ export class Manager {
       resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id),
       credentials: () => clientCredentials(this.certs.rootPem, this.certs.certPem, this.certs.keyPem),
       onUnreachable: (id) => this.raft?.reportUnreachable(id),
-      logger: this.log.child({ component: "transport" }),
+      logger: this.root.child({ component: "transport" }),
     });
     this.raft = await RaftNode.start({
       id: this.raftId,
@@ -137,7 +147,7 @@ export class Manager {
       transport: this.transport,
       ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),
       ...(this.opts.electionTick !== undefined ? { electionTick: this.opts.electionTick } : {}),
-      logger: this.log.child({ component: "raft", raftId: this.raftId.toString(16) }),
+      logger: this.root.child({ component: "raft", raftId: this.raftId.toString(16) }),
       onConfChange: (cc, _cs, index) => this.onConfChange(cc, index),
       onSoftState: (ss) => this.onSoftState(ss.state === StateType.Leader, ss.lead),
     });
@@ -159,9 +169,9 @@ export class Manager {
     server.addService(
       RaftServiceDefinition,
       raftServiceImplementation({
-        deliver: (m) => this.raft.step(m),
+        deliver: (m) => this.raft?.step(m),
         clusterId: () => this.clusterId,
-        onHeard: (id) => this.transport.markHeard(id),
+        onHeard: (id) => this.transport?.markHeard(id),
         selfId: () => this.raftId,
         // A member's messages must come from the node it was added for (before the store knows a
         // member, during a join, any manager of this cluster may speak).
@@ -170,7 +180,7 @@ export class Manager {
           return member === undefined || member.nodeId === peer.nodeId;
         },
         isRemoved: (nodeId) => this.store.isRemoved(nodeId),
-        logger: this.log.child({ component: "raft-server" }),
+        logger: this.root.child({ component: "raft-server" }),
       }),
     );
     server.addService(
@@ -187,16 +197,43 @@ export class Manager {
     );
     server.addService(
       DispatcherService,
-      withAcl(this.dispatcher.service(), { session: ["worker", "manager"], heartbeat: ["worker", "manager"] }, acl),
+      withAcl(
+        this.dispatcher.service(),
+        {
+          session: ["worker", "manager"],
+          heartbeat: ["worker", "manager"],
+          attach: ["worker", "manager"],
+          detach: ["worker", "manager"],
+        },
+        acl,
+      ),
     );
     const [host, portText] = splitHostPort(this.opts.state.listenAddr);
-    this.listener = await listenTLS(server, {
-      host,
-      port: Number(portText),
-      rootPem: this.certs.rootPem,
-      certPem: this.certs.certPem,
-      keyPem: this.certs.keyPem,
-    });
+    try {
+      this.listener = await listenTLS(server, {
+        host,
+        port: Number(portText),
+        rootPem: this.certs.rootPem,
+        certPem: this.certs.certPem,
+        keyPem: this.certs.keyPem,
+      });
+    } catch (e) {
+      server.forceShutdown();
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "EADDRINUSE") {
+        throw new ApiError(
+          400,
+          `listen address ${this.opts.state.listenAddr} is already in use: choose another with --listen-addr`,
+        );
+      }
+      if (code === "EADDRNOTAVAIL") {
+        throw new ApiError(
+          400,
+          `listen address ${this.opts.state.listenAddr} is not an address of this host: choose another with --listen-addr`,
+        );
+      }
+      throw e;
+    }
     this.server = server;
     this.log.info({ addr: `${host}:${this.listener.port}` }, "cluster listener started");
   }
@@ -276,6 +313,7 @@ export class Manager {
 
   /** Propose a store command and wait for its outcome; a refused command becomes an ApiError. */
   async write(cmd: Command): Promise<number> {
+    if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
     let res: { index: number; result: unknown };
     try {
       res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()));
@@ -290,6 +328,7 @@ export class Manager {
 
   /** Wait until this manager has applied every write that finished before the call. */
   async readBarrier(): Promise<void> {
+    if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
     try {
       await this.raft.readBarrier(5000);
     } catch (e) {
