@@ -160,3 +160,100 @@ export interface SwarmBackend {
   nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void>;
   nodeRemove(ref: string, force: boolean): Promise<void>;
 }
+
+// ------------------------------------------------------------------ networks
+
+export interface IPAMConfigEntry {
+  Subnet?: string;
+  Gateway?: string;
+  IPRange?: string;
+}
+
+export interface NetworkCreateRequest {
+  Name: string;
+  Driver?: string;
+  Scope?: string;
+  Internal?: boolean;
+  Attachable?: boolean;
+  Ingress?: boolean;
+  IPAM?: { Driver?: string; Options?: Record<string, string> | null; Config?: IPAMConfigEntry[] | null };
+  Options?: Record<string, string> | null;
+  Labels?: Record<string, string> | null;
+  CheckDuplicate?: boolean;
+  EnableIPv6?: boolean;
+}
+
+export interface NetworkContainer {
+  Name: string;
+  EndpointID: string;
+  MacAddress: string;
+  IPv4Address: string;
+  IPv6Address: string;
+}
+
+/** GET /networks/{id}: Docker's NetworkResource. */
+export interface NetworkResource {
+  Name: string;
+  Id: string;
+  Created: string;
+  Scope: "swarm" | "local";
+  Driver: string;
+  EnableIPv4: boolean;
+  EnableIPv6: boolean;
+  IPAM: { Driver: string; Options: Record<string, string> | null; Config: IPAMConfigEntry[] };
+  Internal: boolean;
+  Attachable: boolean;
+  Ingress: boolean;
+  ConfigFrom: { Network: string };
+  ConfigOnly: boolean;
+  /** This host's containers on the network. */
+  Containers: Record<string, NetworkContainer>;
+  Options: Record<string, string>;
+  Labels: Record<string, string>;
+  /** The nodes that hold the network now (overlay only). */
+  Peers?: { Name: string; IP: string }[];
+  /** shoal: for encrypted networks, what this host has installed (never keys). */
+  Encryption?: unknown;
+}
+
+export interface EndpointSettingsRequest {
+  IPAMConfig?: { IPv4Address?: string } | null;
+  Aliases?: string[] | null;
+}
+
+export interface NetworkBackend {
+  networkCreate(req: NetworkCreateRequest): Promise<{ Id: string; Warning: string }>;
+  networkList(filters: Record<string, string[]>): Promise<NetworkResource[]>;
+  /** ref: full id, unique id prefix, or name. */
+  networkInspect(ref: string): Promise<NetworkResource>;
+  networkRemove(ref: string): Promise<void>;
+  networkConnect(ref: string, container: string, cfg: EndpointSettingsRequest): Promise<void>;
+  networkDisconnect(ref: string, container: string, force: boolean): Promise<void>;
+}
+
+/**
+ * What the container runtime asks of the daemon when a container joins or leaves a network: the
+ * managers allocate the endpoint, the data plane wires `netnsPath` into the overlay, and the names
+ * become resolvable.
+ */
+export interface AttachedEndpoint {
+  networkId: string;
+  networkName: string;
+  endpointId: string;
+  ip: string;
+  prefixLen: number;
+  mac: string;
+  gateway: string;
+  aliases: string[];
+}
+
+export interface NetworkAttacher {
+  attach(
+    container: { id: string; name: string; netnsPath: string; ifname: string },
+    networkRef: string,
+    cfg: EndpointSettingsRequest,
+  ): Promise<AttachedEndpoint>;
+  detach(container: { id: string; name: string; netnsPath: string }, endpoint: AttachedEndpoint): Promise<void>;
+  /** The resolv.conf a container on these networks gets (the embedded DNS server's address). */
+  resolvConf(networks: AttachedEndpoint[]): string;
+}

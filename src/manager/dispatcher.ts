@@ -12,12 +12,15 @@ import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionReques
 import type { StoreEvent } from "../store/store.js";
 import { failStream, GrpcError, notLeader } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
+import { attachmentHandlers, statesForNode } from "./networks.js";
 
 interface Session {
   id: string;
   nodeId: string;
   call: ServerWritableStream<SessionRequest, SessionMessage>;
   timer: NodeJS.Timeout | undefined;
+  /** The last message sent, to send only what changed. */
+  last: string;
 }
 
 export const DEFAULT_HEARTBEAT_MS = 5000;
@@ -108,7 +111,18 @@ export class Dispatcher {
       managers,
       heartbeatPeriodMs: this.heartbeatPeriodMs(),
       role: rec.role,
+      networks: statesForNode(this.m.store, s.nodeId),
     };
+  }
+
+  /** Send the session its current state, if anything changed since the last message. */
+  private push(s: Session): void {
+    const msg = this.message(s);
+    if (!msg) return;
+    const text = JSON.stringify(msg);
+    if (text === s.last) return;
+    s.last = text;
+    s.call.write(msg);
   }
 
   private storeEvent(e: StoreEvent): void {
@@ -119,21 +133,18 @@ export class Dispatcher {
           failStream(s.call, new GrpcError(status.PERMISSION_DENIED, `node ${s.nodeId} was removed from the swarm`));
           this.sessions.delete(s.id);
           if (s.timer) clearTimeout(s.timer);
-        } else {
-          const msg = this.message(s);
-          if (msg) s.call.write(msg);
         }
       }
-    } else if (e.kind === "member" || e.kind === "cluster") {
-      for (const s of this.sessions.values()) {
-        const msg = this.message(s);
-        if (msg) s.call.write(msg);
-      }
+      // A node's address is every peer's VTEP: all sessions may need it.
+      for (const s of this.sessions.values()) this.push(s);
+    } else if (e.kind === "member" || e.kind === "cluster" || e.kind === "network" || e.kind === "endpoint") {
+      for (const s of this.sessions.values()) this.push(s);
     }
   }
 
   service(): UntypedServiceImplementation {
     return {
+      ...attachmentHandlers(this.m),
       session: (call: ServerWritableStream<SessionRequest, SessionMessage>) => {
         void this.session(call).catch((e) => failStream(call, e instanceof Error ? e : new Error(String(e))));
       },
@@ -154,7 +165,7 @@ export class Dispatcher {
     const rec = this.m.store.node(peer.nodeId);
     if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
     const addr = call.request.addr || peerIp(call.getPeer());
-    const s: Session = { id: randomBytes(12).toString("hex"), nodeId: peer.nodeId, call, timer: undefined };
+    const s: Session = { id: randomBytes(12).toString("hex"), nodeId: peer.nodeId, call, timer: undefined, last: "" };
     // One session per node: a reconnecting agent replaces its old session.
     for (const old of [...this.sessions.values()]) {
       if (old.nodeId === s.nodeId) {
@@ -199,8 +210,7 @@ export class Dispatcher {
       this.m.log.info({ node: s.nodeId, addr }, "node is ready");
     }
     if (!this.sessions.has(s.id)) return;
-    const msg = this.message(s);
-    if (msg) call.write(msg);
+    this.push(s);
   }
 }
 

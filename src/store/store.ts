@@ -5,7 +5,19 @@
 // Object versions are Raft indexes. Watchers see every change, in order, after it is applied.
 
 import { EventEmitter } from "node:events";
+import { ApiError } from "../engine/errors.js";
 import type { ClusterInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, SwarmSpec } from "../engine/types.js";
+import { nameConflict, networkInUse, notAttachable } from "../manager/allocator/errors.js";
+import {
+  allocateIp,
+  allocateNetwork,
+  INGRESS_VNI,
+  macFromIp,
+  type NetworkAlloc,
+  normalizePoolConfig,
+  parseVxlanIdList,
+  releaseIp,
+} from "../manager/allocator/ipam.js";
 import type { NodeId } from "../raft/types.js";
 
 /** What only managers hold: the CA key and the join tokens. */
@@ -34,6 +46,43 @@ export interface RaftMember {
   addr: string;
 }
 
+export interface NetworkSpec {
+  name: string;
+  driver: "overlay";
+  internal: boolean;
+  attachable: boolean;
+  ingress: boolean;
+  /** Docker's driver options (encrypted, com.docker.network.driver.mtu, vxlanid_list...). */
+  options: Record<string, string>;
+  labels: Record<string, string>;
+  /** --subnet / --gateway, if given. */
+  subnet?: string;
+  gateway?: string;
+}
+
+export interface NetworkRecord {
+  id: string;
+  spec: NetworkSpec;
+  /** Subnet, gateway, VNI and the serial address pointer: allocated when the entry was applied. */
+  alloc: NetworkAlloc;
+  createdAt: string;
+  version: number;
+}
+
+/** A container's attachment to a network, wherever it runs. */
+export interface EndpointRecord {
+  id: string;
+  networkId: string;
+  /** The node the container runs on. */
+  nodeId: string;
+  containerId: string;
+  containerName: string;
+  aliases: string[];
+  ip: string;
+  mac: string;
+  version: number;
+}
+
 export type Command =
   | { op: "cluster.create"; info: ClusterInfo; secrets: ClusterSecrets }
   | {
@@ -49,6 +98,22 @@ export type Command =
   | { op: "node.describe"; id: string; description: NodeDescription }
   | { op: "node.role"; id: string; role: NodeRole }
   | { op: "node.remove"; id: string }
+  | { op: "network.create"; id: string; spec: NetworkSpec }
+  | { op: "network.remove"; id: string }
+  | {
+      op: "endpoint.create";
+      id: string;
+      networkId: string;
+      nodeId: string;
+      containerId: string;
+      containerName: string;
+      aliases: string[];
+      /** --ip */
+      ip?: string;
+      /** A container outside a service: the network must be attachable. */
+      standalone: boolean;
+    }
+  | { op: "endpoint.remove"; id: string }
   | { op: "member.add"; member: RaftMember }
   | { op: "member.remove"; raftId: NodeId };
 
@@ -59,6 +124,8 @@ export type StoreEvent =
   | { kind: "cluster"; cluster: ClusterRecord }
   | { kind: "node"; action: "create" | "update" | "remove"; node: NodeRecord }
   | { kind: "member"; action: "add" | "remove"; member: RaftMember }
+  | { kind: "network"; action: "create" | "remove"; network: NetworkRecord }
+  | { kind: "endpoint"; action: "create" | "remove"; endpoint: EndpointRecord }
   | { kind: "restore" };
 
 interface State {
@@ -67,11 +134,19 @@ interface State {
   members: Map<NodeId, RaftMember>;
   /** Node ids removed from the swarm: their certificates are refused from then on. */
   removed: Set<string>;
-  /** Time of the last applied entry (from the entry, so replays give the same objects). */
+  networks: Map<string, NetworkRecord>;
+  endpoints: Map<string, EndpointRecord>;
 }
 
 function emptyState(): State {
-  return { cluster: undefined, nodes: new Map(), members: new Map(), removed: new Set() };
+  return {
+    cluster: undefined,
+    nodes: new Map(),
+    members: new Map(),
+    removed: new Set(),
+    networks: new Map(),
+    endpoints: new Map(),
+  };
 }
 
 const enc = new TextEncoder();
@@ -126,6 +201,27 @@ export class Store {
 
   isRemoved(nodeId: string): boolean {
     return this.s.removed.has(nodeId);
+  }
+
+  network(id: string): NetworkRecord | undefined {
+    const n = this.s.networks.get(id);
+    return n ? clone(n) : undefined;
+  }
+
+  networks(): NetworkRecord[] {
+    return [...this.s.networks.values()].map(clone);
+  }
+
+  endpoint(id: string): EndpointRecord | undefined {
+    const e = this.s.endpoints.get(id);
+    return e ? clone(e) : undefined;
+  }
+
+  /** Endpoints, optionally of one network only. */
+  endpoints(networkId?: string): EndpointRecord[] {
+    const out: EndpointRecord[] = [];
+    for (const e of this.s.endpoints.values()) if (!networkId || e.networkId === networkId) out.push(clone(e));
+    return out;
   }
 
   // ------------------------------------------------------------------ the state machine
@@ -209,7 +305,100 @@ export class Store {
         if (!rec) return fail(404, `node ${c.id} not found`);
         s.nodes.delete(c.id);
         s.removed.add(c.id);
+        // Its containers' endpoints go with it: the other hosts drop them from their data planes.
+        for (const ep of [...s.endpoints.values()]) {
+          if (ep.nodeId !== c.id) continue;
+          s.endpoints.delete(ep.id);
+          const n = s.networks.get(ep.networkId);
+          if (n) releaseIp(n.alloc, ep.ip, ep.id);
+          this.emit({ kind: "endpoint", action: "remove", endpoint: clone(ep) });
+        }
         this.emit({ kind: "node", action: "remove", node: clone(rec) });
+        return ok(index);
+      }
+      case "network.create": {
+        if (s.networks.has(c.id)) return fail(409, `network ${c.id} already exists`);
+        for (const n of s.networks.values())
+          if (n.spec.name === c.spec.name) return failWith(nameConflict(c.spec.name));
+        const pool = normalizePoolConfig({
+          pools: s.cluster?.info.DefaultAddrPool ?? [],
+          subnetSize: s.cluster?.info.SubnetSize ?? 0,
+        });
+        let alloc: NetworkAlloc;
+        try {
+          const vniOpt = c.spec.options["com.docker.network.driver.overlay.vxlanid_list"];
+          const requestedVni = c.spec.ingress ? INGRESS_VNI : vniOpt ? parseVxlanIdList(vniOpt)[0] : undefined;
+          alloc = allocateNetwork(
+            {
+              subnets: [...s.networks.values()].map((n) => n.alloc.subnet),
+              vnis: [...s.networks.values()].map((n) => n.alloc.vni),
+            },
+            pool,
+            {
+              ...(c.spec.subnet ? { subnet: c.spec.subnet } : {}),
+              ...(c.spec.gateway ? { gateway: c.spec.gateway } : {}),
+              ...(requestedVni !== undefined ? { vni: requestedVni } : {}),
+            },
+          );
+        } catch (e) {
+          return failWith(e);
+        }
+        const rec: NetworkRecord = { id: c.id, spec: clone(c.spec), alloc, createdAt: at, version: index };
+        s.networks.set(c.id, rec);
+        this.emit({ kind: "network", action: "create", network: clone(rec) });
+        return ok(index);
+      }
+      case "network.remove": {
+        const n = s.networks.get(c.id);
+        if (!n) return fail(404, `network ${c.id} not found`);
+        for (const e of s.endpoints.values())
+          if (e.networkId === c.id) return failWith(networkInUse(n.spec.name, n.id));
+        s.networks.delete(c.id);
+        this.emit({ kind: "network", action: "remove", network: clone(n) });
+        return ok(index);
+      }
+      case "endpoint.create": {
+        const n = s.networks.get(c.networkId);
+        if (!n) return fail(404, `network ${c.networkId} not found`);
+        if (s.endpoints.has(c.id)) return fail(409, `endpoint ${c.id} already exists`);
+        if (c.standalone && !n.spec.attachable) return failWith(notAttachable(n.spec.name));
+        for (const e of s.endpoints.values()) {
+          if (e.networkId === c.networkId && e.containerName === c.containerName) {
+            return fail(403, `endpoint with name ${c.containerName} already exists in network ${n.spec.name}`);
+          }
+        }
+        let ip: string;
+        try {
+          ip = allocateIp(n.alloc, c.id, c.ip, { name: n.spec.name, id: n.id });
+        } catch (e) {
+          return failWith(e);
+        }
+        n.version = index;
+        const ep: EndpointRecord = {
+          id: c.id,
+          networkId: c.networkId,
+          nodeId: c.nodeId,
+          containerId: c.containerId,
+          containerName: c.containerName,
+          aliases: [...c.aliases],
+          ip,
+          mac: macFromIp(ip),
+          version: index,
+        };
+        s.endpoints.set(c.id, ep);
+        this.emit({ kind: "endpoint", action: "create", endpoint: clone(ep) });
+        return ok(index);
+      }
+      case "endpoint.remove": {
+        const ep = s.endpoints.get(c.id);
+        if (!ep) return ok(index);
+        s.endpoints.delete(c.id);
+        const n = s.networks.get(ep.networkId);
+        if (n) {
+          releaseIp(n.alloc, ep.ip, ep.id);
+          n.version = index;
+        }
+        this.emit({ kind: "endpoint", action: "remove", endpoint: clone(ep) });
         return ok(index);
       }
       case "member.add": {
@@ -251,6 +440,8 @@ export class Store {
         nodes: [...s.nodes.values()],
         members: [...s.members.values()],
         removed: [...s.removed],
+        networks: [...s.networks.values()],
+        endpoints: [...s.endpoints.values()],
       }),
     );
   }
@@ -265,6 +456,8 @@ export class Store {
         nodes: NodeRecord[];
         members: RaftMember[];
         removed: string[];
+        networks?: NetworkRecord[];
+        endpoints?: EndpointRecord[];
       };
       if (o.v !== 1) throw new Error(`store snapshot format ${o.v} is not supported`);
       this.s = {
@@ -272,6 +465,8 @@ export class Store {
         nodes: new Map(o.nodes.map((n) => [n.node.ID, n])),
         members: new Map(o.members.map((m) => [m.raftId, m])),
         removed: new Set(o.removed),
+        networks: new Map((o.networks ?? []).map((n) => [n.id, n])),
+        endpoints: new Map((o.endpoints ?? []).map((e) => [e.id, e])),
       };
     }
     this.appliedIndex = index;
@@ -290,4 +485,10 @@ function ok(version: number): Outcome {
 
 function fail(status: number, message: string): Outcome {
   return { ok: false, status, message };
+}
+
+/** A refusal from the allocator (or any ApiError) as an outcome; anything else is a bug and rethrown. */
+function failWith(e: unknown): Outcome {
+  if (e instanceof ApiError) return fail(e.status, e.message);
+  throw e;
 }

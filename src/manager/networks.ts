@@ -1,0 +1,267 @@
+// Overlay networks on the managers: creating and removing them (allocation happens when the store
+// applies the entry), attaching standalone containers (any manager serves it), and the per-network
+// state pushed to every node that holds the network.
+
+import { randomBytes } from "node:crypto";
+import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
+import { newNodeId } from "../ca/ids.js";
+import { peerRole } from "../ca/tls.js";
+import { badRequest, notFound } from "../engine/errors.js";
+import type { NetworkCreateRequest, NetworkResource } from "../engine/types.js";
+import type {
+  AttachRequest,
+  AttachResponse,
+  DetachRequest,
+  DetachResponse,
+  NetworkState,
+  PeerEndpoint,
+} from "../gen/cluster.js";
+import type { EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
+import { asGrpc } from "./ca-server.js";
+import { GrpcError } from "./grpc-util.js";
+import type { Manager } from "./manager.js";
+
+export const MTU_OPTION = "com.docker.network.driver.mtu";
+export const ENCRYPTED_OPTION = "encrypted";
+export const VXLANID_OPTION = "com.docker.network.driver.overlay.vxlanid_list";
+
+/** The MTU of a network's overlay links: 1500 (or the mtu option) less the VXLAN overhead. */
+export function overlayMtu(n: NetworkSpec): number {
+  const base = n.options[MTU_OPTION] ? Number(n.options[MTU_OPTION]) : 1500;
+  const overhead = n.options[ENCRYPTED_OPTION] !== undefined ? 76 : 50;
+  return base - overhead;
+}
+
+/** Resolve a network reference: full id, name, or unique id prefix. */
+export function findNetwork(store: Store, ref: string): NetworkRecord | undefined {
+  const all = store.networks();
+  const byId = all.find((n) => n.id === ref);
+  if (byId) return byId;
+  const byName = all.filter((n) => n.spec.name === ref);
+  if (byName.length === 1) return byName[0];
+  const byPrefix = all.filter((n) => n.id.startsWith(ref));
+  if (byPrefix.length === 1) return byPrefix[0];
+  if (byPrefix.length > 1)
+    throw badRequest(`network ${ref} is ambiguous (${byPrefix.length} matches found based on ID prefix)`);
+  return undefined;
+}
+
+/** Check a create request and turn it into a network spec (nothing is allocated here). */
+export function specFromRequest(req: NetworkCreateRequest): NetworkSpec {
+  const name = req.Name;
+  if (!name || typeof name !== "string") throw badRequest("network name is required");
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name)) {
+    throw badRequest(`invalid network name "${name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed`);
+  }
+  const driver = req.Driver || "overlay";
+  if (driver !== "overlay") {
+    throw badRequest(
+      `network driver "${driver}" is not supported: shoal creates swarm-scoped overlay networks (-d overlay)`,
+    );
+  }
+  if (req.EnableIPv6) throw badRequest("IPv6 is not supported on shoal overlay networks yet");
+  const options = { ...(req.Options ?? {}) };
+  for (const [k, v] of Object.entries(options)) if (typeof v !== "string") throw badRequest(`invalid option ${k}`);
+  if (options[MTU_OPTION] !== undefined) {
+    const mtu = Number(options[MTU_OPTION]);
+    if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65535) {
+      throw badRequest(`invalid value for ${MTU_OPTION}: "${options[MTU_OPTION]}" (an MTU between 1280 and 65535)`);
+    }
+  }
+  const cfgs = req.IPAM?.Config ?? [];
+  if (cfgs.length > 1) throw badRequest("shoal overlay networks take a single IPv4 subnet");
+  const cfg = cfgs[0];
+  if (cfg?.Gateway && !cfg.Subnet) throw badRequest("a gateway needs a subnet (--subnet)");
+  return {
+    name,
+    driver: "overlay",
+    internal: req.Internal === true,
+    attachable: req.Attachable === true,
+    ingress: req.Ingress === true,
+    options,
+    labels: { ...(req.Labels ?? {}) },
+    ...(cfg?.Subnet ? { subnet: cfg.Subnet } : {}),
+    ...(cfg?.Gateway ? { gateway: cfg.Gateway } : {}),
+  };
+}
+
+export function newNetworkId(): string {
+  return newNodeId();
+}
+
+export function newEndpointId(): string {
+  return randomBytes(32).toString("hex");
+}
+
+/** A network with all its endpoints, for a node that holds it. */
+export function networkState(store: Store, networkId: string): NetworkState | undefined {
+  const net = store.network(networkId);
+  if (!net) return undefined;
+  const endpoints: PeerEndpoint[] = store.endpoints(networkId).map((e) => peerOf(store, e));
+  return { networkJson: JSON.stringify(net), endpoints };
+}
+
+function peerOf(store: Store, e: EndpointRecord): PeerEndpoint {
+  const node = store.node(e.nodeId)?.node;
+  return {
+    endpointId: e.id,
+    nodeId: e.nodeId,
+    nodeAddr: node?.Status.Addr ?? "",
+    ip: e.ip,
+    mac: e.mac,
+    containerName: e.containerName,
+    aliases: e.aliases,
+    hostname: node?.Description.Hostname ?? "",
+  };
+}
+
+/** The networks a node holds (it has an endpoint on them), each with all of its endpoints. */
+export function statesForNode(store: Store, nodeId: string): NetworkState[] {
+  const ids = new Set(
+    store
+      .endpoints()
+      .filter((e) => e.nodeId === nodeId)
+      .map((e) => e.networkId),
+  );
+  const out: NetworkState[] = [];
+  for (const id of [...ids].sort()) {
+    const st = networkState(store, id);
+    if (st) out.push(st);
+  }
+  return out;
+}
+
+/** Attach and Detach, added to the Dispatcher service: any manager serves them (writes go through Raft). */
+export function attachmentHandlers(m: Manager): UntypedServiceImplementation {
+  return {
+    attach: (call: ServerUnaryCall<AttachRequest, AttachResponse>, cb: sendUnaryData<AttachResponse>) => {
+      void (async () => {
+        const peer = peerRole(call);
+        if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
+        const req = call.request;
+        await m.readBarrier();
+        const net = findNetwork(m.store, req.network);
+        if (!net) throw notFound(`network ${req.network} not found`);
+        if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(req.containerName))
+          throw badRequest(`invalid container name "${req.containerName}"`);
+        const id = newEndpointId();
+        await m.write({
+          op: "endpoint.create",
+          id,
+          networkId: net.id,
+          nodeId: peer.nodeId,
+          containerId: req.containerId,
+          containerName: req.containerName,
+          aliases: req.aliases,
+          ...(req.ip ? { ip: req.ip } : {}),
+          standalone: true,
+        });
+        const ep = m.store.endpoint(id)!;
+        return { endpointJson: JSON.stringify(ep), network: networkState(m.store, net.id)! };
+      })().then(
+        (res) => cb(null, res),
+        (e: unknown) => cb(asGrpc(e)),
+      );
+    },
+    detach: (call: ServerUnaryCall<DetachRequest, DetachResponse>, cb: sendUnaryData<DetachResponse>) => {
+      void (async () => {
+        const peer = peerRole(call);
+        const ep = m.store.endpoint(call.request.endpointId);
+        if (ep && peer && ep.nodeId !== peer.nodeId && peer.role !== "manager") {
+          throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: the endpoint belongs to another node");
+        }
+        if (ep) await m.write({ op: "endpoint.remove", id: ep.id });
+        return {};
+      })().then(
+        (res) => cb(null, res),
+        (e: unknown) => cb(asGrpc(e)),
+      );
+    },
+  };
+}
+
+/** Docker's NetworkResource for a network: `Containers` are this host's, `Peers` the hosts holding it. */
+export function presentNetwork(
+  net: NetworkRecord,
+  endpoints: {
+    nodeId: string;
+    nodeAddr: string;
+    hostname: string;
+    endpointId: string;
+    containerId: string;
+    containerName: string;
+    ip: string;
+    mac: string;
+  }[],
+  localNodeId: string,
+): NetworkResource {
+  const prefix = net.alloc.subnet.split("/")[1];
+  const containers: NetworkResource["Containers"] = {};
+  for (const e of endpoints) {
+    if (e.nodeId !== localNodeId) continue;
+    containers[e.containerId] = {
+      Name: e.containerName,
+      EndpointID: e.endpointId,
+      MacAddress: e.mac,
+      IPv4Address: `${e.ip}/${prefix}`,
+      IPv6Address: "",
+    };
+  }
+  const peers = new Map<string, { Name: string; IP: string }>();
+  for (const e of endpoints) if (e.nodeAddr) peers.set(e.nodeId, { Name: e.hostname || e.nodeId, IP: e.nodeAddr });
+  const options: Record<string, string> = { ...net.spec.options, [VXLANID_OPTION]: String(net.alloc.vni) };
+  return {
+    Name: net.spec.name,
+    Id: net.id,
+    Created: net.createdAt,
+    Scope: "swarm",
+    Driver: "overlay",
+    EnableIPv4: true,
+    EnableIPv6: false,
+    IPAM: { Driver: "default", Options: null, Config: [{ Subnet: net.alloc.subnet, Gateway: net.alloc.gateway }] },
+    Internal: net.spec.internal,
+    Attachable: net.spec.attachable,
+    Ingress: net.spec.ingress,
+    ConfigFrom: { Network: "" },
+    ConfigOnly: false,
+    Containers: containers,
+    Options: options,
+    Labels: net.spec.labels,
+    Peers: [...peers.values()].sort((a, b) => a.Name.localeCompare(b.Name)),
+  };
+}
+
+/** Endpoint rows for presentNetwork, from the store (managers). */
+export function endpointRows(store: Store, networkId: string) {
+  return store.endpoints(networkId).map((e) => {
+    const node = store.node(e.nodeId)?.node;
+    return {
+      nodeId: e.nodeId,
+      nodeAddr: node?.Status.Addr ?? "",
+      hostname: node?.Description.Hostname ?? "",
+      endpointId: e.id,
+      containerId: e.containerId,
+      containerName: e.containerName,
+      ip: e.ip,
+      mac: e.mac,
+    };
+  });
+}
+
+/** Docker's network filters: driver, name (substring), id (prefix), label, scope, type. */
+export function networkMatches(n: NetworkResource, f: Record<string, string[]>): boolean {
+  const any = (vals: string[] | undefined, pred: (v: string) => boolean) =>
+    !vals || vals.length === 0 || vals.some(pred);
+  return (
+    any(f.driver, (v) => v === n.Driver) &&
+    any(f.name, (v) => n.Name.includes(v)) &&
+    any(f.id, (v) => n.Id.startsWith(v)) &&
+    any(f.scope, (v) => v === n.Scope) &&
+    any(f.type, (v) => v === "custom" || (v === "builtin" && n.Ingress)) &&
+    any(f.label, (v) => {
+      const i = v.indexOf("=");
+      return i < 0 ? v in n.Labels : n.Labels[v.slice(0, i)] === v.slice(i + 1);
+    })
+  );
+}
