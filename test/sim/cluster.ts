@@ -390,9 +390,16 @@ export class Simulation {
       const rd = rn.ready();
       const isLeader = rn.raft.state === StateType.Leader;
       if (rd.softState?.state === StateType.Leader) this.onLeader(n);
+      // The most dangerous moment for a leader to die: it has just committed (and will apply), and what
+      // it wrote to its sockets in this last turn is lost with it.
+      const dieAfterCommit =
+        isLeader && rd.hardState !== undefined && this.faultsOn && this.rand.chance(this.crashOnCommit);
+      const send = (m: Message) => {
+        if (!dieAfterCommit) this.send(m);
+      };
       // A leader may send its appends before its own entries are on disk (thesis 10.2.1).
       if (isLeader) {
-        for (const m of rd.messages) if (m.type === MessageType.App || m.type === MessageType.Snap) this.send(m);
+        for (const m of rd.messages) if (m.type === MessageType.App || m.type === MessageType.Snap) send(m);
       }
       if (n.crashPoint === "beforePersist") {
         this.crash(n);
@@ -404,7 +411,7 @@ export class Simulation {
         return;
       }
       for (const m of rd.messages) {
-        if (!isLeader || (m.type !== MessageType.App && m.type !== MessageType.Snap)) this.send(m);
+        if (!isLeader || (m.type !== MessageType.App && m.type !== MessageType.Snap)) send(m);
         if (m.type === MessageType.Snap && m.snapshot?.offset === 0) this.stats.snapshotsSent++;
       }
       if (n.crashPoint === "afterSend") {
@@ -419,9 +426,7 @@ export class Simulation {
         n.rn = null;
         return;
       }
-      // The most dangerous moment for a leader to die: it has just committed, and the followers have
-      // not heard yet.
-      if (isLeader && rd.hardState && this.faultsOn && this.rand.chance(this.crashOnCommit)) {
+      if (dieAfterCommit) {
         this.crash(n);
         this.schedule({ at: this.now + this.rand.intn(40 * TICK), kind: "fault", run: () => this.restart(n) });
         return;
