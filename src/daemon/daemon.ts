@@ -15,6 +15,8 @@ import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
+import { EmbeddedDns } from "../dataplane/dns.js";
+import { OverlayDataplane } from "../dataplane/overlay.js";
 import {
   ApiError,
   alreadyInSwarm,
@@ -25,7 +27,13 @@ import {
   unavailable,
 } from "../engine/errors.js";
 import type {
+  AttachedEndpoint,
   ClusterInfo,
+  EndpointSettingsRequest,
+  NetworkAttacher,
+  NetworkBackend,
+  NetworkCreateRequest,
+  NetworkResource,
   Node,
   NodeDescription,
   NodeListFilters,
@@ -44,13 +52,24 @@ import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
 import { forceNewCluster, Manager, splitHostPort } from "../manager/manager.js";
-import { newNetworkId } from "../manager/networks.js";
+import {
+  endpointRows,
+  findNetwork,
+  networkMatches,
+  newNetworkId,
+  presentNetwork,
+  specFromRequest,
+} from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
+import type { NetworkRecord } from "../store/store.js";
 import { VERSION } from "../version.js";
+import { HostNetworking } from "./networking.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
 
 export interface DaemonOptions {
   dataRoot: string;
+  /** Run-time state: namespace files (execRoot/netns), container sandboxes. Default /run/shoal. */
+  execRoot?: string;
   hostname: string;
   logger: Logger;
   /** Raft tick (ms); default 100. */
@@ -77,7 +96,7 @@ export const DEFAULT_SPEC: SwarmSpec = {
 
 const JOIN_TIMEOUT_MS = 20_000;
 
-export class Daemon implements SwarmBackend {
+export class Daemon implements SwarmBackend, NetworkBackend {
   readonly log: Logger;
   private readonly root: DataRoot;
   private state: LocalState | undefined;
@@ -88,6 +107,17 @@ export class Daemon implements SwarmBackend {
   /** Serialises init/join/leave and role changes. */
   private lock: Promise<void> = Promise.resolve();
   private renewTimer: NodeJS.Timeout | undefined;
+  /** Overlay networking on this host, built on first use. */
+  networking: HostNetworking | undefined;
+  private dataplane: OverlayDataplane | undefined;
+  private dns: EmbeddedDns | undefined;
+  /** The container runtime, for network connect/disconnect. */
+  containers:
+    | {
+        connect(c: string, net: string, cfg: EndpointSettingsRequest): Promise<void>;
+        disconnect(c: string, net: string, force: boolean): Promise<void>;
+      }
+    | undefined;
   private roleChange: Promise<void> | undefined;
   private stopped = false;
 
@@ -128,7 +158,23 @@ export class Daemon implements SwarmBackend {
     this.state = state;
     this.certs = await this.root.loadCertificates();
     this.log.info({ node: state.nodeId, role: state.role }, "resuming swarm membership from the data root");
-    if (state.role === "manager" && state.raftId !== undefined) await this.startManager(false);
+    if (state.role === "manager" && state.raftId !== undefined) {
+      let peers = state.raftPeers;
+      if (await raftLogIsEmpty(this.root.raftDir)) {
+        // Killed after joining Raft but before anything was replicated: ask the leader again.
+        const addr = state.managers.map((m) => m.addr).find((x) => x !== state.advertiseAddr);
+        if (addr) {
+          try {
+            const joined = await this.joinRaft(addr);
+            state.raftId = joined.raftId;
+            peers = joined.members;
+          } catch (e) {
+            this.log.warn({ err: e }, "could not rejoin the raft group");
+          }
+        }
+      }
+      await this.startManager(false, peers);
+    }
     this.startAgent();
     this.scheduleRenewal();
   }
@@ -136,6 +182,7 @@ export class Daemon implements SwarmBackend {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    await this.dns?.close().catch(() => undefined);
     if (this.renewTimer) clearTimeout(this.renewTimer);
     await this.agent?.stop();
     this.agent = undefined;
@@ -211,11 +258,14 @@ export class Daemon implements SwarmBackend {
       s.managers = managers;
       void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
     }
+    this.networking?.onSessionNetworks(msg.networks);
     const role = msg.role as NodeRole;
     if ((role === "manager" || role === "worker") && role !== s.role && !this.roleChange) {
-      this.roleChange = this.serial(() => this.changeRole(role)).finally(() => {
-        this.roleChange = undefined;
-      });
+      this.roleChange = this.serial(() => this.changeRole(role))
+        .catch((e: unknown) => this.log.warn({ err: e }, "role change failed; will retry"))
+        .finally(() => {
+          this.roleChange = undefined;
+        });
     }
   }
 
@@ -235,6 +285,7 @@ export class Daemon implements SwarmBackend {
       const joined = await this.joinRaft(addr);
       s.role = "manager";
       s.raftId = joined.raftId;
+      s.raftPeers = joined.members;
       await this.root.wipeRaft();
       await this.root.saveState(s);
       await this.startManager(false, joined.members);
@@ -243,6 +294,7 @@ export class Daemon implements SwarmBackend {
       await this.root.wipeRaft();
       s.role = "worker";
       delete s.raftId;
+      delete s.raftPeers;
       await this.root.saveState(s);
     }
     this.agent?.reconnect();
@@ -372,6 +424,191 @@ export class Daemon implements SwarmBackend {
 
   nodeRemove(ref: string, force: boolean): Promise<void> {
     return this.requireControl().nodeRemove(ref, force);
+  }
+
+  // ------------------------------------------------------------------ host networking
+
+  get execRoot(): string {
+    return this.opts.execRoot ?? "/run/shoal";
+  }
+
+  /** What the container runtime calls to put a container on a network (and take it off). */
+  readonly attacher: NetworkAttacher = {
+    attach: async (c, ref, cfg) => {
+      const net = this.ensureNetworking();
+      const ep = await net.attach(c, ref, cfg);
+      try {
+        await this.ensureDns().addContainer(c.id, c.netnsPath);
+      } catch (e) {
+        await net.detach(c, ep).catch(() => undefined);
+        throw new ApiError(500, `could not start name resolution for container ${c.name}: ${(e as Error).message}`);
+      }
+      return ep;
+    },
+    detach: async (c, ep: AttachedEndpoint) => {
+      const net = this.ensureNetworking();
+      await net.detach(c, ep);
+      if (!net.localEndpoints().some((l) => l.container.id === c.id)) await this.dns?.removeContainer(c.id);
+    },
+    resolvConf: () => "nameserver 127.0.0.11\noptions ndots:0\n",
+  };
+
+  /** The overlay machinery of this host, built on first use (it needs the swarm's data-path address). */
+  ensureNetworking(): HostNetworking {
+    if (this.networking) return this.networking;
+    const s = this.state;
+    if (!s) {
+      throw new ApiError(503, 'overlay networks need a swarm: run "shoal swarm init" or "shoal swarm join" first');
+    }
+    const dataplane = new OverlayDataplane({
+      execRoot: this.execRoot,
+      underlayDev: interfaceOf(s.dataPathAddr),
+      localAddr: s.dataPathAddr,
+      dataPathPort: this.manager?.store.cluster()?.info.DataPathPort || 4789,
+      logger: this.log.child({ component: "dataplane" }),
+    });
+    this.networking = new HostNetworking({
+      nodeId: () => this.state?.nodeId ?? "",
+      managerAddr: () =>
+        this.agent?.connectedTo ?? (this.manager ? this.state?.advertiseAddr : this.state?.managers[0]?.addr),
+      credentials: () => this.credentials(),
+      dataplane,
+      logger: this.log,
+    });
+    this.dataplane = dataplane;
+    return this.networking;
+  }
+
+  private ensureDns(): EmbeddedDns {
+    this.dns ??= new EmbeddedDns({
+      lookup: (containerId, name) => this.lookupName(containerId, name),
+      logger: this.log.child({ component: "dns" }),
+    });
+    return this.dns;
+  }
+
+  /** The addresses a container can resolve `name` to: containers on its networks, by name or alias. */
+  private lookupName(containerId: string, name: string): string[] {
+    const net = this.networking;
+    if (!net) return [];
+    const n = name.toLowerCase();
+    const out = new Set<string>();
+    for (const l of net.localEndpoints()) {
+      if (l.container.id !== containerId) continue;
+      const st = net.states.get(l.attached.networkId);
+      for (const e of st?.endpoints ?? []) {
+        const names = [e.containerName, ...e.aliases].map((x) => x.toLowerCase());
+        if (names.includes(n) || names.some((x) => `${x}.${l.attached.networkName.toLowerCase()}` === n)) out.add(e.ip);
+      }
+    }
+    return [...out];
+  }
+
+  /** After a restart: overlay namespaces of the previous run hold no container of ours any more. */
+  async reconcileNetworking(): Promise<void> {
+    if (!this.state) return;
+    this.ensureNetworking();
+    const report = await this.dataplane!.reconcile(new Map());
+    if (report.deleted.length > 0 || report.removedStale.length > 0) {
+      this.log.info(
+        { deleted: report.deleted, stale: report.removedStale },
+        "removed overlay namespaces left by a previous run",
+      );
+    }
+  }
+
+  // ------------------------------------------------------------------ Engine API: networks
+
+  async networkCreate(req: NetworkCreateRequest): Promise<{ Id: string; Warning: string }> {
+    if (this.state?.role === "worker") {
+      throw new ApiError(
+        403,
+        "Cannot create a multi-host network from a worker node. Please create the network from a manager node.",
+      );
+    }
+    this.requireControl();
+    const m = this.manager!;
+    const spec = specFromRequest(req);
+    if (spec.ingress && m.store.networks().some((n) => n.spec.ingress)) {
+      throw new ApiError(403, "an ingress network already exists in the swarm");
+    }
+    const id = newNetworkId();
+    await m.write({ op: "network.create", id, spec });
+    return { Id: id, Warning: "" };
+  }
+
+  async networkList(filters: Record<string, string[]>): Promise<NetworkResource[]> {
+    const all = await this.networkResources();
+    return all.filter((n) => networkMatches(n, filters));
+  }
+
+  async networkInspect(ref: string): Promise<NetworkResource> {
+    const all = await this.networkResources();
+    const exact = all.find((n) => n.Id === ref) ?? all.find((n) => n.Name === ref);
+    if (exact) return exact;
+    const byPrefix = all.filter((n) => n.Id.startsWith(ref));
+    if (byPrefix.length === 1) return byPrefix[0]!;
+    if (byPrefix.length > 1)
+      throw badRequest(`network ${ref} is ambiguous (${byPrefix.length} matches found based on ID prefix)`);
+    throw new ApiError(404, `network ${ref} not found`);
+  }
+
+  async networkRemove(ref: string): Promise<void> {
+    if (this.state?.role === "worker") {
+      throw new ApiError(
+        403,
+        "Cannot remove a multi-host network from a worker node. Please remove the network from a manager node.",
+      );
+    }
+    this.requireControl();
+    const m = this.manager!;
+    await m.readBarrier();
+    const net = findNetwork(m.store, ref);
+    if (!net) throw new ApiError(404, `network ${ref} not found`);
+    if (net.spec.ingress) throw new ApiError(403, `ingress network cannot be removed by shoal while the swarm uses it`);
+    await m.write({ op: "network.remove", id: net.id });
+  }
+
+  networkConnect(ref: string, container: string, cfg: EndpointSettingsRequest): Promise<void> {
+    if (!this.containers) throw new ApiError(503, "this daemon runs no containers");
+    return this.containers.connect(container, ref, cfg);
+  }
+
+  networkDisconnect(ref: string, container: string, force: boolean): Promise<void> {
+    if (!this.containers) throw new ApiError(503, "this daemon runs no containers");
+    return this.containers.disconnect(container, ref, force);
+  }
+
+  /**
+   * Managers see every network; a worker sees the networks it holds (it has a container on them), as
+   * the managers last told it.
+   */
+  private async networkResources(): Promise<NetworkResource[]> {
+    const s = this.state;
+    if (!s) throw notManager();
+    const m = this.manager;
+    if (m) {
+      await m.readBarrier();
+      return m.store.networks().map((n) => presentNetwork(n, endpointRows(m.store, n.id), s.nodeId));
+    }
+    const out: NetworkResource[] = [];
+    for (const st of this.networking?.states.values() ?? []) {
+      const net = JSON.parse(st.networkJson) as NetworkRecord;
+      const rows = st.endpoints.map((e) => ({
+        nodeId: e.nodeId,
+        nodeAddr: e.nodeAddr,
+        hostname: e.hostname,
+        endpointId: e.endpointId,
+        containerId:
+          this.networking?.localEndpoints().find((l) => l.attached.endpointId === e.endpointId)?.container.id ??
+          e.endpointId,
+        containerName: e.containerName,
+        ip: e.ip,
+        mac: e.mac,
+      }));
+      out.push(presentNetwork(net, rows, s.nodeId));
+    }
+    return out;
   }
 
   swarmInit(req: SwarmInitRequest): Promise<string> {
@@ -514,6 +751,7 @@ export class Daemon implements SwarmBackend {
       if (remotes.length === 0) throw badRequest("at least 1 RemoteAddr is required to join");
       const remote = withPort(remotes[0]!, 2377);
       const listen = parseListenAddr(req.ListenAddr);
+      await testBind(listen.host, listen.port);
 
       // 1. The root CA, unverified, checked against the token's digest.
       const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL_OPTIONS);
@@ -569,6 +807,7 @@ export class Daemon implements SwarmBackend {
         if (role === "manager") {
           const joined = await this.joinRaft(remote);
           this.state.raftId = joined.raftId;
+          this.state.raftPeers = joined.members;
           await this.root.saveState(this.state);
           await this.startManager(false, joined.members);
           const m = this.manager!;
@@ -707,6 +946,17 @@ export function resolveAdvertiseAddr(
   );
 }
 
+/** The interface that holds `ip` in this network namespace (the VXLAN underlay). */
+function interfaceOf(ip: string): string {
+  for (const [name, addrs] of Object.entries(networkInterfaces())) {
+    if (addrs?.some((a) => a.family === "IPv4" && a.address === ip)) return name;
+  }
+  throw new ApiError(
+    500,
+    `no interface of this host has the data-path address ${ip} (--data-path-addr / --advertise-addr)`,
+  );
+}
+
 function withPort(a: string, port: number): string {
   return /:\d+$/.test(a) ? a : `${a}:${port}`;
 }
@@ -742,5 +992,30 @@ async function waitFor(pred: () => boolean, ms: number, what: string): Promise<v
   while (!pred()) {
     if (Date.now() > deadline) throw unavailable(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function testBind(host: string, port: number): Promise<void> {
+  const { createServer } = await import("node:net");
+  await new Promise<void>((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", (e: NodeJS.ErrnoException) =>
+      reject(
+        e.code === "EADDRINUSE"
+          ? badRequest(`listen address ${host}:${port} is already in use: choose another with --listen-addr`)
+          : e,
+      ),
+    );
+    srv.listen(port, host, () => srv.close(() => resolve()));
+  });
+}
+
+async function raftLogIsEmpty(dir: string): Promise<boolean> {
+  const { LevelStorage } = await import("../raft/level-storage.js");
+  const st = await LevelStorage.open(dir);
+  try {
+    return st.mem.lastIndex() === 0 && st.mem.snapshot().metadata.index === 0;
+  } finally {
+    await st.close();
   }
 }

@@ -20,6 +20,8 @@ export interface LocalState {
   advertiseAddr: string;
   /** IP address used for the data path (overlay traffic). */
   dataPathAddr: string;
+  /** The Raft members the leader named when this node joined the Raft group (to find them again). */
+  raftPeers?: { raftId: NodeId; nodeId: string; addr: string }[];
   /** The managers this node last knew, to reconnect after a restart without a token. */
   managers: { nodeId: string; addr: string }[];
 }
