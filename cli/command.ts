@@ -48,6 +48,8 @@ export interface LeafSpec {
   flags?: FlagSpec[];
   /** Appended to the help text (e.g. what --format supports). */
   notes?: string;
+  /** false: flags end at the first argument (docker run/exec: the rest is the container's command line). */
+  interspersed?: boolean;
   run(inv: Invocation): Promise<void>;
 }
 
@@ -239,6 +241,9 @@ export function leaf(parent: Command, spec: LeafSpec): Command {
   USE.set(cmd, spec.use);
   FLAGS.set(cmd, spec.flags ?? []);
   if (spec.notes) NOTES.set(cmd, spec.notes);
+  if (spec.interspersed === false) cmd.passThroughOptions();
+  // A command with its own -h (run --hostname) keeps only --help, as docker's does.
+  if ((spec.flags ?? []).some((f) => f.short === "h")) cmd.helpOption("--help", "Print usage");
   for (const f of spec.flags ?? []) addFlag(cmd, f);
   cmd.action(async (_opts: unknown, self: Command) => {
     checkArgs(self, spec.args, self.args);

@@ -4,6 +4,8 @@
 
 import { VERSION } from "../src/version.js";
 import { createProgram } from "./command.js";
+import { addContainerCommands } from "./commands/container.js";
+import { addNetworkCommands } from "./commands/network.js";
 import { addNodeCommands } from "./commands/node.js";
 import { addSwarmCommands } from "./commands/swarm.js";
 import { addSystemCommands } from "./commands/system.js";
@@ -27,6 +29,8 @@ export function buildProgram(): ReturnType<typeof createProgram> {
   addSystemCommands(program.command);
   addNodeCommands(program.command);
   addSwarmCommands(program.command);
+  addNetworkCommands(program.command);
+  addContainerCommands(program.command);
   return program;
 }
 

@@ -465,7 +465,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       underlayDev: interfaceOf(s.dataPathAddr),
       localAddr: s.dataPathAddr,
       dataPathPort: this.manager?.store.cluster()?.info.DataPathPort || 4789,
-      logger: this.log.child({ component: "dataplane" }),
+      logger: this.log,
     });
     this.networking = new HostNetworking({
       nodeId: () => this.state?.nodeId ?? "",
@@ -482,7 +482,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   private ensureDns(): EmbeddedDns {
     this.dns ??= new EmbeddedDns({
       lookup: (containerId, name) => this.lookupName(containerId, name),
-      logger: this.log.child({ component: "dns" }),
+      logger: this.log,
     });
     return this.dns;
   }

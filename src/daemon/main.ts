@@ -2,14 +2,17 @@
 // shoald: the daemon, one per host (manager or worker).
 
 import { hostname as osHostname } from "node:os";
+import { join } from "node:path";
 import { Command, Option } from "commander";
 import pino from "pino";
+import { ContainerRuntime } from "../agent/runtime.js";
 import { EngineServer } from "../engine/server.js";
 import { VERSION } from "../version.js";
 import { Daemon } from "./daemon.js";
 
 interface Flags {
   dataRoot: string;
+  execRoot: string;
   host: string;
   hostname: string;
   logLevel: string;
@@ -28,6 +31,7 @@ function buildProgram(): Command {
     .description("The shoal daemon: runs a swarm manager or worker on this host")
     .version(`shoald version ${VERSION}`, "-v, --version", "Print version information and quit")
     .option("--data-root <dir>", "Root directory of persistent swarm state", "/var/lib/shoal")
+    .option("--exec-root <dir>", "Root directory of run-time state: namespace files, container sandboxes", "/run/shoal")
     .option("-H, --host <unix:///path.sock>", "Socket to serve the Engine API on", "unix:///run/shoal/shoald.sock")
     .option("--hostname <name>", "Hostname this node reports (several daemons on one machine)", osHostname())
     .addOption(
@@ -44,13 +48,30 @@ function buildProgram(): Command {
       const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
       const daemon = await Daemon.start({
         dataRoot: flags.dataRoot,
+        execRoot: flags.execRoot,
         hostname: flags.hostname,
         logger,
         ...(tickMs ? { tickMs } : {}),
       });
+      const runtime = new ContainerRuntime({
+        execRoot: flags.execRoot,
+        stateDir: join(flags.execRoot, "containers"),
+        attacher: daemon.attacher,
+        hostname: () => flags.hostname,
+        logger,
+      });
+      daemon.containers = runtime;
+      // Containers of a previous run are gone with it (their endpoints are released), and so are the
+      // overlay namespaces they held: nothing leaks across a restart.
+      await runtime.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
+      await daemon
+        .reconcileNetworking()
+        .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
       const server = await EngineServer.listen({
         socketPath: socketPathOf(flags.host),
         backend: daemon,
+        networks: daemon,
+        containers: runtime,
         logger,
         dataRoot: flags.dataRoot,
       });
@@ -64,6 +85,7 @@ function buildProgram(): Command {
         force.unref();
         try {
           await server.close();
+          await runtime.shutdown(5).catch((e: unknown) => logger.warn({ err: e }, "could not stop every container"));
           await daemon.stop();
         } finally {
           logger.flush?.();

@@ -417,11 +417,20 @@ export class EmbeddedDns {
         const h = parseHeader(msg);
         if (h.ok && h.value.qr && h.value.id === id) finish(undefined, msg);
       });
-      sock.connect(server.port, server.host, () => {
-        sock.send(withId(packet, id), (err) => {
-          if (err) finish(err);
-        });
-      });
+      // Node calls this with an error when the connect fails (no route to the server, say).
+      sock.connect(server.port, server.host, ((err?: Error) => {
+        if (err) {
+          finish(err);
+          return;
+        }
+        try {
+          sock.send(withId(packet, id), (e) => {
+            if (e) finish(e);
+          });
+        } catch (e) {
+          finish(e as Error);
+        }
+      }) as () => void);
     });
   }
 

@@ -1,0 +1,173 @@
+// Issue 4 end to end: a 3-host lab (hosts are network namespaces on an underlay bridge, each with its own
+// shoald), a swarm across them, an attachable overlay, and containers on two hosts that reach each other
+// by IP and by name. Also: a host has no trace of the network until a local container attaches and none
+// after the last one leaves; the MTU is 1450; the docker CLI drives the same scenario.
+
+import { execFile } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Lab, type LabHost } from "../../deploy/lab.js";
+
+const run = promisify(execFile);
+const root = process.getuid?.() === 0;
+const cli = join(process.cwd(), "dist", "cli", "main.js");
+
+async function build(): Promise<void> {
+  await run("npm", ["run", "build", "--silent"], { timeout: 180_000 }).catch(
+    (e: { stdout?: string; stderr?: string }) => {
+      // Type errors elsewhere still emit dist/; what we run must exist.
+      if (!existsSync(cli)) throw new Error(`build failed: ${e.stdout ?? ""}${e.stderr ?? ""}`);
+    },
+  );
+}
+
+async function shoal(h: LabHost, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [cli, "-H", `unix://${h.socket}`, ...args], {
+      timeout: 60_000,
+    });
+    return { stdout, stderr, code: 0 };
+  } catch (e) {
+    const x = e as { stdout?: string; stderr?: string; code?: number };
+    return { stdout: x.stdout ?? "", stderr: x.stderr ?? "", code: typeof x.code === "number" ? x.code : 1 };
+  }
+}
+
+async function ok(h: LabHost, ...args: string[]): Promise<string> {
+  const r = await shoal(h, ...args);
+  if (r.code !== 0) throw new Error(`shoal ${args.join(" ")} on ${h.name} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+async function docker(h: LabHost, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run("docker", ["-H", `unix://${h.socket}`, ...args], {
+      timeout: 60_000,
+      env: { ...process.env, DOCKER_CONFIG: join(h.dir, "docker-config") },
+    });
+    return { stdout, stderr, code: 0 };
+  } catch (e) {
+    const x = e as { stdout?: string; stderr?: string; code?: number };
+    return { stdout: x.stdout ?? "", stderr: x.stderr ?? "", code: typeof x.code === "number" ? x.code : 1 };
+  }
+}
+
+/** The overlay namespaces a host holds, as `ls <exec-root>/netns` shows them. */
+function overlayNamespaces(h: LabHost): string[] {
+  const dir = join(h.execRoot, "netns");
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).filter((n) => n.startsWith("1-"));
+}
+
+async function waitFor<T>(
+  what: string,
+  f: () => Promise<T | undefined | false> | T | undefined | false,
+  ms = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe.skipIf(!root)("overlay networks across lab hosts", () => {
+  const lab = new Lab({ name: "e2eov", raftTickMs: 50 });
+  let h: LabHost[];
+  let netId = "";
+
+  beforeAll(async () => {
+    await lab.down();
+    await build();
+    h = await lab.up(3);
+    await ok(h[0]!, "swarm", "init", "--advertise-addr", h[0]!.addr, "--dispatcher-heartbeat", "1s");
+    const wt = (await ok(h[0]!, "swarm", "join-token", "-q", "worker")).trim();
+    for (const x of [h[1]!, h[2]!])
+      await ok(x, "swarm", "join", "--token", wt, "--advertise-addr", x.addr, `${h[0]!.addr}:2377`);
+    netId = (await ok(h[0]!, "network", "create", "-d", "overlay", "--attachable", "n1")).trim();
+  }, 180_000);
+
+  afterAll(async () => {
+    await lab.down();
+    expect(existsSync(lab.root)).toBe(false);
+  }, 60_000);
+
+  it("a host holds no trace of the network before a local container attaches", () => {
+    for (const x of h) expect(overlayNamespaces(x)).toEqual([]);
+  });
+
+  it("containers on two hosts reach each other by IP and by name", async () => {
+    await ok(h[0]!, "run", "-d", "--name", "c1", "--network", "n1", "host", "sleep", "1000");
+    await ok(h[1]!, "run", "-d", "--name", "c2", "--network", "n1", "--network-alias", "web", "host", "sleep", "1000");
+    const ns = `1-${netId.slice(0, 10)}`;
+    expect(overlayNamespaces(h[0]!)).toEqual([ns]);
+    expect(overlayNamespaces(h[1]!)).toEqual([ns]);
+    expect(overlayNamespaces(h[2]!)).toEqual([]);
+    const inspect = JSON.parse(await ok(h[1]!, "network", "inspect", "n1")) as {
+      Containers: Record<string, { Name: string; IPv4Address: string }>;
+      Peers: { Name: string; IP: string }[];
+    }[];
+    const c2 = Object.values(inspect[0]!.Containers)[0]!;
+    expect(c2.Name).toBe("c2");
+    const ip2 = c2.IPv4Address.split("/")[0]!;
+    await waitFor(
+      "c1 to reach c2 by IP",
+      async () => (await shoal(h[0]!, "exec", "c1", "ping", "-c", "1", "-W", "1", ip2)).code === 0,
+    );
+    await waitFor(
+      "c1 to reach c2 by name",
+      async () => (await shoal(h[0]!, "exec", "c1", "ping", "-c", "1", "-W", "1", "c2")).code === 0,
+    );
+    expect((await shoal(h[0]!, "exec", "c1", "ping", "-c", "1", "-W", "1", "web")).code).toBe(0);
+    expect((await shoal(h[1]!, "exec", "c2", "ping", "-c", "1", "-W", "1", "c1")).code).toBe(0);
+    expect(inspect[0]!.Peers.map((p) => p.IP).sort()).toEqual([h[0]!.addr, h[1]!.addr].sort());
+  });
+
+  it("the overlay MTU is 1450: a 1422-byte don't-fragment ping passes, 1423 does not", async () => {
+    expect((await shoal(h[0]!, "exec", "c1", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", "c2")).code).toBe(
+      0,
+    );
+    expect(
+      (await shoal(h[0]!, "exec", "c1", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", "c2")).code,
+    ).not.toBe(0);
+  });
+
+  it("the docker CLI drives the same network: a container started with docker run on the third host joins in", async () => {
+    const r = await docker(h[2]!, "run", "-d", "--name", "c3", "--network", "n1", "host", "sleep", "1000");
+    expect(r.code, r.stderr).toBe(0);
+    await waitFor(
+      "c3 to reach c1 by name",
+      async () => (await docker(h[2]!, "exec", "c3", "ping", "-c", "1", "-W", "1", "c1")).code === 0,
+    );
+    const ls = await docker(h[0]!, "network", "ls", "--filter", "driver=overlay");
+    expect(ls.stdout).toMatch(/n1\s+overlay\s+swarm/);
+    expect((await docker(h[2]!, "rm", "-f", "c3")).code).toBe(0);
+    await waitFor("h3 to drop the network", () => overlayNamespaces(h[2]!).length === 0);
+  });
+
+  it("the last local detach removes the network from the host; the other host keeps it", async () => {
+    await ok(h[1]!, "rm", "-f", "c2");
+    await waitFor("h2 to drop the network", () => overlayNamespaces(h[1]!).length === 0);
+    expect(overlayNamespaces(h[0]!)).toHaveLength(1);
+    await ok(h[0]!, "rm", "-f", "c1");
+    await waitFor("h1 to drop the network", () => overlayNamespaces(h[0]!).length === 0);
+  });
+
+  it("errors: a network still in use cannot be removed; a non-attachable network refuses standalone containers", async () => {
+    await ok(h[0]!, "run", "-d", "--name", "busy", "--network", "n1", "host", "sleep", "1000");
+    const rm = await shoal(h[0]!, "network", "rm", "n1");
+    expect(rm.code).toBe(1);
+    expect(rm.stderr).toMatch(/has active endpoints/);
+    await ok(h[0]!, "rm", "-f", "busy");
+    await ok(h[0]!, "network", "create", "-d", "overlay", "svc");
+    const r = await shoal(h[1]!, "run", "-d", "--name", "standalone1", "--network", "svc", "host", "sleep", "10");
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/not manually attachable/);
+    await shoal(h[1]!, "rm", "-f", "standalone1");
+    expect((await shoal(h[0]!, "network", "rm", "n1")).code).toBe(0);
+  });
+});

@@ -1,0 +1,365 @@
+// src/agent/runtime: containers in real namespaces (root only). Networks come from a test attacher that
+// puts a veth pair in the container's namespace, so these tests need no overlay. Every test leaves no
+// namespace file, process or directory behind.
+
+import { spawn } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import pino from "pino";
+import { afterEach, beforeEach, describe, expect, test } from "vitest";
+import { ContainerRuntime, humanDuration, renderHosts } from "../../src/agent/runtime.js";
+import { parseSignal } from "../../src/agent/sandbox.js";
+import { ApiError } from "../../src/engine/errors.js";
+import { CAN_RUN_CONTAINERS, sh, TEST_RESOLV_CONF, VethAttacher } from "./runtime-fixtures.js";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+let dir: string;
+let execRoot: string;
+let stateDir: string;
+let attacher: VethAttacher;
+let rt: ContainerRuntime;
+const logger = pino({ level: "silent" });
+
+async function pidAlive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    return !/\) [ZX] /.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+async function expectApiError(p: Promise<unknown>, status: number, message: string | RegExp): Promise<void> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ApiError);
+  expect((err as ApiError).status).toBe(status);
+  if (typeof message === "string") expect((err as ApiError).message).toBe(message);
+  else expect((err as ApiError).message).toMatch(message);
+}
+
+describe("runtime helpers", () => {
+  test("hosts file, durations and signals", () => {
+    const hosts = renderHosts(
+      "abc123def456",
+      "c1",
+      [
+        {
+          networkId: "n",
+          networkName: "n1",
+          endpointId: "e",
+          ip: "10.0.0.2",
+          prefixLen: 24,
+          mac: "",
+          gateway: "",
+          aliases: [],
+        },
+      ],
+      [["web", "c1"]],
+    );
+    expect(hosts).toBe(
+      "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n10.0.0.2\tabc123def456 c1 web\n",
+    );
+    expect(humanDuration(400)).toBe("Less than a second");
+    expect(humanDuration(5_000)).toBe("5 seconds");
+    expect(humanDuration(65_000)).toBe("About a minute");
+    expect(humanDuration(3 * 3_600_000)).toBe("3 hours");
+    expect(parseSignal("SIGTERM")).toBe(15);
+    expect(parseSignal("kill")).toBe(9);
+    expect(parseSignal("10")).toBe(10);
+    expect(parseSignal("SIGNOPE")).toBeUndefined();
+  });
+});
+
+describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () => {
+  beforeEach(async () => {
+    dir = await mkdtemp(join(os.tmpdir(), "shoal-runtime-"));
+    execRoot = join(dir, "run");
+    stateDir = join(dir, "containers");
+    attacher = new VethAttacher();
+    rt = await ContainerRuntime.open({ execRoot, stateDir, attacher, logger, hostname: () => "testhost" });
+  });
+
+  afterEach(async () => {
+    // Whatever a failed test left: stop and remove every container, then check nothing leaked.
+    for (const c of await rt.list(true)) await rt.remove(c.Id, true).catch(() => undefined);
+    const leftovers = await rt.containerNetnsFiles();
+    await rt.reconcile();
+    await rm(dir, { recursive: true, force: true });
+    expect(leftovers).toEqual([]);
+  });
+
+  test("run sleep on a network: namespaces, files, exec, stop, rm — nothing left behind", async () => {
+    const id = await rt.create({
+      name: "c1",
+      image: "host",
+      cmd: ["sleep", "1000"],
+      networks: [{ ref: "n1", cfg: { Aliases: ["web"] } }],
+    });
+    expect(id).toMatch(/^[0-9a-f]{64}$/);
+    expect((await rt.inspect("c1")).State.Status).toBe("created");
+    expect(await rt.start("c1")).toBe(true);
+    expect(await rt.start(id.slice(0, 10))).toBe(false); // already running (a unique prefix works too)
+
+    const info = await rt.inspect(id);
+    expect(info.State).toMatchObject({ Status: "running", Running: true, ExitCode: 0 });
+    const pid = info.State.Pid;
+    expect(pid).toBeGreaterThan(0);
+    expect(info.Name).toBe("/c1");
+    expect(info.Config.Hostname).toBe(id.slice(0, 12));
+    expect(info.NetworkSettings.SandboxKey).toBe(join(execRoot, "netns", id.slice(0, 12)));
+    const ep = info.NetworkSettings.Networks.n1!;
+    expect(ep).toMatchObject({ IPAddress: "10.77.1.2", IPPrefixLen: 24, Gateway: "10.77.1.1", Aliases: ["web"] });
+    expect(ep.MacAddress).toMatch(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+    expect(await rt.containerNetnsFiles()).toEqual([id.slice(0, 12)]);
+    expect(attacher.calls).toEqual(["attach c1 n1 eth0"]);
+
+    // Inside: its own hostname, resolv.conf, hosts, interfaces and process tree.
+    let r = await rt.exec("c1", ["hostname"]);
+    expect(r).toEqual({ exitCode: 0, stdout: `${id.slice(0, 12)}\n`, stderr: "" });
+    r = await rt.exec("c1", ["cat", "/etc/resolv.conf"]);
+    expect(r.stdout).toBe(TEST_RESOLV_CONF);
+    r = await rt.exec("c1", ["cat", "/etc/hosts"]);
+    expect(r.stdout).toContain(`10.77.1.2\t${id.slice(0, 12)} c1 web\n`);
+    expect(r.stdout).toMatch(/^127\.0\.0\.1\tlocalhost\n/);
+    r = await rt.exec("c1", ["ip", "-o", "-4", "addr"]);
+    expect(r.stdout).toMatch(/^1: lo +inet 127\.0\.0\.1\/8/m);
+    expect(r.stdout).toMatch(/eth0 +inet 10\.77\.1\.2\/24/);
+    r = await rt.exec("c1", ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'"]);
+    expect(r.stdout.split("\n")[0]).toBe("sleep 1000 ");
+    // The host's files are untouched.
+    expect(await readFile("/etc/resolv.conf", "utf8")).not.toBe(TEST_RESOLV_CONF);
+    // Exit codes, stderr and commands that do not exist.
+    r = await rt.exec("c1", ["sh", "-c", "echo oops >&2; exit 7"]);
+    expect(r).toEqual({ exitCode: 7, stdout: "", stderr: "oops\n" });
+    r = await rt.exec("c1", ["no-such-command"]);
+    expect(r.exitCode).toBe(127);
+    expect(r.stderr).toContain('exec: "no-such-command": executable file not found in $PATH');
+
+    const list = await rt.list();
+    expect(list.map((c) => [c.Names, c.Command, c.State])).toEqual([[["/c1"], "sleep 1000", "running"]]);
+    expect(list[0]!.Status).toMatch(/^Up /);
+
+    // sleep is pid 1 and ignores SIGTERM: SIGKILL after the timeout.
+    const started = Date.now();
+    expect(await rt.stop("c1", 1)).toBe(true);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    const after = await rt.inspect("c1");
+    expect(after.State).toMatchObject({ Status: "exited", Running: false, Pid: 0, ExitCode: 137 });
+    expect(after.NetworkSettings.Networks.n1!.IPAddress).toBe("");
+    expect(await pidAlive(pid)).toBe(false);
+    expect(await rt.containerNetnsFiles()).toEqual([]);
+    expect(attacher.calls).toEqual(["attach c1 n1 eth0", "detach c1 n1"]);
+    expect(attacher.attachedCount).toBe(0);
+    expect(await rt.stop("c1")).toBe(false);
+    expect(await rt.list()).toEqual([]);
+    expect((await rt.list(true)).map((c) => c.Status)).toEqual([expect.stringMatching(/^Exited \(137\) .* ago$/)]);
+
+    await rt.remove("c1");
+    await expectApiError(rt.inspect("c1"), 404, "No such container: c1");
+    expect(await readdir(stateDir)).toEqual([]);
+  });
+
+  test("output goes to the log by stream; wait sees the exit code; a stop signal handler exits at once", async () => {
+    await rt.create({
+      name: "job",
+      image: "host",
+      cmd: ["sh", "-c", "echo out; echo err >&2; printf partial; exit 3"],
+      networks: [],
+    });
+    const waiting = await rt.containerWait("job", "next-exit");
+    await rt.start("job");
+    expect(await waiting.result).toEqual({ StatusCode: 3 });
+    expect((await rt.inspect("job")).State).toMatchObject({ Status: "exited", ExitCode: 3 });
+    expect(await rt.logs("job")).toBe("out\nerr\npartial");
+    const stream = await rt.containerLogs("job", {
+      stdout: false,
+      stderr: true,
+      follow: false,
+      timestamps: false,
+      tail: "all",
+      since: 0,
+      until: 0,
+    });
+    const chunks = [];
+    for await (const c of stream.chunks) chunks.push([c.stream, c.data.toString()]);
+    expect(chunks).toEqual([[2, "err\n"]]);
+    // Not running: "not-running" answers at once.
+    expect(await rt.wait("job")).toEqual({ StatusCode: 3 });
+
+    // A process that handles SIGTERM stops before the timeout, with its own exit code.
+    await rt.create({
+      name: "polite",
+      image: "host",
+      cmd: ["sh", "-c", 'trap "echo bye; exit 0" TERM; echo ready; while :; do sleep 0.05; done'],
+      networks: [],
+    });
+    await rt.start("polite");
+    const t0 = Date.now();
+    await rt.stop("polite", 20);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect((await rt.inspect("polite")).State.ExitCode).toBe(0);
+    expect(await rt.logs("polite")).toBe("ready\nbye\n");
+
+    // Restart: a stopped container starts again, with a new namespace.
+    await rt.start("polite");
+    expect((await rt.inspect("polite")).State.Running).toBe(true);
+    await rt.containerKill("polite", "SIGKILL");
+    expect((await rt.inspect("polite")).State).toMatchObject({ Status: "exited", ExitCode: 137 });
+    await expectApiError(rt.containerKill("polite", "SIGKILL"), 409, /is not running/);
+  });
+
+  test("create errors: image, name conflict, bad name, no command", async () => {
+    await expectApiError(
+      rt.create({ image: "alpine", cmd: ["true"], networks: [] }),
+      400,
+      'image "alpine" is not available: shoal runs containers on the host\'s file system; use the image name "host"',
+    );
+    const id = await rt.create({ name: "dup", image: "host", cmd: ["true"], networks: [] });
+    await expectApiError(
+      rt.create({ name: "dup", image: "host", cmd: ["true"], networks: [] }),
+      409,
+      `Conflict. The container name "/dup" is already in use by container "${id}". You have to remove (or rename) that container to be able to reuse that name.`,
+    );
+    await expectApiError(
+      rt.create({ name: "-x", image: "host", cmd: ["true"], networks: [] }),
+      400,
+      /Invalid container name/,
+    );
+    await expectApiError(rt.create({ image: "host", cmd: [], networks: [] }), 400, "no command specified");
+    const anon = await rt.create({ image: "host", cmd: ["true"], networks: [] });
+    expect((await rt.inspect(anon)).Name).toMatch(/^\/[a-z]+_[a-z]+\d?$/);
+  });
+
+  test("a failed start undoes what it did and leaves the container created", async () => {
+    attacher.failOn.add("broken");
+    await rt.create({
+      name: "half",
+      image: "host",
+      cmd: ["sleep", "1000"],
+      networks: [
+        { ref: "good", cfg: {} },
+        { ref: "broken", cfg: {} },
+      ],
+    });
+    await expectApiError(rt.start("half"), 500, "could not attach to network broken: test failure");
+    expect(attacher.calls).toEqual(["attach half good eth0", "attach half broken eth1", "detach half good"]);
+    expect(await rt.containerNetnsFiles()).toEqual([]);
+    const info = await rt.inspect("half");
+    expect(info.State).toMatchObject({
+      Status: "created",
+      Running: false,
+      Error: "could not attach to network broken: test failure",
+    });
+
+    await rt.create({ name: "nocmd", image: "host", cmd: ["no-such-program"], networks: [{ ref: "good", cfg: {} }] });
+    await expectApiError(rt.start("nocmd"), 400, 'exec: "no-such-program": executable file not found in $PATH');
+    expect((await rt.inspect("nocmd")).State).toMatchObject({ Status: "created", ExitCode: 127 });
+    expect(await rt.containerNetnsFiles()).toEqual([]);
+    expect(attacher.attachedCount).toBe(0);
+  });
+
+  test("connect and disconnect a running container; remove -f of a running one", async () => {
+    await rt.create({ name: "multi", image: "host", cmd: ["sleep", "1000"], networks: [{ ref: "n1", cfg: {} }] });
+    await rt.start("multi");
+    await rt.connect("multi", "n2", { IPAMConfig: { IPv4Address: "10.77.2.50" }, Aliases: ["db"] });
+    let r = await rt.exec("multi", ["ip", "-o", "-4", "addr"]);
+    expect(r.stdout).toMatch(/eth1 +inet 10\.77\.2\.50\/24/);
+    r = await rt.exec("multi", ["cat", "/etc/hosts"]);
+    expect(r.stdout).toContain("10.77.2.50\t");
+    expect(r.stdout).toContain(" multi db\n");
+    expect(Object.keys((await rt.inspect("multi")).NetworkSettings.Networks)).toEqual(["n1", "n2"]);
+    await expectApiError(rt.connect("multi", "n2", {}), 403, "endpoint with name multi already exists in network n2");
+    await rt.disconnect("multi", "n1", false);
+    r = await rt.exec("multi", ["ip", "-o", "-4", "addr"]);
+    expect(r.stdout).not.toMatch(/eth0/);
+    await expectApiError(rt.disconnect("multi", "n1", false), 400, /is not connected to network n1/);
+    await rt.disconnect("multi", "n1", true);
+    expect(Object.keys((await rt.inspect("multi")).NetworkSettings.Networks)).toEqual(["n2"]);
+
+    await expectApiError(
+      rt.remove("multi"),
+      409,
+      'cannot remove container "/multi": container is running: stop the container before removing or force remove',
+    );
+    const pid = (await rt.inspect("multi")).State.Pid;
+    const removed = await rt.containerWait("multi", "removed");
+    await rt.remove("multi", true);
+    expect(await removed.result).toEqual({ StatusCode: 137 });
+    expect(await pidAlive(pid)).toBe(false);
+    expect(attacher.attachedCount).toBe(0);
+  });
+
+  test("a daemon that dies leaves containers the next one kills, reports exited and cleans up", async () => {
+    // The first daemon is a separate process (the runtime compiled on its own), killed with SIGKILL while
+    // its container runs.
+    const out = join(dir, "build");
+    const tsc = await sh([
+      process.execPath,
+      join(ROOT, "node_modules/typescript/bin/tsc"),
+      "--outDir",
+      out,
+      "--rootDir",
+      ROOT,
+      "--module",
+      "nodenext",
+      "--moduleResolution",
+      "nodenext",
+      "--target",
+      "es2022",
+      "--skipLibCheck",
+      "--types",
+      "node",
+      join(ROOT, "src/agent/runtime.ts"),
+    ]);
+    expect(tsc.stdout + tsc.stderr).toBe("");
+    const script = `
+      import { ContainerRuntime } from ${JSON.stringify(join(out, "src/agent/runtime.js"))};
+      const logger = { child: () => logger, debug() {}, info() {}, warn() {}, error() {} };
+      const attacher = {
+        async attach(c, ref) { return { networkId: "net-" + ref, networkName: ref, endpointId: "ep-" + c.name, ip: "10.9.9.9", prefixLen: 24, mac: "", gateway: "10.9.9.1", aliases: [] }; },
+        async detach() {},
+        resolvConf() { return "nameserver 192.0.2.1\\n"; },
+      };
+      const rt = await ContainerRuntime.open({ execRoot: ${JSON.stringify(execRoot)}, stateDir: ${JSON.stringify(stateDir)}, attacher, logger });
+      await rt.create({ name: "orphan", image: "host", cmd: ["sleep", "1000"], networks: [{ ref: "n9", cfg: {} }] });
+      await rt.start("orphan");
+      console.log(JSON.stringify((await rt.inspect("orphan")).State));
+      setInterval(() => {}, 1000);
+    `;
+    const scriptFile = join(out, "daemon.mjs");
+    await writeFile(scriptFile, script);
+    const d = spawn(process.execPath, [scriptFile], { stdio: ["ignore", "pipe", "pipe"] });
+    const line = await new Promise<string>((ok, fail) => {
+      let buf = "";
+      const onData = (b: Buffer): void => {
+        buf += b.toString();
+        const m = /^\{.*\}$/m.exec(buf);
+        if (m) ok(m[0]);
+      };
+      d.stdout.on("data", onData);
+      d.stderr.on("data", onData);
+      d.once("exit", (code) => fail(new Error(`the first daemon exited (${code}): ${buf}`)));
+    });
+    const state = JSON.parse(line) as { Pid: number; Running: boolean };
+    expect(state.Running).toBe(true);
+    d.kill("SIGKILL");
+    await new Promise((ok) => d.once("exit", ok));
+    expect(await pidAlive(state.Pid)).toBe(true); // the container outlived its daemon
+
+    const again = new VethAttacher();
+    const rt2 = await ContainerRuntime.open({ execRoot, stateDir, attacher: again, logger });
+    expect(await pidAlive(state.Pid)).toBe(false);
+    const info = await rt2.inspect("orphan");
+    expect(info.State).toMatchObject({ Status: "exited", Running: false, ExitCode: 137 });
+    expect(again.calls).toEqual(["detach orphan n9"]);
+    expect(await rt2.containerNetnsFiles()).toEqual([]);
+    expect((await rt2.list(true)).map((c) => c.Names[0])).toEqual(["/orphan"]);
+    await rt2.remove("orphan");
+  });
+});
