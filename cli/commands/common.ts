@@ -202,6 +202,12 @@ export function renderList(
   opts: { headers: Record<string, string>; defaultTable: string; quietField: string; format: string; quiet: boolean },
 ): void {
   let src = opts.format || "table";
+  if (src === "json" || src === "{{json .}}") {
+    // docker's rows marshal themselves with json.Marshal, which escapes <, > and & (its template's json
+    // function would not).
+    inv.out(rows.map((r) => `${encodeGo(r.marshal!(), { escapeHTML: true })}\n`).join(""));
+    return;
+  }
   if (opts.quiet && (src === "table" || src === "")) src = `{{.${opts.quietField}}}`;
   else if (src === "table") src = opts.defaultTable;
   else if (src === "json") src = "{{json .}}";
@@ -389,7 +395,8 @@ export async function hijack(
   await client.ping();
   const full = versionedPath(client, path, query);
   return new Promise((resolve, reject) => {
-    const headers = { ...headersFor(body), Connection: "Upgrade", Upgrade: "tcp" };
+    // (docker names a type even without a body)
+    const headers = { "Content-Type": "text/plain", ...headersFor(body), Connection: "Upgrade", Upgrade: "tcp" };
     const req = http.request({ socketPath: client.socketPath, method: "POST", path: full, headers, agent: false });
     req.on("upgrade", (res, socket, head) => {
       resolve({ socket, head, mediaType: String(res.headers["content-type"] ?? "") });

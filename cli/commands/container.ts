@@ -507,19 +507,17 @@ function runContainerInspect(inv: Invocation): Promise<void> {
   return inspectRaw(inv, (ref) => client.call("GET", `/containers/${ref}/json`));
 }
 
-/** `shoal inspect`: a container, else a network, by that name or id. */
+/** `shoal inspect`: a container, else a network, by that name or id (docker asks for an image between). */
 function runInspectAny(inv: Invocation): Promise<void> {
   const client = inv.client();
   return inspectRaw(inv, async (ref) => {
-    for (const path of [`/containers/${ref}/json`, `/networks/${ref}`]) {
+    for (const path of [`/containers/${ref}/json`, `/images/${ref}/json`, `/networks/${ref}`]) {
       try {
         return await client.call("GET", path);
       } catch (e) {
-        if (
-          !(e instanceof CliError) ||
-          !/^Error response from daemon: (No such container: | ?network .* not found$)/.test(e.message)
-        )
-          throw e;
+        const notThere =
+          /^Error response from daemon: (No such container: |No such image: |page not found$|network .* not found$)/;
+        if (!(e instanceof CliError) || !notThere.test(e.message)) throw e;
       }
     }
     throw new CliError(`Error: No such object: ${ref}`);
