@@ -16,6 +16,7 @@ import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { EmbeddedDns } from "../dataplane/dns.js";
+import { GatewayBridge } from "../dataplane/gwbridge.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
 import {
   ApiError,
@@ -110,6 +111,12 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   /** Overlay networking on this host, built on first use. */
   networking: HostNetworking | undefined;
   private dataplane: OverlayDataplane | undefined;
+  private gatewayBridge: GatewayBridge | undefined;
+
+  private get gateway(): GatewayBridge {
+    this.gatewayBridge ??= new GatewayBridge({ logger: this.log });
+    return this.gatewayBridge;
+  }
   private dns: EmbeddedDns | undefined;
   /** The container runtime, for network connect/disconnect. */
   containers:
@@ -439,16 +446,22 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       const ep = await net.attach(c, ref, cfg);
       try {
         await this.ensureDns().addContainer(c.id, c.netnsPath);
+        // External access (the default route through shoal_gwbridge), unless the network is internal.
+        const internal = net.localEndpoints().find((l) => l.attached.endpointId === ep.endpointId)?.network
+          .spec.internal;
+        if (!internal) await this.gateway.attach(c.id, c.netnsPath);
       } catch (e) {
         await net.detach(c, ep).catch(() => undefined);
-        throw new ApiError(500, `could not start name resolution for container ${c.name}: ${(e as Error).message}`);
+        throw new ApiError(500, `could not connect container ${c.name} to ${ep.networkName}: ${(e as Error).message}`);
       }
       return ep;
     },
     detach: async (c, ep: AttachedEndpoint) => {
       const net = this.ensureNetworking();
       await net.detach(c, ep);
-      if (!net.localEndpoints().some((l) => l.container.id === c.id)) await this.dns?.removeContainer(c.id);
+      const left = net.localEndpoints().filter((l) => l.container.id === c.id);
+      if (!left.some((l) => !l.network.spec.internal)) await this.gateway.detach(c.id);
+      if (left.length === 0) await this.dns?.removeContainer(c.id);
     },
     resolvConf: () => "nameserver 127.0.0.11\noptions ndots:0\n",
   };

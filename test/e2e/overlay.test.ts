@@ -157,6 +157,25 @@ describe.skipIf(!root)("overlay networks across lab hosts", () => {
     await waitFor("h1 to drop the network", () => overlayNamespaces(h[0]!).length === 0);
   });
 
+  it("external access: a container on an overlay reaches beyond it through shoal_gwbridge; on --internal it cannot", async () => {
+    await ok(h[0]!, "network", "create", "-d", "overlay", "--attachable", "open1");
+    await ok(h[0]!, "network", "create", "-d", "overlay", "--attachable", "--internal", "closed1");
+    await ok(h[0]!, "run", "-d", "--name", "outer", "--network", "open1", "host", "sleep", "1000");
+    await ok(h[0]!, "run", "-d", "--name", "inner", "--network", "closed1", "host", "sleep", "1000");
+    // h3's underlay address is outside every overlay: only NAT through the gateway bridge reaches it.
+    const target = h[2]!.addr;
+    expect((await shoal(h[0]!, "exec", "outer", "ping", "-c", "1", "-W", "2", target)).code).toBe(0);
+    expect(await ok(h[0]!, "exec", "outer", "ip", "route")).toMatch(/^default via 172\.18\.0\.1 dev gw0/m);
+    const inner = await shoal(h[0]!, "exec", "inner", "ping", "-c", "1", "-W", "1", target);
+    expect(inner.code).not.toBe(0);
+    expect(await ok(h[0]!, "exec", "inner", "ip", "route")).not.toMatch(/default/);
+    await ok(h[0]!, "rm", "-f", "outer", "inner");
+    // The gateway interfaces went with the containers.
+    const { stdout } = await lab.exec(h[0]!, ["ip", "-o", "link", "show"]);
+    expect(stdout).not.toMatch(/\bgw[0-9a-f]{12}\b/);
+    await ok(h[0]!, "network", "rm", "open1", "closed1");
+  });
+
   it("errors: a network still in use cannot be removed; a non-attachable network refuses standalone containers", async () => {
     await ok(h[0]!, "run", "-d", "--name", "busy", "--network", "n1", "host", "sleep", "1000");
     const rm = await shoal(h[0]!, "network", "rm", "n1");

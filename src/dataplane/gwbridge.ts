@@ -1,0 +1,140 @@
+// External access for containers on overlay networks, like docker_gwbridge: a per-host bridge
+// (shoal_gwbridge, 172.18.0.1/16) in the host's namespace, NAT to the host's own address (nftables
+// masquerade), and for each container on a non-internal overlay a second interface `gw0` on that bridge
+// carrying the container's default route. Containers only on --internal networks get none of it.
+
+import type { Logger } from "pino";
+import { mustRun, type Runner, spawnRunner } from "./runner.js";
+
+export const GW_BRIDGE = "shoal_gwbridge";
+export const GW_SUBNET = "172.18.0.0/16";
+export const GW_GATEWAY = "172.18.0.1";
+export const GW_IFNAME = "gw0";
+const PREFIX = 16;
+const NFT_TABLE = "shoal";
+
+export interface GatewayBridgeOptions {
+  runner?: Runner;
+  logger: Logger;
+}
+
+export class GatewayBridge {
+  private readonly run: Runner;
+  private readonly log: Logger;
+  private ready: Promise<void> | undefined;
+  /** Container id -> its address on the bridge. */
+  private addrs = new Map<string, string>();
+  /** The next host number to try (serial, like the overlays). */
+  private next = 2;
+
+  constructor(opts: GatewayBridgeOptions) {
+    this.run = opts.runner ?? spawnRunner;
+    this.log = opts.logger.child({ component: "gwbridge" });
+  }
+
+  /** The bridge, forwarding and the NAT rule: made once, idempotently. */
+  ensure(): Promise<void> {
+    this.ready ??= this.setup().catch((e: unknown) => {
+      this.ready = undefined;
+      throw e;
+    });
+    return this.ready;
+  }
+
+  private async setup(): Promise<void> {
+    const have = await this.run(["ip", "-json", "link", "show", "dev", GW_BRIDGE]);
+    if (have.code !== 0) {
+      await mustRun(this.run, ["ip", "link", "add", GW_BRIDGE, "type", "bridge"]);
+    }
+    await mustRun(this.run, ["ip", "addr", "replace", `${GW_GATEWAY}/${PREFIX}`, "dev", GW_BRIDGE]);
+    await mustRun(this.run, ["ip", "link", "set", GW_BRIDGE, "up"]);
+    await mustRun(this.run, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // Replace the whole table: creating it first makes the delete safe when it does not exist yet.
+    const rules = [
+      `table ip ${NFT_TABLE} {}`,
+      `delete table ip ${NFT_TABLE}`,
+      `table ip ${NFT_TABLE} {`,
+      "  chain postrouting {",
+      "    type nat hook postrouting priority srcnat; policy accept;",
+      `    ip saddr ${GW_SUBNET} oifname != "${GW_BRIDGE}" masquerade`,
+      "  }",
+      "}",
+      "",
+    ].join("\n");
+    await mustRun(this.run, ["nft", "-f", "-"], { stdin: rules });
+    this.log.info({ bridge: GW_BRIDGE, subnet: GW_SUBNET }, "gateway bridge ready");
+  }
+
+  /** Give a container its gw0 interface and default route; returns its address. Idempotent. */
+  async attach(containerId: string, netnsPath: string): Promise<string> {
+    const existing = this.addrs.get(containerId);
+    if (existing) return existing;
+    await this.ensure();
+    const ip = this.allocate(containerId);
+    const host = hostVeth(containerId);
+    try {
+      await mustRun(this.run, [
+        "ip",
+        "link",
+        "add",
+        host,
+        "mtu",
+        "1500",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        GW_IFNAME,
+        "netns",
+        netnsPath,
+      ]);
+      await mustRun(this.run, ["ip", "link", "set", host, "master", GW_BRIDGE, "up"]);
+      await mustRun(this.run, ["nsenter", `--net=${netnsPath}`, "ip", "-batch", "-"], {
+        stdin: [
+          `addr add ${ip}/${PREFIX} dev ${GW_IFNAME}`,
+          `link set ${GW_IFNAME} up`,
+          `route replace default via ${GW_GATEWAY} dev ${GW_IFNAME}`,
+          "",
+        ].join("\n"),
+      });
+    } catch (e) {
+      this.addrs.delete(containerId);
+      await this.run(["ip", "link", "del", host]);
+      throw e;
+    }
+    return ip;
+  }
+
+  /** Remove a container's gw0 (deleting the host end removes both). */
+  async detach(containerId: string): Promise<void> {
+    if (!this.addrs.has(containerId)) return;
+    this.addrs.delete(containerId);
+    const r = await this.run(["ip", "link", "del", hostVeth(containerId)]);
+    if (r.code !== 0 && !/Cannot find device/.test(r.stderr)) {
+      this.log.warn({ container: containerId, err: r.stderr.trim() }, "could not remove the gateway interface");
+    }
+  }
+
+  has(containerId: string): boolean {
+    return this.addrs.has(containerId);
+  }
+
+  private allocate(containerId: string): string {
+    const used = new Set(this.addrs.values());
+    const hosts = 65534;
+    for (let k = 0; k < hosts; k++) {
+      const n = ((this.next - 2 + k) % (hosts - 1)) + 2;
+      const ip = `172.18.${n >> 8}.${n & 255}`;
+      if (used.has(ip)) continue;
+      this.next = n + 1;
+      this.addrs.set(containerId, ip);
+      return ip;
+    }
+    throw new Error(`no free address on ${GW_BRIDGE}`);
+  }
+}
+
+/** The host end of a container's gateway veth: gw + 12 hex digits of the container id (15 chars max). */
+export function hostVeth(containerId: string): string {
+  return `gw${containerId.slice(0, 12)}`;
+}
