@@ -1452,7 +1452,8 @@ export class ContainerRuntime implements ContainerBackend {
     }
     if (s.status !== "running") return;
     let exitCode = 255;
-    if (await isSameProcess(s.pid, s.pidStart)) {
+    // Without its start time a pid may name someone else's process by now: never kill that.
+    if (s.pidStart !== undefined && (await isSameProcess(s.pid, s.pidStart))) {
       this.log.info({ id: c.id, pid: s.pid }, "killing a container left running by a previous daemon");
       killQuietly(s.pid, 9);
       for (let i = 0; i < 100 && (await isSameProcess(s.pid, s.pidStart)); i++) await delay(20);
