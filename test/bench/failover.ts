@@ -392,6 +392,8 @@ class Shoald {
           SHOALD,
           "--data-root",
           this.dataRoot,
+          "--exec-root",
+          `${this.dataRoot}-exec`,
           "-H",
           `unix://${this.sock}`,
           "--hostname",

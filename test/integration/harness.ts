@@ -293,6 +293,9 @@ export class Lab {
       SHOALD,
       "--data-root",
       s.dataRoot,
+      // Each daemon its own run directory (containers, namespaces), not the machine's /run/shoal.
+      "--exec-root",
+      `${s.dataRoot}-exec`,
       "-H",
       `unix://${s.sock}`,
       "--hostname",
