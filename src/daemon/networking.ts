@@ -8,11 +8,12 @@ import type { Logger } from "pino";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import type { OverlayDataplane } from "../dataplane/overlay.js";
 import type { OverlayNetwork, Peer } from "../dataplane/render.js";
+import { type EspSupport, encryptionUnsupportedError, probeEsp } from "../dataplane/xfrm.js";
 import { ApiError } from "../engine/errors.js";
 import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "../engine/types.js";
 import { DispatcherClient, type NetworkState, type PeerEndpoint } from "../gen/cluster.js";
 import { toApiError, unary } from "../manager/grpc-util.js";
-import { overlayMtu } from "../manager/networks.js";
+import { isEncrypted, overlayMtu } from "../manager/networks.js";
 import type { EndpointRecord, NetworkRecord } from "../store/store.js";
 
 export interface HostNetworkingOptions {
@@ -77,6 +78,18 @@ export class HostNetworking implements NetworkAttacher {
     }
     const ep = JSON.parse(res.endpointJson) as EndpointRecord;
     const net = JSON.parse(res.network!.networkJson) as NetworkRecord;
+    if (isEncrypted(net.spec)) {
+      // Never a silent cleartext fallback: a host that cannot encrypt builds nothing and sends nothing.
+      const support = await this.espSupport();
+      if (!support.supported) {
+        await this.releaseEndpoint(ep.id).catch(() => undefined);
+        throw new ApiError(500, encryptionUnsupportedError(support.reason, net.spec.name).message);
+      }
+      throw new ApiError(
+        501,
+        `network ${net.spec.name} is encrypted: this host's kernel can do ESP with AES-GCM, but shoal does not program IPsec for containers yet; the container was not attached`,
+      );
+    }
     const prefixLen = Number(net.alloc.subnet.split("/")[1]);
     const attached: AttachedEndpoint = {
       networkId: net.id,
@@ -133,6 +146,17 @@ export class HostNetworking implements NetworkAttacher {
     );
     this.opts.onNames?.(this.states);
     this.log.info({ network: endpoint.networkName, container: container.name }, "container detached");
+  }
+
+  private esp: Promise<EspSupport> | undefined;
+
+  /** Whether this kernel can do ESP with AES-GCM: probed once, in a scratch namespace. */
+  espSupport(): Promise<EspSupport> {
+    this.esp ??= probeEsp().then((r) => {
+      this.log.info(r.supported ? { esp: "supported" } : { esp: "unsupported", reason: r.reason }, "IPsec probe");
+      return r;
+    });
+    return this.esp;
   }
 
   private async releaseEndpoint(endpointId: string): Promise<void> {

@@ -11,6 +11,7 @@ import type { NodeDescription } from "../engine/types.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
 import type { StoreEvent } from "../store/store.js";
 import { failStream, GrpcError, notLeader } from "./grpc-util.js";
+import { agentView, keysForNode } from "./keymanager.js";
 import type { Manager } from "./manager.js";
 import { attachmentHandlers, statesForNode } from "./networks.js";
 
@@ -112,6 +113,7 @@ export class Dispatcher {
       heartbeatPeriodMs: this.heartbeatPeriodMs(),
       role: rec.role,
       networks: statesForNode(this.m.store, s.nodeId),
+      networkKeysJson: networkKeysFor(this.m.store, s.nodeId),
     };
   }
 
@@ -137,7 +139,13 @@ export class Dispatcher {
       }
       // A node's address is every peer's VTEP: all sessions may need it.
       for (const s of this.sessions.values()) this.push(s);
-    } else if (e.kind === "member" || e.kind === "cluster" || e.kind === "network" || e.kind === "endpoint") {
+    } else if (
+      e.kind === "member" ||
+      e.kind === "cluster" ||
+      e.kind === "network" ||
+      e.kind === "endpoint" ||
+      e.kind === "keys"
+    ) {
       for (const s of this.sessions.values()) this.push(s);
     }
   }
@@ -220,4 +228,11 @@ export function peerIp(peer: string): string {
   const i = p.lastIndexOf(":");
   if (i > 0) p = p.slice(0, i);
   return p.replace(/^\[|\]$/g, "");
+}
+
+/** The keys a node gets: only if it holds an encrypted network (agentView JSON), else nothing. */
+function networkKeysFor(store: Manager["store"], nodeId: string): string {
+  const ring = store.keyring();
+  if (!ring || !keysForNode(ring, nodeId, store.networks(), store.endpoints())) return "";
+  return JSON.stringify(agentView(ring));
 }

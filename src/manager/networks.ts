@@ -7,6 +7,7 @@ import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } fro
 import { status } from "@grpc/grpc-js";
 import { newNodeId } from "../ca/ids.js";
 import { peerRole } from "../ca/tls.js";
+import { encryptedMtu } from "../dataplane/xfrm.js";
 import { badRequest, notFound } from "../engine/errors.js";
 import type { NetworkCreateRequest, NetworkResource } from "../engine/types.js";
 import type {
@@ -26,11 +27,18 @@ export const MTU_OPTION = "com.docker.network.driver.mtu";
 export const ENCRYPTED_OPTION = "encrypted";
 export const VXLANID_OPTION = "com.docker.network.driver.overlay.vxlanid_list";
 
-/** The MTU of a network's overlay links: 1500 (or the mtu option) less the VXLAN overhead. */
+export function isEncrypted(n: NetworkSpec): boolean {
+  return n.options[ENCRYPTED_OPTION] !== undefined;
+}
+
+/**
+ * The MTU of a network's overlay links: 1500 (or the mtu option) less the VXLAN overhead (50), and on
+ * encrypted networks less the ESP overhead too (with the 128-bit ICV: 1416 of 1500, so that a full-size
+ * packet never fragments; libnetwork's 1424 assumes a 64-bit ICV).
+ */
 export function overlayMtu(n: NetworkSpec): number {
   const base = n.options[MTU_OPTION] ? Number(n.options[MTU_OPTION]) : 1500;
-  const overhead = n.options[ENCRYPTED_OPTION] !== undefined ? 76 : 50;
-  return base - overhead;
+  return isEncrypted(n) ? encryptedMtu(128, base) : base - 50;
 }
 
 /** Resolve a network reference: full id, name, or unique id prefix. */

@@ -18,6 +18,7 @@ import {
   parseVxlanIdList,
   releaseIp,
 } from "../manager/allocator/ipam.js";
+import { applyKeys, type Keyring, type KeysCommand, type RedactedKeyring, redact } from "../manager/keymanager.js";
 import type { NodeId } from "../raft/types.js";
 
 /** What only managers hold: the CA key and the join tokens. */
@@ -115,7 +116,8 @@ export type Command =
     }
   | { op: "endpoint.remove"; id: string }
   | { op: "member.add"; member: RaftMember }
-  | { op: "member.remove"; raftId: NodeId };
+  | { op: "member.remove"; raftId: NodeId }
+  | KeysCommand;
 
 /** The outcome of applying a command, returned to whoever proposed it. */
 export type Outcome = { ok: true; version: number } | { ok: false; status: number; message: string };
@@ -126,6 +128,8 @@ export type StoreEvent =
   | { kind: "member"; action: "add" | "remove"; member: RaftMember }
   | { kind: "network"; action: "create" | "remove"; network: NetworkRecord }
   | { kind: "endpoint"; action: "create" | "remove"; endpoint: EndpointRecord }
+  /** Redacted: events may be logged, keys never. */
+  | { kind: "keys"; keyring: RedactedKeyring }
   | { kind: "restore" };
 
 interface State {
@@ -136,6 +140,8 @@ interface State {
   removed: Set<string>;
   networks: Map<string, NetworkRecord>;
   endpoints: Map<string, EndpointRecord>;
+  /** The overlay encryption keys (managers only; pushed to nodes holding encrypted networks). */
+  keyring: Keyring | undefined;
 }
 
 function emptyState(): State {
@@ -146,6 +152,7 @@ function emptyState(): State {
     removed: new Set(),
     networks: new Map(),
     endpoints: new Map(),
+    keyring: undefined,
   };
 }
 
@@ -201,6 +208,10 @@ export class Store {
 
   isRemoved(nodeId: string): boolean {
     return this.s.removed.has(nodeId);
+  }
+
+  keyring(): Keyring | undefined {
+    return this.s.keyring ? clone(this.s.keyring) : undefined;
   }
 
   network(id: string): NetworkRecord | undefined {
@@ -401,6 +412,15 @@ export class Store {
         this.emit({ kind: "endpoint", action: "remove", endpoint: clone(ep) });
         return ok(index);
       }
+      case "keys.init":
+      case "keys.rotate":
+      case "keys.interval": {
+        const r = applyKeys(s.keyring, c);
+        if (!r.ok) return fail(r.conflict ? 409 : 400, r.reason);
+        s.keyring = r.ring;
+        this.emit({ kind: "keys", keyring: redact(r.ring) });
+        return ok(index);
+      }
       case "member.add": {
         s.members.set(c.member.raftId, { ...c.member });
         this.emit({ kind: "member", action: "add", member: { ...c.member } });
@@ -442,6 +462,7 @@ export class Store {
         removed: [...s.removed],
         networks: [...s.networks.values()],
         endpoints: [...s.endpoints.values()],
+        keyring: s.keyring ?? null,
       }),
     );
   }
@@ -458,6 +479,7 @@ export class Store {
         removed: string[];
         networks?: NetworkRecord[];
         endpoints?: EndpointRecord[];
+        keyring?: Keyring | null;
       };
       if (o.v !== 1) throw new Error(`store snapshot format ${o.v} is not supported`);
       this.s = {
@@ -467,6 +489,7 @@ export class Store {
         removed: new Set(o.removed),
         networks: new Map((o.networks ?? []).map((n) => [n.id, n])),
         endpoints: new Map((o.endpoints ?? []).map((e) => [e.id, e])),
+        keyring: o.keyring ?? undefined,
       };
     }
     this.appliedIndex = index;

@@ -176,6 +176,28 @@ describe.skipIf(!root)("overlay networks across lab hosts", () => {
     await ok(h[0]!, "network", "rm", "open1", "closed1");
   });
 
+  it("an encrypted network on a kernel without ESP/AES-GCM: the attach fails saying why, and nothing is built or sent", async () => {
+    const { probeEsp } = await import("../../src/dataplane/xfrm.js");
+    const support = await probeEsp();
+    await ok(h[0]!, "network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "enc1");
+    const r = await shoal(h[0]!, "run", "-d", "--name", "secret1", "--network", "enc1", "host", "sleep", "100");
+    expect(r.code).not.toBe(0);
+    if (!support.supported) {
+      expect(r.stderr).toMatch(/cannot encrypt its traffic/);
+      expect(r.stderr).toContain(support.reason);
+    }
+    // No overlay namespace, no endpoint left on the managers.
+    expect(overlayNamespaces(h[0]!)).toEqual([]);
+    const inspect = JSON.parse(await ok(h[0]!, "network", "inspect", "enc1")) as {
+      Containers: object;
+      Options: Record<string, string>;
+    }[];
+    expect(inspect[0]!.Containers).toEqual({});
+    expect(inspect[0]!.Options).toHaveProperty("encrypted");
+    await shoal(h[0]!, "rm", "-f", "secret1");
+    await ok(h[0]!, "network", "rm", "enc1");
+  });
+
   it("errors: a network still in use cannot be removed; a non-attachable network refuses standalone containers", async () => {
     await ok(h[0]!, "run", "-d", "--name", "busy", "--network", "n1", "host", "sleep", "1000");
     const rm = await shoal(h[0]!, "network", "rm", "n1");

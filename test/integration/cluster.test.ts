@@ -1097,6 +1097,7 @@ describe("a role change that cannot complete (a fake manager refuses the certifi
           heartbeatPeriodMs: 1000,
           role: "manager",
           networks: [],
+          networkKeysJson: "",
         });
       },
       heartbeat: (_call: unknown, cb: grpc.sendUnaryData<{ periodMs: number }>) => cb(null, { periodMs: 1000 }),
