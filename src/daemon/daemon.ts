@@ -76,6 +76,8 @@ export interface DaemonOptions {
   /** Raft tick (ms); default 100. */
   tickMs?: number;
   electionTick?: number;
+  /** --encryption-key-rotation (ms). */
+  encryptionKeyRotationMs?: number;
 }
 
 export const DEFAULT_SPEC: SwarmSpec = {
@@ -211,6 +213,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       ...(peers ? { peers } : {}),
       ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),
       ...(this.opts.electionTick !== undefined ? { electionTick: this.opts.electionTick } : {}),
+      ...(this.opts.encryptionKeyRotationMs ? { encryptionKeyRotationMs: this.opts.encryptionKeyRotationMs } : {}),
     });
     this.control = new Control(this.manager);
   }

@@ -17,6 +17,7 @@ interface Flags {
   hostname: string;
   logLevel: string;
   raftTickMs?: string;
+  encryptionKeyRotation?: string;
 }
 
 function socketPathOf(host: string): string {
@@ -24,6 +25,16 @@ function socketPathOf(host: string): string {
     throw new Error(`invalid --host ${host}: shoald listens on a unix socket (unix:///path/to/shoald.sock)`);
   }
   return host.slice("unix://".length);
+}
+
+/** "12h", "30m", "10s", "500ms" -> milliseconds. */
+function parseDuration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  if (!m) throw new Error(`invalid duration "${text}": use a number with ms, s, m or h (e.g. 12h)`);
+  const n = Number(m[1]);
+  const ms = n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms" | "s" | "m" | "h"];
+  if (ms < 1000) throw new Error(`invalid duration "${text}": at least 1s`);
+  return ms;
 }
 
 function buildProgram(): Command {
@@ -40,18 +51,24 @@ function buildProgram(): Command {
         .default("info"),
     )
     .addOption(new Option("--raft-tick-ms <ms>", "Raft tick length in milliseconds (tests)").hideHelp())
+    .option(
+      "--encryption-key-rotation <duration>",
+      "How often the managers rotate the overlay encryption keys (e.g. 12h, 30m, 10s)",
+    )
     .action(async (flags: Flags) => {
       const logger = pino(
         { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
         pino.destination(2),
       );
       const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
+      const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
       const daemon = await Daemon.start({
         dataRoot: flags.dataRoot,
         execRoot: flags.execRoot,
         hostname: flags.hostname,
         logger,
         ...(tickMs ? { tickMs } : {}),
+        ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
       });
       const runtime = new ContainerRuntime({
         execRoot: flags.execRoot,

@@ -31,6 +31,7 @@ import { withAcl } from "./acl.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
+import { KeyManager } from "./keymanager.js";
 import { membershipService } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
 
@@ -49,6 +50,8 @@ export interface ManagerOptions {
   onRemoved?: () => void;
   /** Called when leadership changes (for logs and tests). */
   onLeaderChange?: (leader: NodeId) => void;
+  /** --encryption-key-rotation in ms (default: what the store has, 12 h for a new keyring). */
+  encryptionKeyRotationMs?: number;
 }
 
 /** The message a joiner's membership request carries in a ConfChange. */
@@ -76,6 +79,8 @@ export class Manager {
   private listener: TLSListener | undefined;
   readonly dispatcher: Dispatcher;
   private roleManager: RoleManager;
+  /** Leader only: creates the overlay keyring and rotates it on its stored schedule. */
+  private keyManager: KeyManager;
   private certs: Certificates;
   private readonly opts: ManagerOptions;
   private peers = new Map<NodeId, string>();
@@ -95,6 +100,15 @@ export class Manager {
     for (const p of opts.peers ?? []) this.peers.set(p.raftId, p.addr);
     this.dispatcher = new Dispatcher(this);
     this.roleManager = new RoleManager(this);
+    this.keyManager = new KeyManager({
+      now: () => new Date(),
+      propose: async (c) => {
+        await this.write(c);
+      },
+      read: () => this.store.keyring(),
+      ...(opts.encryptionKeyRotationMs ? { intervalMs: opts.encryptionKeyRotationMs } : {}),
+      logger: opts.logger.child({ component: "keymanager" }),
+    });
   }
 
   static async start(opts: ManagerOptions): Promise<Manager> {
@@ -278,11 +292,13 @@ export class Manager {
       this.log.info({ term: this.raft.status().term }, "this manager is now the leader");
       this.dispatcher.becomeLeader();
       this.roleManager.start();
+      this.keyManager.start();
     } else if (!isLeader && this.leaderState) {
       this.leaderState = false;
       this.log.info({ leader: lead.toString(16) }, "this manager is no longer the leader");
       this.dispatcher.loseLeadership();
       this.roleManager.stop();
+      this.keyManager.stop();
     }
   }
 
@@ -424,6 +440,7 @@ export class Manager {
     this.stopped = true;
     if (this.prober) clearInterval(this.prober);
     this.roleManager.stop();
+    this.keyManager.stop();
     this.dispatcher.loseLeadership();
     await this.raft.stop();
     await this.transport.close();
