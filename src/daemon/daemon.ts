@@ -191,6 +191,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.networking?.close();
     await this.dns?.close().catch(() => undefined);
     if (this.renewTimer) clearTimeout(this.renewTimer);
     await this.agent?.stop();

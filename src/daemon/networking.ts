@@ -33,6 +33,9 @@ interface LocalEndpoint {
   network: NetworkRecord;
 }
 
+const RELEASE_RETRY_MIN_MS = 250;
+const RELEASE_RETRY_MAX_MS = 2000;
+
 export class HostNetworking implements NetworkAttacher {
   /** Endpoints of local containers, by endpoint id. */
   private local = new Map<string, LocalEndpoint>();
@@ -138,12 +141,16 @@ export class HostNetworking implements NetworkAttacher {
         this.states.delete(endpoint.networkId);
       }
     });
-    await this.releaseEndpoint(endpoint.endpointId).catch((e: unknown) =>
+    await this.releaseEndpoint(endpoint.endpointId).catch((e: unknown) => {
+      // A daemon restarting after a crash releases its dead containers' endpoints before it has a session
+      // (or before its own manager has a leader): keep trying until the managers take them back.
       this.log.warn(
-        { err: e, endpoint: endpoint.endpointId },
-        "could not release the endpoint; the managers will see it again",
-      ),
-    );
+        { err: (e as Error).message, endpoint: endpoint.endpointId },
+        "could not release the endpoint yet; retrying in the background",
+      );
+      this.pendingRelease.add(endpoint.endpointId);
+      this.scheduleRelease(RELEASE_RETRY_MIN_MS);
+    });
     this.opts.onNames?.(this.states);
     this.log.info({ network: endpoint.networkName, container: container.name }, "container detached");
   }
@@ -157,6 +164,42 @@ export class HostNetworking implements NetworkAttacher {
       return r;
     });
     return this.esp;
+  }
+
+  /** Endpoints whose release the managers have not acknowledged yet. */
+  private pendingRelease = new Set<string>();
+  private releaseTimer: NodeJS.Timeout | undefined;
+  private releaseBackoff = RELEASE_RETRY_MIN_MS;
+
+  private scheduleRelease(ms: number): void {
+    if (this.releaseTimer || this.closed) return;
+    this.releaseTimer = setTimeout(() => void this.flushReleases(), ms);
+    this.releaseTimer.unref();
+  }
+
+  private async flushReleases(): Promise<void> {
+    this.releaseTimer = undefined;
+    for (const id of [...this.pendingRelease]) {
+      try {
+        await this.releaseEndpoint(id);
+        this.pendingRelease.delete(id);
+        this.releaseBackoff = RELEASE_RETRY_MIN_MS;
+        this.log.info({ endpoint: id }, "released the endpoint");
+      } catch {
+        this.releaseBackoff = Math.min(RELEASE_RETRY_MAX_MS, this.releaseBackoff * 2);
+        this.scheduleRelease(this.releaseBackoff);
+        return;
+      }
+    }
+  }
+
+  private closed = false;
+
+  /** Stop retrying releases (daemon shutdown). */
+  close(): void {
+    this.closed = true;
+    if (this.releaseTimer) clearTimeout(this.releaseTimer);
+    this.releaseTimer = undefined;
   }
 
   private async releaseEndpoint(endpointId: string): Promise<void> {

@@ -4,7 +4,7 @@
 // container runtime (root only): the whole life of a container through shoal.
 
 import { execFile, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -21,6 +21,8 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const DOCKER = "/usr/local/bin/docker";
 const HAS_DOCKER = existsSync(DOCKER);
 /** The CLI is compiled on its own for this file (cli.test.ts builds dist/ at the same time). */
+// node_modules/.cache does not exist in a fresh clone after npm ci.
+mkdirSync(join(ROOT, "node_modules/.cache"), { recursive: true });
 const BUILD = mkdtempSync(join(ROOT, "node_modules/.cache/shoal-cli-containers-"));
 const MAIN = join(BUILD, "cli/main.js");
 const scratch = mkdtempSync(join(tmpdir(), "shoal-cli-ctr-env-"));
