@@ -2,6 +2,7 @@
 // natural sort order, "PrettyPrint" capitalisation, human sizes and durations, Go's %v of values, and a
 // small subset of Go templates for --format.
 
+import { humanDuration as humanDurationMs } from "../src/engine/humanize.js";
 import { encodeGo, GoBytes, GoMap, GoStruct, GoTime, type GoValue, goTimeString } from "./gojson.js";
 
 /** Display width of a cell: one column per code point (docker's hostnames and ids are ASCII). */
@@ -170,20 +171,7 @@ export function bytesSize(n: number): string {
 
 /** go-units HumanDuration of a duration in nanoseconds ("5 seconds", "3 months"). */
 export function humanDuration(ns: number): string {
-  const seconds = Math.trunc(ns / 1e9);
-  if (seconds < 1) return "Less than a second";
-  if (seconds === 1) return "1 second";
-  if (seconds < 60) return `${seconds} seconds`;
-  const minutes = Math.trunc(ns / 60e9);
-  if (minutes === 1) return "About a minute";
-  if (minutes < 60) return `${minutes} minutes`;
-  const hours = Math.trunc(ns / 3600e9 + 0.5);
-  if (hours === 1) return "About an hour";
-  if (hours < 48) return `${hours} hours`;
-  if (hours < 24 * 7 * 2) return `${Math.trunc(hours / 24)} days`;
-  if (hours < 24 * 30 * 2) return `${Math.trunc(hours / 24 / 7)} weeks`;
-  if (hours < 24 * 365 * 2) return `${Math.trunc(hours / 24 / 30)} months`;
-  return `${Math.trunc(Math.trunc(ns / 3600e9) / 24 / 365)} years`;
+  return humanDurationMs(ns / 1e6);
 }
 
 /** An RFC 3339 time as Go's time.ANSIC ("Fri May 30 12:07:27 2025") in its own zone; unparsable text as is. */

@@ -187,6 +187,8 @@ export function row(typeName: string, fields: [string, GoValue][]): GoStruct {
   );
 }
 
+export { humanDuration } from "../../src/engine/humanize.js";
+
 function templateError(e: unknown): never {
   if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`);
   throw e;
@@ -211,6 +213,20 @@ export function renderList(
   if (opts.quiet && (src === "table" || src === "")) src = `{{.${opts.quietField}}}`;
   else if (src === "table") src = opts.defaultTable;
   else if (src === "json") src = "{{json .}}";
+  renderTemplate(inv, rows, src, opts.headers);
+}
+
+/**
+ * Rows through a docker format template: "table TEMPLATE" also prints the header row (the template run on
+ * `headers`) and aligns the columns; "\t" and "\n" as typed are a tab and a newline.
+ */
+export function renderTemplate(
+  inv: Invocation,
+  rows: GoStruct[],
+  format: string,
+  headers: Record<string, string>,
+): void {
+  let src = format;
   const isTable = src.startsWith("table");
   if (isTable) src = src.slice("table".length);
   src = src
@@ -231,7 +247,7 @@ export function renderList(
   }
   let header = "";
   try {
-    header = executeTemplate(tmpl, new GoMap(Object.entries(opts.headers)));
+    header = executeTemplate(tmpl, new GoMap(Object.entries(headers)));
   } catch (e) {
     templateError(e);
   }
@@ -265,24 +281,6 @@ export function ellipsis(s: string, max: number): string {
   const chars = [...s];
   if (chars.length <= max) return s;
   return `${chars.slice(0, max - 1).join("")}…`;
-}
-
-/** go-units HumanDuration of milliseconds. */
-export function humanDuration(ms: number): string {
-  const seconds = Math.trunc(ms / 1000);
-  if (seconds < 1) return "Less than a second";
-  if (seconds === 1) return "1 second";
-  if (seconds < 60) return `${seconds} seconds`;
-  const minutes = Math.trunc(ms / 60_000);
-  if (minutes === 1) return "About a minute";
-  if (minutes < 60) return `${minutes} minutes`;
-  const hours = Math.trunc(ms / 3_600_000 + 0.5);
-  if (hours === 1) return "About an hour";
-  if (hours < 48) return `${hours} hours`;
-  if (hours < 24 * 7 * 2) return `${Math.trunc(hours / 24)} days`;
-  if (hours < 24 * 30 * 2) return `${Math.trunc(hours / 24 / 7)} weeks`;
-  if (hours < 24 * 365 * 2) return `${Math.trunc(hours / 24 / 30)} months`;
-  return `${Math.trunc(Math.trunc(ms / 3_600_000) / 24 / 365)} years`;
 }
 
 /** Go's time.Time.String() of a Unix time in the local zone ("2025-05-30 12:07:27 +0000 UTC"). */

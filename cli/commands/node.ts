@@ -25,6 +25,7 @@ import {
   goTimeString,
   requestBody,
 } from "../gojson.js";
+import { renderTemplate } from "./common.js";
 
 type Json = Record<string, unknown>;
 const obj = (v: unknown): Json => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Json) : {});
@@ -96,11 +97,6 @@ function nodeRow(n: Json, swarmInfo: Json): GoStruct {
   );
 }
 
-function templateError(e: unknown): never {
-  if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`);
-  throw e;
-}
-
 async function runList(inv: Invocation): Promise<void> {
   const client = inv.client();
   const quiet = inv.flag<boolean>("quiet") === true;
@@ -129,32 +125,8 @@ async function runList(inv: Invocation): Promise<void> {
       ? "node_id: {{.ID}}"
       : "node_id: {{.ID}}\\nhostname: {{.Hostname}}\\nstatus: {{.Status}}\\navailability: {{.Availability}}\\nmanager_status: {{.ManagerStatus}}\\n";
   }
-  const isTable = src.startsWith("table");
-  if (isTable) src = src.slice("table".length);
-  else if (src === "json") src = "{{json .}}";
-  src = src
-    .replace(/^ +| +$/g, "")
-    .replace(/\\t/g, "\t")
-    .replace(/\\n/g, "\n");
-  let tmpl: Template;
-  let body = "";
-  try {
-    tmpl = parseTemplate(src);
-    for (const r of rows) body += `${executeTemplate(tmpl, r)}\n`;
-  } catch (e) {
-    templateError(e);
-  }
-  if (!isTable) {
-    inv.out(body);
-    return;
-  }
-  let header = "";
-  try {
-    header = executeTemplate(tmpl, new GoMap(Object.entries(LS_HEADERS)));
-  } catch (e) {
-    templateError(e);
-  }
-  inv.out(table(`${header}\n${body}`));
+  if (src === "json") src = "{{json .}}";
+  renderTemplate(inv, rows, src, LS_HEADERS);
 }
 
 // ---- node inspect ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { type Readable, Writable } from "node:stream";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../engine/errors.js";
+import { humanDuration } from "../engine/humanize.js";
 import type {
   AttachedEndpoint,
   AttachOptions,
@@ -59,6 +60,8 @@ import {
   processStartTime,
   signalNumberOf,
 } from "./sandbox.js";
+
+export { humanDuration } from "../engine/humanize.js";
 
 export const HOST_IMAGE = "host";
 const ZERO_TIME = "0001-01-01T00:00:00Z";
@@ -194,24 +197,6 @@ interface ExecRecord {
 }
 
 const noSuchContainer = (ref: string): ApiError => new ApiError(404, `No such container: ${ref}`);
-
-/** go-units HumanDuration of milliseconds. */
-export function humanDuration(ms: number): string {
-  const seconds = Math.trunc(ms / 1000);
-  if (seconds < 1) return "Less than a second";
-  if (seconds === 1) return "1 second";
-  if (seconds < 60) return `${seconds} seconds`;
-  const minutes = Math.trunc(ms / 60_000);
-  if (minutes === 1) return "About a minute";
-  if (minutes < 60) return `${minutes} minutes`;
-  const hours = Math.trunc(ms / 3_600_000 + 0.5);
-  if (hours === 1) return "About an hour";
-  if (hours < 48) return `${hours} hours`;
-  if (hours < 24 * 7 * 2) return `${Math.trunc(hours / 24)} days`;
-  if (hours < 24 * 30 * 2) return `${Math.trunc(hours / 24 / 7)} weeks`;
-  if (hours < 24 * 365 * 2) return `${Math.trunc(hours / 24 / 30)} months`;
-  return `${Math.trunc(Math.trunc(ms / 3_600_000) / 24 / 365)} years`;
-}
 
 /** A random 64-hex id whose 12-character short form is not all digits (Docker's rule). */
 function newId(): string {
