@@ -200,6 +200,10 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
       networks: [],
     });
     await rt.start("polite");
+    // The trap is installed before "ready" is printed: a SIGTERM sent earlier would find no handler (and
+    // pid 1 ignores a signal it does not handle), so wait for it, however loaded the machine is.
+    for (let i = 0; i < 200 && !(await rt.logs("polite")).includes("ready"); i++)
+      await new Promise((r) => setTimeout(r, 25));
     const t0 = Date.now();
     await rt.stop("polite", 20);
     expect(Date.now() - t0).toBeLessThan(5000);
