@@ -6,67 +6,11 @@
 // is left behind.
 
 import { execFile } from "node:child_process";
-import { cpSync, existsSync, readdirSync, readFileSync } from "node:fs";
+import { cpSync, existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Lab, type LabHost } from "../../deploy/lab.js";
-
-const run = promisify(execFile);
-const root = process.getuid?.() === 0;
-const cli = join(process.cwd(), "dist", "cli", "main.js");
-
-async function build(): Promise<void> {
-  await run("npm", ["run", "build", "--silent"], { timeout: 180_000 }).catch(
-    (e: { stdout?: string; stderr?: string }) => {
-      // Type errors elsewhere still emit dist/; what we run must exist.
-      if (!existsSync(cli)) throw new Error(`build failed: ${e.stdout ?? ""}${e.stderr ?? ""}`);
-    },
-  );
-}
-
-async function shoal(h: LabHost, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, "-H", `unix://${h.socket}`, ...args], {
-      timeout: 60_000,
-    });
-    return { stdout, stderr, code: 0 };
-  } catch (e) {
-    const x = e as { stdout?: string; stderr?: string; code?: number };
-    return { stdout: x.stdout ?? "", stderr: x.stderr ?? "", code: typeof x.code === "number" ? x.code : 1 };
-  }
-}
-
-async function ok(h: LabHost, ...args: string[]): Promise<string> {
-  const r = await shoal(h, ...args);
-  if (r.code !== 0) throw new Error(`shoal ${args.join(" ")} on ${h.name} failed (${r.code}): ${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
-async function waitFor<T>(
-  what: string,
-  f: () => Promise<T | undefined | false> | T | undefined | false,
-  ms = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Every file under <exec-root>/netns: overlay namespaces ("1-...") and container namespaces (12 hex). */
-function netnsFiles(h: LabHost): string[] {
-  const dir = join(h.execRoot, "netns");
-  if (!existsSync(dir)) return [];
-  return readdirSync(dir).sort();
-}
-
-function overlayNamespaces(h: LabHost): string[] {
-  return netnsFiles(h).filter((n) => n.startsWith("1-"));
-}
+import { build, netnsFiles, ok, overlayNamespaces, isRoot as root, run, shoal, waitFor } from "./lab-helpers.js";
 
 /** Mount points under a host's exec root (namespace files are bind mounts), as this process sees them. */
 function mountsUnder(h: LabHost): string[] {

@@ -1,0 +1,78 @@
+// Helpers the end-to-end tests share: build once, run the shoal and docker CLIs against a lab host's
+// daemon, wait for a condition, and see what a host holds under its exec root.
+
+import { execFile } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import type { LabHost } from "../../deploy/lab.js";
+
+export const run = promisify(execFile);
+export const isRoot = process.getuid?.() === 0;
+export const cli = join(process.cwd(), "dist", "cli", "main.js");
+
+export async function build(): Promise<void> {
+  await run("npm", ["run", "build", "--silent"], { timeout: 180_000 }).catch(
+    (e: { stdout?: string; stderr?: string }) => {
+      // Type errors elsewhere still emit dist/; what we run must exist.
+      if (!existsSync(cli)) throw new Error(`build failed: ${e.stdout ?? ""}${e.stderr ?? ""}`);
+    },
+  );
+}
+
+export async function shoal(h: LabHost, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [cli, "-H", `unix://${h.socket}`, ...args], {
+      timeout: 60_000,
+    });
+    return { stdout, stderr, code: 0 };
+  } catch (e) {
+    const x = e as { stdout?: string; stderr?: string; code?: number };
+    return { stdout: x.stdout ?? "", stderr: x.stderr ?? "", code: typeof x.code === "number" ? x.code : 1 };
+  }
+}
+
+export async function ok(h: LabHost, ...args: string[]): Promise<string> {
+  const r = await shoal(h, ...args);
+  if (r.code !== 0) throw new Error(`shoal ${args.join(" ")} on ${h.name} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+export async function docker(h: LabHost, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run("docker", ["-H", `unix://${h.socket}`, ...args], {
+      timeout: 60_000,
+      env: { ...process.env, DOCKER_CONFIG: join(h.dir, "docker-config") },
+    });
+    return { stdout, stderr, code: 0 };
+  } catch (e) {
+    const x = e as { stdout?: string; stderr?: string; code?: number };
+    return { stdout: x.stdout ?? "", stderr: x.stderr ?? "", code: typeof x.code === "number" ? x.code : 1 };
+  }
+}
+
+/** Every file under <exec-root>/netns: overlay namespaces ("1-...") and container namespaces (12 hex). */
+export function netnsFiles(h: LabHost): string[] {
+  const dir = join(h.execRoot, "netns");
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).sort();
+}
+
+/** The overlay namespaces a host holds, as `ls <exec-root>/netns` shows them. */
+export function overlayNamespaces(h: LabHost): string[] {
+  return netnsFiles(h).filter((n) => n.startsWith("1-"));
+}
+
+export async function waitFor<T>(
+  what: string,
+  f: () => Promise<T | undefined | false> | T | undefined | false,
+  ms = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
