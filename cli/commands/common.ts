@@ -127,21 +127,24 @@ export const INSPECT_FORMAT_FLAG = {
   description: "Format output using a custom template: 'json' (JSON format), 'TEMPLATE' (a Go template; see below)",
 };
 
+/** The template of an inspect --format ("" and "json" have none); a bad one is docker's exit-64 error. */
+export function inspectTemplate(format: string): Template | undefined {
+  if (format === "" || format === "json") return undefined;
+  try {
+    return parseTemplate(format);
+  } catch (e) {
+    if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`, 64);
+    throw e;
+  }
+}
+
 /**
  * docker's inspect: each object as the daemon sent it, re-indented, in one JSON array; or a template per
  * object. What was found is printed before the errors; any error makes the exit status 1.
  */
 export async function inspectRaw(inv: Invocation, fetch: (ref: string) => Promise<string>): Promise<void> {
   const format = inv.flag<string | undefined>("format") ?? "";
-  let tmpl: Template | undefined;
-  if (format !== "" && format !== "json") {
-    try {
-      tmpl = parseTemplate(format);
-    } catch (e) {
-      if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`, 64);
-      throw e;
-    }
-  }
+  const tmpl = inspectTemplate(format);
   const raws: string[] = [];
   const errors: string[] = [];
   let text = "";

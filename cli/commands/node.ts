@@ -8,9 +8,7 @@ import {
   bytesSize,
   executeTemplate,
   naturalCompare,
-  parseTemplate,
   prettyPrint,
-  type Template,
   TemplateError,
   table,
 } from "../format.js";
@@ -25,7 +23,7 @@ import {
   goTimeString,
   requestBody,
 } from "../gojson.js";
-import { renderTemplate } from "./common.js";
+import { inspectTemplate, renderTemplate } from "./common.js";
 
 type Json = Record<string, unknown>;
 const obj = (v: unknown): Json => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Json) : {});
@@ -207,15 +205,7 @@ async function runInspect(inv: Invocation): Promise<void> {
     return;
   }
 
-  let tmpl: Template | undefined;
-  if (format !== "" && format !== "json") {
-    try {
-      tmpl = parseTemplate(format);
-    } catch (e) {
-      if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`, 64);
-      throw e;
-    }
-  }
+  const tmpl = inspectTemplate(format);
   const errors: string[] = [];
   const found: GoStruct[] = [];
   let text = "";
