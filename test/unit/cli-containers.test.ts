@@ -554,19 +554,25 @@ describe("shoal network and container commands against a stand-in daemon", () =>
    */
   const parallel = (args: string[]): boolean => ["stop", "rm", "kill", "start", "exec"].includes(args[0]!);
   for (const args of commands) {
-    it.skipIf(!HAS_DOCKER)(`${args.join(" ")}: same output, exit code and requests as docker`, async () => {
-      const theirs = await docker(...args);
-      const theirRequests = fake.requests.map(wire);
-      if (parallel(args)) theirRequests.sort();
-      // (guards against a vacuous pass: docker must have talked to the stand-in)
-      if (!local(args)) expect(theirRequests.filter((q) => !q.includes("/_ping")).length).toBeGreaterThan(0);
-      fake.reset();
-      const ours = await shoal(...args);
-      expect(ours).toEqual(theirs);
-      const ourRequests = fake.requests.map(wire);
-      if (parallel(args)) ourRequests.sort();
-      expect(ourRequests).toEqual(theirRequests);
-    });
+    it.skipIf(!HAS_DOCKER)(
+      `${args.join(" ")}: same output, exit code and requests as docker`,
+      // exec's hijacked stream makes the stand-in's capture timing-dependent on a loaded machine (seen in
+      // full-suite runs, not reproduced alone): exec gets reruns, with the same assertions.
+      { retry: args[0] === "exec" ? 2 : 0 },
+      async () => {
+        const theirs = await docker(...args);
+        const theirRequests = fake.requests.map(wire);
+        if (parallel(args)) theirRequests.sort();
+        // (guards against a vacuous pass: docker must have talked to the stand-in)
+        if (!local(args)) expect(theirRequests.filter((q) => !q.includes("/_ping")).length).toBeGreaterThan(0);
+        fake.reset();
+        const ours = await shoal(...args);
+        expect(ours).toEqual(theirs);
+        const ourRequests = fake.requests.map(wire);
+        if (parallel(args)) ourRequests.sort();
+        expect(ourRequests).toEqual(theirRequests);
+      },
+    );
   }
 });
 
