@@ -17,6 +17,7 @@ import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { EmbeddedDns } from "../dataplane/dns.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
+import { IpsecDataplane } from "../dataplane/ipsec.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
 import {
   ApiError,
@@ -52,6 +53,7 @@ import { CAClient, RaftMembershipClient, type SessionMessage } from "../gen/clus
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
+import { redact } from "../manager/keymanager.js";
 import { forceNewCluster, Manager, splitHostPort } from "../manager/manager.js";
 import {
   endpointRows,
@@ -270,6 +272,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
     }
     this.networking?.onSessionNetworks(msg.networks);
+    this.networking?.onSessionKeys(msg.networkKeysJson);
     const role = msg.role as NodeRole;
     if ((role === "manager" || role === "worker") && role !== s.role && !this.roleChange) {
       this.roleChange = this.serial(() => this.changeRole(role))
@@ -484,12 +487,18 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       dataPathPort: this.manager?.store.cluster()?.info.DataPathPort || 4789,
       logger: this.log,
     });
+    const ipsec = new IpsecDataplane({
+      localAddr: s.dataPathAddr,
+      port: this.manager?.store.cluster()?.info.DataPathPort || 4789,
+      logger: this.log,
+    });
     this.networking = new HostNetworking({
       nodeId: () => this.state?.nodeId ?? "",
       managerAddr: () =>
         this.agent?.connectedTo ?? (this.manager ? this.state?.advertiseAddr : this.state?.managers[0]?.addr),
       credentials: () => this.credentials(),
       dataplane,
+      ipsec,
       logger: this.log,
     });
     this.dataplane = dataplane;
@@ -526,6 +535,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     if (!this.state) return;
     this.ensureNetworking();
     const report = await this.dataplane!.reconcile(new Map());
+    await this.networking!.resetIpsec().catch((e: unknown) =>
+      this.log.warn({ err: (e as Error).message }, "could not remove IPsec state left by a previous run"),
+    );
     if (report.deleted.length > 0 || report.removedStale.length > 0) {
       this.log.info(
         { deleted: report.deleted, stale: report.removedStale },
@@ -562,12 +574,30 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   async networkInspect(ref: string): Promise<NetworkResource> {
     const all = await this.networkResources();
     const exact = all.find((n) => n.Id === ref) ?? all.find((n) => n.Name === ref);
-    if (exact) return exact;
     const byPrefix = all.filter((n) => n.Id.startsWith(ref));
-    if (byPrefix.length === 1) return byPrefix[0]!;
-    if (byPrefix.length > 1)
+    if (!exact && byPrefix.length > 1)
       throw badRequest(`network ${ref} is ambiguous (${byPrefix.length} matches found based on ID prefix)`);
-    throw new ApiError(404, `network ${ref} not found`);
+    const found = exact ?? byPrefix[0];
+    if (!found) throw new ApiError(404, `network ${ref} not found`);
+    return this.withEncryption(found);
+  }
+
+  /**
+   * An encrypted network's inspect gains `Encryption` (shoal's; Swarm users cannot tell, moby #24253): the
+   * key tags this host holds and when they last rotated, whether its kernel can encrypt, and per remote
+   * host whether the SAs are installed. On a manager also the cluster's keyring (tags and times). Never keys.
+   */
+  private async withEncryption(n: NetworkResource): Promise<NetworkResource> {
+    if (n.Options.encrypted === undefined) return n;
+    const info: Record<string, unknown> = { ...(await this.ensureNetworking().encryptionInfo(n.Id)) };
+    const ring = this.manager?.store.keyring();
+    if (ring) {
+      const r = redact(ring);
+      info.ClusterKeyTags = r.tags;
+      info.ClusterLastRotation = r.lastRotation;
+      info.ClusterNextRotation = r.nextRotation;
+    }
+    return { ...n, Encryption: info };
   }
 
   async networkRemove(ref: string): Promise<void> {

@@ -2,17 +2,25 @@
 // endpoint), the data plane wires them in, and the remote endpoints the managers push down the session
 // stream are programmed as FDB and neighbour entries. A host holds a network only while a local container
 // is attached to it.
+//
+// Encrypted networks: the host must first be able to encrypt (probeEsp; otherwise the attach is refused and
+// nothing is built or sent). Then, before the container's namespace is wired, the nft guard covers the VNI
+// and the IPsec states and policies towards every remote host of the network are installed with the keys
+// the managers sent (in the Attach answer, then down the session stream at each rotation). IpsecDataplane
+// does the ordering; this class says what is wanted whenever endpoints, peers or keys change.
 
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
+import type { IpsecDataplane, PeerKernelView } from "../dataplane/ipsec.js";
 import type { OverlayDataplane } from "../dataplane/overlay.js";
 import type { OverlayNetwork, Peer } from "../dataplane/render.js";
-import { type EspSupport, encryptionUnsupportedError, probeEsp } from "../dataplane/xfrm.js";
+import { type EspSupport, encryptionUnsupportedError, type Key, probeEsp } from "../dataplane/xfrm.js";
 import { ApiError } from "../engine/errors.js";
 import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "../engine/types.js";
 import { DispatcherClient, type NetworkState, type PeerEndpoint } from "../gen/cluster.js";
 import { toApiError, unary } from "../manager/grpc-util.js";
+import type { AgentKeys } from "../manager/keymanager.js";
 import { isEncrypted, overlayMtu } from "../manager/networks.js";
 import type { EndpointRecord, NetworkRecord } from "../store/store.js";
 
@@ -22,6 +30,10 @@ export interface HostNetworkingOptions {
   managerAddr: () => string | undefined;
   credentials: () => ChannelCredentials;
   dataplane: OverlayDataplane;
+  /** The IPsec of encrypted networks (same data-path address and port as the data plane). */
+  ipsec: IpsecDataplane;
+  /** Whether this kernel can encrypt; default: probeEsp, once. */
+  probe?: () => Promise<EspSupport>;
   logger: Logger;
   /** Called whenever the set of endpoints this host can resolve changes (the DNS server). */
   onNames?: (states: Map<string, NetworkState>) => void;
@@ -81,17 +93,15 @@ export class HostNetworking implements NetworkAttacher {
     }
     const ep = JSON.parse(res.endpointJson) as EndpointRecord;
     const net = JSON.parse(res.network!.networkJson) as NetworkRecord;
-    if (isEncrypted(net.spec)) {
+    const encrypted = isEncrypted(net.spec);
+    if (encrypted) {
       // Never a silent cleartext fallback: a host that cannot encrypt builds nothing and sends nothing.
       const support = await this.espSupport();
       if (!support.supported) {
         await this.releaseEndpoint(ep.id).catch(() => undefined);
         throw new ApiError(500, encryptionUnsupportedError(support.reason, net.spec.name).message);
       }
-      throw new ApiError(
-        501,
-        `network ${net.spec.name} is encrypted: this host's kernel can do ESP with AES-GCM, but shoal does not program IPsec for containers yet; the container was not attached`,
-      );
+      if (res.networkKeysJson) this.acceptKeys(res.networkKeysJson);
     }
     const prefixLen = Number(net.alloc.subnet.split("/")[1]);
     const attached: AttachedEndpoint = {
@@ -106,6 +116,12 @@ export class HostNetworking implements NetworkAttacher {
     };
     try {
       await this.serialised(async () => {
+        // Program what the managers knew at attach time at once; later pushes keep it exact.
+        const known = this.states.get(net.id);
+        const state = known && known.endpoints.length >= res.network!.endpoints.length ? known : res.network!;
+        this.states.set(net.id, state);
+        // The guard and the SAs come before the first packet can: the namespace is built after them.
+        if (encrypted) await this.syncIpsec(net.id);
         await this.opts.dataplane.attach(overlayOf(net), {
           id: ep.id,
           containerNetns: container.netnsPath,
@@ -115,15 +131,17 @@ export class HostNetworking implements NetworkAttacher {
           mac: ep.mac,
         });
         this.local.set(ep.id, { attached, container, network: net });
-        // Program what the managers knew at attach time at once; later pushes keep it exact.
-        const known = this.states.get(net.id);
-        const state = known && known.endpoints.length >= res.network!.endpoints.length ? known : res.network!;
-        this.states.set(net.id, state);
         await this.program(net.id);
       });
     } catch (e) {
       // Give the address back: nothing half-attached stays behind.
       await this.releaseEndpoint(ep.id).catch(() => undefined);
+      if (encrypted) {
+        await this.serialised(async () => {
+          if (!this.holds(net.id)) this.states.delete(net.id);
+          await this.syncIpsec();
+        }).catch(() => undefined);
+      }
       throw e instanceof ApiError
         ? e
         : new ApiError(500, `could not attach to network ${net.spec.name}: ${(e as Error).message}`);
@@ -137,9 +155,8 @@ export class HostNetworking implements NetworkAttacher {
     await this.serialised(async () => {
       this.local.delete(endpoint.endpointId);
       await this.opts.dataplane.detach({ id: endpoint.networkId }, endpoint.endpointId);
-      if (![...this.local.values()].some((l) => l.attached.networkId === endpoint.networkId)) {
-        this.states.delete(endpoint.networkId);
-      }
+      if (!this.holds(endpoint.networkId)) this.states.delete(endpoint.networkId);
+      await this.syncIpsec();
     });
     await this.releaseEndpoint(endpoint.endpointId).catch((e: unknown) => {
       // A daemon restarting after a crash releases its dead containers' endpoints before it has a session
@@ -159,7 +176,7 @@ export class HostNetworking implements NetworkAttacher {
 
   /** Whether this kernel can do ESP with AES-GCM: probed once, in a scratch namespace. */
   espSupport(): Promise<EspSupport> {
-    this.esp ??= probeEsp().then((r) => {
+    this.esp ??= (this.opts.probe ?? probeEsp)().then((r) => {
       this.log.info(r.supported ? { esp: "supported" } : { esp: "unsupported", reason: r.reason }, "IPsec probe");
       return r;
     });
@@ -198,6 +215,7 @@ export class HostNetworking implements NetworkAttacher {
   /** Stop retrying releases (daemon shutdown). */
   close(): void {
     this.closed = true;
+    this.opts.ipsec.close();
     if (this.releaseTimer) clearTimeout(this.releaseTimer);
     this.releaseTimer = undefined;
   }
@@ -233,7 +251,7 @@ export class HostNetworking implements NetworkAttacher {
     );
   }
 
-  /** FDB and neighbour entries for every remote endpoint of a network held here. */
+  /** FDB and neighbour entries for every remote endpoint of a network held here (and its IPsec). */
   private async program(networkId: string): Promise<void> {
     const st = this.states.get(networkId);
     if (!st) return;
@@ -241,7 +259,127 @@ export class HostNetworking implements NetworkAttacher {
     const peers: Peer[] = st.endpoints
       .filter((e: PeerEndpoint) => e.nodeId !== me && e.nodeAddr)
       .map((e: PeerEndpoint) => ({ ip: e.ip, mac: e.mac, vtep: e.nodeAddr }));
+    // A new remote host gets its SAs before its FDB entry sends it anything.
+    if (this.encryptedHeld().has(networkId)) await this.syncIpsec();
     await this.opts.dataplane.setPeers(networkId, peers);
+  }
+
+  private holds(networkId: string): boolean {
+    return [...this.local.values()].some((l) => l.attached.networkId === networkId);
+  }
+
+  /** The encrypted networks held here (a local container is attached), by id. */
+  private encryptedHeld(): Map<string, NetworkRecord> {
+    const out = new Map<string, NetworkRecord>();
+    for (const l of this.local.values()) if (isEncrypted(l.network.spec)) out.set(l.network.id, l.network);
+    return out;
+  }
+
+  /** The remote VTEPs of a network, from the managers' latest state. */
+  private remotesOf(networkId: string): string[] {
+    const me = this.opts.nodeId();
+    const st = this.states.get(networkId);
+    return [...new Set((st?.endpoints ?? []).filter((e) => e.nodeId !== me && e.nodeAddr).map((e) => e.nodeAddr))];
+  }
+
+  /** Bring IPsec in line with the encrypted networks held here (plus `attaching`, about to be held). */
+  private async syncIpsec(attaching?: string): Promise<void> {
+    const ids = new Set(this.encryptedHeld().keys());
+    if (attaching) ids.add(attaching);
+    const networks = [...ids].map((id) => {
+      const net = this.encryptedHeld().get(id) ?? (JSON.parse(this.states.get(id)!.networkJson) as NetworkRecord);
+      return { vni: net.alloc.vni, remotes: this.remotesOf(id) };
+    });
+    if (networks.length === 0 && this.opts.ipsec.status().guardedVnis.length === 0) return;
+    await this.opts.ipsec.sync({ keys: this.keys ? keysOf(this.keys) : undefined, networks });
+  }
+
+  /** The keys this host holds from the managers (tags and times only are ever shown or logged). */
+  private keys: AgentKeys | undefined;
+
+  keyInfo(): { tags: number[]; primaryTag: number | null; lastRotation: string | null; intervalMs: number | null } {
+    const k = this.keys;
+    return {
+      tags: k ? k.keys.map((x) => x.tag) : [],
+      primaryTag: k?.primaryTag ?? null,
+      lastRotation: k?.lastRotation ?? null,
+      intervalMs: k?.intervalMs ?? null,
+    };
+  }
+
+  /** Take a keyring the managers sent (agentView JSON); an older ring than the one held is ignored. */
+  private acceptKeys(json: string): boolean {
+    const next = JSON.parse(json) as AgentKeys;
+    const newest = (k: AgentKeys | undefined) => k?.keys.at(-1)?.tag ?? -1;
+    const cur = this.keys;
+    if (cur && newest(next) < newest(cur)) return false;
+    if (cur && newest(next) === newest(cur) && cur.lastRotation === next.lastRotation) return false;
+    this.keys = next;
+    this.log.info(
+      { tags: next.keys.map((k) => k.tag), primary: next.primaryTag, lastRotation: next.lastRotation },
+      "overlay encryption keys received",
+    );
+    return true;
+  }
+
+  /** The managers pushed this node's keys ("" when it holds no encrypted network): rotate if they changed. */
+  onSessionKeys(json: string): void {
+    if (!json || !this.acceptKeys(json)) return;
+    void this.serialised(() => this.syncIpsec()).catch((e: unknown) =>
+      this.log.warn({ err: (e as Error).message }, "could not apply the new overlay encryption keys"),
+    );
+  }
+
+  /** Remove IPsec states, policies and the nft guard a previous run left (start-up). */
+  resetIpsec(): Promise<void> {
+    return this.serialised(() => this.opts.ipsec.reset());
+  }
+
+  /**
+   * The encryption section of `network inspect` for an encrypted network: key tags and times (never keys),
+   * whether this kernel can encrypt, and per remote host whether its SAs are installed, read back from the
+   * kernel.
+   */
+  async encryptionInfo(networkId: string): Promise<EncryptionInfo> {
+    const held = this.encryptedHeld().has(networkId);
+    const support = await this.espSupport();
+    const k = this.keyInfo();
+    const remotes = held ? this.remotesOf(networkId) : [];
+    const names = new Map((this.states.get(networkId)?.endpoints ?? []).map((e) => [e.nodeAddr, e.hostname]));
+    const status = new Map(this.opts.ipsec.status().peers.map((p) => [p.ip, p]));
+    let kernel: PeerKernelView[] = [];
+    let readError: string | undefined;
+    if (held && remotes.length > 0) {
+      kernel = await this.opts.ipsec
+        .kernelView(remotes, this.keys ? keysOf(this.keys) : undefined)
+        .catch((e: unknown) => {
+          readError = (e as Error).message;
+          return [];
+        });
+    }
+    return {
+      Encrypted: true,
+      Protocol: "IPsec ESP transport, rfc4106(gcm(aes)), AES-128, 128-bit ICV",
+      Kernel: support.supported ? "supported" : `unsupported: ${support.reason}`,
+      Held: held,
+      KeyTags: k.tags,
+      PrimaryKeyTag: k.primaryTag,
+      LastRotation: k.lastRotation,
+      RotationInterval: k.intervalMs === null ? null : goDuration(k.intervalMs),
+      Peers: remotes.map((ip) => {
+        const v = kernel.find((x) => x.ip === ip);
+        const err = readError ?? status.get(ip)?.error;
+        return {
+          Name: names.get(ip) ?? "",
+          IP: ip,
+          SAsInstalled: v?.complete ?? false,
+          InboundKeyTags: v?.inbound ?? [],
+          OutboundKeyTag: v?.outbound ?? null,
+          Policy: v?.policy ?? false,
+          ...(err && !v?.complete ? { Error: err } : {}),
+        };
+      }),
+    };
   }
 
   private serialised<T>(f: () => Promise<T>): Promise<T> {
@@ -252,6 +390,42 @@ export class HostNetworking implements NetworkAttacher {
     );
     return run;
   }
+}
+
+export interface EncryptionInfo {
+  Encrypted: true;
+  Protocol: string;
+  Kernel: string;
+  /** Whether this host holds the network (a local container is attached): only then are SAs installed. */
+  Held: boolean;
+  KeyTags: number[];
+  PrimaryKeyTag: number | null;
+  LastRotation: string | null;
+  RotationInterval: string | null;
+  Peers: {
+    Name: string;
+    IP: string;
+    SAsInstalled: boolean;
+    InboundKeyTags: number[];
+    OutboundKeyTag: number | null;
+    Policy: boolean;
+    Error?: string;
+  }[];
+}
+
+/** Go's time.Duration text for whole milliseconds ("12h0m0s", "1m30s", "2s", "1.5s"). */
+export function goDuration(ms: number): string {
+  const h = Math.floor(ms / 3_600_000);
+  const m = Math.floor((ms % 3_600_000) / 60_000);
+  const sec = `${(ms % 60_000) / 1000}s`;
+  return h > 0 ? `${h}h${m}m${sec}` : m > 0 ? `${m}m${sec}` : sec;
+}
+
+/** The keyring as xfrm wants it: ascending, raw bytes. */
+export function keysOf(k: AgentKeys): Key[] {
+  return [...k.keys]
+    .sort((a, b) => a.tag - b.tag)
+    .map((x) => ({ tag: x.tag, key: Buffer.from(x.key, "base64"), salt: Buffer.from(x.salt, "base64") }));
 }
 
 export function overlayOf(net: NetworkRecord): OverlayNetwork {

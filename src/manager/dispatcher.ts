@@ -11,9 +11,8 @@ import type { NodeDescription } from "../engine/types.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
 import type { StoreEvent } from "../store/store.js";
 import { failStream, GrpcError, notLeader } from "./grpc-util.js";
-import { agentView, keysForNode } from "./keymanager.js";
 import type { Manager } from "./manager.js";
-import { attachmentHandlers, statesForNode } from "./networks.js";
+import { attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
 
 interface Session {
   id: string;
@@ -228,11 +227,4 @@ export function peerIp(peer: string): string {
   const i = p.lastIndexOf(":");
   if (i > 0) p = p.slice(0, i);
   return p.replace(/^\[|\]$/g, "");
-}
-
-/** The keys a node gets: only if it holds an encrypted network (agentView JSON), else nothing. */
-function networkKeysFor(store: Manager["store"], nodeId: string): string {
-  const ring = store.keyring();
-  if (!ring || !keysForNode(ring, nodeId, store.networks(), store.endpoints())) return "";
-  return JSON.stringify(agentView(ring));
 }

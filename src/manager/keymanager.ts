@@ -251,12 +251,15 @@ export interface AgentKeys {
   algorithm: typeof KEY_ALGORITHM;
   primaryTag: number;
   keys: AgentKey[];
+  /** When the ring last rotated (ISO), and the interval: shown by `network inspect` on the host. */
+  lastRotation: string;
+  intervalMs: number;
 }
 
 export function agentView(ring: Keyring): AgentKeys {
   const primaryTag = primaryKey(ring).tag;
   const keys = [...ring.keys].sort((a, b) => a.tag - b.tag).map((k) => ({ ...k, primary: k.tag === primaryTag }));
-  return { algorithm: KEY_ALGORITHM, primaryTag, keys };
+  return { algorithm: KEY_ALGORITHM, primaryTag, keys, lastRotation: ring.lastRotation, intervalMs: ring.intervalMs };
 }
 
 /** The little of a network the key push needs (store.NetworkRecord fits). */

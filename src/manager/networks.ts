@@ -21,6 +21,7 @@ import type {
 import type { EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
 import { asGrpc } from "./ca-server.js";
 import { GrpcError } from "./grpc-util.js";
+import { keysForNode } from "./keymanager.js";
 import type { Manager } from "./manager.js";
 
 export const MTU_OPTION = "com.docker.network.driver.mtu";
@@ -140,6 +141,13 @@ export function statesForNode(store: Store, nodeId: string): NetworkState[] {
   return out;
 }
 
+/** The keys a node gets: only if it holds an encrypted network (agentView JSON), else nothing. */
+export function networkKeysFor(store: Store, nodeId: string): string {
+  const ring = store.keyring();
+  const keys = keysForNode(ring, nodeId, store.networks(), store.endpoints());
+  return keys ? JSON.stringify(keys) : "";
+}
+
 /** Attach and Detach, added to the Dispatcher service: any manager serves them (writes go through Raft). */
 export function attachmentHandlers(m: Manager): UntypedServiceImplementation {
   return {
@@ -166,7 +174,11 @@ export function attachmentHandlers(m: Manager): UntypedServiceImplementation {
           standalone: true,
         });
         const ep = m.store.endpoint(id)!;
-        return { endpointJson: JSON.stringify(ep), network: networkState(m.store, net.id)! };
+        return {
+          endpointJson: JSON.stringify(ep),
+          network: networkState(m.store, net.id)!,
+          networkKeysJson: isEncrypted(net.spec) ? networkKeysFor(m.store, peer.nodeId) : "",
+        };
       })().then(
         (res) => cb(null, res),
         (e: unknown) => cb(asGrpc(e)),

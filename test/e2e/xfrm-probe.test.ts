@@ -10,8 +10,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { IpsecDataplane } from "../../src/dataplane/ipsec.js";
 import { createNetns, deleteNetns, runInNetns } from "../../src/dataplane/netns.js";
-import { mustRun, spawnRunner } from "../../src/dataplane/runner.js";
+import { mustRun, netnsRunner, spawnRunner } from "../../src/dataplane/runner.js";
 import {
   encryptedMtu,
   type Key,
@@ -181,6 +182,51 @@ describe.skipIf(!root)("encrypted overlays on this kernel", () => {
 
       await inNs(a, ["ip", "-batch", "-"], only(renderRemove(A, [B, "192.0.2.3"], K2)));
       expect(await inNs(a, ["ip", "xfrm", "policy", "show"])).toBe("");
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("the host's IPsec controller here: guard loaded, SAs refused with the kernel's reason, nothing half-installed, all removed", async () => {
+    const s = await scratch();
+    try {
+      const a = await s.ns("a");
+      const ip = new IpsecDataplane({ localAddr: A, runner: netnsRunner(spawnRunner, a), retryMs: 60_000 });
+      try {
+        // A previous run's marked policy is removed by reset.
+        await inNs(
+          a,
+          ["ip", "-batch", "-"],
+          `${renderInstall(A, [B], K1)
+            .split("\n")
+            .filter((l) => l.startsWith("xfrm policy"))
+            .join("\n")}\n`,
+        );
+        await ip.reset();
+        expect(await inNs(a, ["ip", "xfrm", "policy", "show"])).toBe("");
+
+        await ip.sync({ keys: K1, networks: [{ vni: ENC_VNI, remotes: [B] }] });
+        // The guard is in place for the VNI, so its traffic is dropped rather than sent in clear...
+        expect(await inNs(a, ["nft", "list", "table", "inet", "shoal-overlay"])).toContain("@th,96,24 0x1001");
+        // ...the SAs could not be installed, and the pair was flushed: no policy without its states.
+        expect(ip.status().peers).toEqual([
+          {
+            ip: B,
+            installed: false,
+            error: `installing IPsec towards ${B} failed (exit 2): Error: Requested AEAD algorithm not found.`,
+          },
+        ]);
+        expect(await inNs(a, ["ip", "xfrm", "policy", "show"])).toBe("");
+        expect(await inNs(a, ["ip", "xfrm", "state", "show"])).toBe("");
+        expect(await ip.kernelView([B], K1)).toEqual([
+          { ip: B, inbound: [], outbound: undefined, policy: false, complete: false },
+        ]);
+
+        await ip.sync({ keys: K1, networks: [] });
+        expect(await inNs(a, ["nft", "list", "tables"])).toBe("");
+      } finally {
+        ip.close();
+      }
     } finally {
       await s.cleanup();
     }

@@ -278,6 +278,8 @@ describe("keyring", () => {
       [4, false],
     ]);
     expect(v.keys.map((k) => k.key)).toEqual(ring.keys.map((k) => k.key));
+    expect(v.lastRotation).toBe(new Date(T0 + 12 * H).toISOString());
+    expect(v.intervalMs).toBe(12 * H);
   });
 
   it("only nodes holding an encrypted network get keys", () => {
