@@ -324,7 +324,14 @@ export class HostNetworking implements NetworkAttacher {
 
   /** The managers pushed this node's keys ("" when it holds no encrypted network): rotate if they changed. */
   onSessionKeys(json: string): void {
-    if (!json || !this.acceptKeys(json)) return;
+    if (!json) return;
+    try {
+      if (!this.acceptKeys(json)) return;
+    } catch {
+      // Not the parser's message: it quotes the text, which would be key material.
+      this.log.warn({ bytes: json.length }, "ignored a malformed key push");
+      return;
+    }
     void this.serialised(() => this.syncIpsec()).catch((e: unknown) =>
       this.log.warn({ err: (e as Error).message }, "could not apply the new overlay encryption keys"),
     );
