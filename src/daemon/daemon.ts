@@ -535,6 +535,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     if (!this.state) return;
     this.ensureNetworking();
     const report = await this.dataplane!.reconcile(new Map());
+    // Probe at start (in the background): the log says at once whether encrypted networks can work here.
+    void this.networking!.espSupport();
     await this.networking!.resetIpsec().catch((e: unknown) =>
       this.log.warn({ err: (e as Error).message }, "could not remove IPsec state left by a previous run"),
     );
