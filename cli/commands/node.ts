@@ -4,14 +4,7 @@ import type { Command } from "commander";
 import { CliError, type EngineClient } from "../client.js";
 import { group, type Invocation, leaf } from "../command.js";
 import { filtersJSON, parseFilter, splitKV } from "../flags.js";
-import {
-  bytesSize,
-  executeTemplate,
-  naturalCompare,
-  prettyPrint,
-  TemplateError,
-  table,
-} from "../format.js";
+import { bytesSize, executeTemplate, naturalCompare, prettyPrint, TemplateError, table } from "../format.js";
 import {
   encodeGo,
   GoMap,
