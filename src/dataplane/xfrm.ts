@@ -6,7 +6,7 @@
 //   - an outbound ESP state (src=local dst=remote) for the primary key only (the middle one: the newest key
 //     is installed for receiving one rotation ahead, so when a peer starts sending with it nothing is lost),
 //   - one outbound policy `dir out` for UDP to the data-path port between the two host addresses, with
-//     mark 0xD0C4E3, whose template names the outbound state (reqid 0xD0C4E3, its SPI).
+//     mark 0x53484C, whose template names the outbound state (reqid 0x53484C, its SPI).
 //
 // Why a marked policy (and not a plain selector policy matching all VXLAN between the two hosts): the mark
 // is set by the nft table below only on VXLAN packets of *encrypted* VNIs, so plain overlay networks
@@ -33,9 +33,13 @@ import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
 
-/** reqid of every shoal state/template, and the mark of the outbound policies (libnetwork's value). */
-export const XFRM_MARK = 0xd0c4e3;
-export const XFRM_REQID = 0xd0c4e3;
+/**
+ * reqid of every shoal state/template, and the mark of the outbound policies: "SHL". Not libnetwork's
+ * 0x53484C, so that on a host also running Docker's encrypted overlays neither cleans up the other's SAs
+ * (shoal's start-up reset deletes everything with its own reqid and mark).
+ */
+export const XFRM_MARK = 0x53484c;
+export const XFRM_REQID = 0x53484c;
 export const AEAD_ALGO = "rfc4106(gcm(aes))";
 /** Default ICV length in bits (the issue's 128; libnetwork uses 64). */
 export const ICV_BITS = 128;
@@ -314,7 +318,7 @@ export const NFT_VNI = "@th,96,24";
 /**
  * The nft program (for `nft -f -`, host namespace) that replaces table inet shoal-overlay atomically (the
  * first two lines make sure it exists, then delete it, all in one transaction):
- *   mark-out   route/output: VXLAN of an encrypted VNI gets mark 0xD0C4E3 (and is re-routed, so the
+ *   mark-out   route/output: VXLAN of an encrypted VNI gets mark 0x53484C (and is re-routed, so the
  *              marked xfrm policy applies);
  *   guard-out  postrouting: VXLAN of an encrypted VNI whose route has no xfrm transformation is dropped
  *              (counter cleartext-out) - no cleartext leaves, even without a policy or mark;

@@ -131,9 +131,9 @@ describe("IpsecDataplane.sync", () => {
       expect(calls[3]).toEqual({
         argv: ["ip", "-force", "-batch", "-"],
         stdin:
-          `xfrm policy delete src ${A}/32 dst ${C}/32 proto udp dport 4789 dir out mark 0x00d0c4e3\n` +
-          `xfrm state deleteall src ${A} dst ${C} reqid 0x00d0c4e3\n` +
-          `xfrm state deleteall src ${C} dst ${A} reqid 0x00d0c4e3\n`,
+          `xfrm policy delete src ${A}/32 dst ${C}/32 proto udp dport 4789 dir out mark 0x0053484c\n` +
+          `xfrm state deleteall src ${A} dst ${C} reqid 0x0053484c\n` +
+          `xfrm state deleteall src ${C} dst ${A} reqid 0x0053484c\n`,
       });
       const st = ip.status().peers;
       expect(st[0]).toEqual({ ip: B, installed: true });
@@ -207,9 +207,9 @@ describe("IpsecDataplane.sync", () => {
     const listing = [
       `src ${A}/32 dst ${B}/32 proto udp dport 4789 `,
       "\tdir out priority 0 ptype main ",
-      "\tmark 0xd0c4e3/0xffffffff ",
+      "\tmark 0x53484c/0xffffffff ",
       `\ttmpl src ${A} dst ${B}`,
-      "\t\tproto esp spi 0x00000100 reqid 13681891 mode transport",
+      "\t\tproto esp spi 0x00000100 reqid 5457996 mode transport",
       `src ${A}/32 dst ${C}/32 proto udp dport 4789 `,
       "\tdir out priority 0 ptype main ",
       `\ttmpl src ${A} dst ${C}`,
@@ -224,8 +224,8 @@ describe("IpsecDataplane.sync", () => {
       {
         argv: ["ip", "-force", "-batch", "-"],
         stdin:
-          `xfrm policy delete src ${A}/32 dst ${B}/32 proto udp dport 4789 dir out mark 0x00d0c4e3\n` +
-          "xfrm state deleteall reqid 0x00d0c4e3\n",
+          `xfrm policy delete src ${A}/32 dst ${B}/32 proto udp dport 4789 dir out mark 0x0053484c\n` +
+          "xfrm state deleteall reqid 0x0053484c\n",
       },
       nft([]),
     ]);
@@ -239,7 +239,7 @@ describe("reading the kernel back", () => {
       .map((s) =>
         [
           `src ${s.src} dst ${s.dst}`,
-          `\tproto esp spi 0x${s.spi.toString(16).padStart(8, "0")} reqid 13681891 mode transport`,
+          `\tproto esp spi 0x${s.spi.toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
           "\treplay-window 0 ",
           `\taead rfc4106(gcm(aes)) 0x${"ab".repeat(20)} 128`,
           "\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000",
@@ -250,16 +250,16 @@ describe("reading the kernel back", () => {
 
   it("parses states (never reading the key line) and policies", () => {
     expect(parseXfrmStates(stateText([{ src: B, dst: A, spi: 0x1234 }]))).toEqual([
-      { src: B, dst: A, spi: 0x1234, reqid: 13681891 },
+      { src: B, dst: A, spi: 0x1234, reqid: 5457996 },
     ]);
     expect(parseXfrmStates("")).toEqual([]);
     const pol = parseXfrmPolicies(
       [
         `src ${A}/32 dst ${B}/32 proto udp dport 4789 `,
         "\tdir out priority 0 ptype main ",
-        "\tmark 0xd0c4e3/0xffffffff ",
+        "\tmark 0x53484c/0xffffffff ",
         `\ttmpl src ${A} dst ${B}`,
-        "\t\tproto esp spi 0x0000abcd reqid 13681891 mode transport",
+        "\t\tproto esp spi 0x0000abcd reqid 5457996 mode transport",
         "src ::/0 dst ::/0 ",
         "\tsocket in priority 0 ptype main ",
       ].join("\n"),
@@ -270,8 +270,8 @@ describe("reading the kernel back", () => {
         dst: `${B}/32`,
         dport: 4789,
         dir: "out",
-        mark: 0xd0c4e3,
-        tmpl: { src: A, dst: B, spi: 0xabcd, reqid: 13681891 },
+        mark: 0x53484c,
+        tmpl: { src: A, dst: B, spi: 0xabcd, reqid: 5457996 },
       },
       { src: "::/0", dst: "::/0", dir: "" },
     ]);
@@ -289,9 +289,9 @@ describe("reading the kernel back", () => {
       [
         `src ${A}/32 dst ${dst}/32 proto udp dport 4789 `,
         "\tdir out priority 0 ptype main ",
-        "\tmark 0xd0c4e3/0xffffffff ",
+        "\tmark 0x53484c/0xffffffff ",
         `\ttmpl src ${A} dst ${dst}`,
-        `\t\tproto esp spi 0x${spi(A, dst, tag).toString(16).padStart(8, "0")} reqid 13681891 mode transport`,
+        `\t\tproto esp spi 0x${spi(A, dst, tag).toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
       ].join("\n");
     const r = recorder((c) => {
       if (c.argv[2] === "state") return { stdout: stateText(all) };
@@ -306,7 +306,7 @@ describe("reading the kernel back", () => {
       { ip: "192.0.2.9", inbound: [], outbound: undefined, policy: false, complete: false },
     ]);
     expect(r.calls.map((c) => c.argv.join(" "))).toEqual([
-      "ip xfrm state list reqid 0x00d0c4e3",
+      "ip xfrm state list reqid 0x0053484c",
       "ip xfrm policy list",
     ]);
   });

@@ -29,7 +29,7 @@ const K2 = [key(2), key(3), key(4)];
 const mat = (tag: number) =>
   `0x${tag.toString(16).padStart(2, "0").repeat(16)}a0a1a2${tag.toString(16).padStart(2, "0")}`;
 const AEAD = (tag: number) => `mode transport aead 'rfc4106(gcm(aes))' ${mat(tag)} 128`;
-const R = "reqid 0x00d0c4e3";
+const R = "reqid 0x0053484c";
 const lines = (...l: string[]) => `${l.join("\n")}\n`;
 
 // Independently computed SPIs: [tag1, tag2, tag3, tag4]
@@ -40,8 +40,8 @@ const S = {
   AC: ["0xda4a2c68", "0x1d48cdb1", "0x8a6ad7ea", "0xd0f7c353"],
 };
 const sp = (pair: keyof typeof S, tag: number) => S[pair][tag - 1]!;
-const POL_AB = `src ${A}/32 dst ${B}/32 proto udp dport 4789 dir out mark 0x00d0c4e3`;
-const POL_AC = `src ${A}/32 dst ${C}/32 proto udp dport 4789 dir out mark 0x00d0c4e3`;
+const POL_AB = `src ${A}/32 dst ${B}/32 proto udp dport 4789 dir out mark 0x0053484c`;
+const POL_AC = `src ${A}/32 dst ${C}/32 proto udp dport 4789 dir out mark 0x0053484c`;
 
 describe("spi", () => {
   it("is FNV-1a-32 over src ip16 | tag (4 bytes BE) | dst ip16", () => {
@@ -217,7 +217,7 @@ describe("renderNft", () => {
         "\t}",
         "\tchain mark-out {",
         "\t\ttype route hook output priority mangle; policy accept;",
-        "\t\tudp dport 4789 @th,96,24 { 4097, 4098 } meta mark set 0x00d0c4e3",
+        "\t\tudp dport 4789 @th,96,24 { 4097, 4098 } meta mark set 0x0053484c",
         "\t}",
         "\tchain guard-out {",
         "\t\ttype filter hook postrouting priority filter; policy accept;",
@@ -272,7 +272,7 @@ describe("probeEsp and the refusal", () => {
       reason: "this kernel cannot do IPsec ESP with AES-GCM (ip xfrm: Requested AEAD algorithm not found)",
     });
     expect(calls.map((c) => c.argv.join(" "))).toEqual([
-      "unshare --net ip xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x00000100 reqid 0x00d0c4e3" +
+      "unshare --net ip xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x00000100 reqid 0x0053484c" +
         ` mode transport aead rfc4106(gcm(aes)) 0x${"00".repeat(20)} 128`,
       "unshare --net nft -f -",
     ]);
