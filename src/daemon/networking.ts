@@ -101,7 +101,7 @@ export class HostNetworking implements NetworkAttacher {
         await this.releaseEndpoint(ep.id).catch(() => undefined);
         throw new ApiError(500, encryptionUnsupportedError(support.reason, net.spec.name).message);
       }
-      if (res.networkKeysJson) this.acceptKeys(res.networkKeysJson);
+      if (res.networkKeysJson) this.takeKeys(res.networkKeysJson, false);
     }
     const prefixLen = Number(net.alloc.subnet.split("/")[1]);
     const attached: AttachedEndpoint = {
@@ -154,9 +154,12 @@ export class HostNetworking implements NetworkAttacher {
   async detach(container: { id: string; name: string; netnsPath: string }, endpoint: AttachedEndpoint): Promise<void> {
     await this.serialised(async () => {
       this.local.delete(endpoint.endpointId);
-      await this.opts.dataplane.detach({ id: endpoint.networkId }, endpoint.endpointId);
-      if (!this.holds(endpoint.networkId)) this.states.delete(endpoint.networkId);
-      await this.syncIpsec();
+      try {
+        await this.opts.dataplane.detach({ id: endpoint.networkId }, endpoint.endpointId);
+      } finally {
+        if (!this.holds(endpoint.networkId)) this.states.delete(endpoint.networkId);
+        await this.syncIpsec();
+      }
     });
     await this.releaseEndpoint(endpoint.endpointId).catch((e: unknown) => {
       // A daemon restarting after a crash releases its dead containers' endpoints before it has a session
@@ -259,9 +262,12 @@ export class HostNetworking implements NetworkAttacher {
     const peers: Peer[] = st.endpoints
       .filter((e: PeerEndpoint) => e.nodeId !== me && e.nodeAddr)
       .map((e: PeerEndpoint) => ({ ip: e.ip, mac: e.mac, vtep: e.nodeAddr }));
-    // A new remote host gets its SAs before its FDB entry sends it anything.
-    if (this.encryptedHeld().has(networkId)) await this.syncIpsec();
+    // A new remote host gets its SAs before its FDB entry sends it anything; a host that left loses its
+    // FDB entries before its SAs (so nothing is sent towards it in between, only to be dropped).
+    const encrypted = this.encryptedHeld().has(networkId);
+    if (encrypted) await this.syncIpsec(undefined, true);
     await this.opts.dataplane.setPeers(networkId, peers);
+    if (encrypted) await this.syncIpsec();
   }
 
   private holds(networkId: string): boolean {
@@ -282,15 +288,28 @@ export class HostNetworking implements NetworkAttacher {
     return [...new Set((st?.endpoints ?? []).filter((e) => e.nodeId !== me && e.nodeAddr).map((e) => e.nodeAddr))];
   }
 
-  /** Bring IPsec in line with the encrypted networks held here (plus `attaching`, about to be held). */
-  private async syncIpsec(attaching?: string): Promise<void> {
-    const ids = new Set(this.encryptedHeld().keys());
+  /** The remotes of each encrypted network as last given to IpsecDataplane. */
+  private ipsecRemotes = new Map<string, string[]>();
+
+  /**
+   * Bring IPsec in line with the encrypted networks held here (plus `attaching`, about to be held). With
+   * `addOnly`, remotes are added but none removed (the first half of a peer change).
+   */
+  private async syncIpsec(attaching?: string, addOnly = false): Promise<void> {
+    const held = this.encryptedHeld();
+    const ids = new Set(held.keys());
     if (attaching) ids.add(attaching);
+    const next = new Map<string, string[]>();
     const networks = [...ids].map((id) => {
-      const net = this.encryptedHeld().get(id) ?? (JSON.parse(this.states.get(id)!.networkJson) as NetworkRecord);
-      return { vni: net.alloc.vni, remotes: this.remotesOf(id) };
+      const net = held.get(id) ?? (JSON.parse(this.states.get(id)!.networkJson) as NetworkRecord);
+      let remotes = this.remotesOf(id);
+      if (addOnly) remotes = [...new Set([...remotes, ...(this.ipsecRemotes.get(id) ?? [])])];
+      next.set(id, remotes);
+      return { vni: net.alloc.vni, remotes };
     });
+    if (addOnly) for (const [id, r] of this.ipsecRemotes) if (!next.has(id)) next.set(id, r);
     if (networks.length === 0 && this.opts.ipsec.status().guardedVnis.length === 0) return;
+    this.ipsecRemotes = next;
     await this.opts.ipsec.sync({ keys: this.keys ? keysOf(this.keys) : undefined, networks });
   }
 
@@ -307,31 +326,30 @@ export class HostNetworking implements NetworkAttacher {
     };
   }
 
-  /** Take a keyring the managers sent (agentView JSON); an older ring than the one held is ignored. */
-  private acceptKeys(json: string): boolean {
-    const next = JSON.parse(json) as AgentKeys;
-    const newest = (k: AgentKeys | undefined) => k?.keys.at(-1)?.tag ?? -1;
-    const cur = this.keys;
-    if (cur && newest(next) < newest(cur)) return false;
-    if (cur && newest(next) === newest(cur) && cur.lastRotation === next.lastRotation) return false;
-    this.keys = next;
-    this.log.info(
-      { tags: next.keys.map((k) => k.tag), primary: next.primaryTag, lastRotation: next.lastRotation },
-      "overlay encryption keys received",
-    );
-    return true;
-  }
-
   /** The managers pushed this node's keys ("" when it holds no encrypted network): rotate if they changed. */
   onSessionKeys(json: string): void {
-    if (!json) return;
-    try {
-      if (!this.acceptKeys(json)) return;
-    } catch {
-      // Not the parser's message: it quotes the text, which would be key material.
-      this.log.warn({ bytes: json.length }, "ignored a malformed key push");
+    this.takeKeys(json, true);
+  }
+
+  private takeKeys(json: string, sync: boolean): void {
+    const d = keyPush(this.keys, json, this.encryptedHeld().size > 0);
+    if (d.action === "malformed") {
+      // Not the parser's message: it may quote the text, which would be key material.
+      this.log.warn({ bytes: json.length, why: d.why }, "ignored a malformed key push");
       return;
     }
+    if (d.action === "keep") return;
+    if (d.action === "drop") {
+      this.keys = undefined;
+      this.log.info("overlay encryption keys dropped: no encrypted network is held here");
+      return;
+    }
+    this.keys = d.keys;
+    this.log.info(
+      { tags: d.keys.keys.map((k) => k.tag), primary: d.keys.primaryTag, lastRotation: d.keys.lastRotation },
+      "overlay encryption keys received",
+    );
+    if (!sync) return;
     void this.serialised(() => this.syncIpsec()).catch((e: unknown) =>
       this.log.warn({ err: (e as Error).message }, "could not apply the new overlay encryption keys"),
     );
@@ -358,7 +376,8 @@ export class HostNetworking implements NetworkAttacher {
     let readError: string | undefined;
     if (held && remotes.length > 0) {
       kernel = await this.opts.ipsec
-        .kernelView(remotes, this.keys ? keysOf(this.keys) : undefined)
+        // Against the keys IpsecDataplane installed: in the middle of a rotation they are the previous ring.
+        .kernelView(remotes, this.opts.ipsec.installedKeys())
         .catch((e: unknown) => {
           readError = (e as Error).message;
           return [];
@@ -426,6 +445,58 @@ export function goDuration(ms: number): string {
   const m = Math.floor((ms % 3_600_000) / 60_000);
   const sec = `${(ms % 60_000) / 1000}s`;
   return h > 0 ? `${h}h${m}m${sec}` : m > 0 ? `${m}m${sec}` : sec;
+}
+
+/**
+ * What to do with a key push (agentView JSON; "" when the managers see this node holding no encrypted
+ * network), given the ring held and whether a local container is on an encrypted network:
+ *   take      a different, valid ring that is not older than the one held;
+ *   keep      the same ring, or an older one (a new leader that has not applied the latest rotation yet
+ *             may push the ring before it; a ring made afresh - a new swarm - has lower tags but a later
+ *             rotation time, and is taken), or "" while a container here still uses the keys;
+ *   drop      "" and nothing here needs keys: forget them (an attach in flight is not hurt: the push
+ *             that follows its endpoint carries the keys again);
+ *   malformed not a keyring of 3 keys with 16-byte keys and 4-byte salts, ascending tags.
+ */
+export function keyPush(
+  cur: AgentKeys | undefined,
+  json: string,
+  holding: boolean,
+):
+  | { action: "take"; keys: AgentKeys }
+  | { action: "keep" }
+  | { action: "drop" }
+  | { action: "malformed"; why: string } {
+  if (json === "") return cur && !holding ? { action: "drop" } : { action: "keep" };
+  let next: AgentKeys;
+  try {
+    next = JSON.parse(json) as AgentKeys;
+  } catch {
+    return { action: "malformed", why: "not JSON" };
+  }
+  const why = keyringProblem(next);
+  if (why) return { action: "malformed", why };
+  if (cur) {
+    const newest = (k: AgentKeys) => k.keys.at(-1)!.tag;
+    if (newest(next) < newest(cur) && next.lastRotation <= cur.lastRotation) return { action: "keep" };
+    if (newest(next) === newest(cur) && next.lastRotation === cur.lastRotation) return { action: "keep" };
+  }
+  return { action: "take", keys: next };
+}
+
+function keyringProblem(k: AgentKeys): string | undefined {
+  if (typeof k !== "object" || k === null || !Array.isArray(k.keys)) return "no keys";
+  if (k.keys.length !== 3) return `${k.keys.length} keys, not 3`;
+  for (const [i, x] of k.keys.entries()) {
+    if (!Number.isInteger(x.tag) || x.tag < 0) return "a key without a valid tag";
+    if (i > 0 && x.tag <= k.keys[i - 1]!.tag) return "tags not ascending";
+    if (typeof x.key !== "string" || Buffer.from(x.key, "base64").length !== 16) return `key ${x.tag} is not 16 bytes`;
+    if (typeof x.salt !== "string" || Buffer.from(x.salt, "base64").length !== 4)
+      return `salt of key ${x.tag} is not 4 bytes`;
+  }
+  if (typeof k.lastRotation !== "string") return "no rotation time";
+  if (!k.keys.some((x) => x.tag === k.primaryTag)) return "the primary is not in the ring";
+  return undefined;
 }
 
 /** The keyring as xfrm wants it: ascending, raw bytes. */

@@ -190,6 +190,11 @@ export class IpsecDataplane {
     };
   }
 
+  /** The keyring the installed pairs use (undefined before the first install). */
+  installedKeys(): Key[] | undefined {
+    return this.keys ? [...this.keys] : undefined;
+  }
+
   /** Read back from the kernel what is installed towards each of `remotes` (states by SPI, the policy). */
   async kernelView(remotes: string[], keys: Key[] | undefined): Promise<PeerKernelView[]> {
     const [states, policies] = await Promise.all([this.listStates(), this.listPolicies()]);
