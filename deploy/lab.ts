@@ -22,6 +22,8 @@ export interface LabOptions {
   /** Raft tick for the daemons (ms); default: the daemon's own. */
   raftTickMs?: number;
   logLevel?: string;
+  /** Extra shoald flags for every host, after the lab's own (e.g. ["--encryption-key-rotation", "4s"]). */
+  daemonArgs?: string[];
 }
 
 export interface LabHost {
@@ -127,6 +129,7 @@ export class Lab {
       "--log-level",
       this.opts.logLevel ?? "info",
       ...(this.opts.raftTickMs ? ["--raft-tick-ms", String(this.opts.raftTickMs)] : []),
+      ...(this.opts.daemonArgs ?? []),
     ];
     const p = spawn("nsenter", args, { stdio: ["ignore", fd, fd], detached: true });
     p.unref();
