@@ -443,7 +443,11 @@ export class KeyManager {
         if (!ring) return true;
       }
       const now = this.now();
-      if (!rotationDue(ring, now)) return true;
+      if (!rotationDue(ring, now)) {
+        this.lastNotDue = true;
+        return true;
+      }
+      this.lastNotDue = false;
       const cmd = rotateCommand(ring, now, this.randomBytes);
       await this.propose(cmd);
       this.log?.info(
@@ -463,7 +467,11 @@ export class KeyManager {
     }
   }
 
+  /** The last check found no rotation due (at its own reading of the clock). */
+  private lastNotDue = false;
+
   private async run(gen: number): Promise<void> {
+    this.lastNotDue = false;
     const ok = await this.check();
     if (!this.running || gen !== this.generation) return;
     this.schedule(gen, ok ? this.delayToNext() : this.retryMs);
@@ -475,7 +483,10 @@ export class KeyManager {
     if (!ring) return this.retryMs;
     const ms = nextRotationAt(ring).getTime() - this.now().getTime();
     if (Number.isNaN(ms)) return this.maxPollMs;
-    // Still due after a check that did not fail: the store has not caught up; do not spin.
+    // Due now, but the check just before found it not due: a timer that fired a little early and a clock
+    // that moved on between the two readings. Check again at once, not a whole retry period late.
+    if (ms <= 0 && this.lastNotDue) return 1;
+    // Still due after a check that rotated: the store has not caught up; do not spin.
     if (ms <= 0) return this.retryMs;
     return Math.min(ms, this.maxPollMs);
   }

@@ -461,6 +461,40 @@ describe("KeyManager", () => {
     b.stop();
   });
 
+  it("a timer firing 1 ms early while the clock ticks between two readings does not delay the rotation", async () => {
+    // The check reads the clock 1 ms before the due time (not due); the delay to the next one reads it at
+    // the due time. That must mean "check again now", not "wait a whole retry period".
+    const I = 2500;
+    let ring = initialKeyring(new Date(T0), I);
+    const readings = [T0 + 10, T0 + 10, T0 + I - 1, T0 + I, T0 + I + 1, T0 + I + 1];
+    const delays: number[] = [];
+    const pending: (() => void)[] = [];
+    const km = new KeyManager({
+      now: () => new Date(readings.length > 1 ? readings.shift()! : readings[0]!),
+      propose: async (c) => {
+        const r = applyKeys(ring, c);
+        if (r.ok) ring = r.ring;
+      },
+      read: () => ring,
+      intervalMs: I,
+      retryMs: 1000,
+      setTimer: (fn, ms) => {
+        delays.push(ms);
+        pending.push(fn);
+        return { cancel: () => {} };
+      },
+    });
+    km.start();
+    for (let i = 0; i < 2; i++) {
+      await km.settled();
+      pending.shift()?.();
+    }
+    await km.settled();
+    km.stop();
+    expect(delays.slice(0, 2)).toEqual([I - 10, 1]);
+    expect(ring.keys.map((k) => k.tag)).toEqual([2, 3, 4]);
+  });
+
   it("honours a custom interval (1 s)", async () => {
     const h = harness();
     const a = h.leader({ intervalMs: 1000 });
