@@ -591,7 +591,14 @@ export class Daemon implements SwarmBackend, NetworkBackend {
    */
   private async withEncryption(n: NetworkResource): Promise<NetworkResource> {
     if (n.Options.encrypted === undefined) return n;
-    const info: Record<string, unknown> = { ...(await this.ensureNetworking().encryptionInfo(n.Id)) };
+    let info: Record<string, unknown>;
+    try {
+      info = { ...(await this.ensureNetworking().encryptionInfo(n.Id)) };
+    } catch (e) {
+      // This host cannot build its overlay side (e.g. its data-path address is on no interface): say so,
+      // and still show what the managers know.
+      info = { Encrypted: true, Held: false, KeyTags: [], Peers: [], Error: (e as Error).message };
+    }
     const ring = this.manager?.store.keyring();
     if (ring) {
       const r = redact(ring);

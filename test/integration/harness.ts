@@ -504,9 +504,15 @@ export class Lab {
   /**
    * Form a swarm: start daemons 1..managers+workers (those not running), `swarm init` on node1 with
    * --dispatcher-heartbeat 1s, then join nodes 2..managers with the manager token and the rest with the
-   * worker token, one after another, all with `cli`.
+   * worker token, one after another, all with `cli`. `joinExtra(i)` is appended to node i's join (e.g.
+   * `--data-path-addr 127.0.0.1`).
    */
-  async form(managers: number, workers: number, cli: Cli): Promise<Formed> {
+  async form(
+    managers: number,
+    workers: number,
+    cli: Cli,
+    joinExtra: (i: number) => string[] = () => [],
+  ): Promise<Formed> {
     const total = managers + workers;
     for (let i = 1; i <= total; i++) if (!this.alive(i)) await this.startDaemon(i);
     await this.must(
@@ -525,7 +531,7 @@ export class Lab {
     const workerToken = (await this.must(cli, 1, "swarm", "join-token", "-q", "worker")).trim();
     for (let i = 2; i <= total; i++) {
       const token = i <= managers ? managerToken : workerToken;
-      const out = await this.must(cli, i, ...this.joinArgs(i, token));
+      const out = await this.must(cli, i, ...this.joinArgs(i, token), ...joinExtra(i));
       const want = i <= managers ? "manager" : "worker";
       if (!out.includes(`This node joined a swarm as a ${want}.`)) {
         throw new Error(`node${i} join: unexpected output ${JSON.stringify(out)}`);
@@ -549,6 +555,22 @@ export class Lab {
       .split("\n")
       .filter((l) => l.length > 0);
     return all.slice(-lines).map(formatLogLine).join("\n");
+  }
+
+  /** Daemon i's log records (its pino JSON lines, parsed; other lines skipped), oldest first. */
+  logRecords(i: number): Record<string, unknown>[] {
+    const s = this.slots.get(i);
+    if (!s || !existsSync(s.log)) return [];
+    const out: Record<string, unknown>[] = [];
+    for (const line of readFileSync(s.log, "utf8").split("\n")) {
+      if (!line.startsWith("{")) continue;
+      try {
+        out.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // a line being written
+      }
+    }
+    return out;
   }
 
   /** Print the tail of daemon i's log to stderr. */
