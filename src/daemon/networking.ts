@@ -136,12 +136,10 @@ export class HostNetworking implements NetworkAttacher {
     } catch (e) {
       // Give the address back: nothing half-attached stays behind.
       await this.releaseEndpoint(ep.id).catch(() => undefined);
-      if (encrypted) {
-        await this.serialised(async () => {
-          if (!this.holds(net.id)) this.states.delete(net.id);
-          await this.syncIpsec();
-        }).catch(() => undefined);
-      }
+      await this.serialised(async () => {
+        if (!this.holds(net.id)) this.states.delete(net.id);
+        if (encrypted) await this.syncIpsec();
+      }).catch(() => undefined);
       throw e instanceof ApiError
         ? e
         : new ApiError(500, `could not attach to network ${net.spec.name}: ${(e as Error).message}`);
