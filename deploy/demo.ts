@@ -8,11 +8,12 @@
 // Exits 0 when every step checked out, 1 (with the reason) otherwise. The data directories live under one
 // temp directory that is removed at the end either way.
 
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { LevelStorage } from "../src/raft/level-storage.js";
+import { DEK_BYTES, LevelStorage } from "../src/raft/level-storage.js";
 import { LocalHub } from "../src/raft/local-transport.js";
 import { entryPayload, RaftNode, type StateMachine } from "../src/raft/node.js";
 import { bootstrapSnapshot } from "../src/raft/rawnode.js";
@@ -72,6 +73,8 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const root = await mkdtemp(join(tmpdir(), "shoal-demo-"));
 const hub = new LocalHub();
 const members = new Map<NodeId, Member>();
+/** Each node's data encryption key (its log is encrypted at rest, as on a manager), kept for a restart. */
+const deks = new Map<NodeId, Uint8Array>();
 
 function roleName(m: Member): string {
   if (!m.alive) return "stopped";
@@ -112,7 +115,12 @@ async function waitFor<T>(what: string, f: () => T | undefined | false, ms: numb
 /** Opens (or reopens) node `id`'s data directory and starts it. `bootstrap`: write the initial membership. */
 async function startMember(id: NodeId, bootstrap: boolean): Promise<Member> {
   const dir = join(root, `node-${id}`);
-  const storage = await LevelStorage.open(dir);
+  let dek = deks.get(id);
+  if (dek === undefined) {
+    dek = randomBytes(DEK_BYTES);
+    deks.set(id, dek);
+  }
+  const storage = await LevelStorage.open(dir, { dek });
   try {
     if (bootstrap) {
       if (storage.mem.lastIndex() !== 0) throw new DemoError(`${dir} is not empty; refusing to bootstrap over it`);

@@ -171,7 +171,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.log.info({ node: state.nodeId, role: state.role }, "resuming swarm membership from the data root");
     if (state.role === "manager" && state.raftId !== undefined) {
       let peers = state.raftPeers;
-      if (await raftLogIsEmpty(this.root.raftDir)) {
+      if (await raftLogIsEmpty(this.root)) {
         // Killed after joining Raft but before anything was replicated: ask the leader again.
         const addr = state.managers.map((m) => m.addr).find((x) => x !== state.advertiseAddr);
         if (addr) {
@@ -1066,9 +1066,8 @@ async function testBind(host: string, port: number): Promise<void> {
   });
 }
 
-async function raftLogIsEmpty(dir: string): Promise<boolean> {
-  const { LevelStorage } = await import("../raft/level-storage.js");
-  const st = await LevelStorage.open(dir);
+async function raftLogIsEmpty(root: DataRoot): Promise<boolean> {
+  const st = await root.openRaftStorage();
   try {
     return st.mem.lastIndex() === 0 && st.mem.snapshot().metadata.index === 0;
   } finally {

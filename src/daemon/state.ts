@@ -1,10 +1,13 @@
 // What a daemon keeps in its data root: which swarm it is in and as what, its certificates, and (on
-// managers) the Raft log under raft/. Files are written to a temporary name, synced and renamed, so a
-// crash leaves the old or the new file, never half of one.
+// managers) the Raft log under raft/, encrypted with the data encryption key in certificates/raft-dek.
+// Files are written to a temporary name, synced and renamed, so a crash leaves the old or the new file,
+// never half of one.
 
+import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { NodeRole } from "../engine/types.js";
+import { DEK_BYTES, LevelStorage } from "../raft/level-storage.js";
 import type { NodeId } from "../raft/types.js";
 
 export interface LocalState {
@@ -37,6 +40,14 @@ export class DataRoot {
 
   get raftDir(): string {
     return join(this.dir, "raft");
+  }
+
+  /**
+   * The Raft data encryption key: DEK_BYTES random bytes that seal the Raft log's entries and snapshots
+   * (swarmkit keeps its DEK in the node key's PEM headers; shoal keeps it in a file of its own beside it).
+   */
+  get raftDekFile(): string {
+    return this.certFile("raft-dek");
   }
 
   private get stateFile(): string {
@@ -85,15 +96,69 @@ export class DataRoot {
     await writeFileAtomic(this.certFile("swarm-node.crt"), c.certPem, 0o644);
   }
 
-  /** Forget the swarm: state, certificates and the Raft log. */
-  async wipe(): Promise<void> {
-    await rm(join(this.dir, "swarm"), { recursive: true, force: true });
-    await rm(join(this.dir, "certificates"), { recursive: true, force: true });
-    await rm(this.raftDir, { recursive: true, force: true });
+  /** The Raft DEK, or undefined if there is none yet. A file that is there but not a key is an error. */
+  async loadRaftDek(): Promise<Buffer | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.raftDekFile, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw e;
+    }
+    let dek: Buffer | undefined;
+    try {
+      const j = JSON.parse(text) as { version?: unknown; dek?: unknown };
+      if (j.version === 1 && typeof j.dek === "string") dek = Buffer.from(j.dek, "base64");
+    } catch {
+      /* reported below */
+    }
+    if (dek === undefined || dek.length !== DEK_BYTES) {
+      throw new Error(
+        `${this.raftDekFile} does not hold a raft data encryption key (version 1, ${DEK_BYTES} bytes in base64). ` +
+          "Restore it from a backup, or move the raft directory and this file aside and rejoin this manager.",
+      );
+    }
+    return dek;
   }
 
+  async saveRaftDek(dek: Uint8Array): Promise<void> {
+    const text = `${JSON.stringify({ version: 1, dek: Buffer.from(dek).toString("base64") })}\n`;
+    await writeFileAtomic(this.raftDekFile, text, 0o600);
+  }
+
+  /**
+   * Opens the Raft log, encrypted with this node's DEK. The DEK is made (and saved, before anything is
+   * sealed with it) when there is none and the raft directory is new or from before encryption (which is
+   * then encrypted in place); an encrypted raft directory without its DEK fails to open.
+   */
+  async openRaftStorage(): Promise<LevelStorage> {
+    let dek = await this.loadRaftDek();
+    if (dek === undefined) {
+      if ((await LevelStorage.inspect(this.raftDir)) === "encrypted") {
+        throw new Error(
+          `${this.raftDekFile} is missing: the raft log in ${this.raftDir} is encrypted with the data ` +
+            "encryption key that file held, and cannot be read without it. Restore the file from a backup of " +
+            "this node, or move the raft directory aside and rejoin this manager to the swarm so that it " +
+            "receives the log from the other managers.",
+        );
+      }
+      dek = randomBytes(DEK_BYTES);
+      await this.saveRaftDek(dek);
+    }
+    return LevelStorage.open(this.raftDir, { dek, dekFile: this.raftDekFile });
+  }
+
+  /** Forget the swarm: state, the Raft log and its key, certificates. */
+  async wipe(): Promise<void> {
+    await rm(join(this.dir, "swarm"), { recursive: true, force: true });
+    await this.wipeRaft();
+    await rm(join(this.dir, "certificates"), { recursive: true, force: true });
+  }
+
+  /** Removes the Raft log, then its key (a crash in between leaves a key that a new log reuses). */
   async wipeRaft(): Promise<void> {
     await rm(this.raftDir, { recursive: true, force: true });
+    await rm(this.raftDekFile, { force: true });
   }
 }
 

@@ -12,7 +12,7 @@ import type { Certificates, DataRoot, LocalState } from "../daemon/state.js";
 import { ApiError } from "../engine/errors.js";
 import type { NodeRole } from "../engine/types.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
-import { LevelStorage } from "../raft/level-storage.js";
+import type { LevelStorage } from "../raft/level-storage.js";
 import { entryPayload, RaftNode } from "../raft/node.js";
 import { Raft } from "../raft/raft.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
@@ -138,7 +138,13 @@ export class Manager {
   }
 
   private async startRaft(): Promise<void> {
-    this.storage = await LevelStorage.open(this.opts.dataRoot.raftDir);
+    this.storage = await this.opts.dataRoot.openRaftStorage();
+    if (this.storage.migrated) {
+      this.log.info(
+        { dir: this.storage.dir },
+        "encrypted the raft log at rest with this manager's data encryption key",
+      );
+    }
     if (this.opts.bootstrap && this.storage.mem.lastIndex() === 0) {
       const b = bootstrapSnapshot([this.raftId]);
       await this.storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);
@@ -463,7 +469,7 @@ export function splitHostPort(addr: string): [string, string] {
  * committed object. Uncommitted entries are dropped; the other members are removed for good.
  */
 export async function forceNewCluster(dataRoot: DataRoot, raftId: NodeId, log: Logger): Promise<void> {
-  const storage = await LevelStorage.open(dataRoot.raftDir);
+  const storage = await dataRoot.openRaftStorage();
   try {
     const mem = storage.mem;
     const { hardState, confState } = mem.initialState();

@@ -2,23 +2,41 @@
 // writes every Ready through to disk in one batch (fsync'd when the Ready must sync) and, on open, loads
 // and verifies everything back into a MemoryStorage.
 //
+// Encryption at rest (as swarmkit encrypts its WAL and snapshots with a per-manager DEK): opened with a
+// data encryption key (`dek`, 32 bytes), the payload of every log entry and snapshot chunk is sealed with
+// AES-256-GCM under a fresh random 96-bit nonce, with the record's key and clear header as additional
+// authenticated data, so a record can be neither read nor altered nor moved to another key without the
+// DEK. Hard state, compaction marker and snapshot metadata hold only numbers and member ids, and stay in
+// clear. A "k" record (a known constant sealed with the DEK) marks the directory as encrypted: it tells a
+// wrong key from corruption, refuses to open without a key, and makes plaintext entries in an encrypted
+// log an error (no downgrade). A directory written before encryption (no "k") is read, then encrypted in
+// place on the first open with a DEK: its entries and chunks are rewritten sealed in one batch and level
+// is compacted so the old clear values leave its files.
+//
 // On-disk format (all keys are raw bytes; level orders them bytewise):
 //   "c"                      compaction marker: index and term of the entry just before the first stored
 //                            entry (MemoryStorage's dummy entry). Absent means (0, 0).
 //   "e" + u64be(index)       one log entry
 //   "h"                      hard state
+//   "k"                      key check (encrypted directories only)
 //   "m"                      snapshot metadata (index, term, data size, chunk size, chunk count, conf state)
 //   "s" + u64be(index) + u32be(n)   chunk n of the data of the snapshot at `index`
 // Every value is  u32be(crc32(payload)) + payload,  and every payload starts with a one-byte format
-// version. Integers are big-endian; 64-bit fields hold non-negative JS safe integers.
-//   entry:     ver u8 | type u8 | term u64 | index u64 | data...
-//   hardstate: ver u8 | term u64 | vote u64 | commit u64
-//   marker:    ver u8 | index u64 | term u64
-//   snapmeta:  ver u8 | index u64 | term u64 | size u64 | chunkSize u32 | chunks u32 |
+// version: 1 = clear, 2 = sealed (AES-256-GCM). Integers are big-endian; 64-bit fields hold non-negative
+// JS safe integers. sealed(x) = nonce[12] | ciphertext of x | tag[16], with AAD = key | payload header.
+//   entry:     ver=1 u8 | type u8 | term u64 | index u64 | data...
+//              ver=2 u8 | type u8 | term u64 | index u64 | sealed(data)     AAD "e"+index | 18-byte header
+//   hardstate: ver=1 u8 | term u64 | vote u64 | commit u64
+//   marker:    ver=1 u8 | index u64 | term u64
+//   keycheck:  ver=2 u8 | flags u8 | sealed(KEY_CHECK_PLAINTEXT)           AAD "k" | ver | flags
+//              flags bit 0: clear values of a migrated log may remain in level's files (compact them)
+//   snapmeta:  ver=1 u8 | index u64 | term u64 | size u64 | chunkSize u32 | chunks u32 |
 //              nVoters u32 | voters u64... | nLearners u32 | learners u64... | nRemoved u32 | removed u64...
-//   chunk:     ver u8 | data...
+//   chunk:     ver=1 u8 | data...
+//              ver=2 u8 | sealed(data)                                     AAD "s"+index+n | ver
 
-import { mkdir } from "node:fs/promises";
+import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject, randomFillSync } from "node:crypto";
+import { mkdir, stat } from "node:fs/promises";
 import * as zlib from "node:zlib";
 import { Level } from "level";
 import { cloneConfState, MemoryStorage } from "./storage.js";
@@ -69,14 +87,21 @@ export const crc32: (data: Uint8Array) => number = nativeCrc32 ?? crc32Table;
 const K_MARKER = 0x63; // 'c'
 const K_ENTRY = 0x65; // 'e'
 const K_HARDSTATE = 0x68; // 'h'
+const K_KEYCHECK = 0x6b; // 'k'
 const K_SNAPMETA = 0x6d; // 'm'
 const K_CHUNK = 0x73; // 's'
 
 export const HARD_STATE_KEY: Buffer = Buffer.from([K_HARDSTATE]);
 export const SNAPSHOT_META_KEY: Buffer = Buffer.from([K_SNAPMETA]);
 export const COMPACTION_MARKER_KEY: Buffer = Buffer.from([K_MARKER]);
+export const KEY_CHECK_KEY: Buffer = Buffer.from([K_KEYCHECK]);
 
+/** Format byte, type, term, index: the clear header of an entry record. */
+const ENTRY_HEADER = 1 + 1 + 8 + 8;
+/** Format version of a record in clear. */
 const FORMAT_VERSION = 1;
+/** Format version of a record whose payload is sealed with AES-256-GCM. */
+const FORMAT_SEALED = 2;
 const TWO32 = 0x1_0000_0000;
 const MAX_HI = 0x1f_ffff; // high 32 bits of Number.MAX_SAFE_INTEGER
 
@@ -117,9 +142,9 @@ export function snapshotChunkKey(index: number, n: number): Buffer {
 // Records: u32be crc32(payload) + payload
 
 /** Allocates a record with room for `payloadLen` bytes of payload (starting at offset 4). */
-function newRecord(payloadLen: number): Buffer {
+function newRecord(payloadLen: number, version = FORMAT_VERSION): Buffer {
   const b = Buffer.allocUnsafe(4 + payloadLen);
-  b[4] = FORMAT_VERSION;
+  b[4] = version;
   return b;
 }
 
@@ -128,25 +153,151 @@ function sealRecord(b: Buffer): Buffer {
   return b;
 }
 
-/** Checks a record's CRC and version; returns the reason it is bad, or undefined if it is good. */
-function checkRecord(b: Buffer, minPayload: number): string | undefined {
+/**
+ * Checks a record's CRC and format version; returns the reason it is bad, or undefined if it is good.
+ * `minPayload` is the smallest payload (format byte included) a record of that format can have.
+ */
+function checkRecord(b: Buffer, minPayload: number, version = FORMAT_VERSION): string | undefined {
   if (b.length < 5) return `record is truncated (${b.length} bytes)`;
   if (b.readUInt32BE(0) !== crc32(b.subarray(4))) return "checksum mismatch";
-  if (b[4] !== FORMAT_VERSION) return `unknown record format version ${b[4]}`;
+  if (b[4] !== version) {
+    if (b[4] === FORMAT_VERSION) return "a record in clear in an encrypted raft log";
+    if (b[4] === FORMAT_SEALED)
+      return "an encrypted record in a raft log that is not encrypted (its key check record is missing)";
+    return `unknown record format version ${b[4]}`;
+  }
   if (b.length < 4 + minPayload) return `record is truncated (${b.length} bytes)`;
   return undefined;
 }
 
-const ENTRY_HEADER = 1 + 1 + 8 + 8;
+// ---------------------------------------------------------------------------------------------------
+// Encryption: AES-256-GCM, one fresh random 96-bit nonce per record.
 
-export function encodeEntry(e: Entry): Buffer {
+/** Length of a data encryption key (AES-256). */
+export const DEK_BYTES = 32;
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+/** What sealing adds to a payload: nonce + tag. */
+const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
+/** What the key check record seals. */
+const KEY_CHECK_PLAINTEXT = Buffer.from("shoal raft DEK check v1\n");
+const KEY_CHECK_PAYLOAD = 2 + SEAL_OVERHEAD + KEY_CHECK_PLAINTEXT.length;
+const KC_PURGE = 0x01;
+/** Nonces are drawn from a buffer of random bytes refilled this many nonces at a time (a syscall each). */
+const NONCE_POOL = 512;
+
+/** Seals and opens record payloads with one DEK. */
+class RecordCipher {
+  private readonly key: KeyObject;
+  private readonly pool = Buffer.allocUnsafe(NONCE_BYTES * NONCE_POOL);
+  private poolPos = this.pool.length;
+
+  constructor(dek: Uint8Array) {
+    if (!(dek instanceof Uint8Array) || dek.length !== DEK_BYTES) {
+      throw new RangeError(`a raft data encryption key is ${DEK_BYTES} bytes, got ${dek?.length ?? typeof dek}`);
+    }
+    this.key = createSecretKey(dek);
+  }
+
+  /**
+   * Writes sealed(plain) = nonce | ciphertext | tag into `out` at `off` (which must have room for
+   * plain.length + SEAL_OVERHEAD bytes), authenticating `aad` along with it.
+   */
+  sealInto(out: Buffer, off: number, plain: Uint8Array, aad: Uint8Array): void {
+    if (this.poolPos + NONCE_BYTES > this.pool.length) {
+      randomFillSync(this.pool);
+      this.poolPos = 0;
+    }
+    const nonce = this.pool.subarray(this.poolPos, this.poolPos + NONCE_BYTES);
+    this.poolPos += NONCE_BYTES;
+    out.set(nonce, off);
+    const c = createCipheriv("aes-256-gcm", this.key, nonce);
+    c.setAAD(aad);
+    const ct = c.update(plain);
+    c.final();
+    out.set(ct, off + NONCE_BYTES);
+    out.set(c.getAuthTag(), off + NONCE_BYTES + ct.length);
+  }
+
+  /** Opens sealed bytes; undefined if they do not authenticate (altered, or sealed with another key). */
+  open(sealed: Buffer, aad: Uint8Array): Uint8Array | undefined {
+    if (sealed.length < SEAL_OVERHEAD) return undefined;
+    const tagAt = sealed.length - TAG_BYTES;
+    try {
+      const d = createDecipheriv("aes-256-gcm", this.key, sealed.subarray(0, NONCE_BYTES));
+      d.setAAD(aad);
+      d.setAuthTag(sealed.subarray(tagAt));
+      const plain = d.update(sealed.subarray(NONCE_BYTES, tagAt));
+      d.final();
+      // A view of the decrypted bytes (their own memory), as a plain Uint8Array like the rest of mem.
+      return plain.byteLength === plain.buffer.byteLength
+        ? new Uint8Array(plain.buffer, plain.byteOffset, plain.byteLength)
+        : new Uint8Array(plain);
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+/** AAD of a sealed entry: its key ("e" + index) followed by the record's clear header. */
+function entryAad(b: Buffer): Buffer {
+  const aad = Buffer.allocUnsafe(9 + ENTRY_HEADER);
+  aad[0] = K_ENTRY;
+  b.copy(aad, 1, 14, 22); // index
+  b.copy(aad, 9, 4, 4 + ENTRY_HEADER);
+  return aad;
+}
+
+function chunkAad(key: Buffer): Buffer {
+  const aad = Buffer.allocUnsafe(key.length + 1);
+  key.copy(aad, 0);
+  aad[key.length] = FORMAT_SEALED;
+  return aad;
+}
+
+function keyCheckAad(flags: number): Buffer {
+  return Buffer.from([K_KEYCHECK, FORMAT_SEALED, flags]);
+}
+
+function encodeKeyCheck(cipher: RecordCipher, flags: number): Buffer {
+  const b = newRecord(KEY_CHECK_PAYLOAD, FORMAT_SEALED);
+  b[5] = flags;
+  cipher.sealInto(b, 6, KEY_CHECK_PLAINTEXT, keyCheckAad(flags));
+  return sealRecord(b);
+}
+
+/** Encodes a log entry record: in clear, or sealed with `dek`. Tests write records behind the storage's back. */
+export function encodeEntry(e: Entry, dek?: Uint8Array): Buffer {
+  return encodeEntryWith(e, dek === undefined ? undefined : new RecordCipher(dek));
+}
+
+function encodeEntryWith(e: Entry, cipher: RecordCipher | undefined): Buffer {
   checkU64("entry term", e.term);
   checkU64("entry index", e.index);
-  const b = newRecord(ENTRY_HEADER + e.data.length);
+  if (cipher === undefined) {
+    const b = newRecord(ENTRY_HEADER + e.data.length);
+    b[5] = e.type;
+    writeU64(b, 6, e.term);
+    writeU64(b, 14, e.index);
+    b.set(e.data, 4 + ENTRY_HEADER);
+    return sealRecord(b);
+  }
+  const b = newRecord(ENTRY_HEADER + SEAL_OVERHEAD + e.data.length, FORMAT_SEALED);
   b[5] = e.type;
   writeU64(b, 6, e.term);
   writeU64(b, 14, e.index);
-  b.set(e.data, 4 + ENTRY_HEADER);
+  cipher.sealInto(b, 4 + ENTRY_HEADER, e.data, entryAad(b));
+  return sealRecord(b);
+}
+
+function encodeChunk(key: Buffer, part: Uint8Array, cipher: RecordCipher | undefined): Buffer {
+  if (cipher === undefined) {
+    const b = newRecord(1 + part.length);
+    b.set(part, 5);
+    return sealRecord(b);
+  }
+  const b = newRecord(1 + SEAL_OVERHEAD + part.length, FORMAT_SEALED);
+  cipher.sealInto(b, 5, part, chunkAad(key));
   return sealRecord(b);
 }
 
@@ -268,13 +419,50 @@ export class StorageCorruptError extends Error {
   }
 }
 
+/**
+ * The raft directory is encrypted and cannot be opened with the key given (or with none): a wrong or
+ * missing data encryption key, not a damaged log.
+ */
+export class StorageKeyError extends Error {
+  /** The storage directory. */
+  file: string;
+  /** Where the key came from (a file name), if the caller said. */
+  keyFile: string | undefined;
+  constructor(file: string, reason: "missing" | "wrong", keyFile?: string) {
+    const from = keyFile === undefined ? " given" : ` in ${keyFile}`;
+    super(
+      reason === "missing"
+        ? `raft log in ${file} is encrypted, and no data encryption key was given to open it: open it with ` +
+            "the key it was encrypted with."
+        : `raft log in ${file} is encrypted with another data encryption key than the one${from}: its key ` +
+            "check record does not authenticate (AES-GCM). shoal will not read it: put back the key file that " +
+            "belongs to this raft directory, or move the directory aside and rejoin this manager to the swarm so " +
+            "that it receives the log from the other managers.",
+    );
+    this.name = "StorageKeyError";
+    this.file = file;
+    this.keyFile = keyFile;
+  }
+}
+
 type Db = Level<Buffer, Buffer>;
 type Op = { type: "put"; key: Buffer; value: Buffer } | { type: "del"; key: Buffer };
 
 export interface LevelStorageOptions {
   /** Size of a stored snapshot chunk in bytes (default 1 MiB). */
   snapshotChunkSize?: number;
+  /**
+   * Data encryption key (DEK_BYTES random bytes): entries and snapshot chunks are sealed with it, and a
+   * log written in clear is encrypted on open. Without one the log is written in clear (tests and tools
+   * only: managers always pass their DEK), and an encrypted directory fails to open.
+   */
+  dek?: Uint8Array;
+  /** Where `dek` is kept (a file name), for error messages. */
+  dekFile?: string;
 }
+
+/** What a raft directory holds, as far as encryption goes. */
+export type StorageKind = "absent" | "clear" | "encrypted";
 
 export interface SaveRequest {
   hardState?: HardState;
@@ -288,36 +476,78 @@ export class LevelStorage {
   readonly mem: MemoryStorage;
   readonly dir: string;
   readonly snapshotChunkSize: number;
+  /** Entries and snapshot chunks are sealed with the DEK. */
+  readonly encrypted: boolean;
+  /** This open found the log in clear (written before encryption) and encrypted it in place. */
+  readonly migrated: boolean;
   private readonly db: Db;
+  private readonly cipher: RecordCipher | undefined;
   /** Number of chunks the stored snapshot has (to delete them when it is replaced). */
   private snapChunks: number;
   /** Serializes writers: each save/createSnapshot/close runs after the previous one has finished. */
   private tail: Promise<unknown> = Promise.resolve();
   private closed = false;
 
-  private constructor(dir: string, db: Db, mem: MemoryStorage, snapChunks: number, chunkSize: number) {
+  private constructor(
+    dir: string,
+    db: Db,
+    loaded: Loaded,
+    chunkSize: number,
+    cipher: RecordCipher | undefined,
+    migrated: boolean,
+  ) {
     this.dir = dir;
     this.db = db;
-    this.mem = mem;
-    this.snapChunks = snapChunks;
+    this.mem = loaded.mem;
+    this.snapChunks = loaded.snapChunks;
     this.snapshotChunkSize = chunkSize;
+    this.cipher = cipher;
+    this.encrypted = cipher !== undefined;
+    this.migrated = migrated;
   }
 
-  /** Opens (creating it if missing) the storage in `dir` and loads and verifies everything it holds. */
+  /**
+   * Opens (creating it if missing) the storage in `dir` and loads and verifies everything it holds. With
+   * `opts.dek`, a new directory is created encrypted and one in clear is encrypted before this returns.
+   */
   static async open(dir: string, opts?: LevelStorageOptions): Promise<LevelStorage> {
     const chunkSize = opts?.snapshotChunkSize ?? DEFAULT_CHUNK;
     if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > 0xffff_ffff) {
       throw new RangeError(`snapshotChunkSize must be a positive integer below 4 GiB, got ${chunkSize}`);
     }
+    const cipher = opts?.dek === undefined ? undefined : new RecordCipher(opts.dek);
     await mkdir(dir, { recursive: true });
     const db: Db = new Level<Buffer, Buffer>(dir, { keyEncoding: "buffer", valueEncoding: "buffer" });
     await db.open();
     try {
-      const { mem, snapChunks } = await load(dir, db);
-      return new LevelStorage(dir, db, mem, snapChunks, chunkSize);
+      const loaded = await load(dir, db, cipher, opts?.dekFile);
+      let migrated = false;
+      if (cipher !== undefined && !loaded.encrypted) {
+        migrated = await encryptInPlace(db, loaded, cipher);
+      } else if (loaded.purgePending && cipher !== undefined) {
+        await purgeClear(db, cipher); // a crash interrupted the compaction after an encryption in place
+      }
+      return new LevelStorage(dir, db, loaded, chunkSize, cipher, migrated);
     } catch (err) {
       await db.close().catch(() => undefined);
       throw err;
+    }
+  }
+
+  /** What `dir` holds: nothing, a raft log in clear, or an encrypted one. Opens and closes level. */
+  static async inspect(dir: string): Promise<StorageKind> {
+    try {
+      await stat(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return "absent";
+      throw e;
+    }
+    const db: Db = new Level<Buffer, Buffer>(dir, { keyEncoding: "buffer", valueEncoding: "buffer" });
+    await db.open();
+    try {
+      return (await db.get(KEY_CHECK_KEY)) === undefined ? "clear" : "encrypted";
+    } finally {
+      await db.close();
     }
   }
 
@@ -377,7 +607,7 @@ export class LevelStorage {
         const newLast = start + ents.length - 1;
         // A conflicting suffix beyond the new entries goes; the new entries overwrite the rest.
         for (let i = newLast + 1; i <= last; i++) ops.push({ type: "del", key: entryKey(i) });
-        for (const e of ents) ops.push({ type: "put", key: entryKey(e.index), value: encodeEntry(e) });
+        for (const e of ents) ops.push({ type: "put", key: entryKey(e.index), value: encodeEntryWith(e, this.cipher) });
         last = newLast;
       }
     }
@@ -430,9 +660,8 @@ export class LevelStorage {
     });
     for (let n = 0; n < chunks; n++) {
       const part = data.subarray(n * cs, Math.min((n + 1) * cs, data.length));
-      const b = newRecord(1 + part.length);
-      b.set(part, 5);
-      ops.push({ type: "put", key: snapshotChunkKey(md.index, n), value: sealRecord(b) });
+      const key = snapshotChunkKey(md.index, n);
+      ops.push({ type: "put", key, value: encodeChunk(key, part, this.cipher) });
     }
     const old = this.mem.snap.metadata.index;
     if (old !== 0 && old !== md.index) {
@@ -498,8 +727,45 @@ export class LevelStorage {
 // ---------------------------------------------------------------------------------------------------
 // Loading and verification
 
-async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChunks: number }> {
+interface Loaded {
+  mem: MemoryStorage;
+  /** Chunks of the stored snapshot, and the chunk size it was stored with. */
+  snapChunks: number;
+  snapChunkSize: number;
+  /** The directory has a key check record: its entries and chunks are sealed. */
+  encrypted: boolean;
+  /** The key check record says clear values may remain in level's files. */
+  purgePending: boolean;
+}
+
+const NOT_AUTHENTIC =
+  "the encrypted record does not authenticate (AES-GCM): it was altered, or sealed with another key";
+
+async function load(dir: string, db: Db, cipher: RecordCipher | undefined, dekFile?: string): Promise<Loaded> {
   const stale: Buffer[] = [];
+
+  // Key check: is the directory encrypted, and is this its key? Checked first, so that a wrong key is
+  // reported as such and not as a corrupt record.
+  let rc: RecordCipher | undefined; // the cipher to read records with: set iff the directory is encrypted
+  let purgePending = false;
+  const kcRaw = await db.get(KEY_CHECK_KEY);
+  if (kcRaw !== undefined) {
+    const bad = checkRecord(kcRaw, KEY_CHECK_PAYLOAD, FORMAT_SEALED);
+    if (bad !== undefined || kcRaw.length !== 4 + KEY_CHECK_PAYLOAD) {
+      throw new StorageCorruptError(dir, 0, bad ?? "record has the wrong size", "in its key check record");
+    }
+    if (cipher === undefined) throw new StorageKeyError(dir, "missing", dekFile);
+    const flags = kcRaw[5]!;
+    const plain = cipher.open(kcRaw.subarray(6), keyCheckAad(flags));
+    if (plain === undefined) throw new StorageKeyError(dir, "wrong", dekFile);
+    if (!KEY_CHECK_PLAINTEXT.equals(plain)) {
+      throw new StorageCorruptError(dir, 0, "it seals an unexpected value", "in its key check record");
+    }
+    rc = cipher;
+    purgePending = (flags & KC_PURGE) !== 0;
+  }
+  const recVersion = rc === undefined ? FORMAT_VERSION : FORMAT_SEALED;
+  const sealOverhead = rc === undefined ? 0 : SEAL_OVERHEAD;
 
   // Hard state.
   let hardState = emptyHardState();
@@ -521,6 +787,7 @@ async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChun
   // Snapshot: metadata, then all chunks.
   let snap = emptySnapshot();
   let snapChunks = 0;
+  let snapChunkSize = 0;
   const metaRaw = await db.get(SNAPSHOT_META_KEY);
   if (metaRaw !== undefined) {
     const bad = checkRecord(metaRaw, 1 + 32 + 12);
@@ -540,13 +807,19 @@ async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChun
       }
       const cn = k.readUInt32BE(9);
       if (cn !== n) throw snapErr(n < m.chunks ? `chunk ${n} is missing` : `unexpected chunk ${cn}`);
-      const cbad = checkRecord(v, 1);
+      const cbad = checkRecord(v, 1 + sealOverhead, recVersion);
       if (cbad !== undefined) throw snapErr(`chunk ${cn}: ${cbad}`);
-      const len = v.length - 5;
+      const len = v.length - 5 - sealOverhead;
       const want = Math.min(m.chunkSize, m.size - pos);
       if (cn >= m.chunks || len !== want)
         throw snapErr(`chunk ${cn} holds ${len} bytes, expected ${Math.max(want, 0)}`);
-      data.set(v.subarray(5), pos);
+      let part: Uint8Array = v.subarray(5);
+      if (rc !== undefined) {
+        const plain = rc.open(v.subarray(5), chunkAad(k));
+        if (plain === undefined) throw snapErr(`chunk ${cn}: ${NOT_AUTHENTIC}`);
+        part = plain;
+      }
+      data.set(part, pos);
       pos += len;
       n++;
     }
@@ -554,6 +827,7 @@ async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChun
     if (pos !== m.size) throw snapErr(`data is ${pos} bytes, expected ${m.size}`);
     snap = { metadata: { index: m.index, term: m.term, confState: m.confState }, data };
     snapChunks = m.chunks;
+    snapChunkSize = m.chunkSize;
   } else {
     for await (const k of db.keys({ gte: Buffer.from([K_CHUNK]), lt: Buffer.from([K_CHUNK + 1]) })) stale.push(k);
   }
@@ -612,7 +886,7 @@ async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChun
         `entry ${expect} is missing (the next stored entry is ${idx}${expect <= hardState.commit ? "; it was committed" : ", after the commit index " + hardState.commit})`,
       );
     }
-    const bad = checkRecord(v, ENTRY_HEADER);
+    const bad = checkRecord(v, ENTRY_HEADER + sealOverhead, recVersion);
     if (bad !== undefined) throw new StorageCorruptError(dir, idx, bad);
     const type = v[5]!;
     const term = readU64(v, 6);
@@ -629,7 +903,14 @@ async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChun
         `entry term ${term} differs from the snapshot's term ${snap.metadata.term}`,
       );
     }
-    ents.push({ term, index: idx, type: type as EntryType, data: copyOut(v, 4 + ENTRY_HEADER) });
+    let data: Uint8Array;
+    if (rc === undefined) data = copyOut(v, 4 + ENTRY_HEADER);
+    else {
+      const plain = rc.open(v.subarray(4 + ENTRY_HEADER), entryAad(v));
+      if (plain === undefined) throw new StorageCorruptError(dir, idx, NOT_AUTHENTIC);
+      data = plain;
+    }
+    ents.push({ term, index: idx, type: type as EntryType, data });
     prevTerm = term;
     expect++;
   }
@@ -660,5 +941,41 @@ async function load(dir: string, db: Db): Promise<{ mem: MemoryStorage; snapChun
   mem.hardState = hardState;
   mem.snap = snap;
   mem.ents = ents;
-  return { mem, snapChunks };
+  return { mem, snapChunks, snapChunkSize, encrypted: rc !== undefined, purgePending };
+}
+
+/**
+ * Encrypts a directory loaded in clear: its entries and snapshot chunks are rewritten sealed and the key
+ * check record added, in one synced batch (a crash leaves it all in clear or all encrypted); then, unless
+ * the directory was new, level is compacted so that the clear values (also of records deleted before)
+ * leave its files. Returns whether the directory held anything.
+ */
+async function encryptInPlace(db: Db, loaded: Loaded, cipher: RecordCipher): Promise<boolean> {
+  const mem = loaded.mem;
+  const hadClear = (await db.keys({ limit: 1 }).all()).length > 0;
+  const b = db.batch();
+  for (let i = 1; i < mem.ents.length; i++) {
+    const e = mem.ents[i]!;
+    b.put(entryKey(e.index), encodeEntryWith(e, cipher));
+  }
+  const data = mem.snap.data;
+  const cs = loaded.snapChunkSize;
+  for (let n = 0; n < loaded.snapChunks; n++) {
+    const key = snapshotChunkKey(mem.snap.metadata.index, n);
+    b.put(key, encodeChunk(key, data.subarray(n * cs, Math.min((n + 1) * cs, data.length)), cipher));
+  }
+  b.put(KEY_CHECK_KEY, encodeKeyCheck(cipher, hadClear ? KC_PURGE : 0));
+  await b.write({ sync: true });
+  if (hadClear) await purgeClear(db, cipher);
+  return hadClear;
+}
+
+/**
+ * Compacts the whole key range, so that level rewrites its tables without the overwritten clear values
+ * and deletes the files (log and tables) that held them; then clears the key check's purge flag.
+ */
+async function purgeClear(db: Db, cipher: RecordCipher): Promise<void> {
+  const compact = (db as unknown as { compactRange?: (start: Buffer, end: Buffer) => Promise<void> }).compactRange;
+  if (typeof compact === "function") await compact.call(db, Buffer.from([0x00]), Buffer.from([0xff]));
+  await db.put(KEY_CHECK_KEY, encodeKeyCheck(cipher, 0), { sync: true });
 }

@@ -3,10 +3,12 @@
 //   npm run bench:raft                 # 3 s per cell
 //   npm run bench:raft -- --quick      # 1 s per cell
 //   npm run bench:raft -- --seconds 5 --nodes 3 --proposers 1,256
+//   npm run bench:raft -- --quick --clear   # the log in clear, to see what encryption costs
 //
 // For each cell (cluster size × concurrent proposers) a fresh cluster is bootstrapped in a temp dir, every
-// node on its own LevelStorage (fsync on, as in production), connected through the in-process LocalHub
-// (each message is encoded and decoded as on the wire, delivered on a later turn of the event loop).
+// node on its own LevelStorage (fsync on, log encrypted with its own DEK, as in production), connected
+// through the in-process LocalHub (each message is encoded and decoded as on the wire, delivered on a
+// later turn of the event loop).
 // Node 1 campaigns at once and every proposal goes to it. Each proposer loops: propose a 256-byte entry,
 // await its promise (committed by a quorum and applied on the leader), repeat. Latency is measured from the
 // propose() call to the promise resolving; throughput is the number of proposals that resolved inside the
@@ -20,11 +22,12 @@
 // the 3- and 5-node numbers are a lower bound on what one manager per host would do; a real deployment
 // also pays gRPC + TLS + network round trips, which this leaves out.
 
+import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { LevelStorage } from "../../src/raft/level-storage.js";
+import { DEK_BYTES, LevelStorage } from "../../src/raft/level-storage.js";
 import { LocalHub } from "../../src/raft/local-transport.js";
 import { RaftNode, type StateMachine } from "../../src/raft/node.js";
 import { SeededRand } from "../../src/raft/rand.js";
@@ -67,6 +70,8 @@ interface Options {
   nodes: number[];
   proposers: number[];
   out: string;
+  /** Write the log in clear instead of encrypted with a DEK (as managers do): to measure what it costs. */
+  clear: boolean;
 }
 
 interface CellResult {
@@ -88,7 +93,7 @@ interface CellResult {
 
 function usage(): never {
   console.error(
-    "usage: node dist/test/bench/raft.js [--seconds N] [--quick] [--warmup S] [--nodes 1,3,5] [--proposers 1,16,256] [--out FILE]",
+    "usage: node dist/test/bench/raft.js [--seconds N] [--quick] [--warmup S] [--nodes 1,3,5] [--proposers 1,16,256] [--out FILE] [--clear]",
   );
   process.exit(2);
 }
@@ -107,6 +112,7 @@ function parseArgs(argv: string[]): Options {
     nodes: [1, 3, 5],
     proposers: [1, 16, 256],
     out: join("bench-results", "raft.json"),
+    clear: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -121,6 +127,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--nodes") o.nodes = parseList(argv[++i]);
     else if (a === "--proposers") o.proposers = parseList(argv[++i]);
     else if (a === "--out") o.out = argv[++i] ?? usage();
+    else if (a === "--clear") o.clear = true;
     else if (a === "--help" || a === "-h") usage();
     else usage();
   }
@@ -159,7 +166,7 @@ async function runCell(n: number, proposers: number, opts: Options): Promise<Cel
   const loops: Promise<void>[] = [];
   try {
     for (const id of voters) {
-      const storage = await LevelStorage.open(join(root, `n${id}`));
+      const storage = await LevelStorage.open(join(root, `n${id}`), opts.clear ? {} : { dek: randomBytes(DEK_BYTES) });
       const m: Member = { id, storage };
       members.push(m);
       const b = bootstrapSnapshot(voters);
@@ -270,7 +277,8 @@ async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const cpuList = cpus();
   console.log(
-    `raft commit benchmark: ${PAYLOAD_BYTES}-byte entries, level storage with fsync, tick ${TICK_MS} ms, ` +
+    `raft commit benchmark: ${PAYLOAD_BYTES}-byte entries, level storage with fsync, ` +
+      `${opts.clear ? "in clear" : "encrypted (AES-256-GCM)"}, tick ${TICK_MS} ms, ` +
       `${opts.warmupSeconds} s warm-up + ${opts.seconds} s per cell`,
   );
   console.log(
@@ -302,7 +310,7 @@ async function main(): Promise<void> {
       tickMs: TICK_MS,
       warmupSeconds: opts.warmupSeconds,
       seconds: opts.seconds,
-      storage: "level, sync: true",
+      storage: opts.clear ? "level, sync: true, in clear" : "level, sync: true, AES-256-GCM records (DEK)",
       transport: "LocalHub (in-process, wire-encoded)",
       note: "all nodes in one process; latency = propose() call to resolve (committed and applied on the leader)",
     },

@@ -8,7 +8,7 @@
 //
 //   npx vitest run test/integration
 
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
@@ -336,6 +336,26 @@ describe("3 managers + 2 workers formed with the docker CLI", () => {
       expect(managers.trim().split("\n").sort()).toEqual([id(1), id(2), id(3)].sort());
       const workers = await lab.must("docker", 3, "node", "ls", "-q", "--filter", "role=worker");
       expect(workers.trim().split("\n").sort()).toEqual([id(4), id(5)].sort());
+    });
+  });
+
+  describe("raft data at rest", () => {
+    it("no manager's raft directory holds the CA key, the overlay keyring or any store command in clear", () => {
+      // In clear, every store command is JSON in level's files ("op":..., the CA key's PEM, the keyring).
+      const clear = ["rootCAKeyPem", "PRIVATE KEY", '"op":', "keys.init", "cluster.create"];
+      for (const i of [1, 2, 3]) {
+        const raft = join(lab.dataRoot(i), "raft");
+        const files = readdirSync(raft, { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
+        expect(files.length, `node${i} raft files`).toBeGreaterThan(0);
+        for (const f of files) {
+          const bytes = readFileSync(join(f.parentPath ?? f.path, f.name));
+          for (const m of clear) expect(bytes.includes(m), `node${i} ${f.name} holds ${m} in clear`).toBe(false);
+        }
+        const dek = statSync(join(lab.dataRoot(i), "certificates", "raft-dek"));
+        expect(dek.mode & 0o777, `node${i} raft-dek mode`).toBe(0o600);
+      }
+      // Workers have no raft log and no DEK.
+      for (const i of [4, 5]) expect(existsSync(join(lab.dataRoot(i), "certificates", "raft-dek"))).toBe(false);
     });
   });
 

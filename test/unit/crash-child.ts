@@ -14,6 +14,7 @@ import { LevelStorage } from "../../src/raft/level-storage.js";
 import { RaftNode } from "../../src/raft/node.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
 import { KVMachine } from "./kv-machine.js";
+import { TEST_DEK } from "./test-dek.js";
 
 const [dir, tag, snapArg, keepArg] = process.argv.slice(2);
 if (!dir || !tag) {
@@ -21,7 +22,7 @@ if (!dir || !tag) {
   process.exit(2);
 }
 
-const storage = await LevelStorage.open(dir);
+const storage = await LevelStorage.open(dir, { dek: TEST_DEK });
 if (storage.mem.lastIndex() === 0) {
   const b = bootstrapSnapshot([1]);
   await storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);

@@ -1,9 +1,10 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import { Level } from "level";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   COMPACTION_MARKER_KEY,
   crc32,
@@ -11,14 +12,19 @@ import {
   encodeEntry,
   entryKey,
   HARD_STATE_KEY,
+  KEY_CHECK_KEY,
   LevelStorage,
   StorageCorruptError,
+  StorageKeyError,
   snapshotChunkKey,
 } from "../../src/raft/level-storage.js";
 import { type ConfState, type Entry, EntryType, ErrCompacted, ErrSnapOutOfDate } from "../../src/raft/types.js";
 
 let dir: string;
 const open: LevelStorage[] = [];
+/** The data encryption key the suite under test opens storage with (undefined: in clear). */
+let dek: Uint8Array | undefined;
+const DEK = new Uint8Array(randomBytes(32));
 
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), "shoal-level-storage-"));
@@ -30,7 +36,7 @@ afterEach(async () => {
 });
 
 async function openStorage(opts?: { snapshotChunkSize?: number }): Promise<LevelStorage> {
-  const s = await LevelStorage.open(dir, opts);
+  const s = await LevelStorage.open(dir, { ...opts, ...(dek ? { dek } : {}) });
   open.push(s);
   return s;
 }
@@ -42,6 +48,11 @@ async function reopen(s: LevelStorage, opts?: { snapshotChunkSize?: number }): P
 
 function ent(index: number, term: number, data = `e${index}t${term}`, type = EntryType.Normal): Entry {
   return { index, term, type, data: new TextEncoder().encode(data) };
+}
+
+/** An entry record as the storage under test writes it (sealed with `dek` if there is one). */
+function rec(e: Entry): Buffer {
+  return encodeEntry(e, dek);
 }
 
 function ents(from: number, to: number, term: number): Entry[] {
@@ -73,7 +84,7 @@ async function rawKeys(prefix: string): Promise<Buffer[]> {
 async function expectCorrupt(index: number, fragment: string | RegExp): Promise<StorageCorruptError> {
   let err: unknown;
   try {
-    open.push(await LevelStorage.open(dir));
+    open.push(await LevelStorage.open(dir, dek ? { dek } : {}));
   } catch (e) {
     err = e;
   }
@@ -105,7 +116,14 @@ describe("crc32", () => {
   });
 });
 
-describe("LevelStorage", () => {
+describe.each([
+  ["encrypted", DEK],
+  ["in clear", undefined],
+])("LevelStorage (%s)", (_mode, key) => {
+  beforeEach(() => {
+    dek = key;
+  });
+
   it("creates the directory if it is missing and starts empty", async () => {
     dir = join(dir, "nested", "raft");
     const s = await openStorage();
@@ -302,8 +320,8 @@ describe("LevelStorage", () => {
     await s.createSnapshot(8, cs, new Uint8Array([8]), 2);
     await s.close();
     await withRaw(async (db) => {
-      await db.put(entryKey(2), encodeEntry(ent(2, 1)));
-      await db.put(entryKey(6), encodeEntry(ent(6, 1)));
+      await db.put(entryKey(2), rec(ent(2, 1)));
+      await db.put(entryKey(6), rec(ent(6, 1)));
     });
     s = await openStorage();
     expect(s.mem.firstIndex()).toBe(7);
@@ -319,7 +337,7 @@ describe("LevelStorage", () => {
     await s.close();
     // Undo the compaction batch: put entries 1..8 back and drop the marker.
     await withRaw(async (db) => {
-      for (let i = 1; i <= 8; i++) await db.put(entryKey(i), encodeEntry(ent(i, 1)));
+      for (let i = 1; i <= 8; i++) await db.put(entryKey(i), rec(ent(i, 1)));
       await db.del(COMPACTION_MARKER_KEY);
     });
     s = await openStorage();
@@ -375,17 +393,17 @@ describe("LevelStorage", () => {
 
     it("an entry stored under the wrong key is reported", async () => {
       await seed();
-      await withRaw(async (db) => db.put(entryKey(5), encodeEntry(ent(6, 1))));
+      await withRaw(async (db) => db.put(entryKey(5), rec(ent(6, 1))));
       await expectCorrupt(5, /at index 5: the entry stored there says index 6/);
     });
 
     it("decreasing terms are reported", async () => {
       await seed();
-      await withRaw(async (db) => db.put(entryKey(12), encodeEntry(ent(12, 1))));
+      await withRaw(async (db) => db.put(entryKey(12), rec(ent(12, 1))));
       await expectCorrupt(12, /at index 12: term 1 is lower than the term 2 before it/);
       await withRaw(async (db) => {
-        await db.put(entryKey(12), encodeEntry(ent(12, 2)));
-        await db.put(entryKey(4), encodeEntry(ent(4, 3)));
+        await db.put(entryKey(12), rec(ent(12, 2)));
+        await db.put(entryKey(4), rec(ent(4, 3)));
       });
       await expectCorrupt(5, /at index 5: term 1 is lower than the term 3 before it/);
     });
@@ -408,8 +426,10 @@ describe("LevelStorage", () => {
       expect(s.mem.snapshot().data.length).toBe(4000);
       await s.close();
 
+      let chunk2 = Buffer.alloc(0);
       await withRaw(async (db) => {
-        const v = Buffer.from(await db.get(snapshotChunkKey(9, 2)));
+        chunk2 = Buffer.from(await db.get(snapshotChunkKey(9, 2)));
+        const v = Buffer.from(chunk2);
         v[100]! ^= 0x10;
         await db.put(snapshotChunkKey(9, 2), v);
       });
@@ -419,7 +439,7 @@ describe("LevelStorage", () => {
       await expectCorrupt(9, /in the snapshot at index 9: chunk 2 is missing/);
 
       await withRaw((db) => db.del(snapshotChunkKey(9, 3)));
-      await withRaw(async (db) => db.put(snapshotChunkKey(9, 2), await db.get(snapshotChunkKey(9, 1))));
+      await withRaw(async (db) => db.put(snapshotChunkKey(9, 2), chunk2));
       await expectCorrupt(9, /in the snapshot at index 9: chunk 3 is missing \(expected 4 chunks\)/);
     });
   });
@@ -455,5 +475,234 @@ describe("LevelStorage", () => {
       `level-storage: ${n} synced saves in ${ms.toFixed(0)} ms = ${Math.round((n * 1000) / ms)} saves/s (${dir})`,
     );
     expect(s.mem.lastIndex()).toBe(n);
+  });
+});
+
+describe("LevelStorage encryption at rest", () => {
+  beforeEach(() => {
+    dek = DEK;
+  });
+
+  // What must never reach the disk in clear: a keyring key, a CA signing key (stand-ins).
+  const MARKER = `SECRET-${randomBytes(12).toString("hex")}`;
+  const secret = (i: number) => `{"op":"keys.rotate","key":"${MARKER}","n":${i}}`;
+
+  /** Every file under `dir` (level's .log, .ldb, MANIFEST...), raw. */
+  async function rawFiles(): Promise<{ name: string; bytes: Buffer }[]> {
+    const out: { name: string; bytes: Buffer }[] = [];
+    const walk = async (d: string): Promise<void> => {
+      for (const de of await readdir(d, { withFileTypes: true })) {
+        const p = join(d, de.name);
+        if (de.isDirectory()) await walk(p);
+        else out.push({ name: p, bytes: await readFile(p) });
+      }
+    };
+    await walk(dir);
+    return out;
+  }
+
+  async function filesWithMarker(): Promise<string[]> {
+    return (await rawFiles()).filter((f) => f.bytes.includes(MARKER)).map((f) => f.name);
+  }
+
+  /** Writes entries, a snapshot (createSnapshot) and a leader's snapshot (save) that all hold MARKER. */
+  async function writeSecrets(opts: { dek?: Uint8Array }): Promise<void> {
+    const s = await LevelStorage.open(dir, { ...opts, snapshotChunkSize: 4096 });
+    open.push(s);
+    const e = (i: number, term: number) => ent(i, term, secret(i));
+    await s.save(
+      { hardState: { term: 1, vote: 1, commit: 20 }, entries: Array.from({ length: 30 }, (_, i) => e(i + 1, 1)) },
+      true,
+    );
+    const snapData = new TextEncoder().encode(`${secret(0)}${"x".repeat(10_000)}${secret(-1)}`);
+    await s.createSnapshot(20, cs, snapData, 5);
+    await s.save(
+      {
+        hardState: { term: 2, vote: 0, commit: 40 },
+        entries: [e(41, 2), e(42, 2)],
+        snapshot: { metadata: { index: 40, term: 2, confState: cs }, data: snapData },
+      },
+      true,
+    );
+    await s.save({ entries: [e(43, 2)] }, true);
+    await s.close();
+  }
+
+  async function expectSecretsBack(s: LevelStorage, last = 43): Promise<void> {
+    expect(s.mem.firstIndex()).toBe(41);
+    expect(s.mem.lastIndex()).toBe(last);
+    expect(s.mem.entries(41, 44, Infinity)).toEqual([
+      ent(41, 2, secret(41)),
+      ent(42, 2, secret(42)),
+      ent(43, 2, secret(43)),
+    ]);
+    expect(new TextDecoder().decode(s.mem.snapshot().data)).toContain(secret(-1));
+    expect(s.mem.snapshot().metadata).toEqual({ index: 40, term: 2, confState: cs });
+  }
+
+  it("no file of the level directory holds an entry's or a snapshot's data in clear (and in clear, the scan finds it)", async () => {
+    await writeSecrets({ dek: DEK });
+    expect(await filesWithMarker()).toEqual([]);
+    const s = await openStorage();
+    expect(s.encrypted).toBe(true);
+    await expectSecretsBack(s);
+    await s.close();
+    expect(await filesWithMarker()).toEqual([]);
+
+    // The same writes without a key: the scan does find the marker (in level's write-ahead log at least).
+    await rm(dir, { recursive: true, force: true });
+    await writeSecrets({});
+    expect((await filesWithMarker()).length).toBeGreaterThan(0);
+  });
+
+  it("a wrong key, or none, is refused with the directory named; a key of the wrong size is an error", async () => {
+    await writeSecrets({ dek: DEK });
+    const wrong = new Uint8Array(randomBytes(32));
+    const err = await LevelStorage.open(dir, { dek: wrong, dekFile: "/var/lib/shoal/certificates/raft-dek" }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(StorageKeyError);
+    expect((err as StorageKeyError).file).toBe(dir);
+    expect((err as Error).message).toContain(`raft log in ${dir} is encrypted with another data encryption key`);
+    expect((err as Error).message).toContain("/var/lib/shoal/certificates/raft-dek");
+    const none = await LevelStorage.open(dir).catch((e: unknown) => e);
+    expect(none).toBeInstanceOf(StorageKeyError);
+    expect((none as Error).message).toContain(`raft log in ${dir} is encrypted, and no data encryption key was given`);
+    await expect(LevelStorage.open(dir, { dek: new Uint8Array(16) })).rejects.toThrow(/32 bytes, got 16/);
+    // The failed opens released the database, and the right key still reads everything.
+    const s = await openStorage();
+    await expectSecretsBack(s);
+  });
+
+  /** Rewrites the value at `key` with `edit`, then fixes its CRC so that only AES-GCM can notice. */
+  async function tamper(key: Buffer, edit: (v: Buffer) => void): Promise<void> {
+    await withRaw(async (db) => {
+      const v = Buffer.from((await db.get(key))!);
+      edit(v);
+      v.writeUInt32BE(crc32(v.subarray(4)), 0);
+      await db.put(key, v);
+    });
+  }
+
+  it("a flipped ciphertext byte, an altered clear header or a record moved under another key is corruption", async () => {
+    let s = await openStorage();
+    await s.save({ hardState: { term: 2, vote: 1, commit: 8 }, entries: [...ents(1, 5, 1), ...ents(6, 10, 2)] }, true);
+    await s.close();
+
+    // One byte of the ciphertext of entry 7 (the CRC recomputed, so the checksum passes).
+    await tamper(entryKey(7), (v) => {
+      v[4 + 18 + 12 + 2]! ^= 0x01;
+    });
+    let ce = await expectCorrupt(7, /at index 7: the encrypted record does not authenticate \(AES-GCM\)/);
+    expect(ce.message).toContain(dir);
+    await tamper(entryKey(7), (v) => {
+      v[4 + 18 + 12 + 2]! ^= 0x01;
+    });
+    s = await openStorage();
+    expect(s.mem.entries(7, 8, Infinity)).toEqual([ent(7, 2)]);
+    await s.close();
+
+    // The term in the clear header is authenticated too.
+    await tamper(entryKey(4), (v) => {
+      v[13]! ^= 0x02; // low byte of the term: 1 -> 3, a term that passes the other checks
+    });
+    await expectCorrupt(4, /at index 4: the encrypted record does not authenticate/);
+    await tamper(entryKey(4), (v) => {
+      v[13]! ^= 0x02;
+    });
+
+    // Entry 3's sealed data under entry 2's header: the key and header are the AAD.
+    await withRaw(async (db) => {
+      const v2 = Buffer.from((await db.get(entryKey(2)))!);
+      const v3 = (await db.get(entryKey(3)))!;
+      v3.copy(v2, 4 + 18, 4 + 18);
+      v2.writeUInt32BE(crc32(v2.subarray(4)), 0);
+      await db.put(entryKey(2), v2);
+    });
+    ce = await expectCorrupt(2, /at index 2: the encrypted record does not authenticate/);
+
+    // Without the CRC fixed, the checksum catches it first.
+    await withRaw(async (db) => db.put(entryKey(2), rec(ent(2, 1))));
+    await withRaw(async (db) => {
+      const v = Buffer.from((await db.get(entryKey(9)))!);
+      v[v.length - 1]! ^= 0x80;
+      await db.put(entryKey(9), v);
+    });
+    await expectCorrupt(9, /at index 9: checksum mismatch/);
+  });
+
+  it("a flipped byte in a sealed snapshot chunk is corruption of that snapshot", async () => {
+    let s = await openStorage({ snapshotChunkSize: 1024 });
+    await s.save({ hardState: { term: 1, vote: 1, commit: 10 }, entries: ents(1, 10, 1) }, true);
+    await s.createSnapshot(9, cs, new Uint8Array(4000).fill(7), 0);
+    s = await reopen(s, { snapshotChunkSize: 1024 });
+    expect(s.mem.snapshot().data).toEqual(new Uint8Array(4000).fill(7));
+    await s.close();
+    await tamper(snapshotChunkKey(9, 1), (v) => {
+      v[500]! ^= 0x04;
+    });
+    await expectCorrupt(9, /in the snapshot at index 9: chunk 1: the encrypted record does not authenticate/);
+    // Chunk 2's record under chunk 1's key: the chunk key is authenticated.
+    await withRaw(async (db) => db.put(snapshotChunkKey(9, 1), (await db.get(snapshotChunkKey(9, 2)))!));
+    await expectCorrupt(9, /in the snapshot at index 9: chunk 1: the encrypted record does not authenticate/);
+  });
+
+  it("a record in clear in an encrypted log, or an encrypted log without its key check, is corruption", async () => {
+    const s = await openStorage();
+    await s.save({ hardState: { term: 1, vote: 1, commit: 5 }, entries: ents(1, 6, 1) }, true);
+    await s.close();
+    await withRaw(async (db) => db.put(entryKey(4), encodeEntry(ent(4, 1))));
+    await expectCorrupt(4, /at index 4: a record in clear in an encrypted raft log/);
+    await withRaw(async (db) => {
+      await db.put(entryKey(4), rec(ent(4, 1)));
+      await db.del(KEY_CHECK_KEY);
+    });
+    await expectCorrupt(1, /at index 1: an encrypted record in a raft log that is not encrypted/);
+  });
+
+  it("a log written in clear (before encryption) opens with a key, is encrypted in place and purged from level's files", async () => {
+    await writeSecrets({});
+    expect((await filesWithMarker()).length).toBeGreaterThan(0);
+    // Opened without a key it stays readable and in clear.
+    let s = await LevelStorage.open(dir);
+    open.push(s);
+    expect(s.encrypted).toBe(false);
+    await expectSecretsBack(s);
+    await s.close();
+
+    s = await openStorage();
+    expect(s.migrated).toBe(true);
+    expect(s.encrypted).toBe(true);
+    await expectSecretsBack(s);
+    await s.save({ hardState: { term: 2, vote: 0, commit: 43 }, entries: [ent(44, 2, secret(44))] }, true);
+    await s.close();
+    expect(await filesWithMarker()).toEqual([]);
+
+    s = await openStorage();
+    expect(s.migrated).toBe(false);
+    await expectSecretsBack(s, 44);
+    expect(s.mem.entries(44, 45, Infinity)).toEqual([ent(44, 2, secret(44))]);
+    await s.close();
+    await expect(LevelStorage.open(dir)).rejects.toThrow(StorageKeyError);
+  });
+
+  it("a crash while purging the clear values is finished by the next open", async () => {
+    await writeSecrets({});
+    // The encrypting batch is written, then the compaction "crashes".
+    const compact = vi
+      .spyOn(Level.prototype as unknown as { compactRange: () => Promise<void> }, "compactRange")
+      .mockRejectedValueOnce(new Error("killed during compaction"));
+    try {
+      await expect(openStorage()).rejects.toThrow(/killed during compaction/);
+    } finally {
+      compact.mockRestore();
+    }
+    expect((await filesWithMarker()).length).toBeGreaterThan(0);
+    await expect(LevelStorage.open(dir)).rejects.toThrow(StorageKeyError); // it is encrypted already
+    const s = await openStorage();
+    expect(s.migrated).toBe(false);
+    await expectSecretsBack(s);
+    await s.close();
+    expect(await filesWithMarker()).toEqual([]);
   });
 });

@@ -30,6 +30,7 @@ import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
 import type { Entry, HardState, NodeId, Ready } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { TEST_DEK } from "./test-dek.js";
 
 const dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -153,7 +154,7 @@ class Cluster {
 
   async start(id: NodeId): Promise<Member> {
     const dir = join(this.root, `n${id}`);
-    const storage = await LevelStorage.open(dir);
+    const storage = await LevelStorage.open(dir, { dek: TEST_DEK });
     if (storage.mem.lastIndex() === 0) {
       const b = bootstrapSnapshot(this.ids);
       await storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);
@@ -319,7 +320,7 @@ async function crashAndRecover(role: Role, point: CrashPoint, n: number, snap: b
 
   // Process death: close the db with no further write, reopen from the directory, fresh state machine.
   await c.bury(victim);
-  const reopenedStorage = await LevelStorage.open(victim.dir);
+  const reopenedStorage = await LevelStorage.open(victim.dir, { dek: TEST_DEK });
   const after = durable(reopenedStorage);
   await reopenedStorage.close();
 
@@ -446,7 +447,7 @@ async function singleNode(
   sm: KVMachine,
   crashAt?: (point: CrashPoint, rd: Ready) => boolean,
 ): Promise<{ storage: LevelStorage; node: RaftNode }> {
-  const storage = await LevelStorage.open(dir);
+  const storage = await LevelStorage.open(dir, { dek: TEST_DEK });
   if (storage.mem.lastIndex() === 0) {
     const b = bootstrapSnapshot([1]);
     await storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);
@@ -567,6 +568,7 @@ describe("kill -9 of a process writing as fast as it can", () => {
     const stale = [
       "test/unit/crash-child.ts",
       "test/unit/kv-machine.ts",
+      "test/unit/test-dek.ts",
       ...readdirSync(join(repo, "src/raft"))
         .filter((f) => f.endsWith(".ts"))
         .map((f) => `src/raft/${f}`),
@@ -655,7 +657,7 @@ describe("kill -9 of a process writing as fast as it can", () => {
       expect(stderr).toBe("");
 
       // Reopen: no corruption after kill -9, and every acked write is there.
-      const s = await LevelStorage.open(dir);
+      const s = await LevelStorage.open(dir, { dek: TEST_DEK });
       try {
         const mem = s.mem;
         const snap = mem.snapshot();

@@ -12,6 +12,7 @@ import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
 import { ConfChangeType, EMPTY, type NodeId } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { TEST_DEK } from "./test-dek.js";
 
 interface Member {
   id: NodeId;
@@ -31,7 +32,7 @@ async function startMember(
   extra: Partial<Parameters<typeof RaftNode.start>[0]> = {},
 ): Promise<Member> {
   const dir = join(root, `n${id}`);
-  const storage = await LevelStorage.open(dir);
+  const storage = await LevelStorage.open(dir, { dek: TEST_DEK });
   if (bootstrap && storage.mem.lastIndex() === 0) {
     const b = bootstrapSnapshot(bootstrap);
     await storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);

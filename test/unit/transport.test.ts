@@ -36,6 +36,7 @@ import {
   newMessage,
 } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { TEST_DEK } from "./test-dek.js";
 
 const CLUSTER = "clusterid0000000000000001";
 const OTHER_CLUSTER = "clusterid0000000000000002";
@@ -109,7 +110,7 @@ async function startMember(
   id: NodeId,
   o: { bootstrap?: NodeId[]; port?: number; raft?: Partial<RaftNodeOptions> } = {},
 ): Promise<Member> {
-  const storage = await LevelStorage.open(join(root, `n${id}`));
+  const storage = await LevelStorage.open(join(root, `n${id}`), { dek: TEST_DEK });
   if (o.bootstrap && storage.mem.lastIndex() === 0) {
     const b = bootstrapSnapshot(o.bootstrap);
     await storage.save({ snapshot: b.snapshot, hardState: b.hardState, entries: [] }, true);
