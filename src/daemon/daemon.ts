@@ -473,6 +473,11 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     resolvConf: () => "nameserver 127.0.0.11\noptions ndots:0\n",
   };
 
+  /** The swarm's VXLAN port: the managers' store on a manager, what the managers said at join on a worker. */
+  private dataPathPort(): number {
+    return this.manager?.store.cluster()?.info.DataPathPort || this.state?.dataPathPort || 4789;
+  }
+
   /** The overlay machinery of this host, built on first use (it needs the swarm's data-path address). */
   ensureNetworking(): HostNetworking {
     if (this.networking) return this.networking;
@@ -484,12 +489,12 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       execRoot: this.execRoot,
       underlayDev: interfaceOf(s.dataPathAddr),
       localAddr: s.dataPathAddr,
-      dataPathPort: this.manager?.store.cluster()?.info.DataPathPort || 4789,
+      dataPathPort: this.dataPathPort(),
       logger: this.log,
     });
     const ipsec = new IpsecDataplane({
       localAddr: s.dataPathAddr,
-      port: this.manager?.store.cluster()?.info.DataPathPort || 4789,
+      port: this.dataPathPort(),
       logger: this.log,
     });
     this.networking = new HostNetworking({
@@ -706,6 +711,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         listenAddr: `${listen.host}:${listen.port}`,
         advertiseAddr: `${advertise.ip}:${advertise.port}`,
         dataPathAddr,
+        dataPathPort,
         managers: [],
       };
       try {
@@ -828,7 +834,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen, remote);
       const { keyPem, csrPem } = await generateNodeKeyAndCSR();
       const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL_OPTIONS);
-      let issued: { nodeId: string; certificatePem: string; role: string; clusterId: string };
+      let issued: { nodeId: string; certificatePem: string; role: string; clusterId: string; dataPathPort: number };
       try {
         issued = await unary(
           verified.issueNodeCertificate.bind(verified),
@@ -856,6 +862,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         listenAddr: `${listen.host}:${listen.port}`,
         advertiseAddr: `${advertise.ip}:${advertise.port}`,
         dataPathAddr: req.DataPathAddr || advertise.ip,
+        ...(issued.dataPathPort ? { dataPathPort: issued.dataPathPort } : {}),
         managers: [{ nodeId: "", addr: remote }],
       };
       try {

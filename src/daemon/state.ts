@@ -23,6 +23,8 @@ export interface LocalState {
   advertiseAddr: string;
   /** IP address used for the data path (overlay traffic). */
   dataPathAddr: string;
+  /** The swarm's VXLAN port, as the managers said at join (absent: 4789, or a state from before). */
+  dataPathPort?: number;
   /** The Raft members the leader named when this node joined the Raft group (to find them again). */
   raftPeers?: { raftId: NodeId; nodeId: string; addr: string }[];
   /** The managers this node last knew, to reconnect after a restart without a token. */

@@ -94,7 +94,7 @@ export function caService(m: Manager): UntypedServiceImplementation {
       const node: Node = newNodeObject(nodeId, role, availability, req.hostname, peerIp(call.getPeer()));
       await m.write({ op: "node.create", node, role });
       m.log.info({ node: nodeId, role, hostname: req.hostname }, "issued a certificate to a joining node");
-      return { nodeId, certificatePem, role, clusterId: m.clusterId };
+      return { nodeId, certificatePem, role, clusterId: m.clusterId, dataPathPort: cluster.info.DataPathPort || 4789 };
     }),
 
     renewNodeCertificate: handle<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {

@@ -1,9 +1,11 @@
 // Issue 4 end to end: a 3-host lab (hosts are network namespaces on an underlay bridge, each with its own
 // shoald), a swarm across them, an attachable overlay, and containers on two hosts that reach each other
 // by IP and by name. Also: a host has no trace of the network until a local container attaches and none
-// after the last one leaves; the MTU is 1450; the docker CLI drives the same scenario.
+// after the last one leaves; the MTU is 1450; the docker CLI drives the same scenario. The swarm uses data-path
+// port 7789, so a worker that did not learn it from the managers would not reach the manager's containers.
 
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Lab, type LabHost } from "../../deploy/lab.js";
 import { build, docker, ok, overlayNamespaces, isRoot as root, shoal, waitFor } from "./lab-helpers.js";
@@ -12,12 +14,26 @@ describe.skipIf(!root)("overlay networks across lab hosts", () => {
   const lab = new Lab({ name: "e2eov", raftTickMs: 50 });
   let h: LabHost[];
   let netId = "";
+  /** The swarm's data-path port (swarm init --data-path-port), not the default 4789. */
+  const PORT = 7789;
 
   beforeAll(async () => {
     await lab.down();
     await build();
     h = await lab.up(3);
-    await ok(h[0]!, "swarm", "init", "--advertise-addr", h[0]!.addr, "--dispatcher-heartbeat", "1s");
+    // A data-path port other than 4789: the workers must learn it from the managers, or the manager's
+    // containers and theirs would not reach each other.
+    await ok(
+      h[0]!,
+      "swarm",
+      "init",
+      "--advertise-addr",
+      h[0]!.addr,
+      "--dispatcher-heartbeat",
+      "1s",
+      "--data-path-port",
+      String(PORT),
+    );
     const wt = (await ok(h[0]!, "swarm", "join-token", "-q", "worker")).trim();
     for (const x of [h[1]!, h[2]!])
       await ok(x, "swarm", "join", "--token", wt, "--advertise-addr", x.addr, `${h[0]!.addr}:2377`);
@@ -58,6 +74,21 @@ describe.skipIf(!root)("overlay networks across lab hosts", () => {
     expect((await shoal(h[0]!, "exec", "c1", "ping", "-c", "1", "-W", "1", "web")).code).toBe(0);
     expect((await shoal(h[1]!, "exec", "c2", "ping", "-c", "1", "-W", "1", "c1")).code).toBe(0);
     expect(inspect[0]!.Peers.map((p) => p.IP).sort()).toEqual([h[0]!.addr, h[1]!.addr].sort());
+    // The manager's and the worker's VXLAN devices both use the swarm's data-path port.
+    for (const x of [h[0]!, h[1]!]) {
+      const r = await lab.exec(x, [
+        "nsenter",
+        `--net=${join(x.execRoot, "netns", ns)}`,
+        "ip",
+        "-j",
+        "-d",
+        "link",
+        "show",
+        "vxlan0",
+      ]);
+      const link = (JSON.parse(r.stdout) as { linkinfo: { info_data: { port: number } } }[])[0]!;
+      expect(link.linkinfo.info_data.port, x.name).toBe(PORT);
+    }
   });
 
   it("the overlay MTU is 1450: a 1422-byte don't-fragment ping passes, 1423 does not", async () => {
