@@ -35,15 +35,16 @@ const MANAGER_POLL_MS = 100;
 /**
  * A rotation comes this late at most after its due time: a timer on an event loop that other test files
  * running in parallel keep busy (seen: a few ms on a quiet machine). A skipped rotation would be a whole
- * interval (2.5 s) late and a doubled one ~2.5 s early, so this still tells them apart.
+ * interval (2.5 s) late and a doubled one ~2.5 s early, so this still tells them apart (and see KILL_AFTER_ROTATION_MS).
  */
-const ON_SCHEDULE_SLACK_MS = 750;
+const ON_SCHEDULE_SLACK_MS = 600;
 /**
- * The leader is killed this long after a rotation: the election (tens to hundreds of ms here) and the
- * worker's new session (up to about 1 s) are over before the next rotation is due, and a new leader that
- * restarted the schedule from its election instead of the stored time would be late by more than the slack.
+ * The leader is killed this long after a rotation: the election (tens to hundreds of ms here) is over well
+ * before the next rotation is due, and a new leader that restarted the schedule from its election instead
+ * of the stored time would be late by at least this much, twice the slack. (If the worker's new session,
+ * up to about 1 s, comes after the rotation, the session's first message carries the keys.)
  */
-const KILL_AFTER_ROTATION_MS = 700;
+const KILL_AFTER_ROTATION_MS = 1200;
 
 // ---------------------------------------------------------------------------------------------------
 // What inspect shows (the contract), and checks on it
