@@ -42,6 +42,7 @@ import type {
   WaitCondition,
   WaitResponse,
 } from "../engine/types.js";
+import { Serial } from "../serial.js";
 import { rewriteInPlace, writeFileDurable } from "./files.js";
 import { JsonLogWriter, type LogRecord, nowRFC3339Nano, readLogRecords, recordMatches, toChunk } from "./jsonlog.js";
 import { randomName } from "./names.js";
@@ -158,7 +159,7 @@ interface Running {
 
 class Container {
   proc: Running | undefined;
-  chain: Promise<unknown> = Promise.resolve();
+  readonly chain = new Serial();
   removed = false;
   readonly outputListeners = new Set<(r: LogRecord) => void>();
   readonly exitListeners = new Set<(code: number) => void>();
@@ -356,9 +357,7 @@ export class ContainerRuntime implements ContainerBackend {
 
   /** Runs f after every earlier operation on this container has finished. */
   private locked<T>(c: Container, f: () => Promise<T>): Promise<T> {
-    const run = c.chain.then(f, f);
-    c.chain = run.catch(() => undefined);
-    return run;
+    return c.chain.run(f);
   }
 
   private async persist(c: Container): Promise<void> {

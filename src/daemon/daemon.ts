@@ -64,6 +64,7 @@ import {
   specFromRequest,
 } from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
+import { Serial } from "../serial.js";
 import type { NetworkRecord } from "../store/store.js";
 import { VERSION } from "../version.js";
 import { HostNetworking } from "./networking.js";
@@ -110,7 +111,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   private control: Control | undefined;
   agent: Agent | undefined;
   /** Serialises init/join/leave and role changes. */
-  private lock: Promise<void> = Promise.resolve();
+  private readonly lock = new Serial();
   private renewTimer: NodeJS.Timeout | undefined;
   /** Overlay networking on this host, built on first use. */
   networking: HostNetworking | undefined;
@@ -152,12 +153,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   }
 
   private serial<T>(f: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(f, f);
-    this.lock = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
+    return this.lock.run(f);
   }
 
   // ------------------------------------------------------------------ lifecycle

@@ -22,6 +22,7 @@ import { DispatcherClient, type NetworkState, type PeerEndpoint } from "../gen/c
 import { toApiError, unary } from "../manager/grpc-util.js";
 import type { AgentKeys } from "../manager/keymanager.js";
 import { isEncrypted, overlayMtu } from "../manager/networks.js";
+import { Serial } from "../serial.js";
 import type { EndpointRecord, NetworkRecord } from "../store/store.js";
 
 export interface HostNetworkingOptions {
@@ -55,7 +56,7 @@ export class HostNetworking implements NetworkAttacher {
   states = new Map<string, NetworkState>();
   private readonly log: Logger;
   /** Programming the data plane one network change at a time keeps it in step with the pushes. */
-  private chain: Promise<void> = Promise.resolve();
+  private readonly chain = new Serial();
 
   constructor(private readonly opts: HostNetworkingOptions) {
     this.log = opts.logger.child({ component: "networking" });
@@ -407,12 +408,7 @@ export class HostNetworking implements NetworkAttacher {
   }
 
   private serialised<T>(f: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(f, f);
-    this.chain = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
+    return this.chain.run(f);
   }
 }
 

@@ -20,6 +20,7 @@
 
 import type { Logger } from "pino";
 import pino from "pino";
+import { Serial } from "../serial.js";
 import { normalizeIp } from "./addr.js";
 import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
 import type { Runner } from "./runner.js";
@@ -125,7 +126,7 @@ export class IpsecDataplane {
   /** VNIs the loaded nft guard covers. */
   private vnis: number[] = [];
   private wanted: IpsecWanted = { keys: undefined, networks: [] };
-  private chain: Promise<void> = Promise.resolve();
+  private readonly chain = new Serial();
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -364,9 +365,7 @@ export class IpsecDataplane {
   }
 
   private serialised(f: () => Promise<void>): Promise<void> {
-    const run = this.chain.then(f, f);
-    this.chain = run.catch(() => undefined);
-    return run;
+    return this.chain.run(f);
   }
 }
 

@@ -1,0 +1,12 @@
+// Async jobs one after another, in the order they were asked for: each starts when the one before has
+// settled, whether it succeeded or failed (a failure is its caller's, not the next job's).
+
+export class Serial {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(f: () => Promise<T>): Promise<T> {
+    const r = this.tail.then(f, f);
+    this.tail = r.catch(() => undefined);
+    return r;
+  }
+}
