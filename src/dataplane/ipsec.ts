@@ -26,8 +26,10 @@ import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
 import {
+  hex32,
   type IcvBits,
   type Key,
+  renderFlush,
   renderInstall,
   renderNft,
   renderRemove,
@@ -324,14 +326,15 @@ export class IpsecDataplane {
 
   /** Delete every state with shoal's reqid between here and each remote, and the remote's policy. */
   private async flush(remotes: string[]): Promise<void> {
-    const lines = remotes.flatMap((r) => [
-      `xfrm policy delete src ${this.localAddr}/${plen(r)} dst ${r}/${plen(r)} proto udp dport ${this.port} dir out mark ${hex32(XFRM_MARK)}`,
-      `xfrm state deleteall src ${this.localAddr} dst ${r} reqid ${hex32(XFRM_REQID)}`,
-      `xfrm state deleteall src ${r} dst ${this.localAddr} reqid ${hex32(XFRM_REQID)}`,
-    ]);
-    await this.run(["ip", "-force", "-batch", "-"], batch(lines), "flushing IPsec pairs").catch((e: unknown) =>
-      this.log.warn({ err: (e as Error).message }, "could not flush IPsec pairs"),
-    );
+    try {
+      await this.run(
+        ["ip", "-force", "-batch", "-"],
+        renderFlush(this.localAddr, remotes, this.xopts),
+        "flushing IPsec pairs",
+      );
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, "could not flush IPsec pairs");
+    }
   }
 
   private scheduleRetry(): void {
@@ -372,9 +375,6 @@ export class IpsecDataplane {
 function wantedRemotes(w: IpsecWanted): string[] {
   return [...new Set(w.networks.flatMap((n) => n.remotes.map((r) => normalizeIp(r))))].sort();
 }
-
-const hex32 = (n: number): string => `0x${n.toString(16).padStart(8, "0")}`;
-const plen = (ip: string): number => (ip.includes(":") ? 128 : 32);
 
 function policyDelete(p: KernelPolicy): string {
   const sel = `src ${p.src} dst ${p.dst} proto udp${p.dport !== undefined ? ` dport ${p.dport}` : ""}`;

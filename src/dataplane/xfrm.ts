@@ -128,7 +128,7 @@ export function spi(src: string, dst: string, tag: number): number {
   return h < 0x100 ? h + 0x100 : h;
 }
 
-const hex32 = (n: number): string => `0x${n.toString(16).padStart(8, "0")}`;
+export const hex32 = (n: number): string => `0x${n.toString(16).padStart(8, "0")}`;
 
 // ---- validation -----------------------------------------------------------------------------------------
 
@@ -304,6 +304,22 @@ export function renderRemove(local: string, remotes: string[], keys: Key[], opts
       `xfrm policy delete ${policySelector(ctx, r)}`,
       stateDelete(ctx.local, r, keys[1]!.tag),
       ...keys.map((k) => stateDelete(r, ctx.local, k.tag)),
+    ]),
+  );
+}
+
+/**
+ * Forget the pairs with `remotes` whatever state they are in (after a batch failed half way): the outbound
+ * policy, then every state with shoal's reqid in both directions. For `ip -force -batch` (a line whose
+ * object is already gone fails, and the rest still runs).
+ */
+export function renderFlush(local: string, remotes: string[], opts?: XfrmOptions): string {
+  const ctx = context(local, remotes, opts);
+  return batch(
+    ctx.remotes.flatMap((r) => [
+      `xfrm policy delete ${policySelector(ctx, r)}`,
+      `xfrm state deleteall src ${ctx.local} dst ${r} reqid ${hex32(XFRM_REQID)}`,
+      `xfrm state deleteall src ${r} dst ${ctx.local} reqid ${hex32(XFRM_REQID)}`,
     ]),
   );
 }
