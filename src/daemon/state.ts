@@ -61,13 +61,8 @@ export class DataRoot {
   }
 
   async loadState(): Promise<LocalState | undefined> {
-    let text: string;
-    try {
-      text = await readFile(this.stateFile, "utf8");
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw e;
-    }
+    const text = await readIfExists(this.stateFile);
+    if (text === undefined) return undefined;
     const s = JSON.parse(text) as LocalState;
     if (s.version !== 1) throw new Error(`${this.stateFile}: unsupported state version ${String(s.version)}`);
     return s;
@@ -100,13 +95,8 @@ export class DataRoot {
 
   /** The Raft DEK, or undefined if there is none yet. A file that is there but not a key is an error. */
   async loadRaftDek(): Promise<Buffer | undefined> {
-    let text: string;
-    try {
-      text = await readFile(this.raftDekFile, "utf8");
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw e;
-    }
+    const text = await readIfExists(this.raftDekFile);
+    if (text === undefined) return undefined;
     let dek: Buffer | undefined;
     try {
       const j = JSON.parse(text) as { version?: unknown; dek?: unknown };
@@ -183,5 +173,15 @@ export async function writeFileAtomic(path: string, data: string, mode: number):
     await dh.sync();
   } finally {
     await dh.close();
+  }
+}
+
+/** A file's text, or undefined if it does not exist (any other error is thrown). */
+async function readIfExists(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw e;
   }
 }
