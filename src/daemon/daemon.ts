@@ -10,6 +10,7 @@ import os, { networkInterfaces } from "node:os";
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
+import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
@@ -83,22 +84,7 @@ export interface DaemonOptions {
   encryptionKeyRotationMs?: number;
 }
 
-export const DEFAULT_SPEC: SwarmSpec = {
-  Name: "default",
-  Labels: {},
-  Orchestration: { TaskHistoryRetentionLimit: 5 },
-  Raft: {
-    SnapshotInterval: 10000,
-    KeepOldSnapshots: 0,
-    LogEntriesForSlowFollowers: 500,
-    ElectionTick: 10,
-    HeartbeatTick: 1,
-  },
-  Dispatcher: { HeartbeatPeriod: 5_000_000_000 },
-  CAConfig: { NodeCertExpiry: 90 * 24 * 3600 * 1e9 },
-  TaskDefaults: {},
-  EncryptionConfig: { AutoLockManagers: false },
-};
+export const DEFAULT_SPEC: SwarmSpec = DEFAULT_SWARM_SPEC;
 
 const JOIN_TIMEOUT_MS = 20_000;
 

@@ -2,86 +2,23 @@
 // docker CLI and SDKs read them unchanged. The replicated store keeps nodes and the cluster in these
 // shapes too; what only managers may see (the CA key, raft members) lives elsewhere.
 
-export interface Version {
-  Index: number;
-}
+export type {
+  ClusterInfo,
+  LocalNodeState,
+  ManagerStatus,
+  Node,
+  NodeAvailability,
+  NodeDescription,
+  NodeRole,
+  NodeSpec,
+  NodeState,
+  Reachability,
+  SwarmSpec,
+  TLSInfo,
+  Version,
+} from "../api/objects.js";
 
-export type NodeRole = "worker" | "manager";
-export type NodeAvailability = "active" | "pause" | "drain";
-export type NodeState = "unknown" | "down" | "ready" | "disconnected";
-export type Reachability = "unknown" | "unreachable" | "reachable";
-export type LocalNodeState = "inactive" | "pending" | "active" | "error" | "locked";
-
-export interface NodeSpec {
-  Name?: string;
-  Labels: Record<string, string>;
-  Role: NodeRole;
-  Availability: NodeAvailability;
-}
-
-export interface TLSInfo {
-  TrustRoot: string;
-  CertIssuerSubject: string;
-  CertIssuerPublicKey: string;
-}
-
-export interface NodeDescription {
-  Hostname: string;
-  Platform: { Architecture: string; OS: string };
-  Resources: { NanoCPUs: number; MemoryBytes: number };
-  Engine: { EngineVersion: string; Labels?: Record<string, string>; Plugins: { Type: string; Name: string }[] };
-  TLSInfo?: TLSInfo;
-}
-
-export interface ManagerStatus {
-  Leader?: boolean;
-  Reachability: Reachability;
-  /** host:port of the manager's cluster listener. */
-  Addr: string;
-}
-
-export interface Node {
-  ID: string;
-  Version: Version;
-  CreatedAt: string;
-  UpdatedAt: string;
-  Spec: NodeSpec;
-  Description: NodeDescription;
-  Status: { State: NodeState; Message?: string; Addr: string };
-  ManagerStatus?: ManagerStatus;
-}
-
-export interface SwarmSpec {
-  Name: string;
-  Labels: Record<string, string>;
-  Orchestration: { TaskHistoryRetentionLimit: number };
-  Raft: {
-    SnapshotInterval: number;
-    KeepOldSnapshots: number;
-    LogEntriesForSlowFollowers: number;
-    ElectionTick: number;
-    HeartbeatTick: number;
-  };
-  /** Nanoseconds. */
-  Dispatcher: { HeartbeatPeriod: number };
-  /** Nanoseconds. */
-  CAConfig: { NodeCertExpiry: number };
-  TaskDefaults: Record<string, unknown>;
-  EncryptionConfig: { AutoLockManagers: boolean };
-}
-
-export interface ClusterInfo {
-  ID: string;
-  Version: Version;
-  CreatedAt: string;
-  UpdatedAt: string;
-  Spec: SwarmSpec;
-  TLSInfo: TLSInfo;
-  RootRotationInProgress: boolean;
-  DefaultAddrPool: string[];
-  SubnetSize: number;
-  DataPathPort: number;
-}
+import type { ClusterInfo, LocalNodeState, Node, NodeAvailability, NodeSpec, SwarmSpec } from "../api/objects.js";
 
 /** GET /swarm: the cluster plus its join tokens (managers only). */
 export interface Swarm extends ClusterInfo {

@@ -14,6 +14,7 @@
 
 import { randomBytes as nodeRandomBytes } from "node:crypto";
 import type { Logger } from "pino";
+import type { Keyring, NetworkKey } from "../api/objects.js";
 
 export const KEY_BYTES = 16;
 export const SALT_BYTES = 4;
@@ -27,23 +28,7 @@ export const DEFAULT_MAX_POLL_MS = 60_000;
 /** Returns `n` random bytes; production uses node:crypto, tests inject their own. */
 export type RandomBytes = (n: number) => Uint8Array;
 
-export interface NetworkKey {
-  /** Lamport-style: every new key takes the newest tag + 1. */
-  tag: number;
-  /** base64 of 16 bytes. */
-  key: string;
-  /** base64 of 4 bytes. */
-  salt: string;
-}
-
-export interface Keyring {
-  /** Ascending by tag; KEYRING_SIZE of them. */
-  keys: NetworkKey[];
-  /** ISO time of the last rotation (or of the ring's creation). */
-  lastRotation: string;
-  /** The rotation interval in milliseconds. */
-  intervalMs: number;
-}
+export type { Keyring, NetworkKey } from "../api/objects.js";
 
 // ------------------------------------------------------------------ store commands
 

@@ -5,8 +5,23 @@
 // Object versions are Raft indexes. Watchers see every change, in order, after it is applied.
 
 import { EventEmitter } from "node:events";
-import { ApiError } from "../engine/errors.js";
-import type { ClusterInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, SwarmSpec } from "../engine/types.js";
+import { ApiError } from "../api/errors.js";
+import type {
+  ClusterInfo,
+  ClusterRecord,
+  ClusterSecrets,
+  EndpointRecord,
+  NetworkRecord,
+  NetworkSpec,
+  Node,
+  NodeDescription,
+  NodeRecord,
+  NodeRole,
+  NodeSpec,
+  NodeState,
+  RaftMember,
+  SwarmSpec,
+} from "../api/objects.js";
 import { nameConflict, networkInUse, notAttachable } from "../manager/allocator/errors.js";
 import {
   allocateIp,
@@ -21,68 +36,15 @@ import {
 import { applyKeys, type Keyring, type KeysCommand, type RedactedKeyring, redact } from "../manager/keymanager.js";
 import type { NodeId } from "../raft/types.js";
 
-/** What only managers hold: the CA key and the join tokens. */
-export interface ClusterSecrets {
-  rootCACertPem: string;
-  rootCAKeyPem: string;
-  workerToken: string;
-  managerToken: string;
-}
-
-export interface ClusterRecord {
-  info: ClusterInfo;
-  secrets: ClusterSecrets;
-}
-
-export interface NodeRecord {
-  node: Node;
-  /** The role the node actually has (its certificate's), as opposed to Spec.Role, the desired one. */
-  role: NodeRole;
-}
-
-export interface RaftMember {
-  raftId: NodeId;
-  nodeId: string;
-  /** host:port of its cluster listener. */
-  addr: string;
-}
-
-export interface NetworkSpec {
-  name: string;
-  driver: "overlay";
-  internal: boolean;
-  attachable: boolean;
-  ingress: boolean;
-  /** Docker's driver options (encrypted, com.docker.network.driver.mtu, vxlanid_list...). */
-  options: Record<string, string>;
-  labels: Record<string, string>;
-  /** --subnet / --gateway, if given. */
-  subnet?: string;
-  gateway?: string;
-}
-
-export interface NetworkRecord {
-  id: string;
-  spec: NetworkSpec;
-  /** Subnet, gateway, VNI and the serial address pointer: allocated when the entry was applied. */
-  alloc: NetworkAlloc;
-  createdAt: string;
-  version: number;
-}
-
-/** A container's attachment to a network, wherever it runs. */
-export interface EndpointRecord {
-  id: string;
-  networkId: string;
-  /** The node the container runs on. */
-  nodeId: string;
-  containerId: string;
-  containerName: string;
-  aliases: string[];
-  ip: string;
-  mac: string;
-  version: number;
-}
+export type {
+  ClusterRecord,
+  ClusterSecrets,
+  EndpointRecord,
+  NetworkRecord,
+  NetworkSpec,
+  NodeRecord,
+  RaftMember,
+} from "../api/objects.js";
 
 export type Command =
   | { op: "cluster.create"; info: ClusterInfo; secrets: ClusterSecrets }

@@ -17,6 +17,7 @@
 //   gone round; `--ip` is honoured when free;
 // - VXLAN ids: the lowest free id from 4097 (ingress takes 4096 explicitly), or the requested one.
 
+import type { NetworkAlloc } from "../../api/objects.js";
 import {
   gatewayOutsideSubnet,
   gatewayReserved,
@@ -70,20 +71,7 @@ export function defaultPoolConfig(): PoolConfig {
 }
 
 /** A network's address state, as kept in the replicated store. Plain data: JSON round-trips it exactly. */
-export interface NetworkAlloc {
-  /** Canonical CIDR, e.g. "10.0.1.0/24". */
-  subnet: string;
-  /** The gateway address; never given to an endpoint. */
-  gateway: string;
-  vni: number;
-  /**
-   * Serial pointer: the host offset (from the network address, 1 = first host) at which the next search for a
-   * free address starts.
-   */
-  nextHost: number;
-  /** Addresses held by endpoints: ip -> endpoint id. */
-  used: Record<string, string>;
-}
+export type { NetworkAlloc } from "../../api/objects.js";
 
 /** A parsed IPv4 CIDR. Addresses are unsigned 32-bit integers held in plain numbers. */
 export interface Cidr {
