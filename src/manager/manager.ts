@@ -26,7 +26,7 @@ import {
   type NodeId,
   StateType,
 } from "../raft/types.js";
-import { type Command, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
+import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
 import { withAcl } from "./acl.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
@@ -65,7 +65,7 @@ export function encodeMemberContext(c: MemberContext): Uint8Array {
 }
 
 export class Manager {
-  readonly store = new Store();
+  readonly store: Store;
   readonly log: Logger;
   readonly raftId: NodeId;
   readonly nodeId: string;
@@ -92,6 +92,7 @@ export class Manager {
     this.opts = opts;
     this.root = opts.logger;
     this.log = opts.logger.child({ component: "manager" });
+    this.store = new Store({ logger: opts.logger.child({ component: "store" }) });
     if (opts.state.raftId === undefined) throw new Error("a manager needs a raft id");
     this.raftId = opts.state.raftId;
     this.nodeId = opts.state.nodeId;
@@ -335,6 +336,7 @@ export class Manager {
 
   /** Propose a store command and wait for its outcome; a refused command becomes an ApiError. */
   async write(cmd: Command): Promise<number> {
+    checkBeforeProposing(cmd);
     if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
     let res: { index: number; result: unknown };
     try {
@@ -454,6 +456,12 @@ export class Manager {
     await this.listener?.close();
     await this.storage.close();
   }
+}
+
+/** Nothing malformed reaches the log: a command is parsed against the store's schema before it is proposed. */
+function checkBeforeProposing(cmd: Command): void {
+  const r = checkCommand(cmd);
+  if (!r.ok) throw new ApiError(400, `invalid ${cmd.op}: ${r.reason}`);
 }
 
 export function splitHostPort(addr: string): [string, string] {
