@@ -10,6 +10,7 @@ import os, { networkInterfaces } from "node:os";
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
+import type { DecodedSession } from "../agent/messages.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
@@ -50,7 +51,7 @@ import type {
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../engine/types.js";
-import { CAClient, RaftMembershipClient, type SessionMessage } from "../gen/cluster.js";
+import { CAClient, RaftMembershipClient } from "../gen/cluster.js";
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
@@ -66,7 +67,6 @@ import {
 } from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
 import { Serial } from "../serial.js";
-import type { NetworkRecord } from "../store/store.js";
 import { VERSION } from "../version.js";
 import { HostNetworking } from "./networking.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
@@ -245,7 +245,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     };
   }
 
-  private onSessionMessage(msg: SessionMessage): void {
+  private onSessionMessage(msg: DecodedSession): void {
     const s = this.state;
     if (!s) return;
     const managers = msg.managers.map((m) => ({ nodeId: m.nodeId, addr: m.addr }));
@@ -255,8 +255,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     }
     this.networking?.onSessionNetworks(msg.networks);
     this.networking?.onSessionKeys(msg.networkKeysJson);
-    const role = msg.role as NodeRole;
-    if ((role === "manager" || role === "worker") && role !== s.role && !this.roleChange) {
+    const role = msg.role;
+    if (role !== s.role && !this.roleChange) {
       this.roleChange = this.serial(() => this.changeRole(role))
         .catch((e: unknown) => this.log.warn({ err: e }, "role change failed; will retry"))
         .finally(() => {
@@ -636,7 +636,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     }
     const out: NetworkResource[] = [];
     for (const st of this.networking?.states.values() ?? []) {
-      const net = JSON.parse(st.networkJson) as NetworkRecord;
+      const net = st.network;
       const rows = st.endpoints.map((e) => ({
         nodeId: e.nodeId,
         nodeAddr: e.nodeAddr,

@@ -5,7 +5,6 @@ import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } fro
 import { status } from "@grpc/grpc-js";
 import { signNodeCSR } from "../ca/certs.js";
 import { newNodeId } from "../ca/ids.js";
-import { peerRole } from "../ca/tls.js";
 import { parseJoinToken, tokensEqual } from "../ca/token.js";
 import { ApiError } from "../engine/errors.js";
 import type { Node, NodeAvailability, NodeRole } from "../engine/types.js";
@@ -17,6 +16,7 @@ import type {
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
+import { callerOf } from "./acl.js";
 import { peerIp } from "./dispatcher.js";
 import { GrpcError } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
@@ -64,6 +64,14 @@ export function caService(m: Manager): UntypedServiceImplementation {
 
     issueNodeCertificate: handle<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
       const req = call.request;
+      const from = peerIp(call.getPeer());
+      const waitMs = m.joinLimiter.retryAfterMs(from);
+      if (waitMs > 0) {
+        throw new GrpcError(
+          status.RESOURCE_EXHAUSTED,
+          `too many failed join attempts from ${from}: try again in ${Math.ceil(waitMs / 1000)} s with a valid join token`,
+        );
+      }
       // The tokens must be current: a rotated token is refused at once.
       await m.readBarrier();
       const cluster = m.store.cluster();
@@ -76,7 +84,11 @@ export function caService(m: Manager): UntypedServiceImplementation {
       } catch {
         role = undefined;
       }
-      if (!role) throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
+      if (!role) {
+        m.joinLimiter.failed(from, req.token.startsWith("SWMTKN-") ? "wrong or rotated token" : "not a join token");
+        throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
+      }
+      m.joinLimiter.succeeded(from);
       const availability = (req.availability || "active") as NodeAvailability;
       if (!["active", "pause", "drain"].includes(availability)) {
         throw new GrpcError(status.INVALID_ARGUMENT, `invalid availability "${req.availability}"`);
@@ -91,14 +103,14 @@ export function caService(m: Manager): UntypedServiceImplementation {
           );
         },
       );
-      const node: Node = newNodeObject(nodeId, role, availability, req.hostname, peerIp(call.getPeer()));
+      const node: Node = newNodeObject(nodeId, role, availability, req.hostname, from);
       await m.write({ op: "node.create", node, role });
       m.log.info({ node: nodeId, role, hostname: req.hostname }, "issued a certificate to a joining node");
       return { nodeId, certificatePem, role, clusterId: m.clusterId, dataPathPort: cluster.info.DataPathPort || 4789 };
     }),
 
     renewNodeCertificate: handle<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {
-      const peer = peerRole(call);
+      const peer = callerOf(call);
       if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: renewal needs a node certificate");
       await m.readBarrier();
       const rec = m.store.node(peer.nodeId);

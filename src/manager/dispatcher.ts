@@ -6,13 +6,15 @@
 import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
-import { peerRole } from "../ca/tls.js";
-import type { NodeDescription } from "../engine/types.js";
+import { type NodeDescription, NodeDescriptionSchema } from "../api/objects.js";
+import { parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
 import type { StoreEvent } from "../store/store.js";
+import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
 import { attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
+import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
 interface Session {
   id: string;
@@ -167,11 +169,16 @@ export class Dispatcher {
 
   private async session(call: ServerWritableStream<SessionRequest, SessionMessage>): Promise<void> {
     if (!this.active) throw notLeader(this.m.leaderAddr());
-    const peer = peerRole(call);
+    const peer = callerOf(call);
     if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: a session needs a node certificate");
     const rec = this.m.store.node(peer.nodeId);
     if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
-    const addr = call.request.addr || peerIp(call.getPeer());
+    const observed = peerIp(call.getPeer());
+    const addr = call.request.addr || observed;
+    if (!acceptableNodeAddr(addr, observed)) {
+      throw new GrpcError(status.INVALID_ARGUMENT, `invalid session request: addr: ${addr} cannot be a node's address`);
+    }
+    const description = parseDescription(call.request.descriptionJson);
     const s: Session = { id: randomBytes(12).toString("hex"), nodeId: peer.nodeId, call, timer: undefined, last: "" };
     // One session per node: a reconnecting agent replaces its old session.
     for (const old of [...this.sessions.values()]) {
@@ -201,12 +208,9 @@ export class Dispatcher {
       }
     });
     this.resetTimer(s);
-    if (call.request.descriptionJson) {
+    if (description && JSON.stringify(description) !== JSON.stringify(rec.node.Description)) {
       try {
-        const description = JSON.parse(call.request.descriptionJson) as NodeDescription;
-        if (JSON.stringify(description) !== JSON.stringify(rec.node.Description)) {
-          await this.m.write({ op: "node.describe", id: s.nodeId, description });
-        }
+        await this.m.write({ op: "node.describe", id: s.nodeId, description });
       } catch (e) {
         this.m.log.warn({ node: s.nodeId, err: e }, "could not record node description");
       }
@@ -218,6 +222,19 @@ export class Dispatcher {
     }
     if (!this.sessions.has(s.id)) return;
     this.push(s);
+  }
+}
+
+/** A session's description: absent, or a NodeDescription (anything else is refused, naming the field). */
+function parseDescription(text: string): NodeDescription | undefined {
+  if (!text) return undefined;
+  try {
+    return parse(NodeDescriptionSchema, parseJsonText(text, "description", MAX_DESCRIPTION_JSON_BYTES), "description");
+  } catch (e) {
+    throw new GrpcError(
+      status.INVALID_ARGUMENT,
+      `invalid session request: ${e instanceof Error ? e.message : String(e)}`,
+    );
   }
 }
 

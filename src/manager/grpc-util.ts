@@ -61,6 +61,8 @@ export function toApiError(e: unknown, context?: string): ApiError {
         return new ApiError(403, `${prefix}${e.details}`);
       case status.ALREADY_EXISTS:
         return new ApiError(409, `${prefix}${e.details}`);
+      case status.RESOURCE_EXHAUSTED:
+        return new ApiError(429, `${prefix}${e.details}`);
       case status.FAILED_PRECONDITION:
         return new ApiError(400, `${prefix}${e.details}`);
       case status.UNAVAILABLE:

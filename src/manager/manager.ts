@@ -6,6 +6,9 @@
 import { randomInt } from "node:crypto";
 import { Server, status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { z } from "zod";
+import { RaftMemberSchema } from "../api/objects.js";
+import { describeIssues } from "../api/schema.js";
 import { RootCA } from "../ca/rootca.js";
 import { clientCredentials, listenTLS, type TLSListener } from "../ca/tls.js";
 import type { Certificates, DataRoot, LocalState } from "../daemon/state.js";
@@ -27,13 +30,15 @@ import {
   StateType,
 } from "../raft/types.js";
 import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
-import { withAcl } from "./acl.js";
+import { type AclContext, type Allowed, type Rule, withAcl } from "./acl.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
+import { JoinLimiter } from "./join-limiter.js";
 import { KeyManager } from "./keymanager.js";
 import { membershipService } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
+import { type RpcName, requestSchemas } from "./wire.js";
 
 export interface ManagerOptions {
   dataRoot: DataRoot;
@@ -55,13 +60,34 @@ export interface ManagerOptions {
 }
 
 /** The message a joiner's membership request carries in a ConfChange. */
-interface MemberContext {
-  nodeId: string;
-  addr: string;
-}
+const MemberContextSchema = RaftMemberSchema.pick({ nodeId: true, addr: true });
+type MemberContext = z.infer<typeof MemberContextSchema>;
 
 export function encodeMemberContext(c: MemberContext): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(c));
+}
+
+/**
+ * The store command a committed membership change implies (the members table follows Raft's own
+ * configuration): member.add for a learner added with a well-formed context, member.remove for a removal.
+ * A context that is not one is reported through `malformed` and adds no member.
+ */
+function memberCommand(cc: ConfChange, malformed: (why: string) => void): Command | undefined {
+  if (cc.type === ConfChangeType.RemoveNode) return { op: "member.remove", raftId: cc.nodeId };
+  if (cc.type !== ConfChangeType.AddLearner) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder().decode(cc.context));
+  } catch {
+    malformed("the context is not JSON");
+    return undefined;
+  }
+  const ctx = MemberContextSchema.safeParse(raw);
+  if (!ctx.success) {
+    malformed(describeIssues(ctx.error));
+    return undefined;
+  }
+  return { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.data.nodeId, addr: ctx.data.addr } };
 }
 
 export class Manager {
@@ -87,12 +113,15 @@ export class Manager {
   private prober: NodeJS.Timeout | undefined;
   private leaderState = false;
   private stopped = false;
+  /** Failed join-token attempts per source address: slowed and logged. */
+  readonly joinLimiter: JoinLimiter;
 
   private constructor(opts: ManagerOptions) {
     this.opts = opts;
     this.root = opts.logger;
     this.log = opts.logger.child({ component: "manager" });
     this.store = new Store({ logger: opts.logger.child({ component: "store" }) });
+    this.joinLimiter = new JoinLimiter({ logger: opts.logger.child({ component: "ca" }) });
     if (opts.state.raftId === undefined) throw new Error("a manager needs a raft id");
     this.raftId = opts.state.raftId;
     this.nodeId = opts.state.nodeId;
@@ -185,8 +214,16 @@ export class Manager {
       "grpc.keepalive_timeout_ms": 1000,
       "grpc.keepalive_permit_without_calls": 1,
       "grpc.http2.min_ping_interval_without_data_ms": 500,
+      // A node needs a handful of streams (a session, raft, a call or two); a flood of them is refused.
+      "grpc.max_concurrent_streams": 64,
     });
-    const acl = { clusterId: () => this.clusterId, isRemoved: (id: string) => this.store.isRemoved(id) };
+    const acl: AclContext = {
+      clusterId: () => this.clusterId,
+      isRemoved: (id) => this.store.isRemoved(id),
+      roleOf: (id) => this.store.node(id)?.role,
+      readBarrier: () => this.readBarrier(),
+      logger: this.root.child({ component: "acl" }),
+    };
     server.addService(
       RaftServiceDefinition,
       raftServiceImplementation({
@@ -204,27 +241,33 @@ export class Manager {
         logger: this.root.child({ component: "raft-server" }),
       }),
     );
+    const rule = (allowed: Allowed, name: RpcName): Rule => ({ allowed, request: requestSchemas[name] });
+    const nodes: NodeRole[] = ["worker", "manager"];
     server.addService(
       CAService,
       withAcl(
         caService(this),
-        { getRootCaCertificate: "anyone", issueNodeCertificate: "anyone", renewNodeCertificate: ["worker", "manager"] },
+        {
+          getRootCaCertificate: rule("anyone", "getRootCaCertificate"),
+          issueNodeCertificate: rule("anyone", "issueNodeCertificate"),
+          renewNodeCertificate: rule(nodes, "renewNodeCertificate"),
+        },
         acl,
       ),
     );
     server.addService(
       RaftMembershipService,
-      withAcl(membershipService(this), { join: ["manager"], leave: ["manager"] }, acl),
+      withAcl(membershipService(this), { join: rule(["manager"], "join"), leave: rule(["manager"], "leave") }, acl),
     );
     server.addService(
       DispatcherService,
       withAcl(
         this.dispatcher.service(),
         {
-          session: ["worker", "manager"],
-          heartbeat: ["worker", "manager"],
-          attach: ["worker", "manager"],
-          detach: ["worker", "manager"],
+          session: rule(nodes, "session"),
+          heartbeat: rule(nodes, "heartbeat"),
+          attach: rule(nodes, "attach"),
+          detach: rule(nodes, "detach"),
         },
         acl,
       ),
@@ -310,20 +353,14 @@ export class Manager {
   }
 
   private onConfChange(cc: ConfChange, index: number): void {
-    const at = new Date(0);
-    if (cc.type === ConfChangeType.AddLearner) {
-      let ctx: MemberContext;
-      try {
-        ctx = JSON.parse(new TextDecoder().decode(cc.context)) as MemberContext;
-      } catch {
-        return;
-      }
-      this.store.apply(
-        encodeCommand({ op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.nodeId, addr: ctx.addr } }, at),
-        index,
-      );
-    } else if (cc.type === ConfChangeType.RemoveNode) {
-      this.store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, at), index);
+    const cmd = memberCommand(cc, (why) =>
+      this.log.error(
+        { index, raftId: cc.nodeId.toString(16), why },
+        "a raft learner was added with a malformed member context: no member recorded",
+      ),
+    );
+    if (cmd) this.store.apply(encodeCommand(cmd, new Date(0)), index);
+    if (cc.type === ConfChangeType.RemoveNode) {
       this.transport.removePeer(cc.nodeId);
       if (cc.nodeId === this.raftId) {
         this.log.warn({}, "this manager was removed from the raft group");
@@ -491,25 +528,13 @@ export async function forceNewCluster(dataRoot: DataRoot, raftId: NodeId, log: L
       const e = mem.entries(i, i + 1, Number.MAX_SAFE_INTEGER)[0]!;
       if (e.type === EntryType.ConfChange) {
         const cc = Raft.decodeConfChange(e);
-        if (cc.type === ConfChangeType.AddLearner) {
-          if (!removed.has(cc.nodeId)) members.add(cc.nodeId);
-          try {
-            const ctx = JSON.parse(new TextDecoder().decode(cc.context)) as MemberContext;
-            store.apply(
-              encodeCommand(
-                { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.nodeId, addr: ctx.addr } },
-                new Date(0),
-              ),
-              i,
-            );
-          } catch {
-            /* not ours */
-          }
-        } else if (cc.type === ConfChangeType.RemoveNode) {
+        if (cc.type === ConfChangeType.AddLearner && !removed.has(cc.nodeId)) members.add(cc.nodeId);
+        if (cc.type === ConfChangeType.RemoveNode) {
           members.delete(cc.nodeId);
           removed.add(cc.nodeId);
-          store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, new Date(0)), i);
         }
+        const cmd = memberCommand(cc, (why) => log.warn({ index: i, why }, "replay: malformed member context skipped"));
+        if (cmd) store.apply(encodeCommand(cmd, new Date(0)), i);
       } else {
         const payload = entryPayload(e);
         if (payload) store.apply(payload, i);

@@ -3,8 +3,8 @@
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
-import { peerRole } from "../ca/tls.js";
 import type { JoinRequest, JoinResponse, LeaveRequest, LeaveResponse } from "../gen/cluster.js";
+import { callerOf } from "./acl.js";
 import { asGrpc } from "./ca-server.js";
 import { GrpcError, notLeader } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
@@ -14,11 +14,17 @@ export function membershipService(m: Manager): UntypedServiceImplementation {
     join: (call: ServerUnaryCall<JoinRequest, JoinResponse>, cb: sendUnaryData<JoinResponse>) => {
       void (async () => {
         if (!m.isLeader) throw notLeader(m.leaderAddr());
-        const peer = peerRole(call);
+        const peer = callerOf(call);
         if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
+        // Only a node the swarm wants as a manager joins Raft (its role and its desired role both manager).
+        const rec = m.store.node(peer.nodeId);
+        if (rec?.node.Spec.Role !== "manager") {
+          throw new GrpcError(
+            status.PERMISSION_DENIED,
+            `Permission denied: node ${peer.nodeId} is not to be a manager`,
+          );
+        }
         const addr = call.request.addr;
-        if (!/^[^\s]+:\d+$/.test(addr))
-          throw new GrpcError(status.INVALID_ARGUMENT, `invalid manager address "${addr}"`);
         const raftId = await m.addMember(peer.nodeId, addr);
         m.log.info(
           { node: peer.nodeId, raftId: raftId.toString(16), addr },
@@ -34,8 +40,15 @@ export function membershipService(m: Manager): UntypedServiceImplementation {
     leave: (call: ServerUnaryCall<LeaveRequest, LeaveResponse>, cb: sendUnaryData<LeaveResponse>) => {
       void (async () => {
         if (!m.isLeader) throw notLeader(m.leaderAddr());
-        const peer = peerRole(call);
+        const peer = callerOf(call);
         const target = call.request.nodeId || peer?.nodeId || "";
+        // A manager may take only itself out of Raft; others leave through demotion or node rm.
+        if (target !== peer?.nodeId) {
+          throw new GrpcError(
+            status.PERMISSION_DENIED,
+            "Permission denied: a manager can only remove itself from the raft",
+          );
+        }
         const member = m.store.memberByNode(target);
         if (!member) return {};
         if (member.raftId === m.raftId) {

@@ -1,11 +1,33 @@
 // The role manager (leader only): makes each node's actual role follow its desired role (Spec.Role).
 // Promotion: the node's role becomes manager, its agent renews its certificate as a manager and joins
 // the Raft group. Demotion: the node leaves the Raft group first (the leader hands over leadership if it
-// is the one demoted), then its role becomes worker and its agent renews as a worker.
+// is the one demoted), then its role becomes worker and its agent renews as a worker. Any Raft member
+// whose node is not a manager in the store is removed.
 
 import type { Manager } from "./manager.js";
 
 export class RoleManager {
+  /**
+   * Raft membership follows the store's roles: a member whose node is gone or is a worker (a crash between
+   * the two steps of a demotion, or a join the store never agreed to) is removed from Raft.
+   */
+  private async removeStrayMembers(): Promise<void> {
+    for (const member of this.m.store.members()) {
+      const rec = this.m.store.node(member.nodeId);
+      if (rec && rec.role === "manager") continue;
+      if (member.raftId === this.m.raftId) {
+        this.m.transferLeadershipAway();
+        return;
+      }
+      this.m.log.warn(
+        { raftId: member.raftId.toString(16), node: member.nodeId, role: rec?.role ?? "none" },
+        "removing a raft member whose node is not a manager",
+      );
+      await this.m.removeMember(member.raftId);
+      return;
+    }
+  }
+
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
 
@@ -51,6 +73,7 @@ export class RoleManager {
           return;
         }
       }
+      await this.removeStrayMembers();
     } catch (e) {
       this.m.log.warn({ err: e }, "role reconciliation failed; will retry");
     } finally {

@@ -232,7 +232,7 @@ const rpc = {
       new DispatcherClient(addr, creds, CLIENT_CHANNEL_OPTIONS),
       (c) =>
         new Promise<RpcOutcome>((res) =>
-          c.heartbeat({ sessionId: "no-such-session" }, new grpc.Metadata(), deadline(), (err) => res(outcome(err))),
+          c.heartbeat({ sessionId: "0".repeat(24) }, new grpc.Metadata(), deadline(), (err) => res(outcome(err))),
         ),
     ),
   renew: (addr: string, creds: grpc.ChannelCredentials, csrPem: string) =>
@@ -1112,7 +1112,7 @@ describe("a role change that cannot complete (a fake manager refuses the certifi
       session: (call: grpc.ServerWritableStream<SessionRequest, SessionMessage>) => {
         call.write({
           sessionId: "fake-session",
-          nodeJson: "{}",
+          nodeJson: "",
           managers: [{ nodeId: managerId, addr: fakeAddr }],
           heartbeatPeriodMs: 1000,
           role: "manager",
