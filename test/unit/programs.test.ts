@@ -1,13 +1,14 @@
 // External programs: a program that is not installed is reported with its Debian package, both by shoald's
 // start-up check and when a command is run (never "exited with code -2").
 
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { runCommand } from "../../src/agent/sandbox.js";
 import {
   checkPrograms,
+  DEBIAN_PACKAGES,
   findOnPath,
   missingProgramMessage,
   missingPrograms,
@@ -142,5 +143,17 @@ describe("shoald's start-up check", () => {
     const quiet = recorder();
     expect(checkPrograms(quiet, { lookup })).toEqual([]);
     expect(quiet.lines.filter((l) => l.level === "error")).toEqual([]);
+  });
+});
+
+describe("deploy/apt-packages.txt", () => {
+  it("lists the package of every program shoal runs, one package per line", () => {
+    const text = readFileSync(join(import.meta.dirname, "../../deploy/apt-packages.txt"), "utf8");
+    const listed = text
+      .split("\n")
+      .map((l) => l.replace(/#.*/, "").trim())
+      .filter((l) => l.length > 0);
+    for (const l of listed) expect(l).toMatch(/^[a-z0-9][a-z0-9+.-]+$/);
+    for (const [program, pkg] of Object.entries(DEBIAN_PACKAGES)) expect(listed, program).toContain(pkg);
   });
 });
