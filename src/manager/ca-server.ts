@@ -77,6 +77,10 @@ export function caService(m: Manager): UntypedServiceImplementation {
         role = undefined;
       }
       if (!role) throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
+      // Only a manager listens for cluster traffic: one that could not must not be half-created.
+      if (role === "manager" && req.listenAddrError) {
+        throw new GrpcError(status.FAILED_PRECONDITION, req.listenAddrError.slice(0, 500));
+      }
       const availability = (req.availability || "active") as NodeAvailability;
       if (!["active", "pause", "drain"].includes(availability)) {
         throw new GrpcError(status.INVALID_ARGUMENT, `invalid availability "${req.availability}"`);
