@@ -89,10 +89,12 @@ export function caService(m: Manager): UntypedServiceImplementation {
         throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
       }
       m.joinLimiter.succeeded(from);
-      const availability = (req.availability || "active") as NodeAvailability;
-      if (!["active", "pause", "drain"].includes(availability)) {
-        throw new GrpcError(status.INVALID_ARGUMENT, `invalid availability "${req.availability}"`);
+      // Only a manager listens for cluster traffic: one that could not must not be half-created.
+      if (role === "manager" && req.listenAddrError) {
+        throw new GrpcError(status.FAILED_PRECONDITION, req.listenAddrError);
       }
+      // The ACL parsed the request: availability is one of Docker's three, or empty.
+      const availability = (req.availability || "active") as NodeAvailability;
       const nodeId = newNodeId();
       const rootCA = await m.rootCA();
       const certificatePem = await signNodeCSR(rootCA, req.csrPem, { nodeId, role, clusterId: m.clusterId }).catch(

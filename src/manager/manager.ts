@@ -59,6 +59,29 @@ export interface ManagerOptions {
   encryptionKeyRotationMs?: number;
 }
 
+/**
+ * The cluster listener could not be opened: its address is taken by another program, or is not one of
+ * this host's. Only a manager listens, so this is checked when a node becomes one (init, join as manager,
+ * promotion, restart as manager).
+ */
+export class ListenError extends ApiError {
+  /** What is wrong, without the advice: "listen address 127.0.0.1:2377 is already in use". */
+  readonly reason: string;
+
+  constructor(
+    readonly addr: string,
+    readonly code: "EADDRINUSE" | "EADDRNOTAVAIL",
+  ) {
+    const reason =
+      code === "EADDRINUSE"
+        ? `listen address ${addr} is already in use`
+        : `listen address ${addr} is not an address of this host`;
+    super(400, `${reason}: choose another with --listen-addr`);
+    this.name = "ListenError";
+    this.reason = reason;
+  }
+}
+
 /** The message a joiner's membership request carries in a ConfChange. */
 const MemberContextSchema = RaftMemberSchema.pick({ nodeId: true, addr: true });
 type MemberContext = z.infer<typeof MemberContextSchema>;
@@ -284,18 +307,7 @@ export class Manager {
     } catch (e) {
       server.forceShutdown();
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === "EADDRINUSE") {
-        throw new ApiError(
-          400,
-          `listen address ${this.opts.state.listenAddr} is already in use: choose another with --listen-addr`,
-        );
-      }
-      if (code === "EADDRNOTAVAIL") {
-        throw new ApiError(
-          400,
-          `listen address ${this.opts.state.listenAddr} is not an address of this host: choose another with --listen-addr`,
-        );
-      }
+      if (code === "EADDRINUSE" || code === "EADDRNOTAVAIL") throw new ListenError(this.opts.state.listenAddr, code);
       throw e;
     }
     this.server = server;

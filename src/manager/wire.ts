@@ -5,9 +5,9 @@
 
 import { isIP } from "node:net";
 import { z } from "zod";
-import { MAX_CSR_BYTES, MAX_NAME_LENGTH, MAX_TOKEN_LENGTH } from "../api/limits.js";
+import { MAX_CSR_BYTES, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_TOKEN_LENGTH } from "../api/limits.js";
 import { Aliases, ContainerId, EndpointId, NodeAvailabilitySchema, ObjectId } from "../api/objects.js";
-import { HostName, HostPort, IpAddress, Ipv4Address, ObjectName } from "../api/schema.js";
+import { HostName, HostPort, IpAddress, Ipv4Address, ObjectName, shortText } from "../api/schema.js";
 
 const Csr = z.string().min(1, "is required").max(MAX_CSR_BYTES, `must be at most ${MAX_CSR_BYTES} bytes`);
 const empty = z.literal("");
@@ -23,6 +23,8 @@ export const requestSchemas = {
     availability: z.union([empty, NodeAvailabilitySchema]),
     hostname: HostName,
     advertiseAddr: z.union([empty, HostPort]),
+    /** Why the joiner could not open its listen address (a manager token is then refused). */
+    listenAddrError: shortText(MAX_MESSAGE_LENGTH),
   }),
   renewNodeCertificate: z.object({ csrPem: Csr }),
   join: z.object({ addr: HostPort }),

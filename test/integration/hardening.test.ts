@@ -92,7 +92,7 @@ describe("issue 9: the cluster protocol refuses what once stopped it", () => {
       const o = await session(lab.addr(i), worker, { descriptionJson: "null", addr: "" });
       // The leader refuses the description; followers send the worker to the leader first.
       expect([grpc.status.INVALID_ARGUMENT, grpc.status.UNAVAILABLE]).toContain(o.code);
-      if (i === 1) expect(o.details).toMatch(/invalid session request: description/);
+      if (i === 1) expect(o.details).toMatch(/invalid session request: invalid description: /);
     }
     await expectServing(lab, [1, 2, 3], "c2");
   });
@@ -174,6 +174,7 @@ describe("issue 9: the cluster protocol refuses what once stopped it", () => {
             availability: "",
             hostname: "h",
             advertiseAddr: "",
+            listenAddrError: "",
           },
           new grpc.Metadata(),
           deadline(),
