@@ -6,8 +6,8 @@
 
 import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { NodeDescription } from "../api/objects.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
-import type { NodeDescription } from "../engine/types.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
 import { leaderHint } from "../manager/grpc-util.js";
 import { type DecodedSession, decodeSessionMessage } from "./messages.js";

@@ -16,8 +16,8 @@ import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { type Readable, Writable } from "node:stream";
 import type { Logger } from "pino";
+import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { explainMissing } from "../dataplane/programs.js";
-import { ApiError, badRequest, conflict } from "../engine/errors.js";
 import { humanDuration } from "../engine/humanize.js";
 import type {
   AttachedEndpoint,

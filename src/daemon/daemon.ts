@@ -11,6 +11,15 @@ import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
 import type { DecodedSession } from "../agent/messages.js";
+import {
+  ApiError,
+  alreadyInSwarm,
+  badRequest,
+  MSG_WORKER,
+  notInSwarm,
+  notManager,
+  unavailable,
+} from "../api/errors.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
@@ -21,15 +30,6 @@ import { EmbeddedDns } from "../dataplane/dns.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
 import { IpsecDataplane } from "../dataplane/ipsec.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
-import {
-  ApiError,
-  alreadyInSwarm,
-  badRequest,
-  MSG_WORKER,
-  notInSwarm,
-  notManager,
-  unavailable,
-} from "../engine/errors.js";
 import type {
   AttachedEndpoint,
   ClusterInfo,
@@ -198,7 +198,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   ): Promise<void> {
     const state = this.state!;
     this.manager = await Manager.start({
-      dataRoot: this.root,
+      openRaftStorage: () => this.root.openRaftStorage(),
       state,
       certs: this.certs!,
       logger: this.log,
@@ -850,7 +850,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     await this.agent?.stop();
     this.agent = undefined;
     await this.stopManager();
-    await forceNewCluster(this.root, s.raftId!, this.log);
+    await forceNewCluster(() => this.root.openRaftStorage(), s.raftId!, this.log);
     s.managers = [{ nodeId: s.nodeId, addr: s.advertiseAddr }];
     await this.root.saveState(s);
     await this.startManager(false);

@@ -3,11 +3,12 @@
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import type { Node, NodeAvailability, NodeRole } from "../api/objects.js";
 import { signNodeCSR } from "../ca/certs.js";
 import { newNodeId } from "../ca/ids.js";
+import type { RootCA } from "../ca/rootca.js";
 import { parseJoinToken, tokensEqual } from "../ca/token.js";
-import { ApiError } from "../engine/errors.js";
-import type { Node, NodeAvailability, NodeRole } from "../engine/types.js";
 import type {
   GetRootCACertificateRequest,
   GetRootCACertificateResponse,
@@ -16,44 +17,27 @@ import type {
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
+import type { Command, Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
-import { peerIp } from "./dispatcher.js";
-import { GrpcError } from "./grpc-util.js";
-import type { Manager } from "./manager.js";
+import { GrpcError, peerIp, unaryHandler } from "./grpc-util.js";
+import type { JoinLimiter } from "./join-limiter.js";
 
 export const INVALID_TOKEN_MESSAGE = "A valid join token is necessary to join this cluster";
 
-/** Run a handler, turning errors into gRPC statuses. */
-function handle<Req, Res>(fn: (call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
-  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-    fn(call).then(
-      (res) => cb(null, res),
-      (e: unknown) => cb(asGrpc(e)),
-    );
-  };
+/** What the CA service needs of its manager. */
+export interface CAServiceCluster {
+  readonly store: Store;
+  readonly clusterId: string;
+  readonly log: Logger;
+  /** The TLS material this manager serves with (its root is what anyone may fetch). */
+  readonly tls: { rootPem: string };
+  readonly joinLimiter: JoinLimiter;
+  readBarrier(): Promise<void>;
+  write(cmd: Command): Promise<number>;
+  rootCA(): Promise<RootCA>;
 }
 
-export function asGrpc(e: unknown): GrpcError {
-  if (e instanceof GrpcError) return e;
-  if (e instanceof ApiError) {
-    const code =
-      e.status === 404
-        ? status.NOT_FOUND
-        : e.status === 400
-          ? status.INVALID_ARGUMENT
-          : e.status === 403
-            ? status.PERMISSION_DENIED
-            : e.status === 409
-              ? status.ALREADY_EXISTS
-              : e.status === 503
-                ? status.UNAVAILABLE
-                : status.UNKNOWN;
-    return new GrpcError(code, e.message);
-  }
-  return new GrpcError(status.INTERNAL, e instanceof Error ? e.message : String(e));
-}
-
-export function caService(m: Manager): UntypedServiceImplementation {
+export function caService(m: CAServiceCluster): UntypedServiceImplementation {
   return {
     getRootCaCertificate: (
       _call: ServerUnaryCall<GetRootCACertificateRequest, GetRootCACertificateResponse>,
@@ -62,7 +46,7 @@ export function caService(m: Manager): UntypedServiceImplementation {
       cb(null, { certificatePem: m.tls.rootPem });
     },
 
-    issueNodeCertificate: handle<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
+    issueNodeCertificate: unaryHandler<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
       const req = call.request;
       const from = peerIp(call.getPeer());
       const waitMs = m.joinLimiter.retryAfterMs(from);
@@ -111,7 +95,7 @@ export function caService(m: Manager): UntypedServiceImplementation {
       return { nodeId, certificatePem, role, clusterId: m.clusterId, dataPathPort: cluster.info.DataPathPort || 4789 };
     }),
 
-    renewNodeCertificate: handle<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {
+    renewNodeCertificate: unaryHandler<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {
       const peer = callerOf(call);
       if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: renewal needs a node certificate");
       await m.readBarrier();

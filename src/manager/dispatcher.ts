@@ -6,14 +6,14 @@
 import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
+import type { Logger } from "pino";
 import { type NodeDescription, NodeDescriptionSchema } from "../api/objects.js";
 import { parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
 import type { StoreEvent } from "../store/store.js";
 import { callerOf } from "./acl.js";
-import { failStream, GrpcError, notLeader } from "./grpc-util.js";
-import type { Manager } from "./manager.js";
-import { attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
+import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
+import { type AttachmentCluster, attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
 import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
 interface Session {
@@ -29,6 +29,13 @@ export const DEFAULT_HEARTBEAT_MS = 5000;
 /** Missed heartbeat periods before a node is marked down. */
 export const HEARTBEAT_MISSES = 3;
 
+/** What the dispatcher needs of its manager (SwarmKit's dispatcher.Cluster, in shoal's terms). */
+export interface DispatcherCluster extends AttachmentCluster {
+  readonly log: Logger;
+  /** host:port of the leader, for the agents this manager sends there. */
+  leaderAddr(): string | undefined;
+}
+
 export class Dispatcher {
   private sessions = new Map<string, Session>();
   /** Nodes without a session yet after a leader change: down once their grace runs out. */
@@ -36,7 +43,7 @@ export class Dispatcher {
   private active = false;
   private readonly onEvent = (e: StoreEvent) => this.storeEvent(e);
 
-  constructor(private readonly m: Manager) {}
+  constructor(private readonly m: DispatcherCluster) {}
 
   heartbeatPeriodMs(): number {
     const ns = this.m.store.cluster()?.info.Spec.Dispatcher.HeartbeatPeriod;
@@ -236,12 +243,4 @@ function parseDescription(text: string): NodeDescription | undefined {
       `invalid session request: ${e instanceof Error ? e.message : String(e)}`,
     );
   }
-}
-
-/** "ipv4:127.0.0.2:41234" or "127.0.0.2:41234" or "[::1]:41234" -> the IP. */
-export function peerIp(peer: string): string {
-  let p = peer.replace(/^ipv[46]:/, "");
-  const i = p.lastIndexOf(":");
-  if (i > 0) p = p.slice(0, i);
-  return p.replace(/^\[|\]$/g, "");
 }

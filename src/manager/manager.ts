@@ -7,13 +7,12 @@ import { randomInt } from "node:crypto";
 import { Server, status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { z } from "zod";
+import { ApiError } from "../api/errors.js";
+import type { NodeRole } from "../api/objects.js";
 import { RaftMemberSchema } from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
 import { RootCA } from "../ca/rootca.js";
-import { clientCredentials, listenTLS, type TLSListener } from "../ca/tls.js";
-import type { Certificates, DataRoot, LocalState } from "../daemon/state.js";
-import { ApiError } from "../engine/errors.js";
-import type { NodeRole } from "../engine/types.js";
+import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { entryPayload, RaftNode } from "../raft/node.js";
@@ -40,10 +39,23 @@ import { membershipService } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
 import { type RpcName, requestSchemas } from "./wire.js";
 
+/** Who this manager is: its node, its Raft id, its cluster, and where it listens. */
+export interface ManagerIdentity {
+  nodeId: string;
+  clusterId: string;
+  /** Required: a node without one is not a manager yet. */
+  raftId?: NodeId;
+  /** host:port of the cluster listener. */
+  listenAddr: string;
+  /** host:port the other managers reach it at. */
+  advertiseAddr: string;
+}
+
 export interface ManagerOptions {
-  dataRoot: DataRoot;
-  state: LocalState;
-  certs: Certificates;
+  /** Opens this manager's Raft log and snapshots (encrypted at rest: the daemon holds the key). */
+  openRaftStorage: () => Promise<LevelStorage>;
+  state: ManagerIdentity;
+  certs: TLSMaterial;
   logger: Logger;
   /** A new cluster: bootstrap Raft with this node as its only voter. */
   bootstrap?: boolean;
@@ -130,7 +142,7 @@ export class Manager {
   private roleManager: RoleManager;
   /** Leader only: creates the overlay keyring and rotates it on its stored schedule. */
   private keyManager: KeyManager;
-  private certs: Certificates;
+  private certs: TLSMaterial;
   private readonly opts: ManagerOptions;
   private peers = new Map<NodeId, string>();
   private prober: NodeJS.Timeout | undefined;
@@ -180,18 +192,18 @@ export class Manager {
     return m;
   }
 
-  get tls(): Certificates {
+  get tls(): TLSMaterial {
     return this.certs;
   }
 
   /** After a certificate renewal. */
-  updateCertificates(c: Certificates): void {
+  updateCertificates(c: TLSMaterial): void {
     this.certs = c;
     this.listener?.update({ rootPem: c.rootPem, certPem: c.certPem, keyPem: c.keyPem });
   }
 
   private async startRaft(): Promise<void> {
-    this.storage = await this.opts.dataRoot.openRaftStorage();
+    this.storage = await this.opts.openRaftStorage();
     if (this.storage.migrated) {
       this.log.info(
         { dir: this.storage.dir },
@@ -525,8 +537,12 @@ export function splitHostPort(addr: string): [string, string] {
  * force-new-cluster: rewrite a manager's Raft state so that it is the only member, keeping every
  * committed object. Uncommitted entries are dropped; the other members are removed for good.
  */
-export async function forceNewCluster(dataRoot: DataRoot, raftId: NodeId, log: Logger): Promise<void> {
-  const storage = await dataRoot.openRaftStorage();
+export async function forceNewCluster(
+  openRaftStorage: () => Promise<LevelStorage>,
+  raftId: NodeId,
+  log: Logger,
+): Promise<void> {
+  const storage = await openRaftStorage();
   try {
     const mem = storage.mem;
     const { hardState, confState } = mem.initialState();

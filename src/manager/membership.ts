@@ -3,13 +3,26 @@
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
+import type { Logger } from "pino";
 import type { JoinRequest, JoinResponse, LeaveRequest, LeaveResponse } from "../gen/cluster.js";
+import type { NodeId } from "../raft/types.js";
+import type { Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
-import { asGrpc } from "./ca-server.js";
-import { GrpcError, notLeader } from "./grpc-util.js";
-import type { Manager } from "./manager.js";
+import { asGrpc, GrpcError, notLeader } from "./grpc-util.js";
 
-export function membershipService(m: Manager): UntypedServiceImplementation {
+/** What the membership service needs of its manager: the store and Raft's membership changes. */
+export interface MembershipCluster {
+  readonly store: Store;
+  readonly log: Logger;
+  readonly raftId: NodeId;
+  readonly clusterId: string;
+  readonly isLeader: boolean;
+  leaderAddr(): string | undefined;
+  addMember(nodeId: string, addr: string): Promise<NodeId>;
+  removeMember(raftId: NodeId): Promise<void>;
+}
+
+export function membershipService(m: MembershipCluster): UntypedServiceImplementation {
   return {
     join: (call: ServerUnaryCall<JoinRequest, JoinResponse>, cb: sendUnaryData<JoinResponse>) => {
       void (async () => {

@@ -5,9 +5,9 @@
 import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
+import { badRequest, notFound } from "../api/errors.js";
 import { newNodeId } from "../ca/ids.js";
 import { encryptedMtu } from "../dataplane/xfrm.js";
-import { badRequest, notFound } from "../engine/errors.js";
 import type { NetworkCreateRequest, NetworkResource } from "../engine/types.js";
 import type {
   AttachRequest,
@@ -17,12 +17,10 @@ import type {
   NetworkState,
   PeerEndpoint,
 } from "../gen/cluster.js";
-import type { EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
+import type { Command, EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
-import { asGrpc } from "./ca-server.js";
-import { GrpcError } from "./grpc-util.js";
+import { asGrpc, GrpcError } from "./grpc-util.js";
 import { keysForNode } from "./keymanager.js";
-import type { Manager } from "./manager.js";
 
 export const MTU_OPTION = "com.docker.network.driver.mtu";
 export const ENCRYPTED_OPTION = "encrypted";
@@ -148,8 +146,15 @@ export function networkKeysFor(store: Store, nodeId: string): string {
   return keys ? JSON.stringify(keys) : "";
 }
 
+/** What Attach and Detach need of their manager: the store, and writes and reads through Raft. */
+export interface AttachmentCluster {
+  readonly store: Store;
+  write(cmd: Command): Promise<number>;
+  readBarrier(): Promise<void>;
+}
+
 /** Attach and Detach, added to the Dispatcher service: any manager serves them (writes go through Raft). */
-export function attachmentHandlers(m: Manager): UntypedServiceImplementation {
+export function attachmentHandlers(m: AttachmentCluster): UntypedServiceImplementation {
   return {
     attach: (call: ServerUnaryCall<AttachRequest, AttachResponse>, cb: sendUnaryData<AttachResponse>) => {
       void (async () => {

@@ -4,7 +4,21 @@
 // is the one demoted), then its role becomes worker and its agent renews as a worker. Any Raft member
 // whose node is not a manager in the store is removed.
 
-import type { Manager } from "./manager.js";
+import type { Logger } from "pino";
+import type { NodeId } from "../raft/types.js";
+import type { Command, Store } from "../store/store.js";
+
+/** What the role manager needs of its manager (SwarmKit's newRoleManager(store, raft)). */
+export interface RoleCluster {
+  readonly store: Store;
+  readonly log: Logger;
+  readonly raftId: NodeId;
+  readonly isLeader: boolean;
+  write(cmd: Command): Promise<number>;
+  removeMember(raftId: NodeId): Promise<void>;
+  /** Hand leadership to a reachable, caught-up voter; false if there is none. */
+  transferLeadershipAway(): boolean;
+}
 
 export class RoleManager {
   /**
@@ -31,7 +45,7 @@ export class RoleManager {
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
 
-  constructor(private readonly m: Manager) {}
+  constructor(private readonly m: RoleCluster) {}
 
   start(): void {
     if (this.timer) return;

@@ -10,7 +10,9 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateNodeKeyAndCSR } from "../../src/ca/certs.js";
 import { CLIENT_CHANNEL_OPTIONS, clientCredentials } from "../../src/ca/tls.js";
+import { DataRoot } from "../../src/daemon/state.js";
 import { CAClient, DispatcherClient, RaftMembershipClient, type SessionRequest } from "../../src/gen/cluster.js";
+import { EntryType } from "../../src/raft/types.js";
 import { buildOnce, type Formed, Lab } from "./harness.js";
 
 interface NodeTLS {
@@ -192,5 +194,89 @@ describe("issue 9: the cluster protocol refuses what once stopped it", () => {
     expect(logged.length).toBeGreaterThanOrEqual(1);
     // Not one line per attempt.
     expect(logged.length).toBeLessThan(10);
+  });
+});
+
+/**
+ * Append `command` to manager i's Raft log as a committed entry, the way a former shoald that did not check
+ * its writes would have left it (the daemon must be stopped).
+ */
+async function plantCommitted(lab: Lab, i: number, command: unknown): Promise<void> {
+  const storage = await new DataRoot(lab.dataRoot(i)).openRaftStorage();
+  try {
+    const { hardState } = storage.mem.initialState();
+    const index = storage.mem.lastIndex() + 1;
+    const payload = new TextEncoder().encode(JSON.stringify({ ...(command as object), at: new Date().toISOString() }));
+    // The driver's header (proposer run id and sequence) before the payload: a run that is not this one.
+    const data = new Uint8Array(16 + payload.length);
+    data.set(payload, 16);
+    await storage.save(
+      {
+        entries: [{ term: hardState.term, index, type: EntryType.Normal, data }],
+        hardState: { ...hardState, commit: index },
+      },
+      true,
+    );
+  } finally {
+    await storage.close();
+  }
+}
+
+describe("issue 9: a log that already holds a poison entry comes back", () => {
+  let lab: Lab;
+
+  beforeAll(async () => {
+    await buildOnce();
+    lab = await Lab.create("poison", 2);
+    await lab.form(1, 1, "docker");
+  }, 120_000);
+
+  afterAll(async () => {
+    await lab?.close();
+  });
+
+  it("case 1: a committed partial swarm spec; the manager restarts, serves, and force-new-cluster works", async () => {
+    const swarm = (await lab.api(1, "GET", "/swarm")).json as { Version: { Index: number } };
+    await lab.kill(1, "SIGTERM");
+    await plantCommitted(lab, 1, { op: "cluster.update", version: swarm.Version.Index, spec: {} });
+    await lab.startDaemon(1);
+    await expectServing(lab, [1], "p1");
+    const after = (await lab.api(1, "GET", "/swarm")).json as { Spec: { Dispatcher: unknown } };
+    expect(after.Spec.Dispatcher).toEqual({ HeartbeatPeriod: 1_000_000_000 });
+    await lab.waitFor(
+      async () => (await lab.nodeLs(1)).every((r) => r.Status === "Ready"),
+      15_000,
+      "the worker Ready again",
+    );
+    // Another poison, with a label of the wrong type, then force-new-cluster replays the log.
+    await lab.kill(1, "SIGTERM");
+    await plantCommitted(lab, 1, {
+      op: "network.create",
+      id: "p".repeat(25),
+      spec: {
+        name: "t3",
+        driver: "overlay",
+        internal: false,
+        attachable: false,
+        ingress: false,
+        options: {},
+        labels: { a: 1 },
+      },
+    });
+    await lab.startDaemon(1);
+    const out = await lab.must(
+      "docker",
+      1,
+      "swarm",
+      "init",
+      "--force-new-cluster",
+      "--advertise-addr",
+      lab.addr(1),
+      "--listen-addr",
+      lab.addr(1),
+    );
+    expect(out).toContain("Swarm initialized");
+    await expectServing(lab, [1], "p2");
+    expect((await lab.must("docker", 1, "network", "ls", "--format", "{{.Name}}")).split("\n")).not.toContain("t3");
   });
 });
