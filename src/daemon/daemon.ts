@@ -624,9 +624,6 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.requireControl();
     const m = this.manager!;
     const spec = specFromRequest(req);
-    if (spec.ingress && m.store.networks().some((n) => n.spec.ingress)) {
-      throw new ApiError(403, "an ingress network already exists in the swarm");
-    }
     const id = newNetworkId();
     await m.write({ op: "network.create", id, spec });
     return { Id: id, Warning: "" };

@@ -19,7 +19,11 @@ export function applyNetwork(s: State, c: NetworkCommand, ctx: ApplyContext): Ou
     return ok(ctx.index);
   }
   if (s.networks.has(c.id)) return fail(409, `network ${c.id} already exists`);
-  for (const n of s.networks.values()) if (n.spec.name === c.spec.name) return failWith(nameConflict(c.spec.name));
+  for (const n of s.networks.values()) {
+    if (n.spec.name === c.spec.name) return failWith(nameConflict(c.spec.name));
+    // Checked here, in log order, so two concurrent creates cannot both pass.
+    if (c.spec.ingress && n.spec.ingress) return fail(403, "an ingress network already exists in the swarm");
+  }
   let alloc: NetworkAlloc;
   try {
     alloc = allocate(s, c.spec);

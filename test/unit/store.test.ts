@@ -89,6 +89,16 @@ describe("store: networks and endpoints", () => {
     expect(store.network(nid("b"))!.alloc).toMatchObject({ subnet: "10.0.2.0/24", vni: 4098 });
   });
 
+  it("refuses a second ingress network in log order, so two concurrent creates cannot both pass", () => {
+    const { store, outcomes } = run([
+      cluster(),
+      { op: "network.create", id: nid("i1"), spec: net("ingress", { ingress: true, attachable: false }) },
+      { op: "network.create", id: nid("i2"), spec: net("ingress2", { ingress: true, attachable: false }) },
+    ]);
+    expect(outcomes[2]).toEqual({ ok: false, status: 403, message: "an ingress network already exists in the swarm" });
+    expect(store.networks().map((n) => n.spec.name)).toEqual(["ingress"]);
+  });
+
   it("uses the cluster's address pool and subnet size", () => {
     const { store } = run([cluster(["172.30.0.0/16"], 26), { op: "network.create", id: nid("a"), spec: net("a") }]);
     expect(store.network(nid("a"))!.alloc.subnet).toBe("172.30.0.0/26");
