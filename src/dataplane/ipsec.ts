@@ -128,7 +128,7 @@ export class IpsecDataplane {
   private installed = new Set<string>();
   /** Remotes wanted but not installed because a command failed, and why. */
   private failed = new Map<string, string>();
-  /** VNIs the loaded nft guard covers. */
+  /** VNIs the loaded guard covers. */
   private vnis: number[] = [];
   private wanted: IpsecWanted = { keys: undefined, networks: [] };
   private readonly chain = new Serial();

@@ -12,6 +12,8 @@ export const isRoot = process.getuid?.() === 0;
 export const cli = join(process.cwd(), "dist", "cli", "main.js");
 /** How long one CLI command may take (SHOAL_CLI_TIMEOUT_MS: the User-mode Linux guest is far slower). */
 const CLI_TIMEOUT_MS = Number(process.env.SHOAL_CLI_TIMEOUT_MS) || 60_000;
+/** How often waitFor tries again (SHOAL_POLL_MS: in the guest every try costs processes on its one CPU). */
+const POLL_MS = Number(process.env.SHOAL_POLL_MS) || 100;
 
 export async function build(): Promise<void> {
   // Inside the User-mode Linux guest the host has built already (test/esp/esp.test.ts), and a build there
@@ -79,6 +81,6 @@ export async function waitFor<T>(
     const v = await f();
     if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, POLL_MS));
   }
 }

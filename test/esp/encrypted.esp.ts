@@ -2,10 +2,12 @@
 // test/esp/esp.test.ts; this file runs only there). That kernel has no nftables inet family, so shoal's
 // firewall is iptables-legacy here.
 //
-// A 3-host lab (h1, h2, h3 all managers, so the leader can be killed), the managers rotating keys every
-// ROTATION, an encrypted and a plain attachable overlay, everything through the shoal CLI (inspect is also
-// polled over the Engine API socket, the same call the CLI makes, because a CLI process costs a second of
-// CPU in this guest). The tests share the lab and run in order; each says what it checks.
+// A 3-host lab (h1 the manager, h2 and h3 workers; for the failover test h2 and h3 are promoted, so that the
+// leader can be killed, and demoted again after it: three managers on this guest's one slow CPU make
+// everything else crawl), the managers rotating keys every ROTATION, an encrypted and a plain attachable
+// overlay, everything through the shoal CLI (inspect is also polled over the Engine API socket, the same
+// call the CLI makes, because a CLI process costs a second of CPU in this guest). The tests share the lab
+// and run in order; each says what it checks.
 //
 // Kernel views are read with this file's own readers (readers.ts), never the product's parsers.
 
@@ -76,7 +78,7 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
   const lab = new Lab({
     name: "esp",
     // Long ticks: this guest has one slow CPU, and short ones make followers call elections.
-    raftTickMs: 500,
+    raftTickMs: 300,
     daemonArgs: ["--encryption-key-rotation", ROTATION],
     startTimeoutMs: 180_000,
   });
@@ -248,8 +250,9 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     return { ...pingStats(r.stdout), out: r.stdout + r.stderr };
   }
 
-  async function leader(): Promise<string> {
-    const nodes = (await apiGet(h2().socket, "/nodes")) as {
+  /** The leader's hostname, as manager `x` sees it ("" when it knows none). */
+  async function leader(x: LabHost): Promise<string> {
+    const nodes = (await apiGet(x.socket, "/nodes")) as {
       Description: { Hostname: string };
       ManagerStatus?: { Leader?: boolean };
     }[];
@@ -276,9 +279,9 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     await build();
     h = await lab.up(3);
     await ok(h1(), "swarm", "init", "--advertise-addr", h1().addr, "--dispatcher-heartbeat", "2s");
-    const mt = (await ok(h1(), "swarm", "join-token", "-q", "manager")).trim();
+    const wt = (await ok(h1(), "swarm", "join-token", "-q", "worker")).trim();
     for (const x of [h2(), h3()])
-      await ok(x, "swarm", "join", "--token", mt, "--advertise-addr", x.addr, `${h1().addr}:2377`);
+      await ok(x, "swarm", "join", "--token", wt, "--advertise-addr", x.addr, `${h1().addr}:2377`);
     await ok(h1(), "network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", ENC);
     await ok(h1(), "network", "create", "-d", "overlay", "--attachable", PLAIN);
     vni = {
@@ -443,70 +446,6 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     expect(await cleartext(h2())).toEqual({ in: 0, out: 0 });
   });
 
-  it("three key rotations and a leader failover between two of them, under a ping every 50 ms: no packet lost, and after each rotation both kernels hold what inspect says", async () => {
-    // The two hosts that do not lead ping each other; the leader (whose containers would die with it) is
-    // killed after the first rotation. c2 and c3 leave first, so the hosts hold only this pair's containers.
-    await ok(h2(), "rm", "-f", "c2");
-    await ok(h3(), "rm", "-f", "c3");
-    const lead = await waitFor("a leader", async () => ((await leader()) || undefined) as string | undefined, SLOW_MS);
-    const [a, b] = h.filter((x) => x.name !== lead) as [LabHost, LabHost];
-    const killed = h.find((x) => x.name === lead)!;
-    await ok(a, "run", "-d", "--name", "ra", "--network", ENC, "host", "sleep", "100000");
-    await ok(b, "run", "-d", "--name", "rb", "--network", ENC, "host", "sleep", "100000");
-    await waitFor("ra to reach rb by name", async () => (await ping(a, "ra", "rb", 1)).received === 1, SLOW_MS);
-    const first = await settled(a, [b]);
-    await settled(b, [a]);
-    const COUNT = Math.ceil((4 * ROTATION_MS) / 50);
-    let done = false;
-    const pinging = ping(a, "ra", "rb", COUNT).finally(() => {
-      done = true;
-    });
-    const seen: { tags: number[]; diffs: string[] }[] = [];
-    let killedAt: number | undefined;
-    let primary = first.PrimaryKeyTag;
-    while (!done && seen.length < 3) {
-      const e = await encryption(a).catch(() => undefined);
-      if (e && e.PrimaryKeyTag !== primary) {
-        primary = e.PrimaryKeyTag;
-        // A rotation: both hosts must settle on it with their kernels matching inspect.
-        const diffs: string[] = [];
-        const sa = await settled(a, [b]).catch((err: Error) => diffs.push(err.message));
-        const sb = await settled(b, [a]).catch((err: Error) => diffs.push(err.message));
-        seen.push({ tags: typeof sa === "object" ? sa.KeyTags : [], diffs });
-        if (typeof sa === "object" && typeof sb === "object" && !isDeepStrictEqual(sa.KeyTags, sb.KeyTags))
-          diffs.push(`${a.name} has ${sa.KeyTags}, ${b.name} ${sb.KeyTags}`);
-        if (seen.length === 1) {
-          await lab.stopDaemon(killed, "SIGKILL");
-          killedAt = Date.now();
-        }
-      }
-      await sleep(300);
-    }
-    const r = await pinging;
-    expect(killedAt, "the leader was never killed").toBeDefined();
-    expect(seen.flatMap((x) => x.diffs)).toEqual([]);
-    expect(seen, "fewer than 3 rotations during the ping").toHaveLength(3);
-    expect(r.transmitted, r.out).toBe(COUNT);
-    expect(r.received, r.out).toBe(COUNT);
-    const newLeader = await waitFor(
-      "a new leader",
-      async () => ((await leader()) || undefined) as string | undefined,
-      SLOW_MS,
-    );
-    expect([a.name, b.name]).toContain(newLeader);
-    // Every rotation moved the ring on, also the ones after the failover.
-    const newest = seen.map((x) => x.tags[2]!);
-    expect(newest[1]!).toBeGreaterThan(newest[0]!);
-    expect(newest[2]!).toBeGreaterThan(newest[1]!);
-    expect(await cleartext(a)).toEqual({ in: 0, out: 0 });
-    expect(await cleartext(b)).toEqual({ in: 0, out: 0 });
-    // The killed host comes back; the pair leaves.
-    await lab.startDaemon(killed);
-    await waitFor(`${killed.name} to be back`, async () => (await shoal(killed, "node", "ls")).code === 0, SLOW_MS);
-    await ok(a, "rm", "-f", "ra");
-    await ok(b, "rm", "-f", "rb");
-  });
-
   it("containers on three hosts reach each other by name, and every host's kernel holds what inspect says towards both others", async () => {
     for (const [x, c] of [
       [h1(), "c1"],
@@ -571,7 +510,101 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     expect((await ping(h2(), "c2", "c3", 3)).received).toBe(3);
   });
 
+  it("three key rotations and a leader failover between two of them, under a ping every 50 ms: no packet lost, and after each rotation both kernels hold what inspect says", async () => {
+    // Three managers: h2 and h3 are promoted. The two hosts that do not lead ping each other; the leader
+    // (whose containers would die with it) is killed after the first rotation. c2 and c3 leave first, so
+    // the hosts hold only this pair's containers.
+    await ok(h2(), "rm", "-f", "c2");
+    await ok(h3(), "rm", "-f", "c3");
+    await ok(h1(), "node", "promote", "h2", "h3");
+    await waitFor(
+      "h2 and h3 to be reachable managers",
+      async () => ((await ok(h1(), "node", "ls")).match(/\bReachable\b/g) ?? []).length === 2,
+      SLOW_MS,
+    );
+    const lead = await waitFor(
+      "a leader",
+      async () => ((await leader(h1())) || undefined) as string | undefined,
+      SLOW_MS,
+    );
+    const [a, b] = h.filter((x) => x.name !== lead) as [LabHost, LabHost];
+    const killed = h.find((x) => x.name === lead)!;
+    await ok(a, "run", "-d", "--name", "ra", "--network", ENC, "host", "sleep", "100000");
+    await ok(b, "run", "-d", "--name", "rb", "--network", ENC, "host", "sleep", "100000");
+    await waitFor("ra to reach rb by name", async () => (await ping(a, "ra", "rb", 1)).received === 1, SLOW_MS);
+    const first = await settled(a, [b]);
+    await settled(b, [a]);
+    const COUNT = Math.ceil((4 * ROTATION_MS) / 50);
+    let done = false;
+    const pinging = ping(a, "ra", "rb", COUNT).finally(() => {
+      done = true;
+    });
+    const seen: { tags: number[]; diffs: string[] }[] = [];
+    let killedAt: number | undefined;
+    let primary = first.PrimaryKeyTag;
+    while (!done && seen.length < 3) {
+      const e = await encryption(a).catch(() => undefined);
+      if (e && e.PrimaryKeyTag !== primary) {
+        primary = e.PrimaryKeyTag;
+        // A rotation: both hosts must settle on it with their kernels matching inspect.
+        const diffs: string[] = [];
+        const sa = await settled(a, [b]).catch((err: Error) => diffs.push(err.message));
+        const sb = await settled(b, [a]).catch((err: Error) => diffs.push(err.message));
+        seen.push({ tags: typeof sa === "object" ? sa.KeyTags : [], diffs });
+        if (typeof sa === "object" && typeof sb === "object" && !isDeepStrictEqual(sa.KeyTags, sb.KeyTags))
+          diffs.push(`${a.name} has ${sa.KeyTags}, ${b.name} ${sb.KeyTags}`);
+        if (seen.length === 1) {
+          await lab.stopDaemon(killed, "SIGKILL");
+          killedAt = Date.now();
+        }
+      }
+      await sleep(1000);
+    }
+    const r = await pinging;
+    expect(killedAt, "the leader was never killed").toBeDefined();
+    expect(seen.flatMap((x) => x.diffs)).toEqual([]);
+    expect(seen, "fewer than 3 rotations during the ping").toHaveLength(3);
+    expect(r.transmitted, r.out).toBe(COUNT);
+    expect(r.received, r.out).toBe(COUNT);
+    const newLeader = await waitFor(
+      "a new leader",
+      async () => ((await leader(a).catch(() => "")) || undefined) as string | undefined,
+      SLOW_MS,
+    );
+    expect([a.name, b.name]).toContain(newLeader);
+    // Every rotation moved the ring on, also the ones after the failover.
+    const newest = seen.map((x) => x.tags[2]!);
+    expect(newest[1]!).toBeGreaterThan(newest[0]!);
+    expect(newest[2]!).toBeGreaterThan(newest[1]!);
+    expect(await cleartext(a)).toEqual({ in: 0, out: 0 });
+    expect(await cleartext(b)).toEqual({ in: 0, out: 0 });
+    // The killed host comes back; the pair leaves; h2 and h3 are workers again.
+    await lab.startDaemon(killed);
+    await waitFor(`${killed.name} to be back`, async () => (await shoal(killed, "node", "ls")).code === 0, SLOW_MS);
+    await ok(a, "rm", "-f", "ra");
+    await ok(b, "rm", "-f", "rb");
+    await waitFor(
+      "h2 and h3 to be demoted",
+      async () => (await shoal(h1(), "node", "demote", "h2", "h3")).code === 0,
+      SLOW_MS,
+    );
+    await waitFor(
+      "h1 to be the only manager",
+      async () => ((await ok(h1(), "node", "ls")).match(/\b(Leader|Reachable|Unreachable)\b/g) ?? []).length === 1,
+      SLOW_MS,
+    );
+  });
+
   it("a daemon that crashes and restarts leaks nothing: its kernel is cleaned at start, the others drop it, and a new container is encrypted again", async () => {
+    for (const [x, c] of [
+      [h2(), "c2"],
+      [h3(), "c3"],
+    ] as const) {
+      await shoal(x, "rm", "-f", c);
+      await ok(x, "run", "-d", "--name", c, "--network", ENC, "host", "sleep", "100000");
+    }
+    await waitFor("c2 to reach c3", async () => (await ping(h2(), "c2", "c3", 1)).received === 1, SLOW_MS);
+    await settled(h2(), [h3()]);
     await lab.stopDaemon(h3(), "SIGKILL");
     // What the crashed run left is still in h3's kernel...
     expect((await leftovers(h3())).length).toBeGreaterThan(0);
@@ -613,7 +646,6 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     await lab.stopDaemon(h3(), "SIGKILL");
     // A crashed host's endpoint stays until the node is removed: h2 keeps its SAs meanwhile.
     expect((await states(h2())).some((s) => s.dst === h3().addr)).toBe(true);
-    await waitFor("h3 to be demoted", async () => (await shoal(h1(), "node", "demote", "h3")).code === 0, SLOW_MS);
     await waitFor("h3 to be down", async () => /\bDown\b/.test(await ok(h1(), "node", "ls")), SLOW_MS);
     await ok(h1(), "node", "rm", "--force", "h3");
     await waitFor(

@@ -221,7 +221,11 @@ export async function runEspSuite(files: string[] = [], opts: GuestOptions = {})
   const guest = await runInGuest(
     `node node_modules/vitest/vitest.mjs run --config test/esp/vitest.guest.config.ts --reporter=default ` +
       `--reporter=json --outputFile.json="$SHOAL_JOB/${report}" ${quoted}`,
-    { ...opts, keepJobDir: true, env: { SHOAL_PREBUILT: "1", SHOAL_CLI_TIMEOUT_MS: "240000", ...(opts.env ?? {}) } },
+    {
+      ...opts,
+      keepJobDir: true,
+      env: { SHOAL_PREBUILT: "1", SHOAL_CLI_TIMEOUT_MS: "240000", SHOAL_POLL_MS: "700", ...(opts.env ?? {}) },
+    },
   );
   try {
     const path = join(guest.jobDir, report);
