@@ -834,7 +834,23 @@ async function rotationPropagation(h1: LabHost, h2: LabHost, samples: number) {
   const polls: number[] = [];
   let lastRing = 0;
   process.stdout.write(`  waiting for ${samples} key rotations`);
-  while ([...rotations.keys()].filter((t) => t !== first.primary).length < samples) {
+  /** Per rotation after the first seen: the last host's first poll with the new primary, minus its time. */
+  const measured = (): { primary: number; ms: number }[] => {
+    const out: { primary: number; ms: number }[] = [];
+    for (const [primary, at] of rotations) {
+      if (primary === first.primary) continue;
+      const arrived = pairs.map(([me, peer]) => {
+        const want = spi(me.addr, peer.addr, primary);
+        return seen.find((x) => x.host === me.name && x.spi === want)?.at;
+      });
+      if (arrived.some((a) => a === undefined)) continue;
+      out.push({ primary, ms: Math.max(...(arrived as number[])) - at });
+    }
+    return out;
+  };
+  const deadline = wallMs() + 10 * 60_000;
+  while (measured().length < samples) {
+    if (wallMs() > deadline) throw new Error(`fewer than ${samples} rotations reached every host in 10 minutes`);
     const t0 = wallMs();
     for (const [me, peer] of pairs) {
       const s = await outboundSpi(me, peer);
@@ -853,16 +869,7 @@ async function rotationPropagation(h1: LabHost, h2: LabHost, samples: number) {
     }
   }
   process.stdout.write("\n");
-  const out: { primary: number; ms: number }[] = [];
-  for (const [primary, at] of rotations) {
-    if (primary === first.primary) continue;
-    const arrived = pairs.map(([me, peer]) => {
-      const want = spi(me.addr, peer.addr, primary);
-      return seen.find((x) => x.host === me.name && x.spi === want)?.at;
-    });
-    if (arrived.some((a) => a === undefined)) continue;
-    out.push({ primary, ms: Math.max(...(arrived as number[])) - at });
-  }
+  const out = measured().slice(0, samples);
   for (const r of out)
     process.stdout.write(`  rotation to key ${r.primary}: every host sends with it ${r.ms.toFixed(0)} ms later\n`);
   return { samples: out, pollMs: stats(polls) };
