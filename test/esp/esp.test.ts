@@ -6,7 +6,8 @@
 //
 // Skipped, with the reason, only where the guest cannot run at all: not root (network namespaces), or the
 // user-mode-linux package missing (deploy/install.sh installs it). `SHOAL_ESP_FILES` (space-separated)
-// narrows the inner run to some files.
+// narrows the inner run to some files, `SHOAL_ESP_TESTS` to the tests whose names match (vitest's -t);
+// `SHOAL_ESP_ECHO=1` streams the guest's console to stderr.
 
 import { describe, expect, it } from "vitest";
 import { build, isRoot } from "../e2e/lab-helpers.js";
@@ -20,10 +21,11 @@ if (cannot === undefined) {
   await build();
   const files = (process.env.SHOAL_ESP_FILES ?? "").split(/\s+/).filter((f) => f !== "");
   const echo = process.env.SHOAL_ESP_ECHO === "1";
-  outcome = await runEspSuite(files, {
-    timeoutMs: 40 * 60_000,
-    ...(echo ? { onOutput: (s: string) => process.stderr.write(s) } : {}),
-  });
+  outcome = await runEspSuite(
+    files,
+    { timeoutMs: 40 * 60_000, ...(echo ? { onOutput: (s: string) => process.stderr.write(s) } : {}) },
+    process.env.SHOAL_ESP_TESTS || undefined,
+  );
 }
 
 /** The last lines of what the guest printed, for a failure message. */

@@ -212,12 +212,16 @@ export function parseVitestReport(text: string): Pick<SuiteOutcome, "tests" | "b
 }
 
 /**
- * Boot a guest and run the ESP suite in it (vitest with test/esp/vitest.guest.config.ts; `files` narrows
- * it), against the dist/ the host built. The guest's vitest writes its JSON report into the job directory.
+ * Boot a guest and run the ESP suite in it (vitest with test/esp/vitest.guest.config.ts; `files` and
+ * `testNamePattern` (vitest's -t) narrow it), against the dist/ the host built. The guest's vitest writes its JSON report into the job directory.
  */
-export async function runEspSuite(files: string[] = [], opts: GuestOptions = {}): Promise<SuiteOutcome> {
+export async function runEspSuite(
+  files: string[] = [],
+  opts: GuestOptions = {},
+  testNamePattern?: string,
+): Promise<SuiteOutcome> {
   const report = "vitest-report.json";
-  const quoted = files.map(shellQuote).join(" ");
+  const quoted = [...files.map(shellQuote), ...(testNamePattern ? ["-t", shellQuote(testNamePattern)] : [])].join(" ");
   const guest = await runInGuest(
     `node node_modules/vitest/vitest.mjs run --config test/esp/vitest.guest.config.ts --reporter=default ` +
       `--reporter=json --outputFile.json="$SHOAL_JOB/${report}" ${quoted}`,
