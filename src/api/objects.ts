@@ -165,12 +165,17 @@ export const ClusterInfoSchema = z.object({
 });
 export type ClusterInfo = z.infer<typeof ClusterInfoSchema>;
 
-/** What only managers hold: the CA key and the join tokens. */
+/** An autolock unlock key: SWMKEY-1- and 32 bytes in unpadded base64 (src/ca/unlockkey.ts). */
+export const UnlockKeySchema = z.string().regex(/^SWMKEY-1-[A-Za-z0-9+/]{43}$/, "must be an unlock key (SWMKEY-1-...)");
+
+/** What only managers hold: the CA key, the join tokens, and the unlock key while autolock is on. */
 export const ClusterSecretsSchema = z.object({
   rootCACertPem: Pem,
   rootCAKeyPem: Pem,
   workerToken: z.string().max(256),
   managerToken: z.string().max(256),
+  /** The key-encryption key every manager seals its raft key under (autolock on); absent when off. */
+  unlockKey: UnlockKeySchema.optional(),
 });
 export type ClusterSecrets = z.infer<typeof ClusterSecretsSchema>;
 

@@ -16,6 +16,7 @@ import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
+import { formatUnlockKey, generateKek, parseUnlockKey } from "../ca/unlockkey.js";
 import { EmbeddedDns } from "../dataplane/dns.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
 import { IpsecDataplane } from "../dataplane/ipsec.js";
@@ -24,6 +25,9 @@ import {
   ApiError,
   alreadyInSwarm,
   badRequest,
+  MSG_INVALID_UNLOCK_KEY,
+  MSG_LEAVE_LOCKED,
+  MSG_LOCKED,
   MSG_WORKER,
   notInSwarm,
   notManager,
@@ -118,6 +122,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     | undefined;
   private roleChange: Promise<void> | undefined;
   private stopped = false;
+  /** A manager whose keys are sealed under the swarm's unlock key, waiting for "docker swarm unlock". */
+  private locked = false;
 
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
@@ -149,6 +155,19 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     const state = await this.root.loadState();
     if (!state) return;
     this.state = state;
+    if (state.role === "manager" && (await this.root.isLocked())) {
+      this.locked = true;
+      this.log.warn(
+        { node: state.nodeId },
+        "this manager's keys are sealed under the swarm's unlock key: it stays locked until \"docker swarm unlock\"",
+      );
+      return;
+    }
+    await this.resumeUnlocked(state);
+  }
+
+  /** Start the parts of a swarm member whose keys are readable (after a restart, or an unlock). */
+  private async resumeUnlocked(state: LocalState): Promise<void> {
     this.certs = await this.root.loadCertificates();
     this.log.info({ node: state.nodeId, role: state.role }, "resuming swarm membership from the data root");
     if (state.role === "manager" && state.raftId !== undefined) {
@@ -371,6 +390,16 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         RemoteManagers: null,
       };
     }
+    if (this.locked) {
+      return {
+        NodeID: s.nodeId,
+        NodeAddr: s.dataPathAddr,
+        LocalNodeState: "locked",
+        ControlAvailable: false,
+        Error: MSG_LOCKED,
+        RemoteManagers: s.managers.map((m) => ({ NodeID: m.nodeId, Addr: m.addr })),
+      };
+    }
     const info: SwarmInfo = {
       NodeID: s.nodeId,
       NodeAddr: s.dataPathAddr,
@@ -393,6 +422,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   private requireControl(): Control {
     if (!this.state) throw notManager();
+    if (this.locked) throw unavailable(MSG_LOCKED);
     if (this.state.role !== "manager") throw new ApiError(503, MSG_WORKER);
     if (!this.control) throw notManager();
     return this.control;
@@ -404,6 +434,44 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void> {
     return this.requireControl().swarmUpdate(spec, opts);
+  }
+
+  /** GET /swarm/unlockkey: the unlock key while autolock is on, else "". */
+  swarmUnlockKey(): Promise<string> {
+    return this.requireControl().unlockKey();
+  }
+
+  /** POST /swarm/unlock: open this manager's sealed keys with the unlock key, then start it. */
+  swarmUnlock(keyText: string): Promise<void> {
+    return this.serial(async () => {
+      const s = this.state;
+      if (!s) throw notManager();
+      if (!this.locked) {
+        if (s.role === "manager") throw new ApiError(409, "swarm is not locked");
+        throw new ApiError(503, MSG_WORKER);
+      }
+      let kek: Buffer;
+      try {
+        kek = parseUnlockKey(keyText);
+      } catch {
+        throw badRequest("invalid key string");
+      }
+      if (!(await this.root.unlock(kek))) {
+        this.log.warn({}, "unlock refused: the key does not open this manager's raft key");
+        throw new ApiError(401, MSG_INVALID_UNLOCK_KEY);
+      }
+      this.locked = false;
+      try {
+        await this.resumeUnlocked(s);
+      } catch (e) {
+        this.locked = true;
+        throw e;
+      }
+      this.log.info({ node: s.nodeId }, "unlocked: this manager's keys are open");
+      void this.reconcileNetworking().catch((e: unknown) =>
+        this.log.warn({ err: e }, "could not reconcile overlay namespaces"),
+      );
+    });
   }
 
   nodeList(filters: NodeListFilters): Promise<Node[]> {
@@ -463,6 +531,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   /** The overlay machinery of this host, built on first use (it needs the swarm's data-path address). */
   ensureNetworking(): HostNetworking {
     if (this.networking) return this.networking;
+    if (this.locked) throw unavailable(MSG_LOCKED);
     const s = this.state;
     if (!s) {
       throw new ApiError(503, 'overlay networks need a swarm: run "shoal swarm init" or "shoal swarm join" first');
@@ -519,7 +588,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   /** After a restart: overlay namespaces of the previous run hold no container of ours any more. */
   async reconcileNetworking(): Promise<void> {
-    if (!this.state) return;
+    // A locked manager reconciles once it is unlocked (swarmUnlock).
+    if (!this.state || this.locked) return;
     this.ensureNetworking();
     const report = await this.dataplane!.reconcile(new Map());
     // Probe at start (in the background): the log says at once whether encrypted networks can work here.
@@ -658,6 +728,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.serial(async () => {
       if (this.state) {
         if (req.ForceNewCluster && this.state.role === "manager" && this.state.raftId !== undefined) {
+          if (this.locked) throw unavailable(MSG_LOCKED);
           return this.forceNew();
         }
         throw alreadyInSwarm();
@@ -666,6 +737,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen);
       const dataPathAddr = req.DataPathAddr ? resolveAdvertiseAddr(req.DataPathAddr, listen).ip : advertise.ip;
       const spec = mergeSpec(req.Spec);
+      const autolock = req.AutoLockManagers === true || req.Spec?.EncryptionConfig?.AutoLockManagers === true;
+      spec.EncryptionConfig = { AutoLockManagers: autolock };
       const pool = req.DefaultAddrPool && req.DefaultAddrPool.length > 0 ? req.DefaultAddrPool : ["10.0.0.0/8"];
       const subnetSize = req.SubnetSize || 24;
       if (subnetSize < 1 || subnetSize > 29)
@@ -723,6 +796,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
             rootCAKeyPem: ca.keyPem,
             workerToken: generateJoinToken(ca.certPem),
             managerToken: generateJoinToken(ca.certPem),
+            ...(autolock ? { unlockKey: formatUnlockKey(generateKek()) } : {}),
           },
         });
         await m.write({
@@ -879,6 +953,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.serial(async () => {
       const s = this.state;
       if (!s) throw notInSwarm();
+      if (this.locked && !force) throw unavailable(MSG_LEAVE_LOCKED);
       const m = this.manager;
       if (s.role === "manager" && m) {
         const { voters, reachable } = m.quorumView();

@@ -3,6 +3,7 @@
 // preconditions (object versions) are checked when they are applied.
 
 import { generateJoinToken } from "../ca/token.js";
+import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import { ApiError, badRequest, nodeNotFound } from "../engine/errors.js";
 import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
 import type { NodeRecord } from "../store/store.js";
@@ -47,7 +48,16 @@ export class Control {
       spec,
       ...(opts.rotateWorkerToken ? { workerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
       ...(opts.rotateManagerToken ? { managerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
+      ...nextUnlockKey(c.secrets.unlockKey, spec, opts.rotateManagerUnlockKey),
     });
+  }
+
+  /** The unlock key while autolock is on, "" while it is off (GET /swarm/unlockkey). */
+  async unlockKey(): Promise<string> {
+    await this.m.readBarrier();
+    const c = this.m.store.cluster();
+    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
+    return c.info.Spec.EncryptionConfig?.AutoLockManagers ? (c.secrets.unlockKey ?? "") : "";
   }
 
   async nodeList(filters: NodeListFilters): Promise<Node[]> {
@@ -117,6 +127,16 @@ export class Control {
     }
     await this.m.write({ op: "node.remove", id });
   }
+}
+
+/**
+ * A new unlock key when autolock is being turned on, or rotated (swarm unlock-key --rotate) while on; none
+ * otherwise (the store keeps the key while autolock stays on, and drops it when it is turned off).
+ */
+function nextUnlockKey(current: string | undefined, spec: SwarmSpec, rotate: boolean): { unlockKey?: string } {
+  if (!spec.EncryptionConfig?.AutoLockManagers) return {};
+  if (current !== undefined && !rotate) return {};
+  return { unlockKey: formatUnlockKey(generateKek()) };
 }
 
 function validateNodeSpec(spec: NodeSpec): void {

@@ -28,6 +28,7 @@ import {
 } from "../raft/types.js";
 import { type Command, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
 import { withAcl } from "./acl.js";
+import { AutolockKeeper } from "./autolock.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
@@ -81,6 +82,8 @@ export class Manager {
   private roleManager: RoleManager;
   /** Leader only: creates the overlay keyring and rotates it on its stored schedule. */
   private keyManager: KeyManager;
+  /** Every manager: keeps this manager's keys at rest sealed as the cluster's autolock setting says. */
+  private readonly autolock: AutolockKeeper;
   private certs: Certificates;
   private readonly opts: ManagerOptions;
   private peers = new Map<NodeId, string>();
@@ -109,15 +112,30 @@ export class Manager {
       ...(opts.encryptionKeyRotationMs ? { intervalMs: opts.encryptionKeyRotationMs } : {}),
       logger: opts.logger.child({ component: "keymanager" }),
     });
+    this.autolock = new AutolockKeeper({
+      cluster: () => this.store.cluster(),
+      onClusterChange: (f) => {
+        const l = (e: { kind: string }) => {
+          if (e.kind === "cluster" || e.kind === "restore") f();
+        };
+        this.store.events.on("event", l);
+        return () => this.store.events.off("event", l);
+      },
+      currentKek: () => opts.dataRoot.currentKek(),
+      seal: (kek) => opts.dataRoot.sealSecrets(kek),
+      logger: opts.logger.child({ component: "autolock" }),
+    });
   }
 
   static async start(opts: ManagerOptions): Promise<Manager> {
     const m = new Manager(opts);
     // The listener first: a busy port is a clear error before anything else has started.
     await m.startServer();
+    m.autolock.start();
     try {
       await m.startRaft();
     } catch (e) {
+      m.autolock.stop();
       await m.listener?.close();
       m.server?.forceShutdown();
       throw e;
@@ -447,8 +465,10 @@ export class Manager {
     if (this.prober) clearInterval(this.prober);
     this.roleManager.stop();
     this.keyManager.stop();
+    this.autolock.stop();
     this.dispatcher.loseLeadership();
     await this.raft.stop();
+    await this.autolock.settled();
     await this.transport.close();
     if (this.server) this.server.forceShutdown();
     await this.listener?.close();

@@ -54,6 +54,8 @@ export type Command =
       spec: SwarmSpec;
       workerToken?: string;
       managerToken?: string;
+      /** A new unlock key (autolock turned on, or its key rotated); autolock off removes the key. */
+      unlockKey?: string;
     }
   | { op: "node.create"; node: Node; role: NodeRole }
   | { op: "node.update"; id: string; version: number; spec: NodeSpec }
@@ -227,6 +229,7 @@ export class Store {
         s.cluster.info.Spec = clone(c.spec);
         if (c.workerToken) s.cluster.secrets.workerToken = c.workerToken;
         if (c.managerToken) s.cluster.secrets.managerToken = c.managerToken;
+        applyUnlockKey(s.cluster.secrets, c.spec, c.unlockKey);
         s.cluster.info.Version = { Index: index };
         s.cluster.info.UpdatedAt = at;
         this.emit({ kind: "cluster", cluster: clone(s.cluster) });
@@ -462,6 +465,12 @@ export class Store {
   keepOnlyMember(raftId: NodeId): void {
     for (const id of [...this.s.members.keys()]) if (id !== raftId) this.s.members.delete(id);
   }
+}
+
+/** The unlock key follows the spec: kept (or replaced) while autolock is on, gone when it is off. */
+function applyUnlockKey(secrets: ClusterSecrets, spec: SwarmSpec, unlockKey: string | undefined): void {
+  if (!spec.EncryptionConfig?.AutoLockManagers) delete secrets.unlockKey;
+  else if (unlockKey) secrets.unlockKey = unlockKey;
 }
 
 function ok(version: number): Outcome {
