@@ -21,6 +21,12 @@ export interface AgentOptions {
   addr: string;
   logger: Logger;
   onMessage: (msg: SessionMessage) => void;
+  /**
+   * A session attempt failed before it was established (or an established one broke); `consecutive`
+   * counts the attempts since the last established session. The daemon uses it to notice a root CA
+   * rotation it missed while it was down.
+   */
+  onSessionFailure?: (addr: string, err: unknown, consecutive: number) => void;
 }
 
 export const CHANNEL_OPTIONS = {
@@ -88,6 +94,7 @@ export class Agent {
 
   private async run(): Promise<void> {
     let backoff = 100;
+    let failures = 0;
     while (!this.stopped) {
       const addr = this.nextAddr();
       if (!addr) {
@@ -97,8 +104,15 @@ export class Agent {
       try {
         await this.session(addr);
         backoff = 100;
+        failures = 0;
       } catch (e) {
         if (this.stopped) return;
+        failures = this.connectedTo !== undefined ? 1 : failures + 1;
+        try {
+          this.opts.onSessionFailure?.(addr, e, failures);
+        } catch (err) {
+          this.log.warn({ err }, "handling a session failure failed");
+        }
         const hint = leaderHint(e);
         if (hint && hint !== addr) {
           this.hint = hint;

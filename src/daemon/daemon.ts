@@ -12,6 +12,7 @@ import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
+import { clusterTLSInfo, nodeTLSInfo } from "../ca/chain.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
@@ -73,6 +74,7 @@ import { Serial } from "../serial.js";
 import type { NetworkRecord } from "../store/store.js";
 import { VERSION } from "../version.js";
 import { HostNetworking } from "./networking.js";
+import { RootFollower } from "./rotation.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
 
 export interface DaemonOptions {
@@ -124,10 +126,30 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   private stopped = false;
   /** A manager whose keys are sealed under the swarm's unlock key, waiting for "docker swarm unlock". */
   private locked = false;
+  /** Follows root CA rotations: renews when told, adopts the new root, recovers if it missed one. */
+  private readonly follower: RootFollower;
 
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
     this.root = new DataRoot(opts.dataRoot);
+    this.follower = new RootFollower({
+      nodeId: () => this.state?.nodeId ?? "",
+      certs: () => this.certs,
+      useCertificates: async (c) => {
+        this.certs = c;
+        await this.root.saveCertificates(c);
+        this.manager?.updateCertificates(c);
+        this.scheduleRenewal();
+      },
+      renew: async () => {
+        const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
+        if (!addr) throw new Error("no manager to renew the certificate with");
+        await this.renewCertificate(addr);
+      },
+      reconnect: () => this.agent?.reconnect(),
+      serial: (f) => this.serial(f),
+      logger: this.log.child({ component: "root-ca" }),
+    });
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -251,6 +273,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       addr: s.dataPathAddr,
       logger: this.log,
       onMessage: (msg) => this.onSessionMessage(msg),
+      onSessionFailure: (addr, _err, consecutive) => this.follower.onSessionFailure(addr, consecutive),
     });
     this.agent.start();
   }
@@ -261,6 +284,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       Platform: { Architecture: os.arch() === "x64" ? "x86_64" : os.arch(), OS: "linux" },
       Resources: { NanoCPUs: os.cpus().length * 1e9, MemoryBytes: os.totalmem() },
       Engine: { EngineVersion: VERSION, Plugins: [{ Type: "Network", Name: "overlay" }] },
+      // The root this node trusts and who issued its certificate: what `docker swarm ca` watches.
+      ...(this.certs ? { TLSInfo: nodeTLSInfo(this.certs.rootPem, this.certs.certPem) } : {}),
     };
   }
 
@@ -272,6 +297,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       s.managers = managers;
       void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
     }
+    this.follower.onSessionMessage(msg);
     this.networking?.onSessionNetworks(msg.networks);
     this.networking?.onSessionKeys(msg.networkKeysJson);
     const role = msg.role as NodeRole;
@@ -1104,7 +1130,7 @@ function mergeSpec(s: Partial<SwarmSpec> | undefined): SwarmSpec {
 }
 
 function tlsInfo(rootPem: string): ClusterInfo["TLSInfo"] {
-  return { TrustRoot: rootPem, CertIssuerSubject: Buffer.from("swarm-ca").toString("base64"), CertIssuerPublicKey: "" };
+  return clusterTLSInfo(rootPem);
 }
 
 async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {

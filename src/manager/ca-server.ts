@@ -1,5 +1,7 @@
 // The CA service: the root certificate for anyone, a node certificate for a valid join token, and
 // renewal for nodes that have one. Any manager can sign: the root CA key is in the replicated store.
+// During a root rotation the managers sign with the new root's key and append the cross-signed
+// intermediate (src/manager/ca-rotation.ts); a node left behind by one recovers with its old certificate.
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
@@ -14,9 +16,12 @@ import type {
   GetRootCACertificateResponse,
   IssueNodeCertificateRequest,
   IssueNodeCertificateResponse,
+  RecoverNodeCertificateRequest,
+  RecoverNodeCertificateResponse,
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
+import { recoverCertificate, signingCA } from "./ca-rotation.js";
 import { peerIp } from "./dispatcher.js";
 import { GrpcError } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
@@ -59,7 +64,8 @@ export function caService(m: Manager): UntypedServiceImplementation {
       _call: ServerUnaryCall<GetRootCACertificateRequest, GetRootCACertificateResponse>,
       cb: sendUnaryData<GetRootCACertificateResponse>,
     ) => {
-      cb(null, { certificatePem: m.tls.rootPem });
+      // The swarm's root now (what the join tokens' digest is of), or this manager's own until it knows.
+      cb(null, { certificatePem: m.store.cluster()?.secrets.rootCACertPem ?? m.tls.rootPem });
     },
 
     issueNodeCertificate: handle<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
@@ -82,8 +88,8 @@ export function caService(m: Manager): UntypedServiceImplementation {
         throw new GrpcError(status.INVALID_ARGUMENT, `invalid availability "${req.availability}"`);
       }
       const nodeId = newNodeId();
-      const rootCA = await m.rootCA();
-      const certificatePem = await signNodeCSR(rootCA, req.csrPem, { nodeId, role, clusterId: m.clusterId }).catch(
+      const { ca, chainPem } = await signingCA(cluster);
+      const leafPem = await signNodeCSR(ca, req.csrPem, { nodeId, role, clusterId: m.clusterId }).catch(
         (e: unknown) => {
           throw new GrpcError(
             status.INVALID_ARGUMENT,
@@ -91,6 +97,7 @@ export function caService(m: Manager): UntypedServiceImplementation {
           );
         },
       );
+      const certificatePem = leafPem + chainPem;
       const node: Node = newNodeObject(nodeId, role, availability, req.hostname, peerIp(call.getPeer()));
       await m.write({ op: "node.create", node, role });
       m.log.info({ node: nodeId, role, hostname: req.hostname }, "issued a certificate to a joining node");
@@ -103,8 +110,10 @@ export function caService(m: Manager): UntypedServiceImplementation {
       await m.readBarrier();
       const rec = m.store.node(peer.nodeId);
       if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
-      const rootCA = await m.rootCA();
-      const certificatePem = await signNodeCSR(rootCA, call.request.csrPem, {
+      const cluster = m.store.cluster();
+      if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
+      const { ca, chainPem } = await signingCA(cluster);
+      const leafPem = await signNodeCSR(ca, call.request.csrPem, {
         nodeId: peer.nodeId,
         role: rec.role,
         clusterId: m.clusterId,
@@ -114,7 +123,24 @@ export function caService(m: Manager): UntypedServiceImplementation {
           `invalid certificate request: ${e instanceof Error ? e.message : String(e)}`,
         );
       });
-      return { certificatePem, role: rec.role };
+      return { certificatePem: leafPem + chainPem, role: rec.role };
+    }),
+
+    recoverNodeCertificate: handle<RecoverNodeCertificateRequest, RecoverNodeCertificateResponse>(async (call) => {
+      await m.readBarrier();
+      const cluster = m.store.cluster();
+      if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
+      const out = await recoverCertificate(
+        {
+          cluster,
+          clusterId: m.clusterId,
+          node: (id) => m.store.node(id),
+          isRemoved: (id) => m.store.isRemoved(id),
+        },
+        call.request,
+      );
+      m.log.info({ role: out.role }, "issued a certificate under the new root CA to a node that missed the rotation");
+      return out;
     }),
   };
 }

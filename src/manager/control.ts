@@ -7,6 +7,7 @@ import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import { ApiError, badRequest, nodeNotFound } from "../engine/errors.js";
 import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
 import type { NodeRecord } from "../store/store.js";
+import { planRootRotation } from "./ca-rotation.js";
 import type { Manager } from "./manager.js";
 
 export const QUORUM_LOSS_MESSAGE = "can't remove member from the raft: this would result in a loss of quorum";
@@ -42,6 +43,13 @@ export class Control {
     const c = this.m.store.cluster();
     if (!c) throw new ApiError(503, "the cluster is not initialised yet");
     validateSwarmSpec(spec);
+    // A root CA rotation is planned (new root made and cross-signed) before anything is written; the
+    // signing certificate and key never stay in the spec.
+    const caChange = await planRootRotation(c, spec);
+    if (spec.CAConfig) {
+      delete spec.CAConfig.SigningCACert;
+      delete spec.CAConfig.SigningCAKey;
+    }
     await this.m.write({
       op: "cluster.update",
       version: opts.version,
@@ -49,6 +57,7 @@ export class Control {
       ...(opts.rotateWorkerToken ? { workerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
       ...(opts.rotateManagerToken ? { managerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
       ...nextUnlockKey(c.secrets.unlockKey, spec, opts.rotateManagerUnlockKey),
+      ...caChange,
     });
   }
 

@@ -9,7 +9,7 @@ import { status } from "@grpc/grpc-js";
 import { peerRole } from "../ca/tls.js";
 import type { NodeDescription } from "../engine/types.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
-import type { StoreEvent } from "../store/store.js";
+import type { ClusterRecord, NodeRecord, StoreEvent } from "../store/store.js";
 import { failStream, GrpcError, notLeader } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
 import { attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
@@ -113,6 +113,7 @@ export class Dispatcher {
       role: rec.role,
       networks: statesForNode(this.m.store, s.nodeId),
       networkKeysJson: networkKeysFor(this.m.store, s.nodeId),
+      ...rootCAFor(this.m.store.cluster(), rec),
     };
   }
 
@@ -219,6 +220,19 @@ export class Dispatcher {
     if (!this.sessions.has(s.id)) return;
     this.push(s);
   }
+}
+
+/**
+ * What a session says about the root CA: the root every node should hold, and, during a rotation, the
+ * issuer this node should renew to once the reconciler has told it to (node.certRenew).
+ */
+function rootCAFor(
+  c: ClusterRecord | undefined,
+  rec: NodeRecord,
+): { rootCaPem: string; renewCertificateIssuer: string } {
+  const want = c?.info.TLSInfo.CertIssuerPublicKey;
+  const renew = c?.secrets.rootRotation !== undefined && rec.certRenew !== undefined && rec.certRenew === want;
+  return { rootCaPem: c?.info.TLSInfo.TrustRoot ?? "", renewCertificateIssuer: renew ? rec.certRenew! : "" };
 }
 
 /** "ipv4:127.0.0.2:41234" or "127.0.0.2:41234" or "[::1]:41234" -> the IP. */

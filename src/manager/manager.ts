@@ -29,6 +29,7 @@ import {
 import { type Command, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
 import { withAcl } from "./acl.js";
 import { AutolockKeeper } from "./autolock.js";
+import { listenerTrust, RootRotationReconciler } from "./ca-rotation.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
@@ -84,6 +85,10 @@ export class Manager {
   private keyManager: KeyManager;
   /** Every manager: keeps this manager's keys at rest sealed as the cluster's autolock setting says. */
   private readonly autolock: AutolockKeeper;
+  /** Leader only: moves every node to a new root CA, then finishes the rotation. */
+  private readonly rootRotation: RootRotationReconciler;
+  /** The root bundle the listener trusts now (listenerTrust). */
+  private trusted = "";
   private certs: Certificates;
   private readonly opts: ManagerOptions;
   private peers = new Map<NodeId, string>();
@@ -125,6 +130,21 @@ export class Manager {
       seal: (kek) => opts.dataRoot.sealSecrets(kek),
       logger: opts.logger.child({ component: "autolock" }),
     });
+    this.rootRotation = new RootRotationReconciler({
+      cluster: () => this.store.cluster(),
+      nodes: () => this.store.nodes(),
+      onEvent: (f) => {
+        this.store.events.on("event", f);
+        return () => this.store.events.off("event", f);
+      },
+      write: (c) => this.write(c),
+      logger: opts.logger.child({ component: "ca-rotation" }),
+    });
+    // The listener trusts the rotation's new root as soon as a rotation starts, the new root alone once
+    // it is over (and this manager's own root file, until it adopts the new root).
+    this.store.events.on("event", (e: { kind: string }) => {
+      if (e.kind === "cluster" || e.kind === "restore") this.refreshTrust();
+    });
   }
 
   static async start(opts: ManagerOptions): Promise<Manager> {
@@ -149,10 +169,22 @@ export class Manager {
     return this.certs;
   }
 
-  /** After a certificate renewal. */
+  /** After a certificate renewal, or a new root adopted. */
   updateCertificates(c: Certificates): void {
     this.certs = c;
-    this.listener?.update({ rootPem: c.rootPem, certPem: c.certPem, keyPem: c.keyPem });
+    this.trusted = listenerTrust(c.rootPem, this.store.cluster());
+    this.listener?.update({ rootPem: this.trusted, certPem: c.certPem, keyPem: c.keyPem });
+  }
+
+  private refreshTrust(): void {
+    const next = listenerTrust(this.certs.rootPem, this.store.cluster());
+    if (next === this.trusted || !this.listener) return;
+    this.trusted = next;
+    this.listener.update({ rootPem: next, certPem: this.certs.certPem, keyPem: this.certs.keyPem });
+    this.log.info(
+      { roots: next.split("-----BEGIN CERTIFICATE-----").length - 1 },
+      "the cluster listener's trusted roots changed",
+    );
   }
 
   private async startRaft(): Promise<void> {
@@ -225,7 +257,13 @@ export class Manager {
       CAService,
       withAcl(
         caService(this),
-        { getRootCaCertificate: "anyone", issueNodeCertificate: "anyone", renewNodeCertificate: ["worker", "manager"] },
+        {
+          getRootCaCertificate: "anyone",
+          issueNodeCertificate: "anyone",
+          renewNodeCertificate: ["worker", "manager"],
+          // Proof of identity is the retired root's certificate in the request (ca-rotation.ts).
+          recoverNodeCertificate: "anyone",
+        },
         acl,
       ),
     );
@@ -251,7 +289,7 @@ export class Manager {
       this.listener = await listenTLS(server, {
         host,
         port: Number(portText),
-        rootPem: this.certs.rootPem,
+        rootPem: (this.trusted = listenerTrust(this.certs.rootPem, undefined)),
         certPem: this.certs.certPem,
         keyPem: this.certs.keyPem,
       });
@@ -317,12 +355,14 @@ export class Manager {
       this.dispatcher.becomeLeader();
       this.roleManager.start();
       this.keyManager.start();
+      this.rootRotation.start();
     } else if (!isLeader && this.leaderState) {
       this.leaderState = false;
       this.log.info({ leader: lead.toString(16) }, "this manager is no longer the leader");
       this.dispatcher.loseLeadership();
       this.roleManager.stop();
       this.keyManager.stop();
+      this.rootRotation.stop();
     }
   }
 
@@ -465,6 +505,7 @@ export class Manager {
     if (this.prober) clearInterval(this.prober);
     this.roleManager.stop();
     this.keyManager.stop();
+    this.rootRotation.stop();
     this.autolock.stop();
     this.dispatcher.loseLeadership();
     await this.raft.stop();

@@ -35,6 +35,7 @@ import {
 } from "../manager/allocator/ipam.js";
 import { applyKeys, type Keyring, type KeysCommand, type RedactedKeyring, redact } from "../manager/keymanager.js";
 import type { NodeId } from "../raft/types.js";
+import { applyCAChange, applyRootRotation, type CAChange, type CACommand, markCertRenew } from "./ca.js";
 
 export type {
   ClusterRecord,
@@ -48,7 +49,7 @@ export type {
 
 export type Command =
   | { op: "cluster.create"; info: ClusterInfo; secrets: ClusterSecrets }
-  | {
+  | ({
       op: "cluster.update";
       version: number;
       spec: SwarmSpec;
@@ -56,7 +57,7 @@ export type Command =
       managerToken?: string;
       /** A new unlock key (autolock turned on, or its key rotated); autolock off removes the key. */
       unlockKey?: string;
-    }
+    } & CAChange)
   | { op: "node.create"; node: Node; role: NodeRole }
   | { op: "node.update"; id: string; version: number; spec: NodeSpec }
   | { op: "node.status"; id: string; state: NodeState; addr?: string; message?: string }
@@ -81,7 +82,8 @@ export type Command =
   | { op: "endpoint.remove"; id: string }
   | { op: "member.add"; member: RaftMember }
   | { op: "member.remove"; raftId: NodeId }
-  | KeysCommand;
+  | KeysCommand
+  | CACommand;
 
 /** The outcome of applying a command, returned to whoever proposed it. */
 export type Outcome = { ok: true; version: number } | { ok: false; status: number; message: string };
@@ -230,9 +232,23 @@ export class Store {
         if (c.workerToken) s.cluster.secrets.workerToken = c.workerToken;
         if (c.managerToken) s.cluster.secrets.managerToken = c.managerToken;
         applyUnlockKey(s.cluster.secrets, c.spec, c.unlockKey);
+        applyCAChange(s.cluster, s.cluster.info.Spec, c);
         s.cluster.info.Version = { Index: index };
         s.cluster.info.UpdatedAt = at;
         this.emit({ kind: "cluster", cluster: clone(s.cluster) });
+        return ok(index);
+      }
+      case "cluster.rootRotation": {
+        if (!s.cluster) return fail(503, "the cluster does not exist");
+        const refused = applyRootRotation(s.cluster, c);
+        if (refused) return fail(refused.status, refused.message);
+        s.cluster.info.Version = { Index: index };
+        s.cluster.info.UpdatedAt = at;
+        this.emit({ kind: "cluster", cluster: clone(s.cluster) });
+        return ok(index);
+      }
+      case "node.certRenew": {
+        for (const rec of markCertRenew(s.nodes, c.ids, c.issuer)) this.touchNode(rec, index, at);
         return ok(index);
       }
       case "node.create": {
