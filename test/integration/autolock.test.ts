@@ -76,6 +76,10 @@ describe("autolock with three managers", () => {
       }
       // The key is shown by unlock-key (on any manager) and nowhere else.
       expect((await lab.must("docker", 2, "swarm", "unlock-key", "-q")).trim()).toBe(k1);
+      expect((await lab.must("shoal", 2, "swarm", "unlock-key", "-q")).trim()).toBe(k1);
+      expect(await lab.must("shoal", 3, "swarm", "unlock-key")).toBe(
+        printedKey(k1).replace("docker swarm", "shoal swarm"),
+      );
       expect(await lab.must("docker", 3, "swarm", "unlock-key")).toBe(printedKey(k1));
       for (const path of ["/v1.50/swarm", "/v1.50/info", "/v1.50/nodes"]) {
         const r = await lab.api(1, "GET", path);
@@ -141,7 +145,10 @@ describe("autolock with three managers", () => {
       expect(await state(3)).toBe("locked");
       const old = await lab.dockerWithInput(3, `${k1}\n`, "swarm", "unlock");
       expect(old.stderr.trim()).toBe(INVALID_KEY);
-      const right = await lab.dockerWithInput(3, `${k2}\n`, "swarm", "unlock");
+      // Our CLI, the same way.
+      const wrongShoal = await lab.cliWithInput("shoal", 3, `${k1}\n`, "swarm", "unlock");
+      expect(wrongShoal.stderr.trim()).toBe(INVALID_KEY);
+      const right = await lab.cliWithInput("shoal", 3, `${k2}\n`, "swarm", "unlock");
       expect(right.code, right.stderr).toBe(0);
       await lab.waitFor(
         async () => (await lab.nodeMap(3)).get("node3")?.ManagerStatus === "Reachable",

@@ -131,6 +131,12 @@ describe("docker swarm ca --rotate", () => {
       // Every node: trusts the new root, its certificate chains to it; what they report agrees.
       await lab.waitFor(() => [1, 2, 3, 4].every((i) => movedTo(i, after.TLSInfo.TrustRoot)), 10_000, "all moved");
       expect(await converged()).toBe(true);
+      // Through the intermediate: each node renewed when told, then adopted the new root.
+      for (const i of [1, 2, 3, 4]) {
+        const msgs = lab.logRecords(i).map((x) => x.msg);
+        expect(msgs, `node${i}`).toContain("adopted the swarm's new root CA");
+      }
+      expect([1, 2, 3].some((i) => lab.logRecords(i).some((x) => x.msg === "root CA rotation finished"))).toBe(true);
       expect((await lab.nodeLs(1)).map((n) => n.Status)).toEqual(["Ready", "Ready", "Ready", "Ready"]);
       // The swarm works: a write, and a new node joins with the new token (the old one names the old root).
       await lab.must("docker", 2, "network", "create", "-d", "overlay", "after-rotation");
@@ -233,6 +239,13 @@ describe("docker swarm ca --rotate", () => {
         20_000,
         "node3 reachable and node4 ready",
       );
+      // They came back through recovery with their old certificates (the managers no longer accept them).
+      for (const i of [3, 4]) {
+        expect(
+          lab.logRecords(i).some((r) => r.msg === "recovered a certificate under the swarm's new root CA"),
+          `node${i} recovered`,
+        ).toBe(true);
+      }
       // The recovered manager serves: a write through it.
       await lab.must("docker", 3, "network", "create", "-d", "overlay", "after-recovery");
     } catch (e) {
@@ -240,6 +253,20 @@ describe("docker swarm ca --rotate", () => {
       throw e;
     }
   }, 180_000);
+
+  it("shoal swarm ca --rotate does the same", async () => {
+    try {
+      const before = await swarm();
+      const r = await lab.shoal(2, "swarm", "ca", "--rotate");
+      const after = await swarm();
+      expect(after.TLSInfo.TrustRoot).not.toBe(before.TLSInfo.TrustRoot);
+      checkRotateOutput(r, after.TLSInfo.TrustRoot);
+      expect((await lab.must("shoal", 1, "swarm", "ca")).trim()).toBe(after.TLSInfo.TrustRoot.trim());
+    } catch (e) {
+      lab.dumpRelevant();
+      throw e;
+    }
+  }, 120_000);
 
   it("node rm of a down node lets docker swarm ca --rotate finish", async () => {
     try {

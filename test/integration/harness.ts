@@ -398,11 +398,20 @@ export class Lab {
 
   /** The real docker CLI against daemon i, with `input` on its stdin (e.g. the key for `swarm unlock`). */
   dockerWithInput(i: number, input: string, ...args: string[]): Promise<Result> {
+    return this.cliWithInput("docker", i, input, ...args);
+  }
+
+  /** A CLI against daemon i with `input` on its stdin. */
+  cliWithInput(cli: Cli, i: number, input: string, ...args: string[]): Promise<Result> {
     this.touched.add(i);
+    const [file, argv] =
+      cli === "docker"
+        ? [DOCKER, ["-H", this.host(i), ...args]]
+        : [process.execPath, [SHOAL, "-H", this.host(i), ...args]];
     return new Promise((resolvePromise) => {
       const child = execFile(
-        DOCKER,
-        ["-H", this.host(i), ...args],
+        file,
+        argv,
         { env: this.env(), timeout: 30_000, maxBuffer: 8 << 20 },
         (err, stdout, stderr) => {
           const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
