@@ -219,6 +219,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.networking?.close();
     await this.dns?.close().catch(() => undefined);
     if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.follower.stop();
     await this.agent?.stop();
     this.agent = undefined;
     await this.manager?.stop();

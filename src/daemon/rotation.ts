@@ -39,28 +39,26 @@ export interface RootFollowerDeps {
   logger: Logger;
 }
 
+/** A failed step is tried again after this long (a push that changes nothing will not come again). */
+const RETRY_MS = 2000;
+
+type RootMessage = Pick<SessionMessage, "rootCaPem" | "renewCertificateIssuer">;
+
 export class RootFollower {
   private busy = false;
+  /** The newest session message: what the node should do is always decided from it. */
+  private latest: RootMessage | undefined;
   /** The issuer the last rotation renewal was for: a node renews once per rotation it is told about. */
   private renewedFor = "";
   private lastRootCheck = Number.NEGATIVE_INFINITY;
+  private retry: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: RootFollowerDeps) {}
 
   /** What a session message says about the root CA. */
-  onSessionMessage(msg: Pick<SessionMessage, "rootCaPem" | "renewCertificateIssuer">): void {
-    const c = this.deps.certs();
-    if (!c || this.busy) return;
-    const issuer = msg.renewCertificateIssuer;
-    if (issuer && issuer !== this.renewedFor && chainIssuer(c.certPem, c.rootPem)?.publicKey !== issuer) {
-      this.renewedFor = issuer;
-      this.step("renewing the node certificate for the root CA rotation", async () => {
-        await this.deps.renew();
-        this.deps.reconnect();
-      });
-    } else if (msg.rootCaPem && msg.rootCaPem !== c.rootPem) {
-      this.step("adopting the swarm's new root CA", () => this.adoptRoot(msg.rootCaPem));
-    }
+  onSessionMessage(msg: RootMessage): void {
+    this.latest = { rootCaPem: msg.rootCaPem, renewCertificateIssuer: msg.renewCertificateIssuer };
+    this.evaluate();
   }
 
   /** A session attempt failed: maybe this node missed a rotation while it was down. */
@@ -68,17 +66,45 @@ export class RootFollower {
     if (consecutive < FAILURES_BEFORE_ROOT_CHECK || this.busy) return;
     if (now - this.lastRootCheck < ROOT_CHECK_INTERVAL_MS) return;
     this.lastRootCheck = now;
-    this.step("checking for a root CA rotation missed while down", () => this.recoverIfLeftBehind(addr));
+    this.step("checking for a root CA rotation missed while down", () => this.recoverIfLeftBehind(addr), false);
   }
 
-  private step(what: string, f: () => Promise<void>): void {
-    this.busy = true;
-    void this.deps
-      .serial(f)
-      .catch((e: unknown) => this.deps.logger.warn({ err: e instanceof Error ? e.message : e }, `${what} failed`))
-      .finally(() => {
-        this.busy = false;
+  stop(): void {
+    if (this.retry) clearTimeout(this.retry);
+  }
+
+  private evaluate(): void {
+    const c = this.deps.certs();
+    const msg = this.latest;
+    if (!c || !msg || this.busy) return;
+    const issuer = msg.renewCertificateIssuer;
+    if (issuer && issuer !== this.renewedFor && chainIssuer(c.certPem, c.rootPem)?.publicKey !== issuer) {
+      this.step("renewing the node certificate for the root CA rotation", async () => {
+        await this.deps.renew();
+        this.renewedFor = issuer;
+        this.deps.reconnect();
       });
+    } else if (msg.rootCaPem && msg.rootCaPem !== c.rootPem) {
+      this.step("adopting the swarm's new root CA", () => this.adoptRoot(msg.rootCaPem));
+    }
+  }
+
+  private step(what: string, f: () => Promise<void>, retry = true): void {
+    this.busy = true;
+    void this.deps.serial(f).then(
+      () => {
+        this.busy = false;
+        this.evaluate();
+      },
+      (e: unknown) => {
+        this.busy = false;
+        this.deps.logger.warn({ err: e instanceof Error ? e.message : e }, `${what} failed`);
+        if (!retry) return;
+        if (this.retry) clearTimeout(this.retry);
+        this.retry = setTimeout(() => this.evaluate(), RETRY_MS);
+        this.retry.unref();
+      },
+    );
   }
 
   private async adoptRoot(rootPem: string): Promise<void> {

@@ -380,6 +380,7 @@ describe("the node side (RootFollower)", () => {
     const newCert = (await signNodeCSR(ca2, csrPem, { nodeId: id, role: "worker", clusterId: CLUSTER_ID })) + cross;
     let certs: Certificates = { rootPem: r1.certPem, certPem: oldCert, keyPem };
     const calls: string[] = [];
+    const failures = { renew: 0 };
     const follower = new RootFollower({
       nodeId: () => id,
       certs: () => certs,
@@ -389,13 +390,17 @@ describe("the node side (RootFollower)", () => {
       },
       renew: async () => {
         calls.push("renew");
+        if (failures.renew > 0) {
+          failures.renew--;
+          throw new Error("no manager answered");
+        }
         certs = { ...certs, certPem: newCert };
       },
       reconnect: () => calls.push("reconnect"),
       serial: (f) => f(),
       logger: silent,
     });
-    return { r1, r2, follower, calls, certs: () => certs };
+    return { r1, r2, follower, calls, failures, certs: () => certs };
   }
   const settle = () => new Promise((r) => setTimeout(r, 20));
 
@@ -423,6 +428,17 @@ describe("the node side (RootFollower)", () => {
     await settle();
     expect(calls).toEqual(["renew", "use", "reconnect"]);
     expect(chainsToRoot(certs().certPem, certs().rootPem)).toBe(true);
+  });
+
+  it("a step that failed is tried again (the push that asked for it will not come again)", async () => {
+    const { r2, follower, calls, failures, certs } = await setup();
+    failures.renew = 1;
+    follower.onSessionMessage({ rootCaPem: r2.certPem, renewCertificateIssuer: "" });
+    await settle();
+    expect(calls).toEqual(["renew"]);
+    await until(() => certs().rootPem === r2.certPem, "the retry", 4000);
+    expect(calls).toEqual(["renew", "renew", "use", "reconnect"]);
+    follower.stop();
   });
 
   it("one failed session attempt is not a reason to check the root", async () => {
