@@ -776,12 +776,16 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       if (dataPathPort < 1024 || dataPathPort > 49151)
         throw badRequest(`invalid data path port ${dataPathPort}: it must be within 1024-49151`);
 
+      if (spec.CAConfig.NodeCertExpiry > 0 && spec.CAConfig.NodeCertExpiry < 3600e9) {
+        throw badRequest("minimum certificate expiry time is: 1h0m0s");
+      }
       const ca = await createRootCA();
       const clusterId = newClusterId();
       const nodeId = newNodeId();
       const rootCA = await RootCA.fromPem(ca.certPem, ca.keyPem);
       const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
-      const certPem = await signNodeCSR(rootCA, csrPem, { nodeId, role: "manager", clusterId });
+      const days = spec.CAConfig.NodeCertExpiry / 86_400e9;
+      const certPem = await signNodeCSR(rootCA, csrPem, { nodeId, role: "manager", clusterId, days });
       const raftId = 1 + Math.floor(Math.random() * (2 ** 47 - 2));
       this.certs = { rootPem: ca.certPem, certPem, keyPem };
       this.state = {

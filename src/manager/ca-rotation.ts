@@ -33,6 +33,10 @@ import { GrpcError } from "./grpc-util.js";
 export const ROTATE_BATCH_SIZE = 30;
 /** A root given with --ca-cert must stay valid at least this long (swarmkit's minRootExpiration). */
 const MIN_ROOT_LIFETIME_MS = 365 * 24 * 3600 * 1000;
+/** swarm update --cert-expiry: at least an hour (swarmkit's MinNodeCertExpiration). */
+const MIN_NODE_CERT_EXPIRY_NS = 3600e9;
+const NS_PER_DAY = 86_400e9;
+const DEFAULT_NODE_CERT_DAYS = 90;
 
 // ------------------------------------------------------------------ planning (swarm update)
 
@@ -56,6 +60,9 @@ function sameKey(a: string, b: string): boolean {
  */
 export async function planRootRotation(cluster: ClusterRecord, spec: SwarmSpec, now = new Date()): Promise<CAChange> {
   const cfg = spec.CAConfig ?? {};
+  if (cfg.NodeCertExpiry && cfg.NodeCertExpiry < MIN_NODE_CERT_EXPIRY_NS) {
+    throw badRequest("minimum certificate expiry time is: 1h0m0s");
+  }
   if (cfg.ExternalCAs && cfg.ExternalCAs.length > 0) {
     throw badRequest(
       "external CAs are not supported: shoal's managers sign with the swarm's own CA key. Rotate with " +
@@ -117,6 +124,12 @@ export async function signingCA(cluster: ClusterRecord): Promise<{ ca: RootCA; c
     };
   }
   return { ca: await RootCA.fromPem(s.rootCACertPem, s.rootCAKeyPem), chainPem: s.retiredRoot?.crossSignedPem ?? "" };
+}
+
+/** How long node certificates are valid, in days (swarm init/update --cert-expiry; default 90). */
+export function nodeCertDays(cluster: ClusterRecord): number {
+  const ns = cluster.info.Spec.CAConfig?.NodeCertExpiry ?? 0;
+  return ns > 0 ? ns / NS_PER_DAY : DEFAULT_NODE_CERT_DAYS;
 }
 
 /** What a manager's listener trusts: its own root file, the swarm's root, and the rotation's new root. */
@@ -182,7 +195,12 @@ export async function recoverCertificate(
   }
   const role = deps.node(id.nodeId)!.role;
   const { ca, chainPem } = await signingCA(deps.cluster);
-  const leaf = await signNodeCSR(ca, req.csrPem, { nodeId: id.nodeId, role, clusterId: deps.clusterId });
+  const leaf = await signNodeCSR(ca, req.csrPem, {
+    nodeId: id.nodeId,
+    role,
+    clusterId: deps.clusterId,
+    days: nodeCertDays(deps.cluster),
+  });
   return { certificatePem: leaf + chainPem, role, rootCaPem: deps.cluster.secrets.rootCACertPem };
 }
 

@@ -21,7 +21,7 @@ import type {
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
-import { recoverCertificate, signingCA } from "./ca-rotation.js";
+import { nodeCertDays, recoverCertificate, signingCA } from "./ca-rotation.js";
 import { peerIp } from "./dispatcher.js";
 import { GrpcError } from "./grpc-util.js";
 import type { Manager } from "./manager.js";
@@ -89,7 +89,8 @@ export function caService(m: Manager): UntypedServiceImplementation {
       }
       const nodeId = newNodeId();
       const { ca, chainPem } = await signingCA(cluster);
-      const leafPem = await signNodeCSR(ca, req.csrPem, { nodeId, role, clusterId: m.clusterId }).catch(
+      const days = nodeCertDays(cluster);
+      const leafPem = await signNodeCSR(ca, req.csrPem, { nodeId, role, clusterId: m.clusterId, days }).catch(
         (e: unknown) => {
           throw new GrpcError(
             status.INVALID_ARGUMENT,
@@ -117,6 +118,7 @@ export function caService(m: Manager): UntypedServiceImplementation {
         nodeId: peer.nodeId,
         role: rec.role,
         clusterId: m.clusterId,
+        days: nodeCertDays(cluster),
       }).catch((e: unknown) => {
         throw new GrpcError(
           status.INVALID_ARGUMENT,

@@ -6,7 +6,7 @@
 //
 //   flock /tmp/shoal-heavy.lock npx vitest run test/integration/ca-rotation.test.ts
 
-import { createHash } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -160,8 +160,11 @@ describe("docker swarm ca --rotate", () => {
     }
   }, 180_000);
 
-  it("--ca-cert/--ca-key: rotates to the given root", async () => {
+  it("--ca-cert/--ca-key: rotates to the given root (and certificates follow --cert-expiry)", async () => {
     try {
+      await lab.must("docker", 1, "swarm", "update", "--cert-expiry", "48h");
+      const tooShort = await lab.docker(1, "swarm", "update", "--cert-expiry", "30m");
+      expect(tooShort.stderr.trim()).toBe("Error response from daemon: minimum certificate expiry time is: 1h0m0s");
       const mine = await createRootCA();
       const certFile = join(lab.dir, "my-ca.crt");
       const keyFile = join(lab.dir, "my-ca.key");
@@ -174,6 +177,11 @@ describe("docker swarm ca --rotate", () => {
       // The key never shows.
       expect(JSON.stringify(s)).not.toContain(mine.keyPem.split("\n")[1]);
       await lab.waitFor(() => [1, 2, 3, 4].every((i) => movedTo(i, mine.certPem)), 10_000, "all moved");
+      for (const i of [1, 2, 3, 4]) {
+        const leaf = new X509Certificate(certsOf(i).cert);
+        const validityH = (Date.parse(leaf.validTo) - Date.parse(leaf.validFrom)) / 3600_000;
+        expect(validityH, `node${i}`).toBeCloseTo(49, 0);
+      }
 
       // What shoal cannot do is refused, and changes nothing.
       const ext = await lab.docker(

@@ -14,6 +14,7 @@ import { EC_KEY_PARAMS, EC_SIGN_PARAMS, subtle, x509 } from "../../src/ca/x509.j
 import { RootFollower } from "../../src/daemon/rotation.js";
 import type { Certificates } from "../../src/daemon/state.js";
 import {
+  nodeCertDays,
   planRootRotation,
   ROTATE_BATCH_SIZE,
   RootRotationReconciler,
@@ -221,11 +222,22 @@ describe("planning a rotation (swarm update's CAConfig)", () => {
     await expect(
       refused({ SigningCACert: await selfSignedWithKey(r1.keyPem), SigningCAKey: r1.keyPem }),
     ).rejects.toThrow("Cannot update to a cert with an identical key");
+    await expect(refused({ NodeCertExpiry: 59 * 60e9 })).rejects.toThrow("minimum certificate expiry time is: 1h0m0s");
     const soon = await createRootCA({ now: () => new Date(Date.now() - 30 * 24 * 3600_000), years: 1 });
     await expect(refused({ SigningCACert: soon.certPem, SigningCAKey: soon.keyPem })).rejects.toThrow(
       "CA certificate expires too soon",
     );
     expect(log.cluster()).toEqual(c);
+  });
+});
+
+describe("node certificate lifetime (--cert-expiry)", () => {
+  it("is the spec's NodeCertExpiry, 90 days when unset", async () => {
+    const log = await newCluster(await createRootCA(), []);
+    expect(nodeCertDays(log.cluster())).toBe(90);
+    const c = log.cluster();
+    log.must({ op: "cluster.update", version: c.info.Version.Index, spec: spec(0, { NodeCertExpiry: 48 * 3600e9 }) });
+    expect(nodeCertDays(log.cluster())).toBe(2);
   });
 });
 
