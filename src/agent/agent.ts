@@ -48,6 +48,8 @@ export class Agent {
   private heartbeat: NodeJS.Timeout | undefined;
   /** The manager the session is with, once established. */
   connectedTo: string | undefined;
+  /** Whether the current attempt got as far as an established session. */
+  private established = false;
   private loop: Promise<void> | undefined;
   private readonly log: Logger;
 
@@ -65,8 +67,9 @@ export class Agent {
     await this.loop;
   }
 
-  /** Drop the current session and reconnect (after a certificate change, say). */
+  /** Drop the current session and reconnect (after a certificate change, say), to the same manager first. */
   reconnect(): void {
+    if (this.connectedTo) this.hint = this.connectedTo;
     this.teardown();
   }
 
@@ -107,7 +110,9 @@ export class Agent {
         failures = 0;
       } catch (e) {
         if (this.stopped) return;
-        failures = this.connectedTo !== undefined ? 1 : failures + 1;
+        // A session that was up and broke (or was dropped on purpose) starts over quickly.
+        if (this.established) backoff = 100;
+        failures = this.established ? 1 : failures + 1;
         try {
           this.opts.onSessionFailure?.(addr, e, failures);
         } catch (err) {
@@ -131,6 +136,7 @@ export class Agent {
   }
 
   private session(addr: string): Promise<void> {
+    this.established = false;
     return new Promise<void>((resolve, reject) => {
       const client = new DispatcherClient(addr, this.opts.credentials(), CHANNEL_OPTIONS);
       const stream = client.session(
@@ -157,6 +163,7 @@ export class Agent {
         if (!sessionId) {
           sessionId = msg.sessionId;
           this.connectedTo = addr;
+          this.established = true;
           this.log.info({ manager: addr }, "session established");
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = msg.heartbeatPeriodMs;

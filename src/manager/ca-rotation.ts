@@ -13,7 +13,9 @@
 //     verify the managers with the root it has and recover a certificate with its old one
 //     (CA.RecoverNodeCertificate). The retired root is dropped once every node has moved, or been removed.
 //
-// Managers' listeners trust the current root, the rotation's new root, and their own root file.
+// Managers' listeners trust the current root and the rotation's new root (their own root file only until
+// they know the cluster): once a rotation is over, a certificate from the old root opens nothing but
+// CA.RecoverNodeCertificate, which does not need one.
 
 import { createPrivateKey } from "node:crypto";
 import { status } from "@grpc/grpc-js";
@@ -132,9 +134,12 @@ export function nodeCertDays(cluster: ClusterRecord): number {
   return ns > 0 ? ns / NS_PER_DAY : DEFAULT_NODE_CERT_DAYS;
 }
 
-/** What a manager's listener trusts: its own root file, the swarm's root, and the rotation's new root. */
+/**
+ * What a manager's listener trusts: the swarm's root and, during a rotation, the new root; before this
+ * manager knows the cluster (joining, starting), its own root file.
+ */
 export function listenerTrust(localRootPem: string, cluster: ClusterRecord | undefined): string {
-  const pems = [localRootPem, cluster?.secrets.rootCACertPem, cluster?.secrets.rootRotation?.caCertPem];
+  const pems = cluster ? [cluster.secrets.rootCACertPem, cluster.secrets.rootRotation?.caCertPem] : [localRootPem];
   const out: string[] = [];
   for (const p of pems) for (const b of splitPemCerts(p ?? "")) if (!out.includes(b)) out.push(b);
   return out.join("");

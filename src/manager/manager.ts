@@ -141,7 +141,7 @@ export class Manager {
       logger: opts.logger.child({ component: "ca-rotation" }),
     });
     // The listener trusts the rotation's new root as soon as a rotation starts, the new root alone once
-    // it is over (and this manager's own root file, until it adopts the new root).
+    // it is over.
     this.store.events.on("event", (e: { kind: string }) => {
       if (e.kind === "cluster" || e.kind === "restore") this.refreshTrust();
     });

@@ -14,6 +14,7 @@ import { EC_KEY_PARAMS, EC_SIGN_PARAMS, subtle, x509 } from "../../src/ca/x509.j
 import { RootFollower } from "../../src/daemon/rotation.js";
 import type { Certificates } from "../../src/daemon/state.js";
 import {
+  listenerTrust,
   nodeCertDays,
   planRootRotation,
   ROTATE_BATCH_SIZE,
@@ -228,6 +229,19 @@ describe("planning a rotation (swarm update's CAConfig)", () => {
       "CA certificate expires too soon",
     );
     expect(log.cluster()).toEqual(c);
+  });
+});
+
+describe("what a manager's listener trusts", () => {
+  it("its own root before it knows the cluster; then the swarm's root, and the new root during a rotation", async () => {
+    const r1 = await createRootCA();
+    const stale = await createRootCA();
+    const log = await newCluster(r1, []);
+    expect(listenerTrust(stale.certPem, undefined)).toBe(stale.certPem);
+    expect(listenerTrust(stale.certPem, log.cluster())).toBe(r1.certPem);
+    await rotate(log, spec(1));
+    const newRoot = log.cluster().secrets.rootRotation!.caCertPem;
+    expect(listenerTrust(r1.certPem, log.cluster())).toBe(r1.certPem + newRoot);
   });
 });
 
