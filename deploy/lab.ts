@@ -24,6 +24,8 @@ export interface LabOptions {
   logLevel?: string;
   /** Extra shoald flags for every host, after the lab's own (e.g. ["--encryption-key-rotation", "4s"]). */
   daemonArgs?: string[];
+  /** Environment variables for every host's shoald, over this process's (e.g. a PATH without nft). */
+  daemonEnv?: NodeJS.ProcessEnv;
 }
 
 export interface LabHost {
@@ -131,7 +133,8 @@ export class Lab {
       ...(this.opts.raftTickMs ? ["--raft-tick-ms", String(this.opts.raftTickMs)] : []),
       ...(this.opts.daemonArgs ?? []),
     ];
-    const p = spawn("nsenter", args, { stdio: ["ignore", fd, fd], detached: true });
+    const env = { ...process.env, ...this.opts.daemonEnv };
+    const p = spawn("nsenter", args, { stdio: ["ignore", fd, fd], detached: true, env });
     p.unref();
     this.procs.set(h.index, p);
     writeFileSync(join(h.dir, "shoald.pid"), `${p.pid}\n`);

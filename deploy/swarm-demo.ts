@@ -7,6 +7,7 @@ import { execFile } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { missingPrograms, missingProgramsLine, SHOALD_PROGRAMS } from "../src/dataplane/programs.js";
 import { Lab, type LabHost } from "./lab.js";
 
 const run = promisify(execFile);
@@ -43,6 +44,9 @@ function held(h: LabHost): string[] {
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("the demo builds network namespaces: run it as root");
+  // shoald's programs, and ping for step 5: say what to install before building anything.
+  const missing = missingPrograms([...SHOALD_PROGRAMS, "ping"]);
+  if (missing.length > 0) throw new Error(`${missingProgramsLine(missing)} (bash deploy/install.sh installs them all)`);
   const lab = new Lab({ name: "demo" });
   await lab.down();
   try {

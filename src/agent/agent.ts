@@ -6,10 +6,11 @@
 
 import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { NodeDescription } from "../api/objects.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
-import type { NodeDescription } from "../engine/types.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
 import { leaderHint } from "../manager/grpc-util.js";
+import { type DecodedSession, decodeSessionMessage } from "./messages.js";
 
 export interface AgentOptions {
   nodeId: string;
@@ -20,7 +21,8 @@ export interface AgentOptions {
   /** The address this node wants the managers to record (its data-path/advertise IP); may be empty. */
   addr: string;
   logger: Logger;
-  onMessage: (msg: SessionMessage) => void;
+  /** Every message of the session, decoded and checked (a malformed one is logged and dropped). */
+  onMessage: (msg: DecodedSession) => void;
   /**
    * A session attempt failed before it was established (or an established one broke); `consecutive`
    * counts the attempts since the last established session. The daemon uses it to notice a root CA
@@ -168,8 +170,18 @@ export class Agent {
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = msg.heartbeatPeriodMs;
         if (!this.heartbeat) this.heartbeat = setTimeout(beat, jittered(period));
+        let decoded: DecodedSession;
         try {
-          this.opts.onMessage(msg);
+          decoded = decodeSessionMessage(msg);
+        } catch (e) {
+          this.log.warn(
+            { manager: addr, problem: e instanceof Error ? e.message : String(e) },
+            "refused a session message",
+          );
+          return;
+        }
+        try {
+          this.opts.onMessage(decoded);
         } catch (e) {
           this.log.warn({ err: e }, "handling a session message failed");
         }

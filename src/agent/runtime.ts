@@ -16,7 +16,8 @@ import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { type Readable, Writable } from "node:stream";
 import type { Logger } from "pino";
-import { ApiError, badRequest, conflict } from "../engine/errors.js";
+import { ApiError, badRequest, conflict } from "../api/errors.js";
+import { explainMissing } from "../dataplane/programs.js";
 import { humanDuration } from "../engine/humanize.js";
 import type {
   AttachedEndpoint,
@@ -680,6 +681,9 @@ export class ContainerRuntime implements ContainerBackend {
     const ok = await ready;
     if (!ok) {
       const info = await exited;
+      // nsenter, unshare or setpriv missing on this host: a server-side fault, said with its package.
+      const missing = explainMissing(command[0]!, info.error, info.launcherErr);
+      if (missing !== undefined) throw new LaunchError(missing, 128);
       const text =
         report.trim() || info.launcherErr.trim() || info.error?.message || "the container exited before it started";
       throw new LaunchError(text, /executable file not found/.test(text) ? 127 : info.code === 0 ? 128 : info.code);
@@ -1349,7 +1353,10 @@ export class ContainerRuntime implements ContainerBackend {
       out.reader.destroy();
       err.reader.destroy();
     }
-    if (status.error) io.output({ stream: 2, data: Buffer.from(`${status.error.message}\n`) });
+    if (status.error) {
+      const why = explainMissing(argv[0]!, status.error) ?? status.error.message;
+      io.output({ stream: 2, data: Buffer.from(`${why}\n`) });
+    }
     const code = status.signal ? 128 + signalNumberOf(status.signal) : (status.code ?? 255);
     e.running = false;
     e.exitCode = code;

@@ -15,29 +15,24 @@
 // runtime spawns and watches. Killing the container's pid 1 (the parent's only child) kills every process
 // in its PID namespace, exec'd ones included.
 
-import { execFile } from "node:child_process";
-import { accessSync, closeSync, constants as fsConstants, openSync, unlinkSync } from "node:fs";
+import { closeSync, constants as fsConstants, openSync, unlinkSync } from "node:fs";
 import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { Socket } from "node:net";
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
+import { findOnPath } from "../dataplane/programs.js";
+import { CommandError, type RunResult, spawnRunner } from "../dataplane/runner.js";
 
-/** Runs a short command; resolves to its exit code and output (never rejects for a non-zero exit). */
-export function runCommand(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(argv[0]!, argv.slice(1), { env: { ...process.env, LC_ALL: "C" } }, (err, stdout, stderr) => {
-      let code = 0;
-      if (err) code = typeof err.code === "number" ? err.code : 127;
-      if (err && typeof err.code !== "number") stderr = `${stderr}${err.message}\n`;
-      resolve({ code, stdout, stderr });
-    });
-  });
+/**
+ * Runs a short command; resolves to its exit code and output (never rejects for a non-zero exit). A program
+ * that is not installed gives code 127 and says which Debian package provides it.
+ */
+export function runCommand(argv: string[]): Promise<RunResult> {
+  return spawnRunner(argv);
 }
 
 async function mustRun(argv: string[]): Promise<void> {
   const r = await runCommand(argv);
-  if (r.code !== 0) {
-    throw new Error(`${argv.join(" ")} exited with code ${r.code}: ${r.stderr.trim() || r.stdout.trim()}`);
-  }
+  if (r.code !== 0) throw new CommandError(argv, r);
 }
 
 // ---- network namespace files -----------------------------------------------------------------------------
@@ -194,16 +189,7 @@ export function launchArgv(plan: LaunchPlan): string[] {
 
 /** Whether a program is on $PATH. */
 export function onPath(name: string): boolean {
-  for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
-    if (dir === "") continue;
-    try {
-      accessSync(join(dir, name), fsConstants.X_OK);
-      return true;
-    } catch {
-      // not here
-    }
-  }
-  return false;
+  return findOnPath(name) !== undefined;
 }
 
 /**

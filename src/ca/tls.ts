@@ -137,6 +137,10 @@ export interface TLSListener {
 export interface ListenTLSOptions extends TLSMaterial {
   host: string;
   port: number;
+  /** Connections held at once; more are refused at accept (default 16,384: a 5,000-node swarm and room). */
+  maxConnections?: number;
+  /** A client that has not finished its TLS handshake by then is cut off (default 10 s). */
+  handshakeTimeoutMs?: number;
 }
 
 /**
@@ -156,7 +160,9 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     rejectUnauthorized: false,
     ALPNProtocols: ["h2"],
     minVersion: TLS_MIN_VERSION,
+    handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
   });
+  tlsServer.maxConnections = opts.maxConnections ?? 16_384;
   tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.on("error", () => {
       // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.

@@ -10,6 +10,19 @@ import os, { networkInterfaces } from "node:os";
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
+import type { DecodedSession } from "../agent/messages.js";
+import {
+  ApiError,
+  alreadyInSwarm,
+  badRequest,
+  MSG_INVALID_UNLOCK_KEY,
+  MSG_LEAVE_LOCKED,
+  MSG_LOCKED,
+  MSG_WORKER,
+  notInSwarm,
+  notManager,
+  unavailable,
+} from "../api/errors.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
 import { clusterTLSInfo, nodeTLSInfo } from "../ca/chain.js";
@@ -22,18 +35,6 @@ import { EmbeddedDns } from "../dataplane/dns.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
 import { IpsecDataplane } from "../dataplane/ipsec.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
-import {
-  ApiError,
-  alreadyInSwarm,
-  badRequest,
-  MSG_INVALID_UNLOCK_KEY,
-  MSG_LEAVE_LOCKED,
-  MSG_LOCKED,
-  MSG_WORKER,
-  notInSwarm,
-  notManager,
-  unavailable,
-} from "../engine/errors.js";
 import type {
   AttachedEndpoint,
   ClusterInfo,
@@ -55,12 +56,12 @@ import type {
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../engine/types.js";
-import { CAClient, RaftMembershipClient, type SessionMessage } from "../gen/cluster.js";
+import { CAClient, RaftMembershipClient } from "../gen/cluster.js";
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
 import { redact } from "../manager/keymanager.js";
-import { forceNewCluster, Manager, splitHostPort } from "../manager/manager.js";
+import { forceNewCluster, ListenError, Manager, splitHostPort } from "../manager/manager.js";
 import {
   endpointRows,
   findNetwork,
@@ -71,8 +72,8 @@ import {
 } from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
 import { Serial } from "../serial.js";
-import type { NetworkRecord } from "../store/store.js";
 import { VERSION } from "../version.js";
+import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
 import { HostNetworking } from "./networking.js";
 import { RootFollower } from "./rotation.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
@@ -123,6 +124,12 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       }
     | undefined;
   private roleChange: Promise<void> | undefined;
+  /** The role the managers want this node in (from the session); changeRole follows it. */
+  private desiredRole: NodeRole | undefined;
+  /** Why this node, which should be a manager, is not running as one (Swarm.Error in `docker info`). */
+  private managerError: string | undefined;
+  /** The next try to become a manager (a promotion, a restart) while the listen address cannot be bound. */
+  private managerRetry: NodeJS.Timeout | undefined;
   private stopped = false;
   /** A manager whose keys are sealed under the swarm's unlock key, waiting for "docker swarm unlock". */
   private locked = false;
@@ -207,7 +214,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
           }
         }
       }
-      await this.startManager(false, peers);
+      await this.startManagerOrRetry(peers);
     }
     this.startAgent();
     this.scheduleRenewal();
@@ -216,6 +223,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.clearManagerError();
     this.networking?.close();
     await this.dns?.close().catch(() => undefined);
     if (this.renewTimer) clearTimeout(this.renewTimer);
@@ -232,7 +240,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   ): Promise<void> {
     const state = this.state!;
     this.manager = await Manager.start({
-      dataRoot: this.root,
+      openRaftStorage: () => this.root.openRaftStorage(),
+      keysAtRest: { currentKek: () => this.root.currentKek(), seal: (kek) => this.root.sealSecrets(kek) },
       state,
       certs: this.certs!,
       logger: this.log,
@@ -243,6 +252,53 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       ...(this.opts.encryptionKeyRotationMs ? { encryptionKeyRotationMs: this.opts.encryptionKeyRotationMs } : {}),
     });
     this.control = new Control(this.manager);
+  }
+
+  /**
+   * Start the manager of a node whose state says manager (a restart, a promotion that joined Raft). If its
+   * listen address cannot be bound, the daemon stays up: it says why (log, Swarm.Error) and retries.
+   */
+  private async startManagerOrRetry(peers?: { raftId: NodeId; nodeId: string; addr: string }[]): Promise<void> {
+    try {
+      await this.startManager(false, peers);
+    } catch (e) {
+      if (!(e instanceof ListenError)) throw e;
+      this.reportManagerError(restartBlocked(e), e.addr);
+      this.retryManager(() =>
+        this.serial(async () => {
+          const s = this.state;
+          if (this.stopped || !s || s.role !== "manager" || this.manager) return;
+          await this.startManagerOrRetry(peers);
+          if (this.manager) this.agent?.reconnect();
+        }),
+      );
+      return;
+    }
+    if (this.managerError)
+      this.log.info({ addr: this.state?.listenAddr }, "the manager started: its listen address is free now");
+    this.clearManagerError();
+  }
+
+  /** Log why this node is not a manager yet: at error level once, then at debug level on each retry. */
+  private reportManagerError(message: string, addr: string): void {
+    if (message !== this.managerError) this.log.error({ addr }, message);
+    else this.log.debug({ addr }, message);
+    this.managerError = message;
+  }
+
+  private retryManager(f: () => Promise<void>): void {
+    if (this.managerRetry) clearTimeout(this.managerRetry);
+    this.managerRetry = setTimeout(() => {
+      this.managerRetry = undefined;
+      if (!this.stopped) void f().catch((e: unknown) => this.log.warn({ err: e }, "could not start the manager"));
+    }, LISTEN_RETRY_MS);
+    this.managerRetry.unref();
+  }
+
+  private clearManagerError(): void {
+    if (this.managerRetry) clearTimeout(this.managerRetry);
+    this.managerRetry = undefined;
+    this.managerError = undefined;
   }
 
   private async stopManager(): Promise<void> {
@@ -290,7 +346,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     };
   }
 
-  private onSessionMessage(msg: SessionMessage): void {
+  private onSessionMessage(msg: DecodedSession): void {
     const s = this.state;
     if (!s) return;
     const managers = msg.managers.map((m) => ({ nodeId: m.nodeId, addr: m.addr }));
@@ -301,20 +357,42 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.follower.onSessionMessage(msg);
     this.networking?.onSessionNetworks(msg.networks);
     this.networking?.onSessionKeys(msg.networkKeysJson);
-    const role = msg.role as NodeRole;
-    if ((role === "manager" || role === "worker") && role !== s.role && !this.roleChange) {
-      this.roleChange = this.serial(() => this.changeRole(role))
-        .catch((e: unknown) => this.log.warn({ err: e }, "role change failed; will retry"))
-        .finally(() => {
-          this.roleChange = undefined;
-        });
+    this.desiredRole = msg.role;
+    this.followRole();
+  }
+
+  /** Change to the role the managers want, unless a change is under way; a failed change is retried. */
+  private followRole(): void {
+    const s = this.state;
+    const role = this.desiredRole;
+    if (this.stopped || !s || !role || this.roleChange) return;
+    if (role === s.role) {
+      // Demoted again before the promotion could finish: nothing to retry any more.
+      if (role === "worker" && this.managerError) this.clearManagerError();
+      return;
     }
+    this.roleChange = this.serial(() => this.changeRole(role))
+      .catch((e: unknown) => {
+        if (e instanceof PromotionBlocked) this.reportManagerError(e.message, s.listenAddr);
+        else this.log.warn({ err: e }, "role change failed; will retry");
+        this.retryManager(async () => this.followRole());
+      })
+      .finally(() => {
+        this.roleChange = undefined;
+      });
   }
 
   /** Follow a role change decided by the managers: renew the certificate, then start or stop the manager. */
   private async changeRole(role: NodeRole): Promise<void> {
     const s = this.state;
     if (!s || s.role === role) return;
+    // Only a manager listens: check the address before anything changes (no certificate, no Raft member).
+    if (role === "manager") {
+      const busy = await listenAddrError(s.listenAddr);
+      if (busy) throw new PromotionBlocked(busy, this.opts.hostname);
+    } else {
+      this.clearManagerError();
+    }
     this.log.info({ from: s.role, to: role }, "role change");
     const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
     if (!addr) throw new Error("no manager to renew the certificate with");
@@ -330,7 +408,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       s.raftPeers = joined.members;
       await this.root.wipeRaft();
       await this.root.saveState(s);
-      await this.startManager(false, joined.members);
+      await this.startManagerOrRetry(joined.members);
     } else {
       await this.stopManager();
       await this.root.wipeRaft();
@@ -432,7 +510,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       NodeAddr: s.dataPathAddr,
       LocalNodeState: "active",
       ControlAvailable: s.role === "manager" && this.manager !== undefined,
-      Error: "",
+      Error: this.managerError ?? "",
       RemoteManagers: s.managers.map((m) => ({ NodeID: m.nodeId, Addr: m.addr })),
     };
     const m = this.manager;
@@ -644,9 +722,6 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.requireControl();
     const m = this.manager!;
     const spec = specFromRequest(req);
-    if (spec.ingress && m.store.networks().some((n) => n.spec.ingress)) {
-      throw new ApiError(403, "an ingress network already exists in the swarm");
-    }
     const id = newNetworkId();
     await m.write({ op: "network.create", id, spec });
     return { Id: id, Warning: "" };
@@ -733,7 +808,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     }
     const out: NetworkResource[] = [];
     for (const st of this.networking?.states.values() ?? []) {
-      const net = JSON.parse(st.networkJson) as NetworkRecord;
+      const net = st.network;
       const rows = st.endpoints.map((e) => ({
         nodeId: e.nodeId,
         nodeAddr: e.nodeAddr,
@@ -862,6 +937,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   /** Undo a failed init or join: nothing half-done stays behind. */
   private async abandon(): Promise<void> {
+    this.clearManagerError();
+    this.desiredRole = undefined;
     await this.agent?.stop().catch(() => {});
     this.agent = undefined;
     await this.stopManager().catch(() => {});
@@ -876,7 +953,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     await this.agent?.stop();
     this.agent = undefined;
     await this.stopManager();
-    await forceNewCluster(this.root, s.raftId!, this.log);
+    await forceNewCluster(() => this.root.openRaftStorage(), s.raftId!, this.log);
     s.managers = [{ nodeId: s.nodeId, addr: s.advertiseAddr }];
     await this.root.saveState(s);
     await this.startManager(false);
@@ -900,7 +977,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       if (remotes.length === 0) throw badRequest("at least 1 RemoteAddr is required to join");
       const remote = withPort(remotes[0]!, 2377);
       const listen = parseListenAddr(req.ListenAddr);
-      await testBind(listen.host, listen.port);
+      // Only a manager listens; a worker keeps the address for a later promotion. Whether it can be bound
+      // goes with the certificate request: the managers refuse a manager token then, creating nothing.
+      const listenError = await listenAddrError(`${listen.host}:${listen.port}`);
 
       // 1. The root CA, unverified, checked against the token's digest.
       const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL_OPTIONS);
@@ -931,6 +1010,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
             availability: req.Availability || "active",
             hostname: this.opts.hostname,
             advertiseAddr: `${advertise.ip}:${advertise.port}`,
+            listenAddrError: listenError?.message ?? "",
           },
           15_000,
         );
@@ -955,6 +1035,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       try {
         await this.root.saveCertificates(this.certs);
         if (role === "manager") {
+          // Again, just before joining Raft: a member must not be added for a manager that cannot listen.
+          const busy = await listenAddrError(this.state.listenAddr);
+          if (busy) throw busy;
           const joined = await this.joinRaft(remote);
           this.state.raftId = joined.raftId;
           this.state.raftPeers = joined.members;
@@ -1011,6 +1094,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       await this.agent?.stop();
       this.agent = undefined;
       await this.stopManager();
+      this.clearManagerError();
+      this.desiredRole = undefined;
       if (this.renewTimer) clearTimeout(this.renewTimer);
       this.state = undefined;
       this.certs = undefined;
@@ -1144,21 +1229,6 @@ async function waitFor(pred: () => boolean, ms: number, what: string): Promise<v
     if (Date.now() > deadline) throw unavailable(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-async function testBind(host: string, port: number): Promise<void> {
-  const { createServer } = await import("node:net");
-  await new Promise<void>((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", (e: NodeJS.ErrnoException) =>
-      reject(
-        e.code === "EADDRINUSE"
-          ? badRequest(`listen address ${host}:${port} is already in use: choose another with --listen-addr`)
-          : e,
-      ),
-    );
-    srv.listen(port, host, () => srv.close(() => resolve()));
-  });
 }
 
 async function raftLogIsEmpty(root: DataRoot): Promise<boolean> {

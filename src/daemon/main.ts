@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { Command, Option } from "commander";
 import pino from "pino";
 import { ContainerRuntime } from "../agent/runtime.js";
+import { checkPrograms } from "../dataplane/programs.js";
 import { EngineServer } from "../engine/server.js";
 import { VERSION } from "../version.js";
 import { Daemon } from "./daemon.js";
@@ -60,6 +61,8 @@ function buildProgram(): Command {
         { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
         pino.destination(2),
       );
+      // Every program the data plane and the container runtime run, checked once: one line names the missing.
+      checkPrograms(logger);
       const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
       const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
       const daemon = await Daemon.start({

@@ -12,18 +12,19 @@
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
+import { decodeAttachResponse, type HeldNetwork } from "../agent/messages.js";
+import { ApiError } from "../api/errors.js";
 import type { IpsecDataplane, PeerKernelView } from "../dataplane/ipsec.js";
 import type { OverlayDataplane } from "../dataplane/overlay.js";
 import type { OverlayNetwork, Peer } from "../dataplane/render.js";
 import { type EspSupport, encryptionUnsupportedError, type Key, probeEsp } from "../dataplane/xfrm.js";
-import { ApiError } from "../engine/errors.js";
 import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "../engine/types.js";
-import { DispatcherClient, type NetworkState, type PeerEndpoint } from "../gen/cluster.js";
+import { DispatcherClient, type PeerEndpoint } from "../gen/cluster.js";
 import { toApiError, unary } from "../manager/grpc-util.js";
 import type { AgentKeys } from "../manager/keymanager.js";
 import { isEncrypted, overlayMtu } from "../manager/networks.js";
 import { Serial } from "../serial.js";
-import type { EndpointRecord, NetworkRecord } from "../store/store.js";
+import type { NetworkRecord } from "../store/store.js";
 
 export interface HostNetworkingOptions {
   nodeId: () => string;
@@ -37,7 +38,7 @@ export interface HostNetworkingOptions {
   probe?: () => Promise<EspSupport>;
   logger: Logger;
   /** Called whenever the set of endpoints this host can resolve changes (the DNS server). */
-  onNames?: (states: Map<string, NetworkState>) => void;
+  onNames?: (states: Map<string, HeldNetwork>) => void;
 }
 
 interface LocalEndpoint {
@@ -53,7 +54,7 @@ export class HostNetworking implements NetworkAttacher {
   /** Endpoints of local containers, by endpoint id. */
   private local = new Map<string, LocalEndpoint>();
   /** The latest state of each network this host holds, as the managers pushed it. */
-  states = new Map<string, NetworkState>();
+  states = new Map<string, HeldNetwork>();
   private readonly log: Logger;
   /** Programming the data plane one network change at a time keeps it in step with the pushes. */
   private readonly chain = new Serial();
@@ -92,8 +93,14 @@ export class HostNetworking implements NetworkAttacher {
     } finally {
       client.close();
     }
-    const ep = JSON.parse(res.endpointJson) as EndpointRecord;
-    const net = JSON.parse(res.network!.networkJson) as NetworkRecord;
+    let answer: ReturnType<typeof decodeAttachResponse>;
+    try {
+      answer = decodeAttachResponse(res);
+    } catch (e) {
+      throw new ApiError(500, `could not attach to ${networkRef}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    const ep = answer.endpoint;
+    const net = answer.network.network;
     const encrypted = isEncrypted(net.spec);
     if (encrypted) {
       // Never a silent cleartext fallback: a host that cannot encrypt builds nothing and sends nothing.
@@ -119,7 +126,7 @@ export class HostNetworking implements NetworkAttacher {
       await this.serialised(async () => {
         // Program what the managers knew at attach time at once; later pushes keep it exact.
         const known = this.states.get(net.id);
-        const state = known && known.endpoints.length >= res.network!.endpoints.length ? known : res.network!;
+        const state = known && known.endpoints.length >= answer.network.endpoints.length ? known : answer.network;
         this.states.set(net.id, state);
         // The guard and the SAs come before the first packet can: the namespace is built after them.
         if (encrypted) await this.syncIpsec(net.id);
@@ -236,11 +243,11 @@ export class HostNetworking implements NetworkAttacher {
   }
 
   /** The managers pushed the networks this host holds: bring the data plane in line. */
-  onSessionNetworks(states: NetworkState[]): void {
+  onSessionNetworks(states: HeldNetwork[]): void {
     void this.serialised(async () => {
       const seen = new Set<string>();
       for (const st of states) {
-        const net = JSON.parse(st.networkJson) as NetworkRecord;
+        const net = st.network;
         seen.add(net.id);
         this.states.set(net.id, st);
         if ([...this.local.values()].some((l) => l.attached.networkId === net.id)) await this.program(net.id);
@@ -300,7 +307,7 @@ export class HostNetworking implements NetworkAttacher {
     if (attaching) ids.add(attaching);
     const next = new Map<string, string[]>();
     const networks = [...ids].map((id) => {
-      const net = held.get(id) ?? (JSON.parse(this.states.get(id)!.networkJson) as NetworkRecord);
+      const net = held.get(id) ?? this.states.get(id)!.network;
       let remotes = this.remotesOf(id);
       if (addOnly) remotes = [...new Set([...remotes, ...(this.ipsecRemotes.get(id) ?? [])])];
       next.set(id, remotes);

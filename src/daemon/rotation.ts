@@ -12,6 +12,9 @@
 
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { z } from "zod";
+import { NodeRoleSchema, Pem } from "../api/objects.js";
+import { parse } from "../api/schema.js";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import { csrForKey } from "../ca/certs.js";
 import { chainIssuer, chainsToRoot } from "../ca/chain.js";
@@ -38,6 +41,11 @@ export interface RootFollowerDeps {
   serial: (f: () => Promise<void>) => Promise<void>;
   logger: Logger;
 }
+
+const PemCerts = Pem.regex(/-----BEGIN CERTIFICATE-----/, "must be PEM certificates");
+/** What a manager answers to CA.GetRootCACertificate and CA.RecoverNodeCertificate, checked before use. */
+const RootAnswer = z.object({ certificatePem: PemCerts });
+const RecoverAnswer = z.object({ certificatePem: PemCerts, role: NodeRoleSchema, rootCaPem: PemCerts });
 
 /** A failed step is tried again after this long (a push that changes nothing will not come again). */
 const RETRY_MS = 2000;
@@ -130,16 +138,21 @@ export class RootFollower {
     // Anonymous, but the manager is verified against the root this node has (through the intermediate).
     const client = new CAClient(addr, anonymous(c.rootPem), CHANNEL_OPTIONS);
     try {
-      const root = (await unary(client.getRootCaCertificate.bind(client), {}, 5000)).certificatePem;
+      const root = parse(RootAnswer, await unary(client.getRootCaCertificate.bind(client), {}, 5000), "root CA answer")
+        .certificatePem;
       if (root === c.rootPem || chainsToRoot(c.certPem, root)) return;
       this.deps.logger.warn(
         { manager: addr },
         "the swarm's root CA was rotated while this node was away: recovering a certificate under the new root",
       );
-      const res = await unary(
-        client.recoverNodeCertificate.bind(client),
-        { csrPem: await csrForKey(c.keyPem, this.deps.nodeId()), certificatePem: c.certPem },
-        10_000,
+      const res = parse(
+        RecoverAnswer,
+        await unary(
+          client.recoverNodeCertificate.bind(client),
+          { csrPem: await csrForKey(c.keyPem, this.deps.nodeId()), certificatePem: c.certPem },
+          10_000,
+        ),
+        "certificate recovery answer",
       );
       if (!chainsToRoot(res.certificatePem, res.rootCaPem)) {
         throw new Error("the recovered certificate does not chain to the root the manager named");

@@ -14,6 +14,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import type { Socket as DgramSocket } from "node:dgram";
 import type { Server as NetServer } from "node:net";
+import { explainMissing, missingProgramMessage } from "./programs.js";
 
 /**
  * The child (CommonJS, run by `node -e` inside the target namespace; argv: address, port). It makes sure
@@ -42,6 +43,10 @@ const loUp = () => Object.prototype.hasOwnProperty.call(os.networkInterfaces(), 
 function ensureLo() {
   if (loUp()) return true;
   const r = spawnSync("ip", ["link", "set", "lo", "up"], { stdio: ["ignore", "ignore", "pipe"], encoding: "utf8" });
+  if (r.error && r.error.code === "ENOENT") {
+    fail("bringing lo up in the container namespace", new Error(${JSON.stringify(missingProgramMessage("ip"))}));
+    return false;
+  }
   if (r.error || r.status !== 0 || !loUp()) {
     fail("bringing lo up in the container namespace", r.error || new Error((r.stderr || "").trim() || "lo still down"));
     return false;
@@ -165,7 +170,7 @@ export function openNsSockets(netnsPath: string, opts: OpenNsSocketsOptions = {}
       if ((udp && tcp) || childError) disconnect();
     });
     child.on("error", (err) => {
-      childError ??= `cannot start nsenter: ${err.message}`;
+      childError ??= explainMissing("nsenter", err) ?? `cannot start nsenter: ${err.message}`;
       if (child.pid === undefined) settle(null, null); // never started: no 'exit' to wait for
     });
     child.on("exit", (code, signal) => {

@@ -3,12 +3,18 @@
 // (inside a test "host" namespace, see netnsRunner).
 
 import { spawn } from "node:child_process";
+import { explainMissing } from "./programs.js";
 
 export interface RunResult {
   stdout: string;
   stderr: string;
   /** Exit code; 127 when the program could not be started, 128+N when killed by signal N. */
   code: number;
+  /**
+   * Set when the program, or the one a wrapper (nsenter, unshare, setpriv) was to run, is not installed:
+   * "nft is not installed: install the Debian package nftables (apt-get install nftables)". stderr says so too.
+   */
+  missing?: string;
 }
 
 export interface RunOptions {
@@ -20,39 +26,49 @@ export type Runner = (argv: string[], opts?: RunOptions) => Promise<RunResult>;
 
 const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
 
-/** The real runner: spawns argv[0] with the rest as arguments (no shell), LC_ALL=C for stable messages. */
-export const spawnRunner: Runner = (argv, opts) =>
-  new Promise((resolve) => {
-    const stdin = opts?.stdin;
-    const child = spawn(argv[0]!, argv.slice(1), {
-      stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
-      env: { ...process.env, LC_ALL: "C" },
-    });
-    let stdout = "";
-    let stderr = "";
-    let spawnError: Error | undefined;
-    child.stdout!.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-    });
-    child.stderr!.setEncoding("utf8").on("data", (d: string) => {
-      stderr += d;
-    });
-    child.on("error", (err) => {
-      spawnError = err;
-    });
-    child.on("close", (code, signal) => {
-      if (spawnError && code === null) {
-        resolve({ stdout, stderr: stderr + `${argv[0]}: ${spawnError.message}\n`, code: 127 });
-        return;
+/**
+ * A real runner: spawns argv[0] with the rest as arguments (no shell), LC_ALL=C for stable messages.
+ * `path` replaces $PATH for the lookup and the child (tests; default: this process's PATH).
+ */
+export function makeSpawnRunner(opts: { path?: string } = {}): Runner {
+  return (argv, runOpts) =>
+    new Promise((resolve) => {
+      const stdin = runOpts?.stdin;
+      const env = { ...process.env, LC_ALL: "C", ...(opts.path !== undefined ? { PATH: opts.path } : {}) };
+      const child = spawn(argv[0]!, argv.slice(1), {
+        stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+        env,
+      });
+      let stdout = "";
+      let stderr = "";
+      let spawnError: Error | undefined;
+      child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+        stdout += d;
+      });
+      child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+        stderr += d;
+      });
+      child.on("error", (err) => {
+        spawnError = err;
+      });
+      child.on("close", (code, signal) => {
+        // A program that could not be started closes with a negative errno (-2 for ENOENT), not an exit code.
+        const status = spawnError ? 127 : (code ?? 128 + (signal ? (SIGNALS[signal] ?? 0) : 0));
+        const missing = status === 127 ? explainMissing(argv[0]!, spawnError, stderr) : undefined;
+        if (missing !== undefined) resolve({ stdout, stderr: `${missing}\n`, code: 127, missing });
+        else if (spawnError) resolve({ stdout, stderr: `${stderr}${argv[0]}: ${spawnError.message}\n`, code: 127 });
+        else resolve({ stdout, stderr, code: status });
+      });
+      if (stdin !== undefined && child.stdin) {
+        // A program that exits without reading all of its input must not crash us with EPIPE.
+        child.stdin.on("error", () => {});
+        child.stdin.end(stdin);
       }
-      resolve({ stdout, stderr, code: code ?? 128 + (signal ? (SIGNALS[signal] ?? 0) : 0) });
     });
-    if (stdin !== undefined && child.stdin) {
-      // A program that exits without reading all of its input must not crash us with EPIPE.
-      child.stdin.on("error", () => {});
-      child.stdin.end(stdin);
-    }
-  });
+}
+
+/** The real runner, on this process's PATH. */
+export const spawnRunner: Runner = makeSpawnRunner();
 
 /**
  * A runner whose commands run in the network namespace at `netnsPath` (via `nsenter --net=`), e.g. a
@@ -77,7 +93,7 @@ export class CommandError extends Error {
     readonly stdin?: string,
   ) {
     const detail = result.stderr.trim() || result.stdout.trim() || "no output";
-    super(`${argv.join(" ")} exited with code ${result.code}: ${detail}`);
+    super(result.missing ?? `${argv.join(" ")} exited with code ${result.code}: ${detail}`);
     this.name = "CommandError";
   }
 }

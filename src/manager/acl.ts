@@ -1,7 +1,9 @@
-// Who may call which RPC. Every method of every service declares the roles allowed to call it; the
-// caller's role comes from its verified certificate (OU), which must also belong to this cluster (O) and
-// not to a node removed from the swarm. Methods open to "anyone" are the two a joining node needs before
-// it has a certificate.
+// Who may call which RPC, and with what. Every method of every service declares the roles allowed to call
+// it and the schema its request must match. The caller's certificate says who it is (node id, cluster,
+// role); what it may do comes from the cluster's state now: its node must exist and not be removed, and it
+// acts as a manager only if both its certificate and its node's role in the store say manager. So a
+// demoted or removed node's old manager certificate, valid for months, opens nothing managerial. Methods
+// open to "anyone" are the two a joining node needs before it has a certificate.
 
 import {
   type ServerUnaryCall,
@@ -9,63 +11,109 @@ import {
   status,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import type { z } from "zod";
+import type { NodeRole } from "../api/objects.js";
+import { describeIssues } from "../api/schema.js";
 import { type PeerIdentity, peerRole } from "../ca/tls.js";
-import type { NodeRole } from "../engine/types.js";
 import { failStream, GrpcError } from "./grpc-util.js";
 
 export type Allowed = "anyone" | NodeRole[];
 
+export interface Rule {
+  allowed: Allowed;
+  request: z.ZodType;
+}
+
+/** What the ACL needs from the manager: the cluster's identity and the nodes' current state. */
 export interface AclContext {
   clusterId: () => string;
   isRemoved: (nodeId: string) => boolean;
+  /** The node's role in the store now (the one it actually has), or undefined if the store has no such node. */
+  roleOf: (nodeId: string) => NodeRole | undefined;
+  /** Wait until this manager has applied every finished write (a node that just joined may be that new). */
+  readBarrier: () => Promise<void>;
+  logger?: Logger;
+}
+
+/** A caller as the ACL admitted it: its certificate's identity and the role it acts with now. */
+export interface Caller extends PeerIdentity {
+  /** manager only if both the certificate and the store say so. */
+  effectiveRole: NodeRole;
 }
 
 type AnyCall = ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>;
 
-/** The caller's identity, checked against `allowed`; throws a GrpcError (PERMISSION_DENIED) otherwise. */
-export function authorize(call: AnyCall, allowed: Allowed, ctx: AclContext): PeerIdentity | null {
+const deny = (why: string) => new GrpcError(status.PERMISSION_DENIED, `Permission denied: ${why}`);
+
+/** The caller's identity checked against `allowed` and the store; throws PERMISSION_DENIED otherwise. */
+export async function authorize(call: AnyCall, allowed: Allowed, ctx: AclContext): Promise<Caller | null> {
   const peer = peerRole(call);
-  if (allowed === "anyone") return peer;
-  if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: this call needs a node certificate");
-  if (peer.clusterId !== ctx.clusterId()) {
-    throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: the certificate belongs to another swarm");
+  if (allowed === "anyone") return peer ? { ...peer, effectiveRole: "worker" } : null;
+  if (!peer) throw deny("this call needs a node certificate");
+  if (peer.clusterId !== ctx.clusterId()) throw deny("the certificate belongs to another swarm");
+  if (ctx.isRemoved(peer.nodeId)) throw deny(`node ${peer.nodeId} was removed from the swarm`);
+  let stored = ctx.roleOf(peer.nodeId);
+  if (stored === undefined) {
+    await ctx.readBarrier().catch(() => undefined);
+    if (ctx.isRemoved(peer.nodeId)) throw deny(`node ${peer.nodeId} was removed from the swarm`);
+    stored = ctx.roleOf(peer.nodeId);
+    if (stored === undefined) throw deny(`node ${peer.nodeId} is not part of this swarm`);
   }
-  if (ctx.isRemoved(peer.nodeId)) {
-    throw new GrpcError(status.PERMISSION_DENIED, `Permission denied: node ${peer.nodeId} was removed from the swarm`);
+  const effectiveRole: NodeRole = peer.role === "manager" && stored === "manager" ? "manager" : "worker";
+  if (!allowed.includes(effectiveRole)) {
+    const why =
+      peer.role === "manager" && stored !== "manager"
+        ? `node ${peer.nodeId} is no longer a manager (its certificate is from before its demotion)`
+        : `unauthorized peer role: ${effectiveRole} (this call needs ${allowed.join(" or ")})`;
+    throw deny(why);
   }
-  if (!allowed.includes(peer.role)) {
-    throw new GrpcError(
-      status.PERMISSION_DENIED,
-      `Permission denied: unauthorized peer role: ${peer.role} (this call needs ${allowed.join(" or ")})`,
-    );
-  }
-  return peer;
+  return { ...peer, effectiveRole };
 }
 
 /**
- * Wraps a service implementation so that every method checks its ACL first. A method missing from
- * `rules` is refused: a new RPC cannot be reachable by accident.
+ * Wraps a service implementation so that every method checks its ACL and parses its request first: the
+ * handler sees `call.request` as the schema's value. A method missing from `rules` is refused, so a new RPC
+ * cannot be reachable by accident.
  */
 export function withAcl(
   impl: UntypedServiceImplementation,
-  rules: Record<string, Allowed>,
+  rules: Record<string, Rule>,
   ctx: AclContext,
 ): UntypedServiceImplementation {
   const out: UntypedServiceImplementation = {};
   for (const [name, handler] of Object.entries(impl)) {
-    const allowed = rules[name];
+    const rule = rules[name];
     out[name] = ((call: AnyCall, callback?: (err: unknown, res?: unknown) => void) => {
-      try {
-        if (allowed === undefined)
-          throw new GrpcError(status.PERMISSION_DENIED, `Permission denied: ${name} has no ACL`);
-        authorize(call, allowed, ctx);
-      } catch (e) {
+      const refuse = (e: unknown) => {
         if (callback) callback(e);
         else failStream(call as ServerWritableStream<unknown, unknown>, e as Error);
-        return;
-      }
-      (handler as (c: AnyCall, cb?: (err: unknown, res?: unknown) => void) => void)(call, callback);
+      };
+      if (rule === undefined) return refuse(deny(`${name} has no ACL`));
+      void admit(call, name, rule, ctx).then(
+        () => (handler as (c: AnyCall, cb?: (err: unknown, res?: unknown) => void) => void)(call, callback),
+        refuse,
+      );
     }) as UntypedServiceImplementation[string];
   }
   return out;
+}
+
+const callers = new WeakMap<object, Caller>();
+
+/** The caller the ACL admitted for this call (undefined for an anonymous one). */
+export function callerOf(call: object): Caller | undefined {
+  return callers.get(call);
+}
+
+async function admit(call: AnyCall, name: string, rule: Rule, ctx: AclContext): Promise<void> {
+  const caller = await authorize(call, rule.allowed, ctx);
+  const parsed = rule.request.safeParse(call.request);
+  if (!parsed.success) {
+    const problem = describeIssues(parsed.error);
+    ctx.logger?.warn({ rpc: name, node: caller?.nodeId, peer: call.getPeer(), problem }, "refused a malformed request");
+    throw new GrpcError(status.INVALID_ARGUMENT, `invalid ${name} request: ${problem}`);
+  }
+  (call as { request: unknown }).request = parsed.data;
+  if (caller) callers.set(call, caller);
 }

@@ -300,7 +300,7 @@ export class RootRotationReconciler {
     }
     const retired = c.secrets.retiredRoot;
     if (retired && this.deps.nodes().every((n) => hasIssuer(n, c.info.TLSInfo))) {
-      await this.deps.write({ op: "cluster.rootRotation", action: "retire", retired: rootDigest(retired.caCertPem) });
+      await this.deps.write({ op: "cluster.rootRotation.retire", retired: rootDigest(retired.caCertPem) });
       this.deps.logger.info({}, "every node has moved to the new root CA: the old root is no longer accepted");
     }
   }
@@ -309,8 +309,7 @@ export class RootRotationReconciler {
     const r = c.secrets.rootRotation!;
     const down = this.deps.nodes().filter((n) => n.node.Status.State === "down" && !hasIssuer(n, c.info.TLSInfo));
     await this.deps.write({
-      op: "cluster.rootRotation",
-      action: "finish",
+      op: "cluster.rootRotation.finish",
       target: rootDigest(r.caCertPem),
       workerToken: generateJoinToken(r.caCertPem),
       managerToken: generateJoinToken(r.caCertPem),

@@ -5,12 +5,12 @@
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import type { Node, NodeAvailability, NodeRole } from "../api/objects.js";
 import { signNodeCSR } from "../ca/certs.js";
 import { newNodeId } from "../ca/ids.js";
-import { peerRole } from "../ca/tls.js";
+import type { RootCA } from "../ca/rootca.js";
 import { parseJoinToken, tokensEqual } from "../ca/token.js";
-import { ApiError } from "../engine/errors.js";
-import type { Node, NodeAvailability, NodeRole } from "../engine/types.js";
 import type {
   GetRootCACertificateRequest,
   GetRootCACertificateResponse,
@@ -21,44 +21,28 @@ import type {
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
+import type { Command, Store } from "../store/store.js";
+import { callerOf } from "./acl.js";
 import { nodeCertDays, recoverCertificate, signingCA } from "./ca-rotation.js";
-import { peerIp } from "./dispatcher.js";
-import { GrpcError } from "./grpc-util.js";
-import type { Manager } from "./manager.js";
+import { GrpcError, peerIp, unaryHandler } from "./grpc-util.js";
+import type { JoinLimiter } from "./join-limiter.js";
 
 export const INVALID_TOKEN_MESSAGE = "A valid join token is necessary to join this cluster";
 
-/** Run a handler, turning errors into gRPC statuses. */
-function handle<Req, Res>(fn: (call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
-  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-    fn(call).then(
-      (res) => cb(null, res),
-      (e: unknown) => cb(asGrpc(e)),
-    );
-  };
+/** What the CA service needs of its manager. */
+export interface CAServiceCluster {
+  readonly store: Store;
+  readonly clusterId: string;
+  readonly log: Logger;
+  /** The TLS material this manager serves with (its root is what anyone may fetch). */
+  readonly tls: { rootPem: string };
+  readonly joinLimiter: JoinLimiter;
+  readBarrier(): Promise<void>;
+  write(cmd: Command): Promise<number>;
+  rootCA(): Promise<RootCA>;
 }
 
-export function asGrpc(e: unknown): GrpcError {
-  if (e instanceof GrpcError) return e;
-  if (e instanceof ApiError) {
-    const code =
-      e.status === 404
-        ? status.NOT_FOUND
-        : e.status === 400
-          ? status.INVALID_ARGUMENT
-          : e.status === 403
-            ? status.PERMISSION_DENIED
-            : e.status === 409
-              ? status.ALREADY_EXISTS
-              : e.status === 503
-                ? status.UNAVAILABLE
-                : status.UNKNOWN;
-    return new GrpcError(code, e.message);
-  }
-  return new GrpcError(status.INTERNAL, e instanceof Error ? e.message : String(e));
-}
-
-export function caService(m: Manager): UntypedServiceImplementation {
+export function caService(m: CAServiceCluster): UntypedServiceImplementation {
   return {
     getRootCaCertificate: (
       _call: ServerUnaryCall<GetRootCACertificateRequest, GetRootCACertificateResponse>,
@@ -68,8 +52,16 @@ export function caService(m: Manager): UntypedServiceImplementation {
       cb(null, { certificatePem: m.store.cluster()?.secrets.rootCACertPem ?? m.tls.rootPem });
     },
 
-    issueNodeCertificate: handle<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
+    issueNodeCertificate: unaryHandler<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
       const req = call.request;
+      const from = peerIp(call.getPeer());
+      const waitMs = m.joinLimiter.retryAfterMs(from);
+      if (waitMs > 0) {
+        throw new GrpcError(
+          status.RESOURCE_EXHAUSTED,
+          `too many failed join attempts from ${from}: try again in ${Math.ceil(waitMs / 1000)} s with a valid join token`,
+        );
+      }
       // The tokens must be current: a rotated token is refused at once.
       await m.readBarrier();
       const cluster = m.store.cluster();
@@ -82,11 +74,17 @@ export function caService(m: Manager): UntypedServiceImplementation {
       } catch {
         role = undefined;
       }
-      if (!role) throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
-      const availability = (req.availability || "active") as NodeAvailability;
-      if (!["active", "pause", "drain"].includes(availability)) {
-        throw new GrpcError(status.INVALID_ARGUMENT, `invalid availability "${req.availability}"`);
+      if (!role) {
+        m.joinLimiter.failed(from, req.token.startsWith("SWMTKN-") ? "wrong or rotated token" : "not a join token");
+        throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
       }
+      m.joinLimiter.succeeded(from);
+      // Only a manager listens for cluster traffic: one that could not must not be half-created.
+      if (role === "manager" && req.listenAddrError) {
+        throw new GrpcError(status.FAILED_PRECONDITION, req.listenAddrError);
+      }
+      // The ACL parsed the request: availability is one of Docker's three, or empty.
+      const availability = (req.availability || "active") as NodeAvailability;
       const nodeId = newNodeId();
       const { ca, chainPem } = await signingCA(cluster);
       const days = nodeCertDays(cluster);
@@ -99,14 +97,14 @@ export function caService(m: Manager): UntypedServiceImplementation {
         },
       );
       const certificatePem = leafPem + chainPem;
-      const node: Node = newNodeObject(nodeId, role, availability, req.hostname, peerIp(call.getPeer()));
+      const node: Node = newNodeObject(nodeId, role, availability, req.hostname, from);
       await m.write({ op: "node.create", node, role });
       m.log.info({ node: nodeId, role, hostname: req.hostname }, "issued a certificate to a joining node");
       return { nodeId, certificatePem, role, clusterId: m.clusterId, dataPathPort: cluster.info.DataPathPort || 4789 };
     }),
 
-    renewNodeCertificate: handle<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {
-      const peer = peerRole(call);
+    renewNodeCertificate: unaryHandler<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {
+      const peer = callerOf(call);
       if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: renewal needs a node certificate");
       await m.readBarrier();
       const rec = m.store.node(peer.nodeId);
@@ -128,22 +126,24 @@ export function caService(m: Manager): UntypedServiceImplementation {
       return { certificatePem: leafPem + chainPem, role: rec.role };
     }),
 
-    recoverNodeCertificate: handle<RecoverNodeCertificateRequest, RecoverNodeCertificateResponse>(async (call) => {
-      await m.readBarrier();
-      const cluster = m.store.cluster();
-      if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
-      const out = await recoverCertificate(
-        {
-          cluster,
-          clusterId: m.clusterId,
-          node: (id) => m.store.node(id),
-          isRemoved: (id) => m.store.isRemoved(id),
-        },
-        call.request,
-      );
-      m.log.info({ role: out.role }, "issued a certificate under the new root CA to a node that missed the rotation");
-      return out;
-    }),
+    recoverNodeCertificate: unaryHandler<RecoverNodeCertificateRequest, RecoverNodeCertificateResponse>(
+      async (call) => {
+        await m.readBarrier();
+        const cluster = m.store.cluster();
+        if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
+        const out = await recoverCertificate(
+          {
+            cluster,
+            clusterId: m.clusterId,
+            node: (id) => m.store.node(id),
+            isRemoved: (id) => m.store.isRemoved(id),
+          },
+          call.request,
+        );
+        m.log.info({ role: out.role }, "issued a certificate under the new root CA to a node that missed the rotation");
+        return out;
+      },
+    ),
   };
 }
 

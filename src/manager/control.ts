@@ -2,18 +2,30 @@
 // ReadIndex barrier, so they see every write that finished before; writes are store commands whose
 // preconditions (object versions) are checked when they are applied.
 
+import { ApiError, badRequest, nodeNotFound } from "../api/errors.js";
 import { generateJoinToken } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
-import { ApiError, badRequest, nodeNotFound } from "../engine/errors.js";
 import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
-import type { NodeRecord } from "../store/store.js";
+import type { NodeId } from "../raft/types.js";
+import type { Command, NodeRecord, Store } from "../store/store.js";
 import { planRootRotation } from "./ca-rotation.js";
-import type { Manager } from "./manager.js";
+
+/** What the control API needs of its manager: the store, writes and reads, and the Raft group's view. */
+export interface ControlCluster {
+  readonly store: Store;
+  readonly nodeId: string;
+  write(cmd: Command): Promise<number>;
+  readBarrier(): Promise<void>;
+  leaderRaftId(): NodeId;
+  reachable(raftId: NodeId): boolean;
+  removalLosesQuorum(raftId: NodeId): boolean;
+  removeMember(raftId: NodeId): Promise<void>;
+}
 
 export const QUORUM_LOSS_MESSAGE = "can't remove member from the raft: this would result in a loss of quorum";
 
 export class Control {
-  constructor(private readonly m: Manager) {}
+  constructor(private readonly m: ControlCluster) {}
 
   /** A node as the Engine API shows it: with ManagerStatus from live Raft state. */
   private present(rec: NodeRecord): Node {

@@ -6,13 +6,15 @@
 import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
-import { peerRole } from "../ca/tls.js";
-import type { NodeDescription } from "../engine/types.js";
+import type { Logger } from "pino";
+import { type NodeDescription, NodeDescriptionSchema } from "../api/objects.js";
+import { parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
 import type { ClusterRecord, NodeRecord, StoreEvent } from "../store/store.js";
-import { failStream, GrpcError, notLeader } from "./grpc-util.js";
-import type { Manager } from "./manager.js";
-import { attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
+import { callerOf } from "./acl.js";
+import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
+import { type AttachmentCluster, attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
+import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
 interface Session {
   id: string;
@@ -27,6 +29,13 @@ export const DEFAULT_HEARTBEAT_MS = 5000;
 /** Missed heartbeat periods before a node is marked down. */
 export const HEARTBEAT_MISSES = 3;
 
+/** What the dispatcher needs of its manager (SwarmKit's dispatcher.Cluster, in shoal's terms). */
+export interface DispatcherCluster extends AttachmentCluster {
+  readonly log: Logger;
+  /** host:port of the leader, for the agents this manager sends there. */
+  leaderAddr(): string | undefined;
+}
+
 export class Dispatcher {
   private sessions = new Map<string, Session>();
   /** Nodes without a session yet after a leader change: down once their grace runs out. */
@@ -34,7 +43,7 @@ export class Dispatcher {
   private active = false;
   private readonly onEvent = (e: StoreEvent) => this.storeEvent(e);
 
-  constructor(private readonly m: Manager) {}
+  constructor(private readonly m: DispatcherCluster) {}
 
   heartbeatPeriodMs(): number {
     const ns = this.m.store.cluster()?.info.Spec.Dispatcher.HeartbeatPeriod;
@@ -168,11 +177,16 @@ export class Dispatcher {
 
   private async session(call: ServerWritableStream<SessionRequest, SessionMessage>): Promise<void> {
     if (!this.active) throw notLeader(this.m.leaderAddr());
-    const peer = peerRole(call);
+    const peer = callerOf(call);
     if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: a session needs a node certificate");
     const rec = this.m.store.node(peer.nodeId);
     if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
-    const addr = call.request.addr || peerIp(call.getPeer());
+    const observed = peerIp(call.getPeer());
+    const addr = call.request.addr || observed;
+    if (!acceptableNodeAddr(addr, observed)) {
+      throw new GrpcError(status.INVALID_ARGUMENT, `invalid session request: addr: ${addr} cannot be a node's address`);
+    }
+    const description = parseDescription(call.request.descriptionJson);
     const s: Session = { id: randomBytes(12).toString("hex"), nodeId: peer.nodeId, call, timer: undefined, last: "" };
     // One session per node: a reconnecting agent replaces its old session.
     for (const old of [...this.sessions.values()]) {
@@ -202,12 +216,9 @@ export class Dispatcher {
       }
     });
     this.resetTimer(s);
-    if (call.request.descriptionJson) {
+    if (description && JSON.stringify(description) !== JSON.stringify(rec.node.Description)) {
       try {
-        const description = JSON.parse(call.request.descriptionJson) as NodeDescription;
-        if (JSON.stringify(description) !== JSON.stringify(rec.node.Description)) {
-          await this.m.write({ op: "node.describe", id: s.nodeId, description });
-        }
+        await this.m.write({ op: "node.describe", id: s.nodeId, description });
       } catch (e) {
         this.m.log.warn({ node: s.nodeId, err: e }, "could not record node description");
       }
@@ -235,10 +246,15 @@ function rootCAFor(
   return { rootCaPem: c?.info.TLSInfo.TrustRoot ?? "", renewCertificateIssuer: renew ? rec.certRenew! : "" };
 }
 
-/** "ipv4:127.0.0.2:41234" or "127.0.0.2:41234" or "[::1]:41234" -> the IP. */
-export function peerIp(peer: string): string {
-  let p = peer.replace(/^ipv[46]:/, "");
-  const i = p.lastIndexOf(":");
-  if (i > 0) p = p.slice(0, i);
-  return p.replace(/^\[|\]$/g, "");
+/** A session's description: absent, or a NodeDescription (anything else is refused, naming the field). */
+function parseDescription(text: string): NodeDescription | undefined {
+  if (!text) return undefined;
+  try {
+    return parse(NodeDescriptionSchema, parseJsonText(text, "description", MAX_DESCRIPTION_JSON_BYTES), "description");
+  } catch (e) {
+    throw new GrpcError(
+      status.INVALID_ARGUMENT,
+      `invalid session request: ${e instanceof Error ? e.message : String(e)}`,
+    );
+  }
 }

@@ -1,7 +1,7 @@
 // gRPC helpers shared by the manager's services and the clients that call them.
 
-import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
-import { ApiError } from "../engine/errors.js";
+import { Metadata, type ServerUnaryCall, type ServiceError, type sendUnaryData, status } from "@grpc/grpc-js";
+import { ApiError } from "../api/errors.js";
 
 /** An error with a gRPC status code, for service handlers. */
 export class GrpcError extends Error {
@@ -61,6 +61,8 @@ export function toApiError(e: unknown, context?: string): ApiError {
         return new ApiError(403, `${prefix}${e.details}`);
       case status.ALREADY_EXISTS:
         return new ApiError(409, `${prefix}${e.details}`);
+      case status.RESOURCE_EXHAUSTED:
+        return new ApiError(429, `${prefix}${e.details}`);
       case status.FAILED_PRECONDITION:
         return new ApiError(400, `${prefix}${e.details}`);
       case status.UNAVAILABLE:
@@ -94,4 +96,45 @@ export function unary<Req, Res>(
  */
 export function failStream(call: { emit(event: "error", err: Error): boolean }, err: Error): void {
   call.emit("error", err);
+}
+
+/** An error as a gRPC status: an ApiError keeps its meaning (404 NOT_FOUND, 400 INVALID_ARGUMENT...). */
+export function asGrpc(e: unknown): GrpcError {
+  if (e instanceof GrpcError) return e;
+  if (e instanceof ApiError) {
+    const code =
+      e.status === 404
+        ? status.NOT_FOUND
+        : e.status === 400
+          ? status.INVALID_ARGUMENT
+          : e.status === 403
+            ? status.PERMISSION_DENIED
+            : e.status === 409
+              ? status.ALREADY_EXISTS
+              : e.status === 429
+                ? status.RESOURCE_EXHAUSTED
+                : e.status === 503
+                  ? status.UNAVAILABLE
+                  : status.UNKNOWN;
+    return new GrpcError(code, e.message);
+  }
+  return new GrpcError(status.INTERNAL, e instanceof Error ? e.message : String(e));
+}
+
+/** A unary handler from an async function: its result is the answer, what it throws the gRPC status. */
+export function unaryHandler<Req, Res>(fn: (call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
+    fn(call).then(
+      (res) => cb(null, res),
+      (e: unknown) => cb(asGrpc(e)),
+    );
+  };
+}
+
+/** "ipv4:127.0.0.2:41234" or "127.0.0.2:41234" or "[::1]:41234" -> the IP. */
+export function peerIp(peer: string): string {
+  let p = peer.replace(/^ipv[46]:/, "");
+  const i = p.lastIndexOf(":");
+  if (i > 0) p = p.slice(0, i);
+  return p.replace(/^\[|\]$/g, "");
 }

@@ -6,11 +6,13 @@
 import { randomInt } from "node:crypto";
 import { Server, status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { z } from "zod";
+import { ApiError } from "../api/errors.js";
+import type { NodeRole } from "../api/objects.js";
+import { RaftMemberSchema } from "../api/objects.js";
+import { describeIssues } from "../api/schema.js";
 import { RootCA } from "../ca/rootca.js";
-import { clientCredentials, listenTLS, type TLSListener } from "../ca/tls.js";
-import type { Certificates, DataRoot, LocalState } from "../daemon/state.js";
-import { ApiError } from "../engine/errors.js";
-import type { NodeRole } from "../engine/types.js";
+import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { entryPayload, RaftNode } from "../raft/node.js";
@@ -26,21 +28,36 @@ import {
   type NodeId,
   StateType,
 } from "../raft/types.js";
-import { type Command, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
-import { withAcl } from "./acl.js";
+import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
+import { type AclContext, type Allowed, type Rule, withAcl } from "./acl.js";
 import { AutolockKeeper } from "./autolock.js";
 import { listenerTrust, RootRotationReconciler } from "./ca-rotation.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
+import { JoinLimiter } from "./join-limiter.js";
 import { KeyManager } from "./keymanager.js";
 import { membershipService } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
+import { type RpcName, requestSchemas } from "./wire.js";
+
+/** Who this manager is: its node, its Raft id, its cluster, and where it listens. */
+export interface ManagerIdentity {
+  nodeId: string;
+  clusterId: string;
+  /** Required: a node without one is not a manager yet. */
+  raftId?: NodeId;
+  /** host:port of the cluster listener. */
+  listenAddr: string;
+  /** host:port the other managers reach it at. */
+  advertiseAddr: string;
+}
 
 export interface ManagerOptions {
-  dataRoot: DataRoot;
-  state: LocalState;
-  certs: Certificates;
+  /** Opens this manager's Raft log and snapshots (encrypted at rest: the daemon holds the key). */
+  openRaftStorage: () => Promise<LevelStorage>;
+  state: ManagerIdentity;
+  certs: TLSMaterial;
   logger: Logger;
   /** A new cluster: bootstrap Raft with this node as its only voter. */
   bootstrap?: boolean;
@@ -54,20 +71,69 @@ export interface ManagerOptions {
   onLeaderChange?: (leader: NodeId) => void;
   /** --encryption-key-rotation in ms (default: what the store has, 12 h for a new keyring). */
   encryptionKeyRotationMs?: number;
+  /**
+   * This manager's keys at rest (the daemon's data root): the unlock key they are sealed under now (null:
+   * in clear), and how to re-seal them when the cluster's autolock setting or key changes.
+   */
+  keysAtRest?: { currentKek: () => Buffer | null | undefined; seal: (kek: Buffer | null) => Promise<void> };
+}
+
+/**
+ * The cluster listener could not be opened: its address is taken by another program, or is not one of
+ * this host's. Only a manager listens, so this is checked when a node becomes one (init, join as manager,
+ * promotion, restart as manager).
+ */
+export class ListenError extends ApiError {
+  /** What is wrong, without the advice: "listen address 127.0.0.1:2377 is already in use". */
+  readonly reason: string;
+
+  constructor(
+    readonly addr: string,
+    readonly code: "EADDRINUSE" | "EADDRNOTAVAIL",
+  ) {
+    const reason =
+      code === "EADDRINUSE"
+        ? `listen address ${addr} is already in use`
+        : `listen address ${addr} is not an address of this host`;
+    super(400, `${reason}: choose another with --listen-addr`);
+    this.name = "ListenError";
+    this.reason = reason;
+  }
 }
 
 /** The message a joiner's membership request carries in a ConfChange. */
-interface MemberContext {
-  nodeId: string;
-  addr: string;
-}
+const MemberContextSchema = RaftMemberSchema.pick({ nodeId: true, addr: true });
+type MemberContext = z.infer<typeof MemberContextSchema>;
 
 export function encodeMemberContext(c: MemberContext): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(c));
 }
 
+/**
+ * The store command a committed membership change implies (the members table follows Raft's own
+ * configuration): member.add for a learner added with a well-formed context, member.remove for a removal.
+ * A context that is not one is reported through `malformed` and adds no member.
+ */
+function memberCommand(cc: ConfChange, malformed: (why: string) => void): Command | undefined {
+  if (cc.type === ConfChangeType.RemoveNode) return { op: "member.remove", raftId: cc.nodeId };
+  if (cc.type !== ConfChangeType.AddLearner) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder().decode(cc.context));
+  } catch {
+    malformed("the context is not JSON");
+    return undefined;
+  }
+  const ctx = MemberContextSchema.safeParse(raw);
+  if (!ctx.success) {
+    malformed(describeIssues(ctx.error));
+    return undefined;
+  }
+  return { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.data.nodeId, addr: ctx.data.addr } };
+}
+
 export class Manager {
-  readonly store = new Store();
+  readonly store: Store;
   readonly log: Logger;
   readonly raftId: NodeId;
   readonly nodeId: string;
@@ -89,17 +155,21 @@ export class Manager {
   private readonly rootRotation: RootRotationReconciler;
   /** The root bundle the listener trusts now (listenerTrust). */
   private trusted = "";
-  private certs: Certificates;
+  private certs: TLSMaterial;
   private readonly opts: ManagerOptions;
   private peers = new Map<NodeId, string>();
   private prober: NodeJS.Timeout | undefined;
   private leaderState = false;
   private stopped = false;
+  /** Failed join-token attempts per source address: slowed and logged. */
+  readonly joinLimiter: JoinLimiter;
 
   private constructor(opts: ManagerOptions) {
     this.opts = opts;
     this.root = opts.logger;
     this.log = opts.logger.child({ component: "manager" });
+    this.store = new Store({ logger: opts.logger.child({ component: "store" }) });
+    this.joinLimiter = new JoinLimiter({ logger: opts.logger.child({ component: "ca" }) });
     if (opts.state.raftId === undefined) throw new Error("a manager needs a raft id");
     this.raftId = opts.state.raftId;
     this.nodeId = opts.state.nodeId;
@@ -126,8 +196,8 @@ export class Manager {
         this.store.events.on("event", l);
         return () => this.store.events.off("event", l);
       },
-      currentKek: () => opts.dataRoot.currentKek(),
-      seal: (kek) => opts.dataRoot.sealSecrets(kek),
+      currentKek: () => opts.keysAtRest?.currentKek() ?? null,
+      seal: (kek) => opts.keysAtRest?.seal(kek) ?? Promise.resolve(),
       logger: opts.logger.child({ component: "autolock" }),
     });
     this.rootRotation = new RootRotationReconciler({
@@ -165,12 +235,12 @@ export class Manager {
     return m;
   }
 
-  get tls(): Certificates {
+  get tls(): TLSMaterial {
     return this.certs;
   }
 
   /** After a certificate renewal, or a new root adopted. */
-  updateCertificates(c: Certificates): void {
+  updateCertificates(c: TLSMaterial): void {
     this.certs = c;
     this.trusted = listenerTrust(c.rootPem, this.store.cluster());
     this.listener?.update({ rootPem: this.trusted, certPem: c.certPem, keyPem: c.keyPem });
@@ -188,7 +258,7 @@ export class Manager {
   }
 
   private async startRaft(): Promise<void> {
-    this.storage = await this.opts.dataRoot.openRaftStorage();
+    this.storage = await this.opts.openRaftStorage();
     if (this.storage.migrated) {
       this.log.info(
         { dir: this.storage.dir },
@@ -234,8 +304,16 @@ export class Manager {
       "grpc.keepalive_timeout_ms": 1000,
       "grpc.keepalive_permit_without_calls": 1,
       "grpc.http2.min_ping_interval_without_data_ms": 500,
+      // A node needs a handful of streams (a session, raft, a call or two); a flood of them is refused.
+      "grpc.max_concurrent_streams": 64,
     });
-    const acl = { clusterId: () => this.clusterId, isRemoved: (id: string) => this.store.isRemoved(id) };
+    const acl: AclContext = {
+      clusterId: () => this.clusterId,
+      isRemoved: (id) => this.store.isRemoved(id),
+      roleOf: (id) => this.store.node(id)?.role,
+      readBarrier: () => this.readBarrier(),
+      logger: this.root.child({ component: "acl" }),
+    };
     server.addService(
       RaftServiceDefinition,
       raftServiceImplementation({
@@ -253,33 +331,35 @@ export class Manager {
         logger: this.root.child({ component: "raft-server" }),
       }),
     );
+    const rule = (allowed: Allowed, name: RpcName): Rule => ({ allowed, request: requestSchemas[name] });
+    const nodes: NodeRole[] = ["worker", "manager"];
     server.addService(
       CAService,
       withAcl(
         caService(this),
         {
-          getRootCaCertificate: "anyone",
-          issueNodeCertificate: "anyone",
-          renewNodeCertificate: ["worker", "manager"],
+          getRootCaCertificate: rule("anyone", "getRootCaCertificate"),
+          issueNodeCertificate: rule("anyone", "issueNodeCertificate"),
+          renewNodeCertificate: rule(nodes, "renewNodeCertificate"),
           // Proof of identity is the retired root's certificate in the request (ca-rotation.ts).
-          recoverNodeCertificate: "anyone",
+          recoverNodeCertificate: rule("anyone", "recoverNodeCertificate"),
         },
         acl,
       ),
     );
     server.addService(
       RaftMembershipService,
-      withAcl(membershipService(this), { join: ["manager"], leave: ["manager"] }, acl),
+      withAcl(membershipService(this), { join: rule(["manager"], "join"), leave: rule(["manager"], "leave") }, acl),
     );
     server.addService(
       DispatcherService,
       withAcl(
         this.dispatcher.service(),
         {
-          session: ["worker", "manager"],
-          heartbeat: ["worker", "manager"],
-          attach: ["worker", "manager"],
-          detach: ["worker", "manager"],
+          session: rule(nodes, "session"),
+          heartbeat: rule(nodes, "heartbeat"),
+          attach: rule(nodes, "attach"),
+          detach: rule(nodes, "detach"),
         },
         acl,
       ),
@@ -296,18 +376,7 @@ export class Manager {
     } catch (e) {
       server.forceShutdown();
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === "EADDRINUSE") {
-        throw new ApiError(
-          400,
-          `listen address ${this.opts.state.listenAddr} is already in use: choose another with --listen-addr`,
-        );
-      }
-      if (code === "EADDRNOTAVAIL") {
-        throw new ApiError(
-          400,
-          `listen address ${this.opts.state.listenAddr} is not an address of this host: choose another with --listen-addr`,
-        );
-      }
+      if (code === "EADDRINUSE" || code === "EADDRNOTAVAIL") throw new ListenError(this.opts.state.listenAddr, code);
       throw e;
     }
     this.server = server;
@@ -367,20 +436,14 @@ export class Manager {
   }
 
   private onConfChange(cc: ConfChange, index: number): void {
-    const at = new Date(0);
-    if (cc.type === ConfChangeType.AddLearner) {
-      let ctx: MemberContext;
-      try {
-        ctx = JSON.parse(new TextDecoder().decode(cc.context)) as MemberContext;
-      } catch {
-        return;
-      }
-      this.store.apply(
-        encodeCommand({ op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.nodeId, addr: ctx.addr } }, at),
-        index,
-      );
-    } else if (cc.type === ConfChangeType.RemoveNode) {
-      this.store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, at), index);
+    const cmd = memberCommand(cc, (why) =>
+      this.log.error(
+        { index, raftId: cc.nodeId.toString(16), why },
+        "a raft learner was added with a malformed member context: no member recorded",
+      ),
+    );
+    if (cmd) this.store.apply(encodeCommand(cmd, new Date(0)), index);
+    if (cc.type === ConfChangeType.RemoveNode) {
       this.transport.removePeer(cc.nodeId);
       if (cc.nodeId === this.raftId) {
         this.log.warn({}, "this manager was removed from the raft group");
@@ -393,6 +456,7 @@ export class Manager {
 
   /** Propose a store command and wait for its outcome; a refused command becomes an ApiError. */
   async write(cmd: Command): Promise<number> {
+    checkBeforeProposing(cmd);
     if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
     let res: { index: number; result: unknown };
     try {
@@ -517,6 +581,12 @@ export class Manager {
   }
 }
 
+/** Nothing malformed reaches the log: a command is parsed against the store's schema before it is proposed. */
+function checkBeforeProposing(cmd: Command): void {
+  const r = checkCommand(cmd);
+  if (!r.ok) throw new ApiError(400, `invalid ${cmd.op}: ${r.reason}`);
+}
+
 export function splitHostPort(addr: string): [string, string] {
   const i = addr.lastIndexOf(":");
   if (i < 0) return [addr, "2377"];
@@ -529,8 +599,12 @@ export function splitHostPort(addr: string): [string, string] {
  * force-new-cluster: rewrite a manager's Raft state so that it is the only member, keeping every
  * committed object. Uncommitted entries are dropped; the other members are removed for good.
  */
-export async function forceNewCluster(dataRoot: DataRoot, raftId: NodeId, log: Logger): Promise<void> {
-  const storage = await dataRoot.openRaftStorage();
+export async function forceNewCluster(
+  openRaftStorage: () => Promise<LevelStorage>,
+  raftId: NodeId,
+  log: Logger,
+): Promise<void> {
+  const storage = await openRaftStorage();
   try {
     const mem = storage.mem;
     const { hardState, confState } = mem.initialState();
@@ -544,25 +618,13 @@ export async function forceNewCluster(dataRoot: DataRoot, raftId: NodeId, log: L
       const e = mem.entries(i, i + 1, Number.MAX_SAFE_INTEGER)[0]!;
       if (e.type === EntryType.ConfChange) {
         const cc = Raft.decodeConfChange(e);
-        if (cc.type === ConfChangeType.AddLearner) {
-          if (!removed.has(cc.nodeId)) members.add(cc.nodeId);
-          try {
-            const ctx = JSON.parse(new TextDecoder().decode(cc.context)) as MemberContext;
-            store.apply(
-              encodeCommand(
-                { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.nodeId, addr: ctx.addr } },
-                new Date(0),
-              ),
-              i,
-            );
-          } catch {
-            /* not ours */
-          }
-        } else if (cc.type === ConfChangeType.RemoveNode) {
+        if (cc.type === ConfChangeType.AddLearner && !removed.has(cc.nodeId)) members.add(cc.nodeId);
+        if (cc.type === ConfChangeType.RemoveNode) {
           members.delete(cc.nodeId);
           removed.add(cc.nodeId);
-          store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, new Date(0)), i);
         }
+        const cmd = memberCommand(cc, (why) => log.warn({ index: i, why }, "replay: malformed member context skipped"));
+        if (cmd) store.apply(encodeCommand(cmd, new Date(0)), i);
       } else {
         const payload = entryPayload(e);
         if (payload) store.apply(payload, i);

@@ -3,22 +3,41 @@
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
-import { peerRole } from "../ca/tls.js";
+import type { Logger } from "pino";
 import type { JoinRequest, JoinResponse, LeaveRequest, LeaveResponse } from "../gen/cluster.js";
-import { asGrpc } from "./ca-server.js";
-import { GrpcError, notLeader } from "./grpc-util.js";
-import type { Manager } from "./manager.js";
+import type { NodeId } from "../raft/types.js";
+import type { Store } from "../store/store.js";
+import { callerOf } from "./acl.js";
+import { asGrpc, GrpcError, notLeader } from "./grpc-util.js";
 
-export function membershipService(m: Manager): UntypedServiceImplementation {
+/** What the membership service needs of its manager: the store and Raft's membership changes. */
+export interface MembershipCluster {
+  readonly store: Store;
+  readonly log: Logger;
+  readonly raftId: NodeId;
+  readonly clusterId: string;
+  readonly isLeader: boolean;
+  leaderAddr(): string | undefined;
+  addMember(nodeId: string, addr: string): Promise<NodeId>;
+  removeMember(raftId: NodeId): Promise<void>;
+}
+
+export function membershipService(m: MembershipCluster): UntypedServiceImplementation {
   return {
     join: (call: ServerUnaryCall<JoinRequest, JoinResponse>, cb: sendUnaryData<JoinResponse>) => {
       void (async () => {
         if (!m.isLeader) throw notLeader(m.leaderAddr());
-        const peer = peerRole(call);
+        const peer = callerOf(call);
         if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
+        // Only a node the swarm wants as a manager joins Raft (its role and its desired role both manager).
+        const rec = m.store.node(peer.nodeId);
+        if (rec?.node.Spec.Role !== "manager") {
+          throw new GrpcError(
+            status.PERMISSION_DENIED,
+            `Permission denied: node ${peer.nodeId} is not to be a manager`,
+          );
+        }
         const addr = call.request.addr;
-        if (!/^[^\s]+:\d+$/.test(addr))
-          throw new GrpcError(status.INVALID_ARGUMENT, `invalid manager address "${addr}"`);
         const raftId = await m.addMember(peer.nodeId, addr);
         m.log.info(
           { node: peer.nodeId, raftId: raftId.toString(16), addr },
@@ -34,8 +53,15 @@ export function membershipService(m: Manager): UntypedServiceImplementation {
     leave: (call: ServerUnaryCall<LeaveRequest, LeaveResponse>, cb: sendUnaryData<LeaveResponse>) => {
       void (async () => {
         if (!m.isLeader) throw notLeader(m.leaderAddr());
-        const peer = peerRole(call);
+        const peer = callerOf(call);
         const target = call.request.nodeId || peer?.nodeId || "";
+        // A manager may take only itself out of Raft; others leave through demotion or node rm.
+        if (target !== peer?.nodeId) {
+          throw new GrpcError(
+            status.PERMISSION_DENIED,
+            "Permission denied: a manager can only remove itself from the raft",
+          );
+        }
         const member = m.store.memberByNode(target);
         if (!member) return {};
         if (member.raftId === m.raftId) {

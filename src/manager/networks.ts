@@ -5,10 +5,9 @@
 import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
+import { badRequest, notFound } from "../api/errors.js";
 import { newNodeId } from "../ca/ids.js";
-import { peerRole } from "../ca/tls.js";
 import { encryptedMtu } from "../dataplane/xfrm.js";
-import { badRequest, notFound } from "../engine/errors.js";
 import type { NetworkCreateRequest, NetworkResource } from "../engine/types.js";
 import type {
   AttachRequest,
@@ -18,11 +17,10 @@ import type {
   NetworkState,
   PeerEndpoint,
 } from "../gen/cluster.js";
-import type { EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
-import { asGrpc } from "./ca-server.js";
-import { GrpcError } from "./grpc-util.js";
+import type { Command, EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
+import { callerOf } from "./acl.js";
+import { asGrpc, GrpcError } from "./grpc-util.js";
 import { keysForNode } from "./keymanager.js";
-import type { Manager } from "./manager.js";
 
 export const MTU_OPTION = "com.docker.network.driver.mtu";
 export const ENCRYPTED_OPTION = "encrypted";
@@ -148,19 +146,24 @@ export function networkKeysFor(store: Store, nodeId: string): string {
   return keys ? JSON.stringify(keys) : "";
 }
 
+/** What Attach and Detach need of their manager: the store, and writes and reads through Raft. */
+export interface AttachmentCluster {
+  readonly store: Store;
+  write(cmd: Command): Promise<number>;
+  readBarrier(): Promise<void>;
+}
+
 /** Attach and Detach, added to the Dispatcher service: any manager serves them (writes go through Raft). */
-export function attachmentHandlers(m: Manager): UntypedServiceImplementation {
+export function attachmentHandlers(m: AttachmentCluster): UntypedServiceImplementation {
   return {
     attach: (call: ServerUnaryCall<AttachRequest, AttachResponse>, cb: sendUnaryData<AttachResponse>) => {
       void (async () => {
-        const peer = peerRole(call);
+        const peer = callerOf(call);
         if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
         const req = call.request;
         await m.readBarrier();
         const net = findNetwork(m.store, req.network);
         if (!net) throw notFound(`network ${req.network} not found`);
-        if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(req.containerName))
-          throw badRequest(`invalid container name "${req.containerName}"`);
         const id = newEndpointId();
         await m.write({
           op: "endpoint.create",
@@ -186,9 +189,9 @@ export function attachmentHandlers(m: Manager): UntypedServiceImplementation {
     },
     detach: (call: ServerUnaryCall<DetachRequest, DetachResponse>, cb: sendUnaryData<DetachResponse>) => {
       void (async () => {
-        const peer = peerRole(call);
+        const peer = callerOf(call);
         const ep = m.store.endpoint(call.request.endpointId);
-        if (ep && peer && ep.nodeId !== peer.nodeId && peer.role !== "manager") {
+        if (ep && ep.nodeId !== peer?.nodeId && peer?.effectiveRole !== "manager") {
           throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: the endpoint belongs to another node");
         }
         if (ep) await m.write({ op: "endpoint.remove", id: ep.id });

@@ -1,28 +1,12 @@
-// The store's part of root CA rotation: starting (with a swarm update), finishing and retiring a rotation,
-// and marking nodes to renew their certificates. Deterministic, like every apply: the proposer computed the
-// certificates, tokens and TLSInfo; apply checks preconditions (which rotation it concerns) and records.
+// The store's part of root CA rotation and autolock: what a swarm update changes of the root CA and of the
+// unlock key, finishing and retiring a rotation, and marking nodes to renew their certificates. Deterministic,
+// like every apply: the proposer computed the certificates, tokens and TLSInfo; apply checks preconditions
+// (which rotation it concerns) and records.
 
-import type { ClusterRecord, NodeRecord, RootRotation, SwarmSpec, TLSInfo } from "../api/objects.js";
+import type { ClusterRecord, ClusterSecrets, RootRotation, SwarmSpec, TLSInfo } from "../api/objects.js";
 import { rootDigest } from "../ca/token.js";
-
-export type CACommand =
-  | {
-      op: "cluster.rootRotation";
-      action: "finish";
-      /** rootDigest of the rotation's new root: the rotation this finishes. */
-      target: string;
-      workerToken: string;
-      managerToken: string;
-      /** The cluster's TLSInfo with the new root. */
-      tlsInfo: TLSInfo;
-    }
-  | {
-      op: "cluster.rootRotation";
-      action: "retire";
-      /** rootDigest of the retired root to forget. */
-      retired: string;
-    }
-  | { op: "node.certRenew"; ids: string[]; issuer: string };
+import type { Command } from "./commands.js";
+import { type ApplyContext, clone, fail, type Outcome, ok, type State } from "./state.js";
 
 /** What a swarm update changes of the root CA (src/manager/ca-rotation.ts planRootRotation). */
 export interface CAChange {
@@ -32,10 +16,13 @@ export interface CAChange {
   tlsInfo?: TLSInfo;
 }
 
-export type CARefusal = { status: number; message: string };
-
-/** Part of cluster.update: the spec never keeps a signing key or certificate; a rotation starts or stops. */
-export function applyCAChange(cluster: ClusterRecord, spec: SwarmSpec, change: CAChange): void {
+/**
+ * Part of cluster.update, after the spec is set: the unlock key follows autolock (kept or replaced while on,
+ * dropped when off); the spec never keeps a signing key or certificate; a rotation starts or stops.
+ */
+export function applySecretsChange(cluster: ClusterRecord, c: { unlockKey?: string | undefined } & CAChange): void {
+  const spec = cluster.info.Spec;
+  applyUnlockKey(cluster.secrets, spec, c.unlockKey);
   if (spec.CAConfig) {
     delete spec.CAConfig.SigningCACert;
     delete spec.CAConfig.SigningCAKey;
@@ -44,48 +31,58 @@ export function applyCAChange(cluster: ClusterRecord, spec: SwarmSpec, change: C
   // As swarmkit's LastForcedRotation: the ForceRotate this spec was planned with (a different one next time
   // starts a rotation).
   cluster.secrets.lastForcedRotation = spec.CAConfig?.ForceRotate ?? 0;
-  if (change.rootRotation === undefined) return;
-  if (change.rootRotation === null) delete cluster.secrets.rootRotation;
-  else cluster.secrets.rootRotation = structuredClone(change.rootRotation);
-  cluster.info.RootRotationInProgress = change.rootRotation !== null;
-  if (change.tlsInfo) cluster.info.TLSInfo = structuredClone(change.tlsInfo);
+  if (c.rootRotation === undefined) return;
+  if (c.rootRotation === null) delete cluster.secrets.rootRotation;
+  else cluster.secrets.rootRotation = clone(c.rootRotation);
+  cluster.info.RootRotationInProgress = c.rootRotation !== null;
+  if (c.tlsInfo) cluster.info.TLSInfo = clone(c.tlsInfo);
 }
 
-/** cluster.rootRotation: finish (the new root becomes the root, tokens regenerated) or retire. */
-export function applyRootRotation(
-  cluster: ClusterRecord,
-  c: Extract<CACommand, { op: "cluster.rootRotation" }>,
-): CARefusal | undefined {
-  const s = cluster.secrets;
-  if (c.action === "finish") {
-    const r = s.rootRotation;
-    if (!r) return { status: 409, message: "no root CA rotation is in progress" };
-    if (rootDigest(r.caCertPem) !== c.target) return { status: 409, message: "the root CA rotation has changed" };
-    s.retiredRoot = { caCertPem: s.rootCACertPem, crossSignedPem: r.crossSignedPem };
-    s.rootCACertPem = r.caCertPem;
-    s.rootCAKeyPem = r.caKeyPem;
-    s.workerToken = c.workerToken;
-    s.managerToken = c.managerToken;
-    delete s.rootRotation;
-    cluster.info.TLSInfo = structuredClone(c.tlsInfo);
+function applyUnlockKey(secrets: ClusterSecrets, spec: SwarmSpec, unlockKey: string | undefined): void {
+  if (!spec.EncryptionConfig?.AutoLockManagers) delete secrets.unlockKey;
+  else if (unlockKey) secrets.unlockKey = unlockKey;
+}
+
+type RotationCommand = Extract<Command, { op: "cluster.rootRotation.finish" | "cluster.rootRotation.retire" }>;
+
+/** Finish a rotation (the new root becomes the root, the tokens are replaced), or forget the retired root. */
+export function applyRootRotation(s: State, c: RotationCommand, ctx: ApplyContext): Outcome {
+  const cluster = s.cluster;
+  if (!cluster) return fail(503, "the cluster does not exist");
+  const secrets = cluster.secrets;
+  if (c.op === "cluster.rootRotation.finish") {
+    const r = secrets.rootRotation;
+    if (!r) return fail(409, "no root CA rotation is in progress");
+    if (rootDigest(r.caCertPem) !== c.target) return fail(409, "the root CA rotation has changed");
+    secrets.retiredRoot = { caCertPem: secrets.rootCACertPem, crossSignedPem: r.crossSignedPem };
+    secrets.rootCACertPem = r.caCertPem;
+    secrets.rootCAKeyPem = r.caKeyPem;
+    secrets.workerToken = c.workerToken;
+    secrets.managerToken = c.managerToken;
+    delete secrets.rootRotation;
+    cluster.info.TLSInfo = clone(c.tlsInfo);
     cluster.info.RootRotationInProgress = false;
-    return undefined;
+  } else {
+    if (!secrets.retiredRoot || rootDigest(secrets.retiredRoot.caCertPem) !== c.retired) {
+      return fail(409, "that root CA is not retired here");
+    }
+    delete secrets.retiredRoot;
   }
-  if (!s.retiredRoot || rootDigest(s.retiredRoot.caCertPem) !== c.retired) {
-    return { status: 409, message: "that root CA is not retired here" };
-  }
-  delete s.retiredRoot;
-  return undefined;
+  cluster.info.Version = { Index: ctx.index };
+  cluster.info.UpdatedAt = ctx.at;
+  ctx.emit({ kind: "cluster", cluster: clone(cluster) });
+  return ok(ctx.index);
 }
 
 /** node.certRenew: the nodes (those that still exist) are told to renew to `issuer`. */
-export function markCertRenew(nodes: Map<string, NodeRecord>, ids: string[], issuer: string): NodeRecord[] {
-  const out: NodeRecord[] = [];
-  for (const id of ids) {
-    const rec = nodes.get(id);
-    if (!rec || rec.certRenew === issuer) continue;
-    rec.certRenew = issuer;
-    out.push(rec);
+export function applyCertRenew(s: State, c: Extract<Command, { op: "node.certRenew" }>, ctx: ApplyContext): Outcome {
+  for (const id of c.ids) {
+    const rec = s.nodes.get(id);
+    if (!rec || rec.certRenew === c.issuer) continue;
+    rec.certRenew = c.issuer;
+    rec.node.Version = { Index: ctx.index };
+    rec.node.UpdatedAt = ctx.at;
+    ctx.emit({ kind: "node", action: "update", node: clone(rec) });
   }
-  return out;
+  return ok(ctx.index);
 }

@@ -1,41 +1,30 @@
 // The replicated store: the cluster's objects as a deterministic state machine fed by committed Raft
 // entries. A write is a command with its own preconditions (an object version, a name that must be
 // free...) that every manager checks identically when the entry is applied, so any manager may propose
-// (the Raft core forwards proposals to the leader) and the proposer learns the outcome from the apply.
-// Object versions are Raft indexes. Watchers see every change, in order, after it is applied.
+// and the proposer learns the outcome from the apply. Object versions are Raft indexes. Watchers see every
+// change, in order, after it is applied.
+//
+// The apply is total: an entry is parsed against the command schema first (a malformed one is refused the
+// same way on every manager and changes nothing), each table's apply checks its preconditions before it
+// changes anything, and a bug that still throws is caught, logged with the entry's index, and the entry
+// skipped. Nothing a committed entry says can stop Raft. One table per object type, each with its own
+// apply: cluster.ts, nodes.ts, networks.ts, endpoints.ts, members.ts, and the keyring in keyring.ts.
 
 import { EventEmitter } from "node:events";
-import { ApiError } from "../api/errors.js";
-import type {
-  ClusterInfo,
-  ClusterRecord,
-  ClusterSecrets,
-  EndpointRecord,
-  NetworkRecord,
-  NetworkSpec,
-  Node,
-  NodeDescription,
-  NodeRecord,
-  NodeRole,
-  NodeSpec,
-  NodeState,
-  RaftMember,
-  SwarmSpec,
-} from "../api/objects.js";
-import { nameConflict, networkInUse, notAttachable } from "../manager/allocator/errors.js";
-import {
-  allocateIp,
-  allocateNetwork,
-  INGRESS_VNI,
-  macFromIp,
-  type NetworkAlloc,
-  normalizePoolConfig,
-  parseVxlanIdList,
-  releaseIp,
-} from "../manager/allocator/ipam.js";
-import { applyKeys, type Keyring, type KeysCommand, type RedactedKeyring, redact } from "../manager/keymanager.js";
+import type { Logger } from "pino";
+import type { ClusterRecord, EndpointRecord, Keyring, NetworkRecord, NodeRecord, RaftMember } from "../api/objects.js";
+import { describeIssues } from "../api/schema.js";
 import type { NodeId } from "../raft/types.js";
-import { applyCAChange, applyRootRotation, type CAChange, type CACommand, markCertRenew } from "./ca.js";
+import { applyCertRenew, applyRootRotation } from "./ca.js";
+import { applyCluster } from "./cluster.js";
+import { type Command, CommandSchema, EntryTime } from "./commands.js";
+import { applyEndpoint } from "./endpoints.js";
+import { applyKeys, redact } from "./keyring.js";
+import { applyMember } from "./members.js";
+import { applyNetwork } from "./networks.js";
+import { applyNode } from "./nodes.js";
+import { decodeSnapshot, encodeSnapshot } from "./snapshot.js";
+import { type ApplyContext, clone, emptyState, fail, type Outcome, ok, type State, type StoreEvent } from "./state.js";
 
 export type {
   ClusterRecord,
@@ -46,91 +35,25 @@ export type {
   NodeRecord,
   RaftMember,
 } from "../api/objects.js";
-
-export type Command =
-  | { op: "cluster.create"; info: ClusterInfo; secrets: ClusterSecrets }
-  | ({
-      op: "cluster.update";
-      version: number;
-      spec: SwarmSpec;
-      workerToken?: string;
-      managerToken?: string;
-      /** A new unlock key (autolock turned on, or its key rotated); autolock off removes the key. */
-      unlockKey?: string;
-    } & CAChange)
-  | { op: "node.create"; node: Node; role: NodeRole }
-  | { op: "node.update"; id: string; version: number; spec: NodeSpec }
-  | { op: "node.status"; id: string; state: NodeState; addr?: string; message?: string }
-  | { op: "node.describe"; id: string; description: NodeDescription }
-  | { op: "node.role"; id: string; role: NodeRole }
-  | { op: "node.remove"; id: string }
-  | { op: "network.create"; id: string; spec: NetworkSpec }
-  | { op: "network.remove"; id: string }
-  | {
-      op: "endpoint.create";
-      id: string;
-      networkId: string;
-      nodeId: string;
-      containerId: string;
-      containerName: string;
-      aliases: string[];
-      /** --ip */
-      ip?: string;
-      /** A container outside a service: the network must be attachable. */
-      standalone: boolean;
-    }
-  | { op: "endpoint.remove"; id: string }
-  | { op: "member.add"; member: RaftMember }
-  | { op: "member.remove"; raftId: NodeId }
-  | KeysCommand
-  | CACommand;
-
-/** The outcome of applying a command, returned to whoever proposed it. */
-export type Outcome = { ok: true; version: number } | { ok: false; status: number; message: string };
-
-export type StoreEvent =
-  | { kind: "cluster"; cluster: ClusterRecord }
-  | { kind: "node"; action: "create" | "update" | "remove"; node: NodeRecord }
-  | { kind: "member"; action: "add" | "remove"; member: RaftMember }
-  | { kind: "network"; action: "create" | "remove"; network: NetworkRecord }
-  | { kind: "endpoint"; action: "create" | "remove"; endpoint: EndpointRecord }
-  /** Redacted: events may be logged, keys never. */
-  | { kind: "keys"; keyring: RedactedKeyring }
-  | { kind: "restore" };
-
-interface State {
-  cluster: ClusterRecord | undefined;
-  nodes: Map<string, NodeRecord>;
-  members: Map<NodeId, RaftMember>;
-  /** Node ids removed from the swarm: their certificates are refused from then on. */
-  removed: Set<string>;
-  networks: Map<string, NetworkRecord>;
-  endpoints: Map<string, EndpointRecord>;
-  /** The overlay encryption keys (managers only; pushed to nodes holding encrypted networks). */
-  keyring: Keyring | undefined;
-}
-
-function emptyState(): State {
-  return {
-    cluster: undefined,
-    nodes: new Map(),
-    members: new Map(),
-    removed: new Set(),
-    networks: new Map(),
-    endpoints: new Map(),
-    keyring: undefined,
-  };
-}
+export type { Command } from "./commands.js";
+export type { Outcome, StoreEvent } from "./state.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** An entry's bytes: the command and the proposer's time. */
 export function encodeCommand(c: Command, at: Date): Uint8Array {
   return enc.encode(JSON.stringify({ ...c, at: at.toISOString() }));
 }
 
-function clone<T>(v: T): T {
-  return structuredClone(v);
+/** Parse a command against the schema; the reason it is not one, or the command. */
+export function checkCommand(c: unknown): { ok: true; command: Command } | { ok: false; reason: string } {
+  const r = CommandSchema.safeParse(c);
+  return r.success ? { ok: true, command: r.data } : { ok: false, reason: describeIssues(r.error) };
+}
+
+export interface StoreOptions {
+  logger?: Logger;
 }
 
 export class Store {
@@ -138,8 +61,10 @@ export class Store {
   readonly events = new EventEmitter();
   /** Index of the last applied entry. */
   appliedIndex = 0;
+  private readonly log: Logger | undefined;
 
-  constructor() {
+  constructor(opts: StoreOptions = {}) {
+    this.log = opts.logger;
     this.events.setMaxListeners(100);
   }
 
@@ -203,276 +128,102 @@ export class Store {
 
   // ------------------------------------------------------------------ the state machine
 
-  /** Apply one committed command. Deterministic: the same entries give the same state on every manager. */
+  /** Apply one committed entry. Total and deterministic: the same entries give the same state everywhere. */
   apply(data: Uint8Array, index: number): Outcome {
     this.appliedIndex = index;
-    let c: Command & { at: string };
-    try {
-      c = JSON.parse(dec.decode(data)) as Command & { at: string };
-    } catch {
-      return { ok: false, status: 500, message: `store: undecodable entry at index ${index}` };
+    const entry = this.decode(data, index);
+    if (!entry.ok) {
+      this.log?.warn({ index, reason: entry.reason }, "store: refused a malformed entry (nothing changed)");
+      return fail(400, `store: refused the entry at index ${index}: ${entry.reason}`);
     }
-    const at = c.at;
+    const ctx: ApplyContext = { index, at: entry.at, emit: (e) => this.emit(e) };
+    try {
+      return this.applyCommand(entry.command, ctx);
+    } catch (e) {
+      // A bug: the same on every manager (the same code on the same entry), so skipping stays deterministic.
+      this.log?.error(
+        { index, op: entry.command.op, err: e },
+        "store: BUG: applying an entry threw; the entry was skipped on every manager",
+      );
+      return fail(500, `store: internal error applying the entry at index ${index}`);
+    }
+  }
+
+  private decode(
+    data: Uint8Array,
+    index: number,
+  ): { ok: true; command: Command; at: string } | { ok: false; reason: string } {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(dec.decode(data));
+    } catch {
+      return { ok: false, reason: `undecodable entry at index ${index}` };
+    }
+    if (!raw || typeof raw !== "object" || Array.isArray(raw)) return { ok: false, reason: "not a command" };
+    const { at, ...rest } = raw as Record<string, unknown>;
+    const time = EntryTime.safeParse(at);
+    if (!time.success) return { ok: false, reason: `at: ${describeIssues(time.error)}` };
+    const c = checkCommand(rest);
+    return c.ok ? { ok: true, command: c.command, at: time.data } : c;
+  }
+
+  private applyCommand(c: Command, ctx: ApplyContext): Outcome {
     const s = this.s;
     switch (c.op) {
-      case "cluster.create": {
-        if (s.cluster) return fail(409, "the cluster already exists");
-        const info = clone(c.info);
-        info.Version = { Index: index };
-        info.CreatedAt = at;
-        info.UpdatedAt = at;
-        s.cluster = { info, secrets: clone(c.secrets) };
-        this.emit({ kind: "cluster", cluster: clone(s.cluster) });
-        return ok(index);
-      }
-      case "cluster.update": {
-        if (!s.cluster) return fail(503, "the cluster does not exist");
-        if (s.cluster.info.Version.Index !== c.version) return fail(500, "update out of sequence");
-        s.cluster.info.Spec = clone(c.spec);
-        if (c.workerToken) s.cluster.secrets.workerToken = c.workerToken;
-        if (c.managerToken) s.cluster.secrets.managerToken = c.managerToken;
-        applyUnlockKey(s.cluster.secrets, c.spec, c.unlockKey);
-        applyCAChange(s.cluster, s.cluster.info.Spec, c);
-        s.cluster.info.Version = { Index: index };
-        s.cluster.info.UpdatedAt = at;
-        this.emit({ kind: "cluster", cluster: clone(s.cluster) });
-        return ok(index);
-      }
-      case "cluster.rootRotation": {
-        if (!s.cluster) return fail(503, "the cluster does not exist");
-        const refused = applyRootRotation(s.cluster, c);
-        if (refused) return fail(refused.status, refused.message);
-        s.cluster.info.Version = { Index: index };
-        s.cluster.info.UpdatedAt = at;
-        this.emit({ kind: "cluster", cluster: clone(s.cluster) });
-        return ok(index);
-      }
-      case "node.certRenew": {
-        for (const rec of markCertRenew(s.nodes, c.ids, c.issuer)) this.touchNode(rec, index, at);
-        return ok(index);
-      }
-      case "node.create": {
-        if (s.nodes.has(c.node.ID)) return fail(409, `node ${c.node.ID} already exists`);
-        if (s.removed.has(c.node.ID)) return fail(409, `node ${c.node.ID} was removed from the swarm`);
-        const node = clone(c.node);
-        node.Version = { Index: index };
-        node.CreatedAt = at;
-        node.UpdatedAt = at;
-        const rec = { node, role: c.role };
-        s.nodes.set(node.ID, rec);
-        this.emit({ kind: "node", action: "create", node: clone(rec) });
-        return ok(index);
-      }
-      case "node.update": {
-        const rec = s.nodes.get(c.id);
-        if (!rec) return fail(404, `node ${c.id} not found`);
-        if (rec.node.Version.Index !== c.version) return fail(500, "update out of sequence");
-        rec.node.Spec = clone(c.spec);
-        return this.touchNode(rec, index, at);
-      }
-      case "node.status": {
-        const rec = s.nodes.get(c.id);
-        if (!rec) return fail(404, `node ${c.id} not found`);
-        rec.node.Status = {
-          State: c.state,
-          Addr: c.addr ?? rec.node.Status.Addr,
-          ...(c.message !== undefined ? { Message: c.message } : {}),
-        };
-        return this.touchNode(rec, index, at);
-      }
-      case "node.describe": {
-        const rec = s.nodes.get(c.id);
-        if (!rec) return fail(404, `node ${c.id} not found`);
-        rec.node.Description = clone(c.description);
-        return this.touchNode(rec, index, at);
-      }
-      case "node.role": {
-        const rec = s.nodes.get(c.id);
-        if (!rec) return fail(404, `node ${c.id} not found`);
-        rec.role = c.role;
-        return this.touchNode(rec, index, at);
-      }
-      case "node.remove": {
-        const rec = s.nodes.get(c.id);
-        if (!rec) return fail(404, `node ${c.id} not found`);
-        s.nodes.delete(c.id);
-        s.removed.add(c.id);
-        // Its containers' endpoints go with it: the other hosts drop them from their data planes.
-        for (const ep of [...s.endpoints.values()]) {
-          if (ep.nodeId !== c.id) continue;
-          s.endpoints.delete(ep.id);
-          const n = s.networks.get(ep.networkId);
-          if (n) releaseIp(n.alloc, ep.ip, ep.id);
-          this.emit({ kind: "endpoint", action: "remove", endpoint: clone(ep) });
-        }
-        this.emit({ kind: "node", action: "remove", node: clone(rec) });
-        return ok(index);
-      }
-      case "network.create": {
-        if (s.networks.has(c.id)) return fail(409, `network ${c.id} already exists`);
-        for (const n of s.networks.values())
-          if (n.spec.name === c.spec.name) return failWith(nameConflict(c.spec.name));
-        const pool = normalizePoolConfig({
-          pools: s.cluster?.info.DefaultAddrPool ?? [],
-          subnetSize: s.cluster?.info.SubnetSize ?? 0,
-        });
-        let alloc: NetworkAlloc;
-        try {
-          const vniOpt = c.spec.options["com.docker.network.driver.overlay.vxlanid_list"];
-          const requestedVni = c.spec.ingress ? INGRESS_VNI : vniOpt ? parseVxlanIdList(vniOpt)[0] : undefined;
-          alloc = allocateNetwork(
-            {
-              subnets: [...s.networks.values()].map((n) => n.alloc.subnet),
-              vnis: [...s.networks.values()].map((n) => n.alloc.vni),
-            },
-            pool,
-            {
-              ...(c.spec.subnet ? { subnet: c.spec.subnet } : {}),
-              ...(c.spec.gateway ? { gateway: c.spec.gateway } : {}),
-              ...(requestedVni !== undefined ? { vni: requestedVni } : {}),
-            },
-          );
-        } catch (e) {
-          return failWith(e);
-        }
-        const rec: NetworkRecord = { id: c.id, spec: clone(c.spec), alloc, createdAt: at, version: index };
-        s.networks.set(c.id, rec);
-        this.emit({ kind: "network", action: "create", network: clone(rec) });
-        return ok(index);
-      }
-      case "network.remove": {
-        const n = s.networks.get(c.id);
-        if (!n) return fail(404, `network ${c.id} not found`);
-        for (const e of s.endpoints.values())
-          if (e.networkId === c.id) return failWith(networkInUse(n.spec.name, n.id));
-        s.networks.delete(c.id);
-        this.emit({ kind: "network", action: "remove", network: clone(n) });
-        return ok(index);
-      }
-      case "endpoint.create": {
-        const n = s.networks.get(c.networkId);
-        if (!n) return fail(404, `network ${c.networkId} not found`);
-        if (s.endpoints.has(c.id)) return fail(409, `endpoint ${c.id} already exists`);
-        if (c.standalone && !n.spec.attachable) return failWith(notAttachable(n.spec.name));
-        for (const e of s.endpoints.values()) {
-          if (e.networkId === c.networkId && e.containerName === c.containerName) {
-            return fail(403, `endpoint with name ${c.containerName} already exists in network ${n.spec.name}`);
-          }
-        }
-        let ip: string;
-        try {
-          ip = allocateIp(n.alloc, c.id, c.ip, { name: n.spec.name, id: n.id });
-        } catch (e) {
-          return failWith(e);
-        }
-        n.version = index;
-        const ep: EndpointRecord = {
-          id: c.id,
-          networkId: c.networkId,
-          nodeId: c.nodeId,
-          containerId: c.containerId,
-          containerName: c.containerName,
-          aliases: [...c.aliases],
-          ip,
-          mac: macFromIp(ip),
-          version: index,
-        };
-        s.endpoints.set(c.id, ep);
-        this.emit({ kind: "endpoint", action: "create", endpoint: clone(ep) });
-        return ok(index);
-      }
-      case "endpoint.remove": {
-        const ep = s.endpoints.get(c.id);
-        if (!ep) return ok(index);
-        s.endpoints.delete(c.id);
-        const n = s.networks.get(ep.networkId);
-        if (n) {
-          releaseIp(n.alloc, ep.ip, ep.id);
-          n.version = index;
-        }
-        this.emit({ kind: "endpoint", action: "remove", endpoint: clone(ep) });
-        return ok(index);
-      }
+      case "cluster.create":
+      case "cluster.update":
+        return applyCluster(s, c, ctx);
+      case "cluster.rootRotation.finish":
+      case "cluster.rootRotation.retire":
+        return applyRootRotation(s, c, ctx);
+      case "node.certRenew":
+        return applyCertRenew(s, c, ctx);
+      case "node.create":
+      case "node.update":
+      case "node.status":
+      case "node.describe":
+      case "node.role":
+      case "node.remove":
+        return applyNode(s, c, ctx);
+      case "network.create":
+      case "network.remove":
+        return applyNetwork(s, c, ctx);
+      case "endpoint.create":
+      case "endpoint.remove":
+        return applyEndpoint(s, c, ctx);
+      case "member.add":
+      case "member.remove":
+        return applyMember(s, c, ctx);
       case "keys.init":
       case "keys.rotate":
       case "keys.interval": {
         const r = applyKeys(s.keyring, c);
         if (!r.ok) return fail(r.conflict ? 409 : 400, r.reason);
         s.keyring = r.ring;
-        this.emit({ kind: "keys", keyring: redact(r.ring) });
-        return ok(index);
+        ctx.emit({ kind: "keys", keyring: redact(r.ring) });
+        return ok(ctx.index);
       }
-      case "member.add": {
-        s.members.set(c.member.raftId, { ...c.member });
-        this.emit({ kind: "member", action: "add", member: { ...c.member } });
-        return ok(index);
-      }
-      case "member.remove": {
-        const m = s.members.get(c.raftId);
-        if (!m) return ok(index);
-        s.members.delete(c.raftId);
-        this.emit({ kind: "member", action: "remove", member: m });
-        return ok(index);
-      }
-      default:
-        return fail(500, `store: unknown command at index ${index}`);
     }
   }
 
-  private touchNode(rec: NodeRecord, index: number, at: string): Outcome {
-    rec.node.Version = { Index: index };
-    rec.node.UpdatedAt = at;
-    this.emit({ kind: "node", action: "update", node: clone(rec) });
-    return ok(index);
-  }
-
+  /** Tell every watcher; a watcher that throws is logged and never reaches the apply (or Raft). */
   private emit(e: StoreEvent): void {
-    this.events.emit("event", e);
+    for (const listener of this.events.listeners("event")) {
+      try {
+        (listener as (e: StoreEvent) => void)(e);
+      } catch (err) {
+        this.log?.error({ err, event: e.kind }, "store: a watcher failed on an event");
+      }
+    }
   }
 
   /** Serialise the whole state (a Raft snapshot's data). */
   snapshot(): Uint8Array {
-    const s = this.s;
-    return enc.encode(
-      JSON.stringify({
-        v: 1,
-        appliedIndex: this.appliedIndex,
-        cluster: s.cluster ?? null,
-        nodes: [...s.nodes.values()],
-        members: [...s.members.values()],
-        removed: [...s.removed],
-        networks: [...s.networks.values()],
-        endpoints: [...s.endpoints.values()],
-        keyring: s.keyring ?? null,
-      }),
-    );
+    return encodeSnapshot(this.s, this.appliedIndex);
   }
 
   restore(data: Uint8Array, index: number): void {
-    if (data.length === 0) {
-      this.s = emptyState();
-    } else {
-      const o = JSON.parse(dec.decode(data)) as {
-        v: number;
-        cluster: ClusterRecord | null;
-        nodes: NodeRecord[];
-        members: RaftMember[];
-        removed: string[];
-        networks?: NetworkRecord[];
-        endpoints?: EndpointRecord[];
-        keyring?: Keyring | null;
-      };
-      if (o.v !== 1) throw new Error(`store snapshot format ${o.v} is not supported`);
-      this.s = {
-        cluster: o.cluster ?? undefined,
-        nodes: new Map(o.nodes.map((n) => [n.node.ID, n])),
-        members: new Map(o.members.map((m) => [m.raftId, m])),
-        removed: new Set(o.removed),
-        networks: new Map((o.networks ?? []).map((n) => [n.id, n])),
-        endpoints: new Map((o.endpoints ?? []).map((e) => [e.id, e])),
-        keyring: o.keyring ?? undefined,
-      };
-    }
+    this.s = decodeSnapshot(data, this.log);
     this.appliedIndex = index;
     this.emit({ kind: "restore" });
   }
@@ -481,24 +232,4 @@ export class Store {
   keepOnlyMember(raftId: NodeId): void {
     for (const id of [...this.s.members.keys()]) if (id !== raftId) this.s.members.delete(id);
   }
-}
-
-/** The unlock key follows the spec: kept (or replaced) while autolock is on, gone when it is off. */
-function applyUnlockKey(secrets: ClusterSecrets, spec: SwarmSpec, unlockKey: string | undefined): void {
-  if (!spec.EncryptionConfig?.AutoLockManagers) delete secrets.unlockKey;
-  else if (unlockKey) secrets.unlockKey = unlockKey;
-}
-
-function ok(version: number): Outcome {
-  return { ok: true, version };
-}
-
-function fail(status: number, message: string): Outcome {
-  return { ok: false, status, message };
-}
-
-/** A refusal from the allocator (or any ApiError) as an outcome; anything else is a bug and rethrown. */
-function failWith(e: unknown): Outcome {
-  if (e instanceof ApiError) return fail(e.status, e.message);
-  throw e;
 }

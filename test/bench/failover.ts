@@ -789,7 +789,13 @@ async function startCluster(size: number, logger: Logger): Promise<Cluster> {
     const certs1 = await issue(id1);
     await root1.saveCertificates(certs1);
     await root1.saveState(s1);
-    const m1 = await Manager.start({ dataRoot: root1, state: s1, certs: certs1, logger, bootstrap: true });
+    const m1 = await Manager.start({
+      openRaftStorage: () => root1.openRaftStorage(),
+      state: s1,
+      certs: certs1,
+      logger,
+      bootstrap: true,
+    });
     managers.push(m1);
     await waitUntil("the first manager to lead", 10_000, async () => (m1.isLeader ? true : undefined), 10);
     const now = new Date().toISOString();
@@ -838,7 +844,14 @@ async function startCluster(size: number, logger: Logger): Promise<Cluster> {
       await root.saveCertificates(certs);
       await root.saveState(st);
       const peers = m1.store.members().map((m) => ({ raftId: m.raftId, nodeId: m.nodeId, addr: m.addr }));
-      const m = await Manager.start({ dataRoot: root, state: st, certs, logger, bootstrap: false, peers });
+      const m = await Manager.start({
+        openRaftStorage: () => root.openRaftStorage(),
+        state: st,
+        certs,
+        logger,
+        bootstrap: false,
+        peers,
+      });
       managers.push(m);
       await waitUntil(
         `manager ${i} to become a voter`,

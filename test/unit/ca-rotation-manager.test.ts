@@ -59,8 +59,8 @@ async function newCluster(root: RootCAMaterial, nodes: { id: string; state: "rea
     info: {
       ID: CLUSTER_ID,
       Version: { Index: 0 },
-      CreatedAt: "",
-      UpdatedAt: "",
+      CreatedAt: "2026-11-22T00:00:00.000Z",
+      UpdatedAt: "2026-11-22T00:00:00.000Z",
       Spec: spec(),
       TLSInfo: clusterTLSInfo(root.certPem),
       RootRotationInProgress: false,
@@ -79,8 +79,8 @@ async function newCluster(root: RootCAMaterial, nodes: { id: string; state: "rea
     const node: Node = {
       ID: n.id,
       Version: { Index: 0 },
-      CreatedAt: "",
-      UpdatedAt: "",
+      CreatedAt: "2026-11-22T00:00:00.000Z",
+      UpdatedAt: "2026-11-22T00:00:00.000Z",
       Spec: { Labels: {}, Role: "worker", Availability: "active" },
       Description: {
         Hostname: n.id,
@@ -310,9 +310,8 @@ describe("the reconciler (leader)", () => {
     const tlsInfo = clusterTLSInfo(r1.certPem);
     expect(
       log.apply({
-        op: "cluster.rootRotation",
-        action: "finish",
-        target: "x",
+        op: "cluster.rootRotation.finish",
+        target: "0".repeat(64),
         workerToken: "w",
         managerToken: "m",
         tlsInfo,
@@ -321,18 +320,21 @@ describe("the reconciler (leader)", () => {
     await rotate(log, spec(1));
     expect(
       log.apply({
-        op: "cluster.rootRotation",
-        action: "finish",
-        target: "x",
+        op: "cluster.rootRotation.finish",
+        target: "0".repeat(64),
         workerToken: "w",
         managerToken: "m",
         tlsInfo,
       }),
     ).toEqual({ ok: false, status: 409, message: "the root CA rotation has changed" });
-    expect(log.apply({ op: "cluster.rootRotation", action: "retire", retired: rootDigest(r1.certPem) })).toMatchObject({
+    expect(log.apply({ op: "cluster.rootRotation.retire", retired: rootDigest(r1.certPem) })).toMatchObject({
       ok: false,
       status: 409,
     });
+    // Not a digest at all: the command schema refuses it before any table sees it.
+    expect(
+      log.apply({ op: "cluster.rootRotation.finish", target: "x", workerToken: "w", managerToken: "m", tlsInfo }),
+    ).toMatchObject({ ok: false, status: 400 });
     expect(log.cluster().info.RootRotationInProgress).toBe(true);
   });
 });
@@ -358,8 +360,7 @@ describe("recovery of a node that missed a rotation", () => {
     await rotate(log, spec(1));
     const r = log.cluster().secrets.rootRotation!;
     log.must({
-      op: "cluster.rootRotation",
-      action: "finish",
+      op: "cluster.rootRotation.finish",
       target: rootDigest(r.caCertPem),
       workerToken: generateJoinToken(r.caCertPem),
       managerToken: generateJoinToken(r.caCertPem),

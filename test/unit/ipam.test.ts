@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../../src/engine/errors.js";
-import { IpamError, MSG_IP_IN_USE, MSG_POOL_EXHAUSTED, MSG_POOL_OVERLAP } from "../../src/manager/allocator/errors.js";
+import { IpamError, MSG_IP_IN_USE, MSG_POOL_EXHAUSTED, MSG_POOL_OVERLAP } from "../../src/store/allocator/errors.js";
 import {
   allocateIp,
   allocateNetwork,
@@ -24,7 +24,7 @@ import {
   parseCidr,
   parseVxlanIdList,
   releaseIp,
-} from "../../src/manager/allocator/ipam.js";
+} from "../../src/store/allocator/ipam.js";
 
 /** Runs fn, expects an IpamError, returns it. */
 function ipamError(fn: () => unknown): IpamError {

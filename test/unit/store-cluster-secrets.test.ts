@@ -15,8 +15,8 @@ function create(): Command {
     info: {
       ID: "c1uster000000000000000000",
       Version: { Index: 0 },
-      CreatedAt: "",
-      UpdatedAt: "",
+      CreatedAt: "2026-11-22T00:00:00.000Z",
+      UpdatedAt: "2026-11-22T00:00:00.000Z",
       Spec: structuredClone(DEFAULT_SWARM_SPEC),
       TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
       RootRotationInProgress: false,

@@ -2,20 +2,30 @@
 // allocation happens when an entry is applied, in log order; refused commands change nothing.
 
 import { describe, expect, it } from "vitest";
-import type { ClusterInfo } from "../../src/engine/types.js";
+import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import { type Command, encodeCommand, type NetworkSpec, type Outcome, Store } from "../../src/store/store.js";
 
 const at = new Date("2026-11-22T00:00:00Z");
+
+/** A node or network id (25 base36 characters) made from a short name. */
+const nid = (s: string): string =>
+  s
+    .toLowerCase()
+    .replace(/[^0-9a-z]/g, "")
+    .padEnd(25, "0")
+    .slice(0, 25);
+/** An endpoint or container id (64 hex digits) made from a short name. */
+const eid = (s: string): string => Buffer.from(s).toString("hex").padEnd(64, "0").slice(0, 64);
 
 function cluster(pool = ["10.0.0.0/8"], size = 24): Command {
   return {
     op: "cluster.create",
     info: {
-      ID: "c1",
+      ID: nid("c1"),
       Version: { Index: 0 },
-      CreatedAt: "",
-      UpdatedAt: "",
-      Spec: {} as ClusterInfo["Spec"],
+      CreatedAt: at.toISOString(),
+      UpdatedAt: at.toISOString(),
+      Spec: DEFAULT_SWARM_SPEC,
       TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
       RootRotationInProgress: false,
       DefaultAddrPool: pool,
@@ -54,10 +64,10 @@ function ep(
 ): Command {
   return {
     op: "endpoint.create",
-    id,
-    networkId,
-    nodeId: "n1",
-    containerId: `c-${id}`,
+    id: eid(id),
+    networkId: nid(networkId),
+    nodeId: nid("n1"),
+    containerId: eid(`c-${id}`),
     containerName: name,
     aliases: [],
     standalone: true,
@@ -69,29 +79,39 @@ describe("store: networks and endpoints", () => {
   it("allocates ingress first (10.0.0.0/24, VNI 4096), then /24s and VNIs from 4097, gateway at the first host", () => {
     const { store, outcomes } = run([
       cluster(),
-      { op: "network.create", id: "ing", spec: net("ingress", { ingress: true, attachable: false }) },
-      { op: "network.create", id: "a", spec: net("a") },
-      { op: "network.create", id: "b", spec: net("b") },
+      { op: "network.create", id: nid("ing"), spec: net("ingress", { ingress: true, attachable: false }) },
+      { op: "network.create", id: nid("a"), spec: net("a") },
+      { op: "network.create", id: nid("b"), spec: net("b") },
     ]);
     expect(outcomes.every((o) => o.ok)).toBe(true);
-    expect(store.network("ing")!.alloc).toMatchObject({ subnet: "10.0.0.0/24", gateway: "10.0.0.1", vni: 4096 });
-    expect(store.network("a")!.alloc).toMatchObject({ subnet: "10.0.1.0/24", gateway: "10.0.1.1", vni: 4097 });
-    expect(store.network("b")!.alloc).toMatchObject({ subnet: "10.0.2.0/24", vni: 4098 });
+    expect(store.network(nid("ing"))!.alloc).toMatchObject({ subnet: "10.0.0.0/24", gateway: "10.0.0.1", vni: 4096 });
+    expect(store.network(nid("a"))!.alloc).toMatchObject({ subnet: "10.0.1.0/24", gateway: "10.0.1.1", vni: 4097 });
+    expect(store.network(nid("b"))!.alloc).toMatchObject({ subnet: "10.0.2.0/24", vni: 4098 });
+  });
+
+  it("refuses a second ingress network in log order, so two concurrent creates cannot both pass", () => {
+    const { store, outcomes } = run([
+      cluster(),
+      { op: "network.create", id: nid("i1"), spec: net("ingress", { ingress: true, attachable: false }) },
+      { op: "network.create", id: nid("i2"), spec: net("ingress2", { ingress: true, attachable: false }) },
+    ]);
+    expect(outcomes[2]).toEqual({ ok: false, status: 403, message: "an ingress network already exists in the swarm" });
+    expect(store.networks().map((n) => n.spec.name)).toEqual(["ingress"]);
   });
 
   it("uses the cluster's address pool and subnet size", () => {
-    const { store } = run([cluster(["172.30.0.0/16"], 26), { op: "network.create", id: "a", spec: net("a") }]);
-    expect(store.network("a")!.alloc.subnet).toBe("172.30.0.0/26");
+    const { store } = run([cluster(["172.30.0.0/16"], 26), { op: "network.create", id: nid("a"), spec: net("a") }]);
+    expect(store.network(nid("a"))!.alloc.subnet).toBe("172.30.0.0/26");
   });
 
   it("refuses a used name, an overlapping subnet and removing a network in use, changing nothing", () => {
     const { store, outcomes } = run([
       cluster(),
-      { op: "network.create", id: "a", spec: net("a", { subnet: "10.9.0.0/16" }) },
-      { op: "network.create", id: "a2", spec: net("a") },
-      { op: "network.create", id: "c", spec: net("c", { subnet: "10.9.3.0/24" }) },
+      { op: "network.create", id: nid("a"), spec: net("a", { subnet: "10.9.0.0/16" }) },
+      { op: "network.create", id: nid("a2"), spec: net("a") },
+      { op: "network.create", id: nid("c"), spec: net("c", { subnet: "10.9.3.0/24" }) },
       ep("e1", "a", "web"),
-      { op: "network.remove", id: "a" },
+      { op: "network.remove", id: nid("a") },
     ]);
     expect(outcomes[2]).toEqual({ ok: false, status: 409, message: "network with name a already exists" });
     expect(outcomes[3]).toMatchObject({
@@ -101,33 +121,33 @@ describe("store: networks and endpoints", () => {
     });
     expect(outcomes[5]).toMatchObject({ ok: false, status: 403 });
     expect((outcomes[5] as { message: string }).message).toMatch(/has active endpoints/);
-    expect(store.networks().map((n) => n.id)).toEqual(["a"]);
-    expect(store.endpoints().map((e) => e.id)).toEqual(["e1"]);
+    expect(store.networks().map((n) => n.id)).toEqual([nid("a")]);
+    expect(store.endpoints().map((e) => e.id)).toEqual([eid("e1")]);
   });
 
   it("hands endpoint addresses out serially: a freed address is not reused at once; --ip is honoured", () => {
     const { store, outcomes } = run([
       cluster(),
-      { op: "network.create", id: "a", spec: net("a", { subnet: "10.5.0.0/29" }) },
+      { op: "network.create", id: nid("a"), spec: net("a", { subnet: "10.5.0.0/29" }) },
       ep("e1", "a", "c1"),
       ep("e2", "a", "c2"),
-      { op: "endpoint.remove", id: "e1" },
+      { op: "endpoint.remove", id: eid("e1") },
       ep("e3", "a", "c3"),
       ep("e4", "a", "c4", { ip: "10.5.0.2" }),
       ep("e5", "a", "c5", { ip: "10.5.0.3" }),
     ]);
-    expect(store.endpoint("e2")).toMatchObject({ ip: "10.5.0.3", mac: "02:42:0a:05:00:03" });
-    expect(store.endpoint("e3")!.ip).toBe("10.5.0.4");
-    expect(store.endpoint("e4")!.ip).toBe("10.5.0.2");
+    expect(store.endpoint(eid("e2"))).toMatchObject({ ip: "10.5.0.3", mac: "02:42:0a:05:00:03" });
+    expect(store.endpoint(eid("e3"))!.ip).toBe("10.5.0.4");
+    expect(store.endpoint(eid("e4"))!.ip).toBe("10.5.0.2");
     expect(outcomes[7]).toMatchObject({ ok: false, status: 403, message: "Address already in use" });
   });
 
   it("refuses a standalone container on a network that is not attachable, and a full network", () => {
     const { store, outcomes } = run([
       cluster(),
-      { op: "network.create", id: "s", spec: net("svc", { attachable: false }) },
+      { op: "network.create", id: nid("s"), spec: net("svc", { attachable: false }) },
       ep("e1", "s", "c1"),
-      { op: "network.create", id: "t", spec: net("tiny", { subnet: "10.6.0.0/30" }) },
+      { op: "network.create", id: nid("t"), spec: net("tiny", { subnet: "10.6.0.0/30" }) },
       ep("e2", "t", "c2"),
       ep("e3", "t", "c3"),
     ]);
@@ -136,16 +156,16 @@ describe("store: networks and endpoints", () => {
     expect(outcomes[4]!.ok).toBe(true);
     expect(outcomes[5]).toMatchObject({
       ok: false,
-      message: "no available IPv4 addresses on this network's address pools: tiny (t)",
+      message: `no available IPv4 addresses on this network's address pools: tiny (${nid("t")})`,
     });
-    expect(store.endpoints().map((e) => e.id)).toEqual(["e2"]);
+    expect(store.endpoints().map((e) => e.id)).toEqual([eid("e2")]);
   });
 
   it("is deterministic: two replicas, and a replica restored from a snapshot, agree on every allocation", () => {
     const cmds: Command[] = [cluster()];
-    for (let i = 0; i < 5; i++) cmds.push({ op: "network.create", id: `n${i}`, spec: net(`n${i}`) });
+    for (let i = 0; i < 5; i++) cmds.push({ op: "network.create", id: nid(`n${i}`), spec: net(`n${i}`) });
     for (let i = 0; i < 20; i++) cmds.push(ep(`e${i}`, `n${i % 5}`, `c${i}`));
-    for (let i = 0; i < 20; i += 3) cmds.push({ op: "endpoint.remove", id: `e${i}` });
+    for (let i = 0; i < 20; i += 3) cmds.push({ op: "endpoint.remove", id: eid(`e${i}`) });
     const a = run(cmds).store;
     const b = run(cmds).store;
     expect(a.snapshot()).toEqual(b.snapshot());
@@ -157,7 +177,72 @@ describe("store: networks and endpoints", () => {
     for (const [i, cmd] of cmds.slice(half).entries()) c.apply(encodeCommand(cmd, at), half + i + 1);
     const more: Command = ep("late", "n1", "late");
     for (const s of [a, c]) s.apply(encodeCommand(more, at), cmds.length + 1);
-    expect(c.endpoint("late")).toEqual(a.endpoint("late"));
+    expect(c.endpoint(eid("late"))).toEqual(a.endpoint(eid("late")));
     expect(c.networks()).toEqual(a.networks());
+  });
+});
+
+describe("store: the apply is total", () => {
+  const raw = (o: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(o));
+
+  it("refuses a partial swarm spec (the entry that once killed every leader), changing nothing", () => {
+    const { store } = run([cluster()]);
+    const before = store.snapshot();
+    const out = store.apply(raw({ op: "cluster.update", version: 1, spec: {}, at: at.toISOString() }), 2);
+    expect(out).toMatchObject({ ok: false, status: 400 });
+    expect((out as { message: string }).message).toMatch(/index 2: spec\.Name/);
+    expect(new TextDecoder().decode(store.snapshot())).toBe(
+      new TextDecoder().decode(before).replace('"appliedIndex":1', '"appliedIndex":2'),
+    );
+    // The next good write goes through.
+    const ok = store.apply(encodeCommand({ op: "cluster.update", version: 1, spec: DEFAULT_SWARM_SPEC }, at), 3);
+    expect(ok).toEqual({ ok: true, version: 3 });
+  });
+
+  it("refuses garbage, unknown commands, wrong types and oversized values alike on every replica", () => {
+    const entries: Uint8Array[] = [
+      new TextEncoder().encode("not json"),
+      raw(null),
+      raw([1, 2]),
+      raw({ op: "node.explode", at: at.toISOString() }),
+      raw({ op: "network.create", id: nid("x"), spec: { ...net("x"), labels: { a: 1 } }, at: at.toISOString() }),
+      raw({ op: "network.create", id: nid("y"), spec: net("y".repeat(10_000)), at: at.toISOString() }),
+      raw({ op: "network.create", id: nid("z"), spec: net("z"), at: "yesterday" }),
+      raw({ op: "network.create", id: nid("w"), spec: net("w"), junk: 1, at: at.toISOString() }),
+      raw({ op: "node.update", id: nid("n"), version: 1, spec: { Labels: "[".repeat(100_000) }, at: at.toISOString() }),
+    ];
+    const replicas = [run([cluster()]).store, run([cluster()]).store];
+    for (const r of replicas) {
+      const outs = entries.map((e, i) => r.apply(e, i + 2));
+      expect(outs.every((o) => !o.ok && o.status === 400)).toBe(true);
+      expect(r.networks()).toEqual([]);
+    }
+    expect(replicas[0]!.snapshot()).toEqual(replicas[1]!.snapshot());
+  });
+
+  it("keeps applying when a watcher throws: the others still see the event", () => {
+    const store = new Store();
+    const seen: string[] = [];
+    store.events.on("event", () => {
+      throw new TypeError("Cannot read properties of undefined (reading 'HeartbeatPeriod')");
+    });
+    store.events.on("event", (e: { kind: string }) => seen.push(e.kind));
+    expect(store.apply(encodeCommand(cluster(), at), 1)).toEqual({ ok: true, version: 1 });
+    expect(seen).toEqual(["cluster"]);
+  });
+
+  it("repairs a snapshot holding a label a former version stored as a number, the same on every replica", () => {
+    const { store } = run([cluster(), { op: "network.create", id: nid("a"), spec: net("a") }]);
+    const snap = JSON.parse(new TextDecoder().decode(store.snapshot())) as {
+      networks: { spec: { labels: Record<string, unknown> } }[];
+    };
+    snap.networks[0]!.spec.labels = { good: "yes", bad: 5 };
+    const data = new TextEncoder().encode(JSON.stringify(snap));
+    const a = new Store();
+    const b = new Store();
+    a.restore(data, 2);
+    b.restore(data, 2);
+    expect(a.network(nid("a"))!.spec.labels).toEqual({ good: "yes" });
+    expect(a.snapshot()).toEqual(b.snapshot());
   });
 });

@@ -7,7 +7,7 @@
 //
 // All of these are thrown before anything is changed: an allocation that fails leaves its state as it was.
 
-import { ApiError } from "../../engine/errors.js";
+import { ApiError } from "../../api/errors.js";
 
 export type IpamErrorCode =
   | "invalid-address"

@@ -1,0 +1,160 @@
+// What a node receives from the managers, decoded and checked before anything uses it: the session's
+// messages and the answers to Attach. The cluster protocol carries the store's objects as JSON inside
+// protobuf strings; each is parsed against its schema here, once, so the rest of the node works with typed
+// values, and a malformed message is refused as a whole (a manager bug or a forged stream changes nothing).
+
+import { z } from "zod";
+import {
+  type EndpointRecord,
+  EndpointRecordSchema,
+  KeyringSchema,
+  type NetworkRecord,
+  NetworkRecordSchema,
+  type Node,
+  NodeAddr,
+  type NodeRole,
+  NodeRoleSchema,
+  NodeSchema,
+  ObjectId,
+  Pem,
+} from "../api/objects.js";
+import { describeIssues, HostName, HostPort, IpAddress, ObjectName } from "../api/schema.js";
+import type { AttachResponse, NetworkState, PeerEndpoint, SessionMessage } from "../gen/cluster.js";
+import type { AgentKeys } from "../store/keyring.js";
+
+/** One JSON-in-a-string field: bounded, parsed, checked. */
+function jsonOf<S extends z.ZodType>(schema: S, maxBytes: number) {
+  return z
+    .string()
+    .max(maxBytes)
+    .transform((text, ctx) => {
+      try {
+        return JSON.parse(text) as unknown;
+      } catch {
+        ctx.addIssue({ code: "custom", message: "is not JSON" });
+        return z.NEVER;
+      }
+    })
+    .pipe(schema);
+}
+
+const PeerEndpointSchema = z.object({
+  endpointId: z.string().regex(/^[0-9a-f]{64}$/),
+  nodeId: ObjectId,
+  nodeAddr: NodeAddr,
+  ip: IpAddress,
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/),
+  containerName: ObjectName,
+  aliases: EndpointRecordSchema.shape.aliases,
+  hostname: z.union([z.literal(""), HostName]),
+});
+
+const NetworkStateSchema = z.object({
+  networkJson: jsonOf(NetworkRecordSchema, 1 << 20),
+  endpoints: z.array(PeerEndpointSchema).max(1 << 16),
+});
+
+const AgentKeysSchema = z.object({
+  algorithm: z.literal("AES_128_GCM"),
+  primaryTag: z.number().int().positive(),
+  keys: z
+    .array(KeyringSchema.shape.keys.element.extend({ primary: z.boolean() }))
+    .min(1)
+    .max(8),
+  lastRotation: KeyringSchema.shape.lastRotation,
+  intervalMs: KeyringSchema.shape.intervalMs,
+});
+
+const SessionMessageSchema = z.object({
+  sessionId: z.string().max(64),
+  nodeJson: z.union([z.literal(""), jsonOf(NodeSchema, 256 << 10)]),
+  managers: z.array(z.object({ nodeId: ObjectId, addr: HostPort })).max(64),
+  heartbeatPeriodMs: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(24 * 3600 * 1000),
+  role: NodeRoleSchema,
+  networks: z.array(NetworkStateSchema).max(4096),
+  networkKeysJson: z.union([z.literal(""), jsonOf(AgentKeysSchema, 16 << 10)]),
+  rootCaPem: z.union([z.literal(""), Pem.regex(/-----BEGIN CERTIFICATE-----/, "must be a PEM certificate")]),
+  /** An issuer's public key (base64 DER), as TLSInfo.CertIssuerPublicKey. */
+  renewCertificateIssuer: z.union([
+    z.literal(""),
+    z
+      .string()
+      .max(1024)
+      .regex(/^[A-Za-z0-9+/]+=*$/),
+  ]),
+});
+
+const AttachResponseSchema = z.object({
+  endpointJson: jsonOf(EndpointRecordSchema, 64 << 10),
+  network: NetworkStateSchema,
+  networkKeysJson: z.union([z.literal(""), jsonOf(AgentKeysSchema, 16 << 10)]),
+});
+
+/** A network this node holds, as the managers sent it, with its record decoded. */
+export interface HeldNetwork extends NetworkState {
+  network: NetworkRecord;
+  endpoints: PeerEndpoint[];
+}
+
+export interface DecodedSession {
+  sessionId: string;
+  node: Node | undefined;
+  managers: { nodeId: string; addr: string }[];
+  heartbeatPeriodMs: number;
+  role: NodeRole;
+  networks: HeldNetwork[];
+  /** The keyring for this node's encrypted networks; undefined when the managers sent none. */
+  keys: AgentKeys | undefined;
+  /** The keys' JSON as it came (for the key push's comparisons). */
+  networkKeysJson: string;
+  /** The swarm's root CA now ("" if the manager did not say). */
+  rootCaPem: string;
+  /** During a root rotation, when it is this node's turn: the issuer to renew its certificate to. */
+  renewCertificateIssuer: string;
+}
+
+export class MalformedMessage extends Error {}
+
+function held(raw: NetworkState, parsed: z.infer<typeof NetworkStateSchema>): HeldNetwork {
+  return { networkJson: raw.networkJson, network: parsed.networkJson, endpoints: parsed.endpoints };
+}
+
+/** A session message, checked; throws MalformedMessage naming the field (never quoting key material). */
+export function decodeSessionMessage(msg: SessionMessage): DecodedSession {
+  const r = SessionMessageSchema.safeParse(msg);
+  if (!r.success) throw new MalformedMessage(`malformed session message: ${describeIssues(r.error)}`);
+  const d = r.data;
+  return {
+    sessionId: d.sessionId,
+    node: d.nodeJson === "" ? undefined : d.nodeJson,
+    managers: d.managers,
+    heartbeatPeriodMs: d.heartbeatPeriodMs,
+    role: d.role,
+    networks: d.networks.map((n, i) => held(msg.networks[i]!, n)),
+    keys: d.networkKeysJson === "" ? undefined : (d.networkKeysJson as AgentKeys),
+    networkKeysJson: msg.networkKeysJson,
+    rootCaPem: d.rootCaPem,
+    renewCertificateIssuer: d.renewCertificateIssuer,
+  };
+}
+
+/** An Attach answer, checked. */
+export function decodeAttachResponse(res: AttachResponse): {
+  endpoint: EndpointRecord;
+  network: HeldNetwork;
+  networkKeysJson: string;
+} {
+  const r = AttachResponseSchema.safeParse(res);
+  if (!r.success || !res.network) {
+    throw new MalformedMessage(`malformed attach answer: ${r.success ? "no network" : describeIssues(r.error)}`);
+  }
+  return {
+    endpoint: r.data.endpointJson,
+    network: held(res.network, r.data.network),
+    networkKeysJson: res.networkKeysJson,
+  };
+}
