@@ -13,9 +13,9 @@
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { z } from "zod";
+import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import { NodeRoleSchema, Pem } from "../api/objects.js";
 import { parse } from "../api/schema.js";
-import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import { csrForKey } from "../ca/certs.js";
 import { chainIssuer, chainsToRoot } from "../ca/chain.js";
 import { clientCredentials } from "../ca/tls.js";
@@ -138,8 +138,11 @@ export class RootFollower {
     // Anonymous, but the manager is verified against the root this node has (through the intermediate).
     const client = new CAClient(addr, anonymous(c.rootPem), CHANNEL_OPTIONS);
     try {
-      const root = parse(RootAnswer, await unary(client.getRootCaCertificate.bind(client), {}, 5000), "root CA answer")
-        .certificatePem;
+      const root = parse(
+        RootAnswer,
+        await unary(client.getRootCaCertificate.bind(client), {}, 5000),
+        "root CA answer",
+      ).certificatePem;
       if (root === c.rootPem || chainsToRoot(c.certPem, root)) return;
       this.deps.logger.warn(
         { manager: addr },

@@ -9,7 +9,6 @@ import type { Logger } from "pino";
 import type { Node, NodeAvailability, NodeRole } from "../api/objects.js";
 import { signNodeCSR } from "../ca/certs.js";
 import { newNodeId } from "../ca/ids.js";
-import type { RootCA } from "../ca/rootca.js";
 import { parseJoinToken, tokensEqual } from "../ca/token.js";
 import type {
   GetRootCACertificateRequest,
@@ -39,7 +38,6 @@ export interface CAServiceCluster {
   readonly joinLimiter: JoinLimiter;
   readBarrier(): Promise<void>;
   write(cmd: Command): Promise<number>;
-  rootCA(): Promise<RootCA>;
 }
 
 export function caService(m: CAServiceCluster): UntypedServiceImplementation {

@@ -11,7 +11,6 @@ import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
 import { RaftMemberSchema } from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
-import { RootCA } from "../ca/rootca.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
@@ -534,12 +533,6 @@ export class Manager {
     if (after === 0) return true;
     const reachableAfter = reachable.filter((v) => v !== raftId).length;
     return reachableAfter < Math.floor(after / 2) + 1;
-  }
-
-  rootCA(): Promise<RootCA> {
-    const c = this.store.cluster();
-    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
-    return RootCA.fromPem(c.secrets.rootCACertPem, c.secrets.rootCAKeyPem);
   }
 
   roleOf(nodeId: string): NodeRole | undefined {
