@@ -299,8 +299,10 @@ export class Manager {
     const server = new Server({
       "grpc.max_receive_message_length": 8 << 20,
       "grpc.max_send_message_length": 8 << 20,
-      "grpc.keepalive_time_ms": 1000,
-      "grpc.keepalive_timeout_ms": 1000,
+      // Only to clean up the streams of clients that vanished: sessions and Raft have their own liveness
+      // (heartbeats, Raft's own), and a busy client must not be cut off for answering a ping late.
+      "grpc.keepalive_time_ms": 10_000,
+      "grpc.keepalive_timeout_ms": 10_000,
       "grpc.keepalive_permit_without_calls": 1,
       "grpc.http2.min_ping_interval_without_data_ms": 500,
       // A node needs a handful of streams (a session, raft, a call or two); a flood of them is refused.
