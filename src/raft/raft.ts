@@ -706,11 +706,16 @@ export class Raft {
           }
         } else {
           const oldPaused = pr.isPaused();
-          if (pr.maybeUpdate(m.index)) {
-            if (pr.state === ProgressState.Probe) {
-              pr.becomeReplicate();
-            } else if (pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot) {
+          const moved = pr.maybeUpdate(m.index);
+          // Leave the snapshot state once the follower holds everything the snapshot covers, even if the
+          // match did not move: a follower answers a chunk it does not need with its commit index, which
+          // may be a match we already knew. Waiting for the match to move would send chunks forever.
+          const snapshotDone = pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot;
+          if (moved || snapshotDone) {
+            if (snapshotDone) {
               pr.becomeProbe();
+              pr.becomeReplicate();
+            } else if (pr.state === ProgressState.Probe) {
               pr.becomeReplicate();
             } else if (pr.state === ProgressState.Replicate) {
               pr.inflights.freeLE(m.index);

@@ -345,7 +345,7 @@ export class Simulation {
         const n = this.nodes.get(m.to);
         if (!n?.rn || n.removed || this.cut.has(`${m.from}>${m.to}`)) return;
         this.log(
-          `deliver ${MessageType[m.type]} ${m.from}->${m.to} term=${m.term} idx=${m.index} lt=${m.logTerm} n=${m.entries.length} commit=${m.commit}${m.reject ? " reject" : ""}`,
+          `deliver ${MessageType[m.type]} ${m.from}->${m.to} term=${m.term} idx=${m.index} lt=${m.logTerm} n=${m.entries.length} commit=${m.commit}${m.reject ? ` reject hint=${m.rejectHint}` : ""}${m.snapshot ? ` snap=${m.snapshot.metadata.index}/${m.snapshot.metadata.term} off=${m.snapshot.offset}/${m.snapshot.total}` : ""}`,
         );
         n.rn.step(m);
         this.handleReady(n);

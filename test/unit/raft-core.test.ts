@@ -3,11 +3,13 @@
 // so that it fails if the feature it covers were missing or broken.
 
 import { describe, expect, it } from "vitest";
+import { ProgressState } from "../../src/raft/progress.js";
 import { Raft } from "../../src/raft/raft.js";
 import { SeededRand } from "../../src/raft/rand.js";
-import { ErrProposalDropped, type NodeId, newMessage } from "../../src/raft/types.js";
+import { ErrProposalDropped, type Message, type NodeId, newMessage } from "../../src/raft/types.js";
 import {
   ConfChangeType,
+  copyMessage,
   dec,
   EntryType,
   enc,
@@ -625,6 +627,70 @@ describe("snapshots", () => {
     net.propose(1, "after");
     net.stabilize();
     expect(three.appliedData()).toEqual(["after"]);
+  });
+
+  // Regression (simulator seed 9091227): a rejection of index i, delayed in the network, arrived after the
+  // follower had acknowledged i. The leader, probing at i + 1, took it for an answer to its probe, moved
+  // `next` below `match`, found those entries compacted and started a snapshot the follower did not need.
+  // The follower answered each chunk with its commit index, a match the leader already had, and the leader
+  // waited for the match to move: chunks forever, and no entry ever reached the follower again.
+  it("a late rejection of an index the follower has since acknowledged neither starts a snapshot nor stops replication", () => {
+    const net = cluster();
+    const leader = net.node(1);
+    net.isolate(3);
+    for (let i = 0; i < 5; i++) net.propose(1, `e${i}`);
+    net.stabilize();
+    net.heal();
+    // Node 3's first rejection is held back in the network; the leader retries and node 3 catches up.
+    let held: Message | undefined;
+    net.filter = (m) => {
+      if (m.type === MessageType.AppResp && m.reject && m.from === 3 && held === undefined) {
+        held = copyMessage(m);
+        return false;
+      }
+      return true;
+    };
+    net.tick(3);
+    net.filter = undefined;
+    expect(held).toBeDefined();
+    const pr = () => leader.raft.prs.get(3)!;
+    expect(pr().match).toBe(leader.lastIndex);
+    expect(held!.index).toBe(pr().match);
+    // The leader compacts its log; a transport hiccup puts node 3 back into probing at match + 1.
+    leader.storage.createSnapshot(leader.appliedIndex, leader.confState(), enc.encode("image"));
+    leader.storage.compact(leader.appliedIndex);
+    leader.rn.reportUnreachable(3);
+    expect(pr().state).toBe(ProgressState.Probe);
+    const mark = net.sent.length;
+    // Now the old rejection arrives.
+    net.deliver(held!);
+    net.stabilize();
+    expect(pr().match, "an acknowledged index is never taken back").toBe(leader.lastIndex);
+    expect(pr().next).toBeGreaterThan(pr().match);
+    for (let i = 0; i < 3; i++) net.propose(1, `after${i}`);
+    net.tick(3);
+    expect(net.node(3).appliedData()).toEqual(["e0", "e1", "e2", "e3", "e4", "after0", "after1", "after2"]);
+    expect(net.count(isType(MessageType.Snap, 1, 3), mark), "no snapshot for a follower that has the log").toBe(0);
+    expect(pr().state).toBe(ProgressState.Replicate);
+  });
+
+  it("a leader sending a snapshot to a follower that turns out to hold it already goes back to replicating", () => {
+    const net = cluster();
+    const leader = net.node(1);
+    for (let i = 0; i < 5; i++) net.propose(1, `e${i}`);
+    net.stabilize();
+    leader.storage.createSnapshot(leader.appliedIndex, leader.confState(), enc.encode("image"));
+    leader.storage.compact(leader.appliedIndex);
+    // Whatever put it there, the leader is sending node 3 a snapshot that node 3's log already covers:
+    // node 3 answers each chunk with its commit index, which the leader already has as node 3's match.
+    const pr = leader.raft.prs.get(3)!;
+    expect(pr.match).toBe(leader.appliedIndex);
+    pr.becomeSnapshot(leader.storage.snapshot());
+    for (let i = 0; i < 3; i++) net.propose(1, `after${i}`);
+    net.tick(5);
+    expect(pr.state).toBe(ProgressState.Replicate);
+    expect(net.node(3).appliedData()).toEqual(["e0", "e1", "e2", "e3", "e4", "after0", "after1", "after2"]);
+    expect(net.node(3).snapshots).toHaveLength(0);
   });
 
   it("flow control: no more than snapshotWindow chunks are unacknowledged at any time", () => {
