@@ -170,6 +170,11 @@ export class Manager {
       logger: this.root.child({ component: "raft", raftId: this.raftId.toString(16) }),
       onConfChange: (cc, _cs, index) => this.onConfChange(cc, index),
       onSoftState: (ss) => this.onSoftState(ss.state === StateType.Leader, ss.lead),
+      // It applied its own removal, or a member told it: its Raft member has stopped.
+      onRemoved: () => {
+        this.log.warn({}, "this manager was removed from the raft group");
+        this.opts.onRemoved?.();
+      },
     });
     // A single-voter cluster need not wait out an election timeout.
     const cs = this.raft.status().confState;
@@ -324,10 +329,6 @@ export class Manager {
     } else if (cc.type === ConfChangeType.RemoveNode) {
       this.store.apply(encodeCommand({ op: "member.remove", raftId: cc.nodeId }, at), index);
       this.transport.removePeer(cc.nodeId);
-      if (cc.nodeId === this.raftId) {
-        this.log.warn({}, "this manager was removed from the raft group");
-        this.opts.onRemoved?.();
-      }
     }
   }
 

@@ -67,6 +67,11 @@ export interface RaftNodeOptions {
   logger?: Logger;
   onConfChange?: (cc: ConfChange, cs: ConfState, index: number) => void;
   onSoftState?: (ss: SoftState) => void;
+  /**
+   * This member learnt that it was removed from the group (it applied its removal, or a member told it):
+   * the node has stopped for good. Called once.
+   */
+  onRemoved?: () => void;
   /** Tests only: throw at this point of the loop, like a crash. */
   crashAt?: (point: CrashPoint, rd: Ready) => boolean;
 }
@@ -342,6 +347,8 @@ export class RaftNode {
         if (!this.rawNode.hasReady()) break;
         await this.handle(this.rawNode.ready());
       }
+      // Only once everything is handled: a removed leader's last Ready hands leadership over.
+      if (!this.fatal && this.rawNode.raft.isRemoved()) this.stopRemoved();
     } catch (e) {
       this.fatal = e instanceof Error ? e : new Error(String(e));
       this.stopped = true;
@@ -356,6 +363,16 @@ export class RaftNode {
         for (const r of w) r();
       }
     }
+  }
+
+  /** Removed from the group: stop ticking and taking work, and tell the owner (once). */
+  private stopRemoved(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.ticker) clearInterval(this.ticker);
+    this.log?.warn({}, "this member was removed from the raft group; its raft member stops");
+    this.failAll(new ErrProposalDropped("this node was removed from the raft group"));
+    this.opts.onRemoved?.();
   }
 
   private crash(point: CrashPoint, rd: Ready): void {

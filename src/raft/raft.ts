@@ -277,6 +277,27 @@ export class Raft {
     this.removed = new Set(cs.removed);
   }
 
+  /** This node was removed from the group (it applied its removal, or a member told it so). */
+  isRemoved(): boolean {
+    return this.removed.has(this.id);
+  }
+
+  private tellRemoved(to: NodeId): void {
+    this.send(newMessage({ type: MessageType.Removed, to }));
+  }
+
+  /**
+   * A member told us that our removal committed (only a member that applied it knows the id as removed,
+   * and ids are never reused): leave the group as if we had applied it. We never campaign again.
+   */
+  private learnRemoved(from: NodeId): void {
+    if (this.isRemoved()) return;
+    this.prs.delete(this.id);
+    this.removed.add(this.id);
+    this.becomeFollower(this.term, NONE);
+    this.logger?.warn({ from }, "removed from the raft group (told by a member); this member stops");
+  }
+
   /** A node that may campaign: a voter that is not waiting to persist a snapshot. */
   promotable(): boolean {
     const pr = this.prs.get(this.id);
@@ -296,8 +317,11 @@ export class Raft {
       if (m.term === 0) throw new Error(`term should be set when sending ${MessageType[m.type]}`);
     } else {
       if (m.term !== 0) throw new Error(`term should not be set when sending ${MessageType[m.type]} (was ${m.term})`);
-      // Proposals and read requests forwarded to the leader are local messages: they carry no term.
-      if (m.type !== MessageType.Prop && m.type !== MessageType.ReadIndex) m.term = this.term;
+      // Proposals and read requests forwarded to the leader are local messages: they carry no term, and
+      // neither does a learner's MemberCheck (a learner's term must never depose a leader).
+      if (m.type !== MessageType.Prop && m.type !== MessageType.ReadIndex && m.type !== MessageType.MemberCheck) {
+        m.term = this.term;
+      }
     }
     this.msgs.push(m);
   }
@@ -554,9 +578,16 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
+    if (this.electionElapsed < this.randomizedElectionTimeout) return;
+    if (this.promotable()) {
       this.electionElapsed = 0;
       this.step(newMessage({ type: MessageType.Hup, from: this.id }));
+    } else if (!this.isRemoved()) {
+      // A learner, or a new member whose log does not yet show it was added, cannot campaign. If it hears
+      // no leader it may have been removed while cut off, and no one sends anything to a removed id. Ask.
+      this.electionElapsed = 0;
+      for (const id of this.voters())
+        if (id !== this.id) this.send(newMessage({ type: MessageType.MemberCheck, to: id }));
     }
   }
 
@@ -583,7 +614,15 @@ export class Raft {
       // A removed leader's last word is the TimeoutNow that hands leadership over: we may already have
       // applied its removal when it arrives.
       const handover = m.type === MessageType.TimeoutNow && m.term === this.term && m.from === this.lead;
-      if (!handover) return;
+      if (!handover) {
+        // It speaks, so it has not heard that its removal committed: tell it, so that it stops.
+        if (m.type !== MessageType.Removed && !this.isRemoved()) this.tellRemoved(m.from);
+        return;
+      }
+    }
+    if (m.type === MessageType.Removed) {
+      this.learnRemoved(m.from);
+      return;
     }
 
     if (m.term === 0) {
@@ -973,8 +1012,11 @@ export class Raft {
     }
     const cs = s.metadata.confState;
     // The snapshot may predate our own AddLearner: we then learn of our membership from the entries
-    // that follow it. A removed member is never sent anything, so it cannot get here.
-    if (cs.removed.includes(this.id)) return false;
+    // that follow it. A snapshot that lists us as removed tells us we were.
+    if (cs.removed.includes(this.id)) {
+      this.learnRemoved(this.lead);
+      return false;
+    }
     if (this.raftLog.matchTerm(s.metadata.index, s.metadata.term)) {
       // We already have the entry: fast-forward the commit index instead.
       this.raftLog.commitTo(s.metadata.index);
@@ -1088,6 +1130,9 @@ export class Raft {
         const wasLeader = this.state === StateType.Leader;
         this.prs.delete(cc.nodeId);
         this.removed.add(cc.nodeId);
+        // The leader stops sending to it now: tell it so that it stops too (if this is lost, it campaigns
+        // and whoever it asks tells it).
+        if (wasLeader && cc.nodeId !== this.id) this.tellRemoved(cc.nodeId);
         if (cc.nodeId === this.id) {
           if (wasLeader) {
             // Hand over to the most up-to-date remaining voter so the group does not wait out an election.

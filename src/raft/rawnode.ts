@@ -121,8 +121,14 @@ export class RawNode {
   /** Step a message from the network. Proposals the leader cannot take are dropped silently. */
   step(m: Message): void {
     if (isLocalMessage(m.type)) throw new ErrStepLocalMsg();
-    if (!this.raft.prs.has(m.from) && isResponseMessage(m.type) && m.type !== MessageType.ReadIndexResp) {
-      // A response from someone who is not (or no longer) a member.
+    if (
+      !this.raft.prs.has(m.from) &&
+      !this.raft.removed.has(m.from) &&
+      isResponseMessage(m.type) &&
+      m.type !== MessageType.ReadIndexResp
+    ) {
+      // A response from someone who is not a member. (A removed member's messages reach the core, which
+      // tells it that it was removed.)
       return;
     }
     try {

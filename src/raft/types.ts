@@ -89,6 +89,18 @@ export enum MessageType {
   Unreachable = 17,
   /** Local: leader checks it still hears from a quorum. */
   CheckQuorum = 18,
+  /**
+   * A member to an id it has removed from the group (a committed removal): "you are no longer a member".
+   * The receiver stops for good: it never campaigns again, and its driver shuts its Raft member down.
+   */
+  Removed = 19,
+  /**
+   * A node that cannot campaign (a learner, or a new member whose log does not yet show it was added) and
+   * has heard from no leader for an election timeout, to the voters it knows: "am I still a member?" A
+   * member that removed it answers Removed; others ignore it. (A voter in that position campaigns, which
+   * has the same effect.) Carries no term.
+   */
+  MemberCheck = 20,
 }
 
 /** A piece of a snapshot on the wire: no message carries more than `maxSnapshotChunk` bytes of it. */

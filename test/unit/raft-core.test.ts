@@ -901,23 +901,20 @@ describe("membership", () => {
     net.deliverRound(); // the entry reaches 2 and 3
     net.deliverRound(); // their answers: it commits and the leader applies it
     expect(leader.confState()).toEqual({ voters: [1, 2], learners: [], removed: [3] });
-    // Node 3 never hears that its removal committed: it still believes it is a voter.
+    // Node 3 never hears that its removal committed (nor the leader's notice): it still believes it is a voter.
     net.isolate(3);
     net.stabilize();
     net.heal();
     expect(net.node(3).confState().voters).toEqual([1, 2, 3]);
-    // Cut off from news, it campaigns over and over: nobody listens.
-    net.tick(10 * ELECTION);
-    expect(net.count((m) => m.from === 3 && m.type === MessageType.PreVote && m.to === 1)).toBeGreaterThan(0);
-    expect(net.leader().id).toBe(1);
-    expect(leader.term).toBe(term);
-    // Even messages from it at a much higher term do not depose the leader or move anyone's term.
+    // Messages from it, even at a much higher term, neither depose the leader nor move anyone's term.
+    net.filter = (m) => m.type !== MessageType.Removed;
     net.deliver(newMessage({ type: MessageType.Heartbeat, from: 3, to: 1, term: term + 10 }));
     net.deliver(newMessage({ type: MessageType.App, from: 3, to: 2, term: term + 10, index: 1, logTerm: 1 }));
     net.deliver(
       newMessage({ type: MessageType.Vote, from: 3, to: 2, term: term + 10, index: 1000, logTerm: term + 9 }),
     );
     net.stabilize();
+    net.filter = undefined;
     expect(leader.state).toBe(StateType.Leader);
     expect(leader.term).toBe(term);
     expect(net.node(2).term).toBe(term);
@@ -927,6 +924,95 @@ describe("membership", () => {
     expect(net.node(2).appliedData()).toEqual(["still"]);
     expect(net.node(3).appliedData()).toEqual([]);
     expectDropped(() => net.proposeConfChange(1, ConfChangeType.AddLearner, 3), /removed/);
+  });
+
+  it("a removed voter that missed its removal is told so the first time it speaks, and never campaigns again", () => {
+    const net = cluster();
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 3);
+    net.deliverRound();
+    net.deliverRound();
+    net.isolate(3); // it misses the commit and the leader's notice
+    net.stabilize();
+    net.heal();
+    const three = net.node(3);
+    expect(three.raft.isRemoved()).toBe(false);
+    // It times out and asks for pre-votes; whoever it asks answers that it was removed.
+    const ticks = net.tickUntil(() => three.raft.isRemoved(), 3 * ELECTION);
+    expect(ticks).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.Removed, undefined, 3))).toBeGreaterThan(0);
+    expect(three.confState().voters).toEqual([1, 2]);
+    expect(three.confState().removed).toEqual([3]);
+    // From then on it is silent: no campaign, however long it waits.
+    const mark = net.sent.length;
+    net.tick(10 * ELECTION);
+    expect(net.count((m) => m.from === 3, mark)).toBe(0);
+    expect(three.state).toBe(StateType.Follower);
+    expect(three.term).toBe(net.node(1).term);
+  });
+
+  it("the leader tells a removed member at once, so it stops without waiting for a timeout", () => {
+    const net = cluster();
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 3);
+    net.stabilize(); // messages only, no ticks
+    expect(net.count(isType(MessageType.Removed, 1, 3))).toBeGreaterThanOrEqual(1);
+    expect(net.node(3).raft.isRemoved()).toBe(true);
+  });
+
+  it("a removed learner that missed its removal asks the voters whether it is still a member, and stops", () => {
+    const net = cluster(3, 1, { autoPromoteLearners: false });
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.tick(2);
+    expect(four.confState().learners).toEqual([4]);
+    net.isolate(4);
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 4);
+    net.stabilize();
+    net.heal();
+    expect(four.raft.isRemoved()).toBe(false);
+    // A learner never campaigns; after an election timeout without a leader it asks, and is told.
+    const ticks = net.tickUntil(() => four.raft.isRemoved(), 3 * ELECTION);
+    expect(ticks).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.MemberCheck, 4))).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.PreVote, 4))).toBe(0);
+    const mark = net.sent.length;
+    net.tick(5 * ELECTION);
+    expect(net.count((m) => m.from === 4, mark)).toBe(0);
+  });
+
+  it("a new node removed before it learnt it had been added asks the voters it knows, and stops", () => {
+    const net = cluster();
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    // It knows the voters from the bootstrap snapshot it was given, but nothing reaches it before its removal.
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.isolate(4);
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 4);
+    net.stabilize();
+    net.heal();
+    expect(four.confState().learners).toEqual([]);
+    expect(net.tickUntil(() => four.raft.isRemoved(), 3 * ELECTION)).toBeGreaterThan(0);
+  });
+
+  it("a learner that is still a member and asks does not disturb the leader", () => {
+    const net = cluster(3, 1, { autoPromoteLearners: false });
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.tick(2);
+    const term = net.node(1).term;
+    // Cut off long enough to ask, and at a higher term than the leader's (it heard a failed candidate).
+    net.isolate(4);
+    four.raft.term = term + 5;
+    net.tick(3 * ELECTION);
+    net.heal();
+    for (const m of net.sent) if (m.type === MessageType.MemberCheck) net.deliver(copyMessage(m));
+    net.stabilize();
+    expect(net.count(isType(MessageType.MemberCheck, 4))).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.Removed))).toBe(0);
+    expect(net.node(1).state).toBe(StateType.Leader);
+    expect(net.node(1).term).toBe(term);
+    expect(four.raft.isRemoved()).toBe(false);
   });
 
   it("removing the leader: it steps down, and the remaining voters carry on under a new leader", () => {
