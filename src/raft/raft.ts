@@ -750,7 +750,9 @@ export class Raft {
           // match did not move: a follower answers a chunk it does not need with its commit index, which
           // may be a match we already knew. Waiting for the match to move would send chunks forever.
           const snapshotDone = pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot;
-          if (moved || snapshotDone) {
+          // A probe answered at the match we already had (the follower was caught up) also ends probing.
+          const probeDone = pr.state === ProgressState.Probe && pr.match === m.index;
+          if (moved || snapshotDone || probeDone) {
             if (snapshotDone) {
               pr.becomeProbe();
               pr.becomeReplicate();
@@ -789,7 +791,9 @@ export class Raft {
             pr.snapAllSent = false;
             this.sendSnapChunks(m.from, pr);
           }
-        } else if (pr.match < this.raftLog.lastIndex()) {
+        } else if (pr.match < this.raftLog.lastIndex() || pr.state === ProgressState.Probe) {
+          // Behind, or probing: a follower that is caught up answers the probe, which ends probing (a learner
+          // is promoted only once replication to it runs normally).
           this.sendAppend(m.from);
         }
         if (m.context.length === 0) return;

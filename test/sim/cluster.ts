@@ -775,7 +775,8 @@ export class Simulation {
       this.stepNo++;
     }
     const l = this.leader();
-    const unaware = l ? l.rn!.raft.confState().removed.filter((id) => this.unawareOfRemoval(id)) : [];
+    const lcs = l?.rn!.raft.confState();
+    const unaware = lcs ? lcs.removed.filter((id) => this.unawareOfRemoval(id, lcs)) : [];
     throw new SafetyViolation(
       `liveness: ${400} ticks after faults healed: leader=${l?.id ?? "none"}, removed but unaware=[${unaware}], pending requests=${this.clients
         .filter((c) => c.op)
@@ -790,14 +791,16 @@ export class Simulation {
   }
 
   /**
-   * A node the leader removed that has not learnt it. A brand-new node that was removed before anything
-   * reached it knows no member to ask, and is left out: it has never been part of the group.
+   * A node the leader removed that has not learnt it, though it could: it knows a voter that is still a
+   * member (it asks the voters it knows). A node whose log ends before any of today's members joined (a
+   * brand-new node removed before anything reached it, or one whose every known voter was removed too) has
+   * no one to ask, and is left out.
    */
-  private unawareOfRemoval(id: NodeId): boolean {
+  private unawareOfRemoval(id: NodeId, leaderCs: { voters: NodeId[]; learners: NodeId[] }): boolean {
     const n = this.nodes.get(id);
     if (!n || n.removed) return false;
     const cs = n.rn ? n.rn.raft.confState() : n.storage.snapshot().metadata.confState;
-    return cs.voters.length > 0;
+    return cs.voters.some((v) => v !== id && (leaderCs.voters.includes(v) || leaderCs.learners.includes(v)));
   }
 
   /** Every member of the leader's configuration has applied what it committed, no learner is left
@@ -806,7 +809,7 @@ export class Simulation {
     const commit = l.rn!.raft.raftLog.committed;
     const cs = l.rn!.raft.confState();
     if (cs.learners.length > 0) return false;
-    if (cs.removed.some((id) => this.unawareOfRemoval(id))) return false;
+    if (cs.removed.some((id) => this.unawareOfRemoval(id, cs))) return false;
     for (const id of cs.voters) {
       const n = this.nodes.get(id);
       if (!n?.rn || n.applied < commit) return false;

@@ -11,6 +11,12 @@ const REGRESSIONS: { seed: number; steps?: number; caught: string }[] = [
       "a late rejection moved the leader's `next` below `match` and started a snapshot the follower did not " +
       "need; the leader then sent chunks forever and the follower never caught up (issue 10, item 3)",
   },
+  {
+    seed: 20013640,
+    caught:
+      "a caught-up learner whose replication dropped back to probing stayed there (no new entries moved its " +
+      "match), so it was never promoted",
+  },
 ];
 
 describe("raft simulation, regression seeds", () => {

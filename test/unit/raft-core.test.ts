@@ -674,6 +674,22 @@ describe("snapshots", () => {
     expect(pr().state).toBe(ProgressState.Replicate);
   });
 
+  // Regression (simulator seed 20013640): a caught-up learner's replication dropped back to probing (the
+  // transport reported it unreachable) when no more entries were coming. Nothing moved its match again, so
+  // it stayed in probing for good, and a learner is promoted only once replication to it runs normally.
+  it("a caught-up follower that dropped back to probing replicates again at the next heartbeat, with no new entries", () => {
+    const net = cluster();
+    const leader = net.node(1);
+    net.propose(1, "x");
+    net.stabilize();
+    leader.rn.reportUnreachable(2);
+    const pr = leader.raft.prs.get(2)!;
+    expect(pr.state).toBe(ProgressState.Probe);
+    expect(pr.match).toBe(leader.lastIndex);
+    net.tick(2);
+    expect(pr.state).toBe(ProgressState.Replicate);
+  });
+
   it("a leader sending a snapshot to a follower that turns out to hold it already goes back to replicating", () => {
     const net = cluster();
     const leader = net.node(1);
