@@ -13,7 +13,7 @@ import { ApiError } from "../engine/errors.js";
 import type { NodeRole } from "../engine/types.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
-import { entryPayload, RaftNode } from "../raft/node.js";
+import { entryPayload, NodeStoppedError, RaftNode } from "../raft/node.js";
 import { Raft } from "../raft/raft.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
 import { GrpcTransport, RaftServiceDefinition, raftServiceImplementation } from "../raft/transport.js";
@@ -23,6 +23,8 @@ import {
   EMPTY,
   EntryType,
   ErrProposalDropped,
+  ErrProposalOutcomeUnknown,
+  ErrProposalTooLarge,
   type NodeId,
   StateType,
 } from "../raft/types.js";
@@ -334,19 +336,39 @@ export class Manager {
 
   // ------------------------------------------------------------------ reads and writes
 
-  /** Propose a store command and wait for its outcome; a refused command becomes an ApiError. */
+  /**
+   * Propose a store command and wait for its outcome; a refused command becomes an ApiError. The answer is
+   * true: success only once applied; "not applied" only when Raft is certain it never will be (then it is
+   * proposed again, for a while, so that most writes simply succeed across a failover); and "may still take
+   * effect" when this manager cannot know (it is cut off).
+   */
   async write(cmd: Command): Promise<number> {
     if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
-    let res: { index: number; result: unknown };
-    try {
-      res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()));
-    } catch (e) {
-      if (e instanceof ErrProposalDropped) throw new ApiError(503, NO_LEADER_MESSAGE);
-      throw e;
+    const start = Date.now();
+    for (;;) {
+      const leftMs = Math.max(WRITE_TIMEOUT_MS - (Date.now() - start), 1000);
+      let res: { index: number; result: unknown };
+      try {
+        res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()), leftMs);
+      } catch (e) {
+        if (e instanceof ErrProposalDropped && !(e instanceof ErrProposalTooLarge)) {
+          if (Date.now() - start < WRITE_RETRY_MS && (await this.waitForLeader(start + WRITE_RETRY_MS))) continue;
+        }
+        throw writeError(e);
+      }
+      const out = res.result as Outcome;
+      if (!out.ok) throw new ApiError(out.status, out.message);
+      return out.version;
     }
-    const out = res.result as Outcome;
-    if (!out.ok) throw new ApiError(out.status, out.message);
-    return out.version;
+  }
+
+  /** Wait until a leader is known (polling: elections take a few ticks); false if `untilMs` passes first. */
+  private async waitForLeader(untilMs: number): Promise<boolean> {
+    while (this.raft.leader === 0) {
+      if (this.stopped || Date.now() >= untilMs) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
   }
 
   /** Wait until this manager has applied every write that finished before the call. */
@@ -455,6 +477,28 @@ export class Manager {
     await this.listener?.close();
     await this.storage.close();
   }
+}
+
+/** How long a write may wait for its outcome before it is reported unknown. */
+const WRITE_TIMEOUT_MS = 10_000;
+/** How long a write that certainly was not applied is proposed again while a leader is being elected. */
+const WRITE_RETRY_MS = 5_000;
+
+/** The error a client gets for a write that did not succeed, in words that say whether it took effect. */
+function writeError(e: unknown): unknown {
+  if (e instanceof ErrProposalTooLarge) return new ApiError(400, `the request is too large to store: ${e.message}`);
+  if (e instanceof ErrProposalOutcomeUnknown) {
+    return new ApiError(
+      503,
+      "the request timed out and may still take effect; check before retrying (this manager could not learn " +
+        "the outcome from the swarm's leader, possibly because too few managers are online)",
+    );
+  }
+  if (e instanceof ErrProposalDropped || e instanceof NodeStoppedError) {
+    if (/no leader/.test(e.message)) return new ApiError(503, `${NO_LEADER_MESSAGE} The request was not applied.`);
+    return new ApiError(503, `The request was not applied (${e.message}); it is safe to try again.`);
+  }
+  return e;
 }
 
 export function splitHostPort(addr: string): [string, string] {

@@ -9,6 +9,7 @@ import {
   EMPTY,
   EntryType,
   ErrProposalDropped,
+  ErrProposalTooLarge,
   ErrStepLocalMsg,
   type HardState,
   hardStateEqual,
@@ -67,7 +68,7 @@ export class RawNode {
   /** Propose data. Throws ErrProposalDropped when it cannot be accepted now (no leader, transfer, too large). */
   propose(data: Uint8Array): void {
     if (data.length > this.raft.maxProposalSize) {
-      throw new ErrProposalDropped(
+      throw new ErrProposalTooLarge(
         `proposal of ${data.length} bytes exceeds the maximum of ${this.raft.maxProposalSize} bytes`,
       );
     }
@@ -84,7 +85,7 @@ export class RawNode {
   proposeBatch(datas: Uint8Array[]): void {
     for (const data of datas) {
       if (data.length > this.raft.maxProposalSize) {
-        throw new ErrProposalDropped(
+        throw new ErrProposalTooLarge(
           `proposal of ${data.length} bytes exceeds the maximum of ${this.raft.maxProposalSize} bytes`,
         );
       }

@@ -254,11 +254,19 @@ export class ErrSnapOutOfDate extends RaftError {
     super("requested index is older than the existing snapshot");
   }
 }
+/** A definite failure: the proposal was not applied and never will be (it is safe to propose it again). */
 export class ErrProposalDropped extends RaftError {
   constructor(reason = "raft proposal dropped") {
     super(reason);
   }
 }
+/** A definite failure that retrying cannot cure: the proposal is larger than the core accepts. */
+export class ErrProposalTooLarge extends ErrProposalDropped {}
+/**
+ * Nothing decided the proposal in time (this node may be cut off from the leader): it may still be
+ * applied, or may never be. Not a failure the caller may retry blindly.
+ */
+export class ErrProposalOutcomeUnknown extends RaftError {}
 export class ErrStepLocalMsg extends RaftError {
   constructor() {
     super("raft: cannot step raft local message");
