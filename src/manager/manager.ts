@@ -16,7 +16,12 @@ import type { LevelStorage } from "../raft/level-storage.js";
 import { entryPayload, NodeStoppedError, RaftNode } from "../raft/node.js";
 import { Raft } from "../raft/raft.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
-import { GrpcTransport, RaftServiceDefinition, raftServiceImplementation } from "../raft/transport.js";
+import {
+  GrpcTransport,
+  RaftServiceDefinition,
+  raftServiceImplementation,
+  type SenderStatus,
+} from "../raft/transport.js";
 import {
   type ConfChange,
   ConfChangeType,
@@ -85,7 +90,8 @@ export class Manager {
   private keyManager: KeyManager;
   private certs: Certificates;
   private readonly opts: ManagerOptions;
-  private peers = new Map<NodeId, string>();
+  /** The members a joining manager was given in its JoinResponse (before its store has them). */
+  private peers = new Map<NodeId, RaftMember>();
   private prober: NodeJS.Timeout | undefined;
   private leaderState = false;
   private stopped = false;
@@ -99,7 +105,7 @@ export class Manager {
     this.nodeId = opts.state.nodeId;
     this.clusterId = opts.state.clusterId;
     this.certs = opts.certs;
-    for (const p of opts.peers ?? []) this.peers.set(p.raftId, p.addr);
+    for (const p of opts.peers ?? []) this.peers.set(p.raftId, p);
     this.dispatcher = new Dispatcher(this);
     this.roleManager = new RoleManager(this);
     this.keyManager = new KeyManager({
@@ -153,9 +159,10 @@ export class Manager {
     }
     this.transport = new GrpcTransport({
       selfId: this.raftId,
-      resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id),
+      resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id)?.addr,
       credentials: () => clientCredentials(this.certs.rootPem, this.certs.certPem, this.certs.keyPem),
       onUnreachable: (id) => this.raft?.reportUnreachable(id),
+      onToldRemoved: (by) => this.raft?.toldRemoved(by),
       logger: this.root.child({ component: "transport" }),
     });
     this.raft = await RaftNode.start({
@@ -200,12 +207,8 @@ export class Manager {
         clusterId: () => this.clusterId,
         onHeard: (id) => this.transport?.markHeard(id),
         selfId: () => this.raftId,
-        // A member's messages must come from the node it was added for (before the store knows a
-        // member, during a join, any manager of this cluster may speak).
-        checkSender: (from, peer) => {
-          const member = this.store.member(from);
-          return member === undefined || member.nodeId === peer.nodeId;
-        },
+        // Only current members speak, each from the node it was added for.
+        member: (from, nodeId) => this.senderStatus(from, nodeId),
         isRemoved: (nodeId) => this.store.isRemoved(nodeId),
         logger: this.root.child({ component: "raft-server" }),
       }),
@@ -265,6 +268,18 @@ export class Manager {
     this.log.info({ addr: `${host}:${this.listener.port}` }, "cluster listener started");
   }
 
+  /**
+   * Who raft id `from` is, for a caller holding node `nodeId`'s certificate: members come from the store,
+   * and, for a manager that is joining (its store is still empty), from the member list its JoinResponse
+   * gave; an id this node's Raft log removed is "removed" whatever else says so.
+   */
+  private senderStatus(from: NodeId, nodeId: string): SenderStatus {
+    if (this.raft?.isRemovedId(from)) return "removed";
+    const m = this.store.member(from) ?? this.peers.get(from);
+    if (!m) return "unknown";
+    return m.nodeId === nodeId ? "member" : "other-node";
+  }
+
   get listenPort(): number {
     return this.listener?.port ?? 0;
   }
@@ -280,7 +295,7 @@ export class Manager {
     const lead = this.raft.leader;
     if (lead === 0) return undefined;
     if (lead === this.raftId) return this.opts.state.advertiseAddr;
-    return this.store.member(lead)?.addr ?? this.peers.get(lead);
+    return this.store.member(lead)?.addr ?? this.peers.get(lead)?.addr;
   }
 
   leaderRaftId(): NodeId {

@@ -27,6 +27,7 @@ import {
   MessageType,
   NONE,
   type NodeId,
+  newMessage,
   type Rand,
   type Ready,
   type SoftState,
@@ -195,6 +196,16 @@ export class RaftNode {
     if (this.stopped) return;
     this.rawNode.campaign();
     this.kick();
+  }
+
+  /** Whether `id` was removed from the group (as far as this node's log goes). */
+  isRemovedId(id: NodeId): boolean {
+    return this.rawNode.raft.removed.has(id);
+  }
+
+  /** A member refused our messages because it removed us from the group: leave it, and stop. */
+  toldRemoved(by: NodeId): void {
+    this.step(newMessage({ type: MessageType.Removed, from: by, to: this.id }));
   }
 
   reportUnreachable(id: NodeId): void {
@@ -480,7 +491,15 @@ export class RaftNode {
 
   private applyEntry(e: Entry): Promise<void> | undefined {
     if (e.type === EntryType.ConfChange) {
-      const cc = Raft.decodeConfChange(e);
+      let cc: ConfChange;
+      try {
+        cc = Raft.decodeConfChange(e);
+      } catch (err) {
+        // The leader checks conf changes before appending them; one that still cannot be read is skipped,
+        // the same way on every node, rather than stopping the loop.
+        this.log?.error({ index: e.index, err }, "skipped a committed conf change entry that cannot be read");
+        return this.applied(e);
+      }
       const cs = this.rawNode.applyConfChange(cc);
       this.opts.onConfChange?.(cc, cs, e.index);
       const w = this.confWaiters.find((x) => x.cc.type === cc.type && x.cc.nodeId === cc.nodeId);

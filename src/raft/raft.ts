@@ -19,6 +19,8 @@ import {
   EntryType,
   ErrProposalDropped,
   type HardState,
+  MAX_RAFT_NUMBER,
+  MAX_TERM_JUMP,
   type Message,
   MessageType,
   NONE,
@@ -609,6 +611,75 @@ export class Raft {
 
   // ---------------------------------------------------------------- step
 
+  /**
+   * Why a message from a peer cannot be handled, checked before it changes anything; undefined if it can.
+   * The transport's schema bounds every field; these are the checks that need the node's own state.
+   */
+  refusePeerMessage(m: Message): string | undefined {
+    if (m.term > MAX_RAFT_NUMBER || m.term > this.term + MAX_TERM_JUMP) {
+      return `term ${m.term} is too far above this node's term ${this.term}`;
+    }
+    if (m.index > MAX_RAFT_NUMBER || m.commit > MAX_RAFT_NUMBER || m.logTerm > MAX_RAFT_NUMBER) {
+      return "an index or term beyond the largest the core accepts";
+    }
+    // Forwarded requests carry no term (and must not move ours); everything else but Removed carries one
+    // (a term of 0 is how the core tells a local message).
+    const termless =
+      m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.MemberCheck;
+    if (termless && m.term !== 0) return "a forwarded request that carries a term";
+    if (!termless && m.type !== MessageType.Removed && m.term === 0) return "a message without a term";
+    switch (m.type) {
+      case MessageType.App:
+        return this.refuseAppend(m);
+      case MessageType.AppResp:
+        if (!m.reject && this.state === StateType.Leader && m.index > this.raftLog.lastIndex()) {
+          return `acknowledges index ${m.index}, beyond this leader's log (${this.raftLog.lastIndex()})`;
+        }
+        return undefined;
+      case MessageType.Prop:
+        return this.state === StateType.Leader ? this.refuseProposal(m) : undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  /** An append's entries follow on from (index, logTerm), one index apart, with terms in order, none above
+   * the sender's term. */
+  private refuseAppend(m: Message): string | undefined {
+    let prevTerm = m.logTerm;
+    for (let i = 0; i < m.entries.length; i++) {
+      const e = m.entries[i]!;
+      if (e.index !== m.index + 1 + i) return `entry ${i} has index ${e.index}, not ${m.index + 1 + i}`;
+      if (e.term < prevTerm || e.term > m.term) return `entry ${e.index} has term ${e.term} out of order`;
+      prevTerm = e.term;
+    }
+    if (m.logTerm > m.term) return `log term ${m.logTerm} above the message's term ${m.term}`;
+    return undefined;
+  }
+
+  /** A proposal forwarded to the leader: sizes within limits, and conf changes the driver can read back. */
+  private refuseProposal(m: Message): string | undefined {
+    for (const e of m.entries) {
+      if (e.data.length > this.maxProposalSize) return `a proposed entry of ${e.data.length} bytes`;
+      if (e.type !== EntryType.ConfChange) continue;
+      try {
+        const cc = decodeConfChange(e.data);
+        if (!Number.isSafeInteger(cc.nodeId) || cc.nodeId <= 0) return `a conf change for node id ${cc.nodeId}`;
+      } catch (err) {
+        return `an unreadable conf change (${(err as Error).message})`;
+      }
+    }
+    return undefined;
+  }
+
+  /** Log a message from a peer that the core drops without handling it. */
+  warnDropped(m: Message, reason: string): void {
+    this.logger?.warn(
+      { from: m.from.toString(16), type: MessageType[m.type], term: m.term, reason },
+      "dropped a raft message the core cannot handle",
+    );
+  }
+
   step(m: Message): void {
     if (m.from !== NONE && m.from !== this.id && this.removed.has(m.from)) {
       // A removed leader's last word is the TimeoutNow that hands leadership over: we may already have
@@ -911,7 +982,9 @@ export class Raft {
         this.send(m);
         return;
       case MessageType.TimeoutNow:
-        // The leader asks us to take over: campaign at once, skipping pre-vote and leases.
+        // The leader asks us to take over: campaign at once, skipping pre-vote and leases. Only our leader
+        // may ask that.
+        if (m.from !== this.lead) return;
         this.hup(CampaignType.Transfer);
         return;
       case MessageType.ReadIndex:
@@ -920,6 +993,7 @@ export class Raft {
         this.send(m);
         return;
       case MessageType.ReadIndexResp:
+        if (m.from !== this.lead) return;
         this.readStates.push({ index: m.index, ctx: m.context });
         return;
       default:
@@ -954,7 +1028,9 @@ export class Raft {
   }
 
   private handleHeartbeat(m: Message): void {
-    this.raftLog.commitTo(m.commit);
+    // A leader never tells a follower to commit past what it acknowledged; if we lost entries since (a
+    // crash before they were synced), commit only what we still hold.
+    this.raftLog.commitTo(Math.min(m.commit, this.raftLog.lastIndex()));
     this.send(newMessage({ type: MessageType.HeartbeatResp, to: m.from, context: m.context }));
   }
 

@@ -122,6 +122,14 @@ export class RawNode {
   /** Step a message from the network. Proposals the leader cannot take are dropped silently. */
   step(m: Message): void {
     if (isLocalMessage(m.type)) throw new ErrStepLocalMsg();
+    const why =
+      m.from === this.raft.id
+        ? "a message from the network that claims to come from this node"
+        : this.raft.refusePeerMessage(m);
+    if (why !== undefined) {
+      this.raft.warnDropped(m, why);
+      return;
+    }
     if (
       !this.raft.prs.has(m.from) &&
       !this.raft.removed.has(m.from) &&
@@ -135,7 +143,9 @@ export class RawNode {
     try {
       this.raft.step(m);
     } catch (e) {
-      if (!(e instanceof ErrProposalDropped)) throw e;
+      // A proposal the leader cannot take is dropped silently (its proposer learns from the log). Anything
+      // else a peer's message provokes is dropped with a log line: no message may stop the node.
+      if (!(e instanceof ErrProposalDropped)) this.raft.warnDropped(m, e instanceof Error ? e.message : String(e));
     }
   }
 

@@ -2,6 +2,14 @@
 // Everything here is plain data, so the same values flow through the core, the simulated network of the
 // tests, level storage and the gRPC transport.
 
+/**
+ * The largest term or index the core accepts from a peer (2^48: millennia of elections and writes). Every
+ * number the core computes from one (term + 1, index + 1) stays exact.
+ */
+export const MAX_RAFT_NUMBER = 2 ** 48;
+/** A message whose term is further than this above ours is refused (no real cluster moves that fast). */
+export const MAX_TERM_JUMP = 2 ** 24;
+
 /** A Raft member id. 0 means "none". Ids are positive safe integers and are never reused once removed. */
 export type NodeId = number;
 export const NONE: NodeId = 0;

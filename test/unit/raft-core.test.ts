@@ -2,11 +2,19 @@
 // (test/unit/raft-harness.ts). Each test asserts behaviour a user of the core would notice, and is written
 // so that it fails if the feature it covers were missing or broken.
 
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { ProgressState } from "../../src/raft/progress.js";
 import { Raft } from "../../src/raft/raft.js";
 import { SeededRand } from "../../src/raft/rand.js";
-import { ErrProposalDropped, type Message, type NodeId, newMessage } from "../../src/raft/types.js";
+import {
+  ErrProposalDropped,
+  MAX_RAFT_NUMBER,
+  MAX_TERM_JUMP,
+  type Message,
+  type NodeId,
+  newMessage,
+} from "../../src/raft/types.js";
 import {
   ConfChangeType,
   copyMessage,
@@ -1309,5 +1317,148 @@ describe("proposal limits", () => {
     // Also a candidate (no leader yet, election in progress).
     net.node(1).rn.campaign();
     expectDropped(() => net.propose(1, "x"), /no leader/);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------ 12
+
+describe("messages the core cannot handle are dropped, never thrown (issue 9)", () => {
+  it("a term far above the node's, or near 2^53, is refused and changes nothing", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    for (const t of [term + MAX_TERM_JUMP + 1, MAX_RAFT_NUMBER + 1, 2 ** 53 - 1]) {
+      net.deliver(newMessage({ type: MessageType.Heartbeat, from: 2, to: 1, term: t }));
+      net.deliver(newMessage({ type: MessageType.Vote, from: 2, to: 3, term: t, index: 99, logTerm: t - 1 }));
+    }
+    net.stabilize();
+    expect(net.node(1).state).toBe(StateType.Leader);
+    for (const n of net.nodes.values()) expect(n.term).toBe(term);
+    // Within the bound a higher term still counts, as Raft requires.
+    net.deliver(newMessage({ type: MessageType.Heartbeat, from: 2, to: 3, term: term + 1 }));
+    expect(net.node(3).term).toBe(term + 1);
+  });
+
+  it("an append whose entries do not follow on from its index is dropped before it changes anything", () => {
+    const net = cluster();
+    const f = net.node(3);
+    const before = { term: f.term, last: f.lastIndex, commit: f.commit };
+    const e = (index: number, term: number) => ({ index, term, type: EntryType.Normal, data: enc.encode("x") });
+    const bad = [
+      [e(5, before.term), e(7, before.term)], // a gap
+      [e(before.last + 1, before.term + 9)], // a term above the message's
+      [e(before.last + 1, before.term), e(before.last + 2, before.term - 1)], // terms out of order
+    ];
+    for (const entries of bad) {
+      net.deliver(
+        newMessage({
+          type: MessageType.App,
+          from: 1,
+          to: 3,
+          term: before.term,
+          index: entries[0]!.index - 1,
+          logTerm: before.term,
+          entries,
+          commit: 100,
+        }),
+      );
+    }
+    expect({ term: f.term, last: f.lastIndex, commit: f.commit }).toEqual(before);
+    net.propose(1, "fine");
+    net.stabilize();
+    expect(f.appliedData()).toEqual(["fine"]);
+  });
+
+  it("a heartbeat asking to commit beyond the follower's log commits only what it holds", () => {
+    const net = cluster();
+    net.propose(1, "a");
+    net.stabilize();
+    const f = net.node(3);
+    const last = f.lastIndex;
+    expect(() =>
+      net.deliver(newMessage({ type: MessageType.Heartbeat, from: 1, to: 3, term: f.term, commit: last + 50 })),
+    ).not.toThrow();
+    expect(f.commit).toBe(last);
+  });
+
+  it("an acknowledgement of entries the leader never had is dropped (its view of the follower stays true)", () => {
+    const net = cluster();
+    const l = net.node(1);
+    const match = l.raft.prs.get(2)!.match;
+    net.deliver(newMessage({ type: MessageType.AppResp, from: 2, to: 1, term: l.term, index: l.lastIndex + 1000 }));
+    expect(l.raft.prs.get(2)!.match).toBe(match);
+    expect(l.commit).toBeLessThanOrEqual(l.lastIndex);
+    net.propose(1, "ok");
+    net.stabilize();
+    expect(net.node(2).appliedData()).toEqual(["ok"]);
+  });
+
+  it("a forwarded proposal holding an unreadable conf change never reaches the log", () => {
+    const net = cluster();
+    const l = net.node(1);
+    const last = l.lastIndex;
+    net.deliver(
+      newMessage({
+        type: MessageType.Prop,
+        from: 2,
+        to: 1,
+        entries: [{ term: 0, index: 0, type: EntryType.ConfChange, data: new Uint8Array([7, 1]) }],
+      }),
+    );
+    expect(l.lastIndex).toBe(last);
+  });
+
+  it("only the leader can tell a follower to campaign at once (TimeoutNow)", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    net.deliver(newMessage({ type: MessageType.TimeoutNow, from: 2, to: 3, term }));
+    net.stabilize();
+    expect(net.node(1).state).toBe(StateType.Leader);
+    expect(net.node(3).term).toBe(term);
+  });
+
+  it("random messages from peers never throw out of step, and the cluster still commits afterwards", () => {
+    const types = Object.values(MessageType).filter(
+      (t): t is MessageType =>
+        typeof t === "number" &&
+        ![MessageType.Hup, MessageType.Beat, MessageType.Unreachable, MessageType.CheckQuorum].includes(t),
+    );
+    const num = fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: MAX_RAFT_NUMBER }));
+    const entry = fc.record({
+      term: num,
+      index: num,
+      type: fc.constantFrom(EntryType.Normal, EntryType.ConfChange),
+      data: fc.uint8Array({ maxLength: 24 }),
+    });
+    const message = fc.record({
+      type: fc.constantFrom(...types),
+      from: fc.integer({ min: 1, max: 5 }),
+      to: fc.integer({ min: 1, max: 3 }),
+      term: num,
+      logTerm: num,
+      index: num,
+      entries: fc.array(entry, { maxLength: 4 }),
+      commit: num,
+      reject: fc.boolean(),
+      rejectHint: num,
+      context: fc.uint8Array({ maxLength: 8 }),
+    });
+    fc.assert(
+      fc.property(fc.array(message, { minLength: 1, maxLength: 30 }), fc.integer({ min: 1, max: 1000 }), (ms, seed) => {
+        const net = cluster(3, 1, undefined, seed);
+        for (const m of ms) {
+          const copy: Message = { ...m, entries: m.entries.map((e) => ({ ...e })) };
+          net.deliver(copy);
+        }
+        net.heal();
+        // Whatever happened, a leader emerges and commits.
+        net.tickUntil(() => net.leaders().length === 1, 10 * ELECTION);
+        const l = net.leader();
+        l.rn.propose(enc.encode("after"));
+        net.stabilize();
+        net.tick(3);
+        for (const n of net.nodes.values()) expect(n.appliedData()).toContain("after");
+      }),
+      { numRuns: 150, seed: 42 },
+    );
   });
 });
