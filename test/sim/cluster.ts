@@ -775,7 +775,7 @@ export class Simulation {
       this.stepNo++;
     }
     const l = this.leader();
-    const lcs = l?.rn!.raft.confState();
+    const lcs = l?.rn ? l.rn.raft.confState() : undefined;
     const unaware = lcs ? lcs.removed.filter((id) => this.unawareOfRemoval(id, lcs)) : [];
     throw new SafetyViolation(
       `liveness: ${400} ticks after faults healed: leader=${l?.id ?? "none"}, removed but unaware=[${unaware}], pending requests=${this.clients
