@@ -360,14 +360,24 @@ export class Manager {
   async write(cmd: Command): Promise<number> {
     if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
     const start = Date.now();
-    for (;;) {
+    // The leader-only loops write only while this manager leads: what one of them asked for is not proposed
+    // again once this manager has lost the leadership (the new leader's loops decide afresh).
+    const ledAtStart = this.leaderState;
+    for (let attempt = 0; ; attempt++) {
       const leftMs = Math.max(WRITE_TIMEOUT_MS - (Date.now() - start), 1000);
       let res: { index: number; result: unknown };
       try {
         res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()), leftMs);
       } catch (e) {
-        if (e instanceof ErrProposalDropped && !(e instanceof ErrProposalTooLarge)) {
-          if (Date.now() - start < WRITE_RETRY_MS && (await this.waitForLeader(start + WRITE_RETRY_MS))) continue;
+        const retry =
+          e instanceof ErrProposalDropped &&
+          !(e instanceof ErrProposalTooLarge) &&
+          !(ledAtStart && !this.leaderState) &&
+          Date.now() - start < WRITE_RETRY_MS;
+        if (retry && (await this.waitForLeader(start + WRITE_RETRY_MS))) {
+          // At once the first time (a new leader is known); then not in a tight loop.
+          if (attempt > 0) await new Promise((r) => setTimeout(r, 25));
+          continue;
         }
         throw writeError(e);
       }
