@@ -294,6 +294,13 @@ export class Raft {
    */
   private learnRemoved(from: NodeId): void {
     if (this.isRemoved()) return;
+    // No leader sends to an id it removed, so a node that hears from a live leader (or leads) was not
+    // removed, unless that leader itself says so: a claim from anyone else then is confused or hostile.
+    const live = this.state === StateType.Leader || (this.lead !== NONE && this.electionElapsed < this.electionTimeout);
+    if (live && from !== this.lead) {
+      this.logger?.warn({ from }, "ignored a claim that this member was removed: it hears from a live leader");
+      return;
+    }
     this.prs.delete(this.id);
     this.removed.add(this.id);
     this.becomeFollower(this.term, NONE);

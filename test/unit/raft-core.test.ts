@@ -1018,6 +1018,20 @@ describe("membership", () => {
     expect(net.tickUntil(() => four.raft.isRemoved(), 3 * ELECTION)).toBeGreaterThan(0);
   });
 
+  it("a claim that a member was removed, from anyone but the live leader it hears, is ignored", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    net.deliver(newMessage({ type: MessageType.Removed, from: 2, to: 3, term }));
+    expect(net.node(3).raft.isRemoved()).toBe(false);
+    net.propose(1, "still a member");
+    net.stabilize();
+    expect(net.node(3).appliedData()).toEqual(["still a member"]);
+    // A leader ignores it too.
+    net.deliver(newMessage({ type: MessageType.Removed, from: 2, to: 1, term }));
+    expect(net.node(1).raft.isRemoved()).toBe(false);
+    expect(net.node(1).state).toBe(StateType.Leader);
+  });
+
   it("a learner that is still a member and asks does not disturb the leader", () => {
     const net = cluster(3, 1, { autoPromoteLearners: false });
     net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
