@@ -390,7 +390,7 @@ export class Manager {
   /** Wait until a leader is known (polling: elections take a few ticks); false if `untilMs` passes first. */
   private async waitForLeader(untilMs: number): Promise<boolean> {
     while (this.raft.leader === 0) {
-      if (this.stopped || Date.now() >= untilMs) return false;
+      if (this.stopped || this.raft.isRemovedId(this.raftId) || Date.now() >= untilMs) return false;
       await new Promise((r) => setTimeout(r, 20));
     }
     return true;

@@ -130,6 +130,8 @@ export class RaftNode {
   private running = false;
   private scheduled = false;
   private stopped = false;
+  /** Stopped because this member was removed from the group. */
+  private removedSelf = false;
   private seq = 0;
   private readonly runId = randomInt(1, 2 ** 48 - 1);
   private pending = new Map<number, Pending>();
@@ -231,7 +233,7 @@ export class RaftNode {
    * (default: the node's proposalTimeoutMs, 10 s).
    */
   proposeWithResult(data: Uint8Array, timeoutMs?: number): Promise<{ index: number; result: unknown }> {
-    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    if (this.stopped) return Promise.reject(this.stoppedError());
     const seq = ++this.seq;
     const framed = encodeFrame(this.runId, seq, data);
     if (framed.length > this.rawNode.raft.maxProposalSize) {
@@ -316,7 +318,7 @@ export class RaftNode {
 
   /** Propose a membership change; resolves once it is applied here. */
   proposeConfChange(cc: ConfChange): Promise<ConfState> {
-    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    if (this.stopped) return Promise.reject(this.stoppedError());
     return new Promise<ConfState>((resolve, reject) => {
       try {
         this.rawNode.proposeConfChange(cc);
@@ -342,7 +344,7 @@ export class RaftNode {
 
   /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
   readBarrier(timeoutMs = 5_000): Promise<void> {
-    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    if (this.stopped) return Promise.reject(this.stoppedError());
     const ctx = `${this.id}:${++this.readSeq}`;
     return new Promise<void>((resolve, reject) => {
       try {
@@ -427,10 +429,18 @@ export class RaftNode {
     }
   }
 
+  /** Why new work is refused once the node stopped. */
+  private stoppedError(): Error {
+    return this.removedSelf
+      ? new ErrProposalDropped("this node was removed from the raft group")
+      : new NodeStoppedError();
+  }
+
   /** Removed from the group: stop ticking and taking work, and tell the owner (once). */
   private stopRemoved(): void {
     if (this.stopped) return;
     this.stopped = true;
+    this.removedSelf = true;
     if (this.ticker) clearInterval(this.ticker);
     this.log?.warn({}, "this member was removed from the raft group; its raft member stops");
     this.failAll(new ErrProposalDropped("this node was removed from the raft group"));

@@ -146,7 +146,7 @@ describe("raft node driver", () => {
     // Node 3 hears nothing (no one sends to a removed id); it campaigns, is told, and stops.
     await waitFor("node 3 learns it was removed", () => removedCalls > 0, 5000);
     expect(three.node.status().confState.removed).toContain(3);
-    await expect(three.node.propose(KVMachine.put("k", "v"))).rejects.toThrow(/stopped/);
+    await expect(three.node.propose(KVMachine.put("k", "v"))).rejects.toThrow(/removed from the raft group/);
     const term = lead.node.status().term;
     await new Promise((r) => setTimeout(r, 300)); // 30 ticks: no campaign from node 3
     expect(removedCalls).toBe(1);
