@@ -136,10 +136,14 @@ describe("proposal outcomes around a failover", () => {
   it("a write forwarded by a follower to a leader that died is answered 'not applied' when the next leader's entry is applied", async () => {
     const old = await threeNodes();
     const follower = members.find((m) => m !== old)!;
-    // The leader dies: its process is gone, the forwarded proposal with it.
+    // The leader's link goes silent; the follower, still taking it for its leader, forwards the proposal
+    // into the void; then the leader dies.
+    hub.isolate(old.id);
+    const p = outcome(follower.node.proposeWithResult(KVMachine.put("k", "v")));
+    await new Promise((r) => setImmediate(r));
+    expect(follower.node.leader).toBe(old.id);
     hub.unregister(old.id);
     await old.node.stop();
-    const p = outcome(follower.node.proposeWithResult(KVMachine.put("k", "v")));
     const r = await p;
     expect(r.ok).toBe(false);
     if (r.ok) return;
