@@ -591,10 +591,14 @@ export class Raft {
     if (this.promotable()) {
       this.electionElapsed = 0;
       this.step(newMessage({ type: MessageType.Hup, from: this.id }));
-    } else if (!this.isRemoved()) {
+    } else if (
+      !this.isRemoved() &&
+      (this.electionElapsed - this.randomizedElectionTimeout) % this.electionTimeout === 0
+    ) {
       // A learner, or a new member whose log does not yet show it was added, cannot campaign. If it hears
-      // no leader it may have been removed while cut off, and no one sends anything to a removed id. Ask.
-      this.electionElapsed = 0;
+      // no leader it may have been removed while cut off, and no one sends anything to a removed id: ask,
+      // once per election timeout. Its election clock keeps running: its lease over the leader it last
+      // heard must expire, or it would never answer a candidate's (pre-)vote.
       for (const id of this.voters())
         if (id !== this.id) this.send(newMessage({ type: MessageType.MemberCheck, to: id }));
     }

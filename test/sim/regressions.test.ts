@@ -17,6 +17,12 @@ const REGRESSIONS: { seed: number; steps?: number; caught: string }[] = [
       "a caught-up learner whose replication dropped back to probing stayed there (no new entries moved its " +
       "match), so it was never promoted",
   },
+  {
+    seed: 30002040,
+    caught:
+      "a learner that asked whether it was still a member restarted its election clock each time, so it " +
+      "never left the lease of its last leader and ignored the pre-votes the group needed from it",
+  },
 ];
 
 describe("raft simulation, regression seeds", () => {

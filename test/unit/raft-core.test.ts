@@ -1032,6 +1032,44 @@ describe("membership", () => {
     expect(net.node(1).state).toBe(StateType.Leader);
   });
 
+  // Regression (simulator seed 30002040): a learner that heard no leader asked whether it was still a
+  // member, and restarted its election clock each time it asked; so it never left the lease of the leader
+  // it last heard, and ignored every candidate's pre-vote. The group, which needed its vote, had no leader.
+  it("a learner that hears no leader, and asks, still answers candidates once its lease expires", () => {
+    const net = cluster(3, 1, { autoPromoteLearners: false });
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.tick(2);
+    expect(four.lead).toBe(1);
+    net.isolate(1);
+    net.isolate(4);
+    // Until just after it asked a second time: it has heard no leader for well over an election timeout.
+    const asked = () => net.count(isType(MessageType.MemberCheck, 4));
+    let rounds = 0;
+    for (let t = 0; t < 5 * ELECTION && rounds < 2; t++) {
+      const before = asked();
+      net.tick(1, [4]);
+      if (asked() > before) rounds++;
+    }
+    expect(rounds).toBe(2);
+    net.heal();
+    console.log("DBG", four.raft.electionElapsed, four.raft.randomizedElectionTimeout, four.lead, four.term);
+    const two = net.node(2);
+    const mark = net.sent.length;
+    net.deliver(
+      newMessage({
+        type: MessageType.PreVote,
+        from: 2,
+        to: 4,
+        term: two.term + 1,
+        index: two.lastIndex,
+        logTerm: two.termAt(two.lastIndex),
+      }),
+    );
+    expect(net.count(isType(MessageType.PreVoteResp, 4, 2), mark)).toBe(1);
+  });
+
   it("a learner that is still a member and asks does not disturb the leader", () => {
     const net = cluster(3, 1, { autoPromoteLearners: false });
     net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
