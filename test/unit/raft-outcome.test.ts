@@ -10,7 +10,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { encodeFrame, FRAME_V1_BYTES, stampTerm } from "../../src/raft/frame.js";
 import { LevelStorage } from "../../src/raft/level-storage.js";
 import { LocalHub } from "../../src/raft/local-transport.js";
@@ -193,6 +193,59 @@ describe("proposal outcomes around a failover", () => {
     if (r.ok) return; // it was applied before the stop: also a true answer
     expect(r.err).toBeInstanceOf(ErrProposalOutcomeUnknown);
   });
+});
+
+describe("proposal outcomes on a fake clock", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** Let the nodes' loops (setImmediate and storage I/O, both real) run until they are idle. */
+  async function settle(): Promise<void> {
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setImmediate(r));
+      await Promise.all(members.map((m) => m.node.idle()));
+    }
+  }
+
+  /** Advance the fake clock by `ms`, one 10 ms tick at a time, letting the loops run after each. */
+  async function advance(ms: number): Promise<void> {
+    for (let t = 0; t < ms; t += 10) {
+      vi.advanceTimersByTime(10);
+      await settle();
+    }
+  }
+
+  it("a proposer cut off from the leader answers 'outcome unknown' exactly when its 10 s pass, and not before", async () => {
+    // Ticks and proposal timers run on the fake clock; the loops and level storage run for real.
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval", "Date"] });
+    for (const id of [1, 2, 3]) await startMember(id, [1, 2, 3]);
+    const leader = await (async () => {
+      for (let t = 0; t < 2000; t += 10) {
+        await advance(10);
+        const l = members.find((m) => m.node.isLeader);
+        if (l && members.every((m) => m.node.leader === l.id)) return l;
+      }
+      throw new Error("no leader on the fake clock");
+    })();
+    const follower = members.find((m) => m !== leader)!;
+    hub.isolate(follower.id);
+    let settled: { ok: boolean; err?: Error } | undefined;
+    void follower.node.proposeWithResult(KVMachine.put("k", "v"), 10_000).then(
+      () => {
+        settled = { ok: true };
+      },
+      (err: Error) => {
+        settled = { ok: false, err };
+      },
+    );
+    await advance(9_990);
+    expect(settled, "nothing can decide it while the proposer is cut off").toBeUndefined();
+    await advance(20);
+    expect(settled?.ok).toBe(false);
+    expect(settled?.err).toBeInstanceOf(ErrProposalOutcomeUnknown);
+    expect(settled?.err?.message).toMatch(/within 10000 ms.*may still be applied/);
+  }, 60_000);
 });
 
 describe("the proposal frame", () => {
