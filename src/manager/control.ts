@@ -2,6 +2,8 @@
 // ReadIndex barrier, so they see every write that finished before; writes are store commands whose
 // preconditions (object versions) are checked when they are applied.
 
+import { NodeSpecSchema, SwarmSpecSchema } from "../api/objects.js";
+import { parse } from "../api/schema.js";
 import { generateJoinToken } from "../ca/token.js";
 import { ApiError, badRequest, nodeNotFound } from "../engine/errors.js";
 import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
@@ -40,11 +42,11 @@ export class Control {
     await this.m.readBarrier();
     const c = this.m.store.cluster();
     if (!c) throw new ApiError(503, "the cluster is not initialised yet");
-    validateSwarmSpec(spec);
     await this.m.write({
       op: "cluster.update",
       version: opts.version,
-      spec,
+      // The Engine API decoded it; what is proposed is checked against the stored object's schema too.
+      spec: parse(SwarmSpecSchema, spec, "swarm spec"),
       ...(opts.rotateWorkerToken ? { workerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
       ...(opts.rotateManagerToken ? { managerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
     });
@@ -83,7 +85,7 @@ export class Control {
 
   async nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void> {
     const rec = await this.resolve(ref);
-    validateNodeSpec(spec);
+    spec = parse(NodeSpecSchema, spec, "node spec");
     if (rec.node.Spec.Role === "manager" && spec.Role === "worker") {
       const managers = this.m.store.nodes().filter((r) => r.node.Spec.Role === "manager");
       if (managers.length <= 1) throw badRequest("attempting to demote the last manager of the swarm");
@@ -117,21 +119,6 @@ export class Control {
     }
     await this.m.write({ op: "node.remove", id });
   }
-}
-
-function validateNodeSpec(spec: NodeSpec): void {
-  if (spec.Role !== "worker" && spec.Role !== "manager") throw badRequest(`invalid role "${String(spec.Role)}"`);
-  if (!["active", "pause", "drain"].includes(spec.Availability)) {
-    throw badRequest(`invalid availability "${String(spec.Availability)}"`);
-  }
-  if (spec.Labels && typeof spec.Labels !== "object") throw badRequest("invalid labels");
-  spec.Labels ??= {};
-}
-
-function validateSwarmSpec(spec: SwarmSpec): void {
-  if (!spec || typeof spec !== "object") throw badRequest("invalid swarm spec");
-  const hb = spec.Dispatcher?.HeartbeatPeriod;
-  if (hb !== undefined && (typeof hb !== "number" || hb < 0)) throw badRequest("invalid heartbeat period");
 }
 
 function matches(n: Node, f: NodeListFilters): boolean {

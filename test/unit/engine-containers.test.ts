@@ -166,6 +166,15 @@ class FakeContainers implements ContainerBackend {
   }
 }
 
+/** A container create request with nothing asked, as the runtime receives it. */
+const ZERO_CREATE = {
+  Tty: false,
+  OpenStdin: false,
+  StdinOnce: false,
+  HostConfig: { AutoRemove: false },
+  NetworkingConfig: { EndpointsConfig: {} },
+};
+
 let dir: string;
 let sock: string;
 let server: EngineServer | undefined;
@@ -368,14 +377,14 @@ describe("network routes", () => {
     expect(nets.calls.filter((c) => c.op !== "networkCreate")).toEqual([
       {
         op: "networkConnect",
-        args: ["n1", "c1", { IPAMConfig: { IPv4Address: "10.77.1.9" }, Aliases: ["a1"], Links: null, MacAddress: "" }],
+        args: ["n1", "c1", { IPAMConfig: { IPv4Address: "10.77.1.9" }, Aliases: ["a1"] }],
       },
       { op: "networkDisconnect", args: ["n1", "c1", true] },
     ]);
     expectError(
       await call("POST", "/v1.50/networks/n1/connect", {}),
       400,
-      "invalid JSON: Container must name the container to connect",
+      "invalid network connect request: Container must name the container to connect",
     );
   });
 
@@ -433,8 +442,9 @@ describe("container routes", () => {
     const info = json(await call("GET", "/info")) as Record<string, number>;
     expect([info.Containers, info.ContainersRunning, info.ContainersStopped]).toEqual([2, 1, 1]);
     expect(ctrs.calls.map((c) => [c.op, ...c.args])).toEqual([
-      ["create", "c1", { Image: "host", Cmd: ["sleep", "1"] }],
-      ["create", undefined, { Image: "alpine" }],
+      // What the runtime gets: the request decoded, with its zero values.
+      ["create", "c1", { ...ZERO_CREATE, Image: "host", Cmd: ["sleep", "1"] }],
+      ["create", undefined, { ...ZERO_CREATE, Image: "alpine" }],
       ["start", "c1"],
       ["start", "c1"],
       ["stop", "c1", { timeout: 3 }],

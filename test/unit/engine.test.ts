@@ -29,8 +29,8 @@ import type {
   Swarm,
   SwarmBackend,
   SwarmInfo,
-  SwarmInitRequest,
-  SwarmJoinRequest,
+  SwarmInit,
+  SwarmJoin,
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../../src/engine/types.js";
@@ -159,13 +159,13 @@ class TestBackend implements SwarmBackend {
     this.requireManager();
     return { ...this.cluster(), JoinTokens: { ...this.tokens } };
   }
-  async swarmInit(req: SwarmInitRequest): Promise<string> {
+  async swarmInit(req: SwarmInit): Promise<string> {
     this.record("swarmInit", req);
     if (this.mode !== "inactive") throw alreadyInSwarm();
     this.mode = "manager";
     return SELF_ID;
   }
-  async swarmJoin(req: SwarmJoinRequest): Promise<void> {
+  async swarmJoin(req: SwarmJoin): Promise<void> {
     this.record("swarmJoin", req);
     if (this.mode !== "inactive") throw alreadyInSwarm();
     this.mode = "worker";
@@ -452,7 +452,20 @@ describe("engine API over the unix socket", () => {
     expect(r.headers["content-type"]).toBe("application/json");
     expect(r.body.trim()).toBe(`"${SELF_ID}"`);
     expect(JSON.parse(r.body)).toBe(SELF_ID);
-    expect(backend.lastCall("swarmInit")).toEqual([req]);
+    // The request reaches the backend complete: what was left out is its default (the spec too).
+    expect(backend.lastCall("swarmInit")).toEqual([
+      {
+        listenAddr: "0.0.0.0:2377",
+        advertiseAddr: "127.0.0.1",
+        dataPathAddr: "",
+        dataPathPort: 0,
+        forceNewCluster: false,
+        spec: defaultSpec(),
+        availability: "active",
+        defaultAddrPool: [],
+        subnetSize: 0,
+      },
+    ]);
     expectError(await postJSON("/v1.50/swarm/init", req), 503, alreadyInSwarm().message);
   });
 
@@ -462,11 +475,15 @@ describe("engine API over the unix socket", () => {
     expect(r.headers["content-type"]).toBe("application/json");
     expect(JSON.parse(r.body).message).toMatch(/^invalid JSON: /);
     r = await call("POST", "/v1.50/swarm/join", { body: "[1,2]" });
-    expectError(r, 400, "invalid JSON: the request body must be a JSON object");
+    expectError(r, 400, "invalid JSON: json: cannot unmarshal array into Go value of type swarm.JoinRequest");
     r = await call("POST", "/v1.50/swarm/init", { body: "a=b", headers: { "Content-Type": "text/plain" } });
     expectError(r, 400, "unsupported Content-Type header (text/plain): must be 'application/json'");
     r = await postJSON("/v1.50/swarm/join", { RemoteAddrs: "10.0.0.1:2377", JoinToken: "x" });
-    expectError(r, 400, "invalid JSON: RemoteAddrs must be an array of strings");
+    expectError(
+      r,
+      400,
+      "invalid JSON: json: cannot unmarshal string into Go struct field JoinRequest.RemoteAddrs of type []string",
+    );
     expect(backend.calls).toEqual([]);
   });
 
@@ -474,7 +491,16 @@ describe("engine API over the unix socket", () => {
     const join = { RemoteAddrs: ["192.0.2.1:2377"], JoinToken: "SWMTKN-1-x", ListenAddr: "0.0.0.0:2377" };
     let r = await postJSON("/v1.50/swarm/join", join);
     expect(r.status).toBe(200);
-    expect(backend.lastCall("swarmJoin")).toEqual([join]);
+    expect(backend.lastCall("swarmJoin")).toEqual([
+      {
+        listenAddr: "0.0.0.0:2377",
+        advertiseAddr: "",
+        dataPathAddr: "",
+        remoteAddrs: ["192.0.2.1:2377"],
+        joinToken: "SWMTKN-1-x",
+        availability: "active",
+      },
+    ]);
     expect((await call("HEAD", "/_ping")).headers.swarm).toBe("active/worker");
     r = await call("POST", "/v1.50/swarm/leave");
     expect(r.status).toBe(200);
@@ -496,9 +522,21 @@ describe("engine API over the unix socket", () => {
   test("POST /swarm/update parses version and rotate flags", async () => {
     backend.mode = "manager";
     const spec = defaultSpec();
-    expectError(await postJSON("/v1.50/swarm/update", spec), 400, "invalid version");
-    expectError(await postJSON("/v1.50/swarm/update?version=abc", spec), 400, "invalid version");
-    expectError(await postJSON("/v1.50/swarm/update?version=-1", spec), 400, "invalid version");
+    expectError(
+      await postJSON("/v1.50/swarm/update", spec),
+      400,
+      `invalid swarm version '': strconv.ParseUint: parsing "": invalid syntax`,
+    );
+    expectError(
+      await postJSON("/v1.50/swarm/update?version=abc", spec),
+      400,
+      `invalid swarm version 'abc': strconv.ParseUint: parsing "abc": invalid syntax`,
+    );
+    expectError(
+      await postJSON("/v1.50/swarm/update?version=-1", spec),
+      400,
+      `invalid swarm version '-1': strconv.ParseUint: parsing "-1": invalid syntax`,
+    );
     expectError(
       await postJSON("/v1.50/swarm/update?version=42&rotateWorkerToken=maybe", spec),
       400,
@@ -548,7 +586,11 @@ describe("engine API over the unix socket", () => {
     expect(r.headers["content-type"]).toBe("application/json");
     expect(JSON.parse(r.body).ID).toBe(BETA_ID);
     const spec: NodeSpec = { Labels: { zone: "a" }, Role: "manager", Availability: "drain" };
-    expectError(await postJSON("/v1.50/nodes/beta/update", spec), 400, "invalid version");
+    expectError(
+      await postJSON("/v1.50/nodes/beta/update", spec),
+      400,
+      `invalid node version '': strconv.ParseUint: parsing "": invalid syntax`,
+    );
     r = await postJSON("/v1.50/nodes/beta/update?version=17", spec);
     expect(r.status).toBe(200);
     expect(r.body).toBe("");
@@ -668,8 +710,9 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
     expect(r.stdout).toContain(`Swarm initialized: current node (${SELF_ID}) is now a manager.`);
     expect(r.stdout).toContain("docker swarm join --token SWMTKN-1-worker0 127.0.0.1:2377");
     expect(backend.lastCall("swarmInit")?.[0]).toMatchObject({
-      AdvertiseAddr: "127.0.0.1",
-      ListenAddr: "0.0.0.0:2377",
+      advertiseAddr: "127.0.0.1",
+      listenAddr: "0.0.0.0:2377",
+      spec: defaultSpec(),
     });
     const again = await docker("swarm", "init", "--advertise-addr", "127.0.0.1");
     expect(again.code).toBe(1);
@@ -783,8 +826,8 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
     expectOk(r);
     expect(r.stdout.trim()).toBe("This node joined a swarm as a worker.");
     expect(backend.lastCall("swarmJoin")?.[0]).toMatchObject({
-      RemoteAddrs: ["192.0.2.1:2377"],
-      JoinToken: "SWMTKN-1-x",
+      remoteAddrs: ["192.0.2.1:2377"],
+      joinToken: "SWMTKN-1-x",
     });
   });
 
