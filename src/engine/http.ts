@@ -10,8 +10,8 @@
 
 import { once } from "node:events";
 import { createServer as createHttpServer, type IncomingMessage, type RequestListener, type Server } from "node:http";
-import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
-import type { Writable } from "node:stream";
+import type { Socket } from "node:net";
+import type { Duplex, Writable } from "node:stream";
 import { MAX_JSON_DEPTH, MAX_REQUEST_BODY_BYTES } from "../api/limits.js";
 import { ApiError, badRequest, unavailable } from "./errors.js";
 
@@ -45,17 +45,19 @@ export function tooManyConnectionsMessage(max: number): string {
 }
 
 /**
- * An HTTP server behind a connection-counting listener: connections past the limit are answered 503 and
- * closed without reaching the HTTP server.
+ * An HTTP server with a connection count: a connection past the limit is answered 503 and closed, and
+ * never reaches a handler. (Node's own timeouts need the server to listen itself, so the count is kept on
+ * its connection event rather than by a listener in front of it.)
  */
 export class LimitedServer {
   readonly http: Server;
-  readonly listener: NetServer;
   private readonly sockets = new Set<Socket>();
+  private readonly refused = new WeakSet<Duplex>();
 
   constructor(
     readonly limits: HttpLimits,
     onRequest: RequestListener,
+    onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
   ) {
     this.http = createHttpServer(
       {
@@ -64,10 +66,17 @@ export class LimitedServer {
         keepAliveTimeout: limits.keepAliveTimeoutMs,
         connectionsCheckingInterval: limits.timeoutCheckMs,
       },
-      onRequest,
+      (req, res) => {
+        if (this.refused.has(req.socket)) req.socket.destroy();
+        else onRequest(req, res);
+      },
     );
-    // As http.Server's own listener: a client's half-close (end of its stdin) must not end our answer.
-    this.listener = createNetServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    this.http.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (this.refused.has(socket)) socket.destroy();
+      else onUpgrade(req, socket, head);
+    });
+    // Before the HTTP server's own listener, so a refused connection is marked before it is parsed.
+    this.http.prependListener("connection", (socket: Socket) => this.accept(socket));
   }
 
   get connectionCount(): number {
@@ -76,12 +85,12 @@ export class LimitedServer {
 
   private accept(socket: Socket): void {
     if (this.sockets.size >= this.limits.maxConnections) {
+      this.refused.add(socket);
       refuse(socket, tooManyConnectionsMessage(this.limits.maxConnections));
       return;
     }
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
-    this.http.emit("connection", socket);
   }
 
   /** Destroys every connection (hijacked ones included). */
@@ -93,7 +102,6 @@ export class LimitedServer {
 function refuse(socket: Socket, message: string): void {
   const body = Buffer.from(`${JSON.stringify({ message })}\n`);
   socket.on("error", () => undefined);
-  socket.resume(); // whatever the client sends is dropped
   socket.end(
     Buffer.concat([
       Buffer.from(
@@ -162,10 +170,8 @@ export function readBody(
   limits: HttpLimits,
   budget: BodyBudget,
 ): Promise<{ body: Buffer; release: () => void }> {
-  const declared = Number(req.headers["content-length"] ?? "0");
-  if (Number.isFinite(declared) && declared > limits.maxBodyBytes) {
-    return Promise.reject(bodyTooLarge(limits.maxBodyBytes));
-  }
+  // A declared length past the cap is not refused before the first bytes: what is wrong with them (a
+  // million `{`) is the clearer answer, and reading stops at the cap either way.
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     const scanner = new JsonDepthScanner(limits.maxJsonDepth);

@@ -17,11 +17,11 @@ import { dirname } from "node:path";
 import { type Duplex, PassThrough } from "node:stream";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
-import type { z } from "zod";
+import { z } from "zod";
 import { MAX_JSON_DEPTH } from "../api/limits.js";
 import { parseJsonText } from "../api/schema.js";
 import { API_VERSION, MIN_API_VERSION, VERSION } from "../version.js";
-import { ApiError, badRequest, conflict, unavailable } from "./errors.js";
+import { ApiError, badRequest, conflict, notManager, unavailable, workerNode } from "./errors.js";
 import { matchKVList } from "./filters.js";
 import {
   BodyBudget,
@@ -62,7 +62,7 @@ import {
   networkSpecFromRequest,
 } from "./schemas/network.js";
 import { NodeListQuery, NodeRemoveQuery, NodeSpecBody, NodeUpdateQuery, nodeSpecFromRequest } from "./schemas/node.js";
-import { decodeQuery } from "./schemas/query.js";
+import { decodeQuery, filtersParam } from "./schemas/query.js";
 import {
   SwarmInitBody,
   SwarmJoinBody,
@@ -110,6 +110,14 @@ export interface EngineServerOptions {
 
 /** How long close() lets in-flight requests finish before cutting their connections. */
 const CLOSE_GRACE_MS = 2000;
+
+/** Swarm objects shoal has none of: the path, the word dockerd's errors use, and the filters dockerd accepts. */
+const SWARM_OBJECTS: [string, string, readonly string[]][] = [
+  ["services", "service", ["id", "label", "mode", "name", "runtime"]],
+  ["tasks", "task", ["_up-to-date", "desired-state", "id", "label", "name", "node", "runtime", "service"]],
+  ["secrets", "secret", ["id", "label", "name", "names"]],
+  ["configs", "config", ["id", "label", "name", "names"]],
+];
 
 /** Networks every Docker engine has; `type=builtin` lists them, `type=custom` the others. */
 const BUILTIN_NETWORKS = ["bridge", "host", "none", "ingress", "docker_gwbridge"];
@@ -203,12 +211,14 @@ export class EngineServer {
       r("POST", `/nodes/${SEG}/update`, this.nodeUpdate),
       r("DELETE", `/nodes/${SEG}`, this.nodeRemove),
       r("GET", "/networks", this.networkList),
+      r("GET", "/networks/", this.networkList),
       r("POST", "/networks/create", this.networkCreate),
       r("POST", "/networks/prune", this.networkPrune),
       r("GET", `/networks/${SEG}`, this.networkInspect),
       r("DELETE", `/networks/${SEG}`, this.networkRemove),
       r("POST", `/networks/${SEG}/connect`, this.networkConnect),
       r("POST", `/networks/${SEG}/disconnect`, this.networkDisconnect),
+      ...this.noServiceRoutes(r),
       r("POST", "/containers/create", this.containerCreate),
       r("GET", "/containers/json", this.containerList),
       r("GET", `/containers/${SEG}/json`, this.containerInspect),
@@ -234,21 +244,20 @@ export class EngineServer {
     self.operatingSystem = await readOperatingSystem();
     await mkdir(dirname(opts.socketPath), { recursive: true });
     await removeStaleSocket(opts.socketPath);
-    const server = new LimitedServer(self.limits, (req, res) => {
-      void self.handle(req, res);
-    });
-    server.http.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      void self.handleUpgrade(req, socket, head);
-    });
+    const server = new LimitedServer(
+      self.limits,
+      (req, res) => void self.handle(req, res),
+      (req, socket, head) => void self.handleUpgrade(req, socket, head),
+    );
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => reject(err);
-      server.listener.once("error", onError);
-      server.listener.listen(opts.socketPath, () => {
-        server.listener.off("error", onError);
+      server.http.once("error", onError);
+      server.http.listen(opts.socketPath, () => {
+        server.http.off("error", onError);
         resolve();
       });
     });
-    server.listener.on("error", (err) => self.log?.error({ err }, "engine API server error"));
+    server.http.on("error", (err) => self.log?.error({ err }, "engine API server error"));
     self.server = server;
     await chmod(opts.socketPath, 0o660);
     self.socketIno = (await stat(opts.socketPath)).ino;
@@ -265,7 +274,7 @@ export class EngineServer {
   private async doClose(): Promise<void> {
     const server = this.server;
     if (!server) return;
-    const closed = new Promise<void>((resolve) => server.listener.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => server.http.close(() => resolve()));
     server.http.closeIdleConnections();
     const timer = setTimeout(() => {
       server.http.closeAllConnections();
@@ -675,6 +684,53 @@ export class EngineServer {
     sendEmpty(ctx.res);
   }
 
+  // ---- services, tasks, secrets, configs: shoal runs none ------------------------------------------------
+
+  /**
+   * Swarm's other objects. shoal runs no services, so on a manager there are none of them: lists are empty
+   * (`docker node ps` lists a node's tasks), an id is not found, and creating one is refused saying why.
+   */
+  private noServiceRoutes(r: (method: string, path: string, handler: Handler) => Route): Route[] {
+    const out: Route[] = [];
+    for (const [plural, kind, filters] of SWARM_OBJECTS) {
+      const list: Handler = async ({ req, res, query }) => {
+        await this.requireManager();
+        decodeQuery(z.object({ filters: filtersParam(filters) }), query);
+        await discardBody(req, this.limits, this.bodyBudget);
+        sendJSON(res, 200, []);
+      };
+      const missing: Handler = async ({ req, params }) => {
+        await this.requireManager();
+        await discardBody(req, this.limits, this.bodyBudget);
+        throw new ApiError(404, `${kind} ${params[0]} not found`);
+      };
+      const create: Handler = async ({ req }) => {
+        await this.requireManager();
+        await discardBody(req, this.limits, this.bodyBudget);
+        throw new ApiError(
+          501,
+          `shoal runs no ${plural}: it manages nodes and overlay networks, and containers started with docker run`,
+        );
+      };
+      out.push(
+        r("GET", `/${plural}`, list),
+        r("POST", `/${plural}/create`, create),
+        r("GET", `/${plural}/${SEG}`, missing),
+        r("POST", `/${plural}/${SEG}/update`, missing),
+        r("DELETE", `/${plural}/${SEG}`, missing),
+      );
+      if (plural === "services" || plural === "tasks") out.push(r("GET", `/${plural}/${SEG}/logs`, missing));
+    }
+    return out;
+  }
+
+  /** 503 in dockerd's words unless this node is a manager of an active swarm. */
+  private async requireManager(): Promise<void> {
+    const info = await this.backend.swarmInfo();
+    if (info.LocalNodeState !== "active") throw notManager();
+    if (!info.ControlAvailable) throw workerNode();
+  }
+
   // ---- containers -------------------------------------------------------------------------------------
 
   private containers(): ContainerBackend {
@@ -927,6 +983,12 @@ function parseBodyJson(req: IncomingMessage, body: Buffer): unknown {
 function parseUpgradeBody(text: string, maxBytes: number): unknown {
   if (text.trim() === "") return null;
   return parseJsonText(text, "JSON", maxBytes, MAX_JSON_DEPTH);
+}
+
+/** Reads a body the route does not use, within the limits (so the connection can carry the next request). */
+async function discardBody(req: IncomingMessage, limits: HttpLimits, budget: BodyBudget): Promise<void> {
+  const { release } = await readBody(req, limits, budget);
+  release();
 }
 
 /** `since`/`until` of logs: Unix seconds, with fractions ("1700000000.5"); absent or 0: no bound. */

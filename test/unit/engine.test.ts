@@ -519,6 +519,87 @@ describe("engine API over the unix socket", () => {
     }
   });
 
+  test("issue 9 case 1: a partial swarm spec ({}, or the Python SDK's) is the default spec, never half a spec", async () => {
+    backend.mode = "manager";
+    backend.spec = { ...defaultSpec(), Labels: { old: "x" } };
+    for (const body of [{}, { CAConfig: { NodeCertExpiry: 7776000000000000 } }, null]) {
+      const r = await call("POST", `/v1.47/swarm/update?version=${backend.clusterVersion}&rotateWorkerToken=True`, {
+        body: JSON.stringify(body),
+      });
+      expect(r.status).toBe(200);
+      expect(backend.lastCall("swarmUpdate")?.[0]).toEqual(defaultSpec());
+    }
+    // An empty body is dockerd's zero Spec too.
+    const r = await call("POST", `/v1.50/swarm/update?version=${backend.clusterVersion}`);
+    expect(r.status).toBe(200);
+    expect(backend.lastCall("swarmUpdate")?.[0]).toEqual(defaultSpec());
+  });
+
+  test("issue 9 cases 4 and 5: bodies of the wrong type, unknown fields and oversized values reach no backend", async () => {
+    backend.mode = "manager";
+    const cases: [string, unknown, string][] = [
+      [
+        "/v1.50/nodes/beta/update?version=17",
+        { Labels: { n: 5 }, Role: "worker", Availability: "active" },
+        "invalid JSON: json: cannot unmarshal number into Go struct field NodeSpec.Labels of type string",
+      ],
+      [
+        "/v1.50/nodes/beta/update?version=17",
+        { Role: "worker", Availability: "active", Junk: 1 },
+        'invalid JSON: json: unknown field "Junk"',
+      ],
+      [
+        "/v1.50/nodes/beta/update?version=17",
+        { Labels: { big: "x".repeat(3_900_000 / 4) }, Role: "worker", Availability: "active" },
+        "invalid node spec: Labels.big: values must be at most 16384 bytes",
+      ],
+      ["/v1.50/nodes/beta/update?version=17", { Role: "boss", Availability: "active" }, 'invalid Role: "boss"'],
+      [
+        "/v1.50/swarm/update?version=42",
+        { Dispatcher: { HeartbeatPeriod: "5s" } },
+        "invalid JSON: json: cannot unmarshal string into Go struct field DispatcherConfig.Dispatcher.HeartbeatPeriod of type time.Duration",
+      ],
+      [
+        "/v1.50/swarm/update?version=42",
+        { Dispatcher: { HeartbeatPeriod: -1 } },
+        "invalid swarm spec: Dispatcher.HeartbeatPeriod: heartbeat time period cannot be a negative duration",
+      ],
+      [
+        "/v1.50/swarm/update?version=42",
+        { EncryptionConfig: { AutoLockManagers: true } },
+        "EncryptionConfig.AutoLockManagers (--autolock) is not supported by shoal: leave it unset",
+      ],
+      ["/v1.50/swarm/update?version=42", { Name: "other" }, 'swarm spec must be named "default"'],
+      [
+        "/v1.50/swarm/join",
+        { RemoteAddrs: ["192.0.2.1:2377"], JoinToken: "x".repeat(300) },
+        "invalid swarm join request: JoinToken: must be at most 256 characters",
+      ],
+    ];
+    for (const [path, body, message] of cases) {
+      expectError(await postJSON(path, body), 400, message);
+    }
+    expect(backend.calls).toEqual([]);
+    // Everything still answers.
+    expect((await call("GET", "/v1.50/nodes")).status).toBe(200);
+    expect((await call("GET", "/v1.50/swarm")).status).toBe(200);
+  });
+
+  test("issue 9 case 5: an oversized body is 413; a body nested a million levels deep is a cheap 400", async () => {
+    backend.mode = "manager";
+    let r = await call("POST", "/v1.50/nodes/beta/update?version=17", {
+      body: JSON.stringify({ Labels: { big: "x".repeat(2 * 1024 * 1024) }, Role: "worker", Availability: "active" }),
+    });
+    expectError(r, 413, "request body is too large: at most 1048576 bytes are accepted");
+    const deep = `{"Name":"t","Labels":${'{"a":'.repeat(1_000_000)}"x"${"}".repeat(1_000_000)}}`;
+    r = await call("POST", "/v1.50/swarm/update?version=42", { body: deep });
+    expectError(r, 400, "invalid JSON: the body nests deeper than 32 levels");
+    r = await call("POST", "/v1.50/swarm/update?version=42", { body: `${"[".repeat(100)}${"]".repeat(100)}` });
+    expectError(r, 400, "invalid JSON: the body nests deeper than 32 levels");
+    expect(backend.calls).toEqual([]);
+    expect((await call("GET", "/v1.50/nodes")).status).toBe(200);
+  });
+
   test("POST /swarm/update parses version and rotate flags", async () => {
     backend.mode = "manager";
     const spec = defaultSpec();
@@ -807,6 +888,33 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
       rotateManagerUnlockKey: false,
     });
     expect(spec).toMatchObject({ Name: "default", Raft: { ElectionTick: 10, HeartbeatTick: 1 } });
+  });
+
+  test("docker node ps, service ls, secret ls, config ls: shoal runs no services, so there are none", async () => {
+    backend.mode = "manager";
+    let r = await docker("node", "ps", "self");
+    expectOk(r);
+    expect(r.stdout.trim()).toMatch(/^ID\s+NAME\s+IMAGE\s+NODE\s+DESIRED STATE\s+CURRENT STATE\s+ERROR\s+PORTS$/);
+    r = await docker("service", "ls", "-q");
+    expectOk(r);
+    expect(r.stdout).toBe("");
+    for (const what of ["secret", "config"]) {
+      r = await docker(what, "ls", "-q");
+      expectOk(r);
+      expect(r.stdout).toBe("");
+    }
+    r = await docker("service", "create", "--name", "web", "nginx");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      "Error response from daemon: shoal runs no services: it manages nodes and overlay networks, and containers started with docker run",
+    );
+    r = await docker("service", "rm", "web");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("service web not found");
+    backend.mode = "worker";
+    r = await docker("service", "ls");
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(`Error response from daemon: ${workerNode().message}`);
   });
 
   test("docker swarm leave: a manager without --force gets dockerd's 503; with --force it leaves", async () => {

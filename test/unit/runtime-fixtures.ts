@@ -142,6 +142,8 @@ export class VethAttacher implements NetworkAttacher {
 /** An in-memory NetworkBackend over a VethAttacher's networks; connect/disconnect go to `containers`. */
 export class TestNetworkBackend implements NetworkBackend {
   readonly calls: { op: string; args: unknown[] }[] = [];
+  /** Networks whose removal fails as a network with endpoints does. */
+  readonly inUse = new Set<string>();
   containers:
     | {
         connect(c: string, net: string, cfg: EndpointSettingsRequest): Promise<void>;
@@ -202,6 +204,9 @@ export class TestNetworkBackend implements NetworkBackend {
   async networkRemove(ref: string): Promise<void> {
     this.calls.push({ op: "networkRemove", args: [ref] });
     const n = this.find(ref);
+    if (this.inUse.has(n.name)) {
+      throw new ApiError(403, `error while removing network: network ${n.name} id ${n.id} has active endpoints`);
+    }
     this.attacher.networks.delete(n.id);
   }
 

@@ -6,12 +6,25 @@
 
 import type { z } from "zod";
 import { badRequest } from "../../api/errors.js";
-import { fieldPath } from "../../api/schema.js";
 import { type GoType, isGoDecodeMessage, ROOT, UNSUPPORTED } from "./go.js";
 
 /** The schema of a request body of Go type `t`: an absent or null body is the zero struct. */
 export function bodySchema<T extends object>(t: GoType<T | undefined>): z.ZodType<T> {
   return t.at(ROOT).transform((v) => v ?? ({} as T)) as unknown as z.ZodType<T>;
+}
+
+/** The path of an issue as a field name (`Labels.a`, `IPAM.Config[0]`); an over-long key is cut short. */
+function fieldPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const p of path) {
+    if (typeof p === "number") out += `[${p}]`;
+    else {
+      const name = String(p);
+      const shown = name.length > 64 ? `${name.slice(0, 32)}...(${name.length} characters)` : name;
+      out += out ? `.${shown}` : shown;
+    }
+  }
+  return out;
 }
 
 /** One line for the first thing that is wrong, as the user should read it. */

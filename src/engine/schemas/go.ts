@@ -209,7 +209,9 @@ export function goMap<T>(value: GoType<T>, maxEntries: number): GoType<Record<st
 /** An issue of a nested parse, carried into the outer one at `path`. */
 function reissue(iss: z.core.$ZodIssue, path: PropertyKey[], input: unknown): z.core.$ZodRawIssue {
   const params = (iss as { params?: Record<string, unknown> }).params;
-  return { code: "custom", message: iss.message, path, input, ...(params ? { params } : {}) };
+  // A record's bad key is reported as "Invalid key in record" with the key's own issue inside.
+  const inner = iss.code === "invalid_key" ? iss.issues[0]?.message : undefined;
+  return { code: "custom", message: inner ?? iss.message, path, input, ...(params ? { params } : {}) };
 }
 
 /**
