@@ -44,10 +44,15 @@ export function tooManyConnectionsMessage(max: number): string {
   return `shoald is serving ${max} connections already (its limit): close some and try again`;
 }
 
+/** How long a connection refused at the limit may take to send its request and read the 503. */
+const REFUSED_GRACE_MS = 2000;
+
 /**
- * An HTTP server with a connection count: a connection past the limit is answered 503 and closed, and
- * never reaches a handler. (Node's own timeouts need the server to listen itself, so the count is kept on
- * its connection event rather than by a listener in front of it.)
+ * An HTTP server with a connection count: a connection past the limit never reaches a handler; its
+ * request is answered 503 saying why, and it is closed (at the latest after REFUSED_GRACE_MS). The request
+ * is read first, so a client that writes before it reads (every HTTP client) sees the answer rather than
+ * a broken pipe. (Node's own timeouts need the server to listen itself, so the count is kept on its
+ * connection event rather than by a listener in front of it.)
  */
 export class LimitedServer {
   readonly http: Server;
@@ -67,12 +72,14 @@ export class LimitedServer {
         connectionsCheckingInterval: limits.timeoutCheckMs,
       },
       (req, res) => {
-        if (this.refused.has(req.socket)) req.socket.destroy();
-        else onRequest(req, res);
+        if (!this.refused.has(req.socket)) return onRequest(req, res);
+        const body = refusalBody(tooManyConnectionsMessage(this.limits.maxConnections));
+        res.writeHead(503, { "Content-Type": "application/json", "Content-Length": body.length, Connection: "close" });
+        res.end(body);
       },
     );
     this.http.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      if (this.refused.has(socket)) socket.destroy();
+      if (this.refused.has(socket)) refuseRaw(socket, tooManyConnectionsMessage(this.limits.maxConnections));
       else onUpgrade(req, socket, head);
     });
     // Before the HTTP server's own listener, so a refused connection is marked before it is parsed.
@@ -86,7 +93,8 @@ export class LimitedServer {
   private accept(socket: Socket): void {
     if (this.sockets.size >= this.limits.maxConnections) {
       this.refused.add(socket);
-      refuse(socket, tooManyConnectionsMessage(this.limits.maxConnections));
+      socket.on("error", () => undefined);
+      setTimeout(() => socket.destroy(), REFUSED_GRACE_MS).unref();
       return;
     }
     this.sockets.add(socket);
@@ -99,9 +107,12 @@ export class LimitedServer {
   }
 }
 
-function refuse(socket: Socket, message: string): void {
-  const body = Buffer.from(`${JSON.stringify({ message })}\n`);
-  socket.on("error", () => undefined);
+function refusalBody(message: string): Buffer {
+  return Buffer.from(`${JSON.stringify({ message })}\n`);
+}
+
+function refuseRaw(socket: Duplex, message: string): void {
+  const body = refusalBody(message);
   socket.end(
     Buffer.concat([
       Buffer.from(
@@ -111,7 +122,6 @@ function refuse(socket: Socket, message: string): void {
       body,
     ]),
   );
-  setTimeout(() => socket.destroy(), 1000).unref();
 }
 
 // ------------------------------------------------------------------ bodies

@@ -571,6 +571,13 @@ export class EngineServer {
     // As dockerd: the body first, then the version and flags.
     const spec = swarmSpecFromRequest(await this.body(ctx, SwarmSpecBody, "swarm spec"));
     const q = decodeQuery(SwarmUpdateQuery, ctx.query);
+    // Autolock is refused (see the swarm spec's schema) until shoal seals its Raft key; until then there
+    // is no unlock key to rotate, and a request to rotate one is refused rather than ignored.
+    if (q.rotateManagerUnlockKey) {
+      throw badRequest(
+        "shoal's managers are not locked (autolock is not supported yet): there is no unlock key to rotate",
+      );
+    }
     await this.backend.swarmUpdate(spec, {
       version: q.version,
       rotateWorkerToken: q.rotateWorkerToken,

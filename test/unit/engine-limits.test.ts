@@ -93,13 +93,19 @@ describe("connections", () => {
   test("past the limit, a connection is answered 503 with a reason and closed; below it, served again", async () => {
     server = await EngineServer.listen({ socketPath: sock, backend: swarm, limits: { maxConnections: 3 } });
     const held = [await open(), await open(), await open()];
+    // A client writes its request first, then reads: it gets the answer, not a broken pipe.
     const extra = await open();
+    extra.socket.write("GET /v1.50/nodes HTTP/1.1\r\nHost: shoal\r\n\r\n");
     await within(extra.closed, 10_000, "the connection past the limit is closed");
     expect(extra.received()).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n/);
     expect(extra.received()).toContain("Content-Type: application/json\r\n");
     expect(extra.received()).toContain(
       '{"message":"shoald is serving 3 connections already (its limit): close some and try again"}',
     );
+    // One that sends nothing is closed too.
+    const silent = await open();
+    await within(silent.closed, 10_000, "a silent connection past the limit is closed");
+    expect(silent.received()).toBe("");
     held[0]!.socket.destroy();
     await held[0]!.closed;
     // The count follows closes (the server sees the close a moment later).

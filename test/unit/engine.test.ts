@@ -623,6 +623,11 @@ describe("engine API over the unix socket", () => {
       400,
       "invalid value for rotateWorkerToken: maybe",
     );
+    expectError(
+      await postJSON("/v1.50/swarm/update?version=42&rotateManagerUnlockKey=true", spec),
+      400,
+      "shoal's managers are not locked (autolock is not supported yet): there is no unlock key to rotate",
+    );
     expect(backend.calls).toEqual([]);
     const r = await postJSON(
       "/v1.50/swarm/update?rotateWorkerToken=true&rotateManagerToken=false&rotateManagerUnlockKey=false&version=42",
