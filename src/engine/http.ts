@@ -86,10 +86,6 @@ export class LimitedServer {
     this.http.prependListener("connection", (socket: Socket) => this.accept(socket));
   }
 
-  get connectionCount(): number {
-    return this.sockets.size;
-  }
-
   private accept(socket: Socket): void {
     if (this.sockets.size >= this.limits.maxConnections) {
       this.refused.add(socket);
@@ -137,9 +133,6 @@ export class BodyBudget {
   }
   give(n: number): void {
     this.used = Math.max(0, this.used - n);
-  }
-  get inUse(): number {
-    return this.used;
   }
 }
 

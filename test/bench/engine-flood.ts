@@ -3,6 +3,7 @@
 //   npm run bench:engine-flood
 //   npm run bench:engine-flood -- --connections 2000 --rounds 3 --settle 40
 //   npm run bench:engine-flood -- --shoald /path/to/dist/src/daemon/main.js   # another build, to compare
+//   npm run bench:engine-flood -- --env MALLOC_MMAP_THRESHOLD_=131072        # shoald's environment
 //
 // One real shoald (a single-manager swarm: swarm init on 127.0.0.1, its own data root and socket in a temp
 // dir). Its resident memory (VmRSS of /proc/PID/status) is read before, during and after each round:
@@ -38,17 +39,21 @@ interface Options {
   rounds: number;
   settleS: number;
   shoald: string;
+  env: Record<string, string>;
 }
 
 function options(argv: string[]): Options {
-  const o: Options = { connections: 2000, rounds: 3, settleS: 40, shoald: DEFAULT_SHOALD };
+  const o: Options = { connections: 2000, rounds: 3, settleS: 40, shoald: DEFAULT_SHOALD, env: {} };
   for (let i = 0; i < argv.length; i++) {
     const next = (): string => argv[++i] ?? "";
     if (argv[i] === "--connections") o.connections = Number(next());
     else if (argv[i] === "--rounds") o.rounds = Number(next());
     else if (argv[i] === "--settle") o.settleS = Number(next());
     else if (argv[i] === "--shoald") o.shoald = next();
-    else throw new Error(`unknown argument ${argv[i]}`);
+    else if (argv[i] === "--env") {
+      const [k, ...v] = next().split("=");
+      o.env[k!] = v.join("=");
+    } else throw new Error(`unknown argument ${argv[i]}`);
   }
   return o;
 }
@@ -176,7 +181,7 @@ async function main(): Promise<void> {
         "--log-level",
         "error",
       ],
-      { stdio: ["ignore", "pipe", "ignore"] },
+      { stdio: ["ignore", "pipe", "ignore"], env: { ...process.env, ...o.env } },
     );
     daemon.stdout!.on("data", (d: Buffer) => gc.feed(d.toString("utf8")));
     const pid = daemon.pid!;
@@ -191,7 +196,12 @@ async function main(): Promise<void> {
     for (let i = 0; i < 500; i++) await call(sock, "GET", i % 2 ? "/v1.50/nodes" : "/v1.50/networks");
     await sleep(10_000);
     const baseline = rssMiB(pid);
-    process.stdout.write(`shoald ${o.shoald}\nbaseline RSS after warm-up: ${baseline.toFixed(1)} MiB (${gc.text()})\n`);
+    const envText = Object.entries(o.env)
+      .map(([k, v]) => `${k}=${v} `)
+      .join("");
+    process.stdout.write(
+      `${envText}shoald ${o.shoald}\nbaseline RSS after warm-up: ${baseline.toFixed(1)} MiB (${gc.text()})\n`,
+    );
     for (let round = 1; round <= o.rounds; round++) {
       let peak = rssMiB(pid);
       const sampler = setInterval(() => {

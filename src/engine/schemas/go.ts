@@ -129,20 +129,6 @@ export function goInt(kind: IntKind = "int"): GoType<number> {
   };
 }
 
-/** A Go float64 (GwPriority is an int in Go but a "number" in the API's spec). */
-export function goFloat(goName = "float64"): GoType<number> {
-  return {
-    goName,
-    isZero: (v) => v === undefined || v === 0,
-    at: (place) =>
-      z.unknown().transform((v, ctx): number => {
-        if (v === null || v === undefined) return 0;
-        if (typeof v !== "number") return fail(ctx, v, unmarshalError(place, jsonKind(v), goName));
-        return v;
-      }),
-  };
-}
-
 // ------------------------------------------------------------------ containers
 
 /** A Go slice. null decodes to nil (undefined). Elements sit at the slice's place (Go names no index). */
@@ -319,11 +305,6 @@ export function unsupported<T>(t: GoType<T>, flag = "", alsoFine?: (v: T) => boo
         ctx.addIssue({ code: "custom", message: UNSUPPORTED, params: { flag } });
       }) as unknown as z.ZodType<T>,
   };
-}
-
-/** A string of at most `max` characters (Go type `goName`). */
-export function boundedString(max: number, goName = "string"): GoType<string> {
-  return checked(goString(goName), (v) => (v.length > max ? `must be at most ${max} characters` : undefined));
 }
 
 /** Decodes as `t`, then checks the result against one of src/api's schemas (bounds, formats). */
