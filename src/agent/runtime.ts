@@ -287,14 +287,33 @@ function commandText(path: string, args: string[]): string {
   return `${path} ${args.map((a) => (a.includes(" ") ? `'${a}'` : a)).join(" ")}`;
 }
 
-/** An async iterable fed by pushes, ended by end(); for output streams. */
+/** Bytes an attached client may fall behind a container's output before its stream is ended. */
+const MAX_ATTACH_BACKLOG_BYTES = 8 * 1024 * 1024;
+
+/**
+ * An async iterable fed by pushes, ended by end(); for output streams. A consumer that falls more than
+ * `maxBytes` behind is cut off (the stream ends): the container is never slowed by one slow client, and
+ * the daemon never holds more than that for it.
+ */
 class ChunkQueue implements AsyncIterable<OutputChunk> {
-  private items: OutputChunk[] = [];
+  /** Chunks, each with the bytes it counts against the limit (a replay of the log does not). */
+  private items: { c: OutputChunk; counted: number }[] = [];
+  private bytes = 0;
   private done = false;
   private wake: (() => void) | undefined;
-  push(c: OutputChunk): void {
+  constructor(private readonly maxBytes = MAX_ATTACH_BACKLOG_BYTES) {}
+  /** Live output; `replay`: what the container printed before (already in memory, not counted). */
+  push(c: OutputChunk, replay = false): void {
     if (this.done) return;
-    this.items.push(c);
+    const counted = replay ? 0 : c.data.length;
+    if (this.bytes + counted > this.maxBytes) {
+      this.items = [];
+      this.bytes = 0;
+      this.end();
+      return;
+    }
+    this.items.push({ c, counted });
+    this.bytes += counted;
     this.wake?.();
   }
   end(): void {
@@ -303,7 +322,11 @@ class ChunkQueue implements AsyncIterable<OutputChunk> {
   }
   async *[Symbol.asyncIterator](): AsyncIterator<OutputChunk> {
     for (;;) {
-      while (this.items.length > 0) yield this.items.shift()!;
+      while (this.items.length > 0) {
+        const { c, counted } = this.items.shift()!;
+        this.bytes -= counted;
+        yield c;
+      }
       if (this.done) return;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
@@ -465,9 +488,6 @@ export class ContainerRuntime implements ContainerBackend {
     name: string | undefined,
     req: ContainerCreateRequest,
   ): Promise<{ Id: string; Warnings: string[] }> {
-    if (req.User) {
-      throw badRequest("shoal runs containers as the daemon's user: --user is not supported");
-    }
     const mode = req.HostConfig?.NetworkMode || "default";
     const endpoints = req.NetworkingConfig?.EndpointsConfig ?? {};
     const networks: { ref: string; cfg: EndpointSettingsRequest }[] = [];
@@ -1203,14 +1223,14 @@ export class ContainerRuntime implements ContainerBackend {
     if (opts.logs) {
       const { records } = await readLogRecords(join(c.dir, `${c.id}-json.log`));
       const matching = records.filter((r) => wanted(r.stream));
-      for (const r of matching) queue.push({ stream: r.stream, data: r.data, time: r.time });
+      for (const r of matching) queue.push({ stream: r.stream, data: r.data, time: r.time }, true);
       // What was logged while the file was read is in both: skip the copies.
       const seen = new Set(
         matching.slice(-buffered.length).map((r) => `${r.time}|${r.stream}|${r.data.toString("base64")}`),
       );
       for (const r of buffered) {
         if (!seen.has(`${r.time}|${r.stream}|${r.data.toString("base64")}`))
-          queue.push({ stream: r.stream, data: r.data, time: r.time });
+          queue.push({ stream: r.stream, data: r.data, time: r.time }, true);
       }
       replaying = false;
     }
@@ -1246,7 +1266,12 @@ export class ContainerRuntime implements ContainerBackend {
     const session = await this.execStart(id);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    const exitCode = await session.run({ output: (c) => (c.stream === 1 ? out : err).push(c.data) });
+    const exitCode = await session.run({
+      output: (c) => {
+        (c.stream === 1 ? out : err).push(c.data);
+        return undefined;
+      },
+    });
     return { exitCode, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
   }
 
@@ -1255,7 +1280,6 @@ export class ContainerRuntime implements ContainerBackend {
     if (!c.running) throw conflict(`container ${c.id} is not running`);
     const cmd = req.Cmd ?? [];
     if (cmd.length === 0) throw badRequest("No exec command specified");
-    if (req.User) throw badRequest("shoal runs containers as the daemon's user: --user is not supported");
     const id = newId();
     this.execs.set(id, {
       id,
@@ -1300,7 +1324,7 @@ export class ContainerRuntime implements ContainerBackend {
   private async runExec(
     e: ExecRecord,
     c: Container,
-    io: { output(chunk: OutputChunk): void; stdin?: NodeJS.ReadableStream },
+    io: { output(chunk: OutputChunk): undefined | Promise<unknown>; stdin?: NodeJS.ReadableStream },
   ): Promise<number> {
     const proc = c.proc;
     if (!proc || proc.initPid <= 0) {
@@ -1325,12 +1349,19 @@ export class ContainerRuntime implements ContainerBackend {
       closeSync(err.writeFd);
     }
     e.pid = child.pid ?? 0;
-    out.reader.on("data", (d: Buffer) => {
-      if (e.attachStdout) io.output({ stream: 1, data: d });
-    });
-    err.reader.on("data", (d: Buffer) => {
-      if (e.attachStderr) io.output({ stream: 2, data: d });
-    });
+    // A pending output (the client is behind) pauses its pipe: the process waits, memory does not grow.
+    const forward = (reader: NodeJS.ReadableStream, stream: 1 | 2, attached: boolean): void => {
+      reader.on("data", (d: Buffer) => {
+        if (!attached) return;
+        const pending = io.output({ stream, data: d });
+        if (pending) {
+          reader.pause();
+          void pending.finally(() => reader.resume());
+        }
+      });
+    };
+    forward(out.reader, 1, e.attachStdout);
+    forward(err.reader, 2, e.attachStderr);
     if (e.attachStdin && child.stdin) {
       child.stdin.on("error", () => undefined);
       if (io.stdin) io.stdin.pipe(child.stdin);

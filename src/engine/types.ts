@@ -18,34 +18,23 @@ export type {
   Version,
 } from "../api/objects.js";
 
-import type { ClusterInfo, LocalNodeState, Node, NodeAvailability, NodeSpec, SwarmSpec } from "../api/objects.js";
+import type { ClusterInfo, LocalNodeState, NetworkSpec, Node, NodeSpec, SwarmSpec } from "../api/objects.js";
+import type { ContainerCreate, ExecCreate } from "./schemas/container.js";
+import type { EndpointRequest } from "./schemas/network.js";
+import type { SwarmInit, SwarmJoin } from "./schemas/swarm.js";
+
+export type { SwarmInit, SwarmJoin } from "./schemas/swarm.js";
+
+/** What shoal takes from a container create request (decoded and checked by the Engine API). */
+export type ContainerCreateRequest = ContainerCreate;
+/** What shoal takes from an exec create request. */
+export type ExecCreateRequest = ExecCreate;
+/** What shoal takes from an endpoint's settings (network connect, container create). */
+export type EndpointSettingsRequest = EndpointRequest;
 
 /** GET /swarm: the cluster plus its join tokens (managers only). */
 export interface Swarm extends ClusterInfo {
   JoinTokens: { Worker: string; Manager: string };
-}
-
-export interface SwarmInitRequest {
-  ListenAddr?: string;
-  AdvertiseAddr?: string;
-  DataPathAddr?: string;
-  DataPathPort?: number;
-  ForceNewCluster?: boolean;
-  Spec?: Partial<SwarmSpec>;
-  DefaultAddrPool?: string[];
-  SubnetSize?: number;
-  Availability?: NodeAvailability;
-  /** swarm init --autolock */
-  AutoLockManagers?: boolean;
-}
-
-export interface SwarmJoinRequest {
-  ListenAddr?: string;
-  AdvertiseAddr?: string;
-  DataPathAddr?: string;
-  RemoteAddrs: string[];
-  JoinToken: string;
-  Availability?: NodeAvailability;
 }
 
 export interface SwarmUpdateOptions {
@@ -91,8 +80,8 @@ export interface SwarmBackend {
   firewallInfo?(): Promise<{ Driver: string; Info: [string, string][] }>;
   swarmInspect(): Promise<Swarm>;
   /** Returns the new node's id. */
-  swarmInit(req: SwarmInitRequest): Promise<string>;
-  swarmJoin(req: SwarmJoinRequest): Promise<void>;
+  swarmInit(req: SwarmInit): Promise<string>;
+  swarmJoin(req: SwarmJoin): Promise<void>;
   swarmLeave(force: boolean): Promise<void>;
   swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void>;
   /** GET /swarm/unlockkey: the unlock key while autolock is on, "" while it is off. */
@@ -112,20 +101,6 @@ export interface IPAMConfigEntry {
   Subnet?: string;
   Gateway?: string;
   IPRange?: string;
-}
-
-export interface NetworkCreateRequest {
-  Name: string;
-  Driver?: string;
-  Scope?: string;
-  Internal?: boolean;
-  Attachable?: boolean;
-  Ingress?: boolean;
-  IPAM?: { Driver?: string; Options?: Record<string, string> | null; Config?: IPAMConfigEntry[] | null };
-  Options?: Record<string, string> | null;
-  Labels?: Record<string, string> | null;
-  CheckDuplicate?: boolean;
-  EnableIPv6?: boolean;
 }
 
 export interface NetworkContainer {
@@ -161,13 +136,9 @@ export interface NetworkResource {
   Encryption?: unknown;
 }
 
-export interface EndpointSettingsRequest {
-  IPAMConfig?: { IPv4Address?: string } | null;
-  Aliases?: string[] | null;
-}
-
 export interface NetworkBackend {
-  networkCreate(req: NetworkCreateRequest): Promise<{ Id: string; Warning: string }>;
+  /** The spec was decoded and checked by the Engine API; the backend checks what needs the cluster. */
+  networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }>;
   networkList(filters: Record<string, string[]>): Promise<NetworkResource[]>;
   /** ref: full id, unique id prefix, or name. */
   networkInspect(ref: string): Promise<NetworkResource>;
@@ -204,29 +175,6 @@ export interface NetworkAttacher {
 }
 
 // ------------------------------------------------------------------ containers
-
-/** POST /containers/create: Docker's container.Config with HostConfig and NetworkingConfig (what shoal uses). */
-export interface ContainerCreateRequest {
-  Hostname?: string;
-  Domainname?: string;
-  User?: string;
-  AttachStdin?: boolean;
-  AttachStdout?: boolean;
-  AttachStderr?: boolean;
-  Tty?: boolean;
-  OpenStdin?: boolean;
-  StdinOnce?: boolean;
-  Env?: string[] | null;
-  Cmd?: string[] | null;
-  Image?: string;
-  WorkingDir?: string;
-  Entrypoint?: string[] | null;
-  Labels?: Record<string, string> | null;
-  StopSignal?: string;
-  StopTimeout?: number | null;
-  HostConfig?: { NetworkMode?: string; AutoRemove?: boolean; [key: string]: unknown } | null;
-  NetworkingConfig?: { EndpointsConfig?: Record<string, EndpointSettingsRequest | null> | null } | null;
-}
 
 export type ContainerStatus = "created" | "running" | "removing" | "exited";
 
@@ -405,20 +353,6 @@ export interface AttachSession {
   cancel(): void;
 }
 
-export interface ExecCreateRequest {
-  User?: string;
-  Privileged?: boolean;
-  Tty?: boolean;
-  AttachStdin?: boolean;
-  AttachStdout?: boolean;
-  AttachStderr?: boolean;
-  Detach?: boolean;
-  DetachKeys?: string;
-  Env?: string[] | null;
-  WorkingDir?: string;
-  Cmd?: string[] | null;
-}
-
 /** GET /exec/{id}/json */
 export interface ExecInspect {
   ID: string;
@@ -442,7 +376,7 @@ export interface ExecSession {
    * Runs the process: its output goes to `output`, `stdin` (when the exec attaches stdin) feeds it.
    * Resolves to the exit code once the process has exited and its output was delivered.
    */
-  run(io: { output(chunk: OutputChunk): void; stdin?: NodeJS.ReadableStream }): Promise<number>;
+  run(io: { output(chunk: OutputChunk): undefined | Promise<unknown>; stdin?: NodeJS.ReadableStream }): Promise<number>;
 }
 
 /**

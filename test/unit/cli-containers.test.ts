@@ -136,6 +136,8 @@ class FakeEngine {
   readonly socket = join(this.dir, "d.sock");
   readonly host = `unix://${this.socket}`;
   requests: Recorded[] = [];
+  /** What POST /networks/prune reports. */
+  pruned: string[] | null = ["node2-net", "node10-net"];
   private started = new Set<string>();
   private waiters: (() => void)[] = [];
   private server = http.createServer((req, res) => this.handle(req, res));
@@ -159,6 +161,7 @@ class FakeEngine {
   }
   reset(): void {
     this.requests = [];
+    this.pruned = ["node2-net", "node10-net"];
     this.started.clear();
   }
   private record(req: http.IncomingMessage, body: string, upgrade: boolean): Recorded {
@@ -219,6 +222,7 @@ class FakeEngine {
       let m: RegExpExecArray | null;
       if (p === "/networks" && r.method === "GET") return send(200, nets);
       if (p === "/networks/create") return send(201, { Id: N1, Warning: "" });
+      if (p === "/networks/prune") return send(200, { NetworksDeleted: this.pruned });
       if ((m = /^\/networks\/([^/]+)$/.exec(p))) {
         const n = findNet(decodeURIComponent(m[1]!));
         if (!n) return send(404, { message: `network ${decodeURIComponent(m[1]!)} not found` });
@@ -317,6 +321,12 @@ function shoalIn(stdin: string, ...args: string[]): Promise<Result> {
 }
 async function docker(...args: string[]): Promise<Result> {
   const r = await dockerRaw(...args);
+  const s = (t: string): string => t.replace(/docker/g, "shoal").replace(/Docker/g, "shoal");
+  return { code: r.code, stdout: s(r.stdout), stderr: s(r.stderr) };
+}
+
+async function dockerIn(stdin: string, ...args: string[]): Promise<Result> {
+  const r = await run(DOCKER, args, cleanEnv(host), stdin);
   const s = (t: string): string => t.replace(/docker/g, "shoal").replace(/Docker/g, "shoal");
   return { code: r.code, stdout: s(r.stdout), stderr: s(r.stderr) };
 }
@@ -439,6 +449,40 @@ describe("shoal network and container commands against a stand-in daemon", () =>
     expect(r).toEqual({ code: 3, stdout: "exec out\n", stderr: "exec err\n" });
   });
 
+  it.skipIf(!HAS_DOCKER)(
+    "network prune asks first, as docker does; with nothing pruned it prints nothing",
+    async () => {
+      for (const [answer, pruned] of [
+        ["y\n", ["node2-net"]],
+        ["Y\n", null],
+        ["n\n", ["node2-net"]],
+        ["", ["node2-net"]],
+      ] as const) {
+        fake.reset();
+        fake.pruned = pruned === null ? null : [...pruned];
+        const theirs = await dockerIn(answer, "network", "prune");
+        const theirRequests = fake.requests.map(wire);
+        expect(theirs.stdout).toContain("Are you sure you want to continue? [y/N] ");
+        fake.reset();
+        fake.pruned = pruned === null ? null : [...pruned];
+        const ours = await shoalIn(answer, "network", "prune");
+        expect(ours).toEqual(theirs);
+        expect(fake.requests.map(wire)).toEqual(theirRequests);
+      }
+    },
+  );
+
+  it.skipIf(!HAS_DOCKER)("network prune's usage errors: the same words and exit codes as docker's", async () => {
+    for (const args of [
+      ["network", "prune", "--filter", "nonsense"],
+      ["network", "prune", "extra"],
+    ]) {
+      const theirs = await docker(...args);
+      expect(theirs.code).not.toBe(0);
+      expect(await shoal(...args)).toEqual(theirs);
+    }
+  });
+
   const commands: string[][] = [
     ["network", "ls"],
     ["network", "ls", "-q"],
@@ -476,6 +520,8 @@ describe("shoal network and container commands against a stand-in daemon", () =>
     ["network", "create", "-d", "overlay", "--subnet", "10.9.0.0/24", "--gateway", "10.8.0.1", "n9"],
     ["network", "rm", "node2-net", "ghost", "node10-net"],
     ["network", "rm", "-f", "ghost"],
+    ["network", "prune", "-f"],
+    ["network", "prune", "-f", "--filter", "until=24h", "--filter", "label=k=v", "--filter", "label!=tier"],
     ["network", "connect", "--ip", "10.0.0.9", "--alias", "a1", "--alias", "a2", "node2-net", "c1"],
     ["network", "connect", "node2-net", "c1"],
     ["network", "connect", "node2-net", "ghost"],

@@ -41,14 +41,17 @@ import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-
 const CID = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
 /** Only what /_ping and /info need. */
+/** What this node is in the swarm (the network prune's answer depends on it). */
+let swarmMode: "inactive" | "manager" | "worker" = "inactive";
+
 const swarm = {
   hostname: () => "testhost",
   async swarmInfo(): Promise<SwarmInfo> {
     return {
       NodeID: "",
       NodeAddr: "",
-      LocalNodeState: "inactive",
-      ControlAvailable: false,
+      LocalNodeState: swarmMode === "inactive" ? "inactive" : "active",
+      ControlAvailable: swarmMode === "manager",
       Error: "",
       RemoteManagers: null,
     };
@@ -166,6 +169,15 @@ class FakeContainers implements ContainerBackend {
   }
 }
 
+/** A container create request with nothing asked, as the runtime receives it. */
+const ZERO_CREATE = {
+  Tty: false,
+  OpenStdin: false,
+  StdinOnce: false,
+  HostConfig: { AutoRemove: false },
+  NetworkingConfig: { EndpointsConfig: {} },
+};
+
 let dir: string;
 let sock: string;
 let server: EngineServer | undefined;
@@ -186,6 +198,7 @@ function requestedPaths(): string[] {
 }
 
 beforeEach(async () => {
+  swarmMode = "inactive";
   dir = await mkdtemp(join(os.tmpdir(), "shoal-engine-ctr-"));
   sock = join(dir, "shoald.sock");
 });
@@ -368,15 +381,48 @@ describe("network routes", () => {
     expect(nets.calls.filter((c) => c.op !== "networkCreate")).toEqual([
       {
         op: "networkConnect",
-        args: ["n1", "c1", { IPAMConfig: { IPv4Address: "10.77.1.9" }, Aliases: ["a1"], Links: null, MacAddress: "" }],
+        args: ["n1", "c1", { IPAMConfig: { IPv4Address: "10.77.1.9" }, Aliases: ["a1"] }],
       },
       { op: "networkDisconnect", args: ["n1", "c1", true] },
     ]);
     expectError(
       await call("POST", "/v1.50/networks/n1/connect", {}),
       400,
-      "invalid JSON: Container must name the container to connect",
+      "invalid network connect request: Container must name the container to connect",
     );
+  });
+
+  test("POST /networks/prune: as dockerd, a manager removes the unused networks that match, never ingress", async () => {
+    const created = async (body: Record<string, unknown>): Promise<string> =>
+      (json(await call("POST", "/v1.50/networks/create", body)) as { Id: string }).Id;
+    await created({ Name: "old", Labels: { tier: "front" } });
+    await created({ Name: "busy", Labels: { tier: "front" } });
+    await created({ Name: "plain" });
+    await created({ Name: "keep", Labels: { tier: "front", keep: "yes" } });
+    for (const n of nets.attacher.networks.values()) if (n.name === "keep") n.created = "2030-01-01T00:00:00Z";
+    nets.inUse.add("busy");
+    const prune = async (filters?: unknown) => {
+      const q = filters === undefined ? "" : `?filters=${encodeURIComponent(JSON.stringify(filters))}`;
+      return call("POST", `/v1.50/networks/prune${q}`);
+    };
+    // Not a manager (outside a swarm, or a worker): nothing is this node's to remove.
+    expect(json(await prune())).toEqual({ NetworksDeleted: null });
+    swarmMode = "worker";
+    expect(json(await prune())).toEqual({ NetworksDeleted: null });
+    expect(nets.calls.filter((c) => c.op === "networkRemove")).toEqual([]);
+    swarmMode = "manager";
+    // Filters are checked before anything is removed.
+    expectError(await prune({ driver: ["overlay"] }), 400, "invalid filter 'driver'");
+    expectError(await prune({ until: ["1h", "2h"] }), 400, "more than one until filter specified");
+    expectError(await prune({ until: ["soon"] }), 400, 'failed to parse value as time or duration: "soon"');
+    expect(nets.calls.filter((c) => c.op === "networkRemove")).toEqual([]);
+    // label=tier=front, not label!=keep, older than a minute ago: "old" only ("busy" is in use).
+    expect(json(await prune({ label: ["tier=front"], "label!": ["keep"], until: ["1m"] }))).toEqual({
+      NetworksDeleted: ["old"],
+    });
+    expect(json(await prune({ until: ["2029-12-31T00:00:00Z"] }))).toEqual({ NetworksDeleted: ["plain"] });
+    expect(json(await prune())).toEqual({ NetworksDeleted: ["keep"] });
+    expect([...nets.attacher.networks.values()].map((n) => n.name)).toEqual(["busy"]);
   });
 
   test("filterNetworks: dangling and type", () => {
@@ -433,8 +479,9 @@ describe("container routes", () => {
     const info = json(await call("GET", "/info")) as Record<string, number>;
     expect([info.Containers, info.ContainersRunning, info.ContainersStopped]).toEqual([2, 1, 1]);
     expect(ctrs.calls.map((c) => [c.op, ...c.args])).toEqual([
-      ["create", "c1", { Image: "host", Cmd: ["sleep", "1"] }],
-      ["create", undefined, { Image: "alpine" }],
+      // What the runtime gets: the request decoded, with its zero values.
+      ["create", "c1", { ...ZERO_CREATE, Image: "host", Cmd: ["sleep", "1"] }],
+      ["create", undefined, { ...ZERO_CREATE, Image: "alpine" }],
       ["start", "c1"],
       ["start", "c1"],
       ["stop", "c1", { timeout: 3 }],

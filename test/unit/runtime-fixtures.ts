@@ -11,9 +11,9 @@ import type {
   EndpointSettingsRequest,
   NetworkAttacher,
   NetworkBackend,
-  NetworkCreateRequest,
   NetworkResource,
 } from "../../src/engine/types.js";
+import type { NetworkSpec } from "../../src/store/store.js";
 
 export const CAN_RUN_CONTAINERS =
   process.platform === "linux" &&
@@ -37,7 +37,7 @@ interface TestNetwork {
   /** The third octet of 10.77.X.0/24. */
   octet: number;
   next: number;
-  req: NetworkCreateRequest;
+  spec: NetworkSpec;
   created: string;
 }
 
@@ -59,16 +59,24 @@ export class VethAttacher implements NetworkAttacher {
       this.networks.get(ref) ?? [...this.networks.values()].find((n) => n.name === ref || n.id.startsWith(ref));
     if (found) return found;
     if (this.strict) throw new ApiError(404, `network ${ref} not found`);
-    return this.add({ Name: ref, Driver: "overlay", Attachable: true });
+    return this.add({
+      name: ref,
+      driver: "overlay",
+      internal: false,
+      attachable: true,
+      ingress: false,
+      options: {},
+      labels: {},
+    });
   }
 
-  add(req: NetworkCreateRequest): TestNetwork {
+  add(spec: NetworkSpec): TestNetwork {
     const n: TestNetwork = {
       id: randomBytes(13).toString("hex").slice(0, 25),
-      name: req.Name,
+      name: spec.name,
       octet: this.networks.size + 1,
       next: 2,
-      req,
+      spec,
       created: "2025-01-02T03:04:05.123456789Z",
     };
     this.networks.set(n.id, n);
@@ -134,6 +142,8 @@ export class VethAttacher implements NetworkAttacher {
 /** An in-memory NetworkBackend over a VethAttacher's networks; connect/disconnect go to `containers`. */
 export class TestNetworkBackend implements NetworkBackend {
   readonly calls: { op: string; args: unknown[] }[] = [];
+  /** Networks whose removal fails as a network with endpoints does. */
+  readonly inUse = new Set<string>();
   containers:
     | {
         connect(c: string, net: string, cfg: EndpointSettingsRequest): Promise<void>;
@@ -150,18 +160,18 @@ export class TestNetworkBackend implements NetworkBackend {
       Id: n.id,
       Created: n.created,
       Scope: "swarm",
-      Driver: n.req.Driver || "overlay",
+      Driver: n.spec.driver,
       EnableIPv4: true,
       EnableIPv6: false,
       IPAM: { Driver: "default", Options: null, Config: [{ Subnet: subnet, Gateway: `10.77.${n.octet}.1` }] },
-      Internal: n.req.Internal === true,
-      Attachable: n.req.Attachable === true,
+      Internal: n.spec.internal,
+      Attachable: n.spec.attachable,
       Ingress: false,
       ConfigFrom: { Network: "" },
       ConfigOnly: false,
       Containers: {},
-      Options: { "com.docker.network.driver.overlay.vxlanid_list": String(4096 + n.octet), ...(n.req.Options ?? {}) },
-      Labels: { ...(n.req.Labels ?? {}) },
+      Options: { "com.docker.network.driver.overlay.vxlanid_list": String(4096 + n.octet), ...n.spec.options },
+      Labels: { ...n.spec.labels },
     };
   }
 
@@ -174,18 +184,12 @@ export class TestNetworkBackend implements NetworkBackend {
     return n;
   }
 
-  async networkCreate(req: NetworkCreateRequest): Promise<{ Id: string; Warning: string }> {
-    this.calls.push({ op: "networkCreate", args: [req] });
-    if ([...this.attacher.networks.values()].some((n) => n.name === req.Name)) {
-      throw new ApiError(409, `network with name ${req.Name} already exists`);
+  async networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
+    this.calls.push({ op: "networkCreate", args: [spec] });
+    if ([...this.attacher.networks.values()].some((n) => n.name === spec.name)) {
+      throw new ApiError(409, `network with name ${spec.name} already exists`);
     }
-    if (req.Driver && req.Driver !== "overlay") {
-      throw new ApiError(
-        400,
-        `network driver ${req.Driver} is not supported: shoal networks are overlays (-d overlay)`,
-      );
-    }
-    return { Id: this.attacher.add(req).id, Warning: "" };
+    return { Id: this.attacher.add(spec).id, Warning: "" };
   }
 
   async networkList(filters: Record<string, string[]>): Promise<NetworkResource[]> {
@@ -200,6 +204,9 @@ export class TestNetworkBackend implements NetworkBackend {
   async networkRemove(ref: string): Promise<void> {
     this.calls.push({ op: "networkRemove", args: [ref] });
     const n = this.find(ref);
+    if (this.inUse.has(n.name)) {
+      throw new ApiError(403, `error while removing network: network ${n.name} id ${n.id} has active endpoints`);
+    }
     this.attacher.networks.delete(n.id);
   }
 
