@@ -190,7 +190,7 @@ export function row(typeName: string, fields: [string, GoValue][]): GoStruct {
   );
 }
 
-export { humanDuration } from "../../src/engine/humanize.js";
+export { humanDuration } from "../../src/api/humanize.js";
 
 function templateError(e: unknown): never {
   if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`);

@@ -5,9 +5,9 @@ import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
 import { Command, Option } from "commander";
 import pino from "pino";
-import { ContainerRuntime } from "../agent/runtime.js";
 import { checkPrograms } from "../dataplane/programs.js";
 import { EngineServer } from "../engine/server.js";
+import { ContainerRuntime } from "../runtime/runtime.js";
 import { VERSION } from "../version.js";
 import { Daemon } from "./daemon.js";
 

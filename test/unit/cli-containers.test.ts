@@ -12,9 +12,9 @@ import type { Duplex } from "node:stream";
 import { fileURLToPath } from "node:url";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ContainerRuntime } from "../../src/agent/runtime.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { SwarmBackend, SwarmInfo } from "../../src/engine/types.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
 import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-fixtures.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -632,7 +632,8 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
   });
 
   afterEach(async () => {
-    for (const c of await runtime.list(true)) await runtime.remove(c.Id, true).catch(() => undefined);
+    for (const c of await runtime.containerList({ all: true, filters: {} }))
+      await runtime.containerRemove(c.Id, { force: true }).catch(() => undefined);
     const leaked = await runtime.containerNetnsFiles();
     await server.close();
     rmSync(dir, { recursive: true, force: true });
@@ -710,7 +711,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
         "Run 'shoal run --help' for more information\n",
     });
     expect(paths.some((p) => p.includes("/images/"))).toBe(false);
-    expect(await runtime.list(true)).toEqual([]);
+    expect(await runtime.containerList({ all: true, filters: {} })).toEqual([]);
   });
 
   it("attached run: output by stream, the exit code, stdin with -i, --rm", async () => {
@@ -718,7 +719,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     expect(r).toEqual({ code: 3, stdout: "out\n", stderr: "err\n" });
     r = await shoalIn("typed\n", "run", "-i", "--rm", "host", "sh", "-c", "cat; echo done");
     expect(r).toEqual({ code: 0, stdout: "typed\ndone\n", stderr: "" });
-    expect((await runtime.list(true)).map((c) => c.Names[0])).toEqual(["/job"]);
+    expect((await runtime.containerList({ all: true, filters: {} })).map((c) => c.Names[0])).toEqual(["/job"]);
     r = await shoal("run", "host", "no-such-program");
     expect(r.code).toBe(127);
     expect(r.stderr).toContain('exec: "no-such-program": executable file not found in $PATH');

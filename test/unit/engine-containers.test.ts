@@ -12,7 +12,6 @@ import os from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
-import { ContainerRuntime } from "../../src/agent/runtime.js";
 import { ApiError } from "../../src/engine/errors.js";
 import { EngineServer, filterNetworks, frame } from "../../src/engine/server.js";
 import type {
@@ -36,6 +35,7 @@ import type {
   WaitCondition,
   WaitResponse,
 } from "../../src/engine/types.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
 import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-fixtures.js";
 
 const CID = "c0ffee0000000000000000000000000000000000000000000000000000000001";
@@ -632,7 +632,8 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
   });
 
   afterEach(async () => {
-    for (const c of await runtime.list(true)) await runtime.remove(c.Id, true).catch(() => undefined);
+    for (const c of await runtime.containerList({ all: true, filters: {} }))
+      await runtime.containerRemove(c.Id, { force: true }).catch(() => undefined);
     expect(await runtime.containerNetnsFiles()).toEqual([]);
     expect(attacher.attachedCount).toBe(0);
   });
@@ -701,7 +702,7 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     );
     expect(requestedPaths()).toContain("POST /v1.50/containers/create");
     expect(requestedPaths().some((p) => p.includes("/images/"))).toBe(false);
-    expect(await runtime.list(true)).toEqual([]);
+    expect(await runtime.containerList({ all: true, filters: {} })).toEqual([]);
   });
 
   test("attached run, --rm, and the errors docker users know", async () => {
@@ -723,7 +724,7 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     expect(r.stderr).toContain('exec: "no-such-program": executable file not found in $PATH');
     r = await docker("stop", "ghost");
     expect(r).toMatchObject({ code: 1, stderr: "Error response from daemon: No such container: ghost\n" });
-    expect((await runtime.list(true)).map((c) => c.Names[0]).sort()).toHaveLength(3); // job, nonet's, no-such-program's
+    expect((await runtime.containerList({ all: true, filters: {} })).map((c) => c.Names[0]).sort()).toHaveLength(3); // job, nonet's, no-such-program's
   });
 
   test("network connect and disconnect a running container", async () => {

@@ -1,6 +1,6 @@
 // The kernel side of a container: its network namespace file, the pipes its output comes through, the
 // command line that launches it in its own namespaces, and what /proc says about its processes. The
-// runtime (runtime.ts) decides when; this file knows how.
+// runtime (lifecycle.ts, launch.ts, exec.ts) decides when; this file knows how.
 //
 // A container is a process tree on the host's file system in new network, mount, UTS, IPC and PID
 // namespaces:
@@ -70,7 +70,13 @@ export async function createNetns(path: string): Promise<void> {
     await mustRun(["unshare", `--net=${path}`, "ip", "link", "set", "lo", "up"]);
     if ((await netnsState(path)) !== "netns") throw new Error(`unshare left no network namespace on ${path}`);
   } catch (err) {
-    await deleteNetns(path).catch(() => undefined);
+    // All or nothing: a namespace file that cannot be removed again is named in the error, not dropped.
+    try {
+      await deleteNetns(path);
+    } catch (cleanup) {
+      const why = cleanup instanceof Error ? cleanup.message : String(cleanup);
+      throw new Error(`${err instanceof Error ? err.message : String(err)} (and ${path} could not be removed: ${why})`);
+    }
     throw err;
   }
 }
@@ -226,6 +232,7 @@ export async function childrenOf(pid: number): Promise<number[]> {
       .filter((s) => s !== "")
       .map(Number);
   } catch {
+    // The process is gone: it has no children.
     return [];
   }
 }
@@ -239,6 +246,7 @@ export async function processStartTime(pid: number): Promise<number | undefined>
     const start = Number(fields[19]);
     return Number.isFinite(start) ? start : undefined;
   } catch {
+    // The process is gone: it has no start time.
     return undefined;
   }
 }
@@ -252,58 +260,7 @@ export async function isSameProcess(pid: number, startTime: number | undefined):
     if (fields[0] === "Z" || fields[0] === "X") return false;
     return startTime === undefined || Number(fields[19]) === startTime;
   } catch {
+    // No /proc entry: the process is gone.
     return false;
   }
-}
-
-// ---- signals -------------------------------------------------------------------------------------------
-
-const SIGNAL_NUMBERS: Record<string, number> = {
-  HUP: 1,
-  INT: 2,
-  QUIT: 3,
-  ILL: 4,
-  TRAP: 5,
-  ABRT: 6,
-  IOT: 6,
-  BUS: 7,
-  FPE: 8,
-  KILL: 9,
-  USR1: 10,
-  SEGV: 11,
-  USR2: 12,
-  PIPE: 13,
-  ALRM: 14,
-  TERM: 15,
-  STKFLT: 16,
-  CHLD: 17,
-  CONT: 18,
-  STOP: 19,
-  TSTP: 20,
-  TTIN: 21,
-  TTOU: 22,
-  URG: 23,
-  XCPU: 24,
-  XFSZ: 25,
-  VTALRM: 26,
-  PROF: 27,
-  WINCH: 28,
-  IO: 29,
-  PWR: 30,
-  SYS: 31,
-};
-
-/** docker's signal.ParseSignal: "SIGTERM", "TERM", "term" or "15"; undefined if it is none of those. */
-export function parseSignal(s: string): number | undefined {
-  if (/^[0-9]+$/.test(s)) {
-    const n = Number(s);
-    return n >= 1 && n <= 64 ? n : undefined;
-  }
-  return SIGNAL_NUMBERS[s.toUpperCase().replace(/^SIG/, "")];
-}
-
-/** Node's name for a signal number (process.kill takes numbers too, but names read better in logs). */
-export function signalNumberOf(name: NodeJS.Signals | null): number {
-  if (name === null) return 0;
-  return SIGNAL_NUMBERS[name.replace(/^SIG/, "")] ?? 0;
 }
