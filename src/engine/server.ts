@@ -17,9 +17,11 @@ import { dirname } from "node:path";
 import { type Duplex, PassThrough } from "node:stream";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
+import type { ImageService } from "../runtime/images/service.js";
 import { API_VERSION, MIN_API_VERSION, VERSION } from "../version.js";
 import { ApiError, badRequest, unavailable } from "./errors.js";
 import { parseFilters, validateFilterKeys } from "./filters.js";
+import { ImageRoutes } from "./images.js";
 import type {
   ContainerBackend,
   ContainerCreateRequest,
@@ -55,6 +57,8 @@ export interface EngineServerOptions {
   networks?: NetworkBackend;
   /** The /containers and /exec routes (503 without). */
   containers?: ContainerBackend;
+  /** The /images routes (503 without). */
+  images?: ImageService;
 }
 
 /** Largest request body accepted (JSON specs are small). */
@@ -106,6 +110,7 @@ export class EngineServer {
   private readonly backend: SwarmBackend;
   private readonly networksBackend: NetworkBackend | undefined;
   private readonly containersBackend: ContainerBackend | undefined;
+  private readonly imageRoutes: ImageRoutes;
   private readonly log: Logger | undefined;
   private readonly routes: Route[];
   private readonly gitCommit: string;
@@ -124,6 +129,14 @@ export class EngineServer {
     this.backend = opts.backend;
     this.networksBackend = opts.networks;
     this.containersBackend = opts.containers;
+    const images = opts.images;
+    this.imageRoutes = new ImageRoutes(
+      () => {
+        if (!images) throw unavailable("this daemon runs no containers: it has no images");
+        return images;
+      },
+      opts.logger?.child({ component: "engine" }),
+    );
     this.log = opts.logger?.child({ component: "engine" });
     this.gitCommit = opts.gitCommit ?? "unknown";
     this.buildTime = opts.buildTime ?? buildTime;
@@ -169,6 +182,17 @@ export class EngineServer {
       r("POST", `/containers/${SEG}/exec`, this.execCreate),
       r("POST", `/exec/${SEG}/start`, this.execStart, true),
       r("GET", `/exec/${SEG}/json`, this.execInspect),
+      r("GET", `/containers/${SEG}/top`, this.containerTop),
+      r("POST", `/containers/${SEG}/resize`, this.containerResize),
+      r("POST", `/exec/${SEG}/resize`, this.execResize),
+      r("GET", "/images/json", (ctx) => this.imageRoutes.list(ctx)),
+      r("POST", "/images/create", (ctx) => this.imageRoutes.pull(ctx)),
+      r("POST", "/images/load", (ctx) => this.imageRoutes.load(ctx)),
+      r("GET", "/images/get", (ctx) => this.imageRoutes.save(ctx)),
+      r("GET", "/images/(.+)/get", (ctx) => this.imageRoutes.save(ctx)),
+      r("GET", "/images/(.+)/json", (ctx) => this.imageRoutes.inspect(ctx)),
+      r("POST", "/images/(.+)/tag", (ctx) => this.imageRoutes.tag(ctx)),
+      r("DELETE", "/images/(.+)", (ctx) => this.imageRoutes.remove(ctx)),
     ];
   }
 
@@ -751,6 +775,20 @@ export class EngineServer {
     out.end();
   }
 
+  private async containerResize({ res, query, params }: Ctx): Promise<void> {
+    await this.containers().containerResize?.(params[0]!, sizeParam(query, "h"), sizeParam(query, "w"));
+    sendEmpty(res);
+  }
+
+  private async execResize({ res, query, params }: Ctx): Promise<void> {
+    await this.containers().execResize?.(params[0]!, sizeParam(query, "h"), sizeParam(query, "w"));
+    sendEmpty(res);
+  }
+
+  private async containerTop({ res, query, params }: Ctx): Promise<void> {
+    sendJSON(res, 200, await this.containers().containerTop(params[0]!, query.get("ps_args") ?? ""));
+  }
+
   private async execInspect({ res, params }: Ctx): Promise<void> {
     sendJSON(res, 200, await this.containers().execInspect(params[0]!));
   }
@@ -801,6 +839,13 @@ function sendJSON(res: ServerResponse, status: number, value: unknown): void {
   const body = Buffer.from(`${JSON.stringify(value)}\n`, "utf8");
   res.writeHead(status, { "Content-Type": "application/json", "Content-Length": String(body.length) });
   res.end(body);
+}
+
+/** A terminal size of /resize (h, w), as dockerd's strconv.Atoi reads it. */
+function sizeParam(query: URLSearchParams, key: string): number {
+  const v = query.get(key) ?? "";
+  if (!/^[0-9]+$/.test(v)) throw badRequest(`strconv.Atoi: parsing ${JSON.stringify(v)}: invalid syntax`);
+  return Number(v);
 }
 
 function sendEmpty(res: ServerResponse): void {

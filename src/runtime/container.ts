@@ -2,10 +2,9 @@
 // read back, as everything from disk is), and what lives only while the daemon runs (the process, the
 // listeners of attached clients and waiters, the chain that orders operations on it).
 
-import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import type { Socket } from "node:net";
 import { join } from "node:path";
-import type { Writable } from "node:stream";
 import { z } from "zod";
 import { ApiError } from "../api/errors.js";
 import { Serial } from "../serial.js";
@@ -75,6 +74,29 @@ const RecordStateSchema = z.object({
 });
 export type RecordState = z.infer<typeof RecordStateSchema>;
 
+const BindSchema = z.object({ source: z.string(), destination: z.string(), readonly: z.boolean() });
+
+export const RestartPolicySchema = z.object({
+  name: z.enum(["no", "always", "on-failure", "unless-stopped"]),
+  maximumRetryCount: z.number().int().nonnegative(),
+});
+export type RestartPolicy = z.infer<typeof RestartPolicySchema>;
+
+/** What the container runs with beyond its config: mounts, limits, what happens when it exits. */
+const HostConfigSchema = z.object({
+  binds: z.array(BindSchema).default([]),
+  memoryBytes: z.number().int().nonnegative().default(0),
+  nanoCpus: z.number().int().nonnegative().default(0),
+  restartPolicy: RestartPolicySchema.default({ name: "no", maximumRetryCount: 0 }),
+});
+export type HostConfig = z.infer<typeof HostConfigSchema>;
+
+/** The image a container was made from: its id, and whether its root file system is a snapshot or the host's. */
+const ImageRefSchema = z.object({
+  id: z.string(),
+  rootfs: z.enum(["host", "snapshot"]),
+});
+
 /** What state.json holds. */
 export const ContainerRecordSchema = z.object({
   id: z.string().regex(/^[0-9a-f]{64}$/, "must be 64 hex digits"),
@@ -88,15 +110,28 @@ export const ContainerRecordSchema = z.object({
   autoRemove: z.boolean(),
   networks: z.array(NetworkAttachmentSchema),
   state: RecordStateSchema,
+  image: ImageRefSchema.default({ id: "", rootfs: "host" }),
+  hostConfig: HostConfigSchema.default({
+    binds: [],
+    memoryBytes: 0,
+    nanoCpus: 0,
+    restartPolicy: { name: "no", maximumRetryCount: 0 },
+  }),
+  /** How often the restart policy has started it again since it was last started by hand. */
+  restartCount: z.number().int().nonnegative().default(0),
+  /** Stopped by `docker stop` (unless-stopped does not bring it back after a restart). */
+  stoppedByUser: z.boolean().default(false),
 });
 export type ContainerRecord = z.infer<typeof ContainerRecordSchema>;
 
 /** A running container's process, as the launcher started it. */
 export interface Running {
-  child: ChildProcess;
-  /** 0 if pid 1 was gone before it could be seen. */
+  /** The host pid of the container's init process. */
   initPid: number;
-  stdin: Writable | undefined;
+  /** shoald's end of the init process's stdin FIFO (OpenStdin containers). */
+  stdin: Socket | undefined;
+  /** Ends the init process's input (what was written is delivered first); never rejects. */
+  closeStdin(): Promise<void>;
   /** Resolves once the exit has been handled (networks detached, state saved). */
   handled: Promise<void>;
 }
@@ -105,6 +140,8 @@ export class Container {
   proc: Running | undefined;
   readonly chain = new Serial();
   removed = false;
+  /** Exited, and its restart policy starts it again after the back-off. */
+  restarting = false;
   readonly outputListeners = new Set<(r: LogRecord) => void>();
   readonly exitListeners = new Set<(code: number) => void>();
   readonly removeListeners = new Set<(code: number) => void>();

@@ -1,17 +1,13 @@
-// `exec`: more processes in a running container's namespaces (create, start, inspect), their output on
-// FIFOs to the client, their exit code in docker's terms.
+// `exec`: more processes in a running container (create, start, inspect), started by containerd in the
+// container's task, their output on FIFOs to the client, their exit code in docker's terms.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync } from "node:fs";
-import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
-import { explainMissing } from "../dataplane/programs.js";
 import { streamDone, within } from "./async.js";
 import { type Container, newId, noSuchContainer } from "./container.js";
-import { DRAIN_MS, envObject, processEnd } from "./launch.js";
-import { execArgv, fifoPipe } from "./sandbox.js";
-import { signalNumberOf } from "./signals.js";
+import { endInput, fifoPaths, openFifos, removeFifos, type TaskClient } from "./containerd/tasks.js";
+import { DRAIN_MS, launchErrorOf } from "./launch.js";
+import { type ProcessUser, processSpec } from "./spec.js";
 import type { ContainerTable } from "./table.js";
 import type { ExecCreateRequest, ExecInspect, ExecSession, OutputChunk } from "./types.js";
 
@@ -26,6 +22,8 @@ interface ExecRecord {
   attachStdout: boolean;
   attachStderr: boolean;
   detachKeys: string;
+  /** -u of the exec ("" runs as the container's user). */
+  user: string;
   started: boolean;
   running: boolean;
   exitCode: number | null;
@@ -39,6 +37,9 @@ export class Execs {
 
   constructor(
     private readonly table: ContainerTable,
+    private readonly tasks: TaskClient,
+    /** The user a process runs as: `user` ("" for the container's own) resolved in the container. */
+    private readonly userOf: (c: Container, user: string) => Promise<ProcessUser>,
     private readonly log: Logger,
   ) {}
 
@@ -47,7 +48,6 @@ export class Execs {
     if (!c.running) throw conflict(`container ${c.id} is not running`);
     const cmd = req.Cmd ?? [];
     if (cmd.length === 0) throw badRequest("No exec command specified");
-    if (req.User) throw badRequest("shoal runs containers as the daemon's user: --user is not supported");
     const id = newId();
     this.execs.set(id, {
       id,
@@ -60,6 +60,7 @@ export class Execs {
       attachStdout: req.AttachStdout === true,
       attachStderr: req.AttachStderr === true,
       detachKeys: req.DetachKeys ?? "",
+      user: req.User ?? "",
       started: false,
       running: false,
       exitCode: null,
@@ -102,6 +103,12 @@ export class Execs {
     };
   }
 
+  async resize(execId: string, height: number, width: number): Promise<void> {
+    const e = this.find(execId);
+    if (!e.running) throw conflict(`Exec ${execId} is not running`);
+    if (e.tty) await this.tasks.resize(e.containerId, e.id, width, height);
+  }
+
   /** The container's exec instances that run now (inspect's ExecIDs). */
   runningOf(c: Container): string[] {
     return [...c.execIds].filter((e) => this.execs.get(e)?.running);
@@ -113,51 +120,63 @@ export class Execs {
   }
 
   private async run(e: ExecRecord, c: Container, io: ExecIo): Promise<number> {
-    const proc = c.proc;
-    if (!proc || proc.initPid <= 0) {
+    if (!c.running || !c.proc) {
       e.exitCode = 126;
       io.output({ stream: 2, data: Buffer.from(`container ${c.id} is not running\n`) });
       return 126;
     }
     e.running = true;
-    const argv = execArgv(proc.initPid, c.hostNetwork, e.workingDir, e.cmd);
-    const out = await fifoPipe(join(c.dir, `exec-${e.id.slice(0, 12)}-out.fifo`));
-    const err = await fifoPipe(join(c.dir, `exec-${e.id.slice(0, 12)}-err.fifo`));
-    let child: ChildProcess;
+    const processId = `exec-${e.id.slice(0, 12)}`;
+    const paths = fifoPaths(c.dir, processId, { stdin: e.attachStdin, tty: e.tty });
+    const fifos = await openFifos(paths, true);
     try {
-      child = spawn(argv[0]!, argv.slice(1), {
-        stdio: [e.attachStdin ? "pipe" : "ignore", out.writeFd, err.writeFd],
-        env: envObject(e.env),
-        cwd: "/",
-        detached: true,
+      const user = await this.userOf(c, e.user);
+      const spec = processSpec({ args: e.cmd, env: e.env, cwd: e.workingDir, user, terminal: e.tty });
+      e.pid = await this.tasks.exec(c.id, e.id, spec, paths, e.tty);
+    } catch (err) {
+      fifos.close();
+      await removeFifos(paths);
+      e.running = false;
+      const started = launchErrorOf(err);
+      e.exitCode = started.exitCode === 128 ? 126 : started.exitCode;
+      io.output({
+        stream: 2,
+        data: Buffer.from(`${started.message.replace(/^failed to create task for container: /, "")}\n`),
       });
-    } finally {
-      closeSync(out.writeFd);
-      closeSync(err.writeFd);
+      return e.exitCode;
     }
-    e.pid = child.pid ?? 0;
-    out.reader.on("data", (d: Buffer) => {
+    fifos.release();
+    const drained = Promise.all([streamDone(fifos.stdout), fifos.stderr ? streamDone(fifos.stderr) : undefined]);
+    fifos.stdout.on("data", (d: Buffer) => {
       if (e.attachStdout) io.output({ stream: 1, data: d });
     });
-    err.reader.on("data", (d: Buffer) => {
+    fifos.stderr?.on("data", (d: Buffer) => {
       if (e.attachStderr) io.output({ stream: 2, data: d });
     });
-    if (e.attachStdin && child.stdin) {
-      // The process may exit (or close its stdin) while the client still writes: that input is dropped.
-      child.stdin.on("error", (error) => this.log.debug({ err: error, exec: e.id }, "exec's stdin closed"));
-      if (io.stdin) io.stdin.pipe(child.stdin);
-      else child.stdin.end();
+    if (fifos.stdin) {
+      // The process may exit (or stop reading) while the client still writes: that input is dropped.
+      fifos.stdin.on("error", (error) => this.log.debug({ err: error, exec: e.id }, "exec's stdin closed"));
+      const input = fifos.stdin;
+      const end = (): Promise<void> =>
+        endInput(input, () => this.tasks.closeStdin(c.id, e.id)).catch((err: unknown) =>
+          this.log.debug({ err, exec: e.id }, "could not close an exec's stdin: the process has exited"),
+        );
+      if (io.stdin) {
+        io.stdin.pipe(input, { end: false });
+        io.stdin.once("end", () => void end());
+      } else await end();
     }
-    const status = await processEnd(child, 126);
-    if (!(await within(Promise.all([streamDone(out.reader), streamDone(err.reader)]), DRAIN_MS))) {
-      out.reader.destroy();
-      err.reader.destroy();
-    }
-    if (status.error) {
-      const why = explainMissing(argv[0]!, status.error) ?? status.error.message;
-      io.output({ stream: 2, data: Buffer.from(`${why}\n`) });
-    }
-    const code = status.signal ? 128 + signalNumberOf(status.signal) : (status.code ?? 255);
+    const code = await this.tasks.wait(c.id, e.id).then(
+      (x) => x.code,
+      (err: unknown) => {
+        this.log.warn({ err, exec: e.id }, "lost the wait for an exec'd process");
+        return 255;
+      },
+    );
+    if (!(await within(drained, DRAIN_MS))) this.log.debug({ exec: e.id }, "exec output still open after exit");
+    fifos.close();
+    await removeFifos(paths);
+    await this.tasks.deleteProcess(c.id, e.id);
     e.running = false;
     e.exitCode = code;
     e.pid = 0;

@@ -36,6 +36,15 @@ function labelMatches(labels: Record<string, string>, f: string): boolean {
   return Object.hasOwn(labels, k) && labels[k] === f.slice(eq + 1);
 }
 
+/** `ps --filter ancestor=X`: the image as named, or its id (or a prefix of it). */
+function ancestorMatches(c: Container, a: string): boolean {
+  const r = c.rec;
+  if (a === r.config.Image) return true;
+  if (r.image.rootfs === "host") return a === HOST_IMAGE || a === `${HOST_IMAGE}:latest`;
+  const hex = r.image.id.replace(/^sha256:/, "");
+  return a.replace(/^sha256:/, "") !== "" && hex.startsWith(a.replace(/^sha256:/, ""));
+}
+
 function networkMatches(c: Container, ref: string): boolean {
   if (c.rec.networkMode === ref) return true;
   return c.rec.networks.some(
@@ -63,13 +72,14 @@ export function listed(c: Container, f: Record<string, string[]>): boolean {
   if (f.status && !f.status.includes(r.state.status)) return false;
   if (f.exited && !(r.state.status === "exited" && f.exited.includes(String(r.state.exitCode)))) return false;
   if (f.label && !f.label.every((l) => labelMatches(r.config.Labels, l))) return false;
-  if (f.ancestor && !f.ancestor.some((a) => a === r.config.Image || a === HOST_IMAGE)) return false;
+  if (f.ancestor && !f.ancestor.some((a) => ancestorMatches(c, a))) return false;
   if (f.network && !f.network.some((n) => networkMatches(c, n))) return false;
   return true;
 }
 
 function statusText(c: Container, nowMs: number): string {
   const s = c.rec.state;
+  if (c.restarting) return `Restarting (${s.exitCode}) ${humanDuration(nowMs - Date.parse(s.finishedAt))} ago`;
   switch (s.status) {
     case "created":
       return "Created";
@@ -120,12 +130,12 @@ export function summaryOf(c: Container, nowMs: number): ContainerSummary {
     Id: r.id,
     Names: [`/${r.name}`],
     Image: r.config.Image,
-    ImageID: "",
+    ImageID: r.image.id,
     Command: commandText(r.path, r.args),
     Created: Math.floor(Date.parse(r.created) / 1000),
     Ports: [],
     Labels: { ...r.config.Labels },
-    State: r.state.status,
+    State: c.restarting ? "restarting" : r.state.status,
     Status: statusText(c, nowMs),
     HostConfig: { NetworkMode: r.networkMode },
     NetworkSettings: { Networks: endpointSettings(c) },
@@ -145,10 +155,10 @@ export function inspectOf(c: Container, execIds: string[], netnsPath: string): C
     Path: r.path,
     Args: [...r.args],
     State: {
-      Status: s.status,
+      Status: c.restarting ? "restarting" : s.status,
       Running: s.status === "running",
       Paused: false,
-      Restarting: false,
+      Restarting: c.restarting,
       OOMKilled: false,
       Dead: false,
       Pid: s.pid,
@@ -157,22 +167,43 @@ export function inspectOf(c: Container, execIds: string[], netnsPath: string): C
       StartedAt: s.startedAt,
       FinishedAt: s.finishedAt,
     },
-    Image: r.config.Image,
+    Image: r.image.id || r.config.Image,
     ResolvConfPath: hostNet ? "" : join(c.dir, "resolv.conf"),
     HostnamePath: hostNet ? "" : join(c.dir, "hostname"),
     HostsPath: hostNet ? "" : join(c.dir, "hosts"),
     LogPath: c.logPath,
     Name: `/${r.name}`,
-    RestartCount: 0,
-    Driver: HOST_IMAGE,
+    RestartCount: r.restartCount,
+    Driver: r.image.rootfs === "host" ? HOST_IMAGE : "overlayfs",
     Platform: "linux",
     MountLabel: "",
     ProcessLabel: "",
     AppArmorProfile: "",
     ExecIDs: execIds.length > 0 ? execIds : null,
-    HostConfig: { NetworkMode: r.networkMode, AutoRemove: r.autoRemove, LogConfig: { Type: "json-file", Config: {} } },
-    GraphDriver: { Data: null, Name: HOST_IMAGE },
-    Mounts: [],
+    HostConfig: {
+      NetworkMode: r.networkMode,
+      AutoRemove: r.autoRemove,
+      LogConfig: { Type: "json-file", Config: {} },
+      Binds:
+        r.hostConfig.binds.length > 0
+          ? r.hostConfig.binds.map((b) => `${b.source}:${b.destination}${b.readonly ? ":ro" : ""}`)
+          : null,
+      Memory: r.hostConfig.memoryBytes,
+      NanoCpus: r.hostConfig.nanoCpus,
+      RestartPolicy: {
+        Name: r.hostConfig.restartPolicy.name,
+        MaximumRetryCount: r.hostConfig.restartPolicy.maximumRetryCount,
+      },
+    },
+    GraphDriver: { Data: null, Name: r.image.rootfs === "host" ? HOST_IMAGE : "overlayfs" },
+    Mounts: r.hostConfig.binds.map((b) => ({
+      Type: "bind",
+      Source: b.source,
+      Destination: b.destination,
+      Mode: b.readonly ? "ro" : "",
+      RW: !b.readonly,
+      Propagation: "rprivate",
+    })),
     Config: { ...r.config, Env: [...r.config.Env], Labels: { ...r.config.Labels } },
     NetworkSettings: {
       SandboxID: sandbox ? r.id : "",

@@ -1,18 +1,19 @@
-// A daemon's start and stop: the containers a previous daemon left in stateDir are loaded (their
-// state.json parsed against its schema), what it left running is killed and reported exited, its
-// endpoints released, and namespace files of containers that are not running are removed; at shutdown
-// every running container is stopped.
+// A daemon's start: the containers a previous daemon left in stateDir are loaded (their state.json parsed
+// against its schema) and brought in line with what containerd says. A task that still runs is adopted
+// (its output and exit followed again, its endpoints kept); one that ended while no daemon watched is
+// reported exited and its endpoints released; containers whose restart policy says so are started again
+// (after a containerd or host restart); namespace files of containers that are not running are removed.
 
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { delay } from "./async.js";
 import { Container, ContainerRecordSchema } from "./container.js";
+import type { TaskClient } from "./containerd/tasks.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
-import { killQuietly } from "./launch.js";
+import type { Launcher } from "./launch.js";
 import type { Lifecycle } from "./lifecycle.js";
 import type { ContainerNetworks } from "./networks.js";
-import { deleteNetns, isSameProcess, netnsState } from "./sandbox.js";
+import { deleteNetns, netnsState } from "./sandbox.js";
 import type { ContainerTable } from "./table.js";
 
 /** Namespace files of containers are named by 12 hex digits (the data plane's overlays are "1-..."). */
@@ -27,21 +28,26 @@ async function namesIn(dir: string): Promise<string[]> {
   }
 }
 
+export interface RecoveryDeps {
+  table: ContainerTable;
+  networks: ContainerNetworks;
+  lifecycle: Lifecycle;
+  launcher: Launcher;
+  tasks: TaskClient;
+  log: Logger;
+}
+
 export class Recovery {
   private loaded = false;
+  private readonly table: ContainerTable;
+  private readonly log: Logger;
 
-  constructor(
-    private readonly table: ContainerTable,
-    private readonly networks: ContainerNetworks,
-    private readonly lifecycle: Lifecycle,
-    private readonly log: Logger,
-  ) {}
+  constructor(private readonly d: RecoveryDeps) {
+    this.table = d.table;
+    this.log = d.log;
+  }
 
-  /**
-   * Loads the containers in stateDir (once) and brings what a previous daemon left in line: a container
-   * recorded as running whose daemon is gone is killed (its PID namespace with it) and reported exited;
-   * its endpoints are detached. Namespace files of containers that are not running are removed.
-   */
+  /** Loads the containers in stateDir (once) and brings them in line with containerd (see the top). */
   async reconcile(): Promise<void> {
     if (!this.loaded) {
       this.loaded = true;
@@ -73,11 +79,11 @@ export class Recovery {
   }
 
   private async removeStaleNamespaces(): Promise<void> {
-    for (const n of await namesIn(this.networks.netnsDir)) {
+    for (const n of await namesIn(this.d.networks.netnsDir)) {
       if (!CONTAINER_NETNS_RE.test(n)) continue;
       const owner = this.table.live().find((c) => c.id.startsWith(n));
       if (owner?.running) continue;
-      const path = join(this.networks.netnsDir, n);
+      const path = join(this.d.networks.netnsDir, n);
       this.log.info({ path }, "removing a network namespace left by a container that is not running");
       await deleteNetns(path).catch((err: unknown) =>
         this.log.warn({ err, path }, "could not remove a stale network namespace: the next reconcile tries again"),
@@ -85,55 +91,57 @@ export class Recovery {
     }
   }
 
-  /** A container found on disk: finish what its daemon could not. */
+  /** A container found on disk: adopt it, or finish what its daemon could not. */
   private async adopt(c: Container): Promise<void> {
-    const s = c.rec.state;
-    if (s.status === "removing") {
+    if (c.rec.state.status === "removing") {
       c.removed = true;
+      await this.d.tasks.cleanup(c.id);
+      await this.d.tasks.removeRootfs(c.id);
       await rm(c.dir, { recursive: true, force: true });
       this.table.delete(c.id);
       return;
     }
-    if (s.status !== "running") return;
-    let exitCode = 255;
-    // Without its start time a pid may name someone else's process by now: never kill that.
-    if (s.pidStart !== undefined && (await isSameProcess(s.pid, s.pidStart))) {
-      this.log.info({ id: c.id, pid: s.pid }, "killing a container left running by a previous daemon");
-      killQuietly(s.pid, 9);
-      for (let i = 0; i < 100 && (await isSameProcess(s.pid, s.pidStart)); i++) await delay(20);
-      exitCode = 137;
+    const wasRunning = c.rec.state.status === "running";
+    if (wasRunning) {
+      const task = await this.d.tasks.state(c.id);
+      if (task.state === "running") {
+        this.log.info({ id: c.id, name: c.rec.name, pid: task.pid }, "adopting a running container");
+        this.d.lifecycle.running(c, await this.d.launcher.reattach(c, task.pid), c.rec.state.startedAt);
+        return;
+      }
+      // Ended while no daemon watched: its code if containerd kept it, else 255 (as docker reports it).
+      const code = task.state === "stopped" ? task.code : 255;
+      await this.d.tasks.cleanup(c.id);
+      await this.d.networks.release(c, "its daemon's restart");
+      c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: code, finishedAt: nowRFC3339Nano() };
+      await this.table.persistHappened(c, "its daemon's restart");
+      if (c.rec.autoRemove) {
+        await this.d.lifecycle.autoRemove(c);
+        return;
+      }
     }
-    await this.networks.release(c, "its daemon's restart");
-    c.rec.state = { ...s, status: "exited", pid: 0, exitCode, finishedAt: nowRFC3339Nano() };
-    delete c.rec.state.pidStart;
-    await this.table.persistHappened(c, "its daemon's restart");
-    if (c.rec.autoRemove) await this.lifecycle.autoRemove(c);
+    if (this.restartsAtBoot(c, wasRunning)) {
+      await c
+        .locked(() => this.d.lifecycle.startLocked(c))
+        .catch((err: unknown) =>
+          this.log.warn({ err, id: c.id }, "could not start a container its restart policy brings back"),
+        );
+    }
   }
 
-  /** Stops every running container (the daemon is going away), each with its stop timeout or `timeoutSecs`. */
-  async shutdown(timeoutSecs?: number): Promise<void> {
-    const running = this.table.live().filter((c) => c.running);
-    await Promise.all(
-      running.map((c) =>
-        this.lifecycle
-          .stop(c.id, timeoutSecs === undefined ? {} : { timeout: timeoutSecs })
-          .catch((err: unknown) => this.log.warn({ err, id: c.id }, "could not stop a container at shutdown")),
-      ),
-    );
+  /** docker's rule at daemon start: always, unless-stopped (not stopped by hand), on-failure if it was running. */
+  private restartsAtBoot(c: Container, wasRunning: boolean): boolean {
+    const p = c.rec.hostConfig.restartPolicy.name;
+    if (p === "always") return true;
+    if (p === "unless-stopped") return !c.rec.stoppedByUser;
+    return p === "on-failure" && wasRunning;
   }
 
   /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */
   async containerNetnsFiles(): Promise<string[]> {
-    let names: string[];
-    try {
-      names = await readdir(this.networks.netnsDir);
-    } catch {
-      // No namespace directory yet: no container has had a namespace.
-      return [];
-    }
     const out: string[] = [];
-    for (const n of names) {
-      if (CONTAINER_NETNS_RE.test(n) && (await netnsState(join(this.networks.netnsDir, n))) !== "absent") out.push(n);
+    for (const n of await namesIn(this.d.networks.netnsDir)) {
+      if (CONTAINER_NETNS_RE.test(n) && (await netnsState(join(this.d.networks.netnsDir, n))) !== "absent") out.push(n);
     }
     return out;
   }

@@ -16,17 +16,26 @@
 // killed and reported exited, and their namespace files removed (recovery.ts).
 
 import type { Logger } from "pino";
-import { noSuchContainer } from "./container.js";
-import { type ContainerSpec, specFromRequest } from "./create.js";
+import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
+import { type Container, noSuchContainer } from "./container.js";
+import { type Containerd, SNAPSHOTTER } from "./containerd/client.js";
+import { TaskClient } from "./containerd/tasks.js";
+import { type ContainerSpec, HOST_IMAGE, type ImageForRun, specFromRequest } from "./create.js";
 import { Execs } from "./exec.js";
+import { familiarName, fullName, parseReference } from "./images/reference.js";
+import { ImageService } from "./images/service.js";
+import { ImageStore, type ResolvedImage } from "./images/store.js";
 import { Launcher } from "./launch.js";
 import { Lifecycle } from "./lifecycle.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { Recovery } from "./recovery.js";
+import { runCommand } from "./sandbox.js";
+import type { ProcessUser } from "./spec.js";
 import { containerAttach, containerLogs } from "./streams.js";
 import { ContainerTable } from "./table.js";
 import type {
+  AttachedEndpoint,
   AttachOptions,
   AttachSession,
   ContainerBackend,
@@ -44,38 +53,92 @@ import type {
   PendingWait,
   WaitCondition,
 } from "./types.js";
+import { layerDirs, resolveUser } from "./user.js";
+
+/** The rows of `ps` output whose PID is one of `pids`, split into docker's Titles and Processes. */
+export function topOf(psOutput: string, pids: Set<string>): { Titles: string[]; Processes: string[][] } {
+  const lines = psOutput.split("\n").filter((l) => l.trim() !== "");
+  const titles = (lines[0] ?? "").trim().split(/\s+/);
+  const pidCol = titles.indexOf("PID");
+  if (pidCol < 0) throw badRequest(`Couldn't find PID field in ps output`);
+  const processes: string[][] = [];
+  for (const line of lines.slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (!pids.has(fields[pidCol] ?? "")) continue;
+    // The last column (the command) keeps its spaces.
+    processes.push([...fields.slice(0, titles.length - 1), fields.slice(titles.length - 1).join(" ")]);
+  }
+  return { Titles: titles, Processes: processes };
+}
+
+/** An image reference as docker says it in "No such image: busybox:latest" (the tag filled in). */
+function displayRef(ref: string): string {
+  try {
+    return familiarName(fullName(parseReference(ref)));
+  } catch {
+    // Not a reference (an id prefix): said as given.
+    return ref;
+  }
+}
 
 export interface ContainerRuntimeOptions {
   /** The daemon's run directory (shoald --exec-root): network namespace files go in <execRoot>/netns. */
   execRoot: string;
-  /** Per-container files: state.json, the log, resolv.conf, hosts, hostname. */
+  /** Per-container files: state.json, the log, the stdio FIFOs, resolv.conf, hosts, hostname. */
   stateDir: string;
   attacher: NetworkAttacher;
+  /** The containerd that runs the containers (in shoal's namespace). */
+  containerd: Containerd;
+  /** Registries reached over plain HTTP (shoald --insecure-registry). */
+  insecureRegistries?: string[];
   /** This host's name (for the logs). */
   hostname?: () => string;
   logger: Logger;
-  /**
-   * Let containers run on when the daemon dies without stopping them (the next daemon kills them in
-   * reconcile). Default: they die with it (setpriv --pdeathsig), as nothing would manage them.
-   */
-  containersOutliveDaemon?: boolean;
 }
 
+/** The host image: the host's root file system, read-only; its config is empty (PATH only). */
+const HOST_IMAGE_FOR_RUN = { id: "", rootfs: "host" as const, config: {}, topChainId: "" };
+
 export class ContainerRuntime implements ContainerBackend {
+  readonly images: ImageStore;
+  /** The Engine API's image calls. */
+  readonly imageService: ImageService;
+  private readonly cd: Containerd;
   private readonly table: ContainerTable;
   private readonly networks: ContainerNetworks;
+  private readonly tasks: TaskClient;
   private readonly lifecycle: Lifecycle;
   private readonly execs: Execs;
   private readonly recovery: Recovery;
 
   constructor(opts: ContainerRuntimeOptions) {
     const log = opts.logger.child({ component: "containers", ...(opts.hostname ? { host: opts.hostname() } : {}) });
+    this.cd = opts.containerd;
+    this.images = new ImageStore(opts.containerd, log);
+    this.imageService = new ImageService(this.images, opts.insecureRegistries ?? [], (id) => this.containerUsing(id));
+    this.tasks = new TaskClient(opts.containerd, log);
     this.table = new ContainerTable(opts.stateDir, log);
     this.networks = new ContainerNetworks(opts.attacher, this.table, opts.execRoot, log);
-    this.execs = new Execs(this.table, log);
-    const launcher = new Launcher(opts.containersOutliveDaemon === true, log);
-    this.lifecycle = new Lifecycle(this.table, this.networks, launcher, (c) => this.execs.forget(c), log);
-    this.recovery = new Recovery(this.table, this.networks, this.lifecycle, log);
+    this.execs = new Execs(this.table, this.tasks, (c, user) => this.userOf(c, user || c.rec.config.User), log);
+    const launcher = new Launcher(this.tasks, log);
+    this.lifecycle = new Lifecycle({
+      table: this.table,
+      networks: this.networks,
+      launcher,
+      tasks: this.tasks,
+      imageForRun: (ref) => this.imageForRun(ref),
+      userOf: (c) => this.userOf(c, c.rec.config.User),
+      onRemoved: (c) => this.execs.forget(c),
+      log,
+    });
+    this.recovery = new Recovery({
+      table: this.table,
+      networks: this.networks,
+      lifecycle: this.lifecycle,
+      launcher,
+      tasks: this.tasks,
+      log,
+    });
   }
 
   /** A runtime with the containers a previous daemon left (see reconcile). */
@@ -83,6 +146,44 @@ export class ContainerRuntime implements ContainerBackend {
     const rt = new ContainerRuntime(opts);
     await rt.reconcile();
     return rt;
+  }
+
+  /** The image a container is created from, unpacked (404 in docker's words when it is not here). */
+  private async imageForRun(ref: string): Promise<ImageForRun & { topChainId: string }> {
+    if (ref === HOST_IMAGE || ref === `${HOST_IMAGE}:latest`) return { ...HOST_IMAGE_FOR_RUN, name: ref };
+    if (ref === "") throw badRequest("No image specified: use an image name (docker run IMAGE)");
+    let img: ResolvedImage;
+    try {
+      img = await this.images.resolve(ref);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) throw notFound(`No such image: ${displayRef(ref)}`);
+      throw err;
+    }
+    if (!(await this.images.unpacked(img))) {
+      const lease = await this.images.lease();
+      try {
+        await this.images.unpack(img.manifest, img.config, lease.id);
+      } finally {
+        await lease.done();
+      }
+    }
+    return { name: ref, id: img.id, rootfs: "snapshot", config: img.config.config ?? {}, topChainId: img.topChainId };
+  }
+
+  /** A user spec resolved in the container's root file system (the host's, or its snapshot's layers). */
+  private async userOf(c: Container, user: string): Promise<ProcessUser> {
+    if (user === "") return { uid: 0, gid: 0 };
+    if (c.rec.image.rootfs === "host") return resolveUser(user, ["/"]);
+    const { mounts } = await this.cd.call(this.cd.snapshots, this.cd.snapshots.mounts, {
+      snapshotter: SNAPSHOTTER,
+      key: c.id,
+    });
+    return resolveUser(user, layerDirs(mounts));
+  }
+
+  /** Whether a container (any, running or not) uses the image with this id: docker's rmi check. */
+  containerUsing(imageId: string): string | undefined {
+    return this.table.live().find((c) => c.rec.image.id === imageId)?.id;
   }
 
   // ---- the Engine API's container calls ------------------------------------------------------------------
@@ -135,6 +236,24 @@ export class ContainerRuntime implements ContainerBackend {
     return inspectOf(c, this.execs.runningOf(c), this.networks.netnsPathOf(c.id));
   }
 
+  async containerResize(ref: string, height: number, width: number): Promise<void> {
+    const c = this.table.find(ref);
+    if (!c.running) throw conflict(`Container ${c.id} is not running`);
+    if (!c.rec.config.Tty) return;
+    await this.tasks.resize(c.id, "", width, height);
+  }
+
+  /** `docker top`: the host's `ps` (with the given options, "-ef" by default), only the container's processes. */
+  async containerTop(ref: string, psArgs: string): Promise<{ Titles: string[]; Processes: string[][] }> {
+    const c = this.table.find(ref);
+    if (!c.running) throw conflict(`container ${c.id} is not running`);
+    const pids = new Set((await this.tasks.pids(c.id)).map(String));
+    const args = (psArgs || "-ef").split(/\s+/).filter((a) => a !== "");
+    const r = await runCommand(["ps", ...args]);
+    if (r.code !== 0) throw new ApiError(500, `ps: ${r.stderr.trim() || `exited with code ${r.code}`}`);
+    return topOf(r.stdout, pids);
+  }
+
   containerCounts(): { total: number; running: number; paused: number; stopped: number } {
     const live = this.table.live();
     const running = live.filter((c) => c.running).length;
@@ -155,6 +274,10 @@ export class ContainerRuntime implements ContainerBackend {
 
   execStart(execId: string): Promise<ExecSession> {
     return this.execs.start(execId);
+  }
+
+  execResize(execId: string, height: number, width: number): Promise<void> {
+    return this.execs.resize(execId, height, width);
   }
 
   execInspect(execId: string): Promise<ExecInspect> {
@@ -188,9 +311,33 @@ export class ContainerRuntime implements ContainerBackend {
     return this.recovery.reconcile();
   }
 
-  /** Stops every running container (the daemon is going away), each with its stop timeout or `timeoutSecs`. */
-  shutdown(timeoutSecs?: number): Promise<void> {
-    return this.recovery.shutdown(timeoutSecs);
+  /**
+   * The daemon is going away: containers keep running (containerd keeps them; the next daemon adopts
+   * them), restart policies stop acting, and the connection to containerd is closed.
+   */
+  shutdown(): void {
+    this.lifecycle.close();
+    this.cd.close();
+  }
+
+  /**
+   * The endpoints of the containers that run now (after reconcile: the adopted ones), for the node's
+   * networking to keep (overlays, names) instead of removing them as a previous run's.
+   */
+  runningEndpoints(): { id: string; name: string; netnsPath: string; endpoint: AttachedEndpoint }[] {
+    return this.table
+      .live()
+      .filter((c) => c.running)
+      .flatMap((c) =>
+        c.rec.networks
+          .filter((n) => n.endpoint)
+          .map((n) => ({
+            id: c.id,
+            name: c.rec.name,
+            netnsPath: this.networks.netnsPathOf(c.id),
+            endpoint: n.endpoint!,
+          })),
+      );
   }
 
   /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */

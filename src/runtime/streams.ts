@@ -141,8 +141,11 @@ function stdinOf(c: Container): Writable {
     },
     final: (cb) => {
       if (c.rec.config.StdinOnce) {
-        if (c.proc?.stdin) c.proc.stdin.end();
-        else c.pendingStdinEnd = true;
+        if (c.proc) {
+          void c.proc.closeStdin().then(() => cb());
+          return;
+        }
+        c.pendingStdinEnd = true;
       }
       cb();
     },

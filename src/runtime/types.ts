@@ -55,11 +55,22 @@ export interface ContainerCreateRequest {
   Labels?: Record<string, string> | null;
   StopSignal?: string;
   StopTimeout?: number | null;
-  HostConfig?: { NetworkMode?: string; AutoRemove?: boolean; [key: string]: unknown } | null;
+  HostConfig?: {
+    NetworkMode?: string;
+    AutoRemove?: boolean;
+    /** -v HOST:CTR[:ro] */
+    Binds?: string[] | null;
+    /** --memory, in bytes. */
+    Memory?: number;
+    /** --cpus, in billionths of a CPU. */
+    NanoCpus?: number;
+    RestartPolicy?: { Name?: string; MaximumRetryCount?: number } | null;
+    [key: string]: unknown;
+  } | null;
   NetworkingConfig?: { EndpointsConfig?: Record<string, EndpointSettingsRequest | null> | null } | null;
 }
 
-export type ContainerStatus = "created" | "running" | "removing" | "exited";
+export type ContainerStatus = "created" | "running" | "restarting" | "removing" | "exited";
 
 export interface ContainerState {
   Status: ContainerStatus;
@@ -137,7 +148,15 @@ export interface ContainerJSON {
   ProcessLabel: string;
   AppArmorProfile: string;
   ExecIDs: string[] | null;
-  HostConfig: { NetworkMode: string; AutoRemove: boolean; LogConfig: { Type: string; Config: Record<string, string> } };
+  HostConfig: {
+    NetworkMode: string;
+    AutoRemove: boolean;
+    LogConfig: { Type: string; Config: Record<string, string> };
+    Binds: string[] | null;
+    Memory: number;
+    NanoCpus: number;
+    RestartPolicy: { Name: string; MaximumRetryCount: number };
+  };
   GraphDriver: { Data: null; Name: string };
   Mounts: unknown[];
   Config: ContainerConfig;
@@ -297,6 +316,12 @@ export interface ContainerBackend {
   execCreate(ref: string, req: ExecCreateRequest): Promise<string>;
   execStart(execId: string): Promise<ExecSession>;
   execInspect(execId: string): Promise<ExecInspect>;
+  /** The size of a TTY container's terminal (docker run -t sends it, and on every change). */
+  containerResize?(ref: string, height: number, width: number): Promise<void>;
+  /** The size of a TTY exec's terminal. */
+  execResize?(execId: string, height: number, width: number): Promise<void>;
+  /** `docker top`: the container's processes as the host's `ps` shows them. */
+  containerTop(ref: string, psArgs: string): Promise<{ Titles: string[]; Processes: string[][] }>;
   /** Counts for GET /info. */
   containerCounts(): { total: number; running: number; paused: number; stopped: number };
 }

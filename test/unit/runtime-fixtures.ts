@@ -5,6 +5,8 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import { join } from "node:path";
+import pino from "pino";
 import { ApiError } from "../../src/api/errors.js";
 import type {
   AttachedEndpoint,
@@ -15,12 +17,36 @@ import type {
   NetworkCreateRequest,
   NetworkResource,
 } from "../../src/engine/types.js";
+import type { Containerd } from "../../src/runtime/containerd/client.js";
+import { ContainerdSupervisor } from "../../src/runtime/containerd/supervisor.js";
 
 export const CAN_RUN_CONTAINERS =
   process.platform === "linux" &&
   process.getuid?.() === 0 &&
-  ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mkfifo"].every((p) => existsSync(p)) &&
+  ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mkfifo", "/usr/bin/containerd", "/usr/sbin/runc"].every((p) =>
+    existsSync(p),
+  ) &&
   (existsSync("/usr/sbin/ip") || existsSync("/sbin/ip") || existsSync("/usr/bin/ip"));
+
+/**
+ * A containerd of the test's own (root and state under `dir`), as shoald runs one; `stop` ends it and
+ * removes what it kept.
+ */
+export async function testContainerd(dir: string): Promise<{ containerd: Containerd; stop(): Promise<void> }> {
+  const supervisor = new ContainerdSupervisor({
+    dataRoot: join(dir, "data"),
+    execRoot: join(dir, "run"),
+    logger: pino({ level: "silent" }),
+  });
+  const containerd = await supervisor.start();
+  return {
+    containerd,
+    stop: async () => {
+      containerd.close();
+      await supervisor.stop();
+    },
+  };
+}
 
 /** Runs cmd in a running container through the exec calls the Engine API makes, and collects its output. */
 export async function execIn(

@@ -34,7 +34,7 @@ export class ContainerdError extends Error {
     readonly detail: string,
     method: string,
   ) {
-    super(`containerd ${method}: ${detail}`);
+    super(method ? `containerd ${method}: ${detail}` : `containerd: ${detail}`);
   }
   get notFound(): boolean {
     return this.code === status.NOT_FOUND;

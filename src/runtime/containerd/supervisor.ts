@@ -3,15 +3,16 @@
 // (content, snapshots, metadata) under shoald's data root and its state (sockets, task bundles) under its
 // exec root, so several shoald on one machine (the lab's hosts) each have their own.
 //
-// A managed containerd is started detached from shoald and its pid written beside its socket: a shoald
-// that restarts finds it still running (with the containers it runs) and uses it again. Containers outlive
-// containerd too (their shims do); a containerd that dies is started again.
+// A managed containerd dies with its shoald (the kernel sees to it), so none is left behind; containers
+// outlive both (their shims keep them), and the next shoald's containerd finds them again. A containerd
+// that dies while shoald runs is started again.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { openSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { findOnPath } from "../../dataplane/programs.js";
 import { Containerd, ContainerdError } from "./client.js";
 
 /** A wait that keeps the process alive (shoald may have nothing else to wait for while it starts). */
@@ -75,6 +76,16 @@ async function alive(pid: number): Promise<boolean> {
   }
 }
 
+/** Whether a pid is a containerd (a pid file can outlive its process, and the pid be reused). */
+async function isContainerd(pid: number): Promise<boolean> {
+  try {
+    return (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0").some((a) => a.endsWith("containerd"));
+  } catch {
+    // No /proc entry: the process is gone.
+    return false;
+  }
+}
+
 /** Whether containerd answers on the client's socket (its Version call). */
 export async function answers(client: Containerd, timeoutMs: number): Promise<string | undefined> {
   try {
@@ -103,6 +114,8 @@ export class ContainerdSupervisor {
   private child: ChildProcess | undefined;
   private readonly log: Logger;
   private stopping = false;
+  /** The managed containerd answered once (an exit then is a crash, and it is started again). */
+  private up = false;
 
   constructor(private readonly opts: ContainerdOptions) {
     this.managed = opts.socket === undefined;
@@ -139,6 +152,7 @@ export class ContainerdSupervisor {
       const v = await answers(client, 1000);
       if (v !== undefined) {
         this.log.info({ socket: this.socket, version: v, pid: this.child?.pid }, "started containerd");
+        this.up = true;
         return client;
       }
       if (this.child && this.child.exitCode !== null) break;
@@ -155,7 +169,7 @@ export class ContainerdSupervisor {
     await mkdir(root, { recursive: true, mode: 0o711 });
     await mkdir(this.stateDir, { recursive: true, mode: 0o711 });
     const old = await readPid(this.pidFile);
-    if (old > 0 && (await alive(old))) {
+    if (old > 0 && (await alive(old)) && (await isContainerd(old))) {
       // A containerd of ours that does not answer: it is stuck; a new one takes its place.
       this.log.warn({ pid: old }, "a previous containerd does not answer: stopping it");
       process.kill(old, "SIGKILL");
@@ -165,7 +179,14 @@ export class ContainerdSupervisor {
     await writeFile(config, configToml(root, this.stateDir, this.socket));
     const logFd = openSync(join(this.stateDir, "containerd.log"), "a", 0o600);
     const program = this.opts.program ?? "containerd";
-    const child = spawn(program, ["--config", config], { stdio: ["ignore", logFd, logFd], detached: true });
+    if (findOnPath(program) === undefined) {
+      throw new Error(containerdUnavailable(this.socket, `${program} is not installed`, true));
+    }
+    // containerd dies with shoald (the kernel kills it): the containers do not (their shims keep them), and
+    // the next shoald's containerd finds them again. No containerd is left behind by a shoald that crashed.
+    const argv = findOnPath("setpriv") ? ["setpriv", "--pdeathsig", "KILL", program] : [program];
+    const child = spawn(argv[0]!, [...argv.slice(1), "--config", config], { stdio: ["ignore", logFd, logFd] });
+    closeSync(logFd);
     child.on("error", (err) => this.log.error({ err }, containerdUnavailable(this.socket, err.message, true)));
     child.on("exit", (code, signal) => this.onExit(code, signal));
     child.unref();
@@ -174,11 +195,21 @@ export class ContainerdSupervisor {
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.stopping) return;
-    this.log.error({ code, signal }, "containerd exited: starting it again (running containers keep running)");
-    void this.spawnManaged().catch((err: unknown) =>
-      this.log.error({ err }, "could not start containerd again: container calls fail until shoald restarts"),
+    if (this.stopping || !this.up) return;
+    this.up = false;
+    this.log.error(
+      { code, signal },
+      "containerd exited: starting it again in a second (running containers keep running)",
     );
+    setTimeout(() => {
+      void this.spawnManaged()
+        .then(() => {
+          this.up = true;
+        })
+        .catch((err: unknown) =>
+          this.log.error({ err }, "could not start containerd again: container calls fail until shoald restarts"),
+        );
+    }, 1000).unref();
   }
 
   /** Stops a managed containerd (its containers' shims keep running); a given one is left alone. */

@@ -31,8 +31,12 @@ export function fifoPaths(dir: string, processId: string, opts: { stdin: boolean
 export interface OpenFifos {
   stdout: Socket;
   stderr: Socket | undefined;
+  /** The writing end of stdin: there once the shim holds its reading end (after `release`). */
   stdin: Socket | undefined;
-  /** Lets the readers see EOF once the shim closes its ends (call after the process was started). */
+  /**
+   * Call once the process was created: the readers see EOF from then on when the shim closes its ends,
+   * and stdin is opened for writing.
+   */
   release(): void;
   close(): void;
 }
@@ -41,6 +45,15 @@ async function mkfifo(path: string): Promise<void> {
   await rm(path, { force: true });
   const r = await runCommand(["mkfifo", "-m", "600", path]);
   if (r.code !== 0) throw new Error(`mkfifo ${path} exited with code ${r.code}: ${r.stderr.trim()}`);
+}
+
+/** A FIFO's writing end (the reader must be there: the shim's). */
+function writer(path: string): Socket {
+  return new Socket({
+    fd: openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK),
+    readable: false,
+    writable: true,
+  });
 }
 
 /**
@@ -57,31 +70,40 @@ export async function openFifos(paths: FifoPaths, create: boolean): Promise<Open
     if (create) holders.push(openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK));
     return new Socket({ fd, readable: true, writable: false });
   };
-  const stdout = reader(paths.stdout);
-  const stderr = paths.stderr ? reader(paths.stderr) : undefined;
-  // O_RDWR: opening never blocks, and the shim's reads never see EOF while shoald holds it.
-  const stdin = paths.stdin
-    ? new Socket({
-        fd: openSync(paths.stdin, fsConstants.O_RDWR | fsConstants.O_NONBLOCK),
-        readable: false,
-        writable: true,
-      })
-    : undefined;
-  const release = (): void => {
-    for (const fd of holders.splice(0)) closeSync(fd);
-  };
-  return {
-    stdout,
-    stderr,
-    stdin,
-    release,
+  const out: OpenFifos = {
+    stdout: reader(paths.stdout),
+    stderr: paths.stderr ? reader(paths.stderr) : undefined,
+    // A running process's stdin (reattaching): the shim holds the reading end already.
+    stdin: paths.stdin && !create ? writer(paths.stdin) : undefined,
+    release: () => {
+      for (const fd of holders.splice(0)) closeSync(fd);
+      if (paths.stdin && !out.stdin) out.stdin = writer(paths.stdin);
+    },
     close: () => {
-      release();
-      stdout.destroy();
-      stderr?.destroy();
-      stdin?.destroy();
+      for (const fd of holders.splice(0)) closeSync(fd);
+      out.stdout.destroy();
+      out.stderr?.destroy();
+      out.stdin?.destroy();
     },
   };
+  return out;
+}
+
+/**
+ * Ends a process's input: what was written goes into the FIFO, shoald's end is closed (the shim reads the
+ * rest, then EOF), and the shim is told to close the process's stdin (CloseIO), as containerd's clients do.
+ */
+export async function endInput(stdin: Socket, closeIo: () => Promise<void>): Promise<void> {
+  if (!stdin.destroyed) {
+    await new Promise<void>((resolve) => stdin.write("", () => resolve()));
+    stdin.destroy();
+  }
+  await closeIo();
+}
+
+/** Removes a process's FIFOs (an exec'd process that has ended: its names are not used again). */
+export async function removeFifos(paths: FifoPaths): Promise<void> {
+  for (const p of [paths.stdin, paths.stdout, paths.stderr]) if (p !== "") await rm(p, { force: true });
 }
 
 export interface TaskExit {
