@@ -47,6 +47,7 @@ export const SHOALD_PROGRAMS: readonly string[] = [
   "true",
   "sh",
   "ps",
+  "containerd",
   "runc",
   "containerd-shim-runc-v2",
 ];
