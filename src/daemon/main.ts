@@ -24,6 +24,7 @@ interface Flags {
   encryptionKeyRotation?: string;
   containerd?: string;
   insecureRegistry: string[];
+  firewallBackend: "auto" | "nftables" | "iptables";
 }
 
 function socketPathOf(host: string): string {
@@ -68,6 +69,14 @@ function buildProgram(): Command {
       "--encryption-key-rotation <duration>",
       "How often the managers rotate the overlay encryption keys (e.g. 12h, 30m, 10s)",
     )
+    .addOption(
+      new Option(
+        "--firewall-backend <backend>",
+        "Packet filter for the overlay guard and the gateway NAT (auto: nftables if the kernel can, else iptables-legacy)",
+      )
+        .choices(["auto", "nftables", "iptables"])
+        .default("auto"),
+    )
     .action(async (flags: Flags) => {
       const logger = pino(
         { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
@@ -84,6 +93,7 @@ function buildProgram(): Command {
         logger,
         ...(tickMs ? { tickMs } : {}),
         ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
+        firewallBackend: flags.firewallBackend,
       });
       const supervisor = new ContainerdSupervisor({
         dataRoot: flags.dataRoot,
@@ -137,8 +147,8 @@ function buildProgram(): Command {
         force.unref();
         try {
           await server.close();
-          // Containers keep running under containerd: the next shoald adopts them.
-          runtime?.shutdown();
+          // Containers keep running under containerd (the next shoald adopts them), but those on networks.
+          await runtime?.shutdown(5);
           await supervisor.stop();
           await daemon.stop();
         } finally {

@@ -158,6 +158,8 @@ export class EngineServer {
       r("POST", "/swarm/join", this.swarmJoin),
       r("POST", "/swarm/leave", this.swarmLeave),
       r("POST", "/swarm/update", this.swarmUpdate),
+      r("GET", "/swarm/unlockkey", this.swarmUnlockKey),
+      r("POST", "/swarm/unlock", this.swarmUnlock),
       r("GET", "/nodes", this.nodeList),
       r("GET", `/nodes/${SEG}`, this.nodeInspect),
       r("POST", `/nodes/${SEG}/update`, this.nodeUpdate),
@@ -422,6 +424,10 @@ export class EngineServer {
       };
     }
     const counts = this.containersBackend?.containerCounts() ?? { total: 0, running: 0, paused: 0, stopped: 0 };
+    const firewall = await this.backend.firewallInfo?.().catch((err: unknown) => {
+      this.log?.warn({ err }, "firewall backend unavailable for /info");
+      return undefined;
+    });
     sendJSON(res, 200, {
       ID: this.engineId,
       Containers: counts.total,
@@ -430,7 +436,8 @@ export class EngineServer {
       ContainersStopped: counts.stopped,
       Images: 0,
       Driver: "shoal",
-      DriverStatus: [],
+      // docker info (28.2) prints these pairs under "Storage Driver"; newer CLIs also read FirewallBackend.
+      DriverStatus: firewall ? firewallStatusPairs(firewall) : [],
       Plugins: { Volume: [], Network: ["overlay"], Authorization: null, Log: [] },
       MemoryLimit: false,
       SwapLimit: false,
@@ -477,6 +484,7 @@ export class EngineServer {
       RuncCommit: { ID: "" },
       InitCommit: { ID: "" },
       SecurityOptions: [],
+      ...(firewall ? { FirewallBackend: firewall } : {}),
       CDISpecDirs: [],
       Warnings: [],
     });
@@ -523,6 +531,18 @@ export class EngineServer {
     const spec = await readJSONObject(req);
     if (spec === undefined) throw badRequest("invalid JSON: the request body must be the swarm's Spec");
     await this.backend.swarmUpdate(spec as unknown as SwarmSpec, opts);
+    sendEmpty(res);
+  }
+
+  private async swarmUnlockKey({ res }: Ctx): Promise<void> {
+    sendJSON(res, 200, { UnlockKey: await this.backend.swarmUnlockKey() });
+  }
+
+  private async swarmUnlock({ req, res }: Ctx): Promise<void> {
+    const body = (await readJSONObject(req)) ?? {};
+    const key = body.UnlockKey ?? "";
+    if (typeof key !== "string") throw badRequest("invalid JSON: UnlockKey must be a string");
+    await this.backend.swarmUnlock(key);
     sendEmpty(res);
   }
 
@@ -1187,4 +1207,9 @@ async function openFileCount(): Promise<number> {
   } catch {
     return -1;
   }
+}
+
+/** The firewall backend as docker info's "Storage Driver" status pairs: "Firewall Backend: iptables", then its details. */
+function firewallStatusPairs(fw: { Driver: string; Info: [string, string][] }): [string, string][] {
+  return [["Firewall Backend", fw.Driver], ...fw.Info];
 }

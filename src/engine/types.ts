@@ -36,6 +36,8 @@ export interface SwarmInitRequest {
   DefaultAddrPool?: string[];
   SubnetSize?: number;
   Availability?: NodeAvailability;
+  /** swarm init --autolock */
+  AutoLockManagers?: boolean;
 }
 
 export interface SwarmJoinRequest {
@@ -86,12 +88,18 @@ export interface SwarmBackend {
   swarmInfo(): Promise<SwarmInfo>;
   /** The hostname this daemon reports (GET /info Name). */
   hostname(): string;
+  /** GET /info FirewallBackend (docker info's "Firewall Backend"): the packet filter this host uses. */
+  firewallInfo?(): Promise<{ Driver: string; Info: [string, string][] }>;
   swarmInspect(): Promise<Swarm>;
   /** Returns the new node's id. */
   swarmInit(req: SwarmInitRequest): Promise<string>;
   swarmJoin(req: SwarmJoinRequest): Promise<void>;
   swarmLeave(force: boolean): Promise<void>;
   swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void>;
+  /** GET /swarm/unlockkey: the unlock key while autolock is on, "" while it is off. */
+  swarmUnlockKey(): Promise<string>;
+  /** POST /swarm/unlock: open a locked manager with its unlock key. */
+  swarmUnlock(unlockKey: string): Promise<void>;
   nodeList(filters: NodeListFilters): Promise<Node[]>;
   /** ref: a full id, a unique id prefix, a hostname, or "self". */
   nodeInspect(ref: string): Promise<Node>;

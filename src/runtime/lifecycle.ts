@@ -220,9 +220,10 @@ export class Lifecycle {
   }
 
   /** SIGTERM (or the container's stop signal), then SIGKILL after the timeout; false if it was not running. */
-  async stop(ref: string, opts: { timeout?: number; signal?: string }): Promise<boolean> {
+  async stop(ref: string, opts: { timeout?: number; signal?: string }, byUser = true): Promise<boolean> {
     const c = this.table.find(ref);
-    c.rec.stoppedByUser = true;
+    // unless-stopped brings back what the daemon stopped, not what a user did.
+    if (byUser) c.rec.stoppedByUser = true;
     c.restarting = false;
     const proc = c.proc;
     if (!c.running || !proc) return false;

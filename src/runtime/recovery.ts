@@ -8,7 +8,7 @@ import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { Container, ContainerRecordSchema } from "./container.js";
-import type { TaskClient } from "./containerd/tasks.js";
+import type { TaskClient, TaskState } from "./containerd/tasks.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import type { Launcher } from "./launch.js";
 import type { Lifecycle } from "./lifecycle.js";
@@ -28,12 +28,22 @@ async function namesIn(dir: string): Promise<string[]> {
   }
 }
 
+/** Whether a container holds endpoints on networks now. */
+export function hasEndpoints(c: Container): boolean {
+  return c.rec.networks.some((n) => n.endpoint !== null);
+}
+
 export interface RecoveryDeps {
   table: ContainerTable;
   networks: ContainerNetworks;
   lifecycle: Lifecycle;
   launcher: Launcher;
   tasks: TaskClient;
+  /**
+   * Whether running containers with endpoints are adopted too (the node's networking then takes over their
+   * endpoints, see ContainerRuntime.runningEndpoints); otherwise only those without are.
+   */
+  adoptNetworked: boolean;
   log: Logger;
 }
 
@@ -103,12 +113,13 @@ export class Recovery {
     }
     const wasRunning = c.rec.state.status === "running";
     if (wasRunning) {
-      const task = await this.d.tasks.state(c.id);
-      if (task.state === "running") {
+      let task = await this.d.tasks.state(c.id);
+      if (task.state === "running" && (this.d.adoptNetworked || !hasEndpoints(c))) {
         this.log.info({ id: c.id, name: c.rec.name, pid: task.pid }, "adopting a running container");
         this.d.lifecycle.running(c, await this.d.launcher.reattach(c, task.pid), c.rec.state.startedAt);
         return;
       }
+      if (task.state === "running") task = await this.stopUnadoptable(c);
       // Ended while no daemon watched: its code if containerd kept it, else 255 (as docker reports it).
       const code = task.state === "stopped" ? task.code : 255;
       await this.d.tasks.cleanup(c.id);
@@ -126,6 +137,25 @@ export class Recovery {
         .catch((err: unknown) =>
           this.log.warn({ err, id: c.id }, "could not start a container its restart policy brings back"),
         );
+    }
+  }
+
+  /**
+   * A running container on networks the node's networking does not take over at start (it rebuilds its
+   * overlays from scratch): stopped (SIGKILL), so its endpoints are released and nothing is left half-wired;
+   * its restart policy may start it again, on fresh endpoints.
+   */
+  private async stopUnadoptable(c: Container): Promise<TaskState> {
+    this.log.info(
+      { id: c.id, name: c.rec.name },
+      "stopping a container a previous daemon left on networks: its endpoints are not taken over",
+    );
+    await this.d.tasks.kill(c.id, 9).catch((err: unknown) => this.log.debug({ err, id: c.id }, "the task had exited"));
+    try {
+      return { state: "stopped", code: (await this.d.tasks.wait(c.id)).code };
+    } catch (err) {
+      this.log.debug({ err, id: c.id }, "no exit status for a stopped task: reported as killed");
+      return { state: "stopped", code: 137 };
     }
   }
 

@@ -29,7 +29,7 @@ import { Launcher } from "./launch.js";
 import { Lifecycle } from "./lifecycle.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
-import { Recovery } from "./recovery.js";
+import { hasEndpoints, Recovery } from "./recovery.js";
 import { runCommand } from "./sandbox.js";
 import type { ProcessUser } from "./spec.js";
 import { containerAttach, containerLogs } from "./streams.js";
@@ -89,6 +89,12 @@ export interface ContainerRuntimeOptions {
   attacher: NetworkAttacher;
   /** The containerd that runs the containers (in shoal's namespace). */
   containerd: Containerd;
+  /**
+   * Containers on networks are adopted by a new daemon and left running when it stops, as the others are.
+   * Only when the node's networking takes their endpoints over (runningEndpoints): until then (default) they
+   * are stopped when the daemon stops, and stopped by the next one if they outlived a crash.
+   */
+  adoptNetworkedContainers?: boolean;
   /** Registries reached over plain HTTP (shoald --insecure-registry). */
   insecureRegistries?: string[];
   /** This host's name (for the logs). */
@@ -110,9 +116,14 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly lifecycle: Lifecycle;
   private readonly execs: Execs;
   private readonly recovery: Recovery;
+  private readonly log: Logger;
+
+  private readonly adoptNetworked: boolean;
 
   constructor(opts: ContainerRuntimeOptions) {
+    this.adoptNetworked = opts.adoptNetworkedContainers === true;
     const log = opts.logger.child({ component: "containers", ...(opts.hostname ? { host: opts.hostname() } : {}) });
+    this.log = log;
     this.cd = opts.containerd;
     this.images = new ImageStore(opts.containerd, log);
     this.imageService = new ImageService(this.images, opts.insecureRegistries ?? [], (id) => this.containerUsing(id));
@@ -137,6 +148,7 @@ export class ContainerRuntime implements ContainerBackend {
       lifecycle: this.lifecycle,
       launcher,
       tasks: this.tasks,
+      adoptNetworked: this.adoptNetworked,
       log,
     });
   }
@@ -313,10 +325,19 @@ export class ContainerRuntime implements ContainerBackend {
 
   /**
    * The daemon is going away: containers keep running (containerd keeps them; the next daemon adopts
-   * them), restart policies stop acting, and the connection to containerd is closed.
+   * them), except those on networks the next daemon would not take over (see adoptNetworkedContainers),
+   * which are stopped (each with its stop timeout, or `timeoutSecs`). Restart policies stop acting.
    */
-  shutdown(): void {
+  async shutdown(timeoutSecs?: number): Promise<void> {
     this.lifecycle.close();
+    const networked = this.table.live().filter((c) => c.running && !this.adoptNetworked && hasEndpoints(c));
+    await Promise.all(
+      networked.map((c) =>
+        this.lifecycle
+          .stop(c.id, timeoutSecs === undefined ? {} : { timeout: timeoutSecs }, false)
+          .catch((err: unknown) => this.log.warn({ err, id: c.id }, "could not stop a container at shutdown")),
+      ),
+    );
     this.cd.close();
   }
 

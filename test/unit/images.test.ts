@@ -153,7 +153,7 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
       await runtime.containerRemove(c.Id, { force: true });
     }
     await server?.close();
-    runtime?.shutdown();
+    await runtime?.shutdown();
     registry?.kill();
     await cd?.stop();
     await rm(dir, { recursive: true, force: true });
