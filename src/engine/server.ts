@@ -20,6 +20,7 @@ import type { Logger } from "pino";
 import { z } from "zod";
 import { MAX_JSON_DEPTH } from "../api/limits.js";
 import { parseJsonText } from "../api/schema.js";
+import type { ImageService } from "../runtime/images/service.js";
 import { API_VERSION, MIN_API_VERSION, VERSION } from "../version.js";
 import { ApiError, badRequest, conflict, notManager, unavailable, workerNode } from "./errors.js";
 import { matchKVList } from "./filters.js";
@@ -32,6 +33,7 @@ import {
   readBody,
   writeWithBackpressure,
 } from "./http.js";
+import { ImageRoutes } from "./images.js";
 import {
   ContainerAttachQuery,
   ContainerCreateBody,
@@ -107,6 +109,8 @@ export interface EngineServerOptions {
   containers?: ContainerBackend;
   /** Connection, time and size limits (tests shorten them). */
   limits?: Partial<HttpLimits>;
+  /** The /images routes (503 without). */
+  images?: ImageService;
 }
 
 /** How long close() lets in-flight requests finish before cutting their connections. */
@@ -162,6 +166,7 @@ export class EngineServer {
   private readonly backend: SwarmBackend;
   private readonly networksBackend: NetworkBackend | undefined;
   private readonly containersBackend: ContainerBackend | undefined;
+  private readonly imageRoutes: ImageRoutes;
   private readonly log: Logger | undefined;
   private readonly routes: Route[];
   private readonly gitCommit: string;
@@ -184,6 +189,14 @@ export class EngineServer {
     this.backend = opts.backend;
     this.networksBackend = opts.networks;
     this.containersBackend = opts.containers;
+    const images = opts.images;
+    this.imageRoutes = new ImageRoutes(
+      () => {
+        if (!images) throw unavailable("this daemon runs no containers: it has no images");
+        return images;
+      },
+      opts.logger?.child({ component: "engine" }),
+    );
     this.log = opts.logger?.child({ component: "engine" });
     this.gitCommit = opts.gitCommit ?? "unknown";
     this.buildTime = opts.buildTime ?? buildTime;
@@ -238,6 +251,15 @@ export class EngineServer {
       r("POST", `/exec/${SEG}/start`, this.execStart, true),
       r("POST", `/exec/${SEG}/resize`, this.execResize),
       r("GET", `/exec/${SEG}/json`, this.execInspect),
+      r("GET", `/containers/${SEG}/top`, this.containerTop),
+      r("GET", "/images/json", (ctx) => this.imageRoutes.list(ctx)),
+      r("POST", "/images/create", (ctx) => this.imageRoutes.pull(ctx)),
+      r("POST", "/images/load", (ctx) => this.imageRoutes.load(ctx)),
+      r("GET", "/images/get", (ctx) => this.imageRoutes.save(ctx)),
+      r("GET", "/images/(.+)/get", (ctx) => this.imageRoutes.save(ctx)),
+      r("GET", "/images/(.+)/json", (ctx) => this.imageRoutes.inspect(ctx)),
+      r("POST", "/images/(.+)/tag", (ctx) => this.imageRoutes.tag(ctx)),
+      r("DELETE", "/images/(.+)", (ctx) => this.imageRoutes.remove(ctx)),
     ];
   }
 
@@ -848,21 +870,6 @@ export class EngineServer {
     sendNoContent(res);
   }
 
-  /** POST /containers/{id}/resize: shoal's TTY containers have no pseudo-terminal, so there is nothing to size. */
-  private async containerResize({ res, query, params }: Ctx): Promise<void> {
-    decodeResize(query);
-    const c = await this.containers().containerInspect(params[0]!);
-    if (!c.State.Running) throw conflict(`Container ${c.Id} is not running`);
-    sendEmpty(res);
-  }
-
-  private async execResize({ res, query, params }: Ctx): Promise<void> {
-    decodeResize(query);
-    const e = await this.containers().execInspect(params[0]!);
-    if (!e.Running) throw conflict(`Exec ${e.ID} is not running`);
-    sendEmpty(res);
-  }
-
   private async containerLogs({ res, query, params, version }: Ctx): Promise<void> {
     const q = decodeQuery(ContainerLogsQuery, query);
     if (!q.stdout && !q.stderr) throw badRequest("Bad parameters: you must choose at least one stream");
@@ -939,6 +946,23 @@ export class EngineServer {
       ...(input && session.attachStdin ? { stdin: input.stream } : {}),
     });
     out.end();
+  }
+
+  /** POST /containers/{id}/resize: the TTY of a running container takes the client's terminal size. */
+  private async containerResize({ res, query, params }: Ctx): Promise<void> {
+    const { h, w } = decodeResize(query);
+    await this.containers().containerResize?.(params[0]!, h, w);
+    sendEmpty(res);
+  }
+
+  private async execResize({ res, query, params }: Ctx): Promise<void> {
+    const { h, w } = decodeResize(query);
+    await this.containers().execResize?.(params[0]!, h, w);
+    sendEmpty(res);
+  }
+
+  private async containerTop({ res, query, params }: Ctx): Promise<void> {
+    sendJSON(res, 200, await this.containers().containerTop(params[0]!, query.get("ps_args") ?? ""));
   }
 
   private async execInspect({ res, params }: Ctx): Promise<void> {

@@ -12,10 +12,10 @@ import type { Duplex } from "node:stream";
 import { fileURLToPath } from "node:url";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ContainerRuntime } from "../../src/agent/runtime.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { SwarmBackend, SwarmInfo } from "../../src/engine/types.js";
-import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-fixtures.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const DOCKER = "/usr/local/bin/docker";
@@ -639,6 +639,19 @@ const swarm = {
 } as unknown as SwarmBackend;
 
 describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container runtime", () => {
+  let cdDir: string;
+  let cd: Awaited<ReturnType<typeof testContainerd>>;
+
+  beforeAll(async () => {
+    cdDir = mkdtempSync(join(tmpdir(), "shoal-containerd-"));
+    cd = await testContainerd(cdDir);
+  });
+
+  afterAll(async () => {
+    await cd?.stop();
+    rmSync(cdDir, { recursive: true, force: true });
+  });
+
   let dir: string;
   let server: EngineServer;
   let runtime: ContainerRuntime;
@@ -652,6 +665,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     const networks = new TestNetworkBackend(attacher);
     runtime = await ContainerRuntime.open({
       execRoot: join(dir, "run"),
+      containerd: cd.containerd,
       stateDir: join(dir, "containers"),
       attacher,
       logger: pino({ level: "silent" }),
@@ -673,12 +687,14 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
       logger,
       networks,
       containers: runtime,
+      images: runtime.imageService,
     });
     host = `unix://${join(dir, "shoald.sock")}`;
   });
 
   afterEach(async () => {
-    for (const c of await runtime.list(true)) await runtime.remove(c.Id, true).catch(() => undefined);
+    for (const c of await runtime.containerList({ all: true, filters: {} }))
+      await runtime.containerRemove(c.Id, { force: true }).catch(() => undefined);
     const leaked = await runtime.containerNetnsFiles();
     await server.close();
     rmSync(dir, { recursive: true, force: true });
@@ -746,17 +762,16 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     expect(r.stdout).toBe("");
   });
 
-  it("run -d of another image: the daemon's 400, exit 125, and nothing pulled or created", async () => {
-    const r = await shoal("run", "-d", "alpine");
-    expect(r).toEqual({
-      code: 125,
-      stdout: "",
-      stderr:
-        `shoal: Error response from daemon: image "alpine" is not available: shoal runs containers on the host's file system; use the image name "host"\n\n` +
-        "Run 'shoal run --help' for more information\n",
-    });
-    expect(paths.some((p) => p.includes("/images/"))).toBe(false);
-    expect(await runtime.list(true)).toEqual([]);
+  it("run -d of an image that is not here: pulled first, in docker's words; a registry that is not there is an error and nothing is created", async () => {
+    const r = await shoal("run", "-d", "127.0.0.1:1/alpine");
+    expect(r.code).toBe(125);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain("Unable to find image '127.0.0.1:1/alpine:latest' locally\n");
+    expect(r.stderr).toContain(
+      'shoal: Error response from daemon: Get "http://127.0.0.1:1/v2/": connect ECONNREFUSED 127.0.0.1:1',
+    );
+    expect(paths.some((p) => p.startsWith("POST /v1.50/images/create"))).toBe(true);
+    expect(await runtime.containerList({ all: true, filters: {} })).toEqual([]);
   });
 
   it("attached run: output by stream, the exit code, stdin with -i, --rm", async () => {
@@ -764,7 +779,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     expect(r).toEqual({ code: 3, stdout: "out\n", stderr: "err\n" });
     r = await shoalIn("typed\n", "run", "-i", "--rm", "host", "sh", "-c", "cat; echo done");
     expect(r).toEqual({ code: 0, stdout: "typed\ndone\n", stderr: "" });
-    expect((await runtime.list(true)).map((c) => c.Names[0])).toEqual(["/job"]);
+    expect((await runtime.containerList({ all: true, filters: {} })).map((c) => c.Names[0])).toEqual(["/job"]);
     r = await shoal("run", "host", "no-such-program");
     expect(r.code).toBe(127);
     expect(r.stderr).toContain('exec: "no-such-program": executable file not found in $PATH');

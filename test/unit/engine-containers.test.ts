@@ -4,15 +4,14 @@
 // runs containers through the real ContainerRuntime (root only: real namespaces).
 
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { connect } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import pino from "pino";
-import { afterEach, beforeEach, describe, expect, test } from "vitest";
-import { ContainerRuntime } from "../../src/agent/runtime.js";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { ApiError } from "../../src/engine/errors.js";
 import { EngineServer, filterNetworks, frame } from "../../src/engine/server.js";
 import type {
@@ -36,7 +35,8 @@ import type {
   WaitCondition,
   WaitResponse,
 } from "../../src/engine/types.js";
-import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-fixtures.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
 const CID = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
@@ -161,6 +161,12 @@ class FakeContainers implements ContainerBackend {
       },
     };
   }
+  async containerTop(ref: string, psArgs: string): Promise<{ Titles: string[]; Processes: string[][] }> {
+    this.rec("containerTop", ref, psArgs);
+    this.find(ref);
+    return { Titles: ["PID", "CMD"], Processes: [["42", "sleep 1000"]] };
+  }
+
   async execInspect(id: string): Promise<ExecInspect> {
     return { ID: id, Running: false, ExitCode: 3 } as ExecInspect;
   }
@@ -183,7 +189,11 @@ let sock: string;
 let server: EngineServer | undefined;
 let logLines: string[];
 
-async function listen(extra: { networks?: TestNetworkBackend; containers?: ContainerBackend }): Promise<void> {
+async function listen(extra: {
+  networks?: TestNetworkBackend;
+  containers?: ContainerBackend;
+  images?: ContainerRuntime["imageService"];
+}): Promise<void> {
   logLines = [];
   const logger = pino({ level: "debug" }, { write: (line: string) => void logLines.push(line) });
   server = await EngineServer.listen({ socketPath: sock, backend: swarm, logger, ...extra });
@@ -661,6 +671,19 @@ function ok(r: Run): Run {
 }
 
 describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the real container runtime", () => {
+  let cdDir: string;
+  let cd: Awaited<ReturnType<typeof testContainerd>>;
+
+  beforeAll(async () => {
+    cdDir = mkdtempSync(join(os.tmpdir(), "shoal-containerd-"));
+    cd = await testContainerd(cdDir);
+  });
+
+  afterAll(async () => {
+    await cd?.stop();
+    rmSync(cdDir, { recursive: true, force: true });
+  });
+
   let runtime: ContainerRuntime;
   let attacher: VethAttacher;
 
@@ -670,16 +693,18 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     const networks = new TestNetworkBackend(attacher);
     runtime = await ContainerRuntime.open({
       execRoot: join(dir, "run"),
+      containerd: cd.containerd,
       stateDir: join(dir, "containers"),
       attacher,
       logger: pino({ level: "silent" }),
     });
     networks.containers = runtime;
-    await listen({ networks, containers: runtime });
+    await listen({ networks, containers: runtime, images: runtime.imageService });
   });
 
   afterEach(async () => {
-    for (const c of await runtime.list(true)) await runtime.remove(c.Id, true).catch(() => undefined);
+    for (const c of await runtime.containerList({ all: true, filters: {} }))
+      await runtime.containerRemove(c.Id, { force: true }).catch(() => undefined);
     expect(await runtime.containerNetnsFiles()).toEqual([]);
     expect(attacher.attachedCount).toBe(0);
   });
@@ -740,15 +765,16 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     expect(r).toMatchObject({ code: 1, stderr: "Error response from daemon: network n1 not found\nexit status 1\n" });
   });
 
-  test("run -d of another image is a 400 that says why, and docker does not try to pull", async () => {
-    const r = await docker("run", "-d", "alpine", "true");
+  test("run -d of an image that is not here: docker pulls it first; a registry that is not there is an error, nothing created", async () => {
+    const r = await docker("run", "-d", "127.0.0.1:1/alpine", "true");
     expect(r.code).toBe(125);
+    expect(r.stderr).toContain("Unable to find image '127.0.0.1:1/alpine:latest' locally");
     expect(r.stderr).toContain(
-      `docker: Error response from daemon: image "alpine" is not available: shoal runs containers on the host's file system; use the image name "host"`,
+      'docker: Error response from daemon: Get "http://127.0.0.1:1/v2/": connect ECONNREFUSED 127.0.0.1:1',
     );
     expect(requestedPaths()).toContain("POST /v1.50/containers/create");
-    expect(requestedPaths().some((p) => p.includes("/images/"))).toBe(false);
-    expect(await runtime.list(true)).toEqual([]);
+    expect(requestedPaths().some((p) => p.startsWith("POST /v1.50/images/create"))).toBe(true);
+    expect(await runtime.containerList({ all: true, filters: {} })).toEqual([]);
   });
 
   test("attached run, --rm, and the errors docker users know", async () => {
@@ -770,7 +796,7 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     expect(r.stderr).toContain('exec: "no-such-program": executable file not found in $PATH');
     r = await docker("stop", "ghost");
     expect(r).toMatchObject({ code: 1, stderr: "Error response from daemon: No such container: ghost\n" });
-    expect((await runtime.list(true)).map((c) => c.Names[0]).sort()).toHaveLength(3); // job, nonet's, no-such-program's
+    expect((await runtime.containerList({ all: true, filters: {} })).map((c) => c.Names[0]).sort()).toHaveLength(3); // job, nonet's, no-such-program's
   });
 
   test("network connect and disconnect a running container", async () => {

@@ -310,6 +310,33 @@ describe("what real clients send is accepted", () => {
 });
 
 describe("what shoal does not carry out is refused when asked for, never stored and ignored", () => {
+  test("what the runtime carries out reaches it: user, binds, memory, CPUs, restart policy", () => {
+    const req = containerCreateFromRequest(
+      decode(
+        ContainerCreateBody,
+        {
+          User: "nobody",
+          Image: "busybox",
+          HostConfig: {
+            Binds: ["/srv:/data:ro"],
+            Memory: 64 << 20,
+            NanoCpus: 5e8,
+            RestartPolicy: { Name: "on-failure", MaximumRetryCount: 3 },
+          },
+        },
+        "x",
+      ),
+    );
+    expect(req.User).toBe("nobody");
+    expect(req.HostConfig).toEqual({
+      AutoRemove: false,
+      Binds: ["/srv:/data:ro"],
+      Memory: 64 << 20,
+      NanoCpus: 5e8,
+      RestartPolicy: { Name: "on-failure", MaximumRetryCount: 3 },
+    });
+  });
+
   test("container features, naming the field and the flag", () => {
     expect(refusal(ContainerCreateBody, { HostConfig: { Privileged: true } })).toBe(
       "HostConfig.Privileged (--privileged) is not supported by shoal: leave it unset",
@@ -317,14 +344,11 @@ describe("what shoal does not carry out is refused when asked for, never stored 
     expect(refusal(ContainerCreateBody, { HostConfig: { PortBindings: { "80/tcp": [{ HostPort: "8080" }] } } })).toBe(
       "HostConfig.PortBindings (-p) is not supported by shoal: leave it unset",
     );
-    expect(refusal(ContainerCreateBody, { HostConfig: { RestartPolicy: { Name: "always" } } })).toBe(
-      "HostConfig.RestartPolicy.Name (--restart) is not supported by shoal: leave it unset",
+    expect(refusal(ContainerCreateBody, { HostConfig: { CpuShares: 512 } })).toBe(
+      "HostConfig.CpuShares (--cpu-shares) is not supported by shoal: leave it unset",
     );
-    expect(refusal(ContainerCreateBody, { HostConfig: { Memory: 1 << 20 } })).toBe(
-      "HostConfig.Memory (--memory) is not supported by shoal: leave it unset",
-    );
-    expect(refusal(ContainerCreateBody, { User: "nobody" })).toBe(
-      "User (--user) is not supported by shoal: leave it unset",
+    expect(refusal(ContainerCreateBody, { HostConfig: { Memory: -1 } })).toBe(
+      "invalid request: HostConfig.Memory: --memory cannot be negative",
     );
     expect(
       refusal(ContainerCreateBody, {

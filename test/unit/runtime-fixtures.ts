@@ -5,21 +5,83 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { ApiError } from "../../src/engine/errors.js";
+import { join } from "node:path";
+import pino from "pino";
+import { ApiError } from "../../src/api/errors.js";
 import type {
   AttachedEndpoint,
+  ContainerBackend,
   EndpointSettingsRequest,
   NetworkAttacher,
   NetworkBackend,
   NetworkResource,
 } from "../../src/engine/types.js";
+import type { Containerd } from "../../src/runtime/containerd/client.js";
+import { ContainerdSupervisor } from "../../src/runtime/containerd/supervisor.js";
 import type { NetworkSpec } from "../../src/store/store.js";
 
 export const CAN_RUN_CONTAINERS =
   process.platform === "linux" &&
   process.getuid?.() === 0 &&
-  ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mkfifo"].every((p) => existsSync(p)) &&
+  ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mkfifo", "/usr/bin/containerd", "/usr/sbin/runc"].every((p) =>
+    existsSync(p),
+  ) &&
   (existsSync("/usr/sbin/ip") || existsSync("/sbin/ip") || existsSync("/usr/bin/ip"));
+
+/**
+ * A containerd of the test's own (root and state under `dir`), as shoald runs one; `stop` ends it and
+ * removes what it kept.
+ */
+export async function testContainerd(dir: string): Promise<{ containerd: Containerd; stop(): Promise<void> }> {
+  const supervisor = new ContainerdSupervisor({
+    dataRoot: join(dir, "data"),
+    execRoot: join(dir, "run"),
+    logger: pino({ level: "silent" }),
+  });
+  const containerd = await supervisor.start();
+  return {
+    containerd,
+    stop: async () => {
+      containerd.close();
+      await supervisor.stop();
+    },
+  };
+}
+
+/** Runs cmd in a running container through the exec calls the Engine API makes, and collects its output. */
+export async function execIn(
+  rt: ContainerBackend,
+  ref: string,
+  cmd: string[],
+): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+  const id = await rt.execCreate(ref, { Cmd: cmd, AttachStdout: true, AttachStderr: true });
+  const session = await rt.execStart(id);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const exitCode = await session.run({
+    output: (c) => {
+      (c.stream === 1 ? out : err).push(c.data);
+      return undefined;
+    },
+  });
+  return { exitCode, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
+}
+
+/** Everything a container printed (stdout and stderr interleaved), as `docker logs` shows it. */
+export async function logsOf(rt: ContainerBackend, ref: string): Promise<string> {
+  const stream = await rt.containerLogs(ref, {
+    stdout: true,
+    stderr: true,
+    follow: false,
+    timestamps: false,
+    tail: "all",
+    since: 0,
+    until: 0,
+  });
+  const parts: Buffer[] = [];
+  for await (const c of stream.chunks) parts.push(c.data);
+  return Buffer.concat(parts).toString("utf8");
+}
 
 export const TEST_RESOLV_CONF = "nameserver 192.0.2.53\nsearch shoal.test\noptions ndots:0\n";
 

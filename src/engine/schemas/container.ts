@@ -2,10 +2,10 @@
 // HostConfig and NetworkingConfig, ExecOptions and ExecStartOptions, every field of API 1.24 to 1.50, and
 // what shoal's runtime takes from them.
 //
-// shoal runs a container's process on the host's file system in its own network namespace, attached to
-// overlay networks. Everything Docker offers beyond that (resources, mounts, ports, capabilities, devices,
-// restart policies, health checks...) is accepted at its zero value, as the docker CLI sends it, and
-// refused with the flag's name when given.
+// shoal runs a container from its OCI image through containerd, in a network namespace attached to overlay
+// networks, with a user, bind mounts (-v), a memory and CPU limit and a restart policy. Everything else
+// Docker offers (ports, capabilities, devices, other resources, health checks...) is accepted at its zero
+// value, as the docker CLI sends it, and refused with the flag's name when given.
 
 import { z } from "zod";
 import {
@@ -15,9 +15,11 @@ import {
   MAX_PATH_LENGTH,
   MAX_SHORT_STRING,
 } from "../../api/limits.js";
+import type { ContainerCreateRequest, ExecCreateRequest } from "../../runtime/types.js";
 import { command, env, labels, options, text } from "./common.js";
 import { bodySchema } from "./decode.js";
 import {
+  checked,
   type GoOut,
   type GoType,
   goArray,
@@ -42,8 +44,8 @@ const throttleDevice = goStruct("blkiodev.ThrottleDevice", { Path: text(MAX_PATH
 /** container.Resources (inlined in HostConfig): none of it is carried out by shoal. */
 const resourceFields = {
   CpuShares: no(goInt("int64"), "--cpu-shares"),
-  Memory: no(goInt("int64"), "--memory"),
-  NanoCpus: no(goInt("int64"), "--cpus"),
+  Memory: checked(goInt("int64"), (v) => (v < 0 ? "--memory cannot be negative" : undefined)),
+  NanoCpus: checked(goInt("int64"), (v) => (v < 0 ? "--cpus cannot be negative" : undefined)),
   CgroupParent: no(text(MAX_PATH_LENGTH), "--cgroup-parent"),
   BlkioWeight: no(goInt("uint16"), "--blkio-weight"),
   BlkioWeightDevice: no(
@@ -142,7 +144,7 @@ const mountType = goStruct("mount.Mount", {
 });
 
 const hostConfigType = goStruct("container.HostConfig", {
-  Binds: no(strings(MAX_PATH_LENGTH), "-v"),
+  Binds: strings(MAX_PATH_LENGTH),
   // Written by the docker CLI itself; the daemon never uses it.
   ContainerIDFile: text(MAX_PATH_LENGTH),
   LogConfig: goStruct("container.LogConfig", {
@@ -158,8 +160,8 @@ const hostConfigType = goStruct("container.HostConfig", {
     "-p",
   ),
   RestartPolicy: goStruct("container.RestartPolicy", {
-    Name: no(text(32, "container.RestartPolicyMode"), "--restart", (v) => v === "no"),
-    MaximumRetryCount: no(goInt("int"), "--restart on-failure:N"),
+    Name: text(32, "container.RestartPolicyMode"),
+    MaximumRetryCount: goInt("int"),
   }),
   AutoRemove: goBool(),
   VolumeDriver: no(text(MAX_NAME_LENGTH), "--volume-driver"),
@@ -211,7 +213,7 @@ const healthConfigType = goStruct("container.HealthConfig", {
 export const ContainerCreateType = goStruct("container.CreateRequest", {
   Hostname: text(MAX_NAME_LENGTH),
   Domainname: text(MAX_NAME_LENGTH),
-  User: no(text(MAX_NAME_LENGTH), "--user"),
+  User: text(MAX_NAME_LENGTH),
   AttachStdin: goBool(),
   AttachStdout: goBool(),
   AttachStderr: goBool(),
@@ -240,24 +242,8 @@ export const ContainerCreateType = goStruct("container.CreateRequest", {
 export const ContainerCreateBody = bodySchema(ContainerCreateType);
 export type ContainerCreateRequestIn = NonNullable<GoOut<typeof ContainerCreateType>>;
 
-/** What shoal's runtime takes from a container create request. */
-export interface ContainerCreate {
-  Hostname?: string;
-  Domainname?: string;
-  Tty?: boolean;
-  OpenStdin?: boolean;
-  StdinOnce?: boolean;
-  Env?: string[];
-  Cmd?: string[];
-  Image?: string;
-  WorkingDir?: string;
-  Entrypoint?: string[] | null;
-  Labels?: Record<string, string>;
-  StopSignal?: string;
-  StopTimeout?: number;
-  HostConfig?: { NetworkMode?: string; AutoRemove?: boolean };
-  NetworkingConfig?: { EndpointsConfig?: Record<string, EndpointRequest> };
-}
+/** What shoal's runtime takes from a container create request (the runtime owns the shape). */
+export type ContainerCreate = ContainerCreateRequest;
 
 export function containerCreateFromRequest(r: ContainerCreateRequestIn): ContainerCreate {
   const endpoints: Record<string, EndpointRequest> = {};
@@ -268,13 +254,11 @@ export function containerCreateFromRequest(r: ContainerCreateRequestIn): Contain
     Tty: r.Tty ?? false,
     OpenStdin: r.OpenStdin ?? false,
     StdinOnce: r.StdinOnce ?? false,
-    HostConfig: {
-      ...(r.HostConfig?.NetworkMode ? { NetworkMode: r.HostConfig.NetworkMode } : {}),
-      AutoRemove: r.HostConfig?.AutoRemove ?? false,
-    },
+    HostConfig: hostConfigFromRequest(r.HostConfig),
     NetworkingConfig: { EndpointsConfig: endpoints },
   };
   if (r.Hostname) out.Hostname = r.Hostname;
+  if (r.User) out.User = r.User;
   if (r.Domainname) out.Domainname = r.Domainname;
   if (r.Env) out.Env = [...r.Env];
   if (r.Cmd) out.Cmd = [...r.Cmd];
@@ -287,10 +271,21 @@ export function containerCreateFromRequest(r: ContainerCreateRequestIn): Contain
   return out;
 }
 
+function hostConfigFromRequest(hc: ContainerCreateRequestIn["HostConfig"]): NonNullable<ContainerCreate["HostConfig"]> {
+  const out: NonNullable<ContainerCreate["HostConfig"]> = { AutoRemove: hc?.AutoRemove ?? false };
+  if (hc?.NetworkMode) out.NetworkMode = hc.NetworkMode;
+  if (hc?.Binds && hc.Binds.length > 0) out.Binds = [...hc.Binds];
+  if (hc?.Memory) out.Memory = hc.Memory;
+  if (hc?.NanoCpus) out.NanoCpus = hc.NanoCpus;
+  const rp = hc?.RestartPolicy;
+  if (rp?.Name && rp.Name !== "no") out.RestartPolicy = { Name: rp.Name, MaximumRetryCount: rp.MaximumRetryCount ?? 0 };
+  return out;
+}
+
 // ------------------------------------------------------------------ exec
 
 export const ExecCreateType = goStruct("container.ExecOptions", {
-  User: no(text(MAX_NAME_LENGTH), "--user"),
+  User: text(MAX_NAME_LENGTH),
   Privileged: no(goBool(), "--privileged"),
   Tty: goBool(),
   ConsoleSize: goPointer(goArray(goInt("uint"), 2)),
@@ -315,20 +310,11 @@ export const ExecStartType = goStruct("container.ExecStartOptions", {
 export const ExecStartBody = bodySchema(ExecStartType);
 
 /** What shoal's runtime takes from an exec create request. */
-export interface ExecCreate {
-  Tty?: boolean;
-  AttachStdin?: boolean;
-  AttachStdout?: boolean;
-  AttachStderr?: boolean;
-  Detach?: boolean;
-  DetachKeys?: string;
-  Env?: string[];
-  WorkingDir?: string;
-  Cmd?: string[];
-}
+export type ExecCreate = ExecCreateRequest;
 
 export function execCreateFromRequest(r: NonNullable<GoOut<typeof ExecCreateType>>): ExecCreate {
   return {
+    ...(r.User ? { User: r.User } : {}),
     Tty: r.Tty ?? false,
     AttachStdin: r.AttachStdin ?? false,
     AttachStdout: r.AttachStdout ?? false,
