@@ -12,12 +12,15 @@
 // Kernel views are read with this file's own readers (readers.ts), never the product's parsers.
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { isDeepStrictEqual, promisify } from "node:util";
+import { pino } from "pino";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFailed } from "vitest";
 import { Lab, type LabHost } from "../../deploy/lab.js";
 import { probeEsp } from "../../src/dataplane/firewall.js";
 import { encryptedMtu, spi, XFRM_MARK, XFRM_REQID } from "../../src/dataplane/xfrm.js";
+import { ContainerdSupervisor } from "../../src/runtime/containerd/supervisor.js";
 import { build, docker, ok, overlayNamespaces, shoal, waitFor } from "../e2e/lab-helpers.js";
 import {
   apiGet,
@@ -41,6 +44,18 @@ const PORT = 4789;
 /** Waits in this guest are long: every process costs hundreds of ms of its one CPU. */
 const SLOW_MS = 180_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * One containerd for the guest, shared by the lab's daemons (shoald --containerd SOCK), as on a machine where
+ * containerd is a system service: three of them on this guest's one CPU slowed every container call and
+ * every daemon restart. Each daemon still has its own containers (shoal's containerd namespace holds them by
+ * id, and each daemon knows its own).
+ */
+const CONTAINERD_DIR = "/run/shoal-esp-containerd";
+const containerd = new ContainerdSupervisor({
+  dataRoot: join(CONTAINERD_DIR, "root"),
+  execRoot: join(CONTAINERD_DIR, "state"),
+  logger: pino({ level: "silent" }),
+});
 /** A command in the guest's root namespace (where the lab's bridge is). */
 const root = async (argv: string[]) => (await promisify(execFile)(argv[0]!, argv.slice(1), { timeout: 60_000 })).stdout;
 
@@ -79,7 +94,7 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     name: "esp",
     // Long ticks: this guest has one slow CPU, and short ones make followers call elections.
     raftTickMs: 300,
-    daemonArgs: ["--encryption-key-rotation", ROTATION],
+    daemonArgs: ["--encryption-key-rotation", ROTATION, "--containerd", containerd.socket],
     startTimeoutMs: 180_000,
   });
   let h: LabHost[] = [];
@@ -272,10 +287,12 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
   }
 
   let vni = { enc: 0, plain: 0 };
+  let anyFailed = false;
 
   /** On a failure: the end of every daemon's log (key material is never logged; that is tested below). */
   beforeEach(() => {
     onTestFailed(() => {
+      anyFailed = true;
       for (const x of h) {
         let log = "(no log)";
         try {
@@ -289,6 +306,8 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
   beforeAll(async () => {
     await lab.down();
     await build();
+    rmSync(CONTAINERD_DIR, { recursive: true, force: true });
+    (await containerd.start()).close();
     h = await lab.up(3);
     await ok(h1(), "swarm", "init", "--advertise-addr", h1().addr, "--dispatcher-heartbeat", "2s");
     const wt = (await ok(h1(), "swarm", "join-token", "-q", "worker")).trim();
@@ -303,7 +322,20 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
   }, 600_000);
 
   afterAll(async () => {
+    // The daemons' whole logs, for a failed run (SHOAL_ESP_KEEP=1 on the host keeps the job directory).
+    const job = process.env.SHOAL_JOB;
+    if (job && (anyFailed || process.env.SHOAL_ESP_KEEP === "1")) {
+      for (const x of h) {
+        const dir = join(job, "lab-logs", x.name);
+        mkdirSync(dir, { recursive: true });
+        if (existsSync(x.log)) copyFileSync(x.log, join(dir, "shoald.log"));
+      }
+      const ctrdLog = join(CONTAINERD_DIR, "state", "containerd", "containerd.log");
+      if (existsSync(ctrdLog)) copyFileSync(ctrdLog, join(job, "lab-logs", "containerd.log"));
+    }
     await lab.down();
+    await containerd.stop();
+    rmSync(CONTAINERD_DIR, { recursive: true, force: true });
   }, 120_000);
 
   it("this kernel does ESP with AES-GCM; the firewall is iptables, and shoal info, docker info and the start log say so", async () => {
@@ -539,9 +571,14 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
       async () => ((await ok(h1(), "node", "ls")).match(/\bReachable\b/g) ?? []).length === 2,
       SLOW_MS,
     );
+    // As a user would before using the new managers: every manager names the same leader (each answers
+    // node ls through its own Raft member, so each has caught up and hears the leader).
     const lead = await waitFor(
-      "a leader",
-      async () => ((await leader(h1())) || undefined) as string | undefined,
+      "every manager to name the same leader",
+      async () => {
+        const seen = await Promise.all(h.map((x) => leader(x).catch(() => "")));
+        return seen[0] && seen.every((s) => s === seen[0]) ? seen[0] : undefined;
+      },
       SLOW_MS,
     );
     const [a, b] = h.filter((x) => x.name !== lead) as [LabHost, LabHost];
