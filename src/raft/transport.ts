@@ -33,7 +33,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type * as pb from "../gen/raft.js";
-import type { Transport } from "./node.js";
+import type { Transport } from "./node-options.js";
 import { type Item, OutQueue } from "./transport-queue.js";
 import { REMOVED_MEMBER_DETAILS } from "./transport-server.js";
 import {
