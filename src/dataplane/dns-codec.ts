@@ -7,14 +7,11 @@
 // not thrown.
 
 export const TYPE_A = 1;
-export const TYPE_NS = 2;
+const TYPE_NS = 2;
 export const TYPE_CNAME = 5;
-export const TYPE_SOA = 6;
-export const TYPE_PTR = 12;
+const TYPE_PTR = 12;
 export const TYPE_MX = 15;
-export const TYPE_TXT = 16;
 export const TYPE_AAAA = 28;
-export const TYPE_SRV = 33;
 export const TYPE_OPT = 41;
 export const TYPE_ANY = 255;
 export const CLASS_IN = 1;
@@ -25,7 +22,6 @@ export const RCODE_FORMERR = 1;
 export const RCODE_SERVFAIL = 2;
 export const RCODE_NXDOMAIN = 3;
 export const RCODE_NOTIMP = 4;
-export const RCODE_REFUSED = 5;
 
 export const HEADER_LEN = 12;
 /** The classic UDP limit (RFC 1035 4.2.1), used when a query carries no EDNS0 OPT record. */
@@ -90,7 +86,7 @@ export interface DnsMessage {
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
 
-export class DnsFormatError extends Error {
+class DnsFormatError extends Error {
   constructor(
     message: string,
     readonly offset: number,
@@ -298,7 +294,7 @@ export function canonicalName(name: string): string {
 // ---- writing ------------------------------------------------------------------------------------------
 
 /** Wire form of a name given as labels (uncompressed). */
-export function encodeLabels(labels: Buffer[]): Buffer {
+function encodeLabels(labels: Buffer[]): Buffer {
   const parts: Buffer[] = [];
   let len = 1;
   for (const l of labels) {

@@ -57,11 +57,11 @@ export const crc32: (data: Uint8Array) => number = nativeCrc32 ?? crc32Table;
 // Keys
 
 const K_MARKER = 0x63; // 'c'
-export const K_ENTRY = 0x65; // 'e'
+const K_ENTRY = 0x65; // 'e'
 const K_HARDSTATE = 0x68; // 'h'
 const K_KEYCHECK = 0x6b; // 'k'
 const K_SNAPMETA = 0x6d; // 'm'
-export const K_CHUNK = 0x73; // 's'
+const K_CHUNK = 0x73; // 's'
 
 export const HARD_STATE_KEY: Buffer = Buffer.from([K_HARDSTATE]);
 const SNAPSHOT_META_KEY: Buffer = Buffer.from([K_SNAPMETA]);
@@ -153,7 +153,7 @@ const TAG_BYTES = 16;
 export const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
 /** What the key check record seals. */
 export const KEY_CHECK_PLAINTEXT = Buffer.from("shoal raft DEK check v1\n");
-export const KEY_CHECK_PAYLOAD = 2 + SEAL_OVERHEAD + KEY_CHECK_PLAINTEXT.length;
+const KEY_CHECK_PAYLOAD = 2 + SEAL_OVERHEAD + KEY_CHECK_PLAINTEXT.length;
 export const KC_PURGE = 0x01;
 /** Nonces are drawn from a buffer of random bytes refilled this many nonces at a time (a syscall each). */
 const NONCE_POOL = 512;

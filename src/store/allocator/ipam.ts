@@ -41,13 +41,13 @@ import {
 
 // --- constants -------------------------------------------------------------------------------------------
 
-export const DEFAULT_POOL = "10.0.0.0/8";
-export const DEFAULT_SUBNET_SIZE = 24;
+const DEFAULT_POOL = "10.0.0.0/8";
+const DEFAULT_SUBNET_SIZE = 24;
 /** The longest mask `--default-addr-pool-mask-length` accepts (8 addresses; swarmkit's limit). */
-export const MAX_SUBNET_SIZE = 29;
+const MAX_SUBNET_SIZE = 29;
 /** Prefix lengths an explicit `--subnet` may have. */
-export const MIN_EXPLICIT_PREFIX = 8;
-export const MAX_EXPLICIT_PREFIX = 30;
+const MIN_EXPLICIT_PREFIX = 8;
+const MAX_EXPLICIT_PREFIX = 30;
 
 /** The ingress network's VXLAN id. */
 export const INGRESS_VNI = 4096;
@@ -116,11 +116,6 @@ export function intToIp(n: number): string {
   return `${Math.floor(n / 0x1000000)}.${Math.floor(n / 0x10000) % 256}.${Math.floor(n / 0x100) % 256}.${n % 256}`;
 }
 
-/** Whether `s` is a dotted-quad IPv4 address. */
-export function isIpv4(s: string): boolean {
-  return tryIpToInt(s) !== undefined;
-}
-
 const blockSize = (prefix: number): number => 2 ** (32 - prefix);
 
 function cidrOf(addr: number, prefix: number): Cidr {
@@ -145,7 +140,7 @@ export function parseCidr(s: string, opts: { strict?: boolean } = {}): Cidr {
   return c;
 }
 
-export function formatCidr(c: Cidr): string {
+function formatCidr(c: Cidr): string {
   return `${intToIp(c.base)}/${c.prefix}`;
 }
 
@@ -201,7 +196,7 @@ export function normalizePoolConfig(cfg: Partial<PoolConfig> = {}): PoolConfig {
 }
 
 /** Checks an explicit `--subnet`: canonical, IPv4, prefix /8../30. Returns it parsed. Throws IpamError (400). */
-export function parseExplicitSubnet(s: string): Cidr {
+function parseExplicitSubnet(s: string): Cidr {
   const c = parseCidr(s);
   if (c.prefix < MIN_EXPLICIT_PREFIX || c.prefix > MAX_EXPLICIT_PREFIX) {
     throw subnetPrefixOutOfRange(s, MIN_EXPLICIT_PREFIX, MAX_EXPLICIT_PREFIX);
