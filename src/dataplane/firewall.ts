@@ -21,7 +21,8 @@
 
 import type { Logger } from "pino";
 import pino from "pino";
-import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
+import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
 import { type EspSupport, hex32, probeXfrm, XFRM_MARK } from "./xfrm.js";

@@ -20,10 +20,11 @@
 
 import type { Logger } from "pino";
 import pino from "pino";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { Serial } from "../serial.js";
 import { normalizeIp } from "./addr.js";
 import type { Firewall } from "./firewall.js";
-import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
+import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
 import {

@@ -4,6 +4,7 @@
 
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { normalizeIp } from "./addr.js";
 import { createNetns, deleteNetns, type NetnsProbe, statProbe } from "./netns.js";
 import {
@@ -11,7 +12,6 @@ import {
   BRIDGE_INDEX,
   batch,
   type DataPathConfig,
-  DEFAULT_DATA_PATH_PORT,
   diffPeers,
   type Endpoint,
   type LinkState,

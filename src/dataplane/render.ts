@@ -20,7 +20,6 @@ export const VXLAN = "vxlan0";
  */
 export const BRIDGE_INDEX = 2;
 const DEFAULT_MTU = 1450;
-export const DEFAULT_DATA_PATH_PORT = 4789;
 
 export interface OverlayNetwork {
   id: string;

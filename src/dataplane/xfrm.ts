@@ -29,8 +29,9 @@
 // 16-byte AES key followed by the 4-byte salt (RFC 4106 §8.1).
 
 import { isIPv4 } from "node:net";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { normalizeIp } from "./addr.js";
-import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
+import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
 
