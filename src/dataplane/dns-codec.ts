@@ -6,6 +6,8 @@
 // and any malformed packet (short, bad label, pointer loop, counts that overrun the buffer) is reported,
 // not thrown.
 
+import { ipv4Bytes } from "../api/ipv4.js";
+
 export const TYPE_A = 1;
 const TYPE_NS = 2;
 export const TYPE_CNAME = 5;
@@ -354,18 +356,6 @@ export interface ResponseOptions {
   aa?: boolean;
   /** Largest message allowed: the transport's limit (UDP: 512 or the EDNS0 size; TCP: 65535). */
   maxSize?: number;
-}
-
-function ipv4Bytes(ip: string): Buffer {
-  const parts = ip.split(".");
-  if (parts.length !== 4) throw new Error(`invalid IPv4 address ${JSON.stringify(ip)}`);
-  const b = Buffer.alloc(4);
-  parts.forEach((p, i) => {
-    const n = /^\d{1,3}$/.test(p) ? Number(p) : Number.NaN;
-    if (!(n >= 0 && n <= 255)) throw new Error(`invalid IPv4 address ${JSON.stringify(ip)}`);
-    b[i] = n;
-  });
-  return b;
 }
 
 /**

@@ -29,6 +29,7 @@
 // 16-byte AES key followed by the 4-byte salt (RFC 4106 §8.1).
 
 import { isIPv4 } from "node:net";
+import { ipv4Bytes } from "../api/ipv4.js";
 import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { normalizeIp } from "./addr.js";
 import { batch } from "./render.js";
@@ -85,9 +86,7 @@ export function ip16(ip: string): Buffer {
   if (isIPv4(a)) {
     out[10] = 0xff;
     out[11] = 0xff;
-    a.split(".").forEach((o, i) => {
-      out[12 + i] = Number(o);
-    });
+    ipv4Bytes(a).copy(out, 12);
     return out;
   }
   const [head, tail] = a.includes("::") ? a.split("::") : [a, undefined];
