@@ -24,7 +24,7 @@ import pino from "pino";
 import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
-import { spawnRunner } from "./runner.js";
+import { commandFailure, spawnRunner } from "./runner.js";
 import { type EspSupport, hex32, probeXfrm, XFRM_MARK } from "./xfrm.js";
 
 export type FirewallBackend = "nftables" | "iptables";
@@ -364,12 +364,7 @@ export async function probeEsp(
 
 class FirewallError extends Error {
   constructor(what: string, stderr: string, code: number) {
-    const detail = stderr
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l !== "")
-      .join("; ");
-    super(`${what} failed (exit ${code}): ${detail || "no output"}`);
+    super(commandFailure(what, stderr, code));
     this.name = "FirewallError";
   }
 }

@@ -26,7 +26,7 @@ import { normalizeIp } from "./addr.js";
 import type { Firewall } from "./firewall.js";
 import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
-import { spawnRunner } from "./runner.js";
+import { commandFailure, spawnRunner } from "./runner.js";
 import {
   hex32,
   type IcvBits,
@@ -102,12 +102,7 @@ export interface PeerKernelView {
 
 class IpsecCommandError extends Error {
   constructor(what: string, stderr: string, code: number) {
-    const detail = stderr
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l !== "")
-      .join("; ");
-    super(`${what} failed (exit ${code}): ${detail || "no output"}`);
+    super(commandFailure(what, stderr, code));
     this.name = "IpsecCommandError";
   }
 }

@@ -147,16 +147,6 @@ function filterMatch(values: string[], source: string): boolean {
   });
 }
 
-function labelsMatch(wanted: string[], labels: Record<string, string>): boolean {
-  for (const l of wanted) {
-    const eq = l.indexOf("=");
-    const k = eq < 0 ? l : l.slice(0, eq);
-    if (!Object.hasOwn(labels, k)) return false;
-    if (eq >= 0 && labels[k] !== l.slice(eq + 1)) return false;
-  }
-  return true;
-}
-
 /**
  * GET /networks filters as dockerd applies them (driver, scope: exact; name, id: match; label: key or
  * key=value; type: builtin or custom; dangling: no local containers).
@@ -167,7 +157,7 @@ export function filterNetworks(list: NetworkResource[], f: Record<string, string
     if (f.scope?.length && !f.scope.includes(n.Scope)) return false;
     if (f.name?.length && !filterMatch(f.name, n.Name)) return false;
     if (f.id?.length && !filterMatch(f.id, n.Id)) return false;
-    if (f.label?.length && !labelsMatch(f.label, n.Labels ?? {})) return false;
+    if (f.label?.length && !matchKVList(f.label, n.Labels ?? {})) return false;
     if (f.type?.length) {
       const builtin = BUILTIN_NETWORKS.includes(n.Name);
       if (!f.type.some((t) => (t === "builtin" ? builtin : !builtin))) return false;
