@@ -20,9 +20,9 @@ import {
 export type NodeRole = "manager" | "worker";
 
 export const MANAGER_OU = "swarm-manager";
-export const WORKER_OU = "swarm-worker";
+const WORKER_OU = "swarm-worker";
 /** Extra DNS SAN on manager certificates: the name a joiner uses for "the CA". */
-export const CA_SAN = ROOT_CA_CN;
+const CA_SAN = ROOT_CA_CN;
 export const DEFAULT_NODE_CERT_DAYS = 90;
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -34,7 +34,7 @@ export function roleToOU(role: NodeRole): string {
 }
 
 /** The role an OU stands for, or null for an OU shoal does not issue. */
-export function ouToRole(ou: string): NodeRole | null {
+function ouToRole(ou: string): NodeRole | null {
   if (ou === MANAGER_OU) return "manager";
   if (ou === WORKER_OU) return "worker";
   return null;

@@ -18,7 +18,7 @@ import {
 } from "./x509.js";
 
 export const ROOT_CA_CN = "swarm-ca";
-export const DEFAULT_ROOT_CA_YEARS = 20;
+const DEFAULT_ROOT_CA_YEARS = 20;
 /** Certificates are backdated so that small clock skew between nodes does not make them "not yet valid". */
 export const BACKDATE_MS = 60 * 60 * 1000;
 

@@ -42,9 +42,7 @@ function sendJSON(res: ServerResponse, status: number, value: unknown): void {
   res.end(body);
 }
 
-export function registryAuth(
-  header: string | string[] | undefined,
-): { username: string; password: string } | undefined {
+function registryAuth(header: string | string[] | undefined): { username: string; password: string } | undefined {
   if (typeof header !== "string" || header === "") return undefined;
   let value: unknown;
   try {
