@@ -60,9 +60,8 @@ import { CAClient, RaftMembershipClient } from "../gen/cluster.js";
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
-import { redact } from "../manager/keymanager.js";
 import { forceNewCluster, ListenError, Manager, splitHostPort } from "../manager/manager.js";
-import { endpointRows, findNetwork, networkMatches, newNetworkId, presentNetwork } from "../manager/networks.js";
+import { networkMatches, networkNotFound, presentNetwork, resolveNetworkRef } from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
 import { Serial } from "../serial.js";
 import type { NetworkSpec } from "../store/store.js";
@@ -727,33 +726,43 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   // ------------------------------------------------------------------ Engine API: networks
 
-  async networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
+  /** Cluster writes go through a manager's control API: a worker is told where to go. */
+  private networkControl(verb: "create" | "remove"): Control {
     if (this.state?.role === "worker") {
       throw new ApiError(
         403,
-        "Cannot create a multi-host network from a worker node. Please create the network from a manager node.",
+        `Cannot ${verb} a multi-host network from a worker node. Please ${verb} the network from a manager node.`,
       );
     }
-    this.requireControl();
-    const m = this.manager!;
-    const id = newNetworkId();
-    await m.write({ op: "network.create", id, spec });
-    return { Id: id, Warning: "" };
+    return this.requireControl();
+  }
+
+  networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
+    return this.networkControl("create").networkCreate(spec);
+  }
+
+  networkRemove(ref: string): Promise<void> {
+    return this.networkControl("remove").networkRemove(ref);
   }
 
   async networkList(filters: Record<string, string[]>): Promise<NetworkResource[]> {
-    const all = await this.networkResources();
-    return all.filter((n) => networkMatches(n, filters));
+    if (this.control) return this.control.networkList(filters);
+    return this.heldNetworks().filter((n) => networkMatches(n, filters));
   }
 
+  /** ref: a full id, a name, or a unique id prefix (the manager's resolver, on a worker too). */
   async networkInspect(ref: string): Promise<NetworkResource> {
-    const all = await this.networkResources();
-    const exact = all.find((n) => n.Id === ref) ?? all.find((n) => n.Name === ref);
-    const byPrefix = all.filter((n) => n.Id.startsWith(ref));
-    if (!exact && byPrefix.length > 1)
-      throw badRequest(`network ${ref} is ambiguous (${byPrefix.length} matches found based on ID prefix)`);
-    const found = exact ?? byPrefix[0];
-    if (!found) throw new ApiError(404, `network ${ref} not found`);
+    let found: NetworkResource | undefined;
+    if (this.control) found = await this.control.networkInspect(ref);
+    else {
+      found = resolveNetworkRef(
+        this.heldNetworks(),
+        ref,
+        (n) => n.Id,
+        (n) => n.Name,
+      );
+    }
+    if (!found) throw networkNotFound(ref);
     return this.withEncryption(found);
   }
 
@@ -772,30 +781,13 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       // and still show what the managers know.
       info = { Encrypted: true, Held: false, KeyTags: [], Peers: [], Error: (e as Error).message };
     }
-    const ring = this.manager?.store.keyring();
-    if (ring) {
-      const r = redact(ring);
+    const r = this.control?.networkKeyring();
+    if (r) {
       info.ClusterKeyTags = r.tags;
       info.ClusterLastRotation = r.lastRotation;
       info.ClusterNextRotation = r.nextRotation;
     }
     return { ...n, Encryption: info };
-  }
-
-  async networkRemove(ref: string): Promise<void> {
-    if (this.state?.role === "worker") {
-      throw new ApiError(
-        403,
-        "Cannot remove a multi-host network from a worker node. Please remove the network from a manager node.",
-      );
-    }
-    this.requireControl();
-    const m = this.manager!;
-    await m.readBarrier();
-    const net = findNetwork(m.store, ref);
-    if (!net) throw new ApiError(404, `network ${ref} not found`);
-    if (net.spec.ingress) throw new ApiError(403, `ingress network cannot be removed by shoal while the swarm uses it`);
-    await m.write({ op: "network.remove", id: net.id });
   }
 
   networkConnect(ref: string, container: string, cfg: EndpointSettingsRequest): Promise<void> {
@@ -808,36 +800,13 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.containers.disconnect(container, ref, force);
   }
 
-  /**
-   * Managers see every network; a worker sees the networks it holds (it has a container on them), as
-   * the managers last told it.
-   */
-  private async networkResources(): Promise<NetworkResource[]> {
+  /** A worker sees the networks it holds (it has a container on them), as the managers last told it. */
+  private heldNetworks(): NetworkResource[] {
     const s = this.state;
     if (!s) throw notManager();
-    const m = this.manager;
-    if (m) {
-      await m.readBarrier();
-      return m.store.networks().map((n) => presentNetwork(n, endpointRows(m.store, n.id), s.nodeId));
-    }
-    const out: NetworkResource[] = [];
-    for (const st of this.networking?.states.values() ?? []) {
-      const net = st.network;
-      const rows = st.endpoints.map((e) => ({
-        nodeId: e.nodeId,
-        nodeAddr: e.nodeAddr,
-        hostname: e.hostname,
-        endpointId: e.endpointId,
-        containerId:
-          this.networking?.localEndpoints().find((l) => l.attached.endpointId === e.endpointId)?.container.id ??
-          e.endpointId,
-        containerName: e.containerName,
-        ip: e.ip,
-        mac: e.mac,
-      }));
-      out.push(presentNetwork(net, rows, s.nodeId));
-    }
-    return out;
+    const net = this.networking;
+    if (!net) return [];
+    return net.heldNetworks().map((h) => presentNetwork(h.network, h.endpoints, s.nodeId));
   }
 
   swarmInit(req: SwarmInit): Promise<string> {
@@ -921,18 +890,14 @@ export class Daemon implements SwarmBackend, NetworkBackend {
             ...(autolock ? { unlockKey: formatUnlockKey(generateKek()) } : {}),
           },
         });
-        await m.write({
-          op: "network.create",
-          id: newNetworkId(),
-          spec: {
-            name: "ingress",
-            driver: "overlay",
-            internal: false,
-            attachable: false,
-            ingress: true,
-            options: {},
-            labels: {},
-          },
+        await this.control!.networkCreate({
+          name: "ingress",
+          driver: "overlay",
+          internal: false,
+          attachable: false,
+          ingress: true,
+          options: {},
+          labels: {},
         });
         const node = newNodeObject(nodeId, "manager", req.availability, this.opts.hostname, advertise.ip);
         node.Description = this.description();

@@ -23,7 +23,7 @@ import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from 
 import { DispatcherClient, type PeerEndpoint } from "../gen/cluster.js";
 import { toApiError, unary } from "../manager/grpc-util.js";
 import type { AgentKeys } from "../manager/keymanager.js";
-import { isEncrypted, overlayMtu } from "../manager/networks.js";
+import { type EndpointRow, isEncrypted, overlayMtu } from "../manager/networks.js";
 import { Serial } from "../serial.js";
 import type { NetworkRecord } from "../store/store.js";
 
@@ -72,6 +72,23 @@ export class HostNetworking implements NetworkAttacher {
 
   localEndpoints(): LocalEndpoint[] {
     return [...this.local.values()];
+  }
+
+  /** The networks this host holds, each with its endpoints (a local one with its container's id). */
+  heldNetworks(): { network: NetworkRecord; endpoints: EndpointRow[] }[] {
+    return [...this.states.values()].map((st) => ({
+      network: st.network,
+      endpoints: st.endpoints.map((e) => ({
+        nodeId: e.nodeId,
+        nodeAddr: e.nodeAddr,
+        hostname: e.hostname,
+        endpointId: e.endpointId,
+        containerId: this.local.get(e.endpointId)?.container.id ?? e.endpointId,
+        containerName: e.containerName,
+        ip: e.ip,
+        mac: e.mac,
+      })),
+    }));
   }
 
   async attach(
