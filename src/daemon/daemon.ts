@@ -10,7 +10,9 @@ import os, { networkInterfaces } from "node:os";
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
+import { Attachments } from "../agent/attachments.js";
 import type { DecodedSession } from "../agent/messages.js";
+import type { OverlayHost } from "../agent/overlays.js";
 import {
   ApiError,
   alreadyInSwarm,
@@ -31,16 +33,12 @@ import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { formatUnlockKey, generateKek, parseUnlockKey } from "../ca/unlockkey.js";
-import { EmbeddedDns } from "../dataplane/dns.js";
 import { Firewall, type FirewallPreference, probeEsp } from "../dataplane/firewall.js";
-import { GatewayBridge } from "../dataplane/gwbridge.js";
 import { IpsecDataplane } from "../dataplane/ipsec.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
 import type {
-  AttachedEndpoint,
   ClusterInfo,
   EndpointSettingsRequest,
-  NetworkAttacher,
   NetworkBackend,
   NetworkResource,
   Node,
@@ -67,7 +65,6 @@ import { Serial } from "../serial.js";
 import type { NetworkSpec } from "../store/store.js";
 import { VERSION } from "../version.js";
 import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
-import { HostNetworking } from "./networking.js";
 import { RootFollower } from "./rotation.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
 
@@ -101,19 +98,14 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   /** Serialises init/join/leave and role changes. */
   private readonly lock = new Serial();
   private renewTimer: NodeJS.Timeout | undefined;
-  /** Overlay networking on this host, built on first use. */
-  networking: HostNetworking | undefined;
-  private dataplane: OverlayDataplane | undefined;
-  private gatewayBridge: GatewayBridge | undefined;
+  /** The one NetworkAttacher of this host's containers, over the agent's session (src/agent/attachments.ts). */
+  readonly attacher: Attachments;
+  /** The overlay data plane, built on first use (it needs the swarm's data-path address). */
+  private overlayHost: OverlayHost | undefined;
 
   /** This host's packet filter (nftables or iptables-legacy, probed once at start). */
   readonly firewall: Firewall;
 
-  private get gateway(): GatewayBridge {
-    this.gatewayBridge ??= new GatewayBridge({ logger: this.log, firewall: this.firewall });
-    return this.gatewayBridge;
-  }
-  private dns: EmbeddedDns | undefined;
   /** The container runtime, for network connect/disconnect. */
   containers:
     | {
@@ -155,6 +147,14 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       reconnect: () => this.agent?.reconnect(),
       serial: (f) => this.serial(f),
       logger: this.log.child({ component: "root-ca" }),
+    });
+    this.attacher = new Attachments({
+      nodeId: () => this.state?.nodeId ?? "",
+      session: () => this.agent?.sessionClient(),
+      host: () => this.ensureOverlayHost(),
+      probe: () => probeEsp(undefined, () => this.firewall.status()),
+      firewall: this.firewall,
+      logger: this.log,
     });
   }
 
@@ -236,8 +236,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     if (this.stopped) return;
     this.stopped = true;
     this.clearManagerError();
-    this.networking?.close();
-    await this.dns?.close().catch(() => undefined);
+    await this.attacher.close(this.overlayHost);
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.follower.stop();
     await this.agent?.stop();
@@ -367,8 +366,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
     }
     this.follower.onSessionMessage(msg);
-    this.networking?.onSessionNetworks(msg.networks);
-    this.networking?.onSessionKeys(msg.networkKeysJson);
+    this.attacher.onSessionNetworks(msg.networks);
+    this.attacher.onSessionKeys(msg.networkKeysJson);
     this.desiredRole = msg.role;
     this.followRole();
   }
@@ -613,41 +612,14 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.opts.execRoot ?? "/run/shoal";
   }
 
-  /** What the container runtime calls to put a container on a network (and take it off). */
-  readonly attacher: NetworkAttacher = {
-    attach: async (c, ref, cfg) => {
-      const net = this.ensureNetworking();
-      const ep = await net.attach(c, ref, cfg);
-      try {
-        await this.ensureDns().addContainer(c.id, c.netnsPath);
-        // External access (the default route through shoal_gwbridge), unless the network is internal.
-        const internal = net.localEndpoints().find((l) => l.attached.endpointId === ep.endpointId)?.network
-          .spec.internal;
-        if (!internal) await this.gateway.attach(c.id, c.netnsPath);
-      } catch (e) {
-        await net.detach(c, ep).catch(() => undefined);
-        throw new ApiError(500, `could not connect container ${c.name} to ${ep.networkName}: ${(e as Error).message}`);
-      }
-      return ep;
-    },
-    detach: async (c, ep: AttachedEndpoint) => {
-      const net = this.ensureNetworking();
-      await net.detach(c, ep);
-      const left = net.localEndpoints().filter((l) => l.container.id === c.id);
-      if (!left.some((l) => !l.network.spec.internal)) await this.gateway.detach(c.id);
-      if (left.length === 0) await this.dns?.removeContainer(c.id);
-    },
-    resolvConf: () => "nameserver 127.0.0.11\noptions ndots:0\n",
-  };
-
   /** The swarm's VXLAN port: the managers' store on a manager, what the managers said at join on a worker. */
   private dataPathPort(): number {
     return this.manager?.store.cluster()?.info.DataPathPort || this.state?.dataPathPort || 4789;
   }
 
-  /** The overlay machinery of this host, built on first use (it needs the swarm's data-path address). */
-  ensureNetworking(): HostNetworking {
-    if (this.networking) return this.networking;
+  /** The overlay data plane of this host, built on first use (it needs the swarm's data-path address). */
+  private ensureOverlayHost(): OverlayHost {
+    if (this.overlayHost) return this.overlayHost;
     if (this.locked) throw unavailable(MSG_LOCKED);
     const s = this.state;
     if (!s) {
@@ -666,56 +638,22 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       port: this.dataPathPort(),
       logger: this.log,
     });
-    this.networking = new HostNetworking({
-      nodeId: () => this.state?.nodeId ?? "",
-      managerAddr: () =>
-        this.agent?.connectedTo ?? (this.manager ? this.state?.advertiseAddr : this.state?.managers[0]?.addr),
-      credentials: () => this.credentials(),
-      dataplane,
-      ipsec,
-      probe: () => probeEsp(undefined, () => this.firewall.status()),
-      logger: this.log,
-    });
-    this.dataplane = dataplane;
-    return this.networking;
-  }
-
-  private ensureDns(): EmbeddedDns {
-    this.dns ??= new EmbeddedDns({
-      lookup: (containerId, name) => this.lookupName(containerId, name),
-      logger: this.log,
-    });
-    return this.dns;
-  }
-
-  /** The addresses a container can resolve `name` to: containers on its networks, by name or alias. */
-  private lookupName(containerId: string, name: string): string[] {
-    const net = this.networking;
-    if (!net) return [];
-    const n = name.toLowerCase();
-    const out = new Set<string>();
-    for (const l of net.localEndpoints()) {
-      if (l.container.id !== containerId) continue;
-      const st = net.states.get(l.attached.networkId);
-      for (const e of st?.endpoints ?? []) {
-        const names = [e.containerName, ...e.aliases].map((x) => x.toLowerCase());
-        if (names.includes(n) || names.some((x) => `${x}.${l.attached.networkName.toLowerCase()}` === n)) out.add(e.ip);
-      }
-    }
-    return [...out];
+    this.overlayHost = { dataplane, ipsec };
+    return this.overlayHost;
   }
 
   /** After a restart: overlay namespaces of the previous run hold no container of ours any more. */
   async reconcileNetworking(): Promise<void> {
     // A locked manager reconciles once it is unlocked (swarmUnlock).
     if (!this.state || this.locked) return;
-    this.ensureNetworking();
-    const report = await this.dataplane!.reconcile(new Map());
+    const report = await this.ensureOverlayHost().dataplane.reconcile(new Map());
     // Probe at start (in the background): the log says at once whether encrypted networks can work here.
-    void this.networking!.espSupport();
-    await this.networking!.resetIpsec().catch((e: unknown) =>
-      this.log.warn({ err: (e as Error).message }, "could not remove IPsec state left by a previous run"),
-    );
+    void this.attacher.overlays.espSupport();
+    await this.attacher.overlays
+      .resetIpsec()
+      .catch((e: unknown) =>
+        this.log.warn({ err: (e as Error).message }, "could not remove IPsec state left by a previous run"),
+      );
     if (report.deleted.length > 0 || report.removedStale.length > 0) {
       this.log.info(
         { deleted: report.deleted, stale: report.removedStale },
@@ -775,7 +713,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     if (n.Options.encrypted === undefined) return n;
     let info: Record<string, unknown>;
     try {
-      info = { ...(await this.ensureNetworking().encryptionInfo(n.Id)) };
+      info = { ...(await this.attacher.overlays.encryptionInfo(n.Id)) };
     } catch (e) {
       // This host cannot build its overlay side (e.g. its data-path address is on no interface): say so,
       // and still show what the managers know.
@@ -804,9 +742,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   private heldNetworks(): NetworkResource[] {
     const s = this.state;
     if (!s) throw notManager();
-    const net = this.networking;
-    if (!net) return [];
-    return net.heldNetworks().map((h) => presentNetwork(h.network, h.endpoints, s.nodeId));
+    return this.attacher.heldNetworks().map((h) => presentNetwork(h.network, h.endpoints, s.nodeId));
   }
 
   swarmInit(req: SwarmInit): Promise<string> {
