@@ -1,12 +1,11 @@
 // shoald: one per host. It serves the Engine API on its socket, and once in a swarm runs an agent
 // (every node) and a manager (managers). The role can change at run time: a promoted worker renews its
 // certificate as a manager and joins the Raft group; a demoted manager leaves it and renews as a worker.
+// This class keeps the node's state and sequences its parts: bootstrap.ts (init, join, Raft membership),
+// addresses.ts, rotation.ts (root CA rotations), listen.ts (the manager's listen address), and the agent's
+// attachments (src/agent) for networks on this host.
 
-// shoald: one per host. It serves the Engine API on its socket, and once in a swarm runs an agent
-// (every node) and a manager (managers). The role can change at run time: a promoted worker renews its
-// certificate as a manager and joins the Raft group; a demoted manager leaves it and renews as a worker.
-
-import os, { networkInterfaces } from "node:os";
+import os from "node:os";
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
@@ -26,18 +25,15 @@ import {
   unavailable,
 } from "../api/errors.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
-import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
-import { clusterTLSInfo, nodeTLSInfo } from "../ca/chain.js";
-import { newClusterId, newNodeId } from "../ca/ids.js";
-import { createRootCA, RootCA } from "../ca/rootca.js";
-import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
-import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
-import { formatUnlockKey, generateKek, parseUnlockKey } from "../ca/unlockkey.js";
+import { generateNodeKeyAndCSR, parseNodeCert, renewalTime } from "../ca/certs.js";
+import { nodeTLSInfo } from "../ca/chain.js";
+import { clientCredentials } from "../ca/tls.js";
+import { parseUnlockKey } from "../ca/unlockkey.js";
 import { Firewall, type FirewallPreference, probeEsp } from "../dataplane/firewall.js";
 import { IpsecDataplane } from "../dataplane/ipsec.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
+import { DEFAULT_DATA_PATH_PORT } from "../dataplane/render.js";
 import type {
-  ClusterInfo,
   EndpointSettingsRequest,
   NetworkBackend,
   NetworkResource,
@@ -54,16 +50,28 @@ import type {
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../engine/types.js";
-import { CAClient, RaftMembershipClient } from "../gen/cluster.js";
+import { CAClient } from "../gen/cluster.js";
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
-import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
-import { forceNewCluster, ListenError, Manager, splitHostPort } from "../manager/manager.js";
+import { toApiError, unary } from "../manager/grpc-util.js";
+import { forceNewCluster, ListenError, Manager } from "../manager/manager.js";
 import { networkMatches, networkNotFound, presentNetwork, resolveNetworkRef } from "../manager/networks.js";
-import type { NodeId } from "../raft/types.js";
 import { Serial } from "../serial.js";
 import type { NetworkSpec } from "../store/store.js";
 import { VERSION } from "../version.js";
+import { interfaceOf } from "./addresses.js";
+import {
+  clusterCreate,
+  INGRESS_SPEC,
+  joinRaft,
+  leaveRaft,
+  leaveRefusal,
+  newSwarm,
+  planInit,
+  type RaftPeer,
+  requestMembership,
+  waitFor,
+} from "./bootstrap.js";
 import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
 import { RootFollower } from "./rotation.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
@@ -218,7 +226,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         const addr = state.managers.map((m) => m.addr).find((x) => x !== state.advertiseAddr);
         if (addr) {
           try {
-            const joined = await this.joinRaft(addr);
+            const joined = await joinRaft(addr, state.advertiseAddr, this.credentials());
             state.raftId = joined.raftId;
             peers = joined.members;
           } catch (e) {
@@ -245,10 +253,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.manager = undefined;
   }
 
-  private async startManager(
-    bootstrap: boolean,
-    peers?: { raftId: NodeId; nodeId: string; addr: string }[],
-  ): Promise<void> {
+  private async startManager(bootstrap: boolean, peers?: RaftPeer[]): Promise<void> {
     const state = this.state!;
     this.manager = await Manager.start({
       openRaftStorage: () => this.root.openRaftStorage(),
@@ -269,7 +274,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
    * Start the manager of a node whose state says manager (a restart, a promotion that joined Raft). If its
    * listen address cannot be bound, the daemon stays up: it says why (log, Swarm.Error) and retries.
    */
-  private async startManagerOrRetry(peers?: { raftId: NodeId; nodeId: string; addr: string }[]): Promise<void> {
+  private async startManagerOrRetry(peers?: RaftPeer[]): Promise<void> {
     try {
       await this.startManager(false, peers);
     } catch (e) {
@@ -413,7 +418,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       return;
     }
     if (role === "manager") {
-      const joined = await this.joinRaft(addr);
+      const joined = await joinRaft(addr, s.advertiseAddr, this.credentials());
       s.role = "manager";
       s.raftId = joined.raftId;
       s.raftPeers = joined.members;
@@ -464,32 +469,6 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       });
     }, wait);
     this.renewTimer.unref();
-  }
-
-  /** Ask the leader (following hints) to add this node to the Raft group. */
-  private async joinRaft(
-    addr: string,
-  ): Promise<{ raftId: NodeId; members: { raftId: NodeId; nodeId: string; addr: string }[] }> {
-    const s = this.state!;
-    let target = addr;
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const client = new RaftMembershipClient(target, this.credentials(), CHANNEL_OPTIONS);
-      try {
-        const res = await unary(client.join.bind(client), { addr: s.advertiseAddr }, 15_000);
-        return {
-          raftId: res.raftId,
-          members: res.members.map((m) => ({ raftId: m.raftId, nodeId: m.nodeId, addr: m.addr })),
-        };
-      } catch (e) {
-        const hint = leaderHint(e);
-        if (hint) target = hint;
-        else if (attempt >= 5) throw e;
-        else await new Promise((r) => setTimeout(r, 300));
-      } finally {
-        client.close();
-      }
-    }
-    throw unavailable("could not reach the swarm leader to join the raft group");
   }
 
   // ------------------------------------------------------------------ Engine API: swarm
@@ -614,7 +593,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   /** The swarm's VXLAN port: the managers' store on a manager, what the managers said at join on a worker. */
   private dataPathPort(): number {
-    return this.manager?.store.cluster()?.info.DataPathPort || this.state?.dataPathPort || 4789;
+    return this.manager?.store.cluster()?.info.DataPathPort || this.state?.dataPathPort || DEFAULT_DATA_PATH_PORT;
   }
 
   /** The overlay data plane of this host, built on first use (it needs the swarm's data-path address). */
@@ -754,97 +733,29 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         }
         throw alreadyInSwarm();
       }
-      const listen = parseListenAddr(req.listenAddr);
-      const advertise = resolveAdvertiseAddr(req.advertiseAddr, listen);
-      const dataPathAddr = req.dataPathAddr ? resolveAdvertiseAddr(req.dataPathAddr, listen).ip : advertise.ip;
-      const spec = req.spec;
-      const autolock = spec.EncryptionConfig.AutoLockManagers;
-      if (spec.CAConfig.SigningCACert || spec.CAConfig.SigningCAKey || spec.CAConfig.ForceRotate) {
-        throw badRequest("a root CA is rotated after init, with docker swarm ca --rotate");
-      }
-      const pool = req.defaultAddrPool.length > 0 ? req.defaultAddrPool : ["10.0.0.0/8"];
-      const subnetSize = req.subnetSize || 24;
-      if (subnetSize < 1 || subnetSize > 29)
-        throw badRequest(`invalid default address pool mask length ${subnetSize}: it must be between 1 and 29`);
-      for (const p of pool)
-        if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(p)) throw badRequest(`invalid default address pool ${p}`);
-      const dataPathPort = req.dataPathPort || 4789;
-      if (dataPathPort < 1024 || dataPathPort > 49151)
-        throw badRequest(`invalid data path port ${dataPathPort}: it must be within 1024-49151`);
-
-      if (spec.CAConfig.NodeCertExpiry > 0 && spec.CAConfig.NodeCertExpiry < 3600e9) {
-        throw badRequest("minimum certificate expiry time is: 1h0m0s");
-      }
-      const ca = await createRootCA();
-      const clusterId = newClusterId();
-      const nodeId = newNodeId();
-      const rootCA = await RootCA.fromPem(ca.certPem, ca.keyPem);
-      const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
-      const days = spec.CAConfig.NodeCertExpiry / 86_400e9;
-      const certPem = await signNodeCSR(rootCA, csrPem, { nodeId, role: "manager", clusterId, days });
-      const raftId = 1 + Math.floor(Math.random() * (2 ** 47 - 2));
-      this.certs = { rootPem: ca.certPem, certPem, keyPem };
-      this.state = {
-        version: 1,
-        nodeId,
-        clusterId,
-        role: "manager",
-        raftId,
-        listenAddr: `${listen.host}:${listen.port}`,
-        advertiseAddr: `${advertise.ip}:${advertise.port}`,
-        dataPathAddr,
-        dataPathPort,
-        managers: [],
-      };
+      const plan = planInit(req);
+      const { ca, certs, state } = await newSwarm(plan);
+      this.certs = certs;
+      this.state = state;
       try {
-        await this.root.saveCertificates(this.certs);
-        await this.root.saveState(this.state);
+        await this.root.saveCertificates(certs);
+        await this.root.saveState(state);
         await this.startManager(true);
         const m = this.manager!;
         await waitFor(() => m.isLeader, 10_000, "this node to become the leader of the new swarm");
-        const now = new Date().toISOString();
-        const info: ClusterInfo = {
-          ID: clusterId,
-          Version: { Index: 0 },
-          CreatedAt: now,
-          UpdatedAt: now,
-          Spec: spec,
-          TLSInfo: tlsInfo(ca.certPem),
-          RootRotationInProgress: false,
-          DefaultAddrPool: pool,
-          SubnetSize: subnetSize,
-          DataPathPort: dataPathPort,
-        };
-        await m.write({
-          op: "cluster.create",
-          info,
-          secrets: {
-            rootCACertPem: ca.certPem,
-            rootCAKeyPem: ca.keyPem,
-            workerToken: generateJoinToken(ca.certPem),
-            managerToken: generateJoinToken(ca.certPem),
-            ...(autolock ? { unlockKey: formatUnlockKey(generateKek()) } : {}),
-          },
-        });
-        await this.control!.networkCreate({
-          name: "ingress",
-          driver: "overlay",
-          internal: false,
-          attachable: false,
-          ingress: true,
-          options: {},
-          labels: {},
-        });
-        const node = newNodeObject(nodeId, "manager", req.availability, this.opts.hostname, advertise.ip);
+        await m.write(clusterCreate(plan, state.clusterId, ca));
+        await this.control!.networkCreate(INGRESS_SPEC);
+        const node = newNodeObject(state.nodeId, "manager", req.availability, this.opts.hostname, plan.advertise.ip);
         node.Description = this.description();
         await m.write({ op: "node.create", node, role: "manager" });
-        await m.write({ op: "member.add", member: { raftId, nodeId, addr: this.state.advertiseAddr } });
-        this.state.managers = [{ nodeId, addr: this.state.advertiseAddr }];
-        await this.root.saveState(this.state);
+        const self = { nodeId: state.nodeId, addr: state.advertiseAddr };
+        await m.write({ op: "member.add", member: { raftId: state.raftId!, ...self } });
+        state.managers = [self];
+        await this.root.saveState(state);
         this.startAgent();
         this.scheduleRenewal();
-        this.log.info({ node: nodeId, cluster: clusterId }, "swarm initialized");
-        return nodeId;
+        this.log.info({ node: state.nodeId, cluster: state.clusterId }, "swarm initialized");
+        return state.nodeId;
       } catch (e) {
         await this.abandon();
         throw e;
@@ -883,82 +794,19 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   swarmJoin(req: SwarmJoin): Promise<void> {
     return this.serial(async () => {
       if (this.state) throw alreadyInSwarm();
-      if (!req.joinToken) throw badRequest("invalid join token");
-      let parsed: ReturnType<typeof parseJoinToken>;
+      const { certs, state, role, remote } = await requestMembership(req, this.opts.hostname);
+      this.certs = certs;
+      this.state = state;
       try {
-        parsed = parseJoinToken(req.joinToken);
-      } catch {
-        throw badRequest("invalid join token");
-      }
-      const remotes = req.remoteAddrs;
-      if (remotes.length === 0) throw badRequest("at least 1 RemoteAddr is required to join");
-      const remote = withPort(remotes[0]!, 2377);
-      const listen = parseListenAddr(req.listenAddr);
-      // Only a manager listens; a worker keeps the address for a later promotion. Whether it can be bound
-      // goes with the certificate request: the managers refuse a manager token then, creating nothing.
-      const listenError = await listenAddrError(`${listen.host}:${listen.port}`);
-
-      // 1. The root CA, unverified, checked against the token's digest.
-      const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL_OPTIONS);
-      let rootPem: string;
-      try {
-        rootPem = (await unary(anon.getRootCaCertificate.bind(anon), {}, 5000)).certificatePem;
-      } catch (e) {
-        throw unavailable(`could not reach the manager at ${remote}: ${toApiError(e).message}`);
-      } finally {
-        anon.close();
-      }
-      if (!tokenMatchesRoot(parsed, rootPem)) {
-        throw badRequest(
-          `remote CA does not match fingerprint. Expected: ${parsed.digest}, got ${rootDigest(rootPem)}. Check the join token and the manager address.`,
-        );
-      }
-      // 2. A certificate, for the token.
-      const advertise = resolveAdvertiseAddr(req.advertiseAddr, listen, remote);
-      const { keyPem, csrPem } = await generateNodeKeyAndCSR();
-      const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL_OPTIONS);
-      let issued: { nodeId: string; certificatePem: string; role: string; clusterId: string; dataPathPort: number };
-      try {
-        issued = await unary(
-          verified.issueNodeCertificate.bind(verified),
-          {
-            csrPem,
-            token: req.joinToken,
-            availability: req.availability,
-            hostname: this.opts.hostname,
-            advertiseAddr: `${advertise.ip}:${advertise.port}`,
-            listenAddrError: listenError?.message ?? "",
-          },
-          15_000,
-        );
-      } catch (e) {
-        throw toApiError(e);
-      } finally {
-        verified.close();
-      }
-      const role = issued.role as NodeRole;
-      this.certs = { rootPem, certPem: issued.certificatePem, keyPem };
-      this.state = {
-        version: 1,
-        nodeId: issued.nodeId,
-        clusterId: issued.clusterId,
-        role,
-        listenAddr: `${listen.host}:${listen.port}`,
-        advertiseAddr: `${advertise.ip}:${advertise.port}`,
-        dataPathAddr: req.dataPathAddr || advertise.ip,
-        ...(issued.dataPathPort ? { dataPathPort: issued.dataPathPort } : {}),
-        managers: [{ nodeId: "", addr: remote }],
-      };
-      try {
-        await this.root.saveCertificates(this.certs);
+        await this.root.saveCertificates(certs);
         if (role === "manager") {
           // Again, just before joining Raft: a member must not be added for a manager that cannot listen.
-          const busy = await listenAddrError(this.state.listenAddr);
+          const busy = await listenAddrError(state.listenAddr);
           if (busy) throw busy;
-          const joined = await this.joinRaft(remote);
-          this.state.raftId = joined.raftId;
-          this.state.raftPeers = joined.members;
-          await this.root.saveState(this.state);
+          const joined = await joinRaft(remote, state.advertiseAddr, this.credentials());
+          state.raftId = joined.raftId;
+          state.raftPeers = joined.members;
+          await this.root.saveState(state);
           await this.startManager(false, joined.members);
           const m = this.manager!;
           await waitFor(
@@ -967,12 +815,12 @@ export class Daemon implements SwarmBackend, NetworkBackend {
             "the new manager to catch up with the swarm",
           );
         } else {
-          await this.root.saveState(this.state);
+          await this.root.saveState(state);
         }
         this.startAgent();
         await waitFor(() => this.agent?.connectedTo !== undefined, JOIN_TIMEOUT_MS, "a session with the managers");
         this.scheduleRenewal();
-        this.log.info({ node: issued.nodeId, role }, "joined the swarm");
+        this.log.info({ node: state.nodeId, role }, "joined the swarm");
       } catch (e) {
         await this.abandon();
         throw toApiError(e);
@@ -987,24 +835,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       if (this.locked && !force) throw unavailable(MSG_LEAVE_LOCKED);
       const m = this.manager;
       if (s.role === "manager" && m) {
-        const { voters, reachable } = m.quorumView();
-        if (!force) {
-          // Like dockerd: a manager never leaves without --force; the words depend on what it would cost.
-          let msg = "You are attempting to leave the swarm on a node that is participating as a manager. ";
-          if (voters.length <= 1) {
-            throw unavailable(
-              `${msg}Removing the last manager erases all current state of the swarm. Use \`--force\` to ignore this message.`,
-            );
-          }
-          if (m.removalLosesQuorum(m.raftId)) {
-            msg += `Removing this node leaves ${reachable.length - 1} managers out of ${voters.length}. Without a Raft quorum your swarm will be inaccessible. `;
-          }
-          throw unavailable(
-            `${msg}The only way to restore a swarm that has lost consensus is to reinitialize it with \`--force-new-cluster\`. Use \`--force\` to suppress this message.`,
-          );
-        }
-        if (voters.length > 1)
-          await this.leaveRaft(m).catch((e: unknown) =>
+        if (!force) throw leaveRefusal(m);
+        if (m.quorumView().voters.length > 1)
+          await leaveRaft(m, s.nodeId, () => this.credentials()).catch((e: unknown) =>
             this.log.warn({ err: e }, "could not leave the raft group cleanly"),
           );
       }
@@ -1019,115 +852,6 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       await this.root.wipe();
       this.log.info({}, "left the swarm");
     });
-  }
-
-  private async leaveRaft(m: Manager): Promise<void> {
-    if (m.isLeader) {
-      m.transferLeadershipAway();
-      await waitFor(() => !m.isLeader && m.leaderAddr() !== undefined, 5000, "leadership to move to another manager");
-    }
-    let target = m.leaderAddr();
-    for (let attempt = 0; attempt < 10 && target; attempt++) {
-      const client = new RaftMembershipClient(target, this.credentials(), CHANNEL_OPTIONS);
-      try {
-        await unary(client.leave.bind(client), { nodeId: this.state!.nodeId }, 10_000);
-        return;
-      } catch (e) {
-        target = leaderHint(e) ?? target;
-        await new Promise((r) => setTimeout(r, 200));
-      } finally {
-        client.close();
-      }
-    }
-  }
-}
-
-// ------------------------------------------------------------------ addresses
-
-interface ListenAddr {
-  host: string;
-  port: number;
-}
-
-export function parseListenAddr(a: string | undefined): ListenAddr {
-  const text = a && a.length > 0 ? a : "0.0.0.0:2377";
-  const [host, portText] = text.includes(":") ? splitHostPort(text) : [text, "2377"];
-  const port = Number(portText);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw badRequest(`invalid listen address ${text}: bad port`);
-  if (!isIPv4(host)) throw badRequest(`invalid listen address ${text}: shoal listens on an IPv4 address`);
-  return { host, port };
-}
-
-/**
- * The address other nodes reach this one at: an IP, IP:port, or an interface name. Without one, the
- * listen address if it is specific, else the only non-loopback IPv4 address, else the address this host
- * uses to reach `remote`; with several candidates, the error Docker gives.
- */
-export function resolveAdvertiseAddr(
-  given: string | undefined,
-  listen: ListenAddr,
-  remote?: string,
-): { ip: string; port: number } {
-  if (given && given.length > 0) {
-    const [h, p] = given.includes(":") ? splitHostPort(given) : [given, String(listen.port)];
-    const port = Number(p);
-    if (isIPv4(h)) return { ip: h, port };
-    const iface = networkInterfaces()[h];
-    const v4 = iface?.find((x) => x.family === "IPv4");
-    if (!v4)
-      throw badRequest(
-        `advertise address must be a non-zero IP address or network interface (with optional port number)`,
-      );
-    return { ip: v4.address, port };
-  }
-  if (listen.host !== "0.0.0.0") return { ip: listen.host, port: listen.port };
-  if (remote) {
-    const [rh] = splitHostPort(remote);
-    if (rh.startsWith("127.")) return { ip: "127.0.0.1", port: listen.port };
-  }
-  const cands: { name: string; ip: string }[] = [];
-  for (const [name, addrs] of Object.entries(networkInterfaces())) {
-    for (const a of addrs ?? []) if (a.family === "IPv4" && !a.internal) cands.push({ name, ip: a.address });
-  }
-  if (cands.length === 1) return { ip: cands[0]!.ip, port: listen.port };
-  if (cands.length === 0)
-    throw badRequest("could not find the system's IP address - specify one with --advertise-addr");
-  throw badRequest(
-    `could not choose an IP address to advertise since this system has multiple addresses on different interfaces (${cands
-      .map((c) => `${c.ip} on ${c.name}`)
-      .join(" and ")}) - specify one with --advertise-addr`,
-  );
-}
-
-/** The interface that holds `ip` in this network namespace (the VXLAN underlay). */
-function interfaceOf(ip: string): string {
-  for (const [name, addrs] of Object.entries(networkInterfaces())) {
-    if (addrs?.some((a) => a.family === "IPv4" && a.address === ip)) return name;
-  }
-  throw new ApiError(
-    500,
-    `no interface of this host has the data-path address ${ip} (--data-path-addr / --advertise-addr)`,
-  );
-}
-
-function withPort(a: string, port: number): string {
-  return /:\d+$/.test(a) ? a : `${a}:${port}`;
-}
-
-function isIPv4(s: string): boolean {
-  const parts = s.split(".");
-  return parts.length === 4 && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255);
-}
-
-function tlsInfo(rootPem: string): ClusterInfo["TLSInfo"] {
-  return clusterTLSInfo(rootPem);
-}
-
-async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > deadline) throw unavailable(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
   }
 }
 

@@ -3,7 +3,6 @@
 // Writes from any manager are proposed to Raft (the core forwards them to the leader); reads that must
 // see every finished write go through a ReadIndex barrier first.
 
-import { randomInt } from "node:crypto";
 import { Server, status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { z } from "zod";
@@ -43,7 +42,7 @@ import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
 import { JoinLimiter } from "./join-limiter.js";
 import { KeyManager } from "./keymanager.js";
-import { membershipService } from "./membership.js";
+import { membershipService, newRaftId } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
 import { type RpcName, requestSchemas } from "./wire.js";
 
@@ -534,11 +533,8 @@ export class Manager {
   async addMember(nodeId: string, addr: string): Promise<NodeId> {
     const existing = this.store.memberByNode(nodeId);
     if (existing) return existing.raftId;
-    let raftId: NodeId;
     const cs = this.raft.status().confState;
-    do {
-      raftId = randomInt(1, 2 ** 47);
-    } while (cs.voters.includes(raftId) || cs.learners.includes(raftId) || cs.removed.includes(raftId));
+    const raftId = newRaftId((id) => cs.voters.includes(id) || cs.learners.includes(id) || cs.removed.includes(id));
     await this.confChange({
       type: ConfChangeType.AddLearner,
       nodeId: raftId,

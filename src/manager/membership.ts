@@ -1,6 +1,7 @@
 // Raft membership over the cluster protocol: a manager joining asks the leader to add it as a learner
 // (the leader promotes it to voter once it has caught up); a manager leaving asks to be removed.
 
+import { randomInt } from "node:crypto";
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -20,6 +21,18 @@ export interface MembershipCluster {
   leaderAddr(): string | undefined;
   addMember(nodeId: string, addr: string): Promise<NodeId>;
   removeMember(raftId: NodeId): Promise<void>;
+}
+
+/**
+ * A new Raft id: random in [1, 2^47) (ids travel as JSON numbers, well inside 2^53), drawn again while
+ * `taken` says it is in use.
+ */
+export function newRaftId(taken: (id: NodeId) => boolean = () => false): NodeId {
+  let id: NodeId;
+  do {
+    id = randomInt(1, 2 ** 47);
+  } while (taken(id));
+  return id;
 }
 
 export function membershipService(m: MembershipCluster): UntypedServiceImplementation {
