@@ -5,13 +5,10 @@
 // addresses.ts, rotation.ts (root CA rotations), listen.ts (the manager's listen address), and the agent's
 // attachments (src/agent) for networks on this host.
 
-import os from "node:os";
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { Agent, CHANNEL_OPTIONS } from "../agent/agent.js";
-import { Attachments } from "../agent/attachments.js";
+import { Agent } from "../agent/agent.js";
 import type { DecodedSession } from "../agent/messages.js";
-import type { OverlayHost } from "../agent/overlays.js";
 import {
   ApiError,
   alreadyInSwarm,
@@ -25,18 +22,10 @@ import {
   unavailable,
 } from "../api/errors.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
-import { generateNodeKeyAndCSR, parseNodeCert, renewalTime } from "../ca/certs.js";
-import { nodeTLSInfo } from "../ca/chain.js";
-import { clientCredentials } from "../ca/tls.js";
 import { parseUnlockKey } from "../ca/unlockkey.js";
-import { Firewall, type FirewallPreference, probeEsp } from "../dataplane/firewall.js";
-import { IpsecDataplane } from "../dataplane/ipsec.js";
-import { OverlayDataplane } from "../dataplane/overlay.js";
+import { Firewall, type FirewallPreference } from "../dataplane/firewall.js";
 import { DEFAULT_DATA_PATH_PORT } from "../dataplane/render.js";
 import type {
-  EndpointSettingsRequest,
-  NetworkBackend,
-  NetworkResource,
   Node,
   NodeDescription,
   NodeListFilters,
@@ -50,16 +39,11 @@ import type {
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../engine/types.js";
-import { CAClient } from "../gen/cluster.js";
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
-import { toApiError, unary } from "../manager/grpc-util.js";
+import { toApiError } from "../manager/grpc-util.js";
 import { forceNewCluster, ListenError, Manager } from "../manager/manager.js";
-import { networkMatches, networkNotFound, presentNetwork, resolveNetworkRef } from "../manager/networks.js";
 import { Serial } from "../serial.js";
-import type { NetworkSpec } from "../store/store.js";
-import { VERSION } from "../version.js";
-import { interfaceOf } from "./addresses.js";
 import {
   clusterCreate,
   INGRESS_SPEC,
@@ -72,9 +56,12 @@ import {
   requestMembership,
   waitFor,
 } from "./bootstrap.js";
+import { NodeIdentity } from "./identity.js";
+import { firewallInfoOf, nodeDescription, swarmInfoOf } from "./info.js";
 import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
+import { HostNetworks } from "./networks.js";
 import { RootFollower } from "./rotation.js";
-import { type Certificates, DataRoot, type LocalState } from "./state.js";
+import { DataRoot, type LocalState } from "./state.js";
 
 export interface DaemonOptions {
   dataRoot: string;
@@ -95,32 +82,23 @@ export const DEFAULT_SPEC: SwarmSpec = DEFAULT_SWARM_SPEC;
 
 const JOIN_TIMEOUT_MS = 20_000;
 
-export class Daemon implements SwarmBackend, NetworkBackend {
+export class Daemon implements SwarmBackend {
   readonly log: Logger;
   private readonly root: DataRoot;
   private state: LocalState | undefined;
-  private certs: Certificates | undefined;
+  /** The node's certificates and their renewal. */
+  private readonly identity: NodeIdentity;
   manager: Manager | undefined;
   private control: Control | undefined;
   agent: Agent | undefined;
   /** Serialises init/join/leave and role changes. */
   private readonly lock = new Serial();
-  private renewTimer: NodeJS.Timeout | undefined;
-  /** The one NetworkAttacher of this host's containers, over the agent's session (src/agent/attachments.ts). */
-  readonly attacher: Attachments;
-  /** The overlay data plane, built on first use (it needs the swarm's data-path address). */
-  private overlayHost: OverlayHost | undefined;
+  /** The Engine API's network calls, the overlay data plane and the containers' NetworkAttacher. */
+  readonly networks: HostNetworks;
 
   /** This host's packet filter (nftables or iptables-legacy, probed once at start). */
   readonly firewall: Firewall;
 
-  /** The container runtime, for network connect/disconnect. */
-  containers:
-    | {
-        connect(c: string, net: string, cfg: EndpointSettingsRequest): Promise<void>;
-        disconnect(c: string, net: string, force: boolean): Promise<void>;
-      }
-    | undefined;
   private roleChange: Promise<void> | undefined;
   /** The role the managers want this node in (from the session); changeRole follows it. */
   private desiredRole: NodeRole | undefined;
@@ -138,31 +116,32 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.log = opts.logger;
     this.root = new DataRoot(opts.dataRoot);
     this.firewall = new Firewall({ logger: opts.logger, prefer: opts.firewallBackend ?? "auto" });
+    this.identity = new NodeIdentity({
+      root: this.root,
+      nodeId: () => this.state?.nodeId,
+      managerAddr: () => this.agent?.connectedTo ?? this.managerAddrs()[0],
+      onCertificates: (c) => this.manager?.updateCertificates(c),
+      serial: (f) => this.serial(f),
+      log: this.log,
+    });
     this.follower = new RootFollower({
       nodeId: () => this.state?.nodeId ?? "",
-      certs: () => this.certs,
-      useCertificates: async (c) => {
-        this.certs = c;
-        await this.root.saveCertificates(c);
-        this.manager?.updateCertificates(c);
-        this.scheduleRenewal();
-      },
-      renew: async () => {
-        const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
-        if (!addr) throw new Error("no manager to renew the certificate with");
-        await this.renewCertificate(addr);
-      },
+      certs: () => this.identity.certs,
+      useCertificates: (c) => this.identity.use(c),
+      renew: async () => void (await this.identity.renew()),
       reconnect: () => this.agent?.reconnect(),
       serial: (f) => this.serial(f),
       logger: this.log.child({ component: "root-ca" }),
     });
-    this.attacher = new Attachments({
-      nodeId: () => this.state?.nodeId ?? "",
-      session: () => this.agent?.sessionClient(),
-      host: () => this.ensureOverlayHost(),
-      probe: () => probeEsp(undefined, () => this.firewall.status()),
+    this.networks = new HostNetworks({
+      execRoot: opts.execRoot ?? "/run/shoal",
       firewall: this.firewall,
       logger: this.log,
+      node: () => ({ state: this.state, locked: this.locked }),
+      control: () => this.control,
+      requireControl: () => this.requireControl(),
+      session: () => this.agent?.sessionClient(),
+      dataPathPort: () => this.dataPathPort(),
     });
   }
 
@@ -179,14 +158,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   }
 
   /** /info's FirewallBackend: the backend in use, or why there is none (docker info prints it). */
-  async firewallInfo(): Promise<{ Driver: string; Info: [string, string][] }> {
-    const s = await this.firewall.status();
-    if (s.backend === null) return { Driver: "none", Info: [["Reason", s.reason]] };
-    const info: [string, string][] = [];
-    if (s.backend === "iptables") info.push(["Program", "iptables-legacy"]);
-    if (s.forced) info.push(["Chosen", "--firewall-backend"]);
-    if (s.nftablesUnavailable) info.push(["nftables", `unavailable (${s.nftablesUnavailable})`]);
-    return { Driver: s.backend, Info: info };
+  firewallInfo(): Promise<{ Driver: string; Info: [string, string][] }> {
+    return firewallInfoOf(this.firewall);
   }
 
   get nodeId(): string | undefined {
@@ -217,7 +190,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   /** Start the parts of a swarm member whose keys are readable (after a restart, or an unlock). */
   private async resumeUnlocked(state: LocalState): Promise<void> {
-    this.certs = await this.root.loadCertificates();
+    this.identity.certs = await this.root.loadCertificates();
     this.log.info({ node: state.nodeId, role: state.role }, "resuming swarm membership from the data root");
     if (state.role === "manager" && state.raftId !== undefined) {
       let peers = state.raftPeers;
@@ -237,15 +210,15 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       await this.startManagerOrRetry(peers);
     }
     this.startAgent();
-    this.scheduleRenewal();
+    this.identity.schedule();
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.clearManagerError();
-    await this.attacher.close(this.overlayHost);
-    if (this.renewTimer) clearTimeout(this.renewTimer);
+    await this.networks.close();
+    this.identity.stop();
     this.follower.stop();
     await this.agent?.stop();
     this.agent = undefined;
@@ -259,7 +232,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       openRaftStorage: () => this.root.openRaftStorage(),
       keysAtRest: { currentKek: () => this.root.currentKek(), seal: (kek) => this.root.sealSecrets(kek) },
       state,
-      certs: this.certs!,
+      certs: this.identity.certs!,
       logger: this.log,
       bootstrap,
       ...(peers ? { peers } : {}),
@@ -325,8 +298,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   }
 
   private credentials(): ChannelCredentials {
-    const c = this.certs!;
-    return clientCredentials(c.rootPem, c.certPem, c.keyPem);
+    return this.identity.credentials();
   }
 
   private managerAddrs(): string[] {
@@ -352,14 +324,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   }
 
   description(): NodeDescription {
-    return {
-      Hostname: this.opts.hostname,
-      Platform: { Architecture: os.arch() === "x64" ? "x86_64" : os.arch(), OS: "linux" },
-      Resources: { NanoCPUs: os.cpus().length * 1e9, MemoryBytes: os.totalmem() },
-      Engine: { EngineVersion: VERSION, Plugins: [{ Type: "Network", Name: "overlay" }] },
-      // The root this node trusts and who issued its certificate: what `docker swarm ca` watches.
-      ...(this.certs ? { TLSInfo: nodeTLSInfo(this.certs.rootPem, this.certs.certPem) } : {}),
-    };
+    return nodeDescription(this.opts.hostname, this.identity.certs);
   }
 
   private onSessionMessage(msg: DecodedSession): void {
@@ -371,8 +336,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
     }
     this.follower.onSessionMessage(msg);
-    this.attacher.onSessionNetworks(msg.networks);
-    this.attacher.onSessionKeys(msg.networkKeysJson);
+    this.networks.attacher.onSessionNetworks(msg.networks);
+    this.networks.attacher.onSessionKeys(msg.networkKeysJson);
     this.desiredRole = msg.role;
     this.followRole();
   }
@@ -412,7 +377,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.log.info({ from: s.role, to: role }, "role change");
     const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
     if (!addr) throw new Error("no manager to renew the certificate with");
-    const renewed = await this.renewCertificate(addr);
+    const renewed = await this.identity.renew(addr);
     if (renewed.role !== role) {
       this.log.warn({ want: role, got: renewed.role }, "the managers have not switched the role yet; will retry");
       return;
@@ -436,83 +401,15 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.agent?.reconnect();
   }
 
-  private async renewCertificate(addr: string): Promise<{ role: NodeRole }> {
-    const s = this.state!;
-    const { keyPem, csrPem } = await generateNodeKeyAndCSR(s.nodeId);
-    const client = new CAClient(addr, this.credentials(), CHANNEL_OPTIONS);
-    try {
-      const res = await unary(client.renewNodeCertificate.bind(client), { csrPem }, 10_000);
-      this.certs = { rootPem: this.certs!.rootPem, certPem: res.certificatePem, keyPem };
-      await this.root.saveCertificates(this.certs);
-      this.manager?.updateCertificates(this.certs);
-      this.scheduleRenewal();
-      return { role: res.role as NodeRole };
-    } finally {
-      client.close();
-    }
-  }
-
-  /** Renew the node certificate at a random 50-80 % of its life. */
-  private scheduleRenewal(): void {
-    if (this.renewTimer) clearTimeout(this.renewTimer);
-    if (!this.certs) return;
-    const info = parseNodeCert(this.certs.certPem);
-    const at = renewalTime(info.notBefore, info.notAfter).getTime();
-    const wait = Math.max(1000, Math.min(at - Date.now(), 2 ** 31 - 1));
-    this.renewTimer = setTimeout(() => {
-      if (Date.now() < at) return this.scheduleRenewal();
-      const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
-      if (!addr) return this.scheduleRenewal();
-      void this.serial(() => this.renewCertificate(addr)).catch((e: unknown) => {
-        this.log.warn({ err: e }, "certificate renewal failed; retrying in a minute");
-        this.renewTimer = setTimeout(() => this.scheduleRenewal(), 60_000);
-      });
-    }, wait);
-    this.renewTimer.unref();
-  }
-
   // ------------------------------------------------------------------ Engine API: swarm
 
   async swarmInfo(): Promise<SwarmInfo> {
-    const s = this.state;
-    if (!s) {
-      return {
-        NodeID: "",
-        NodeAddr: "",
-        LocalNodeState: "inactive",
-        ControlAvailable: false,
-        Error: "",
-        RemoteManagers: null,
-      };
-    }
-    if (this.locked) {
-      return {
-        NodeID: s.nodeId,
-        NodeAddr: s.dataPathAddr,
-        LocalNodeState: "locked",
-        ControlAvailable: false,
-        Error: MSG_LOCKED,
-        RemoteManagers: s.managers.map((m) => ({ NodeID: m.nodeId, Addr: m.addr })),
-      };
-    }
-    const info: SwarmInfo = {
-      NodeID: s.nodeId,
-      NodeAddr: s.dataPathAddr,
-      LocalNodeState: "active",
-      ControlAvailable: s.role === "manager" && this.manager !== undefined,
-      Error: this.managerError ?? "",
-      RemoteManagers: s.managers.map((m) => ({ NodeID: m.nodeId, Addr: m.addr })),
-    };
-    const m = this.manager;
-    const c = m?.store.cluster();
-    if (m && c) {
-      const nodes = m.store.nodes();
-      info.Nodes = nodes.length;
-      info.Managers = nodes.filter((n) => n.role === "manager").length;
-      info.Cluster = c.info;
-      info.RemoteManagers = m.store.members().map((x) => ({ NodeID: x.nodeId, Addr: x.addr }));
-    }
-    return info;
+    return swarmInfoOf({
+      state: this.state,
+      locked: this.locked,
+      managerError: this.managerError,
+      manager: this.manager,
+    });
   }
 
   private requireControl(): Control {
@@ -563,9 +460,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         throw e;
       }
       this.log.info({ node: s.nodeId }, "unlocked: this manager's keys are open");
-      void this.reconcileNetworking().catch((e: unknown) =>
-        this.log.warn({ err: e }, "could not reconcile overlay namespaces"),
-      );
+      void this.networks
+        .reconcile()
+        .catch((e: unknown) => this.log.warn({ err: e }, "could not reconcile overlay namespaces"));
     });
   }
 
@@ -585,143 +482,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.requireControl().nodeRemove(ref, force);
   }
 
-  // ------------------------------------------------------------------ host networking
-
-  get execRoot(): string {
-    return this.opts.execRoot ?? "/run/shoal";
-  }
-
   /** The swarm's VXLAN port: the managers' store on a manager, what the managers said at join on a worker. */
   private dataPathPort(): number {
     return this.manager?.store.cluster()?.info.DataPathPort || this.state?.dataPathPort || DEFAULT_DATA_PATH_PORT;
-  }
-
-  /** The overlay data plane of this host, built on first use (it needs the swarm's data-path address). */
-  private ensureOverlayHost(): OverlayHost {
-    if (this.overlayHost) return this.overlayHost;
-    if (this.locked) throw unavailable(MSG_LOCKED);
-    const s = this.state;
-    if (!s) {
-      throw new ApiError(503, 'overlay networks need a swarm: run "shoal swarm init" or "shoal swarm join" first');
-    }
-    const dataplane = new OverlayDataplane({
-      execRoot: this.execRoot,
-      underlayDev: interfaceOf(s.dataPathAddr),
-      localAddr: s.dataPathAddr,
-      dataPathPort: this.dataPathPort(),
-      logger: this.log,
-    });
-    const ipsec = new IpsecDataplane({
-      localAddr: s.dataPathAddr,
-      firewall: this.firewall,
-      port: this.dataPathPort(),
-      logger: this.log,
-    });
-    this.overlayHost = { dataplane, ipsec };
-    return this.overlayHost;
-  }
-
-  /** After a restart: overlay namespaces of the previous run hold no container of ours any more. */
-  async reconcileNetworking(): Promise<void> {
-    // A locked manager reconciles once it is unlocked (swarmUnlock).
-    if (!this.state || this.locked) return;
-    const report = await this.ensureOverlayHost().dataplane.reconcile(new Map());
-    // Probe at start (in the background): the log says at once whether encrypted networks can work here.
-    void this.attacher.overlays.espSupport();
-    await this.attacher.overlays
-      .resetIpsec()
-      .catch((e: unknown) =>
-        this.log.warn({ err: (e as Error).message }, "could not remove IPsec state left by a previous run"),
-      );
-    if (report.deleted.length > 0 || report.removedStale.length > 0) {
-      this.log.info(
-        { deleted: report.deleted, stale: report.removedStale },
-        "removed overlay namespaces left by a previous run",
-      );
-    }
-  }
-
-  // ------------------------------------------------------------------ Engine API: networks
-
-  /** Cluster writes go through a manager's control API: a worker is told where to go. */
-  private networkControl(verb: "create" | "remove"): Control {
-    if (this.state?.role === "worker") {
-      throw new ApiError(
-        403,
-        `Cannot ${verb} a multi-host network from a worker node. Please ${verb} the network from a manager node.`,
-      );
-    }
-    return this.requireControl();
-  }
-
-  networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
-    return this.networkControl("create").networkCreate(spec);
-  }
-
-  networkRemove(ref: string): Promise<void> {
-    return this.networkControl("remove").networkRemove(ref);
-  }
-
-  async networkList(filters: Record<string, string[]>): Promise<NetworkResource[]> {
-    if (this.control) return this.control.networkList(filters);
-    return this.heldNetworks().filter((n) => networkMatches(n, filters));
-  }
-
-  /** ref: a full id, a name, or a unique id prefix (the manager's resolver, on a worker too). */
-  async networkInspect(ref: string): Promise<NetworkResource> {
-    let found: NetworkResource | undefined;
-    if (this.control) found = await this.control.networkInspect(ref);
-    else {
-      found = resolveNetworkRef(
-        this.heldNetworks(),
-        ref,
-        (n) => n.Id,
-        (n) => n.Name,
-      );
-    }
-    if (!found) throw networkNotFound(ref);
-    return this.withEncryption(found);
-  }
-
-  /**
-   * An encrypted network's inspect gains `Encryption` (shoal's; Swarm users cannot tell, moby #24253): the
-   * key tags this host holds and when they last rotated, whether its kernel can encrypt, and per remote
-   * host whether the SAs are installed. On a manager also the cluster's keyring (tags and times). Never keys.
-   */
-  private async withEncryption(n: NetworkResource): Promise<NetworkResource> {
-    if (n.Options.encrypted === undefined) return n;
-    let info: Record<string, unknown>;
-    try {
-      info = { ...(await this.attacher.overlays.encryptionInfo(n.Id)) };
-    } catch (e) {
-      // This host cannot build its overlay side (e.g. its data-path address is on no interface): say so,
-      // and still show what the managers know.
-      info = { Encrypted: true, Held: false, KeyTags: [], Peers: [], Error: (e as Error).message };
-    }
-    const r = this.control?.networkKeyring();
-    if (r) {
-      info.ClusterKeyTags = r.tags;
-      info.ClusterLastRotation = r.lastRotation;
-      info.ClusterNextRotation = r.nextRotation;
-    }
-    return { ...n, Encryption: info };
-  }
-
-  networkConnect(ref: string, container: string, cfg: EndpointSettingsRequest): Promise<void> {
-    if (!this.containers) throw new ApiError(503, "this daemon runs no containers");
-    return this.containers.connect(container, ref, cfg);
-  }
-
-  networkDisconnect(ref: string, container: string, force: boolean): Promise<void> {
-    if (!this.containers) throw new ApiError(503, "this daemon runs no containers");
-    return this.containers.disconnect(container, ref, force);
-  }
-
-  /** A worker sees the networks it holds (it has a container on them), as the managers last told it. */
-  private heldNetworks(): NetworkResource[] {
-    const s = this.state;
-    if (!s) throw notManager();
-    return this.attacher.heldNetworks().map((h) => presentNetwork(h.network, h.endpoints, s.nodeId));
   }
 
   swarmInit(req: SwarmInit): Promise<string> {
@@ -735,7 +498,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       }
       const plan = planInit(req);
       const { ca, certs, state } = await newSwarm(plan);
-      this.certs = certs;
+      this.identity.certs = certs;
       this.state = state;
       try {
         await this.root.saveCertificates(certs);
@@ -753,7 +516,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         state.managers = [self];
         await this.root.saveState(state);
         this.startAgent();
-        this.scheduleRenewal();
+        this.identity.schedule();
         this.log.info({ node: state.nodeId, cluster: state.clusterId }, "swarm initialized");
         return state.nodeId;
       } catch (e) {
@@ -771,7 +534,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.agent = undefined;
     await this.stopManager().catch(() => {});
     this.state = undefined;
-    this.certs = undefined;
+    this.identity.forget();
     await this.root.wipe();
   }
 
@@ -795,7 +558,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.serial(async () => {
       if (this.state) throw alreadyInSwarm();
       const { certs, state, role, remote } = await requestMembership(req, this.opts.hostname);
-      this.certs = certs;
+      this.identity.certs = certs;
       this.state = state;
       try {
         await this.root.saveCertificates(certs);
@@ -819,7 +582,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         }
         this.startAgent();
         await waitFor(() => this.agent?.connectedTo !== undefined, JOIN_TIMEOUT_MS, "a session with the managers");
-        this.scheduleRenewal();
+        this.identity.schedule();
         this.log.info({ node: state.nodeId, role }, "joined the swarm");
       } catch (e) {
         await this.abandon();
@@ -846,9 +609,9 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       await this.stopManager();
       this.clearManagerError();
       this.desiredRole = undefined;
-      if (this.renewTimer) clearTimeout(this.renewTimer);
+      this.identity.stop();
       this.state = undefined;
-      this.certs = undefined;
+      this.identity.forget();
       await this.root.wipe();
       this.log.info({}, "left the swarm");
     });
