@@ -530,9 +530,14 @@ export class Daemon implements SwarmBackend {
   private async abandon(): Promise<void> {
     this.clearManagerError();
     this.desiredRole = undefined;
-    await this.agent?.stop().catch(() => {});
+    // Undoing goes on past a part that will not stop (the data root is wiped below either way); it is logged.
+    await this.agent
+      ?.stop()
+      .catch((e: unknown) => this.log.warn({ err: e }, "could not stop the agent of a failed init or join"));
     this.agent = undefined;
-    await this.stopManager().catch(() => {});
+    await this.stopManager().catch((e: unknown) =>
+      this.log.warn({ err: e }, "could not stop the manager of a failed init or join"),
+    );
     this.state = undefined;
     this.identity.forget();
     await this.root.wipe();
