@@ -41,8 +41,9 @@ import type {
 } from "../engine/types.js";
 import { newNodeObject } from "../manager/ca-server.js";
 import { Control } from "../manager/control.js";
+import { forceNewCluster } from "../manager/force-new-cluster.js";
 import { toApiError } from "../manager/grpc-util.js";
-import { forceNewCluster, ListenError, Manager } from "../manager/manager.js";
+import { ListenError, Manager } from "../manager/manager.js";
 import { Serial } from "../serial.js";
 import {
   clusterCreate,
