@@ -48,19 +48,25 @@ export interface AttachmentsOptions {
   logger: Logger;
   /** How long an attach waits for a session to be established (default 10 s). */
   sessionWaitMs?: number;
+  /** The DNS server for containers' names (default: the embedded one, made on first use). */
+  dns?: ContainerDns;
 }
+
+/** What the attachments need of the embedded DNS server (src/dataplane/dns.ts). */
+export type ContainerDns = Pick<EmbeddedDns, "addContainer" | "removeContainer" | "close">;
 
 export class Attachments implements NetworkAttacher {
   readonly overlays: HostOverlays;
   private readonly releases: EndpointReleases;
   private readonly log: Logger;
-  private dns: EmbeddedDns | undefined;
+  private dns: ContainerDns | undefined;
   private gatewayBridge: GatewayBridge | undefined;
 
   constructor(private readonly opts: AttachmentsOptions) {
     this.log = opts.logger.child({ component: "networking" });
     this.overlays = new HostOverlays({ nodeId: opts.nodeId, host: opts.host, probe: opts.probe, log: this.log });
     this.releases = new EndpointReleases((id) => this.sendRelease(id), this.log);
+    this.dns = opts.dns;
   }
 
   async attach(container: Who & { ifname: string }, networkRef: string, cfg: EndpointSettingsRequest) {
