@@ -81,6 +81,14 @@ export class Agent {
     this.teardown();
   }
 
+  /**
+   * The dispatcher client of the established session, for the node's other calls to the managers (Attach,
+   * Detach): they go to the manager the session is with. Undefined while there is none.
+   */
+  sessionClient(): InstanceType<typeof DispatcherClient> | undefined {
+    return this.connectedTo ? this.current?.client : undefined;
+  }
+
   private teardown(): void {
     if (this.heartbeat) clearTimeout(this.heartbeat);
     this.heartbeat = undefined;

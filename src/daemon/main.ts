@@ -107,14 +107,14 @@ function buildProgram(): Command {
         runtime = new ContainerRuntime({
           execRoot: flags.execRoot,
           stateDir: join(flags.execRoot, "containers"),
-          attacher: daemon.attacher,
+          attacher: daemon.networks.attacher,
           containerd: await supervisor.start(),
           insecureRegistries: flags.insecureRegistry,
           hostname: () => flags.hostname,
           logger,
         });
         containers = runtime;
-        daemon.containers = runtime;
+        daemon.networks.containers = runtime;
       } catch (e) {
         // shoald runs on without containers: every container call answers with the same line.
         const line = e instanceof Error ? e.message : String(e);
@@ -125,13 +125,13 @@ function buildProgram(): Command {
       // Containers of a previous run are gone with it (their endpoints are released), and so are the
       // overlay namespaces they held: nothing leaks across a restart.
       await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
-      await daemon
-        .reconcileNetworking()
+      await daemon.networks
+        .reconcile()
         .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
       const server = await EngineServer.listen({
         socketPath: socketPathOf(flags.host),
         backend: daemon,
-        networks: daemon,
+        networks: daemon.networks,
         containers,
         ...(runtime ? { images: runtime.imageService } : {}),
         logger,

@@ -3,31 +3,19 @@
 // Writes from any manager are proposed to Raft (the core forwards them to the leader); reads that must
 // see every finished write go through a ReadIndex barrier first.
 
-import { randomInt } from "node:crypto";
-import { Server, status } from "@grpc/grpc-js";
+import { Server } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import type { z } from "zod";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
-import { RaftMemberSchema } from "../api/objects.js";
-import { describeIssues } from "../api/schema.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
-import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
-import { entryPayload, NodeStoppedError, RaftNode } from "../raft/node.js";
-import { Raft } from "../raft/raft.js";
+import { NodeStoppedError, RaftNode } from "../raft/node.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
-import {
-  GrpcTransport,
-  RaftServiceDefinition,
-  raftServiceImplementation,
-  type SenderStatus,
-} from "../raft/transport.js";
+import { GrpcTransport, type SenderStatus } from "../raft/transport.js";
 import {
   type ConfChange,
   ConfChangeType,
   EMPTY,
-  EntryType,
   ErrProposalDropped,
   ErrProposalOutcomeUnknown,
   ErrProposalTooLarge,
@@ -35,7 +23,7 @@ import {
   StateType,
 } from "../raft/types.js";
 import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
-import { type AclContext, type Allowed, type Rule, withAcl } from "./acl.js";
+import type { AclContext } from "./acl.js";
 import { AutolockKeeper } from "./autolock.js";
 import { listenerTrust, RootRotationReconciler } from "./ca-rotation.js";
 import { caService } from "./ca-server.js";
@@ -43,9 +31,9 @@ import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
 import { JoinLimiter } from "./join-limiter.js";
 import { KeyManager } from "./keymanager.js";
-import { membershipService } from "./membership.js";
+import { encodeMemberContext, memberCommand, membershipService, newRaftId } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
-import { type RpcName, requestSchemas } from "./wire.js";
+import { addClusterServices } from "./services.js";
 
 /** Who this manager is: its node, its Raft id, its cluster, and where it listens. */
 export interface ManagerIdentity {
@@ -105,37 +93,6 @@ export class ListenError extends ApiError {
     this.name = "ListenError";
     this.reason = reason;
   }
-}
-
-/** The message a joiner's membership request carries in a ConfChange. */
-const MemberContextSchema = RaftMemberSchema.pick({ nodeId: true, addr: true });
-type MemberContext = z.infer<typeof MemberContextSchema>;
-
-export function encodeMemberContext(c: MemberContext): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(c));
-}
-
-/**
- * The store command a committed membership change implies (the members table follows Raft's own
- * configuration): member.add for a learner added with a well-formed context, member.remove for a removal.
- * A context that is not one is reported through `malformed` and adds no member.
- */
-function memberCommand(cc: ConfChange, malformed: (why: string) => void): Command | undefined {
-  if (cc.type === ConfChangeType.RemoveNode) return { op: "member.remove", raftId: cc.nodeId };
-  if (cc.type !== ConfChangeType.AddLearner) return undefined;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder().decode(cc.context));
-  } catch {
-    malformed("the context is not JSON");
-    return undefined;
-  }
-  const ctx = MemberContextSchema.safeParse(raw);
-  if (!ctx.success) {
-    malformed(describeIssues(ctx.error));
-    return undefined;
-  }
-  return { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.data.nodeId, addr: ctx.data.addr } };
 }
 
 export class Manager {
@@ -329,9 +286,9 @@ export class Manager {
       readBarrier: () => this.readBarrier(),
       logger: this.root.child({ component: "acl" }),
     };
-    server.addService(
-      RaftServiceDefinition,
-      raftServiceImplementation({
+    addClusterServices(server, {
+      acl,
+      raft: {
         deliver: (m) => this.raft?.step(m),
         clusterId: () => this.clusterId,
         onHeard: (id) => this.transport?.markHeard(id),
@@ -340,41 +297,11 @@ export class Manager {
         member: (from, nodeId) => this.senderStatus(from, nodeId),
         isRemoved: (nodeId) => this.store.isRemoved(nodeId),
         logger: this.root.child({ component: "raft-server" }),
-      }),
-    );
-    const rule = (allowed: Allowed, name: RpcName): Rule => ({ allowed, request: requestSchemas[name] });
-    const nodes: NodeRole[] = ["worker", "manager"];
-    server.addService(
-      CAService,
-      withAcl(
-        caService(this),
-        {
-          getRootCaCertificate: rule("anyone", "getRootCaCertificate"),
-          issueNodeCertificate: rule("anyone", "issueNodeCertificate"),
-          renewNodeCertificate: rule(nodes, "renewNodeCertificate"),
-          // Proof of identity is the retired root's certificate in the request (ca-rotation.ts).
-          recoverNodeCertificate: rule("anyone", "recoverNodeCertificate"),
-        },
-        acl,
-      ),
-    );
-    server.addService(
-      RaftMembershipService,
-      withAcl(membershipService(this), { join: rule(["manager"], "join"), leave: rule(["manager"], "leave") }, acl),
-    );
-    server.addService(
-      DispatcherService,
-      withAcl(
-        this.dispatcher.service(),
-        {
-          session: rule(nodes, "session"),
-          heartbeat: rule(nodes, "heartbeat"),
-          attach: rule(nodes, "attach"),
-          detach: rule(nodes, "detach"),
-        },
-        acl,
-      ),
-    );
+      },
+      ca: caService(this),
+      membership: membershipService(this),
+      dispatcher: this.dispatcher.service(),
+    });
     const [host, portText] = splitHostPort(this.opts.state.listenAddr);
     try {
       this.listener = await listenTLS(server, {
@@ -534,11 +461,8 @@ export class Manager {
   async addMember(nodeId: string, addr: string): Promise<NodeId> {
     const existing = this.store.memberByNode(nodeId);
     if (existing) return existing.raftId;
-    let raftId: NodeId;
     const cs = this.raft.status().confState;
-    do {
-      raftId = randomInt(1, 2 ** 47);
-    } while (cs.voters.includes(raftId) || cs.learners.includes(raftId) || cs.removed.includes(raftId));
+    const raftId = newRaftId((id) => cs.voters.includes(id) || cs.learners.includes(id) || cs.removed.includes(id));
     await this.confChange({
       type: ConfChangeType.AddLearner,
       nodeId: raftId,
@@ -659,68 +583,3 @@ export function splitHostPort(addr: string): [string, string] {
   if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
   return [host, addr.slice(i + 1)];
 }
-
-/**
- * force-new-cluster: rewrite a manager's Raft state so that it is the only member, keeping every
- * committed object. Uncommitted entries are dropped; the other members are removed for good.
- */
-export async function forceNewCluster(
-  openRaftStorage: () => Promise<LevelStorage>,
-  raftId: NodeId,
-  log: Logger,
-): Promise<void> {
-  const storage = await openRaftStorage();
-  try {
-    const mem = storage.mem;
-    const { hardState, confState } = mem.initialState();
-    const snap = mem.snapshot();
-    const store = new Store();
-    store.restore(snap.data, snap.metadata.index);
-    const members = new Set([...confState.voters, ...confState.learners]);
-    const removed = new Set(confState.removed);
-    // Replay what was committed.
-    for (let i = snap.metadata.index + 1; i <= hardState.commit; i++) {
-      const e = mem.entries(i, i + 1, Number.MAX_SAFE_INTEGER)[0]!;
-      if (e.type === EntryType.ConfChange) {
-        const cc = Raft.decodeConfChange(e);
-        if (cc.type === ConfChangeType.AddLearner && !removed.has(cc.nodeId)) members.add(cc.nodeId);
-        if (cc.type === ConfChangeType.RemoveNode) {
-          members.delete(cc.nodeId);
-          removed.add(cc.nodeId);
-        }
-        const cmd = memberCommand(cc, (why) => log.warn({ index: i, why }, "replay: malformed member context skipped"));
-        if (cmd) store.apply(encodeCommand(cmd, new Date(0)), i);
-      } else {
-        const payload = entryPayload(e);
-        if (payload) store.apply(payload, i);
-      }
-    }
-    for (const id of members) if (id !== raftId) removed.add(id);
-    store.keepOnlyMember(raftId);
-    const index = hardState.commit + 1;
-    const term = hardState.term + 1;
-    await storage.save(
-      {
-        snapshot: {
-          metadata: {
-            index,
-            term,
-            confState: { voters: [raftId], learners: [], removed: [...removed].sort((a, b) => a - b) },
-          },
-          data: store.snapshot(),
-        },
-        hardState: { term, vote: 0, commit: index },
-        entries: [],
-      },
-      true,
-    );
-    log.warn(
-      { index, term, dropped: [...members].filter((id) => id !== raftId).map((id) => id.toString(16)) },
-      "forced a new cluster",
-    );
-  } finally {
-    await storage.close();
-  }
-}
-
-export const GRPC_STATUS = status;
