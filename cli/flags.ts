@@ -1,6 +1,8 @@
 // Flag values parsed the way docker's flags (spf13/pflag and docker/cli/opts) parse them, with the same
 // error texts: numbers (strconv), durations (time.ParseDuration), CIDRs, node addresses, filters, labels.
 
+import { CLUSTER_PORT } from "../src/api/ports.js";
+
 /** A flag value that does not parse; the message is the part after `invalid argument "v" for "--flag" flag: `. */
 export class FlagValueError extends Error {}
 
@@ -229,7 +231,7 @@ const joinHostPort = (host: string, port: string): string =>
  * docker's NodeAddrOption (--listen-addr), i.e. opts.ParseTCPAddr without the "tcp://": "<ip|interface>[:port]"
  * completed from a default ("192.0.2.1" → "192.0.2.1:2377", ":4000" → "0.0.0.0:4000").
  */
-export function parseNodeAddr(value: string, defaultAddr = "0.0.0.0:2377"): string {
+export function parseNodeAddr(value: string, defaultAddr = `0.0.0.0:${CLUSTER_PORT}`): string {
   if (value === "" || value === "tcp://") return defaultAddr;
   let addr = value.startsWith("tcp://") ? value.slice("tcp://".length) : value;
   if (addr.includes("://") || addr === "") throw new FlagValueError(`invalid proto, expected tcp: ${value}`);

@@ -4,10 +4,11 @@
 
 import { networkInterfaces } from "node:os";
 import { ApiError, badRequest } from "../api/errors.js";
+import { parseIpv4 } from "../api/ipv4.js";
+import { CLUSTER_PORT } from "../api/ports.js";
 import { splitHostPort } from "../manager/manager.js";
-import { isIpv4 } from "../store/allocator/ipam.js";
 
-export const DEFAULT_LISTEN_PORT = 2377;
+export const DEFAULT_LISTEN_PORT = CLUSTER_PORT;
 
 export interface ListenAddr {
   host: string;
@@ -19,7 +20,7 @@ export function parseListenAddr(a: string | undefined): ListenAddr {
   const [host, portText] = text.includes(":") ? splitHostPort(text) : [text, String(DEFAULT_LISTEN_PORT)];
   const port = Number(portText);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw badRequest(`invalid listen address ${text}: bad port`);
-  if (!isIpv4(host)) throw badRequest(`invalid listen address ${text}: shoal listens on an IPv4 address`);
+  if (!isIpv4Text(host)) throw badRequest(`invalid listen address ${text}: shoal listens on an IPv4 address`);
   return { host, port };
 }
 
@@ -36,7 +37,7 @@ export function resolveAdvertiseAddr(
   if (given && given.length > 0) {
     const [h, p] = given.includes(":") ? splitHostPort(given) : [given, String(listen.port)];
     const port = Number(p);
-    if (isIpv4(h)) return { ip: h, port };
+    if (isIpv4Text(h)) return { ip: h, port };
     const iface = networkInterfaces()[h];
     const v4 = iface?.find((x) => x.family === "IPv4");
     if (!v4)
@@ -77,4 +78,8 @@ export function interfaceOf(ip: string): string {
 
 export function withPort(a: string, port: number): string {
   return /:\d+$/.test(a) ? a : `${a}:${port}`;
+}
+
+function isIpv4Text(s: string): boolean {
+  return parseIpv4(s) !== undefined;
 }

@@ -22,9 +22,9 @@ import {
   unavailable,
 } from "../api/errors.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { parseUnlockKey } from "../ca/unlockkey.js";
 import { Firewall, type FirewallPreference } from "../dataplane/firewall.js";
-import { DEFAULT_DATA_PATH_PORT } from "../dataplane/render.js";
 import type {
   Node,
   NodeDescription,

@@ -7,6 +7,7 @@ import { Server } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
+import { CLUSTER_PORT } from "../api/ports.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { NodeStoppedError, RaftNode } from "../raft/node.js";
@@ -578,7 +579,7 @@ function writeError(e: unknown): unknown {
 
 export function splitHostPort(addr: string): [string, string] {
   const i = addr.lastIndexOf(":");
-  if (i < 0) return [addr, "2377"];
+  if (i < 0) return [addr, String(CLUSTER_PORT)];
   let host = addr.slice(0, i);
   if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
   return [host, addr.slice(i + 1)];

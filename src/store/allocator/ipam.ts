@@ -42,8 +42,8 @@ import {
 
 // --- constants -------------------------------------------------------------------------------------------
 
-const DEFAULT_POOL = "10.0.0.0/8";
-const DEFAULT_SUBNET_SIZE = 24;
+export const DEFAULT_POOL = "10.0.0.0/8";
+export const DEFAULT_SUBNET_SIZE = 24;
 /** The longest mask `--default-addr-pool-mask-length` accepts (8 addresses; swarmkit's limit). */
 const MAX_SUBNET_SIZE = 29;
 /** Prefix lengths an explicit `--subnet` may have. */
