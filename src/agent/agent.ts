@@ -29,6 +29,8 @@ export interface AgentOptions {
    * rotation it missed while it was down.
    */
   onSessionFailure?: (addr: string, err: unknown, consecutive: number) => void;
+  /** Every heartbeat's round trip (ms) and whether it was answered (metrics, the scale bench). */
+  onHeartbeat?: (latencyMs: number, ok: boolean) => void;
 }
 
 /**
@@ -156,7 +158,9 @@ export class Agent {
       let period = 5000;
       const beat = () => {
         const deadline = new Date(Date.now() + Math.max(1000, period));
+        const sentMs = performance.now();
         client.heartbeat({ sessionId }, new Metadata(), { deadline }, (err, res) => {
+          this.opts.onHeartbeat?.(performance.now() - sentMs, !err);
           if (this.current?.stream !== stream) return;
           if (err) {
             this.log.debug({ manager: addr, err: err.message }, "heartbeat failed");
