@@ -325,7 +325,7 @@ export class Manager {
     const acl: AclContext = {
       clusterId: () => this.clusterId,
       isRemoved: (id) => this.store.isRemoved(id),
-      roleOf: (id) => this.store.node(id)?.role,
+      roleOf: (id) => this.store.roleOf(id),
       readBarrier: () => this.readBarrier(),
       logger: this.root.child({ component: "acl" }),
     };
