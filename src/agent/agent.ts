@@ -31,7 +31,12 @@ export interface AgentOptions {
   onSessionFailure?: (addr: string, err: unknown, consecutive: number) => void;
   /** Every heartbeat's round trip (ms) and whether it was answered (metrics, the scale bench). */
   onHeartbeat?: (latencyMs: number, ok: boolean) => void;
+  /** Randomness for the reconnect spread (tests); Math.random by default. */
+  random?: () => number;
 }
+
+/** The longest a node waits before reconnecting after its session broke (a random part of the period). */
+export const MAX_RECONNECT_SPREAD_MS = 10_000;
 
 /**
  * A dead manager is noticed by the session's heartbeats (each has a deadline) and by the connection closing;
@@ -62,9 +67,13 @@ export class Agent {
   private established = false;
   private loop: Promise<void> | undefined;
   private readonly log: Logger;
+  /** The heartbeat period the managers asked for last. */
+  private periodMs = 5000;
+  private readonly random: () => number;
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.logger.child({ component: "agent" });
+    this.random = opts.random ?? Math.random;
   }
 
   start(): void {
@@ -120,14 +129,20 @@ export class Agent {
         failures = 0;
       } catch (e) {
         if (this.stopped) return;
+        const broke = this.established;
         // A session that was up and broke (or was dropped on purpose) starts over quickly.
-        if (this.established) backoff = 100;
+        if (broke) backoff = 100;
         failures = this.established ? 1 : failures + 1;
         try {
           this.opts.onSessionFailure?.(addr, e, failures);
         } catch (err) {
           this.log.warn({ err }, "handling a session failure failed");
         }
+        // When a leader goes, every node of the swarm loses its session at once: each waits a random part
+        // of a heartbeat period first, so that the new leader sees them spread out, not all in one burst
+        // (it gives them a grace that covers this before marking anything down).
+        if (broke) await sleep(Math.floor(this.random() * Math.min(this.periodMs, MAX_RECONNECT_SPREAD_MS)));
+        if (this.stopped) return;
         const hint = leaderHint(e);
         if (hint && hint !== addr) {
           this.hint = hint;
@@ -167,7 +182,7 @@ export class Agent {
             stream.cancel();
             return;
           }
-          if (res?.periodMs) period = res.periodMs;
+          if (res?.periodMs) period = this.periodMs = res.periodMs;
           this.heartbeat = setTimeout(beat, jittered(period));
         });
       };
@@ -178,7 +193,7 @@ export class Agent {
           this.established = true;
           this.log.info({ manager: addr }, "session established");
         }
-        if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = msg.heartbeatPeriodMs;
+        if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = this.periodMs = msg.heartbeatPeriodMs;
         if (!this.heartbeat) this.heartbeat = setTimeout(beat, jittered(period));
         let decoded: DecodedSession;
         try {
