@@ -116,3 +116,15 @@ describe("peer identity", () => {
     expect(peerRole({ getAuthContext: () => ({}) })).toBeNull();
   });
 });
+
+describe("the CA key is imported once", () => {
+  test("the same root and key give the same imported CA; another key another one", async () => {
+    const a = await createRootCA();
+    const b = await createRootCA();
+    const first = await RootCA.fromPemCached(a.certPem, a.keyPem);
+    expect(await RootCA.fromPemCached(a.certPem, a.keyPem)).toBe(first);
+    const other = await RootCA.fromPemCached(b.certPem, b.keyPem);
+    expect(other).not.toBe(first);
+    await expect(RootCA.fromPemCached(a.certPem, b.keyPem)).rejects.toThrow();
+  });
+});
