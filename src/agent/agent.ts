@@ -10,6 +10,7 @@ import type { NodeDescription } from "../api/objects.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
 import { leaderHint } from "../manager/grpc-util.js";
+import { observe } from "../metrics/metrics.js";
 import { type DecodedSession, decodeSessionMessage } from "./messages.js";
 
 export interface AgentOptions {
@@ -175,6 +176,7 @@ export class Agent {
         const deadline = new Date(Date.now() + Math.max(1000, period));
         const sentMs = performance.now();
         client.heartbeat({ sessionId }, new Metadata(), { deadline }, (err, res) => {
+          observe.heartbeatSent(performance.now() - sentMs, !err);
           this.opts.onHeartbeat?.(performance.now() - sentMs, !err);
           if (this.current?.stream !== stream) return;
           if (err) {

@@ -16,6 +16,7 @@
 
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { observe } from "../metrics/metrics.js";
 import { normalizeIp } from "./addr.js";
 import { createNetns, deleteNetns, listNetns, type NetnsProbe, statProbe } from "./netns.js";
 import {
@@ -352,7 +353,12 @@ export class OverlayDataplane {
       return "exists";
     }
     this.nets.delete(rnet.id);
-    await this.build(rnet, nsPath, firstEndpoint);
+    const t0 = performance.now();
+    await this.build(rnet, nsPath, firstEndpoint).catch((e: unknown) => {
+      observe.overlayBuilt(performance.now() - t0, false);
+      throw e;
+    });
+    observe.overlayBuilt(performance.now() - t0, true);
     return "built";
   }
 

@@ -21,6 +21,7 @@ import type { Logger } from "pino";
 import { type NodeDescription, NodeDescriptionSchema, type NodeState } from "../api/objects.js";
 import { parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
+import { observe } from "../metrics/metrics.js";
 import { MAX_STATUS_BATCH } from "../store/commands.js";
 import { agentView, isEncryptedNetwork } from "../store/keyring.js";
 import type { ClusterRecord, NodeRecord, StoreEvent, View } from "../store/store.js";
@@ -54,13 +55,6 @@ export interface DispatcherCluster extends AttachmentCluster {
   readonly log: Logger;
   /** host:port of the leader, for the agents this manager sends there. */
   leaderAddr(): string | undefined;
-}
-
-/** What the dispatcher reports (metrics); each hook is optional. */
-export interface DispatcherObserver {
-  heartbeat?(): void;
-  pushed?(count: number, latencyMs: number): void;
-  statusWrite?(updates: number): void;
 }
 
 interface StatusUpdate {
@@ -98,7 +92,6 @@ export class Dispatcher {
   private statusTimer: NodeJS.Timeout | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private commonKey = "";
-  observer: DispatcherObserver = {};
 
   constructor(private readonly m: DispatcherCluster) {}
 
@@ -208,7 +201,7 @@ export class Dispatcher {
     this.pending.clear();
     for (let i = 0; i < updates.length; i += MAX_STATUS_BATCH) {
       const batch = updates.slice(i, i + MAX_STATUS_BATCH);
-      this.observer.statusWrite?.(batch.length);
+      observe.statusWritten(batch.length);
       void this.m.write({ op: "node.statusBatch", updates: batch }).then(
         () => {
           const down = batch.filter((u) => u.state === "down").length;
@@ -296,7 +289,7 @@ export class Dispatcher {
       this.dirty.delete(s);
       if (this.push(s, ctx)) sent++;
     }
-    if (sent > 0) this.observer.pushed?.(sent, performance.now() - this.dirtySinceMs);
+    if (sent > 0) observe.pushed(sent, performance.now() - this.dirtySinceMs);
     if (this.dirty.size > 0) {
       this.flushing = true;
       setImmediate(() => this.flushPushes());
@@ -409,7 +402,7 @@ export class Dispatcher {
         const s = this.sessions.get(call.request.sessionId);
         if (!s) return cb(new GrpcError(status.NOT_FOUND, "session invalid"));
         s.lastSeenMs = performance.now();
-        this.observer.heartbeat?.();
+        observe.heartbeatReceived();
         cb(null, { periodMs: this.heartbeatPeriodMs() });
       },
     };

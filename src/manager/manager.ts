@@ -13,6 +13,7 @@ import { RaftMemberSchema } from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
+import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { entryPayload, NodeStoppedError, RaftNode } from "../raft/node.js";
 import { Raft } from "../raft/raft.js";
@@ -288,7 +289,12 @@ export class Manager {
       id: this.raftId,
       storage: this.storage,
       stateMachine: {
-        apply: (data, index) => this.store.apply(data, index),
+        apply: (data, index) => {
+          const t0 = performance.now();
+          const out = this.store.apply(data, index);
+          observe.apply(performance.now() - t0);
+          return out;
+        },
         snapshot: () => this.store.snapshot(),
         restore: (data, index) => this.store.restore(data, index),
       },
@@ -505,6 +511,7 @@ export class Manager {
         throw writeError(e);
       }
       const out = res.result as Outcome;
+      observe.proposal(Date.now() - start);
       if (!out.ok) throw new ApiError(out.status, out.message);
       return out.version;
     }
