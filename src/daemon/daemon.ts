@@ -529,7 +529,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     const m = this.manager;
     const c = m?.store.cluster();
     if (m && c) {
-      const nodes = m.store.nodes();
+      const nodes = m.store.nodeViews();
       info.Nodes = nodes.length;
       info.Managers = nodes.filter((n) => n.role === "manager").length;
       info.Cluster = c.info;
