@@ -34,7 +34,7 @@ export function roleToOU(role: NodeRole): string {
 }
 
 /** The role an OU stands for, or null for an OU shoal does not issue. */
-function ouToRole(ou: string): NodeRole | null {
+export function ouToRole(ou: string): NodeRole | null {
   if (ou === MANAGER_OU) return "manager";
   if (ou === WORKER_OU) return "worker";
   return null;

@@ -49,7 +49,7 @@ export function swarmInfoOf(d: {
   const m = d.manager;
   const c = m?.store.cluster();
   if (m && c) {
-    const nodes = m.store.nodes();
+    const nodes = m.store.nodeViews();
     info.Nodes = nodes.length;
     info.Managers = nodes.filter((n) => n.role === "manager").length;
     info.Cluster = c.info;

@@ -7,12 +7,14 @@ import { Command, Option } from "commander";
 import pino from "pino";
 import { checkPrograms } from "../dataplane/programs.js";
 import { EngineServer } from "../engine/server.js";
+import { listenMetrics, parseMetricsAddr } from "../metrics/server.js";
 import { ContainerdSupervisor } from "../runtime/containerd/supervisor.js";
 import { ContainerRuntime } from "../runtime/runtime.js";
 import type { ContainerBackend } from "../runtime/types.js";
 import { unavailableBackend } from "../runtime/unavailable.js";
 import { VERSION } from "../version.js";
 import { Daemon } from "./daemon.js";
+import { metricSourcesFor } from "./metrics.js";
 
 interface Flags {
   dataRoot: string;
@@ -25,6 +27,7 @@ interface Flags {
   containerd?: string;
   insecureRegistry: string[];
   firewallBackend: "auto" | "nftables" | "iptables";
+  metricsAddr?: string;
 }
 
 function socketPathOf(host: string): string {
@@ -58,6 +61,7 @@ function buildProgram(): Command {
         .default("info"),
     )
     .addOption(new Option("--raft-tick-ms <ms>", "Raft tick length in milliseconds (tests)").hideHelp())
+    .option("--metrics-addr <host:port>", "Serve Prometheus metrics on this address (GET /metrics)")
     .option("--containerd <socket>", "containerd socket to use (default: shoald runs its own containerd)")
     .option(
       "--insecure-registry <host:port>",
@@ -84,6 +88,7 @@ function buildProgram(): Command {
       );
       // Every program the data plane and the container runtime run, checked once: one line names the missing.
       checkPrograms(logger);
+      if (flags.metricsAddr) parseMetricsAddr(flags.metricsAddr);
       const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
       const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
       const daemon = await Daemon.start({
@@ -95,6 +100,9 @@ function buildProgram(): Command {
         ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
         firewallBackend: flags.firewallBackend,
       });
+      metricSourcesFor(() => daemon.manager);
+      const metrics = flags.metricsAddr ? await listenMetrics(flags.metricsAddr) : undefined;
+      if (metrics) logger.info({ addr: `${metrics.host}:${metrics.port}` }, "serving metrics");
       const supervisor = new ContainerdSupervisor({
         dataRoot: flags.dataRoot,
         execRoot: flags.execRoot,
@@ -147,6 +155,7 @@ function buildProgram(): Command {
         force.unref();
         try {
           await server.close();
+          await metrics?.close();
           // Containers keep running under containerd (the next shoald adopts them), but those on networks.
           await runtime?.shutdown(5);
           await supervisor.stop();

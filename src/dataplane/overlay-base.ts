@@ -5,6 +5,7 @@
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
+import { observe } from "../metrics/metrics.js";
 import { normalizeIp } from "./addr.js";
 import { createNetns, deleteNetns, type NetnsProbe, statProbe } from "./netns.js";
 import {
@@ -147,7 +148,12 @@ export class OverlayBase {
       return "exists";
     }
     this.nets.delete(rnet.id);
-    await this.build(rnet, nsPath, firstEndpoint);
+    const t0 = performance.now();
+    await this.build(rnet, nsPath, firstEndpoint).catch((e: unknown) => {
+      observe.overlayBuilt(performance.now() - t0, false);
+      throw e;
+    });
+    observe.overlayBuilt(performance.now() - t0, true);
     return "built";
   }
 

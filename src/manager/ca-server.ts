@@ -47,7 +47,7 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       cb: sendUnaryData<GetRootCACertificateResponse>,
     ) => {
       // The swarm's root now (what the join tokens' digest is of), or this manager's own until it knows.
-      cb(null, { certificatePem: m.store.cluster()?.secrets.rootCACertPem ?? m.tls.rootPem });
+      cb(null, { certificatePem: m.store.clusterView()?.secrets.rootCACertPem ?? m.tls.rootPem });
     },
 
     issueNodeCertificate: unaryHandler<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
@@ -62,7 +62,7 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       }
       // The tokens must be current: a rotated token is refused at once.
       await m.readBarrier();
-      const cluster = m.store.cluster();
+      const cluster = m.store.clusterView();
       if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
       let role: NodeRole | undefined;
       try {

@@ -97,8 +97,10 @@ export class Control {
   async nodeList(filters: NodeListFilters): Promise<Node[]> {
     await this.m.readBarrier();
     const out: Node[] = [];
-    for (const rec of this.m.store.nodes()) {
-      const n = this.present(rec);
+    for (const rec of this.m.store.nodeViews()) {
+      // A shallow copy of the frozen view: the list is only serialised, never changed.
+      const { ManagerStatus: _, ...node } = rec.node;
+      const n = this.present({ node: node as Node, role: rec.role });
       if (!matches(n, filters)) continue;
       out.push(n);
     }

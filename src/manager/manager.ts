@@ -9,6 +9,7 @@ import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
 import { CLUSTER_PORT } from "../api/ports.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
+import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { NodeStoppedError, RaftNode } from "../raft/node.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
@@ -246,7 +247,12 @@ export class Manager {
       id: this.raftId,
       storage: this.storage,
       stateMachine: {
-        apply: (data, index) => this.store.apply(data, index),
+        apply: (data, index) => {
+          const t0 = performance.now();
+          const out = this.store.apply(data, index);
+          observe.apply(performance.now() - t0);
+          return out;
+        },
         snapshot: () => this.store.snapshot(),
         restore: (data, index) => this.store.restore(data, index),
       },
@@ -283,7 +289,7 @@ export class Manager {
     const acl: AclContext = {
       clusterId: () => this.clusterId,
       isRemoved: (id) => this.store.isRemoved(id),
-      roleOf: (id) => this.store.node(id)?.role,
+      roleOf: (id) => this.store.roleOf(id),
       readBarrier: () => this.readBarrier(),
       logger: this.root.child({ component: "acl" }),
     };
@@ -433,6 +439,7 @@ export class Manager {
         throw writeError(e);
       }
       const out = res.result as Outcome;
+      observe.proposal(Date.now() - start);
       if (!out.ok) throw new ApiError(out.status, out.message);
       return out.version;
     }
