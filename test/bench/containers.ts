@@ -100,6 +100,17 @@ async function floorRun(tasks: TaskClient, dir: string, i: number, topChain: str
   return id;
 }
 
+/** The registry answers h1 (where shoald pulls from): else the figures would measure a timeout. */
+async function reachable(lab: Lab, h: LabHost, reg: string): Promise<void> {
+  const r = await lab
+    .exec(h, ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", `http://${reg}/v2/`])
+    .then(
+      (x) => x.stdout,
+      (e: { stderr?: string; message: string }) => `${e.stderr ?? ""}${e.message}`,
+    );
+  if (r !== "200") throw new Error(`the lab registry ${reg} does not answer ${h.name}: ${r.trim()}`);
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("the benchmark builds network namespaces: run it as root");
   const n = option("containers", 50);
@@ -127,6 +138,7 @@ async function main(): Promise<void> {
       ),
     );
     await lab.pushImage(h2, big, `${reg}/bench/big:latest`);
+    await reachable(lab, h1, reg);
     const dockerEnv = { ...process.env, DOCKER_HOST: `unix://${h1.socket}`, DOCKER_CONFIG: join(lab.root, "docker") };
     const docker = (...args: string[]) => execFileP(DOCKER, args, { env: dockerEnv, timeout: 300_000 });
     await docker("pull", `${reg}/bench/busybox:latest`);
