@@ -120,10 +120,11 @@ export function registryAuth(
   return username ? { username, password: password ?? "" } : undefined;
 }
 
-/** docker's reference filter: "busybox", "busybox:1*", a glob over repository[:tag]. */
-function referenceMatches(tags: string[], pattern: string): boolean {
+/** docker's reference filter: "busybox", "busybox:1*", a glob over repository[:tag] (or repository@digest). */
+function referenceMatches(name: string, pattern: string): boolean {
   const re = new RegExp(`^${pattern.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, "[^/]*")}$`);
-  return tags.some((t) => re.test(t) || re.test(t.slice(0, t.lastIndexOf(":"))));
+  const cut = name.includes("@") ? name.indexOf("@") : name.lastIndexOf(":");
+  return re.test(name) || (cut > 0 && re.test(name.slice(0, cut)));
 }
 
 function labelMatches(labels: Record<string, string>, f: string): boolean {
@@ -132,13 +133,27 @@ function labelMatches(labels: Record<string, string>, f: string): boolean {
   return labels[f.slice(0, eq)] === f.slice(eq + 1);
 }
 
+/**
+ * The images that pass the filters. With a reference filter an image shows only the names that match it
+ * (as dockerd lists it: `docker images busybox` shows no other tag of the same image), and an image none of
+ * whose names match is left out.
+ */
 function filtered(list: ImageSummary[], f: Filters): ImageSummary[] {
-  return list.filter(
-    (i) =>
-      (!f.reference || f.reference.some((p) => referenceMatches(i.RepoTags, p))) &&
-      (!f.dangling || f.dangling.includes(String(i.RepoTags.length === 0))) &&
-      (!f.label || f.label.every((l) => labelMatches(i.Labels, l))),
-  );
+  const out: ImageSummary[] = [];
+  for (const i of list) {
+    if (f.dangling && !f.dangling.includes(String(i.RepoTags.length === 0))) continue;
+    if (f.label && !f.label.every((l) => labelMatches(i.Labels, l))) continue;
+    if (!f.reference) {
+      out.push(i);
+      continue;
+    }
+    const patterns = f.reference;
+    const matching = (names: string[]) => names.filter((n) => patterns.some((p) => referenceMatches(n, p)));
+    const tags = matching(i.RepoTags);
+    const digests = matching(i.RepoDigests);
+    if (tags.length > 0 || digests.length > 0) out.push({ ...i, RepoTags: tags, RepoDigests: digests });
+  }
+  return out;
 }
 
 export class ImageRoutes {

@@ -34,10 +34,10 @@ class Recording extends ImageService {
   }
   override async list(): Promise<ImageSummary[]> {
     this.calls.push(["list"]);
-    const img = (tag: string, labels: Record<string, string>): ImageSummary => ({
-      Id: `sha256:${tag.length}`,
+    const img = (tags: string[], labels: Record<string, string>): ImageSummary => ({
+      Id: `sha256:${tags.length}`,
       ParentId: "",
-      RepoTags: [tag],
+      RepoTags: tags,
       RepoDigests: [],
       Created: 0,
       Size: 1,
@@ -45,7 +45,7 @@ class Recording extends ImageService {
       Labels: labels,
       Containers: -1,
     });
-    return [img("busybox:latest", { tier: "base" }), img("tools/web:2", {})];
+    return [img(["busybox:latest", "tools/bb:1"], { tier: "base" }), img(["tools/web:2"], {})];
   }
   override async remove(ref: string, force: boolean) {
     this.calls.push(["remove", ref, force]);
@@ -143,8 +143,14 @@ describe("image routes parse their queries", () => {
     );
     expect(listed.status).toBe(200);
     expect((JSON.parse(listed.text) as ImageSummary[]).map((i) => i.RepoTags[0])).toEqual(["busybox:latest"]);
+    // A reference filter shows only the names that match (busybox's other tag is left out).
     const byRef = await call("GET", `/images/json?filters=${encodeURIComponent('{"reference":["tools/*"]}')}`);
-    expect((JSON.parse(byRef.text) as ImageSummary[]).map((i) => i.RepoTags[0])).toEqual(["tools/web:2"]);
+    expect((JSON.parse(byRef.text) as ImageSummary[]).map((i) => i.RepoTags)).toEqual([
+      ["tools/bb:1"],
+      ["tools/web:2"],
+    ]);
+    const byTag = await call("GET", `/images/json?filters=${encodeURIComponent('{"reference":["busybox:lat*"]}')}`);
+    expect((JSON.parse(byTag.text) as ImageSummary[]).map((i) => i.RepoTags)).toEqual([["busybox:latest"]]);
     // dockerd's BoolValue: "yes" is true, "0" and "no" are false.
     expect((await call("DELETE", "/images/busybox?force=yes")).status).toBe(200);
     expect((await call("DELETE", "/images/busybox?force=no&noprune=1")).status).toBe(200);
@@ -154,6 +160,7 @@ describe("image routes parse their queries", () => {
     expect(pull.status).toBe(200);
     expect(JSON.parse(pull.text)).toEqual({ status: "Status: Image is up to date for busybox:latest" });
     expect(images.calls).toEqual([
+      ["list"],
       ["list"],
       ["list"],
       ["remove", "busybox", true],
