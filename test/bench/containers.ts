@@ -73,7 +73,7 @@ async function timed(f: () => Promise<unknown>): Promise<number> {
 
 /** One create+start through containerd's API, as shoal's runtime does it but with no networking. */
 async function floorRun(tasks: TaskClient, dir: string, i: number, topChain: string): Promise<string> {
-  const id = `floor${i}${"0".repeat(59 - String(i).length)}`.slice(0, 64);
+  const id = `floor-${String(i).padStart(58, "0")}`;
   const cdir = join(dir, id);
   mkdirSync(cdir, { recursive: true });
   await tasks.prepareRootfs(id, topChain);
