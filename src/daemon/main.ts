@@ -114,7 +114,8 @@ function buildProgram(): Command {
       try {
         runtime = new ContainerRuntime({
           execRoot: flags.execRoot,
-          stateDir: join(flags.execRoot, "containers"),
+          // On the data root, as dockerd keeps them: containers outlive a host restart (their restart policies act).
+          stateDir: join(flags.dataRoot, "containers"),
           attacher: daemon.networks.attacher,
           containerd: await supervisor.start(),
           insecureRegistries: flags.insecureRegistry,
