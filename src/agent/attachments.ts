@@ -70,6 +70,8 @@ export class Attachments implements NetworkAttacher {
   }
 
   async attach(container: Who & { ifname: string }, networkRef: string, cfg: EndpointSettingsRequest) {
+    // Outside a swarm there are no networks to attach to, as dockerd says of one it does not know.
+    if (this.opts.nodeId() === "") throw new ApiError(404, `network ${networkRef} not found`);
     const answer = await this.allocate(container, networkRef, cfg);
     const net = answer.network.network;
     const attached = attachedOf(net, answer.endpoint);

@@ -145,4 +145,21 @@ describe("Attachments", () => {
     expect(calls).toEqual([]);
     await a.close(host);
   });
+
+  it("outside a swarm, a network is not found, in dockerd's words", async () => {
+    const { host, calls } = fakeHost(undefined);
+    const a = new Attachments({
+      nodeId: () => "",
+      session: () => undefined,
+      host: () => host,
+      probe: async () => ({ supported: true }) as never,
+      firewall: {} as Firewall,
+      logger: pino({ level: "silent" }),
+      sessionWaitMs: 100,
+    });
+    const err = await a.attach(container, "nonet", {}).catch((e: unknown) => e);
+    expect(err).toMatchObject({ status: 404, message: "network nonet not found" });
+    expect(calls).toEqual([]);
+    await a.close(host);
+  });
 });
