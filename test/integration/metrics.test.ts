@@ -82,7 +82,13 @@ describe("metrics", () => {
     const follower = (await scrape(lab.ip(2), mport(2))).text;
     expect(value(follower, "shoal_dispatcher_sessions")).toBe(0);
     expect(value(follower, "shoal_raft_term")).toBeGreaterThanOrEqual(1);
-    const worker = (await scrape(lab.ip(3), mport(3))).text;
+    // The worker joined last: its first heartbeat may still be on its way.
+    let worker = "";
+    for (let t = 0; t < 40; t++) {
+      worker = (await scrape(lab.ip(3), mport(3))).text;
+      if ((value(worker, "shoal_agent_heartbeat_seconds_count", 'result="ok"') ?? 0) > 0) break;
+      await sleep(250);
+    }
     expect(value(worker, "shoal_agent_heartbeat_seconds_count", 'result="ok"')).toBeGreaterThan(0);
     // A worker holds no Raft state and no sessions.
     expect(value(worker, "shoal_raft_term")).toBe(0);
