@@ -133,6 +133,14 @@ function checkMember(opts: RaftServiceOptions, from: NodeId, to: NodeId, peer: P
   }
 }
 
+/** What the handlers share: the options, message acceptance and delivery, and the refusal log. */
+interface ServiceCtx {
+  opts: RaftServiceOptions;
+  accept(req: pb.RaftMessageRequest, peer: PeerIdentity): Message | Refusal;
+  handle(m: Message): void;
+  refused(what: string, r: Refusal, call: { getPeer(): string }): void;
+}
+
 /**
  * Handlers for the Raft service, to add to the daemon's grpc.Server:
  * `server.addService(RaftServiceDefinition, raftServiceImplementation({...}))`. Every call must come from
@@ -140,43 +148,45 @@ function checkMember(opts: RaftServiceOptions, from: NodeId, to: NodeId, peer: P
  */
 export function raftServiceImplementation(opts: RaftServiceOptions): grpc.UntypedServiceImplementation {
   const log = opts.logger;
-
-  const accept = (req: pb.RaftMessageRequest, peer: PeerIdentity): Message | Refusal => {
-    if (!req.message) return { code: grpc.status.INVALID_ARGUMENT, details: "raft message request without a message" };
-    let m: Message;
-    try {
-      m = parseRaftMessage(req.message);
-    } catch (err) {
-      return { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
-    }
-    return checkMember(opts, m.from, m.to, peer) ?? m;
-  };
-
-  const handle = (m: Message): void => {
-    opts.onHeard?.(m.from);
-    try {
-      opts.deliver(m);
-    } catch (err) {
-      log?.warn({ err, from: hex(m.from), type: MessageType[m.type] }, "raft: could not step a message from a peer");
-    }
-  };
-
   const refusals = new RefusalLog(log);
-  const refused = (what: string, r: Refusal, call: { getPeer(): string }): void => {
-    refusals.note(
-      `${what}|${r.code}|${r.details}`,
-      { rpc: what, peer: call.getPeer(), code: grpc.status[r.code], details: r.details },
-      "raft rpc refused",
-    );
+  const ctx: ServiceCtx = {
+    opts,
+    accept: (req, peer) => {
+      if (!req.message)
+        return { code: grpc.status.INVALID_ARGUMENT, details: "raft message request without a message" };
+      let m: Message;
+      try {
+        m = parseRaftMessage(req.message);
+      } catch (err) {
+        return { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
+      }
+      return checkMember(opts, m.from, m.to, peer) ?? m;
+    },
+    handle: (m) => {
+      opts.onHeard?.(m.from);
+      try {
+        opts.deliver(m);
+      } catch (err) {
+        log?.warn({ err, from: hex(m.from), type: MessageType[m.type] }, "raft: could not step a message from a peer");
+      }
+    },
+    refused: (what, r, call) => {
+      refusals.note(
+        `${what}|${r.code}|${r.details}`,
+        { rpc: what, peer: call.getPeer(), code: grpc.status[r.code], details: r.details },
+        "raft rpc refused",
+      );
+    },
   };
+  return { streamRaftMessage: streamHandler(ctx), processRaftMessage: unaryHandler(ctx), ping: pingHandler(ctx) };
+}
 
-  const streamRaftMessage: grpc.handleClientStreamingCall<pb.RaftMessageRequest, pb.RaftMessageResponse> = (
-    call,
-    callback,
-  ) => {
-    const peer = authorizeSender(call, opts);
+/** StreamRaftMessage: messages until the peer ends the stream; the first refused one ends it. */
+function streamHandler(ctx: ServiceCtx): grpc.handleClientStreamingCall<pb.RaftMessageRequest, pb.RaftMessageResponse> {
+  return (call, callback) => {
+    const peer = authorizeSender(call, ctx.opts);
     if (isRefusal(peer)) {
-      refused("StreamRaftMessage", peer, call);
+      ctx.refused("StreamRaftMessage", peer, call);
       callback(peer);
       return;
     }
@@ -189,13 +199,13 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
     };
     call.on("data", (req: pb.RaftMessageRequest) => {
       if (done) return;
-      const m = accept(req, peer);
+      const m = ctx.accept(req, peer);
       if (isRefusal(m)) {
-        refused("StreamRaftMessage", m, call);
+        ctx.refused("StreamRaftMessage", m, call);
         finish(m);
         return;
       }
-      handle(m);
+      ctx.handle(m);
     });
     call.on("end", () => finish());
     call.on("error", () => {
@@ -203,28 +213,33 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
       done = true;
     });
   };
+}
 
-  const processRaftMessage: grpc.handleUnaryCall<pb.RaftMessageRequest, pb.RaftMessageResponse> = (call, callback) => {
-    const peer = authorizeSender(call, opts);
+function unaryHandler(ctx: ServiceCtx): grpc.handleUnaryCall<pb.RaftMessageRequest, pb.RaftMessageResponse> {
+  return (call, callback) => {
+    const peer = authorizeSender(call, ctx.opts);
     if (isRefusal(peer)) {
-      refused("ProcessRaftMessage", peer, call);
+      ctx.refused("ProcessRaftMessage", peer, call);
       callback(peer);
       return;
     }
-    const m = accept(call.request, peer);
+    const m = ctx.accept(call.request, peer);
     if (isRefusal(m)) {
-      refused("ProcessRaftMessage", m, call);
+      ctx.refused("ProcessRaftMessage", m, call);
       callback(m);
       return;
     }
-    handle(m);
+    ctx.handle(m);
     callback(null, {});
   };
+}
 
-  const ping: grpc.handleUnaryCall<pb.PingRequest, pb.PingResponse> = (call, callback) => {
-    const peer = authorizeSender(call, opts);
+/** Ping: a member asks whether this one is there (and is heard by it). */
+function pingHandler(ctx: ServiceCtx): grpc.handleUnaryCall<pb.PingRequest, pb.PingResponse> {
+  return (call, callback) => {
+    const peer = authorizeSender(call, ctx.opts);
     if (isRefusal(peer)) {
-      refused("Ping", peer, call);
+      ctx.refused("Ping", peer, call);
       callback(peer);
       return;
     }
@@ -233,19 +248,17 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
       ids = parsePing(call.request);
     } catch (err) {
       const bad = { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
-      refused("Ping", bad, call);
+      ctx.refused("Ping", bad, call);
       callback(bad);
       return;
     }
-    const r = checkMember(opts, ids.from, ids.to, peer);
+    const r = checkMember(ctx.opts, ids.from, ids.to, peer);
     if (r) {
-      refused("Ping", r, call);
+      ctx.refused("Ping", r, call);
       callback(r);
       return;
     }
-    if (ids.from !== NONE) opts.onHeard?.(ids.from);
+    if (ids.from !== NONE) ctx.opts.onHeard?.(ids.from);
     callback(null, {});
   };
-
-  return { streamRaftMessage, processRaftMessage, ping };
 }
