@@ -97,27 +97,6 @@ export function parseDuration(s: string): number {
   return sign * Math.round(total);
 }
 
-/** Go's time.Duration String ("2160h0m0s", "5s", "1m30s", "1.5s", "500ms"). */
-export function formatDuration(ns: number): string {
-  if (ns === 0) return "0s";
-  const neg = ns < 0;
-  let u = Math.abs(ns);
-  let out: string;
-  if (u < 1e9) {
-    if (u < 1e3) out = `${u}ns`;
-    else if (u < 1e6) out = `${u / 1e3}µs`;
-    else out = `${u / 1e6}ms`;
-  } else {
-    const h = Math.floor(u / 3600e9);
-    u -= h * 3600e9;
-    const m = Math.floor(u / 60e9);
-    u -= m * 60e9;
-    const sec = `${u / 1e9}s`;
-    out = h > 0 ? `${h}h${m}m${sec}` : m > 0 ? `${m}m${sec}` : sec;
-  }
-  return neg ? `-${out}` : out;
-}
-
 function parseIPv4(s: string): number[] | null {
   const parts = s.split(".");
   if (parts.length !== 4) return null;
