@@ -81,94 +81,103 @@ function buildProgram(): Command {
         .choices(["auto", "nftables", "iptables"])
         .default("auto"),
     )
-    .action(async (flags: Flags) => {
-      const logger = pino(
-        { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
-        pino.destination(2),
-      );
-      // Every program the data plane and the container runtime run, checked once: one line names the missing.
-      checkPrograms(logger);
-      if (flags.metricsAddr) parseMetricsAddr(flags.metricsAddr);
-      const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
-      const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
-      const daemon = await Daemon.start({
-        dataRoot: flags.dataRoot,
-        execRoot: flags.execRoot,
-        hostname: flags.hostname,
-        logger,
-        ...(tickMs ? { tickMs } : {}),
-        ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
-        firewallBackend: flags.firewallBackend,
-      });
-      metricSourcesFor(() => daemon.manager);
-      const metrics = flags.metricsAddr ? await listenMetrics(flags.metricsAddr) : undefined;
-      if (metrics) logger.info({ addr: `${metrics.host}:${metrics.port}` }, "serving metrics");
-      const supervisor = new ContainerdSupervisor({
-        dataRoot: flags.dataRoot,
-        execRoot: flags.execRoot,
-        logger,
-        ...(flags.containerd ? { socket: flags.containerd } : {}),
-      });
-      let runtime: ContainerRuntime | undefined;
-      let containers: ContainerBackend;
-      try {
-        runtime = new ContainerRuntime({
-          execRoot: flags.execRoot,
-          // On the data root, as dockerd keeps them: containers outlive a host restart (their restart policies act).
-          stateDir: join(flags.dataRoot, "containers"),
-          attacher: daemon.networks.attacher,
-          containerd: await supervisor.start(),
-          insecureRegistries: flags.insecureRegistry,
-          hostname: () => flags.hostname,
-          logger,
-        });
-        containers = runtime;
-        daemon.networks.containers = runtime;
-      } catch (e) {
-        // shoald runs on without containers: every container call answers with the same line.
-        const line = e instanceof Error ? e.message : String(e);
-        logger.error(line);
-        process.stderr.write(`shoald: ${line}\n`);
-        containers = unavailableBackend(line);
-      }
-      // Containers of a previous run are gone with it (their endpoints are released), and so are the
-      // overlay namespaces they held: nothing leaks across a restart.
-      await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
-      await daemon.networks
-        .reconcile()
-        .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
-      const server = await EngineServer.listen({
-        socketPath: socketPathOf(flags.host),
-        backend: daemon,
-        networks: daemon.networks,
-        containers,
-        ...(runtime ? { images: runtime.imageService } : {}),
-        logger,
-        dataRoot: flags.dataRoot,
-      });
-      logger.info({ socket: server.socketPath, dataRoot: flags.dataRoot, version: VERSION }, "shoald is ready");
-      let stopping = false;
-      const shutdown = async (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        logger.info({ signal }, "shutting down");
-        const force = setTimeout(() => process.exit(1), 10_000);
-        force.unref();
-        try {
-          await server.close();
-          await metrics?.close();
-          // Containers keep running under containerd (the next shoald adopts them), but those on networks.
-          await runtime?.shutdown(5);
-          await supervisor.stop();
-          await daemon.stop();
-        } finally {
-          logger.flush?.();
-          process.exit(0);
-        }
-      };
-      process.on("SIGTERM", () => void shutdown("SIGTERM"));
-      process.on("SIGINT", () => void shutdown("SIGINT"));
+    .action((flags: Flags) => run(flags));
+}
+
+/** The containers' runtime on its containerd; without one, shoald runs on and every container call says why. */
+async function startRuntime(
+  flags: Flags,
+  daemon: Daemon,
+  supervisor: ContainerdSupervisor,
+  logger: pino.Logger,
+): Promise<{ runtime: ContainerRuntime | undefined; containers: ContainerBackend }> {
+  try {
+    const runtime = new ContainerRuntime({
+      execRoot: flags.execRoot,
+      // On the data root, as dockerd keeps them: containers outlive a host restart (their restart policies act).
+      stateDir: join(flags.dataRoot, "containers"),
+      attacher: daemon.networks.attacher,
+      containerd: await supervisor.start(),
+      insecureRegistries: flags.insecureRegistry,
+      hostname: () => flags.hostname,
+      logger,
     });
+    daemon.networks.containers = runtime;
+    return { runtime, containers: runtime };
+  } catch (e) {
+    const line = e instanceof Error ? e.message : String(e);
+    logger.error(line);
+    process.stderr.write(`shoald: ${line}\n`);
+    return { runtime: undefined, containers: unavailableBackend(line) };
+  }
+}
+
+async function run(flags: Flags): Promise<void> {
+  const logger = pino(
+    { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
+    pino.destination(2),
+  );
+  // Every program the data plane and the container runtime run, checked once: one line names the missing.
+  checkPrograms(logger);
+  if (flags.metricsAddr) parseMetricsAddr(flags.metricsAddr);
+  const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
+  const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
+  const daemon = await Daemon.start({
+    dataRoot: flags.dataRoot,
+    execRoot: flags.execRoot,
+    hostname: flags.hostname,
+    logger,
+    ...(tickMs ? { tickMs } : {}),
+    ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
+    firewallBackend: flags.firewallBackend,
+  });
+  metricSourcesFor(() => daemon.manager);
+  const metrics = flags.metricsAddr ? await listenMetrics(flags.metricsAddr) : undefined;
+  if (metrics) logger.info({ addr: `${metrics.host}:${metrics.port}` }, "serving metrics");
+  const supervisor = new ContainerdSupervisor({
+    dataRoot: flags.dataRoot,
+    execRoot: flags.execRoot,
+    logger,
+    ...(flags.containerd ? { socket: flags.containerd } : {}),
+  });
+  const { runtime, containers } = await startRuntime(flags, daemon, supervisor, logger);
+  // Containers of a previous run are gone with it (their endpoints are released), and so are the
+  // overlay namespaces they held: nothing leaks across a restart.
+  await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
+  await daemon.networks
+    .reconcile()
+    .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
+  const server = await EngineServer.listen({
+    socketPath: socketPathOf(flags.host),
+    backend: daemon,
+    networks: daemon.networks,
+    containers,
+    ...(runtime ? { images: runtime.imageService } : {}),
+    logger,
+    dataRoot: flags.dataRoot,
+  });
+  logger.info({ socket: server.socketPath, dataRoot: flags.dataRoot, version: VERSION }, "shoald is ready");
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down");
+    const force = setTimeout(() => process.exit(1), 10_000);
+    force.unref();
+    try {
+      await server.close();
+      await metrics?.close();
+      // Containers keep running under containerd (the next shoald adopts them), but those on networks.
+      await runtime?.shutdown(5);
+      await supervisor.stop();
+      await daemon.stop();
+    } finally {
+      logger.flush?.();
+      process.exit(0);
+    }
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
 }
 
 try {
