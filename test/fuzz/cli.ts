@@ -6,7 +6,7 @@
 // Prints a line per batch, the outcomes at the end, and on a failure the seed, the batch, the commands that
 // replay it and (unless --no-shrink) a smaller failing part of the batch. Exit status 1 on a failure.
 
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { Command } from "commander";
 import { casesFromJson } from "./cases.js";
 import { formatStats, printFailure, run } from "./runner.js";
@@ -22,7 +22,9 @@ const program = new Command("fuzz")
   .option("--replay-file <file>", "send the cases saved in this file as one batch")
   .option("--no-shrink", "do not look for a smaller failing part of a failed batch")
   .option("--shrink-minutes <m>", "time budget for shrinking", "20")
-  .option("--keep", "keep the cluster's directory (daemon logs) after a failure");
+  .option("--keep", "keep the cluster's directory (daemon logs) after a failure")
+  .option("--keep-going", "collect findings and go on; stop only when the cluster stops serving")
+  .option("--samples <file>", "write examples of every outcome (answer and case) to this file");
 
 program.parse();
 const o = program.opts<{
@@ -35,6 +37,8 @@ const o = program.opts<{
   shrink: boolean;
   shrinkMinutes: string;
   keep?: boolean;
+  keepGoing?: boolean;
+  samples?: string;
 }>();
 
 const seed = o.seed !== undefined ? Number(o.seed) : Math.floor(Math.random() * 2 ** 31);
@@ -51,14 +55,24 @@ const report = await run({
   shrink: o.shrink,
   shrinkBudgetMs: Number(o.shrinkMinutes) * 60_000,
   keep: o.keep === true,
+  keepGoing: o.keepGoing === true,
   log,
 });
+if (o.samples) {
+  const lines = [...report.samples.entries()].sort().flatMap(([k, xs]) => [k, ...xs.map((x) => `    ${x}`)]);
+  writeFileSync(o.samples, `${lines.join("\n")}\n`);
+}
 log("outcomes:");
 for (const l of formatStats(report.stats)) log(l);
 const peak = report.rssMb.reduce((a, r) => a.map((x, i) => Math.max(x, r[i] ?? 0)), [0, 0, 0, 0, 0]);
 log(
   `\nseed ${seed}: ${report.requestsSent} cases in ${report.batches} batches, ${(report.durationMs / 1000).toFixed(0)} s; ` +
-    `${report.checksPassed} invariant checks passed; peak rss MB ${peak.join("/")}; ${report.ok ? "CLEAN" : "FAILED"}`,
+    `${report.checksPassed} invariant checks passed; peak rss MB ${peak.join("/")}; ` +
+    `${report.ok && report.findings.size === 0 ? "CLEAN" : "FAILED"}`,
 );
+if (report.findings.size > 0) {
+  log(`\n${report.findings.size} distinct findings (the cluster kept serving):`);
+  for (const { n, first } of report.findings.values()) log(`  x${n} ${first}`);
+}
 if (report.failure) printFailure(report.failure, seed, log);
-process.exit(report.ok ? 0 : 1);
+process.exit(report.ok && report.findings.size === 0 ? 0 : 1);

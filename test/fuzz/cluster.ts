@@ -45,7 +45,10 @@ export const BUG_LINE_RE =
   /BUG|raft loop failed|request failed|refused a malformed entry|a watcher failed|dropped a stored record|repaired a stored record|could not step a message|uncaught|unhandled/i;
 
 export interface CheckResult {
+  /** The cluster is not serving (a daemon died, no leader, the CLI fails, the managers disagree). */
   failures: string[];
+  /** Log lines that show a bug (the cluster may still serve). */
+  logFindings: string[];
   leader?: string;
   ms: number;
   rssMb: number[];
@@ -275,10 +278,11 @@ export class FuzzCluster {
   async check(tag: string): Promise<CheckResult> {
     const started = Date.now();
     const failures: string[] = [];
+    const logFindings: string[] = [];
     const rss = DAEMONS.map((d) => rssMb(this.lab.pid(d)));
     this.checkAlive(failures);
-    this.checkLogs(failures);
-    if (failures.length > 0) return { failures, ms: Date.now() - started, rssMb: rss };
+    this.checkLogs(logFindings);
+    if (failures.length > 0) return { failures, logFindings, ms: Date.now() - started, rssMb: rss };
     let leader: string | undefined;
     try {
       leader = await this.checkLeader();
@@ -288,8 +292,8 @@ export class FuzzCluster {
       failures.push(e instanceof Error ? e.message : String(e));
     }
     this.checkAlive(failures);
-    this.checkLogs(failures);
-    return { failures, ms: Date.now() - started, rssMb: rss, ...(leader ? { leader } : {}) };
+    this.checkLogs(logFindings);
+    return { failures, logFindings, ms: Date.now() - started, rssMb: rss, ...(leader ? { leader } : {}) };
   }
 
   private checkAlive(failures: string[]): void {
@@ -300,7 +304,7 @@ export class FuzzCluster {
   }
 
   /** New log lines since the last check: fatal lines, bug lines, and anything that is not pino JSON. */
-  private checkLogs(failures: string[]): void {
+  private checkLogs(findings: string[]): void {
     for (const d of DAEMONS) {
       const from = this.logOffsets.get(d) ?? 0;
       const size = this.logSize(d);
@@ -310,7 +314,7 @@ export class FuzzCluster {
       this.logOffsets.set(d, from + Buffer.byteLength(text.slice(0, lastNl + 1)));
       for (const line of text.slice(0, lastNl + 1).split("\n")) {
         const bad = badLogLine(line);
-        if (bad) failures.push(`node${d} log: ${bad}`);
+        if (bad) findings.push(`node${d} log: ${bad}`);
       }
     }
   }
@@ -322,9 +326,13 @@ export class FuzzCluster {
     for (;;) {
       const seen: string[] = [];
       for (const m of MANAGERS) {
-        const rows = await this.nodeRows(m);
-        const leaders = rows.filter((r) => r.ManagerStatus === "Leader").map((r) => r.Hostname);
-        seen.push(leaders.length === 1 ? leaders[0]! : `(${leaders.length} leaders: ${leaders.join(",")})`);
+        try {
+          const rows = await this.nodeRows(m);
+          const leaders = rows.filter((r) => r.ManagerStatus === "Leader").map((r) => r.Hostname);
+          seen.push(leaders.length === 1 ? leaders[0]! : `(${leaders.length} leaders: ${leaders.join(",")})`);
+        } catch (e) {
+          seen.push(`(${e instanceof Error ? e.message : String(e)})`);
+        }
       }
       if (seen.every((s) => s === seen[0]) && !seen[0]!.startsWith("(")) return seen[0]!;
       last = seen.map((s, i) => `node${i + 1} sees ${s}`).join("; ");

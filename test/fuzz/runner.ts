@@ -27,6 +27,10 @@ export interface RunOptions {
   shrinkBudgetMs: number;
   /** Keep the cluster's directory (logs) after a failure. */
   keep: boolean;
+  /** Collect findings (bad answers, bug lines in the logs) and go on; stop only when the cluster fails. */
+  keepGoing?: boolean;
+  /** Run against this cluster (it is left running) instead of forming a new one. */
+  cluster?: FuzzCluster;
   log: (line: string) => void;
 }
 
@@ -49,6 +53,10 @@ export interface RunReport {
   durationMs: number;
   stats: Map<string, number>;
   failure?: BatchFailure;
+  /** Up to three examples (answer detail and case) of each outcome. */
+  samples: Map<string, string[]>;
+  /** With keepGoing: each distinct finding once, with how often it was seen. */
+  findings: Map<string, { n: number; first: string }>;
   rssMb: number[][];
 }
 
@@ -86,6 +94,17 @@ function statKey(c: Case, o: Outcome): string {
   return `${c.kind}: ${summary}`;
 }
 
+/** Send `cases` (a few at a time), undo what they built, check the invariants; outcomes in case order. */
+export async function sendAndCheck(
+  cluster: FuzzCluster,
+  cases: Case[],
+  tag: string,
+  concurrency = 6,
+): Promise<{ failures: string[]; findings: string[]; outcomes: Outcome[] }> {
+  const r = await runBatch(cluster, cases, tag, { concurrency }, new Map());
+  return { failures: r.failures, findings: r.findings, outcomes: cases.map((c) => r.outcomes.get(c)!) };
+}
+
 /** Send a batch, clean up, check. */
 async function runBatch(
   cluster: FuzzCluster,
@@ -93,6 +112,7 @@ async function runBatch(
   tag: string,
   opts: Pick<RunOptions, "concurrency">,
   stats: Map<string, number>,
+  samples?: Map<string, string[]>,
 ): Promise<BatchResult & { rss: number[]; checkMs: number; sendMs: number; leader?: string; left: string[] }> {
   const ctx = await cluster.refresh();
   const env: SendEnv = {
@@ -111,6 +131,9 @@ async function runBatch(
     outcomes.set(c, o);
     const key = statKey(c, o);
     stats.set(key, (stats.get(key) ?? 0) + 1);
+    const seen = samples?.get(key) ?? [];
+    if (samples && seen.length < 3)
+      samples.set(key, [...seen, `${o.detail ?? ""}  <=  ${describeCase(c).slice(0, 400)}`]);
     if (o.finding) findings.push(`${o.finding}\n    case: ${describeCase(c)}`);
   });
   const sendMs = Date.now() - sendStart;
@@ -118,7 +141,7 @@ async function runBatch(
   const check = await cluster.check(tag);
   return {
     failures: check.failures,
-    findings,
+    findings: [...findings, ...check.logFindings],
     sentOrder,
     outcomes,
     rss: check.rssMb,
@@ -168,14 +191,17 @@ export function printFailure(f: BatchFailure, seed: number, log: (s: string) => 
 export async function run(opts: RunOptions): Promise<RunReport> {
   const started = Date.now();
   const stats = new Map<string, number>();
+  const samples = new Map<string, string[]>();
   const rssMb: number[][] = [];
-  let cluster: FuzzCluster | undefined = await FuzzCluster.start(`fuzz-${opts.seed}`, opts.log);
+  const own = opts.cluster === undefined;
+  let cluster: FuzzCluster | undefined = opts.cluster ?? (await FuzzCluster.start(`fuzz-${opts.seed}`, opts.log));
   let sent = 0;
   let checks = 0;
   let batchNo = -1;
   let failure: BatchFailure | undefined;
   let failedBatch: Case[] | undefined;
   const numRuns = opts.cases ? 1 : Math.max(1, Math.ceil(opts.requests / opts.batchSize));
+  const distinct = new Map<string, { n: number; first: string }>();
   const batchIndex = (): number => (opts.path !== undefined ? Number(opts.path.split(":")[0]) : batchNo);
   const property = fc.asyncProperty(opts.cases ? fc.constant(opts.cases) : arbBatch(opts.batchSize), async (cases) => {
     batchNo++;
@@ -183,7 +209,7 @@ export async function run(opts: RunOptions): Promise<RunReport> {
     const t0 = Date.now();
     let r: Awaited<ReturnType<typeof runBatch>>;
     try {
-      r = await runBatch(cluster!, cases, `b${k}`, opts, stats);
+      r = await runBatch(cluster!, cases, `b${k}`, opts, stats, samples);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       r = {
@@ -205,8 +231,14 @@ export async function run(opts: RunOptions): Promise<RunReport> {
         `(leader ${r.leader ?? "?"}; rss MB ${r.rss.join("/")}; ${((Date.now() - t0) / 1000).toFixed(1)} s in all)` +
         (r.left.length ? `; not undone: ${r.left.slice(0, 3).join(", ")}${r.left.length > 3 ? ", ..." : ""}` : ""),
     );
-    if (r.failures.length === 0 && r.findings.length === 0) {
+    if (r.failures.length === 0 && (r.findings.length === 0 || opts.keepGoing)) {
       checks++;
+      for (const f of r.findings) {
+        const key = signature(f);
+        const d = distinct.get(key);
+        if (d) d.n++;
+        else distinct.set(key, { n: 1, first: f });
+      }
       return;
     }
     const savedTo = join(tmpdir(), `shoal-fuzz-seed${opts.seed}-batch${k}.json`);
@@ -224,7 +256,7 @@ export async function run(opts: RunOptions): Promise<RunReport> {
     });
   } finally {
     if (failure && opts.keep) opts.log(`  cluster directory kept: ${cluster.lab.dir}`);
-    await cluster.close(failure !== undefined && opts.keep);
+    if (own) await cluster.close(failure !== undefined && opts.keep);
     cluster = undefined;
   }
   if (failure && failedBatch && opts.shrink) {
@@ -239,8 +271,20 @@ export async function run(opts: RunOptions): Promise<RunReport> {
     durationMs: Date.now() - started,
     stats,
     ...(failure ? { failure } : {}),
+    findings: distinct,
+    samples,
     rssMb,
   };
+}
+
+/** A finding with its particulars (ids, numbers, times) blurred, to count distinct ones. */
+function signature(f: string): string {
+  const firstLine = f.split("\n")[0]!;
+  return firstLine
+    .replace(/"time":\d+|"pid":\d+|"hostname":"[^"]*"/g, "")
+    .replace(/[0-9a-f]{12,}/g, "<id>")
+    .replace(/\d+/g, "N")
+    .slice(0, 160);
 }
 
 /**
@@ -259,7 +303,7 @@ async function shrink(batch: Case[], opts: RunOptions): Promise<string[] | undef
     tries++;
     cluster ??= await FuzzCluster.start(`fuzz-shrink-${opts.seed}`, () => undefined);
     const r = await runBatch(cluster, cases, `s${tries}`, opts, new Map());
-    const failed = r.failures.length > 0 || r.findings.length > 0;
+    const failed = r.failures.length > 0 || (!opts.keepGoing && r.findings.length > 0);
     opts.log(`  shrink try ${tries}: ${cases.length} cases ${failed ? "FAIL" : "pass"}`);
     if (!failed) return true;
     if (!smallest || cases.length < smallest.length) smallest = cases;

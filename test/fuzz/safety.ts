@@ -4,7 +4,7 @@
 // file system, as root). Each rule rewrites the one field that would do it, after references are resolved
 // (a path segment "self" or a hostname names a node as well as its id does), and leaves the rest of the
 // request as generated. Everything else a valid request can do (create and remove networks, update the
-// swarm's settings, join a node that never comes, drain a node, try to remove a manager) stays in.
+// swarm's settings, join a node that never comes, drain a node, ask to remove a manager) stays in.
 
 import type { EngineCase, PathSeg } from "./engine-cases.js";
 import type { J } from "./json.js";
@@ -62,8 +62,10 @@ export function makeSafe(ctx: FuzzContext, c: EngineCase): EngineCase {
   }
   if (segs[0] === "nodes" && segs.length === 2) {
     const own = nodesMatching(ctx, segs[1]!, out.daemon).filter((n) => isDaemonNode(ctx, n));
-    // A manager cannot be removed, forced or not: that refusal stays tested. A worker of the cluster that
-    // a heartbeat missed under load could be removed even without force: name a node that does not exist.
+    // `node rm --force` takes a manager out of Raft (when quorum survives): without force it is refused,
+    // and that refusal stays tested. A worker of the cluster that a heartbeat missed under load could be
+    // removed even without force: name a node that does not exist instead.
+    if (own.length > 0) dropForce();
     if (own.some((n) => n.role !== "manager")) out.path[1] = { lit: "fuzz-kept-node", enc: true };
   }
   if (out.body.b !== "json") return out;

@@ -17,6 +17,8 @@ import { makeSafe, segValue } from "./safety.js";
 export interface Outcome {
   /** e.g. "HTTP 400", "grpc PERMISSION_DENIED", "closed". */
   summary: string;
+  /** The error message or status details, when there is one. */
+  detail?: string;
   /** Set when the answer itself shows a bug. */
   finding?: string;
 }
@@ -251,7 +253,8 @@ export async function sendEngine(env: SendEnv, generated: EngineCase): Promise<O
     return { summary: r.error ? `conn ${r.error}` : r.raw.length ? "garbled" : "closed" };
   }
   const finding = judgeHttp(a, c.method);
-  return { summary: `HTTP ${a.status}`, ...(finding ? { finding } : {}) };
+  const detail = a.status >= 400 ? a.body.toString("utf8", 0, Math.min(a.body.length, 300)) : undefined;
+  return { summary: `HTTP ${a.status}`, ...(detail ? { detail } : {}), ...(finding ? { finding } : {}) };
 }
 
 /** The route a case is sent to, for statistics ("swarm/update"). */
@@ -361,7 +364,11 @@ function pbResolver(ctx: FuzzContext): PbResolve {
 const statusOf = (e: grpc.ServiceError | null): Outcome => {
   if (!e) return { summary: "grpc OK" };
   const finding = judgeGrpc(e.code, e.details ?? "");
-  return { summary: `grpc ${grpc.status[e.code] ?? e.code}`, ...(finding ? { finding } : {}) };
+  return {
+    summary: `grpc ${grpc.status[e.code] ?? e.code}`,
+    detail: (e.details ?? "").slice(0, 300),
+    ...(finding ? { finding } : {}),
+  };
 };
 
 export function sendGrpc(env: SendEnv, c: GrpcCase): Promise<Outcome> {
