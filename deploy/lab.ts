@@ -26,6 +26,8 @@ export interface LabOptions {
   daemonArgs?: string[];
   /** Environment variables for every host's shoald, over this process's (e.g. a PATH without nft). */
   daemonEnv?: NodeJS.ProcessEnv;
+  /** How long a daemon may take to open its socket (default 15 s; a slow kernel such as UML needs more). */
+  startTimeoutMs?: number;
 }
 
 export interface LabHost {
@@ -107,7 +109,7 @@ export class Lab {
       await this.startDaemon(h);
       out.push(h);
     }
-    for (const h of out) await waitForSocket(h.socket, 15_000);
+    for (const h of out) await waitForSocket(h, this.opts.startTimeoutMs ?? 15_000);
     return out;
   }
 
@@ -224,10 +226,13 @@ async function sh(argv: string[], tolerate = false): Promise<void> {
   }
 }
 
-async function waitForSocket(path: string, ms: number): Promise<void> {
+async function waitForSocket(h: LabHost, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
-  while (!existsSync(path)) {
-    if (Date.now() > deadline) throw new Error(`no daemon socket at ${path} after ${ms} ms (see its log beside it)`);
+  while (!existsSync(h.socket)) {
+    if (Date.now() > deadline) {
+      const log = existsSync(h.log) ? readFileSync(h.log, "utf8").split("\n").slice(-15).join("\n") : "(no log)";
+      throw new Error(`no daemon socket at ${h.socket} after ${ms} ms; the end of its log:\n${log}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }

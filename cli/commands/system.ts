@@ -51,6 +51,9 @@ export function infoServerText(info: Json): string {
   line(" Images:", "Images");
   nonEmpty(" Server Version:", "ServerVersion");
   nonEmpty(" Storage Driver:", "Driver");
+  // docker prints the driver's status pairs under it; shoald puts its firewall backend there.
+  for (const pair of Array.isArray(info.DriverStatus) ? info.DriverStatus : [])
+    if (Array.isArray(pair) && str(info.Driver) !== "") lines.push(`  ${String(pair[0])}: ${String(pair[1])}`);
   nonEmpty(" Logging Driver:", "LoggingDriver");
   nonEmpty(" Cgroup Driver:", "CgroupDriver");
   nonEmpty(" Cgroup Version:", "CgroupVersion");

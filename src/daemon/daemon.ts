@@ -27,6 +27,7 @@ import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { EmbeddedDns } from "../dataplane/dns.js";
+import { Firewall, type FirewallPreference, probeEsp } from "../dataplane/firewall.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
 import { IpsecDataplane } from "../dataplane/ipsec.js";
 import { OverlayDataplane } from "../dataplane/overlay.js";
@@ -83,6 +84,8 @@ export interface DaemonOptions {
   electionTick?: number;
   /** --encryption-key-rotation (ms). */
   encryptionKeyRotationMs?: number;
+  /** --firewall-backend: "auto" (default) probes for nftables, then iptables-legacy. */
+  firewallBackend?: FirewallPreference;
 }
 
 export const DEFAULT_SPEC: SwarmSpec = DEFAULT_SWARM_SPEC;
@@ -105,8 +108,11 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   private dataplane: OverlayDataplane | undefined;
   private gatewayBridge: GatewayBridge | undefined;
 
+  /** This host's packet filter (nftables or iptables-legacy, probed once at start). */
+  readonly firewall: Firewall;
+
   private get gateway(): GatewayBridge {
-    this.gatewayBridge ??= new GatewayBridge({ logger: this.log });
+    this.gatewayBridge ??= new GatewayBridge({ logger: this.log, firewall: this.firewall });
     return this.gatewayBridge;
   }
   private dns: EmbeddedDns | undefined;
@@ -129,16 +135,30 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
     this.root = new DataRoot(opts.dataRoot);
+    this.firewall = new Firewall({ logger: opts.logger, prefer: opts.firewallBackend ?? "auto" });
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(opts);
+    // The start log says at once which firewall this host uses (and if none, why).
+    await d.firewall.status();
     await d.resume();
     return d;
   }
 
   hostname(): string {
     return this.opts.hostname;
+  }
+
+  /** /info's FirewallBackend: the backend in use, or why there is none (docker info prints it). */
+  async firewallInfo(): Promise<{ Driver: string; Info: [string, string][] }> {
+    const s = await this.firewall.status();
+    if (s.backend === null) return { Driver: "none", Info: [["Reason", s.reason]] };
+    const info: [string, string][] = [];
+    if (s.backend === "iptables") info.push(["Program", "iptables-legacy"]);
+    if (s.forced) info.push(["Chosen", "--firewall-backend"]);
+    if (s.nftablesUnavailable) info.push(["nftables", `unavailable (${s.nftablesUnavailable})`]);
+    return { Driver: s.backend, Info: info };
   }
 
   get nodeId(): string | undefined {
@@ -553,6 +573,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     });
     const ipsec = new IpsecDataplane({
       localAddr: s.dataPathAddr,
+      firewall: this.firewall,
       port: this.dataPathPort(),
       logger: this.log,
     });
@@ -563,6 +584,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       credentials: () => this.credentials(),
       dataplane,
       ipsec,
+      probe: () => probeEsp(undefined, () => this.firewall.status()),
       logger: this.log,
     });
     this.dataplane = dataplane;

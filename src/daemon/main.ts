@@ -19,6 +19,7 @@ interface Flags {
   logLevel: string;
   raftTickMs?: string;
   encryptionKeyRotation?: string;
+  firewallBackend: "auto" | "nftables" | "iptables";
 }
 
 function socketPathOf(host: string): string {
@@ -56,6 +57,14 @@ function buildProgram(): Command {
       "--encryption-key-rotation <duration>",
       "How often the managers rotate the overlay encryption keys (e.g. 12h, 30m, 10s)",
     )
+    .addOption(
+      new Option(
+        "--firewall-backend <backend>",
+        "Packet filter for the overlay guard and the gateway NAT (auto: nftables if the kernel can, else iptables-legacy)",
+      )
+        .choices(["auto", "nftables", "iptables"])
+        .default("auto"),
+    )
     .action(async (flags: Flags) => {
       const logger = pino(
         { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
@@ -72,6 +81,7 @@ function buildProgram(): Command {
         logger,
         ...(tickMs ? { tickMs } : {}),
         ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
+        firewallBackend: flags.firewallBackend,
       });
       const runtime = new ContainerRuntime({
         execRoot: flags.execRoot,

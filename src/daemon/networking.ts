@@ -4,7 +4,7 @@
 // is attached to it.
 //
 // Encrypted networks: the host must first be able to encrypt (probeEsp; otherwise the attach is refused and
-// nothing is built or sent). Then, before the container's namespace is wired, the nft guard covers the VNI
+// nothing is built or sent). Then, before the container's namespace is wired, the firewall's guard covers the VNI
 // and the IPsec states and policies towards every remote host of the network are installed with the keys
 // the managers sent (in the Attach answer, then down the session stream at each rotation). IpsecDataplane
 // does the ordering; this class says what is wanted whenever endpoints, peers or keys change.
@@ -14,10 +14,11 @@ import type { Logger } from "pino";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import { decodeAttachResponse, type HeldNetwork } from "../agent/messages.js";
 import { ApiError } from "../api/errors.js";
+import { probeEsp } from "../dataplane/firewall.js";
 import type { IpsecDataplane, PeerKernelView } from "../dataplane/ipsec.js";
 import type { OverlayDataplane } from "../dataplane/overlay.js";
 import type { OverlayNetwork, Peer } from "../dataplane/render.js";
-import { type EspSupport, encryptionUnsupportedError, type Key, probeEsp } from "../dataplane/xfrm.js";
+import { type EspSupport, encryptionUnsupportedError, type Key } from "../dataplane/xfrm.js";
 import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "../engine/types.js";
 import { DispatcherClient, type PeerEndpoint } from "../gen/cluster.js";
 import { toApiError, unary } from "../manager/grpc-util.js";
@@ -34,7 +35,7 @@ export interface HostNetworkingOptions {
   dataplane: OverlayDataplane;
   /** The IPsec of encrypted networks (same data-path address and port as the data plane). */
   ipsec: IpsecDataplane;
-  /** Whether this kernel can encrypt; default: probeEsp, once. */
+  /** Whether this host can encrypt (ESP + a firewall for the guard); default: probeEsp, once. */
   probe?: () => Promise<EspSupport>;
   logger: Logger;
   /** Called whenever the set of endpoints this host can resolve changes (the DNS server). */
@@ -361,7 +362,7 @@ export class HostNetworking implements NetworkAttacher {
     );
   }
 
-  /** Remove IPsec states, policies and the nft guard a previous run left (start-up). */
+  /** Remove IPsec states, policies and the guard (nftables and iptables) a previous run left (start-up). */
   resetIpsec(): Promise<void> {
     return this.serialised(() => this.opts.ipsec.reset());
   }

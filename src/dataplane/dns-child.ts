@@ -79,10 +79,16 @@ export interface NsSockets {
   childPid: number;
 }
 
+export const DNS_CHILD_TIMEOUT_MS = 60_000;
+
 export interface OpenNsSocketsOptions {
   address?: string;
   port?: number;
-  /** Give up (and kill the child) after this long. Default 10 s. */
+  /**
+   * Give up (and kill the child) after this long. Default 60 s: the child is a node process, which on a
+   * loaded slow host (User-mode Linux, one CPU, three daemons) took more than 10 s to start, failing the
+   * container's attach; the timeout only guards against a child that hangs.
+   */
   timeoutMs?: number;
   /** For tests: how to start the child (default: child_process.spawn). */
   spawnFn?: typeof spawn;
@@ -96,7 +102,7 @@ export interface OpenNsSocketsOptions {
 export function openNsSockets(netnsPath: string, opts: OpenNsSocketsOptions = {}): Promise<NsSockets> {
   const address = opts.address ?? "127.0.0.11";
   const port = opts.port ?? 53;
-  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const timeoutMs = opts.timeoutMs ?? DNS_CHILD_TIMEOUT_MS;
   const spawnFn = opts.spawnFn ?? spawn;
   return new Promise((resolve, reject) => {
     let child: ChildProcess;

@@ -1,9 +1,10 @@
 // External access for containers on overlay networks, like docker_gwbridge: a per-host bridge
-// (shoal_gwbridge, 172.18.0.1/16) in the host's namespace, NAT to the host's own address (nftables
-// masquerade), and for each container on a non-internal overlay a second interface `gw0` on that bridge
+// (shoal_gwbridge, 172.18.0.1/16) in the host's namespace, NAT to the host's own address (masquerade, in
+// nftables or iptables: see firewall.ts), and for each container on a non-internal overlay a second interface `gw0` on that bridge
 // carrying the container's default route. Containers only on --internal networks get none of it.
 
 import type { Logger } from "pino";
+import type { Firewall } from "./firewall.js";
 import { mustRun, type Runner, spawnRunner } from "./runner.js";
 
 export const GW_BRIDGE = "shoal_gwbridge";
@@ -11,15 +12,17 @@ export const GW_SUBNET = "172.18.0.0/16";
 export const GW_GATEWAY = "172.18.0.1";
 export const GW_IFNAME = "gw0";
 const PREFIX = 16;
-const NFT_TABLE = "shoal";
 
 export interface GatewayBridgeOptions {
+  /** Where the NAT rules go (the host's chosen backend). */
+  firewall: Firewall;
   runner?: Runner;
   logger: Logger;
 }
 
 export class GatewayBridge {
   private readonly run: Runner;
+  private readonly firewall: Firewall;
   private readonly log: Logger;
   private ready: Promise<void> | undefined;
   /** Container id -> its address on the bridge. */
@@ -29,6 +32,7 @@ export class GatewayBridge {
 
   constructor(opts: GatewayBridgeOptions) {
     this.run = opts.runner ?? spawnRunner;
+    this.firewall = opts.firewall;
     this.log = opts.logger.child({ component: "gwbridge" });
   }
 
@@ -49,19 +53,7 @@ export class GatewayBridge {
     await mustRun(this.run, ["ip", "addr", "replace", `${GW_GATEWAY}/${PREFIX}`, "dev", GW_BRIDGE]);
     await mustRun(this.run, ["ip", "link", "set", GW_BRIDGE, "up"]);
     await mustRun(this.run, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    // Replace the whole table: creating it first makes the delete safe when it does not exist yet.
-    const rules = [
-      `table ip ${NFT_TABLE} {}`,
-      `delete table ip ${NFT_TABLE}`,
-      `table ip ${NFT_TABLE} {`,
-      "  chain postrouting {",
-      "    type nat hook postrouting priority srcnat; policy accept;",
-      `    ip saddr ${GW_SUBNET} oifname != "${GW_BRIDGE}" masquerade`,
-      "  }",
-      "}",
-      "",
-    ].join("\n");
-    await mustRun(this.run, ["nft", "-f", "-"], { stdin: rules });
+    await this.firewall.loadGateway({ bridge: GW_BRIDGE, subnet: GW_SUBNET });
     this.log.info({ bridge: GW_BRIDGE, subnet: GW_SUBNET }, "gateway bridge ready");
   }
 

@@ -1,12 +1,12 @@
 // The host's IPsec for encrypted overlay networks: keeps the kernel's xfrm states and policies and the
-// nftables guard (see xfrm.ts for what they are) in line with what this host holds - the encrypted networks
+// firewall's guard (see xfrm.ts and firewall.ts for what they are) in line with what this host holds - the encrypted networks
 // with a local container, the remote hosts (VTEPs) of those networks, and the keyring from the managers.
 //
 // The states towards a remote host are per pair of hosts, not per network: two encrypted networks between
 // the same two hosts share them. So the wanted state is (keys, remotes = every remote VTEP of every
 // encrypted network held here, VNIs = those networks' VNIs), and sync() moves the kernel from what it
 // installed last to that, in an order that never lets cleartext out:
-//   1. the nft guard gains new VNIs first (from then on the VNI's VXLAN leaves marked and only through
+//   1. the guard gains new VNIs first (from then on the VNI's VXLAN leaves marked and only through
 //      IPsec, or is dropped), and loses VNIs last;
 //   2. remotes that left are torn down (policy first);
 //   3. a new keyring is rotated in on the remaining remotes in the three ordered steps of renderRotate;
@@ -22,6 +22,7 @@ import type { Logger } from "pino";
 import pino from "pino";
 import { Serial } from "../serial.js";
 import { normalizeIp } from "./addr.js";
+import type { Firewall } from "./firewall.js";
 import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
@@ -31,7 +32,6 @@ import {
   type Key,
   renderFlush,
   renderInstall,
-  renderNft,
   renderRemove,
   renderRotate,
   spi,
@@ -42,6 +42,8 @@ import {
 export interface IpsecOptions {
   /** This host's data-path address (the local end of every state and policy). */
   localAddr: string;
+  /** The firewall that holds the guard (nftables or iptables, whichever the host runs). */
+  firewall: Firewall;
   port?: number;
   icvBits?: IcvBits;
   runner?: Runner;
@@ -117,6 +119,7 @@ export class IpsecDataplane {
   private readonly port: number;
   private readonly icvBits: IcvBits | undefined;
   private readonly runner: Runner;
+  private readonly firewall: Firewall;
   private readonly log: Logger;
   private readonly retryMs: number;
   /** The keys the installed pairs use. */
@@ -125,7 +128,7 @@ export class IpsecDataplane {
   private installed = new Set<string>();
   /** Remotes wanted but not installed because a command failed, and why. */
   private failed = new Map<string, string>();
-  /** VNIs the loaded nft guard covers. */
+  /** VNIs the loaded guard covers. */
   private vnis: number[] = [];
   private wanted: IpsecWanted = { keys: undefined, networks: [] };
   private readonly chain = new Serial();
@@ -137,6 +140,7 @@ export class IpsecDataplane {
     this.port = opts.port ?? DEFAULT_DATA_PATH_PORT;
     this.icvBits = opts.icvBits;
     this.runner = opts.runner ?? spawnRunner;
+    this.firewall = opts.firewall;
     this.log = (opts.logger ?? pino({ level: "silent" })).child({ component: "ipsec" });
     this.retryMs = opts.retryMs ?? 1000;
   }
@@ -153,7 +157,8 @@ export class IpsecDataplane {
 
   /**
    * Remove everything shoal may have left in this namespace (a previous run that crashed): every state with
-   * shoal's reqid, every policy with shoal's mark, and the nft table. Run once before the first sync.
+   * shoal's reqid, every policy with shoal's mark, and the guard (in nftables and in iptables, whichever
+   * the previous run used). Run once before the first sync.
    */
   reset(): Promise<void> {
     return this.serialised(async () => {
@@ -161,7 +166,7 @@ export class IpsecDataplane {
       const lines = policies.filter((p) => p.mark === XFRM_MARK).map((p) => policyDelete(p));
       lines.push(`xfrm state deleteall reqid ${hex32(XFRM_REQID)}`);
       await this.run(["ip", "-force", "-batch", "-"], batch(lines), "removing a previous run's IPsec states");
-      await this.run(["nft", "-f", "-"], renderNft([]), "removing a previous run's nftables guard");
+      await this.firewall.resetGuard();
       this.installed.clear();
       this.failed.clear();
       this.vnis = [];
@@ -243,11 +248,7 @@ export class IpsecDataplane {
     // 1. The guard gains VNIs before anything else (it is never left without a VNI still in use).
     const gained = vnis.some((v) => !this.vnis.includes(v));
     if (gained) {
-      await this.run(
-        ["nft", "-f", "-"],
-        renderNft([...new Set([...this.vnis, ...vnis])], this.port),
-        "loading the nftables guard",
-      );
+      await this.firewall.loadGuard([...new Set([...this.vnis, ...vnis])], this.port);
       this.vnis = [...new Set([...this.vnis, ...vnis])].sort((a, b) => a - b);
     }
 
@@ -308,7 +309,7 @@ export class IpsecDataplane {
 
     // 5. The guard loses VNIs last; with none left the table goes.
     if (this.vnis.some((v) => !vnis.includes(v))) {
-      await this.run(["nft", "-f", "-"], renderNft(vnis, this.port), "updating the nftables guard");
+      await this.firewall.loadGuard(vnis, this.port);
       this.vnis = vnis;
     }
     if (this.failed.size > 0) this.scheduleRetry();

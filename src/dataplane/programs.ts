@@ -12,6 +12,10 @@ export const DEBIAN_PACKAGES: Readonly<Record<string, string>> = {
   ip: "iproute2",
   bridge: "iproute2",
   nft: "nftables",
+  // The firewall backend where nftables' inet family is missing (src/dataplane/firewall.ts).
+  "iptables-legacy": "iptables",
+  "iptables-legacy-save": "iptables",
+  "iptables-legacy-restore": "iptables",
   nsenter: "util-linux",
   unshare: "util-linux",
   setpriv: "util-linux",

@@ -1,5 +1,6 @@
 // IPsec (ESP transport mode, AES-GCM) for encrypted overlay networks: pure rendering of the `ip -batch`
-// xfrm programs and the nftables guard, plus a probe for whether the kernel can do it at all.
+// xfrm programs, plus a probe for whether the kernel can do it at all. (The guard against cleartext, in
+// nftables or iptables, is firewall.ts.)
 //
 // Per remote host (VTEP) of an encrypted network, as swarmkit/libnetwork lay it out:
 //   - an inbound ESP state (src=remote dst=local) for every key of the keyring (3 keys),
@@ -9,10 +10,10 @@
 //     mark 0x53484C, whose template names the outbound state (reqid 0x53484C, its SPI).
 //
 // Why a marked policy (and not a plain selector policy matching all VXLAN between the two hosts): the mark
-// is set by the nft table below only on VXLAN packets of *encrypted* VNIs, so plain overlay networks
+// is set by the firewall's guard (firewall.ts) only on VXLAN packets of *encrypted* VNIs, so plain overlay networks
 // between the same two hosts stay unencrypted (Swarm's semantics, and no ESP cost for them). The usual
 // risk of a mark-based policy - no mark or no policy, and the packet silently leaves in clear - is closed
-// by the same nft table: its postrouting chain drops any VXLAN packet of an encrypted VNI whose route has
+// by the same guard: its postrouting chain drops any VXLAN packet of an encrypted VNI whose route has
 // no xfrm transformation (`rt ipsec missing`), and its input chain drops any VXLAN packet of an encrypted
 // VNI that did not arrive through IPsec (`meta ipsec missing`). Both guards match on the VNI itself, not
 // on the mark, so they hold even if the marking rule or a policy is missing. Never a cleartext fallback.
@@ -57,8 +58,6 @@ export function encryptedMtu(icvBits: IcvBits = ICV_BITS, underlayMtu = 1500, fa
   const room = underlayMtu - (family === 4 ? 20 : 40) - 16 - icvBits / 8; // for payload + padding + 2
   return Math.floor(room / 4) * 4 - 2 - 30;
 }
-export const NFT_TABLE = "shoal-overlay";
-export const NFT_FAMILY = "inet";
 
 export interface Key {
   /** Lamport time of the key (ascending within a keyring). Hashed as 4 bytes big-endian. */
@@ -292,7 +291,7 @@ export function renderRotate(
 }
 
 /**
- * Tear down encryption towards `remotes`: per remote the policy first (from then on the nft guard drops the
+ * Tear down encryption towards `remotes`: per remote the policy first (from then on the guard drops the
  * encrypted VNIs' traffic to that host rather than letting it out in clear), then the outbound state, then
  * the inbound states.
  */
@@ -322,58 +321,6 @@ export function renderFlush(local: string, remotes: string[], opts?: XfrmOptions
       `xfrm state deleteall src ${r} dst ${ctx.local} reqid ${hex32(XFRM_REQID)}`,
     ]),
   );
-}
-
-/**
- * The VNI of a VXLAN packet as an nft raw payload expression: the transport header (`@th`) is the 8-byte
- * UDP header, then the 8-byte VXLAN header (flags 8 bits, reserved 24, VNI 24, reserved 8), so the VNI is at
- * bit 64 + 32 = 96, 24 bits long.
- */
-export const NFT_VNI = "@th,96,24";
-
-/**
- * The nft program (for `nft -f -`, host namespace) that replaces table inet shoal-overlay atomically (the
- * first two lines make sure it exists, then delete it, all in one transaction):
- *   mark-out   route/output: VXLAN of an encrypted VNI gets mark 0x53484C (and is re-routed, so the
- *              marked xfrm policy applies);
- *   guard-out  postrouting: VXLAN of an encrypted VNI whose route has no xfrm transformation is dropped
- *              (counter cleartext-out) - no cleartext leaves, even without a policy or mark;
- *   guard-in   input: VXLAN of an encrypted VNI that did not come through IPsec is dropped (cleartext-in).
- * With no encrypted VNIs the program just deletes the table.
- * Checked with nftables 1.0.6 (which lists `meta secpath` as `meta ipsec`; `rt ipsec` needs an
- * output/postrouting/forward hook).
- */
-export function renderNft(encryptedVnis: number[], port: number = DEFAULT_DATA_PATH_PORT): string {
-  if (!Number.isInteger(port) || port < 1 || port > 65_535) throw new Error(`invalid data-path port ${port}`);
-  for (const v of encryptedVnis) {
-    if (!Number.isInteger(v) || v < 1 || v > 0xffffff) throw new Error(`invalid VNI ${v}: must be 1-16777215`);
-  }
-  const vnis = [...new Set(encryptedVnis)].sort((a, b) => a - b);
-  const t = `${NFT_FAMILY} ${NFT_TABLE}`;
-  const head = [`table ${t} {}`, `delete table ${t}`];
-  if (vnis.length === 0) return batch(head);
-  const match = `udp dport ${port} ${NFT_VNI} { ${vnis.join(", ")} }`;
-  return batch([
-    ...head,
-    `table ${t} {`,
-    "\tcounter cleartext-in {",
-    "\t}",
-    "\tcounter cleartext-out {",
-    "\t}",
-    "\tchain mark-out {",
-    "\t\ttype route hook output priority mangle; policy accept;",
-    `\t\t${match} meta mark set ${hex32(XFRM_MARK)}`,
-    "\t}",
-    "\tchain guard-out {",
-    "\t\ttype filter hook postrouting priority filter; policy accept;",
-    `\t\t${match} rt ipsec missing counter name "cleartext-out" drop`,
-    "\t}",
-    "\tchain guard-in {",
-    "\t\ttype filter hook input priority filter; policy accept;",
-    `\t\t${match} meta ipsec missing counter name "cleartext-in" drop`,
-    "\t}",
-    "}",
-  ]);
 }
 
 // ---- probe ----------------------------------------------------------------------------------------------
@@ -414,28 +361,16 @@ export const PROBE_STATE_ARGS = [
 ];
 
 /**
- * Whether this kernel can do ESP transport with rfc4106(gcm(aes)) and the nft guard: both are tried in a
- * scratch network namespace. The namespace is anonymous (`unshare --net CMD`): the kernel creates it for the
- * one command and destroys it when that command exits, so it is gone afterwards even if we crash, and
- * nothing on the host (states, tables) is touched. Two processes, run in parallel.
+ * Whether this kernel can install an ESP transport state with rfc4106(gcm(aes)): tried in an anonymous
+ * scratch network namespace (`unshare --net CMD`: the kernel destroys it when that command exits, so it is
+ * gone afterwards even if we crash, and nothing on the host is touched). Undefined when it can, else why not.
+ * (Whether the host can also guard against cleartext is the firewall's probe: probeEsp in firewall.ts.)
  */
-export async function probeEsp(runner: Runner = spawnRunner): Promise<EspSupport> {
-  const [xfrm, nft] = await Promise.all([
-    runner(["unshare", "--net", "ip", ...PROBE_STATE_ARGS]),
-    runner(["unshare", "--net", "nft", "-f", "-"], { stdin: renderNft([1]) }),
-  ]);
-  const reasons: string[] = [];
-  if (xfrm.code !== 0) {
-    reasons.push(
-      `this kernel cannot do IPsec ESP with AES-GCM (ip xfrm: ${kernelMessage(xfrm.stderr, xfrm.stdout, xfrm.code)})`,
-    );
-  }
-  if (nft.code !== 0) {
-    reasons.push(
-      `the nftables guard against cleartext cannot be loaded (nft: ${kernelMessage(nft.stderr, nft.stdout, nft.code)})`,
-    );
-  }
-  return reasons.length === 0 ? { supported: true } : { supported: false, reason: reasons.join("; ") };
+export async function probeXfrm(runner: Runner = spawnRunner): Promise<string | undefined> {
+  const r = await runner(["unshare", "--net", "ip", ...PROBE_STATE_ARGS]);
+  return r.code === 0
+    ? undefined
+    : `this kernel cannot do IPsec ESP with AES-GCM (ip xfrm: ${kernelMessage(r.stderr, r.stdout, r.code)})`;
 }
 
 // ---- refusal --------------------------------------------------------------------------------------------

@@ -398,6 +398,10 @@ export class EngineServer {
       };
     }
     const counts = this.containersBackend?.containerCounts() ?? { total: 0, running: 0, paused: 0, stopped: 0 };
+    const firewall = await this.backend.firewallInfo?.().catch((err: unknown) => {
+      this.log?.warn({ err }, "firewall backend unavailable for /info");
+      return undefined;
+    });
     sendJSON(res, 200, {
       ID: this.engineId,
       Containers: counts.total,
@@ -406,7 +410,8 @@ export class EngineServer {
       ContainersStopped: counts.stopped,
       Images: 0,
       Driver: "shoal",
-      DriverStatus: [],
+      // docker info (28.2) prints these pairs under "Storage Driver"; newer CLIs also read FirewallBackend.
+      DriverStatus: firewall ? firewallStatusPairs(firewall) : [],
       Plugins: { Volume: [], Network: ["overlay"], Authorization: null, Log: [] },
       MemoryLimit: false,
       SwapLimit: false,
@@ -453,6 +458,7 @@ export class EngineServer {
       RuncCommit: { ID: "" },
       InitCommit: { ID: "" },
       SecurityOptions: [],
+      ...(firewall ? { FirewallBackend: firewall } : {}),
       CDISpecDirs: [],
       Warnings: [],
     });
@@ -1142,4 +1148,9 @@ async function openFileCount(): Promise<number> {
   } catch {
     return -1;
   }
+}
+
+/** The firewall backend as docker info's "Storage Driver" status pairs: "Firewall Backend: iptables", then its details. */
+function firewallStatusPairs(fw: { Driver: string; Info: [string, string][] }): [string, string][] {
+  return [["Firewall Backend", fw.Driver], ...fw.Info];
 }

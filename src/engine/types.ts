@@ -85,6 +85,8 @@ export interface SwarmBackend {
   swarmInfo(): Promise<SwarmInfo>;
   /** The hostname this daemon reports (GET /info Name). */
   hostname(): string;
+  /** GET /info FirewallBackend (docker info's "Firewall Backend"): the packet filter this host uses. */
+  firewallInfo?(): Promise<{ Driver: string; Info: [string, string][] }>;
   swarmInspect(): Promise<Swarm>;
   /** Returns the new node's id. */
   swarmInit(req: SwarmInitRequest): Promise<string>;

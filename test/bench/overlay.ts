@@ -34,6 +34,16 @@
 //    over rounds of the receiver's bits/s, and the ratio is shoal / hand-built. The plain underlay (h1 eth0
 //    to h2 eth0) is measured once for context.
 //
+// 4. --encrypted: the throughput part only, over an encrypted shoal network (`--opt encrypted`: ESP
+//    transport, rfc4106(gcm(aes)), 128-bit ICV, MTU 1416) against a hand-built ESP transport-mode VXLAN pair
+//    with the same algorithm (states and an out policy for UDP to port 4790 made here with ip xfrm, VNI 9999,
+//    MTU 1416), and the time from a key rotation (the managers rotate every --rotation, default 20s) to
+//    every host using the new primary key: each host's outbound policy is polled (ip xfrm policy list) and
+//    the first poll that shows the new primary's SPI, minus the rotation's time in the managers' keyring
+//    (inspect's ClusterLastRotation), is the figure (an upper bound by one poll period, also printed). A
+//    kernel without ESP (this machine's) runs the whole benchmark inside User-mode Linux (test/esp/uml.ts),
+//    its output streamed here; the figures are that kernel's, one CPU.
+//
 // Output: a table on stdout and bench-results/overlay.json (all samples).
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
@@ -45,6 +55,8 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Lab, type LabHost } from "../../deploy/lab.js";
+import { encryptedMtu, probeXfrm, spi } from "../../src/dataplane/xfrm.js";
+import { runInGuest, umlAvailable } from "../esp/uml.js";
 
 const execFileP = promisify(execFile);
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -67,11 +79,15 @@ interface Options {
   underlay: boolean;
   only: Set<Part>;
   out: string;
+  encrypted: boolean;
+  rotation: string;
+  rotations: number;
 }
 
 function usage(): never {
   console.error(
-    "usage: node dist/test/bench/overlay.js [--containers N] [--lazy K] [--seconds S] [--rounds R] [--no-underlay] [--only conv,lazy,tput] [--out FILE]",
+    "usage: node dist/test/bench/overlay.js [--containers N] [--lazy K] [--seconds S] [--rounds R] [--no-underlay] [--only conv,lazy,tput] [--out FILE]\n" +
+      "       node dist/test/bench/overlay.js --encrypted [--seconds S] [--rounds R] [--rotation 20s] [--rotations N] [--out FILE]",
   );
   process.exit(2);
 }
@@ -85,6 +101,9 @@ function parseArgs(argv: string[]): Options {
     underlay: true,
     only: new Set<Part>(["conv", "lazy", "tput"]),
     out: join("bench-results", "overlay.json"),
+    encrypted: false,
+    rotation: "20s",
+    rotations: 3,
   };
   const int = (v: string | undefined, min: number): number => {
     const n = Number(v);
@@ -118,9 +137,26 @@ function parseArgs(argv: string[]): Options {
       case "--out":
         o.out = argv[++i] ?? usage();
         break;
+      case "--encrypted":
+        o.encrypted = true;
+        break;
+      case "--rotation":
+        o.rotation = argv[++i] ?? usage();
+        if (!/^\d+s$/.test(o.rotation)) usage();
+        break;
+      case "--rotations":
+        o.rotations = int(argv[++i], 1);
+        break;
       default:
         usage();
     }
+  }
+  if (o.encrypted) {
+    // Throughput and rotation only; the guest has one CPU, so shorter runs by default.
+    o.only = new Set<Part>(["tput"]);
+    o.underlay = false;
+    if (!argv.includes("--seconds")) o.seconds = 5;
+    if (!argv.includes("--out")) o.out = join("bench-results", "overlay-encrypted.json");
   }
   return o;
 }
@@ -302,7 +338,7 @@ function readLog(h: LabHost): LogLine[] {
 // ---------------------------------------------------------------------------------------------------
 // State for cleanup
 
-const lab = new Lab({ name: "bench", logLevel: "debug" });
+let lab = new Lab({ name: "bench", logLevel: "debug" });
 /** Containers made per host index, removed with rm -f before the lab goes. */
 const made = new Map<number, Set<string>>();
 const children = new Set<ChildProcess>();
@@ -558,7 +594,14 @@ async function iperf(run: (args: string[]) => Promise<string>, ip: string, secon
   throw last;
 }
 
-async function buildHandOverlay(h1: LabHost, h2: LabHost): Promise<void> {
+/** The hand-built overlay: plain VXLAN on 4789 (MTU 1450), or with ESP on its own port 4790 (MTU 1416). */
+interface HandSpec {
+  mtu: number;
+  port: number;
+  esp: boolean;
+}
+
+async function buildHandOverlay(h1: LabHost, h2: LabHost, spec: HandSpec): Promise<void> {
   for (const [me, peer] of [
     [h1, h2],
     [h2, h1],
@@ -568,7 +611,7 @@ async function buildHandOverlay(h1: LabHost, h2: LabHost): Promise<void> {
     await sh(["ip", "netns", "add", o]);
     await sh(["ip", "netns", "add", c]);
     await sh(["ip", "-n", o, "-batch", "-"], {
-      input: ["link set lo up", "link add br0 mtu 1450 type bridge", "link set br0 up"].join("\n") + "\n",
+      input: ["link set lo up", `link add br0 mtu ${spec.mtu} type bridge`, "link set br0 up"].join("\n") + "\n",
     });
     // vxlan0 made from the host namespace (its UDP socket and underlay stay there), straight into the overlay ns.
     await sh([
@@ -581,13 +624,13 @@ async function buildHandOverlay(h1: LabHost, h2: LabHost): Promise<void> {
       "netns",
       o,
       "mtu",
-      "1450",
+      String(spec.mtu),
       "type",
       "vxlan",
       "id",
       String(HAND_VNI),
       "dstport",
-      "4789",
+      String(spec.port),
       "local",
       me.addr,
       "remote",
@@ -599,7 +642,7 @@ async function buildHandOverlay(h1: LabHost, h2: LabHost): Promise<void> {
       input:
         [
           "link set vxlan0 master br0 up",
-          `link add veth0 mtu 1450 type veth peer name eth0 netns ${c} mtu 1450`,
+          `link add veth0 mtu ${spec.mtu} type veth peer name eth0 netns ${c} mtu ${spec.mtu}`,
           "link set veth0 master br0 up",
         ].join("\n") + "\n",
     });
@@ -608,6 +651,7 @@ async function buildHandOverlay(h1: LabHost, h2: LabHost): Promise<void> {
         ["link set lo up", `addr add ${HAND_SUBNET}.${me.index}/24 dev eth0`, "link set eth0 up"].join("\n") + "\n",
     });
   }
+  if (spec.esp) await handEsp(h1, h2, spec.port);
   // Reachable both ways before measuring.
   for (let i = 0; ; i++) {
     const r = await firstReply(`/run/netns/${handNs(h2, "c")}`, `${HAND_SUBNET}.${h1.index}`, 2);
@@ -616,9 +660,43 @@ async function buildHandOverlay(h1: LabHost, h2: LabHost): Promise<void> {
   }
 }
 
+/**
+ * ESP transport mode between the two lab hosts for the hand-built overlay's UDP port: one state per
+ * direction (rfc4106(gcm(aes)), a random 16-byte key and 4-byte salt, 128-bit ICV - shoal's algorithm) on
+ * both hosts, and on each an out policy for UDP to `port` naming its outbound state.
+ */
+async function handEsp(h1: LabHost, h2: LabHost, port: number): Promise<void> {
+  const { randomBytes } = await import("node:crypto");
+  const sa = (src: LabHost, dst: LabHost, id: number) =>
+    `xfrm state add src ${src.addr} dst ${dst.addr} proto esp spi 0x${id.toString(16)} reqid 7 mode transport ` +
+    `aead 'rfc4106(gcm(aes))' 0x${randomBytes(20).toString("hex")} 128`;
+  const states = [sa(h1, h2, 0x7001), sa(h2, h1, 0x7002)];
+  const policy = (me: LabHost, peer: LabHost, id: number) =>
+    `xfrm policy add src ${me.addr}/32 dst ${peer.addr}/32 proto udp dport ${port} dir out ` +
+    `tmpl src ${me.addr} dst ${peer.addr} proto esp spi 0x${id.toString(16)} reqid 7 mode transport`;
+  await sh(["ip", "-n", h1.netns, "-batch", "-"], { input: `${[...states, policy(h1, h2, 0x7001)].join("\n")}\n` });
+  await sh(["ip", "-n", h2.netns, "-batch", "-"], { input: `${[...states, policy(h2, h1, 0x7002)].join("\n")}\n` });
+}
+
+async function removeHandEsp(hosts: LabHost[]): Promise<void> {
+  for (const h of hosts) {
+    await sh(["ip", "-n", h.netns, "-force", "-batch", "-"], {
+      input: "xfrm policy deleteall\nxfrm state deleteall reqid 7\n",
+    }).catch(() => undefined);
+  }
+}
+
 async function throughput(h1: LabHost, h2: LabHost, o: Options) {
   // shoal: iperf3 -s in a container on h1, the client in a container on h2.
-  await shoal(h1, ["network", "create", "-d", "overlay", "--attachable", "perf"]);
+  await shoal(h1, [
+    "network",
+    "create",
+    "-d",
+    "overlay",
+    "--attachable",
+    ...(o.encrypted ? ["--opt", "encrypted"] : []),
+    "perf",
+  ]);
   track(h1, "ips");
   await shoal(h1, ["run", "-d", "--name", "ips", "--network", "perf", "host", "iperf3", "-s"]);
   track(h2, "ipc");
@@ -634,7 +712,11 @@ async function throughput(h1: LabHost, h2: LabHost, o: Options) {
     (await shoal(h2, ["exec", "ipc", ...args], (o.seconds + 30) * 1000)).out;
 
   // Hand-built: the same, in the namespaces made above.
-  await buildHandOverlay(h1, h2);
+  await buildHandOverlay(
+    h1,
+    h2,
+    o.encrypted ? { mtu: encryptedMtu(), port: 4790, esp: true } : { mtu: 1450, port: 4789, esp: false },
+  );
   const server = spawn("nsenter", [`--net=/run/netns/${handNs(h1, "c")}`, "iperf3", "-s"], { stdio: "ignore" });
   children.add(server);
   const handClient = (args: string[]) =>
@@ -691,6 +773,8 @@ async function throughput(h1: LabHost, h2: LabHost, o: Options) {
   }
   server.kill("SIGKILL");
   await removeHand([h1, h2]);
+  if (o.encrypted) await removeHandEsp([h1, h2]);
+  const rotation = o.encrypted ? await rotationPropagation(h1, h2, o.rotations) : undefined;
   await shoal(h1, ["rm", "-f", "ips"]);
   await shoal(h2, ["rm", "-f", "ipc"]);
   made.get(h1.index)?.delete("ips");
@@ -703,15 +787,127 @@ async function throughput(h1: LabHost, h2: LabHost, o: Options) {
     const h = pick("hand-built", streams);
     return { streams, shoalGbps: s, handGbps: h, ratio: Math.round((s / h) * 1000) / 1000 };
   });
-  return { rows, summary, underlayGbps: o.underlay ? pick("underlay", 1) : undefined };
+  return { rows, summary, underlayGbps: o.underlay ? pick("underlay", 1) : undefined, rotation };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 4. Rotation propagation (--encrypted)
+
+interface EncryptionView {
+  ClusterKeyTags?: number[];
+  ClusterLastRotation?: string;
+}
+
+/** The SPI of a host's outbound policy towards `peer` (shoal's mark), from `ip xfrm policy list`. */
+async function outboundSpi(me: LabHost, peer: LabHost): Promise<number | undefined> {
+  const text = await sh(["ip", "-n", me.netns, "xfrm", "policy", "list"]);
+  let towards = false;
+  for (const line of text.split("\n")) {
+    if (/^src /.test(line)) towards = line.startsWith(`src ${me.addr}/32 dst ${peer.addr}/32 `);
+    const m = /^\s+proto esp spi (0x[0-9a-f]+)/.exec(line);
+    if (towards && m) return Number.parseInt(m[1]!, 16);
+  }
+  return undefined;
+}
+
+/**
+ * Watch `samples` rotations: each host's outbound policy is polled in turn, and every change of its SPI
+ * is timed; the managers' keyring (h1's inspect) says when each rotation happened and which key became
+ * primary. Per rotation: the last host's first poll showing the new primary, minus the rotation time.
+ */
+async function rotationPropagation(h1: LabHost, h2: LabHost, samples: number) {
+  const ring = async () => {
+    const n = await api<{ Encryption?: EncryptionView }>(h1, "GET", "/networks/perf");
+    const e = n.Encryption;
+    return e?.ClusterKeyTags?.length === 3 && e.ClusterLastRotation
+      ? { at: Date.parse(e.ClusterLastRotation), primary: e.ClusterKeyTags[1]! }
+      : undefined;
+  };
+  const first = await ring();
+  if (!first) throw new Error("h1's inspect of perf shows no cluster keyring");
+  const rotations = new Map<number, number>(); // primary tag -> rotation time
+  const seen: { host: string; spi: number; at: number }[] = [];
+  const pairs = [
+    [h1, h2],
+    [h2, h1],
+  ] as const;
+  const polls: number[] = [];
+  let lastRing = 0;
+  process.stdout.write(`  waiting for ${samples} key rotations`);
+  /** Per rotation after the first seen: the last host's first poll with the new primary, minus its time. */
+  const measured = (): { primary: number; ms: number }[] => {
+    const out: { primary: number; ms: number }[] = [];
+    for (const [primary, at] of rotations) {
+      if (primary === first.primary) continue;
+      const arrived = pairs.map(([me, peer]) => {
+        const want = spi(me.addr, peer.addr, primary);
+        return seen.find((x) => x.host === me.name && x.spi === want)?.at;
+      });
+      if (arrived.some((a) => a === undefined)) continue;
+      out.push({ primary, ms: Math.max(...(arrived as number[])) - at });
+    }
+    return out;
+  };
+  const deadline = wallMs() + 10 * 60_000;
+  while (measured().length < samples) {
+    if (wallMs() > deadline) throw new Error(`fewer than ${samples} rotations reached every host in 10 minutes`);
+    const t0 = wallMs();
+    for (const [me, peer] of pairs) {
+      const s = await outboundSpi(me, peer);
+      const at = wallMs();
+      const prev = seen.filter((x) => x.host === me.name).at(-1);
+      if (s !== undefined && prev?.spi !== s) seen.push({ host: me.name, spi: s, at });
+    }
+    polls.push(wallMs() - t0);
+    if (wallMs() - lastRing > 1000) {
+      lastRing = wallMs();
+      const r = await ring().catch(() => undefined);
+      if (r && !rotations.has(r.primary)) {
+        rotations.set(r.primary, r.at);
+        if (r.primary !== first.primary) process.stdout.write(".");
+      }
+    }
+  }
+  process.stdout.write("\n");
+  const out = measured().slice(0, samples);
+  for (const r of out)
+    process.stdout.write(`  rotation to key ${r.primary}: every host sends with it ${r.ms.toFixed(0)} ms later\n`);
+  return { samples: out, pollMs: stats(polls) };
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Main
 
+/** --encrypted on a kernel without ESP: run this same benchmark inside User-mode Linux, output streamed. */
+async function inGuest(): Promise<number> {
+  const avail = umlAvailable();
+  if (!avail.ok) throw new Error(`this kernel has no ESP, and the User-mode Linux kernel cannot run: ${avail.reason}`);
+  console.log("this kernel has no ESP with AES-GCM: running the benchmark inside User-mode Linux");
+  const args = process.argv.slice(2).map((a) => `'${a.replaceAll("'", "")}'`);
+  const r = await runInGuest(`node ${JSON.stringify(fileURLToPath(import.meta.url))} ${args.join(" ")}`, {
+    env: { SHOAL_IN_UML: "1" },
+    onOutput: (t) => process.stdout.write(t),
+    timeoutMs: 60 * 60_000,
+  });
+  if (r.status === null) throw new Error(r.error ?? "the guest reported no exit status");
+  return r.status;
+}
+
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error("the overlay benchmark builds network namespaces: run it as root");
+  if (o.encrypted && process.env.SHOAL_IN_UML !== "1" && (await probeXfrm()) !== undefined) {
+    process.exitCode = await inGuest();
+    return;
+  }
+  if (o.encrypted) {
+    lab = new Lab({
+      name: "bench",
+      logLevel: "debug",
+      daemonArgs: ["--encryption-key-rotation", o.rotation],
+      startTimeoutMs: 180_000,
+    });
+  }
   if (o.only.has("tput"))
     await sh(["iperf3", "--version"]).catch(() => {
       throw new Error("iperf3 is missing: apt-get install -y iperf3");
@@ -743,7 +939,10 @@ async function main(): Promise<void> {
       lazy = await lazyInstantiation(h1, h2, o.lazy);
     }
     if (o.only.has("tput")) {
-      console.log(`\n3. throughput: iperf3 ${o.seconds} s, ${o.rounds} round(s), shoal vs hand-built VXLAN`);
+      console.log(
+        `\n3. throughput: iperf3 ${o.seconds} s, ${o.rounds} round(s), shoal vs hand-built VXLAN` +
+          (o.encrypted ? ", both ESP rfc4106(gcm(aes)) 128-bit ICV, MTU 1416" : ""),
+      );
       tput = await throughput(h1, h2, o);
     }
   } finally {
@@ -801,9 +1000,17 @@ async function main(): Promise<void> {
   if (tput) {
     for (const s of tput.summary) {
       row(
-        `throughput -P ${s.streams}: shoal / hand-built VXLAN (median)`,
+        `throughput -P ${s.streams}: shoal / hand-built ${o.encrypted ? "ESP " : ""}VXLAN (median)`,
         `${f(s.shoalGbps, 2)} / ${f(s.handGbps, 2)} Gbit/s`,
         `ratio ${f(s.ratio, 3)} (goal >= 0.95)`,
+      );
+    }
+    if (tput.rotation) {
+      const ms = tput.rotation.samples.map((x) => x.ms);
+      row(
+        `rotation -> every host sends with the new primary (n=${ms.length})`,
+        ms.length > 0 ? `p50 ${f(median(ms), 0)} max ${f(Math.max(...ms), 0)} ms` : "-",
+        `poll period p50 ${f(tput.rotation.pollMs.p50, 0)} ms`,
       );
     }
     if (tput.underlayGbps !== undefined)

@@ -141,7 +141,7 @@ describe.skipIf(!root)("overlay networks across lab hosts", () => {
   });
 
   it("an encrypted network on a kernel without ESP/AES-GCM: the attach fails saying why, and nothing is built or sent", async () => {
-    const { probeEsp } = await import("../../src/dataplane/xfrm.js");
+    const { probeEsp } = await import("../../src/dataplane/firewall.js");
     const support = await probeEsp();
     await ok(h[0]!, "network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "enc1");
     const r = await shoal(h[0]!, "run", "-d", "--name", "secret1", "--network", "enc1", "host", "sleep", "100");

@@ -1,6 +1,7 @@
-// Encrypted overlays on this kernel, for real (root): the ESP/AES-GCM probe and its reason, the nftables
-// guard loaded and doing its job between two scratch "hosts" (network namespaces joined by a veth, VXLAN
-// devices for an encrypted and a plain VNI), the rendered xfrm policy lines installed, updated and removed.
+// Encrypted overlays on this kernel, for real (root): the ESP/AES-GCM probe and its reason, the guard in
+// both firewall backends (nftables and iptables-legacy: this kernel has both) loaded and doing its job
+// between two scratch "hosts" (network namespaces joined by a veth, VXLAN devices for an encrypted and a
+// plain VNI), the gateway NAT in both, the rendered xfrm policy lines installed, updated and removed.
 // The encrypted ping itself runs through shoal in encrypted.test.ts. Every namespace a test makes is removed in `finally`, also when the test fails.
 
 import { execFile } from "node:child_process";
@@ -9,19 +10,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import {
+  Firewall,
+  type FirewallBackend,
+  probeEsp,
+  probeFirewall,
+  renderIptablesGuard,
+  renderNft,
+} from "../../src/dataplane/firewall.js";
 import { IpsecDataplane } from "../../src/dataplane/ipsec.js";
 import { createNetns, deleteNetns, runInNetns } from "../../src/dataplane/netns.js";
 import { mustRun, netnsRunner, spawnRunner } from "../../src/dataplane/runner.js";
-import {
-  encryptedMtu,
-  type Key,
-  probeEsp,
-  renderInstall,
-  renderNft,
-  renderRemove,
-  renderRotate,
-  spi,
-} from "../../src/dataplane/xfrm.js";
+import { encryptedMtu, type Key, renderInstall, renderRemove, renderRotate, spi } from "../../src/dataplane/xfrm.js";
 
 const root = process.getuid?.() === 0;
 const nftVersion = root ? (await promisify(execFile)("nft", ["--version"])).stdout.trim() : "nft";
@@ -50,12 +50,9 @@ async function pingOk(ns: string, ip: string): Promise<boolean> {
   return r.code === 0;
 }
 
-async function counter(ns: string, name: string): Promise<number> {
-  const out = JSON.parse(await inNs(ns, ["nft", "-j", "list", "counter", "inet", "shoal-overlay", name])) as {
-    nftables: { counter?: { packets: number } }[];
-  };
-  return out.nftables.find((e) => e.counter)?.counter?.packets ?? Number.NaN;
-}
+/** The firewall of a scratch "host", with the backend given. */
+const firewallIn = (ns: string, backend: FirewallBackend) =>
+  new Firewall({ runner: netnsRunner(spawnRunner, ns), backend });
 
 /** Network namespaces as files in a private temp dir; `cleanup` removes all of them (and the dir). */
 async function scratch(): Promise<{ ns: (name: string) => Promise<string>; cleanup: () => Promise<void> }> {
@@ -124,6 +121,11 @@ async function nsfsMounts(): Promise<string[]> {
 }
 
 describe.skipIf(!root)("encrypted overlays on this kernel", () => {
+  it("probeFirewall: nftables here (its inet family works); forced, iptables-legacy works too", async () => {
+    expect(await probeFirewall()).toEqual({ backend: "nftables", forced: false });
+    expect(await probeFirewall(spawnRunner, "iptables")).toEqual({ backend: "iptables", forced: true });
+  });
+
   it("probeEsp: unsupported here, with the kernel's own message, and no namespace left behind", async () => {
     const mountsBefore = await nsfsMounts();
     const r = await probeEsp();
@@ -132,7 +134,9 @@ describe.skipIf(!root)("encrypted overlays on this kernel", () => {
       reason: "this kernel cannot do IPsec ESP with AES-GCM (ip xfrm: Requested AEAD algorithm not found)",
     });
     // The probe's namespaces are anonymous (unshare --net CMD): no bind mount, and no process keeps one.
-    const mine = [...(await liveNetns()).values()].filter((c) => /^(unshare --net|ip xfrm state add|nft -f -)/.test(c));
+    const mine = [...(await liveNetns()).values()].filter((c) =>
+      /^(unshare --net|ip xfrm state add|nft -f -|iptables-legacy-restore)/.test(c),
+    );
     expect(mine).toEqual([]);
     const added = (await nsfsMounts()).filter((l) => !mountsBefore.includes(l));
     expect(added.filter((l) => !/ \/tmp\/| \/var\/| \/run\//.test(l))).toEqual([]);
@@ -189,7 +193,12 @@ describe.skipIf(!root)("encrypted overlays on this kernel", () => {
     const s = await scratch();
     try {
       const a = await s.ns("a");
-      const ip = new IpsecDataplane({ localAddr: A, runner: netnsRunner(spawnRunner, a), retryMs: 60_000 });
+      const ip = new IpsecDataplane({
+        localAddr: A,
+        runner: netnsRunner(spawnRunner, a),
+        firewall: firewallIn(a, "nftables"),
+        retryMs: 60_000,
+      });
       try {
         // A previous run's marked policy is removed by reset.
         await inNs(
@@ -248,24 +257,93 @@ describe.skipIf(!root)("encrypted overlays on this kernel", () => {
     }
   });
 
-  it("the nft guard drops cleartext VXLAN of the encrypted VNI on the way out and on the way in; a plain VNI passes", async () => {
+  it("the iptables program loads, replaces itself without a second jump, leaves others' rules alone and is removed", async () => {
     const s = await scratch();
     try {
-      const [a, b] = await twoHosts(s);
-      expect(await pingOk(a, "10.9.0.2")).toBe(true); // no guard yet: VXLAN works in clear
-      // Guard on A only: A's encrypted traffic never leaves in clear (no policy, no state here).
-      await inNs(a, ["nft", "-f", "-"], renderNft([ENC_VNI]));
-      expect(await pingOk(a, "10.9.0.2")).toBe(false);
-      expect(await pingOk(a, "10.8.0.2")).toBe(true);
-      expect(await counter(a, "cleartext-out")).toBeGreaterThan(0);
-      // Guard on B only: B refuses A's cleartext for the encrypted VNI.
-      await inNs(a, ["nft", "-f", "-"], renderNft([]));
-      await inNs(b, ["nft", "-f", "-"], renderNft([ENC_VNI]));
-      expect(await pingOk(a, "10.9.0.2")).toBe(false);
-      expect(await pingOk(a, "10.8.0.2")).toBe(true);
-      expect(await counter(b, "cleartext-in")).toBeGreaterThan(0);
+      const a = await s.ns("a");
+      // Someone else's rule in mangle OUTPUT stays where it is; shoal's jump goes before it.
+      await inNs(a, ["iptables-legacy", "-w", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-j", "ACCEPT"]);
+      const fw = firewallIn(a, "iptables");
+      await fw.loadGuard([ENC_VNI, 4098], 4789);
+      await fw.loadGuard([ENC_VNI], 4789);
+      const saved = await inNs(a, ["iptables-legacy-save", "-t", "mangle"]);
+      const rules = saved.split("\n").filter((l) => l.startsWith("-A "));
+      expect(rules.filter((l) => l.startsWith("-A OUTPUT "))).toEqual([
+        "-A OUTPUT -j SHOAL-OVERLAY-MARK",
+        "-A OUTPUT -p tcp -j ACCEPT",
+      ]);
+      expect(rules).toContain("-A POSTROUTING -j SHOAL-OVERLAY-OUT");
+      expect(rules).toContain("-A INPUT -j SHOAL-OVERLAY-IN");
+      // As iptables prints them back: the u32 test in hex (0x1001 = 4097), the mark as --set-xmark.
+      expect(rules).toContain(
+        '-A SHOAL-OVERLAY-MARK -p udp -m udp --dport 4789 -m u32 --u32 "0x0>>0x16&0x3c@0xc>>0x8=0x1001" -j MARK --set-xmark 0x53484c/0xffffffff',
+      );
+      expect(rules).toContain(
+        '-A SHOAL-OVERLAY-IN -p udp -m udp --dport 4789 -m u32 --u32 "0x0>>0x16&0x3c@0xc>>0x8=0x1001" -m policy --dir in --pol none -j SHOAL-CLEARTEXT-IN',
+      );
+      expect(saved).not.toContain("0x1002");
+      expect(await fw.cleartextCounters()).toEqual({ in: 0, out: 0 });
+      await fw.loadGuard([], 4789);
+      const after = await inNs(a, ["iptables-legacy-save", "-t", "mangle"]);
+      expect(after).not.toContain("SHOAL");
+      expect(after).toContain("-A OUTPUT -p tcp -j ACCEPT");
+      expect(await fw.cleartextCounters()).toBeUndefined();
+      // The probe's program is the same renderer's.
+      expect(renderIptablesGuard([1])).toContain("-I INPUT 1 -j SHOAL-OVERLAY-IN");
     } finally {
       await s.cleanup();
     }
   });
+
+  it("the gateway NAT loads in both backends and is replaced, not added to, when loaded again", async () => {
+    const s = await scratch();
+    try {
+      const a = await s.ns("a");
+      const g = { bridge: "shoal_gwbridge", subnet: "172.18.0.0/16" };
+      await firewallIn(a, "nftables").loadGateway(g);
+      await firewallIn(a, "nftables").loadGateway(g);
+      const nft = await inNs(a, ["nft", "list", "table", "ip", "shoal"]);
+      expect(nft.match(/masquerade/g)).toHaveLength(1);
+      expect(nft).toContain('ip saddr 172.18.0.0/16 oifname != "shoal_gwbridge" masquerade');
+      await firewallIn(a, "iptables").loadGateway(g);
+      await firewallIn(a, "iptables").loadGateway(g);
+      const ipt = await inNs(a, ["iptables-legacy-save"]);
+      expect(ipt.split("\n").filter((l) => /^-A (POSTROUTING|FORWARD) -j SHOAL-/.test(l))).toEqual([
+        "-A FORWARD -j SHOAL-FORWARD",
+        "-A POSTROUTING -j SHOAL-POSTROUTING",
+      ]);
+      expect(ipt).toContain("-A SHOAL-POSTROUTING -s 172.18.0.0/16 ! -o shoal_gwbridge -j MASQUERADE");
+      expect(ipt).toContain("-A SHOAL-FORWARD -o shoal_gwbridge -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  for (const backend of ["nftables", "iptables"] as const) {
+    it(`the ${backend} guard drops cleartext VXLAN of the encrypted VNI on the way out and on the way in; a plain VNI passes`, async () => {
+      const s = await scratch();
+      try {
+        const [a, b] = await twoHosts(s);
+        const fa = firewallIn(a, backend);
+        const fb = firewallIn(b, backend);
+        expect(await pingOk(a, "10.9.0.2")).toBe(true); // no guard yet: VXLAN works in clear
+        // Guard on A only: A's encrypted traffic never leaves in clear (no policy, no state here).
+        await fa.loadGuard([ENC_VNI], 4789);
+        expect(await pingOk(a, "10.9.0.2")).toBe(false);
+        expect(await pingOk(a, "10.8.0.2")).toBe(true);
+        expect((await fa.cleartextCounters())?.out).toBeGreaterThan(0);
+        // Guard on B only: B refuses A's cleartext for the encrypted VNI.
+        await fa.loadGuard([], 4789);
+        await fb.loadGuard([ENC_VNI], 4789);
+        expect(await pingOk(a, "10.9.0.2")).toBe(false);
+        expect(await pingOk(a, "10.8.0.2")).toBe(true);
+        expect((await fb.cleartextCounters())?.in).toBeGreaterThan(0);
+        // Reset removes it whichever backend loaded it.
+        await fb.resetGuard();
+        expect(await pingOk(a, "10.9.0.2")).toBe(true);
+      } finally {
+        await s.cleanup();
+      }
+    });
+  }
 });

@@ -989,6 +989,21 @@ describe("errors and connection", () => {
     );
   });
 
+  it("info prints the driver's status pairs (the firewall backend) under the storage driver, like docker info", async () => {
+    Object.assign(daemon.info, {
+      Driver: "shoal",
+      DriverStatus: [
+        ["Firewall Backend", "iptables"],
+        ["nftables", "unavailable (nft: Operation not supported)"],
+      ],
+    });
+    const r = await shoal("info");
+    expect(r.stdout).toContain(
+      " Server Version: 0.1.0\n Storage Driver: shoal\n  Firewall Backend: iptables\n" +
+        "  nftables: unavailable (nft: Operation not supported)\n Swarm: active\n",
+    );
+  });
+
   it("info of a node outside any swarm says inactive", async () => {
     daemon.info.Swarm = {
       NodeID: "",

@@ -128,6 +128,17 @@ class TestBackend implements SwarmBackend {
     };
   }
 
+  /** As a host whose kernel lacks nftables' inet family reports it (shoald's Daemon.firewallInfo). */
+  async firewallInfo(): Promise<{ Driver: string; Info: [string, string][] }> {
+    return {
+      Driver: "iptables",
+      Info: [
+        ["Program", "iptables-legacy"],
+        ["nftables", "unavailable (nft: Could not process rule: Operation not supported)"],
+      ],
+    };
+  }
+
   hostname(): string {
     return "alpha";
   }
@@ -643,6 +654,14 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
     expect(r.stdout).toMatch(/^ Name: alpha$/m);
     expect(r.stdout).toMatch(/^ Storage Driver: shoal$/m);
     expect(r.stdout).toMatch(/^ OSType: linux$/m);
+    // The firewall backend, under the storage driver (what this docker CLI prints of /info's DriverStatus).
+    expect(r.stdout).toContain(
+      " Storage Driver: shoal\n  Firewall Backend: iptables\n  Program: iptables-legacy\n" +
+        "  nftables: unavailable (nft: Could not process rule: Operation not supported)\n",
+    );
+    const fw = await docker("info", "--format", "{{.FirewallBackend.Driver}}");
+    expectOk(fw);
+    expect(fw.stdout.trim()).toBe("iptables");
     expect(r.stderr).not.toMatch(/ERROR|WARNING/);
     backend.mode = "manager";
     r = await docker("info");

@@ -7,9 +7,10 @@
 import { Writable } from "node:stream";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
+import { Firewall, renderIptablesGuard, renderNft } from "../../src/dataplane/firewall.js";
 import { IpsecDataplane, parseXfrmPolicies, parseXfrmStates } from "../../src/dataplane/ipsec.js";
-import type { RunOptions, RunResult } from "../../src/dataplane/runner.js";
-import { type Key, renderInstall, renderNft, renderRemove, renderRotate, spi } from "../../src/dataplane/xfrm.js";
+import type { Runner, RunOptions, RunResult } from "../../src/dataplane/runner.js";
+import { type Key, renderInstall, renderRemove, renderRotate, spi } from "../../src/dataplane/xfrm.js";
 
 const A = "192.0.2.1";
 const B = "192.0.2.2";
@@ -43,11 +44,13 @@ function recorder(answer?: (c: Call) => Partial<RunResult> | undefined) {
 
 const nft = (vnis: number[]): Call => ({ argv: ["nft", "-f", "-"], stdin: renderNft(vnis) });
 const ipb = (stdin: string): Call => ({ argv: ["ip", "-batch", "-"], stdin });
+/** The firewall of a host whose kernel has nftables' inet family (the probe is not run). */
+const nftables = (runner: Runner) => new Firewall({ runner, backend: "nftables" });
 
 describe("IpsecDataplane.sync", () => {
   it("guard first, SAs once keys arrive, shared remotes once, rotation in 3 steps, teardown policy-first then the guard", async () => {
     const r = recorder();
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
 
     // A container attaches before any key has arrived: only the guard (traffic of the VNI is dropped).
     await ip.sync({ keys: undefined, networks: [{ vni: 4097, remotes: [B] }] });
@@ -93,7 +96,7 @@ describe("IpsecDataplane.sync", () => {
 
   it("a remote joining while keys rotate gets the new keys; a ring two rotations ahead rotates in one go", async () => {
     const r = recorder();
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
     await ip.sync({ keys: K1, networks: [{ vni: 7, remotes: [B] }] });
     r.take();
     await ip.sync({ keys: K3, networks: [{ vni: 7, remotes: [B, C] }] });
@@ -106,7 +109,7 @@ describe("IpsecDataplane.sync", () => {
 
   it("keys going missing (a stale push) tear nothing down", async () => {
     const r = recorder();
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
     await ip.sync({ keys: K1, networks: [{ vni: 7, remotes: [B] }] });
     r.take();
     await ip.sync({ keys: undefined, networks: [{ vni: 7, remotes: [B] }] });
@@ -122,7 +125,7 @@ describe("IpsecDataplane.sync", () => {
       }
       return undefined;
     });
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, retryMs: 20 });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner), retryMs: 20 });
     try {
       await ip.sync({ keys: K1, networks: [{ vni: 7, remotes: [B, C] }] });
       const calls = r.take();
@@ -160,7 +163,7 @@ describe("IpsecDataplane.sync", () => {
       }
       return undefined;
     });
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
     await ip.sync({ keys: K1, networks: [{ vni: 7, remotes: [B] }] });
     r.take();
     await ip.sync({ keys: K2, networks: [{ vni: 7, remotes: [B] }] });
@@ -191,7 +194,13 @@ describe("IpsecDataplane.sync", () => {
     const r = recorder((c) =>
       c.stdin?.includes("state add") ? { code: 1, stderr: "Error: Requested AEAD algorithm not found.\n" } : undefined,
     );
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, logger, retryMs: 60_000 });
+    const ip = new IpsecDataplane({
+      localAddr: A,
+      runner: r.runner,
+      firewall: nftables(r.runner),
+      logger,
+      retryMs: 60_000,
+    });
     try {
       await ip.sync({ keys: K1, networks: [{ vni: 7, remotes: [B] }] });
       await ip.sync({ keys: K2, networks: [{ vni: 7, remotes: [B] }] });
@@ -217,7 +226,7 @@ describe("IpsecDataplane.sync", () => {
       "",
     ].join("\n");
     const r = recorder((c) => (c.argv.join(" ") === "ip xfrm policy list" ? { stdout: listing } : undefined));
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
     await ip.reset();
     expect(r.take()).toEqual([
       { argv: ["ip", "xfrm", "policy", "list"] },
@@ -227,7 +236,10 @@ describe("IpsecDataplane.sync", () => {
           `xfrm policy delete src ${A}/32 dst ${B}/32 proto udp dport 4789 dir out mark 0x0053484c\n` +
           "xfrm state deleteall reqid 0x0053484c\n",
       },
+      // The guard of a previous run is removed from both backends: nftables' table, and iptables' chains
+      // when iptables-legacy-save shows any (here it shows none, so no restore runs).
       nft([]),
+      { argv: ["iptables-legacy-save", "-t", "mangle"] },
     ]);
   });
 });
@@ -298,7 +310,7 @@ describe("reading the kernel back", () => {
       if (c.argv[2] === "policy") return { stdout: `${policy(B, 3)}\n${policy(C, 2)}\n` };
       return undefined;
     });
-    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
     const view = await ip.kernelView([B, C, "192.0.2.9"], K2);
     expect(view).toEqual([
       { ip: B, inbound: [2, 3, 4], outbound: 3, policy: true, complete: true },
@@ -311,3 +323,106 @@ describe("reading the kernel back", () => {
     ]);
   });
 });
+
+describe("IpsecDataplane on a host whose firewall is iptables-legacy", () => {
+  // What iptables-legacy-save -t mangle prints once the guard is loaded (jumps first in their chains).
+  const loaded = [
+    "# Generated by iptables-save v1.8.9",
+    "*mangle",
+    ":PREROUTING ACCEPT [0:0]",
+    ":INPUT ACCEPT [0:0]",
+    ":FORWARD ACCEPT [0:0]",
+    ":OUTPUT ACCEPT [0:0]",
+    ":POSTROUTING ACCEPT [0:0]",
+    ":SHOAL-CLEARTEXT-IN - [0:0]",
+    ":SHOAL-CLEARTEXT-OUT - [0:0]",
+    ":SHOAL-OVERLAY-IN - [0:0]",
+    ":SHOAL-OVERLAY-MARK - [0:0]",
+    ":SHOAL-OVERLAY-OUT - [0:0]",
+    "-A INPUT -j SHOAL-OVERLAY-IN",
+    "-A OUTPUT -j SHOAL-OVERLAY-MARK",
+    "-A POSTROUTING -j SHOAL-OVERLAY-OUT",
+    '-A SHOAL-OVERLAY-MARK -p udp -m udp --dport 4789 -m u32 --u32 "0x0>>0x16&0x3c@0xc>>0x8=0x1001" -j MARK --set-xmark 0x53484c/0xffffffff',
+    "-A SHOAL-CLEARTEXT-IN -j DROP",
+    "-A SHOAL-CLEARTEXT-OUT -j DROP",
+    "COMMIT",
+    "",
+  ].join("\n");
+
+  it("reads the mangle table, then loads the guard with one restore; jumps are inserted once; the last VNI unhooks it", async () => {
+    let have = "*mangle\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+    const r = recorder((c) => (c.argv[0] === "iptables-legacy-save" ? { stdout: have } : undefined));
+    const ip = new IpsecDataplane({
+      localAddr: A,
+      runner: r.runner,
+      firewall: new Firewall({ runner: r.runner, backend: "iptables" }),
+    });
+    const save: Call = { argv: ["iptables-legacy-save", "-t", "mangle"] };
+    const restore = (stdin: string): Call => ({ argv: ["iptables-legacy-restore", "-w", "--noflush"], stdin });
+
+    await ip.sync({ keys: K1, networks: [{ vni: 4097, remotes: [B] }] });
+    const first = renderIptablesGuard([4097], 4789, { chains: ["OUTPUT"], jumps: [] });
+    expect(first).toContain("-I OUTPUT 1 -j SHOAL-OVERLAY-MARK\n");
+    expect(r.take()).toEqual([save, restore(first), ipb(renderInstall(A, [B], K1))]);
+
+    // A second VNI: the chains are rewritten whole, and the jumps (already there) are not added again.
+    have = loaded;
+    await ip.sync({
+      keys: K1,
+      networks: [
+        { vni: 4097, remotes: [B] },
+        { vni: 4098, remotes: [B] },
+      ],
+    });
+    const second = r.take();
+    expect(second).toEqual([
+      save,
+      restore(
+        renderIptablesGuard([4097, 4098], 4789, {
+          chains: ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", ...loadedChains],
+          jumps: loadedJumps,
+        }),
+      ),
+    ]);
+    expect(second[1]!.stdin).not.toContain("-I ");
+
+    // The last network goes: its peer is torn down, then the guard is unhooked and deleted.
+    await ip.sync({ keys: K1, networks: [] });
+    const last = r.take();
+    expect(last[0]).toEqual(ipb(renderRemove(A, [B], K1)));
+    expect(last[1]).toEqual(save);
+    expect(last[2]!.stdin).toBe(
+      [
+        "*mangle",
+        "-D INPUT -j SHOAL-OVERLAY-IN",
+        "-D OUTPUT -j SHOAL-OVERLAY-MARK",
+        "-D POSTROUTING -j SHOAL-OVERLAY-OUT",
+        ...loadedChainsInOrder.map((c) => `-F ${c}`),
+        ...loadedChainsInOrder.map((c) => `-X ${c}`),
+        "COMMIT",
+        "",
+      ].join("\n"),
+    );
+  });
+});
+
+const loadedChains = [
+  "SHOAL-CLEARTEXT-IN",
+  "SHOAL-CLEARTEXT-OUT",
+  "SHOAL-OVERLAY-IN",
+  "SHOAL-OVERLAY-MARK",
+  "SHOAL-OVERLAY-OUT",
+];
+const loadedJumps = [
+  { from: "INPUT", to: "SHOAL-OVERLAY-IN" },
+  { from: "OUTPUT", to: "SHOAL-OVERLAY-MARK" },
+  { from: "POSTROUTING", to: "SHOAL-OVERLAY-OUT" },
+];
+/** shoal's guard chains in the order the removal names them (firewall.ts's own order). */
+const loadedChainsInOrder = [
+  "SHOAL-OVERLAY-MARK",
+  "SHOAL-OVERLAY-OUT",
+  "SHOAL-OVERLAY-IN",
+  "SHOAL-CLEARTEXT-OUT",
+  "SHOAL-CLEARTEXT-IN",
+];

@@ -1,4 +1,4 @@
-// The exact xfrm (`ip -batch`) and nftables programs for encrypted overlays: two hosts (one remote) and
+// The exact xfrm (`ip -batch`) programs for encrypted overlays (the guard's are in firewall.test.ts): two hosts (one remote) and
 // three hosts (two remotes), before and after a key rotation, plus SPI derivation and uniqueness. The SPIs
 // in the expected text were computed independently (a separate FNV-1a-32 implementation over
 // src ip16 | tag BE32 | dst ip16), not by the code under test.
@@ -11,9 +11,8 @@ import {
   encryptionUnsupportedError,
   ip16,
   type Key,
-  probeEsp,
+  probeXfrm,
   renderInstall,
-  renderNft,
   renderRemove,
   renderRotate,
   requireEncryption,
@@ -204,41 +203,6 @@ describe("renderRemove", () => {
   });
 });
 
-describe("renderNft", () => {
-  it("replaces table inet shoal-overlay atomically: mark, outbound guard, inbound guard on the VNI", () => {
-    expect(renderNft([4098, 4097, 4097], 4789)).toBe(
-      lines(
-        "table inet shoal-overlay {}",
-        "delete table inet shoal-overlay",
-        "table inet shoal-overlay {",
-        "\tcounter cleartext-in {",
-        "\t}",
-        "\tcounter cleartext-out {",
-        "\t}",
-        "\tchain mark-out {",
-        "\t\ttype route hook output priority mangle; policy accept;",
-        "\t\tudp dport 4789 @th,96,24 { 4097, 4098 } meta mark set 0x0053484c",
-        "\t}",
-        "\tchain guard-out {",
-        "\t\ttype filter hook postrouting priority filter; policy accept;",
-        '\t\tudp dport 4789 @th,96,24 { 4097, 4098 } rt ipsec missing counter name "cleartext-out" drop',
-        "\t}",
-        "\tchain guard-in {",
-        "\t\ttype filter hook input priority filter; policy accept;",
-        '\t\tudp dport 4789 @th,96,24 { 4097, 4098 } meta ipsec missing counter name "cleartext-in" drop',
-        "\t}",
-        "}",
-      ),
-    );
-  });
-
-  it("with no encrypted VNI it only removes the table; bad VNIs are refused", () => {
-    expect(renderNft([])).toBe(lines("table inet shoal-overlay {}", "delete table inet shoal-overlay"));
-    expect(() => renderNft([0])).toThrow(/invalid VNI/);
-    expect(() => renderNft([0x1000000])).toThrow(/invalid VNI/);
-  });
-});
-
 describe("encryptedMtu", () => {
   // Outer IPv4 packet of an encrypted VXLAN frame carrying `mtu` bytes of inner IP packet.
   const outer = (mtu: number, icv: number) => {
@@ -258,36 +222,23 @@ describe("encryptedMtu", () => {
   });
 });
 
-describe("probeEsp and the refusal", () => {
+describe("probeXfrm and the refusal", () => {
   const result = (code: number, stderr = ""): RunResult => ({ code, stderr, stdout: "" });
 
-  it("tries one ESP/AES-GCM state and the nft guard, each in an anonymous scratch namespace", async () => {
-    const calls: { argv: string[]; stdin?: string }[] = [];
-    const runner: Runner = async (argv, opts) => {
-      calls.push({ argv, ...(opts?.stdin === undefined ? {} : { stdin: opts.stdin }) });
-      return argv[2] === "ip" ? result(2, "Error: Requested AEAD algorithm not found.\n") : result(0);
+  it("tries one ESP/AES-GCM state in an anonymous scratch namespace, and gives the kernel's reason", async () => {
+    const calls: string[] = [];
+    const runner: Runner = async (argv) => {
+      calls.push(argv.join(" "));
+      return result(2, "Error: Requested AEAD algorithm not found.\n");
     };
-    expect(await probeEsp(runner)).toEqual({
-      supported: false,
-      reason: "this kernel cannot do IPsec ESP with AES-GCM (ip xfrm: Requested AEAD algorithm not found)",
-    });
-    expect(calls.map((c) => c.argv.join(" "))).toEqual([
+    expect(await probeXfrm(runner)).toBe(
+      "this kernel cannot do IPsec ESP with AES-GCM (ip xfrm: Requested AEAD algorithm not found)",
+    );
+    expect(calls).toEqual([
       "unshare --net ip xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x00000100 reqid 0x0053484c" +
         ` mode transport aead rfc4106(gcm(aes)) 0x${"00".repeat(20)} 128`,
-      "unshare --net nft -f -",
     ]);
-    expect(calls[1]!.stdin).toBe(renderNft([1]));
-  });
-
-  it("supported when both succeed; an nft failure is a reason too", async () => {
-    expect(await probeEsp(async () => result(0))).toEqual({ supported: true });
-    const r = await probeEsp(async (argv) =>
-      argv[2] === "nft" ? result(1, "Error: Could not process rule\n") : result(0),
-    );
-    expect(r).toEqual({
-      supported: false,
-      reason: "the nftables guard against cleartext cannot be loaded (nft: Could not process rule)",
-    });
+    expect(await probeXfrm(async () => result(0))).toBeUndefined();
   });
 
   it("the refusal says which network, why, that there is no cleartext fallback, and what to do", () => {
