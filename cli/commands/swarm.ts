@@ -1,6 +1,8 @@
-// shoal swarm init | join | join-token | leave | update — docker swarm's requests and output, with
-// "shoal swarm ..." in the commands it suggests.
+// shoal swarm init | join | join-token | leave | update | unlock | unlock-key | ca — docker swarm's
+// requests and output, with "shoal swarm ..." in the commands it suggests.
 
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { CliError, type EngineClient } from "../client.js";
 import { type FlagSpec, group, type Invocation, leaf } from "../command.js";
@@ -251,6 +253,164 @@ async function runUpdate(inv: Invocation): Promise<void> {
   if (after && !before) await printUnlockKey(inv, client);
 }
 
+// ---- unlock, unlock-key ---------------------------------------------------------------------------------
+
+async function readKey(): Promise<string> {
+  const chunks: Buffer[] = [];
+  if (process.stdin.isTTY) process.stdout.write("Enter unlock key: ");
+  for await (const c of process.stdin) {
+    chunks.push(c as Buffer);
+    if (Buffer.concat(chunks).includes(10)) break;
+  }
+  return Buffer.concat(chunks).toString("utf8").split("\n")[0]!.trim();
+}
+
+async function runUnlock(inv: Invocation): Promise<void> {
+  const client = inv.client();
+  const state = str(obj(obj(await client.get("/info")).Swarm).LocalNodeState);
+  if (state === "inactive") throw new CliError("Error: This node is not part of a swarm");
+  if (state !== "locked") throw new CliError("Error: swarm is not locked");
+  const key = await readKey();
+  await client.call("POST", "/swarm/unlock", {
+    body: requestBody(new GoStruct("swarm.UnlockRequest", [field("UnlockKey", key)])),
+  });
+}
+
+async function runUnlockKey(inv: Invocation): Promise<void> {
+  const client = inv.client();
+  const quiet = inv.flag<boolean>("quiet") === true;
+  if (inv.flag<boolean>("rotate") === true) {
+    const sw = obj(await client.get("/swarm"));
+    if (obj(obj(sw.Spec).EncryptionConfig).AutoLockManagers !== true) {
+      throw new CliError("cannot rotate because autolock is not turned on");
+    }
+    const version = obj(sw.Version).Index;
+    await client.call("POST", "/swarm/update", {
+      query: {
+        rotateManagerToken: "false",
+        rotateManagerUnlockKey: "true",
+        rotateWorkerToken: "false",
+        version: String(typeof version === "number" ? version : 0),
+      },
+      body: requestBody(goSwarmSpec(sw.Spec)),
+    });
+    if (!quiet) inv.out("Successfully rotated manager unlock key.\n");
+  }
+  let key: string;
+  try {
+    key = str(obj(await client.get("/swarm/unlockkey")).UnlockKey);
+  } catch (e) {
+    if (e instanceof CliError) throw new CliError(`could not fetch unlock key: ${e.message}`);
+    throw e;
+  }
+  if (key === "") throw new CliError("no unlock key is set");
+  if (quiet) inv.out(`${key}\n`);
+  else await printUnlockKey(inv, client);
+}
+
+// ---- ca -------------------------------------------------------------------------------------------------
+
+function pemFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new CliError(
+      `open ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file or directory" : (e as Error).message}`,
+    );
+  }
+  if (!/-----BEGIN [A-Z ]+-----/.test(text)) throw new CliError(`file contents must be in PEM format`);
+  return text;
+}
+
+/**
+ * What `docker swarm ca --rotate` prints while it waits when its output is not a terminal: the three
+ * progress names, then the desired root's digest on every poll (200 ms) until every node has a certificate
+ * from the new issuer and trusts the new root.
+ */
+async function rotationProgress(inv: Invocation, client: EngineClient, quiet: boolean): Promise<void> {
+  const say = (t: string) => {
+    if (!quiet) inv.out(t);
+  };
+  say("desired root digest: \n  rotated TLS certificates: \n  rotated CA certificates:  \n");
+  let done = false;
+  for (;;) {
+    const sw = obj(await client.get("/swarm"));
+    if (done) return;
+    const tls = obj(sw.TLSInfo);
+    const nodes = await client.get("/nodes");
+    say(`desired root digest: sha256:${createHash("sha256").update(str(tls.TrustRoot)).digest("hex")}\n`);
+    const list = Array.isArray(nodes) ? nodes.map(obj) : [];
+    const nodeTls = (n: Json) => obj(obj(n.Description).TLSInfo);
+    const certs = list.filter(
+      (n) =>
+        nodeTls(n).CertIssuerPublicKey === tls.CertIssuerPublicKey &&
+        nodeTls(n).CertIssuerSubject === tls.CertIssuerSubject,
+    ).length;
+    const roots = list.filter((n) => nodeTls(n).TrustRoot === tls.TrustRoot).length;
+    done = certs === list.length && sw.RootRotationInProgress !== true && roots === list.length;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function runCA(inv: Invocation): Promise<void> {
+  const client = inv.client();
+  const sw = obj(await client.get("/swarm"));
+  if (inv.flag<boolean>("rotate") !== true) {
+    for (const f of ["ca-cert", "ca-key", "cert-expiry", "external-ca"]) {
+      if (inv.changed(f)) throw new CliError(`\`--${f}\` flag requires the \`--rotate\` flag to update the CA`);
+    }
+    return displayTrustRoot(inv, sw);
+  }
+  if (inv.changed("ca-cert") && !inv.changed("ca-key")) {
+    throw new CliError(
+      "the --ca-cert flag requires that a --ca-key flag and/or --external-ca flag be provided as well",
+    );
+  }
+  const spec: Json = { ...obj(sw.Spec) };
+  const ca: Json = { ...obj(spec.CAConfig) };
+  const cert = inv.changed("ca-cert") ? pemFile(inv.flag<string>("ca-cert")) : "";
+  const key = inv.changed("ca-key") ? pemFile(inv.flag<string>("ca-key")) : "";
+  if (inv.changed("cert-expiry")) ca.NodeCertExpiry = inv.flag("cert-expiry");
+  if (inv.changed("external-ca")) ca.ExternalCAs = [parseExternalCA(inv.flag<string>("external-ca"))];
+  ca.SigningCACert = cert;
+  ca.SigningCAKey = key;
+  if (cert === "" && key === "") ca.ForceRotate = (typeof ca.ForceRotate === "number" ? ca.ForceRotate : 0) + 1;
+  spec.CAConfig = ca;
+  const version = obj(sw.Version).Index;
+  await client.call("POST", "/swarm/update", {
+    query: {
+      rotateManagerToken: "false",
+      rotateManagerUnlockKey: "false",
+      rotateWorkerToken: "false",
+      version: String(typeof version === "number" ? version : 0),
+    },
+    body: requestBody(goSwarmSpec(spec)),
+  });
+  if (inv.flag<boolean>("detach") === true) return;
+  await rotationProgress(inv, client, inv.flag<boolean>("quiet") === true);
+  displayTrustRoot(inv, obj(await client.get("/swarm")));
+}
+
+/** --external-ca protocol=cfssl,url=https://...: passed on for the daemon to answer (shoal refuses external CAs). */
+function parseExternalCA(text: string): Json {
+  const out: Json = { Protocol: "", URL: "" };
+  for (const part of text.split(",")) {
+    const i = part.indexOf("=");
+    const k = (i < 0 ? part : part.slice(0, i)).toLowerCase();
+    const v = i < 0 ? "" : part.slice(i + 1);
+    if (k === "protocol") out.Protocol = v.toLowerCase();
+    else if (k === "url") out.URL = v;
+  }
+  return out;
+}
+
+function displayTrustRoot(inv: Invocation, sw: Json): void {
+  const root = str(obj(sw.TLSInfo).TrustRoot);
+  if (root === "") throw new CliError("No CA information available");
+  inv.out(`${root.trim()}\n`);
+}
+
 // ---- wiring ---------------------------------------------------------------------------------------------
 
 const ADVERTISE: FlagSpec = {
@@ -372,5 +532,63 @@ export function addSwarmCommands(program: Command): void {
       ...SWARM_FLAGS,
     ],
     run: runUpdate,
+  });
+  leaf(swarm, {
+    name: "unlock",
+    use: "",
+    short: "Unlock swarm",
+    args: { kind: "none" },
+    run: runUnlock,
+  });
+  leaf(swarm, {
+    name: "unlock-key",
+    use: "[OPTIONS]",
+    short: "Manage the unlock key",
+    args: { kind: "none" },
+    flags: [
+      { long: "quiet", short: "q", kind: "bool", description: "Only display token" },
+      { long: "rotate", kind: "bool", description: "Rotate unlock key" },
+    ],
+    run: runUnlockKey,
+  });
+  leaf(swarm, {
+    name: "ca",
+    use: "[OPTIONS]",
+    short: "Display and rotate the root CA",
+    args: { kind: "none" },
+    flags: [
+      {
+        long: "ca-cert",
+        type: "pem-file",
+        kind: "string",
+        description: "Path to the PEM-formatted root CA certificate to use for the new cluster",
+      },
+      {
+        long: "ca-key",
+        type: "pem-file",
+        kind: "string",
+        description: "Path to the PEM-formatted root CA key to use for the new cluster",
+      },
+      SWARM_FLAGS.find((f) => f.long === "cert-expiry")!,
+      {
+        long: "detach",
+        short: "d",
+        kind: "bool",
+        description: "Exit immediately instead of waiting for the root rotation to converge",
+      },
+      {
+        long: "external-ca",
+        type: "external-ca",
+        kind: "string",
+        description: "Specifications of one or more certificate signing endpoints",
+      },
+      { long: "quiet", short: "q", kind: "bool", description: "Suppress progress output" },
+      {
+        long: "rotate",
+        kind: "bool",
+        description: "Rotate the swarm CA - if no certificate or key are provided, new ones will be generated",
+      },
+    ],
+    run: runCA,
   });
 }

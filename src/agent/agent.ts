@@ -23,6 +23,12 @@ export interface AgentOptions {
   logger: Logger;
   /** Every message of the session, decoded and checked (a malformed one is logged and dropped). */
   onMessage: (msg: DecodedSession) => void;
+  /**
+   * A session attempt failed before it was established (or an established one broke); `consecutive`
+   * counts the attempts since the last established session. The daemon uses it to notice a root CA
+   * rotation it missed while it was down.
+   */
+  onSessionFailure?: (addr: string, err: unknown, consecutive: number) => void;
 }
 
 export const CHANNEL_OPTIONS = {
@@ -44,6 +50,8 @@ export class Agent {
   private heartbeat: NodeJS.Timeout | undefined;
   /** The manager the session is with, once established. */
   connectedTo: string | undefined;
+  /** Whether the current attempt got as far as an established session. */
+  private established = false;
   private loop: Promise<void> | undefined;
   private readonly log: Logger;
 
@@ -61,8 +69,9 @@ export class Agent {
     await this.loop;
   }
 
-  /** Drop the current session and reconnect (after a certificate change, say). */
+  /** Drop the current session and reconnect (after a certificate change, say), to the same manager first. */
   reconnect(): void {
+    if (this.connectedTo) this.hint = this.connectedTo;
     this.teardown();
   }
 
@@ -90,6 +99,7 @@ export class Agent {
 
   private async run(): Promise<void> {
     let backoff = 100;
+    let failures = 0;
     while (!this.stopped) {
       const addr = this.nextAddr();
       if (!addr) {
@@ -99,8 +109,17 @@ export class Agent {
       try {
         await this.session(addr);
         backoff = 100;
+        failures = 0;
       } catch (e) {
         if (this.stopped) return;
+        // A session that was up and broke (or was dropped on purpose) starts over quickly.
+        if (this.established) backoff = 100;
+        failures = this.established ? 1 : failures + 1;
+        try {
+          this.opts.onSessionFailure?.(addr, e, failures);
+        } catch (err) {
+          this.log.warn({ err }, "handling a session failure failed");
+        }
         const hint = leaderHint(e);
         if (hint && hint !== addr) {
           this.hint = hint;
@@ -119,6 +138,7 @@ export class Agent {
   }
 
   private session(addr: string): Promise<void> {
+    this.established = false;
     return new Promise<void>((resolve, reject) => {
       const client = new DispatcherClient(addr, this.opts.credentials(), CHANNEL_OPTIONS);
       const stream = client.session(
@@ -145,6 +165,7 @@ export class Agent {
         if (!sessionId) {
           sessionId = msg.sessionId;
           this.connectedTo = addr;
+          this.established = true;
           this.log.info({ manager: addr }, "session established");
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = msg.heartbeatPeriodMs;

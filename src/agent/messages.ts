@@ -16,6 +16,7 @@ import {
   NodeRoleSchema,
   NodeSchema,
   ObjectId,
+  Pem,
 } from "../api/objects.js";
 import { describeIssues, HostName, HostPort, IpAddress, ObjectName } from "../api/schema.js";
 import type { AttachResponse, NetworkState, PeerEndpoint, SessionMessage } from "../gen/cluster.js";
@@ -76,6 +77,15 @@ const SessionMessageSchema = z.object({
   role: NodeRoleSchema,
   networks: z.array(NetworkStateSchema).max(4096),
   networkKeysJson: z.union([z.literal(""), jsonOf(AgentKeysSchema, 16 << 10)]),
+  rootCaPem: z.union([z.literal(""), Pem.regex(/-----BEGIN CERTIFICATE-----/, "must be a PEM certificate")]),
+  /** An issuer's public key (base64 DER), as TLSInfo.CertIssuerPublicKey. */
+  renewCertificateIssuer: z.union([
+    z.literal(""),
+    z
+      .string()
+      .max(1024)
+      .regex(/^[A-Za-z0-9+/]+=*$/),
+  ]),
 });
 
 const AttachResponseSchema = z.object({
@@ -101,6 +111,10 @@ export interface DecodedSession {
   keys: AgentKeys | undefined;
   /** The keys' JSON as it came (for the key push's comparisons). */
   networkKeysJson: string;
+  /** The swarm's root CA now ("" if the manager did not say). */
+  rootCaPem: string;
+  /** During a root rotation, when it is this node's turn: the issuer to renew its certificate to. */
+  renewCertificateIssuer: string;
 }
 
 export class MalformedMessage extends Error {}
@@ -123,6 +137,8 @@ export function decodeSessionMessage(msg: SessionMessage): DecodedSession {
     networks: d.networks.map((n, i) => held(msg.networks[i]!, n)),
     keys: d.networkKeysJson === "" ? undefined : (d.networkKeysJson as AgentKeys),
     networkKeysJson: msg.networkKeysJson,
+    rootCaPem: d.rootCaPem,
+    renewCertificateIssuer: d.renewCertificateIssuer,
   };
 }
 

@@ -17,6 +17,13 @@ export const MSG_WORKER =
 export const MSG_ALREADY_IN_SWARM =
   'This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.';
 export const MSG_NOT_IN_SWARM = "This node is not part of a swarm";
+/** A manager whose keys are sealed under the swarm's unlock key (autolock), after a restart. */
+export const MSG_LOCKED =
+  'Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.';
+export const MSG_LEAVE_LOCKED =
+  "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.";
+/** 401: the key given to "docker swarm unlock" does not open this manager's keys. */
+export const MSG_INVALID_UNLOCK_KEY = "swarm could not be unlocked: invalid key provided";
 
 /** 503: the node is not in a swarm, or is a worker, or the swarm has no leader. */
 export const notManager = (): ApiError => new ApiError(503, MSG_NOT_MANAGER);

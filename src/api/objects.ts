@@ -120,7 +120,16 @@ export const SwarmSpecSchema = z.object({
     HeartbeatTick: Count,
   }),
   Dispatcher: z.object({ HeartbeatPeriod: Nanos }),
-  CAConfig: z.object({ NodeCertExpiry: Nanos }),
+  CAConfig: z.object({
+    NodeCertExpiry: Nanos,
+    /** swarm ca --rotate: a change starts a rotation to a new root the managers make. */
+    ForceRotate: Count.optional(),
+    /** swarm ca --rotate --ca-cert/--ca-key: the root to rotate to. Never stored, never shown. */
+    SigningCACert: Pem.optional(),
+    SigningCAKey: Pem.optional(),
+    /** Refused when not empty: shoal signs with its own CA key only. */
+    ExternalCAs: z.array(z.unknown()).max(8).nullable().optional(),
+  }),
   TaskDefaults: z.object({
     LogDriver: z.object({ Name: Short, Options: stringMap(MAX_OPTIONS).optional() }).optional(),
   }),
@@ -165,12 +174,38 @@ export const ClusterInfoSchema = z.object({
 });
 export type ClusterInfo = z.infer<typeof ClusterInfoSchema>;
 
-/** What only managers hold: the CA key and the join tokens. */
+/** An autolock unlock key: SWMKEY-1- and 32 bytes in unpadded base64 (src/ca/unlockkey.ts). */
+export const UnlockKeySchema = z.string().regex(/^SWMKEY-1-[A-Za-z0-9+/]{43}$/, "must be an unlock key (SWMKEY-1-...)");
+
+/** A root CA rotation in progress: the new root, its key, and the new root signed by the current one. */
+export const RootRotationSchema = z.object({
+  caCertPem: Pem,
+  caKeyPem: Pem,
+  /** The new root's certificate issued by the current root: appended to what the new key signs. */
+  crossSignedPem: Pem,
+});
+export type RootRotation = z.infer<typeof RootRotationSchema>;
+
+/**
+ * The root a finished rotation replaced, kept while nodes that were down during it have not come back:
+ * its cross-signed intermediate stays appended to new certificates, so such a node (trusting the old root
+ * only) can still verify the managers, and its old certificate still proves who it is to recover a new one.
+ */
+export const RetiredRootSchema = z.object({ caCertPem: Pem, crossSignedPem: Pem });
+export type RetiredRoot = z.infer<typeof RetiredRootSchema>;
+
+/** What only managers hold: the CA key, the join tokens, and the unlock key while autolock is on. */
 export const ClusterSecretsSchema = z.object({
   rootCACertPem: Pem,
   rootCAKeyPem: Pem,
   workerToken: z.string().max(256),
   managerToken: z.string().max(256),
+  /** The key-encryption key every manager seals its raft key under (autolock on); absent when off. */
+  unlockKey: UnlockKeySchema.optional(),
+  rootRotation: RootRotationSchema.optional(),
+  retiredRoot: RetiredRootSchema.optional(),
+  /** The CAConfig.ForceRotate the last rotation was started for. */
+  lastForcedRotation: Count.optional(),
 });
 export type ClusterSecrets = z.infer<typeof ClusterSecretsSchema>;
 
@@ -181,6 +216,11 @@ export const NodeRecordSchema = z.object({
   node: NodeSchema,
   /** The role the node actually has (its certificate's), as opposed to Spec.Role, the desired one. */
   role: NodeRoleSchema,
+  /**
+   * Root rotation: the issuer (public key, TLSInfo.CertIssuerPublicKey) this node was told to renew its
+   * certificate to; set for a batch of nodes at a time.
+   */
+  certRenew: z.string().max(MAX_PEM_BYTES).optional(),
 });
 export type NodeRecord = z.infer<typeof NodeRecordSchema>;
 

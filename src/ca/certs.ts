@@ -2,11 +2,20 @@
 // and the renewal schedule. The CA decides the identity (CN node id, OU role, O cluster id); the
 // subject a node puts in its CSR is ignored, but the CSR's signature must prove key possession.
 
-import { X509Certificate as NodeX509Certificate, type webcrypto } from "node:crypto";
+import { createPrivateKey, createPublicKey, X509Certificate as NodeX509Certificate, type webcrypto } from "node:crypto";
 import { CAError } from "./errors.js";
 import { cryptoRandomBytes, type RandomBytes } from "./random.js";
 import { BACKDATE_MS, ROOT_CA_CN, type RootCA } from "./rootca.js";
-import { certToPem, EC_SIGN_PARAMS, generateEcKeyPair, privateKeyToPem, randomSerialHex, x509 } from "./x509.js";
+import {
+  certToPem,
+  EC_KEY_PARAMS,
+  EC_SIGN_PARAMS,
+  generateEcKeyPair,
+  privateKeyToPem,
+  randomSerialHex,
+  subtle,
+  x509,
+} from "./x509.js";
 
 export type NodeRole = "manager" | "worker";
 
@@ -46,6 +55,34 @@ export async function generateNodeKeyAndCSR(nodeId?: string): Promise<NodeKeyAnd
     signingAlgorithm: EC_SIGN_PARAMS,
   });
   return { keyPem: await privateKeyToPem(keys.privateKey), csrPem: certToPem(csr) };
+}
+
+/**
+ * A CSR for a key the node already has (PEM): what a node that missed a root rotation sends with its old
+ * certificate, the CSR's signature proving it holds that certificate's key.
+ */
+export async function csrForKey(keyPem: string, nodeId?: string): Promise<string> {
+  const priv = createPrivateKey(keyPem);
+  const privateKey = await subtle.importKey(
+    "pkcs8",
+    priv.export({ type: "pkcs8", format: "der" }),
+    EC_KEY_PARAMS,
+    false,
+    ["sign"],
+  );
+  const publicKey = await subtle.importKey(
+    "spki",
+    createPublicKey(priv).export({ type: "spki", format: "der" }),
+    EC_KEY_PARAMS,
+    true,
+    ["verify"],
+  );
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: nodeId === undefined ? [] : [{ CN: [nodeId] }],
+    keys: { privateKey, publicKey },
+    signingAlgorithm: EC_SIGN_PARAMS,
+  });
+  return certToPem(csr);
 }
 
 export interface SignNodeCSROptions {

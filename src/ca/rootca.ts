@@ -62,7 +62,7 @@ export async function createRootCA(opts: CreateRootCAOptions = {}): Promise<Root
 
 /** What RootCA.issue needs to sign a certificate. */
 export interface IssueParams {
-  subject: x509.JsonName;
+  subject: x509.JsonName | x509.Name;
   publicKey: x509.PublicKey;
   notBefore: Date;
   notAfter: Date;
@@ -177,6 +177,42 @@ export class RootCA {
       if (leaf.checkIssued(root) && leaf.verify(root.publicKey)) return root;
     }
     return null;
+  }
+
+  /**
+   * Root rotation's cross-signed intermediate: the CA certificate `otherPem` (the new root) issued again by
+   * this root. It keeps the new root's subject, public key, key identifier and validity, so a certificate the
+   * new key signs chains to either root: directly to the new one, or through this one to the old.
+   */
+  async crossSign(otherPem: string, randomBytes: RandomBytes = cryptoRandomBytes): Promise<string> {
+    if (this.#key === null) {
+      throw new CAError("no-ca-key", "This node is not a swarm manager: it does not hold the cluster CA key.");
+    }
+    let other: x509.X509Certificate;
+    try {
+      other = new x509.X509Certificate(otherPem);
+    } catch (err) {
+      throw new CAError("invalid-root-ca", "the new root CA certificate is not a readable certificate", { cause: err });
+    }
+    if (!other.getExtension(x509.BasicConstraintsExtension)?.ca) {
+      throw new CAError("invalid-root-ca", "the new root CA certificate is not a CA certificate");
+    }
+    const ski =
+      other.getExtension(x509.SubjectKeyIdentifierExtension) ??
+      (await x509.SubjectKeyIdentifierExtension.create(other.publicKey));
+    const cert = await this.issue({
+      subject: other.subjectName,
+      publicKey: other.publicKey,
+      notBefore: other.notBefore,
+      notAfter: other.notAfter,
+      serialNumber: randomSerialHex(randomBytes),
+      extensions: [
+        new x509.BasicConstraintsExtension(true, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+        ski,
+      ],
+    });
+    return certToPem(cert);
   }
 
   /** Signs a certificate with the root key (managers only). Used by signNodeCSR. */

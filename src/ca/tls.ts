@@ -26,6 +26,7 @@ import { X509Certificate as NodeX509Certificate } from "node:crypto";
 import * as tls from "node:tls";
 import { ChannelCredentials, type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
 import { MANAGER_OU, type NodeRole, parseNodeCert } from "./certs.js";
+import { chainLeadsTo } from "./chain.js";
 
 /** The identity of an authenticated peer. */
 export interface PeerIdentity {
@@ -295,16 +296,33 @@ function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
   return blocks.map((b) => new NodeX509Certificate(b));
 }
 
+/**
+ * The certificates the server presented, leaf first, following the issuer links Node gives
+ * (getPeerCertificate(true)): during a root rotation a manager's leaf comes with the cross-signed
+ * intermediate that leads to the old root.
+ */
+function presentedChain(cert: tls.PeerCertificate): NodeX509Certificate[] {
+  const out: NodeX509Certificate[] = [];
+  const seen = new Set<string>();
+  let c: tls.PeerCertificate | undefined = cert;
+  while (c !== undefined && Buffer.isBuffer(c.raw) && out.length < 4 && !seen.has(c.fingerprint256)) {
+    seen.add(c.fingerprint256);
+    out.push(new NodeX509Certificate(c.raw));
+    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
+  }
+  return out;
+}
+
 /** Node has verified the chain against the roots when this runs; we re-check the issuer and the role. */
 function checkManagerCertificate(roots: NodeX509Certificate[], cert: tls.PeerCertificate): Error | undefined {
   if (!Buffer.isBuffer(cert.raw)) return new Error("the swarm manager presented no certificate");
-  let leaf: NodeX509Certificate;
+  let chain: NodeX509Certificate[];
   try {
-    leaf = new NodeX509Certificate(cert.raw);
+    chain = presentedChain(cert);
   } catch {
     return new Error("the swarm manager presented an unreadable certificate");
   }
-  if (!roots.some((r) => leaf.checkIssued(r) && leaf.verify(r.publicKey))) {
+  if (!chainLeadsTo(chain, roots)) {
     return new Error("the server's certificate was not issued by this swarm's root CA");
   }
   let role: NodeRole;

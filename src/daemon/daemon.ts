@@ -15,6 +15,9 @@ import {
   ApiError,
   alreadyInSwarm,
   badRequest,
+  MSG_INVALID_UNLOCK_KEY,
+  MSG_LEAVE_LOCKED,
+  MSG_LOCKED,
   MSG_WORKER,
   notInSwarm,
   notManager,
@@ -22,10 +25,12 @@ import {
 } from "../api/errors.js";
 import { DEFAULT_SWARM_SPEC } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime, signNodeCSR } from "../ca/certs.js";
+import { clusterTLSInfo, nodeTLSInfo } from "../ca/chain.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
 import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
 import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
+import { formatUnlockKey, generateKek, parseUnlockKey } from "../ca/unlockkey.js";
 import { EmbeddedDns } from "../dataplane/dns.js";
 import { Firewall, type FirewallPreference, probeEsp } from "../dataplane/firewall.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
@@ -71,6 +76,7 @@ import { Serial } from "../serial.js";
 import { VERSION } from "../version.js";
 import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
 import { HostNetworking } from "./networking.js";
+import { RootFollower } from "./rotation.js";
 import { type Certificates, DataRoot, type LocalState } from "./state.js";
 
 export interface DaemonOptions {
@@ -131,11 +137,33 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   /** The next try to become a manager (a promotion, a restart) while the listen address cannot be bound. */
   private managerRetry: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** A manager whose keys are sealed under the swarm's unlock key, waiting for "docker swarm unlock". */
+  private locked = false;
+  /** Follows root CA rotations: renews when told, adopts the new root, recovers if it missed one. */
+  private readonly follower: RootFollower;
 
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
     this.root = new DataRoot(opts.dataRoot);
     this.firewall = new Firewall({ logger: opts.logger, prefer: opts.firewallBackend ?? "auto" });
+    this.follower = new RootFollower({
+      nodeId: () => this.state?.nodeId ?? "",
+      certs: () => this.certs,
+      useCertificates: async (c) => {
+        this.certs = c;
+        await this.root.saveCertificates(c);
+        this.manager?.updateCertificates(c);
+        this.scheduleRenewal();
+      },
+      renew: async () => {
+        const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
+        if (!addr) throw new Error("no manager to renew the certificate with");
+        await this.renewCertificate(addr);
+      },
+      reconnect: () => this.agent?.reconnect(),
+      serial: (f) => this.serial(f),
+      logger: this.log.child({ component: "root-ca" }),
+    });
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -176,6 +204,19 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     const state = await this.root.loadState();
     if (!state) return;
     this.state = state;
+    if (state.role === "manager" && (await this.root.isLocked())) {
+      this.locked = true;
+      this.log.warn(
+        { node: state.nodeId },
+        "this manager's keys are sealed under the swarm's unlock key: it stays locked until \"docker swarm unlock\"",
+      );
+      return;
+    }
+    await this.resumeUnlocked(state);
+  }
+
+  /** Start the parts of a swarm member whose keys are readable (after a restart, or an unlock). */
+  private async resumeUnlocked(state: LocalState): Promise<void> {
     this.certs = await this.root.loadCertificates();
     this.log.info({ node: state.nodeId, role: state.role }, "resuming swarm membership from the data root");
     if (state.role === "manager" && state.raftId !== undefined) {
@@ -206,6 +247,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     this.networking?.close();
     await this.dns?.close().catch(() => undefined);
     if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.follower.stop();
     await this.agent?.stop();
     this.agent = undefined;
     await this.manager?.stop();
@@ -219,6 +261,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     const state = this.state!;
     this.manager = await Manager.start({
       openRaftStorage: () => this.root.openRaftStorage(),
+      keysAtRest: { currentKek: () => this.root.currentKek(), seal: (kek) => this.root.sealSecrets(kek) },
       state,
       certs: this.certs!,
       logger: this.log,
@@ -307,6 +350,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       addr: s.dataPathAddr,
       logger: this.log,
       onMessage: (msg) => this.onSessionMessage(msg),
+      onSessionFailure: (addr, _err, consecutive) => this.follower.onSessionFailure(addr, consecutive),
     });
     this.agent.start();
   }
@@ -317,6 +361,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       Platform: { Architecture: os.arch() === "x64" ? "x86_64" : os.arch(), OS: "linux" },
       Resources: { NanoCPUs: os.cpus().length * 1e9, MemoryBytes: os.totalmem() },
       Engine: { EngineVersion: VERSION, Plugins: [{ Type: "Network", Name: "overlay" }] },
+      // The root this node trusts and who issued its certificate: what `docker swarm ca` watches.
+      ...(this.certs ? { TLSInfo: nodeTLSInfo(this.certs.rootPem, this.certs.certPem) } : {}),
     };
   }
 
@@ -328,6 +374,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       s.managers = managers;
       void this.root.saveState(s).catch((e: unknown) => this.log.warn({ err: e }, "could not save the manager list"));
     }
+    this.follower.onSessionMessage(msg);
     this.networking?.onSessionNetworks(msg.networks);
     this.networking?.onSessionKeys(msg.networkKeysJson);
     this.desiredRole = msg.role;
@@ -468,6 +515,16 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         RemoteManagers: null,
       };
     }
+    if (this.locked) {
+      return {
+        NodeID: s.nodeId,
+        NodeAddr: s.dataPathAddr,
+        LocalNodeState: "locked",
+        ControlAvailable: false,
+        Error: MSG_LOCKED,
+        RemoteManagers: s.managers.map((m) => ({ NodeID: m.nodeId, Addr: m.addr })),
+      };
+    }
     const info: SwarmInfo = {
       NodeID: s.nodeId,
       NodeAddr: s.dataPathAddr,
@@ -490,6 +547,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   private requireControl(): Control {
     if (!this.state) throw notManager();
+    if (this.locked) throw unavailable(MSG_LOCKED);
     if (this.state.role !== "manager") throw new ApiError(503, MSG_WORKER);
     if (!this.control) throw notManager();
     return this.control;
@@ -501,6 +559,44 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void> {
     return this.requireControl().swarmUpdate(spec, opts);
+  }
+
+  /** GET /swarm/unlockkey: the unlock key while autolock is on, else "". */
+  swarmUnlockKey(): Promise<string> {
+    return this.requireControl().unlockKey();
+  }
+
+  /** POST /swarm/unlock: open this manager's sealed keys with the unlock key, then start it. */
+  swarmUnlock(keyText: string): Promise<void> {
+    return this.serial(async () => {
+      const s = this.state;
+      if (!s) throw notManager();
+      if (!this.locked) {
+        if (s.role === "manager") throw new ApiError(409, "swarm is not locked");
+        throw new ApiError(503, MSG_WORKER);
+      }
+      let kek: Buffer;
+      try {
+        kek = parseUnlockKey(keyText);
+      } catch {
+        throw badRequest("invalid key string");
+      }
+      if (!(await this.root.unlock(kek))) {
+        this.log.warn({}, "unlock refused: the key does not open this manager's raft key");
+        throw new ApiError(401, MSG_INVALID_UNLOCK_KEY);
+      }
+      this.locked = false;
+      try {
+        await this.resumeUnlocked(s);
+      } catch (e) {
+        this.locked = true;
+        throw e;
+      }
+      this.log.info({ node: s.nodeId }, "unlocked: this manager's keys are open");
+      void this.reconcileNetworking().catch((e: unknown) =>
+        this.log.warn({ err: e }, "could not reconcile overlay namespaces"),
+      );
+    });
   }
 
   nodeList(filters: NodeListFilters): Promise<Node[]> {
@@ -560,6 +656,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
   /** The overlay machinery of this host, built on first use (it needs the swarm's data-path address). */
   ensureNetworking(): HostNetworking {
     if (this.networking) return this.networking;
+    if (this.locked) throw unavailable(MSG_LOCKED);
     const s = this.state;
     if (!s) {
       throw new ApiError(503, 'overlay networks need a swarm: run "shoal swarm init" or "shoal swarm join" first');
@@ -618,7 +715,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   /** After a restart: overlay namespaces of the previous run hold no container of ours any more. */
   async reconcileNetworking(): Promise<void> {
-    if (!this.state) return;
+    // A locked manager reconciles once it is unlocked (swarmUnlock).
+    if (!this.state || this.locked) return;
     this.ensureNetworking();
     const report = await this.dataplane!.reconcile(new Map());
     // Probe at start (in the background): the log says at once whether encrypted networks can work here.
@@ -754,6 +852,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.serial(async () => {
       if (this.state) {
         if (req.ForceNewCluster && this.state.role === "manager" && this.state.raftId !== undefined) {
+          if (this.locked) throw unavailable(MSG_LOCKED);
           return this.forceNew();
         }
         throw alreadyInSwarm();
@@ -762,6 +861,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen);
       const dataPathAddr = req.DataPathAddr ? resolveAdvertiseAddr(req.DataPathAddr, listen).ip : advertise.ip;
       const spec = mergeSpec(req.Spec);
+      const autolock = req.AutoLockManagers === true || req.Spec?.EncryptionConfig?.AutoLockManagers === true;
+      spec.EncryptionConfig = { AutoLockManagers: autolock };
       const pool = req.DefaultAddrPool && req.DefaultAddrPool.length > 0 ? req.DefaultAddrPool : ["10.0.0.0/8"];
       const subnetSize = req.SubnetSize || 24;
       if (subnetSize < 1 || subnetSize > 29)
@@ -772,12 +873,16 @@ export class Daemon implements SwarmBackend, NetworkBackend {
       if (dataPathPort < 1024 || dataPathPort > 49151)
         throw badRequest(`invalid data path port ${dataPathPort}: it must be within 1024-49151`);
 
+      if (spec.CAConfig.NodeCertExpiry > 0 && spec.CAConfig.NodeCertExpiry < 3600e9) {
+        throw badRequest("minimum certificate expiry time is: 1h0m0s");
+      }
       const ca = await createRootCA();
       const clusterId = newClusterId();
       const nodeId = newNodeId();
       const rootCA = await RootCA.fromPem(ca.certPem, ca.keyPem);
       const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
-      const certPem = await signNodeCSR(rootCA, csrPem, { nodeId, role: "manager", clusterId });
+      const days = spec.CAConfig.NodeCertExpiry / 86_400e9;
+      const certPem = await signNodeCSR(rootCA, csrPem, { nodeId, role: "manager", clusterId, days });
       const raftId = 1 + Math.floor(Math.random() * (2 ** 47 - 2));
       this.certs = { rootPem: ca.certPem, certPem, keyPem };
       this.state = {
@@ -819,6 +924,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
             rootCAKeyPem: ca.keyPem,
             workerToken: generateJoinToken(ca.certPem),
             managerToken: generateJoinToken(ca.certPem),
+            ...(autolock ? { unlockKey: formatUnlockKey(generateKek()) } : {}),
           },
         });
         await m.write({
@@ -983,6 +1089,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return this.serial(async () => {
       const s = this.state;
       if (!s) throw notInSwarm();
+      if (this.locked && !force) throw unavailable(MSG_LEAVE_LOCKED);
       const m = this.manager;
       if (s.role === "manager" && m) {
         const { voters, reachable } = m.quorumView();
@@ -1135,7 +1242,7 @@ function mergeSpec(s: Partial<SwarmSpec> | undefined): SwarmSpec {
 }
 
 function tlsInfo(rootPem: string): ClusterInfo["TLSInfo"] {
-  return { TrustRoot: rootPem, CertIssuerSubject: Buffer.from("swarm-ca").toString("base64"), CertIssuerPublicKey: "" };
+  return clusterTLSInfo(rootPem);
 }
 
 async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {

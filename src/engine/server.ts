@@ -145,6 +145,8 @@ export class EngineServer {
       r("POST", "/swarm/join", this.swarmJoin),
       r("POST", "/swarm/leave", this.swarmLeave),
       r("POST", "/swarm/update", this.swarmUpdate),
+      r("GET", "/swarm/unlockkey", this.swarmUnlockKey),
+      r("POST", "/swarm/unlock", this.swarmUnlock),
       r("GET", "/nodes", this.nodeList),
       r("GET", `/nodes/${SEG}`, this.nodeInspect),
       r("POST", `/nodes/${SEG}/update`, this.nodeUpdate),
@@ -505,6 +507,18 @@ export class EngineServer {
     const spec = await readJSONObject(req);
     if (spec === undefined) throw badRequest("invalid JSON: the request body must be the swarm's Spec");
     await this.backend.swarmUpdate(spec as unknown as SwarmSpec, opts);
+    sendEmpty(res);
+  }
+
+  private async swarmUnlockKey({ res }: Ctx): Promise<void> {
+    sendJSON(res, 200, { UnlockKey: await this.backend.swarmUnlockKey() });
+  }
+
+  private async swarmUnlock({ req, res }: Ctx): Promise<void> {
+    const body = (await readJSONObject(req)) ?? {};
+    const key = body.UnlockKey ?? "";
+    if (typeof key !== "string") throw badRequest("invalid JSON: UnlockKey must be a string");
+    await this.backend.swarmUnlock(key);
     sendEmpty(res);
   }
 

@@ -35,6 +35,8 @@ export interface SwarmInitRequest {
   DefaultAddrPool?: string[];
   SubnetSize?: number;
   Availability?: NodeAvailability;
+  /** swarm init --autolock */
+  AutoLockManagers?: boolean;
 }
 
 export interface SwarmJoinRequest {
@@ -93,6 +95,10 @@ export interface SwarmBackend {
   swarmJoin(req: SwarmJoinRequest): Promise<void>;
   swarmLeave(force: boolean): Promise<void>;
   swarmUpdate(spec: SwarmSpec, opts: SwarmUpdateOptions): Promise<void>;
+  /** GET /swarm/unlockkey: the unlock key while autolock is on, "" while it is off. */
+  swarmUnlockKey(): Promise<string>;
+  /** POST /swarm/unlock: open a locked manager with its unlock key. */
+  swarmUnlock(unlockKey: string): Promise<void>;
   nodeList(filters: NodeListFilters): Promise<Node[]>;
   /** ref: a full id, a unique id prefix, a hostname, or "self". */
   nodeInspect(ref: string): Promise<Node>;

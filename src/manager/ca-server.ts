@@ -1,5 +1,7 @@
 // The CA service: the root certificate for anyone, a node certificate for a valid join token, and
 // renewal for nodes that have one. Any manager can sign: the root CA key is in the replicated store.
+// During a root rotation the managers sign with the new root's key and append the cross-signed
+// intermediate (src/manager/ca-rotation.ts); a node left behind by one recovers with its old certificate.
 
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
@@ -7,18 +9,20 @@ import type { Logger } from "pino";
 import type { Node, NodeAvailability, NodeRole } from "../api/objects.js";
 import { signNodeCSR } from "../ca/certs.js";
 import { newNodeId } from "../ca/ids.js";
-import type { RootCA } from "../ca/rootca.js";
 import { parseJoinToken, tokensEqual } from "../ca/token.js";
 import type {
   GetRootCACertificateRequest,
   GetRootCACertificateResponse,
   IssueNodeCertificateRequest,
   IssueNodeCertificateResponse,
+  RecoverNodeCertificateRequest,
+  RecoverNodeCertificateResponse,
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
 import type { Command, Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
+import { nodeCertDays, recoverCertificate, signingCA } from "./ca-rotation.js";
 import { GrpcError, peerIp, unaryHandler } from "./grpc-util.js";
 import type { JoinLimiter } from "./join-limiter.js";
 
@@ -34,7 +38,6 @@ export interface CAServiceCluster {
   readonly joinLimiter: JoinLimiter;
   readBarrier(): Promise<void>;
   write(cmd: Command): Promise<number>;
-  rootCA(): Promise<RootCA>;
 }
 
 export function caService(m: CAServiceCluster): UntypedServiceImplementation {
@@ -43,7 +46,8 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       _call: ServerUnaryCall<GetRootCACertificateRequest, GetRootCACertificateResponse>,
       cb: sendUnaryData<GetRootCACertificateResponse>,
     ) => {
-      cb(null, { certificatePem: m.tls.rootPem });
+      // The swarm's root now (what the join tokens' digest is of), or this manager's own until it knows.
+      cb(null, { certificatePem: m.store.cluster()?.secrets.rootCACertPem ?? m.tls.rootPem });
     },
 
     issueNodeCertificate: unaryHandler<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
@@ -80,8 +84,9 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       // The ACL parsed the request: availability is one of Docker's three, or empty.
       const availability = (req.availability || "active") as NodeAvailability;
       const nodeId = newNodeId();
-      const rootCA = await m.rootCA();
-      const certificatePem = await signNodeCSR(rootCA, req.csrPem, { nodeId, role, clusterId: m.clusterId }).catch(
+      const { ca, chainPem } = await signingCA(cluster);
+      const days = nodeCertDays(cluster);
+      const leafPem = await signNodeCSR(ca, req.csrPem, { nodeId, role, clusterId: m.clusterId, days }).catch(
         (e: unknown) => {
           throw new GrpcError(
             status.INVALID_ARGUMENT,
@@ -89,6 +94,7 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
           );
         },
       );
+      const certificatePem = leafPem + chainPem;
       const node: Node = newNodeObject(nodeId, role, availability, req.hostname, from);
       await m.write({ op: "node.create", node, role });
       m.log.info({ node: nodeId, role, hostname: req.hostname }, "issued a certificate to a joining node");
@@ -101,19 +107,41 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       await m.readBarrier();
       const rec = m.store.node(peer.nodeId);
       if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
-      const rootCA = await m.rootCA();
-      const certificatePem = await signNodeCSR(rootCA, call.request.csrPem, {
+      const cluster = m.store.cluster();
+      if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
+      const { ca, chainPem } = await signingCA(cluster);
+      const leafPem = await signNodeCSR(ca, call.request.csrPem, {
         nodeId: peer.nodeId,
         role: rec.role,
         clusterId: m.clusterId,
+        days: nodeCertDays(cluster),
       }).catch((e: unknown) => {
         throw new GrpcError(
           status.INVALID_ARGUMENT,
           `invalid certificate request: ${e instanceof Error ? e.message : String(e)}`,
         );
       });
-      return { certificatePem, role: rec.role };
+      return { certificatePem: leafPem + chainPem, role: rec.role };
     }),
+
+    recoverNodeCertificate: unaryHandler<RecoverNodeCertificateRequest, RecoverNodeCertificateResponse>(
+      async (call) => {
+        await m.readBarrier();
+        const cluster = m.store.cluster();
+        if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
+        const out = await recoverCertificate(
+          {
+            cluster,
+            clusterId: m.clusterId,
+            node: (id) => m.store.node(id),
+            isRemoved: (id) => m.store.isRemoved(id),
+          },
+          call.request,
+        );
+        m.log.info({ role: out.role }, "issued a certificate under the new root CA to a node that missed the rotation");
+        return out;
+      },
+    ),
   };
 }
 

@@ -4,9 +4,11 @@
 
 import { ApiError, badRequest, nodeNotFound } from "../api/errors.js";
 import { generateJoinToken } from "../ca/token.js";
+import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
 import type { NodeId } from "../raft/types.js";
 import type { Command, NodeRecord, Store } from "../store/store.js";
+import { planRootRotation } from "./ca-rotation.js";
 
 /** What the control API needs of its manager: the store, writes and reads, and the Raft group's view. */
 export interface ControlCluster {
@@ -53,13 +55,30 @@ export class Control {
     const c = this.m.store.cluster();
     if (!c) throw new ApiError(503, "the cluster is not initialised yet");
     validateSwarmSpec(spec);
+    // A root CA rotation is planned (new root made and cross-signed) before anything is written; the
+    // signing certificate and key never stay in the spec.
+    const caChange = await planRootRotation(c, spec);
+    if (spec.CAConfig) {
+      delete spec.CAConfig.SigningCACert;
+      delete spec.CAConfig.SigningCAKey;
+    }
     await this.m.write({
       op: "cluster.update",
       version: opts.version,
       spec,
       ...(opts.rotateWorkerToken ? { workerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
       ...(opts.rotateManagerToken ? { managerToken: generateJoinToken(c.secrets.rootCACertPem) } : {}),
+      ...nextUnlockKey(c.secrets.unlockKey, spec, opts.rotateManagerUnlockKey),
+      ...caChange,
     });
+  }
+
+  /** The unlock key while autolock is on, "" while it is off (GET /swarm/unlockkey). */
+  async unlockKey(): Promise<string> {
+    await this.m.readBarrier();
+    const c = this.m.store.cluster();
+    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
+    return c.info.Spec.EncryptionConfig?.AutoLockManagers ? (c.secrets.unlockKey ?? "") : "";
   }
 
   async nodeList(filters: NodeListFilters): Promise<Node[]> {
@@ -129,6 +148,16 @@ export class Control {
     }
     await this.m.write({ op: "node.remove", id });
   }
+}
+
+/**
+ * A new unlock key when autolock is being turned on, or rotated (swarm unlock-key --rotate) while on; none
+ * otherwise (the store keeps the key while autolock stays on, and drops it when it is turned off).
+ */
+function nextUnlockKey(current: string | undefined, spec: SwarmSpec, rotate: boolean): { unlockKey?: string } {
+  if (!spec.EncryptionConfig?.AutoLockManagers) return {};
+  if (current !== undefined && !rotate) return {};
+  return { unlockKey: formatUnlockKey(generateKek()) };
 }
 
 function validateNodeSpec(spec: NodeSpec): void {

@@ -10,7 +10,7 @@ import type { Logger } from "pino";
 import { type NodeDescription, NodeDescriptionSchema } from "../api/objects.js";
 import { parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
-import type { StoreEvent } from "../store/store.js";
+import type { ClusterRecord, NodeRecord, StoreEvent } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
 import { type AttachmentCluster, attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
@@ -122,6 +122,7 @@ export class Dispatcher {
       role: rec.role,
       networks: statesForNode(this.m.store, s.nodeId),
       networkKeysJson: networkKeysFor(this.m.store, s.nodeId),
+      ...rootCAFor(this.m.store.cluster(), rec),
     };
   }
 
@@ -230,6 +231,19 @@ export class Dispatcher {
     if (!this.sessions.has(s.id)) return;
     this.push(s);
   }
+}
+
+/**
+ * What a session says about the root CA: the root every node should hold, and, during a rotation, the
+ * issuer this node should renew to once the reconciler has told it to (node.certRenew).
+ */
+function rootCAFor(
+  c: ClusterRecord | undefined,
+  rec: NodeRecord,
+): { rootCaPem: string; renewCertificateIssuer: string } {
+  const want = c?.info.TLSInfo.CertIssuerPublicKey;
+  const renew = c?.secrets.rootRotation !== undefined && rec.certRenew !== undefined && rec.certRenew === want;
+  return { rootCaPem: c?.info.TLSInfo.TrustRoot ?? "", renewCertificateIssuer: renew ? rec.certRenew! : "" };
 }
 
 /** A session's description: absent, or a NodeDescription (anything else is refused, naming the field). */

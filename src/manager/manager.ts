@@ -11,7 +11,6 @@ import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
 import { RaftMemberSchema } from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
-import { RootCA } from "../ca/rootca.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
@@ -30,6 +29,8 @@ import {
 } from "../raft/types.js";
 import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
 import { type AclContext, type Allowed, type Rule, withAcl } from "./acl.js";
+import { AutolockKeeper } from "./autolock.js";
+import { listenerTrust, RootRotationReconciler } from "./ca-rotation.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
@@ -69,6 +70,11 @@ export interface ManagerOptions {
   onLeaderChange?: (leader: NodeId) => void;
   /** --encryption-key-rotation in ms (default: what the store has, 12 h for a new keyring). */
   encryptionKeyRotationMs?: number;
+  /**
+   * This manager's keys at rest (the daemon's data root): the unlock key they are sealed under now (null:
+   * in clear), and how to re-seal them when the cluster's autolock setting or key changes.
+   */
+  keysAtRest?: { currentKek: () => Buffer | null | undefined; seal: (kek: Buffer | null) => Promise<void> };
 }
 
 /**
@@ -142,6 +148,12 @@ export class Manager {
   private roleManager: RoleManager;
   /** Leader only: creates the overlay keyring and rotates it on its stored schedule. */
   private keyManager: KeyManager;
+  /** Every manager: keeps this manager's keys at rest sealed as the cluster's autolock setting says. */
+  private readonly autolock: AutolockKeeper;
+  /** Leader only: moves every node to a new root CA, then finishes the rotation. */
+  private readonly rootRotation: RootRotationReconciler;
+  /** The root bundle the listener trusts now (listenerTrust). */
+  private trusted = "";
   private certs: TLSMaterial;
   private readonly opts: ManagerOptions;
   private peers = new Map<NodeId, string>();
@@ -174,15 +186,45 @@ export class Manager {
       ...(opts.encryptionKeyRotationMs ? { intervalMs: opts.encryptionKeyRotationMs } : {}),
       logger: opts.logger.child({ component: "keymanager" }),
     });
+    this.autolock = new AutolockKeeper({
+      cluster: () => this.store.cluster(),
+      onClusterChange: (f) => {
+        const l = (e: { kind: string }) => {
+          if (e.kind === "cluster" || e.kind === "restore") f();
+        };
+        this.store.events.on("event", l);
+        return () => this.store.events.off("event", l);
+      },
+      currentKek: () => opts.keysAtRest?.currentKek() ?? null,
+      seal: (kek) => opts.keysAtRest?.seal(kek) ?? Promise.resolve(),
+      logger: opts.logger.child({ component: "autolock" }),
+    });
+    this.rootRotation = new RootRotationReconciler({
+      cluster: () => this.store.cluster(),
+      nodes: () => this.store.nodes(),
+      onEvent: (f) => {
+        this.store.events.on("event", f);
+        return () => this.store.events.off("event", f);
+      },
+      write: (c) => this.write(c),
+      logger: opts.logger.child({ component: "ca-rotation" }),
+    });
+    // The listener trusts the rotation's new root as soon as a rotation starts, the new root alone once
+    // it is over.
+    this.store.events.on("event", (e: { kind: string }) => {
+      if (e.kind === "cluster" || e.kind === "restore") this.refreshTrust();
+    });
   }
 
   static async start(opts: ManagerOptions): Promise<Manager> {
     const m = new Manager(opts);
     // The listener first: a busy port is a clear error before anything else has started.
     await m.startServer();
+    m.autolock.start();
     try {
       await m.startRaft();
     } catch (e) {
+      m.autolock.stop();
       await m.listener?.close();
       m.server?.forceShutdown();
       throw e;
@@ -196,10 +238,22 @@ export class Manager {
     return this.certs;
   }
 
-  /** After a certificate renewal. */
+  /** After a certificate renewal, or a new root adopted. */
   updateCertificates(c: TLSMaterial): void {
     this.certs = c;
-    this.listener?.update({ rootPem: c.rootPem, certPem: c.certPem, keyPem: c.keyPem });
+    this.trusted = listenerTrust(c.rootPem, this.store.cluster());
+    this.listener?.update({ rootPem: this.trusted, certPem: c.certPem, keyPem: c.keyPem });
+  }
+
+  private refreshTrust(): void {
+    const next = listenerTrust(this.certs.rootPem, this.store.cluster());
+    if (next === this.trusted || !this.listener) return;
+    this.trusted = next;
+    this.listener.update({ rootPem: next, certPem: this.certs.certPem, keyPem: this.certs.keyPem });
+    this.log.info(
+      { roots: next.split("-----BEGIN CERTIFICATE-----").length - 1 },
+      "the cluster listener's trusted roots changed",
+    );
   }
 
   private async startRaft(): Promise<void> {
@@ -286,6 +340,8 @@ export class Manager {
           getRootCaCertificate: rule("anyone", "getRootCaCertificate"),
           issueNodeCertificate: rule("anyone", "issueNodeCertificate"),
           renewNodeCertificate: rule(nodes, "renewNodeCertificate"),
+          // Proof of identity is the retired root's certificate in the request (ca-rotation.ts).
+          recoverNodeCertificate: rule("anyone", "recoverNodeCertificate"),
         },
         acl,
       ),
@@ -312,7 +368,7 @@ export class Manager {
       this.listener = await listenTLS(server, {
         host,
         port: Number(portText),
-        rootPem: this.certs.rootPem,
+        rootPem: (this.trusted = listenerTrust(this.certs.rootPem, undefined)),
         certPem: this.certs.certPem,
         keyPem: this.certs.keyPem,
       });
@@ -367,12 +423,14 @@ export class Manager {
       this.dispatcher.becomeLeader();
       this.roleManager.start();
       this.keyManager.start();
+      this.rootRotation.start();
     } else if (!isLeader && this.leaderState) {
       this.leaderState = false;
       this.log.info({ leader: lead.toString(16) }, "this manager is no longer the leader");
       this.dispatcher.loseLeadership();
       this.roleManager.stop();
       this.keyManager.stop();
+      this.rootRotation.stop();
     }
   }
 
@@ -477,12 +535,6 @@ export class Manager {
     return reachableAfter < Math.floor(after / 2) + 1;
   }
 
-  rootCA(): Promise<RootCA> {
-    const c = this.store.cluster();
-    if (!c) throw new ApiError(503, "the cluster is not initialised yet");
-    return RootCA.fromPem(c.secrets.rootCACertPem, c.secrets.rootCAKeyPem);
-  }
-
   roleOf(nodeId: string): NodeRole | undefined {
     return this.store.node(nodeId)?.role;
   }
@@ -510,8 +562,11 @@ export class Manager {
     if (this.prober) clearInterval(this.prober);
     this.roleManager.stop();
     this.keyManager.stop();
+    this.rootRotation.stop();
+    this.autolock.stop();
     this.dispatcher.loseLeadership();
     await this.raft.stop();
+    await this.autolock.settled();
     await this.transport.close();
     if (this.server) this.server.forceShutdown();
     await this.listener?.close();

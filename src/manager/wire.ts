@@ -5,7 +5,7 @@
 
 import { isIP } from "node:net";
 import { z } from "zod";
-import { MAX_CSR_BYTES, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_TOKEN_LENGTH } from "../api/limits.js";
+import { MAX_CSR_BYTES, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_PEM_BYTES, MAX_TOKEN_LENGTH } from "../api/limits.js";
 import { Aliases, ContainerId, EndpointId, NodeAvailabilitySchema, ObjectId } from "../api/objects.js";
 import { HostName, HostPort, IpAddress, Ipv4Address, ObjectName, shortText } from "../api/schema.js";
 
@@ -27,6 +27,11 @@ export const requestSchemas = {
     listenAddrError: shortText(MAX_MESSAGE_LENGTH),
   }),
   renewNodeCertificate: z.object({ csrPem: Csr }),
+  /** A node's certificate chain from the retired root, and a CSR signed with that certificate's key. */
+  recoverNodeCertificate: z.object({
+    csrPem: Csr,
+    certificatePem: z.string().min(1, "is required").max(MAX_PEM_BYTES, `must be at most ${MAX_PEM_BYTES} bytes`),
+  }),
   join: z.object({ addr: HostPort }),
   leave: z.object({ nodeId: z.union([empty, ObjectId]) }),
   session: z.object({

@@ -1,5 +1,6 @@
 // The cluster table: one record (the swarm's info and spec, and the secrets only managers hold).
 
+import { applySecretsChange } from "./ca.js";
 import type { Command } from "./commands.js";
 import { type ApplyContext, clone, fail, type Outcome, ok, type State } from "./state.js";
 
@@ -19,6 +20,7 @@ export function applyCluster(s: State, c: ClusterCommand, ctx: ApplyContext): Ou
     s.cluster.info.Spec = clone(c.spec);
     if (c.workerToken) s.cluster.secrets.workerToken = c.workerToken;
     if (c.managerToken) s.cluster.secrets.managerToken = c.managerToken;
+    applySecretsChange(s.cluster, c);
     s.cluster.info.Version = { Index: ctx.index };
     s.cluster.info.UpdatedAt = ctx.at;
   }

@@ -24,11 +24,20 @@ import {
   ObjectId,
   RaftId,
   RaftMemberSchema,
+  RootRotationSchema,
   SwarmSpecSchema,
+  TLSInfoSchema,
+  UnlockKeySchema,
 } from "../api/objects.js";
 import { Count, IpAddress, IsoTime, ObjectName, shortText } from "../api/schema.js";
 
 const Token = z.string().max(256);
+/** sha256 of a root CA PEM (rootDigest): which rotation a command concerns. */
+const RootDigest = z.string().regex(/^[0-9a-f]{64}$/, "must be a sha256 digest");
+/** An issuer's public key (base64 DER), as TLSInfo.CertIssuerPublicKey. */
+const IssuerKey = z.string().max(1024);
+/** Nodes told to renew in one entry (the reconciler's batches are of 30). */
+const MAX_RENEW_BATCH = 64;
 
 export const CommandSchema = z.discriminatedUnion("op", [
   z.strictObject({ op: z.literal("cluster.create"), info: ClusterInfoSchema, secrets: ClusterSecretsSchema }),
@@ -38,6 +47,27 @@ export const CommandSchema = z.discriminatedUnion("op", [
     spec: SwarmSpecSchema,
     workerToken: Token.optional(),
     managerToken: Token.optional(),
+    /** A new unlock key (autolock turned on, or its key rotated); autolock off removes the key. */
+    unlockKey: UnlockKeySchema.optional(),
+    /** A root CA rotation started (or, null, aborted) by this update, and the cluster's TLSInfo after it. */
+    rootRotation: RootRotationSchema.nullable().optional(),
+    tlsInfo: TLSInfoSchema.optional(),
+  }),
+  /** The rotation whose new root has digest `target` is over: its root becomes the root; new tokens. */
+  z.strictObject({
+    op: z.literal("cluster.rootRotation.finish"),
+    target: RootDigest,
+    workerToken: Token,
+    managerToken: Token,
+    tlsInfo: TLSInfoSchema,
+  }),
+  /** Every node has moved on: the root with digest `retired` is no longer accepted for recovery. */
+  z.strictObject({ op: z.literal("cluster.rootRotation.retire"), retired: RootDigest }),
+  /** Root rotation: these nodes are told (through their sessions) to renew to the issuer `issuer`. */
+  z.strictObject({
+    op: z.literal("node.certRenew"),
+    ids: z.array(ObjectId).max(MAX_RENEW_BATCH),
+    issuer: IssuerKey,
   }),
   z.strictObject({ op: z.literal("node.create"), node: NodeSchema, role: NodeRoleSchema }),
   z.strictObject({ op: z.literal("node.update"), id: ObjectId, version: Count, spec: NodeSpecSchema }),

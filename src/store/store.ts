@@ -15,6 +15,7 @@ import type { Logger } from "pino";
 import type { ClusterRecord, EndpointRecord, Keyring, NetworkRecord, NodeRecord, RaftMember } from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
 import type { NodeId } from "../raft/types.js";
+import { applyCertRenew, applyRootRotation } from "./ca.js";
 import { applyCluster } from "./cluster.js";
 import { type Command, CommandSchema, EntryTime } from "./commands.js";
 import { applyEndpoint } from "./endpoints.js";
@@ -172,6 +173,11 @@ export class Store {
       case "cluster.create":
       case "cluster.update":
         return applyCluster(s, c, ctx);
+      case "cluster.rootRotation.finish":
+      case "cluster.rootRotation.retire":
+        return applyRootRotation(s, c, ctx);
+      case "node.certRenew":
+        return applyCertRenew(s, c, ctx);
       case "node.create":
       case "node.update":
       case "node.status":

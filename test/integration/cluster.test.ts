@@ -1118,6 +1118,8 @@ describe("a role change that cannot complete (a fake manager refuses the certifi
           role: "manager",
           networks: [],
           networkKeysJson: "",
+          rootCaPem: "",
+          renewCertificateIssuer: "",
         });
       },
       heartbeat: (_call: unknown, cb: grpc.sendUnaryData<{ periodMs: number }>) => cb(null, { periodMs: 1000 }),

@@ -398,6 +398,32 @@ export class Lab {
     return this.exec(DOCKER, ["-H", this.host(i), ...args], this.env(), 30_000);
   }
 
+  /** The real docker CLI against daemon i, with `input` on its stdin (e.g. the key for `swarm unlock`). */
+  dockerWithInput(i: number, input: string, ...args: string[]): Promise<Result> {
+    return this.cliWithInput("docker", i, input, ...args);
+  }
+
+  /** A CLI against daemon i with `input` on its stdin. */
+  cliWithInput(cli: Cli, i: number, input: string, ...args: string[]): Promise<Result> {
+    this.touched.add(i);
+    const [file, argv] =
+      cli === "docker"
+        ? [DOCKER, ["-H", this.host(i), ...args]]
+        : [process.execPath, [SHOAL, "-H", this.host(i), ...args]];
+    return new Promise((resolvePromise) => {
+      const child = execFile(
+        file,
+        argv,
+        { env: this.env(), timeout: 30_000, maxBuffer: 8 << 20 },
+        (err, stdout, stderr) => {
+          const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
+          resolvePromise({ code: e ? (typeof e.code === "number" ? e.code : -1) : 0, stdout, stderr });
+        },
+      );
+      child.stdin?.end(input);
+    });
+  }
+
   /** Our shoal CLI against daemon i. */
   shoal(i: number, ...args: string[]): Promise<Result> {
     this.touched.add(i);

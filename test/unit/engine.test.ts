@@ -13,6 +13,9 @@ import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import {
   ApiError,
   alreadyInSwarm,
+  conflict,
+  MSG_INVALID_UNLOCK_KEY,
+  MSG_LOCKED,
   nodeNotFound,
   notManager,
   outOfSequence,
@@ -89,7 +92,7 @@ function makeNode(id: string, hostname: string, role: NodeRole, leader: boolean,
   };
 }
 
-type Mode = "inactive" | "pending" | "manager" | "worker";
+type Mode = "inactive" | "pending" | "manager" | "worker" | "locked";
 
 /** An in-memory swarm of three nodes (two managers, one worker) seen from "alpha". */
 class TestBackend implements SwarmBackend {
@@ -109,7 +112,11 @@ class TestBackend implements SwarmBackend {
   private record(op: string, ...args: unknown[]): void {
     this.calls.push({ op, args });
   }
+  /** The unlock key while autolock is on. */
+  unlockKey = "";
+
   private requireManager(): void {
+    if (this.mode === "locked") throw unavailable(MSG_LOCKED);
     if (this.mode === "worker") throw workerNode();
     if (this.mode !== "manager") throw notManager();
   }
@@ -143,13 +150,13 @@ class TestBackend implements SwarmBackend {
     return "alpha";
   }
   async swarmInfo(): Promise<SwarmInfo> {
-    if (this.mode === "inactive" || this.mode === "pending") {
+    if (this.mode === "inactive" || this.mode === "pending" || this.mode === "locked") {
       return {
         NodeID: "",
         NodeAddr: "",
         LocalNodeState: this.mode,
         ControlAvailable: false,
-        Error: "",
+        Error: this.mode === "locked" ? MSG_LOCKED : "",
         RemoteManagers: null,
       };
     }
@@ -195,6 +202,16 @@ class TestBackend implements SwarmBackend {
     if (opts.rotateManagerToken) this.tokens.Manager = "SWMTKN-1-manager1";
     this.spec = spec;
     this.clusterVersion++;
+  }
+  async swarmUnlockKey(): Promise<string> {
+    this.requireManager();
+    return this.unlockKey;
+  }
+  async swarmUnlock(key: string): Promise<void> {
+    this.record("swarmUnlock", key);
+    if (this.mode !== "locked") throw conflict("swarm is not locked");
+    if (key !== this.unlockKey) throw new ApiError(401, MSG_INVALID_UNLOCK_KEY);
+    this.mode = "manager";
   }
   async nodeList(filters: NodeListFilters): Promise<Node[]> {
     this.record("nodeList", filters);
@@ -526,6 +543,31 @@ describe("engine API over the unix socket", () => {
       { version: 42, rotateWorkerToken: true, rotateManagerToken: false, rotateManagerUnlockKey: false },
     ]);
     expectError(await postJSON("/v1.50/swarm/update?version=42", spec), 500, "update out of sequence");
+  });
+
+  test("GET /swarm/unlockkey and POST /swarm/unlock: dockerd's shapes and statuses", async () => {
+    backend.mode = "manager";
+    let r = await call("GET", "/v1.50/swarm/unlockkey");
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.body)).toEqual({ UnlockKey: "" });
+    backend.unlockKey = "SWMKEY-1-key";
+    expect(JSON.parse((await call("GET", "/v1.50/swarm/unlockkey")).body)).toEqual({ UnlockKey: "SWMKEY-1-key" });
+    expectError(await postJSON("/v1.50/swarm/unlock", { UnlockKey: "SWMKEY-1-key" }), 409, "swarm is not locked");
+
+    backend.mode = "locked";
+    expectError(await call("GET", "/v1.50/swarm/unlockkey"), 503, MSG_LOCKED);
+    expectError(await call("GET", "/v1.50/swarm"), 503, MSG_LOCKED);
+    expect((await call("GET", "/_ping")).headers.swarm).toBe("locked");
+    expectError(
+      await postJSON("/v1.50/swarm/unlock", { UnlockKey: 5 }),
+      400,
+      "invalid JSON: UnlockKey must be a string",
+    );
+    expectError(await postJSON("/v1.50/swarm/unlock", { UnlockKey: "SWMKEY-1-bad" }), 401, MSG_INVALID_UNLOCK_KEY);
+    expect(backend.lastCall("swarmUnlock")).toEqual(["SWMKEY-1-bad"]);
+    r = await postJSON("/v1.50/swarm/unlock", { UnlockKey: "SWMKEY-1-key" });
+    expect(r.status).toBe(200);
+    expect(backend.mode).toBe("manager");
   });
 
   test("GET /nodes passes docker's filters in both encodings", async () => {

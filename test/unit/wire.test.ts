@@ -54,6 +54,8 @@ function message(extra: Partial<SessionMessage> = {}): SessionMessage {
       },
     ],
     networkKeysJson: "",
+    rootCaPem: "",
+    renewCertificateIssuer: "",
     ...extra,
   };
 }
