@@ -2,7 +2,7 @@
 // natural sort order, "PrettyPrint" capitalisation, human sizes and durations, Go's %v of values, and a
 // small subset of Go templates for --format.
 
-import { humanDuration as humanDurationMs } from "../src/engine/humanize.js";
+import { humanDuration as humanDurationMs } from "../src/api/humanize.js";
 import { encodeGo, GoBytes, GoMap, GoStruct, GoTime, type GoValue, goTimeString } from "./gojson.js";
 
 /** Display width of a cell: one column per code point (docker's hostnames and ids are ASCII). */

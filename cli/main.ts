@@ -5,6 +5,7 @@
 import { VERSION } from "../src/version.js";
 import { createProgram } from "./command.js";
 import { addContainerCommands } from "./commands/container.js";
+import { addImageCommands } from "./commands/image.js";
 import { addNetworkCommands } from "./commands/network.js";
 import { addNodeCommands } from "./commands/node.js";
 import { addSwarmCommands } from "./commands/swarm.js";
@@ -31,6 +32,7 @@ export function buildProgram(): ReturnType<typeof createProgram> {
   addSwarmCommands(program.command);
   addNetworkCommands(program.command);
   addContainerCommands(program.command);
+  addImageCommands(program.command);
   return program;
 }
 

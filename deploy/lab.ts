@@ -142,6 +142,19 @@ export class Lab {
     writeFileSync(join(h.dir, "shoald.pid"), `${p.pid}\n`);
   }
 
+  /** Removes a host's containers through its daemon (they would outlive it: containerd keeps them). */
+  async removeContainers(h: LabHost): Promise<void> {
+    const cli = join(repo, "dist", "cli", "main.js");
+    if (!existsSync(h.socket) || !existsSync(cli)) return;
+    const shoal = (...args: string[]) =>
+      run(process.execPath, [cli, "-H", `unix://${h.socket}`, ...args], { timeout: 30_000 }).then(
+        (r) => r.stdout,
+        () => "",
+      );
+    const ids = (await shoal("ps", "-aq")).split("\n").filter(Boolean);
+    if (ids.length > 0) await shoal("rm", "-f", ...ids);
+  }
+
   pid(h: LabHost): number | undefined {
     try {
       const pid = Number(readFileSync(join(h.dir, "shoald.pid"), "utf8").trim());
@@ -182,9 +195,59 @@ export class Lab {
     });
   }
 
-  /** Remove everything the lab made: daemons, namespaces (theirs too), links, files. */
+  /**
+   * A registry (Debian's docker-registry, the reference implementation) on a host, on port 5000 of its
+   * underlay address; plain HTTP, so daemons that pull from it need --insecure-registry. Returns host:port.
+   */
+  async startRegistry(h: LabHost, port = 5000): Promise<string> {
+    const addr = `${h.addr}:${port}`;
+    const config = join(h.dir, "registry.yml");
+    writeFileSync(
+      config,
+      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(h.dir, "registry")}\nhttp:\n  addr: ${addr}\n`,
+    );
+    const fd = openSync(join(h.dir, "registry.log"), "a");
+    const p = spawn("nsenter", [`--net=/run/netns/${h.netns}`, "docker-registry", "serve", config], {
+      stdio: ["ignore", fd, fd],
+      detached: true,
+    });
+    p.unref();
+    writeFileSync(join(h.dir, "registry.pid"), `${p.pid}\n`);
+    for (let i = 0; i < 100; i++) {
+      const probe = await this.exec(h, ["bash", "-c", `exec 3<>/dev/tcp/${h.addr}/${port}`]).then(
+        () => true,
+        () => false,
+      );
+      if (probe) return addr;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`the registry on ${h.name} did not listen on ${addr} (see ${join(h.dir, "registry.log")})`);
+  }
+
+  /** Copies an image archive (OCI layout or docker save) into a lab registry, with skopeo from `h`. */
+  async pushImage(
+    h: LabHost,
+    archive: string,
+    ref: string,
+    format: "oci-archive" | "docker-archive" = "oci-archive",
+  ): Promise<void> {
+    await this.exec(h, ["skopeo", "copy", "--dest-tls-verify=false", `${format}:${archive}`, `docker://${ref}`], {
+      timeoutMs: 120_000,
+    });
+  }
+
+  /** Remove everything the lab made: daemons, containers, registries, namespaces (theirs too), links, files. */
   async down(): Promise<void> {
+    for (const h of this.hosts()) await this.removeContainers(h);
     for (const h of this.hosts()) await this.stopDaemon(h, "SIGTERM", 3000);
+    for (const h of this.hosts()) {
+      // What a daemon that did not stop cleanly left: its containerd and its registry.
+      for (const f of [join(h.execRoot, "containerd", "containerd.pid"), join(h.dir, "registry.pid")]) {
+        const pid = pidIn(f);
+        if (pid !== undefined && alive(pid)) process.kill(pid, "SIGKILL");
+      }
+      await killContainerProcesses(h);
+    }
     // Namespace files the daemons mounted under their exec roots, and anything else mounted below root.
     const mounts = readFileSync("/proc/self/mounts", "utf8")
       .split("\n")
@@ -205,6 +268,37 @@ export class Lab {
       if (m?.[1]?.startsWith(`sl-${this.name}-`)) await sh(["ip", "link", "del", m[1]], true);
     }
     rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+function pidIn(path: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(path, "utf8").trim());
+    return pid > 0 ? pid : undefined;
+  } catch {
+    // No pid file: nothing was started.
+    return undefined;
+  }
+}
+
+/** Kills what is left in the cgroups of a host's containers (their shims died with a crashed daemon). */
+async function killContainerProcesses(h: LabHost): Promise<void> {
+  const dir = join(h.execRoot, "containers");
+  if (!existsSync(dir)) return;
+  for (const id of readdirSync(dir).filter((d) => /^[0-9a-f]{64}$/.test(d))) {
+    // cgroup v1 (a pids hierarchy) or v2 (one hierarchy).
+    const procs = [
+      join("/sys/fs/cgroup/pids/shoal", id, "cgroup.procs"),
+      join("/sys/fs/cgroup/shoal", id, "cgroup.procs"),
+    ].find((p) => existsSync(p));
+    if (!procs) continue;
+    for (const pid of readFileSync(procs, "utf8").split("\n").filter(Boolean)) {
+      try {
+        process.kill(Number(pid), "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
   }
 }
 

@@ -1,14 +1,21 @@
 // `npm run demo`: the whole of shoal on one machine. A 3-host lab (network namespaces on an underlay
-// bridge, a shoald in each), a swarm (one manager, two workers), an attachable overlay, containers on two
-// hosts that ping each other by name, then `node ls` and `network inspect`. Needs root (it builds
-// namespaces); everything it makes is removed at the end, also on failure.
+// bridge, a shoald in each, each with its own containerd), a registry on h3 holding a busybox image built
+// here from Debian's busybox-static, a swarm (one manager, two workers), an attachable overlay, a web
+// server container (busybox httpd) on h1 and a container on h2 that fetches its page by name across the
+// overlay, then `node ls` and `network inspect`. Needs root (it builds namespaces); everything it makes is
+// removed at the end, also on failure.
 
 import { execFile } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { missingPrograms, missingProgramsLine, SHOALD_PROGRAMS } from "../src/dataplane/programs.js";
+import { buildImage, ociArchive } from "./busybox-image.js";
 import { Lab, type LabHost } from "./lab.js";
+
+/** Where the demo's registry listens: on h3's underlay address. */
+const REGISTRY = "192.0.2.3:5000";
+const IMAGE = `${REGISTRY}/shoal/busybox:latest`;
 
 const run = promisify(execFile);
 const cli = join(import.meta.dirname ?? process.cwd(), "..", "cli", "main.js");
@@ -45,14 +52,19 @@ function held(h: LabHost): string[] {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("the demo builds network namespaces: run it as root");
   // shoald's programs, and ping for step 5: say what to install before building anything.
-  const missing = missingPrograms([...SHOALD_PROGRAMS, "ping"]);
+  const missing = missingPrograms([...SHOALD_PROGRAMS, "busybox", "docker-registry", "skopeo"]);
   if (missing.length > 0) throw new Error(`${missingProgramsLine(missing)} (bash deploy/install.sh installs them all)`);
-  const lab = new Lab({ name: "demo" });
+  const lab = new Lab({ name: "demo", daemonArgs: ["--insecure-registry", REGISTRY] });
   await lab.down();
   try {
     step("1. three hosts: network namespaces on an underlay bridge (192.0.2.0/24), a shoald in each");
     const [h1, h2, h3] = (await lab.up(3)) as [LabHost, LabHost, LabHost];
     for (const h of [h1, h2, h3]) say(`${h.name}: ${h.addr}, Engine API on ${h.socket}`);
+    const archive = join(lab.root, "busybox.tar");
+    writeFileSync(archive, ociArchive(buildImage()));
+    say(`a registry on h3 (${REGISTRY}), holding ${IMAGE}: busybox-static, one layer, built here`);
+    await lab.startRegistry(h3);
+    await lab.pushImage(h3, archive, IMAGE);
 
     step("2. a swarm: h1 initialises it, h2 and h3 join as workers");
     show(await shoal(h1, "swarm", "init", "--advertise-addr", h1.addr));
@@ -67,16 +79,32 @@ async function main(): Promise<void> {
       `network id ${id}; no host holds it yet: ${[h1, h2, h3].map((h) => `${h.name} [${held(h).join(" ")}]`).join(", ")}`,
     );
 
-    step("4. containers on h1 and h2; each host builds the overlay only now");
-    await shoal(h1, "run", "-d", "--name", "alpha", "--network", "demo-net", "host", "sleep", "3600");
-    await shoal(h2, "run", "-d", "--name", "beta", "--network", "demo-net", "host", "sleep", "3600");
+    step("4. a web server on h1 (busybox httpd); h1 pulls the image from h3 and builds the overlay only now");
+    show(
+      await shoal(
+        h1,
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "demo-net",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/var/www",
+      ),
+    );
     say(`overlay namespaces: ${[h1, h2, h3].map((h) => `${h.name} [${held(h).join(" ")}]`).join(", ")}`);
 
-    step("5. alpha (on h1) pings beta (on h2) by name, across the VXLAN overlay");
+    step("5. a container on h2 fetches web's page by name, across the VXLAN overlay");
     let out = "";
     for (let i = 0; i < 50; i++) {
       try {
-        out = await shoal(h1, "exec", "alpha", "ping", "-c", "3", "-W", "1", "beta");
+        out = await shoal(h2, "run", "--rm", "--network", "demo-net", IMAGE, "wget", "-qO-", "http://web/");
         break;
       } catch (e) {
         if (i === 49) throw e;
@@ -84,7 +112,10 @@ async function main(): Promise<void> {
       }
     }
     show(out);
-    show(await shoal(h2, "exec", "beta", "ping", "-c", "1", "-W", "1", "alpha"));
+    if (!out.includes("hello from shoal's busybox")) throw new Error(`web's page did not come back: ${out}`);
+    await shoal(h2, "run", "-d", "--name", "beta", "--network", "demo-net", IMAGE, "sleep", "3600");
+    show(await shoal(h2, "exec", "beta", "ping", "-c", "2", "-W", "1", "web"));
+    show(await shoal(h1, "images"));
 
     step("6. what the swarm and h2 say");
     show(await shoal(h1, "node", "ls"));
@@ -94,7 +125,7 @@ async function main(): Promise<void> {
     await shoal(h2, "rm", "-f", "beta");
     for (let i = 0; i < 50 && held(h2).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
     say(`overlay namespaces: ${[h1, h2, h3].map((h) => `${h.name} [${held(h).join(" ")}]`).join(", ")}`);
-    await shoal(h1, "rm", "-f", "alpha");
+    await shoal(h1, "rm", "-f", "web");
     process.stdout.write("\nDemo finished: every step checked out.\n");
   } finally {
     await lab.down();

@@ -190,7 +190,7 @@ export function row(typeName: string, fields: [string, GoValue][]): GoStruct {
   );
 }
 
-export { humanDuration } from "../../src/engine/humanize.js";
+export { humanDuration } from "../../src/api/humanize.js";
 
 function templateError(e: unknown): never {
   if (e instanceof TemplateError) throw new CliError(`template parsing error: ${e.message}`);
@@ -302,7 +302,7 @@ export function unixTimeString(seconds: number): string {
 // ---- streams ----------------------------------------------------------------------------------------------
 
 /** The error docker makes of an answer with status >= 400 (see EngineClient). */
-function answerError(status: number, contentType: string | undefined, body: string): CliError {
+export function answerError(status: number, contentType: string | undefined, body: string): CliError {
   if (body.length === 0) {
     return new CliError(`Error response from daemon: ${http.STATUS_CODES[status] ?? status}`);
   }
@@ -321,7 +321,7 @@ function answerError(status: number, contentType: string | undefined, body: stri
   return new CliError(`Error response from daemon: ${body.trim()}`);
 }
 
-function versionedPath(client: EngineClient, path: string, query?: Record<string, string | undefined>): string {
+export function versionedPath(client: EngineClient, path: string, query?: Record<string, string | undefined>): string {
   const q = query ? encodeQuery(query) : "";
   return `/v${client.apiVersion}${pathEscape(path)}${q ? `?${q}` : ""}`;
 }

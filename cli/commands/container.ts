@@ -1,6 +1,8 @@
-// shoal run | ps | exec | logs | stop | rm | start | kill | inspect, and the same under `shoal container` —
-// docker's requests and output. Containers run on the host's file system: the image is always "host".
+// shoal run | create | ps | exec | logs | stop | rm | start | kill | restart | wait | top | inspect, and the
+// same under `shoal container` — docker's requests and output. Images are OCI images run through
+// containerd; the image "host" is the host's own file system, read-only.
 
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { CliError } from "../client.js";
 import { commandPath, type FlagSpec, group, type Invocation, type LeafSpec, leaf } from "../command.js";
@@ -27,6 +29,7 @@ import {
   str,
   unixTimeString,
 } from "./common.js";
+import { pull } from "./image.js";
 
 /** docker's opts.ValidateEnv: "KEY" alone takes the value from our environment, if it has one. */
 function envValue(kv: string): string {
@@ -44,15 +47,25 @@ function labelMap(values: string[] | undefined): Record<string, string> {
   return sortedMap(m);
 }
 
-/** The HostConfig docker 28 sends with `run`, all defaults but the network and --rm. */
-function hostConfig(networkMode: string, autoRemove: boolean): Record<string, unknown> {
+interface RunHost {
+  networkMode: string;
+  autoRemove: boolean;
+  binds: string[];
+  memory: number;
+  nanoCpus: number;
+  restart: { Name: string; MaximumRetryCount: number };
+}
+
+/** The HostConfig docker 28 sends with `run`: defaults but the network, --rm, -v, --memory, --cpus, --restart. */
+function hostConfig(h: RunHost): Record<string, unknown> {
+  const { networkMode, autoRemove } = h;
   return {
-    Binds: null,
+    Binds: h.binds.length > 0 ? h.binds : null,
     ContainerIDFile: "",
     LogConfig: { Type: "", Config: {} },
     NetworkMode: networkMode,
     PortBindings: {},
-    RestartPolicy: { Name: "no", MaximumRetryCount: 0 },
+    RestartPolicy: h.restart,
     AutoRemove: autoRemove,
     VolumeDriver: "",
     VolumesFrom: null,
@@ -79,8 +92,8 @@ function hostConfig(networkMode: string, autoRemove: boolean): Record<string, un
     ShmSize: 0,
     Isolation: "",
     CpuShares: 0,
-    Memory: 0,
-    NanoCpus: 0,
+    Memory: h.memory,
+    NanoCpus: h.nanoCpus,
     CgroupParent: "",
     BlkioWeight: 0,
     BlkioWeightDevice: [],
@@ -142,6 +155,83 @@ function runError(path: string, e: unknown): never {
   throw new CliError(`${path.split(" ")[0]}: ${msg}\n\nRun '${path} --help' for more information`, code);
 }
 
+/** --restart no|always|on-failure[:N]|unless-stopped, as docker parses it. */
+function parseRestart(s: string): { Name: string; MaximumRetryCount: number } {
+  const [name = "", count] = s.split(":", 2);
+  if (count !== undefined) {
+    if (name !== "on-failure")
+      throw new FlagValueError("maximum retry count cannot be used with restart policy '" + name + "'");
+    if (!/^[0-9]+$/.test(count))
+      throw new FlagValueError(`invalid restart policy format: maximum retry count must be an integer`);
+    return { Name: name, MaximumRetryCount: Number(count) };
+  }
+  return { Name: name, MaximumRetryCount: 0 };
+}
+
+/** --memory 64m: bytes (docker's RAMInBytes: b, k, m, g, t; binary multiples). */
+function parseMemory(s: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)b?$/i.exec(s.trim());
+  if (!m) throw new FlagValueError(`invalid size: '${s}'`);
+  const mult = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 }[
+    m[2]!.toLowerCase() as "" | "k"
+  ];
+  return Math.floor(Number(m[1]) * mult);
+}
+
+/** --cpus 1.5: billionths of a CPU. */
+function parseCpus(s: string): number {
+  const n = Number(s);
+  if (!Number.isFinite(n) || n < 0 || s.trim() === "")
+    throw new FlagValueError(`failed to parse ${s} as a rational number`);
+  return Math.round(n * 1e9);
+}
+
+/** --env-file: KEY=VALUE lines (comments and blank lines skipped; a bare KEY takes our value). */
+function envFile(path: string): string[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new CliError(
+      `open ${path}: ${e instanceof Error && "code" in e && e.code === "ENOENT" ? "no such file or directory" : String(e)}`,
+    );
+  }
+  return text
+    .split("\n")
+    .map((l) => l.replace(/^\s+/, ""))
+    .filter((l) => l !== "" && !l.startsWith("#"))
+    .map(envValue);
+}
+
+/** POST /containers/create; a missing image is pulled first, as docker run does. */
+async function createContainer(
+  inv: Invocation,
+  image: string,
+  body: unknown,
+  name: string | undefined,
+): Promise<string> {
+  const client = inv.client();
+  const create = () =>
+    client.json<{ Id?: unknown; Warnings?: unknown }>("POST", "/containers/create", {
+      ...(name ? { query: { name } } : {}),
+      body: goBody(body),
+    });
+  let created: { Id?: unknown; Warnings?: unknown };
+  try {
+    created = await create();
+  } catch (e) {
+    if (!(e instanceof CliError) || !/^Error response from daemon: No such image: /.test(e.message)) throw e;
+    const ref = e.message.replace(/^Error response from daemon: No such image: /, "");
+    process.stderr.write(`Unable to find image '${ref}' locally\n`);
+    await pull(client, image.includes(":") || image.includes("@") ? image : `${image}:latest`, (t) =>
+      process.stderr.write(t),
+    );
+    created = await create();
+  }
+  for (const w of Array.isArray(created.Warnings) ? created.Warnings : []) process.stderr.write(`WARNING: ${str(w)}\n`);
+  return str(created.Id);
+}
+
 async function runRun(inv: Invocation, path: string): Promise<void> {
   const client = inv.client();
   const [image, ...cmd] = inv.args as [string, ...string[]];
@@ -151,7 +241,10 @@ async function runRun(inv: Invocation, path: string): Promise<void> {
   const networks = inv.flag<string[] | undefined>("network") ?? [];
   const ip = inv.flag<string | undefined>("ip") ?? "";
   const aliases = inv.flag<string[] | undefined>("network-alias") ?? [];
-  const env = (inv.flag<string[] | undefined>("env") ?? []).map(envValue);
+  const env = [
+    ...(inv.flag<string[] | undefined>("env-file") ?? []).flatMap(envFile),
+    ...(inv.flag<string[] | undefined>("env") ?? []).map(envValue),
+  ];
   const entrypoint = inv.flag<string | undefined>("entrypoint");
   const networkMode = networks[0] ?? "default";
   const endpoints: Record<string, unknown> = {};
@@ -179,20 +272,23 @@ async function runRun(inv: Invocation, path: string): Promise<void> {
     Labels: labelMap(inv.flag("label")),
     ...(inv.flag<string | undefined>("stop-signal") ? { StopSignal: inv.flag<string>("stop-signal") } : {}),
     ...(stopTimeout !== undefined ? { StopTimeout: stopTimeout } : {}),
-    HostConfig: hostConfig(networkMode, autoRemove),
+    HostConfig: hostConfig({
+      networkMode,
+      autoRemove,
+      binds: inv.flag<string[] | undefined>("volume") ?? [],
+      memory: inv.flag<number | undefined>("memory") ?? 0,
+      nanoCpus: inv.flag<number | undefined>("cpus") ?? 0,
+      restart: inv.flag<{ Name: string; MaximumRetryCount: number } | undefined>("restart") ?? {
+        Name: "no",
+        MaximumRetryCount: 0,
+      },
+    }),
     NetworkingConfig: { EndpointsConfig: endpoints },
   };
   const name = inv.flag<string | undefined>("name");
   let id: string;
   try {
-    const created = await client.json<{ Id?: unknown; Warnings?: unknown }>("POST", "/containers/create", {
-      ...(name ? { query: { name } } : {}),
-      body: goBody(body),
-    });
-    id = str(created.Id);
-    for (const w of Array.isArray(created.Warnings) ? created.Warnings : []) {
-      process.stderr.write(`WARNING: ${str(w)}\n`);
-    }
+    id = await createContainer(inv, image, body, name);
   } catch (e) {
     runError(path, e);
   }
@@ -343,7 +439,10 @@ async function runExec(inv: Invocation): Promise<void> {
   const detach = inv.flag<boolean>("detach") === true;
   const interactive = inv.flag<boolean>("interactive") === true;
   const tty = inv.flag<boolean>("tty") === true;
-  const env = (inv.flag<string[] | undefined>("env") ?? []).map(envValue);
+  const env = [
+    ...(inv.flag<string[] | undefined>("env-file") ?? []).flatMap(envFile),
+    ...(inv.flag<string[] | undefined>("env") ?? []).map(envValue),
+  ];
   await client.get(`/containers/${ref}/json`);
   const body = {
     User: inv.flag<string | undefined>("user") ?? "",
@@ -502,6 +601,53 @@ function runKill(inv: Invocation): Promise<void> {
   });
 }
 
+function runRestart(inv: Invocation): Promise<void> {
+  const client = inv.client();
+  const timeout = inv.flag<number | undefined>("timeout");
+  const query = {
+    signal: inv.flag<string | undefined>("signal") || undefined,
+    t: inv.changed("timeout") && timeout !== undefined ? String(timeout) : undefined,
+  };
+  return eachRef(inv, async (ref) => {
+    await client.call("POST", `/containers/${ref}/restart`, { query });
+    return true;
+  });
+}
+
+/** docker wait: each container's exit code, a line each. */
+async function runWait(inv: Invocation): Promise<void> {
+  const client = inv.client();
+  const errors: string[] = [];
+  for (const ref of inv.args) {
+    try {
+      const r = obj(JSON.parse(await client.call("POST", `/containers/${ref}/wait`)));
+      inv.out(`${typeof r.StatusCode === "number" ? r.StatusCode : -1}\n`);
+    } catch (e) {
+      if (!(e instanceof CliError)) throw e;
+      errors.push(e.message);
+    }
+  }
+  if (errors.length > 0) throw new CliError(errors.join("\n"));
+}
+
+/** docker top: the container's processes as the host's ps shows them. */
+async function runTop(inv: Invocation): Promise<void> {
+  const [ref, ...psArgs] = inv.args as [string, ...string[]];
+  const r = obj(
+    JSON.parse(
+      await inv.client().call("GET", `/containers/${ref}/top`, {
+        query: { ps_args: psArgs.length > 0 ? psArgs.join(" ") : undefined },
+      }),
+    ),
+  );
+  const titles = (Array.isArray(r.Titles) ? r.Titles : []).map(str);
+  const rows = (Array.isArray(r.Processes) ? r.Processes : []).map((p) => (Array.isArray(p) ? p.map(str) : []));
+  const widths = titles.map((t, i) => Math.max(t.length, ...rows.map((p) => (p[i] ?? "").length)));
+  const line = (cells: string[]): string =>
+    `${cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]! + 3))).join("")}\n`;
+  inv.out(line(titles) + rows.map(line).join(""));
+}
+
 function runContainerInspect(inv: Invocation): Promise<void> {
   const client = inv.client();
   return inspectRaw(inv, (ref) => client.call("GET", `/containers/${ref}/json`));
@@ -538,7 +684,19 @@ function parseStopTimeout(s: string): number {
 }
 
 const RUN_FLAGS: FlagSpec[] = [
+  { long: "cpus", type: "decimal", kind: "custom", description: "Number of CPUs", parse: parseCpus },
   { long: "detach", short: "d", kind: "bool", description: "Run container in background and print container ID" },
+  { long: "env-file", type: "list", kind: "list", description: "Read in a file of environment variables" },
+  { long: "memory", short: "m", type: "bytes", kind: "custom", description: "Memory limit", parse: parseMemory },
+  {
+    long: "restart",
+    type: "string",
+    kind: "custom",
+    description: "Restart policy to apply when a container exits",
+    defaultText: '"no"',
+    parse: parseRestart,
+  },
+  { long: "volume", short: "v", type: "list", kind: "list", description: "Bind mount a volume" },
   { long: "entrypoint", type: "string", kind: "string", description: "Overwrite the default ENTRYPOINT of the image" },
   { long: "env", short: "e", type: "list", kind: "list", description: "Set environment variables" },
   { long: "hostname", short: "h", type: "string", kind: "string", description: "Container host name" },
@@ -589,7 +747,8 @@ function specs(): Record<string, Spec> {
       args: { kind: "min", n: 1 },
       interspersed: false,
       flags: RUN_FLAGS,
-      notes: 'shoal runs containers on the host\'s file system: the image is always "host".',
+      notes:
+        'Images come from a registry (pulled when missing) or `shoal load`; the image "host" runs on the host\'s own file system (read-only).',
       run: runRun,
     },
     ps: {
@@ -756,6 +915,39 @@ function specs(): Record<string, Spec> {
       ],
       run: runKill,
     },
+    restart: {
+      name: "restart",
+      use: "[OPTIONS] CONTAINER [CONTAINER...]",
+      short: "Restart one or more containers",
+      args: { kind: "min", n: 1 },
+      flags: [
+        { long: "signal", short: "s", type: "string", kind: "string", description: "Signal to send to the container" },
+        {
+          long: "timeout",
+          short: "t",
+          type: "int",
+          kind: "custom",
+          description: "Seconds to wait before killing the container",
+          parse: parseIntFlag,
+        },
+      ],
+      run: runRestart,
+    },
+    wait: {
+      name: "wait",
+      use: "CONTAINER [CONTAINER...]",
+      short: "Block until one or more containers stop, then print their exit codes",
+      args: { kind: "min", n: 1 },
+      run: runWait,
+    },
+    top: {
+      name: "top",
+      use: "CONTAINER [ps OPTIONS]",
+      short: "Display the running processes of a container",
+      args: { kind: "min", n: 1 },
+      interspersed: false,
+      run: runTop,
+    },
     inspect: {
       name: "inspect",
       use: "[OPTIONS] CONTAINER [CONTAINER...]",
@@ -776,7 +968,7 @@ function add(parent: Command, spec: Spec, overrides: Partial<Spec> = {}): void {
 export function addContainerCommands(program: Command): void {
   const s = specs();
   // Top-level shortcuts, as docker has them.
-  for (const name of ["exec", "kill", "logs", "ps", "rm", "run", "start", "stop"])
+  for (const name of ["exec", "kill", "logs", "ps", "restart", "rm", "run", "start", "stop", "top", "wait"])
     add(program, s[name]!, { aliases: [] });
   add(program, s.inspect!, {
     use: "[OPTIONS] NAME|ID [NAME|ID...]",
@@ -784,6 +976,7 @@ export function addContainerCommands(program: Command): void {
     run: runInspectAny,
   });
   const container = group(program, "container", "Manage containers").enablePositionalOptions();
-  for (const name of ["exec", "inspect", "kill", "logs", "rm", "run", "start", "stop"]) add(container, s[name]!);
+  for (const name of ["exec", "inspect", "kill", "logs", "restart", "rm", "run", "start", "stop", "top", "wait"])
+    add(container, s[name]!);
   add(container, s.ps!, { name: "ls", aliases: ["ps", "list"] });
 }

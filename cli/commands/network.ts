@@ -1,4 +1,4 @@
-// shoal network create | ls | inspect | rm | connect | disconnect — docker network's requests and output.
+// shoal network create | ls | inspect | rm | prune | connect | disconnect — docker network's requests and output.
 // One difference: a network's driver defaults to "overlay" (docker's default, "bridge", is not a shoal driver).
 
 import type { Command } from "commander";
@@ -200,6 +200,43 @@ async function runRemove(inv: Invocation): Promise<void> {
   if (failed) throw new CliError("exit status 1");
 }
 
+// ---- prune -----------------------------------------------------------------------------------------------
+
+const PRUNE_WARNING =
+  "WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue?";
+
+/** docker's prompt.Confirm: the question, " [y/N] ", and a line from stdin that must be y or Y. */
+async function confirm(question: string): Promise<boolean> {
+  process.stdout.write(`${question} [y/N] `);
+  const line = await new Promise<string>((resolve) => {
+    let text = "";
+    const done = (): void => {
+      process.stdin.off("data", onData);
+      process.stdin.off("end", done);
+      process.stdin.pause();
+      resolve(text);
+    };
+    const onData = (d: Buffer): void => {
+      text += d.toString("utf8");
+      if (text.includes("\n")) done();
+    };
+    process.stdin.on("data", onData);
+    process.stdin.once("end", done);
+    process.stdin.resume();
+  });
+  const answer = line.split("\n")[0]!.trim();
+  return answer === "y" || answer === "Y";
+}
+
+async function runPrune(inv: Invocation): Promise<void> {
+  const filters = inv.flag<[string, string][] | undefined>("filter") ?? [];
+  if (inv.flag<boolean>("force") !== true && !(await confirm(PRUNE_WARNING))) return;
+  const query = filters.length > 0 ? { filters: filtersJSON(filters) } : undefined;
+  const report = obj(await inv.client().json("POST", "/networks/prune", query ? { query } : {}));
+  const deleted = Array.isArray(report.NetworksDeleted) ? report.NetworksDeleted.map(str) : [];
+  if (deleted.length > 0) inv.out(`Deleted Networks:\n${deleted.map((n) => `${n}\n`).join("")}\n`);
+}
+
 async function runConnect(inv: Invocation): Promise<void> {
   const [network, container] = inv.args as [string, string];
   const ip = inv.flag<string | undefined>("ip") ?? "";
@@ -344,6 +381,23 @@ export function addNetworkCommands(program: Command): void {
     ],
     notes: LIST_FORMAT_NOTES,
     run: runList,
+  });
+  leaf(network, {
+    name: "prune",
+    use: "[OPTIONS]",
+    short: "Remove all unused networks",
+    args: { kind: "none" },
+    flags: [
+      {
+        long: "filter",
+        type: "filter",
+        kind: "list",
+        description: 'Provide filter values (e.g. "until=<timestamp>")',
+        parse: parseFilter,
+      },
+      { long: "force", short: "f", kind: "bool", description: "Do not prompt for confirmation" },
+    ],
+    run: runPrune,
   });
   leaf(network, {
     name: "rm",

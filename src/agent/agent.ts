@@ -31,10 +31,16 @@ export interface AgentOptions {
   onSessionFailure?: (addr: string, err: unknown, consecutive: number) => void;
 }
 
+/**
+ * A dead manager is noticed by the session's heartbeats (each has a deadline) and by the connection closing;
+ * keepalive only finds a half-open connection while no call is in flight. It is slow on purpose: a peer whose
+ * event loop is busy for a second (one slow CPU, a burst of work) must not lose its session for answering a
+ * ping late.
+ */
 export const CHANNEL_OPTIONS = {
   ...CLIENT_CHANNEL_OPTIONS,
-  "grpc.keepalive_time_ms": 1000,
-  "grpc.keepalive_timeout_ms": 1000,
+  "grpc.keepalive_time_ms": 10_000,
+  "grpc.keepalive_timeout_ms": 10_000,
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.initial_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 1000,

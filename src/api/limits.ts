@@ -33,3 +33,26 @@ export const MAX_CSR_BYTES = 16 * 1024;
 export function utf8Bytes(s: string): number {
   return Buffer.byteLength(s, "utf8");
 }
+
+/** Largest Engine API request body; anything bigger is answered 413 before it is read to the end. */
+export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
+/** Deepest nesting of arrays and objects in a request body (Docker's own deepest is 6). */
+export const MAX_JSON_DEPTH = 32;
+/** Environment entries of a container or exec (count, and bytes of all of them together). */
+export const MAX_ENV = 1024;
+export const MAX_ENV_BYTES = 256 * 1024;
+/** Arguments of a command (Cmd, Entrypoint), in number and in bytes together. */
+export const MAX_ARGS = 4096;
+export const MAX_ARGS_BYTES = 256 * 1024;
+/** A file system path in a request (WorkingDir). */
+export const MAX_PATH_LENGTH = 4096;
+/** Image references ("registry:5000/org/name:tag@sha256:..."). */
+export const MAX_IMAGE_REF_LENGTH = 1024;
+/** Manager addresses given to swarm join. */
+export const MAX_REMOTE_ADDRS = 16;
+/** The `filters` query parameter: its keys, the values of one key, and its length. */
+export const MAX_FILTER_KEYS = 32;
+export const MAX_FILTER_VALUES = 256;
+export const MAX_FILTERS_LENGTH = 16 * 1024;
+/** Entries of any other list or map a request may carry (refused unless empty, mostly). */
+export const MAX_LIST_ENTRIES = 1024;

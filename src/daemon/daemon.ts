@@ -42,7 +42,6 @@ import type {
   EndpointSettingsRequest,
   NetworkAttacher,
   NetworkBackend,
-  NetworkCreateRequest,
   NetworkResource,
   Node,
   NodeDescription,
@@ -52,8 +51,8 @@ import type {
   Swarm,
   SwarmBackend,
   SwarmInfo,
-  SwarmInitRequest,
-  SwarmJoinRequest,
+  SwarmInit,
+  SwarmJoin,
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../engine/types.js";
@@ -63,16 +62,10 @@ import { Control } from "../manager/control.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
 import { redact } from "../manager/keymanager.js";
 import { forceNewCluster, ListenError, Manager, splitHostPort } from "../manager/manager.js";
-import {
-  endpointRows,
-  findNetwork,
-  networkMatches,
-  newNetworkId,
-  presentNetwork,
-  specFromRequest,
-} from "../manager/networks.js";
+import { endpointRows, findNetwork, networkMatches, newNetworkId, presentNetwork } from "../manager/networks.js";
 import type { NodeId } from "../raft/types.js";
 import { Serial } from "../serial.js";
+import type { NetworkSpec } from "../store/store.js";
 import { VERSION } from "../version.js";
 import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
 import { HostNetworking } from "./networking.js";
@@ -734,7 +727,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
 
   // ------------------------------------------------------------------ Engine API: networks
 
-  async networkCreate(req: NetworkCreateRequest): Promise<{ Id: string; Warning: string }> {
+  async networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
     if (this.state?.role === "worker") {
       throw new ApiError(
         403,
@@ -743,7 +736,6 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     }
     this.requireControl();
     const m = this.manager!;
-    const spec = specFromRequest(req);
     const id = newNetworkId();
     await m.write({ op: "network.create", id, spec });
     return { Id: id, Warning: "" };
@@ -848,28 +840,30 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return out;
   }
 
-  swarmInit(req: SwarmInitRequest): Promise<string> {
+  swarmInit(req: SwarmInit): Promise<string> {
     return this.serial(async () => {
       if (this.state) {
-        if (req.ForceNewCluster && this.state.role === "manager" && this.state.raftId !== undefined) {
+        if (req.forceNewCluster && this.state.role === "manager" && this.state.raftId !== undefined) {
           if (this.locked) throw unavailable(MSG_LOCKED);
           return this.forceNew();
         }
         throw alreadyInSwarm();
       }
-      const listen = parseListenAddr(req.ListenAddr);
-      const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen);
-      const dataPathAddr = req.DataPathAddr ? resolveAdvertiseAddr(req.DataPathAddr, listen).ip : advertise.ip;
-      const spec = mergeSpec(req.Spec);
-      const autolock = req.AutoLockManagers === true || req.Spec?.EncryptionConfig?.AutoLockManagers === true;
-      spec.EncryptionConfig = { AutoLockManagers: autolock };
-      const pool = req.DefaultAddrPool && req.DefaultAddrPool.length > 0 ? req.DefaultAddrPool : ["10.0.0.0/8"];
-      const subnetSize = req.SubnetSize || 24;
+      const listen = parseListenAddr(req.listenAddr);
+      const advertise = resolveAdvertiseAddr(req.advertiseAddr, listen);
+      const dataPathAddr = req.dataPathAddr ? resolveAdvertiseAddr(req.dataPathAddr, listen).ip : advertise.ip;
+      const spec = req.spec;
+      const autolock = spec.EncryptionConfig.AutoLockManagers;
+      if (spec.CAConfig.SigningCACert || spec.CAConfig.SigningCAKey || spec.CAConfig.ForceRotate) {
+        throw badRequest("a root CA is rotated after init, with docker swarm ca --rotate");
+      }
+      const pool = req.defaultAddrPool.length > 0 ? req.defaultAddrPool : ["10.0.0.0/8"];
+      const subnetSize = req.subnetSize || 24;
       if (subnetSize < 1 || subnetSize > 29)
         throw badRequest(`invalid default address pool mask length ${subnetSize}: it must be between 1 and 29`);
       for (const p of pool)
         if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(p)) throw badRequest(`invalid default address pool ${p}`);
-      const dataPathPort = req.DataPathPort || 4789;
+      const dataPathPort = req.dataPathPort || 4789;
       if (dataPathPort < 1024 || dataPathPort > 49151)
         throw badRequest(`invalid data path port ${dataPathPort}: it must be within 1024-49151`);
 
@@ -940,7 +934,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
             labels: {},
           },
         });
-        const node = newNodeObject(nodeId, "manager", req.Availability || "active", this.opts.hostname, advertise.ip);
+        const node = newNodeObject(nodeId, "manager", req.availability, this.opts.hostname, advertise.ip);
         node.Description = this.description();
         await m.write({ op: "node.create", node, role: "manager" });
         await m.write({ op: "member.add", member: { raftId, nodeId, addr: this.state.advertiseAddr } });
@@ -985,20 +979,20 @@ export class Daemon implements SwarmBackend, NetworkBackend {
     return s.nodeId;
   }
 
-  swarmJoin(req: SwarmJoinRequest): Promise<void> {
+  swarmJoin(req: SwarmJoin): Promise<void> {
     return this.serial(async () => {
       if (this.state) throw alreadyInSwarm();
-      if (!req.JoinToken) throw badRequest("invalid join token");
+      if (!req.joinToken) throw badRequest("invalid join token");
       let parsed: ReturnType<typeof parseJoinToken>;
       try {
-        parsed = parseJoinToken(req.JoinToken);
+        parsed = parseJoinToken(req.joinToken);
       } catch {
         throw badRequest("invalid join token");
       }
-      const remotes = (req.RemoteAddrs ?? []).filter((a) => a.length > 0);
+      const remotes = req.remoteAddrs;
       if (remotes.length === 0) throw badRequest("at least 1 RemoteAddr is required to join");
       const remote = withPort(remotes[0]!, 2377);
-      const listen = parseListenAddr(req.ListenAddr);
+      const listen = parseListenAddr(req.listenAddr);
       // Only a manager listens; a worker keeps the address for a later promotion. Whether it can be bound
       // goes with the certificate request: the managers refuse a manager token then, creating nothing.
       const listenError = await listenAddrError(`${listen.host}:${listen.port}`);
@@ -1019,7 +1013,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         );
       }
       // 2. A certificate, for the token.
-      const advertise = resolveAdvertiseAddr(req.AdvertiseAddr, listen, remote);
+      const advertise = resolveAdvertiseAddr(req.advertiseAddr, listen, remote);
       const { keyPem, csrPem } = await generateNodeKeyAndCSR();
       const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL_OPTIONS);
       let issued: { nodeId: string; certificatePem: string; role: string; clusterId: string; dataPathPort: number };
@@ -1028,8 +1022,8 @@ export class Daemon implements SwarmBackend, NetworkBackend {
           verified.issueNodeCertificate.bind(verified),
           {
             csrPem,
-            token: req.JoinToken,
-            availability: req.Availability || "active",
+            token: req.joinToken,
+            availability: req.availability,
             hostname: this.opts.hostname,
             advertiseAddr: `${advertise.ip}:${advertise.port}`,
             listenAddrError: listenError?.message ?? "",
@@ -1050,7 +1044,7 @@ export class Daemon implements SwarmBackend, NetworkBackend {
         role,
         listenAddr: `${listen.host}:${listen.port}`,
         advertiseAddr: `${advertise.ip}:${advertise.port}`,
-        dataPathAddr: req.DataPathAddr || advertise.ip,
+        dataPathAddr: req.dataPathAddr || advertise.ip,
         ...(issued.dataPathPort ? { dataPathPort: issued.dataPathPort } : {}),
         managers: [{ nodeId: "", addr: remote }],
       };
@@ -1222,23 +1216,6 @@ function withPort(a: string, port: number): string {
 function isIPv4(s: string): boolean {
   const parts = s.split(".");
   return parts.length === 4 && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255);
-}
-
-function mergeSpec(s: Partial<SwarmSpec> | undefined): SwarmSpec {
-  const spec = structuredClone(DEFAULT_SPEC);
-  if (!s) return spec;
-  if (s.Name) spec.Name = s.Name;
-  if (s.Labels) spec.Labels = s.Labels;
-  if (s.Dispatcher?.HeartbeatPeriod) spec.Dispatcher.HeartbeatPeriod = s.Dispatcher.HeartbeatPeriod;
-  if (s.CAConfig?.NodeCertExpiry) spec.CAConfig.NodeCertExpiry = s.CAConfig.NodeCertExpiry;
-  if (s.Raft) {
-    for (const k of Object.keys(spec.Raft) as (keyof SwarmSpec["Raft"])[]) {
-      const v = s.Raft[k];
-      if (typeof v === "number" && v > 0) spec.Raft[k] = v;
-    }
-  }
-  if (s.Orchestration?.TaskHistoryRetentionLimit) spec.Orchestration = s.Orchestration;
-  return spec;
 }
 
 function tlsInfo(rootPem: string): ClusterInfo["TLSInfo"] {

@@ -5,9 +5,12 @@ import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
 import { Command, Option } from "commander";
 import pino from "pino";
-import { ContainerRuntime } from "../agent/runtime.js";
 import { checkPrograms } from "../dataplane/programs.js";
 import { EngineServer } from "../engine/server.js";
+import { ContainerdSupervisor } from "../runtime/containerd/supervisor.js";
+import { ContainerRuntime } from "../runtime/runtime.js";
+import type { ContainerBackend } from "../runtime/types.js";
+import { unavailableBackend } from "../runtime/unavailable.js";
 import { VERSION } from "../version.js";
 import { Daemon } from "./daemon.js";
 
@@ -19,6 +22,8 @@ interface Flags {
   logLevel: string;
   raftTickMs?: string;
   encryptionKeyRotation?: string;
+  containerd?: string;
+  insecureRegistry: string[];
   firewallBackend: "auto" | "nftables" | "iptables";
 }
 
@@ -53,6 +58,13 @@ function buildProgram(): Command {
         .default("info"),
     )
     .addOption(new Option("--raft-tick-ms <ms>", "Raft tick length in milliseconds (tests)").hideHelp())
+    .option("--containerd <socket>", "containerd socket to use (default: shoald runs its own containerd)")
+    .option(
+      "--insecure-registry <host:port>",
+      "A registry to reach over plain HTTP (repeatable)",
+      (v: string, all: string[]) => [...all, v],
+      [] as string[],
+    )
     .option(
       "--encryption-key-rotation <duration>",
       "How often the managers rotate the overlay encryption keys (e.g. 12h, 30m, 10s)",
@@ -83,17 +95,36 @@ function buildProgram(): Command {
         ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
         firewallBackend: flags.firewallBackend,
       });
-      const runtime = new ContainerRuntime({
+      const supervisor = new ContainerdSupervisor({
+        dataRoot: flags.dataRoot,
         execRoot: flags.execRoot,
-        stateDir: join(flags.execRoot, "containers"),
-        attacher: daemon.attacher,
-        hostname: () => flags.hostname,
         logger,
+        ...(flags.containerd ? { socket: flags.containerd } : {}),
       });
-      daemon.containers = runtime;
+      let runtime: ContainerRuntime | undefined;
+      let containers: ContainerBackend;
+      try {
+        runtime = new ContainerRuntime({
+          execRoot: flags.execRoot,
+          stateDir: join(flags.execRoot, "containers"),
+          attacher: daemon.attacher,
+          containerd: await supervisor.start(),
+          insecureRegistries: flags.insecureRegistry,
+          hostname: () => flags.hostname,
+          logger,
+        });
+        containers = runtime;
+        daemon.containers = runtime;
+      } catch (e) {
+        // shoald runs on without containers: every container call answers with the same line.
+        const line = e instanceof Error ? e.message : String(e);
+        logger.error(line);
+        process.stderr.write(`shoald: ${line}\n`);
+        containers = unavailableBackend(line);
+      }
       // Containers of a previous run are gone with it (their endpoints are released), and so are the
       // overlay namespaces they held: nothing leaks across a restart.
-      await runtime.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
+      await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
       await daemon
         .reconcileNetworking()
         .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
@@ -101,7 +132,8 @@ function buildProgram(): Command {
         socketPath: socketPathOf(flags.host),
         backend: daemon,
         networks: daemon,
-        containers: runtime,
+        containers,
+        ...(runtime ? { images: runtime.imageService } : {}),
         logger,
         dataRoot: flags.dataRoot,
       });
@@ -115,7 +147,9 @@ function buildProgram(): Command {
         force.unref();
         try {
           await server.close();
-          await runtime.shutdown(5).catch((e: unknown) => logger.warn({ err: e }, "could not stop every container"));
+          // Containers keep running under containerd (the next shoald adopts them), but those on networks.
+          await runtime?.shutdown(5);
+          await supervisor.stop();
           await daemon.stop();
         } finally {
           logger.flush?.();

@@ -24,9 +24,17 @@ export const DEBIAN_PACKAGES: Readonly<Record<string, string>> = {
   mkfifo: "coreutils",
   true: "coreutils",
   sh: "dash",
+  ps: "procps",
+  containerd: "containerd",
+  "containerd-shim-runc-v2": "containerd",
+  runc: "runc",
   // Not run by shoald itself, but by the demo and the benchmarks inside containers.
   ping: "iputils-ping",
   iperf3: "iperf3",
+  // Test and demo images (busybox-static), the lab's registry and the pull benchmark's reference.
+  busybox: "busybox-static",
+  "docker-registry": "docker-registry",
+  skopeo: "skopeo",
 };
 
 /** Every program shoald itself runs (src/dataplane, src/agent): what it checks for at start. */
@@ -42,6 +50,10 @@ export const SHOALD_PROGRAMS: readonly string[] = [
   "mkfifo",
   "true",
   "sh",
+  "ps",
+  "containerd",
+  "runc",
+  "containerd-shim-runc-v2",
 ];
 
 const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

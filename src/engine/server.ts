@@ -10,34 +10,86 @@
 
 import { randomUUID } from "node:crypto";
 import { chmod, lstat, mkdir, readdir, readFile, stat, unlink } from "node:fs/promises";
-import { createServer, type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http";
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from "node:http";
 import { connect, type Socket } from "node:net";
 import os from "node:os";
 import { dirname } from "node:path";
 import { type Duplex, PassThrough } from "node:stream";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
+import { z } from "zod";
+import { MAX_JSON_DEPTH } from "../api/limits.js";
+import { parseJsonText } from "../api/schema.js";
+import type { ImageService } from "../runtime/images/service.js";
 import { API_VERSION, MIN_API_VERSION, VERSION } from "../version.js";
-import { ApiError, badRequest, unavailable } from "./errors.js";
-import { parseFilters, validateFilterKeys } from "./filters.js";
+import { ApiError, badRequest, conflict, notManager, unavailable, workerNode } from "./errors.js";
+import { matchKVList } from "./filters.js";
+import {
+  BodyBudget,
+  bodyTooLarge,
+  DEFAULT_HTTP_LIMITS,
+  type HttpLimits,
+  LimitedServer,
+  readBody,
+  writeWithBackpressure,
+} from "./http.js";
+import { ImageRoutes } from "./images.js";
+import {
+  ContainerAttachQuery,
+  ContainerCreateBody,
+  ContainerCreateQuery,
+  ContainerInspectQuery,
+  ContainerKillQuery,
+  ContainerListQuery,
+  ContainerLogsQuery,
+  ContainerRemoveQuery,
+  ContainerStartQuery,
+  ContainerStopQuery,
+  ContainerWaitQuery,
+  containerCreateFromRequest,
+  ExecCreateBody,
+  ExecStartBody,
+  execCreateFromRequest,
+  ResizeQuery,
+} from "./schemas/container.js";
+import { decode } from "./schemas/decode.js";
+import {
+  endpointFromRequest,
+  NetworkConnectBody,
+  NetworkCreateBody,
+  NetworkDisconnectBody,
+  NetworkInspectQuery,
+  NetworkListQuery,
+  NetworkPruneQuery,
+  networkSpecFromRequest,
+} from "./schemas/network.js";
+import { NodeListQuery, NodeRemoveQuery, NodeSpecBody, NodeUpdateQuery, nodeSpecFromRequest } from "./schemas/node.js";
+import { decodeQuery, filtersParam } from "./schemas/query.js";
+import {
+  SwarmInitBody,
+  SwarmJoinBody,
+  SwarmLeaveQuery,
+  SwarmSpecBody,
+  SwarmUnlockBody,
+  SwarmUpdateQuery,
+  swarmInitFromRequest,
+  swarmJoinFromRequest,
+  swarmSpecFromRequest,
+} from "./schemas/swarm.js";
+import { parseTimestampMs } from "./timestamps.js";
 import type {
   ContainerBackend,
-  ContainerCreateRequest,
-  EndpointSettingsRequest,
-  ExecCreateRequest,
   LocalNodeState,
   NetworkBackend,
-  NetworkCreateRequest,
   NetworkResource,
   NodeListFilters,
-  NodeSpec,
   SwarmBackend,
   SwarmInfo,
-  SwarmInitRequest,
-  SwarmJoinRequest,
-  SwarmSpec,
   WaitCondition,
 } from "./types.js";
+import { checkApiVersion, compareApiVersions } from "./versions.js";
+
+export { compareApiVersions };
 
 export interface EngineServerOptions {
   socketPath: string;
@@ -55,15 +107,23 @@ export interface EngineServerOptions {
   networks?: NetworkBackend;
   /** The /containers and /exec routes (503 without). */
   containers?: ContainerBackend;
+  /** Connection, time and size limits (tests shorten them). */
+  limits?: Partial<HttpLimits>;
+  /** The /images routes (503 without). */
+  images?: ImageService;
 }
 
-/** Largest request body accepted (JSON specs are small). */
-const MAX_BODY_BYTES = 4 * 1024 * 1024;
 /** How long close() lets in-flight requests finish before cutting their connections. */
 const CLOSE_GRACE_MS = 2000;
 
-const NODE_FILTERS = ["id", "label", "node.label", "membership", "name", "role"] as const;
-const NETWORK_FILTERS = ["dangling", "driver", "id", "label", "name", "scope", "type"] as const;
+/** Swarm objects shoal has none of: the path, the word dockerd's errors use, and the filters dockerd accepts. */
+const SWARM_OBJECTS: [string, string, readonly string[]][] = [
+  ["services", "service", ["id", "label", "mode", "name", "runtime"]],
+  ["tasks", "task", ["_up-to-date", "desired-state", "id", "label", "name", "node", "runtime", "service"]],
+  ["secrets", "secret", ["id", "label", "name", "names"]],
+  ["configs", "config", ["id", "label", "name", "names"]],
+];
+
 /** Networks every Docker engine has; `type=builtin` lists them, `type=custom` the others. */
 const BUILTIN_NETWORKS = ["bridge", "host", "none", "ingress", "docker_gwbridge"];
 
@@ -106,6 +166,7 @@ export class EngineServer {
   private readonly backend: SwarmBackend;
   private readonly networksBackend: NetworkBackend | undefined;
   private readonly containersBackend: ContainerBackend | undefined;
+  private readonly imageRoutes: ImageRoutes;
   private readonly log: Logger | undefined;
   private readonly routes: Route[];
   private readonly gitCommit: string;
@@ -113,22 +174,36 @@ export class EngineServer {
   private readonly dataRoot: string;
   private readonly engineId: string;
   private operatingSystem = "Linux";
-  private server: Server | undefined;
+  private readonly limits: HttpLimits;
+  private readonly bodyBudget: BodyBudget;
+  private server: LimitedServer | undefined;
   private socketIno: number | undefined;
   private closing: Promise<void> | undefined;
   /** Connections handed over to streams (the HTTP server no longer tracks them). */
   private readonly hijacked = new Set<Duplex>();
+  /** A network prune is running (dockerd runs one at a time). */
+  private pruning = false;
 
   private constructor(opts: EngineServerOptions, buildTime: string) {
     this.socketPath = opts.socketPath;
     this.backend = opts.backend;
     this.networksBackend = opts.networks;
     this.containersBackend = opts.containers;
+    const images = opts.images;
+    this.imageRoutes = new ImageRoutes(
+      () => {
+        if (!images) throw unavailable("this daemon runs no containers: it has no images");
+        return images;
+      },
+      opts.logger?.child({ component: "engine" }),
+    );
     this.log = opts.logger?.child({ component: "engine" });
     this.gitCommit = opts.gitCommit ?? "unknown";
     this.buildTime = opts.buildTime ?? buildTime;
     this.dataRoot = opts.dataRoot ?? "/var/lib/shoal";
     this.engineId = opts.engineId ?? randomUUID();
+    this.limits = { ...DEFAULT_HTTP_LIMITS, ...opts.limits };
+    this.bodyBudget = new BodyBudget(this.limits.bodyBudgetBytes);
     const r = (method: string, path: string, handler: Handler, hijack = false): Route => ({
       method,
       re: new RegExp(`^${path}$`),
@@ -152,11 +227,14 @@ export class EngineServer {
       r("POST", `/nodes/${SEG}/update`, this.nodeUpdate),
       r("DELETE", `/nodes/${SEG}`, this.nodeRemove),
       r("GET", "/networks", this.networkList),
+      r("GET", "/networks/", this.networkList),
       r("POST", "/networks/create", this.networkCreate),
+      r("POST", "/networks/prune", this.networkPrune),
       r("GET", `/networks/${SEG}`, this.networkInspect),
       r("DELETE", `/networks/${SEG}`, this.networkRemove),
       r("POST", `/networks/${SEG}/connect`, this.networkConnect),
       r("POST", `/networks/${SEG}/disconnect`, this.networkDisconnect),
+      ...this.noServiceRoutes(r),
       r("POST", "/containers/create", this.containerCreate),
       r("GET", "/containers/json", this.containerList),
       r("GET", `/containers/${SEG}/json`, this.containerInspect),
@@ -165,12 +243,23 @@ export class EngineServer {
       r("POST", `/containers/${SEG}/restart`, this.containerRestart),
       r("POST", `/containers/${SEG}/kill`, this.containerKill),
       r("POST", `/containers/${SEG}/wait`, this.containerWait),
+      r("POST", `/containers/${SEG}/resize`, this.containerResize),
       r("DELETE", `/containers/${SEG}`, this.containerRemove),
       r("GET", `/containers/${SEG}/logs`, this.containerLogs),
       r("POST", `/containers/${SEG}/attach`, this.containerAttach, true),
       r("POST", `/containers/${SEG}/exec`, this.execCreate),
       r("POST", `/exec/${SEG}/start`, this.execStart, true),
+      r("POST", `/exec/${SEG}/resize`, this.execResize),
       r("GET", `/exec/${SEG}/json`, this.execInspect),
+      r("GET", `/containers/${SEG}/top`, this.containerTop),
+      r("GET", "/images/json", (ctx) => this.imageRoutes.list(ctx)),
+      r("POST", "/images/create", (ctx) => this.imageRoutes.pull(ctx)),
+      r("POST", "/images/load", (ctx) => this.imageRoutes.load(ctx)),
+      r("GET", "/images/get", (ctx) => this.imageRoutes.save(ctx)),
+      r("GET", "/images/(.+)/get", (ctx) => this.imageRoutes.save(ctx)),
+      r("GET", "/images/(.+)/json", (ctx) => this.imageRoutes.inspect(ctx)),
+      r("POST", "/images/(.+)/tag", (ctx) => this.imageRoutes.tag(ctx)),
+      r("DELETE", "/images/(.+)", (ctx) => this.imageRoutes.remove(ctx)),
     ];
   }
 
@@ -180,21 +269,20 @@ export class EngineServer {
     self.operatingSystem = await readOperatingSystem();
     await mkdir(dirname(opts.socketPath), { recursive: true });
     await removeStaleSocket(opts.socketPath);
-    const server = createServer((req, res) => {
-      void self.handle(req, res);
-    });
-    server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      void self.handleUpgrade(req, socket, head);
-    });
+    const server = new LimitedServer(
+      self.limits,
+      (req, res) => void self.handle(req, res),
+      (req, socket, head) => void self.handleUpgrade(req, socket, head),
+    );
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => reject(err);
-      server.once("error", onError);
-      server.listen(opts.socketPath, () => {
-        server.off("error", onError);
+      server.http.once("error", onError);
+      server.http.listen(opts.socketPath, () => {
+        server.http.off("error", onError);
         resolve();
       });
     });
-    server.on("error", (err) => self.log?.error({ err }, "engine API server error"));
+    server.http.on("error", (err) => self.log?.error({ err }, "engine API server error"));
     self.server = server;
     await chmod(opts.socketPath, 0o660);
     self.socketIno = (await stat(opts.socketPath)).ino;
@@ -211,11 +299,12 @@ export class EngineServer {
   private async doClose(): Promise<void> {
     const server = this.server;
     if (!server) return;
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeIdleConnections();
+    const closed = new Promise<void>((resolve) => server.http.close(() => resolve()));
+    server.http.closeIdleConnections();
     const timer = setTimeout(() => {
-      server.closeAllConnections();
+      server.http.closeAllConnections();
       for (const s of this.hijacked) s.destroy();
+      server.destroyAll();
     }, CLOSE_GRACE_MS);
     await closed;
     clearTimeout(timer);
@@ -466,67 +555,76 @@ export class EngineServer {
     });
   }
 
+  // ---- request bodies ---------------------------------------------------------------------------------
+
+  /**
+   * Reads the request's JSON body within the limits and decodes it against `schema` (an empty body is
+   * null, which Go decodes to the zero value). `empty` answers instead when the body is empty.
+   */
+  private async body<S extends z.ZodType>(
+    { req, res }: Ctx,
+    schema: S,
+    what: string,
+    empty?: () => ApiError,
+  ): Promise<z.infer<S>> {
+    const { body, release } = await readBody(req, this.limits, this.bodyBudget);
+    res.once("close", release);
+    const value = parseBodyJson(req, body);
+    if (value === undefined && empty) throw empty();
+    return decode(schema, value ?? null, what);
+  }
+
   // ---- swarm ------------------------------------------------------------------------------------------
 
   private async swarmInspect({ res }: Ctx): Promise<void> {
     sendJSON(res, 200, await this.backend.swarmInspect());
   }
 
-  private async swarmInit({ req, res }: Ctx): Promise<void> {
-    const body = (await readJSONObject(req)) ?? {};
-    const nodeId = await this.backend.swarmInit(body as SwarmInitRequest);
+  private async swarmInit(ctx: Ctx): Promise<void> {
+    const r = await this.body(ctx, SwarmInitBody, "swarm init request");
+    const nodeId = await this.backend.swarmInit(swarmInitFromRequest(r, ctx.version));
     // The docker CLI decodes the answer as a JSON string.
-    sendJSON(res, 200, nodeId);
+    sendJSON(ctx.res, 200, nodeId);
   }
 
-  private async swarmJoin({ req, res }: Ctx): Promise<void> {
-    const body = (await readJSONObject(req)) ?? {};
-    if (body.RemoteAddrs === undefined || body.RemoteAddrs === null) body.RemoteAddrs = [];
-    if (!Array.isArray(body.RemoteAddrs) || !body.RemoteAddrs.every((a) => typeof a === "string")) {
-      throw badRequest("invalid JSON: RemoteAddrs must be an array of strings");
-    }
-    if (body.JoinToken === undefined || body.JoinToken === null) body.JoinToken = "";
-    if (typeof body.JoinToken !== "string") throw badRequest("invalid JSON: JoinToken must be a string");
-    await this.backend.swarmJoin(body as unknown as SwarmJoinRequest);
-    sendEmpty(res);
+  private async swarmJoin(ctx: Ctx): Promise<void> {
+    const r = await this.body(ctx, SwarmJoinBody, "swarm join request");
+    await this.backend.swarmJoin(swarmJoinFromRequest(r));
+    sendEmpty(ctx.res);
   }
 
   private async swarmLeave({ res, query }: Ctx): Promise<void> {
-    await this.backend.swarmLeave(boolValue(query, "force"));
+    await this.backend.swarmLeave(decodeQuery(SwarmLeaveQuery, query).force);
     sendEmpty(res);
   }
 
-  private async swarmUpdate({ req, res, query }: Ctx): Promise<void> {
-    const version = parseVersion(query);
-    const opts = {
-      version,
-      rotateWorkerToken: parseBoolParam(query, "rotateWorkerToken"),
-      rotateManagerToken: parseBoolParam(query, "rotateManagerToken"),
-      rotateManagerUnlockKey: parseBoolParam(query, "rotateManagerUnlockKey"),
-    };
-    const spec = await readJSONObject(req);
-    if (spec === undefined) throw badRequest("invalid JSON: the request body must be the swarm's Spec");
-    await this.backend.swarmUpdate(spec as unknown as SwarmSpec, opts);
-    sendEmpty(res);
+  private async swarmUpdate(ctx: Ctx): Promise<void> {
+    // As dockerd: the body first, then the version and flags.
+    const spec = swarmSpecFromRequest(await this.body(ctx, SwarmSpecBody, "swarm spec"));
+    const q = decodeQuery(SwarmUpdateQuery, ctx.query);
+    await this.backend.swarmUpdate(spec, {
+      version: q.version,
+      rotateWorkerToken: q.rotateWorkerToken,
+      rotateManagerToken: q.rotateManagerToken,
+      rotateManagerUnlockKey: q.rotateManagerUnlockKey,
+    });
+    sendEmpty(ctx.res);
   }
 
   private async swarmUnlockKey({ res }: Ctx): Promise<void> {
     sendJSON(res, 200, { UnlockKey: await this.backend.swarmUnlockKey() });
   }
 
-  private async swarmUnlock({ req, res }: Ctx): Promise<void> {
-    const body = (await readJSONObject(req)) ?? {};
-    const key = body.UnlockKey ?? "";
-    if (typeof key !== "string") throw badRequest("invalid JSON: UnlockKey must be a string");
-    await this.backend.swarmUnlock(key);
-    sendEmpty(res);
+  private async swarmUnlock(ctx: Ctx): Promise<void> {
+    const body = await this.body(ctx, SwarmUnlockBody, "swarm unlock request");
+    await this.backend.swarmUnlock(body?.UnlockKey ?? "");
+    sendEmpty(ctx.res);
   }
 
   // ---- nodes ------------------------------------------------------------------------------------------
 
   private async nodeList({ res, query }: Ctx): Promise<void> {
-    const filters = parseFilters(query.get("filters"));
-    validateFilterKeys(filters, NODE_FILTERS);
+    const { filters } = decodeQuery(NodeListQuery, query);
     sendJSON(res, 200, await this.backend.nodeList(filters as NodeListFilters));
   }
 
@@ -534,16 +632,15 @@ export class EngineServer {
     sendJSON(res, 200, await this.backend.nodeInspect(params[0]!));
   }
 
-  private async nodeUpdate({ req, res, query, params }: Ctx): Promise<void> {
-    const version = parseVersion(query);
-    const spec = await readJSONObject(req);
-    if (spec === undefined) throw badRequest("invalid JSON: the request body must be the node's Spec");
-    await this.backend.nodeUpdate(params[0]!, version, spec as unknown as NodeSpec);
-    sendEmpty(res);
+  private async nodeUpdate(ctx: Ctx): Promise<void> {
+    const spec = nodeSpecFromRequest(await this.body(ctx, NodeSpecBody, "node spec"));
+    const { version } = decodeQuery(NodeUpdateQuery, ctx.query);
+    await this.backend.nodeUpdate(ctx.params[0]!, version, spec);
+    sendEmpty(ctx.res);
   }
 
   private async nodeRemove({ res, query, params }: Ctx): Promise<void> {
-    await this.backend.nodeRemove(params[0]!, boolValue(query, "force"));
+    await this.backend.nodeRemove(params[0]!, decodeQuery(NodeRemoveQuery, query).force);
     sendEmpty(res);
   }
 
@@ -556,25 +653,23 @@ export class EngineServer {
   }
 
   private async networkList({ res, query }: Ctx): Promise<void> {
-    const filters = parseFilters(query.get("filters"));
-    validateFilterKeys(filters, NETWORK_FILTERS);
-    for (const t of filters.type ?? []) {
-      if (t !== "custom" && t !== "builtin") throw badRequest(`invalid filter: 'type'='${t}'`);
-    }
+    const { filters } = decodeQuery(NetworkListQuery, query);
     const list = await this.networks().networkList(filters);
     sendJSON(res, 200, filterNetworks(list, filters));
   }
 
-  private async networkInspect({ res, params }: Ctx): Promise<void> {
-    sendJSON(res, 200, await this.networks().networkInspect(params[0]!));
+  private async networkInspect({ res, params, query }: Ctx): Promise<void> {
+    // `verbose` adds the services on the network in dockerd: shoal runs no services, so there are none.
+    const { scope } = decodeQuery(NetworkInspectQuery, query);
+    const ref = params[0]!;
+    // shoal's networks are all swarm-scoped: asked for another scope, there is no such network.
+    if (scope && scope !== "swarm") throw new ApiError(404, `network ${ref} not found`);
+    sendJSON(res, 200, await this.networks().networkInspect(ref));
   }
 
-  private async networkCreate({ req, res }: Ctx): Promise<void> {
-    const body = await readJSONObject(req);
-    if (body === undefined) throw badRequest("invalid JSON: the request body must be the network's configuration");
-    if (typeof body.Name !== "string" || body.Name.trim() === "") throw badRequest("network name must not be empty");
-    const networks = this.networks();
-    sendJSON(res, 201, await networks.networkCreate(body as unknown as NetworkCreateRequest));
+  private async networkCreate(ctx: Ctx): Promise<void> {
+    const spec = networkSpecFromRequest(await this.body(ctx, NetworkCreateBody, "network create request"));
+    sendJSON(ctx.res, 201, await this.networks().networkCreate(spec));
   }
 
   private async networkRemove({ res, params }: Ctx): Promise<void> {
@@ -582,23 +677,99 @@ export class EngineServer {
     sendNoContent(res);
   }
 
-  private async networkConnect({ req, res, params }: Ctx): Promise<void> {
-    const body = (await readJSONObject(req)) ?? {};
-    if (typeof body.Container !== "string" || body.Container === "") {
-      throw badRequest("invalid JSON: Container must name the container to connect");
+  /**
+   * POST /networks/prune, as dockerd does it: on a manager, every network but ingress that matches the
+   * filters is removed unless it is in use; a worker may remove none. Answers the names removed.
+   */
+  private async networkPrune({ res, query }: Ctx): Promise<void> {
+    const { filters } = decodeQuery(NetworkPruneQuery, query);
+    const until = pruneUntil(filters.until);
+    if (this.pruning) throw conflict("a prune operation is already running");
+    this.pruning = true;
+    try {
+      const deleted: string[] = [];
+      const info = await this.backend.swarmInfo();
+      if (info.LocalNodeState === "active" && info.ControlAvailable) {
+        for (const n of await this.networks().networkList({})) {
+          if (n.Ingress) continue;
+          if (until !== undefined && Date.parse(n.Created) > until) continue;
+          if (!pruneLabelsMatch(filters, n.Labels ?? {})) continue;
+          try {
+            await this.networks().networkRemove(n.Id);
+            deleted.push(n.Name);
+          } catch (err) {
+            // In use (or gone meanwhile): not for pruning now.
+            this.log?.debug({ err, network: n.Name }, "network prune skipped a network");
+          }
+        }
+      }
+      sendJSON(res, 200, { NetworksDeleted: deleted.length > 0 ? deleted : null });
+    } finally {
+      this.pruning = false;
     }
-    const cfg = (isObject(body.EndpointConfig) ? body.EndpointConfig : {}) as EndpointSettingsRequest;
-    await this.networks().networkConnect(params[0]!, body.Container, cfg);
-    sendEmpty(res);
   }
 
-  private async networkDisconnect({ req, res, params }: Ctx): Promise<void> {
-    const body = (await readJSONObject(req)) ?? {};
-    if (typeof body.Container !== "string" || body.Container === "") {
-      throw badRequest("invalid JSON: Container must name the container to disconnect");
+  private async networkConnect(ctx: Ctx): Promise<void> {
+    const r = await this.body(ctx, NetworkConnectBody, "network connect request");
+    if (!r.Container) throw badRequest("invalid network connect request: Container must name the container to connect");
+    await this.networks().networkConnect(ctx.params[0]!, r.Container, endpointFromRequest(r.EndpointConfig));
+    sendEmpty(ctx.res);
+  }
+
+  private async networkDisconnect(ctx: Ctx): Promise<void> {
+    const r = await this.body(ctx, NetworkDisconnectBody, "network disconnect request");
+    if (!r.Container) {
+      throw badRequest("invalid network disconnect request: Container must name the container to disconnect");
     }
-    await this.networks().networkDisconnect(params[0]!, body.Container, body.Force === true);
-    sendEmpty(res);
+    await this.networks().networkDisconnect(ctx.params[0]!, r.Container, r.Force ?? false);
+    sendEmpty(ctx.res);
+  }
+
+  // ---- services, tasks, secrets, configs: shoal runs none ------------------------------------------------
+
+  /**
+   * Swarm's other objects. shoal runs no services, so on a manager there are none of them: lists are empty
+   * (`docker node ps` lists a node's tasks), an id is not found, and creating one is refused saying why.
+   */
+  private noServiceRoutes(r: (method: string, path: string, handler: Handler) => Route): Route[] {
+    const out: Route[] = [];
+    for (const [plural, kind, filters] of SWARM_OBJECTS) {
+      const list: Handler = async ({ req, res, query }) => {
+        await this.requireManager();
+        decodeQuery(z.object({ filters: filtersParam(filters) }), query);
+        await discardBody(req, this.limits, this.bodyBudget);
+        sendJSON(res, 200, []);
+      };
+      const missing: Handler = async ({ req, params }) => {
+        await this.requireManager();
+        await discardBody(req, this.limits, this.bodyBudget);
+        throw new ApiError(404, `${kind} ${params[0]} not found`);
+      };
+      const create: Handler = async ({ req }) => {
+        await this.requireManager();
+        await discardBody(req, this.limits, this.bodyBudget);
+        throw new ApiError(
+          501,
+          `shoal runs no ${plural}: it manages nodes and overlay networks, and containers started with docker run`,
+        );
+      };
+      out.push(
+        r("GET", `/${plural}`, list),
+        r("POST", `/${plural}/create`, create),
+        r("GET", `/${plural}/${SEG}`, missing),
+        r("POST", `/${plural}/${SEG}/update`, missing),
+        r("DELETE", `/${plural}/${SEG}`, missing),
+      );
+      if (plural === "services" || plural === "tasks") out.push(r("GET", `/${plural}/${SEG}/logs`, missing));
+    }
+    return out;
+  }
+
+  /** 503 in dockerd's words unless this node is a manager of an active swarm. */
+  private async requireManager(): Promise<void> {
+    const info = await this.backend.swarmInfo();
+    if (info.LocalNodeState !== "active") throw notManager();
+    if (!info.ControlAvailable) throw workerNode();
   }
 
   // ---- containers -------------------------------------------------------------------------------------
@@ -610,42 +781,50 @@ export class EngineServer {
     return this.containersBackend;
   }
 
-  private async containerCreate({ req, res, query }: Ctx): Promise<void> {
-    const body = await readJSONObject(req);
-    if (body === undefined) throw badRequest("config cannot be empty in order to create a container");
-    const name = query.get("name") ?? undefined;
-    sendJSON(res, 201, await this.containers().containerCreate(name, body as ContainerCreateRequest));
+  private async containerCreate(ctx: Ctx): Promise<void> {
+    const q = decodeQuery(ContainerCreateQuery, ctx.query);
+    if (q.platform && !/^linux(\/|$)/.test(q.platform)) {
+      throw badRequest(`shoal runs Linux containers only: platform "${q.platform}" is not supported`);
+    }
+    const r = await this.body(ctx, ContainerCreateBody, "container config", () =>
+      badRequest("config cannot be empty in order to create a container"),
+    );
+    const name = q.name || undefined;
+    sendJSON(ctx.res, 201, await this.containers().containerCreate(name, containerCreateFromRequest(r)));
   }
 
   private async containerList({ res, query }: Ctx): Promise<void> {
-    const filters = parseFilters(query.get("filters"));
-    const limitText = query.get("limit");
-    const limit = limitText === null || limitText === "" ? -1 : Number.parseInt(limitText, 10);
-    if (Number.isNaN(limit)) throw badRequest(`invalid value for limit: ${limitText}`);
-    let list = await this.containers().containerList({ all: boolValue(query, "all") || limit > 0, filters });
+    const q = decodeQuery(ContainerListQuery, query);
+    const limit = q.limit ?? -1;
+    let list = await this.containers().containerList({ all: q.all || limit > 0, filters: q.filters });
     if (limit > 0) list = list.slice(0, limit);
     sendJSON(res, 200, list);
   }
 
-  private async containerInspect({ res, params }: Ctx): Promise<void> {
+  private async containerInspect({ res, params, query }: Ctx): Promise<void> {
+    decodeQuery(ContainerInspectQuery, query);
     sendJSON(res, 200, await this.containers().containerInspect(params[0]!));
   }
 
-  private async containerStart({ res, params }: Ctx): Promise<void> {
+  private async containerStart({ req, res, params, query }: Ctx): Promise<void> {
+    // dockerd: a body of more than 7 bytes (the shortest non-empty JSON object) is the HostConfig of old.
+    const length = req.headers["content-length"];
+    if ((length !== undefined && Number(length) > 7) || req.headers["transfer-encoding"] !== undefined) {
+      throw badRequest(
+        "starting container with non-empty request body was deprecated since API v1.22 and removed in v1.24",
+      );
+    }
+    const { release } = await readBody(req, this.limits, this.bodyBudget);
+    release();
+    const q = decodeQuery(ContainerStartQuery, query);
+    if (q.checkpoint || q["checkpoint-dir"]) throw badRequest("checkpoints are not supported by shoal");
     const started = await this.containers().containerStart(params[0]!);
     sendNoContent(res, started ? 204 : 304);
   }
 
   private stopOptions(query: URLSearchParams): { timeout?: number; signal?: string } {
-    const opts: { timeout?: number; signal?: string } = {};
-    const t = query.get("t");
-    if (t !== null && t !== "") {
-      if (!/^-?[0-9]+$/.test(t)) throw badRequest(`invalid value for t: ${t}`);
-      opts.timeout = Number(t);
-    }
-    const signal = query.get("signal");
-    if (signal) opts.signal = signal;
-    return opts;
+    const q = decodeQuery(ContainerStopQuery, query);
+    return { ...(q.t !== undefined ? { timeout: q.t } : {}), ...(q.signal ? { signal: q.signal } : {}) };
   }
 
   private async containerStop({ res, query, params }: Ctx): Promise<void> {
@@ -661,12 +840,13 @@ export class EngineServer {
   }
 
   private async containerKill({ res, query, params }: Ctx): Promise<void> {
-    await this.containers().containerKill(params[0]!, query.get("signal") || "SIGKILL");
+    const { signal } = decodeQuery(ContainerKillQuery, query);
+    await this.containers().containerKill(params[0]!, signal || "SIGKILL");
     sendNoContent(res);
   }
 
   private async containerWait({ res, query, params }: Ctx): Promise<void> {
-    const condition = query.get("condition") || "not-running";
+    const condition = decodeQuery(ContainerWaitQuery, query).condition || "not-running";
     if (condition !== "not-running" && condition !== "next-exit" && condition !== "removed") {
       throw badRequest(`invalid condition: "${condition}"`);
     }
@@ -684,70 +864,68 @@ export class EngineServer {
   }
 
   private async containerRemove({ res, query, params }: Ctx): Promise<void> {
-    if (boolValue(query, "link")) throw badRequest("shoal has no container links to remove");
-    await this.containers().containerRemove(params[0]!, { force: boolValue(query, "force") });
+    const q = decodeQuery(ContainerRemoveQuery, query);
+    if (q.link) throw badRequest("shoal has no container links to remove");
+    await this.containers().containerRemove(params[0]!, { force: q.force });
     sendNoContent(res);
   }
 
   private async containerLogs({ res, query, params, version }: Ctx): Promise<void> {
-    const stdout = boolValue(query, "stdout");
-    const stderr = boolValue(query, "stderr");
-    if (!stdout && !stderr) throw badRequest("Bad parameters: you must choose at least one stream");
+    const q = decodeQuery(ContainerLogsQuery, query);
+    if (!q.stdout && !q.stderr) throw badRequest("Bad parameters: you must choose at least one stream");
     const stream = await this.containers().containerLogs(params[0]!, {
-      stdout,
-      stderr,
-      follow: boolValue(query, "follow"),
-      timestamps: boolValue(query, "timestamps"),
-      tail: query.get("tail") ?? "all",
-      since: parseTimeParam(query, "since"),
-      until: parseTimeParam(query, "until"),
+      stdout: q.stdout,
+      stderr: q.stderr,
+      follow: q.follow,
+      timestamps: q.timestamps,
+      tail: q.tail ?? "all",
+      since: timeParam("since", q.since),
+      until: timeParam("until", q.until),
     });
     res.writeHead(200, { "Content-Type": streamMediaType(stream.tty, version) });
     res.flushHeaders();
-    let closed = false;
-    res.once("close", () => {
-      closed = true;
-      stream.cancel();
-    });
+    res.once("close", () => stream.cancel());
     for await (const c of stream.chunks) {
-      if (closed) break;
-      res.write(stream.tty ? c.data : frame(c.stream, c.data));
+      if (!(await writeWithBackpressure(res, stream.tty ? c.data : frame(c.stream, c.data)))) break;
     }
-    if (!closed) res.end();
+    if (!res.destroyed) res.end();
   }
 
   private async containerAttach({ req, res, query, params, version, upgrade }: Ctx): Promise<void> {
-    const opts = {
-      stream: boolValue(query, "stream"),
-      logs: boolValue(query, "logs"),
-      stdin: boolValue(query, "stdin"),
-      stdout: boolValue(query, "stdout"),
-      stderr: boolValue(query, "stderr"),
-    };
-    const input = upgrade ? await upgradeInput(req, upgrade) : undefined;
-    const session = await this.containers().containerAttach(params[0]!, opts);
+    const opts = decodeQuery(ContainerAttachQuery, query);
+    const input = upgrade ? await upgradeInput(req, upgrade, this.limits.maxBodyBytes) : undefined;
+    const session = await this.containers().containerAttach(params[0]!, {
+      stream: opts.stream,
+      logs: opts.logs,
+      stdin: opts.stdin,
+      stdout: opts.stdout,
+      stderr: opts.stderr,
+    });
     const out = openStream(res, upgrade, streamMediaType(session.tty, version));
     out.onClose(() => session.cancel());
     if (input && session.stdin) {
       input.stream.pipe(session.stdin);
     }
     for await (const c of session.chunks) {
-      if (out.closed) break;
-      out.write(session.tty ? c.data : frame(c.stream, c.data));
+      if (!(await out.write(session.tty ? c.data : frame(c.stream, c.data)))) break;
     }
     out.end();
   }
 
-  private async execCreate({ req, res, params }: Ctx): Promise<void> {
-    const body = await readJSONObject(req);
-    if (body === undefined) throw badRequest("invalid JSON: the request body must be the exec's configuration");
-    const id = await this.containers().execCreate(params[0]!, body as ExecCreateRequest);
-    sendJSON(res, 201, { Id: id });
+  private async execCreate(ctx: Ctx): Promise<void> {
+    const r = await this.body(ctx, ExecCreateBody, "exec configuration", () =>
+      badRequest("invalid JSON: the request body must be the exec's configuration"),
+    );
+    const id = await this.containers().execCreate(ctx.params[0]!, execCreateFromRequest(r));
+    sendJSON(ctx.res, 201, { Id: id });
   }
 
-  private async execStart({ req, res, params, version, upgrade }: Ctx): Promise<void> {
-    const input = upgrade ? await upgradeInput(req, upgrade) : undefined;
-    const body = input ? parseJSONText(input.body) : ((await readJSONObject(req)) ?? {});
+  private async execStart(ctx: Ctx): Promise<void> {
+    const { req, res, params, version, upgrade } = ctx;
+    const input = upgrade ? await upgradeInput(req, upgrade, this.limits.maxBodyBytes) : undefined;
+    const body = input
+      ? decode(ExecStartBody, parseUpgradeBody(input.body, this.limits.maxBodyBytes), "exec start request")
+      : await this.body(ctx, ExecStartBody, "exec start request");
     const session = await this.containers().execStart(params[0]!);
     if (body.Detach === true) {
       void session
@@ -763,12 +941,28 @@ export class EngineServer {
     const tty = session.tty || body.Tty === true;
     const out = openStream(res, upgrade, streamMediaType(tty, version));
     await session.run({
-      output: (c) => {
-        if (!out.closed) out.write(tty ? c.data : frame(c.stream, c.data));
-      },
+      // The process's output waits while the client is behind (the promise is its backpressure).
+      output: (c) => out.write(tty ? c.data : frame(c.stream, c.data)),
       ...(input && session.attachStdin ? { stdin: input.stream } : {}),
     });
     out.end();
+  }
+
+  /** POST /containers/{id}/resize: the TTY of a running container takes the client's terminal size. */
+  private async containerResize({ res, query, params }: Ctx): Promise<void> {
+    const { h, w } = decodeResize(query);
+    await this.containers().containerResize?.(params[0]!, h, w);
+    sendEmpty(res);
+  }
+
+  private async execResize({ res, query, params }: Ctx): Promise<void> {
+    const { h, w } = decodeResize(query);
+    await this.containers().execResize?.(params[0]!, h, w);
+    sendEmpty(res);
+  }
+
+  private async containerTop({ res, query, params }: Ctx): Promise<void> {
+    sendJSON(res, 200, await this.containers().containerTop(params[0]!, query.get("ps_args") ?? ""));
   }
 
   private async execInspect({ res, params }: Ctx): Promise<void> {
@@ -782,29 +976,6 @@ export class EngineServer {
 export function swarmStatusOf(state: LocalNodeState, controlAvailable: boolean): string {
   if (state === "active") return controlAvailable ? "active/manager" : "active/worker";
   return state;
-}
-
-/** Compares dotted versions numerically, as dockerd's versions.Compare does ("1.9" < "1.24"). */
-export function compareApiVersions(a: string, b: string): number {
-  const pa = a.split(".");
-  const pb = b.split(".");
-  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
-    const x = Number.parseInt(pa[i] ?? "0", 10) || 0;
-    const y = Number.parseInt(pb[i] ?? "0", 10) || 0;
-    if (x !== y) return x < y ? -1 : 1;
-  }
-  return 0;
-}
-
-function checkApiVersion(v: string): void {
-  if (compareApiVersions(v, API_VERSION) > 0) {
-    throw badRequest(`client version ${v} is too new. Maximum supported API version is ${API_VERSION}`);
-  }
-  if (compareApiVersions(v, MIN_API_VERSION) < 0) {
-    throw badRequest(
-      `client version ${v} is too old. Minimum supported API version is ${MIN_API_VERSION}, please upgrade your client to a newer version`,
-    );
-  }
 }
 
 function decodeSegment(s: string | undefined): string | undefined {
@@ -833,29 +1004,65 @@ function sendNoContent(res: ServerResponse, status = 204): void {
   res.end();
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-function parseJSONText(text: string): Record<string, unknown> {
-  if (text.trim() === "") return {};
-  let value: unknown;
+/**
+ * A request body's JSON: undefined when empty; a Content-Type other than application/json is refused (as
+ * dockerd does). Its size and depth were bounded while it was read.
+ */
+function parseBodyJson(req: IncomingMessage, body: Buffer): unknown {
+  const text = body.toString("utf8");
+  if (text.trim() === "") return undefined;
+  const ct = req.headers["content-type"];
+  if (ct !== undefined && ct.split(";")[0]!.trim().toLowerCase() !== "application/json") {
+    throw badRequest(`unsupported Content-Type header (${ct}): must be 'application/json'`);
+  }
   try {
-    value = JSON.parse(text);
+    return JSON.parse(text) as unknown;
   } catch (err) {
     throw badRequest(`invalid JSON: ${(err as Error).message}`);
   }
-  if (!isObject(value)) throw badRequest("invalid JSON: the request body must be a JSON object");
-  return value;
+}
+
+/** The body of an upgrade request (exec start): bounded in size and depth before it is parsed. */
+function parseUpgradeBody(text: string, maxBytes: number): unknown {
+  if (text.trim() === "") return null;
+  return parseJsonText(text, "JSON", maxBytes, MAX_JSON_DEPTH);
+}
+
+/** Reads a body the route does not use, within the limits (so the connection can carry the next request). */
+async function discardBody(req: IncomingMessage, limits: HttpLimits, budget: BodyBudget): Promise<void> {
+  const { release } = await readBody(req, limits, budget);
+  release();
 }
 
 /** `since`/`until` of logs: Unix seconds, with fractions ("1700000000.5"); absent or 0: no bound. */
-function parseTimeParam(query: URLSearchParams, key: string): number {
-  const raw = query.get(key);
-  if (raw === null || raw === "") return 0;
+function timeParam(key: string, raw: string | undefined): number {
+  if (raw === undefined || raw === "") return 0;
   const n = Number(raw);
   if (!Number.isFinite(n)) throw badRequest(`invalid value for ${key}: ${raw}`);
   return n;
+}
+
+/** h and w of a resize: both required, as dockerd's strconv.Atoi reads them. */
+function decodeResize(query: URLSearchParams): { h: number; w: number } {
+  const { h, w } = decodeQuery(ResizeQuery, query);
+  if (h === undefined) throw badRequest('strconv.Atoi: parsing "": invalid syntax');
+  if (w === undefined) throw badRequest('strconv.Atoi: parsing "": invalid syntax');
+  if (h < 0 || w < 0 || h > 65535 || w > 65535) throw badRequest(`invalid terminal size ${w}x${h}`);
+  return { h, w };
+}
+
+/** The `until` filter of a prune, as dockerd reads it: a duration ago, a time, or Unix seconds. */
+function pruneUntil(values: string[] | undefined): number | undefined {
+  if (!values || values.length === 0) return undefined;
+  if (values.length > 1) throw badRequest("more than one until filter specified");
+  return parseTimestampMs(values[0]!, Date.now());
+}
+
+/** dockerd's matchLabels for prune: every `label` holds, and not every `label!` does. */
+function pruneLabelsMatch(f: Record<string, string[]>, labels: Record<string, string>): boolean {
+  if (!matchKVList(f.label, labels)) return false;
+  if ((f["label!"]?.length ?? 0) > 0 && matchKVList(f["label!"], labels)) return false;
+  return true;
 }
 
 /** dockerd's media type of a stream: multiplexed frames without a TTY (API 1.42+ says so). */
@@ -902,11 +1109,14 @@ function writeRawError(socket: Duplex, err: ApiError): void {
  * The body of an upgrade request (Content-Length bytes after the head) and, after it, what the client
  * sends next: its stdin.
  */
-async function upgradeInput(req: IncomingMessage, up: Upgrade): Promise<{ body: string; stream: PassThrough }> {
+async function upgradeInput(
+  req: IncomingMessage,
+  up: Upgrade,
+  maxBytes: number,
+): Promise<{ body: string; stream: PassThrough }> {
   const length = Number(req.headers["content-length"] ?? "0");
-  if (!Number.isSafeInteger(length) || length < 0 || length > MAX_BODY_BYTES) {
-    throw badRequest("invalid Content-Length");
-  }
+  if (!Number.isSafeInteger(length) || length < 0) throw badRequest("invalid Content-Length");
+  if (length > maxBytes) throw bodyTooLarge(maxBytes);
   let buf = up.head;
   if (buf.length < length) {
     buf = await new Promise<Buffer>((resolve, reject) => {
@@ -943,7 +1153,8 @@ async function upgradeInput(req: IncomingMessage, up: Upgrade): Promise<{ body: 
 
 interface StreamOut {
   readonly closed: boolean;
-  write(b: Buffer): void;
+  /** Resolves once the client has taken the bytes (false: the stream is closed). */
+  write(b: Buffer): Promise<boolean>;
   end(): void;
   onClose(f: () => void): void;
 }
@@ -964,9 +1175,7 @@ function openStream(res: ServerResponse, up: Upgrade | undefined, mediaType: str
       get closed() {
         return closed;
       },
-      write: (b) => {
-        if (!closed) socket.write(b);
-      },
+      write: (b) => (closed ? Promise.resolve(false) : writeWithBackpressure(socket, b)),
       end: () => {
         if (!closed) socket.end();
       },
@@ -983,9 +1192,7 @@ function openStream(res: ServerResponse, up: Upgrade | undefined, mediaType: str
     get closed() {
       return closed;
     },
-    write: (b) => {
-      if (!closed) res.write(b);
-    },
+    write: (b) => (closed ? Promise.resolve(false) : writeWithBackpressure(res, b)),
     end: () => {
       if (!closed) res.end();
     },
@@ -1034,61 +1241,6 @@ export function filterNetworks(list: NetworkResource[], f: Record<string, string
     }
     return true;
   });
-}
-
-/** dockerd's httputils.BoolValue: anything but "", "0", "no", "false", "none" is true. */
-function boolValue(query: URLSearchParams, key: string): boolean {
-  const s = (query.get(key) ?? "").trim().toLowerCase();
-  return !(s === "" || s === "0" || s === "no" || s === "false" || s === "none");
-}
-
-/** A strict boolean query parameter (Go's strconv.ParseBool); absent → false. */
-function parseBoolParam(query: URLSearchParams, key: string): boolean {
-  const s = query.get(key);
-  if (s === null || s === "") return false;
-  if (["1", "t", "T", "true", "TRUE", "True"].includes(s)) return true;
-  if (["0", "f", "F", "false", "FALSE", "False"].includes(s)) return false;
-  throw badRequest(`invalid value for ${key}: ${s}`);
-}
-
-/** The `version` query parameter of an update (the object's current Version.Index). */
-function parseVersion(query: URLSearchParams): number {
-  const raw = query.get("version");
-  if (raw === null || !/^[0-9]+$/.test(raw)) throw badRequest("invalid version");
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n)) throw badRequest("invalid version");
-  return n;
-}
-
-/**
- * Reads a JSON object body. An empty body gives undefined; anything but one JSON object is a 400, and so
- * is a Content-Type other than application/json.
- */
-async function readJSONObject(req: IncomingMessage): Promise<Record<string, unknown> | undefined> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    const buf = chunk as Buffer;
-    size += buf.length;
-    if (size > MAX_BODY_BYTES) throw new ApiError(413, `request body is larger than ${MAX_BODY_BYTES} bytes`);
-    chunks.push(buf);
-  }
-  const text = Buffer.concat(chunks).toString("utf8");
-  if (text.trim() === "") return undefined;
-  const ct = req.headers["content-type"];
-  if (ct !== undefined && ct.split(";")[0]!.trim().toLowerCase() !== "application/json") {
-    throw badRequest(`unsupported Content-Type header (${ct}): must be 'application/json'`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw badRequest(`invalid JSON: ${(err as Error).message}`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw badRequest("invalid JSON: the request body must be a JSON object");
-  }
-  return value as Record<string, unknown>;
 }
 
 /** Removes a socket file left by a daemon that is gone; refuses a live socket or a file that is no socket. */

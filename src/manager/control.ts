@@ -3,6 +3,8 @@
 // preconditions (object versions) are checked when they are applied.
 
 import { ApiError, badRequest, nodeNotFound } from "../api/errors.js";
+import { NodeSpecSchema, SwarmSpecSchema } from "../api/objects.js";
+import { parse } from "../api/schema.js";
 import { generateJoinToken } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
@@ -54,7 +56,8 @@ export class Control {
     await this.m.readBarrier();
     const c = this.m.store.cluster();
     if (!c) throw new ApiError(503, "the cluster is not initialised yet");
-    validateSwarmSpec(spec);
+    // The Engine API decoded it; what is proposed is checked against the stored object's schema too.
+    spec = parse(SwarmSpecSchema, spec, "swarm spec");
     // A root CA rotation is planned (new root made and cross-signed) before anything is written; the
     // signing certificate and key never stay in the spec.
     const caChange = await planRootRotation(c, spec);
@@ -114,7 +117,7 @@ export class Control {
 
   async nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void> {
     const rec = await this.resolve(ref);
-    validateNodeSpec(spec);
+    spec = parse(NodeSpecSchema, spec, "node spec");
     if (rec.node.Spec.Role === "manager" && spec.Role === "worker") {
       const managers = this.m.store.nodes().filter((r) => r.node.Spec.Role === "manager");
       if (managers.length <= 1) throw badRequest("attempting to demote the last manager of the swarm");
@@ -158,21 +161,6 @@ function nextUnlockKey(current: string | undefined, spec: SwarmSpec, rotate: boo
   if (!spec.EncryptionConfig?.AutoLockManagers) return {};
   if (current !== undefined && !rotate) return {};
   return { unlockKey: formatUnlockKey(generateKek()) };
-}
-
-function validateNodeSpec(spec: NodeSpec): void {
-  if (spec.Role !== "worker" && spec.Role !== "manager") throw badRequest(`invalid role "${String(spec.Role)}"`);
-  if (!["active", "pause", "drain"].includes(spec.Availability)) {
-    throw badRequest(`invalid availability "${String(spec.Availability)}"`);
-  }
-  if (spec.Labels && typeof spec.Labels !== "object") throw badRequest("invalid labels");
-  spec.Labels ??= {};
-}
-
-function validateSwarmSpec(spec: SwarmSpec): void {
-  if (!spec || typeof spec !== "object") throw badRequest("invalid swarm spec");
-  const hb = spec.Dispatcher?.HeartbeatPeriod;
-  if (hb !== undefined && (typeof hb !== "number" || hb < 0)) throw badRequest("invalid heartbeat period");
 }
 
 function matches(n: Node, f: NodeListFilters): boolean {

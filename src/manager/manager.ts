@@ -14,16 +14,23 @@ import { describeIssues } from "../api/schema.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
 import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
 import type { LevelStorage } from "../raft/level-storage.js";
-import { entryPayload, RaftNode } from "../raft/node.js";
+import { entryPayload, NodeStoppedError, RaftNode } from "../raft/node.js";
 import { Raft } from "../raft/raft.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
-import { GrpcTransport, RaftServiceDefinition, raftServiceImplementation } from "../raft/transport.js";
+import {
+  GrpcTransport,
+  RaftServiceDefinition,
+  raftServiceImplementation,
+  type SenderStatus,
+} from "../raft/transport.js";
 import {
   type ConfChange,
   ConfChangeType,
   EMPTY,
   EntryType,
   ErrProposalDropped,
+  ErrProposalOutcomeUnknown,
+  ErrProposalTooLarge,
   type NodeId,
   StateType,
 } from "../raft/types.js";
@@ -156,7 +163,8 @@ export class Manager {
   private trusted = "";
   private certs: TLSMaterial;
   private readonly opts: ManagerOptions;
-  private peers = new Map<NodeId, string>();
+  /** The members a joining manager was given in its JoinResponse (before its store has them). */
+  private peers = new Map<NodeId, RaftMember>();
   private prober: NodeJS.Timeout | undefined;
   private leaderState = false;
   private stopped = false;
@@ -174,7 +182,7 @@ export class Manager {
     this.nodeId = opts.state.nodeId;
     this.clusterId = opts.state.clusterId;
     this.certs = opts.certs;
-    for (const p of opts.peers ?? []) this.peers.set(p.raftId, p.addr);
+    for (const p of opts.peers ?? []) this.peers.set(p.raftId, p);
     this.dispatcher = new Dispatcher(this);
     this.roleManager = new RoleManager(this);
     this.keyManager = new KeyManager({
@@ -270,9 +278,10 @@ export class Manager {
     }
     this.transport = new GrpcTransport({
       selfId: this.raftId,
-      resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id),
+      resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id)?.addr,
       credentials: () => clientCredentials(this.certs.rootPem, this.certs.certPem, this.certs.keyPem),
       onUnreachable: (id) => this.raft?.reportUnreachable(id),
+      onToldRemoved: (by) => this.raft?.toldRemoved(by),
       logger: this.root.child({ component: "transport" }),
     });
     this.raft = await RaftNode.start({
@@ -289,6 +298,11 @@ export class Manager {
       logger: this.root.child({ component: "raft", raftId: this.raftId.toString(16) }),
       onConfChange: (cc, _cs, index) => this.onConfChange(cc, index),
       onSoftState: (ss) => this.onSoftState(ss.state === StateType.Leader, ss.lead),
+      // It applied its own removal, or a member told it: its Raft member has stopped.
+      onRemoved: () => {
+        this.log.warn({}, "this manager was removed from the raft group");
+        this.opts.onRemoved?.();
+      },
     });
     // A single-voter cluster need not wait out an election timeout.
     const cs = this.raft.status().confState;
@@ -299,8 +313,10 @@ export class Manager {
     const server = new Server({
       "grpc.max_receive_message_length": 8 << 20,
       "grpc.max_send_message_length": 8 << 20,
-      "grpc.keepalive_time_ms": 1000,
-      "grpc.keepalive_timeout_ms": 1000,
+      // Only to clean up the streams of clients that vanished: sessions and Raft have their own liveness
+      // (heartbeats, Raft's own), and a busy client must not be cut off for answering a ping late.
+      "grpc.keepalive_time_ms": 10_000,
+      "grpc.keepalive_timeout_ms": 10_000,
       "grpc.keepalive_permit_without_calls": 1,
       "grpc.http2.min_ping_interval_without_data_ms": 500,
       // A node needs a handful of streams (a session, raft, a call or two); a flood of them is refused.
@@ -320,12 +336,8 @@ export class Manager {
         clusterId: () => this.clusterId,
         onHeard: (id) => this.transport?.markHeard(id),
         selfId: () => this.raftId,
-        // A member's messages must come from the node it was added for (before the store knows a
-        // member, during a join, any manager of this cluster may speak).
-        checkSender: (from, peer) => {
-          const member = this.store.member(from);
-          return member === undefined || member.nodeId === peer.nodeId;
-        },
+        // Only current members speak, each from the node it was added for.
+        member: (from, nodeId) => this.senderStatus(from, nodeId),
         isRemoved: (nodeId) => this.store.isRemoved(nodeId),
         logger: this.root.child({ component: "raft-server" }),
       }),
@@ -382,6 +394,18 @@ export class Manager {
     this.log.info({ addr: `${host}:${this.listener.port}` }, "cluster listener started");
   }
 
+  /**
+   * Who raft id `from` is, for a caller holding node `nodeId`'s certificate: members come from the store,
+   * and, for a manager that is joining (its store is still empty), from the member list its JoinResponse
+   * gave; an id this node's Raft log removed is "removed" whatever else says so.
+   */
+  private senderStatus(from: NodeId, nodeId: string): SenderStatus {
+    if (this.raft?.isRemovedId(from)) return "removed";
+    const m = this.store.member(from) ?? this.peers.get(from);
+    if (!m) return "unknown";
+    return m.nodeId === nodeId ? "member" : "other-node";
+  }
+
   get listenPort(): number {
     return this.listener?.port ?? 0;
   }
@@ -397,7 +421,7 @@ export class Manager {
     const lead = this.raft.leader;
     if (lead === 0) return undefined;
     if (lead === this.raftId) return this.opts.state.advertiseAddr;
-    return this.store.member(lead)?.addr ?? this.peers.get(lead);
+    return this.store.member(lead)?.addr ?? this.peers.get(lead)?.addr;
   }
 
   leaderRaftId(): NodeId {
@@ -444,29 +468,55 @@ export class Manager {
     if (cmd) this.store.apply(encodeCommand(cmd, new Date(0)), index);
     if (cc.type === ConfChangeType.RemoveNode) {
       this.transport.removePeer(cc.nodeId);
-      if (cc.nodeId === this.raftId) {
-        this.log.warn({}, "this manager was removed from the raft group");
-        this.opts.onRemoved?.();
-      }
     }
   }
 
   // ------------------------------------------------------------------ reads and writes
 
-  /** Propose a store command and wait for its outcome; a refused command becomes an ApiError. */
+  /**
+   * Propose a store command and wait for its outcome; a refused command becomes an ApiError. The answer is
+   * true: success only once applied; "not applied" only when Raft is certain it never will be (then it is
+   * proposed again, for a while, so that most writes simply succeed across a failover); and "may still take
+   * effect" when this manager cannot know (it is cut off).
+   */
   async write(cmd: Command): Promise<number> {
     checkBeforeProposing(cmd);
     if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
-    let res: { index: number; result: unknown };
-    try {
-      res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()));
-    } catch (e) {
-      if (e instanceof ErrProposalDropped) throw new ApiError(503, NO_LEADER_MESSAGE);
-      throw e;
+    const start = Date.now();
+    // The leader-only loops write only while this manager leads: what one of them asked for is not proposed
+    // again once this manager has lost the leadership (the new leader's loops decide afresh).
+    const ledAtStart = this.leaderState;
+    for (let attempt = 0; ; attempt++) {
+      const leftMs = Math.max(WRITE_TIMEOUT_MS - (Date.now() - start), 1000);
+      let res: { index: number; result: unknown };
+      try {
+        res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()), leftMs);
+      } catch (e) {
+        const retry =
+          e instanceof ErrProposalDropped &&
+          !(e instanceof ErrProposalTooLarge) &&
+          !(ledAtStart && !this.leaderState) &&
+          Date.now() - start < WRITE_RETRY_MS;
+        if (retry && (await this.waitForLeader(start + WRITE_RETRY_MS))) {
+          // At once the first time (a new leader is known); then not in a tight loop.
+          if (attempt > 0) await new Promise((r) => setTimeout(r, 25));
+          continue;
+        }
+        throw writeError(e);
+      }
+      const out = res.result as Outcome;
+      if (!out.ok) throw new ApiError(out.status, out.message);
+      return out.version;
     }
-    const out = res.result as Outcome;
-    if (!out.ok) throw new ApiError(out.status, out.message);
-    return out.version;
+  }
+
+  /** Wait until a leader is known (polling: elections take a few ticks); false if `untilMs` passes first. */
+  private async waitForLeader(untilMs: number): Promise<boolean> {
+    while (this.raft.leader === 0) {
+      if (this.stopped || this.raft.isRemovedId(this.raftId) || Date.now() >= untilMs) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
   }
 
   /** Wait until this manager has applied every write that finished before the call. */
@@ -578,6 +628,28 @@ export class Manager {
 function checkBeforeProposing(cmd: Command): void {
   const r = checkCommand(cmd);
   if (!r.ok) throw new ApiError(400, `invalid ${cmd.op}: ${r.reason}`);
+}
+
+/** How long a write may wait for its outcome before it is reported unknown. */
+const WRITE_TIMEOUT_MS = 10_000;
+/** How long a write that certainly was not applied is proposed again while a leader is being elected. */
+const WRITE_RETRY_MS = 5_000;
+
+/** The error a client gets for a write that did not succeed, in words that say whether it took effect. */
+function writeError(e: unknown): unknown {
+  if (e instanceof ErrProposalTooLarge) return new ApiError(400, `the request is too large to store: ${e.message}`);
+  if (e instanceof ErrProposalOutcomeUnknown) {
+    return new ApiError(
+      503,
+      "the request timed out and may still take effect; check before retrying (this manager could not learn " +
+        "the outcome from the swarm's leader, possibly because too few managers are online)",
+    );
+  }
+  if (e instanceof ErrProposalDropped || e instanceof NodeStoppedError) {
+    if (/no leader/.test(e.message)) return new ApiError(503, `${NO_LEADER_MESSAGE} The request was not applied.`);
+    return new ApiError(503, `The request was not applied (${e.message}); it is safe to try again.`);
+  }
+  return e;
 }
 
 export function splitHostPort(addr: string): [string, string] {

@@ -8,7 +8,7 @@ import { status } from "@grpc/grpc-js";
 import { badRequest, notFound } from "../api/errors.js";
 import { newNodeId } from "../ca/ids.js";
 import { encryptedMtu } from "../dataplane/xfrm.js";
-import type { NetworkCreateRequest, NetworkResource } from "../engine/types.js";
+import type { NetworkResource } from "../engine/types.js";
 import type {
   AttachRequest,
   AttachResponse,
@@ -52,45 +52,6 @@ export function findNetwork(store: Store, ref: string): NetworkRecord | undefine
   if (byPrefix.length > 1)
     throw badRequest(`network ${ref} is ambiguous (${byPrefix.length} matches found based on ID prefix)`);
   return undefined;
-}
-
-/** Check a create request and turn it into a network spec (nothing is allocated here). */
-export function specFromRequest(req: NetworkCreateRequest): NetworkSpec {
-  const name = req.Name;
-  if (!name || typeof name !== "string") throw badRequest("network name is required");
-  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name)) {
-    throw badRequest(`invalid network name "${name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed`);
-  }
-  const driver = req.Driver || "overlay";
-  if (driver !== "overlay") {
-    throw badRequest(
-      `network driver "${driver}" is not supported: shoal creates swarm-scoped overlay networks (-d overlay)`,
-    );
-  }
-  if (req.EnableIPv6) throw badRequest("IPv6 is not supported on shoal overlay networks yet");
-  const options = { ...(req.Options ?? {}) };
-  for (const [k, v] of Object.entries(options)) if (typeof v !== "string") throw badRequest(`invalid option ${k}`);
-  if (options[MTU_OPTION] !== undefined) {
-    const mtu = Number(options[MTU_OPTION]);
-    if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65535) {
-      throw badRequest(`invalid value for ${MTU_OPTION}: "${options[MTU_OPTION]}" (an MTU between 1280 and 65535)`);
-    }
-  }
-  const cfgs = req.IPAM?.Config ?? [];
-  if (cfgs.length > 1) throw badRequest("shoal overlay networks take a single IPv4 subnet");
-  const cfg = cfgs[0];
-  if (cfg?.Gateway && !cfg.Subnet) throw badRequest("a gateway needs a subnet (--subnet)");
-  return {
-    name,
-    driver: "overlay",
-    internal: req.Internal === true,
-    attachable: req.Attachable === true,
-    ingress: req.Ingress === true,
-    options,
-    labels: { ...(req.Labels ?? {}) },
-    ...(cfg?.Subnet ? { subnet: cfg.Subnet } : {}),
-    ...(cfg?.Gateway ? { gateway: cfg.Gateway } : {}),
-  };
 }
 
 export function newNetworkId(): string {

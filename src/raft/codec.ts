@@ -3,6 +3,7 @@
 // them and the generated ones in src/gen/. Numbers are uint64 on the wire and JS numbers here (a value
 // beyond Number.MAX_SAFE_INTEGER fails to decode rather than losing precision).
 
+import { z } from "zod";
 import * as pb from "../gen/raft.js";
 import {
   type ConfChange,
@@ -11,6 +12,8 @@ import {
   type Entry,
   EntryType,
   type HardState,
+  isLocalMessage,
+  MAX_RAFT_NUMBER,
   type Message,
   MessageType,
   type Snapshot,
@@ -182,4 +185,131 @@ export function encodeSnapshot(s: Snapshot): Uint8Array {
 export function decodeSnapshot(b: Uint8Array): Snapshot {
   const s = pb.Snapshot.decode(b);
   return { metadata: metadataFromPb(s.metadata), data: fromBuffer(s.data) };
+}
+
+// ---- the network boundary ----
+// Every Raft message that arrives from a peer is parsed against this schema before anything uses it:
+// types, ranges and sizes. The limits are far beyond anything a working cluster sends, and keep every
+// number well inside the range where the core's arithmetic (term + 1, index + 1) is exact.
+
+/** Entries in one message (the core sends at most ~1 MiB of them, each counted as at least 24 bytes). */
+export const MAX_MESSAGE_ENTRIES = 1 << 16;
+/** Bytes of one entry (the core refuses proposals over 1.5 MiB). */
+export const MAX_ENTRY_BYTES = 2 << 20;
+/** Bytes of a message's context (read request ids, the transfer campaign tag). */
+export const MAX_CONTEXT_BYTES = 1024;
+/** Size of a whole snapshot, and of one chunk of it on the wire. */
+export const MAX_SNAPSHOT_BYTES = 2 ** 40;
+export const MAX_SNAPSHOT_CHUNK_BYTES = 8 << 20;
+/** Ids in one list of a conf state (members; ids ever removed). */
+export const MAX_CONF_IDS = 100_000;
+
+const raftNumber = z.number().int().min(0).max(MAX_RAFT_NUMBER);
+const raftId = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+const bytesUpTo = (max: number) =>
+  z.instanceof(Uint8Array).refine((b) => b.length <= max, { message: `must be at most ${max} bytes` });
+
+const entrySchema = z.object({
+  term: raftNumber,
+  index: raftNumber,
+  type: z.enum(EntryType),
+  data: bytesUpTo(MAX_ENTRY_BYTES),
+});
+
+const idList = z.array(raftId).max(MAX_CONF_IDS);
+const confStateSchema = z.object({ voters: idList, learners: idList, removed: idList }).superRefine((c, ctx) => {
+  const members = [...c.voters, ...c.learners];
+  if (new Set(members).size !== members.length) {
+    ctx.addIssue({ code: "custom", message: "a member is listed twice (or as voter and learner)" });
+  }
+  const removed = new Set(c.removed);
+  if (members.some((id) => removed.has(id))) ctx.addIssue({ code: "custom", message: "a member is also removed" });
+});
+
+const chunkSchema = z
+  .object({
+    metadata: z.object({ index: raftNumber.min(1), term: raftNumber.min(1), confState: confStateSchema }),
+    offset: z.number().int().min(0).max(MAX_SNAPSHOT_BYTES),
+    total: z.number().int().min(0).max(MAX_SNAPSHOT_BYTES),
+    data: bytesUpTo(MAX_SNAPSHOT_CHUNK_BYTES),
+  })
+  .refine((c) => c.offset + c.data.length <= c.total, { message: "chunk runs past the snapshot's total size" });
+
+const messageSchema = z
+  .object({
+    type: z.enum(MessageType).refine((t) => !isLocalMessage(t), { message: "is a local message type" }),
+    from: raftId,
+    to: raftId,
+    term: raftNumber,
+    logTerm: raftNumber,
+    index: raftNumber,
+    entries: z.array(entrySchema).max(MAX_MESSAGE_ENTRIES),
+    commit: raftNumber,
+    reject: z.boolean(),
+    rejectHint: raftNumber,
+    context: bytesUpTo(MAX_CONTEXT_BYTES),
+    snapshot: chunkSchema.optional(),
+  })
+  .superRefine((m, ctx) => {
+    if ((m.type === MessageType.Snap) !== (m.snapshot !== undefined)) {
+      ctx.addIssue({ code: "custom", path: ["snapshot"], message: "a snapshot chunk goes with Snap messages only" });
+    }
+    if (m.entries.length > 0 && m.type !== MessageType.App && m.type !== MessageType.Prop) {
+      ctx.addIssue({ code: "custom", path: ["entries"], message: "only App and Prop messages carry entries" });
+    }
+    if (m.type === MessageType.Prop && m.entries.length === 0) {
+      ctx.addIssue({ code: "custom", path: ["entries"], message: "a proposal without entries" });
+    }
+  });
+
+function describeIssues(e: z.ZodError): string {
+  return e.issues
+    .slice(0, 3)
+    .map((i) => `${i.path.length > 0 ? `${i.path.join(".")}: ` : ""}${i.message}`)
+    .join("; ");
+}
+
+/**
+ * A Raft message from a peer, decoded by gRPC, checked against the schema and converted. Throws
+ * CodecError naming the offending field.
+ */
+export function parseRaftMessage(m: unknown): Message {
+  const r = messageSchema.safeParse(m);
+  if (!r.success) throw new CodecError(`invalid raft message: ${describeIssues(r.error)}`);
+  const v = r.data;
+  const out: Message = {
+    type: v.type,
+    from: v.from,
+    to: v.to,
+    term: v.term,
+    logTerm: v.logTerm,
+    index: v.index,
+    entries: v.entries.map((e) => ({ term: e.term, index: e.index, type: e.type, data: fromBuffer(e.data) })),
+    commit: v.commit,
+    reject: v.reject,
+    rejectHint: v.rejectHint,
+    context: fromBuffer(v.context),
+  };
+  if (v.snapshot) {
+    const c = v.snapshot;
+    out.snapshot = {
+      metadata: { index: c.metadata.index, term: c.metadata.term, confState: c.metadata.confState },
+      offset: c.offset,
+      total: c.total,
+      data: fromBuffer(c.data),
+    };
+  }
+  return out;
+}
+
+const pingSchema = z.object({
+  from: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  to: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+});
+
+/** A Ping's ids, checked. Throws CodecError. */
+export function parsePing(p: unknown): { from: number; to: number } {
+  const r = pingSchema.safeParse(p);
+  if (!r.success) throw new CodecError(`invalid ping: ${describeIssues(r.error)}`);
+  return r.data;
 }

@@ -10,6 +10,7 @@
 
 import { randomInt } from "node:crypto";
 import type { Logger } from "pino";
+import { encodeFrame, frameApplies, parseFrame, stampTerm } from "./frame.js";
 import type { LevelStorage } from "./level-storage.js";
 import { Raft } from "./raft.js";
 import { CryptoRand } from "./rand.js";
@@ -20,10 +21,13 @@ import {
   type Entry,
   EntryType,
   ErrProposalDropped,
+  ErrProposalOutcomeUnknown,
+  ErrProposalTooLarge,
   type Message,
   MessageType,
   NONE,
   type NodeId,
+  newMessage,
   type Rand,
   type Ready,
   type SoftState,
@@ -67,16 +71,18 @@ export interface RaftNodeOptions {
   logger?: Logger;
   onConfChange?: (cc: ConfChange, cs: ConfState, index: number) => void;
   onSoftState?: (ss: SoftState) => void;
+  /**
+   * This member learnt that it was removed from the group (it applied its removal, or a member told it):
+   * the node has stopped for good. Called once.
+   */
+  onRemoved?: () => void;
   /** Tests only: throw at this point of the loop, like a crash. */
   crashAt?: (point: CrashPoint, rd: Ready) => boolean;
 }
 
-/**
- * Entries carry [proposer run id f64][sequence f64] before the payload, so a proposer can tell its own.
- * The run id is random for every RaftNode instance: after a restart, entries of the previous run that are
- * re-applied (or committed late) must not resolve this run's proposals.
- */
-const HEADER = 16;
+// Entries carry a frame (./frame.ts) before the payload: the proposer's run id, a sequence number and the
+// term it proposed in. The run id is random for every RaftNode instance: after a restart, entries of the
+// previous run that are re-applied (or committed late) must not resolve this run's proposals.
 
 /** Bytes of proposals stepped as one message (well under the transport's message limit). */
 const MAX_BATCH_BYTES = 1 << 20;
@@ -85,6 +91,16 @@ interface Pending {
   resolve: (r: { index: number; result: unknown }) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
+  /** The term stamped in its frame: it can be applied only at this term. */
+  term: number;
+}
+
+interface Queued {
+  framed: Uint8Array;
+  seq: number;
+  timeoutMs: number;
+  resolve: Pending["resolve"];
+  reject: Pending["reject"];
 }
 
 interface PendingRead {
@@ -114,10 +130,14 @@ export class RaftNode {
   private running = false;
   private scheduled = false;
   private stopped = false;
+  /** Stopped because this member was removed from the group. */
+  private removedSelf = false;
   private seq = 0;
   private readonly runId = randomInt(1, 2 ** 48 - 1);
   private pending = new Map<number, Pending>();
-  private queued: { framed: Uint8Array; seq: number; resolve: Pending["resolve"]; reject: Pending["reject"] }[] = [];
+  private queued: Queued[] = [];
+  /** The term of the last entry applied here (pending proposals of earlier terms can no longer apply). */
+  private appliedTerm = 0;
   private reads: PendingRead[] = [];
   private readSeq = 0;
   appliedIndex: number;
@@ -180,6 +200,16 @@ export class RaftNode {
     this.kick();
   }
 
+  /** Whether `id` was removed from the group (as far as this node's log goes). */
+  isRemovedId(id: NodeId): boolean {
+    return this.rawNode.raft.removed.has(id);
+  }
+
+  /** A member refused our messages because it removed us from the group: leave it, and stop. */
+  toldRemoved(by: NodeId): void {
+    this.step(newMessage({ type: MessageType.Removed, from: by, to: this.id }));
+  }
+
   reportUnreachable(id: NodeId): void {
     if (this.stopped) return;
     this.rawNode.reportUnreachable(id);
@@ -195,31 +225,35 @@ export class RaftNode {
     return (await this.proposeWithResult(data)).index;
   }
 
-  /** Propose data; resolves once it is applied here, with what the state machine's apply returned. */
-  proposeWithResult(data: Uint8Array): Promise<{ index: number; result: unknown }> {
-    if (this.stopped) return Promise.reject(new NodeStoppedError());
+  /**
+   * Propose data; resolves once it is applied here, with what the state machine's apply returned.
+   * Rejects with ErrProposalDropped when it is certain the proposal was not applied and never will be
+   * (no leader, or a newer leader's entries superseded it: proposing again is safe), ErrProposalTooLarge
+   * when it is too large, and ErrProposalOutcomeUnknown when nothing decided it within `timeoutMs`
+   * (default: the node's proposalTimeoutMs, 10 s).
+   */
+  proposeWithResult(data: Uint8Array, timeoutMs?: number): Promise<{ index: number; result: unknown }> {
+    if (this.stopped) return Promise.reject(this.stoppedError());
     const seq = ++this.seq;
-    const framed = new Uint8Array(HEADER + data.length);
-    const dv = new DataView(framed.buffer);
-    dv.setFloat64(0, this.runId);
-    dv.setFloat64(8, seq);
-    framed.set(data, HEADER);
+    const framed = encodeFrame(this.runId, seq, data);
     if (framed.length > this.rawNode.raft.maxProposalSize) {
       return Promise.reject(
-        new ErrProposalDropped(
+        new ErrProposalTooLarge(
           `proposal of ${framed.length} bytes exceeds the maximum of ${this.rawNode.raft.maxProposalSize} bytes`,
         ),
       );
     }
+    const t = timeoutMs ?? this.opts.proposalTimeoutMs ?? 10_000;
     return new Promise<{ index: number; result: unknown }>((resolve, reject) => {
-      this.queued.push({ framed, seq, resolve, reject });
+      this.queued.push({ framed, seq, timeoutMs: t, resolve, reject });
       this.kick();
     });
   }
 
   /**
    * Step the proposals queued since the last turn of the loop as few messages as possible (each under
-   * MAX_BATCH_BYTES): while one Ready is being written, the next one's proposals gather here.
+   * MAX_BATCH_BYTES): while one Ready is being written, the next one's proposals gather here. Each is
+   * stamped with the term the core is in now: the leader of that term is the only one that can append it.
    */
   private flushProposals(): void {
     while (this.queued.length > 0) {
@@ -230,26 +264,61 @@ export class RaftNode {
         n++;
       }
       const batch = this.queued.splice(0, n);
+      const term = this.rawNode.raft.term;
+      for (const b of batch) stampTerm(b.framed, term);
       try {
         this.rawNode.proposeBatch(batch.map((b) => b.framed));
       } catch (e) {
+        // Dropped by the core (no leader, a leadership transfer): it was never appended anywhere.
         for (const b of batch) b.reject(e instanceof Error ? e : new Error(String(e)));
         continue;
       }
-      const timeoutMs = this.opts.proposalTimeoutMs ?? 10_000;
       for (const b of batch) {
         const timer = setTimeout(() => {
           this.pending.delete(b.seq);
-          b.reject(new ErrProposalDropped("timed out waiting for the proposal to commit"));
-        }, timeoutMs);
-        this.pending.set(b.seq, { resolve: b.resolve, reject: b.reject, timer });
+          b.reject(
+            new ErrProposalOutcomeUnknown(
+              `nothing decided the proposal within ${b.timeoutMs} ms (this node may be cut off from the leader): it may still be applied`,
+            ),
+          );
+        }, b.timeoutMs);
+        this.pending.set(b.seq, { resolve: b.resolve, reject: b.reject, timer, term });
+      }
+    }
+  }
+
+  /** A pending proposal is decided: it failed for certain (not applied, never will be) or its fate is unknown. */
+  private settleFailed(seq: number, err: Error): void {
+    const p = this.pending.get(seq);
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.pending.delete(seq);
+    p.reject(err);
+  }
+
+  /**
+   * This node applied an entry of `term`: every pending proposal stamped with an earlier term can never be
+   * applied any more (see ./frame.ts). Every new leader commits an entry of its term at once, so a proposal
+   * lost with its leader is answered as soon as the next leader's first entry is applied here.
+   */
+  private supersede(term: number): void {
+    if (term <= this.appliedTerm) return;
+    this.appliedTerm = term;
+    for (const [seq, p] of this.pending) {
+      if (p.term < term) {
+        this.settleFailed(
+          seq,
+          new ErrProposalDropped(
+            `the proposal was not applied: the leader of term ${p.term} lost its leadership before committing it`,
+          ),
+        );
       }
     }
   }
 
   /** Propose a membership change; resolves once it is applied here. */
   proposeConfChange(cc: ConfChange): Promise<ConfState> {
-    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    if (this.stopped) return Promise.reject(this.stoppedError());
     return new Promise<ConfState>((resolve, reject) => {
       try {
         this.rawNode.proposeConfChange(cc);
@@ -275,7 +344,7 @@ export class RaftNode {
 
   /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
   readBarrier(timeoutMs = 5_000): Promise<void> {
-    if (this.stopped) return Promise.reject(new NodeStoppedError());
+    if (this.stopped) return Promise.reject(this.stoppedError());
     const ctx = `${this.id}:${++this.readSeq}`;
     return new Promise<void>((resolve, reject) => {
       try {
@@ -342,6 +411,8 @@ export class RaftNode {
         if (!this.rawNode.hasReady()) break;
         await this.handle(this.rawNode.ready());
       }
+      // Only once everything is handled: a removed leader's last Ready hands leadership over.
+      if (!this.fatal && this.rawNode.raft.isRemoved()) this.stopRemoved();
     } catch (e) {
       this.fatal = e instanceof Error ? e : new Error(String(e));
       this.stopped = true;
@@ -356,6 +427,24 @@ export class RaftNode {
         for (const r of w) r();
       }
     }
+  }
+
+  /** Why new work is refused once the node stopped. */
+  private stoppedError(): Error {
+    return this.removedSelf
+      ? new ErrProposalDropped("this node was removed from the raft group")
+      : new NodeStoppedError();
+  }
+
+  /** Removed from the group: stop ticking and taking work, and tell the owner (once). */
+  private stopRemoved(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.removedSelf = true;
+    if (this.ticker) clearInterval(this.ticker);
+    this.log?.warn({}, "this member was removed from the raft group; its raft member stops");
+    this.failAll(new ErrProposalDropped("this node was removed from the raft group"));
+    this.opts.onRemoved?.();
   }
 
   private crash(point: CrashPoint, rd: Ready): void {
@@ -393,6 +482,7 @@ export class RaftNode {
       await this.sm.restore(rd.snapshot.data, rd.snapshot.metadata.index);
       this.appliedIndex = rd.snapshot.metadata.index;
       this.snapshotIndex = rd.snapshot.metadata.index;
+      this.restoredPastPending(rd.snapshot.metadata.term);
     }
     for (const e of rd.committedEntries) {
       const p = this.applyEntry(e);
@@ -411,7 +501,15 @@ export class RaftNode {
 
   private applyEntry(e: Entry): Promise<void> | undefined {
     if (e.type === EntryType.ConfChange) {
-      const cc = Raft.decodeConfChange(e);
+      let cc: ConfChange;
+      try {
+        cc = Raft.decodeConfChange(e);
+      } catch (err) {
+        // The leader checks conf changes before appending them; one that still cannot be read is skipped,
+        // the same way on every node, rather than stopping the loop.
+        this.log?.error({ index: e.index, err }, "skipped a committed conf change entry that cannot be read");
+        return this.applied(e);
+      }
       const cs = this.rawNode.applyConfChange(cc);
       this.opts.onConfChange?.(cc, cs, e.index);
       const w = this.confWaiters.find((x) => x.cc.type === cc.type && x.cc.nodeId === cc.nodeId);
@@ -420,29 +518,61 @@ export class RaftNode {
         this.confWaiters = this.confWaiters.filter((x) => x !== w);
         w.resolve(cs);
       }
-    } else if (e.data.length >= HEADER) {
-      const dv = new DataView(e.data.buffer, e.data.byteOffset, e.data.byteLength);
-      const proposer = dv.getFloat64(0);
-      const seq = dv.getFloat64(8);
-      const done = (result: unknown): void => {
-        if (proposer === this.runId) {
-          const p = this.pending.get(seq);
-          if (p) {
-            clearTimeout(p.timer);
-            this.pending.delete(seq);
-            p.resolve({ index: e.index, result });
-          }
-        }
-        this.appliedIndex = e.index;
-      };
-      const result = this.sm.apply(e.data.subarray(HEADER), e.index);
-      // Only an asynchronous state machine costs a turn of the event loop per entry.
-      if (result instanceof Promise) return result.then(done);
-      done(result);
-      return undefined;
+      return this.applied(e);
     }
-    this.appliedIndex = e.index;
+    const f = parseFrame(e);
+    if (!f) return this.applied(e);
+    const ours = f.proposer === this.runId;
+    if (!frameApplies(f, e)) {
+      // Appended by a leader of another term than the proposer's: skipped on every node alike.
+      if (ours) {
+        this.settleFailed(
+          f.seq,
+          new ErrProposalDropped(`the proposal was not applied: it reached the log in term ${e.term}, not ${f.term}`),
+        );
+      }
+      return this.applied(e);
+    }
+    const done = (result: unknown): void => {
+      if (ours) {
+        const p = this.pending.get(f.seq);
+        if (p) {
+          clearTimeout(p.timer);
+          this.pending.delete(f.seq);
+          p.resolve({ index: e.index, result });
+        }
+      }
+      this.applied(e);
+    };
+    const result = this.sm.apply(f.payload, e.index);
+    // Only an asynchronous state machine costs a turn of the event loop per entry.
+    if (result instanceof Promise) return result.then(done);
+    done(result);
     return undefined;
+  }
+
+  private applied(e: Entry): undefined {
+    this.appliedIndex = e.index;
+    this.supersede(e.term);
+    return undefined;
+  }
+
+  /**
+   * A snapshot replaced the state machine: a pending proposal of a term up to the snapshot's may be inside
+   * it or may have been lost, and this node cannot tell which.
+   */
+  private restoredPastPending(snapTerm: number): void {
+    for (const [seq, p] of this.pending) {
+      if (p.term <= snapTerm) {
+        this.settleFailed(
+          seq,
+          new ErrProposalOutcomeUnknown(
+            "this node caught up from a snapshot that may or may not include the proposal: it may have been applied",
+          ),
+        );
+      }
+    }
+    this.appliedTerm = Math.max(this.appliedTerm, snapTerm);
   }
 
   private serveReads(): void {
@@ -483,11 +613,14 @@ export class RaftNode {
     this.log?.info({ index, bytes: data.length }, "snapshot taken");
   }
 
+  /** The node stops: proposals not yet stepped fail with `err`; those already out may still be applied. */
   private failAll(err: Error): void {
     for (const q of this.queued.splice(0)) q.reject(err);
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
-      p.reject(err);
+      p.reject(
+        new ErrProposalOutcomeUnknown(`${err.message} before the proposal was decided: it may still be applied`),
+      );
     }
     this.pending.clear();
     for (const r of this.reads) {
@@ -503,8 +636,11 @@ export class RaftNode {
   }
 }
 
-/** Strip the driver's framing from an entry (for tools that read the log directly). */
+/**
+ * What the state machine gets from an entry, with the driver's framing stripped (for tools that read the
+ * log directly): undefined for an entry the driver does not apply (no frame, or appended at another term).
+ */
 export function entryPayload(e: Entry): Uint8Array | undefined {
-  if (e.type !== EntryType.Normal || e.data.length < HEADER) return undefined;
-  return e.data.subarray(HEADER);
+  const f = parseFrame(e);
+  return f && frameApplies(f, e) ? f.payload : undefined;
 }

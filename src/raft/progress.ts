@@ -59,6 +59,10 @@ export class Inflights {
   }
 }
 
+/**
+ * The leader's view of one follower. Invariant: 0 <= match < next. `match` only grows while this leader
+ * leads (an acknowledgement is never taken back); `next` is where the next append starts.
+ */
 export class Progress {
   match = 0;
   next: number;
@@ -138,16 +142,19 @@ export class Progress {
 
   /**
    * The follower rejected an append at `rejected`; `matchHint` is where it thinks the logs may match.
-   * Returns false if the rejection is stale.
+   * Returns false if the rejection is stale. Keeps the invariant 0 <= match < next: the follower has
+   * acknowledged everything up to `match`, so nothing at or below it is ever sent again, whatever a late
+   * or duplicated rejection says.
    */
   maybeDecrTo(rejected: number, matchHint: number): boolean {
+    // A rejection of an index the follower has since acknowledged was sent before that acknowledgement.
+    if (rejected <= this.match) return false;
     if (this.state === ProgressState.Replicate) {
-      if (rejected <= this.match) return false;
       this.next = this.match + 1;
       return true;
     }
     if (this.next - 1 !== rejected) return false;
-    this.next = Math.max(Math.min(rejected, matchHint + 1), 1);
+    this.next = Math.max(Math.min(rejected, matchHint + 1), this.match + 1);
     this.probeSent = false;
     return true;
   }

@@ -19,6 +19,8 @@ import {
   EntryType,
   ErrProposalDropped,
   type HardState,
+  MAX_RAFT_NUMBER,
+  MAX_TERM_JUMP,
   type Message,
   MessageType,
   NONE,
@@ -277,6 +279,34 @@ export class Raft {
     this.removed = new Set(cs.removed);
   }
 
+  /** This node was removed from the group (it applied its removal, or a member told it so). */
+  isRemoved(): boolean {
+    return this.removed.has(this.id);
+  }
+
+  private tellRemoved(to: NodeId): void {
+    this.send(newMessage({ type: MessageType.Removed, to }));
+  }
+
+  /**
+   * A member told us that our removal committed (only a member that applied it knows the id as removed,
+   * and ids are never reused): leave the group as if we had applied it. We never campaign again.
+   */
+  private learnRemoved(from: NodeId): void {
+    if (this.isRemoved()) return;
+    // No leader sends to an id it removed, so a node that hears from a live leader (or leads) was not
+    // removed, unless that leader itself says so: a claim from anyone else then is confused or hostile.
+    const live = this.state === StateType.Leader || (this.lead !== NONE && this.electionElapsed < this.electionTimeout);
+    if (live && from !== this.lead) {
+      this.logger?.warn({ from }, "ignored a claim that this member was removed: it hears from a live leader");
+      return;
+    }
+    this.prs.delete(this.id);
+    this.removed.add(this.id);
+    this.becomeFollower(this.term, NONE);
+    this.logger?.warn({ from }, "removed from the raft group (told by a member); this member stops");
+  }
+
   /** A node that may campaign: a voter that is not waiting to persist a snapshot. */
   promotable(): boolean {
     const pr = this.prs.get(this.id);
@@ -296,8 +326,11 @@ export class Raft {
       if (m.term === 0) throw new Error(`term should be set when sending ${MessageType[m.type]}`);
     } else {
       if (m.term !== 0) throw new Error(`term should not be set when sending ${MessageType[m.type]} (was ${m.term})`);
-      // Proposals and read requests forwarded to the leader are local messages: they carry no term.
-      if (m.type !== MessageType.Prop && m.type !== MessageType.ReadIndex) m.term = this.term;
+      // Proposals and read requests forwarded to the leader are local messages: they carry no term, and
+      // neither does a learner's MemberCheck (a learner's term must never depose a leader).
+      if (m.type !== MessageType.Prop && m.type !== MessageType.ReadIndex && m.type !== MessageType.MemberCheck) {
+        m.term = this.term;
+      }
     }
     this.msgs.push(m);
   }
@@ -554,9 +587,20 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
+    if (this.electionElapsed < this.randomizedElectionTimeout) return;
+    if (this.promotable()) {
       this.electionElapsed = 0;
       this.step(newMessage({ type: MessageType.Hup, from: this.id }));
+    } else if (
+      !this.isRemoved() &&
+      (this.electionElapsed - this.randomizedElectionTimeout) % this.electionTimeout === 0
+    ) {
+      // A learner, or a new member whose log does not yet show it was added, cannot campaign. If it hears
+      // no leader it may have been removed while cut off, and no one sends anything to a removed id: ask,
+      // once per election timeout. Its election clock keeps running: its lease over the leader it last
+      // heard must expire, or it would never answer a candidate's (pre-)vote.
+      for (const id of this.voters())
+        if (id !== this.id) this.send(newMessage({ type: MessageType.MemberCheck, to: id }));
     }
   }
 
@@ -578,12 +622,89 @@ export class Raft {
 
   // ---------------------------------------------------------------- step
 
+  /**
+   * Why a message from a peer cannot be handled, checked before it changes anything; undefined if it can.
+   * The transport's schema bounds every field; these are the checks that need the node's own state.
+   */
+  refusePeerMessage(m: Message): string | undefined {
+    if (m.term > MAX_RAFT_NUMBER || m.term > this.term + MAX_TERM_JUMP) {
+      return `term ${m.term} is too far above this node's term ${this.term}`;
+    }
+    if (m.index > MAX_RAFT_NUMBER || m.commit > MAX_RAFT_NUMBER || m.logTerm > MAX_RAFT_NUMBER) {
+      return "an index or term beyond the largest the core accepts";
+    }
+    // Forwarded requests carry no term (and must not move ours); everything else but Removed carries one
+    // (a term of 0 is how the core tells a local message).
+    const termless =
+      m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.MemberCheck;
+    if (termless && m.term !== 0) return "a forwarded request that carries a term";
+    if (!termless && m.type !== MessageType.Removed && m.term === 0) return "a message without a term";
+    switch (m.type) {
+      case MessageType.App:
+        return this.refuseAppend(m);
+      case MessageType.AppResp:
+        if (!m.reject && this.state === StateType.Leader && m.index > this.raftLog.lastIndex()) {
+          return `acknowledges index ${m.index}, beyond this leader's log (${this.raftLog.lastIndex()})`;
+        }
+        return undefined;
+      case MessageType.Prop:
+        return this.state === StateType.Leader ? this.refuseProposal(m) : undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  /** An append's entries follow on from (index, logTerm), one index apart, with terms in order, none above
+   * the sender's term. */
+  private refuseAppend(m: Message): string | undefined {
+    let prevTerm = m.logTerm;
+    for (let i = 0; i < m.entries.length; i++) {
+      const e = m.entries[i]!;
+      if (e.index !== m.index + 1 + i) return `entry ${i} has index ${e.index}, not ${m.index + 1 + i}`;
+      if (e.term < prevTerm || e.term > m.term) return `entry ${e.index} has term ${e.term} out of order`;
+      prevTerm = e.term;
+    }
+    if (m.logTerm > m.term) return `log term ${m.logTerm} above the message's term ${m.term}`;
+    return undefined;
+  }
+
+  /** A proposal forwarded to the leader: sizes within limits, and conf changes the driver can read back. */
+  private refuseProposal(m: Message): string | undefined {
+    for (const e of m.entries) {
+      if (e.data.length > this.maxProposalSize) return `a proposed entry of ${e.data.length} bytes`;
+      if (e.type !== EntryType.ConfChange) continue;
+      try {
+        const cc = decodeConfChange(e.data);
+        if (!Number.isSafeInteger(cc.nodeId) || cc.nodeId <= 0) return `a conf change for node id ${cc.nodeId}`;
+      } catch (err) {
+        return `an unreadable conf change (${(err as Error).message})`;
+      }
+    }
+    return undefined;
+  }
+
+  /** Log a message from a peer that the core drops without handling it. */
+  warnDropped(m: Message, reason: string): void {
+    this.logger?.warn(
+      { from: m.from.toString(16), type: MessageType[m.type], term: m.term, reason },
+      "dropped a raft message the core cannot handle",
+    );
+  }
+
   step(m: Message): void {
     if (m.from !== NONE && m.from !== this.id && this.removed.has(m.from)) {
       // A removed leader's last word is the TimeoutNow that hands leadership over: we may already have
       // applied its removal when it arrives.
       const handover = m.type === MessageType.TimeoutNow && m.term === this.term && m.from === this.lead;
-      if (!handover) return;
+      if (!handover) {
+        // It speaks, so it has not heard that its removal committed: tell it, so that it stops.
+        if (m.type !== MessageType.Removed && !this.isRemoved()) this.tellRemoved(m.from);
+        return;
+      }
+    }
+    if (m.type === MessageType.Removed) {
+      this.learnRemoved(m.from);
+      return;
     }
 
     if (m.term === 0) {
@@ -706,11 +827,18 @@ export class Raft {
           }
         } else {
           const oldPaused = pr.isPaused();
-          if (pr.maybeUpdate(m.index)) {
-            if (pr.state === ProgressState.Probe) {
-              pr.becomeReplicate();
-            } else if (pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot) {
+          const moved = pr.maybeUpdate(m.index);
+          // Leave the snapshot state once the follower holds everything the snapshot covers, even if the
+          // match did not move: a follower answers a chunk it does not need with its commit index, which
+          // may be a match we already knew. Waiting for the match to move would send chunks forever.
+          const snapshotDone = pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot;
+          // A probe answered at the match we already had (the follower was caught up) also ends probing.
+          const probeDone = pr.state === ProgressState.Probe && pr.match === m.index;
+          if (moved || snapshotDone || probeDone) {
+            if (snapshotDone) {
               pr.becomeProbe();
+              pr.becomeReplicate();
+            } else if (pr.state === ProgressState.Probe) {
               pr.becomeReplicate();
             } else if (pr.state === ProgressState.Replicate) {
               pr.inflights.freeLE(m.index);
@@ -745,7 +873,9 @@ export class Raft {
             pr.snapAllSent = false;
             this.sendSnapChunks(m.from, pr);
           }
-        } else if (pr.match < this.raftLog.lastIndex()) {
+        } else if (pr.match < this.raftLog.lastIndex() || pr.state === ProgressState.Probe) {
+          // Behind, or probing: a follower that is caught up answers the probe, which ends probing (a learner
+          // is promoted only once replication to it runs normally).
           this.sendAppend(m.from);
         }
         if (m.context.length === 0) return;
@@ -863,7 +993,9 @@ export class Raft {
         this.send(m);
         return;
       case MessageType.TimeoutNow:
-        // The leader asks us to take over: campaign at once, skipping pre-vote and leases.
+        // The leader asks us to take over: campaign at once, skipping pre-vote and leases. Only our leader
+        // may ask that.
+        if (m.from !== this.lead) return;
         this.hup(CampaignType.Transfer);
         return;
       case MessageType.ReadIndex:
@@ -872,6 +1004,7 @@ export class Raft {
         this.send(m);
         return;
       case MessageType.ReadIndexResp:
+        if (m.from !== this.lead) return;
         this.readStates.push({ index: m.index, ctx: m.context });
         return;
       default:
@@ -906,7 +1039,9 @@ export class Raft {
   }
 
   private handleHeartbeat(m: Message): void {
-    this.raftLog.commitTo(m.commit);
+    // A leader never tells a follower to commit past what it acknowledged; if we lost entries since (a
+    // crash before they were synced), commit only what we still hold.
+    this.raftLog.commitTo(Math.min(m.commit, this.raftLog.lastIndex()));
     this.send(newMessage({ type: MessageType.HeartbeatResp, to: m.from, context: m.context }));
   }
 
@@ -968,8 +1103,11 @@ export class Raft {
     }
     const cs = s.metadata.confState;
     // The snapshot may predate our own AddLearner: we then learn of our membership from the entries
-    // that follow it. A removed member is never sent anything, so it cannot get here.
-    if (cs.removed.includes(this.id)) return false;
+    // that follow it. A snapshot that lists us as removed tells us we were.
+    if (cs.removed.includes(this.id)) {
+      this.learnRemoved(this.lead);
+      return false;
+    }
     if (this.raftLog.matchTerm(s.metadata.index, s.metadata.term)) {
       // We already have the entry: fast-forward the commit index instead.
       this.raftLog.commitTo(s.metadata.index);
@@ -1083,6 +1221,9 @@ export class Raft {
         const wasLeader = this.state === StateType.Leader;
         this.prs.delete(cc.nodeId);
         this.removed.add(cc.nodeId);
+        // The leader stops sending to it now: tell it so that it stops too (if this is lost, it campaigns
+        // and whoever it asks tells it).
+        if (wasLeader && cc.nodeId !== this.id) this.tellRemoved(cc.nodeId);
         if (cc.nodeId === this.id) {
           if (wasLeader) {
             // Hand over to the most up-to-date remaining voter so the group does not wait out an election.

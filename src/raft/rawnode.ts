@@ -9,6 +9,7 @@ import {
   EMPTY,
   EntryType,
   ErrProposalDropped,
+  ErrProposalTooLarge,
   ErrStepLocalMsg,
   type HardState,
   hardStateEqual,
@@ -67,7 +68,7 @@ export class RawNode {
   /** Propose data. Throws ErrProposalDropped when it cannot be accepted now (no leader, transfer, too large). */
   propose(data: Uint8Array): void {
     if (data.length > this.raft.maxProposalSize) {
-      throw new ErrProposalDropped(
+      throw new ErrProposalTooLarge(
         `proposal of ${data.length} bytes exceeds the maximum of ${this.raft.maxProposalSize} bytes`,
       );
     }
@@ -84,7 +85,7 @@ export class RawNode {
   proposeBatch(datas: Uint8Array[]): void {
     for (const data of datas) {
       if (data.length > this.raft.maxProposalSize) {
-        throw new ErrProposalDropped(
+        throw new ErrProposalTooLarge(
           `proposal of ${data.length} bytes exceeds the maximum of ${this.raft.maxProposalSize} bytes`,
         );
       }
@@ -121,14 +122,30 @@ export class RawNode {
   /** Step a message from the network. Proposals the leader cannot take are dropped silently. */
   step(m: Message): void {
     if (isLocalMessage(m.type)) throw new ErrStepLocalMsg();
-    if (!this.raft.prs.has(m.from) && isResponseMessage(m.type) && m.type !== MessageType.ReadIndexResp) {
-      // A response from someone who is not (or no longer) a member.
+    const why =
+      m.from === this.raft.id
+        ? "a message from the network that claims to come from this node"
+        : this.raft.refusePeerMessage(m);
+    if (why !== undefined) {
+      this.raft.warnDropped(m, why);
+      return;
+    }
+    if (
+      !this.raft.prs.has(m.from) &&
+      !this.raft.removed.has(m.from) &&
+      isResponseMessage(m.type) &&
+      m.type !== MessageType.ReadIndexResp
+    ) {
+      // A response from someone who is not a member. (A removed member's messages reach the core, which
+      // tells it that it was removed.)
       return;
     }
     try {
       this.raft.step(m);
     } catch (e) {
-      if (!(e instanceof ErrProposalDropped)) throw e;
+      // A proposal the leader cannot take is dropped silently (its proposer learns from the log). Anything
+      // else a peer's message provokes is dropped with a log line: no message may stop the node.
+      if (!(e instanceof ErrProposalDropped)) this.raft.warnDropped(m, e instanceof Error ? e.message : String(e));
     }
   }
 

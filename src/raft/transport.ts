@@ -36,9 +36,9 @@ import type { Logger } from "pino";
 import { MANAGER_OU, roleToOU } from "../ca/certs.js";
 import { CLIENT_CHANNEL_OPTIONS, type PeerIdentity, peerRole } from "../ca/tls.js";
 import * as pb from "../gen/raft.js";
-import { messageFromPb, messageToPb } from "./codec.js";
+import { messageToPb, parsePing, parseRaftMessage } from "./codec.js";
 import type { Transport } from "./node.js";
-import { isLocalMessage, type Message, MessageType, NONE, type NodeId } from "./types.js";
+import { type Message, MessageType, NONE, type NodeId } from "./types.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Limits and defaults
@@ -125,6 +125,8 @@ export interface GrpcTransportOptions {
   credentials: () => grpc.ChannelCredentials;
   /** Wire to node.reportUnreachable. */
   onUnreachable: (id: NodeId) => void;
+  /** A peer answered that this node's raft id was removed from the group (wire to node.toldRemoved). */
+  onToldRemoved?: (by: NodeId) => void;
   logger?: Logger;
   /** Per-peer queue bounds (defaults 4096 messages, 64 MiB). */
   maxQueueMessages?: number;
@@ -348,6 +350,7 @@ export class GrpcTransport implements Transport {
             return;
           }
           if (err) {
+            this.checkToldRemoved(id, err);
             p.lastFail = this.now();
             this.log?.debug(
               { peer: hex(id), code: grpc.status[err.code], details: err.details },
@@ -509,6 +512,7 @@ export class GrpcTransport implements Transport {
       (err) => {
         finished();
         if (p.call !== call) return; // ended or cancelled by us
+        if (err) this.checkToldRemoved(p.id, err);
         this.fail(
           p,
           err ? `stream failed: ${grpc.status[err.code] ?? err.code}: ${err.details}` : "the peer ended the stream",
@@ -609,6 +613,17 @@ export class GrpcTransport implements Transport {
     return p.queue.clear();
   }
 
+  /** The peer refused us because our raft id was removed from the group: tell the node (it stops). */
+  private checkToldRemoved(peer: NodeId, err: grpc.ServiceError): void {
+    if (err.code !== grpc.status.NOT_FOUND || !err.details?.startsWith(REMOVED_MEMBER_DETAILS)) return;
+    this.log?.warn({ peer: hex(peer), details: err.details }, "raft transport: a peer says this member was removed");
+    try {
+      this.opts.onToldRemoved?.(peer);
+    } catch (e) {
+      this.log?.error({ err: e, peer: hex(peer) }, "raft transport: onToldRemoved threw");
+    }
+  }
+
   private reportUnreachable(id: NodeId): void {
     try {
       this.opts.onUnreachable(id);
@@ -630,17 +645,48 @@ export interface RaftServiceOptions {
   onHeard?: (id: NodeId) => void;
   /** This node's raft id: messages and pings addressed to another member are refused. */
   selfId?: () => NodeId;
-  /** Extra check that the caller's certificate may speak for raft member `from` (the daemon knows which
-   * node id each member has). Return false to refuse. */
-  checkSender?: (from: NodeId, peer: PeerIdentity) => boolean;
+  /**
+   * Who raft id `from` is, for a caller whose certificate names node `nodeId`: a current member held by
+   * that node ("member"), a current member held by another node ("other-node"), an id removed from the
+   * group ("removed": the caller is told so, and stops), or none of these ("unknown"). Everything but
+   * "member" is refused. Without it (tests of the transport alone) any manager may speak for any id.
+   */
+  member?: (from: NodeId, nodeId: string) => SenderStatus;
   /** Refuse callers whose node (certificate CN) was removed from the swarm. */
   isRemoved?: (nodeId: string) => boolean;
   logger?: Logger;
 }
 
+export type SenderStatus = "member" | "other-node" | "removed" | "unknown";
+
+/** The start of the details of the NOT_FOUND refusal that tells a removed member it was removed. */
+export const REMOVED_MEMBER_DETAILS = "raft member removed:";
+
 interface Refusal {
   code: grpc.status;
   details: string;
+}
+
+/** Log a refusal at most once per `everyMs` per key, counting the ones not logged. */
+class RefusalLog {
+  private last = new Map<string, { atMs: number; suppressed: number }>();
+
+  constructor(
+    private readonly log: Logger | undefined,
+    private readonly everyMs = 10_000,
+  ) {}
+
+  note(key: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    const e = this.last.get(key);
+    if (e && now - e.atMs < this.everyMs) {
+      e.suppressed++;
+      return;
+    }
+    if (this.last.size > 1000) this.last.clear();
+    this.last.set(key, { atMs: now, suppressed: 0 });
+    this.log?.warn({ ...fields, ...(e && e.suppressed > 0 ? { suppressed: e.suppressed } : {}) }, msg);
+  }
 }
 
 function isRefusal(x: unknown): x is Refusal {
@@ -699,27 +745,36 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
         details: `raft message for member ${hex(to)} reached member ${hex(self)}: the peer's address list is stale`,
       };
     }
-    if (from !== NONE && opts.checkSender && !opts.checkSender(from, peer)) {
-      return {
-        code: grpc.status.PERMISSION_DENIED,
-        details: `Permission denied: node ${peer.nodeId} may not send raft messages as member ${hex(from)}`,
-      };
+    if (from === NONE || !opts.member) return undefined;
+    switch (opts.member(from, peer.nodeId)) {
+      case "member":
+        return undefined;
+      case "removed":
+        return {
+          code: grpc.status.NOT_FOUND,
+          details: `${REMOVED_MEMBER_DETAILS} raft member ${hex(from)} was removed from the raft group; it must stop`,
+        };
+      case "other-node":
+        return {
+          code: grpc.status.PERMISSION_DENIED,
+          details: `Permission denied: node ${peer.nodeId} may not send raft messages as member ${hex(from)}, which belongs to another node`,
+        };
+      default:
+        return {
+          code: grpc.status.PERMISSION_DENIED,
+          details: `Permission denied: ${hex(from)} is not a member of this raft group (caller: node ${peer.nodeId})`,
+        };
     }
-    return undefined;
   };
 
   const accept = (req: pb.RaftMessageRequest, peer: PeerIdentity): Message | Refusal => {
     if (!req.message) return { code: grpc.status.INVALID_ARGUMENT, details: "raft message request without a message" };
     let m: Message;
     try {
-      m = messageFromPb(req.message);
+      m = parseRaftMessage(req.message);
     } catch (err) {
-      return { code: grpc.status.INVALID_ARGUMENT, details: `invalid raft message: ${(err as Error).message}` };
+      return { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
     }
-    if (isLocalMessage(m.type)) {
-      return { code: grpc.status.INVALID_ARGUMENT, details: `raft message type ${MessageType[m.type]} is local` };
-    }
-    if (m.from === NONE) return { code: grpc.status.INVALID_ARGUMENT, details: "raft message without a sender" };
     return checkMember(m.from, m.to, peer) ?? m;
   };
 
@@ -732,8 +787,13 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
     }
   };
 
+  const refusals = new RefusalLog(log);
   const refused = (what: string, r: Refusal, call: { getPeer(): string }): void => {
-    log?.warn({ rpc: what, peer: call.getPeer(), code: grpc.status[r.code], details: r.details }, "raft rpc refused");
+    refusals.note(
+      `${what}|${r.code}|${r.details}`,
+      { rpc: what, peer: call.getPeer(), code: grpc.status[r.code], details: r.details },
+      "raft rpc refused",
+    );
   };
 
   const streamRaftMessage: grpc.handleClientStreamingCall<pb.RaftMessageRequest, pb.RaftMessageResponse> = (
@@ -794,12 +854,22 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
       callback(peer);
       return;
     }
-    const r = checkMember(call.request.from, call.request.to, peer);
+    let ids: { from: number; to: number };
+    try {
+      ids = parsePing(call.request);
+    } catch (err) {
+      const bad = { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
+      refused("Ping", bad, call);
+      callback(bad);
+      return;
+    }
+    const r = checkMember(ids.from, ids.to, peer);
     if (r) {
+      refused("Ping", r, call);
       callback(r);
       return;
     }
-    if (call.request.from !== NONE) opts.onHeard?.(call.request.from);
+    if (ids.from !== NONE) opts.onHeard?.(ids.from);
     callback(null, {});
   };
 

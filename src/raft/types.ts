@@ -2,6 +2,14 @@
 // Everything here is plain data, so the same values flow through the core, the simulated network of the
 // tests, level storage and the gRPC transport.
 
+/**
+ * The largest term or index the core accepts from a peer (2^48: millennia of elections and writes). Every
+ * number the core computes from one (term + 1, index + 1) stays exact.
+ */
+export const MAX_RAFT_NUMBER = 2 ** 48;
+/** A message whose term is further than this above ours is refused (no real cluster moves that fast). */
+export const MAX_TERM_JUMP = 2 ** 24;
+
 /** A Raft member id. 0 means "none". Ids are positive safe integers and are never reused once removed. */
 export type NodeId = number;
 export const NONE: NodeId = 0;
@@ -89,6 +97,18 @@ export enum MessageType {
   Unreachable = 17,
   /** Local: leader checks it still hears from a quorum. */
   CheckQuorum = 18,
+  /**
+   * A member to an id it has removed from the group (a committed removal): "you are no longer a member".
+   * The receiver stops for good: it never campaigns again, and its driver shuts its Raft member down.
+   */
+  Removed = 19,
+  /**
+   * A node that cannot campaign (a learner, or a new member whose log does not yet show it was added) and
+   * has heard from no leader for an election timeout, to the voters it knows: "am I still a member?" A
+   * member that removed it answers Removed; others ignore it. (A voter in that position campaigns, which
+   * has the same effect.) Carries no term.
+   */
+  MemberCheck = 20,
 }
 
 /** A piece of a snapshot on the wire: no message carries more than `maxSnapshotChunk` bytes of it. */
@@ -242,11 +262,19 @@ export class ErrSnapOutOfDate extends RaftError {
     super("requested index is older than the existing snapshot");
   }
 }
+/** A definite failure: the proposal was not applied and never will be (it is safe to propose it again). */
 export class ErrProposalDropped extends RaftError {
   constructor(reason = "raft proposal dropped") {
     super(reason);
   }
 }
+/** A definite failure that retrying cannot cure: the proposal is larger than the core accepts. */
+export class ErrProposalTooLarge extends ErrProposalDropped {}
+/**
+ * Nothing decided the proposal in time (this node may be cut off from the leader): it may still be
+ * applied, or may never be. Not a failure the caller may retry blindly.
+ */
+export class ErrProposalOutcomeUnknown extends RaftError {}
 export class ErrStepLocalMsg extends RaftError {
   constructor() {
     super("raft: cannot step raft local message");

@@ -22,6 +22,8 @@ fail() {
 
 mount -t proc proc /proc || fail "cannot mount /proc"
 mount -t sysfs sysfs /sys || fail "cannot mount /sys"
+# cgroups for runc (containerd runs shoal's containers): the unified hierarchy, as on a current host.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || echo "guest-init: (no cgroup2: containers cannot start)"
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts devpts /dev/pts 2>/dev/null || true

@@ -195,7 +195,7 @@ describe("docker swarm ca --rotate", () => {
         "protocol=cfssl,url=https://ca.example",
       );
       expect(ext.code).toBe(1);
-      expect(ext.stderr).toContain("external CAs are not supported");
+      expect(ext.stderr).toContain("CAConfig.ExternalCAs (--external-ca) is not supported by shoal");
       const same = await lab.docker(
         1,
         "swarm",

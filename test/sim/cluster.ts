@@ -345,7 +345,7 @@ export class Simulation {
         const n = this.nodes.get(m.to);
         if (!n?.rn || n.removed || this.cut.has(`${m.from}>${m.to}`)) return;
         this.log(
-          `deliver ${MessageType[m.type]} ${m.from}->${m.to} term=${m.term} idx=${m.index} lt=${m.logTerm} n=${m.entries.length} commit=${m.commit}${m.reject ? " reject" : ""}`,
+          `deliver ${MessageType[m.type]} ${m.from}->${m.to} term=${m.term} idx=${m.index} lt=${m.logTerm} n=${m.entries.length} commit=${m.commit}${m.reject ? ` reject hint=${m.rejectHint}` : ""}${m.snapshot ? ` snap=${m.snapshot.metadata.index}/${m.snapshot.metadata.term} off=${m.snapshot.offset}/${m.snapshot.total}` : ""}`,
         );
         n.rn.step(m);
         this.handleReady(n);
@@ -422,16 +422,21 @@ export class Simulation {
       rn.advance(rd);
       this.serveReads(n, rd);
       this.maybeSnapshot(n);
-      if (n.removed) {
-        n.rn = null;
-        return;
-      }
       if (dieAfterCommit) {
         this.crash(n);
         this.schedule({ at: this.now + this.rand.intn(40 * TICK), kind: "fault", run: () => this.restart(n) });
         return;
       }
     }
+    this.noteRemoval(n);
+  }
+
+  /** A node that applied its own removal, or was told of it by a member, stops for good. */
+  private noteRemoval(n: SimNode): void {
+    if (!n.rn?.raft.isRemoved()) return;
+    this.log(`node ${n.id} knows it was removed; it stops`);
+    n.removed = true;
+    n.rn = null;
   }
 
   private persist(n: SimNode, rd: Ready): void {
@@ -459,7 +464,6 @@ export class Simulation {
       if (e.type === EntryType.ConfChange) {
         const cc = Raft.decodeConfChange(e);
         n.rn!.applyConfChange(cc);
-        if (cc.type === ConfChangeType.RemoveNode && cc.nodeId === n.id) n.removed = true;
       } else if (e.data.length > 0) {
         const cmd = JSON.parse(dec.decode(e.data)) as Command;
         const last = n.kv.sessions.get(cmd.c) ?? 0;
@@ -771,8 +775,10 @@ export class Simulation {
       this.stepNo++;
     }
     const l = this.leader();
+    const lcs = l?.rn ? l.rn.raft.confState() : undefined;
+    const unaware = lcs ? lcs.removed.filter((id) => this.unawareOfRemoval(id, lcs)) : [];
     throw new SafetyViolation(
-      `liveness: ${400} ticks after faults healed: leader=${l?.id ?? "none"}, pending requests=${this.clients
+      `liveness: ${400} ticks after faults healed: leader=${l?.id ?? "none"}, removed but unaware=[${unaware}], pending requests=${this.clients
         .filter((c) => c.op)
         .map((c) => `${c.id}:${c.op!.kind}`)
         .join(",")}, nodes=${[...this.nodes.values()]
@@ -784,12 +790,26 @@ export class Simulation {
     );
   }
 
-  /** Every member of the leader's configuration has applied what it committed, and no learner is left
-   * waiting for promotion. */
+  /**
+   * A node the leader removed that has not learnt it, though it could: it knows a voter that is still a
+   * member (it asks the voters it knows). A node whose log ends before any of today's members joined (a
+   * brand-new node removed before anything reached it, or one whose every known voter was removed too) has
+   * no one to ask, and is left out.
+   */
+  private unawareOfRemoval(id: NodeId, leaderCs: { voters: NodeId[]; learners: NodeId[] }): boolean {
+    const n = this.nodes.get(id);
+    if (!n || n.removed) return false;
+    const cs = n.rn ? n.rn.raft.confState() : n.storage.snapshot().metadata.confState;
+    return cs.voters.some((v) => v !== id && (leaderCs.voters.includes(v) || leaderCs.learners.includes(v)));
+  }
+
+  /** Every member of the leader's configuration has applied what it committed, no learner is left
+   * waiting for promotion, and every node the leader removed knows it (and has stopped). */
   private caughtUp(l: SimNode): boolean {
     const commit = l.rn!.raft.raftLog.committed;
     const cs = l.rn!.raft.confState();
     if (cs.learners.length > 0) return false;
+    if (cs.removed.some((id) => this.unawareOfRemoval(id, cs))) return false;
     for (const id of cs.voters) {
       const n = this.nodes.get(id);
       if (!n?.rn || n.applied < commit) return false;

@@ -12,10 +12,10 @@ import type { Duplex } from "node:stream";
 import { fileURLToPath } from "node:url";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ContainerRuntime } from "../../src/agent/runtime.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { SwarmBackend, SwarmInfo } from "../../src/engine/types.js";
-import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-fixtures.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const DOCKER = "/usr/local/bin/docker";
@@ -136,6 +136,8 @@ class FakeEngine {
   readonly socket = join(this.dir, "d.sock");
   readonly host = `unix://${this.socket}`;
   requests: Recorded[] = [];
+  /** What POST /networks/prune reports. */
+  pruned: string[] | null = ["node2-net", "node10-net"];
   private started = new Set<string>();
   private waiters: (() => void)[] = [];
   private server = http.createServer((req, res) => this.handle(req, res));
@@ -159,6 +161,7 @@ class FakeEngine {
   }
   reset(): void {
     this.requests = [];
+    this.pruned = ["node2-net", "node10-net"];
     this.started.clear();
   }
   private record(req: http.IncomingMessage, body: string, upgrade: boolean): Recorded {
@@ -219,6 +222,7 @@ class FakeEngine {
       let m: RegExpExecArray | null;
       if (p === "/networks" && r.method === "GET") return send(200, nets);
       if (p === "/networks/create") return send(201, { Id: N1, Warning: "" });
+      if (p === "/networks/prune") return send(200, { NetworksDeleted: this.pruned });
       if ((m = /^\/networks\/([^/]+)$/.exec(p))) {
         const n = findNet(decodeURIComponent(m[1]!));
         if (!n) return send(404, { message: `network ${decodeURIComponent(m[1]!)} not found` });
@@ -317,6 +321,12 @@ function shoalIn(stdin: string, ...args: string[]): Promise<Result> {
 }
 async function docker(...args: string[]): Promise<Result> {
   const r = await dockerRaw(...args);
+  const s = (t: string): string => t.replace(/docker/g, "shoal").replace(/Docker/g, "shoal");
+  return { code: r.code, stdout: s(r.stdout), stderr: s(r.stderr) };
+}
+
+async function dockerIn(stdin: string, ...args: string[]): Promise<Result> {
+  const r = await run(DOCKER, args, cleanEnv(host), stdin);
   const s = (t: string): string => t.replace(/docker/g, "shoal").replace(/Docker/g, "shoal");
   return { code: r.code, stdout: s(r.stdout), stderr: s(r.stderr) };
 }
@@ -439,6 +449,40 @@ describe("shoal network and container commands against a stand-in daemon", () =>
     expect(r).toEqual({ code: 3, stdout: "exec out\n", stderr: "exec err\n" });
   });
 
+  it.skipIf(!HAS_DOCKER)(
+    "network prune asks first, as docker does; with nothing pruned it prints nothing",
+    async () => {
+      for (const [answer, pruned] of [
+        ["y\n", ["node2-net"]],
+        ["Y\n", null],
+        ["n\n", ["node2-net"]],
+        ["", ["node2-net"]],
+      ] as const) {
+        fake.reset();
+        fake.pruned = pruned === null ? null : [...pruned];
+        const theirs = await dockerIn(answer, "network", "prune");
+        const theirRequests = fake.requests.map(wire);
+        expect(theirs.stdout).toContain("Are you sure you want to continue? [y/N] ");
+        fake.reset();
+        fake.pruned = pruned === null ? null : [...pruned];
+        const ours = await shoalIn(answer, "network", "prune");
+        expect(ours).toEqual(theirs);
+        expect(fake.requests.map(wire)).toEqual(theirRequests);
+      }
+    },
+  );
+
+  it.skipIf(!HAS_DOCKER)("network prune's usage errors: the same words and exit codes as docker's", async () => {
+    for (const args of [
+      ["network", "prune", "--filter", "nonsense"],
+      ["network", "prune", "extra"],
+    ]) {
+      const theirs = await docker(...args);
+      expect(theirs.code).not.toBe(0);
+      expect(await shoal(...args)).toEqual(theirs);
+    }
+  });
+
   const commands: string[][] = [
     ["network", "ls"],
     ["network", "ls", "-q"],
@@ -476,6 +520,8 @@ describe("shoal network and container commands against a stand-in daemon", () =>
     ["network", "create", "-d", "overlay", "--subnet", "10.9.0.0/24", "--gateway", "10.8.0.1", "n9"],
     ["network", "rm", "node2-net", "ghost", "node10-net"],
     ["network", "rm", "-f", "ghost"],
+    ["network", "prune", "-f"],
+    ["network", "prune", "-f", "--filter", "until=24h", "--filter", "label=k=v", "--filter", "label!=tier"],
     ["network", "connect", "--ip", "10.0.0.9", "--alias", "a1", "--alias", "a2", "node2-net", "c1"],
     ["network", "connect", "node2-net", "c1"],
     ["network", "connect", "node2-net", "ghost"],
@@ -593,6 +639,19 @@ const swarm = {
 } as unknown as SwarmBackend;
 
 describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container runtime", () => {
+  let cdDir: string;
+  let cd: Awaited<ReturnType<typeof testContainerd>>;
+
+  beforeAll(async () => {
+    cdDir = mkdtempSync(join(tmpdir(), "shoal-containerd-"));
+    cd = await testContainerd(cdDir);
+  });
+
+  afterAll(async () => {
+    await cd?.stop();
+    rmSync(cdDir, { recursive: true, force: true });
+  });
+
   let dir: string;
   let server: EngineServer;
   let runtime: ContainerRuntime;
@@ -606,6 +665,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     const networks = new TestNetworkBackend(attacher);
     runtime = await ContainerRuntime.open({
       execRoot: join(dir, "run"),
+      containerd: cd.containerd,
       stateDir: join(dir, "containers"),
       attacher,
       logger: pino({ level: "silent" }),
@@ -627,12 +687,14 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
       logger,
       networks,
       containers: runtime,
+      images: runtime.imageService,
     });
     host = `unix://${join(dir, "shoald.sock")}`;
   });
 
   afterEach(async () => {
-    for (const c of await runtime.list(true)) await runtime.remove(c.Id, true).catch(() => undefined);
+    for (const c of await runtime.containerList({ all: true, filters: {} }))
+      await runtime.containerRemove(c.Id, { force: true }).catch(() => undefined);
     const leaked = await runtime.containerNetnsFiles();
     await server.close();
     rmSync(dir, { recursive: true, force: true });
@@ -700,17 +762,16 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     expect(r.stdout).toBe("");
   });
 
-  it("run -d of another image: the daemon's 400, exit 125, and nothing pulled or created", async () => {
-    const r = await shoal("run", "-d", "alpine");
-    expect(r).toEqual({
-      code: 125,
-      stdout: "",
-      stderr:
-        `shoal: Error response from daemon: image "alpine" is not available: shoal runs containers on the host's file system; use the image name "host"\n\n` +
-        "Run 'shoal run --help' for more information\n",
-    });
-    expect(paths.some((p) => p.includes("/images/"))).toBe(false);
-    expect(await runtime.list(true)).toEqual([]);
+  it("run -d of an image that is not here: pulled first, in docker's words; a registry that is not there is an error and nothing is created", async () => {
+    const r = await shoal("run", "-d", "127.0.0.1:1/alpine");
+    expect(r.code).toBe(125);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain("Unable to find image '127.0.0.1:1/alpine:latest' locally\n");
+    expect(r.stderr).toContain(
+      'shoal: Error response from daemon: Get "http://127.0.0.1:1/v2/": connect ECONNREFUSED 127.0.0.1:1',
+    );
+    expect(paths.some((p) => p.startsWith("POST /v1.50/images/create"))).toBe(true);
+    expect(await runtime.containerList({ all: true, filters: {} })).toEqual([]);
   });
 
   it("attached run: output by stream, the exit code, stdin with -i, --rm", async () => {
@@ -718,7 +779,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
     expect(r).toEqual({ code: 3, stdout: "out\n", stderr: "err\n" });
     r = await shoalIn("typed\n", "run", "-i", "--rm", "host", "sh", "-c", "cat; echo done");
     expect(r).toEqual({ code: 0, stdout: "typed\ndone\n", stderr: "" });
-    expect((await runtime.list(true)).map((c) => c.Names[0])).toEqual(["/job"]);
+    expect((await runtime.containerList({ all: true, filters: {} })).map((c) => c.Names[0])).toEqual(["/job"]);
     r = await shoal("run", "host", "no-such-program");
     expect(r.code).toBe(127);
     expect(r.stderr).toContain('exec: "no-such-program": executable file not found in $PATH');

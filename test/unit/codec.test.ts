@@ -14,6 +14,11 @@ import {
   encodeHardState,
   encodeMessage,
   encodeSnapshot,
+  MAX_CONTEXT_BYTES,
+  MAX_ENTRY_BYTES,
+  MAX_MESSAGE_ENTRIES,
+  messageToPb,
+  parseRaftMessage,
 } from "../../src/raft/codec.js";
 import {
   type ConfChange,
@@ -218,5 +223,67 @@ describe("raft codec", () => {
 
   it("rejects malformed input", () => {
     expect(() => decodeMessage(bytes(0x0a, 0xff, 0xff))).toThrow();
+  });
+});
+
+describe("parseRaftMessage: the schema every message from a peer passes", () => {
+  const ok = messageToPb(
+    newMessage({
+      type: MessageType.App,
+      from: 1,
+      to: 2,
+      term: 5,
+      logTerm: 4,
+      index: 10,
+      commit: 9,
+      entries: [{ term: 5, index: 11, type: EntryType.Normal, data: bytes(1, 2) }],
+    }),
+  );
+
+  it("accepts a well-formed message and converts it to the core's types", () => {
+    const m = parseRaftMessage(ok);
+    expect(m).toMatchObject({ type: MessageType.App, from: 1, to: 2, term: 5, index: 10, commit: 9 });
+    expect(m.entries[0]!.data).toEqual(bytes(1, 2));
+    expect(Buffer.isBuffer(m.entries[0]!.data)).toBe(false);
+  });
+
+  it("refuses out-of-range numbers, local and unknown types, and oversized parts, naming the field", () => {
+    const entry = (data: Buffer) => ({ term: 5, index: 11, type: pb.EntryType.ENTRY_TYPE_NORMAL, data });
+    const cases: [Partial<pb.Message>, RegExp][] = [
+      [{ term: 2 ** 53 - 1 }, /^invalid raft message: term: /],
+      [{ index: 2 ** 48 + 1 }, /index/],
+      [{ commit: -1 }, /commit/],
+      [{ term: 1.5 }, /term/],
+      [{ from: 0 }, /from/],
+      [{ type: pb.MessageType.MESSAGE_TYPE_HUP }, /local message type/],
+      [{ type: 99 as pb.MessageType }, /type/],
+      [{ context: Buffer.alloc(MAX_CONTEXT_BYTES + 1) }, /context/],
+      [{ entries: [entry(Buffer.alloc(MAX_ENTRY_BYTES + 1))] }, /entries\.0\.data/],
+      [{ entries: Array.from({ length: MAX_MESSAGE_ENTRIES + 1 }, () => entry(Buffer.alloc(0))) }, /entries/],
+      [{ type: pb.MessageType.MESSAGE_TYPE_HEARTBEAT }, /only App and Prop messages carry entries/],
+      [{ type: pb.MessageType.MESSAGE_TYPE_PROP, entries: [] }, /without entries/],
+    ];
+    for (const [patch, want] of cases) {
+      expect(() => parseRaftMessage({ ...ok, ...patch }), String(want)).toThrow(want);
+    }
+    expect(() => parseRaftMessage(null)).toThrow(CodecError);
+    expect(() => parseRaftMessage({})).toThrow(CodecError);
+  });
+
+  it("checks a snapshot chunk: only on Snap, within its total, with a sound conf state", () => {
+    const snap = (over: Partial<pb.SnapshotChunk>, cs = { voters: [1, 2], learners: [3], removed: [4] }) => ({
+      ...ok,
+      entries: [],
+      type: pb.MessageType.MESSAGE_TYPE_SNAP,
+      snapshot: { metadata: { index: 7, term: 2, confState: cs }, offset: 0, total: 4, data: Buffer.alloc(4), ...over },
+    });
+    expect(parseRaftMessage(snap({})).snapshot).toMatchObject({ offset: 0, total: 4, metadata: { index: 7 } });
+    expect(() => parseRaftMessage(snap({ offset: 2 }))).toThrow(/past the snapshot's total/);
+    expect(() => parseRaftMessage(snap({}, { voters: [1, 2], learners: [2], removed: [] }))).toThrow(/listed twice/);
+    expect(() => parseRaftMessage(snap({}, { voters: [1], learners: [], removed: [1] }))).toThrow(/also removed/);
+    expect(() => parseRaftMessage(snap({ metadata: undefined }))).toThrow(/metadata/);
+    expect(() => parseRaftMessage({ ...snap({}), type: pb.MessageType.MESSAGE_TYPE_HEARTBEAT })).toThrow(
+      /Snap messages only/,
+    );
   });
 });

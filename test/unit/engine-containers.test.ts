@@ -4,15 +4,14 @@
 // runs containers through the real ContainerRuntime (root only: real namespaces).
 
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { connect } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import pino from "pino";
-import { afterEach, beforeEach, describe, expect, test } from "vitest";
-import { ContainerRuntime } from "../../src/agent/runtime.js";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { ApiError } from "../../src/engine/errors.js";
 import { EngineServer, filterNetworks, frame } from "../../src/engine/server.js";
 import type {
@@ -36,19 +35,23 @@ import type {
   WaitCondition,
   WaitResponse,
 } from "../../src/engine/types.js";
-import { CAN_RUN_CONTAINERS, TestNetworkBackend, VethAttacher } from "./runtime-fixtures.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
 const CID = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
 /** Only what /_ping and /info need. */
+/** What this node is in the swarm (the network prune's answer depends on it). */
+let swarmMode: "inactive" | "manager" | "worker" = "inactive";
+
 const swarm = {
   hostname: () => "testhost",
   async swarmInfo(): Promise<SwarmInfo> {
     return {
       NodeID: "",
       NodeAddr: "",
-      LocalNodeState: "inactive",
-      ControlAvailable: false,
+      LocalNodeState: swarmMode === "inactive" ? "inactive" : "active",
+      ControlAvailable: swarmMode === "manager",
       Error: "",
       RemoteManagers: null,
     };
@@ -158,6 +161,12 @@ class FakeContainers implements ContainerBackend {
       },
     };
   }
+  async containerTop(ref: string, psArgs: string): Promise<{ Titles: string[]; Processes: string[][] }> {
+    this.rec("containerTop", ref, psArgs);
+    this.find(ref);
+    return { Titles: ["PID", "CMD"], Processes: [["42", "sleep 1000"]] };
+  }
+
   async execInspect(id: string): Promise<ExecInspect> {
     return { ID: id, Running: false, ExitCode: 3 } as ExecInspect;
   }
@@ -166,12 +175,25 @@ class FakeContainers implements ContainerBackend {
   }
 }
 
+/** A container create request with nothing asked, as the runtime receives it. */
+const ZERO_CREATE = {
+  Tty: false,
+  OpenStdin: false,
+  StdinOnce: false,
+  HostConfig: { AutoRemove: false },
+  NetworkingConfig: { EndpointsConfig: {} },
+};
+
 let dir: string;
 let sock: string;
 let server: EngineServer | undefined;
 let logLines: string[];
 
-async function listen(extra: { networks?: TestNetworkBackend; containers?: ContainerBackend }): Promise<void> {
+async function listen(extra: {
+  networks?: TestNetworkBackend;
+  containers?: ContainerBackend;
+  images?: ContainerRuntime["imageService"];
+}): Promise<void> {
   logLines = [];
   const logger = pino({ level: "debug" }, { write: (line: string) => void logLines.push(line) });
   server = await EngineServer.listen({ socketPath: sock, backend: swarm, logger, ...extra });
@@ -186,6 +208,7 @@ function requestedPaths(): string[] {
 }
 
 beforeEach(async () => {
+  swarmMode = "inactive";
   dir = await mkdtemp(join(os.tmpdir(), "shoal-engine-ctr-"));
   sock = join(dir, "shoald.sock");
 });
@@ -368,15 +391,48 @@ describe("network routes", () => {
     expect(nets.calls.filter((c) => c.op !== "networkCreate")).toEqual([
       {
         op: "networkConnect",
-        args: ["n1", "c1", { IPAMConfig: { IPv4Address: "10.77.1.9" }, Aliases: ["a1"], Links: null, MacAddress: "" }],
+        args: ["n1", "c1", { IPAMConfig: { IPv4Address: "10.77.1.9" }, Aliases: ["a1"] }],
       },
       { op: "networkDisconnect", args: ["n1", "c1", true] },
     ]);
     expectError(
       await call("POST", "/v1.50/networks/n1/connect", {}),
       400,
-      "invalid JSON: Container must name the container to connect",
+      "invalid network connect request: Container must name the container to connect",
     );
+  });
+
+  test("POST /networks/prune: as dockerd, a manager removes the unused networks that match, never ingress", async () => {
+    const created = async (body: Record<string, unknown>): Promise<string> =>
+      (json(await call("POST", "/v1.50/networks/create", body)) as { Id: string }).Id;
+    await created({ Name: "old", Labels: { tier: "front" } });
+    await created({ Name: "busy", Labels: { tier: "front" } });
+    await created({ Name: "plain" });
+    await created({ Name: "keep", Labels: { tier: "front", keep: "yes" } });
+    for (const n of nets.attacher.networks.values()) if (n.name === "keep") n.created = "2030-01-01T00:00:00Z";
+    nets.inUse.add("busy");
+    const prune = async (filters?: unknown) => {
+      const q = filters === undefined ? "" : `?filters=${encodeURIComponent(JSON.stringify(filters))}`;
+      return call("POST", `/v1.50/networks/prune${q}`);
+    };
+    // Not a manager (outside a swarm, or a worker): nothing is this node's to remove.
+    expect(json(await prune())).toEqual({ NetworksDeleted: null });
+    swarmMode = "worker";
+    expect(json(await prune())).toEqual({ NetworksDeleted: null });
+    expect(nets.calls.filter((c) => c.op === "networkRemove")).toEqual([]);
+    swarmMode = "manager";
+    // Filters are checked before anything is removed.
+    expectError(await prune({ driver: ["overlay"] }), 400, "invalid filter 'driver'");
+    expectError(await prune({ until: ["1h", "2h"] }), 400, "more than one until filter specified");
+    expectError(await prune({ until: ["soon"] }), 400, 'failed to parse value as time or duration: "soon"');
+    expect(nets.calls.filter((c) => c.op === "networkRemove")).toEqual([]);
+    // label=tier=front, not label!=keep, older than a minute ago: "old" only ("busy" is in use).
+    expect(json(await prune({ label: ["tier=front"], "label!": ["keep"], until: ["1m"] }))).toEqual({
+      NetworksDeleted: ["old"],
+    });
+    expect(json(await prune({ until: ["2029-12-31T00:00:00Z"] }))).toEqual({ NetworksDeleted: ["plain"] });
+    expect(json(await prune())).toEqual({ NetworksDeleted: ["keep"] });
+    expect([...nets.attacher.networks.values()].map((n) => n.name)).toEqual(["busy"]);
   });
 
   test("filterNetworks: dangling and type", () => {
@@ -433,8 +489,9 @@ describe("container routes", () => {
     const info = json(await call("GET", "/info")) as Record<string, number>;
     expect([info.Containers, info.ContainersRunning, info.ContainersStopped]).toEqual([2, 1, 1]);
     expect(ctrs.calls.map((c) => [c.op, ...c.args])).toEqual([
-      ["create", "c1", { Image: "host", Cmd: ["sleep", "1"] }],
-      ["create", undefined, { Image: "alpine" }],
+      // What the runtime gets: the request decoded, with its zero values.
+      ["create", "c1", { ...ZERO_CREATE, Image: "host", Cmd: ["sleep", "1"] }],
+      ["create", undefined, { ...ZERO_CREATE, Image: "alpine" }],
       ["start", "c1"],
       ["start", "c1"],
       ["stop", "c1", { timeout: 3 }],
@@ -614,6 +671,19 @@ function ok(r: Run): Run {
 }
 
 describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the real container runtime", () => {
+  let cdDir: string;
+  let cd: Awaited<ReturnType<typeof testContainerd>>;
+
+  beforeAll(async () => {
+    cdDir = mkdtempSync(join(os.tmpdir(), "shoal-containerd-"));
+    cd = await testContainerd(cdDir);
+  });
+
+  afterAll(async () => {
+    await cd?.stop();
+    rmSync(cdDir, { recursive: true, force: true });
+  });
+
   let runtime: ContainerRuntime;
   let attacher: VethAttacher;
 
@@ -623,16 +693,18 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     const networks = new TestNetworkBackend(attacher);
     runtime = await ContainerRuntime.open({
       execRoot: join(dir, "run"),
+      containerd: cd.containerd,
       stateDir: join(dir, "containers"),
       attacher,
       logger: pino({ level: "silent" }),
     });
     networks.containers = runtime;
-    await listen({ networks, containers: runtime });
+    await listen({ networks, containers: runtime, images: runtime.imageService });
   });
 
   afterEach(async () => {
-    for (const c of await runtime.list(true)) await runtime.remove(c.Id, true).catch(() => undefined);
+    for (const c of await runtime.containerList({ all: true, filters: {} }))
+      await runtime.containerRemove(c.Id, { force: true }).catch(() => undefined);
     expect(await runtime.containerNetnsFiles()).toEqual([]);
     expect(attacher.attachedCount).toBe(0);
   });
@@ -693,15 +765,16 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     expect(r).toMatchObject({ code: 1, stderr: "Error response from daemon: network n1 not found\nexit status 1\n" });
   });
 
-  test("run -d of another image is a 400 that says why, and docker does not try to pull", async () => {
-    const r = await docker("run", "-d", "alpine", "true");
+  test("run -d of an image that is not here: docker pulls it first; a registry that is not there is an error, nothing created", async () => {
+    const r = await docker("run", "-d", "127.0.0.1:1/alpine", "true");
     expect(r.code).toBe(125);
+    expect(r.stderr).toContain("Unable to find image '127.0.0.1:1/alpine:latest' locally");
     expect(r.stderr).toContain(
-      `docker: Error response from daemon: image "alpine" is not available: shoal runs containers on the host's file system; use the image name "host"`,
+      'docker: Error response from daemon: Get "http://127.0.0.1:1/v2/": connect ECONNREFUSED 127.0.0.1:1',
     );
     expect(requestedPaths()).toContain("POST /v1.50/containers/create");
-    expect(requestedPaths().some((p) => p.includes("/images/"))).toBe(false);
-    expect(await runtime.list(true)).toEqual([]);
+    expect(requestedPaths().some((p) => p.startsWith("POST /v1.50/images/create"))).toBe(true);
+    expect(await runtime.containerList({ all: true, filters: {} })).toEqual([]);
   });
 
   test("attached run, --rm, and the errors docker users know", async () => {
@@ -723,7 +796,7 @@ describe.skipIf(!DOCKER || !CAN_RUN_CONTAINERS)("the real docker CLI with the re
     expect(r.stderr).toContain('exec: "no-such-program": executable file not found in $PATH');
     r = await docker("stop", "ghost");
     expect(r).toMatchObject({ code: 1, stderr: "Error response from daemon: No such container: ghost\n" });
-    expect((await runtime.list(true)).map((c) => c.Names[0]).sort()).toHaveLength(3); // job, nonet's, no-such-program's
+    expect((await runtime.containerList({ all: true, filters: {} })).map((c) => c.Names[0]).sort()).toHaveLength(3); // job, nonet's, no-such-program's
   });
 
   test("network connect and disconnect a running container", async () => {

@@ -32,8 +32,8 @@ import type {
   Swarm,
   SwarmBackend,
   SwarmInfo,
-  SwarmInitRequest,
-  SwarmJoinRequest,
+  SwarmInit,
+  SwarmJoin,
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../../src/engine/types.js";
@@ -177,13 +177,13 @@ class TestBackend implements SwarmBackend {
     this.requireManager();
     return { ...this.cluster(), JoinTokens: { ...this.tokens } };
   }
-  async swarmInit(req: SwarmInitRequest): Promise<string> {
+  async swarmInit(req: SwarmInit): Promise<string> {
     this.record("swarmInit", req);
     if (this.mode !== "inactive") throw alreadyInSwarm();
     this.mode = "manager";
     return SELF_ID;
   }
-  async swarmJoin(req: SwarmJoinRequest): Promise<void> {
+  async swarmJoin(req: SwarmJoin): Promise<void> {
     this.record("swarmJoin", req);
     if (this.mode !== "inactive") throw alreadyInSwarm();
     this.mode = "worker";
@@ -480,7 +480,20 @@ describe("engine API over the unix socket", () => {
     expect(r.headers["content-type"]).toBe("application/json");
     expect(r.body.trim()).toBe(`"${SELF_ID}"`);
     expect(JSON.parse(r.body)).toBe(SELF_ID);
-    expect(backend.lastCall("swarmInit")).toEqual([req]);
+    // The request reaches the backend complete: what was left out is its default (the spec too).
+    expect(backend.lastCall("swarmInit")).toEqual([
+      {
+        listenAddr: "0.0.0.0:2377",
+        advertiseAddr: "127.0.0.1",
+        dataPathAddr: "",
+        dataPathPort: 0,
+        forceNewCluster: false,
+        spec: defaultSpec(),
+        availability: "active",
+        defaultAddrPool: [],
+        subnetSize: 0,
+      },
+    ]);
     expectError(await postJSON("/v1.50/swarm/init", req), 503, alreadyInSwarm().message);
   });
 
@@ -490,11 +503,15 @@ describe("engine API over the unix socket", () => {
     expect(r.headers["content-type"]).toBe("application/json");
     expect(JSON.parse(r.body).message).toMatch(/^invalid JSON: /);
     r = await call("POST", "/v1.50/swarm/join", { body: "[1,2]" });
-    expectError(r, 400, "invalid JSON: the request body must be a JSON object");
+    expectError(r, 400, "invalid JSON: json: cannot unmarshal array into Go value of type swarm.JoinRequest");
     r = await call("POST", "/v1.50/swarm/init", { body: "a=b", headers: { "Content-Type": "text/plain" } });
     expectError(r, 400, "unsupported Content-Type header (text/plain): must be 'application/json'");
     r = await postJSON("/v1.50/swarm/join", { RemoteAddrs: "10.0.0.1:2377", JoinToken: "x" });
-    expectError(r, 400, "invalid JSON: RemoteAddrs must be an array of strings");
+    expectError(
+      r,
+      400,
+      "invalid JSON: json: cannot unmarshal string into Go struct field JoinRequest.RemoteAddrs of type []string",
+    );
     expect(backend.calls).toEqual([]);
   });
 
@@ -502,7 +519,16 @@ describe("engine API over the unix socket", () => {
     const join = { RemoteAddrs: ["192.0.2.1:2377"], JoinToken: "SWMTKN-1-x", ListenAddr: "0.0.0.0:2377" };
     let r = await postJSON("/v1.50/swarm/join", join);
     expect(r.status).toBe(200);
-    expect(backend.lastCall("swarmJoin")).toEqual([join]);
+    expect(backend.lastCall("swarmJoin")).toEqual([
+      {
+        listenAddr: "0.0.0.0:2377",
+        advertiseAddr: "",
+        dataPathAddr: "",
+        remoteAddrs: ["192.0.2.1:2377"],
+        joinToken: "SWMTKN-1-x",
+        availability: "active",
+      },
+    ]);
     expect((await call("HEAD", "/_ping")).headers.swarm).toBe("active/worker");
     r = await call("POST", "/v1.50/swarm/leave");
     expect(r.status).toBe(200);
@@ -521,12 +547,105 @@ describe("engine API over the unix socket", () => {
     }
   });
 
+  test("issue 9 case 1: a partial swarm spec ({}, or the Python SDK's) is the default spec, never half a spec", async () => {
+    backend.mode = "manager";
+    backend.spec = { ...defaultSpec(), Labels: { old: "x" } };
+    for (const body of [{}, { CAConfig: { NodeCertExpiry: 7776000000000000 } }, null]) {
+      const r = await call("POST", `/v1.47/swarm/update?version=${backend.clusterVersion}&rotateWorkerToken=True`, {
+        body: JSON.stringify(body),
+      });
+      expect(r.status).toBe(200);
+      expect(backend.lastCall("swarmUpdate")?.[0]).toEqual(defaultSpec());
+    }
+    // An empty body is dockerd's zero Spec too.
+    const r = await call("POST", `/v1.50/swarm/update?version=${backend.clusterVersion}`);
+    expect(r.status).toBe(200);
+    expect(backend.lastCall("swarmUpdate")?.[0]).toEqual(defaultSpec());
+  });
+
+  test("issue 9 cases 4 and 5: bodies of the wrong type, unknown fields and oversized values reach no backend", async () => {
+    backend.mode = "manager";
+    const cases: [string, unknown, string][] = [
+      [
+        "/v1.50/nodes/beta/update?version=17",
+        { Labels: { n: 5 }, Role: "worker", Availability: "active" },
+        "invalid JSON: json: cannot unmarshal number into Go struct field NodeSpec.Labels of type string",
+      ],
+      [
+        "/v1.50/nodes/beta/update?version=17",
+        { Role: "worker", Availability: "active", Junk: 1 },
+        'invalid JSON: json: unknown field "Junk"',
+      ],
+      [
+        "/v1.50/nodes/beta/update?version=17",
+        { Labels: { big: "x".repeat(3_900_000 / 4) }, Role: "worker", Availability: "active" },
+        "invalid node spec: Labels.big: values must be at most 16384 bytes",
+      ],
+      ["/v1.50/nodes/beta/update?version=17", { Role: "boss", Availability: "active" }, 'invalid Role: "boss"'],
+      [
+        "/v1.50/swarm/update?version=42",
+        { Dispatcher: { HeartbeatPeriod: "5s" } },
+        "invalid JSON: json: cannot unmarshal string into Go struct field DispatcherConfig.Dispatcher.HeartbeatPeriod of type time.Duration",
+      ],
+      [
+        "/v1.50/swarm/update?version=42",
+        { Dispatcher: { HeartbeatPeriod: -1 } },
+        "invalid swarm spec: Dispatcher.HeartbeatPeriod: heartbeat time period cannot be a negative duration",
+      ],
+      [
+        "/v1.50/swarm/update?version=42",
+        { Raft: { SnapshotInterval: 5000 } },
+        "Raft.SnapshotInterval (--snapshot-interval) is not supported by shoal: leave it unset",
+      ],
+      ["/v1.50/swarm/update?version=42", { Name: "other" }, 'swarm spec must be named "default"'],
+      [
+        "/v1.50/swarm/join",
+        { RemoteAddrs: ["192.0.2.1:2377"], JoinToken: "x".repeat(300) },
+        "invalid swarm join request: JoinToken: must be at most 256 characters",
+      ],
+    ];
+    for (const [path, body, message] of cases) {
+      expectError(await postJSON(path, body), 400, message);
+    }
+    expect(backend.calls).toEqual([]);
+    // Everything still answers.
+    expect((await call("GET", "/v1.50/nodes")).status).toBe(200);
+    expect((await call("GET", "/v1.50/swarm")).status).toBe(200);
+  });
+
+  test("issue 9 case 5: an oversized body is 413; a body nested a million levels deep is a cheap 400", async () => {
+    backend.mode = "manager";
+    let r = await call("POST", "/v1.50/nodes/beta/update?version=17", {
+      body: JSON.stringify({ Labels: { big: "x".repeat(2 * 1024 * 1024) }, Role: "worker", Availability: "active" }),
+    });
+    expectError(r, 413, "request body is too large: at most 1048576 bytes are accepted");
+    const deep = `{"Name":"t","Labels":${'{"a":'.repeat(1_000_000)}"x"${"}".repeat(1_000_000)}}`;
+    r = await call("POST", "/v1.50/swarm/update?version=42", { body: deep });
+    expectError(r, 400, "invalid JSON: the body nests deeper than 32 levels");
+    r = await call("POST", "/v1.50/swarm/update?version=42", { body: `${"[".repeat(100)}${"]".repeat(100)}` });
+    expectError(r, 400, "invalid JSON: the body nests deeper than 32 levels");
+    expect(backend.calls).toEqual([]);
+    expect((await call("GET", "/v1.50/nodes")).status).toBe(200);
+  });
+
   test("POST /swarm/update parses version and rotate flags", async () => {
     backend.mode = "manager";
     const spec = defaultSpec();
-    expectError(await postJSON("/v1.50/swarm/update", spec), 400, "invalid version");
-    expectError(await postJSON("/v1.50/swarm/update?version=abc", spec), 400, "invalid version");
-    expectError(await postJSON("/v1.50/swarm/update?version=-1", spec), 400, "invalid version");
+    expectError(
+      await postJSON("/v1.50/swarm/update", spec),
+      400,
+      `invalid swarm version '': strconv.ParseUint: parsing "": invalid syntax`,
+    );
+    expectError(
+      await postJSON("/v1.50/swarm/update?version=abc", spec),
+      400,
+      `invalid swarm version 'abc': strconv.ParseUint: parsing "abc": invalid syntax`,
+    );
+    expectError(
+      await postJSON("/v1.50/swarm/update?version=-1", spec),
+      400,
+      `invalid swarm version '-1': strconv.ParseUint: parsing "-1": invalid syntax`,
+    );
     expectError(
       await postJSON("/v1.50/swarm/update?version=42&rotateWorkerToken=maybe", spec),
       400,
@@ -561,7 +680,7 @@ describe("engine API over the unix socket", () => {
     expectError(
       await postJSON("/v1.50/swarm/unlock", { UnlockKey: 5 }),
       400,
-      "invalid JSON: UnlockKey must be a string",
+      "invalid JSON: json: cannot unmarshal number into Go struct field UnlockRequest.UnlockKey of type string",
     );
     expectError(await postJSON("/v1.50/swarm/unlock", { UnlockKey: "SWMKEY-1-bad" }), 401, MSG_INVALID_UNLOCK_KEY);
     expect(backend.lastCall("swarmUnlock")).toEqual(["SWMKEY-1-bad"]);
@@ -601,7 +720,11 @@ describe("engine API over the unix socket", () => {
     expect(r.headers["content-type"]).toBe("application/json");
     expect(JSON.parse(r.body).ID).toBe(BETA_ID);
     const spec: NodeSpec = { Labels: { zone: "a" }, Role: "manager", Availability: "drain" };
-    expectError(await postJSON("/v1.50/nodes/beta/update", spec), 400, "invalid version");
+    expectError(
+      await postJSON("/v1.50/nodes/beta/update", spec),
+      400,
+      `invalid node version '': strconv.ParseUint: parsing "": invalid syntax`,
+    );
     r = await postJSON("/v1.50/nodes/beta/update?version=17", spec);
     expect(r.status).toBe(200);
     expect(r.body).toBe("");
@@ -729,8 +852,9 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
     expect(r.stdout).toContain(`Swarm initialized: current node (${SELF_ID}) is now a manager.`);
     expect(r.stdout).toContain("docker swarm join --token SWMTKN-1-worker0 127.0.0.1:2377");
     expect(backend.lastCall("swarmInit")?.[0]).toMatchObject({
-      AdvertiseAddr: "127.0.0.1",
-      ListenAddr: "0.0.0.0:2377",
+      advertiseAddr: "127.0.0.1",
+      listenAddr: "0.0.0.0:2377",
+      spec: defaultSpec(),
     });
     const again = await docker("swarm", "init", "--advertise-addr", "127.0.0.1");
     expect(again.code).toBe(1);
@@ -827,6 +951,33 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
     expect(spec).toMatchObject({ Name: "default", Raft: { ElectionTick: 10, HeartbeatTick: 1 } });
   });
 
+  test("docker node ps, service ls, secret ls, config ls: shoal runs no services, so there are none", async () => {
+    backend.mode = "manager";
+    let r = await docker("node", "ps", "self");
+    expectOk(r);
+    expect(r.stdout.trim()).toMatch(/^ID\s+NAME\s+IMAGE\s+NODE\s+DESIRED STATE\s+CURRENT STATE\s+ERROR\s+PORTS$/);
+    r = await docker("service", "ls", "-q");
+    expectOk(r);
+    expect(r.stdout).toBe("");
+    for (const what of ["secret", "config"]) {
+      r = await docker(what, "ls", "-q");
+      expectOk(r);
+      expect(r.stdout).toBe("");
+    }
+    r = await docker("service", "create", "--name", "web", "nginx");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      "Error response from daemon: shoal runs no services: it manages nodes and overlay networks, and containers started with docker run",
+    );
+    r = await docker("service", "rm", "web");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("service web not found");
+    backend.mode = "worker";
+    r = await docker("service", "ls");
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(`Error response from daemon: ${workerNode().message}`);
+  });
+
   test("docker swarm leave: a manager without --force gets dockerd's 503; with --force it leaves", async () => {
     backend.mode = "manager";
     let r = await docker("swarm", "leave");
@@ -844,8 +995,8 @@ describe.skipIf(!DOCKER)("the real docker CLI against the engine API", () => {
     expectOk(r);
     expect(r.stdout.trim()).toBe("This node joined a swarm as a worker.");
     expect(backend.lastCall("swarmJoin")?.[0]).toMatchObject({
-      RemoteAddrs: ["192.0.2.1:2377"],
-      JoinToken: "SWMTKN-1-x",
+      remoteAddrs: ["192.0.2.1:2377"],
+      joinToken: "SWMTKN-1-x",
     });
   });
 

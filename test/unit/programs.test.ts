@@ -5,7 +5,6 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, w
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { runCommand } from "../../src/agent/sandbox.js";
 import {
   checkPrograms,
   DEBIAN_PACKAGES,
@@ -15,6 +14,7 @@ import {
   SHOALD_PROGRAMS,
 } from "../../src/dataplane/programs.js";
 import { CommandError, makeSpawnRunner, mustRun } from "../../src/dataplane/runner.js";
+import { runCommand } from "../../src/runtime/sandbox.js";
 
 const NFT_MISSING = "nft is not installed: install the Debian package nftables (apt-get install nftables)";
 

@@ -2,12 +2,22 @@
 // (test/unit/raft-harness.ts). Each test asserts behaviour a user of the core would notice, and is written
 // so that it fails if the feature it covers were missing or broken.
 
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { ProgressState } from "../../src/raft/progress.js";
 import { Raft } from "../../src/raft/raft.js";
 import { SeededRand } from "../../src/raft/rand.js";
-import { ErrProposalDropped, type NodeId, newMessage } from "../../src/raft/types.js";
+import {
+  ErrProposalDropped,
+  MAX_RAFT_NUMBER,
+  MAX_TERM_JUMP,
+  type Message,
+  type NodeId,
+  newMessage,
+} from "../../src/raft/types.js";
 import {
   ConfChangeType,
+  copyMessage,
   dec,
   EntryType,
   enc,
@@ -627,6 +637,86 @@ describe("snapshots", () => {
     expect(three.appliedData()).toEqual(["after"]);
   });
 
+  // Regression (simulator seed 9091227): a rejection of index i, delayed in the network, arrived after the
+  // follower had acknowledged i. The leader, probing at i + 1, took it for an answer to its probe, moved
+  // `next` below `match`, found those entries compacted and started a snapshot the follower did not need.
+  // The follower answered each chunk with its commit index, a match the leader already had, and the leader
+  // waited for the match to move: chunks forever, and no entry ever reached the follower again.
+  it("a late rejection of an index the follower has since acknowledged neither starts a snapshot nor stops replication", () => {
+    const net = cluster();
+    const leader = net.node(1);
+    net.isolate(3);
+    for (let i = 0; i < 5; i++) net.propose(1, `e${i}`);
+    net.stabilize();
+    net.heal();
+    // Node 3's first rejection is held back in the network; the leader retries and node 3 catches up.
+    let held: Message | undefined;
+    net.filter = (m) => {
+      if (m.type === MessageType.AppResp && m.reject && m.from === 3 && held === undefined) {
+        held = copyMessage(m);
+        return false;
+      }
+      return true;
+    };
+    net.tick(3);
+    net.filter = undefined;
+    expect(held).toBeDefined();
+    const pr = () => leader.raft.prs.get(3)!;
+    expect(pr().match).toBe(leader.lastIndex);
+    expect(held!.index).toBe(pr().match);
+    // The leader compacts its log; a transport hiccup puts node 3 back into probing at match + 1.
+    leader.storage.createSnapshot(leader.appliedIndex, leader.confState(), enc.encode("image"));
+    leader.storage.compact(leader.appliedIndex);
+    leader.rn.reportUnreachable(3);
+    expect(pr().state).toBe(ProgressState.Probe);
+    const mark = net.sent.length;
+    // Now the old rejection arrives.
+    net.deliver(held!);
+    net.stabilize();
+    expect(pr().match, "an acknowledged index is never taken back").toBe(leader.lastIndex);
+    expect(pr().next).toBeGreaterThan(pr().match);
+    for (let i = 0; i < 3; i++) net.propose(1, `after${i}`);
+    net.tick(3);
+    expect(net.node(3).appliedData()).toEqual(["e0", "e1", "e2", "e3", "e4", "after0", "after1", "after2"]);
+    expect(net.count(isType(MessageType.Snap, 1, 3), mark), "no snapshot for a follower that has the log").toBe(0);
+    expect(pr().state).toBe(ProgressState.Replicate);
+  });
+
+  // Regression (simulator seed 20013640): a caught-up learner's replication dropped back to probing (the
+  // transport reported it unreachable) when no more entries were coming. Nothing moved its match again, so
+  // it stayed in probing for good, and a learner is promoted only once replication to it runs normally.
+  it("a caught-up follower that dropped back to probing replicates again at the next heartbeat, with no new entries", () => {
+    const net = cluster();
+    const leader = net.node(1);
+    net.propose(1, "x");
+    net.stabilize();
+    leader.rn.reportUnreachable(2);
+    const pr = leader.raft.prs.get(2)!;
+    expect(pr.state).toBe(ProgressState.Probe);
+    expect(pr.match).toBe(leader.lastIndex);
+    net.tick(2);
+    expect(pr.state).toBe(ProgressState.Replicate);
+  });
+
+  it("a leader sending a snapshot to a follower that turns out to hold it already goes back to replicating", () => {
+    const net = cluster();
+    const leader = net.node(1);
+    for (let i = 0; i < 5; i++) net.propose(1, `e${i}`);
+    net.stabilize();
+    leader.storage.createSnapshot(leader.appliedIndex, leader.confState(), enc.encode("image"));
+    leader.storage.compact(leader.appliedIndex);
+    // Whatever put it there, the leader is sending node 3 a snapshot that node 3's log already covers:
+    // node 3 answers each chunk with its commit index, which the leader already has as node 3's match.
+    const pr = leader.raft.prs.get(3)!;
+    expect(pr.match).toBe(leader.appliedIndex);
+    pr.becomeSnapshot(leader.storage.snapshot());
+    for (let i = 0; i < 3; i++) net.propose(1, `after${i}`);
+    net.tick(5);
+    expect(pr.state).toBe(ProgressState.Replicate);
+    expect(net.node(3).appliedData()).toEqual(["e0", "e1", "e2", "e3", "e4", "after0", "after1", "after2"]);
+    expect(net.node(3).snapshots).toHaveLength(0);
+  });
+
   it("flow control: no more than snapshotWindow chunks are unacknowledged at any time", () => {
     const size = 5 * MiB + 1;
     const { net, data } = lagBehindSnapshot(size, { snapshotWindow: 2 });
@@ -835,23 +925,20 @@ describe("membership", () => {
     net.deliverRound(); // the entry reaches 2 and 3
     net.deliverRound(); // their answers: it commits and the leader applies it
     expect(leader.confState()).toEqual({ voters: [1, 2], learners: [], removed: [3] });
-    // Node 3 never hears that its removal committed: it still believes it is a voter.
+    // Node 3 never hears that its removal committed (nor the leader's notice): it still believes it is a voter.
     net.isolate(3);
     net.stabilize();
     net.heal();
     expect(net.node(3).confState().voters).toEqual([1, 2, 3]);
-    // Cut off from news, it campaigns over and over: nobody listens.
-    net.tick(10 * ELECTION);
-    expect(net.count((m) => m.from === 3 && m.type === MessageType.PreVote && m.to === 1)).toBeGreaterThan(0);
-    expect(net.leader().id).toBe(1);
-    expect(leader.term).toBe(term);
-    // Even messages from it at a much higher term do not depose the leader or move anyone's term.
+    // Messages from it, even at a much higher term, neither depose the leader nor move anyone's term.
+    net.filter = (m) => m.type !== MessageType.Removed;
     net.deliver(newMessage({ type: MessageType.Heartbeat, from: 3, to: 1, term: term + 10 }));
     net.deliver(newMessage({ type: MessageType.App, from: 3, to: 2, term: term + 10, index: 1, logTerm: 1 }));
     net.deliver(
       newMessage({ type: MessageType.Vote, from: 3, to: 2, term: term + 10, index: 1000, logTerm: term + 9 }),
     );
     net.stabilize();
+    net.filter = undefined;
     expect(leader.state).toBe(StateType.Leader);
     expect(leader.term).toBe(term);
     expect(net.node(2).term).toBe(term);
@@ -861,6 +948,147 @@ describe("membership", () => {
     expect(net.node(2).appliedData()).toEqual(["still"]);
     expect(net.node(3).appliedData()).toEqual([]);
     expectDropped(() => net.proposeConfChange(1, ConfChangeType.AddLearner, 3), /removed/);
+  });
+
+  it("a removed voter that missed its removal is told so the first time it speaks, and never campaigns again", () => {
+    const net = cluster();
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 3);
+    net.deliverRound();
+    net.deliverRound();
+    net.isolate(3); // it misses the commit and the leader's notice
+    net.stabilize();
+    net.heal();
+    const three = net.node(3);
+    expect(three.raft.isRemoved()).toBe(false);
+    // It times out and asks for pre-votes; whoever it asks answers that it was removed.
+    const ticks = net.tickUntil(() => three.raft.isRemoved(), 3 * ELECTION);
+    expect(ticks).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.Removed, undefined, 3))).toBeGreaterThan(0);
+    expect(three.confState().voters).toEqual([1, 2]);
+    expect(three.confState().removed).toEqual([3]);
+    // From then on it is silent: no campaign, however long it waits.
+    const mark = net.sent.length;
+    net.tick(10 * ELECTION);
+    expect(net.count((m) => m.from === 3, mark)).toBe(0);
+    expect(three.state).toBe(StateType.Follower);
+    expect(three.term).toBe(net.node(1).term);
+  });
+
+  it("the leader tells a removed member at once, so it stops without waiting for a timeout", () => {
+    const net = cluster();
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 3);
+    net.stabilize(); // messages only, no ticks
+    expect(net.count(isType(MessageType.Removed, 1, 3))).toBeGreaterThanOrEqual(1);
+    expect(net.node(3).raft.isRemoved()).toBe(true);
+  });
+
+  it("a removed learner that missed its removal asks the voters whether it is still a member, and stops", () => {
+    const net = cluster(3, 1, { autoPromoteLearners: false });
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.tick(2);
+    expect(four.confState().learners).toEqual([4]);
+    net.isolate(4);
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 4);
+    net.stabilize();
+    net.heal();
+    expect(four.raft.isRemoved()).toBe(false);
+    // A learner never campaigns; after an election timeout without a leader it asks, and is told.
+    const ticks = net.tickUntil(() => four.raft.isRemoved(), 3 * ELECTION);
+    expect(ticks).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.MemberCheck, 4))).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.PreVote, 4))).toBe(0);
+    const mark = net.sent.length;
+    net.tick(5 * ELECTION);
+    expect(net.count((m) => m.from === 4, mark)).toBe(0);
+  });
+
+  it("a new node removed before it learnt it had been added asks the voters it knows, and stops", () => {
+    const net = cluster();
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    // It knows the voters from the bootstrap snapshot it was given, but nothing reaches it before its removal.
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.isolate(4);
+    net.proposeConfChange(1, ConfChangeType.RemoveNode, 4);
+    net.stabilize();
+    net.heal();
+    expect(four.confState().learners).toEqual([]);
+    expect(net.tickUntil(() => four.raft.isRemoved(), 3 * ELECTION)).toBeGreaterThan(0);
+  });
+
+  it("a claim that a member was removed, from anyone but the live leader it hears, is ignored", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    net.deliver(newMessage({ type: MessageType.Removed, from: 2, to: 3, term }));
+    expect(net.node(3).raft.isRemoved()).toBe(false);
+    net.propose(1, "still a member");
+    net.stabilize();
+    expect(net.node(3).appliedData()).toEqual(["still a member"]);
+    // A leader ignores it too.
+    net.deliver(newMessage({ type: MessageType.Removed, from: 2, to: 1, term }));
+    expect(net.node(1).raft.isRemoved()).toBe(false);
+    expect(net.node(1).state).toBe(StateType.Leader);
+  });
+
+  // Regression (simulator seed 30002040): a learner that heard no leader asked whether it was still a
+  // member, and restarted its election clock each time it asked; so it never left the lease of the leader
+  // it last heard, and ignored every candidate's pre-vote. The group, which needed its vote, had no leader.
+  it("a learner that hears no leader, and asks, still answers candidates once its lease expires", () => {
+    const net = cluster(3, 1, { autoPromoteLearners: false });
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.tick(2);
+    expect(four.lead).toBe(1);
+    net.isolate(1);
+    net.isolate(4);
+    // Until just after it asked a second time: it has heard no leader for well over an election timeout.
+    const asked = () => net.count(isType(MessageType.MemberCheck, 4));
+    let rounds = 0;
+    for (let t = 0; t < 5 * ELECTION && rounds < 2; t++) {
+      const before = asked();
+      net.tick(1, [4]);
+      if (asked() > before) rounds++;
+    }
+    expect(rounds).toBe(2);
+    net.heal();
+    console.log("DBG", four.raft.electionElapsed, four.raft.randomizedElectionTimeout, four.lead, four.term);
+    const two = net.node(2);
+    const mark = net.sent.length;
+    net.deliver(
+      newMessage({
+        type: MessageType.PreVote,
+        from: 2,
+        to: 4,
+        term: two.term + 1,
+        index: two.lastIndex,
+        logTerm: two.termAt(two.lastIndex),
+      }),
+    );
+    expect(net.count(isType(MessageType.PreVoteResp, 4, 2), mark)).toBe(1);
+  });
+
+  it("a learner that is still a member and asks does not disturb the leader", () => {
+    const net = cluster(3, 1, { autoPromoteLearners: false });
+    net.proposeConfChange(1, ConfChangeType.AddLearner, 4);
+    net.stabilize();
+    const four = net.addNode(4, Network.bootstrappedStorage([1, 2, 3]));
+    net.tick(2);
+    const term = net.node(1).term;
+    // Cut off long enough to ask, and at a higher term than the leader's (it heard a failed candidate).
+    net.isolate(4);
+    four.raft.term = term + 5;
+    net.tick(3 * ELECTION);
+    net.heal();
+    for (const m of net.sent) if (m.type === MessageType.MemberCheck) net.deliver(copyMessage(m));
+    net.stabilize();
+    expect(net.count(isType(MessageType.MemberCheck, 4))).toBeGreaterThan(0);
+    expect(net.count(isType(MessageType.Removed))).toBe(0);
+    expect(net.node(1).state).toBe(StateType.Leader);
+    expect(net.node(1).term).toBe(term);
+    expect(four.raft.isRemoved()).toBe(false);
   });
 
   it("removing the leader: it steps down, and the remaining voters carry on under a new leader", () => {
@@ -1141,5 +1369,148 @@ describe("proposal limits", () => {
     // Also a candidate (no leader yet, election in progress).
     net.node(1).rn.campaign();
     expectDropped(() => net.propose(1, "x"), /no leader/);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------ 12
+
+describe("messages the core cannot handle are dropped, never thrown (issue 9)", () => {
+  it("a term far above the node's, or near 2^53, is refused and changes nothing", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    for (const t of [term + MAX_TERM_JUMP + 1, MAX_RAFT_NUMBER + 1, 2 ** 53 - 1]) {
+      net.deliver(newMessage({ type: MessageType.Heartbeat, from: 2, to: 1, term: t }));
+      net.deliver(newMessage({ type: MessageType.Vote, from: 2, to: 3, term: t, index: 99, logTerm: t - 1 }));
+    }
+    net.stabilize();
+    expect(net.node(1).state).toBe(StateType.Leader);
+    for (const n of net.nodes.values()) expect(n.term).toBe(term);
+    // Within the bound a higher term still counts, as Raft requires.
+    net.deliver(newMessage({ type: MessageType.Heartbeat, from: 2, to: 3, term: term + 1 }));
+    expect(net.node(3).term).toBe(term + 1);
+  });
+
+  it("an append whose entries do not follow on from its index is dropped before it changes anything", () => {
+    const net = cluster();
+    const f = net.node(3);
+    const before = { term: f.term, last: f.lastIndex, commit: f.commit };
+    const e = (index: number, term: number) => ({ index, term, type: EntryType.Normal, data: enc.encode("x") });
+    const bad = [
+      [e(5, before.term), e(7, before.term)], // a gap
+      [e(before.last + 1, before.term + 9)], // a term above the message's
+      [e(before.last + 1, before.term), e(before.last + 2, before.term - 1)], // terms out of order
+    ];
+    for (const entries of bad) {
+      net.deliver(
+        newMessage({
+          type: MessageType.App,
+          from: 1,
+          to: 3,
+          term: before.term,
+          index: entries[0]!.index - 1,
+          logTerm: before.term,
+          entries,
+          commit: 100,
+        }),
+      );
+    }
+    expect({ term: f.term, last: f.lastIndex, commit: f.commit }).toEqual(before);
+    net.propose(1, "fine");
+    net.stabilize();
+    expect(f.appliedData()).toEqual(["fine"]);
+  });
+
+  it("a heartbeat asking to commit beyond the follower's log commits only what it holds", () => {
+    const net = cluster();
+    net.propose(1, "a");
+    net.stabilize();
+    const f = net.node(3);
+    const last = f.lastIndex;
+    expect(() =>
+      net.deliver(newMessage({ type: MessageType.Heartbeat, from: 1, to: 3, term: f.term, commit: last + 50 })),
+    ).not.toThrow();
+    expect(f.commit).toBe(last);
+  });
+
+  it("an acknowledgement of entries the leader never had is dropped (its view of the follower stays true)", () => {
+    const net = cluster();
+    const l = net.node(1);
+    const match = l.raft.prs.get(2)!.match;
+    net.deliver(newMessage({ type: MessageType.AppResp, from: 2, to: 1, term: l.term, index: l.lastIndex + 1000 }));
+    expect(l.raft.prs.get(2)!.match).toBe(match);
+    expect(l.commit).toBeLessThanOrEqual(l.lastIndex);
+    net.propose(1, "ok");
+    net.stabilize();
+    expect(net.node(2).appliedData()).toEqual(["ok"]);
+  });
+
+  it("a forwarded proposal holding an unreadable conf change never reaches the log", () => {
+    const net = cluster();
+    const l = net.node(1);
+    const last = l.lastIndex;
+    net.deliver(
+      newMessage({
+        type: MessageType.Prop,
+        from: 2,
+        to: 1,
+        entries: [{ term: 0, index: 0, type: EntryType.ConfChange, data: new Uint8Array([7, 1]) }],
+      }),
+    );
+    expect(l.lastIndex).toBe(last);
+  });
+
+  it("only the leader can tell a follower to campaign at once (TimeoutNow)", () => {
+    const net = cluster();
+    const term = net.node(1).term;
+    net.deliver(newMessage({ type: MessageType.TimeoutNow, from: 2, to: 3, term }));
+    net.stabilize();
+    expect(net.node(1).state).toBe(StateType.Leader);
+    expect(net.node(3).term).toBe(term);
+  });
+
+  it("random messages from peers never throw out of step, and the cluster still commits afterwards", () => {
+    const types = Object.values(MessageType).filter(
+      (t): t is MessageType =>
+        typeof t === "number" &&
+        ![MessageType.Hup, MessageType.Beat, MessageType.Unreachable, MessageType.CheckQuorum].includes(t),
+    );
+    const num = fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: MAX_RAFT_NUMBER }));
+    const entry = fc.record({
+      term: num,
+      index: num,
+      type: fc.constantFrom(EntryType.Normal, EntryType.ConfChange),
+      data: fc.uint8Array({ maxLength: 24 }),
+    });
+    const message = fc.record({
+      type: fc.constantFrom(...types),
+      from: fc.integer({ min: 1, max: 5 }),
+      to: fc.integer({ min: 1, max: 3 }),
+      term: num,
+      logTerm: num,
+      index: num,
+      entries: fc.array(entry, { maxLength: 4 }),
+      commit: num,
+      reject: fc.boolean(),
+      rejectHint: num,
+      context: fc.uint8Array({ maxLength: 8 }),
+    });
+    fc.assert(
+      fc.property(fc.array(message, { minLength: 1, maxLength: 30 }), fc.integer({ min: 1, max: 1000 }), (ms, seed) => {
+        const net = cluster(3, 1, undefined, seed);
+        for (const m of ms) {
+          const copy: Message = { ...m, entries: m.entries.map((e) => ({ ...e })) };
+          net.deliver(copy);
+        }
+        net.heal();
+        // Whatever happened, a leader emerges and commits.
+        net.tickUntil(() => net.leaders().length === 1, 10 * ELECTION);
+        const l = net.leader();
+        l.rn.propose(enc.encode("after"));
+        net.stabilize();
+        net.tick(3);
+        for (const n of net.nodes.values()) expect(n.appliedData()).toContain("after");
+      }),
+      { numRuns: 150, seed: 42 },
+    );
   });
 });

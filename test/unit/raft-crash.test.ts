@@ -23,6 +23,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { FRAME_V2_BYTES } from "../../src/raft/frame.js";
 import { LevelStorage } from "../../src/raft/level-storage.js";
 import { LocalHub } from "../../src/raft/local-transport.js";
 import { type CrashPoint, entryPayload, RaftNode, SimulatedCrash } from "../../src/raft/node.js";
@@ -341,7 +342,7 @@ async function crashAndRecover(role: Role, point: CrashPoint, n: number, snap: b
     if (h.index >= after.firstIndex) {
       expect(e, `applied entry ${h.index}`).toBeDefined();
       expect(e!.term).toBe(h.term);
-      expect(Buffer.from(e!.data, "hex").subarray(16).toString("hex")).toBe(h.data);
+      expect(Buffer.from(e!.data, "hex").subarray(FRAME_V2_BYTES).toString("hex")).toBe(h.data);
     }
   }
 

@@ -10,7 +10,7 @@ import { LocalHub } from "../../src/raft/local-transport.js";
 import { RaftNode } from "../../src/raft/node.js";
 import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
-import { ConfChangeType, EMPTY, type NodeId } from "../../src/raft/types.js";
+import { ConfChangeType, EMPTY, type NodeId, StateType } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
 import { TEST_DEK } from "./test-dek.js";
 
@@ -127,6 +127,32 @@ describe("raft node driver", () => {
       await follower.node.readBarrier();
       expect(follower.sm.data.get("x")).toBe(`${i}`);
     }
+  });
+
+  it("a member removed while cut off learns it when it speaks again: its node stops and onRemoved fires once", async () => {
+    let removedCalls = 0;
+    for (const id of [1, 2, 3]) {
+      await startMember(id, [1, 2, 3], id === 3 ? { onRemoved: () => removedCalls++ } : {});
+    }
+    const three = members.find((m) => m.id === 3)!;
+    const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+    // Node 3 is the one removed: it must not be the leader.
+    if (leader === three) three.node.transferLeadership(1);
+    const lead = await waitFor("a leader other than 3", () => members.find((m) => m !== three && m.node.isLeader));
+    hub.isolate(3);
+    await lead.node.proposeConfChange({ type: ConfChangeType.RemoveNode, nodeId: 3, context: EMPTY });
+    expect(three.node.status().confState.voters).toContain(3);
+    hub.heal();
+    // Node 3 hears nothing (no one sends to a removed id); it campaigns, is told, and stops.
+    await waitFor("node 3 learns it was removed", () => removedCalls > 0, 5000);
+    expect(three.node.status().confState.removed).toContain(3);
+    await expect(three.node.propose(KVMachine.put("k", "v"))).rejects.toThrow(/removed from the raft group/);
+    const term = lead.node.status().term;
+    await new Promise((r) => setTimeout(r, 300)); // 30 ticks: no campaign from node 3
+    expect(removedCalls).toBe(1);
+    expect(lead.node.isLeader).toBe(true);
+    expect(lead.node.status().term).toBe(term);
+    expect(three.node.status().state).toBe(StateType.Follower);
   });
 
   it("snapshots every N entries, compacts, and brings a new member up from the snapshot", async () => {

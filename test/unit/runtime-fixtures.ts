@@ -5,21 +5,83 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { ApiError } from "../../src/engine/errors.js";
+import { join } from "node:path";
+import pino from "pino";
+import { ApiError } from "../../src/api/errors.js";
 import type {
   AttachedEndpoint,
+  ContainerBackend,
   EndpointSettingsRequest,
   NetworkAttacher,
   NetworkBackend,
-  NetworkCreateRequest,
   NetworkResource,
 } from "../../src/engine/types.js";
+import type { Containerd } from "../../src/runtime/containerd/client.js";
+import { ContainerdSupervisor } from "../../src/runtime/containerd/supervisor.js";
+import type { NetworkSpec } from "../../src/store/store.js";
 
 export const CAN_RUN_CONTAINERS =
   process.platform === "linux" &&
   process.getuid?.() === 0 &&
-  ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mkfifo"].every((p) => existsSync(p)) &&
+  ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mkfifo", "/usr/bin/containerd", "/usr/sbin/runc"].every((p) =>
+    existsSync(p),
+  ) &&
   (existsSync("/usr/sbin/ip") || existsSync("/sbin/ip") || existsSync("/usr/bin/ip"));
+
+/**
+ * A containerd of the test's own (root and state under `dir`), as shoald runs one; `stop` ends it and
+ * removes what it kept.
+ */
+export async function testContainerd(dir: string): Promise<{ containerd: Containerd; stop(): Promise<void> }> {
+  const supervisor = new ContainerdSupervisor({
+    dataRoot: join(dir, "data"),
+    execRoot: join(dir, "run"),
+    logger: pino({ level: "silent" }),
+  });
+  const containerd = await supervisor.start();
+  return {
+    containerd,
+    stop: async () => {
+      containerd.close();
+      await supervisor.stop();
+    },
+  };
+}
+
+/** Runs cmd in a running container through the exec calls the Engine API makes, and collects its output. */
+export async function execIn(
+  rt: ContainerBackend,
+  ref: string,
+  cmd: string[],
+): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+  const id = await rt.execCreate(ref, { Cmd: cmd, AttachStdout: true, AttachStderr: true });
+  const session = await rt.execStart(id);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const exitCode = await session.run({
+    output: (c) => {
+      (c.stream === 1 ? out : err).push(c.data);
+      return undefined;
+    },
+  });
+  return { exitCode, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
+}
+
+/** Everything a container printed (stdout and stderr interleaved), as `docker logs` shows it. */
+export async function logsOf(rt: ContainerBackend, ref: string): Promise<string> {
+  const stream = await rt.containerLogs(ref, {
+    stdout: true,
+    stderr: true,
+    follow: false,
+    timestamps: false,
+    tail: "all",
+    since: 0,
+    until: 0,
+  });
+  const parts: Buffer[] = [];
+  for await (const c of stream.chunks) parts.push(c.data);
+  return Buffer.concat(parts).toString("utf8");
+}
 
 export const TEST_RESOLV_CONF = "nameserver 192.0.2.53\nsearch shoal.test\noptions ndots:0\n";
 
@@ -37,7 +99,7 @@ interface TestNetwork {
   /** The third octet of 10.77.X.0/24. */
   octet: number;
   next: number;
-  req: NetworkCreateRequest;
+  spec: NetworkSpec;
   created: string;
 }
 
@@ -59,16 +121,24 @@ export class VethAttacher implements NetworkAttacher {
       this.networks.get(ref) ?? [...this.networks.values()].find((n) => n.name === ref || n.id.startsWith(ref));
     if (found) return found;
     if (this.strict) throw new ApiError(404, `network ${ref} not found`);
-    return this.add({ Name: ref, Driver: "overlay", Attachable: true });
+    return this.add({
+      name: ref,
+      driver: "overlay",
+      internal: false,
+      attachable: true,
+      ingress: false,
+      options: {},
+      labels: {},
+    });
   }
 
-  add(req: NetworkCreateRequest): TestNetwork {
+  add(spec: NetworkSpec): TestNetwork {
     const n: TestNetwork = {
       id: randomBytes(13).toString("hex").slice(0, 25),
-      name: req.Name,
+      name: spec.name,
       octet: this.networks.size + 1,
       next: 2,
-      req,
+      spec,
       created: "2025-01-02T03:04:05.123456789Z",
     };
     this.networks.set(n.id, n);
@@ -134,6 +204,8 @@ export class VethAttacher implements NetworkAttacher {
 /** An in-memory NetworkBackend over a VethAttacher's networks; connect/disconnect go to `containers`. */
 export class TestNetworkBackend implements NetworkBackend {
   readonly calls: { op: string; args: unknown[] }[] = [];
+  /** Networks whose removal fails as a network with endpoints does. */
+  readonly inUse = new Set<string>();
   containers:
     | {
         connect(c: string, net: string, cfg: EndpointSettingsRequest): Promise<void>;
@@ -150,18 +222,18 @@ export class TestNetworkBackend implements NetworkBackend {
       Id: n.id,
       Created: n.created,
       Scope: "swarm",
-      Driver: n.req.Driver || "overlay",
+      Driver: n.spec.driver,
       EnableIPv4: true,
       EnableIPv6: false,
       IPAM: { Driver: "default", Options: null, Config: [{ Subnet: subnet, Gateway: `10.77.${n.octet}.1` }] },
-      Internal: n.req.Internal === true,
-      Attachable: n.req.Attachable === true,
+      Internal: n.spec.internal,
+      Attachable: n.spec.attachable,
       Ingress: false,
       ConfigFrom: { Network: "" },
       ConfigOnly: false,
       Containers: {},
-      Options: { "com.docker.network.driver.overlay.vxlanid_list": String(4096 + n.octet), ...(n.req.Options ?? {}) },
-      Labels: { ...(n.req.Labels ?? {}) },
+      Options: { "com.docker.network.driver.overlay.vxlanid_list": String(4096 + n.octet), ...n.spec.options },
+      Labels: { ...n.spec.labels },
     };
   }
 
@@ -174,18 +246,12 @@ export class TestNetworkBackend implements NetworkBackend {
     return n;
   }
 
-  async networkCreate(req: NetworkCreateRequest): Promise<{ Id: string; Warning: string }> {
-    this.calls.push({ op: "networkCreate", args: [req] });
-    if ([...this.attacher.networks.values()].some((n) => n.name === req.Name)) {
-      throw new ApiError(409, `network with name ${req.Name} already exists`);
+  async networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
+    this.calls.push({ op: "networkCreate", args: [spec] });
+    if ([...this.attacher.networks.values()].some((n) => n.name === spec.name)) {
+      throw new ApiError(409, `network with name ${spec.name} already exists`);
     }
-    if (req.Driver && req.Driver !== "overlay") {
-      throw new ApiError(
-        400,
-        `network driver ${req.Driver} is not supported: shoal networks are overlays (-d overlay)`,
-      );
-    }
-    return { Id: this.attacher.add(req).id, Warning: "" };
+    return { Id: this.attacher.add(spec).id, Warning: "" };
   }
 
   async networkList(filters: Record<string, string[]>): Promise<NetworkResource[]> {
@@ -200,6 +266,9 @@ export class TestNetworkBackend implements NetworkBackend {
   async networkRemove(ref: string): Promise<void> {
     this.calls.push({ op: "networkRemove", args: [ref] });
     const n = this.find(ref);
+    if (this.inUse.has(n.name)) {
+      throw new ApiError(403, `error while removing network: network ${n.name} id ${n.id} has active endpoints`);
+    }
     this.attacher.networks.delete(n.id);
   }
 

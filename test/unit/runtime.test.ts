@@ -1,18 +1,28 @@
-// src/agent/runtime: containers in real namespaces (root only). Networks come from a test attacher that
+// src/runtime: containers in real namespaces (root only). Networks come from a test attacher that
 // puts a veth pair in the container's namespace, so these tests need no overlay. Every test leaves no
 // namespace file, process or directory behind.
 
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import pino from "pino";
-import { afterEach, beforeEach, describe, expect, test } from "vitest";
-import { ContainerRuntime, humanDuration, renderHosts } from "../../src/agent/runtime.js";
-import { parseSignal } from "../../src/agent/sandbox.js";
-import { ApiError } from "../../src/engine/errors.js";
-import { CAN_RUN_CONTAINERS, sh, TEST_RESOLV_CONF, VethAttacher } from "./runtime-fixtures.js";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
+import { ApiError } from "../../src/api/errors.js";
+import { humanDuration } from "../../src/api/humanize.js";
+import { renderHosts } from "../../src/runtime/networks.js";
+import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { parseSignal } from "../../src/runtime/signals.js";
+import {
+  CAN_RUN_CONTAINERS,
+  execIn,
+  logsOf,
+  sh,
+  TEST_RESOLV_CONF,
+  testContainerd,
+  VethAttacher,
+} from "./runtime-fixtures.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -76,18 +86,39 @@ describe("runtime helpers", () => {
   });
 });
 
-describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () => {
+describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namespaces)", () => {
+  let cdDir: string;
+  let cd: Awaited<ReturnType<typeof testContainerd>>;
+
+  beforeAll(async () => {
+    cdDir = await mkdtemp(join(os.tmpdir(), "shoal-containerd-"));
+    cd = await testContainerd(cdDir);
+  });
+
+  afterAll(async () => {
+    await cd?.stop();
+    await rm(cdDir, { recursive: true, force: true });
+  });
+
   beforeEach(async () => {
     dir = await mkdtemp(join(os.tmpdir(), "shoal-runtime-"));
     execRoot = join(dir, "run");
     stateDir = join(dir, "containers");
     attacher = new VethAttacher();
-    rt = await ContainerRuntime.open({ execRoot, stateDir, attacher, logger, hostname: () => "testhost" });
+    rt = await ContainerRuntime.open({
+      execRoot,
+      stateDir,
+      attacher,
+      logger,
+      hostname: () => "testhost",
+      containerd: cd.containerd,
+    });
   });
 
   afterEach(async () => {
     // Whatever a failed test left: stop and remove every container, then check nothing leaked.
-    for (const c of await rt.list(true)) await rt.remove(c.Id, true).catch(() => undefined);
+    for (const c of await rt.containerList({ all: true, filters: {} }))
+      await rt.containerRemove(c.Id, { force: true }).catch(() => undefined);
     const leftovers = await rt.containerNetnsFiles();
     await rt.reconcile();
     await rm(dir, { recursive: true, force: true });
@@ -102,11 +133,11 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
       networks: [{ ref: "n1", cfg: { Aliases: ["web"] } }],
     });
     expect(id).toMatch(/^[0-9a-f]{64}$/);
-    expect((await rt.inspect("c1")).State.Status).toBe("created");
-    expect(await rt.start("c1")).toBe(true);
-    expect(await rt.start(id.slice(0, 10))).toBe(false); // already running (a unique prefix works too)
+    expect((await rt.containerInspect("c1")).State.Status).toBe("created");
+    expect(await rt.containerStart("c1")).toBe(true);
+    expect(await rt.containerStart(id.slice(0, 10))).toBe(false); // already running (a unique prefix works too)
 
-    const info = await rt.inspect(id);
+    const info = await rt.containerInspect(id);
     expect(info.State).toMatchObject({ Status: "running", Running: true, ExitCode: 0 });
     const pid = info.State.Pid;
     expect(pid).toBeGreaterThan(0);
@@ -120,48 +151,50 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
     expect(attacher.calls).toEqual(["attach c1 n1 eth0"]);
 
     // Inside: its own hostname, resolv.conf, hosts, interfaces and process tree.
-    let r = await rt.exec("c1", ["hostname"]);
+    let r = await execIn(rt, "c1", ["hostname"]);
     expect(r).toEqual({ exitCode: 0, stdout: `${id.slice(0, 12)}\n`, stderr: "" });
-    r = await rt.exec("c1", ["cat", "/etc/resolv.conf"]);
+    r = await execIn(rt, "c1", ["cat", "/etc/resolv.conf"]);
     expect(r.stdout).toBe(TEST_RESOLV_CONF);
-    r = await rt.exec("c1", ["cat", "/etc/hosts"]);
+    r = await execIn(rt, "c1", ["cat", "/etc/hosts"]);
     expect(r.stdout).toContain(`10.77.1.2\t${id.slice(0, 12)} c1 web\n`);
     expect(r.stdout).toMatch(/^127\.0\.0\.1\tlocalhost\n/);
-    r = await rt.exec("c1", ["ip", "-o", "-4", "addr"]);
+    r = await execIn(rt, "c1", ["ip", "-o", "-4", "addr"]);
     expect(r.stdout).toMatch(/^1: lo +inet 127\.0\.0\.1\/8/m);
     expect(r.stdout).toMatch(/eth0 +inet 10\.77\.1\.2\/24/);
-    r = await rt.exec("c1", ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'"]);
+    r = await execIn(rt, "c1", ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'"]);
     expect(r.stdout.split("\n")[0]).toBe("sleep 1000 ");
     // The host's files are untouched.
     expect(await readFile("/etc/resolv.conf", "utf8")).not.toBe(TEST_RESOLV_CONF);
     // Exit codes, stderr and commands that do not exist.
-    r = await rt.exec("c1", ["sh", "-c", "echo oops >&2; exit 7"]);
+    r = await execIn(rt, "c1", ["sh", "-c", "echo oops >&2; exit 7"]);
     expect(r).toEqual({ exitCode: 7, stdout: "", stderr: "oops\n" });
-    r = await rt.exec("c1", ["no-such-command"]);
+    r = await execIn(rt, "c1", ["no-such-command"]);
     expect(r.exitCode).toBe(127);
     expect(r.stderr).toContain('exec: "no-such-command": executable file not found in $PATH');
 
-    const list = await rt.list();
+    const list = await rt.containerList({ all: false, filters: {} });
     expect(list.map((c) => [c.Names, c.Command, c.State])).toEqual([[["/c1"], "sleep 1000", "running"]]);
     expect(list[0]!.Status).toMatch(/^Up /);
 
     // sleep is pid 1 and ignores SIGTERM: SIGKILL after the timeout.
     const started = Date.now();
-    expect(await rt.stop("c1", 1)).toBe(true);
+    expect(await rt.containerStop("c1", { timeout: 1 })).toBe(true);
     expect(Date.now() - started).toBeGreaterThanOrEqual(900);
-    const after = await rt.inspect("c1");
+    const after = await rt.containerInspect("c1");
     expect(after.State).toMatchObject({ Status: "exited", Running: false, Pid: 0, ExitCode: 137 });
     expect(after.NetworkSettings.Networks.n1!.IPAddress).toBe("");
     expect(await pidAlive(pid)).toBe(false);
     expect(await rt.containerNetnsFiles()).toEqual([]);
     expect(attacher.calls).toEqual(["attach c1 n1 eth0", "detach c1 n1"]);
     expect(attacher.attachedCount).toBe(0);
-    expect(await rt.stop("c1")).toBe(false);
-    expect(await rt.list()).toEqual([]);
-    expect((await rt.list(true)).map((c) => c.Status)).toEqual([expect.stringMatching(/^Exited \(137\) .* ago$/)]);
+    expect(await rt.containerStop("c1", {})).toBe(false);
+    expect(await rt.containerList({ all: false, filters: {} })).toEqual([]);
+    expect((await rt.containerList({ all: true, filters: {} })).map((c) => c.Status)).toEqual([
+      expect.stringMatching(/^Exited \(137\) .* ago$/),
+    ]);
 
-    await rt.remove("c1");
-    await expectApiError(rt.inspect("c1"), 404, "No such container: c1");
+    await rt.containerRemove("c1", { force: false });
+    await expectApiError(rt.containerInspect("c1"), 404, "No such container: c1");
     expect(await readdir(stateDir)).toEqual([]);
   });
 
@@ -173,10 +206,10 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
       networks: [],
     });
     const waiting = await rt.containerWait("job", "next-exit");
-    await rt.start("job");
+    await rt.containerStart("job");
     expect(await waiting.result).toEqual({ StatusCode: 3 });
-    expect((await rt.inspect("job")).State).toMatchObject({ Status: "exited", ExitCode: 3 });
-    expect(await rt.logs("job")).toBe("out\nerr\npartial");
+    expect((await rt.containerInspect("job")).State).toMatchObject({ Status: "exited", ExitCode: 3 });
+    expect(await logsOf(rt, "job")).toBe("out\nerr\npartial");
     const stream = await rt.containerLogs("job", {
       stdout: false,
       stderr: true,
@@ -190,7 +223,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
     for await (const c of stream.chunks) chunks.push([c.stream, c.data.toString()]);
     expect(chunks).toEqual([[2, "err\n"]]);
     // Not running: "not-running" answers at once.
-    expect(await rt.wait("job")).toEqual({ StatusCode: 3 });
+    expect(await (await rt.containerWait("job", "not-running")).result).toEqual({ StatusCode: 3 });
 
     // A process that handles SIGTERM stops before the timeout, with its own exit code.
     await rt.create({
@@ -199,30 +232,30 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
       cmd: ["sh", "-c", 'trap "echo bye; exit 0" TERM; echo ready; while :; do sleep 0.05; done'],
       networks: [],
     });
-    await rt.start("polite");
+    await rt.containerStart("polite");
     // The trap is installed before "ready" is printed: a SIGTERM sent earlier would find no handler (and
     // pid 1 ignores a signal it does not handle), so wait for it, however loaded the machine is.
-    for (let i = 0; i < 200 && !(await rt.logs("polite")).includes("ready"); i++)
+    for (let i = 0; i < 200 && !(await logsOf(rt, "polite")).includes("ready"); i++)
       await new Promise((r) => setTimeout(r, 25));
     const t0 = Date.now();
-    await rt.stop("polite", 20);
+    await rt.containerStop("polite", { timeout: 20 });
     expect(Date.now() - t0).toBeLessThan(5000);
-    expect((await rt.inspect("polite")).State.ExitCode).toBe(0);
-    expect(await rt.logs("polite")).toBe("ready\nbye\n");
+    expect((await rt.containerInspect("polite")).State.ExitCode).toBe(0);
+    expect(await logsOf(rt, "polite")).toBe("ready\nbye\n");
 
     // Restart: a stopped container starts again, with a new namespace.
-    await rt.start("polite");
-    expect((await rt.inspect("polite")).State.Running).toBe(true);
+    await rt.containerStart("polite");
+    expect((await rt.containerInspect("polite")).State.Running).toBe(true);
     await rt.containerKill("polite", "SIGKILL");
-    expect((await rt.inspect("polite")).State).toMatchObject({ Status: "exited", ExitCode: 137 });
+    expect((await rt.containerInspect("polite")).State).toMatchObject({ Status: "exited", ExitCode: 137 });
     await expectApiError(rt.containerKill("polite", "SIGKILL"), 409, /is not running/);
   });
 
   test("create errors: image, name conflict, bad name, no command", async () => {
     await expectApiError(
       rt.create({ image: "alpine", cmd: ["true"], networks: [] }),
-      400,
-      'image "alpine" is not available: shoal runs containers on the host\'s file system; use the image name "host"',
+      404,
+      "No such image: alpine:latest",
     );
     const id = await rt.create({ name: "dup", image: "host", cmd: ["true"], networks: [] });
     await expectApiError(
@@ -237,7 +270,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
     );
     await expectApiError(rt.create({ image: "host", cmd: [], networks: [] }), 400, "no command specified");
     const anon = await rt.create({ image: "host", cmd: ["true"], networks: [] });
-    expect((await rt.inspect(anon)).Name).toMatch(/^\/[a-z]+_[a-z]+\d?$/);
+    expect((await rt.containerInspect(anon)).Name).toMatch(/^\/[a-z]+_[a-z]+\d?$/);
   });
 
   test("a failed start undoes what it did and leaves the container created", async () => {
@@ -251,10 +284,10 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
         { ref: "broken", cfg: {} },
       ],
     });
-    await expectApiError(rt.start("half"), 500, "could not attach to network broken: test failure");
+    await expectApiError(rt.containerStart("half"), 500, "could not attach to network broken: test failure");
     expect(attacher.calls).toEqual(["attach half good eth0", "attach half broken eth1", "detach half good"]);
     expect(await rt.containerNetnsFiles()).toEqual([]);
-    const info = await rt.inspect("half");
+    const info = await rt.containerInspect("half");
     expect(info.State).toMatchObject({
       Status: "created",
       Running: false,
@@ -262,44 +295,48 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
     });
 
     await rt.create({ name: "nocmd", image: "host", cmd: ["no-such-program"], networks: [{ ref: "good", cfg: {} }] });
-    await expectApiError(rt.start("nocmd"), 400, 'exec: "no-such-program": executable file not found in $PATH');
-    expect((await rt.inspect("nocmd")).State).toMatchObject({ Status: "created", ExitCode: 127 });
+    await expectApiError(
+      rt.containerStart("nocmd"),
+      400,
+      /^failed to create task for container: .*exec: "no-such-program": executable file not found in \$PATH/,
+    );
+    expect((await rt.containerInspect("nocmd")).State).toMatchObject({ Status: "created", ExitCode: 127 });
     expect(await rt.containerNetnsFiles()).toEqual([]);
     expect(attacher.attachedCount).toBe(0);
   });
 
   test("connect and disconnect a running container; remove -f of a running one", async () => {
     await rt.create({ name: "multi", image: "host", cmd: ["sleep", "1000"], networks: [{ ref: "n1", cfg: {} }] });
-    await rt.start("multi");
+    await rt.containerStart("multi");
     await rt.connect("multi", "n2", { IPAMConfig: { IPv4Address: "10.77.2.50" }, Aliases: ["db"] });
-    let r = await rt.exec("multi", ["ip", "-o", "-4", "addr"]);
+    let r = await execIn(rt, "multi", ["ip", "-o", "-4", "addr"]);
     expect(r.stdout).toMatch(/eth1 +inet 10\.77\.2\.50\/24/);
-    r = await rt.exec("multi", ["cat", "/etc/hosts"]);
+    r = await execIn(rt, "multi", ["cat", "/etc/hosts"]);
     expect(r.stdout).toContain("10.77.2.50\t");
     expect(r.stdout).toContain(" multi db\n");
-    expect(Object.keys((await rt.inspect("multi")).NetworkSettings.Networks)).toEqual(["n1", "n2"]);
+    expect(Object.keys((await rt.containerInspect("multi")).NetworkSettings.Networks)).toEqual(["n1", "n2"]);
     await expectApiError(rt.connect("multi", "n2", {}), 403, "endpoint with name multi already exists in network n2");
     await rt.disconnect("multi", "n1", false);
-    r = await rt.exec("multi", ["ip", "-o", "-4", "addr"]);
+    r = await execIn(rt, "multi", ["ip", "-o", "-4", "addr"]);
     expect(r.stdout).not.toMatch(/eth0/);
     await expectApiError(rt.disconnect("multi", "n1", false), 400, /is not connected to network n1/);
     await rt.disconnect("multi", "n1", true);
-    expect(Object.keys((await rt.inspect("multi")).NetworkSettings.Networks)).toEqual(["n2"]);
+    expect(Object.keys((await rt.containerInspect("multi")).NetworkSettings.Networks)).toEqual(["n2"]);
 
     await expectApiError(
-      rt.remove("multi"),
+      rt.containerRemove("multi", { force: false }),
       409,
       'cannot remove container "/multi": container is running: stop the container before removing or force remove',
     );
-    const pid = (await rt.inspect("multi")).State.Pid;
+    const pid = (await rt.containerInspect("multi")).State.Pid;
     const removed = await rt.containerWait("multi", "removed");
-    await rt.remove("multi", true);
+    await rt.containerRemove("multi", { force: true });
     expect(await removed.result).toEqual({ StatusCode: 137 });
     expect(await pidAlive(pid)).toBe(false);
     expect(attacher.attachedCount).toBe(0);
   });
 
-  test("a daemon that dies: its containers die with it (or are killed by the next one), are reported exited, nothing leaks", async () => {
+  test("a daemon that dies: its containers keep running under containerd, the next daemon adopts them (those on networks it stops), nothing leaks", async () => {
     // The first daemon is a separate process (the runtime compiled on its own), killed with SIGKILL while
     // its container runs.
     const out = join(dir, "build");
@@ -317,72 +354,83 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (real namespaces)", () =
       "--target",
       "es2022",
       "--skipLibCheck",
+      "--strict",
+      "--esModuleInterop",
       "--types",
       "node",
-      join(ROOT, "src/agent/runtime.ts"),
+      join(ROOT, "src/runtime/runtime.ts"),
     ]);
     expect(tsc.stdout + tsc.stderr).toBe("");
+    // The compiled runtime imports its packages (zod, grpc) from the project's node_modules.
+    await symlink(join(ROOT, "node_modules"), join(out, "node_modules"));
     const script = `
-      import { ContainerRuntime } from ${JSON.stringify(join(out, "src/agent/runtime.js"))};
+      import { ContainerRuntime } from ${JSON.stringify(join(out, "src/runtime/runtime.js"))};
+      import { Containerd } from ${JSON.stringify(join(out, "src/runtime/containerd/client.js"))};
       const logger = { child: () => logger, debug() {}, info() {}, warn() {}, error() {} };
       const attacher = {
         async attach(c, ref) { return { networkId: "net-" + ref, networkName: ref, endpointId: "ep-" + c.name, ip: "10.9.9.9", prefixLen: 24, mac: "", gateway: "10.9.9.1", aliases: [] }; },
         async detach() {},
         resolvConf() { return "nameserver 192.0.2.1\\n"; },
       };
-      const [name, outlive] = process.argv.slice(2);
-      const rt = await ContainerRuntime.open({ execRoot: ${JSON.stringify(execRoot)}, stateDir: ${JSON.stringify(stateDir)}, attacher, logger, containersOutliveDaemon: outlive === "outlive" });
-      await rt.create({ name, image: "host", cmd: ["sleep", "1000"], networks: [{ ref: "n9", cfg: {} }] });
-      await rt.start(name);
-      console.log(JSON.stringify((await rt.inspect(name)).State));
+      const containerd = new Containerd(${JSON.stringify(cd.containerd.socketPath)});
+      const rt = await ContainerRuntime.open({ execRoot: ${JSON.stringify(execRoot)}, stateDir: ${JSON.stringify(stateDir)}, attacher, logger, containerd });
+      await rt.create({ name: "wired", image: "host", cmd: ["sleep", "1000"], networks: [{ ref: "n9", cfg: {} }] });
+      await rt.containerStart("wired");
+      const name = "orphan";
+      await rt.create({ name, image: "host", cmd: ["sh", "-c", "echo before; sleep 1000"], networks: [] });
+      await rt.containerStart(name);
+      console.log(JSON.stringify((await rt.containerInspect(name)).State));
       setInterval(() => {}, 1000);
     `;
     const scriptFile = join(out, "daemon.mjs");
     await writeFile(scriptFile, script);
-    /** Runs a first daemon that starts container `name`, then kills it; resolves to the container's pid. */
-    const crash = async (name: string, outlive: boolean): Promise<number> => {
-      const d = spawn(process.execPath, [scriptFile, name, outlive ? "outlive" : ""], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      const line = await new Promise<string>((ok, fail) => {
-        let buf = "";
-        const onData = (b: Buffer): void => {
-          buf += b.toString();
-          const m = /^\{.*\}$/m.exec(buf);
-          if (m) ok(m[0]);
-        };
-        d.stdout.on("data", onData);
-        d.stderr.on("data", onData);
-        d.once("exit", (code) => fail(new Error(`the first daemon exited (${code}): ${buf}`)));
-      });
-      const state = JSON.parse(line) as { Pid: number; Running: boolean };
-      expect(state.Running).toBe(true);
-      d.kill("SIGKILL");
-      await new Promise((ok) => d.once("exit", ok));
-      return state.Pid;
-    };
-
-    // By default a container does not outlive its daemon.
-    let pid = await crash("tied", false);
-    for (let i = 0; i < 100 && (await pidAlive(pid)); i++) await new Promise((r) => setTimeout(r, 20));
-    expect(await pidAlive(pid)).toBe(false);
-    // With containersOutliveDaemon it does, until the next daemon kills it.
-    pid = await crash("orphan", true);
+    const d = spawn(process.execPath, [scriptFile], { stdio: ["ignore", "pipe", "pipe"] });
+    const line = await new Promise<string>((ok, fail) => {
+      let buf = "";
+      const onData = (b: Buffer): void => {
+        buf += b.toString();
+        const m = /^\{.*\}$/m.exec(buf);
+        if (m) ok(m[0]);
+      };
+      d.stdout.on("data", onData);
+      d.stderr.on("data", onData);
+      d.once("exit", (code) => fail(new Error(`the first daemon exited (${code}): ${buf}`)));
+    });
+    const state = JSON.parse(line) as { Pid: number; Running: boolean };
+    expect(state.Running).toBe(true);
+    d.kill("SIGKILL");
+    await new Promise((ok) => d.once("exit", ok));
     await new Promise((r) => setTimeout(r, 200));
-    expect(await pidAlive(pid)).toBe(true);
+    // containerd keeps it running without a daemon.
+    expect(await pidAlive(state.Pid)).toBe(true);
 
     const again = new VethAttacher();
-    const rt2 = await ContainerRuntime.open({ execRoot, stateDir, attacher: again, logger });
-    expect(await pidAlive(pid)).toBe(false);
-    expect((await rt2.inspect("orphan")).State).toMatchObject({ Status: "exited", Running: false, ExitCode: 137 });
-    // Nobody saw how "tied" ended: 255, as Docker reports containers that died with their daemon.
-    expect((await rt2.inspect("tied")).State).toMatchObject({ Status: "exited", Running: false, ExitCode: 255 });
-    // (the second first daemon already tidied up after "tied" when it opened the state directory)
-    expect(again.calls).toEqual(["detach orphan n9"]);
+    const rt2 = await ContainerRuntime.open({ execRoot, stateDir, attacher: again, logger, containerd: cd.containerd });
+    expect((await rt2.containerInspect("orphan")).State).toMatchObject({
+      Status: "running",
+      Running: true,
+      Pid: state.Pid,
+    });
+    // A container on a network is not taken over (the node's networking rebuilds its overlays): stopped, its
+    // endpoint released.
+    expect((await rt2.containerInspect("wired")).State).toMatchObject({
+      Status: "exited",
+      Running: false,
+      ExitCode: 137,
+    });
+    expect(again.calls).toEqual(["detach wired n9"]);
+    expect(await logsOf(rt2, "orphan")).toBe("before\n");
+    // The adopted container is followed: a stop ends it, its exit is seen.
+    expect(await rt2.containerStop("orphan", { timeout: 1 })).toBe(true);
+    expect(await pidAlive(state.Pid)).toBe(false);
+    expect((await rt2.containerInspect("orphan")).State).toMatchObject({
+      Status: "exited",
+      Running: false,
+      ExitCode: 137,
+    });
     expect(await rt2.containerNetnsFiles()).toEqual([]);
-    expect((await rt2.list(true)).map((c) => c.Names[0]).sort()).toEqual(["/orphan", "/tied"]);
-    await rt2.remove("orphan");
-    await rt2.remove("tied");
+    await rt2.containerRemove("wired", { force: false });
+    await rt2.containerRemove("orphan", { force: false });
     expect(await readdir(stateDir)).toEqual([]);
   });
 });

@@ -25,6 +25,7 @@ import {
   RAFT_SERVER_OPTIONS,
   RaftServiceDefinition,
   raftServiceImplementation,
+  type SenderStatus,
 } from "../../src/raft/transport.js";
 import {
   ConfChangeType,
@@ -106,9 +107,24 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
+/**
+ * The daemon's membership rule, for members started with `strict`: raft id n is held by node nodeIdOf(n)
+ * while it is in the node's configuration; an id its log removed is "removed"; anything else "unknown".
+ */
+function memberRule(node: () => RaftNode | undefined): (from: NodeId, nodeId: string) => SenderStatus {
+  return (from, nodeId) => {
+    const n = node();
+    if (!n) return "unknown";
+    if (n.isRemovedId(from)) return "removed";
+    const cs = n.status().confState;
+    if (!cs.voters.includes(from) && !cs.learners.includes(from)) return "unknown";
+    return nodeIdOf(from) === nodeId ? "member" : "other-node";
+  };
+}
+
 async function startMember(
   id: NodeId,
-  o: { bootstrap?: NodeId[]; port?: number; raft?: Partial<RaftNodeOptions> } = {},
+  o: { bootstrap?: NodeId[]; port?: number; raft?: Partial<RaftNodeOptions>; strict?: boolean } = {},
 ): Promise<Member> {
   const storage = await LevelStorage.open(join(root, `n${id}`), { dek: TEST_DEK });
   if (o.bootstrap && storage.mem.lastIndex() === 0) {
@@ -123,6 +139,7 @@ async function startMember(
     resolve: (x) => addrs.get(x),
     credentials: () => managerCreds(id),
     onUnreachable: (x) => node?.reportUnreachable(x),
+    onToldRemoved: (by) => node?.toldRemoved(by),
   });
   const server = new grpc.Server(RAFT_SERVER_OPTIONS);
   server.addService(
@@ -135,6 +152,7 @@ async function startMember(
       clusterId: () => CLUSTER,
       onHeard: (x) => transport.markHeard(x),
       selfId: () => id,
+      ...(o.strict ? { member: memberRule(() => node) } : {}),
     }),
   );
   const listener = await listenTLS(server, {
@@ -374,6 +392,160 @@ describe("gRPC raft transport", () => {
     expect(await t.probe(2)).toBe(false);
     expect(t.reachable(2)).toBe(false);
     expect(sink.delivered).toHaveLength(1);
+  });
+
+  describe("only current members, each from its own node, with bounded terms (issue 9)", () => {
+    /** One Raft message over a raw client stream, as `as` (a manager certificate of this cluster). */
+    const sendAs = (as: NodeId, to: Member, m: Message | pb.Message): Promise<grpc.ServiceError | null> => {
+      const client = new pb.RaftClient(`127.0.0.1:${to.port}`, managerCreds(as), CLIENT_CHANNEL_OPTIONS);
+      cleanups.push(() => client.close());
+      // A core Message is converted as the transport does; a pb.Message (Buffer context) goes as it is.
+      const message = Buffer.isBuffer(m.context) ? (m as pb.Message) : messageToPb(m as Message);
+      return new Promise((resolve) => {
+        const call = client.streamRaftMessage((err) => resolve(err));
+        call.write({ message });
+        call.end();
+      });
+    };
+
+    async function strictCluster(): Promise<{ leader: Member; term: number }> {
+      for (const id of [1, 2, 3]) await startMember(id, { bootstrap: [1, 2, 3], strict: true });
+      const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+      await putMany("k", 5, (i) => `${i}`);
+      return { leader, term: leader.node.status().term };
+    }
+
+    it("a forged append from an unknown raft id, with a valid manager certificate, is refused; the leader keeps leading", async () => {
+      const { leader, term } = await strictCluster();
+      // Manager 4 holds a valid manager certificate of this cluster but is no member: it claims raft id 99,
+      // at a higher term, to make the leader step down and follow it.
+      const forged = newMessage({
+        type: MessageType.App,
+        from: 99,
+        to: leader.id,
+        term: term + 5,
+        index: 0,
+        logTerm: 0,
+      });
+      const err = await sendAs(4, leader, forged);
+      expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(err?.details).toContain("63 is not a member of this raft group");
+      expect(leader.received.get(MessageType.App) ?? 0).toBe(0);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(leader.node.isLeader).toBe(true);
+      expect(leader.node.status().term).toBe(term);
+      await putViaLeader("after", "forgery");
+    });
+
+    it("a message claiming another member's raft id is refused", async () => {
+      const { leader, term } = await strictCluster();
+      const follower = members.find((m) => m !== leader)!;
+      const other = members.find((m) => m !== leader && m !== follower)!;
+      // A real member (its own certificate) speaking as another member; and a non-member doing the same.
+      for (const as of [other.id, 4]) {
+        const m = newMessage({ type: MessageType.Heartbeat, from: leader.id, to: follower.id, term: term + 1 });
+        const err = await sendAs(as, follower, m);
+        expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+        expect(err?.details).toContain(`may not send raft messages as member ${leader.id.toString(16)}`);
+      }
+      expect(follower.node.status().term).toBe(term);
+      expect(leader.node.isLeader).toBe(true);
+    });
+
+    it("a term of 2^53-1 is refused at the boundary, a term far ahead is dropped by the core, and the node runs and restarts fine", async () => {
+      const { leader, term } = await strictCluster();
+      const victim = members.find((m) => m !== leader)!;
+      const huge = newMessage({ type: MessageType.Heartbeat, from: leader.id, to: victim.id, term: 2 ** 53 - 1 });
+      const err = await sendAs(leader.id, victim, huge);
+      expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(err?.details).toMatch(/term/);
+      // Within the wire's bounds but 2^25 terms ahead of the node: the core drops it.
+      const ahead = newMessage({ type: MessageType.Heartbeat, from: leader.id, to: victim.id, term: term + 2 ** 25 });
+      expect(await sendAs(leader.id, victim, ahead)).toBeNull();
+      await waitFor("delivered", () => (victim.received.get(MessageType.Heartbeat) ?? 0) > 0);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(victim.node.fatal).toBeUndefined();
+      expect(victim.node.status().term).toBe(term);
+      await putViaLeader("still", "working");
+      await waitFor("the victim applies", () => victim.sm.data.get("still") === "working");
+      // It restarts from its data directory with a sane term and catches up.
+      await kill(victim);
+      const back = await startMember(victim.id, { port: victim.port, strict: true });
+      expect(back.node.status().term).toBeLessThanOrEqual(term + 1);
+      await putViaLeader("after", "restart");
+      await waitFor("the restarted node applies", () => back.sm.data.get("after") === "restart");
+    });
+
+    it("malformed messages are refused with the field named (types, counts, sizes)", async () => {
+      const { leader } = await strictCluster();
+      const f = members.find((m) => m !== leader)!;
+      const base = messageToPb(newMessage({ type: MessageType.Heartbeat, from: leader.id, to: f.id, term: 1 }));
+      const cases: [pb.Message, RegExp][] = [
+        [{ ...base, type: 1 as pb.MessageType }, /type: is a local message type/],
+        [{ ...base, type: 77 as pb.MessageType }, /type/],
+        [{ ...base, context: Buffer.alloc(4096) }, /context: must be at most 1024 bytes/],
+        [{ ...base, from: 0 }, /from/],
+        [{ ...base, snapshot: { offset: 0, total: 0, data: Buffer.alloc(0) } }, /snapshot/],
+        [
+          {
+            ...base,
+            type: pb.MessageType.MESSAGE_TYPE_SNAP,
+            snapshot: {
+              metadata: { index: 5, term: 1, confState: { voters: [1, 1], learners: [], removed: [] } },
+              offset: 0,
+              total: 1,
+              data: Buffer.alloc(1),
+            },
+          },
+          /listed twice/,
+        ],
+        [
+          {
+            ...base,
+            type: pb.MessageType.MESSAGE_TYPE_SNAP,
+            snapshot: {
+              metadata: { index: 5, term: 1, confState: { voters: [1], learners: [], removed: [] } },
+              offset: 10,
+              total: 11,
+              data: Buffer.alloc(5),
+            },
+          },
+          /past the snapshot's total/,
+        ],
+      ];
+      for (const [m, want] of cases) {
+        const err = await sendAs(leader.id, f, m);
+        expect(err?.code, String(want)).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(err?.details).toMatch(want);
+      }
+      expect(f.node.fatal).toBeUndefined();
+      expect(leader.node.isLeader).toBe(true);
+      await putViaLeader("after", "malformed");
+      await waitFor("the follower applies", () => f.sm.data.get("after") === "malformed");
+    });
+
+    it("a member removed while it was down is told so when it comes back: it stops for good", async () => {
+      let removedCalls = 0;
+      for (const id of [1, 2, 3]) await startMember(id, { bootstrap: [1, 2, 3], strict: true });
+      const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+      const victim = members.find((m) => m !== leader)!;
+      await putMany("k", 3, (i) => `${i}`);
+      await kill(victim);
+      await leader.node.proposeConfChange({ type: ConfChangeType.RemoveNode, nodeId: victim.id, context: EMPTY });
+      const back = await startMember(victim.id, {
+        port: victim.port,
+        strict: true,
+        raft: { onRemoved: () => removedCalls++ },
+      });
+      expect(back.node.status().confState.voters).toContain(victim.id);
+      await waitFor("the removed member learns it", () => removedCalls > 0, 10_000);
+      expect(back.node.status().confState.removed).toContain(victim.id);
+      const term = leader.node.status().term;
+      await new Promise((r) => setTimeout(r, 500));
+      expect(removedCalls).toBe(1);
+      expect(leader.node.isLeader).toBe(true);
+      expect(leader.node.status().term).toBe(term);
+    });
   });
 
   it("a killed manager is unreachable within 3 s, the rest keep committing, and it catches up on return", async () => {

@@ -6,7 +6,8 @@
 
 import { closeSync, openSync, writeSync } from "node:fs";
 import { open } from "node:fs/promises";
-import type { OutputChunk } from "../engine/types.js";
+import { z } from "zod";
+import type { OutputChunk } from "./types.js";
 
 const MAX_LINE = 16 * 1024;
 
@@ -77,18 +78,28 @@ export class JsonLogWriter {
   }
 }
 
+/** One line of a json-file log, as read back (a line that is not one is skipped, as dockerd skips it). */
+const LogLineSchema = z.object({
+  log: z.string(),
+  stream: z.string().optional(),
+  time: z.string().optional(),
+});
+
 function parseLine(line: string): LogRecord | undefined {
+  let value: unknown;
   try {
-    const v = JSON.parse(line) as { log?: unknown; stream?: unknown; time?: unknown };
-    if (typeof v.log !== "string") return undefined;
-    return {
-      stream: v.stream === "stderr" ? 2 : 1,
-      data: Buffer.from(v.log, "utf8"),
-      time: typeof v.time === "string" ? v.time : "",
-    };
+    value = JSON.parse(line);
   } catch {
+    // A torn or foreign line (a crash mid-write): skipped, the lines around it are still read.
     return undefined;
   }
+  const v = LogLineSchema.safeParse(value);
+  if (!v.success) return undefined;
+  return {
+    stream: v.data.stream === "stderr" ? 2 : 1,
+    data: Buffer.from(v.data.log, "utf8"),
+    time: v.data.time ?? "",
+  };
 }
 
 /** Seconds since the epoch of an RFC 3339 time with up to nine fraction digits. */

@@ -1,0 +1,293 @@
+// A container's processes in containerd: the containerd container (its OCI spec, its root file system
+// snapshot) made when it starts, its task created with FIFOs for stdio in the container's directory and
+// started, waited for, signalled, deleted when it has exited; and processes exec'd into it. The shim that
+// runs a task outlives containerd and shoald: a shoald that restarts reattaches to the FIFOs and waits again.
+
+import { closeSync, constants as fsConstants, openSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { Socket } from "node:net";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { Status } from "../../gen/containerd/task_types.js";
+import { runCommand } from "../sandbox.js";
+import { type Containerd, ContainerdError, isNotFound, RUNTIME, SNAPSHOTTER } from "./client.js";
+
+/** The FIFOs of a process, in the container's directory. */
+export interface FifoPaths {
+  stdin: string;
+  stdout: string;
+  stderr: string;
+}
+
+export function fifoPaths(dir: string, processId: string, opts: { stdin: boolean; tty: boolean }): FifoPaths {
+  return {
+    stdin: opts.stdin ? join(dir, `${processId}-stdin`) : "",
+    stdout: join(dir, `${processId}-stdout`),
+    stderr: opts.tty ? "" : join(dir, `${processId}-stderr`),
+  };
+}
+
+/** The reading (and, for stdin, writing) ends shoald holds of a process's FIFOs. */
+export interface OpenFifos {
+  stdout: Socket;
+  stderr: Socket | undefined;
+  /** The writing end of stdin: there once the shim holds its reading end (after `release`). */
+  stdin: Socket | undefined;
+  /**
+   * Call once the process was created: the readers see EOF from then on when the shim closes its ends,
+   * and stdin is opened for writing.
+   */
+  release(): void;
+  close(): void;
+}
+
+async function mkfifo(path: string): Promise<void> {
+  await rm(path, { force: true });
+  const r = await runCommand(["mkfifo", "-m", "600", path]);
+  if (r.code !== 0) throw new Error(`mkfifo ${path} exited with code ${r.code}: ${r.stderr.trim()}`);
+}
+
+/** A FIFO's writing end (the reader must be there: the shim's). */
+function writer(path: string): Socket {
+  return new Socket({
+    fd: openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK),
+    readable: false,
+    writable: true,
+  });
+}
+
+/**
+ * Opens a process's FIFOs: `create` makes them first (a new process); without it they are the ones a
+ * running process has (a restarted shoald reattaching). Until `release`, shoald holds a writer of its own
+ * on each output FIFO, so no reader sees EOF before the shim has opened its end.
+ */
+export async function openFifos(paths: FifoPaths, create: boolean): Promise<OpenFifos> {
+  const outs = [paths.stdout, paths.stderr].filter((p) => p !== "");
+  if (create) for (const p of [...outs, paths.stdin].filter((x) => x !== "")) await mkfifo(p);
+  const holders: number[] = [];
+  const reader = (path: string): Socket => {
+    const fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    if (create) holders.push(openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK));
+    return new Socket({ fd, readable: true, writable: false });
+  };
+  const out: OpenFifos = {
+    stdout: reader(paths.stdout),
+    stderr: paths.stderr ? reader(paths.stderr) : undefined,
+    // A running process's stdin (reattaching): the shim holds the reading end already.
+    stdin: paths.stdin && !create ? writer(paths.stdin) : undefined,
+    release: () => {
+      for (const fd of holders.splice(0)) closeSync(fd);
+      if (paths.stdin && !out.stdin) out.stdin = writer(paths.stdin);
+    },
+    close: () => {
+      for (const fd of holders.splice(0)) closeSync(fd);
+      out.stdout.destroy();
+      out.stderr?.destroy();
+      out.stdin?.destroy();
+    },
+  };
+  return out;
+}
+
+/**
+ * Ends a process's input: what was written goes into the FIFO, shoald's end is closed (the shim reads the
+ * rest, then EOF), and the shim is told to close the process's stdin (CloseIO), as containerd's clients do.
+ */
+export async function endInput(stdin: Socket, closeIo: () => Promise<void>): Promise<void> {
+  if (!stdin.destroyed) {
+    await new Promise<void>((resolve) => stdin.write("", () => resolve()));
+    stdin.destroy();
+  }
+  await closeIo();
+}
+
+/** Removes a process's FIFOs (an exec'd process that has ended: its names are not used again). */
+export async function removeFifos(paths: FifoPaths): Promise<void> {
+  for (const p of [paths.stdin, paths.stdout, paths.stderr]) if (p !== "") await rm(p, { force: true });
+}
+
+export interface TaskExit {
+  code: number;
+  exitedAt: Date | undefined;
+}
+
+/** What a container's task looks like now (a restarted shoald asks). */
+export type TaskState = { state: "running"; pid: number } | { state: "stopped"; code: number } | { state: "absent" };
+
+export class TaskClient {
+  private readonly log: Logger;
+  constructor(
+    private readonly cd: Containerd,
+    logger: Logger,
+  ) {
+    this.log = logger.child({ component: "tasks" });
+  }
+
+  /** A root file system for a new container: a snapshot on the image's top layer ("" for none). */
+  async prepareRootfs(id: string, parent: string): Promise<void> {
+    const labels = { "containerd.io/gc.root": new Date().toISOString() };
+    await this.cd.call(this.cd.snapshots, this.cd.snapshots.prepare, {
+      snapshotter: SNAPSHOTTER,
+      key: id,
+      parent,
+      labels,
+    });
+  }
+
+  async removeRootfs(id: string): Promise<void> {
+    try {
+      await this.cd.call(this.cd.snapshots, this.cd.snapshots.remove, { snapshotter: SNAPSHOTTER, key: id });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
+  /** Creates the containerd container and its task, and starts it; resolves to the task's pid. */
+  async start(
+    id: string,
+    spec: object,
+    rootfs: { type: string; source: string; target: string; options: string[] }[] | "snapshot",
+    fifos: FifoPaths,
+    terminal: boolean,
+    labels: Record<string, string>,
+  ): Promise<number> {
+    const cd = this.cd;
+    await this.deleteContainer(id);
+    const container = {
+      id,
+      labels,
+      image: "",
+      runtime: { name: RUNTIME, options: undefined },
+      spec: {
+        typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec",
+        value: Buffer.from(JSON.stringify(spec)),
+      },
+      snapshotter: rootfs === "snapshot" ? SNAPSHOTTER : "",
+      snapshotKey: rootfs === "snapshot" ? id : "",
+      extensions: {},
+    };
+    await cd.call(cd.containers, cd.containers.create, { container });
+    try {
+      const mounts =
+        rootfs === "snapshot"
+          ? (await cd.call(cd.snapshots, cd.snapshots.mounts, { snapshotter: SNAPSHOTTER, key: id })).mounts
+          : rootfs;
+      await cd.call(cd.tasks, cd.tasks.create, {
+        containerId: id,
+        rootfs: mounts,
+        stdin: fifos.stdin,
+        stdout: fifos.stdout,
+        stderr: fifos.stderr,
+        terminal,
+        runtimePath: "",
+      });
+      try {
+        return (await cd.call(cd.tasks, cd.tasks.start, { containerId: id, execId: "" })).pid;
+      } catch (err) {
+        await this.deleteTask(id);
+        throw err;
+      }
+    } catch (err) {
+      await this.deleteContainer(id);
+      throw err;
+    }
+  }
+
+  /** Resolves when the process (the task's, or an exec'd one) has exited. */
+  async wait(id: string, execId = ""): Promise<TaskExit> {
+    const r = await this.cd.call(this.cd.tasks, this.cd.tasks.wait, { containerId: id, execId });
+    return { code: r.exitStatus, exitedAt: r.exitedAt };
+  }
+
+  async kill(id: string, signal: number, execId = ""): Promise<void> {
+    await this.cd.call(this.cd.tasks, this.cd.tasks.kill, { containerId: id, execId, signal, all: false });
+  }
+
+  async state(id: string): Promise<TaskState> {
+    try {
+      const { process } = await this.cd.call(this.cd.tasks, this.cd.tasks.get, { containerId: id, execId: "" });
+      if (!process) return { state: "absent" };
+      if (process.status === Status.STOPPED) return { state: "stopped", code: process.exitStatus };
+      return { state: "running", pid: process.pid };
+    } catch (err) {
+      if (isNotFound(err)) return { state: "absent" };
+      throw err;
+    }
+  }
+
+  /** Deletes an exited task and its containerd container (the root file system snapshot stays). */
+  async cleanup(id: string): Promise<number | undefined> {
+    const code = await this.deleteTask(id);
+    await this.deleteContainer(id);
+    return code;
+  }
+
+  private async deleteTask(id: string): Promise<number | undefined> {
+    try {
+      return (await this.cd.call(this.cd.tasks, this.cd.tasks.delete, { containerId: id })).exitStatus;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  private async deleteContainer(id: string): Promise<void> {
+    try {
+      await this.cd.call(this.cd.containers, this.cd.containers.delete, { id });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
+  /** Starts a process in a running container; resolves to its pid. */
+  async exec(id: string, execId: string, process: object, fifos: FifoPaths, terminal: boolean): Promise<number> {
+    const cd = this.cd;
+    await cd.call(cd.tasks, cd.tasks.exec, {
+      containerId: id,
+      execId,
+      stdin: fifos.stdin,
+      stdout: fifos.stdout,
+      stderr: fifos.stderr,
+      terminal,
+      spec: {
+        typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process",
+        value: Buffer.from(JSON.stringify(process)),
+      },
+    });
+    try {
+      return (await cd.call(cd.tasks, cd.tasks.start, { containerId: id, execId })).pid;
+    } catch (err) {
+      await this.deleteProcess(id, execId);
+      throw err;
+    }
+  }
+
+  async deleteProcess(id: string, execId: string): Promise<void> {
+    try {
+      await this.cd.call(this.cd.tasks, this.cd.tasks.deleteProcess, { containerId: id, execId });
+    } catch (err) {
+      if (!isNotFound(err))
+        this.log.warn({ err, id, execId }, "could not delete an exec'd process: containerd drops it with the task");
+    }
+  }
+
+  async closeStdin(id: string, execId = ""): Promise<void> {
+    await this.cd.call(this.cd.tasks, this.cd.tasks.closeIo, { containerId: id, execId, stdin: true });
+  }
+
+  async resize(id: string, execId: string, width: number, height: number): Promise<void> {
+    await this.cd.call(this.cd.tasks, this.cd.tasks.resizePty, { containerId: id, execId, width, height });
+  }
+
+  /** The host pids of a task's processes (`docker top`). */
+  async pids(id: string): Promise<number[]> {
+    const r = await this.cd.call(this.cd.tasks, this.cd.tasks.listPids, { containerId: id });
+    return r.processes.map((p) => p.pid);
+  }
+}
+
+/** containerd's words for a process that could not start, as docker passes them on. */
+export function startError(err: unknown): string {
+  const text = err instanceof ContainerdError ? err.detail : err instanceof Error ? err.message : String(err);
+  return `failed to create task for container: ${text}`;
+}

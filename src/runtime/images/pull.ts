@@ -1,0 +1,200 @@
+// `docker pull`: the manifest (through an index, for this host) and its config, then every layer, each
+// checked against its digest as it is written to containerd's content store under a lease, unpacked, and
+// named. Progress is told in docker's JSON messages (what the docker CLI draws as per-layer bars). Until
+// the manifest is resolved nothing is said, so a bad reference or an unknown image is an HTTP error.
+
+import { badRequest } from "../../api/errors.js";
+import { DigestMismatchError, SizeMismatchError } from "../containerd/content.js";
+import {
+  type Descriptor,
+  type ImageConfig,
+  ImageConfigSchema,
+  INDEX_TYPES,
+  IndexSchema,
+  type Manifest,
+  ManifestSchema,
+  parseDocument,
+  pickManifest,
+  sha256,
+} from "./oci.js";
+import { familiarName, familiarRepository, fullName, parseReference, type Reference } from "./reference.js";
+import { type Credentials, Registry, RegistryError, readBody } from "./registry.js";
+import { gcLabelsOfConfig, gcLabelsOfManifest, type ImageStore } from "./store.js";
+
+/** A message of docker's JSON progress stream. */
+export interface PullProgress {
+  status?: string;
+  id?: string;
+  progressDetail?: { current?: number; total?: number };
+  progress?: string;
+  error?: string;
+  errorDetail?: { message: string };
+}
+
+export interface PullOptions {
+  insecureRegistries: string[];
+  credentials?: Credentials;
+}
+
+const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
+/** How often (in bytes) a layer's download progress is told. */
+const PROGRESS_STEP_BYTES = 512 * 1024;
+
+function units(n: number): string {
+  if (n < 1000) return `${n}B`;
+  if (n < 1000 * 1000) return `${(n / 1000).toFixed(1)}kB`;
+  if (n < 1000 * 1000 * 1000) return `${(n / 1e6).toFixed(1)}MB`;
+  return `${(n / 1e9).toFixed(2)}GB`;
+}
+
+/** docker's progress bar: "[==========>                                        ]  1.2MB/5.4MB". */
+export function progressBar(current: number, total: number): string {
+  const width = 50;
+  const done = total > 0 ? Math.min(width, Math.floor((current / total) * width)) : 0;
+  const bar =
+    done >= width
+      ? "=".repeat(width)
+      : `${"=".repeat(Math.max(0, done - 1))}${done > 0 ? ">" : ""}${" ".repeat(width - done)}`;
+  return `[${bar}] ${units(current).padStart(8)}/${units(total)}`;
+}
+
+const short = (digest: string): string => digest.slice(7, 19);
+
+/** The manifest a reference names, for this host, checked against its digest. */
+async function resolveManifest(
+  reg: Registry,
+  ref: Reference,
+): Promise<{ manifest: Manifest; bytes: Buffer; target: Descriptor; index?: { bytes: Buffer; target: Descriptor } }> {
+  const reference = ref.digest ?? ref.tag!;
+  const got = await reg.manifest(reference);
+  const digest = sha256(got.data);
+  if (ref.digest && digest !== ref.digest)
+    throw new RegistryError(500, `manifest verification failed for digest ${ref.digest}`);
+  if (got.digestHeader && got.digestHeader !== digest)
+    throw new RegistryError(
+      500,
+      `manifest verification failed: the registry says ${got.digestHeader}, its bytes are ${digest}`,
+    );
+  const target: Descriptor = { mediaType: got.mediaType, digest, size: got.data.length };
+  if (!INDEX_TYPES.includes(got.mediaType)) {
+    const manifest = parseDocument(ManifestSchema, got.data);
+    if (!manifest) throw new RegistryError(500, `the manifest of ${familiarRepository(ref)} is not an image manifest`);
+    return { manifest, bytes: got.data, target };
+  }
+  const index = parseDocument(IndexSchema, got.data);
+  if (!index) throw new RegistryError(500, `the manifest list of ${familiarRepository(ref)} is not an image index`);
+  const m = pickManifest(index);
+  if (!m) throw new RegistryError(404, "no matching manifest for linux/amd64 in the manifest list entries");
+  const inner = await reg.manifest(m.digest);
+  if (sha256(inner.data) !== m.digest)
+    throw new RegistryError(500, `manifest verification failed for digest ${m.digest}`);
+  const manifest = parseDocument(ManifestSchema, inner.data);
+  if (!manifest) throw new RegistryError(500, `the manifest ${m.digest} is not an image manifest`);
+  return { manifest, bytes: inner.data, target: { ...m, mediaType: m.mediaType }, index: { bytes: got.data, target } };
+}
+
+async function fetchConfig(reg: Registry, desc: Descriptor): Promise<{ bytes: Buffer; config: ImageConfig }> {
+  const bytes = await readBody(await reg.blob(desc.digest), MAX_CONFIG_BYTES);
+  if (sha256(bytes) !== desc.digest)
+    throw new RegistryError(500, `digest mismatch for image config ${desc.digest}: the registry sent ${sha256(bytes)}`);
+  const config = parseDocument(ImageConfigSchema, bytes);
+  if (!config) throw new RegistryError(500, `${desc.digest} is not an image config`);
+  return { bytes, config };
+}
+
+/** Downloads one layer into the content store (unless it is there), telling its progress. */
+async function fetchLayer(
+  store: ImageStore,
+  reg: Registry,
+  l: Descriptor,
+  lease: string,
+  say: (p: PullProgress) => void,
+): Promise<void> {
+  const id = short(l.digest);
+  if (await store.content.has(l.digest)) {
+    say({ status: "Already exists", progressDetail: {}, id });
+    return;
+  }
+  const body = await reg.blob(l.digest);
+  let told = 0;
+  await store.content.write({ digest: l.digest, size: l.size }, body, lease, (bytes) => {
+    if (bytes - told >= PROGRESS_STEP_BYTES || bytes === l.size) {
+      told = bytes;
+      say({
+        status: "Downloading",
+        progressDetail: { current: bytes, total: l.size },
+        progress: progressBar(bytes, l.size),
+        id,
+      });
+    }
+  });
+  say({ status: "Verifying Checksum", progressDetail: {}, id });
+  say({ status: "Download complete", progressDetail: {}, id });
+}
+
+/**
+ * Pulls `text` ("busybox", "registry.lab:5000/tools/busybox:1.36"). Throws (an HTTP error) before the first
+ * message when the image cannot be found; after that, failures are thrown too and the caller says them as
+ * the stream's error message.
+ */
+export async function pullImage(
+  store: ImageStore,
+  text: string,
+  opts: PullOptions,
+  say: (p: PullProgress) => void,
+): Promise<void> {
+  const ref = parseReference(text);
+  const reg = new Registry(ref, opts.insecureRegistries, opts.credentials);
+  const resolved = await resolveManifest(reg, ref);
+  const { manifest, bytes: manifestBytes } = resolved;
+  say({ status: `Pulling from ${familiarRepository(ref)}`, id: ref.tag ?? ref.digest ?? "latest" });
+  const name = fullName(ref);
+  const before = await store.find(name);
+  const target0 = resolved.index?.target ?? resolved.target;
+  if (before?.targets.some((t) => t.digest === target0.digest) && (await store.unpacked(before))) {
+    say({ status: `Digest: ${target0.digest}` });
+    say({ status: `Status: Image is up to date for ${familiarName(name)}` });
+    return;
+  }
+  const lease = await store.lease();
+  try {
+    for (const l of manifest.layers) say({ status: "Pulling fs layer", progressDetail: {}, id: short(l.digest) });
+    const { bytes: configBytes, config } = await fetchConfig(reg, manifest.config);
+    if (config.rootfs.diff_ids.length !== manifest.layers.length)
+      throw badRequest("the image config and its manifest name different numbers of layers");
+    await Promise.all(manifest.layers.map((l) => fetchLayer(store, reg, l, lease.id, say)));
+    await store.content.write(
+      { digest: manifest.config.digest, size: manifest.config.size, labels: gcLabelsOfConfig(config) },
+      configBytes,
+      lease.id,
+    );
+    await store.content.write(
+      { digest: sha256(manifestBytes), size: manifestBytes.length, labels: gcLabelsOfManifest(manifest) },
+      manifestBytes,
+      lease.id,
+    );
+    let target = resolved.target;
+    if (resolved.index) {
+      const labels = { "containerd.io/gc.ref.content.m.0": sha256(manifestBytes) };
+      await store.content.write(
+        { digest: resolved.index.target.digest, size: resolved.index.bytes.length, labels },
+        resolved.index.bytes,
+        lease.id,
+      );
+      target = resolved.index.target;
+    }
+    for (const l of manifest.layers) say({ status: "Extracting", progressDetail: {}, id: short(l.digest) });
+    await store.unpack(manifest, config, lease.id);
+    for (const l of manifest.layers) say({ status: "Pull complete", progressDetail: {}, id: short(l.digest) });
+    await store.setName(name, target, lease.id);
+    say({ status: `Digest: ${target.digest}` });
+    say({ status: `Status: Downloaded newer image for ${familiarName(name)}` });
+  } catch (err) {
+    if (err instanceof DigestMismatchError || err instanceof SizeMismatchError) {
+      throw new RegistryError(500, `failed to pull ${familiarName(name)}: ${err.message}`);
+    }
+    throw err;
+  } finally {
+    await lease.done();
+  }
+}

@@ -1,0 +1,358 @@
+// shoal's images, kept by containerd: an image is a containerd image record (its full name, pointing at a
+// manifest or an index in the content store), its config blob, its layers, and the committed snapshots
+// they unpack to. Names are full ("docker.io/library/busybox:latest"); the id is the config's digest, as
+// docker's. Everything read back from containerd is parsed against its schema.
+//
+// What keeps what from containerd's garbage collector (its gc.ref labels): an image record keeps its
+// manifest, a manifest its config and layers, a config the snapshot of its top layer, and a snapshot its
+// parents. New content is written under a lease until its image record exists.
+
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import { ApiError, badRequest, conflict, notFound } from "../../api/errors.js";
+import type { Image as ImageRecord } from "../../gen/containerd/images.js";
+import { type Containerd, isAlreadyExists, isNotFound, SNAPSHOTTER } from "../containerd/client.js";
+import { ContentStore } from "../containerd/content.js";
+import {
+  chainIds,
+  type Descriptor,
+  type ImageConfig,
+  ImageConfigSchema,
+  INDEX_TYPES,
+  IndexSchema,
+  MANIFEST_TYPES,
+  type Manifest,
+  ManifestSchema,
+  parseDocument,
+  pickManifest,
+} from "./oci.js";
+import { familiarName, fullName, looksLikeId, parseReference, repositoryOf } from "./reference.js";
+
+/** An image as shoal uses it: where it came from, what it runs, what it unpacks to. */
+export interface ResolvedImage {
+  /** The config's digest: docker's image id. */
+  id: string;
+  /** Full names pointing at it. */
+  names: string[];
+  /** The manifest (or index) digest each name points at. */
+  targets: Descriptor[];
+  manifest: Manifest;
+  config: ImageConfig;
+  /** The chain id of its top layer: the snapshot a container's root file system is prepared on. */
+  topChainId: string;
+  createdAt: Date | undefined;
+}
+
+export const noSuchImage = (ref: string): ApiError => notFound(`No such image: ${ref}`);
+
+/** Labels that tie a blob's children to it for containerd's garbage collector. */
+export function gcLabelsOfManifest(m: Manifest): Record<string, string> {
+  const labels: Record<string, string> = { "containerd.io/gc.ref.content.config": m.config.digest };
+  m.layers.forEach((l, i) => {
+    labels[`containerd.io/gc.ref.content.l.${i}`] = l.digest;
+  });
+  return labels;
+}
+
+export function gcLabelsOfConfig(c: ImageConfig): Record<string, string> {
+  const top = chainIds(c.rootfs.diff_ids).at(-1);
+  return top ? { [`containerd.io/gc.ref.snapshot.${SNAPSHOTTER}`]: top } : {};
+}
+
+export class ImageStore {
+  readonly content: ContentStore;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly cd: Containerd,
+    logger: Logger,
+  ) {
+    this.content = new ContentStore(cd);
+    this.log = logger.child({ component: "images" });
+  }
+
+  /** A lease for a write (an import, a pull): what is written under it stays until `done` is called. */
+  async lease(): Promise<{ id: string; done(): Promise<void> }> {
+    const id = `shoal-${randomUUID()}`;
+    await this.cd.call(this.cd.leases, this.cd.leases.create, { id, labels: {} });
+    return {
+      id,
+      done: async () => {
+        await this.cd
+          .call(this.cd.leases, this.cd.leases.delete, { id, sync: false })
+          .catch((err: unknown) =>
+            this.log.warn(
+              { err, lease: id },
+              "could not delete a lease: what was written under it stays kept from garbage collection",
+            ),
+          );
+      },
+    };
+  }
+
+  async readJson<S extends Parameters<typeof parseDocument>[0]>(schema: S, digest: string, what: string) {
+    const doc = parseDocument(schema, await this.content.read(digest));
+    if (doc === undefined) throw new ApiError(500, `the ${what} ${digest} in the content store is not a valid ${what}`);
+    return doc;
+  }
+
+  /** The manifest for this host that a target (manifest or index) names. */
+  async manifestOf(target: Descriptor): Promise<{ manifest: Manifest; digest: string }> {
+    if (INDEX_TYPES.includes(target.mediaType)) {
+      const index = await this.readJson(IndexSchema, target.digest, "index");
+      const m = pickManifest(index);
+      if (!m) throw badRequest("no matching manifest for linux/amd64 in the manifest list entries");
+      return { manifest: await this.readJson(ManifestSchema, m.digest, "manifest"), digest: m.digest };
+    }
+    if (!MANIFEST_TYPES.includes(target.mediaType)) throw badRequest(`unsupported media type ${target.mediaType}`);
+    return { manifest: await this.readJson(ManifestSchema, target.digest, "manifest"), digest: target.digest };
+  }
+
+  private async records(): Promise<ImageRecord[]> {
+    const r = await this.cd.call(this.cd.images, this.cd.images.list, { filters: [] });
+    return r.images;
+  }
+
+  private targetOf(r: ImageRecord): Descriptor {
+    const t = r.target;
+    if (!t) throw new ApiError(500, `image ${r.name} has no target`);
+    return { mediaType: t.mediaType, digest: t.digest, size: t.size };
+  }
+
+  private async resolveRecords(records: ImageRecord[]): Promise<ResolvedImage> {
+    const first = records[0]!;
+    const { manifest } = await this.manifestOf(this.targetOf(first));
+    const config = await this.readJson(ImageConfigSchema, manifest.config.digest, "image config");
+    return {
+      id: manifest.config.digest,
+      names: records.map((r) => r.name),
+      targets: records.map((r) => this.targetOf(r)),
+      manifest,
+      config,
+      topChainId: chainIds(config.rootfs.diff_ids).at(-1) ?? "",
+      createdAt: first.createdAt,
+    };
+  }
+
+  /** Every image, once per id, with all its names. */
+  async list(): Promise<ResolvedImage[]> {
+    const byId = new Map<string, ImageRecord[]>();
+    for (const r of await this.records()) {
+      try {
+        const { manifest } = await this.manifestOf(this.targetOf(r));
+        const list = byId.get(manifest.config.digest) ?? [];
+        list.push(r);
+        byId.set(manifest.config.digest, list);
+      } catch (err) {
+        this.log.warn({ err, image: r.name }, "skipping an image whose manifest cannot be read");
+      }
+    }
+    const out: ResolvedImage[] = [];
+    for (const records of byId.values()) out.push(await this.resolveRecords(records));
+    return out;
+  }
+
+  /** An image by name or id; undefined when there is none (other failures are thrown). */
+  async find(ref: string): Promise<ResolvedImage | undefined> {
+    try {
+      return await this.resolve(ref);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return undefined;
+      throw err;
+    }
+  }
+
+  /** An image by name ("busybox", "busybox:1", "x@sha256:...") or by id or unique id prefix. */
+  async resolve(ref: string): Promise<ResolvedImage> {
+    let name: string | undefined;
+    try {
+      name = fullName(parseReference(ref));
+    } catch (err) {
+      if (!looksLikeId(ref)) throw err;
+    }
+    const all = await this.records();
+    if (name !== undefined) {
+      const r = all.find((x) => x.name === name);
+      if (r) return this.withAllNames(r, all);
+    }
+    if (looksLikeId(ref)) {
+      const prefix = ref.startsWith("sha256:") ? ref : `sha256:${ref}`;
+      const images = (await this.list()).filter((i) => i.id.startsWith(prefix));
+      if (images.length === 1) return images[0]!;
+      if (images.length > 1) throw badRequest(`multiple images found with provided prefix: ${ref}`);
+    }
+    throw noSuchImage(ref);
+  }
+
+  /** The image a record points at, with every name that points at the same image (config). */
+  private async withAllNames(r: ImageRecord, all: ImageRecord[]): Promise<ResolvedImage> {
+    const id = (await this.manifestOf(this.targetOf(r))).manifest.config.digest;
+    const same: ImageRecord[] = [r];
+    for (const x of all) {
+      if (x === r || x.name === r.name) continue;
+      try {
+        if ((await this.manifestOf(this.targetOf(x))).manifest.config.digest === id) same.push(x);
+      } catch (err) {
+        this.log.warn({ err, image: x.name }, "skipping an image whose manifest cannot be read");
+      }
+    }
+    return this.resolveRecords(same);
+  }
+
+  /** Points `name` (a full name) at `target`, replacing what it pointed at. */
+  async setName(name: string, target: Descriptor, lease?: string): Promise<void> {
+    const image = {
+      name,
+      labels: {},
+      target: { ...target, annotations: {} },
+      createdAt: new Date(),
+      updatedAt: new Date(),
+    };
+    try {
+      await this.cd.call(this.cd.images, this.cd.images.create, { image }, lease ? { lease } : {});
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      await this.cd.call(this.cd.images, this.cd.images.delete, { name, sync: false });
+      await this.cd.call(this.cd.images, this.cd.images.create, { image }, lease ? { lease } : {});
+    }
+  }
+
+  /** `docker tag SOURCE TARGET`. */
+  async tag(source: string, target: string): Promise<void> {
+    const img = await this.resolve(source);
+    const name = fullName(parseReference(target));
+    if (parseReference(target).digest) throw badRequest("refusing to create a tag with a digest reference");
+    // The first name is the one `source` named (or, by id, any): the new name points where it points.
+    await this.setName(name, img.targets[0]!);
+  }
+
+  /**
+   * `docker rmi`: removes a name (or, by id, every name of the image). `inUse` names a container that uses
+   * the image; then only `force` removes it. Returns docker's list of what was untagged and deleted.
+   */
+  async remove(
+    ref: string,
+    force: boolean,
+    inUse: (imageId: string) => string | undefined,
+  ): Promise<{ Untagged?: string; Deleted?: string }[]> {
+    const img = await this.resolve(ref);
+    const byName = !looksLikeId(ref) || img.names.some((n) => n === safeFullName(ref));
+    const names = byName ? [safeFullName(ref)!] : img.names;
+    if (!byName && img.names.length > 1 && !force) {
+      throw conflict(
+        `conflict: unable to delete ${img.id.slice(7, 19)} (must be forced) - image is referenced in multiple repositories`,
+      );
+    }
+    const last = names.length === img.names.length;
+    const user = inUse(img.id);
+    if (last && user && !force) {
+      throw conflict(
+        `conflict: unable to remove repository reference "${ref}" (must force) - container ${user.slice(0, 12)} is using its referenced image ${img.id.slice(7, 19)}`,
+      );
+    }
+    const out: { Untagged?: string; Deleted?: string }[] = [];
+    for (const n of names) {
+      await this.cd.call(this.cd.images, this.cd.images.delete, { name: n, sync: last && !user });
+      out.push({ Untagged: familiarName(n) });
+    }
+    if (last && !user) out.push({ Deleted: img.id });
+    return out;
+  }
+
+  /** Whether an image's top snapshot is there (the image is unpacked). */
+  async unpacked(img: ResolvedImage): Promise<boolean> {
+    if (img.topChainId === "") return true;
+    try {
+      await this.cd.call(this.cd.snapshots, this.cd.snapshots.stat, { snapshotter: SNAPSHOTTER, key: img.topChainId });
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Unpacks an image's layers into committed snapshots (those there already are kept). */
+  async unpack(manifest: Manifest, config: ImageConfig, lease: string): Promise<void> {
+    const chain = chainIds(config.rootfs.diff_ids);
+    if (chain.length !== manifest.layers.length) {
+      throw badRequest(`image config has ${chain.length} layers but its manifest ${manifest.layers.length}`);
+    }
+    let parent = "";
+    for (const [i, layer] of manifest.layers.entries()) {
+      const chainId = chain[i]!;
+      if (!(await this.snapshotExists(chainId)))
+        await this.applyLayer(layer, config.rootfs.diff_ids[i]!, parent, chainId, lease);
+      parent = chainId;
+    }
+  }
+
+  private async snapshotExists(key: string): Promise<boolean> {
+    try {
+      await this.cd.call(this.cd.snapshots, this.cd.snapshots.stat, { snapshotter: SNAPSHOTTER, key });
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  private async applyLayer(
+    layer: Descriptor,
+    diffId: string,
+    parent: string,
+    chainId: string,
+    lease: string,
+  ): Promise<void> {
+    const key = `extract-${randomUUID()} ${chainId}`;
+    const cd = this.cd;
+    const { mounts } = await cd.call(
+      cd.snapshots,
+      cd.snapshots.prepare,
+      { snapshotter: SNAPSHOTTER, key, parent, labels: {} },
+      { lease },
+    );
+    try {
+      const { applied } = await cd.call(cd.diff, cd.diff.apply, {
+        diff: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: {} },
+        mounts,
+        payloads: {},
+      });
+      if (applied?.digest !== diffId) {
+        throw badRequest(
+          `layer ${layer.digest} unpacks to ${applied?.digest ?? "nothing"}, but the image config says ${diffId}`,
+        );
+      }
+      await cd.call(
+        cd.snapshots,
+        cd.snapshots.commit,
+        { snapshotter: SNAPSHOTTER, name: chainId, key, labels: {} },
+        { lease },
+      );
+    } catch (err) {
+      await cd.call(cd.snapshots, cd.snapshots.remove, { snapshotter: SNAPSHOTTER, key }).catch((e: unknown) => {
+        if (!isNotFound(e))
+          this.log.warn({ err: e, key }, "could not remove a half-unpacked layer: the lease's end removes it");
+      });
+      throw err;
+    }
+  }
+
+  /** The repository@digest names of an image (docker's RepoDigests). */
+  repoDigests(img: ResolvedImage): string[] {
+    const out = new Set<string>();
+    img.names.forEach((n, i) => {
+      const ref = parseReference(n);
+      if (ref.domain !== "" && img.targets[i]) out.add(familiarName(`${repositoryOf(ref)}@${img.targets[i]!.digest}`));
+    });
+    return [...out];
+  }
+}
+
+function safeFullName(ref: string): string | undefined {
+  try {
+    return fullName(parseReference(ref));
+  } catch {
+    // Not a name (an id): it names no tag.
+    return undefined;
+  }
+}

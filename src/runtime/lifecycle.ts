@@ -1,0 +1,341 @@
+// A container's life: create (its image resolved, its root file system prepared), start (networks, then
+// its task in containerd), the exit (networks released, state saved, its restart policy or --rm), stop,
+// kill, wait and remove. Operations on one container run one after another (Container.locked); a failed
+// create or start leaves nothing behind.
+
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { ApiError, badRequest, conflict } from "../api/errors.js";
+import { delay, within } from "./async.js";
+import { Container, errMessage, noSuchContainer, ZERO_TIME } from "./container.js";
+import type { TaskClient } from "./containerd/tasks.js";
+import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
+import { nowRFC3339Nano } from "./jsonlog.js";
+import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
+import type { ContainerNetworks } from "./networks.js";
+import { parseSignal } from "./signals.js";
+import type { ProcessUser } from "./spec.js";
+import type { ContainerTable } from "./table.js";
+import type { PendingWait, WaitCondition, WaitResponse } from "./types.js";
+
+/** How long a stop waits after SIGKILL before it gives up. */
+const KILL_WAIT_MS = 30_000;
+/** Restart policy back-off: 100 ms, doubling, at most a minute (docker's). */
+const RESTART_FIRST_MS = 100;
+const RESTART_MAX_MS = 60_000;
+
+export interface LifecycleDeps {
+  table: ContainerTable;
+  networks: ContainerNetworks;
+  launcher: Launcher;
+  tasks: TaskClient;
+  /** The image a container is created from (404 "No such image" when it is not here). */
+  imageForRun(ref: string): Promise<ImageForRun & { topChainId: string }>;
+  /** The user a container's process runs as. */
+  userOf(c: Container): Promise<ProcessUser>;
+  /** Called when a container is removed (its exec instances go with it). */
+  onRemoved(c: Container): void;
+  log: Logger;
+}
+
+export class Lifecycle {
+  private readonly table: ContainerTable;
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(private readonly d: LifecycleDeps) {
+    this.table = d.table;
+    this.log = d.log;
+  }
+
+  /** The daemon is going away: no restart policy starts anything any more. */
+  close(): void {
+    this.closed = true;
+  }
+
+  async create(spec: ContainerSpec): Promise<string> {
+    const image = await this.d.imageForRun(spec.image);
+    const name = checkSpec(spec, (n) => this.table.byName(n));
+    const rec = newRecord(spec, name, image);
+    const c = new Container(rec, join(this.table.stateDir, rec.id));
+    // The name is taken from here on (before any await), so two creates cannot both get it.
+    this.table.add(c);
+    try {
+      await mkdir(c.dir, { recursive: true, mode: 0o700 });
+      if (image.rootfs === "snapshot") await this.d.tasks.prepareRootfs(c.id, image.topChainId);
+      await this.table.persist(c);
+    } catch (err) {
+      this.table.delete(c.id);
+      await this.undoCreate(c);
+      throw err;
+    }
+    this.log.info({ id: c.id, name, image: image.name, cmd: [rec.path, ...rec.args] }, "container created");
+    return c.id;
+  }
+
+  private async undoCreate(c: Container): Promise<void> {
+    try {
+      await this.d.tasks.removeRootfs(c.id);
+      await rm(c.dir, { recursive: true, force: true });
+    } catch (err) {
+      this.log.warn(
+        { err, id: c.id, dir: c.dir },
+        "could not undo a failed create: its directory (without state.json, skipped at restart) or snapshot stays",
+      );
+    }
+  }
+
+  /** Starts a container by hand; false if it was running already. */
+  async start(ref: string): Promise<boolean> {
+    const c = this.table.find(ref);
+    return c.locked(async () => {
+      if (c.removed) throw noSuchContainer(ref);
+      if (c.running) return false;
+      if (c.rec.state.status === "removing") {
+        throw conflict(`container ${c.id} is marked for removal and cannot be started`);
+      }
+      c.rec.restartCount = 0;
+      c.rec.stoppedByUser = false;
+      c.restarting = false;
+      await this.startLocked(c);
+      return true;
+    });
+  }
+
+  async startLocked(c: Container): Promise<void> {
+    const rec = c.rec;
+    let launched: Launched;
+    try {
+      const user = await this.d.userOf(c);
+      const netnsPath = await this.d.networks.setUp(c);
+      try {
+        launched = await this.d.launcher.launch(c, netnsPath, user);
+      } catch (err) {
+        await this.d.networks.release(c, "a failed start");
+        throw err;
+      }
+    } catch (err) {
+      const apiErr = err instanceof ApiError ? err : new ApiError(500, errMessage(err));
+      rec.state.error = apiErr.message;
+      rec.state.exitCode = err instanceof LaunchError ? err.exitCode : 128;
+      await this.table.persistHappened(c, "a failed start");
+      throw apiErr;
+    }
+    this.running(c, launched, nowRFC3339Nano());
+    await this.table.persistHappened(c, "its start");
+    this.log.info({ id: rec.id, name: rec.name, pid: launched.running.initPid }, "container started");
+  }
+
+  /** The container runs `launched` (started now, or found running by a new daemon): follow its exit. */
+  running(c: Container, launched: Launched, startedAt: string): void {
+    c.proc = launched.running;
+    c.rec.state = {
+      status: "running",
+      pid: launched.running.initPid,
+      exitCode: 0,
+      error: "",
+      startedAt,
+      finishedAt: ZERO_TIME,
+    };
+    // `exited` never rejects: it reports how the process ended.
+    void launched.exited.then((info) => this.handleExit(c, info, launched.resolveHandled));
+  }
+
+  private async handleExit(c: Container, info: ExitInfo, resolveHandled: () => void): Promise<void> {
+    let restart = false;
+    try {
+      await c.locked(async () => {
+        c.proc = undefined;
+        await this.d.networks.release(c, "its exit");
+        c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: info.code, finishedAt: nowRFC3339Nano() };
+        // Decided here, with the exit: inspect says "restarting" (and the count) until it runs again.
+        restart = !c.rec.autoRemove && this.restarts(c, info.code);
+        if (restart) {
+          c.restarting = true;
+          c.rec.restartCount++;
+        }
+        await this.table.persistHappened(c, "its exit");
+        this.log.info({ id: c.id, name: c.rec.name, exitCode: info.code }, "container exited");
+      });
+    } finally {
+      resolveHandled();
+      for (const l of [...c.exitListeners]) l(info.code);
+    }
+    if (c.rec.autoRemove && !c.removed) await this.autoRemove(c);
+    else if (restart) void this.restartLater(c);
+  }
+
+  /** Whether the container's restart policy starts it again after it exited with `code`. */
+  restarts(c: Container, code: number): boolean {
+    if (this.closed || c.removed || c.rec.stoppedByUser) return false;
+    const p = c.rec.hostConfig.restartPolicy;
+    switch (p.name) {
+      case "always":
+      case "unless-stopped":
+        return true;
+      case "on-failure":
+        return code !== 0 && (p.maximumRetryCount === 0 || c.rec.restartCount < p.maximumRetryCount);
+      case "no":
+        return false;
+    }
+  }
+
+  /** Starts a container again after docker's back-off (100 ms doubling with each restart, at most a minute). */
+  private async restartLater(c: Container): Promise<void> {
+    const waitMs = Math.min(RESTART_FIRST_MS * 2 ** Math.min(c.rec.restartCount - 1, 20), RESTART_MAX_MS);
+    await delay(waitMs);
+    await c
+      .locked(async () => {
+        const still = c.restarting && !c.running && !c.removed && !this.closed && !c.rec.stoppedByUser;
+        if (!still) {
+          c.restarting = false;
+          return;
+        }
+        this.log.info(
+          { id: c.id, name: c.rec.name, restartCount: c.rec.restartCount },
+          "restarting a container (its restart policy)",
+        );
+        try {
+          await this.startLocked(c);
+        } finally {
+          c.restarting = false;
+        }
+      })
+      .catch((err: unknown) => {
+        this.log.warn({ err, id: c.id }, "a restart by the restart policy failed: trying again later");
+        if (this.restarts(c, 1)) {
+          c.restarting = true;
+          c.rec.restartCount++;
+          void this.restartLater(c);
+        }
+      });
+  }
+
+  /** --rm: the container goes once it has exited; a failure is logged (the user can `rm` it). */
+  async autoRemove(c: Container): Promise<void> {
+    await this.remove(c.id, { force: true }).catch((err: unknown) =>
+      this.log.warn({ err, id: c.id }, "could not remove an auto-remove container: it stays listed as exited"),
+    );
+  }
+
+  /** SIGTERM (or the container's stop signal), then SIGKILL after the timeout; false if it was not running. */
+  async stop(ref: string, opts: { timeout?: number; signal?: string }, byUser = true): Promise<boolean> {
+    const c = this.table.find(ref);
+    // unless-stopped brings back what the daemon stopped, not what a user did.
+    if (byUser) c.rec.stoppedByUser = true;
+    c.restarting = false;
+    const proc = c.proc;
+    if (!c.running || !proc) return false;
+    const sigName = opts.signal || c.rec.config.StopSignal || "SIGTERM";
+    const sig = parseSignal(sigName);
+    if (sig === undefined) throw badRequest(`Invalid signal: ${sigName}`);
+    const timeout = opts.timeout ?? c.rec.config.StopTimeout ?? 10;
+    await this.signal(c, sig);
+    if (timeout < 0) {
+      await proc.handled;
+      return true;
+    }
+    if (await within(proc.handled, timeout * 1000)) return true;
+    this.log.info({ id: c.id, timeout }, "container did not stop in time: killing it");
+    await this.signal(c, 9);
+    if (!(await within(proc.handled, KILL_WAIT_MS))) {
+      throw new ApiError(500, `cannot stop container: ${ref}: the container's processes did not exit after SIGKILL`);
+    }
+    return true;
+  }
+
+  /** Nothing of a container may stay behind: a namespace left by a crash, its task, its root file system, its files. */
+  private async removeLocked(c: Container): Promise<void> {
+    c.rec.state.status = "removing";
+    c.removed = true;
+    await this.d.networks.release(c, "its removal");
+    await this.d.tasks.cleanup(c.id);
+    await this.d.tasks.removeRootfs(c.id);
+    await rm(c.dir, { recursive: true, force: true });
+    this.table.delete(c.id);
+    this.d.onRemoved(c);
+    this.log.info({ id: c.id, name: c.rec.name }, "container removed");
+  }
+
+  /** SIGKILL and the exit handled; nothing when it does not run. */
+  private async killAndWait(c: Container): Promise<void> {
+    const proc = c.proc;
+    if (!c.running || !proc) return;
+    await this.signal(c, 9);
+    if (!(await within(proc.handled, KILL_WAIT_MS))) {
+      throw new ApiError(500, `could not kill container ${c.id}: its processes did not exit after SIGKILL`);
+    }
+  }
+
+  /** Signals the container's init process; a process that is already gone is not an error. */
+  private async signal(c: Container, sig: number): Promise<void> {
+    await this.d.launcher
+      .signal(c, sig)
+      .catch((err: unknown) =>
+        this.log.debug({ err, id: c.id, sig }, "signal not delivered: the container's process has exited"),
+      );
+  }
+
+  async kill(ref: string, signal: string): Promise<void> {
+    const c = this.table.find(ref);
+    const sig = parseSignal(signal || "SIGKILL");
+    if (sig === undefined) throw badRequest(`Invalid signal: ${signal}`);
+    const proc = c.proc;
+    if (!c.running || !proc) throw conflict(`cannot kill container: ${ref}: container ${c.id} is not running`);
+    await this.d.launcher.signal(c, sig);
+    if (sig === 9) await within(proc.handled, KILL_WAIT_MS);
+  }
+
+  async wait(ref: string, condition: WaitCondition): Promise<PendingWait> {
+    const c = this.table.find(ref);
+    if (condition === "not-running" && !c.running) {
+      return { result: Promise.resolve({ StatusCode: c.rec.state.exitCode }), cancel: () => undefined };
+    }
+    const set = condition === "removed" ? c.removeListeners : c.exitListeners;
+    let listener: ((code: number) => void) | undefined;
+    const forget = (): void => {
+      c.exitListeners.delete(listener!);
+      c.removeListeners.delete(listener!);
+    };
+    const result = new Promise<WaitResponse>((resolve) => {
+      listener = (code) => {
+        forget();
+        resolve({ StatusCode: code });
+      };
+      set.add(listener);
+      // A removed container exits no more: exit waiters end with it too.
+      if (condition !== "removed") c.removeListeners.add(listener);
+    });
+    return { result, cancel: forget };
+  }
+
+  async remove(ref: string, opts: { force: boolean }): Promise<void> {
+    const c = this.table.find(ref);
+    const notStopped = (): ApiError =>
+      conflict(
+        `cannot remove container "/${c.rec.name}": container is running: stop the container before removing or force remove`,
+      );
+    if (opts.force) {
+      // No restart policy brings it back while it goes.
+      c.rec.stoppedByUser = true;
+      c.restarting = false;
+    }
+    // A restart that was under way when the kill came may have started it again: kill again (three times at most).
+    for (let attempt = 0; ; attempt++) {
+      if (opts.force) await this.killAndWait(c);
+      else if (c.running) throw notStopped();
+      const removed = await c.locked(async () => {
+        if (c.removed) throw noSuchContainer(ref);
+        if (c.running) {
+          if (opts.force && attempt < 3) return false;
+          throw notStopped();
+        }
+        await this.removeLocked(c);
+        return true;
+      });
+      if (removed) break;
+    }
+    for (const l of [...c.removeListeners]) l(c.rec.state.exitCode);
+  }
+}

@@ -1,0 +1,209 @@
+// A container's networks: its network namespace (a file under <execRoot>/netns/<id12>, like Docker's
+// /var/run/docker/netns), the endpoints the NetworkAttacher makes in it at start and on `network
+// connect` (each undone on failure), and the files that follow them: resolv.conf, hosts and hostname.
+
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { ApiError, badRequest } from "../api/errors.js";
+import type { Container, NetworkAttachment } from "./container.js";
+import { rewriteInPlace } from "./files.js";
+import { createNetns, deleteNetns } from "./sandbox.js";
+import type { ContainerTable } from "./table.js";
+import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "./types.js";
+
+/** The hosts file of a container: localhost lines, then its own addresses with its names. */
+export function renderHosts(
+  hostname: string,
+  name: string,
+  endpoints: AttachedEndpoint[],
+  cfgAliases: string[][],
+): string {
+  const lines = [
+    "127.0.0.1\tlocalhost",
+    "::1\tlocalhost ip6-localhost ip6-loopback",
+    "fe00::0\tip6-localnet",
+    "ff00::0\tip6-mcastprefix",
+    "ff02::1\tip6-allnodes",
+    "ff02::2\tip6-allrouters",
+  ];
+  endpoints.forEach((ep, i) => {
+    if (!ep.ip) return;
+    const names = [hostname, name, ...(cfgAliases[i] ?? [])].filter((n, j, all) => n !== "" && all.indexOf(n) === j);
+    lines.push(`${ep.ip}\t${names.join(" ")}`);
+  });
+  return `${lines.join("\n")}\n`;
+}
+
+/** The host's resolv.conf without loopback name servers (unreachable from a container's namespace). */
+export async function hostResolvConf(): Promise<string> {
+  let text = "";
+  try {
+    text = await readFile("/etc/resolv.conf", "utf8");
+  } catch {
+    // A host without /etc/resolv.conf: containers get an empty one, as on the host.
+    return "";
+  }
+  const lines = text
+    .split("\n")
+    .filter((l) => !/^\s*nameserver\s+(127\.|::1\b)/.test(l))
+    .join("\n");
+  return lines.endsWith("\n") ? lines : `${lines}\n`;
+}
+
+/** What an endpoint request keeps: the address asked for and non-empty aliases. */
+export function endpointRequest(v: EndpointSettingsRequest | null | undefined): EndpointSettingsRequest {
+  const out: EndpointSettingsRequest = {};
+  const ip = v?.IPAMConfig?.IPv4Address;
+  if (ip) out.IPAMConfig = { IPv4Address: ip };
+  const aliases = (v?.Aliases ?? []).filter((a) => typeof a === "string" && a !== "");
+  if (aliases.length > 0) out.Aliases = aliases;
+  return out;
+}
+
+/** Whether an attachment is the network `ref` names (as the user named it, its name, id or id prefix). */
+export function attachmentIs(n: NetworkAttachment, ref: string): boolean {
+  if (n.ref === ref) return true;
+  const ep = n.endpoint;
+  if (!ep) return false;
+  return ep.networkName === ref || ep.networkId === ref || (ref.length >= 3 && ep.networkId.startsWith(ref));
+}
+
+const hostNetworkRefused = (): ApiError =>
+  badRequest("container cannot be disconnected from host network or connected to host network");
+
+export class ContainerNetworks {
+  constructor(
+    private readonly attacher: NetworkAttacher,
+    private readonly table: ContainerTable,
+    private readonly execRoot: string,
+    private readonly log: Logger,
+  ) {}
+
+  get netnsDir(): string {
+    return join(this.execRoot, "netns");
+  }
+
+  netnsPathOf(id: string): string {
+    return join(this.netnsDir, id.slice(0, 12));
+  }
+
+  private who(c: Container): { id: string; name: string; netnsPath: string } {
+    return { id: c.id, name: c.rec.name, netnsPath: this.netnsPathOf(c.id) };
+  }
+
+  /**
+   * The container's namespace with every network of its record attached (eth0, eth1, ...), and its files
+   * written; all or nothing. Returns the namespace's path (null: the host's network).
+   */
+  async setUp(c: Container): Promise<string | null> {
+    if (c.hostNetwork) return null;
+    const netnsPath = this.netnsPathOf(c.id);
+    await createNetns(netnsPath);
+    try {
+      for (const [i, n] of c.rec.networks.entries()) {
+        n.endpoint = await this.attacher.attach({ ...this.who(c), ifname: `eth${i}` }, n.ref, n.cfg);
+      }
+      await this.writeFiles(c);
+    } catch (err) {
+      await this.release(c, "a failed start");
+      throw err;
+    }
+    return netnsPath;
+  }
+
+  /**
+   * Detaches every endpoint and removes the network namespace. Nothing can be undone here (the
+   * container is gone or never ran): a failure is logged with what it leaves, and the rest goes on.
+   */
+  async release(c: Container, after: string): Promise<void> {
+    for (const n of [...c.rec.networks].reverse()) {
+      if (!n.endpoint) continue;
+      try {
+        await this.attacher.detach(this.who(c), n.endpoint);
+      } catch (err) {
+        this.log.warn(
+          { err, id: c.id, network: n.ref, endpoint: n.endpoint.endpointId },
+          `could not detach from the network after ${after}: the endpoint stays allocated until the network's owner removes it`,
+        );
+      }
+      n.endpoint = null;
+    }
+    if (c.hostNetwork) return;
+    const path = this.netnsPathOf(c.id);
+    await deleteNetns(path).catch((err: unknown) =>
+      this.log.warn(
+        { err, path },
+        `could not remove the container's network namespace after ${after}: reconcile removes it at the next start`,
+      ),
+    );
+  }
+
+  /** resolv.conf, hosts and hostname for the container's current endpoints (rewritten in place). */
+  async writeFiles(c: Container): Promise<void> {
+    const rec = c.rec;
+    const attached = rec.networks.filter((n) => n.endpoint);
+    const eps = attached.map((n) => n.endpoint!);
+    const resolv = eps.length > 0 ? this.attacher.resolvConf(eps) : await hostResolvConf();
+    const aliases = attached.map((n) => n.cfg.Aliases ?? []);
+    await rewriteInPlace(join(c.dir, "resolv.conf"), resolv);
+    await rewriteInPlace(join(c.dir, "hosts"), renderHosts(rec.config.Hostname, rec.name, eps, aliases));
+    await rewriteInPlace(join(c.dir, "hostname"), `${rec.config.Hostname}\n`);
+  }
+
+  /** `network connect`: joins now if the container runs, else on its next start. */
+  async connect(c: Container, networkRef: string, cfg: EndpointSettingsRequest): Promise<void> {
+    const rec = c.rec;
+    if (c.hostNetwork) throw hostNetworkRefused();
+    const exists = (net: string): ApiError =>
+      new ApiError(403, `endpoint with name ${rec.name} already exists in network ${net}`);
+    if (rec.networks.some((n) => attachmentIs(n, networkRef))) throw exists(networkRef);
+    const n: NetworkAttachment = { ref: networkRef, cfg: endpointRequest(cfg), endpoint: null };
+    if (c.running) {
+      const used = new Set(rec.networks.map((_, i) => `eth${i}`));
+      let i = 0;
+      while (used.has(`eth${i}`)) i++;
+      const ep = await this.attacher.attach({ ...this.who(c), ifname: `eth${i}` }, networkRef, n.cfg);
+      if (rec.networks.some((x) => x.endpoint?.networkId === ep.networkId)) {
+        // The same network under another name: undo this second endpoint before saying so.
+        await this.attacher
+          .detach(this.who(c), ep)
+          .catch((err: unknown) =>
+            this.log.warn(
+              { err, id: c.id, endpoint: ep.endpointId },
+              "could not detach a duplicate endpoint: it stays allocated until the network's owner removes it",
+            ),
+          );
+        throw exists(ep.networkName);
+      }
+      n.endpoint = ep;
+    }
+    rec.networks.push(n);
+    if (rec.networkMode === "none" || rec.networkMode === "default") rec.networkMode = networkRef;
+    if (c.running) await this.writeFiles(c);
+    await this.table.persist(c);
+  }
+
+  /** `network disconnect`: leaves now if the container runs. */
+  async disconnect(c: Container, networkRef: string, force: boolean): Promise<void> {
+    const rec = c.rec;
+    if (c.hostNetwork) throw hostNetworkRefused();
+    const i = rec.networks.findIndex((n) => attachmentIs(n, networkRef));
+    if (i < 0) {
+      if (force) return;
+      throw badRequest(`container ${rec.id} is not connected to network ${networkRef}`);
+    }
+    const n = rec.networks[i]!;
+    const networkName = n.endpoint?.networkName;
+    if (n.endpoint) {
+      await this.attacher.detach(this.who(c), n.endpoint);
+      n.endpoint = null;
+    }
+    rec.networks.splice(i, 1);
+    if (rec.networkMode === n.ref || rec.networkMode === networkName) {
+      rec.networkMode = rec.networks[0]?.ref ?? "none";
+    }
+    if (c.running) await this.writeFiles(c);
+    await this.table.persist(c);
+  }
+}

@@ -1,0 +1,178 @@
+// A daemon's start: the containers a previous daemon left in stateDir are loaded (their state.json parsed
+// against its schema) and brought in line with what containerd says. A task that still runs is adopted
+// (its output and exit followed again, its endpoints kept); one that ended while no daemon watched is
+// reported exited and its endpoints released; containers whose restart policy says so are started again
+// (after a containerd or host restart); namespace files of containers that are not running are removed.
+
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { Container, ContainerRecordSchema } from "./container.js";
+import type { TaskClient, TaskState } from "./containerd/tasks.js";
+import { nowRFC3339Nano } from "./jsonlog.js";
+import type { Launcher } from "./launch.js";
+import type { Lifecycle } from "./lifecycle.js";
+import type { ContainerNetworks } from "./networks.js";
+import { deleteNetns, netnsState } from "./sandbox.js";
+import type { ContainerTable } from "./table.js";
+
+/** Namespace files of containers are named by 12 hex digits (the data plane's overlays are "1-..."). */
+const CONTAINER_NETNS_RE = /^[0-9a-f]{12}$/;
+
+async function namesIn(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
+  }
+}
+
+/** Whether a container holds endpoints on networks now. */
+export function hasEndpoints(c: Container): boolean {
+  return c.rec.networks.some((n) => n.endpoint !== null);
+}
+
+export interface RecoveryDeps {
+  table: ContainerTable;
+  networks: ContainerNetworks;
+  lifecycle: Lifecycle;
+  launcher: Launcher;
+  tasks: TaskClient;
+  /**
+   * Whether running containers with endpoints are adopted too (the node's networking then takes over their
+   * endpoints, see ContainerRuntime.runningEndpoints); otherwise only those without are.
+   */
+  adoptNetworked: boolean;
+  log: Logger;
+}
+
+export class Recovery {
+  private loaded = false;
+  private readonly table: ContainerTable;
+  private readonly log: Logger;
+
+  constructor(private readonly d: RecoveryDeps) {
+    this.table = d.table;
+    this.log = d.log;
+  }
+
+  /** Loads the containers in stateDir (once) and brings them in line with containerd (see the top). */
+  async reconcile(): Promise<void> {
+    if (!this.loaded) {
+      this.loaded = true;
+      await mkdir(this.table.stateDir, { recursive: true, mode: 0o700 });
+      for (const entry of await readdir(this.table.stateDir)) {
+        if (!/^[0-9a-f]{64}$/.test(entry) || this.table.has(entry)) continue;
+        const c = await this.load(join(this.table.stateDir, entry));
+        if (!c) continue;
+        this.table.add(c);
+        await this.adopt(c);
+      }
+    }
+    await this.removeStaleNamespaces();
+  }
+
+  /** A container directory's record; undefined (logged) when state.json is missing or not a record. */
+  private async load(dir: string): Promise<Container | undefined> {
+    try {
+      const parsed = ContainerRecordSchema.safeParse(JSON.parse(await readFile(join(dir, "state.json"), "utf8")));
+      if (parsed.success) return new Container(parsed.data, dir);
+      this.log.warn(
+        { dir, issues: parsed.error.issues },
+        "skipping a container directory whose state.json is not a container record",
+      );
+    } catch (err) {
+      this.log.warn({ err, dir }, "skipping a container directory without a readable state.json");
+    }
+    return undefined;
+  }
+
+  private async removeStaleNamespaces(): Promise<void> {
+    for (const n of await namesIn(this.d.networks.netnsDir)) {
+      if (!CONTAINER_NETNS_RE.test(n)) continue;
+      const owner = this.table.live().find((c) => c.id.startsWith(n));
+      if (owner?.running) continue;
+      const path = join(this.d.networks.netnsDir, n);
+      this.log.info({ path }, "removing a network namespace left by a container that is not running");
+      await deleteNetns(path).catch((err: unknown) =>
+        this.log.warn({ err, path }, "could not remove a stale network namespace: the next reconcile tries again"),
+      );
+    }
+  }
+
+  /** A container found on disk: adopt it, or finish what its daemon could not. */
+  private async adopt(c: Container): Promise<void> {
+    if (c.rec.state.status === "removing") {
+      c.removed = true;
+      await this.d.tasks.cleanup(c.id);
+      await this.d.tasks.removeRootfs(c.id);
+      await rm(c.dir, { recursive: true, force: true });
+      this.table.delete(c.id);
+      return;
+    }
+    const wasRunning = c.rec.state.status === "running";
+    if (wasRunning) {
+      let task = await this.d.tasks.state(c.id);
+      if (task.state === "running" && (this.d.adoptNetworked || !hasEndpoints(c))) {
+        this.log.info({ id: c.id, name: c.rec.name, pid: task.pid }, "adopting a running container");
+        this.d.lifecycle.running(c, await this.d.launcher.reattach(c, task.pid), c.rec.state.startedAt);
+        return;
+      }
+      if (task.state === "running") task = await this.stopUnadoptable(c);
+      // Ended while no daemon watched: its code if containerd kept it, else 255 (as docker reports it).
+      const code = task.state === "stopped" ? task.code : 255;
+      await this.d.tasks.cleanup(c.id);
+      await this.d.networks.release(c, "its daemon's restart");
+      c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: code, finishedAt: nowRFC3339Nano() };
+      await this.table.persistHappened(c, "its daemon's restart");
+      if (c.rec.autoRemove) {
+        await this.d.lifecycle.autoRemove(c);
+        return;
+      }
+    }
+    if (this.restartsAtBoot(c, wasRunning)) {
+      await c
+        .locked(() => this.d.lifecycle.startLocked(c))
+        .catch((err: unknown) =>
+          this.log.warn({ err, id: c.id }, "could not start a container its restart policy brings back"),
+        );
+    }
+  }
+
+  /**
+   * A running container on networks the node's networking does not take over at start (it rebuilds its
+   * overlays from scratch): stopped (SIGKILL), so its endpoints are released and nothing is left half-wired;
+   * its restart policy may start it again, on fresh endpoints.
+   */
+  private async stopUnadoptable(c: Container): Promise<TaskState> {
+    this.log.info(
+      { id: c.id, name: c.rec.name },
+      "stopping a container a previous daemon left on networks: its endpoints are not taken over",
+    );
+    await this.d.tasks.kill(c.id, 9).catch((err: unknown) => this.log.debug({ err, id: c.id }, "the task had exited"));
+    try {
+      return { state: "stopped", code: (await this.d.tasks.wait(c.id)).code };
+    } catch (err) {
+      this.log.debug({ err, id: c.id }, "no exit status for a stopped task: reported as killed");
+      return { state: "stopped", code: 137 };
+    }
+  }
+
+  /** docker's rule at daemon start: always, unless-stopped (not stopped by hand), on-failure if it was running. */
+  private restartsAtBoot(c: Container, wasRunning: boolean): boolean {
+    const p = c.rec.hostConfig.restartPolicy.name;
+    if (p === "always") return true;
+    if (p === "unless-stopped") return !c.rec.stoppedByUser;
+    return p === "on-failure" && wasRunning;
+  }
+
+  /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */
+  async containerNetnsFiles(): Promise<string[]> {
+    const out: string[] = [];
+    for (const n of await namesIn(this.d.networks.netnsDir)) {
+      if (CONTAINER_NETNS_RE.test(n) && (await netnsState(join(this.d.networks.netnsDir, n))) !== "absent") out.push(n);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,220 @@
+// Container benchmark: what shoal adds on top of containerd, on a lab.
+//
+//   npm run bench:containers
+//   npm run bench:containers -- --containers 50 --pull-mb 50
+//
+// Needs root, containerd, runc, docker-registry, skopeo and the docker CLI (/usr/local/bin/docker). Lab
+// "bcont": 2 hosts (deploy/lab.ts); h1 runs shoald (with its own containerd), h2 a registry holding the
+// images, built here from busybox-static. Everything made here is removed at the end, also on failure.
+//
+// 1. Run latency. N times `docker run -d --network none busybox sleep 3600` against h1 (the image is
+//    present): the CLI's wall time, and the Engine API's (POST /containers/create + /start, in process).
+//    The floor: the same containerd (h1's, through its API from here, in shoal's namespace) doing the same
+//    with no networking: prepare the root file system snapshot, create the container and its task (FIFOs
+//    for stdio), start it. p50 and p99 of each, and the ratios to the floor.
+// 2. Pull. An image of ~M MB (busybox and a layer of random bytes) from h2's registry: `docker pull` against
+//    h1 (download, verify, unpack) against `skopeo copy` of the same image from the same registry into an OCI
+//    directory (download and verify; no unpack), both run in h1's network namespace. Rounds alternate; the
+//    figure is the median.
+//
+// Output: a table on stdout and bench-results/containers.json (all samples).
+
+import { execFile } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import { dirname, join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { buildImage, ociArchive, randomLayer } from "../../deploy/busybox-image.js";
+import { Lab, type LabHost } from "../../deploy/lab.js";
+import { Containerd } from "../../src/runtime/containerd/client.js";
+import { fifoPaths, openFifos, TaskClient } from "../../src/runtime/containerd/tasks.js";
+import { containerSpec } from "../../src/runtime/spec.js";
+
+const execFileP = promisify(execFile);
+const HERE = dirname(fileURLToPath(import.meta.url));
+const DOCKER = "/usr/local/bin/docker";
+const API = "/v1.50";
+
+function option(name: string, def: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : def;
+}
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? Number.NaN;
+}
+
+function api(h: LabHost, method: string, path: string, body?: unknown): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: h.socket, method, path: `${API}${path}`, agent: false }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => {
+        text += d;
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+    });
+    req.on("error", reject);
+    if (body !== undefined) {
+      req.setHeader("Content-Type", "application/json");
+      req.end(JSON.stringify(body));
+    } else req.end();
+  });
+}
+
+async function timed(f: () => Promise<unknown>): Promise<number> {
+  const t = performance.now();
+  await f();
+  return performance.now() - t;
+}
+
+/** One create+start through containerd's API, as shoal's runtime does it but with no networking. */
+async function floorRun(tasks: TaskClient, dir: string, i: number, topChain: string): Promise<string> {
+  const id = `floor${i}${"0".repeat(59 - String(i).length)}`.slice(0, 64);
+  const cdir = join(dir, id);
+  mkdirSync(cdir, { recursive: true });
+  await tasks.prepareRootfs(id, topChain);
+  const paths = fifoPaths(cdir, "init", { stdin: false, tty: false });
+  const fifos = await openFifos(paths, true);
+  const spec = containerSpec({
+    id,
+    dir: cdir,
+    hostname: id.slice(0, 12),
+    args: ["sleep", "3600"],
+    env: ["PATH=/bin"],
+    cwd: "/",
+    user: { uid: 0, gid: 0 },
+    terminal: false,
+    netnsPath: null,
+    binds: [],
+    memoryBytes: 0,
+    nanoCpus: 0,
+    readonlyRootfs: false,
+  });
+  await tasks.start(id, spec, "snapshot", paths, false, {});
+  fifos.release();
+  fifos.close();
+  return id;
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error("the benchmark builds network namespaces: run it as root");
+  const n = option("containers", 50);
+  const pullMb = option("pull-mb", 50);
+  const rounds = option("rounds", 3);
+  const lab = new Lab({ name: "bcont", daemonArgs: ["--insecure-registry", "192.0.2.2:5000"], logLevel: "warn" });
+  await lab.down();
+  const stop = (): void => {
+    void lab.down().finally(() => process.exit(1));
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  const results: Record<string, unknown> = {};
+  try {
+    const [h1, h2] = (await lab.up(2)) as [LabHost, LabHost];
+    const reg = await lab.startRegistry(h2);
+    const small = join(lab.root, "busybox.tar");
+    writeFileSync(small, ociArchive(buildImage()));
+    await lab.pushImage(h2, small, `${reg}/bench/busybox:latest`);
+    const big = join(lab.root, "big.tar");
+    writeFileSync(
+      big,
+      ociArchive(
+        buildImage({ extraLayers: [randomLayer("a", (pullMb * 1e6) / 2), randomLayer("b", (pullMb * 1e6) / 2)] }),
+      ),
+    );
+    await lab.pushImage(h2, big, `${reg}/bench/big:latest`);
+    const dockerEnv = { ...process.env, DOCKER_HOST: `unix://${h1.socket}`, DOCKER_CONFIG: join(lab.root, "docker") };
+    const docker = (...args: string[]) => execFileP(DOCKER, args, { env: dockerEnv, timeout: 300_000 });
+    await docker("pull", `${reg}/bench/busybox:latest`);
+    await docker("tag", `${reg}/bench/busybox:latest`, "busybox");
+
+    // 1. run latency
+    const cli: number[] = [];
+    const engine: number[] = [];
+    for (let i = 0; i < n; i++) {
+      cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
+      engine.push(
+        await timed(async () => {
+          const c = await api(h1, "POST", "/containers/create", {
+            Image: "busybox",
+            Cmd: ["sleep", "3600"],
+            HostConfig: { NetworkMode: "none" },
+          });
+          const id = (JSON.parse(c.text) as { Id: string }).Id;
+          const s = await api(h1, "POST", `/containers/${id}/start`);
+          if (s.status !== 204) throw new Error(`start: ${s.status} ${s.text}`);
+        }),
+      );
+    }
+    await lab.removeContainers(h1);
+    const cd = new Containerd(join(h1.execRoot, "containerd", "containerd.sock"));
+    const tasks = new TaskClient(cd, (await import("pino")).default({ level: "silent" }));
+    const inspect = JSON.parse((await api(h1, "GET", "/images/busybox/json")).text) as { RootFS: { Layers: string[] } };
+    const topChain = inspect.RootFS.Layers[0]!;
+    const floorDir = join(lab.root, "floor");
+    const floor: number[] = [];
+    const floorIds: string[] = [];
+    for (let i = 0; i < n; i++)
+      floor.push(await timed(async () => floorIds.push(await floorRun(tasks, floorDir, i, topChain))));
+    for (const id of floorIds) {
+      await tasks.kill(id, 9).catch(() => undefined);
+      await tasks.wait(id);
+      await tasks.cleanup(id);
+      await tasks.removeRootfs(id);
+    }
+    cd.close();
+    results.run = { cli, engine, floor };
+
+    // 2. pull
+    const dockerPull: number[] = [];
+    const skopeo: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      await docker("rmi", "-f", `${reg}/bench/big:latest`).catch(() => undefined);
+      dockerPull.push(await timed(() => docker("pull", `${reg}/bench/big:latest`)));
+      const out = join(lab.root, `skopeo-${r}`);
+      skopeo.push(
+        await timed(() =>
+          lab.exec(h1, ["skopeo", "copy", "--src-tls-verify=false", `docker://${reg}/bench/big:latest`, `oci:${out}`], {
+            timeoutMs: 300_000,
+          }),
+        ),
+      );
+    }
+    results.pull = { docker: dockerPull, skopeo, mb: pullMb };
+
+    const line = (name: string, xs: number[], base?: number[]): string =>
+      `${name.padEnd(38)} p50 ${percentile(xs, 50).toFixed(1).padStart(7)} ms   p99 ${percentile(xs, 99).toFixed(1).padStart(7)} ms${
+        base
+          ? `   ${(percentile(xs, 50) / percentile(base, 50)).toFixed(2)}x / ${(percentile(xs, 99) / percentile(base, 99)).toFixed(2)}x floor`
+          : ""
+      }`;
+    process.stdout.write(`\ncontainers: ${n} runs each, image present, --network none\n`);
+    process.stdout.write(`${line("containerd create+start (floor)", floor)}\n`);
+    process.stdout.write(`${line("Engine API create+start", engine, floor)}\n`);
+    process.stdout.write(`${line("docker run -d (CLI wall time)", cli, floor)}\n`);
+    process.stdout.write(`\npull of a ${pullMb} MB image from the lab registry (median of ${rounds})\n`);
+    process.stdout.write(
+      `${"docker pull (download+verify+unpack)".padEnd(38)} ${percentile(dockerPull, 50).toFixed(0).padStart(7)} ms\n`,
+    );
+    process.stdout.write(
+      `${"skopeo copy (download+verify)".padEnd(38)} ${percentile(skopeo, 50).toFixed(0).padStart(7)} ms\n`,
+    );
+    process.stdout.write(
+      `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}\n`,
+    );
+    const outDir = join(HERE, "..", "..", "..", "bench-results");
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(join(outDir, "containers.json"), `${JSON.stringify(results, null, 2)}\n`);
+  } finally {
+    await lab.down();
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stdout.write(`\nBENCHMARK FAILED: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+});

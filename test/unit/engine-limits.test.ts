@@ -1,0 +1,228 @@
+// src/engine/http.ts: what a client cannot do to the Engine API server. Each test shortens a limit and
+// checks the behaviour a client sees (a refusal, a closed connection, a bounded read), never how fast the
+// machine is: waits are generous upper bounds.
+
+import { mkdtemp, rm } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
+import { connect, type Socket } from "node:net";
+import os from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, test } from "vitest";
+import { EngineServer } from "../../src/engine/server.js";
+import type {
+  ContainerBackend,
+  LogsOptions,
+  OutputChunk,
+  OutputStream,
+  SwarmBackend,
+  SwarmInfo,
+} from "../../src/engine/types.js";
+
+const swarm = {
+  hostname: () => "testhost",
+  async swarmInfo(): Promise<SwarmInfo> {
+    return {
+      NodeID: "",
+      NodeAddr: "",
+      LocalNodeState: "inactive",
+      ControlAvailable: false,
+      Error: "",
+      RemoteManagers: null,
+    };
+  },
+  async swarmInit(): Promise<string> {
+    return "n0de1d000000000000000000a";
+  },
+} as unknown as SwarmBackend;
+
+let dir: string;
+let sock: string;
+let server: EngineServer | undefined;
+const sockets: Socket[] = [];
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(os.tmpdir(), "shoal-engine-limits-"));
+  sock = join(dir, "shoald.sock");
+});
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await server?.close();
+  server = undefined;
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A raw connection that records what it receives and when it is closed. */
+function open(): Promise<{ socket: Socket; received: () => string; closed: Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(sock);
+    sockets.push(socket);
+    let text = "";
+    socket.on("data", (d: Buffer) => {
+      text += d.toString("utf8");
+    });
+    socket.on("error", () => undefined);
+    const closed = new Promise<void>((r) => socket.once("close", () => r()));
+    socket.once("connect", () => resolve({ socket, received: () => text, closed }));
+    socket.once("error", reject);
+  });
+}
+
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms)),
+  ]);
+}
+
+function get(path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath: sock, method: "GET", path, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (c: Buffer) => {
+        body += c.toString();
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+describe("connections", () => {
+  test("past the limit, a connection is answered 503 with a reason and closed; below it, served again", async () => {
+    server = await EngineServer.listen({ socketPath: sock, backend: swarm, limits: { maxConnections: 3 } });
+    const held = [await open(), await open(), await open()];
+    // A client writes its request first, then reads: it gets the answer, not a broken pipe.
+    const extra = await open();
+    extra.socket.write("GET /v1.50/nodes HTTP/1.1\r\nHost: shoal\r\n\r\n");
+    await within(extra.closed, 10_000, "the connection past the limit is closed");
+    expect(extra.received()).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n/);
+    expect(extra.received()).toContain("Content-Type: application/json\r\n");
+    expect(extra.received()).toContain(
+      '{"message":"shoald is serving 3 connections already (its limit): close some and try again"}',
+    );
+    // One that sends nothing is closed too.
+    const silent = await open();
+    await within(silent.closed, 10_000, "a silent connection past the limit is closed");
+    expect(silent.received()).toBe("");
+    held[0]!.socket.destroy();
+    await held[0]!.closed;
+    // The count follows closes (the server sees the close a moment later).
+    let r = { status: 0, body: "" };
+    for (let i = 0; i < 50 && r.status !== 200; i++) {
+      r = await get("/_ping").catch(() => ({ status: 0, body: "" }));
+      if (r.status !== 200) await new Promise((w) => setTimeout(w, 20));
+    }
+    expect(r).toEqual({ status: 200, body: "OK" });
+  });
+});
+
+describe("slow clients are closed after a bounded time, not minutes", () => {
+  const limits = { headersTimeoutMs: 300, requestTimeoutMs: 600, timeoutCheckMs: 50 };
+
+  test("a connection that sends nothing, and a half-sent head, get 408 and are closed", async () => {
+    server = await EngineServer.listen({ socketPath: sock, backend: swarm, limits });
+    const idle = await open();
+    const half = await open();
+    half.socket.write("GET /_ping HTTP/1.1\r\nHost: shoal\r\n");
+    await within(Promise.all([idle.closed, half.closed]), 10_000, "slow heads are closed");
+    expect(idle.received()).toMatch(/^HTTP\/1\.1 408 Request Timeout/);
+    expect(half.received()).toMatch(/^HTTP\/1\.1 408 Request Timeout/);
+  });
+
+  test("a half-sent body is closed, and nothing reaches the backend", async () => {
+    let inits = 0;
+    const backend = { ...swarm, swarmInit: async () => `${++inits}` } as unknown as SwarmBackend;
+    server = await EngineServer.listen({ socketPath: sock, backend, limits });
+    const c = await open();
+    c.socket.write(
+      "POST /v1.50/swarm/init HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    );
+    await within(c.closed, 10_000, "a half-sent body is closed");
+    expect(inits).toBe(0);
+  });
+});
+
+describe("memory held per request", () => {
+  test("bodies being read share one budget: past it a request is refused (503) and later ones are served", async () => {
+    const backend = { ...swarm, swarmInit: async () => "id" } as unknown as SwarmBackend;
+    server = await EngineServer.listen({
+      socketPath: sock,
+      backend,
+      limits: { bodyBudgetBytes: 64 * 1024, maxBodyBytes: 48 * 1024 },
+    });
+    const head = (n: number): string =>
+      `POST /v1.50/swarm/init HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: ${n}\r\n\r\n`;
+    const body = `{"ListenAddr":"${"1".repeat(40 * 1024)}"}`;
+    // A holds 40 KiB of the budget while it keeps the rest of its body back.
+    const a = await open();
+    a.socket.write(head(body.length) + body.slice(0, 40 * 1024));
+    await new Promise((w) => setTimeout(w, 200));
+    const b = await open();
+    b.socket.write(head(body.length) + body);
+    await within(b.closed, 10_000, "the request past the budget is answered and closed");
+    expect(b.received()).toMatch(/^HTTP\/1\.1 503 /);
+    expect(b.received()).toContain("shoald is reading too many large requests at once: try again in a moment");
+    a.socket.write(body.slice(40 * 1024));
+    await within(
+      new Promise<void>((r) => {
+        const t = setInterval(() => {
+          if (a.received().includes("\r\n\r\n")) {
+            clearInterval(t);
+            r();
+          }
+        }, 10);
+      }),
+      10_000,
+      "A's answer",
+    );
+    // Its body was too big for the schema's bound on ListenAddr: refused, but read and answered.
+    expect(a.received()).toMatch(/^HTTP\/1\.1 400 /);
+    const c = await open();
+    c.socket.write(`${head(2)}{}`);
+    await within(
+      new Promise<void>((r) => {
+        const t = setInterval(() => {
+          if (c.received().includes('"id"')) {
+            clearInterval(t);
+            r();
+          }
+        }, 10);
+      }),
+      10_000,
+      "a later request is served",
+    );
+    expect(c.received()).toMatch(/^HTTP\/1\.1 200 /);
+  });
+
+  test("logs wait for a client that does not read: what the server pulls from the log stays bounded", async () => {
+    let pulled = 0;
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    const containers = {
+      containerCounts: () => ({ total: 0, running: 0, paused: 0, stopped: 0 }),
+      async containerLogs(_ref: string, _opts: LogsOptions): Promise<OutputStream> {
+        async function* chunks(): AsyncGenerator<OutputChunk> {
+          // 256 MiB if nothing held it back.
+          for (let i = 0; i < 4096; i++) {
+            pulled += chunk.length;
+            yield { stream: 1, data: chunk };
+          }
+        }
+        return { tty: true, chunks: chunks(), cancel: () => undefined };
+      },
+    } as unknown as ContainerBackend;
+    server = await EngineServer.listen({ socketPath: sock, backend: swarm, containers });
+    const c = await open();
+    c.socket.pause(); // read nothing
+    c.socket.write("GET /v1.50/containers/c1/logs?stdout=1&follow=1 HTTP/1.1\r\nHost: shoal\r\n\r\n");
+    // Wait until the server stops pulling (the pipe and socket buffers are full).
+    let last = -1;
+    for (let i = 0; i < 100 && pulled !== last; i++) {
+      last = pulled;
+      await new Promise((w) => setTimeout(w, 100));
+    }
+    expect(pulled).toBeGreaterThan(0);
+    expect(pulled).toBeLessThan(32 * 1024 * 1024);
+  });
+});
