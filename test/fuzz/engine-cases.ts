@@ -101,7 +101,7 @@ const arbNetCreateBody: fc.Arbitrary<J> = fc
     }),
   );
 
-const CONTAINER_BODY = {
+const CONTAINER_BASE = {
   Hostname: "",
   Domainname: "",
   User: "",
@@ -122,6 +122,100 @@ const CONTAINER_BODY = {
   HostConfig: { NetworkMode: "default", RestartPolicy: { Name: "no", MaximumRetryCount: 0 }, AutoRemove: false },
   NetworkingConfig: { EndpointsConfig: {} },
 };
+
+/** What shoal's runtime carries out of a container's config (-u, -v, --memory, --cpus, --restart), valid or not. */
+const arbContainerBody: fc.Arbitrary<J> = fc
+  .record({
+    user: fc.constantFrom("", "1000", "1000:1000", "nobody", "root:root", "www", "x:y:z", "-1", "4294967296", ":"),
+    binds: fc.constantFrom(
+      [],
+      ["/tmp:/mnt"],
+      ["/tmp:/mnt:ro"],
+      ["/tmp:/mnt:rw,z"],
+      ["/no/such/dir:/x"],
+      ["relative:/x"],
+      ["/tmp:relative"],
+      ["/tmp:/mnt:bogus"],
+      ["/tmp"],
+      [""],
+      ["/a:/b:/c:/d"],
+      ["/tmp:/mnt", "/tmp:/mnt"],
+    ),
+    memory: fc.constantFrom(0, 67_108_864, 1, -1, 2 ** 62, 2 ** 63),
+    nanoCpus: fc.constantFrom(0, 500_000_000, 1, -1, 1e18),
+    restart: fc.constantFrom("", "no", "always", "on-failure", "unless-stopped", "bogus", "Always"),
+    retries: fc.constantFrom(0, 3, -1, 2 ** 40),
+  })
+  .map((r) =>
+    j({
+      ...CONTAINER_BASE,
+      User: r.user,
+      HostConfig: {
+        ...CONTAINER_BASE.HostConfig,
+        Binds: r.binds,
+        Memory: r.memory,
+        NanoCpus: r.nanoCpus,
+        RestartPolicy: { Name: r.restart, MaximumRetryCount: r.retries },
+      },
+    }),
+  );
+
+/** Image names: none of them exists in the fuzz cluster (no image is ever loaded there, see safety.ts). */
+const arbImageName: fc.Arbitrary<string> = fc.oneof(
+  fc.constantFrom(
+    "fuzz-no-such-image",
+    "busybox",
+    "busybox:latest",
+    "fuzz/img:1",
+    "127.0.0.1:9/fuzz/img:1",
+    "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "x@sha256:zz",
+    "UPPER",
+    "a:b:c",
+    "0123456789ab",
+    "-x",
+    "a".repeat(300),
+  ),
+  fc.stringMatching(/^[a-z0-9]{1,8}(\/[a-z0-9]{1,8})?(:[a-z0-9.]{1,8})?$/),
+);
+const imageSeg: fc.Arbitrary<PathSeg> = arbImageName.map((lit) => ({ lit, enc: true }));
+
+/** `docker load` bodies: a tar header that ends early, junk, gzip magic, an empty archive, a manifest with no blobs. */
+const arbLoadBody: fc.Arbitrary<Body> = fc.oneof(
+  fc.constant<Body>({ b: "none" }),
+  fc.constant<Body>({ b: "bytes", bytes: Array.from({ length: 1024 }, () => 0) }),
+  fc.constant<Body>({ b: "bytes", bytes: [0x1f, 0x8b, 8, 0, 0, 0, 0, 0] }),
+  fc.uint8Array({ maxLength: 600 }).map((u): Body => ({ b: "bytes", bytes: [...u] })),
+  fc
+    .constantFrom("manifest.json", "index.json", "oci-layout", "../etc/x", "/abs")
+    .chain((name) =>
+      fc
+        .oneof(
+          fc.jsonValue({ maxDepth: 3 }),
+          fc.constant([{ Config: "x.json", RepoTags: ["a:b"], Layers: ["l/layer.tar"] }]),
+        )
+        .map((v): Body => ({ b: "bytes", bytes: [...tarOne(name, Buffer.from(JSON.stringify(v)))] })),
+    ),
+);
+
+/** One file in a ustar archive (and the two zero blocks that end it). */
+function tarOne(name: string, data: Buffer): Buffer {
+  const h = Buffer.alloc(512);
+  h.write(name.slice(0, 99), 0, "utf8");
+  h.write("0000644\0", 100);
+  h.write("0000000\0", 108);
+  h.write("0000000\0", 116);
+  h.write(`${data.length.toString(8).padStart(11, "0")}\0`, 124);
+  h.write("00000000000\0", 136);
+  h.write("        ", 148);
+  h.write("0", 156);
+  h.write("ustar\u000000", 257);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+  const pad = Buffer.alloc((512 - (data.length % 512)) % 512);
+  return Buffer.concat([h, data, pad, Buffer.alloc(1024)]);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Query values
@@ -214,6 +308,8 @@ interface RouteSpec {
   path: SegSpec[];
   query?: QuerySpec;
   body?: fc.Arbitrary<J>;
+  /** A body that is not JSON (an image archive). */
+  rawBody?: fc.Arbitrary<Body>;
   upgrade?: boolean;
   weight: number;
 }
@@ -335,7 +431,7 @@ export const ROUTES: RouteSpec[] = [
     method: "POST",
     path: ["containers", "create"],
     query: { name: qArb(fc.constantFrom("c1", "fz-ctr", "", "/x", "a b", "..")) },
-    body: t(CONTAINER_BODY),
+    body: fc.oneof(t(CONTAINER_BASE), arbContainerBody),
     weight: 3,
   },
   {
@@ -435,11 +531,66 @@ export const ROUTES: RouteSpec[] = [
   { name: "secrets", method: "GET", path: ["secrets"], weight: 1 },
   { name: "configs", method: "POST", path: ["configs", "create"], body: t({ Name: "c", Data: "" }), weight: 1 },
   {
+    name: "images-ls",
+    method: "GET",
+    path: ["images", "json"],
+    query: {
+      all: qArb(bools),
+      filters: arbFilters([
+        { reference: { busybox: true } },
+        { reference: { "b*:1*": true } },
+        { dangling: { true: true } },
+        { label: { "a=b": true } },
+        { before: { x: true } },
+        { bogus: { x: true } },
+      ]),
+    },
+    weight: 2,
+  },
+  { name: "image-inspect", method: "GET", path: ["images", imageSeg, "json"], weight: 2 },
+  {
+    name: "image-tag",
+    method: "POST",
+    path: ["images", imageSeg, "tag"],
+    query: {
+      repo: qArb(fc.constantFrom("fuzz/tagged", "", "UPPER", "a b", "x".repeat(300))),
+      tag: qArb(fc.constantFrom("1", "", "latest", "-x", "a:b")),
+    },
+    weight: 1,
+  },
+  {
+    name: "image-rm",
+    method: "DELETE",
+    path: ["images", imageSeg],
+    query: { force: qArb(bools), noprune: qArb(bools) },
+    weight: 1,
+  },
+  { name: "image-save", method: "GET", path: ["images", imageSeg, "get"], weight: 1 },
+  {
+    name: "images-save",
+    method: "GET",
+    path: ["images", "get"],
+    query: { names: qArb(arbImageName) },
+    weight: 1,
+  },
+  {
+    name: "images-load",
+    method: "POST",
+    path: ["images", "load"],
+    query: { quiet: qArb(bools) },
+    rawBody: arbLoadBody,
+    weight: 2,
+  },
+  {
     name: "images-create",
     method: "POST",
     path: ["images", "create"],
-    query: { fromImage: qArb(fc.constant("host")) },
-    weight: 1,
+    query: {
+      fromImage: qArb(arbImageName),
+      tag: qArb(fc.constantFrom("latest", "", "1", "sha256:00", "a/b")),
+      fromSrc: qArb(fc.constantFrom("-", "http://127.0.0.1:9/x")),
+    },
+    weight: 2,
   },
   { name: "system-df", method: "GET", path: ["system", "df"], weight: 1 },
   { name: "plugins", method: "GET", path: ["plugins"], weight: 1 },
@@ -624,7 +775,7 @@ function arbFromRoute(route: RouteSpec): fc.Arbitrary<EngineCase> {
       headers: arbHeaders,
       chunked: fc.oneof({ arbitrary: fc.constant(false), weight: 9 }, { arbitrary: fc.constant(true), weight: 1 }),
       upgrade: route.upgrade ? fc.boolean() : fc.constant(false),
-      body: arbBody(route.body),
+      body: route.rawBody ?? arbBody(route.body),
     })
     .map((r) => ({ kind: "engine" as const, route: route.name, ...r, path: [...r.path] }));
 }

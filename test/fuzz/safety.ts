@@ -1,12 +1,13 @@
 // What the fuzzer must not do, because it would be a valid, destructive request rather than an attack:
 // make a daemon leave the swarm, force a new cluster, demote or promote one of the cluster's own nodes,
-// force-remove one of them, rotate the root CA, or start a container (containers here run on the host's
-// file system, as root). Each rule rewrites the one field that would do it, after references are resolved
+// force-remove one of them, rotate the root CA, start a container, or reach outside the machine (a pull
+// from a registry on the internet). No image is ever in the fuzz cluster (no pull can succeed and no load
+// body is a whole image), so no container can be created, let alone started. Each rule rewrites the one field that would do it, after references are resolved
 // (a path segment "self" or a hostname names a node as well as its id does), and leaves the rest of the
 // request as generated. Everything else a valid request can do (create and remove networks, update the
 // swarm's settings, join a node that never comes, drain a node, ask to remove a manager) stays in.
 
-import type { EngineCase, PathSeg } from "./engine-cases.js";
+import type { EngineCase, PathSeg, QVal } from "./engine-cases.js";
 import type { J } from "./json.js";
 import { type ContextNode, DAEMONS, type FuzzContext, MANAGERS, resolveString } from "./refs.js";
 
@@ -68,6 +69,7 @@ export function makeSafe(ctx: FuzzContext, c: EngineCase): EngineCase {
     if (own.length > 0) dropForce();
     if (own.some((n) => n.role !== "manager")) out.path[1] = { lit: "fuzz-kept-node", enc: true };
   }
+  if (route === "images/create") keepPullsLocal(ctx, out);
   if (out.body.b !== "json") return out;
   const body = out.body.v;
   if (route === "swarm/init") {
@@ -100,4 +102,23 @@ function keepRole(ctx: FuzzContext, body: J, targets: ContextNode[]): void {
     // Several of the cluster's nodes with different roles: no role is safe, so none is valid.
     setLit(e, roles.size === 1 ? [...roles][0]! : "fuzz-no-such-role");
   }
+}
+
+/** The registry an image would be pulled from that nothing listens on (the discard port on loopback). */
+export const LOCAL_REGISTRY = "127.0.0.1:9";
+
+/**
+ * A pull goes to LOCAL_REGISTRY whatever was generated: every fromImage is prefixed with it (the first path
+ * component is the registry), fromSrc only reads the body or loopback, and a value that would add a query
+ * parameter of its own ("&fromImage=...") is dropped.
+ */
+function keepPullsLocal(ctx: FuzzContext, out: EngineCase): void {
+  out.query = out.query
+    .filter(([, v]) => !("lit" in v && /[&#]/.test(v.lit)))
+    .map(([k, v]): [string, QVal] => {
+      const value = "lit" in v ? v.lit : "ref" in v ? resolveString(ctx, v.ref) : "";
+      if (k === "fromImage") return [k, { lit: `${LOCAL_REGISTRY}/fuzz/${value}` }];
+      if (k === "fromSrc" && value !== "-" && !value.startsWith(`http://${LOCAL_REGISTRY}/`)) return [k, { lit: "-" }];
+      return [k, v];
+    });
 }

@@ -179,6 +179,23 @@ describe("fuzz safety rules: no valid destructive request reaches the cluster", 
     const ctr = makeSafe(ctx, req(1, "POST", ["containers", "create"], { Image: "host:latest", image: " HOST" }));
     expect(bodyOf(ctr)).toEqual({ Image: "fuzz-no-such-image", image: "fuzz-no-such-image" });
   });
+
+  it("a pull never leaves the machine: every fromImage names the loopback discard port, fromSrc reads the body", () => {
+    const pull = makeSafe(
+      ctx,
+      req(1, "POST", ["images", "create"], undefined, [
+        ["X", { lit: "&fromImage=busybox" }],
+        ["fromImage", { lit: "busybox" }],
+        ["fromImage", { lit: "registry.example.com:443/a/b" }],
+        ["tag", { lit: "latest" }],
+        ["fromSrc", { lit: "http://example.com/rootfs.tar" }],
+      ]),
+    );
+    expect(renderTarget(ctx, pull)).toBe(
+      "/v1.50/images/create?fromImage=127.0.0.1:9/fuzz/busybox" +
+        "&fromImage=127.0.0.1:9/fuzz/registry.example.com:443/a/b&tag=latest&fromSrc=-",
+    );
+  });
 });
 
 describe("fuzz answer judges", () => {
