@@ -780,6 +780,14 @@ function arbFromRoute(route: RouteSpec): fc.Arbitrary<EngineCase> {
     .map((r) => ({ kind: "engine" as const, route: route.name, ...r, path: [...r.path] }));
 }
 
+/** Requests built from the named route alone (valid, mutated, or another body), for in-process tests. */
+export function arbRouteCase(name: string): fc.Arbitrary<EngineCase> {
+  const route = ROUTES.find((r) => r.name === name);
+  if (route) return arbFromRoute(route);
+  if (name === "node-update") return arbNodeUpdate;
+  throw new Error(`no route named ${name}`);
+}
+
 /** Paths no route serves (dockerd answers them 404 "page not found"). */
 const arbUnknown: fc.Arbitrary<EngineCase> = fc
   .record({

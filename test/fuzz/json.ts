@@ -152,7 +152,11 @@ function nearestObject(slots: Slot[], at: number): J | undefined {
   return slots.find((x) => x.node.k === "obj")?.node;
 }
 
-/** The template with the mutations applied in order (the template is not changed). */
+/**
+ * The template with the mutations applied in order. Neither the template nor the mutations' values are
+ * changed: a value is copied where it goes in (values may be shared constants, and a later mutation that
+ * adds a key to a shared value would make a cycle, or change the constant for every later case).
+ */
 export function applyMutations(template: J, muts: Mutation[]): J {
   let root = structuredClone(template);
   for (const m of muts) root = applyOne(root, m);
@@ -170,7 +174,7 @@ function applyOne(root: J, m: Mutation): J {
   };
   switch (m.op) {
     case "replace":
-      return replace(m.with);
+      return replace(structuredClone(m.with));
     case "delete":
       if (!s.parent) return { k: "obj", entries: [] };
       if (s.parent.k === "arr") s.parent.items.splice(s.index, 1);
@@ -178,13 +182,13 @@ function applyOne(root: J, m: Mutation): J {
       return root;
     case "addKey": {
       const o = nearestObject(slots, at);
-      if (o?.k === "obj") o.entries.push([m.key, m.value]);
+      if (o?.k === "obj") o.entries.push([m.key, structuredClone(m.value)]);
       return root;
     }
     case "dupKey": {
       if (s.parent?.k !== "obj") return root;
       const key = s.parent.entries[s.index]![0];
-      s.parent.entries.push([key, m.value]);
+      s.parent.entries.push([key, structuredClone(m.value)]);
       return root;
     }
     case "renameKey": {

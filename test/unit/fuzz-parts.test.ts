@@ -87,6 +87,16 @@ describe("fuzz JSON mutations", () => {
     );
   });
 
+  it("copy a value where it goes in: a shared value is never changed, and adding it into itself makes no cycle", () => {
+    const shared = j({ x: 1 });
+    const out = applyMutations(j({}), [
+      { at: 0, op: "addKey", key: "a", value: shared },
+      { at: 1, op: "addKey", key: "b", value: shared },
+    ]);
+    expect(serialize(shared, () => null)).toBe('{"x":1}');
+    expect(serialize(out, () => null)).toBe('{"a":{"x":1,"b":{"x":1}}}');
+  });
+
   it("expand big values only when serialized", () => {
     expect(serialize({ k: "big", shape: "deepArray", n: 3 }, () => null)).toBe("[[[]]]");
     expect(serialize({ k: "big", shape: "deepObject", n: 2 }, () => null)).toBe('{"a":{"a":"x"}}');
