@@ -252,7 +252,8 @@ export function leaf(parent: Command, spec: LeafSpec): Command {
       client ??= new EngineClient(resolveHost(self.optsWithGlobals().host as string | undefined));
       return client;
     };
-    // Like the docker CLI, ping once before the command runs (its failure shows on the first real call).
+    // Like the docker CLI, ping once before the command runs. Its failure is safe to ignore here: the
+    // command's first real call meets the same daemon and reports what is wrong in docker's words.
     await getClient()
       .ping()
       .catch(() => undefined);

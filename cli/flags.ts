@@ -1,6 +1,8 @@
 // Flag values parsed the way docker's flags (spf13/pflag and docker/cli/opts) parse them, with the same
 // error texts: numbers (strconv), durations (time.ParseDuration), CIDRs, node addresses, filters, labels.
 
+import { CLUSTER_PORT } from "../src/api/ports.js";
+
 /** A flag value that does not parse; the message is the part after `invalid argument "v" for "--flag" flag: `. */
 export class FlagValueError extends Error {}
 
@@ -93,27 +95,6 @@ export function parseDuration(s: string): number {
     total += Number(pre || "0") * unit + (post ? Number(`0.${post}`) * unit : 0);
   }
   return sign * Math.round(total);
-}
-
-/** Go's time.Duration String ("2160h0m0s", "5s", "1m30s", "1.5s", "500ms"). */
-export function formatDuration(ns: number): string {
-  if (ns === 0) return "0s";
-  const neg = ns < 0;
-  let u = Math.abs(ns);
-  let out: string;
-  if (u < 1e9) {
-    if (u < 1e3) out = `${u}ns`;
-    else if (u < 1e6) out = `${u / 1e3}µs`;
-    else out = `${u / 1e6}ms`;
-  } else {
-    const h = Math.floor(u / 3600e9);
-    u -= h * 3600e9;
-    const m = Math.floor(u / 60e9);
-    u -= m * 60e9;
-    const sec = `${u / 1e9}s`;
-    out = h > 0 ? `${h}h${m}m${sec}` : m > 0 ? `${m}m${sec}` : sec;
-  }
-  return neg ? `-${out}` : out;
 }
 
 function parseIPv4(s: string): number[] | null {
@@ -229,7 +210,7 @@ const joinHostPort = (host: string, port: string): string =>
  * docker's NodeAddrOption (--listen-addr), i.e. opts.ParseTCPAddr without the "tcp://": "<ip|interface>[:port]"
  * completed from a default ("192.0.2.1" → "192.0.2.1:2377", ":4000" → "0.0.0.0:4000").
  */
-export function parseNodeAddr(value: string, defaultAddr = "0.0.0.0:2377"): string {
+export function parseNodeAddr(value: string, defaultAddr = `0.0.0.0:${CLUSTER_PORT}`): string {
   if (value === "" || value === "tcp://") return defaultAddr;
   let addr = value.startsWith("tcp://") ? value.slice("tcp://".length) : value;
   if (addr.includes("://") || addr === "") throw new FlagValueError(`invalid proto, expected tcp: ${value}`);

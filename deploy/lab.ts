@@ -94,7 +94,9 @@ export class Lab {
     if (n < 1 || n > 200) throw new Error("a lab has 1 to 200 hosts");
     mkdirSync(this.root, { recursive: true });
     await sh(["ip", "link", "add", this.bridge, "type", "bridge"], true);
-    await sh(["ip", "link", "set", this.bridge, "up"]);
+    // The bridge is the lab's switch, not a host on it: without ARP, the machine's own namespace never
+    // answers for a lab address that is also one of its own (a machine at 192.0.2.2 took h2's traffic).
+    await sh(["ip", "link", "set", this.bridge, "arp", "off", "up"]);
     const out: LabHost[] = [];
     for (let i = 1; i <= n; i++) {
       const h = this.host(i);
@@ -283,7 +285,7 @@ function pidIn(path: string): number | undefined {
 
 /** Kills what is left in the cgroups of a host's containers (their shims died with a crashed daemon). */
 async function killContainerProcesses(h: LabHost): Promise<void> {
-  const dir = join(h.execRoot, "containers");
+  const dir = join(h.dataRoot, "containers");
   if (!existsSync(dir)) return;
   for (const id of readdirSync(dir).filter((d) => /^[0-9a-f]{64}$/.test(d))) {
     // cgroup v1 (a pids hierarchy) or v2 (one hierarchy).

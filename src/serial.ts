@@ -6,6 +6,7 @@ export class Serial {
 
   run<T>(f: () => Promise<T>): Promise<T> {
     const r = this.tail.then(f, f);
+    // The tail only orders the jobs: a failure is its caller's (it gets `r`), so the next job starts anyway.
     this.tail = r.catch(() => undefined);
     return r;
   }

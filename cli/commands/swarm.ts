@@ -4,6 +4,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
+import { CLUSTER_PORT } from "../../src/api/ports.js";
 import { CliError, type EngineClient } from "../client.js";
 import { type FlagSpec, group, type Invocation, leaf } from "../command.js";
 import { checkAvailability, parseCIDRList, parseDuration, parseInt64, parseNodeAddr, parseUint } from "../flags.js";
@@ -13,7 +14,7 @@ type Json = Record<string, unknown>;
 const obj = (v: unknown): Json => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Json) : {});
 const str = (v: unknown): string => (typeof v === "string" ? v : "");
 
-const DEFAULT_LISTEN_ADDR = "0.0.0.0:2377";
+const DEFAULT_LISTEN_ADDR = `0.0.0.0:${CLUSTER_PORT}`;
 
 /** The commands shoal suggests to users ("docker swarm join" in docker's texts). */
 const BIN = "shoal";

@@ -10,6 +10,7 @@ import type { NodeDescription } from "../api/objects.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
 import { leaderHint } from "../manager/grpc-util.js";
+import { observe } from "../metrics/metrics.js";
 import { type DecodedSession, decodeSessionMessage } from "./messages.js";
 
 export interface AgentOptions {
@@ -29,7 +30,14 @@ export interface AgentOptions {
    * rotation it missed while it was down.
    */
   onSessionFailure?: (addr: string, err: unknown, consecutive: number) => void;
+  /** Every heartbeat's round trip (ms) and whether it was answered (metrics, the scale bench). */
+  onHeartbeat?: (latencyMs: number, ok: boolean) => void;
+  /** Randomness for the reconnect spread (tests); Math.random by default. */
+  random?: () => number;
 }
+
+/** The longest a node waits before reconnecting after its session broke (a random part of the period). */
+export const MAX_RECONNECT_SPREAD_MS = 10_000;
 
 /**
  * A dead manager is noticed by the session's heartbeats (each has a deadline) and by the connection closing;
@@ -60,9 +68,13 @@ export class Agent {
   private established = false;
   private loop: Promise<void> | undefined;
   private readonly log: Logger;
+  /** The heartbeat period the managers asked for last. */
+  private periodMs = 5000;
+  private readonly random: () => number;
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.logger.child({ component: "agent" });
+    this.random = opts.random ?? Math.random;
   }
 
   start(): void {
@@ -79,6 +91,14 @@ export class Agent {
   reconnect(): void {
     if (this.connectedTo) this.hint = this.connectedTo;
     this.teardown();
+  }
+
+  /**
+   * The dispatcher client of the established session, for the node's other calls to the managers (Attach,
+   * Detach): they go to the manager the session is with. Undefined while there is none.
+   */
+  sessionClient(): InstanceType<typeof DispatcherClient> | undefined {
+    return this.connectedTo ? this.current?.client : undefined;
   }
 
   private teardown(): void {
@@ -118,14 +138,20 @@ export class Agent {
         failures = 0;
       } catch (e) {
         if (this.stopped) return;
+        const broke = this.established;
         // A session that was up and broke (or was dropped on purpose) starts over quickly.
-        if (this.established) backoff = 100;
+        if (broke) backoff = 100;
         failures = this.established ? 1 : failures + 1;
         try {
           this.opts.onSessionFailure?.(addr, e, failures);
         } catch (err) {
           this.log.warn({ err }, "handling a session failure failed");
         }
+        // When a leader goes, every node of the swarm loses its session at once: each waits a random part
+        // of a heartbeat period first, so that the new leader sees them spread out, not all in one burst
+        // (it gives them a grace that covers this before marking anything down).
+        if (broke) await sleep(Math.floor(this.random() * Math.min(this.periodMs, MAX_RECONNECT_SPREAD_MS)));
+        if (this.stopped) return;
         const hint = leaderHint(e);
         if (hint && hint !== addr) {
           this.hint = hint;
@@ -156,14 +182,17 @@ export class Agent {
       let period = 5000;
       const beat = () => {
         const deadline = new Date(Date.now() + Math.max(1000, period));
+        const sentMs = performance.now();
         client.heartbeat({ sessionId }, new Metadata(), { deadline }, (err, res) => {
+          observe.heartbeatSent(performance.now() - sentMs, !err);
+          this.opts.onHeartbeat?.(performance.now() - sentMs, !err);
           if (this.current?.stream !== stream) return;
           if (err) {
             this.log.debug({ manager: addr, err: err.message }, "heartbeat failed");
             stream.cancel();
             return;
           }
-          if (res?.periodMs) period = res.periodMs;
+          if (res?.periodMs) period = this.periodMs = res.periodMs;
           this.heartbeat = setTimeout(beat, jittered(period));
         });
       };
@@ -174,7 +203,7 @@ export class Agent {
           this.established = true;
           this.log.info({ manager: addr }, "session established");
         }
-        if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = msg.heartbeatPeriodMs;
+        if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = this.periodMs = msg.heartbeatPeriodMs;
         if (!this.heartbeat) this.heartbeat = setTimeout(beat, jittered(period));
         let decoded: DecodedSession;
         try {

@@ -10,13 +10,13 @@ export class ApiError extends Error {
   }
 }
 
-export const MSG_NOT_MANAGER =
+const MSG_NOT_MANAGER =
   'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.';
 export const MSG_WORKER =
   "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
-export const MSG_ALREADY_IN_SWARM =
+const MSG_ALREADY_IN_SWARM =
   'This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.';
-export const MSG_NOT_IN_SWARM = "This node is not part of a swarm";
+const MSG_NOT_IN_SWARM = "This node is not part of a swarm";
 /** A manager whose keys are sealed under the swarm's unlock key (autolock), after a restart. */
 export const MSG_LOCKED =
   'Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.';
@@ -35,7 +35,6 @@ export const nodeNotFound = (ref: string): ApiError => new ApiError(404, `node $
 export const badRequest = (msg: string): ApiError => new ApiError(400, msg);
 export const conflict = (msg: string): ApiError => new ApiError(409, msg);
 export const unavailable = (msg: string): ApiError => new ApiError(503, msg);
-export const forbidden = (msg: string): ApiError => new ApiError(403, msg);
 export const internal = (msg: string): ApiError => new ApiError(500, msg);
 /** A write whose version is stale: docker prints this as it comes. */
 export const outOfSequence = (): ApiError => new ApiError(500, "update out of sequence");

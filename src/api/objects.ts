@@ -28,7 +28,7 @@ export const NetworkId = ObjectId;
 
 export const Pem = z.string().max(MAX_PEM_BYTES, `must be at most ${MAX_PEM_BYTES} bytes`);
 
-export const VersionSchema = z.object({ Index: Count });
+const VersionSchema = z.object({ Index: Count });
 export type Version = z.infer<typeof VersionSchema>;
 
 // ------------------------------------------------------------------ nodes
@@ -73,7 +73,7 @@ export const NodeDescriptionSchema = z.object({
 });
 export type NodeDescription = z.infer<typeof NodeDescriptionSchema>;
 
-export const ManagerStatusSchema = z.object({
+const ManagerStatusSchema = z.object({
   Leader: z.boolean().optional(),
   Reachability: z.enum(["unknown", "unreachable", "reachable"]),
   /** host:port of the manager's cluster listener. */
@@ -84,7 +84,7 @@ export type ManagerStatus = z.infer<typeof ManagerStatusSchema>;
 /** A node's address as managers record it: an IP, or empty while unknown. */
 export const NodeAddr = z.union([z.literal(""), IpAddress]);
 
-export const NodeStatusSchema = z.object({
+const NodeStatusSchema = z.object({
   State: NodeStateSchema,
   Message: shortText(MAX_MESSAGE_LENGTH).optional(),
   Addr: NodeAddr,
@@ -191,8 +191,7 @@ export type RootRotation = z.infer<typeof RootRotationSchema>;
  * its cross-signed intermediate stays appended to new certificates, so such a node (trusting the old root
  * only) can still verify the managers, and its old certificate still proves who it is to recover a new one.
  */
-export const RetiredRootSchema = z.object({ caCertPem: Pem, crossSignedPem: Pem });
-export type RetiredRoot = z.infer<typeof RetiredRootSchema>;
+const RetiredRootSchema = z.object({ caCertPem: Pem, crossSignedPem: Pem });
 
 /** What only managers hold: the CA key, the join tokens, and the unlock key while autolock is on. */
 export const ClusterSecretsSchema = z.object({
@@ -252,7 +251,7 @@ export const NetworkSpecSchema = z.object({
 });
 export type NetworkSpec = z.infer<typeof NetworkSpecSchema>;
 
-export const NetworkAllocSchema = z.object({
+const NetworkAllocSchema = z.object({
   /** Canonical CIDR, e.g. "10.0.1.0/24". */
   subnet: Cidr,
   /** The gateway address; never given to an endpoint. */

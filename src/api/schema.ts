@@ -76,7 +76,7 @@ export const HostPort = z
   .refine((s) => splitHostPortStrict(s) !== undefined, "must be host:port with a port between 1 and 65535");
 
 /** "host:port" -> [host, port], or undefined when it is not one. */
-export function splitHostPortStrict(s: string): [string, number] | undefined {
+function splitHostPortStrict(s: string): [string, number] | undefined {
   const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/.exec(s);
   if (!m) return undefined;
   const port = Number(m[2]);

@@ -20,9 +20,9 @@ import {
 export type NodeRole = "manager" | "worker";
 
 export const MANAGER_OU = "swarm-manager";
-export const WORKER_OU = "swarm-worker";
+const WORKER_OU = "swarm-worker";
 /** Extra DNS SAN on manager certificates: the name a joiner uses for "the CA". */
-export const CA_SAN = ROOT_CA_CN;
+const CA_SAN = ROOT_CA_CN;
 export const DEFAULT_NODE_CERT_DAYS = 90;
 const DAY_MS = 24 * 60 * 60 * 1000;
 

@@ -2,7 +2,7 @@
 
 import { bytesToBigInt, cryptoRandomBytes, type RandomBytes, takeRandom, toBase36Padded } from "./random.js";
 
-export const ID_LENGTH = 25;
+const ID_LENGTH = 25;
 const ID_RE = /^[0-9a-z]{25}$/;
 
 function newId(rand: RandomBytes): string {

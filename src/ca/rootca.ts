@@ -18,7 +18,7 @@ import {
 } from "./x509.js";
 
 export const ROOT_CA_CN = "swarm-ca";
-export const DEFAULT_ROOT_CA_YEARS = 20;
+const DEFAULT_ROOT_CA_YEARS = 20;
 /** Certificates are backdated so that small clock skew between nodes does not make them "not yet valid". */
 export const BACKDATE_MS = 60 * 60 * 1000;
 
@@ -74,6 +74,9 @@ export interface IssueParams {
  * A loaded root CA bundle. The first certificate of the bundle is the signing certificate; every
  * certificate in the bundle is trusted when verifying node certificates.
  */
+const importedRoots = new Map<string, Promise<RootCA>>();
+const MAX_IMPORTED_ROOTS = 4;
+
 export class RootCA {
   /** The PEM bundle exactly as given: digest() and join tokens hash these bytes. */
   readonly certPem: string;
@@ -92,6 +95,22 @@ export class RootCA {
     this.cert = cert;
     this.#trusted = trusted;
     this.#key = key;
+  }
+
+  /**
+   * fromPem, remembered: the managers sign every join with the same root, whose key is imported once, not
+   * once per certificate. A key that changes (rotation) is a new entry; a few are kept.
+   */
+  static fromPemCached(certPem: string, keyPem: string): Promise<RootCA> {
+    const k = `${certPem}\0${keyPem}`;
+    let p = importedRoots.get(k);
+    if (!p) {
+      p = RootCA.fromPem(certPem, keyPem);
+      p.catch(() => importedRoots.delete(k));
+      if (importedRoots.size >= MAX_IMPORTED_ROOTS) importedRoots.delete(importedRoots.keys().next().value!);
+      importedRoots.set(k, p);
+    }
+    return p;
   }
 
   /**

@@ -25,7 +25,7 @@
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
 import * as tls from "node:tls";
 import { ChannelCredentials, type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
-import { MANAGER_OU, type NodeRole, parseNodeCert } from "./certs.js";
+import { MANAGER_OU, type NodeRole, ouToRole, parseNodeCert } from "./certs.js";
 import { chainLeadsTo } from "./chain.js";
 
 /** The identity of an authenticated peer. */
@@ -175,6 +175,14 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
       socket.destroy();
       return;
     }
+    // A connection's peer certificate cannot change (no renegotiation): hand out one object for it, so
+    // that peerRole reads the identity once per connection, not once per call.
+    socket.disableRenegotiation();
+    const peer = socket.getPeerCertificate();
+    socket.getPeerCertificate = ((detailed?: boolean) =>
+      detailed
+        ? tls.TLSSocket.prototype.getPeerCertificate.call(socket, true)
+        : peer) as typeof socket.getPeerCertificate;
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     injector.injectConnection(socket);
@@ -244,11 +252,69 @@ export interface CallWithAuthContext {
  * the peer certificate only for `authorized` TLS connections, so a non-null result is chain-verified.
  */
 export function peerRole(call: CallWithAuthContext): PeerIdentity | null {
-  const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+  const cert = call.getAuthContext()?.sslPeerCertificate;
+  if (!cert) return null;
+  const known = identityOfCert.get(cert);
+  if (known !== undefined) return known;
+  const raw = cert.raw;
   if (!Buffer.isBuffer(raw)) return null;
+  const id = identityOfDer(raw);
+  identityOfCert.set(cert, id);
+  return id;
+}
+
+/**
+ * Identities already read, by the certificate object a TLS connection hands out (listenTLS makes that one
+ * object per connection, so a connection's certificate is read once) and by the certificate's bytes (the
+ * same certificate always says the same thing; bounded, oldest forgotten first).
+ */
+const identityOfCert = new WeakMap<object, PeerIdentity | null>();
+const identityOfBytes = new Map<string, PeerIdentity | null>();
+const MAX_CACHED_IDENTITIES = 32_768;
+
+/** The identity a node certificate (DER) states, or null if it is not a node certificate. */
+export function identityOfDer(raw: Buffer): PeerIdentity | null {
+  const key = raw.toString("base64");
+  const known = identityOfBytes.get(key);
+  if (known !== undefined) return known;
+  const id = readIdentity(raw);
+  if (identityOfBytes.size >= MAX_CACHED_IDENTITIES) identityOfBytes.delete(identityOfBytes.keys().next().value!);
+  identityOfBytes.set(key, id);
+  return id;
+}
+
+const PLAIN_VALUE = /^[A-Za-z0-9_.-]+$/;
+
+/**
+ * Node's own X509Certificate reads the subject far faster than the ASN.1 library; a subject it prints in a
+ * form this does not read plainly (escaped or repeated values) goes to parseNodeCert, the reference.
+ */
+function readIdentity(raw: Buffer): PeerIdentity | null {
+  let subject: string;
   try {
-    const { nodeId, role, clusterId } = parseNodeCert(raw);
-    return { nodeId, role, clusterId };
+    subject = new NodeX509Certificate(raw).subject;
+  } catch {
+    return null;
+  }
+  const fields = new Map<string, string[]>();
+  for (const line of subject.split("\n")) {
+    const eq = line.indexOf("=");
+    if (eq < 0) continue;
+    const k = line.slice(0, eq);
+    fields.set(k, [...(fields.get(k) ?? []), line.slice(eq + 1)]);
+  }
+  const one = (k: string): string | undefined => {
+    const v = fields.get(k);
+    return v?.length === 1 && PLAIN_VALUE.test(v[0]!) ? v[0] : undefined;
+  };
+  const nodeId = one("CN");
+  const ou = one("OU");
+  const clusterId = one("O");
+  const role = ou === undefined ? null : ouToRole(ou);
+  if (nodeId !== undefined && clusterId !== undefined && role !== null) return { nodeId, role, clusterId };
+  try {
+    const info = parseNodeCert(raw);
+    return { nodeId: info.nodeId, role: info.role, clusterId: info.clusterId };
   } catch {
     return null;
   }

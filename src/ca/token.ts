@@ -14,13 +14,13 @@ import {
   toBase36Padded,
 } from "./random.js";
 
-export const JOIN_TOKEN_PREFIX = "SWMTKN";
-export const JOIN_TOKEN_VERSION = 1;
-export const DIGEST_BASE36_LENGTH = 50;
-export const SECRET_BASE36_LENGTH = 25;
-export const SECRET_BYTES = 16;
+const JOIN_TOKEN_PREFIX = "SWMTKN";
+const JOIN_TOKEN_VERSION = 1;
+const DIGEST_BASE36_LENGTH = 50;
+const SECRET_BASE36_LENGTH = 25;
+const SECRET_BYTES = 16;
 /** "SWMTKN-1-" + 50 + "-" + 25 */
-export const JOIN_TOKEN_LENGTH = 9 + DIGEST_BASE36_LENGTH + 1 + SECRET_BASE36_LENGTH;
+const JOIN_TOKEN_LENGTH = 9 + DIGEST_BASE36_LENGTH + 1 + SECRET_BASE36_LENGTH;
 
 const MAX_DIGEST = (1n << 256n) - 1n;
 const MAX_SECRET = (1n << BigInt(SECRET_BYTES * 8)) - 1n;

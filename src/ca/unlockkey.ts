@@ -21,9 +21,9 @@ import {
 } from "node:crypto";
 import { cryptoRandomBytes, type RandomBytes, takeRandom } from "./random.js";
 
-export const UNLOCK_KEY_PREFIX = "SWMKEY-1-";
+const UNLOCK_KEY_PREFIX = "SWMKEY-1-";
 /** The KEK: 32 random bytes (swarmkit's encryption.GenerateSecretKey). */
-export const KEK_BYTES = 32;
+const KEK_BYTES = 32;
 
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;

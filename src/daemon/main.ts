@@ -7,12 +7,14 @@ import { Command, Option } from "commander";
 import pino from "pino";
 import { checkPrograms } from "../dataplane/programs.js";
 import { EngineServer } from "../engine/server.js";
+import { listenMetrics, parseMetricsAddr } from "../metrics/server.js";
 import { ContainerdSupervisor } from "../runtime/containerd/supervisor.js";
 import { ContainerRuntime } from "../runtime/runtime.js";
 import type { ContainerBackend } from "../runtime/types.js";
 import { unavailableBackend } from "../runtime/unavailable.js";
 import { VERSION } from "../version.js";
 import { Daemon } from "./daemon.js";
+import { metricSourcesFor } from "./metrics.js";
 
 interface Flags {
   dataRoot: string;
@@ -25,6 +27,7 @@ interface Flags {
   containerd?: string;
   insecureRegistry: string[];
   firewallBackend: "auto" | "nftables" | "iptables";
+  metricsAddr?: string;
 }
 
 function socketPathOf(host: string): string {
@@ -58,6 +61,7 @@ function buildProgram(): Command {
         .default("info"),
     )
     .addOption(new Option("--raft-tick-ms <ms>", "Raft tick length in milliseconds (tests)").hideHelp())
+    .option("--metrics-addr <host:port>", "Serve Prometheus metrics on this address (GET /metrics)")
     .option("--containerd <socket>", "containerd socket to use (default: shoald runs its own containerd)")
     .option(
       "--insecure-registry <host:port>",
@@ -77,91 +81,106 @@ function buildProgram(): Command {
         .choices(["auto", "nftables", "iptables"])
         .default("auto"),
     )
-    .action(async (flags: Flags) => {
-      const logger = pino(
-        { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
-        pino.destination(2),
-      );
-      // Every program the data plane and the container runtime run, checked once: one line names the missing.
-      checkPrograms(logger);
-      const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
-      const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
-      const daemon = await Daemon.start({
-        dataRoot: flags.dataRoot,
-        execRoot: flags.execRoot,
-        hostname: flags.hostname,
-        logger,
-        ...(tickMs ? { tickMs } : {}),
-        ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
-        firewallBackend: flags.firewallBackend,
-      });
-      const supervisor = new ContainerdSupervisor({
-        dataRoot: flags.dataRoot,
-        execRoot: flags.execRoot,
-        logger,
-        ...(flags.containerd ? { socket: flags.containerd } : {}),
-      });
-      let runtime: ContainerRuntime | undefined;
-      let containers: ContainerBackend;
-      try {
-        runtime = new ContainerRuntime({
-          execRoot: flags.execRoot,
-          stateDir: join(flags.execRoot, "containers"),
-          attacher: daemon.attacher,
-          containerd: await supervisor.start(),
-          insecureRegistries: flags.insecureRegistry,
-          hostname: () => flags.hostname,
-          logger,
-        });
-        containers = runtime;
-        daemon.containers = runtime;
-      } catch (e) {
-        // shoald runs on without containers: every container call answers with the same line.
-        const line = e instanceof Error ? e.message : String(e);
-        logger.error(line);
-        process.stderr.write(`shoald: ${line}\n`);
-        containers = unavailableBackend(line);
-      }
-      // Containers of a previous run are gone with it (their endpoints are released), and so are the
-      // overlay namespaces they held: nothing leaks across a restart.
-      await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
-      await daemon
-        .reconcileNetworking()
-        .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
-      const server = await EngineServer.listen({
-        socketPath: socketPathOf(flags.host),
-        backend: daemon,
-        networks: daemon,
-        containers,
-        ...(runtime ? { images: runtime.imageService } : {}),
-        logger,
-        dataRoot: flags.dataRoot,
-      });
-      logger.info({ socket: server.socketPath, dataRoot: flags.dataRoot, version: VERSION }, "shoald is ready");
-      let stopping = false;
-      const shutdown = async (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        logger.info({ signal }, "shutting down");
-        // A last resort against a stop that hangs: long enough for containers on networks to stop (their 5 s
-        // grace, then SIGKILL and their endpoints released through containerd) and for the data plane to be
-        // taken down on a loaded host; cut short, the kernel keeps the host's SAs, policies and rules.
-        const force = setTimeout(() => process.exit(1), SHUTDOWN_FORCE_MS);
-        force.unref();
-        try {
-          await server.close();
-          // Containers keep running under containerd (the next shoald adopts them), but those on networks.
-          await runtime?.shutdown(5);
-          await supervisor.stop();
-          await daemon.stop();
-        } finally {
-          logger.flush?.();
-          process.exit(0);
-        }
-      };
-      process.on("SIGTERM", () => void shutdown("SIGTERM"));
-      process.on("SIGINT", () => void shutdown("SIGINT"));
+    .action((flags: Flags) => run(flags));
+}
+
+/** The containers' runtime on its containerd; without one, shoald runs on and every container call says why. */
+async function startRuntime(
+  flags: Flags,
+  daemon: Daemon,
+  supervisor: ContainerdSupervisor,
+  logger: pino.Logger,
+): Promise<{ runtime: ContainerRuntime | undefined; containers: ContainerBackend }> {
+  try {
+    const runtime = new ContainerRuntime({
+      execRoot: flags.execRoot,
+      // On the data root, as dockerd keeps them: containers outlive a host restart (their restart policies act).
+      stateDir: join(flags.dataRoot, "containers"),
+      attacher: daemon.networks.attacher,
+      containerd: await supervisor.start(),
+      insecureRegistries: flags.insecureRegistry,
+      hostname: () => flags.hostname,
+      logger,
     });
+    daemon.networks.containers = runtime;
+    return { runtime, containers: runtime };
+  } catch (e) {
+    const line = e instanceof Error ? e.message : String(e);
+    logger.error(line);
+    process.stderr.write(`shoald: ${line}\n`);
+    return { runtime: undefined, containers: unavailableBackend(line) };
+  }
+}
+
+async function run(flags: Flags): Promise<void> {
+  const logger = pino(
+    { level: flags.logLevel, base: { pid: process.pid, hostname: flags.hostname } },
+    pino.destination(2),
+  );
+  // Every program the data plane and the container runtime run, checked once: one line names the missing.
+  checkPrograms(logger);
+  if (flags.metricsAddr) parseMetricsAddr(flags.metricsAddr);
+  const tickMs = flags.raftTickMs ? Number(flags.raftTickMs) : undefined;
+  const rotationMs = flags.encryptionKeyRotation ? parseDuration(flags.encryptionKeyRotation) : undefined;
+  const daemon = await Daemon.start({
+    dataRoot: flags.dataRoot,
+    execRoot: flags.execRoot,
+    hostname: flags.hostname,
+    logger,
+    ...(tickMs ? { tickMs } : {}),
+    ...(rotationMs ? { encryptionKeyRotationMs: rotationMs } : {}),
+    firewallBackend: flags.firewallBackend,
+  });
+  metricSourcesFor(() => daemon.manager);
+  const metrics = flags.metricsAddr ? await listenMetrics(flags.metricsAddr) : undefined;
+  if (metrics) logger.info({ addr: `${metrics.host}:${metrics.port}` }, "serving metrics");
+  const supervisor = new ContainerdSupervisor({
+    dataRoot: flags.dataRoot,
+    execRoot: flags.execRoot,
+    logger,
+    ...(flags.containerd ? { socket: flags.containerd } : {}),
+  });
+  const { runtime, containers } = await startRuntime(flags, daemon, supervisor, logger);
+  // Containers of a previous run are gone with it (their endpoints are released), and so are the
+  // overlay namespaces they held: nothing leaks across a restart.
+  await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
+  await daemon.networks
+    .reconcile()
+    .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));
+  const server = await EngineServer.listen({
+    socketPath: socketPathOf(flags.host),
+    backend: daemon,
+    networks: daemon.networks,
+    containers,
+    ...(runtime ? { images: runtime.imageService } : {}),
+    logger,
+    dataRoot: flags.dataRoot,
+  });
+  logger.info({ socket: server.socketPath, dataRoot: flags.dataRoot, version: VERSION }, "shoald is ready");
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down");
+    // A last resort against a stop that hangs: long enough for containers on networks to stop (their 5 s
+    // grace, then SIGKILL and their endpoints released through containerd) and for the data plane to be
+    // taken down on a loaded host; cut short, the kernel keeps the host's SAs, policies and rules.
+    const force = setTimeout(() => process.exit(1), SHUTDOWN_FORCE_MS);
+    force.unref();
+    try {
+      await server.close();
+      await metrics?.close();
+      // Containers keep running under containerd (the next shoald adopts them), but those on networks.
+      await runtime?.shutdown(5);
+      await supervisor.stop();
+      await daemon.stop();
+    } finally {
+      logger.flush?.();
+      process.exit(0);
+    }
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
 }
 
 /** How long a SIGTERM'd shoald may take to stop cleanly before it exits anyway. */

@@ -102,6 +102,7 @@ export class DataRoot {
   saveState(s: LocalState): Promise<void> {
     const text = `${JSON.stringify(s, null, 2)}\n`;
     const run = this.saving.then(() => writeFileAtomic(this.stateFile, text, 0o600));
+    // The chain only orders the saves: a failed one is its caller's (it gets `run`), not the next save's.
     this.saving = run.catch(() => undefined);
     return run;
   }

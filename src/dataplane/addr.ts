@@ -2,6 +2,7 @@
 // checked here first, so a bad request fails before any command runs (and cannot inject batch lines).
 
 import { isIP, isIPv4 } from "node:net";
+import { parseIpv4 } from "../api/ipv4.js";
 
 export interface Cidr {
   addr: string;
@@ -32,10 +33,6 @@ export function parseCidr(cidr: string, what = "subnet"): Cidr {
   return { addr, prefixLen, family };
 }
 
-function v4ToInt(ip: string): number {
-  return ip.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
-}
-
 function v6ToBigInt(ip: string): bigint {
   const [head, tail] = ip.includes("::") ? ip.split("::") : [ip, undefined];
   const h = head ? head.split(":") : [];
@@ -51,7 +48,7 @@ export function inSubnet(ip: string, subnet: Cidr): boolean {
   if (subnet.family === 4) {
     const bits = 32 - subnet.prefixLen;
     const div = 2 ** bits;
-    return Math.floor(v4ToInt(a) / div) === Math.floor(v4ToInt(subnet.addr) / div);
+    return Math.floor(parseIpv4(a)! / div) === Math.floor(parseIpv4(subnet.addr)! / div);
   }
   const shift = BigInt(128 - subnet.prefixLen);
   return v6ToBigInt(a) >> shift === v6ToBigInt(subnet.addr) >> shift;

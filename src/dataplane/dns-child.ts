@@ -79,7 +79,7 @@ export interface NsSockets {
   childPid: number;
 }
 
-export const DNS_CHILD_TIMEOUT_MS = 60_000;
+const DNS_CHILD_TIMEOUT_MS = 60_000;
 
 export interface OpenNsSocketsOptions {
   address?: string;

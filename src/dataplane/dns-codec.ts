@@ -6,15 +6,14 @@
 // and any malformed packet (short, bad label, pointer loop, counts that overrun the buffer) is reported,
 // not thrown.
 
+import { ipv4Bytes } from "../api/ipv4.js";
+
 export const TYPE_A = 1;
-export const TYPE_NS = 2;
+const TYPE_NS = 2;
 export const TYPE_CNAME = 5;
-export const TYPE_SOA = 6;
-export const TYPE_PTR = 12;
+const TYPE_PTR = 12;
 export const TYPE_MX = 15;
-export const TYPE_TXT = 16;
 export const TYPE_AAAA = 28;
-export const TYPE_SRV = 33;
 export const TYPE_OPT = 41;
 export const TYPE_ANY = 255;
 export const CLASS_IN = 1;
@@ -25,7 +24,6 @@ export const RCODE_FORMERR = 1;
 export const RCODE_SERVFAIL = 2;
 export const RCODE_NXDOMAIN = 3;
 export const RCODE_NOTIMP = 4;
-export const RCODE_REFUSED = 5;
 
 export const HEADER_LEN = 12;
 /** The classic UDP limit (RFC 1035 4.2.1), used when a query carries no EDNS0 OPT record. */
@@ -90,7 +88,7 @@ export interface DnsMessage {
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
 
-export class DnsFormatError extends Error {
+class DnsFormatError extends Error {
   constructor(
     message: string,
     readonly offset: number,
@@ -298,7 +296,7 @@ export function canonicalName(name: string): string {
 // ---- writing ------------------------------------------------------------------------------------------
 
 /** Wire form of a name given as labels (uncompressed). */
-export function encodeLabels(labels: Buffer[]): Buffer {
+function encodeLabels(labels: Buffer[]): Buffer {
   const parts: Buffer[] = [];
   let len = 1;
   for (const l of labels) {
@@ -358,18 +356,6 @@ export interface ResponseOptions {
   aa?: boolean;
   /** Largest message allowed: the transport's limit (UDP: 512 or the EDNS0 size; TCP: 65535). */
   maxSize?: number;
-}
-
-function ipv4Bytes(ip: string): Buffer {
-  const parts = ip.split(".");
-  if (parts.length !== 4) throw new Error(`invalid IPv4 address ${JSON.stringify(ip)}`);
-  const b = Buffer.alloc(4);
-  parts.forEach((p, i) => {
-    const n = /^\d{1,3}$/.test(p) ? Number(p) : Number.NaN;
-    if (!(n >= 0 && n <= 255)) throw new Error(`invalid IPv4 address ${JSON.stringify(ip)}`);
-    b[i] = n;
-  });
-  return b;
 }
 
 /**

@@ -21,17 +21,17 @@
 
 import type { Logger } from "pino";
 import pino from "pino";
-import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
+import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
-import { spawnRunner } from "./runner.js";
+import { commandFailure, spawnRunner } from "./runner.js";
 import { type EspSupport, hex32, probeXfrm, XFRM_MARK } from "./xfrm.js";
 
 export type FirewallBackend = "nftables" | "iptables";
 export type FirewallPreference = FirewallBackend | "auto";
 
-export const IPTABLES = "iptables-legacy";
-export const IPTABLES_SAVE = "iptables-legacy-save";
-export const IPTABLES_RESTORE = "iptables-legacy-restore";
+const IPTABLES_SAVE = "iptables-legacy-save";
+const IPTABLES_RESTORE = "iptables-legacy-restore";
 
 /** What the probe found: the backend in use, or none, and why nftables (or both) could not be used. */
 export type FirewallStatus =
@@ -40,15 +40,15 @@ export type FirewallStatus =
 
 // ---- the guard: nftables -------------------------------------------------------------------------------
 
-export const NFT_TABLE = "shoal-overlay";
-export const NFT_FAMILY = "inet";
+const NFT_TABLE = "shoal-overlay";
+const NFT_FAMILY = "inet";
 
 /**
  * The VNI of a VXLAN packet as an nft raw payload expression: the transport header (`@th`) is the 8-byte
  * UDP header, then the 8-byte VXLAN header (flags 8 bits, reserved 24, VNI 24, reserved 8), so the VNI is at
  * bit 64 + 32 = 96, 24 bits long.
  */
-export const NFT_VNI = "@th,96,24";
+const NFT_VNI = "@th,96,24";
 
 function checkGuardArgs(vnis: number[], port: number): number[] {
   if (!Number.isInteger(port) || port < 1 || port > 65_535) throw new Error(`invalid data-path port ${port}`);
@@ -151,12 +151,7 @@ export interface IptablesChain {
  * built-in chain, and shoal's chains of this table that are no longer wanted unhooked and deleted
  * (`ours`: every chain name shoal uses in this table). Empty when there is nothing to do.
  */
-export function renderIptablesTable(
-  table: string,
-  chains: IptablesChain[],
-  ours: string[],
-  have: IptablesTable,
-): string[] {
+function renderIptablesTable(table: string, chains: IptablesChain[], ours: string[], have: IptablesTable): string[] {
   const wanted = new Set(chains.map((c) => c.name));
   const stale = ours.filter((c) => !wanted.has(c) && have.chains.includes(c));
   const staleJumps = have.jumps.filter((j) => stale.includes(j.to));
@@ -176,12 +171,12 @@ export function renderIptablesTable(
 
 // ---- the guard: iptables -------------------------------------------------------------------------------
 
-export const IPT_GUARD_TABLE = "mangle";
-export const IPT_MARK = "SHOAL-OVERLAY-MARK";
-export const IPT_GUARD_OUT = "SHOAL-OVERLAY-OUT";
-export const IPT_GUARD_IN = "SHOAL-OVERLAY-IN";
-export const IPT_CLEARTEXT_OUT = "SHOAL-CLEARTEXT-OUT";
-export const IPT_CLEARTEXT_IN = "SHOAL-CLEARTEXT-IN";
+const IPT_GUARD_TABLE = "mangle";
+const IPT_MARK = "SHOAL-OVERLAY-MARK";
+const IPT_GUARD_OUT = "SHOAL-OVERLAY-OUT";
+const IPT_GUARD_IN = "SHOAL-OVERLAY-IN";
+const IPT_CLEARTEXT_OUT = "SHOAL-CLEARTEXT-OUT";
+const IPT_CLEARTEXT_IN = "SHOAL-CLEARTEXT-IN";
 const GUARD_CHAINS = [IPT_MARK, IPT_GUARD_OUT, IPT_GUARD_IN, IPT_CLEARTEXT_OUT, IPT_CLEARTEXT_IN];
 
 /**
@@ -189,7 +184,7 @@ const GUARD_CHAINS = [IPT_MARK, IPT_GUARD_OUT, IPT_GUARD_IN, IPT_CLEARTEXT_OUT, 
  * past it to the UDP header, and the 4 bytes at 12 (8 of UDP, then 4 into the VXLAN header) are the VNI and
  * the reserved byte: `>>8` leaves the VNI.
  */
-export const u32Vni = (vni: number): string => `"0>>22&0x3C@12>>8=${vni}"`;
+const u32Vni = (vni: number): string => `"0>>22&0x3C@12>>8=${vni}"`;
 
 /**
  * The guard as one `iptables-legacy-restore --noflush` program, all in the mangle table (so one atomic
@@ -257,9 +252,9 @@ export interface GatewayNat {
   subnet: string;
 }
 
-export const NFT_GATEWAY_TABLE = "shoal";
-export const IPT_GATEWAY_NAT = "SHOAL-POSTROUTING";
-export const IPT_GATEWAY_FORWARD = "SHOAL-FORWARD";
+const NFT_GATEWAY_TABLE = "shoal";
+const IPT_GATEWAY_NAT = "SHOAL-POSTROUTING";
+const IPT_GATEWAY_FORWARD = "SHOAL-FORWARD";
 
 /** nftables: table ip shoal, replaced whole, masquerading the bridge's subnet leaving by another interface. */
 export function renderNftGateway(g: GatewayNat): string {
@@ -367,14 +362,9 @@ export async function probeEsp(
 
 // ---- the firewall of a host ----------------------------------------------------------------------------
 
-export class FirewallError extends Error {
+class FirewallError extends Error {
   constructor(what: string, stderr: string, code: number) {
-    const detail = stderr
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l !== "")
-      .join("; ");
-    super(`${what} failed (exit ${code}): ${detail || "no output"}`);
+    super(commandFailure(what, stderr, code));
     this.name = "FirewallError";
   }
 }

@@ -7,10 +7,10 @@ import type { Logger } from "pino";
 import type { Firewall } from "./firewall.js";
 import { mustRun, type Runner, spawnRunner } from "./runner.js";
 
-export const GW_BRIDGE = "shoal_gwbridge";
-export const GW_SUBNET = "172.18.0.0/16";
-export const GW_GATEWAY = "172.18.0.1";
-export const GW_IFNAME = "gw0";
+const GW_BRIDGE = "shoal_gwbridge";
+const GW_SUBNET = "172.18.0.0/16";
+const GW_GATEWAY = "172.18.0.1";
+const GW_IFNAME = "gw0";
 const PREFIX = 16;
 
 export interface GatewayBridgeOptions {
@@ -127,6 +127,6 @@ export class GatewayBridge {
 }
 
 /** The host end of a container's gateway veth: gw + 12 hex digits of the container id (15 chars max). */
-export function hostVeth(containerId: string): string {
+function hostVeth(containerId: string): string {
   return `gw${containerId.slice(0, 12)}`;
 }

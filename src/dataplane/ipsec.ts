@@ -20,12 +20,13 @@
 
 import type { Logger } from "pino";
 import pino from "pino";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { Serial } from "../serial.js";
 import { normalizeIp } from "./addr.js";
 import type { Firewall } from "./firewall.js";
-import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
+import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
-import { spawnRunner } from "./runner.js";
+import { commandFailure, spawnRunner } from "./runner.js";
 import {
   hex32,
   type IcvBits,
@@ -101,12 +102,7 @@ export interface PeerKernelView {
 
 class IpsecCommandError extends Error {
   constructor(what: string, stderr: string, code: number) {
-    const detail = stderr
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l !== "")
-      .join("; ");
-    super(`${what} failed (exit ${code}): ${detail || "no output"}`);
+    super(commandFailure(what, stderr, code));
     this.name = "IpsecCommandError";
   }
 }

@@ -37,7 +37,7 @@ export interface NetnsDeps {
   probe?: NetnsProbe;
 }
 
-export class NetnsExistsError extends Error {
+class NetnsExistsError extends Error {
   constructor(readonly path: string) {
     super(`network namespace ${path} already exists`);
     this.name = "NetnsExistsError";
@@ -45,7 +45,7 @@ export class NetnsExistsError extends Error {
 }
 
 /** Characters that would split an `ip -batch` line or confuse nsenter/unshare option parsing. */
-export function assertNetnsPath(path: string): void {
+function assertNetnsPath(path: string): void {
   if (!path.startsWith("/") || /[\s"'\\]/.test(path) || path.endsWith("/")) {
     throw new Error(`invalid namespace path ${JSON.stringify(path)}: use an absolute path without spaces or quotes`);
   }

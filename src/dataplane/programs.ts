@@ -127,7 +127,7 @@ export function checkPrograms(
  * The program a wrapper (nsenter, unshare, setpriv) could not find: they exit 127 saying
  * "nsenter: failed to execute nft: No such file or directory".
  */
-export function missingFromWrapperOutput(stderr: string): string | undefined {
+function missingFromWrapperOutput(stderr: string): string | undefined {
   const m = /^(?:nsenter|unshare|setpriv): failed to execute (\S+): No such file or directory$/m.exec(stderr);
   return m?.[1];
 }

@@ -19,8 +19,7 @@ export const VXLAN = "vxlan0";
  * new link is created in. This saves a process per first attach (see overlay.ts).
  */
 export const BRIDGE_INDEX = 2;
-export const DEFAULT_MTU = 1450;
-export const DEFAULT_DATA_PATH_PORT = 4789;
+const DEFAULT_MTU = 1450;
 
 export interface OverlayNetwork {
   id: string;

@@ -104,3 +104,13 @@ export async function mustRun(runner: Runner, argv: string[], opts?: RunOptions)
   if (result.code !== 0) throw new CommandError(argv, result, opts?.stdin);
   return result;
 }
+
+/** "what failed (exit N): the stderr lines, joined": how a failed command is reported. */
+export function commandFailure(what: string, stderr: string, code: number): string {
+  const detail = stderr
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "")
+    .join("; ");
+  return `${what} failed (exit ${code}): ${detail || "no output"}`;
+}

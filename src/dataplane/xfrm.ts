@@ -29,8 +29,10 @@
 // 16-byte AES key followed by the 4-byte salt (RFC 4106 §8.1).
 
 import { isIPv4 } from "node:net";
+import { ipv4Bytes } from "../api/ipv4.js";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { normalizeIp } from "./addr.js";
-import { batch, DEFAULT_DATA_PATH_PORT } from "./render.js";
+import { batch } from "./render.js";
 import type { Runner } from "./runner.js";
 import { spawnRunner } from "./runner.js";
 
@@ -41,9 +43,9 @@ import { spawnRunner } from "./runner.js";
  */
 export const XFRM_MARK = 0x53484c;
 export const XFRM_REQID = 0x53484c;
-export const AEAD_ALGO = "rfc4106(gcm(aes))";
+const AEAD_ALGO = "rfc4106(gcm(aes))";
 /** Default ICV length in bits (the issue's 128; libnetwork uses 64). */
-export const ICV_BITS = 128;
+const ICV_BITS = 128;
 export type IcvBits = 64 | 96 | 128;
 
 /**
@@ -84,9 +86,7 @@ export function ip16(ip: string): Buffer {
   if (isIPv4(a)) {
     out[10] = 0xff;
     out[11] = 0xff;
-    a.split(".").forEach((o, i) => {
-      out[12 + i] = Number(o);
-    });
+    ipv4Bytes(a).copy(out, 12);
     return out;
   }
   const [head, tail] = a.includes("::") ? a.split("::") : [a, undefined];
@@ -160,7 +160,7 @@ function context(local: string, remotes: string[], opts?: XfrmOptions): Ctx {
 }
 
 /** A keyring: exactly 3 keys, ascending distinct tags, 16-byte keys and 4-byte salts. Returns it unchanged. */
-export function assertKeyring(keys: Key[], what = "keyring"): Key[] {
+function assertKeyring(keys: Key[], what = "keyring"): Key[] {
   if (keys.length !== 3) throw new Error(`${what} must hold 3 keys (oldest, primary, newest), got ${keys.length}`);
   keys.forEach((k, i) => {
     assertTag(k.tag);
@@ -338,7 +338,7 @@ function kernelMessage(stderr: string, stdout: string, code: number): string {
 }
 
 /** The probe's state: documentation addresses, an SPI outside the reserved range, a fixed test key. */
-export const PROBE_STATE_ARGS = [
+const PROBE_STATE_ARGS = [
   "xfrm",
   "state",
   "add",

@@ -40,7 +40,7 @@ export const DEFAULT_HTTP_LIMITS: HttpLimits = {
 };
 
 /** The message of a connection refused because the daemon holds `max` already. */
-export function tooManyConnectionsMessage(max: number): string {
+function tooManyConnectionsMessage(max: number): string {
   return `shoald is serving ${max} connections already (its limit): close some and try again`;
 }
 
@@ -137,7 +137,7 @@ export class BodyBudget {
 }
 
 /** Tracks how deeply a JSON text nests while it arrives, chunk by chunk (UTF-8 never hides a bracket). */
-export class JsonDepthScanner {
+class JsonDepthScanner {
   private depth = 0;
   private inString = false;
   private escaped = false;

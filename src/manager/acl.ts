@@ -15,6 +15,7 @@ import type { Logger } from "pino";
 import type { z } from "zod";
 import type { NodeRole } from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
+import { checkPeer } from "../ca/peer.js";
 import { type PeerIdentity, peerRole } from "../ca/tls.js";
 import { failStream, GrpcError } from "./grpc-util.js";
 
@@ -48,11 +49,15 @@ const deny = (why: string) => new GrpcError(status.PERMISSION_DENIED, `Permissio
 
 /** The caller's identity checked against `allowed` and the store; throws PERMISSION_DENIED otherwise. */
 export async function authorize(call: AnyCall, allowed: Allowed, ctx: AclContext): Promise<Caller | null> {
-  const peer = peerRole(call);
-  if (allowed === "anyone") return peer ? { ...peer, effectiveRole: "worker" } : null;
-  if (!peer) throw deny("this call needs a node certificate");
-  if (peer.clusterId !== ctx.clusterId()) throw deny("the certificate belongs to another swarm");
-  if (ctx.isRemoved(peer.nodeId)) throw deny(`node ${peer.nodeId} was removed from the swarm`);
+  if (allowed === "anyone") {
+    const peer = peerRole(call);
+    return peer ? { ...peer, effectiveRole: "worker" } : null;
+  }
+  const checked = checkPeer(call, ctx, false);
+  if (checked.problem === "no-certificate") throw deny("this call needs a node certificate");
+  const peer = checked.peer;
+  if (checked.problem === "other-cluster") throw deny("the certificate belongs to another swarm");
+  if (checked.problem !== undefined) throw deny(`node ${peer.nodeId} was removed from the swarm`);
   let stored = ctx.roleOf(peer.nodeId);
   if (stored === undefined) {
     await ctx.readBarrier().catch(() => undefined);

@@ -28,7 +28,7 @@ import { createRootCA, RootCA } from "../ca/rootca.js";
 import { generateJoinToken, rootDigest } from "../ca/token.js";
 import { x509 } from "../ca/x509.js";
 import type { CAChange } from "../store/ca.js";
-import type { Command, StoreEvent } from "../store/store.js";
+import type { Command, StoreEvent, View } from "../store/store.js";
 import { GrpcError } from "./grpc-util.js";
 
 /** Nodes told to renew at once (swarmkit's IssuanceStateRotateMaxBatchSize). */
@@ -117,19 +117,22 @@ async function startRotation(cluster: ClusterRecord, caCertPem: string, caKeyPem
 // ------------------------------------------------------------------ signing and trust
 
 /** The key managers sign node certificates with now, and the intermediate to append to them. */
-export async function signingCA(cluster: ClusterRecord): Promise<{ ca: RootCA; chainPem: string }> {
+export async function signingCA(cluster: View<ClusterRecord>): Promise<{ ca: RootCA; chainPem: string }> {
   const s = cluster.secrets;
   if (s.rootRotation) {
     return {
-      ca: await RootCA.fromPem(s.rootRotation.caCertPem, s.rootRotation.caKeyPem),
+      ca: await RootCA.fromPemCached(s.rootRotation.caCertPem, s.rootRotation.caKeyPem),
       chainPem: s.rootRotation.crossSignedPem,
     };
   }
-  return { ca: await RootCA.fromPem(s.rootCACertPem, s.rootCAKeyPem), chainPem: s.retiredRoot?.crossSignedPem ?? "" };
+  return {
+    ca: await RootCA.fromPemCached(s.rootCACertPem, s.rootCAKeyPem),
+    chainPem: s.retiredRoot?.crossSignedPem ?? "",
+  };
 }
 
 /** How long node certificates are valid, in days (swarm init/update --cert-expiry; default 90). */
-export function nodeCertDays(cluster: ClusterRecord): number {
+export function nodeCertDays(cluster: View<ClusterRecord>): number {
   const ns = cluster.info.Spec.CAConfig?.NodeCertExpiry ?? 0;
   return ns > 0 ? ns / NS_PER_DAY : DEFAULT_NODE_CERT_DAYS;
 }

@@ -6,7 +6,8 @@
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import type { Node, NodeAvailability, NodeRole } from "../api/objects.js";
+import type { ClusterRecord, Node, NodeAvailability, NodeRole } from "../api/objects.js";
+import { DEFAULT_DATA_PATH_PORT } from "../api/ports.js";
 import { signNodeCSR } from "../ca/certs.js";
 import { newNodeId } from "../ca/ids.js";
 import { parseJoinToken, tokensEqual } from "../ca/token.js";
@@ -20,7 +21,7 @@ import type {
   RenewNodeCertificateRequest,
   RenewNodeCertificateResponse,
 } from "../gen/cluster.js";
-import type { Command, Store } from "../store/store.js";
+import type { Command, Store, View } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { nodeCertDays, recoverCertificate, signingCA } from "./ca-rotation.js";
 import { GrpcError, peerIp, unaryHandler } from "./grpc-util.js";
@@ -47,7 +48,7 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       cb: sendUnaryData<GetRootCACertificateResponse>,
     ) => {
       // The swarm's root now (what the join tokens' digest is of), or this manager's own until it knows.
-      cb(null, { certificatePem: m.store.cluster()?.secrets.rootCACertPem ?? m.tls.rootPem });
+      cb(null, { certificatePem: m.store.clusterView()?.secrets.rootCACertPem ?? m.tls.rootPem });
     },
 
     issueNodeCertificate: unaryHandler<IssueNodeCertificateRequest, IssueNodeCertificateResponse>(async (call) => {
@@ -62,21 +63,9 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       }
       // The tokens must be current: a rotated token is refused at once.
       await m.readBarrier();
-      const cluster = m.store.cluster();
+      const cluster = m.store.clusterView();
       if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
-      let role: NodeRole | undefined;
-      try {
-        parseJoinToken(req.token);
-        if (tokensEqual(req.token, cluster.secrets.managerToken)) role = "manager";
-        else if (tokensEqual(req.token, cluster.secrets.workerToken)) role = "worker";
-      } catch {
-        role = undefined;
-      }
-      if (!role) {
-        m.joinLimiter.failed(from, req.token.startsWith("SWMTKN-") ? "wrong or rotated token" : "not a join token");
-        throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
-      }
-      m.joinLimiter.succeeded(from);
+      const role = tokenRole(m.joinLimiter, cluster, req.token, from);
       // Only a manager listens for cluster traffic: one that could not must not be half-created.
       if (role === "manager" && req.listenAddrError) {
         throw new GrpcError(status.FAILED_PRECONDITION, req.listenAddrError);
@@ -84,21 +73,17 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       // The ACL parsed the request: availability is one of Docker's three, or empty.
       const availability = (req.availability || "active") as NodeAvailability;
       const nodeId = newNodeId();
-      const { ca, chainPem } = await signingCA(cluster);
-      const days = nodeCertDays(cluster);
-      const leafPem = await signNodeCSR(ca, req.csrPem, { nodeId, role, clusterId: m.clusterId, days }).catch(
-        (e: unknown) => {
-          throw new GrpcError(
-            status.INVALID_ARGUMENT,
-            `invalid certificate request: ${e instanceof Error ? e.message : String(e)}`,
-          );
-        },
-      );
-      const certificatePem = leafPem + chainPem;
+      const certificatePem = await signFor(cluster, req.csrPem, { nodeId, role, clusterId: m.clusterId });
       const node: Node = newNodeObject(nodeId, role, availability, req.hostname, from);
       await m.write({ op: "node.create", node, role });
       m.log.info({ node: nodeId, role, hostname: req.hostname }, "issued a certificate to a joining node");
-      return { nodeId, certificatePem, role, clusterId: m.clusterId, dataPathPort: cluster.info.DataPathPort || 4789 };
+      return {
+        nodeId,
+        certificatePem,
+        role,
+        clusterId: m.clusterId,
+        dataPathPort: cluster.info.DataPathPort || DEFAULT_DATA_PATH_PORT,
+      };
     }),
 
     renewNodeCertificate: unaryHandler<RenewNodeCertificateRequest, RenewNodeCertificateResponse>(async (call) => {
@@ -109,19 +94,8 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
       const cluster = m.store.cluster();
       if (!cluster) throw new GrpcError(status.UNAVAILABLE, "the cluster is not initialised yet");
-      const { ca, chainPem } = await signingCA(cluster);
-      const leafPem = await signNodeCSR(ca, call.request.csrPem, {
-        nodeId: peer.nodeId,
-        role: rec.role,
-        clusterId: m.clusterId,
-        days: nodeCertDays(cluster),
-      }).catch((e: unknown) => {
-        throw new GrpcError(
-          status.INVALID_ARGUMENT,
-          `invalid certificate request: ${e instanceof Error ? e.message : String(e)}`,
-        );
-      });
-      return { certificatePem: leafPem + chainPem, role: rec.role };
+      const subject = { nodeId: peer.nodeId, role: rec.role, clusterId: m.clusterId };
+      return { certificatePem: await signFor(cluster, call.request.csrPem, subject), role: rec.role };
     }),
 
     recoverNodeCertificate: unaryHandler<RecoverNodeCertificateRequest, RecoverNodeCertificateResponse>(
@@ -143,6 +117,40 @@ export function caService(m: CAServiceCluster): UntypedServiceImplementation {
       },
     ),
   };
+}
+
+/** The role a join token gives (the join limiter counts each try); a wrong or rotated token is refused. */
+function tokenRole(limiter: JoinLimiter, cluster: View<ClusterRecord>, token: string, from: string): NodeRole {
+  let role: NodeRole | undefined;
+  try {
+    parseJoinToken(token);
+    if (tokensEqual(token, cluster.secrets.managerToken)) role = "manager";
+    else if (tokensEqual(token, cluster.secrets.workerToken)) role = "worker";
+  } catch {
+    role = undefined;
+  }
+  if (!role) {
+    limiter.failed(from, token.startsWith("SWMTKN-") ? "wrong or rotated token" : "not a join token");
+    throw new GrpcError(status.INVALID_ARGUMENT, INVALID_TOKEN_MESSAGE);
+  }
+  limiter.succeeded(from);
+  return role;
+}
+
+/** A node certificate for a CSR, signed by the swarm's signing CA, with the chain after it. */
+async function signFor(
+  cluster: View<ClusterRecord>,
+  csrPem: string,
+  subject: { nodeId: string; role: NodeRole; clusterId: string },
+): Promise<string> {
+  const { ca, chainPem } = await signingCA(cluster);
+  const leafPem = await signNodeCSR(ca, csrPem, { ...subject, days: nodeCertDays(cluster) }).catch((e: unknown) => {
+    throw new GrpcError(
+      status.INVALID_ARGUMENT,
+      `invalid certificate request: ${e instanceof Error ? e.message : String(e)}`,
+    );
+  });
+  return leafPem + chainPem;
 }
 
 export function newNodeObject(

@@ -1,16 +1,26 @@
-// The control API: what the Engine API's swarm and node calls do on a manager. Reads wait for a
+// The control API: what the Engine API's swarm, node and network calls do on a manager. Reads wait for a
 // ReadIndex barrier, so they see every write that finished before; writes are store commands whose
-// preconditions (object versions) are checked when they are applied.
+// preconditions (object versions, unique names, the one ingress network) are checked when they are applied.
 
 import { ApiError, badRequest, nodeNotFound } from "../api/errors.js";
 import { NodeSpecSchema, SwarmSpecSchema } from "../api/objects.js";
 import { parse } from "../api/schema.js";
 import { generateJoinToken } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
-import type { Node, NodeListFilters, NodeSpec, Swarm, SwarmSpec, SwarmUpdateOptions } from "../engine/types.js";
+import type {
+  NetworkResource,
+  Node,
+  NodeListFilters,
+  NodeSpec,
+  Swarm,
+  SwarmSpec,
+  SwarmUpdateOptions,
+} from "../engine/types.js";
 import type { NodeId } from "../raft/types.js";
-import type { Command, NodeRecord, Store } from "../store/store.js";
+import { redact } from "../store/keyring.js";
+import type { Command, NetworkRecord, NetworkSpec, NodeRecord, Store } from "../store/store.js";
 import { planRootRotation } from "./ca-rotation.js";
+import { endpointRows, networkMatches, newNetworkId, presentNetwork, requireNetwork } from "./networks.js";
 
 /** What the control API needs of its manager: the store, writes and reads, and the Raft group's view. */
 export interface ControlCluster {
@@ -87,8 +97,10 @@ export class Control {
   async nodeList(filters: NodeListFilters): Promise<Node[]> {
     await this.m.readBarrier();
     const out: Node[] = [];
-    for (const rec of this.m.store.nodes()) {
-      const n = this.present(rec);
+    for (const rec of this.m.store.nodeViews()) {
+      // A shallow copy of the frozen view: the list is only serialised, never changed.
+      const { ManagerStatus: _, ...node } = rec.node;
+      const n = this.present({ node: node as Node, role: rec.role });
       if (!matches(n, filters)) continue;
       out.push(n);
     }
@@ -150,6 +162,48 @@ export class Control {
       throw badRequest(`node ${id} is not down and can't be removed`);
     }
     await this.m.write({ op: "node.remove", id });
+  }
+
+  // ---- networks
+
+  /** A network as the Engine API shows it from this manager: `Containers` are this node's. */
+  private presentNetwork(net: NetworkRecord): NetworkResource {
+    return presentNetwork(net, endpointRows(this.m.store, net.id), this.m.nodeId);
+  }
+
+  /** The store's apply allocates the network, and refuses a taken name or a second ingress network. */
+  async networkCreate(spec: NetworkSpec): Promise<{ Id: string; Warning: string }> {
+    const id = newNetworkId();
+    await this.m.write({ op: "network.create", id, spec });
+    return { Id: id, Warning: "" };
+  }
+
+  async networkList(filters: Record<string, string[]>): Promise<NetworkResource[]> {
+    await this.m.readBarrier();
+    return this.m.store
+      .networks()
+      .map((n) => this.presentNetwork(n))
+      .filter((n) => networkMatches(n, filters));
+  }
+
+  /** ref: a full id, a name, or a unique id prefix. */
+  async networkInspect(ref: string): Promise<NetworkResource> {
+    await this.m.readBarrier();
+    return this.presentNetwork(requireNetwork(this.m.store, ref));
+  }
+
+  /** The store's apply refuses a network that still has endpoints. */
+  async networkRemove(ref: string): Promise<void> {
+    await this.m.readBarrier();
+    const net = requireNetwork(this.m.store, ref);
+    if (net.spec.ingress) throw new ApiError(403, `ingress network cannot be removed by shoal while the swarm uses it`);
+    await this.m.write({ op: "network.remove", id: net.id });
+  }
+
+  /** The cluster's overlay keyring as `network inspect` may show it: tags and times, never keys. */
+  networkKeyring(): ReturnType<typeof redact> | undefined {
+    const ring = this.m.store.keyring();
+    return ring ? redact(ring) : undefined;
   }
 }
 

@@ -1,26 +1,41 @@
 // The dispatcher: every node's agent holds a session with the leader and sends heartbeats. The leader
 // marks a node Ready when its session starts and Down after three missed heartbeat periods; it pushes the
-// node's own object (its desired role among it) and the list of managers down the session stream.
-// Managers that are not the leader answer UNAVAILABLE naming the leader, and the agent goes there.
+// node's own object (its desired role among it), the list of managers and the networks the node holds
+// down the session stream. Managers that are not the leader answer UNAVAILABLE naming the leader, and the
+// agent goes there.
+//
+// Cost per event is proportional to the sessions it concerns, not to the cluster's size:
+// - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft;
+// - a store event marks only the sessions it concerns (the node's own; the holders of a network; everyone
+//   only for what everyone gets: the manager list, the heartbeat period, the root CA), and the marked
+//   sessions are sent their new state in batches of bounded size per event-loop turn, from one context
+//   computed once per batch;
+// - node status changes (Ready when a session starts, Down when one is missed) are queued and written in
+//   few Raft entries (node.statusBatch); a reconnect of a node that is already Ready writes nothing;
+// - a new leader gives every node a grace that grows with the cluster before anything is marked Down.
 
 import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { type NodeDescription, NodeDescriptionSchema } from "../api/objects.js";
+import { type NodeDescription, NodeDescriptionSchema, type NodeState } from "../api/objects.js";
 import { parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
-import type { ClusterRecord, NodeRecord, StoreEvent } from "../store/store.js";
+import { observe } from "../metrics/metrics.js";
+import { MAX_STATUS_BATCH } from "../store/commands.js";
+import { agentView, isEncryptedNetwork } from "../store/keyring.js";
+import type { ClusterRecord, NodeRecord, StoreEvent, View } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
-import { type AttachmentCluster, attachmentHandlers, networkKeysFor, statesForNode } from "./networks.js";
+import { type AttachmentCluster, attachmentHandlers, networkState } from "./networks.js";
 import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
 interface Session {
   id: string;
   nodeId: string;
   call: ServerWritableStream<SessionRequest, SessionMessage>;
-  timer: NodeJS.Timeout | undefined;
+  /** performance.now() of the last heartbeat (or of the session's start). */
+  lastSeenMs: number;
   /** The last message sent, to send only what changed. */
   last: string;
 }
@@ -28,6 +43,12 @@ interface Session {
 export const DEFAULT_HEARTBEAT_MS = 5000;
 /** Missed heartbeat periods before a node is marked down. */
 export const HEARTBEAT_MISSES = 3;
+/** A new leader's grace before marking nodes down: the usual misses, plus this much per node. */
+export const GRACE_PER_NODE_MS = 4;
+/** Sessions sent their state per event-loop turn. */
+export const PUSH_BATCH = 200;
+/** How long status changes wait to be written together. */
+export const STATUS_FLUSH_MS = 100;
 
 /** What the dispatcher needs of its manager (SwarmKit's dispatcher.Cluster, in shoal's terms). */
 export interface DispatcherCluster extends AttachmentCluster {
@@ -36,150 +57,362 @@ export interface DispatcherCluster extends AttachmentCluster {
   leaderAddr(): string | undefined;
 }
 
+interface StatusUpdate {
+  id: string;
+  state: NodeState;
+  addr?: string;
+  message?: string;
+  description?: NodeDescription;
+}
+
+/** Computed once per batch of pushes, shared by every session of the batch. */
+interface PushContext {
+  common: Pick<SessionMessage, "managers" | "heartbeatPeriodMs">;
+  cluster: View<ClusterRecord> | undefined;
+  networks: Map<string, ReturnType<typeof networkState>>;
+}
+
 export class Dispatcher {
   private sessions = new Map<string, Session>();
-  /** Nodes without a session yet after a leader change: down once their grace runs out. */
-  private grace = new Map<string, NodeJS.Timeout>();
+  private byNode = new Map<string, Session>();
+  /** Nodes whose session broke, and when (performance.now()): down if none is back in time. */
+  private lost = new Map<string, number>();
+  /** After a leader change: until then (performance.now()) nothing is marked down for lack of a session. */
+  private graceUntilMs = 0;
+  private graceSwept = true;
   private active = false;
   private readonly onEvent = (e: StoreEvent) => this.storeEvent(e);
+  /** Which networks each node holds and which nodes hold each network (from the endpoints). */
+  private holds = new Map<string, Map<string, number>>();
+  private holders = new Map<string, Map<string, number>>();
+  private dirty = new Set<Session>();
+  private dirtySinceMs = 0;
+  private flushing = false;
+  private pending = new Map<string, StatusUpdate>();
+  private statusTimer: NodeJS.Timeout | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private commonKey = "";
 
   constructor(private readonly m: DispatcherCluster) {}
 
   heartbeatPeriodMs(): number {
-    const ns = this.m.store.cluster()?.info.Spec.Dispatcher.HeartbeatPeriod;
+    const ns = this.m.store.clusterView()?.info.Spec.Dispatcher.HeartbeatPeriod;
     return ns && ns > 0 ? Math.max(100, Math.round(ns / 1e6)) : DEFAULT_HEARTBEAT_MS;
+  }
+
+  /** Sessions held now (metrics). */
+  sessionCount(): number {
+    return this.sessions.size;
   }
 
   becomeLeader(): void {
     if (this.active) return;
     this.active = true;
     this.m.store.events.on("event", this.onEvent);
-    // Nodes that were up keep their status while they reconnect to us; those that do not are marked
-    // down after the usual number of missed periods, counted from now.
-    for (const rec of this.m.store.nodes()) {
-      if (rec.node.Status.State === "ready") this.startGrace(rec.node.ID);
-    }
+    this.rebuildHolds();
+    this.commonKey = this.commonSignature();
+    // Nodes that were up keep their status while they reconnect to us: every one of them at once, so the
+    // grace grows with the cluster. Those not back by then are marked down.
+    const n = this.m.store.nodeCount();
+    this.graceUntilMs = performance.now() + this.heartbeatPeriodMs() * HEARTBEAT_MISSES + n * GRACE_PER_NODE_MS;
+    this.graceSwept = false;
+    const every = Math.max(50, Math.floor(this.heartbeatPeriodMs() / 2));
+    this.sweeper = setInterval(() => this.sweep(), every);
+    this.sweeper.unref();
   }
 
   loseLeadership(): void {
     if (!this.active) return;
     this.active = false;
     this.m.store.events.off("event", this.onEvent);
-    for (const t of this.grace.values()) clearTimeout(t);
-    this.grace.clear();
+    if (this.sweeper) clearInterval(this.sweeper);
+    if (this.statusTimer) clearTimeout(this.statusTimer);
+    this.sweeper = undefined;
+    this.statusTimer = undefined;
+    this.pending.clear();
+    this.lost.clear();
+    this.dirty.clear();
     const err = notLeader(this.m.leaderAddr());
-    for (const s of this.sessions.values()) {
-      if (s.timer) clearTimeout(s.timer);
-      failStream(s.call, err);
-    }
+    for (const s of this.sessions.values()) failStream(s.call, err);
     this.sessions.clear();
+    this.byNode.clear();
   }
 
-  private startGrace(nodeId: string): void {
-    if (this.grace.has(nodeId)) return;
-    const t = setTimeout(() => {
-      this.grace.delete(nodeId);
-      if ([...this.sessions.values()].some((s) => s.nodeId === nodeId)) return;
-      void this.markDown(nodeId, 'heartbeat failure for node in "unknown" state');
-    }, this.heartbeatPeriodMs() * HEARTBEAT_MISSES);
-    t.unref();
-    this.grace.set(nodeId, t);
-  }
+  // ------------------------------------------------------------------ liveness
 
-  private async markDown(nodeId: string, message: string): Promise<void> {
-    const rec = this.m.store.node(nodeId);
-    if (!this.active || !rec || rec.node.Status.State === "down") return;
-    try {
-      await this.m.write({ op: "node.status", id: nodeId, state: "down", message });
-      this.m.log.info({ node: nodeId }, "node is down: missed heartbeats");
-    } catch (e) {
-      this.m.log.warn({ node: nodeId, err: e }, "could not mark node down");
+  /** One pass over the sessions and the lost nodes: expired ones are dropped and their nodes marked down. */
+  private sweep(): void {
+    if (!this.active) return;
+    const now = performance.now();
+    const limitMs = this.heartbeatPeriodMs() * HEARTBEAT_MISSES;
+    for (const s of this.sessions.values()) {
+      if (now - s.lastSeenMs <= limitMs) continue;
+      this.drop(s);
+      failStream(s.call, new GrpcError(status.DEADLINE_EXCEEDED, "session expired: missed heartbeats"));
+      this.queueDown(s.nodeId, "heartbeat failure");
+    }
+    for (const [nodeId, at] of this.lost) {
+      if (now - at <= limitMs) continue;
+      this.lost.delete(nodeId);
+      if (!this.byNode.has(nodeId)) this.queueDown(nodeId, "heartbeat failure");
+    }
+    if (!this.graceSwept && now >= this.graceUntilMs) {
+      this.graceSwept = true;
+      for (const rec of this.m.store.nodeViews()) {
+        if (rec.node.Status.State === "ready" && !this.byNode.has(rec.node.ID)) {
+          this.queueDown(rec.node.ID, 'heartbeat failure for node in "unknown" state');
+        }
+      }
     }
   }
 
-  private resetTimer(s: Session): void {
-    if (s.timer) clearTimeout(s.timer);
-    s.timer = setTimeout(() => {
-      this.sessions.delete(s.id);
-      failStream(s.call, new GrpcError(status.DEADLINE_EXCEEDED, "session expired: missed heartbeats"));
-      void this.markDown(s.nodeId, "heartbeat failure");
-    }, this.heartbeatPeriodMs() * HEARTBEAT_MISSES);
-    s.timer.unref();
+  private drop(s: Session): void {
+    this.sessions.delete(s.id);
+    if (this.byNode.get(s.nodeId) === s) this.byNode.delete(s.nodeId);
+    this.dirty.delete(s);
   }
 
-  private message(s: Session): SessionMessage | undefined {
-    const rec = this.m.store.node(s.nodeId);
-    if (!rec) return undefined;
-    const managers = this.m.store
+  private queueDown(nodeId: string, message: string): void {
+    this.queueStatus({ id: nodeId, state: "down", message });
+  }
+
+  private queueStatus(u: StatusUpdate): void {
+    const prev = this.pending.get(u.id);
+    // A description waiting to be written is kept when a later change to the status comes.
+    this.pending.set(u.id, prev?.description && !u.description ? { ...u, description: prev.description } : u);
+    if (this.pending.size >= MAX_STATUS_BATCH) this.flushStatus();
+    else this.statusTimer ??= setTimeout(() => this.flushStatus(), STATUS_FLUSH_MS);
+  }
+
+  /** Write the queued status changes that still hold, in entries of at most MAX_STATUS_BATCH. */
+  private flushStatus(): void {
+    if (this.statusTimer) clearTimeout(this.statusTimer);
+    this.statusTimer = undefined;
+    if (!this.active) return;
+    const updates: StatusUpdate[] = [];
+    for (const u of this.pending.values()) {
+      const rec = this.m.store.nodeView(u.id);
+      if (!rec) continue;
+      // Down only if the node still has no session; nothing if the store already says it.
+      if (u.state === "down" && (this.byNode.has(u.id) || rec.node.Status.State === "down")) continue;
+      if (u.state === "ready" && !this.byNode.has(u.id)) continue;
+      updates.push(u);
+    }
+    this.pending.clear();
+    for (let i = 0; i < updates.length; i += MAX_STATUS_BATCH) {
+      const batch = updates.slice(i, i + MAX_STATUS_BATCH);
+      observe.statusWritten(batch.length);
+      void this.m.write({ op: "node.statusBatch", updates: batch }).then(
+        () => {
+          const down = batch.filter((u) => u.state === "down").length;
+          if (down > 0) this.m.log.info({ nodes: down }, "nodes are down: missed heartbeats");
+        },
+        (e: unknown) => this.m.log.warn({ nodes: batch.length, err: e }, "could not record node status"),
+      );
+    }
+  }
+
+  // ------------------------------------------------------------------ pushes
+
+  /** What every session gets alike; a change to it concerns every session. */
+  private commonSignature(): string {
+    const c = this.m.store.clusterView();
+    return JSON.stringify([
+      this.managers(),
+      this.heartbeatPeriodMs(),
+      c?.info.TLSInfo.TrustRoot,
+      c?.info.TLSInfo.CertIssuerPublicKey,
+      c?.secrets.rootRotation !== undefined,
+    ]);
+  }
+
+  private managers(): SessionMessage["managers"] {
+    return this.m.store
       .members()
       .map((mm) => ({ nodeId: mm.nodeId, addr: mm.addr }))
       .sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+  }
+
+  private rebuildHolds(): void {
+    this.holds.clear();
+    this.holders.clear();
+    for (const e of this.m.store.endpoints()) this.countHold(e.nodeId, e.networkId, 1);
+  }
+
+  private countHold(nodeId: string, networkId: string, by: number): void {
+    const bump = (m: Map<string, Map<string, number>>, k: string, v: string) => {
+      let inner = m.get(k);
+      if (!inner) m.set(k, (inner = new Map()));
+      const n = (inner.get(v) ?? 0) + by;
+      if (n > 0) inner.set(v, n);
+      else inner.delete(v);
+      if (inner.size === 0) m.delete(k);
+    };
+    bump(this.holds, nodeId, networkId);
+    bump(this.holders, networkId, nodeId);
+  }
+
+  private markNode(nodeId: string): void {
+    const s = this.byNode.get(nodeId);
+    if (s) this.markSession(s);
+  }
+
+  private markNetwork(networkId: string): void {
+    for (const nodeId of this.holders.get(networkId)?.keys() ?? []) this.markNode(nodeId);
+  }
+
+  private markAll(): void {
+    for (const s of this.sessions.values()) this.markSession(s);
+  }
+
+  private markSession(s: Session): void {
+    if (this.dirty.size === 0) this.dirtySinceMs = performance.now();
+    this.dirty.add(s);
+    if (!this.flushing) {
+      this.flushing = true;
+      setImmediate(() => this.flushPushes());
+    }
+  }
+
+  /** Send marked sessions their state: at most PUSH_BATCH per turn, from one shared context. */
+  private flushPushes(): void {
+    this.flushing = false;
+    if (!this.active || this.dirty.size === 0) return;
+    const ctx: PushContext = {
+      common: { managers: this.managers(), heartbeatPeriodMs: this.heartbeatPeriodMs() },
+      cluster: this.m.store.clusterView(),
+      networks: new Map(),
+    };
+    let sent = 0;
+    for (const s of this.dirty) {
+      if (sent >= PUSH_BATCH) break;
+      this.dirty.delete(s);
+      if (this.push(s, ctx)) sent++;
+    }
+    if (sent > 0) observe.pushed(sent, performance.now() - this.dirtySinceMs);
+    if (this.dirty.size > 0) {
+      this.flushing = true;
+      setImmediate(() => this.flushPushes());
+    }
+  }
+
+  private message(s: Session, ctx: PushContext): SessionMessage | undefined {
+    const rec = this.m.store.nodeView(s.nodeId);
+    if (!rec) return undefined;
+    const held = [...(this.holds.get(s.nodeId)?.keys() ?? [])].sort();
+    const networks = [];
+    let encrypted = false;
+    for (const id of held) {
+      if (!ctx.networks.has(id)) ctx.networks.set(id, networkState(this.m.store, id));
+      const st = ctx.networks.get(id);
+      if (!st) continue;
+      networks.push(st);
+      if (!encrypted) {
+        const net = this.m.store.network(id);
+        encrypted = net !== undefined && isEncryptedNetwork(net);
+      }
+    }
+    const ring = encrypted ? this.m.store.keyring() : undefined;
     return {
       sessionId: s.id,
       nodeJson: JSON.stringify(rec.node),
-      managers,
-      heartbeatPeriodMs: this.heartbeatPeriodMs(),
+      ...ctx.common,
       role: rec.role,
-      networks: statesForNode(this.m.store, s.nodeId),
-      networkKeysJson: networkKeysFor(this.m.store, s.nodeId),
-      ...rootCAFor(this.m.store.cluster(), rec),
+      networks,
+      networkKeysJson: ring ? JSON.stringify(agentView(ring)) : "",
+      ...rootCAFor(ctx.cluster, rec),
     };
   }
 
   /** Send the session its current state, if anything changed since the last message. */
-  private push(s: Session): void {
-    const msg = this.message(s);
-    if (!msg) return;
+  private push(s: Session, ctx: PushContext): boolean {
+    if (!this.sessions.has(s.id)) return false;
+    const msg = this.message(s, ctx);
+    if (!msg) return false;
     const text = JSON.stringify(msg);
-    if (text === s.last) return;
+    if (text === s.last) return false;
     s.last = text;
     s.call.write(msg);
+    return true;
   }
 
   private storeEvent(e: StoreEvent): void {
-    if (e.kind === "node") {
-      for (const s of this.sessions.values()) {
-        if (s.nodeId !== e.node.node.ID) continue;
+    switch (e.kind) {
+      case "node": {
+        const id = e.node.node.ID;
         if (e.action === "remove") {
-          failStream(s.call, new GrpcError(status.PERMISSION_DENIED, `node ${s.nodeId} was removed from the swarm`));
-          this.sessions.delete(s.id);
-          if (s.timer) clearTimeout(s.timer);
+          const s = this.byNode.get(id);
+          if (s) {
+            this.drop(s);
+            failStream(s.call, new GrpcError(status.PERMISSION_DENIED, `node ${id} was removed from the swarm`));
+          }
+          this.pending.delete(id);
+          this.lost.delete(id);
+          return;
         }
+        this.markNode(id);
+        // A node's address and hostname are in every peer's view of the networks it holds.
+        for (const net of this.holds.get(id)?.keys() ?? []) this.markNetwork(net);
+        return;
       }
-      // A node's address is every peer's VTEP: all sessions may need it.
-      for (const s of this.sessions.values()) this.push(s);
-    } else if (
-      e.kind === "member" ||
-      e.kind === "cluster" ||
-      e.kind === "network" ||
-      e.kind === "endpoint" ||
-      e.kind === "keys"
-    ) {
-      for (const s of this.sessions.values()) this.push(s);
+      case "endpoint":
+        this.countHold(e.endpoint.nodeId, e.endpoint.networkId, e.action === "create" ? 1 : -1);
+        this.markNode(e.endpoint.nodeId);
+        this.markNetwork(e.endpoint.networkId);
+        return;
+      case "network":
+        this.markNetwork(e.network.id);
+        return;
+      case "keys":
+        for (const nodeId of this.holds.keys()) this.markNode(nodeId);
+        return;
+      case "member":
+      case "cluster": {
+        const key = this.commonSignature();
+        // Nothing every session gets changed (a token rotation, say): nobody is sent anything. A node told
+        // to renew its certificate learns it from its own node event.
+        if (key !== this.commonKey) {
+          this.commonKey = key;
+          this.markAll();
+        }
+        return;
+      }
+      case "restore":
+        this.rebuildHolds();
+        this.commonKey = this.commonSignature();
+        this.markAll();
+        return;
     }
   }
+
+  // ------------------------------------------------------------------ the service
 
   service(): UntypedServiceImplementation {
     return {
       ...attachmentHandlers(this.m),
       session: (call: ServerWritableStream<SessionRequest, SessionMessage>) => {
-        void this.session(call).catch((e) => failStream(call, e instanceof Error ? e : new Error(String(e))));
+        try {
+          this.session(call);
+        } catch (e) {
+          failStream(call, e instanceof Error ? e : new Error(String(e)));
+        }
       },
       heartbeat: (call: ServerUnaryCall<HeartbeatRequest, HeartbeatResponse>, cb: sendUnaryData<HeartbeatResponse>) => {
-        const s = this.sessions.get(call.request.sessionId);
         if (!this.active) return cb(notLeader(this.m.leaderAddr()));
+        const s = this.sessions.get(call.request.sessionId);
         if (!s) return cb(new GrpcError(status.NOT_FOUND, "session invalid"));
-        this.resetTimer(s);
+        s.lastSeenMs = performance.now();
+        observe.heartbeatReceived();
         cb(null, { periodMs: this.heartbeatPeriodMs() });
       },
     };
   }
 
-  private async session(call: ServerWritableStream<SessionRequest, SessionMessage>): Promise<void> {
+  private session(call: ServerWritableStream<SessionRequest, SessionMessage>): void {
     if (!this.active) throw notLeader(this.m.leaderAddr());
     const peer = callerOf(call);
     if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: a session needs a node certificate");
-    const rec = this.m.store.node(peer.nodeId);
+    const rec = this.m.store.nodeView(peer.nodeId);
     if (!rec) throw new GrpcError(status.NOT_FOUND, `node ${peer.nodeId} not found`);
     const observed = peerIp(call.getPeer());
     const addr = call.request.addr || observed;
@@ -187,49 +420,36 @@ export class Dispatcher {
       throw new GrpcError(status.INVALID_ARGUMENT, `invalid session request: addr: ${addr} cannot be a node's address`);
     }
     const description = parseDescription(call.request.descriptionJson);
-    const s: Session = { id: randomBytes(12).toString("hex"), nodeId: peer.nodeId, call, timer: undefined, last: "" };
+    const s: Session = {
+      id: randomBytes(12).toString("hex"),
+      nodeId: peer.nodeId,
+      call,
+      lastSeenMs: performance.now(),
+      last: "",
+    };
     // One session per node: a reconnecting agent replaces its old session.
-    for (const old of [...this.sessions.values()]) {
-      if (old.nodeId === s.nodeId) {
-        if (old.timer) clearTimeout(old.timer);
-        this.sessions.delete(old.id);
-        old.call.end();
-      }
+    const old = this.byNode.get(s.nodeId);
+    if (old) {
+      this.drop(old);
+      old.call.end();
     }
     this.sessions.set(s.id, s);
-    const g = this.grace.get(s.nodeId);
-    if (g) {
-      clearTimeout(g);
-      this.grace.delete(s.nodeId);
-    }
+    this.byNode.set(s.nodeId, s);
+    this.lost.delete(s.nodeId);
     call.on("cancelled", () => {
-      const cur = this.sessions.get(s.id);
-      if (cur) {
-        // Keep the timer: a node whose session broke is down after the usual missed heartbeats.
-        this.sessions.delete(s.id);
-        const t = setTimeout(() => {
-          if (![...this.sessions.values()].some((x) => x.nodeId === s.nodeId))
-            void this.markDown(s.nodeId, "heartbeat failure");
-        }, this.heartbeatPeriodMs() * HEARTBEAT_MISSES);
-        t.unref();
-        if (cur.timer) clearTimeout(cur.timer);
-      }
+      if (this.sessions.get(s.id) !== s) return;
+      // A node whose session broke is down after the usual missed heartbeats, unless it is back by then.
+      this.drop(s);
+      this.lost.set(s.nodeId, s.lastSeenMs);
     });
-    this.resetTimer(s);
-    if (description && JSON.stringify(description) !== JSON.stringify(rec.node.Description)) {
-      try {
-        await this.m.write({ op: "node.describe", id: s.nodeId, description });
-      } catch (e) {
-        this.m.log.warn({ node: s.nodeId, err: e }, "could not record node description");
-      }
+    // Written only if something changed: a reconnect of a node that is Ready, same address, same
+    // description, writes nothing.
+    const describe =
+      description && JSON.stringify(description) !== JSON.stringify(rec.node.Description) ? description : undefined;
+    if (describe || rec.node.Status.State !== "ready" || rec.node.Status.Addr !== addr) {
+      this.queueStatus({ id: s.nodeId, state: "ready", addr, ...(describe ? { description: describe } : {}) });
     }
-    const cur = this.m.store.node(s.nodeId);
-    if (cur && (cur.node.Status.State !== "ready" || cur.node.Status.Addr !== addr)) {
-      await this.m.write({ op: "node.status", id: s.nodeId, state: "ready", addr });
-      this.m.log.info({ node: s.nodeId, addr }, "node is ready");
-    }
-    if (!this.sessions.has(s.id)) return;
-    this.push(s);
+    this.markSession(s);
   }
 }
 
@@ -238,8 +458,8 @@ export class Dispatcher {
  * issuer this node should renew to once the reconciler has told it to (node.certRenew).
  */
 function rootCAFor(
-  c: ClusterRecord | undefined,
-  rec: NodeRecord,
+  c: View<ClusterRecord> | undefined,
+  rec: View<NodeRecord>,
 ): { rootCaPem: string; renewCertificateIssuer: string } {
   const want = c?.info.TLSInfo.CertIssuerPublicKey;
   const renew = c?.secrets.rootRotation !== undefined && rec.certRenew !== undefined && rec.certRenew === want;

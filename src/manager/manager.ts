@@ -3,31 +3,21 @@
 // Writes from any manager are proposed to Raft (the core forwards them to the leader); reads that must
 // see every finished write go through a ReadIndex barrier first.
 
-import { randomInt } from "node:crypto";
-import { Server, status } from "@grpc/grpc-js";
+import { Server } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import type { z } from "zod";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
-import { RaftMemberSchema } from "../api/objects.js";
-import { describeIssues } from "../api/schema.js";
+import { CLUSTER_PORT } from "../api/ports.js";
 import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
-import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
+import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
-import { entryPayload, NodeStoppedError, RaftNode } from "../raft/node.js";
-import { Raft } from "../raft/raft.js";
+import { NodeStoppedError, RaftNode } from "../raft/node.js";
 import { bootstrapSnapshot } from "../raft/rawnode.js";
-import {
-  GrpcTransport,
-  RaftServiceDefinition,
-  raftServiceImplementation,
-  type SenderStatus,
-} from "../raft/transport.js";
+import { GrpcTransport, type SenderStatus } from "../raft/transport.js";
 import {
   type ConfChange,
   ConfChangeType,
   EMPTY,
-  EntryType,
   ErrProposalDropped,
   ErrProposalOutcomeUnknown,
   ErrProposalTooLarge,
@@ -35,7 +25,7 @@ import {
   StateType,
 } from "../raft/types.js";
 import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
-import { type AclContext, type Allowed, type Rule, withAcl } from "./acl.js";
+import type { AclContext } from "./acl.js";
 import { AutolockKeeper } from "./autolock.js";
 import { listenerTrust, RootRotationReconciler } from "./ca-rotation.js";
 import { caService } from "./ca-server.js";
@@ -43,9 +33,9 @@ import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
 import { JoinLimiter } from "./join-limiter.js";
 import { KeyManager } from "./keymanager.js";
-import { membershipService } from "./membership.js";
+import { encodeMemberContext, memberCommand, membershipService, newRaftId } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
-import { type RpcName, requestSchemas } from "./wire.js";
+import { addClusterServices } from "./services.js";
 
 /** Who this manager is: its node, its Raft id, its cluster, and where it listens. */
 export interface ManagerIdentity {
@@ -105,37 +95,6 @@ export class ListenError extends ApiError {
     this.name = "ListenError";
     this.reason = reason;
   }
-}
-
-/** The message a joiner's membership request carries in a ConfChange. */
-const MemberContextSchema = RaftMemberSchema.pick({ nodeId: true, addr: true });
-type MemberContext = z.infer<typeof MemberContextSchema>;
-
-export function encodeMemberContext(c: MemberContext): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(c));
-}
-
-/**
- * The store command a committed membership change implies (the members table follows Raft's own
- * configuration): member.add for a learner added with a well-formed context, member.remove for a removal.
- * A context that is not one is reported through `malformed` and adds no member.
- */
-function memberCommand(cc: ConfChange, malformed: (why: string) => void): Command | undefined {
-  if (cc.type === ConfChangeType.RemoveNode) return { op: "member.remove", raftId: cc.nodeId };
-  if (cc.type !== ConfChangeType.AddLearner) return undefined;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder().decode(cc.context));
-  } catch {
-    malformed("the context is not JSON");
-    return undefined;
-  }
-  const ctx = MemberContextSchema.safeParse(raw);
-  if (!ctx.success) {
-    malformed(describeIssues(ctx.error));
-    return undefined;
-  }
-  return { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.data.nodeId, addr: ctx.data.addr } };
 }
 
 export class Manager {
@@ -295,7 +254,12 @@ export class Manager {
       id: this.raftId,
       storage: this.storage,
       stateMachine: {
-        apply: (data, index) => this.store.apply(data, index),
+        apply: (data, index) => {
+          const t0 = performance.now();
+          const out = this.store.apply(data, index);
+          observe.apply(performance.now() - t0);
+          return out;
+        },
         snapshot: () => this.store.snapshot(),
         restore: (data, index) => this.store.restore(data, index),
       },
@@ -332,13 +296,13 @@ export class Manager {
     const acl: AclContext = {
       clusterId: () => this.clusterId,
       isRemoved: (id) => this.store.isRemoved(id),
-      roleOf: (id) => this.store.node(id)?.role,
+      roleOf: (id) => this.store.roleOf(id),
       readBarrier: () => this.readBarrier(),
       logger: this.root.child({ component: "acl" }),
     };
-    server.addService(
-      RaftServiceDefinition,
-      raftServiceImplementation({
+    addClusterServices(server, {
+      acl,
+      raft: {
         deliver: (m) => this.raft?.step(m),
         clusterId: () => this.clusterId,
         onHeard: (id) => this.transport?.markHeard(id),
@@ -347,41 +311,11 @@ export class Manager {
         member: (from, nodeId) => this.senderStatus(from, nodeId),
         isRemoved: (nodeId) => this.store.isRemoved(nodeId),
         logger: this.root.child({ component: "raft-server" }),
-      }),
-    );
-    const rule = (allowed: Allowed, name: RpcName): Rule => ({ allowed, request: requestSchemas[name] });
-    const nodes: NodeRole[] = ["worker", "manager"];
-    server.addService(
-      CAService,
-      withAcl(
-        caService(this),
-        {
-          getRootCaCertificate: rule("anyone", "getRootCaCertificate"),
-          issueNodeCertificate: rule("anyone", "issueNodeCertificate"),
-          renewNodeCertificate: rule(nodes, "renewNodeCertificate"),
-          // Proof of identity is the retired root's certificate in the request (ca-rotation.ts).
-          recoverNodeCertificate: rule("anyone", "recoverNodeCertificate"),
-        },
-        acl,
-      ),
-    );
-    server.addService(
-      RaftMembershipService,
-      withAcl(membershipService(this), { join: rule(["manager"], "join"), leave: rule(["manager"], "leave") }, acl),
-    );
-    server.addService(
-      DispatcherService,
-      withAcl(
-        this.dispatcher.service(),
-        {
-          session: rule(nodes, "session"),
-          heartbeat: rule(nodes, "heartbeat"),
-          attach: rule(nodes, "attach"),
-          detach: rule(nodes, "detach"),
-        },
-        acl,
-      ),
-    );
+      },
+      ca: caService(this),
+      membership: membershipService(this),
+      dispatcher: this.dispatcher.service(),
+    });
     const [host, portText] = splitHostPort(this.opts.state.listenAddr);
     try {
       this.listener = await listenTLS(server, {
@@ -512,6 +446,7 @@ export class Manager {
         throw writeError(e);
       }
       const out = res.result as Outcome;
+      observe.proposal(Date.now() - start);
       if (!out.ok) throw new ApiError(out.status, out.message);
       return out.version;
     }
@@ -541,11 +476,8 @@ export class Manager {
   async addMember(nodeId: string, addr: string): Promise<NodeId> {
     const existing = this.store.memberByNode(nodeId);
     if (existing) return existing.raftId;
-    let raftId: NodeId;
     const cs = this.raft.status().confState;
-    do {
-      raftId = randomInt(1, 2 ** 47);
-    } while (cs.voters.includes(raftId) || cs.learners.includes(raftId) || cs.removed.includes(raftId));
+    const raftId = newRaftId((id) => cs.voters.includes(id) || cs.learners.includes(id) || cs.removed.includes(id));
     await this.confChange({
       type: ConfChangeType.AddLearner,
       nodeId: raftId,
@@ -663,73 +595,8 @@ function writeError(e: unknown): unknown {
 
 export function splitHostPort(addr: string): [string, string] {
   const i = addr.lastIndexOf(":");
-  if (i < 0) return [addr, "2377"];
+  if (i < 0) return [addr, String(CLUSTER_PORT)];
   let host = addr.slice(0, i);
   if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
   return [host, addr.slice(i + 1)];
 }
-
-/**
- * force-new-cluster: rewrite a manager's Raft state so that it is the only member, keeping every
- * committed object. Uncommitted entries are dropped; the other members are removed for good.
- */
-export async function forceNewCluster(
-  openRaftStorage: () => Promise<LevelStorage>,
-  raftId: NodeId,
-  log: Logger,
-): Promise<void> {
-  const storage = await openRaftStorage();
-  try {
-    const mem = storage.mem;
-    const { hardState, confState } = mem.initialState();
-    const snap = mem.snapshot();
-    const store = new Store();
-    store.restore(snap.data, snap.metadata.index);
-    const members = new Set([...confState.voters, ...confState.learners]);
-    const removed = new Set(confState.removed);
-    // Replay what was committed.
-    for (let i = snap.metadata.index + 1; i <= hardState.commit; i++) {
-      const e = mem.entries(i, i + 1, Number.MAX_SAFE_INTEGER)[0]!;
-      if (e.type === EntryType.ConfChange) {
-        const cc = Raft.decodeConfChange(e);
-        if (cc.type === ConfChangeType.AddLearner && !removed.has(cc.nodeId)) members.add(cc.nodeId);
-        if (cc.type === ConfChangeType.RemoveNode) {
-          members.delete(cc.nodeId);
-          removed.add(cc.nodeId);
-        }
-        const cmd = memberCommand(cc, (why) => log.warn({ index: i, why }, "replay: malformed member context skipped"));
-        if (cmd) store.apply(encodeCommand(cmd, new Date(0)), i);
-      } else {
-        const payload = entryPayload(e);
-        if (payload) store.apply(payload, i);
-      }
-    }
-    for (const id of members) if (id !== raftId) removed.add(id);
-    store.keepOnlyMember(raftId);
-    const index = hardState.commit + 1;
-    const term = hardState.term + 1;
-    await storage.save(
-      {
-        snapshot: {
-          metadata: {
-            index,
-            term,
-            confState: { voters: [raftId], learners: [], removed: [...removed].sort((a, b) => a - b) },
-          },
-          data: store.snapshot(),
-        },
-        hardState: { term, vote: 0, commit: index },
-        entries: [],
-      },
-      true,
-    );
-    log.warn(
-      { index, term, dropped: [...members].filter((id) => id !== raftId).map((id) => id.toString(16)) },
-      "forced a new cluster",
-    );
-  } finally {
-    await storage.close();
-  }
-}
-
-export const GRPC_STATUS = status;

@@ -1,12 +1,16 @@
 // Raft membership over the cluster protocol: a manager joining asks the leader to add it as a learner
 // (the leader promotes it to voter once it has caught up); a manager leaving asks to be removed.
 
+import { randomInt } from "node:crypto";
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { z } from "zod";
+import { RaftMemberSchema } from "../api/objects.js";
+import { describeIssues } from "../api/schema.js";
 import type { JoinRequest, JoinResponse, LeaveRequest, LeaveResponse } from "../gen/cluster.js";
-import type { NodeId } from "../raft/types.js";
-import type { Store } from "../store/store.js";
+import { type ConfChange, ConfChangeType, type NodeId } from "../raft/types.js";
+import type { Command, Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { asGrpc, GrpcError, notLeader } from "./grpc-util.js";
 
@@ -20,6 +24,49 @@ export interface MembershipCluster {
   leaderAddr(): string | undefined;
   addMember(nodeId: string, addr: string): Promise<NodeId>;
   removeMember(raftId: NodeId): Promise<void>;
+}
+
+/**
+ * A new Raft id: random in [1, 2^47) (ids travel as JSON numbers, well inside 2^53), drawn again while
+ * `taken` says it is in use.
+ */
+/** The message a joiner's membership request carries in a ConfChange. */
+const MemberContextSchema = RaftMemberSchema.pick({ nodeId: true, addr: true });
+type MemberContext = z.infer<typeof MemberContextSchema>;
+
+export function encodeMemberContext(c: MemberContext): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(c));
+}
+
+/**
+ * The store command a committed membership change implies (the members table follows Raft's own
+ * configuration): member.add for a learner added with a well-formed context, member.remove for a removal.
+ * A context that is not one is reported through `malformed` and adds no member.
+ */
+export function memberCommand(cc: ConfChange, malformed: (why: string) => void): Command | undefined {
+  if (cc.type === ConfChangeType.RemoveNode) return { op: "member.remove", raftId: cc.nodeId };
+  if (cc.type !== ConfChangeType.AddLearner) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder().decode(cc.context));
+  } catch {
+    malformed("the context is not JSON");
+    return undefined;
+  }
+  const ctx = MemberContextSchema.safeParse(raw);
+  if (!ctx.success) {
+    malformed(describeIssues(ctx.error));
+    return undefined;
+  }
+  return { op: "member.add", member: { raftId: cc.nodeId, nodeId: ctx.data.nodeId, addr: ctx.data.addr } };
+}
+
+export function newRaftId(taken: (id: NodeId) => boolean = () => false): NodeId {
+  let id: NodeId;
+  do {
+    id = randomInt(1, 2 ** 47);
+  } while (taken(id));
+  return id;
 }
 
 export function membershipService(m: MembershipCluster): UntypedServiceImplementation {

@@ -40,19 +40,46 @@ export function overlayMtu(n: NetworkSpec): number {
   return isEncrypted(n) ? encryptedMtu(128, base) : base - 50;
 }
 
-/** Resolve a network reference: full id, name, or unique id prefix. */
-export function findNetwork(store: Store, ref: string): NetworkRecord | undefined {
-  const all = store.networks();
-  const byId = all.find((n) => n.id === ref);
+/**
+ * The one network-reference resolver, with dockerd's rules: an exact id, else an exact name, else a unique
+ * id prefix; several networks by that name or id prefix is an error that says so (400), none is undefined.
+ */
+export function resolveNetworkRef<T>(
+  items: readonly T[],
+  ref: string,
+  idOf: (t: T) => string,
+  nameOf: (t: T) => string,
+): T | undefined {
+  const byId = items.find((n) => idOf(n) === ref);
   if (byId) return byId;
-  const byName = all.filter((n) => n.spec.name === ref);
+  const byName = items.filter((n) => nameOf(n) === ref);
   if (byName.length === 1) return byName[0];
-  const byPrefix = all.filter((n) => n.id.startsWith(ref));
+  if (byName.length > 1) throw badRequest(`network ${ref} is ambiguous (${byName.length} matches found based on name)`);
+  const byPrefix = items.filter((n) => idOf(n).startsWith(ref));
   if (byPrefix.length === 1) return byPrefix[0];
   if (byPrefix.length > 1)
     throw badRequest(`network ${ref} is ambiguous (${byPrefix.length} matches found based on ID prefix)`);
   return undefined;
 }
+
+/** A network of the store by reference (resolveNetworkRef's rules). */
+export function findNetwork(store: Store, ref: string): NetworkRecord | undefined {
+  return resolveNetworkRef(
+    store.networks(),
+    ref,
+    (n) => n.id,
+    (n) => n.spec.name,
+  );
+}
+
+/** A network by reference, or Docker's 404. */
+export function requireNetwork(store: Store, ref: string): NetworkRecord {
+  const net = findNetwork(store, ref);
+  if (!net) throw networkNotFound(ref);
+  return net;
+}
+
+export const networkNotFound = (ref: string) => notFound(`network ${ref} not found`);
 
 export function newNetworkId(): string {
   return newNodeId();
@@ -123,8 +150,7 @@ export function attachmentHandlers(m: AttachmentCluster): UntypedServiceImplemen
         if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
         const req = call.request;
         await m.readBarrier();
-        const net = findNetwork(m.store, req.network);
-        if (!net) throw notFound(`network ${req.network} not found`);
+        const net = requireNetwork(m.store, req.network);
         const id = newEndpointId();
         await m.write({
           op: "endpoint.create",
@@ -165,21 +191,20 @@ export function attachmentHandlers(m: AttachmentCluster): UntypedServiceImplemen
   };
 }
 
+/** One endpoint of a network as presentNetwork shows it. */
+export interface EndpointRow {
+  nodeId: string;
+  nodeAddr: string;
+  hostname: string;
+  endpointId: string;
+  containerId: string;
+  containerName: string;
+  ip: string;
+  mac: string;
+}
+
 /** Docker's NetworkResource for a network: `Containers` are this host's, `Peers` the hosts holding it. */
-export function presentNetwork(
-  net: NetworkRecord,
-  endpoints: {
-    nodeId: string;
-    nodeAddr: string;
-    hostname: string;
-    endpointId: string;
-    containerId: string;
-    containerName: string;
-    ip: string;
-    mac: string;
-  }[],
-  localNodeId: string,
-): NetworkResource {
+export function presentNetwork(net: NetworkRecord, endpoints: EndpointRow[], localNodeId: string): NetworkResource {
   const prefix = net.alloc.subnet.split("/")[1];
   const containers: NetworkResource["Containers"] = {};
   for (const e of endpoints) {
@@ -217,7 +242,7 @@ export function presentNetwork(
 }
 
 /** Endpoint rows for presentNetwork, from the store (managers). */
-export function endpointRows(store: Store, networkId: string) {
+export function endpointRows(store: Store, networkId: string): EndpointRow[] {
   return store.endpoints(networkId).map((e) => {
     const node = store.node(e.nodeId)?.node;
     return {

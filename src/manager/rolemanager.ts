@@ -27,14 +27,14 @@ export class RoleManager {
    */
   private async removeStrayMembers(): Promise<void> {
     for (const member of this.m.store.members()) {
-      const rec = this.m.store.node(member.nodeId);
-      if (rec && rec.role === "manager") continue;
+      const role = this.m.store.roleOf(member.nodeId);
+      if (role === "manager") continue;
       if (member.raftId === this.m.raftId) {
         this.m.transferLeadershipAway();
         return;
       }
       this.m.log.warn(
-        { raftId: member.raftId.toString(16), node: member.nodeId, role: rec?.role ?? "none" },
+        { raftId: member.raftId.toString(16), node: member.nodeId, role: role ?? "none" },
         "removing a raft member whose node is not a manager",
       );
       await this.m.removeMember(member.raftId);
@@ -62,7 +62,8 @@ export class RoleManager {
     if (this.busy || !this.m.isLeader) return;
     this.busy = true;
     try {
-      for (const rec of this.m.store.nodes()) {
+      // Frozen views: no copy of every node every 200 ms.
+      for (const rec of this.m.store.nodeViews()) {
         const id = rec.node.ID;
         const desired = rec.node.Spec.Role;
         if (desired === "manager" && rec.role === "worker") {

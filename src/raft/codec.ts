@@ -57,11 +57,11 @@ const messageTypeToPb = (v: MessageType): pb.MessageType => checkEnum<pb.Message
 
 // ---- conversions ----
 
-export function entryToPb(e: Entry): pb.Entry {
+function entryToPb(e: Entry): pb.Entry {
   return { term: e.term, index: e.index, type: entryTypeToPb(e.type), data: toBuffer(e.data) };
 }
 
-export function entryFromPb(e: pb.Entry): Entry {
+function entryFromPb(e: pb.Entry): Entry {
   return { term: e.term, index: e.index, type: entryTypeFromPb(e.type), data: fromBuffer(e.data) };
 }
 
@@ -107,7 +107,7 @@ export function messageToPb(m: Message): pb.Message {
   return out;
 }
 
-export function messageFromPb(m: pb.Message): Message {
+function messageFromPb(m: pb.Message): Message {
   const out: Message = {
     type: messageTypeFromPb(m.type),
     from: m.from,
@@ -125,11 +125,11 @@ export function messageFromPb(m: pb.Message): Message {
   return out;
 }
 
-export function confChangeToPb(c: ConfChange): pb.ConfChange {
+function confChangeToPb(c: ConfChange): pb.ConfChange {
   return { type: confChangeTypeToPb(c.type), nodeId: c.nodeId, context: toBuffer(c.context) };
 }
 
-export function confChangeFromPb(c: pb.ConfChange): ConfChange {
+function confChangeFromPb(c: pb.ConfChange): ConfChange {
   return { type: confChangeTypeFromPb(c.type), nodeId: c.nodeId, context: fromBuffer(c.context) };
 }
 
@@ -199,10 +199,10 @@ export const MAX_ENTRY_BYTES = 2 << 20;
 /** Bytes of a message's context (read request ids, the transfer campaign tag). */
 export const MAX_CONTEXT_BYTES = 1024;
 /** Size of a whole snapshot, and of one chunk of it on the wire. */
-export const MAX_SNAPSHOT_BYTES = 2 ** 40;
-export const MAX_SNAPSHOT_CHUNK_BYTES = 8 << 20;
+const MAX_SNAPSHOT_BYTES = 2 ** 40;
+const MAX_SNAPSHOT_CHUNK_BYTES = 8 << 20;
 /** Ids in one list of a conf state (members; ids ever removed). */
-export const MAX_CONF_IDS = 100_000;
+const MAX_CONF_IDS = 100_000;
 
 const raftNumber = z.number().int().min(0).max(MAX_RAFT_NUMBER);
 const raftId = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);

@@ -12,6 +12,13 @@ import { randomInt } from "node:crypto";
 import type { Logger } from "pino";
 import { encodeFrame, frameApplies, parseFrame, stampTerm } from "./frame.js";
 import type { LevelStorage } from "./level-storage.js";
+import {
+  type CrashPoint,
+  NodeStoppedError,
+  type RaftNodeOptions,
+  SimulatedCrash,
+  type StateMachine,
+} from "./node-options.js";
 import { Raft } from "./raft.js";
 import { CryptoRand } from "./rand.js";
 import { RawNode, type Status } from "./rawnode.js";
@@ -28,57 +35,18 @@ import {
   NONE,
   type NodeId,
   newMessage,
-  type Rand,
   type Ready,
-  type SoftState,
   StateType,
 } from "./types.js";
 
-export interface StateMachine {
-  /** Apply one committed entry's payload, in log order. What it returns reaches the proposer. */
-  apply(data: Uint8Array, index: number): unknown;
-  /** Serialise the whole state (as of the last applied index). */
-  snapshot(): Uint8Array | Promise<Uint8Array>;
-  /** Replace the whole state with a snapshot's (empty data: the empty state). */
-  restore(data: Uint8Array, index: number): void | Promise<void>;
-}
-
-export interface Transport {
-  /** Send without waiting. A message that cannot be delivered is reported with node.reportUnreachable. */
-  send(messages: Message[]): void;
-}
-
-/** Where a test may make the loop die, as a crash would. */
-export type CrashPoint = "beforePersist" | "afterPersist" | "afterSend" | "afterApply";
-
-export interface RaftNodeOptions {
-  id: NodeId;
-  storage: LevelStorage;
-  stateMachine: StateMachine;
-  transport: Transport;
-  /** Milliseconds per tick (default 100). */
-  tickMs?: number;
-  electionTick?: number;
-  heartbeatTick?: number;
-  /** Snapshot the state machine every N applied entries (default 10,000). */
-  snapshotInterval?: number;
-  /** Entries kept behind a snapshot for slow followers (default 500). */
-  keepTail?: number;
-  /** How long a proposal may wait to be applied (default 10 s). */
-  proposalTimeoutMs?: number;
-  maxSnapshotChunk?: number;
-  rand?: Rand;
-  logger?: Logger;
-  onConfChange?: (cc: ConfChange, cs: ConfState, index: number) => void;
-  onSoftState?: (ss: SoftState) => void;
-  /**
-   * This member learnt that it was removed from the group (it applied its removal, or a member told it):
-   * the node has stopped for good. Called once.
-   */
-  onRemoved?: () => void;
-  /** Tests only: throw at this point of the loop, like a crash. */
-  crashAt?: (point: CrashPoint, rd: Ready) => boolean;
-}
+export {
+  type CrashPoint,
+  NodeStoppedError,
+  type RaftNodeOptions,
+  SimulatedCrash,
+  type StateMachine,
+  type Transport,
+} from "./node-options.js";
 
 // Entries carry a frame (./frame.ts) before the payload: the proposer's run id, a sequence number and the
 // term it proposed in. The run id is random for every RaftNode instance: after a restart, entries of the
@@ -110,14 +78,6 @@ interface PendingRead {
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
 }
-
-export class NodeStoppedError extends Error {
-  constructor() {
-    super("raft node is stopped");
-  }
-}
-
-export class SimulatedCrash extends Error {}
 
 export class RaftNode {
   readonly id: NodeId;

@@ -1,6 +1,6 @@
 // The leader's view of each follower: how far its log matches, what to send next, and flow control.
 
-import type { NodeId, Snapshot } from "./types.js";
+import type { Snapshot } from "./types.js";
 
 export enum ProgressState {
   /** One append in flight at a time, until we learn where the follower's log matches. */
@@ -12,7 +12,7 @@ export enum ProgressState {
 }
 
 /** A ring of the last indexes of in-flight appends; full means the window is used up. */
-export class Inflights {
+class Inflights {
   private start = 0;
   count = 0;
   private readonly buffer: number[];
@@ -174,5 +174,3 @@ export class Progress {
     return `${ProgressState[this.state]} match=${this.match} next=${this.next}${this.isLearner ? " learner" : ""}${this.state === ProgressState.Snapshot ? ` pendingSnap=${this.pendingSnapshot}` : ""}`;
   }
 }
-
-export type ProgressMap = Map<NodeId, Progress>;

@@ -5,11 +5,17 @@
 // Beyond the Raft paper it has PreVote and CheckQuorum (§9.6 of the thesis), pipelined replication with
 // probe/replicate flow control and conflict hints, chunked snapshot transfer, learners that the leader
 // promotes once caught up, leadership transfer (§3.10) and ReadIndex reads (§6.4).
+//
+// The core is built in layers: raft-state.ts (state, sending, commit, roles), raft-leader.ts (the leader's
+// replication, flow control, read index, learner promotion) and this file (step, ticks, elections, the
+// follower's side, membership changes). Raft is the class callers use, through RawNode.
 
-import { decodeConfChange, encodeConfChange } from "./confchange.js";
-import { RaftLog } from "./log.js";
-import { Progress, ProgressState } from "./progress.js";
-import { cloneConfState, type Storage } from "./storage.js";
+import { decodeConfChange } from "./confchange.js";
+import { refusePeerMessage } from "./peer-checks.js";
+import { Progress } from "./progress.js";
+import { RaftLeader } from "./raft-leader.js";
+import { addSnapshotChunk } from "./snapshot-assembly.js";
+import { cloneConfState } from "./storage.js";
 import {
   type ConfChange,
   ConfChangeType,
@@ -18,69 +24,16 @@ import {
   type Entry,
   EntryType,
   ErrProposalDropped,
-  type HardState,
-  MAX_RAFT_NUMBER,
-  MAX_TERM_JUMP,
   type Message,
   MessageType,
   NONE,
   type NodeId,
   newMessage,
-  type Rand,
-  type ReadState,
   type Snapshot,
-  type SoftState,
   StateType,
 } from "./types.js";
 
-export interface RaftLogger {
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
-
-export interface Config {
-  id: NodeId;
-  storage: Storage;
-  rand: Rand;
-  /** Ticks without hearing from a leader before a follower campaigns (randomised in [n, 2n)). */
-  electionTick?: number;
-  heartbeatTick?: number;
-  /** The index the state machine has applied up to (on restart). */
-  applied?: number;
-  /** Bytes of entries in one App message (a single larger entry still goes alone). */
-  maxSizePerMsg?: number;
-  /** Appends in flight per follower in the replicate state. */
-  maxInflightMsgs?: number;
-  /** Bytes of snapshot data in one Snap message. */
-  maxSnapshotChunk?: number;
-  /** Snapshot chunks in flight per follower. */
-  snapshotWindow?: number;
-  /** A proposal larger than this is refused. */
-  maxProposalSize?: number;
-  /** Bytes of committed entries handed out in one Ready. */
-  maxCommittedSizePerReady?: number;
-  checkQuorum?: boolean;
-  preVote?: boolean;
-  /** The leader promotes a learner to voter once it has caught up. */
-  autoPromoteLearners?: boolean;
-  /** A learner within this many entries of the commit index counts as caught up. */
-  learnerCatchUpLag?: number;
-  logger?: RaftLogger;
-  /** BROKEN ON PURPOSE: commit entries of earlier terms by counting replicas. Only for the simulation's self-test. */
-  unsafeCommitAnyTerm?: boolean;
-}
-
-export const DEFAULTS = {
-  electionTick: 10,
-  heartbeatTick: 1,
-  maxSizePerMsg: 1 << 20,
-  maxInflightMsgs: 256,
-  maxSnapshotChunk: 1 << 20,
-  snapshotWindow: 4,
-  maxProposalSize: 1.5 * (1 << 20),
-  maxCommittedSizePerReady: 16 << 20,
-  learnerCatchUpLag: 100,
-} as const;
+export { type Config, DEFAULTS, type RaftLogger } from "./raft-state.js";
 
 enum CampaignType {
   PreElection = 0,
@@ -89,433 +42,12 @@ enum CampaignType {
 }
 
 const CAMPAIGN_TRANSFER = new TextEncoder().encode("CampaignTransfer");
-
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
 }
-
-function ctxKey(ctx: Uint8Array): string {
-  return Buffer.from(ctx.buffer, ctx.byteOffset, ctx.byteLength).toString("latin1");
-}
-
-interface ReadIndexStatus {
-  index: number;
-  req: Message;
-  acks: Set<NodeId>;
-}
-
-/** Outstanding ReadIndex requests, answered in order once a quorum confirms the leader is still leader. */
-class ReadOnly {
-  private pending = new Map<string, ReadIndexStatus>();
-  private queue: string[] = [];
-
-  addRequest(index: number, m: Message): void {
-    const key = ctxKey(m.context);
-    if (this.pending.has(key)) return;
-    this.pending.set(key, { index, req: m, acks: new Set() });
-    this.queue.push(key);
-  }
-
-  recvAck(id: NodeId, ctx: Uint8Array): Set<NodeId> | undefined {
-    const rs = this.pending.get(ctxKey(ctx));
-    if (!rs) return undefined;
-    rs.acks.add(id);
-    return rs.acks;
-  }
-
-  /** Dequeue every request up to and including the one with `ctx`. */
-  advance(ctx: Uint8Array): ReadIndexStatus[] {
-    const key = ctxKey(ctx);
-    const at = this.queue.indexOf(key);
-    if (at < 0) return [];
-    const done = this.queue.splice(0, at + 1);
-    const out: ReadIndexStatus[] = [];
-    for (const k of done) {
-      const rs = this.pending.get(k);
-      if (!rs) throw new Error("cannot find corresponding read state from pending map");
-      this.pending.delete(k);
-      out.push(rs);
-    }
-    return out;
-  }
-
-  lastPendingRequestCtx(): Uint8Array | undefined {
-    if (this.queue.length === 0) return undefined;
-    return this.pending.get(this.queue[this.queue.length - 1]!)!.req.context;
-  }
-}
-
-interface SnapshotAssembly {
-  from: NodeId;
-  term: number;
-  index: number;
-  snapTerm: number;
-  total: number;
-  received: number;
-  parts: Uint8Array[];
-}
-
-export class Raft {
-  readonly id: NodeId;
-  term = 0;
-  vote: NodeId = NONE;
-  readStates: ReadState[] = [];
-  readonly raftLog: RaftLog;
-  /** Voters and learners (including this node, if a member). */
-  prs = new Map<NodeId, Progress>();
-  /** Ids removed from the group: never accepted back, their messages dropped. */
-  removed = new Set<NodeId>();
-  state: StateType = StateType.Follower;
-  votes = new Map<NodeId, boolean>();
-  msgs: Message[] = [];
-  lead: NodeId = NONE;
-  leadTransferee: NodeId = NONE;
-  /** Index of the last conf change the leader appended: only one may be in flight. */
-  pendingConfIndex = 0;
-  private readOnly = new ReadOnly();
-  private pendingReadIndexMessages: Message[] = [];
-  electionElapsed = 0;
-  private heartbeatElapsed = 0;
-  readonly checkQuorum: boolean;
-  readonly preVote: boolean;
-  readonly autoPromoteLearners: boolean;
-  readonly heartbeatTimeout: number;
-  readonly electionTimeout: number;
-  randomizedElectionTimeout = 0;
-  private readonly maxMsgSize: number;
-  private readonly maxInflight: number;
-  private readonly maxSnapshotChunk: number;
-  private readonly snapshotWindow: number;
-  readonly maxProposalSize: number;
-  private readonly learnerCatchUpLag: number;
-  private readonly rand: Rand;
-  private readonly logger: RaftLogger | undefined;
-  private readonly unsafeCommitAnyTerm: boolean;
-  private snapAsm: SnapshotAssembly | undefined;
-  /** Set when the transport reported our leader dead, until a leader is known again. */
-  private fastElection = false;
-
-  constructor(c: Config) {
-    if (c.id === NONE) throw new Error("cannot use none as id");
-    this.id = c.id;
-    this.heartbeatTimeout = c.heartbeatTick ?? DEFAULTS.heartbeatTick;
-    this.electionTimeout = c.electionTick ?? DEFAULTS.electionTick;
-    if (this.heartbeatTimeout <= 0) throw new Error("heartbeat tick must be greater than 0");
-    if (this.electionTimeout <= this.heartbeatTimeout) {
-      throw new Error("election tick must be greater than heartbeat tick");
-    }
-    this.maxMsgSize = c.maxSizePerMsg ?? DEFAULTS.maxSizePerMsg;
-    this.maxInflight = c.maxInflightMsgs ?? DEFAULTS.maxInflightMsgs;
-    this.maxSnapshotChunk = c.maxSnapshotChunk ?? DEFAULTS.maxSnapshotChunk;
-    this.snapshotWindow = c.snapshotWindow ?? DEFAULTS.snapshotWindow;
-    this.maxProposalSize = c.maxProposalSize ?? DEFAULTS.maxProposalSize;
-    this.learnerCatchUpLag = c.learnerCatchUpLag ?? DEFAULTS.learnerCatchUpLag;
-    this.checkQuorum = c.checkQuorum ?? true;
-    this.preVote = c.preVote ?? true;
-    this.autoPromoteLearners = c.autoPromoteLearners ?? true;
-    this.rand = c.rand;
-    this.logger = c.logger;
-    this.unsafeCommitAnyTerm = c.unsafeCommitAnyTerm ?? false;
-    this.raftLog = new RaftLog(c.storage, c.maxCommittedSizePerReady ?? DEFAULTS.maxCommittedSizePerReady);
-
-    const { hardState, confState } = c.storage.initialState();
-    this.applyConfState(confState);
-    if (!(hardState.term === 0 && hardState.vote === NONE && hardState.commit === 0)) this.loadState(hardState);
-    if (c.applied !== undefined && c.applied > 0) this.raftLog.appliedTo(c.applied);
-    this.becomeFollower(this.term, NONE);
-  }
-
-  // ---------------------------------------------------------------- state
-
-  softState(): SoftState {
-    return { lead: this.lead, state: this.state };
-  }
-
-  hardState(): HardState {
-    return { term: this.term, vote: this.vote, commit: this.raftLog.committed };
-  }
-
-  confState(): ConfState {
-    const voters: NodeId[] = [];
-    const learners: NodeId[] = [];
-    for (const [id, pr] of this.prs) (pr.isLearner ? learners : voters).push(id);
-    return {
-      voters: voters.sort((a, b) => a - b),
-      learners: learners.sort((a, b) => a - b),
-      removed: [...this.removed].sort((a, b) => a - b),
-    };
-  }
-
-  voters(): NodeId[] {
-    const out: NodeId[] = [];
-    for (const [id, pr] of this.prs) if (!pr.isLearner) out.push(id);
-    return out;
-  }
-
-  private quorum(): number {
-    return Math.floor(this.voters().length / 2) + 1;
-  }
-
-  private loadState(hs: HardState): void {
-    if (hs.commit < this.raftLog.committed || hs.commit > this.raftLog.lastIndex()) {
-      throw new Error(
-        `${this.id} state.commit ${hs.commit} is out of range [${this.raftLog.committed}, ${this.raftLog.lastIndex()}]`,
-      );
-    }
-    this.raftLog.committed = hs.commit;
-    this.term = hs.term;
-    this.vote = hs.vote;
-  }
-
-  private applyConfState(cs: ConfState): void {
-    const last = this.raftLog.lastIndex();
-    const next = new Map<NodeId, Progress>();
-    for (const id of cs.voters) next.set(id, this.prs.get(id) ?? new Progress(last + 1, this.maxInflight, false));
-    for (const id of cs.learners) next.set(id, this.prs.get(id) ?? new Progress(last + 1, this.maxInflight, true));
-    for (const [id, pr] of next) pr.isLearner = cs.learners.includes(id);
-    this.prs = next;
-    this.removed = new Set(cs.removed);
-  }
-
-  /** This node was removed from the group (it applied its removal, or a member told it so). */
-  isRemoved(): boolean {
-    return this.removed.has(this.id);
-  }
-
-  private tellRemoved(to: NodeId): void {
-    this.send(newMessage({ type: MessageType.Removed, to }));
-  }
-
-  /**
-   * A member told us that our removal committed (only a member that applied it knows the id as removed,
-   * and ids are never reused): leave the group as if we had applied it. We never campaign again.
-   */
-  private learnRemoved(from: NodeId): void {
-    if (this.isRemoved()) return;
-    // No leader sends to an id it removed, so a node that hears from a live leader (or leads) was not
-    // removed, unless that leader itself says so: a claim from anyone else then is confused or hostile.
-    const live = this.state === StateType.Leader || (this.lead !== NONE && this.electionElapsed < this.electionTimeout);
-    if (live && from !== this.lead) {
-      this.logger?.warn({ from }, "ignored a claim that this member was removed: it hears from a live leader");
-      return;
-    }
-    this.prs.delete(this.id);
-    this.removed.add(this.id);
-    this.becomeFollower(this.term, NONE);
-    this.logger?.warn({ from }, "removed from the raft group (told by a member); this member stops");
-  }
-
-  /** A node that may campaign: a voter that is not waiting to persist a snapshot. */
-  promotable(): boolean {
-    const pr = this.prs.get(this.id);
-    return pr !== undefined && !pr.isLearner && !this.raftLog.hasPendingSnapshot();
-  }
-
-  // ---------------------------------------------------------------- sending
-
-  private send(m: Message): void {
-    if (m.from === NONE) m.from = this.id;
-    if (
-      m.type === MessageType.Vote ||
-      m.type === MessageType.VoteResp ||
-      m.type === MessageType.PreVote ||
-      m.type === MessageType.PreVoteResp
-    ) {
-      if (m.term === 0) throw new Error(`term should be set when sending ${MessageType[m.type]}`);
-    } else {
-      if (m.term !== 0) throw new Error(`term should not be set when sending ${MessageType[m.type]} (was ${m.term})`);
-      // Proposals and read requests forwarded to the leader are local messages: they carry no term, and
-      // neither does a learner's MemberCheck (a learner's term must never depose a leader).
-      if (m.type !== MessageType.Prop && m.type !== MessageType.ReadIndex && m.type !== MessageType.MemberCheck) {
-        m.term = this.term;
-      }
-    }
-    this.msgs.push(m);
-  }
-
-  private sendAppend(to: NodeId): void {
-    this.maybeSendAppend(to, true);
-  }
-
-  /** Send what the follower needs next, if flow control allows. Returns whether a message was sent. */
-  private maybeSendAppend(to: NodeId, sendIfEmpty: boolean): boolean {
-    const pr = this.prs.get(to);
-    if (!pr || pr.isPaused()) return false;
-    let term: number | undefined;
-    let ents: Entry[] | undefined;
-    try {
-      term = this.raftLog.term(pr.next - 1);
-      ents = this.raftLog.entries(pr.next, this.maxMsgSize);
-    } catch {
-      // The follower needs entries we compacted away: send the snapshot instead.
-      return this.sendSnapshot(to, pr);
-    }
-    if (ents.length === 0 && !sendIfEmpty) return false;
-    const m = newMessage({
-      type: MessageType.App,
-      to,
-      index: pr.next - 1,
-      logTerm: term,
-      entries: ents,
-      commit: this.raftLog.committed,
-    });
-    if (ents.length > 0) {
-      if (pr.state === ProgressState.Replicate) {
-        const last = ents[ents.length - 1]!.index;
-        pr.optimisticUpdate(last);
-        pr.inflights.add(last);
-      } else if (pr.state === ProgressState.Probe) {
-        pr.probeSent = true;
-      }
-    }
-    this.send(m);
-    return true;
-  }
-
-  private sendSnapshot(to: NodeId, pr: Progress): boolean {
-    if (!pr.recentActive) return false;
-    const snap = this.raftLog.snapshot();
-    if (snap.metadata.index === 0) throw new Error("need non-empty snapshot");
-    this.logger?.info({ to, index: snap.metadata.index, bytes: snap.data.length }, "sending snapshot");
-    pr.becomeSnapshot(snap);
-    this.sendSnapChunks(to, pr);
-    return true;
-  }
-
-  /** Send snapshot chunks while the window allows; no message carries more than maxSnapshotChunk bytes. */
-  private sendSnapChunks(to: NodeId, pr: Progress): void {
-    const snap = pr.snap!;
-    const total = snap.data.length;
-    while (!pr.snapAllSent && pr.snapSent - pr.snapAcked < this.snapshotWindow * this.maxSnapshotChunk) {
-      const end = Math.min(total, pr.snapSent + this.maxSnapshotChunk);
-      this.send(
-        newMessage({
-          type: MessageType.Snap,
-          to,
-          snapshot: { metadata: snap.metadata, offset: pr.snapSent, total, data: snap.data.subarray(pr.snapSent, end) },
-        }),
-      );
-      pr.snapSent = end;
-      if (end === total) pr.snapAllSent = true;
-    }
-  }
-
-  private sendHeartbeat(to: NodeId, ctx: Uint8Array): void {
-    const pr = this.prs.get(to)!;
-    // A follower may not have everything the leader has committed: never tell it to commit past its match.
-    const commit = Math.min(pr.match, this.raftLog.committed);
-    this.send(newMessage({ type: MessageType.Heartbeat, to, commit, context: ctx }));
-  }
-
-  private bcastAppend(): void {
-    for (const id of this.prs.keys()) if (id !== this.id) this.sendAppend(id);
-  }
-
-  private bcastHeartbeat(): void {
-    const ctx = this.readOnly.lastPendingRequestCtx() ?? EMPTY;
-    for (const id of this.prs.keys()) if (id !== this.id) this.sendHeartbeat(id, ctx);
-  }
-
-  private sendTimeoutNow(to: NodeId): void {
-    this.send(newMessage({ type: MessageType.TimeoutNow, to }));
-  }
-
-  // ---------------------------------------------------------------- commit
-
-  /** Advance the commit index to what a quorum of voters has, if that entry is of the current term. */
-  maybeCommit(): boolean {
-    const matches: number[] = [];
-    for (const pr of this.prs.values()) if (!pr.isLearner) matches.push(pr.match);
-    if (matches.length === 0) return false;
-    matches.sort((a, b) => b - a);
-    const mci = matches[this.quorum() - 1]!;
-    return this.raftLog.maybeCommit(mci, this.term, this.unsafeCommitAnyTerm);
-  }
-
-  private committedEntryInCurrentTerm(): boolean {
-    return this.raftLog.zeroTermOnOutOfBounds(this.raftLog.committed) === this.term;
-  }
-
-  private appendEntry(proposed: Entry[]): void {
-    let li = this.raftLog.lastIndex();
-    // New objects: the proposal's entries may be shared with a message that is delivered again.
-    const es = proposed.map((e) => ({ term: this.term, index: ++li, type: e.type, data: e.data }));
-    li = this.raftLog.append(es);
-    this.prs.get(this.id)?.maybeUpdate(li);
-    this.maybeCommit();
-  }
-
-  // ---------------------------------------------------------------- roles
-
-  private reset(term: number): void {
-    if (this.term !== term) {
-      this.term = term;
-      this.vote = NONE;
-      this.snapAsm = undefined;
-    }
-    this.lead = NONE;
-    this.electionElapsed = 0;
-    this.heartbeatElapsed = 0;
-    this.resetRandomizedElectionTimeout();
-    this.abortLeaderTransfer();
-    this.votes.clear();
-    const last = this.raftLog.lastIndex();
-    for (const [id, old] of this.prs) {
-      const pr = new Progress(last + 1, this.maxInflight, old.isLearner);
-      if (id === this.id) pr.match = last;
-      this.prs.set(id, pr);
-    }
-    this.pendingConfIndex = 0;
-    this.readOnly = new ReadOnly();
-  }
-
-  private resetRandomizedElectionTimeout(): void {
-    // After the transport saw the leader die, survivors that collide (both candidates in one term) retry
-    // within a few ticks rather than a whole election timeout.
-    this.randomizedElectionTimeout = this.fastElection
-      ? 1 + this.rand.intn(5)
-      : this.electionTimeout + this.rand.intn(this.electionTimeout);
-  }
-
-  becomeFollower(term: number, lead: NodeId): void {
-    if (lead !== NONE) this.fastElection = false;
-    this.reset(term);
-    this.lead = lead;
-    this.state = StateType.Follower;
-    this.pendingReadIndexMessages = [];
-  }
-
-  private becomeCandidate(): void {
-    if (this.state === StateType.Leader) throw new Error("invalid transition [leader -> candidate]");
-    this.reset(this.term + 1);
-    this.vote = this.id;
-    this.state = StateType.Candidate;
-  }
-
-  private becomePreCandidate(): void {
-    if (this.state === StateType.Leader) throw new Error("invalid transition [leader -> pre-candidate]");
-    // A pre-candidate changes neither its term nor its vote.
-    this.votes.clear();
-    this.lead = NONE;
-    this.state = StateType.PreCandidate;
-  }
-
-  private becomeLeader(): void {
-    if (this.state === StateType.Follower) throw new Error("invalid transition [follower -> leader]");
-    this.fastElection = false;
-    this.reset(this.term);
-    this.lead = this.id;
-    this.state = StateType.Leader;
-    this.prs.get(this.id)?.becomeReplicate();
-    // No conf change may be proposed until everything before this term is applied (and this term has
-    // committed an entry): this closes the known hole in single-server membership changes.
-    this.pendingConfIndex = this.raftLog.lastIndex();
-    this.appendEntry([{ term: 0, index: 0, type: EntryType.Normal, data: EMPTY }]);
-    this.logger?.info({ term: this.term }, "became leader");
-  }
-
+export class Raft extends RaftLeader {
   private hup(t: CampaignType): void {
     if (this.state === StateType.Leader) return;
     if (!this.promotable()) return;
@@ -578,8 +110,6 @@ export class Raft {
     return VoteResult.Pending;
   }
 
-  // ---------------------------------------------------------------- ticks
-
   tick(): void {
     if (this.state === StateType.Leader) this.tickHeartbeat();
     else this.tickElection();
@@ -620,67 +150,17 @@ export class Raft {
     this.maybePromoteLearner();
   }
 
-  // ---------------------------------------------------------------- step
-
   /**
    * Why a message from a peer cannot be handled, checked before it changes anything; undefined if it can.
    * The transport's schema bounds every field; these are the checks that need the node's own state.
    */
   refusePeerMessage(m: Message): string | undefined {
-    if (m.term > MAX_RAFT_NUMBER || m.term > this.term + MAX_TERM_JUMP) {
-      return `term ${m.term} is too far above this node's term ${this.term}`;
-    }
-    if (m.index > MAX_RAFT_NUMBER || m.commit > MAX_RAFT_NUMBER || m.logTerm > MAX_RAFT_NUMBER) {
-      return "an index or term beyond the largest the core accepts";
-    }
-    // Forwarded requests carry no term (and must not move ours); everything else but Removed carries one
-    // (a term of 0 is how the core tells a local message).
-    const termless =
-      m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.MemberCheck;
-    if (termless && m.term !== 0) return "a forwarded request that carries a term";
-    if (!termless && m.type !== MessageType.Removed && m.term === 0) return "a message without a term";
-    switch (m.type) {
-      case MessageType.App:
-        return this.refuseAppend(m);
-      case MessageType.AppResp:
-        if (!m.reject && this.state === StateType.Leader && m.index > this.raftLog.lastIndex()) {
-          return `acknowledges index ${m.index}, beyond this leader's log (${this.raftLog.lastIndex()})`;
-        }
-        return undefined;
-      case MessageType.Prop:
-        return this.state === StateType.Leader ? this.refuseProposal(m) : undefined;
-      default:
-        return undefined;
-    }
-  }
-
-  /** An append's entries follow on from (index, logTerm), one index apart, with terms in order, none above
-   * the sender's term. */
-  private refuseAppend(m: Message): string | undefined {
-    let prevTerm = m.logTerm;
-    for (let i = 0; i < m.entries.length; i++) {
-      const e = m.entries[i]!;
-      if (e.index !== m.index + 1 + i) return `entry ${i} has index ${e.index}, not ${m.index + 1 + i}`;
-      if (e.term < prevTerm || e.term > m.term) return `entry ${e.index} has term ${e.term} out of order`;
-      prevTerm = e.term;
-    }
-    if (m.logTerm > m.term) return `log term ${m.logTerm} above the message's term ${m.term}`;
-    return undefined;
-  }
-
-  /** A proposal forwarded to the leader: sizes within limits, and conf changes the driver can read back. */
-  private refuseProposal(m: Message): string | undefined {
-    for (const e of m.entries) {
-      if (e.data.length > this.maxProposalSize) return `a proposed entry of ${e.data.length} bytes`;
-      if (e.type !== EntryType.ConfChange) continue;
-      try {
-        const cc = decodeConfChange(e.data);
-        if (!Number.isSafeInteger(cc.nodeId) || cc.nodeId <= 0) return `a conf change for node id ${cc.nodeId}`;
-      } catch (err) {
-        return `an unreadable conf change (${(err as Error).message})`;
-      }
-    }
-    return undefined;
+    return refusePeerMessage(m, {
+      term: this.term,
+      isLeader: this.state === StateType.Leader,
+      lastIndex: this.raftLog.lastIndex(),
+      maxProposalSize: this.maxProposalSize,
+    });
   }
 
   /** Log a message from a peer that the core drops without handling it. */
@@ -762,164 +242,6 @@ export class Raft {
         if (this.state === StateType.Leader) this.stepLeader(m);
         else if (this.state === StateType.Follower) this.stepFollower(m);
         else this.stepCandidate(m);
-    }
-  }
-
-  private stepLeader(m: Message): void {
-    switch (m.type) {
-      case MessageType.Beat:
-        this.bcastHeartbeat();
-        return;
-      case MessageType.CheckQuorum: {
-        if (!this.quorumActive()) {
-          this.logger?.warn({ term: this.term }, "stepped down: cannot reach a quorum");
-          this.becomeFollower(this.term, NONE);
-        }
-        for (const [id, pr] of this.prs) if (id !== this.id) pr.recentActive = false;
-        return;
-      }
-      case MessageType.Prop: {
-        if (m.entries.length === 0) throw new Error("stepped empty MsgProp");
-        if (!this.prs.has(this.id)) throw new ErrProposalDropped("this node was removed from the cluster");
-        if (this.leadTransferee !== NONE) throw new ErrProposalDropped("leadership is being transferred");
-        for (let i = 0; i < m.entries.length; i++) {
-          const e = m.entries[i]!;
-          if (e.type !== EntryType.ConfChange) continue;
-          if (this.pendingConfIndex > this.raftLog.applied) {
-            if (m.from === this.id) {
-              throw new ErrProposalDropped("a membership change is already in progress; retry once it is applied");
-            }
-            m.entries[i] = { term: 0, index: 0, type: EntryType.Normal, data: EMPTY };
-          } else {
-            this.pendingConfIndex = this.raftLog.lastIndex() + i + 1;
-          }
-        }
-        this.appendEntry(m.entries);
-        this.bcastAppend();
-        return;
-      }
-      case MessageType.ReadIndex: {
-        if (this.quorum() === 1 && this.prs.get(this.id)?.isLearner === false) {
-          this.respondToReadIndex(m, this.raftLog.committed);
-        } else if (!this.committedEntryInCurrentTerm()) {
-          // The commit index may be stale until this term commits its no-op: answer then.
-          this.pendingReadIndexMessages.push(m);
-        } else {
-          this.startReadIndex(m);
-        }
-        return;
-      }
-      default:
-        break;
-    }
-
-    const pr = this.prs.get(m.from);
-    if (!pr) return;
-    switch (m.type) {
-      case MessageType.AppResp: {
-        pr.recentActive = true;
-        if (m.reject) {
-          let nextProbe = m.rejectHint;
-          if (m.logTerm > 0) nextProbe = this.raftLog.findConflictByTerm(m.rejectHint, m.logTerm);
-          if (pr.maybeDecrTo(m.index, nextProbe)) {
-            if (pr.state === ProgressState.Replicate) pr.becomeProbe();
-            this.sendAppend(m.from);
-          }
-        } else {
-          const oldPaused = pr.isPaused();
-          const moved = pr.maybeUpdate(m.index);
-          // Leave the snapshot state once the follower holds everything the snapshot covers, even if the
-          // match did not move: a follower answers a chunk it does not need with its commit index, which
-          // may be a match we already knew. Waiting for the match to move would send chunks forever.
-          const snapshotDone = pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot;
-          // A probe answered at the match we already had (the follower was caught up) also ends probing.
-          const probeDone = pr.state === ProgressState.Probe && pr.match === m.index;
-          if (moved || snapshotDone || probeDone) {
-            if (snapshotDone) {
-              pr.becomeProbe();
-              pr.becomeReplicate();
-            } else if (pr.state === ProgressState.Probe) {
-              pr.becomeReplicate();
-            } else if (pr.state === ProgressState.Replicate) {
-              pr.inflights.freeLE(m.index);
-            }
-            if (this.maybeCommit()) {
-              this.releasePendingReadIndexMessages();
-              this.bcastAppend();
-            } else if (oldPaused) {
-              this.sendAppend(m.from);
-            }
-            // Pipelining: fill the window.
-            while (this.maybeSendAppend(m.from, false)) {
-              /* keep sending */
-            }
-            if (m.from === this.leadTransferee && pr.match === this.raftLog.lastIndex()) {
-              this.sendTimeoutNow(m.from);
-            }
-            if (pr.isLearner) this.maybePromoteLearner();
-          }
-        }
-        return;
-      }
-      case MessageType.HeartbeatResp: {
-        pr.recentActive = true;
-        pr.probeSent = false;
-        if (pr.state === ProgressState.Replicate && pr.inflights.full()) pr.inflights.freeFirstOne();
-        if (pr.state === ProgressState.Snapshot) {
-          // No acknowledgement for a while: a chunk was lost, or the follower restarted. Resend.
-          if (++pr.snapStall >= 3) {
-            pr.snapStall = 0;
-            pr.snapSent = pr.snapAcked;
-            pr.snapAllSent = false;
-            this.sendSnapChunks(m.from, pr);
-          }
-        } else if (pr.match < this.raftLog.lastIndex() || pr.state === ProgressState.Probe) {
-          // Behind, or probing: a follower that is caught up answers the probe, which ends probing (a learner
-          // is promoted only once replication to it runs normally).
-          this.sendAppend(m.from);
-        }
-        if (m.context.length === 0) return;
-        const acks = this.readOnly.recvAck(m.from, m.context);
-        if (!acks) return;
-        let n = 0;
-        for (const id of acks) if (this.prs.get(id)?.isLearner === false) n++;
-        if (n < this.quorum()) return;
-        for (const rs of this.readOnly.advance(m.context)) this.respondToReadIndex(rs.req, rs.index);
-        return;
-      }
-      case MessageType.SnapResp: {
-        if (pr.state !== ProgressState.Snapshot || pr.pendingSnapshot !== m.index) return;
-        pr.recentActive = true;
-        pr.snapStall = 0;
-        const total = pr.snap!.data.length;
-        if (m.reject) {
-          pr.snapSent = pr.snapAcked = Math.min(m.rejectHint, total);
-          pr.snapAllSent = false;
-        } else {
-          pr.snapAcked = Math.max(pr.snapAcked, Math.min(m.rejectHint, total));
-        }
-        this.sendSnapChunks(m.from, pr);
-        return;
-      }
-      case MessageType.Unreachable:
-        if (pr.state === ProgressState.Replicate) pr.becomeProbe();
-        return;
-      case MessageType.TransferLeader: {
-        if (pr.isLearner) return;
-        const transferee = m.from;
-        if (this.leadTransferee !== NONE) {
-          if (this.leadTransferee === transferee) return;
-          this.abortLeaderTransfer();
-        }
-        if (transferee === this.id) return;
-        this.electionElapsed = 0;
-        this.leadTransferee = transferee;
-        if (pr.match === this.raftLog.lastIndex()) this.sendTimeoutNow(transferee);
-        else this.sendAppend(transferee);
-        return;
-      }
-      default:
-        return;
     }
   }
 
@@ -1055,37 +377,16 @@ export class Raft {
       this.send(newMessage({ type: MessageType.AppResp, to: m.from, index: this.raftLog.committed }));
       return;
     }
-    let asm = this.snapAsm;
-    if (c.offset === 0) {
-      asm = { from: m.from, term: m.term, index, snapTerm: term, total: c.total, received: 0, parts: [] };
-      this.snapAsm = asm;
-    }
-    const matches =
-      asm !== undefined &&
-      asm.from === m.from &&
-      asm.term === m.term &&
-      asm.index === index &&
-      asm.snapTerm === term &&
-      asm.total === c.total &&
-      c.offset === asm.received;
-    if (!matches || asm === undefined) {
-      const have = asm !== undefined && asm.index === index && asm.snapTerm === term ? asm.received : 0;
-      this.send(newMessage({ type: MessageType.SnapResp, to: m.from, index, reject: true, rejectHint: have }));
-      return;
-    }
-    asm.parts.push(c.data.slice());
-    asm.received += c.data.length;
-    if (asm.received < asm.total) {
-      this.send(newMessage({ type: MessageType.SnapResp, to: m.from, index, rejectHint: asm.received }));
+    const got = addSnapshotChunk(this.snapAsm, m);
+    if (got.kind !== "done") {
+      this.snapAsm = got.asm;
+      const reject = got.kind === "reject";
+      const rejectHint = reject ? got.have : got.received;
+      this.send(newMessage({ type: MessageType.SnapResp, to: m.from, index, reject, rejectHint }));
       return;
     }
     this.snapAsm = undefined;
-    const data = asm.parts.length === 1 ? asm.parts[0]! : Buffer.concat(asm.parts);
-    const snap: Snapshot = {
-      metadata: c.metadata,
-      data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-    };
-    if (this.restore(snap)) {
+    if (this.restore(got.snapshot)) {
       this.logger?.info({ index, term }, "restored snapshot from leader");
       this.send(newMessage({ type: MessageType.AppResp, to: m.from, index: this.raftLog.lastIndex() }));
     } else {
@@ -1119,56 +420,6 @@ export class Raft {
     const pr = this.prs.get(this.id);
     if (pr) pr.match = s.metadata.index;
     return true;
-  }
-
-  // ---------------------------------------------------------------- reads
-
-  private startReadIndex(m: Message): void {
-    this.readOnly.addRequest(this.raftLog.committed, m);
-    this.readOnly.recvAck(this.id, m.context);
-    this.bcastHeartbeat();
-  }
-
-  private respondToReadIndex(req: Message, index: number): void {
-    if (req.from === NONE || req.from === this.id) {
-      this.readStates.push({ index, ctx: req.context });
-    } else {
-      this.send(newMessage({ type: MessageType.ReadIndexResp, to: req.from, index, context: req.context }));
-    }
-  }
-
-  private releasePendingReadIndexMessages(): void {
-    if (this.pendingReadIndexMessages.length === 0 || !this.committedEntryInCurrentTerm()) return;
-    const msgs = this.pendingReadIndexMessages;
-    this.pendingReadIndexMessages = [];
-    for (const m of msgs) this.startReadIndex(m);
-  }
-
-  // ---------------------------------------------------------------- membership
-
-  private quorumActive(): boolean {
-    let active = 0;
-    for (const [id, pr] of this.prs) {
-      if (pr.isLearner) continue;
-      if (id === this.id || pr.recentActive) active++;
-    }
-    return active >= this.quorum();
-  }
-
-  /** Leader: propose promoting one learner that has caught up. */
-  private maybePromoteLearner(): void {
-    if (!this.autoPromoteLearners || this.state !== StateType.Leader || this.leadTransferee !== NONE) return;
-    if (this.pendingConfIndex > this.raftLog.applied || !this.prs.has(this.id)) return;
-    for (const [id, pr] of this.prs) {
-      if (!pr.isLearner || pr.state !== ProgressState.Replicate || !pr.recentActive) continue;
-      if (pr.match + this.learnerCatchUpLag < this.raftLog.committed) continue;
-      const cc: ConfChange = { type: ConfChangeType.PromoteVoter, nodeId: id, context: EMPTY };
-      this.logger?.info({ learner: id, match: pr.match }, "promoting caught-up learner to voter");
-      this.pendingConfIndex = this.raftLog.lastIndex() + 1;
-      this.appendEntry([{ term: 0, index: 0, type: EntryType.ConfChange, data: encodeConfChange(cc) }]);
-      this.bcastAppend();
-      return;
-    }
   }
 
   /** Why a conf change cannot be proposed now, or undefined if it can. */
@@ -1274,10 +525,6 @@ export class Raft {
     const soon = 1 + this.rand.intn(3);
     this.electionElapsed = Math.max(this.electionElapsed, this.randomizedElectionTimeout - soon);
     this.logger?.info({ leader: id }, "lost the connection to the leader; campaigning soon");
-  }
-
-  private abortLeaderTransfer(): void {
-    this.leadTransferee = NONE;
   }
 
   /** Decode a ConfChange entry (for drivers). */

@@ -67,18 +67,7 @@ export class RawNode {
 
   /** Propose data. Throws ErrProposalDropped when it cannot be accepted now (no leader, transfer, too large). */
   propose(data: Uint8Array): void {
-    if (data.length > this.raft.maxProposalSize) {
-      throw new ErrProposalTooLarge(
-        `proposal of ${data.length} bytes exceeds the maximum of ${this.raft.maxProposalSize} bytes`,
-      );
-    }
-    this.raft.step(
-      newMessage({
-        type: MessageType.Prop,
-        from: this.raft.id,
-        entries: [{ term: 0, index: 0, type: EntryType.Normal, data }],
-      }),
-    );
+    this.proposeBatch([data]);
   }
 
   /** Propose several entries in one message (one append to each follower instead of one per entry). */

@@ -27,89 +27,45 @@
 // our own kernel. The leader hears from every follower (responses); between followers there is no Raft
 // traffic, so the daemon should probe() every member about once a second.
 //
-// Server side (raftServiceImplementation): handlers for the daemon's grpc.Server. Only callers whose
-// certificate (verified against the swarm root by listenTLS/serverCredentials) has OU=swarm-manager and
-// O=<this cluster> may call. The daemon's server must allow 8 MiB messages (RAFT_SERVER_OPTIONS).
+// The server side (the Raft service's handlers, who may send) is in transport-server.ts; limits and wire
+// helpers in transport-wire.ts; the per-peer queue in transport-queue.ts.
 
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { MANAGER_OU, roleToOU } from "../ca/certs.js";
-import { CLIENT_CHANNEL_OPTIONS, type PeerIdentity, peerRole } from "../ca/tls.js";
-import * as pb from "../gen/raft.js";
-import { messageToPb, parsePing, parseRaftMessage } from "./codec.js";
-import type { Transport } from "./node.js";
+import type * as pb from "../gen/raft.js";
+import type { Transport } from "./node-options.js";
+import { type Item, OutQueue } from "./transport-queue.js";
+import { REMOVED_MEMBER_DETAILS } from "./transport-server.js";
+import {
+  clientChannelOptions,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_KEEPALIVE_TIME_MS,
+  DEFAULT_KEEPALIVE_TIMEOUT_MS,
+  DEFAULT_MAX_QUEUE_BYTES,
+  DEFAULT_MAX_QUEUE_MESSAGES,
+  DEFAULT_PROBE_TIMEOUT_MS,
+  DEFAULT_REACHABLE_WITHIN_MS,
+  decodePong,
+  decodeRaftResponse,
+  encodePing,
+  encodeRequest,
+  hex,
+  INITIAL_BACKOFF_MS,
+  MAX_BACKOFF_MS,
+  MAX_RAFT_MESSAGE_BYTES,
+  PING_PATH,
+  passBuffer,
+  STREAM_PATH,
+} from "./transport-wire.js";
 import { type Message, MessageType, NONE, type NodeId } from "./types.js";
 
-// ---------------------------------------------------------------------------------------------------
-// Limits and defaults
-
-/** Largest gRPC message either side accepts or sends. The core bounds App messages (~1 MiB of entries,
- * one entry at most 1.5 MiB) and snapshot chunks (1 MiB); this leaves a wide margin. */
-export const MAX_RAFT_MESSAGE_BYTES = 8 << 20;
-export const DEFAULT_MAX_QUEUE_MESSAGES = 4096;
-export const DEFAULT_MAX_QUEUE_BYTES = 64 << 20;
-export const INITIAL_BACKOFF_MS = 100;
-export const MAX_BACKOFF_MS = 2000;
-export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
-export const DEFAULT_KEEPALIVE_TIME_MS = 1000;
-export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 1000;
-export const DEFAULT_REACHABLE_WITHIN_MS = 3000;
-export const DEFAULT_PROBE_TIMEOUT_MS = 1000;
-
-/**
- * Options for the daemon's :2377 grpc.Server (raft messages up to 8 MiB; gRPC's default receive limit is
- * 4 MiB). Server keepalive is slower than the client's: it only cleans up streams of vanished clients,
- * and the same server carries every worker's session.
- */
-export const RAFT_SERVER_OPTIONS: grpc.ServerOptions = {
-  "grpc.max_receive_message_length": MAX_RAFT_MESSAGE_BYTES,
-  "grpc.max_send_message_length": MAX_RAFT_MESSAGE_BYTES,
-  "grpc.keepalive_time_ms": 10_000,
-  "grpc.keepalive_timeout_ms": 5_000,
-};
-
-function clientChannelOptions(keepaliveTimeMs: number, keepaliveTimeoutMs: number): grpc.ChannelOptions {
-  return {
-    ...CLIENT_CHANNEL_OPTIONS,
-    "grpc.max_send_message_length": MAX_RAFT_MESSAGE_BYTES,
-    "grpc.max_receive_message_length": MAX_RAFT_MESSAGE_BYTES,
-    "grpc.keepalive_time_ms": keepaliveTimeMs,
-    "grpc.keepalive_timeout_ms": keepaliveTimeoutMs,
-    "grpc.keepalive_permit_without_calls": 1,
-    // Each peer gets its own connection; a channel is never shared with another client in the process.
-    "grpc.use_local_subchannel_pool": 1,
-    // A failed stream is handled here (report, backoff, reconnect), never retried behind our back.
-    "grpc.enable_retries": 0,
-    // For a channel kept by probe() while the stream is down: do not back off for minutes.
-    "grpc.initial_reconnect_backoff_ms": INITIAL_BACKOFF_MS,
-    "grpc.max_reconnect_backoff_ms": MAX_BACKOFF_MS,
-  };
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Wire
-
-/** The generated service definition (StreamRaftMessage, ProcessRaftMessage, Ping), for server.addService. */
-export const RaftServiceDefinition = pb.RaftService;
-
-const STREAM_PATH = pb.RaftService.streamRaftMessage.path;
-const PING_PATH = pb.RaftService.ping.path;
-
-const passBuffer = (b: Buffer): Buffer => b;
-const decodeRaftResponse = (b: Buffer): pb.RaftMessageResponse => pb.RaftMessageResponse.decode(b);
-const encodePing = (p: pb.PingRequest): Buffer => {
-  const u = pb.PingRequest.encode(p).finish();
-  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-};
-const decodePong = (b: Buffer): pb.PingResponse => pb.PingResponse.decode(b);
-
-/** A RaftMessageRequest, encoded once at send() (messages are immutable on the wire from then on). */
-function encodeRequest(m: Message): Buffer {
-  const u = pb.RaftMessageRequest.encode({ message: messageToPb(m) }).finish();
-  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-}
-
-const hex = (id: NodeId): string => id.toString(16);
+export {
+  type RaftServiceOptions,
+  REMOVED_MEMBER_DETAILS,
+  raftServiceImplementation,
+  type SenderStatus,
+} from "./transport-server.js";
+export { MAX_RAFT_MESSAGE_BYTES, RAFT_SERVER_OPTIONS, RaftServiceDefinition } from "./transport-wire.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Client side
@@ -153,68 +109,6 @@ export interface PeerStats {
   dropped: number;
   /** Consecutive failed connections/streams (0 once a stream has stayed up). */
   failures: number;
-}
-
-interface Item {
-  type: MessageType;
-  buf: Buffer;
-}
-
-/** FIFO of encoded messages with O(1) push/shift and byte accounting. */
-class OutQueue {
-  private items: Item[] = [];
-  private head = 0;
-  bytes = 0;
-
-  get length(): number {
-    return this.items.length - this.head;
-  }
-
-  push(it: Item): void {
-    this.items.push(it);
-    this.bytes += it.buf.length;
-  }
-
-  shift(): Item | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const it = this.items[this.head]!;
-    this.items[this.head] = undefined as unknown as Item;
-    this.head++;
-    this.bytes -= it.buf.length;
-    if (this.head === this.items.length) {
-      this.items = [];
-      this.head = 0;
-    } else if (this.head >= 1024 && this.head * 2 >= this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
-    return it;
-  }
-
-  /** Drops the oldest message that is safe to lose first (App, Heartbeat, Snap), else the oldest. */
-  dropOldest(): void {
-    for (let i = this.head; i < this.items.length; i++) {
-      const t = this.items[i]!.type;
-      if (t === MessageType.App || t === MessageType.Heartbeat || t === MessageType.Snap) {
-        if (i === this.head) {
-          this.shift();
-        } else {
-          this.bytes -= this.items[i]!.buf.length;
-          this.items.splice(i, 1);
-        }
-        return;
-      }
-    }
-    this.shift();
-  }
-
-  clear(): number {
-    const n = this.length;
-    this.items = [];
-    this.head = 0;
-    this.bytes = 0;
-    return n;
-  }
 }
 
 interface Peer {
@@ -631,247 +525,4 @@ export class GrpcTransport implements Transport {
       this.log?.error({ err, peer: hex(id) }, "raft transport: onUnreachable threw");
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Server side
-
-export interface RaftServiceOptions {
-  /** Step a message into the local node (node.step). */
-  deliver: (m: Message) => void;
-  /** This node's cluster id: callers' certificates must have O = clusterId(). */
-  clusterId: () => string;
-  /** A message or ping from raft member `id` arrived (wire to transport.markHeard). */
-  onHeard?: (id: NodeId) => void;
-  /** This node's raft id: messages and pings addressed to another member are refused. */
-  selfId?: () => NodeId;
-  /**
-   * Who raft id `from` is, for a caller whose certificate names node `nodeId`: a current member held by
-   * that node ("member"), a current member held by another node ("other-node"), an id removed from the
-   * group ("removed": the caller is told so, and stops), or none of these ("unknown"). Everything but
-   * "member" is refused. Without it (tests of the transport alone) any manager may speak for any id.
-   */
-  member?: (from: NodeId, nodeId: string) => SenderStatus;
-  /** Refuse callers whose node (certificate CN) was removed from the swarm. */
-  isRemoved?: (nodeId: string) => boolean;
-  logger?: Logger;
-}
-
-export type SenderStatus = "member" | "other-node" | "removed" | "unknown";
-
-/** The start of the details of the NOT_FOUND refusal that tells a removed member it was removed. */
-export const REMOVED_MEMBER_DETAILS = "raft member removed:";
-
-interface Refusal {
-  code: grpc.status;
-  details: string;
-}
-
-/** Log a refusal at most once per `everyMs` per key, counting the ones not logged. */
-class RefusalLog {
-  private last = new Map<string, { atMs: number; suppressed: number }>();
-
-  constructor(
-    private readonly log: Logger | undefined,
-    private readonly everyMs = 10_000,
-  ) {}
-
-  note(key: string, fields: Record<string, unknown>, msg: string): void {
-    const now = Date.now();
-    const e = this.last.get(key);
-    if (e && now - e.atMs < this.everyMs) {
-      e.suppressed++;
-      return;
-    }
-    if (this.last.size > 1000) this.last.clear();
-    this.last.set(key, { atMs: now, suppressed: 0 });
-    this.log?.warn({ ...fields, ...(e && e.suppressed > 0 ? { suppressed: e.suppressed } : {}) }, msg);
-  }
-}
-
-function isRefusal(x: unknown): x is Refusal {
-  return typeof x === "object" && x !== null && "code" in x && "details" in x;
-}
-
-/**
- * Handlers for the Raft service, to add to the daemon's grpc.Server:
- * `server.addService(RaftServiceDefinition, raftServiceImplementation({...}))`. Every call must come from
- * a swarm manager of this cluster; others get PERMISSION_DENIED (UNAUTHENTICATED without a certificate).
- */
-export function raftServiceImplementation(opts: RaftServiceOptions): grpc.UntypedServiceImplementation {
-  const log = opts.logger;
-
-  const authorize = (call: Parameters<typeof peerRole>[0]): PeerIdentity | Refusal => {
-    const peer = peerRole(call);
-    if (!peer) {
-      return {
-        code: grpc.status.UNAUTHENTICATED,
-        details:
-          `Permission denied: raft traffic is accepted only from swarm managers (a certificate with ` +
-          `OU=${MANAGER_OU} from this swarm's CA), and the caller presented no valid client certificate`,
-      };
-    }
-    if (peer.role !== "manager") {
-      return {
-        code: grpc.status.PERMISSION_DENIED,
-        details:
-          `Permission denied: unauthorized peer role: node ${peer.nodeId} has role ${roleToOU(peer.role)}, ` +
-          `and raft traffic requires role ${MANAGER_OU}`,
-      };
-    }
-    const cluster = opts.clusterId();
-    if (peer.clusterId !== cluster) {
-      return {
-        code: grpc.status.PERMISSION_DENIED,
-        details:
-          `Permission denied: node ${peer.nodeId} has a certificate for cluster ${peer.clusterId}, ` +
-          `not for this cluster (${cluster || "none"})`,
-      };
-    }
-    if (opts.isRemoved?.(peer.nodeId)) {
-      return {
-        code: grpc.status.PERMISSION_DENIED,
-        details: `Permission denied: node ${peer.nodeId} was removed from the swarm`,
-      };
-    }
-    return peer;
-  };
-
-  const checkMember = (from: NodeId, to: NodeId, peer: PeerIdentity): Refusal | undefined => {
-    const self = opts.selfId?.();
-    if (self !== undefined && self !== NONE && to !== NONE && to !== self) {
-      return {
-        code: grpc.status.FAILED_PRECONDITION,
-        details: `raft message for member ${hex(to)} reached member ${hex(self)}: the peer's address list is stale`,
-      };
-    }
-    if (from === NONE || !opts.member) return undefined;
-    switch (opts.member(from, peer.nodeId)) {
-      case "member":
-        return undefined;
-      case "removed":
-        return {
-          code: grpc.status.NOT_FOUND,
-          details: `${REMOVED_MEMBER_DETAILS} raft member ${hex(from)} was removed from the raft group; it must stop`,
-        };
-      case "other-node":
-        return {
-          code: grpc.status.PERMISSION_DENIED,
-          details: `Permission denied: node ${peer.nodeId} may not send raft messages as member ${hex(from)}, which belongs to another node`,
-        };
-      default:
-        return {
-          code: grpc.status.PERMISSION_DENIED,
-          details: `Permission denied: ${hex(from)} is not a member of this raft group (caller: node ${peer.nodeId})`,
-        };
-    }
-  };
-
-  const accept = (req: pb.RaftMessageRequest, peer: PeerIdentity): Message | Refusal => {
-    if (!req.message) return { code: grpc.status.INVALID_ARGUMENT, details: "raft message request without a message" };
-    let m: Message;
-    try {
-      m = parseRaftMessage(req.message);
-    } catch (err) {
-      return { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
-    }
-    return checkMember(m.from, m.to, peer) ?? m;
-  };
-
-  const handle = (m: Message): void => {
-    opts.onHeard?.(m.from);
-    try {
-      opts.deliver(m);
-    } catch (err) {
-      log?.warn({ err, from: hex(m.from), type: MessageType[m.type] }, "raft: could not step a message from a peer");
-    }
-  };
-
-  const refusals = new RefusalLog(log);
-  const refused = (what: string, r: Refusal, call: { getPeer(): string }): void => {
-    refusals.note(
-      `${what}|${r.code}|${r.details}`,
-      { rpc: what, peer: call.getPeer(), code: grpc.status[r.code], details: r.details },
-      "raft rpc refused",
-    );
-  };
-
-  const streamRaftMessage: grpc.handleClientStreamingCall<pb.RaftMessageRequest, pb.RaftMessageResponse> = (
-    call,
-    callback,
-  ) => {
-    const peer = authorize(call);
-    if (isRefusal(peer)) {
-      refused("StreamRaftMessage", peer, call);
-      callback(peer);
-      return;
-    }
-    let done = false;
-    const finish = (r?: Refusal): void => {
-      if (done) return;
-      done = true;
-      if (r) callback(r);
-      else callback(null, {});
-    };
-    call.on("data", (req: pb.RaftMessageRequest) => {
-      if (done) return;
-      const m = accept(req, peer);
-      if (isRefusal(m)) {
-        refused("StreamRaftMessage", m, call);
-        finish(m);
-        return;
-      }
-      handle(m);
-    });
-    call.on("end", () => finish());
-    call.on("error", () => {
-      // Cancelled or broken by the peer; nothing to answer.
-      done = true;
-    });
-  };
-
-  const processRaftMessage: grpc.handleUnaryCall<pb.RaftMessageRequest, pb.RaftMessageResponse> = (call, callback) => {
-    const peer = authorize(call);
-    if (isRefusal(peer)) {
-      refused("ProcessRaftMessage", peer, call);
-      callback(peer);
-      return;
-    }
-    const m = accept(call.request, peer);
-    if (isRefusal(m)) {
-      refused("ProcessRaftMessage", m, call);
-      callback(m);
-      return;
-    }
-    handle(m);
-    callback(null, {});
-  };
-
-  const ping: grpc.handleUnaryCall<pb.PingRequest, pb.PingResponse> = (call, callback) => {
-    const peer = authorize(call);
-    if (isRefusal(peer)) {
-      refused("Ping", peer, call);
-      callback(peer);
-      return;
-    }
-    let ids: { from: number; to: number };
-    try {
-      ids = parsePing(call.request);
-    } catch (err) {
-      const bad = { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
-      refused("Ping", bad, call);
-      callback(bad);
-      return;
-    }
-    const r = checkMember(ids.from, ids.to, peer);
-    if (r) {
-      refused("Ping", r, call);
-      callback(r);
-      return;
-    }
-    if (ids.from !== NONE) opts.onHeard?.(ids.from);
-    callback(null, {});
-  };
-
-  return { streamRaftMessage, processRaftMessage, ping };
 }

@@ -187,10 +187,6 @@ export function emptyConfState(): ConfState {
   return { voters: [], learners: [], removed: [] };
 }
 
-export function isEmptyHardState(h: HardState): boolean {
-  return h.term === 0 && h.vote === NONE && h.commit === 0;
-}
-
 export function hardStateEqual(a: HardState, b: HardState): boolean {
   return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
 }
@@ -244,7 +240,7 @@ export function isResponseMessage(t: MessageType): boolean {
   );
 }
 
-export class RaftError extends Error {}
+class RaftError extends Error {}
 /** The requested index is older than the first one the log still holds (compacted into a snapshot). */
 export class ErrCompacted extends RaftError {
   constructor() {

@@ -1,5 +1,6 @@
 // The one place the runtime writes files that must survive a crash: written beside, fsync'd, renamed
-// over, and the directory fsync'd, so a reader finds the old content or the new, never a torn one.
+// over, and the directory fsync'd, so a reader finds the old content or the new, never a torn one. (And
+// the files a container has bind-mounted, rewritten in place; derived ones, so not fsync'd.)
 
 import { open, rename, rm } from "node:fs/promises";
 import { dirname } from "node:path";
@@ -29,14 +30,14 @@ export async function writeFileDurable(path: string, data: string, mode = 0o600)
 
 /**
  * Rewrites a file in place (same inode): for files bind-mounted into a running container, which a rename
- * would leave pointing at the old content.
+ * would leave pointing at the old content. Not fsync'd: these files (resolv.conf, hosts, hostname) are
+ * derived, and written again at every start, so a crash loses nothing a restart does not rebuild.
  */
 export async function rewriteInPlace(path: string, data: string, mode = 0o644): Promise<void> {
   const fh = await open(path, "a+", mode);
   try {
     await fh.truncate(0);
     await fh.write(data, 0);
-    await fh.sync();
   } finally {
     await fh.close();
   }

@@ -146,9 +146,11 @@ export class ContainerNetworks {
     const eps = attached.map((n) => n.endpoint!);
     const resolv = eps.length > 0 ? this.attacher.resolvConf(eps) : await hostResolvConf();
     const aliases = attached.map((n) => n.cfg.Aliases ?? []);
-    await rewriteInPlace(join(c.dir, "resolv.conf"), resolv);
-    await rewriteInPlace(join(c.dir, "hosts"), renderHosts(rec.config.Hostname, rec.name, eps, aliases));
-    await rewriteInPlace(join(c.dir, "hostname"), `${rec.config.Hostname}\n`);
+    await Promise.all([
+      rewriteInPlace(join(c.dir, "resolv.conf"), resolv),
+      rewriteInPlace(join(c.dir, "hosts"), renderHosts(rec.config.Hostname, rec.name, eps, aliases)),
+      rewriteInPlace(join(c.dir, "hostname"), `${rec.config.Hostname}\n`),
+    ]);
   }
 
   /** `network connect`: joins now if the container runs, else on its next start. */

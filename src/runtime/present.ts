@@ -21,7 +21,9 @@ function commandText(path: string, args: string[]): string {
 function matchesName(name: string, pattern: string): boolean {
   if (name === pattern || `/${name}` === pattern) return true;
   try {
-    return new RegExp(pattern).test(`/${name}`);
+    // dockerd tries the name with its slash and without ("name=^web" finds "/web").
+    const re = new RegExp(pattern);
+    return re.test(`/${name}`) || re.test(name);
   } catch {
     // Not a regular expression: it matched neither as a name above.
     return false;

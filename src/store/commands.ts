@@ -38,6 +38,8 @@ const RootDigest = z.string().regex(/^[0-9a-f]{64}$/, "must be a sha256 digest")
 const IssuerKey = z.string().max(1024);
 /** Nodes told to renew in one entry (the reconciler's batches are of 30). */
 const MAX_RENEW_BATCH = 64;
+/** Node status changes in one entry (the dispatcher's batches). */
+export const MAX_STATUS_BATCH = 256;
 
 export const CommandSchema = z.discriminatedUnion("op", [
   z.strictObject({ op: z.literal("cluster.create"), info: ClusterInfoSchema, secrets: ClusterSecretsSchema }),
@@ -79,6 +81,22 @@ export const CommandSchema = z.discriminatedUnion("op", [
     message: shortText(MAX_MESSAGE_LENGTH).optional(),
   }),
   z.strictObject({ op: z.literal("node.describe"), id: ObjectId, description: NodeDescriptionSchema }),
+  /** The dispatcher's batch: many nodes' status (and what their sessions reported) in one entry. */
+  z.strictObject({
+    op: z.literal("node.statusBatch"),
+    updates: z
+      .array(
+        z.strictObject({
+          id: ObjectId,
+          state: NodeStateSchema,
+          addr: NodeAddr.optional(),
+          message: shortText(MAX_MESSAGE_LENGTH).optional(),
+          description: NodeDescriptionSchema.optional(),
+        }),
+      )
+      .min(1)
+      .max(MAX_STATUS_BATCH),
+  }),
   z.strictObject({ op: z.literal("node.role"), id: ObjectId, role: NodeRoleSchema }),
   z.strictObject({ op: z.literal("node.remove"), id: ObjectId }),
   z.strictObject({ op: z.literal("network.create"), id: NetworkId, spec: NetworkSpecSchema }),

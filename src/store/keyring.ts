@@ -207,10 +207,6 @@ export function applyKeys(ring: Keyring | undefined, cmd: KeysCommand): KeysAppl
   }
 }
 
-export function isKeysCommand(c: { op: string }): c is KeysCommand {
-  return c.op === "keys.init" || c.op === "keys.rotate" || c.op === "keys.interval";
-}
-
 // ------------------------------------------------------------------ views
 
 /** The key agents encrypt with (tx): the middle one. The newest is receive-only until the next rotation. */

@@ -11,6 +11,28 @@ type NodeCommand = Extract<
   { op: "node.create" | "node.update" | "node.status" | "node.describe" | "node.role" | "node.remove" }
 >;
 
+/** A batch of status changes: each node that still exists gets its own; the others are skipped. */
+export function applyStatusBatch(
+  s: State,
+  c: Extract<Command, { op: "node.statusBatch" }>,
+  ctx: ApplyContext,
+): Outcome {
+  for (const u of c.updates) {
+    const rec = s.nodes.get(u.id);
+    if (!rec) continue;
+    rec.node.Status = {
+      State: u.state,
+      Addr: u.addr ?? rec.node.Status.Addr,
+      ...(u.message !== undefined ? { Message: u.message } : {}),
+    };
+    if (u.description) rec.node.Description = clone(u.description);
+    rec.node.Version = { Index: ctx.index };
+    rec.node.UpdatedAt = ctx.at;
+    ctx.emit({ kind: "node", action: "update", node: clone(rec) });
+  }
+  return ok(ctx.index);
+}
+
 export function applyNode(s: State, c: NodeCommand, ctx: ApplyContext): Outcome {
   if (c.op === "node.create") return createNode(s, c, ctx);
   const rec = s.nodes.get(c.id);

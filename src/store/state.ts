@@ -69,3 +69,19 @@ export function failWith(e: unknown): Outcome {
 export function clone<T>(v: T): T {
   return structuredClone(v);
 }
+
+/** A value no one may change: what the store's views hand out. */
+export type View<T> = T extends (infer U)[]
+  ? readonly View<U>[]
+  : T extends object
+    ? { readonly [K in keyof T]: View<T[K]> }
+    : T;
+
+/** Deep-freeze a value this module owns (a fresh copy); returns it typed as a view. */
+export function freeze<T>(v: T): View<T> {
+  if (v !== null && typeof v === "object" && !Object.isFrozen(v)) {
+    for (const x of Object.values(v)) freeze(x);
+    Object.freeze(v);
+  }
+  return v as View<T>;
+}

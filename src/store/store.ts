@@ -12,7 +12,15 @@
 
 import { EventEmitter } from "node:events";
 import type { Logger } from "pino";
-import type { ClusterRecord, EndpointRecord, Keyring, NetworkRecord, NodeRecord, RaftMember } from "../api/objects.js";
+import type {
+  ClusterRecord,
+  EndpointRecord,
+  Keyring,
+  NetworkRecord,
+  NodeRecord,
+  NodeRole,
+  RaftMember,
+} from "../api/objects.js";
 import { describeIssues } from "../api/schema.js";
 import type { NodeId } from "../raft/types.js";
 import { applyCertRenew, applyRootRotation } from "./ca.js";
@@ -22,9 +30,20 @@ import { applyEndpoint } from "./endpoints.js";
 import { applyKeys, redact } from "./keyring.js";
 import { applyMember } from "./members.js";
 import { applyNetwork } from "./networks.js";
-import { applyNode } from "./nodes.js";
+import { applyNode, applyStatusBatch } from "./nodes.js";
 import { decodeSnapshot, encodeSnapshot } from "./snapshot.js";
-import { type ApplyContext, clone, emptyState, fail, type Outcome, ok, type State, type StoreEvent } from "./state.js";
+import {
+  type ApplyContext,
+  clone,
+  emptyState,
+  fail,
+  freeze,
+  type Outcome,
+  ok,
+  type State,
+  type StoreEvent,
+  type View,
+} from "./state.js";
 
 export type {
   ClusterRecord,
@@ -36,7 +55,7 @@ export type {
   RaftMember,
 } from "../api/objects.js";
 export type { Command } from "./commands.js";
-export type { Outcome, StoreEvent } from "./state.js";
+export type { Outcome, StoreEvent, View } from "./state.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -66,6 +85,73 @@ export class Store {
   constructor(opts: StoreOptions = {}) {
     this.log = opts.logger;
     this.events.setMaxListeners(100);
+  }
+
+  // ------------------------------------------------------------------ reads without copies
+  //
+  // Hot paths (every heartbeat, every session push, every RPC's ACL check, `node ls`) read frozen views:
+  // one deep-frozen copy per object, made on the first read after the object changed and shared by every
+  // reader until it changes again (each apply that changes an object emits an event, which drops its view).
+
+  /** The node's role now, without copying anything (the ACL asks this on every call). */
+  roleOf(id: string): NodeRole | undefined {
+    return this.s.nodes.get(id)?.role;
+  }
+
+  /** The node's state now (frozen; do not keep it across awaits if you need the latest). */
+  nodeView(id: string): View<NodeRecord> | undefined {
+    let v = this.views.nodes.get(id);
+    if (v) return v;
+    const n = this.s.nodes.get(id);
+    if (!n) return undefined;
+    v = freeze(clone(n));
+    this.views.nodes.set(id, v);
+    return v;
+  }
+
+  /** Every node (frozen views; the list itself is shared too, until a node changes). */
+  nodeViews(): readonly View<NodeRecord>[] {
+    if (this.views.nodeList) return this.views.nodeList;
+    const out: View<NodeRecord>[] = [];
+    for (const id of this.s.nodes.keys()) out.push(this.nodeView(id)!);
+    this.views.nodeList = Object.freeze(out);
+    return this.views.nodeList;
+  }
+
+  nodeCount(): number {
+    return this.s.nodes.size;
+  }
+
+  clusterView(): View<ClusterRecord> | undefined {
+    if (!this.s.cluster) return undefined;
+    this.views.cluster ??= freeze(clone(this.s.cluster));
+    return this.views.cluster;
+  }
+
+  /** How many objects of each type the store holds (metrics). */
+  counts(): Record<"nodes" | "networks" | "endpoints" | "members" | "removed", number> {
+    const s = this.s;
+    return {
+      nodes: s.nodes.size,
+      networks: s.networks.size,
+      endpoints: s.endpoints.size,
+      members: s.members.size,
+      removed: s.removed.size,
+    };
+  }
+
+  private views: {
+    nodes: Map<string, View<NodeRecord>>;
+    nodeList: readonly View<NodeRecord>[] | undefined;
+    cluster: View<ClusterRecord> | undefined;
+  } = { nodes: new Map(), nodeList: undefined, cluster: undefined };
+
+  private dropViews(e: StoreEvent): void {
+    if (e.kind === "node") {
+      this.views.nodes.delete(e.node.node.ID);
+      this.views.nodeList = undefined;
+    } else if (e.kind === "cluster") this.views.cluster = undefined;
+    else if (e.kind === "restore") this.views = { nodes: new Map(), nodeList: undefined, cluster: undefined };
   }
 
   // ------------------------------------------------------------------ reads (copies)
@@ -178,6 +264,8 @@ export class Store {
         return applyRootRotation(s, c, ctx);
       case "node.certRenew":
         return applyCertRenew(s, c, ctx);
+      case "node.statusBatch":
+        return applyStatusBatch(s, c, ctx);
       case "node.create":
       case "node.update":
       case "node.status":
@@ -208,6 +296,7 @@ export class Store {
 
   /** Tell every watcher; a watcher that throws is logged and never reaches the apply (or Raft). */
   private emit(e: StoreEvent): void {
+    this.dropViews(e);
     for (const listener of this.events.listeners("event")) {
       try {
         (listener as (e: StoreEvent) => void)(e);

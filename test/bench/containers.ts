@@ -72,8 +72,7 @@ async function timed(f: () => Promise<unknown>): Promise<number> {
 }
 
 /** One create+start through containerd's API, as shoal's runtime does it but with no networking. */
-async function floorRun(tasks: TaskClient, dir: string, i: number, topChain: string): Promise<string> {
-  const id = `floor${i}${"0".repeat(59 - String(i).length)}`.slice(0, 64);
+async function floorRun(tasks: TaskClient, dir: string, id: string, topChain: string): Promise<void> {
   const cdir = join(dir, id);
   mkdirSync(cdir, { recursive: true });
   await tasks.prepareRootfs(id, topChain);
@@ -97,7 +96,30 @@ async function floorRun(tasks: TaskClient, dir: string, i: number, topChain: str
   await tasks.start(id, spec, "snapshot", paths, false, {});
   fifos.release();
   fifos.close();
-  return id;
+}
+
+/** Kills and removes the floor's tasks, containers and snapshots (also those a failed run left half made). */
+async function removeFloor(tasks: TaskClient, ids: string[]): Promise<void> {
+  for (const id of ids) {
+    const killed = await tasks.kill(id, 9).then(
+      () => true,
+      () => false,
+    );
+    if (killed) await tasks.wait(id).catch(() => undefined);
+    await tasks.cleanup(id).catch(() => undefined);
+    await tasks.removeRootfs(id).catch(() => undefined);
+  }
+}
+
+/** The registry answers h1 (where shoald pulls from): else the figures would measure a timeout. */
+async function reachable(lab: Lab, h: LabHost, reg: string): Promise<void> {
+  const r = await lab
+    .exec(h, ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", `http://${reg}/v2/`])
+    .then(
+      (x) => x.stdout,
+      (e: { stderr?: string; message: string }) => `${e.stderr ?? ""}${e.message}`,
+    );
+  if (r !== "200") throw new Error(`the lab registry ${reg} does not answer ${h.name}: ${r.trim()}`);
 }
 
 async function main(): Promise<void> {
@@ -127,6 +149,7 @@ async function main(): Promise<void> {
       ),
     );
     await lab.pushImage(h2, big, `${reg}/bench/big:latest`);
+    await reachable(lab, h1, reg);
     const dockerEnv = { ...process.env, DOCKER_HOST: `unix://${h1.socket}`, DOCKER_CONFIG: join(lab.root, "docker") };
     const docker = (...args: string[]) => execFileP(DOCKER, args, { env: dockerEnv, timeout: 300_000 });
     await docker("pull", `${reg}/bench/busybox:latest`);
@@ -158,15 +181,17 @@ async function main(): Promise<void> {
     const floorDir = join(lab.root, "floor");
     const floor: number[] = [];
     const floorIds: string[] = [];
-    for (let i = 0; i < n; i++)
-      floor.push(await timed(async () => floorIds.push(await floorRun(tasks, floorDir, i, topChain))));
-    for (const id of floorIds) {
-      await tasks.kill(id, 9).catch(() => undefined);
-      await tasks.wait(id);
-      await tasks.cleanup(id);
-      await tasks.removeRootfs(id);
+    try {
+      for (let i = 0; i < n; i++) {
+        const id = `floor-${String(i).padStart(58, "0")}`;
+        floorIds.push(id);
+        floor.push(await timed(() => floorRun(tasks, floorDir, id, topChain)));
+      }
+    } finally {
+      // The lab's cleanup knows shoal's containers only: the floor's go here, whatever happened.
+      await removeFloor(tasks, floorIds);
+      cd.close();
     }
-    cd.close();
     results.run = { cli, engine, floor };
 
     // 2. pull

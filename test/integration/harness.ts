@@ -9,10 +9,12 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { request } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const UP2 = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+/** The repository, whether this file runs from test/integration (vitest) or dist/test/integration (node). */
+export const REPO = basename(UP2) === "dist" && existsSync(join(UP2, "../package.json")) ? resolve(UP2, "..") : UP2;
 export const SHOALD = join(REPO, "dist/src/daemon/main.js");
 export const SHOAL = join(REPO, "dist/cli/main.js");
 export const DOCKER = process.env.DOCKER_CLI ?? "/usr/local/bin/docker";

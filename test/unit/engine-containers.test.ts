@@ -13,7 +13,9 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { ApiError } from "../../src/engine/errors.js";
-import { EngineServer, filterNetworks, frame } from "../../src/engine/server.js";
+import { filterNetworks } from "../../src/engine/routes/networks.js";
+import { EngineServer } from "../../src/engine/server.js";
+import { frame } from "../../src/engine/streams.js";
 import type {
   AttachOptions,
   AttachSession,

@@ -23,7 +23,8 @@ import {
   workerNode,
 } from "../../src/engine/errors.js";
 import { parseFilters, validateFilterKeys } from "../../src/engine/filters.js";
-import { compareApiVersions, EngineServer, swarmStatusOf } from "../../src/engine/server.js";
+import { swarmStatusOf } from "../../src/engine/routes/system.js";
+import { EngineServer } from "../../src/engine/server.js";
 import type {
   Node,
   NodeListFilters,
@@ -37,6 +38,7 @@ import type {
   SwarmSpec,
   SwarmUpdateOptions,
 } from "../../src/engine/types.js";
+import { compareApiVersions } from "../../src/engine/versions.js";
 import { API_VERSION, MIN_API_VERSION, VERSION } from "../../src/version.js";
 
 const LEAVE_MANAGER_MSG =

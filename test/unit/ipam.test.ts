@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { formatIpv4 } from "../../src/api/ipv4.js";
 import { ApiError } from "../../src/engine/errors.js";
 import { IpamError, MSG_IP_IN_USE, MSG_POOL_EXHAUSTED, MSG_POOL_OVERLAP } from "../../src/store/allocator/errors.js";
 import {
@@ -14,7 +15,6 @@ import {
   freeAddresses,
   gatewayOf,
   INGRESS_VNI,
-  intToIp,
   ipToInt,
   MAX_VNI,
   macFromIp,
@@ -53,8 +53,8 @@ describe("addresses and CIDRs", () => {
     expect(ipToInt("10.0.1.2")).toBe(167772418);
     expect(ipToInt("255.255.255.255")).toBe(0xffffffff);
     expect(ipToInt("0.0.0.0")).toBe(0);
-    expect(intToIp(167772418)).toBe("10.0.1.2");
-    expect(intToIp(0xffffffff)).toBe("255.255.255.255");
+    expect(formatIpv4(167772418)).toBe("10.0.1.2");
+    expect(formatIpv4(0xffffffff)).toBe("255.255.255.255");
     for (const bad of ["10.0.1", "10.0.1.256", "010.0.0.1", "10.0.0.1 ", "a.b.c.d", "::1", "", "10..0.1"]) {
       const e = ipamError(() => ipToInt(bad));
       expect(e.status).toBe(400);

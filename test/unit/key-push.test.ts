@@ -3,7 +3,7 @@
 // when nothing here needs them, refuse malformed rings - and the conversion to what xfrm programs want.
 
 import { describe, expect, it } from "vitest";
-import { goDuration, keyPush, keysOf } from "../../src/daemon/networking.js";
+import { goDuration, keyPush, keysOf } from "../../src/agent/keys.js";
 import { type AgentKeys, agentView, initialKeyring, newKey, rotatedKeyring } from "../../src/manager/keymanager.js";
 
 const T0 = Date.parse("2026-11-22T00:00:00Z");

@@ -13,11 +13,9 @@ import {
   entryKey,
   HARD_STATE_KEY,
   KEY_CHECK_KEY,
-  LevelStorage,
-  StorageCorruptError,
-  StorageKeyError,
   snapshotChunkKey,
-} from "../../src/raft/level-storage.js";
+} from "../../src/raft/level-format.js";
+import { LevelStorage, StorageCorruptError, StorageKeyError } from "../../src/raft/level-storage.js";
 import { type ConfState, type Entry, EntryType, ErrCompacted, ErrSnapOutOfDate } from "../../src/raft/types.js";
 
 let dir: string;

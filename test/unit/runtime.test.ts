@@ -11,7 +11,10 @@ import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { ApiError } from "../../src/api/errors.js";
 import { humanDuration } from "../../src/api/humanize.js";
+import { Container } from "../../src/runtime/container.js";
+import { newRecord } from "../../src/runtime/create.js";
 import { renderHosts } from "../../src/runtime/networks.js";
+import { listed } from "../../src/runtime/present.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
 import { parseSignal } from "../../src/runtime/signals.js";
 import {
@@ -83,6 +86,21 @@ describe("runtime helpers", () => {
     expect(parseSignal("kill")).toBe(9);
     expect(parseSignal("10")).toBe(10);
     expect(parseSignal("SIGNOPE")).toBeUndefined();
+  });
+
+  test("ps --filter name= matches a name as dockerd does: exactly, or a regular expression with or without the slash", () => {
+    const image = { name: "busybox", id: "sha256:1", rootfs: "snapshot" as const, config: {} };
+    const c = new Container(newRecord({ image: "busybox", cmd: ["true"], networks: [] }, "talker", image), "/x");
+    const names = (v: string) => listed(c, { name: [v] });
+    expect(["talker", "/talker", "^tal", "^/tal", "alk", "ker$"].map(names)).toEqual([
+      true,
+      true,
+      true,
+      true,
+      true,
+      true,
+    ]);
+    expect(["walker", "^alk", "(", "^/alk"].map(names)).toEqual([false, false, false, false]);
   });
 });
 

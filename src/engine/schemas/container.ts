@@ -210,7 +210,7 @@ const healthConfigType = goStruct("container.HealthConfig", {
   Retries: goInt("int"),
 });
 
-export const ContainerCreateType = goStruct("container.CreateRequest", {
+const ContainerCreateType = goStruct("container.CreateRequest", {
   Hostname: text(MAX_NAME_LENGTH),
   Domainname: text(MAX_NAME_LENGTH),
   User: text(MAX_NAME_LENGTH),
@@ -284,7 +284,7 @@ function hostConfigFromRequest(hc: ContainerCreateRequestIn["HostConfig"]): NonN
 
 // ------------------------------------------------------------------ exec
 
-export const ExecCreateType = goStruct("container.ExecOptions", {
+const ExecCreateType = goStruct("container.ExecOptions", {
   User: text(MAX_NAME_LENGTH),
   Privileged: no(goBool(), "--privileged"),
   Tty: goBool(),
@@ -302,7 +302,7 @@ export const ExecCreateType = goStruct("container.ExecOptions", {
 });
 export const ExecCreateBody = bodySchema(ExecCreateType);
 
-export const ExecStartType = goStruct("container.ExecStartOptions", {
+const ExecStartType = goStruct("container.ExecStartOptions", {
   Detach: goBool(),
   Tty: goBool(),
   ConsoleSize: goPointer(goArray(goInt("uint"), 2)),
@@ -329,7 +329,7 @@ export function execCreateFromRequest(r: NonNullable<GoOut<typeof ExecCreateType
 
 // ------------------------------------------------------------------ query parameters
 
-export const CONTAINER_FILTERS = [
+const CONTAINER_FILTERS = [
   "id",
   "name",
   "status",

@@ -33,7 +33,7 @@ export interface GoType<T> {
 export type GoOut<G> = G extends GoType<infer T> ? T : never;
 
 /** The kind of a JSON value, as encoding/json names it ("number", "bool", "array"...). */
-export function jsonKind(v: unknown): string {
+function jsonKind(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "array";
   switch (typeof v) {
@@ -49,7 +49,7 @@ export function jsonKind(v: unknown): string {
 }
 
 /** encoding/json's UnmarshalTypeError text. */
-export function unmarshalError(place: GoPlace, value: string, goName: string): string {
+function unmarshalError(place: GoPlace, value: string, goName: string): string {
   if (place.fields.length === 0) return `json: cannot unmarshal ${value} into Go value of type ${goName}`;
   return `json: cannot unmarshal ${value} into Go struct field ${place.struct}.${place.fields.join(".")} of type ${goName}`;
 }

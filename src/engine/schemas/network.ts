@@ -40,7 +40,7 @@ function cidrProblem(v: string): string | undefined {
   return undefined;
 }
 
-export const NetworkCreateType = goStruct("types.NetworkCreateRequest", {
+const NetworkCreateType = goStruct("types.NetworkCreateRequest", {
   Name: goString(),
   CheckDuplicate: goPointer(goBool()),
   Driver: text(MAX_NAME_LENGTH),
@@ -115,7 +115,7 @@ export function networkSpecFromRequest(req: NetworkCreateRequest): NetworkSpec {
 // ------------------------------------------------------------------ endpoints: connect, disconnect, run
 
 /** Docker's network.EndpointSettings: what a client may ask of an attachment (the rest is output only). */
-export const EndpointSettingsType = goStruct("network.EndpointSettings", {
+const EndpointSettingsType = goStruct("network.EndpointSettings", {
   IPAMConfig: goStruct("network.EndpointIPAMConfig", {
     IPv4Address: ipv4OrEmpty,
     IPv6Address: unsupported(text(64), "--ip6"),
@@ -155,13 +155,13 @@ export function endpointFromRequest(v: EndpointSettingsRequestIn | null | undefi
 
 const containerRef = text(MAX_NAME_LENGTH + 64);
 
-export const NetworkConnectType = goStruct("types.NetworkConnect", {
+const NetworkConnectType = goStruct("types.NetworkConnect", {
   Container: containerRef,
   EndpointConfig: EndpointSettingsType,
 });
 export const NetworkConnectBody = bodySchema(NetworkConnectType);
 
-export const NetworkDisconnectType = goStruct("types.NetworkDisconnect", {
+const NetworkDisconnectType = goStruct("types.NetworkDisconnect", {
   Container: containerRef,
   Force: goBool(),
 });
@@ -172,8 +172,8 @@ export const EndpointsConfigType = goMap(EndpointSettingsType, MAX_LIST_ENTRIES)
 
 // ------------------------------------------------------------------ query parameters
 
-export const NETWORK_FILTERS = ["dangling", "driver", "id", "label", "name", "scope", "type"] as const;
-export const NETWORK_PRUNE_FILTERS = ["label", "label!", "until"] as const;
+const NETWORK_FILTERS = ["dangling", "driver", "id", "label", "name", "scope", "type"] as const;
+const NETWORK_PRUNE_FILTERS = ["label", "label!", "until"] as const;
 
 export const NetworkListQuery = z.object({ filters: filtersParam(NETWORK_FILTERS) }).superRefine((q, ctx) => {
   for (const t of q.filters.type ?? []) {

@@ -11,7 +11,7 @@ import { bodySchema } from "./decode.js";
 import { type GoOut, goString, goStruct } from "./go.js";
 import { filtersParam, lenientBool, parseUintError, uintParam } from "./query.js";
 
-export const NodeSpecType = goStruct("swarm.NodeSpec", {
+const NodeSpecType = goStruct("swarm.NodeSpec", {
   Name: text(MAX_NAME_LENGTH),
   Labels: labels(),
   Role: goString("swarm.NodeRole"),
@@ -37,7 +37,7 @@ export function nodeSpecFromRequest(r: NodeSpecRequest): NodeSpec {
 
 // ------------------------------------------------------------------ query parameters
 
-export const NODE_FILTERS = ["id", "label", "node.label", "membership", "name", "role"] as const;
+const NODE_FILTERS = ["id", "label", "node.label", "membership", "name", "role"] as const;
 
 export const NodeListQuery = z.object({ filters: filtersParam(NODE_FILTERS) });
 export const NodeUpdateQuery = z.object({

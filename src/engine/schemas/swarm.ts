@@ -100,7 +100,7 @@ const specFields = {
 };
 
 /** swarm.Spec, the body of POST /swarm/update. */
-export const SwarmSpecType = goStruct("swarm.Spec", specFields);
+const SwarmSpecType = goStruct("swarm.Spec", specFields);
 export type SwarmSpecRequest = NonNullable<GoOut<typeof SwarmSpecType>>;
 export const SwarmSpecBody = bodySchema(SwarmSpecType);
 
@@ -148,7 +148,7 @@ export function availabilityOf(v: string): NodeAvailability {
   throw badRequest(`invalid Availability: ${JSON.stringify(v)}`);
 }
 
-export const SwarmInitType = goStruct("swarm.InitRequest", {
+const SwarmInitType = goStruct("swarm.InitRequest", {
   ListenAddr: text(ADDR_LENGTH),
   AdvertiseAddr: text(ADDR_LENGTH),
   DataPathAddr: text(ADDR_LENGTH),
@@ -162,7 +162,7 @@ export const SwarmInitType = goStruct("swarm.InitRequest", {
 });
 export const SwarmInitBody = bodySchema(SwarmInitType);
 
-export const SwarmJoinType = goStruct("swarm.JoinRequest", {
+const SwarmJoinType = goStruct("swarm.JoinRequest", {
   ListenAddr: text(ADDR_LENGTH),
   AdvertiseAddr: text(ADDR_LENGTH),
   DataPathAddr: text(ADDR_LENGTH),
@@ -172,7 +172,7 @@ export const SwarmJoinType = goStruct("swarm.JoinRequest", {
 });
 export const SwarmJoinBody = bodySchema(SwarmJoinType);
 
-export const SwarmUnlockType = goStruct("swarm.UnlockRequest", { UnlockKey: text(MAX_TOKEN_LENGTH) });
+const SwarmUnlockType = goStruct("swarm.UnlockRequest", { UnlockKey: text(MAX_TOKEN_LENGTH) });
 export const SwarmUnlockBody = bodySchema(SwarmUnlockType);
 
 /** What swarm init asks for, complete: the daemon checks addresses and ranges against the host. */

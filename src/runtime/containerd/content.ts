@@ -9,6 +9,8 @@ import { type Containerd, fromServiceError, isAlreadyExists, isNotFound } from "
 
 /** The size of each Write message (containerd's own client writes 1 MiB at a time). */
 const CHUNK_BYTES = 1024 * 1024;
+/** How many Write messages may wait for their answer at once. */
+const WRITE_WINDOW = 4;
 
 export class DigestMismatchError extends Error {
   constructor(
@@ -88,14 +90,22 @@ export class ContentStore {
       await session.send(this.request(WriteAction.STAT, ref, { total: blob.size, expected: blob.digest }));
       const hash = createHash("sha256");
       let offset = 0;
+      // Up to WRITE_WINDOW chunks are on their way at once (each answered in order): a blob streams at the
+      // speed of the disk, not one round trip per chunk.
+      const inflight: Promise<unknown>[] = [];
       for await (const chunk of chunked(chunks)) {
         hash.update(chunk);
         if (offset + chunk.length > blob.size)
           throw new SizeMismatchError(blob.size, offset + chunk.length, blob.digest);
-        await session.send(this.request(WriteAction.WRITE, ref, { offset, data: chunk }));
+        const sent = session.send(this.request(WriteAction.WRITE, ref, { offset, data: chunk }));
+        // Its failure is seen where it is awaited (or by the next send): never an unhandled rejection.
+        sent.catch(() => undefined);
+        inflight.push(sent);
+        if (inflight.length >= WRITE_WINDOW) await inflight.shift();
         offset += chunk.length;
         onProgress?.(offset);
       }
+      await Promise.all(inflight);
       if (offset !== blob.size) throw new SizeMismatchError(blob.size, offset, blob.digest);
       const actual = `sha256:${hash.digest("hex")}`;
       if (actual !== blob.digest) throw new DigestMismatchError(blob.digest, actual);

@@ -102,19 +102,20 @@ async function fetchConfig(reg: Registry, desc: Descriptor): Promise<{ bytes: Bu
   return { bytes, config };
 }
 
-/** Downloads one layer into the content store (unless it is there), telling its progress. */
+/** Downloads one layer into the content store (unless it is there), telling its progress; false if it was. */
 async function fetchLayer(
   store: ImageStore,
   reg: Registry,
   l: Descriptor,
   lease: string,
   say: (p: PullProgress) => void,
-): Promise<void> {
+): Promise<boolean> {
   const id = short(l.digest);
   if (await store.content.has(l.digest)) {
     say({ status: "Already exists", progressDetail: {}, id });
-    return;
+    return false;
   }
+  say({ status: "Pulling fs layer", progressDetail: {}, id });
   const body = await reg.blob(l.digest);
   let told = 0;
   await store.content.write({ digest: l.digest, size: l.size }, body, lease, (bytes) => {
@@ -130,6 +131,7 @@ async function fetchLayer(
   });
   say({ status: "Verifying Checksum", progressDetail: {}, id });
   say({ status: "Download complete", progressDetail: {}, id });
+  return true;
 }
 
 /**
@@ -147,7 +149,8 @@ export async function pullImage(
   const reg = new Registry(ref, opts.insecureRegistries, opts.credentials);
   const resolved = await resolveManifest(reg, ref);
   const { manifest, bytes: manifestBytes } = resolved;
-  say({ status: `Pulling from ${familiarRepository(ref)}`, id: ref.tag ?? ref.digest ?? "latest" });
+  // docker names the repository's path in its registry ("library/busybox", "team/web"), not the registry.
+  say({ status: `Pulling from ${ref.path}`, id: ref.tag ?? ref.digest ?? "latest" });
   const name = fullName(ref);
   const before = await store.find(name);
   const target0 = resolved.index?.target ?? resolved.target;
@@ -158,11 +161,28 @@ export async function pullImage(
   }
   const lease = await store.lease();
   try {
-    for (const l of manifest.layers) say({ status: "Pulling fs layer", progressDetail: {}, id: short(l.digest) });
     const { bytes: configBytes, config } = await fetchConfig(reg, manifest.config);
     if (config.rootfs.diff_ids.length !== manifest.layers.length)
       throw badRequest("the image config and its manifest name different numbers of layers");
-    await Promise.all(manifest.layers.map((l) => fetchLayer(store, reg, l, lease.id, say)));
+    // Every layer downloads at once; each is unpacked as soon as it and the layers below it are in.
+    const downloads = manifest.layers.map((l) => fetchLayer(store, reg, l, lease.id, say));
+    const settled = Promise.allSettled(downloads);
+    const fetched: boolean[] = [];
+    const id = (i: number): string => short(manifest.layers[i]!.digest);
+    try {
+      await store.unpack(manifest, config, lease.id, {
+        ready: async (i) => {
+          fetched[i] = await downloads[i]!;
+          if (fetched[i]) say({ status: "Extracting", progressDetail: {}, id: id(i) });
+        },
+        done: (i) => {
+          if (fetched[i]) say({ status: "Pull complete", progressDetail: {}, id: id(i) });
+        },
+      });
+    } finally {
+      // No download outlives the pull, nor its lease: after a failure the others are waited for.
+      await settled;
+    }
     await store.content.write(
       { digest: manifest.config.digest, size: manifest.config.size, labels: gcLabelsOfConfig(config) },
       configBytes,
@@ -183,9 +203,6 @@ export async function pullImage(
       );
       target = resolved.index.target;
     }
-    for (const l of manifest.layers) say({ status: "Extracting", progressDetail: {}, id: short(l.digest) });
-    await store.unpack(manifest, config, lease.id);
-    for (const l of manifest.layers) say({ status: "Pull complete", progressDetail: {}, id: short(l.digest) });
     await store.setName(name, target, lease.id);
     say({ status: `Digest: ${target.digest}` });
     say({ status: `Status: Downloaded newer image for ${familiarName(name)}` });

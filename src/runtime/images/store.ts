@@ -9,6 +9,7 @@
 
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
+import type { z } from "zod";
 import { ApiError, badRequest, conflict, notFound } from "../../api/errors.js";
 import type { Image as ImageRecord } from "../../gen/containerd/images.js";
 import { type Containerd, isAlreadyExists, isNotFound, SNAPSHOTTER } from "../containerd/client.js";
@@ -59,9 +60,14 @@ export function gcLabelsOfConfig(c: ImageConfig): Record<string, string> {
   return top ? { [`containerd.io/gc.ref.snapshot.${SNAPSHOTTER}`]: top } : {};
 }
 
+/** How many parsed documents (manifests, indexes, configs) an image store keeps. */
+const DOCUMENT_CACHE_ENTRIES = 512;
+
 export class ImageStore {
   readonly content: ContentStore;
   private readonly log: Logger;
+  /** Parsed documents by what they are and their digest, least recently used first. */
+  private readonly documents = new Map<string, unknown>();
 
   constructor(
     private readonly cd: Containerd,
@@ -90,9 +96,27 @@ export class ImageStore {
     };
   }
 
-  async readJson<S extends Parameters<typeof parseDocument>[0]>(schema: S, digest: string, what: string) {
+  /**
+   * A JSON document (manifest, index, config) of the content store, parsed. Content is addressed by its
+   * digest, so a document read once is the same ever after: the parsed ones are kept (the most recent
+   * DOCUMENT_CACHE_ENTRIES), and a `docker run` of a present image reads none of them again.
+   */
+  async readJson<S extends Parameters<typeof parseDocument>[0]>(
+    schema: S,
+    digest: string,
+    what: string,
+  ): Promise<z.infer<S>> {
+    const key = `${what} ${digest}`;
+    const cached = this.documents.get(key);
+    if (cached !== undefined) {
+      this.documents.delete(key);
+      this.documents.set(key, cached);
+      return cached as z.infer<S>;
+    }
     const doc = parseDocument(schema, await this.content.read(digest));
     if (doc === undefined) throw new ApiError(500, `the ${what} ${digest} in the content store is not a valid ${what}`);
+    this.documents.set(key, doc);
+    if (this.documents.size > DOCUMENT_CACHE_ENTRIES) this.documents.delete(this.documents.keys().next().value!);
     return doc;
   }
 
@@ -271,8 +295,17 @@ export class ImageStore {
     }
   }
 
-  /** Unpacks an image's layers into committed snapshots (those there already are kept). */
-  async unpack(manifest: Manifest, config: ImageConfig, lease: string): Promise<void> {
+  /**
+   * Unpacks an image's layers into committed snapshots (those there already are kept), bottom up. `ready(i)`
+   * resolves once layer i is in the content store (a pull unpacks each layer as soon as it and those below
+   * it are in, while the others still download); `done(i)` is told when layer i is unpacked.
+   */
+  async unpack(
+    manifest: Manifest,
+    config: ImageConfig,
+    lease: string,
+    hooks: { ready?: (i: number) => Promise<void>; done?: (i: number) => void } = {},
+  ): Promise<void> {
     const chain = chainIds(config.rootfs.diff_ids);
     if (chain.length !== manifest.layers.length) {
       throw badRequest(`image config has ${chain.length} layers but its manifest ${manifest.layers.length}`);
@@ -280,8 +313,10 @@ export class ImageStore {
     let parent = "";
     for (const [i, layer] of manifest.layers.entries()) {
       const chainId = chain[i]!;
+      await hooks.ready?.(i);
       if (!(await this.snapshotExists(chainId)))
         await this.applyLayer(layer, config.rootfs.diff_ids[i]!, parent, chainId, lease);
+      hooks.done?.(i);
       parent = chainId;
     }
   }

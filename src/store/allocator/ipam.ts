@@ -17,6 +17,7 @@
 //   gone round; `--ip` is honoured when free;
 // - VXLAN ids: the lowest free id from 4097 (ingress takes 4096 explicitly), or the requested one.
 
+import { formatIpv4, parseIpv4 } from "../../api/ipv4.js";
 import type { NetworkAlloc } from "../../api/objects.js";
 import {
   gatewayOutsideSubnet,
@@ -44,10 +45,10 @@ import {
 export const DEFAULT_POOL = "10.0.0.0/8";
 export const DEFAULT_SUBNET_SIZE = 24;
 /** The longest mask `--default-addr-pool-mask-length` accepts (8 addresses; swarmkit's limit). */
-export const MAX_SUBNET_SIZE = 29;
+const MAX_SUBNET_SIZE = 29;
 /** Prefix lengths an explicit `--subnet` may have. */
-export const MIN_EXPLICIT_PREFIX = 8;
-export const MAX_EXPLICIT_PREFIX = 30;
+const MIN_EXPLICIT_PREFIX = 8;
+const MAX_EXPLICIT_PREFIX = 30;
 
 /** The ingress network's VXLAN id. */
 export const INGRESS_VNI = 4096;
@@ -86,39 +87,13 @@ export interface Cidr {
 
 // --- addresses and CIDRs ---------------------------------------------------------------------------------
 
-const OCTET = /^(?:0|[1-9][0-9]{0,2})$/;
 const PREFIX = /^(?:[0-9]|[12][0-9]|3[0-2])$/;
-
-function tryIpToInt(s: string): number | undefined {
-  if (typeof s !== "string") return undefined;
-  const parts = s.split(".");
-  if (parts.length !== 4) return undefined;
-  let n = 0;
-  for (const p of parts) {
-    if (!OCTET.test(p)) return undefined;
-    const v = Number(p);
-    if (v > 255) return undefined;
-    n = n * 256 + v;
-  }
-  return n;
-}
 
 /** "10.0.1.2" -> 167772418. Strict dotted quad: no leading zeros, no spaces. Throws IpamError (400). */
 export function ipToInt(s: string): number {
-  const n = tryIpToInt(s);
+  const n = parseIpv4(s);
   if (n === undefined) throw invalidAddress(s);
   return n;
-}
-
-/** 167772418 -> "10.0.1.2". */
-export function intToIp(n: number): string {
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new RangeError(`not an IPv4 address: ${n}`);
-  return `${Math.floor(n / 0x1000000)}.${Math.floor(n / 0x10000) % 256}.${Math.floor(n / 0x100) % 256}.${n % 256}`;
-}
-
-/** Whether `s` is a dotted-quad IPv4 address. */
-export function isIpv4(s: string): boolean {
-  return tryIpToInt(s) !== undefined;
 }
 
 const blockSize = (prefix: number): number => 2 ** (32 - prefix);
@@ -137,7 +112,7 @@ export function parseCidr(s: string, opts: { strict?: boolean } = {}): Cidr {
   if (typeof s !== "string") throw invalidCidr(String(s));
   const slash = s.indexOf("/");
   if (slash < 0) throw invalidCidr(s);
-  const addr = tryIpToInt(s.slice(0, slash));
+  const addr = parseIpv4(s.slice(0, slash));
   const p = s.slice(slash + 1);
   if (addr === undefined || !PREFIX.test(p)) throw invalidCidr(s);
   const c = cidrOf(addr, Number(p));
@@ -145,8 +120,8 @@ export function parseCidr(s: string, opts: { strict?: boolean } = {}): Cidr {
   return c;
 }
 
-export function formatCidr(c: Cidr): string {
-  return `${intToIp(c.base)}/${c.prefix}`;
+function formatCidr(c: Cidr): string {
+  return `${formatIpv4(c.base)}/${c.prefix}`;
 }
 
 /** The canonical spelling of a CIDR (host bits masked): "10.0.1.7/24" -> "10.0.1.0/24". */
@@ -201,7 +176,7 @@ export function normalizePoolConfig(cfg: Partial<PoolConfig> = {}): PoolConfig {
 }
 
 /** Checks an explicit `--subnet`: canonical, IPv4, prefix /8../30. Returns it parsed. Throws IpamError (400). */
-export function parseExplicitSubnet(s: string): Cidr {
+function parseExplicitSubnet(s: string): Cidr {
   const c = parseCidr(s);
   if (c.prefix < MIN_EXPLICIT_PREFIX || c.prefix > MAX_EXPLICIT_PREFIX) {
     throw subnetPrefixOutOfRange(s, MIN_EXPLICIT_PREFIX, MAX_EXPLICIT_PREFIX);
@@ -251,7 +226,7 @@ export function allocateSubnet(existing: string[], cfg?: Partial<PoolConfig>, re
       const end = c + step - 1;
       while (i < taken.length && taken[i]![1] < c) i++;
       const t = taken[i];
-      if (t === undefined || t[0] > end) return `${intToIp(c)}/${subnetSize}`;
+      if (t === undefined || t[0] > end) return `${formatIpv4(c)}/${subnetSize}`;
       // Overlaps t: jump to the first aligned block after it.
       c = Math.ceil((t[1] + 1) / step) * step;
     }
@@ -265,12 +240,12 @@ export function allocateSubnet(existing: string[], cfg?: Partial<PoolConfig>, re
  */
 export function gatewayOf(subnet: string, requested?: string): string {
   const c = parseHostSubnet(subnet);
-  if (requested === undefined) return intToIp(c.base + 1);
+  if (requested === undefined) return formatIpv4(c.base + 1);
   const g = ipToInt(requested);
   if (g < c.base || g > c.last) throw gatewayOutsideSubnet(requested);
   if (g === c.base) throw gatewayReserved(requested, subnet, "network");
   if (g === c.last) throw gatewayReserved(requested, subnet, "broadcast");
-  return intToIp(g);
+  return formatIpv4(g);
 }
 
 /** A subnet with at least two host addresses (/30 or shorter). */
@@ -384,7 +359,7 @@ export function allocateIp(
     if (n < c.base || n > c.last) throw ipOutOfSubnet(requested);
     if (n === c.base) throw ipReserved(requested, net.subnet, "network");
     if (n === c.last) throw ipReserved(requested, net.subnet, "broadcast");
-    const ip = intToIp(n);
+    const ip = formatIpv4(n);
     if (n === gw || Object.hasOwn(net.used, ip)) throw ipInUse();
     net.used[ip] = endpointId;
     return ip;
@@ -396,7 +371,7 @@ export function allocateIp(
     const off = ((start - 1 + k) % hosts) + 1;
     const n = c.base + off;
     if (n === gw) continue;
-    const ip = intToIp(n);
+    const ip = formatIpv4(n);
     if (Object.hasOwn(net.used, ip)) continue;
     net.used[ip] = endpointId;
     net.nextHost = off === hosts ? 1 : off + 1;

@@ -1,0 +1,249 @@
+// A node's network attachments: the one NetworkAttacher the container runtime uses. A container joins a
+// network in one place, over the node's own session with the managers:
+//   1. allocate  Attach over the agent's session: a manager records the endpoint (address, MAC) in the store
+//   2. admit     an encrypted network only on a host that can encrypt; its keys taken from the answer
+//   3. wire      the overlay (overlays.ts): IPsec first on encrypted networks, then the veth, then the peers
+//   4. connect   the embedded DNS server in the container's namespace, and the default route through
+//                shoal_gwbridge unless the network is internal
+// A failure at any step undoes all of them the one way an endpoint leaves (leave()): out of the overlay,
+// off DNS and the gateway if it was the container's last, and back to the managers (a release they have
+// not acknowledged is retried, never dropped: releases.ts).
+
+import type { Logger } from "pino";
+import { ApiError } from "../api/errors.js";
+import { EmbeddedDns } from "../dataplane/dns.js";
+import type { Firewall } from "../dataplane/firewall.js";
+import { GatewayBridge } from "../dataplane/gwbridge.js";
+import type { EspSupport } from "../dataplane/xfrm.js";
+import type { DispatcherClient } from "../gen/cluster.js";
+import { toApiError, unary } from "../manager/grpc-util.js";
+import type { EndpointRow } from "../manager/networks.js";
+import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "../runtime/types.js";
+import type { EndpointRecord, NetworkRecord } from "../store/store.js";
+import { decodeAttachResponse, type HeldNetwork } from "./messages.js";
+import { HostOverlays, type OverlayHost } from "./overlays.js";
+import { EndpointReleases } from "./releases.js";
+
+/** The embedded DNS server's address in every container's namespace. */
+export const CONTAINER_DNS_ADDRESS = "127.0.0.11";
+/** The resolv.conf of a container on overlay networks. */
+export const CONTAINER_RESOLV_CONF = `nameserver ${CONTAINER_DNS_ADDRESS}\noptions ndots:0\n`;
+
+const SESSION_WAIT_MS = 10_000;
+const ATTACH_TIMEOUT_MS = 15_000;
+const DETACH_TIMEOUT_MS = 10_000;
+
+type Who = { id: string; name: string; netnsPath: string };
+
+export interface AttachmentsOptions {
+  nodeId: () => string;
+  /** The dispatcher client of this node's established session with the managers; undefined while none. */
+  session: () => InstanceType<typeof DispatcherClient> | undefined;
+  /** The overlay data plane, built on first use; throws a clear ApiError while the host cannot have one. */
+  host: () => OverlayHost;
+  /** Whether this host can encrypt (ESP + a firewall for the guard), probed once. */
+  probe: () => Promise<EspSupport>;
+  /** The packet filter the gateway bridge's NAT goes into. */
+  firewall: Firewall;
+  logger: Logger;
+  /** How long an attach waits for a session to be established (default 10 s). */
+  sessionWaitMs?: number;
+  /** The DNS server for containers' names (default: the embedded one, made on first use). */
+  dns?: ContainerDns;
+}
+
+/** What the attachments need of the embedded DNS server (src/dataplane/dns.ts). */
+export type ContainerDns = Pick<EmbeddedDns, "addContainer" | "removeContainer" | "close">;
+
+export class Attachments implements NetworkAttacher {
+  readonly overlays: HostOverlays;
+  private readonly releases: EndpointReleases;
+  private readonly log: Logger;
+  private dns: ContainerDns | undefined;
+  private gatewayBridge: GatewayBridge | undefined;
+
+  constructor(private readonly opts: AttachmentsOptions) {
+    this.log = opts.logger.child({ component: "networking" });
+    this.overlays = new HostOverlays({ nodeId: opts.nodeId, host: opts.host, probe: opts.probe, log: this.log });
+    this.releases = new EndpointReleases((id) => this.sendRelease(id), this.log);
+    this.dns = opts.dns;
+  }
+
+  async attach(container: Who & { ifname: string }, networkRef: string, cfg: EndpointSettingsRequest) {
+    // Outside a swarm there are no networks to attach to, as dockerd says of one it does not know.
+    if (this.opts.nodeId() === "") throw new ApiError(404, `network ${networkRef} not found`);
+    const answer = await this.allocate(container, networkRef, cfg);
+    const net = answer.network.network;
+    const attached = attachedOf(net, answer.endpoint);
+    try {
+      await this.overlays.admit(net, answer.networkKeysJson);
+      await this.overlays
+        .wire({ attached, container, network: net }, answer.network)
+        .catch((e: unknown) => Promise.reject(failure(e, `could not attach to network ${net.spec.name}`)));
+      await this.connectHost(container, net).catch((e: unknown) =>
+        Promise.reject(failure(e, `could not connect container ${container.name} to ${net.spec.name}`)),
+      );
+    } catch (e) {
+      await this.leave(container, attached).catch((err: unknown) =>
+        this.log.warn(
+          { err, endpoint: attached.endpointId },
+          "could not undo all of a failed attach: the next start's reconcile removes what the kernel keeps",
+        ),
+      );
+      throw e;
+    }
+    this.log.info({ network: net.spec.name, container: container.name, ip: attached.ip }, "container attached");
+    return attached;
+  }
+
+  async detach(container: Who, endpoint: AttachedEndpoint): Promise<void> {
+    await this.leave(container, endpoint);
+    this.log.info({ network: endpoint.networkName, container: container.name }, "container detached");
+  }
+
+  resolvConf(): string {
+    return CONTAINER_RESOLV_CONF;
+  }
+
+  /** The networks this host holds, each with its endpoints (a local one with its container's id). */
+  heldNetworks(): { network: NetworkRecord; endpoints: EndpointRow[] }[] {
+    return [...this.overlays.states.values()].map((st) => ({
+      network: st.network,
+      endpoints: st.endpoints.map((e) => ({
+        nodeId: e.nodeId,
+        nodeAddr: e.nodeAddr,
+        hostname: e.hostname,
+        endpointId: e.endpointId,
+        containerId: this.overlays.localEndpoint(e.endpointId)?.container.id ?? e.endpointId,
+        containerName: e.containerName,
+        ip: e.ip,
+        mac: e.mac,
+      })),
+    }));
+  }
+
+  /** The managers pushed the networks this host holds: bring the data plane in line. */
+  onSessionNetworks(states: HeldNetwork[]): void {
+    this.overlays
+      .onSessionNetworks(states)
+      .catch((e: unknown) => this.log.warn({ err: e }, "could not program the overlay from the managers' update"));
+  }
+
+  onSessionKeys(json: string): void {
+    this.overlays.onSessionKeys(json);
+  }
+
+  /** Stop retrying releases and close the DNS server (daemon shutdown). */
+  async close(host: OverlayHost | undefined): Promise<void> {
+    this.releases.close();
+    this.overlays.close(host);
+    await this.dns
+      ?.close()
+      .catch((e: unknown) => this.log.warn({ err: e }, "could not close the embedded DNS server's sockets"));
+  }
+
+  /** The addresses a container can resolve `name` to: containers on its networks, by name or alias. */
+  lookupName(containerId: string, name: string): string[] {
+    const n = name.toLowerCase();
+    const out = new Set<string>();
+    for (const l of this.overlays.localEndpoints()) {
+      if (l.container.id !== containerId) continue;
+      const netName = l.attached.networkName.toLowerCase();
+      for (const e of this.overlays.states.get(l.attached.networkId)?.endpoints ?? []) {
+        const names = [e.containerName, ...e.aliases].map((x) => x.toLowerCase());
+        if (names.includes(n) || names.some((x) => `${x}.${netName}` === n)) out.add(e.ip);
+      }
+    }
+    return [...out];
+  }
+
+  /** Step 1: the managers record the endpoint; what they answer is checked before anything uses it. */
+  private async allocate(container: Who, networkRef: string, cfg: EndpointSettingsRequest) {
+    const client = await this.client(this.opts.sessionWaitMs ?? SESSION_WAIT_MS);
+    const req = {
+      network: networkRef,
+      containerId: container.id,
+      containerName: container.name,
+      aliases: cfg.Aliases ?? [],
+      ip: cfg.IPAMConfig?.IPv4Address ?? "",
+    };
+    let res: Awaited<ReturnType<typeof unaryAttach>>;
+    try {
+      res = await unaryAttach(client, req);
+    } catch (e) {
+      throw toApiError(e);
+    }
+    try {
+      return decodeAttachResponse(res);
+    } catch (e) {
+      throw new ApiError(500, `could not attach to ${networkRef}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+
+  /** Step 4: DNS, and external access through shoal_gwbridge unless the network is internal. */
+  private async connectHost(container: Who, net: NetworkRecord): Promise<void> {
+    this.dns ??= new EmbeddedDns({ lookup: (id, name) => this.lookupName(id, name), logger: this.log });
+    await this.dns.addContainer(container.id, container.netnsPath);
+    if (!net.spec.internal) await this.gateway().attach(container.id, container.netnsPath);
+  }
+
+  private gateway(): GatewayBridge {
+    this.gatewayBridge ??= new GatewayBridge({ logger: this.log, firewall: this.opts.firewall });
+    return this.gatewayBridge;
+  }
+
+  /** The one way an endpoint leaves (a detach, or the undoing of a failed attach). */
+  private async leave(container: Who, endpoint: AttachedEndpoint): Promise<void> {
+    try {
+      await this.overlays.unwire(endpoint);
+    } finally {
+      const left = this.overlays.localEndpoints().filter((l) => l.container.id === container.id);
+      if (!left.some((l) => !l.network.spec.internal)) await this.gatewayBridge?.detach(container.id);
+      if (left.length === 0) await this.dns?.removeContainer(container.id);
+      // Even if the kernel side failed: the address goes back to the managers (retried until they take it).
+      await this.releases.release(endpoint.endpointId);
+    }
+  }
+
+  /** The session's client, waiting up to `waitMs` for one to be established. */
+  private async client(waitMs: number): Promise<InstanceType<typeof DispatcherClient>> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const c = this.opts.session();
+      if (c) return c;
+      if (Date.now() >= deadline)
+        throw new ApiError(503, "this node has no session with a manager yet; try again in a moment");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  private async sendRelease(endpointId: string): Promise<void> {
+    const client = await this.client(0);
+    await unary(client.detach.bind(client), { endpointId }, DETACH_TIMEOUT_MS);
+  }
+}
+
+function attachedOf(net: NetworkRecord, ep: EndpointRecord): AttachedEndpoint {
+  return {
+    networkId: net.id,
+    networkName: net.spec.name,
+    endpointId: ep.id,
+    ip: ep.ip,
+    prefixLen: Number(net.alloc.subnet.split("/")[1]),
+    mac: ep.mac,
+    gateway: net.alloc.gateway,
+    aliases: ep.aliases,
+  };
+}
+
+/** An ApiError as it is; anything else as a 500 that says what was being done. */
+function failure(e: unknown, doing: string): ApiError {
+  return e instanceof ApiError ? e : new ApiError(500, `${doing}: ${e instanceof Error ? e.message : String(e)}`);
+}
+
+function unaryAttach(
+  client: InstanceType<typeof DispatcherClient>,
+  req: { network: string; containerId: string; containerName: string; aliases: string[]; ip: string },
+) {
+  return unary(client.attach.bind(client), req, ATTACH_TIMEOUT_MS);
+}

@@ -1,0 +1,833 @@
+// Scale benchmark: N simulated workers against three real shoald managers on loopback.
+//
+//   npm run bench:scale -- --nodes 250,1000,2500,5000
+//   npm run bench:scale -- --nodes 1000 --profile        # leader CPU profile (no failover phase)
+//   npm run bench:scale -- --nodes 250 --procs 4 --concurrency 16 --out bench-results/scale.json --keep
+//
+// Per N: three shoald processes (127.0.0.1, .2, .3, one port; default Raft timing) form a swarm through
+// the Engine API (`swarm init`, `swarm join` with the manager token). `--procs` worker processes
+// (test/bench/sim-worker.ts) then join N simulated workers, each through the real join path (root CA
+// checked against the token, its own key, CA.IssueNodeCertificate with the worker token) and the real
+// Agent (a Dispatcher session over mutual TLS, heartbeats). Figures:
+//   join/s         N / time from the first join request to the last certificate issued
+//   sessions up    time until every simulated worker holds a session
+//   leader CPU     the leader process's CPU over --steady seconds once every session is up (% of one core)
+//   hb p99         heartbeat round trips seen by the agents during the steady window
+//   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI)
+//   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
+//                  got the new period (p99 over sessions; the max over 3 changes)
+//   leader RSS     at the end of the steady window
+//   failover       SIGKILL the leader: sessions back on the new leader (time, or count at the timeout),
+//                  nodes ever seen Down in GET /nodes meanwhile (all are alive: every one is false), and
+//                  elections beyond the first (survivors' logs)
+// Managers expose --metrics-addr when the daemon supports it; the bench then reads their /metrics.
+// Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
+
+import { type ChildProcess, execFile, fork, spawn } from "node:child_process";
+import { closeSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import http from "node:http";
+import net from "node:net";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import type { ToWorker, WorkerStats } from "./sim-worker.js";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const SHOALD = join(HERE, "..", "..", "src", "daemon", "main.js");
+const SIM_WORKER = join(HERE, "sim-worker.js");
+const DOCKER = process.env.DOCKER_CLI ?? "/usr/local/bin/docker";
+const API = "/v1.50";
+
+interface Options {
+  nodes: number[];
+  procs: number;
+  concurrency: number;
+  steadySeconds: number;
+  joinTimeoutS: number;
+  recoverTimeoutS: number;
+  profile: boolean;
+  failover: boolean;
+  out: string;
+  keep: boolean;
+}
+
+function usage(): never {
+  console.error(
+    "usage: node dist/test/bench/scale.js [--nodes 250,1000] [--procs P] [--concurrency C (per process)]\n" +
+      "         [--steady S] [--join-timeout S] [--recover-timeout S] [--profile] [--no-failover] [--out FILE] [--keep]",
+  );
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    nodes: [250],
+    procs: 4,
+    concurrency: 8,
+    steadySeconds: 10,
+    joinTimeoutS: 300,
+    recoverTimeoutS: 90,
+    profile: false,
+    failover: true,
+    out: join("bench-results", "scale.json"),
+    keep: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const num = (): number => {
+      const n = Number(argv[++i]);
+      if (!Number.isFinite(n) || n <= 0) usage();
+      return n;
+    };
+    if (a === "--nodes") {
+      o.nodes = (argv[++i] ?? "").split(",").map((x) => Number(x.trim()));
+      if (o.nodes.some((n) => !Number.isInteger(n) || n < 1)) usage();
+    } else if (a === "--procs") o.procs = Math.floor(num());
+    else if (a === "--concurrency") o.concurrency = Math.floor(num());
+    else if (a === "--steady") o.steadySeconds = num();
+    else if (a === "--join-timeout") o.joinTimeoutS = num();
+    else if (a === "--recover-timeout") o.recoverTimeoutS = num();
+    else if (a === "--profile") o.profile = true;
+    else if (a === "--no-failover") o.failover = false;
+    else if (a === "--out") o.out = argv[++i] ?? usage();
+    else if (a === "--keep") o.keep = true;
+    else usage();
+  }
+  if (o.profile) o.failover = false;
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Cleanup
+
+const children = new Set<ChildProcess>();
+const tempDirs = new Set<string>();
+let keepTemp = false;
+
+function cleanupSync(): void {
+  for (const p of children) {
+    if (p.exitCode === null && p.signalCode === null) {
+      try {
+        p.kill("SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  children.clear();
+  if (!keepTemp) for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+  tempDirs.clear();
+}
+process.on("exit", cleanupSync);
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  process.on(sig, () => {
+    console.error(`\n${sig}: cleaning up`);
+    cleanupSync();
+    process.exit(130);
+  });
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 200): Promise<T> {
+  const deadline = performance.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (performance.now() > deadline) {
+      throw new Error(
+        `timed out after ${ms} ms waiting for ${what}${last instanceof Error ? ` (${last.message})` : ""}`,
+      );
+    }
+    await sleep(everyMs);
+  }
+}
+
+function percentile(xs: readonly number[], p: number): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+function freePort(host: string, port = 0): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(port, host, () => {
+      const a = s.address() as net.AddressInfo;
+      s.close(() => resolve(a.port));
+    });
+  });
+}
+
+async function commonFreePort(hosts: string[]): Promise<number> {
+  for (let i = 0; i < 50; i++) {
+    const p = await freePort(hosts[0]!);
+    try {
+      for (const h of hosts.slice(1)) await freePort(h, p);
+      return p;
+    } catch {
+      /* taken elsewhere */
+    }
+  }
+  throw new Error("no common free port");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Engine API
+
+interface Resp {
+  status: number;
+  body: unknown;
+}
+
+function call(sock: string, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<Resp> {
+  return new Promise<Resp>((resolve, reject) => {
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const req = http.request(
+      {
+        socketPath: sock,
+        path: `${API}${path}`,
+        method,
+        agent: false,
+        timeout: timeoutMs,
+        headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("error", reject);
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let parsed: unknown = text;
+          try {
+            parsed = text ? JSON.parse(text) : undefined;
+          } catch {
+            /* not JSON */
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed });
+        });
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+    req.on("error", reject);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+
+async function callOk<T>(sock: string, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<T> {
+  const r = await call(sock, method, path, body, timeoutMs);
+  if (r.status < 200 || r.status >= 300) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body as T;
+}
+
+interface ApiNode {
+  ID: string;
+  Description: { Hostname: string };
+  Status: { State: string };
+  ManagerStatus?: { Leader?: boolean; Reachability: string };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// shoald
+
+class Shoald {
+  proc: ChildProcess | undefined;
+  nodeId = "";
+  private exited: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly name: string,
+    readonly ip: string,
+    readonly port: number,
+    readonly metricsPort: number,
+    readonly dir: string,
+    readonly profileDir: string | undefined,
+  ) {}
+
+  get dataRoot(): string {
+    return join(this.dir, "data");
+  }
+  get sock(): string {
+    return join(this.dir, "shoald.sock");
+  }
+  get logPath(): string {
+    return join(this.dir, "shoald.log");
+  }
+  get addr(): string {
+    return `${this.ip}:${this.port}`;
+  }
+  get alive(): boolean {
+    return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  start(metrics: boolean): void {
+    const fd = openSync(this.logPath, "a");
+    const prof = this.profileDir ? ["--cpu-prof", "--cpu-prof-dir", join(this.profileDir, this.name)] : [];
+    const args = [
+      ...prof,
+      SHOALD,
+      "--data-root",
+      this.dataRoot,
+      "--exec-root",
+      `${this.dataRoot}-exec`,
+      "-H",
+      `unix://${this.sock}`,
+      "--hostname",
+      this.name,
+      "--log-level",
+      "info",
+      ...(metrics ? ["--metrics-addr", `${this.ip}:${this.metricsPort}`] : []),
+    ];
+    try {
+      const p = spawn(process.execPath, args, { stdio: ["ignore", "ignore", fd] });
+      children.add(p);
+      this.exited = new Promise((resolve) =>
+        p.once("exit", () => {
+          children.delete(p);
+          resolve();
+        }),
+      );
+      this.proc = p;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async ready(): Promise<void> {
+    await waitUntil(`${this.name}'s Engine API`, 30_000, async () => {
+      if (!this.alive) throw new Error(`${this.name} exited: ${this.logTail()}`);
+      return (await call(this.sock, "GET", "/_ping", undefined, 1000)).status === 200 ? true : undefined;
+    });
+  }
+
+  async kill(): Promise<void> {
+    if (!this.alive) return;
+    this.proc!.kill("SIGKILL");
+    await this.exited;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.alive) return;
+    this.proc!.kill("SIGTERM");
+    const t = setTimeout(() => this.proc?.kill("SIGKILL"), 15_000);
+    await this.exited;
+    clearTimeout(t);
+  }
+
+  async loadIdentity(): Promise<void> {
+    const s = JSON.parse(await readFile(join(this.dataRoot, "swarm", "state.json"), "utf8")) as { nodeId: string };
+    this.nodeId = s.nodeId;
+  }
+
+  /** CPU seconds (user + system) so far, from /proc. */
+  cpuSeconds(): number {
+    const f = readFileSync(`/proc/${this.proc!.pid}/stat`, "utf8");
+    const fields = f.slice(f.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  }
+
+  rssMiB(): number {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.proc!.pid}/status`, "utf8"));
+    return m ? Number(m[1]) / 1024 : Number.NaN;
+  }
+
+  logTail(lines = 15): string {
+    try {
+      return readFileSync(this.logPath, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+    } catch {
+      return "(no log)";
+    }
+  }
+
+  /** How many times this daemon logged that it became leader at or after wall time `fromMs`. */
+  electionsSince(fromMs: number): number {
+    let n = 0;
+    for (const line of readFileSync(this.logPath, "utf8").split("\n")) {
+      if (!line.includes('"became leader"')) continue;
+      try {
+        if ((JSON.parse(line) as { time: number }).time >= fromMs) n++;
+      } catch {
+        /* torn line */
+      }
+    }
+    return n;
+  }
+
+  /** The daemon's Prometheus text, or undefined without --metrics-addr support. */
+  async metrics(): Promise<string | undefined> {
+    return new Promise((resolve) => {
+      const req = http.get({ host: this.ip, port: this.metricsPort, path: "/metrics", timeout: 5000 }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve(res.statusCode === 200 ? Buffer.concat(chunks).toString("utf8") : undefined));
+      });
+      req.on("error", () => resolve(undefined));
+      req.on("timeout", () => req.destroy());
+    });
+  }
+}
+
+/** The value of a metric line `name{labels} value` (the first match), from Prometheus text. */
+export function metricValue(text: string | undefined, name: string, labels = ""): number | undefined {
+  if (!text) return undefined;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (labels ? !rest.startsWith(`{${labels}`) : !(rest.startsWith(" ") || rest.startsWith("{"))) continue;
+    const v = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (Number.isFinite(v)) return v;
+  }
+  return undefined;
+}
+
+async function daemonSupportsMetrics(): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [SHOALD, "--help"], { timeout: 20_000 }, (_e, out) =>
+      resolve(String(out).includes("--metrics-addr")),
+    );
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Worker processes
+
+class Workers {
+  private readonly procs: ChildProcess[] = [];
+  private waiting: ((s: WorkerStats) => void)[][] = [];
+
+  constructor(count: number) {
+    for (let i = 0; i < count; i++) {
+      const p = fork(SIM_WORKER, [], { stdio: ["ignore", "ignore", "inherit", "ipc"] });
+      children.add(p);
+      p.once("exit", () => children.delete(p));
+      this.waiting.push([]);
+      p.on("message", (m: unknown) => this.waiting[i]!.shift()?.(m as WorkerStats));
+      this.procs.push(p);
+    }
+  }
+
+  send(i: number, m: ToWorker): void {
+    this.procs[i]!.send(m);
+  }
+
+  broadcast(m: ToWorker): void {
+    for (let i = 0; i < this.procs.length; i++) this.send(i, m);
+  }
+
+  async stats(since = 0): Promise<WorkerStats[]> {
+    return Promise.all(
+      this.procs.map(
+        (p, i) =>
+          new Promise<WorkerStats>((resolve) => {
+            this.waiting[i]!.push(resolve);
+            p.send({ t: "stats", since } satisfies ToWorker);
+          }),
+      ),
+    );
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.procs.map(
+        (p) =>
+          new Promise<void>((resolve) => {
+            if (p.exitCode !== null || p.signalCode !== null) return resolve();
+            const t = setTimeout(() => p.kill("SIGKILL"), 5000);
+            p.once("exit", () => {
+              clearTimeout(t);
+              resolve();
+            });
+            p.send({ t: "stop" } satisfies ToWorker);
+          }),
+      ),
+    );
+  }
+}
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+
+// ---------------------------------------------------------------------------------------------------
+// One N
+
+export interface Row {
+  nodes: number;
+  joined: number;
+  joinPerS: number;
+  joinSeconds: number;
+  sessionsUpSeconds: number | undefined;
+  leaderCpuPct: number;
+  heartbeatP99Ms: number;
+  heartbeatCount: number;
+  heartbeatFailures: number;
+  nodeLsMs: number;
+  fanoutP99Ms: number;
+  fanoutReached: number;
+  leaderRssMiB: number;
+  failover?: {
+    backSeconds: number | undefined;
+    backAtTimeout: number;
+    falselyDown: number;
+    extraElections: number;
+  };
+  metrics?: Record<string, number | undefined>;
+  profile?: string[];
+}
+
+async function formCluster(dir: string, o: Options, metrics: boolean): Promise<Shoald[]> {
+  const ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+  const port = await commonFreePort(ips);
+  const mport = await commonFreePort(ips);
+  const profileDir = o.profile ? join(dir, "profiles") : undefined;
+  const ds = ips.map((ip, i) => new Shoald(`scale-m${i + 1}`, ip, port, mport, join(dir, `m${i + 1}`), profileDir));
+  for (const d of ds) await mkdir(d.dir, { recursive: true });
+  const [d1, ...rest] = ds as [Shoald, Shoald, Shoald];
+  d1.start(metrics);
+  await d1.ready();
+  await callOk(d1.sock, "POST", "/swarm/init", { ListenAddr: d1.addr, AdvertiseAddr: d1.addr });
+  const swarm = await callOk<{ JoinTokens: { Manager: string } }>(d1.sock, "GET", "/swarm");
+  for (const d of rest) {
+    d.start(metrics);
+    await d.ready();
+    await callOk(d.sock, "POST", "/swarm/join", {
+      RemoteAddrs: [d1.addr],
+      JoinToken: swarm.JoinTokens.Manager,
+      ListenAddr: d.addr,
+      AdvertiseAddr: d.addr,
+    });
+  }
+  for (const d of ds) await d.loadIdentity();
+  return ds;
+}
+
+async function leaderOf(ds: Shoald[]): Promise<Shoald> {
+  return waitUntil("a leader", 60_000, async () => {
+    for (const d of ds.filter((x) => x.alive)) {
+      try {
+        const nodes = await callOk<ApiNode[]>(d.sock, "GET", "/nodes", undefined, 10_000);
+        const id = nodes.find((n) => n.ManagerStatus?.Leader)?.ID;
+        const l = ds.find((x) => x.nodeId === id && x.alive);
+        if (l) return l;
+      } catch {
+        /* try the next */
+      }
+    }
+    return undefined;
+  });
+}
+
+function dockerNodeLs(sock: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    execFile(
+      DOCKER,
+      ["node", "ls", "-q"],
+      { env: { ...process.env, DOCKER_HOST: `unix://${sock}` }, maxBuffer: 64 << 20, timeout: 60_000 },
+      (e) => (e ? reject(e) : resolve(performance.now() - t0)),
+    );
+  });
+}
+
+async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: Row): Promise<void> {
+  const swarm = await callOk<{ JoinTokens: { Worker: string } }>(ds[0]!.sock, "GET", "/swarm");
+  const per = Math.ceil(n / o.procs);
+  const t0 = Date.now();
+  for (let i = 0; i < o.procs; i++) {
+    const count = Math.max(0, Math.min(per, n - i * per));
+    w.send(i, {
+      t: "join",
+      managers: ds.map((d) => d.addr),
+      token: swarm.JoinTokens.Worker,
+      count,
+      prefix: `sim${i}`,
+      concurrency: o.concurrency,
+    });
+  }
+  let lastJoin = t0;
+  let joined = 0;
+  let lastPrint = 0;
+  const deadline = t0 + o.joinTimeoutS * 1000;
+  for (;;) {
+    await sleep(1000);
+    const st = await w.stats();
+    joined = sum(st.map((s) => s.joined));
+    for (const s of st) for (const at of s.joinDoneAt) lastJoin = Math.max(lastJoin, at);
+    const sessions = sum(st.map((s) => s.sessions));
+    if (Date.now() - lastPrint > 10_000) {
+      lastPrint = Date.now();
+      console.log(`  ${((Date.now() - t0) / 1000).toFixed(0)} s: ${joined} joined, ${sessions} sessions`);
+    }
+    if (sessions >= n) {
+      row.sessionsUpSeconds = (Date.now() - t0) / 1000;
+      break;
+    }
+    if (Date.now() > deadline) break;
+  }
+  row.joined = joined;
+  row.joinSeconds = (lastJoin - t0) / 1000;
+  row.joinPerS = joined / Math.max(0.001, row.joinSeconds);
+}
+
+async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row): Promise<void> {
+  await sleep(5000);
+  await w.stats(); // drop the samples of the join
+  const c0 = leader.cpuSeconds();
+  const t0 = performance.now();
+  await sleep(o.steadySeconds * 1000);
+  const c1 = leader.cpuSeconds();
+  const st = await w.stats();
+  row.leaderCpuPct = ((c1 - c0) / ((performance.now() - t0) / 1000)) * 100;
+  const hb = st.flatMap((s) => s.heartbeatsMs);
+  row.heartbeatP99Ms = percentile(hb, 99);
+  row.heartbeatCount = hb.length;
+  row.heartbeatFailures = sum(st.map((s) => s.heartbeatFailures));
+  row.leaderRssMiB = leader.rssMiB();
+}
+
+async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> {
+  const p99s: number[] = [];
+  let reached = Number.POSITIVE_INFINITY;
+  for (const periodS of [6, 5, 6]) {
+    const swarm = await callOk<{ Version: { Index: number }; Spec: { Dispatcher: { HeartbeatPeriod: number } } }>(
+      leader.sock,
+      "GET",
+      "/swarm",
+    );
+    w.broadcast({ t: "expect", periodMs: periodS * 1000 });
+    await sleep(200);
+    const spec = { ...swarm.Spec, Dispatcher: { ...swarm.Spec.Dispatcher, HeartbeatPeriod: periodS * 1e9 } };
+    const t0 = Date.now();
+    await callOk(leader.sock, "POST", `/swarm/update?version=${swarm.Version.Index}`, spec);
+    let seen: number[] = [];
+    await waitUntil(
+      "the change to reach every session",
+      30_000,
+      async () => {
+        seen = (await w.stats()).flatMap((s) => s.sawExpectedAt);
+        return seen.length >= row.joined ? true : undefined;
+      },
+      250,
+    ).catch(() => undefined);
+    reached = Math.min(reached, seen.length);
+    p99s.push(
+      percentile(
+        seen.map((at) => at - t0),
+        99,
+      ),
+    );
+    await sleep(1000);
+  }
+  row.fanoutP99Ms = Math.max(...p99s);
+  row.fanoutReached = reached;
+}
+
+async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Workers, row: Row): Promise<void> {
+  const n = row.joined;
+  const survivors = ds.filter((d) => d !== leader);
+  const down = new Set<string>();
+  const t0 = Date.now();
+  await leader.kill();
+  let back: number | undefined;
+  let backCount = 0;
+  let lastPoll = 0;
+  const graceEndMs = t0 + 25_000;
+  while (Date.now() - t0 < o.recoverTimeoutS * 1000) {
+    await sleep(500);
+    backCount = sum((await w.stats(t0)).map((s) => s.sessionsSince));
+    if (back === undefined && backCount >= n) back = (Date.now() - t0) / 1000;
+    if (Date.now() - lastPoll > 2000) {
+      lastPoll = Date.now();
+      for (const d of survivors) {
+        try {
+          const nodes = await callOk<ApiNode[]>(d.sock, "GET", "/nodes", undefined, 10_000);
+          for (const x of nodes) if (x.Status.State === "down" && !x.ManagerStatus) down.add(x.ID);
+          break;
+        } catch {
+          /* no leader yet */
+        }
+      }
+    }
+    if (back !== undefined && Date.now() > graceEndMs) break;
+  }
+  const elections = sum(survivors.map((d) => d.electionsSince(t0)));
+  row.failover = {
+    backSeconds: back,
+    backAtTimeout: backCount,
+    falselyDown: down.size,
+    extraElections: Math.max(0, elections - 1),
+  };
+}
+
+async function readMetrics(leader: Shoald, row: Row): Promise<void> {
+  const text = await leader.metrics();
+  if (!text) return;
+  row.metrics = {
+    raftTerm: metricValue(text, "shoal_raft_term"),
+    raftLeaderChanges: metricValue(text, "shoal_raft_leader_changes_total"),
+    sessions: metricValue(text, "shoal_dispatcher_sessions"),
+    heartbeats: metricValue(text, "shoal_dispatcher_heartbeats_total"),
+    pushes: metricValue(text, "shoal_dispatcher_pushes_total"),
+    nodesReady: metricValue(text, "shoal_dispatcher_nodes", 'state="ready"'),
+    nodesDown: metricValue(text, "shoal_dispatcher_nodes", 'state="down"'),
+    eventLoopLagP99S: metricValue(text, "nodejs_eventloop_lag_p99_seconds"),
+    rssBytes: metricValue(text, "process_resident_memory_bytes"),
+  };
+}
+
+async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
+  const dir = await mkdtemp(join(tmpdir(), `shoal-scale-${n}-`));
+  tempDirs.add(dir);
+  const row: Row = {
+    nodes: n,
+    joined: 0,
+    joinPerS: 0,
+    joinSeconds: 0,
+    sessionsUpSeconds: undefined,
+    leaderCpuPct: Number.NaN,
+    heartbeatP99Ms: Number.NaN,
+    heartbeatCount: 0,
+    heartbeatFailures: 0,
+    nodeLsMs: Number.NaN,
+    fanoutP99Ms: Number.NaN,
+    fanoutReached: 0,
+    leaderRssMiB: Number.NaN,
+  };
+  let ds: Shoald[] = [];
+  const w = new Workers(Math.min(o.procs, n));
+  try {
+    console.log(`N=${n}: 3 managers, ${o.procs} worker processes, state in ${dir}`);
+    ds = await formCluster(dir, o, metrics);
+    let leader = await leaderOf(ds);
+    await joinPhase(o, n, ds, w, row);
+    console.log(
+      `  joined ${row.joined} in ${row.joinSeconds.toFixed(1)} s; sessions up: ${row.sessionsUpSeconds ?? "no"}`,
+    );
+    leader = await leaderOf(ds);
+    await steadyPhase(o, leader, w, row);
+    const ls: number[] = [];
+    for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(leader.sock));
+    row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
+    await fanoutPhase(leader, w, row);
+    await readMetrics(leader, row);
+    if (o.failover) await failoverPhase(o, ds, leader, w, row);
+    if (o.profile) {
+      await w.stop();
+      await Promise.all(ds.map((d) => d.stop()));
+      row.profile = topOfProfile(join(dir, "profiles", leader.name));
+    }
+    return row;
+  } catch (e) {
+    for (const d of ds) console.error(`--- ${d.name} log tail:\n${d.logTail(10)}`);
+    throw e;
+  } finally {
+    await w.stop();
+    await Promise.all(ds.map((d) => d.stop().catch(() => d.kill())));
+    if (!o.keep) {
+      rmSync(dir, { recursive: true, force: true });
+      tempDirs.delete(dir);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Profiles: self time per function, from V8's .cpuprofile
+
+interface CpuProfile {
+  nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[];
+  samples: number[];
+}
+
+export function topOfProfile(dir: string, top = 15): string[] {
+  let files: string[];
+  try {
+    files = readdirSync(dir).filter((f) => f.endsWith(".cpuprofile"));
+  } catch {
+    return [];
+  }
+  const self = new Map<string, number>();
+  let total = 0;
+  for (const f of files) {
+    const p = JSON.parse(readFileSync(join(dir, f), "utf8")) as CpuProfile;
+    const byId = new Map(p.nodes.map((x) => [x.id, x.callFrame]));
+    for (const id of p.samples) {
+      const cf = byId.get(id);
+      if (!cf) continue;
+      const file = cf.url.replace(/^.*\/(dist|node_modules)\//, "$1/");
+      const key = `${cf.functionName || "(anonymous)"} ${file}:${cf.lineNumber + 1}`;
+      self.set(key, (self.get(key) ?? 0) + 1);
+      total++;
+    }
+  }
+  return [...self.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([k, v]) => `${((v / total) * 100).toFixed(1).padStart(5)} %  ${k}`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+function printTable(rows: Row[]): void {
+  const f = (x: number | undefined, d = 0) => (x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(d));
+  console.log("");
+  console.log(
+    "| nodes | joined | join/s | sessions up | leader CPU | hb p99 | node ls | fan-out p99 | leader RSS | after leader SIGKILL |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  for (const r of rows) {
+    const fo = r.failover;
+    const after = fo
+      ? `${fo.backSeconds !== undefined ? `all back in ${f(fo.backSeconds, 1)} s` : `${fo.backAtTimeout}/${r.joined} back`}; ${fo.falselyDown} falsely Down; ${fo.extraElections} extra elections`
+      : "-";
+    console.log(
+      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms | ${f(r.nodeLsMs)} ms | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${after} |`,
+    );
+  }
+  for (const r of rows) {
+    if (r.profile?.length) {
+      console.log(`\nleader profile, N=${r.nodes} (self time):`);
+      for (const l of r.profile) console.log(`  ${l}`);
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  keepTemp = o.keep;
+  const metrics = await daemonSupportsMetrics();
+  const rows: Row[] = [];
+  for (const n of o.nodes) {
+    rows.push(await runOne(o, n, metrics));
+    printTable(rows);
+  }
+  const result = {
+    benchmark: "scale",
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model.trim() ?? "unknown",
+    loadAverageAtEnd: loadavg(),
+    options: o,
+    rows,
+  };
+  await mkdir(dirname(o.out), { recursive: true });
+  await writeFile(o.out, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`\nresults written to ${o.out}`);
+}
+
+try {
+  await main();
+  cleanupSync();
+  process.exit(0);
+} catch (e) {
+  console.error(`bench:scale failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  cleanupSync();
+  process.exit(1);
+}

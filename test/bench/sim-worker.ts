@@ -1,0 +1,174 @@
+// One process of the scale bench's simulated workers (test/bench/scale.ts forks several). Each simulated
+// worker goes through the real join path of a worker node: the root CA fetched anonymously and checked
+// against the token's digest, a fresh key and CSR, CA.IssueNodeCertificate with the worker join token
+// (a real certificate signed by the swarm's CA), then the real Agent (src/agent/agent.ts): a Dispatcher
+// session over mutual TLS with its own certificate, heartbeats at the period the managers ask for, and
+// failover to another manager when the session breaks. Nothing here stands in for a manager.
+//
+// The parent drives it over the IPC channel (messages below) and reads its figures: joins, sessions
+// (and when each was last established), heartbeat round trips, and when each session saw a change.
+
+import pino from "pino";
+import { Agent } from "../../src/agent/agent.js";
+import type { DecodedSession } from "../../src/agent/messages.js";
+import { generateNodeKeyAndCSR } from "../../src/ca/certs.js";
+import { clientCredentials, insecureClientCredentials } from "../../src/ca/tls.js";
+import { parseJoinToken, tokenMatchesRoot } from "../../src/ca/token.js";
+import { CAClient } from "../../src/gen/cluster.js";
+import { unary } from "../../src/manager/grpc-util.js";
+
+export type ToWorker =
+  | { t: "join"; managers: string[]; token: string; count: number; prefix: string; concurrency: number }
+  /** From now on, note when each session first sees heartbeatPeriodMs === periodMs. */
+  | { t: "expect"; periodMs: number }
+  /** Report; `since` (wall ms): count sessions established after it. Heartbeat samples are reset. */
+  | { t: "stats"; since: number }
+  | { t: "stop" };
+
+export interface WorkerStats {
+  t: "stats";
+  joined: number;
+  joinFailures: number;
+  /** Wall ms of every successful join (to compute join/s). */
+  joinDoneAt: number[];
+  sessions: number;
+  sessionsSince: number;
+  /** Heartbeat round trips (ms) since the last report, and how many failed. */
+  heartbeatsMs: number[];
+  heartbeatFailures: number;
+  /** Wall ms at which each session saw the expected period (one per session that did). */
+  sawExpectedAt: number[];
+}
+
+interface Sim {
+  agent: Agent;
+  sessionId: string;
+  sessionAtMs: number;
+  sawAtMs: number;
+}
+
+const log = pino({ level: process.env.SIM_LOG_LEVEL ?? "silent" });
+const CHANNEL = { "grpc.ssl_target_name_override": "swarm-manager" };
+const sims: Sim[] = [];
+let joinFailures = 0;
+let joinDoneAt: number[] = [];
+let heartbeatsMs: number[] = [];
+let heartbeatFailures = 0;
+let expectPeriodMs = 0;
+
+/** The real join path of a worker (as the daemon's swarm join does it): a certificate for the token. */
+async function joinOne(managers: string[], token: string, hostname: string): Promise<Sim> {
+  const remote = managers[Math.floor(Math.random() * managers.length)]!;
+  const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL);
+  let rootPem: string;
+  try {
+    rootPem = (await unary(anon.getRootCaCertificate.bind(anon), {}, 10_000)).certificatePem;
+  } finally {
+    anon.close();
+  }
+  if (!tokenMatchesRoot(parseJoinToken(token), rootPem)) throw new Error("root CA does not match the token");
+  const { keyPem, csrPem } = await generateNodeKeyAndCSR();
+  const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL);
+  let certPem: string;
+  let nodeId: string;
+  try {
+    const res = await unary(
+      verified.issueNodeCertificate.bind(verified),
+      {
+        csrPem,
+        token,
+        availability: "active",
+        hostname,
+        advertiseAddr: "127.0.0.1:2377",
+        listenAddrError: "",
+      },
+      60_000,
+    );
+    certPem = res.certificatePem;
+    nodeId = res.nodeId;
+  } finally {
+    verified.close();
+  }
+  const creds = clientCredentials(rootPem, certPem, keyPem);
+  const sim: Sim = { agent: undefined as unknown as Agent, sessionId: "", sessionAtMs: 0, sawAtMs: 0 };
+  sim.agent = new Agent({
+    nodeId,
+    managers: () => managers,
+    credentials: () => creds,
+    description: () => ({
+      Hostname: hostname,
+      Platform: { Architecture: "x86_64", OS: "linux" },
+      Resources: { NanoCPUs: 1e9, MemoryBytes: 1 << 30 },
+      Engine: { EngineVersion: "sim", Plugins: [] },
+    }),
+    addr: "",
+    logger: log,
+    onMessage: (m: DecodedSession) => onMessage(sim, m),
+    onHeartbeat: (ms, ok) => {
+      if (ok) heartbeatsMs.push(ms);
+      else heartbeatFailures++;
+    },
+  });
+  sim.agent.start();
+  return sim;
+}
+
+function onMessage(sim: Sim, m: DecodedSession): void {
+  const now = Date.now();
+  if (m.sessionId !== sim.sessionId) {
+    sim.sessionId = m.sessionId;
+    sim.sessionAtMs = now;
+  }
+  if (expectPeriodMs > 0 && m.heartbeatPeriodMs === expectPeriodMs && sim.sawAtMs === 0) sim.sawAtMs = now;
+}
+
+async function joinAll(m: Extract<ToWorker, { t: "join" }>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < m.count) {
+      const i = next++;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          sims.push(await joinOne(m.managers, m.token, `${m.prefix}-${i}`));
+          joinDoneAt.push(Date.now());
+          break;
+        } catch {
+          joinFailures++;
+          await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** attempt) * (0.5 + Math.random())));
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: m.concurrency }, lane));
+}
+
+function stats(since: number): WorkerStats {
+  const out: WorkerStats = {
+    t: "stats",
+    joined: sims.length,
+    joinFailures,
+    joinDoneAt,
+    sessions: sims.filter((s) => s.agent.connectedTo !== undefined).length,
+    sessionsSince: sims.filter((s) => s.sessionAtMs > since).length,
+    heartbeatsMs,
+    heartbeatFailures,
+    sawExpectedAt: sims.filter((s) => s.sawAtMs > 0).map((s) => s.sawAtMs),
+  };
+  joinDoneAt = [];
+  heartbeatsMs = [];
+  heartbeatFailures = 0;
+  return out;
+}
+
+process.on("message", (raw: unknown) => {
+  const m = raw as ToWorker;
+  if (m.t === "join") void joinAll(m);
+  else if (m.t === "expect") {
+    expectPeriodMs = m.periodMs;
+    for (const s of sims) s.sawAtMs = 0;
+  } else if (m.t === "stats") process.send?.(stats(m.since));
+  else if (m.t === "stop") {
+    void Promise.all(sims.map((s) => s.agent.stop())).finally(() => process.exit(0));
+  }
+});
+process.on("disconnect", () => process.exit(0));

@@ -1,0 +1,100 @@
+// When a leader goes, every node loses its session at once. Each agent waits a random part of the heartbeat
+// period before it reconnects, so the new leader sees the reconnections spread out instead of in one burst.
+// A real gRPC server (plaintext, loopback) that serves one session, breaks it, and records when the agent
+// comes back; the agent's randomness is injected.
+
+import { credentials, Server, ServerCredentials, type ServerWritableStream, status } from "@grpc/grpc-js";
+import pino from "pino";
+import { afterEach, describe, expect, test } from "vitest";
+import { Agent } from "../../src/agent/agent.js";
+import { DispatcherService, type SessionMessage } from "../../src/gen/cluster.js";
+
+const PERIOD_MS = 800;
+
+interface Served {
+  server: Server;
+  addr: string;
+  /** Date.now() of every session the agent opened, and of the moment the first one was broken. */
+  opened: number[];
+  brokeAt: number;
+}
+
+async function serve(): Promise<Served> {
+  const s: Served = { server: new Server(), addr: "", opened: [], brokeAt: 0 };
+  const msg = (n: number): SessionMessage => ({
+    sessionId: `${n}`.padStart(24, "0"),
+    nodeJson: "",
+    managers: [],
+    heartbeatPeriodMs: PERIOD_MS,
+    role: "worker",
+    networks: [],
+    networkKeysJson: "",
+    rootCaPem: "",
+    renewCertificateIssuer: "",
+  });
+  s.server.addService(DispatcherService, {
+    session: (call: ServerWritableStream<unknown, SessionMessage>) => {
+      s.opened.push(Date.now());
+      call.write(msg(s.opened.length));
+      if (s.opened.length === 1) {
+        setTimeout(() => {
+          s.brokeAt = Date.now();
+          call.emit("error", Object.assign(new Error("the leader went away"), { code: status.UNAVAILABLE }));
+        }, 200);
+      }
+    },
+    heartbeat: (_c: unknown, cb: (e: null, r: { periodMs: number }) => void) => cb(null, { periodMs: PERIOD_MS }),
+    attach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
+    detach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    s.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+  );
+  s.addr = `127.0.0.1:${port}`;
+  return s;
+}
+
+let cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanup) await c();
+  cleanup = [];
+});
+
+async function reconnectGapMs(random: () => number): Promise<number> {
+  const s = await serve();
+  const agent = new Agent({
+    nodeId: "n".repeat(25),
+    managers: () => [s.addr],
+    credentials: () => credentials.createInsecure(),
+    description: () => ({
+      Hostname: "h",
+      Platform: { Architecture: "x86_64", OS: "linux" },
+      Resources: { NanoCPUs: 0, MemoryBytes: 0 },
+      Engine: { EngineVersion: "", Plugins: [] },
+    }),
+    addr: "",
+    logger: pino({ level: "silent" }),
+    onMessage: () => {},
+    random,
+  });
+  cleanup.push(async () => {
+    await agent.stop();
+    s.server.forceShutdown();
+  });
+  agent.start();
+  const deadline = Date.now() + 10_000;
+  while (s.opened.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  expect(s.opened.length).toBeGreaterThanOrEqual(2);
+  return s.opened[1]! - s.brokeAt;
+}
+
+describe("agent reconnect", () => {
+  test("after its session broke, an agent waits a random part of the heartbeat period before reconnecting", async () => {
+    // random() = 0.9: at least 0.9 of the period passes before the agent is back.
+    expect(await reconnectGapMs(() => 0.9)).toBeGreaterThanOrEqual(0.9 * PERIOD_MS - 20);
+  });
+
+  test("the wait is drawn anew: random() = 0 reconnects after the short backoff only", async () => {
+    expect(await reconnectGapMs(() => 0)).toBeLessThan(0.6 * PERIOD_MS);
+  });
+});

@@ -1,0 +1,276 @@
+// The dispatcher at scale: node status goes to Raft in few batched entries, a reconnect of a Ready node
+// writes nothing, a new leader marks nobody down before a grace that grows with the swarm, and a change
+// is sent only to the sessions it concerns. A real store (commands applied as Raft would apply them), the
+// real ACL (real node certificates), the real Dispatcher; only the gRPC call objects are stand-ins.
+
+import { EventEmitter } from "node:events";
+import type { ServerWritableStream, UntypedServiceImplementation } from "@grpc/grpc-js";
+import pino from "pino";
+import { afterEach, beforeAll, describe, expect, test, vi } from "vitest";
+import { DEFAULT_SWARM_SPEC, type Node } from "../../src/api/objects.js";
+import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
+import { createRootCA, RootCA } from "../../src/ca/rootca.js";
+import type { SessionMessage } from "../../src/gen/cluster.js";
+import { type AclContext, withAcl } from "../../src/manager/acl.js";
+import { newNodeObject } from "../../src/manager/ca-server.js";
+import { Dispatcher, GRACE_PER_NODE_MS, HEARTBEAT_MISSES } from "../../src/manager/dispatcher.js";
+import { requestSchemas } from "../../src/manager/wire.js";
+import { type Command, encodeCommand, Store } from "../../src/store/store.js";
+
+const CLUSTER = "c0000000000000000000000001";
+const at = new Date("2026-12-01T00:00:00Z");
+const PERIOD_MS = 1000;
+
+interface Fixture {
+  store: Store;
+  writes: Command[];
+  dispatcher: Dispatcher;
+  service: UntypedServiceImplementation;
+}
+
+function fixture(): Fixture {
+  const store = new Store();
+  const writes: Command[] = [];
+  let index = 0;
+  const apply = (c: Command) => {
+    const out = store.apply(encodeCommand(c, at), ++index);
+    if (!out.ok) throw new Error(out.message);
+    return out.version;
+  };
+  apply({
+    op: "cluster.create",
+    info: {
+      ID: CLUSTER.slice(0, 25),
+      Version: { Index: 0 },
+      CreatedAt: at.toISOString(),
+      UpdatedAt: at.toISOString(),
+      Spec: { ...DEFAULT_SWARM_SPEC, Dispatcher: { HeartbeatPeriod: PERIOD_MS * 1e6 } },
+      TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
+      RootRotationInProgress: false,
+      DefaultAddrPool: ["10.0.0.0/8"],
+      SubnetSize: 24,
+      DataPathPort: 4789,
+    },
+    secrets: { rootCACertPem: "", rootCAKeyPem: "", workerToken: "w", managerToken: "m" },
+  });
+  const dispatcher = new Dispatcher({
+    store,
+    log: pino({ level: "silent" }),
+    leaderAddr: () => "127.0.0.1:2377",
+    write: async (c) => {
+      writes.push(c);
+      return apply(c);
+    },
+    readBarrier: async () => undefined,
+  });
+  const acl: AclContext = {
+    clusterId: () => CLUSTER,
+    isRemoved: (id) => store.isRemoved(id),
+    roleOf: (id) => store.roleOf(id),
+    readBarrier: async () => undefined,
+  };
+  const rule = (name: "session" | "heartbeat") => ({ allowed: ["worker" as const], request: requestSchemas[name] });
+  const service = withAcl(
+    dispatcher.service(),
+    { session: rule("session"), heartbeat: rule("heartbeat"), attach: rule("session"), detach: rule("session") },
+    acl,
+  );
+  return { store, writes, dispatcher, service };
+}
+
+let root: RootCA;
+const certs: Buffer[] = [];
+const ids: string[] = [];
+
+beforeAll(async () => {
+  const m = await createRootCA();
+  root = await RootCA.fromPem(m.certPem, m.keyPem);
+  for (let i = 0; i < 40; i++) {
+    const id = `n${String(i).padStart(24, "0")}`;
+    const { csrPem } = await generateNodeKeyAndCSR(id);
+    const pem = await signNodeCSR(root, csrPem, { nodeId: id, role: "worker", clusterId: CLUSTER });
+    const b64 = pem.replace(/-----[A-Z ]+-----|\s/g, "");
+    ids.push(id);
+    certs.push(Buffer.from(b64, "base64"));
+  }
+}, 60_000);
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+/** A stand-in for grpc-js's server stream: what the dispatcher writes, and whether it ended. */
+class FakeStream extends EventEmitter {
+  readonly messages: SessionMessage[] = [];
+  error: Error | undefined;
+  constructor(
+    readonly request: { descriptionJson: string; addr: string },
+    private readonly der: Buffer,
+  ) {
+    super();
+    this.on("error", (e: Error) => {
+      this.error = e;
+    });
+  }
+  getPeer(): string {
+    return "127.0.0.1:40000";
+  }
+  getAuthContext() {
+    return { sslPeerCertificate: { raw: this.der } };
+  }
+  write(m: SessionMessage): boolean {
+    this.messages.push(m);
+    return true;
+  }
+  end(): void {}
+}
+
+function addNode(f: Fixture, i: number, state: "unknown" | "ready" = "unknown"): void {
+  const node: Node = newNodeObject(ids[i]!, "worker", "active", `host${i}`, "127.0.0.1");
+  f.store.apply(encodeCommand({ op: "node.create", node, role: "worker" }, at), f.store.appliedIndex + 1);
+  if (state === "ready") {
+    f.store.apply(
+      encodeCommand({ op: "node.status", id: ids[i]!, state: "ready", addr: "127.0.0.1" }, at),
+      f.store.appliedIndex + 1,
+    );
+  }
+}
+
+function open(f: Fixture, i: number): FakeStream {
+  const s = new FakeStream({ descriptionJson: "", addr: "" }, certs[i]!);
+  (f.service.session as (c: ServerWritableStream<unknown, unknown>) => void)(
+    s as unknown as ServerWritableStream<unknown, unknown>,
+  );
+  return s;
+}
+
+/** One heartbeat on the stream's session. */
+function beat(f: Fixture, s: FakeStream): Promise<void> {
+  const sessionId = s.messages[0]?.sessionId ?? "";
+  return new Promise<void>((resolve, reject) =>
+    (f.service.heartbeat as (c: unknown, cb: (e: unknown) => void) => void)(
+      { request: { sessionId }, getPeer: () => "127.0.0.1:1", getAuthContext: () => s.getAuthContext() },
+      (e) => (e ? reject(e) : resolve()),
+    ),
+  );
+}
+
+const settle = async (ms = 300) => {
+  await vi.advanceTimersByTimeAsync(ms);
+};
+
+describe("dispatcher", () => {
+  test("40 sessions starting make their nodes Ready in one or two Raft entries, not 40", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    for (let i = 0; i < 40; i++) addNode(f, i);
+    f.dispatcher.becomeLeader();
+    const streams = ids.map((_, i) => open(f, i));
+    await settle();
+    expect(f.store.nodeViews().filter((n) => n.node.Status.State === "ready")).toHaveLength(40);
+    expect(f.writes.length).toBeLessThanOrEqual(2);
+    expect(f.writes.every((w) => w.op === "node.statusBatch")).toBe(true);
+    // Every session was told its node is Ready.
+    for (const s of streams) {
+      const last = s.messages.at(-1)!;
+      expect((JSON.parse(last.nodeJson) as Node).Status.State).toBe("ready");
+    }
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a node that is already Ready reconnecting writes nothing", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    addNode(f, 0, "ready");
+    f.dispatcher.becomeLeader();
+    const s = open(f, 0);
+    await settle();
+    expect(s.messages.length).toBe(1);
+    expect(f.writes).toEqual([]);
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a new leader marks nobody down before a grace that grows with the swarm, then all at once", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    for (let i = 0; i < 40; i++) addNode(f, i, "ready");
+    f.dispatcher.becomeLeader();
+    const graceMs = PERIOD_MS * HEARTBEAT_MISSES + 40 * GRACE_PER_NODE_MS;
+    // Half the nodes come back within the grace (and keep beating), the last of them only just in time.
+    const open19 = Array.from({ length: 19 }, (_, i) => open(f, i));
+    await settle(50);
+    for (let elapsed = 50; elapsed < graceMs - 200; elapsed += 200) {
+      for (const s of open19) await beat(f, s);
+      await settle(200);
+    }
+    const late = open(f, 19);
+    await settle(50);
+    expect(f.writes).toEqual([]);
+    for (let t = 0; t < PERIOD_MS + 200; t += 200) {
+      for (const s of [...open19, late]) await beat(f, s);
+      await settle(200);
+    }
+    const down = f.store.nodeViews().filter((n) => n.node.Status.State === "down");
+    expect(down.map((n) => n.node.ID).sort()).toEqual(ids.slice(20).sort());
+    expect(f.writes).toHaveLength(1);
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a node's status change is sent to its own session only; a swarm-wide change to every session", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    for (let i = 0; i < 3; i++) addNode(f, i, "ready");
+    f.dispatcher.becomeLeader();
+    const [a, b, c] = [open(f, 0), open(f, 1), open(f, 2)];
+    await settle();
+    const before = [a.messages.length, b.messages.length, c.messages.length];
+    f.store.apply(
+      encodeCommand(
+        {
+          op: "node.update",
+          id: ids[0]!,
+          version: f.store.node(ids[0]!)!.node.Version.Index,
+          spec: { Labels: { x: "1" }, Role: "worker", Availability: "active" },
+        },
+        at,
+      ),
+      f.store.appliedIndex + 1,
+    );
+    await settle();
+    expect([a.messages.length, b.messages.length, c.messages.length]).toEqual([before[0]! + 1, before[1], before[2]]);
+    const cl = f.store.cluster()!;
+    f.store.apply(
+      encodeCommand(
+        {
+          op: "cluster.update",
+          version: cl.info.Version.Index,
+          spec: { ...cl.info.Spec, Dispatcher: { HeartbeatPeriod: 2 * PERIOD_MS * 1e6 } },
+        },
+        at,
+      ),
+      f.store.appliedIndex + 1,
+    );
+    await settle();
+    for (const s of [a, b, c]) expect(s.messages.at(-1)!.heartbeatPeriodMs).toBe(2 * PERIOD_MS);
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a session whose heartbeats stop is expired and its node marked down", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    addNode(f, 0, "ready");
+    addNode(f, 1, "ready");
+    f.dispatcher.becomeLeader();
+    const [a, b] = [open(f, 0), open(f, 1)];
+    await settle();
+    for (let t = 0; t < 6; t++) {
+      await beat(f, b);
+      await settle(PERIOD_MS);
+    }
+    expect(a.error?.message).toMatch(/missed heartbeats/);
+    expect(b.error).toBeUndefined();
+    const states = Object.fromEntries(f.store.nodeViews().map((n) => [n.node.ID, n.node.Status.State]));
+    expect(states).toEqual({ [ids[0]!]: "down", [ids[1]!]: "ready" });
+    f.dispatcher.loseLeadership();
+  });
+});

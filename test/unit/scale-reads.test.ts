@@ -1,0 +1,130 @@
+// Reads on hot paths: the store's frozen views (no copy per read, never stale after a change), the
+// batched node status entry, and the peer identity read once per certificate with Node's X509Certificate.
+
+import { beforeAll, describe, expect, test } from "vitest";
+import { generateNodeKeyAndCSR, parseNodeCert, signNodeCSR } from "../../src/ca/certs.js";
+import { createRootCA, RootCA } from "../../src/ca/rootca.js";
+import { identityOfDer, peerRole } from "../../src/ca/tls.js";
+import { newNodeObject } from "../../src/manager/ca-server.js";
+import { type Command, encodeCommand, Store } from "../../src/store/store.js";
+
+const at = new Date("2026-12-01T00:00:00Z");
+const id = (i: number) => `n${String(i).padStart(24, "0")}`;
+
+function storeWith(n: number): Store {
+  const store = new Store();
+  for (let i = 0; i < n; i++) {
+    const c: Command = {
+      op: "node.create",
+      node: newNodeObject(id(i), "worker", "active", `h${i}`, ""),
+      role: "worker",
+    };
+    store.apply(encodeCommand(c, at), store.appliedIndex + 1);
+  }
+  return store;
+}
+
+const apply = (store: Store, c: Command) => store.apply(encodeCommand(c, at), store.appliedIndex + 1);
+
+describe("store views", () => {
+  test("a view is frozen, shared until its node changes, and shows the change right after", () => {
+    const store = storeWith(3);
+    const v = store.nodeView(id(1))!;
+    expect(Object.isFrozen(v)).toBe(true);
+    expect(Object.isFrozen(v.node.Status)).toBe(true);
+    expect(() => {
+      (v.node.Status as { State: string }).State = "ready";
+    }).toThrow(TypeError);
+    expect(store.nodeView(id(1))).toBe(v);
+    const list = store.nodeViews();
+    expect(store.nodeViews()).toBe(list);
+    apply(store, { op: "node.status", id: id(1), state: "ready", addr: "192.0.2.1" });
+    expect(store.nodeView(id(1))!.node.Status).toEqual({ State: "ready", Addr: "192.0.2.1" });
+    expect(store.nodeViews()).not.toBe(list);
+    expect(store.nodeViews().find((r) => r.node.ID === id(1))!.node.Status.State).toBe("ready");
+    // The untouched nodes keep their (shared) views; the old view itself never changed.
+    expect(store.nodeView(id(0))).toBe(list[0]);
+    expect(v.node.Status.State).toBe("unknown");
+    expect(store.roleOf(id(2))).toBe("worker");
+    expect(store.roleOf("nosuchnode0000000000000000")).toBeUndefined();
+  });
+
+  test("the cluster view follows cluster updates; a restore drops every view", () => {
+    const store = storeWith(1);
+    const before = store.snapshot();
+    apply(store, { op: "node.status", id: id(0), state: "down" });
+    expect(store.nodeView(id(0))!.node.Status.State).toBe("down");
+    store.restore(before, 1);
+    expect(store.nodeView(id(0))!.node.Status.State).toBe("unknown");
+  });
+
+  test("node.statusBatch: one entry changes many nodes, skips the ones that are gone, and tells watchers each", () => {
+    const store = storeWith(3);
+    const seen: string[] = [];
+    store.events.on("event", (e) => e.kind === "node" && seen.push(`${e.node.node.ID}:${e.node.node.Status.State}`));
+    const out = apply(store, {
+      op: "node.statusBatch",
+      updates: [
+        { id: id(0), state: "ready", addr: "192.0.2.10" },
+        { id: "gone00000000000000000000000".slice(0, 25), state: "ready" },
+        { id: id(2), state: "down", message: "heartbeat failure" },
+      ],
+    });
+    expect(out.ok).toBe(true);
+    expect(seen).toEqual([`${id(0)}:ready`, `${id(2)}:down`]);
+    expect(store.nodeView(id(2))!.node.Status).toEqual({ State: "down", Addr: "", Message: "heartbeat failure" });
+    expect(store.nodeView(id(1))!.node.Status.State).toBe("unknown");
+  });
+
+  test("node.statusBatch is refused as a whole when one update is malformed", () => {
+    const store = storeWith(1);
+    const out = apply(store, {
+      op: "node.statusBatch",
+      updates: [{ id: id(0), state: "sleepy" }],
+    } as unknown as Command);
+    expect(out.ok).toBe(false);
+    expect(store.nodeView(id(0))!.node.Status.State).toBe("unknown");
+  });
+});
+
+describe("peer identity", () => {
+  let der: Buffer;
+  const CLUSTER = "c0000000000000000000000001";
+
+  beforeAll(async () => {
+    const m = await createRootCA();
+    const ca = await RootCA.fromPem(m.certPem, m.keyPem);
+    const { csrPem } = await generateNodeKeyAndCSR(id(7));
+    const pem = await signNodeCSR(ca, csrPem, { nodeId: id(7), role: "manager", clusterId: CLUSTER });
+    der = Buffer.from(pem.replace(/-----[A-Z ]+-----|\s/g, ""), "base64");
+  });
+
+  test("Node's X509Certificate reads the same identity as the ASN.1 parser", () => {
+    const ref = parseNodeCert(der);
+    expect(identityOfDer(der)).toEqual({ nodeId: ref.nodeId, role: ref.role, clusterId: ref.clusterId });
+    expect(identityOfDer(Buffer.from("not a certificate"))).toBeNull();
+  });
+
+  test("a connection's certificate is read once: later calls on it get the identity without a parse", () => {
+    const cert = { raw: der };
+    const call = { getAuthContext: () => ({ sslPeerCertificate: cert }) };
+    const first = peerRole(call);
+    expect(first).toEqual({ nodeId: id(7), role: "manager", clusterId: CLUSTER });
+    // Were the bytes read again, this would now be null.
+    cert.raw = Buffer.from("garbage");
+    expect(peerRole(call)).toEqual(first);
+    expect(peerRole({ getAuthContext: () => ({}) })).toBeNull();
+  });
+});
+
+describe("the CA key is imported once", () => {
+  test("the same root and key give the same imported CA; another key another one", async () => {
+    const a = await createRootCA();
+    const b = await createRootCA();
+    const first = await RootCA.fromPemCached(a.certPem, a.keyPem);
+    expect(await RootCA.fromPemCached(a.certPem, a.keyPem)).toBe(first);
+    const other = await RootCA.fromPemCached(b.certPem, b.keyPem);
+    expect(other).not.toBe(first);
+    await expect(RootCA.fromPemCached(a.certPem, b.keyPem)).rejects.toThrow();
+  });
+});
