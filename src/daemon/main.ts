@@ -162,7 +162,10 @@ async function run(flags: Flags): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down");
-    const force = setTimeout(() => process.exit(1), 10_000);
+    // A last resort against a stop that hangs: long enough for containers on networks to stop (their 5 s
+    // grace, then SIGKILL and their endpoints released through containerd) and for the data plane to be
+    // taken down on a loaded host; cut short, the kernel keeps the host's SAs, policies and rules.
+    const force = setTimeout(() => process.exit(1), SHUTDOWN_FORCE_MS);
     force.unref();
     try {
       await server.close();
@@ -179,6 +182,9 @@ async function run(flags: Flags): Promise<void> {
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
 }
+
+/** How long a SIGTERM'd shoald may take to stop cleanly before it exits anyway. */
+const SHUTDOWN_FORCE_MS = 60_000;
 
 try {
   await buildProgram().parseAsync(process.argv);

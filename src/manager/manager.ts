@@ -242,6 +242,13 @@ export class Manager {
       onUnreachable: (id) => this.raft?.reportUnreachable(id),
       onToldRemoved: (by) => this.raft?.toldRemoved(by),
       logger: this.root.child({ component: "transport" }),
+      // Slow keepalive, as the sessions have: a PING not answered within 1 s (the transport's default) also
+      // fails when either side's event loop or CPU is busy for a second, and every such failure drops the
+      // stream and what was queued on it (heartbeats, read-index answers), so a loaded host loses its
+      // leader. Raft needs no keepalive to notice a dead peer (missing heartbeats do), and a killed process's
+      // kernel resets its connections at once.
+      keepaliveTimeMs: RAFT_KEEPALIVE_MS,
+      keepaliveTimeoutMs: RAFT_KEEPALIVE_MS,
     });
     this.raft = await RaftNode.start({
       id: this.raftId,
@@ -562,6 +569,8 @@ function checkBeforeProposing(cmd: Command): void {
   if (!r.ok) throw new ApiError(400, `invalid ${cmd.op}: ${r.reason}`);
 }
 
+/** HTTP/2 keepalive of the Raft streams to the other managers (interval and answer timeout). */
+export const RAFT_KEEPALIVE_MS = 10_000;
 /** How long a write may wait for its outcome before it is reported unknown. */
 const WRITE_TIMEOUT_MS = 10_000;
 /** How long a write that certainly was not applied is proposed again while a leader is being elected. */

@@ -7,7 +7,8 @@
 // Skipped, with the reason, only where the guest cannot run at all: not root (network namespaces), or the
 // user-mode-linux package missing (deploy/install.sh installs it). `SHOAL_ESP_FILES` (space-separated)
 // narrows the inner run to some files, `SHOAL_ESP_TESTS` to the tests whose names match (vitest's -t);
-// `SHOAL_ESP_ECHO=1` streams the guest's console to stderr.
+// `SHOAL_ESP_ECHO=1` streams the guest's console to stderr; `SHOAL_ESP_KEEP=1` keeps the job directory (under
+// .uml-jobs, named on stderr) with the guest's output and every lab daemon's log.
 
 import { describe, expect, it } from "vitest";
 import { build, isRoot } from "../e2e/lab-helpers.js";
@@ -21,11 +22,17 @@ if (cannot === undefined) {
   await build();
   const files = (process.env.SHOAL_ESP_FILES ?? "").split(/\s+/).filter((f) => f !== "");
   const echo = process.env.SHOAL_ESP_ECHO === "1";
+  const keep = process.env.SHOAL_ESP_KEEP === "1";
   outcome = await runEspSuite(
     files,
-    { timeoutMs: 40 * 60_000, ...(echo ? { onOutput: (s: string) => process.stderr.write(s) } : {}) },
+    {
+      timeoutMs: 40 * 60_000,
+      ...(echo ? { onOutput: (s: string) => process.stderr.write(s) } : {}),
+      ...(keep ? { keepJobDir: true, env: { SHOAL_ESP_KEEP: "1" } } : {}),
+    },
     process.env.SHOAL_ESP_TESTS || undefined,
   );
+  if (keep) process.stderr.write(`the guest's job directory (kept): ${outcome.guest.jobDir}\n`);
 }
 
 /** The last lines of what the guest printed, for a failure message. */

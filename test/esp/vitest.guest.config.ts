@@ -6,7 +6,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/esp/**/*.esp.ts"],
-    testTimeout: 300_000,
+    // One CPU, shared by three daemons, containerd and runc: a test of many CLI calls takes minutes.
+    testTimeout: 480_000,
     hookTimeout: 300_000,
     fileParallelism: false,
     maxWorkers: 1,
