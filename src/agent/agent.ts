@@ -137,6 +137,9 @@ export class Agent {
         backoff = 100;
         failures = 0;
       } catch (e) {
+        // The broken session's client goes at once: a caller (an attach) must wait for the next session,
+        // not use one whose manager is gone while this node waits out its reconnect spread.
+        this.teardown();
         if (this.stopped) return;
         const broke = this.established;
         // A session that was up and broke (or was dropped on purpose) starts over quickly.

@@ -60,7 +60,7 @@ afterEach(async () => {
   cleanup = [];
 });
 
-async function reconnectGapMs(random: () => number): Promise<number> {
+async function reconnectGapMs(random: () => number, during?: (agent: Agent) => void): Promise<number> {
   const s = await serve();
   const agent = new Agent({
     nodeId: "n".repeat(25),
@@ -83,7 +83,10 @@ async function reconnectGapMs(random: () => number): Promise<number> {
   });
   agent.start();
   const deadline = Date.now() + 10_000;
-  while (s.opened.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  while (s.opened.length < 2 && Date.now() < deadline) {
+    if (s.brokeAt > 0) during?.(agent);
+    await new Promise((r) => setTimeout(r, 20));
+  }
   expect(s.opened.length).toBeGreaterThanOrEqual(2);
   return s.opened[1]! - s.brokeAt;
 }
@@ -96,5 +99,16 @@ describe("agent reconnect", () => {
 
   test("the wait is drawn anew: random() = 0 reconnects after the short backoff only", async () => {
     expect(await reconnectGapMs(() => 0)).toBeLessThan(0.6 * PERIOD_MS);
+  });
+
+  test("while it waits to reconnect, the agent offers no session client (an attach waits for the next session)", async () => {
+    const seen: boolean[] = [];
+    await reconnectGapMs(
+      () => 0.9,
+      (agent) => seen.push(agent.sessionClient() !== undefined),
+    );
+    // Polled from just after the break until the next session: never the broken session's client.
+    expect(seen.length).toBeGreaterThan(5);
+    expect(seen.slice(3).every((held) => !held)).toBe(true);
   });
 });
