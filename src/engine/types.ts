@@ -18,45 +18,21 @@ export type {
   Version,
 } from "../api/objects.js";
 
-import type { ClusterInfo, LocalNodeState, NetworkSpec, Node, NodeSpec, SwarmSpec } from "../api/objects.js";
+import type { NetworkSpec, Node, NodeSpec, SwarmSpec } from "../api/objects.js";
+import type { NetworkResource, NodeListFilters, Swarm, SwarmInfo, SwarmUpdateOptions } from "../api/views.js";
 import type { EndpointSettingsRequest } from "../runtime/types.js";
 import type { SwarmInit, SwarmJoin } from "./schemas/swarm.js";
 
+export type {
+  IPAMConfigEntry,
+  NetworkContainer,
+  NetworkResource,
+  NodeListFilters,
+  Swarm,
+  SwarmInfo,
+  SwarmUpdateOptions,
+} from "../api/views.js";
 export type { SwarmInit, SwarmJoin } from "./schemas/swarm.js";
-
-/** GET /swarm: the cluster plus its join tokens (managers only). */
-export interface Swarm extends ClusterInfo {
-  JoinTokens: { Worker: string; Manager: string };
-}
-
-export interface SwarmUpdateOptions {
-  version: number;
-  rotateWorkerToken: boolean;
-  rotateManagerToken: boolean;
-  rotateManagerUnlockKey: boolean;
-}
-
-/** The Swarm section of GET /info. */
-export interface SwarmInfo {
-  NodeID: string;
-  NodeAddr: string;
-  LocalNodeState: LocalNodeState;
-  ControlAvailable: boolean;
-  Error: string;
-  RemoteManagers: { NodeID: string; Addr: string }[] | null;
-  Nodes?: number;
-  Managers?: number;
-  Cluster?: ClusterInfo;
-}
-
-export interface NodeListFilters {
-  id?: string[];
-  label?: string[];
-  "node.label"?: string[];
-  membership?: string[];
-  name?: string[];
-  role?: string[];
-}
 
 /**
  * What the Engine API server needs from the daemon. Every method throws an ApiError (src/engine/errors.ts)
@@ -88,45 +64,6 @@ export interface SwarmBackend {
 }
 
 // ------------------------------------------------------------------ networks
-
-export interface IPAMConfigEntry {
-  Subnet?: string;
-  Gateway?: string;
-  IPRange?: string;
-}
-
-export interface NetworkContainer {
-  Name: string;
-  EndpointID: string;
-  MacAddress: string;
-  IPv4Address: string;
-  IPv6Address: string;
-}
-
-/** GET /networks/{id}: Docker's NetworkResource. */
-export interface NetworkResource {
-  Name: string;
-  Id: string;
-  Created: string;
-  Scope: "swarm" | "local";
-  Driver: string;
-  EnableIPv4: boolean;
-  EnableIPv6: boolean;
-  IPAM: { Driver: string; Options: Record<string, string> | null; Config: IPAMConfigEntry[] };
-  Internal: boolean;
-  Attachable: boolean;
-  Ingress: boolean;
-  ConfigFrom: { Network: string };
-  ConfigOnly: boolean;
-  /** This host's containers on the network. */
-  Containers: Record<string, NetworkContainer>;
-  Options: Record<string, string>;
-  Labels: Record<string, string>;
-  /** The nodes that hold the network now (overlay only). */
-  Peers?: { Name: string; IP: string }[];
-  /** shoal: for encrypted networks, what this host has installed (never keys). */
-  Encryption?: unknown;
-}
 
 export interface NetworkBackend {
   /** The spec was decoded and checked by the Engine API; the backend checks what needs the cluster. */

@@ -3,19 +3,12 @@
 // preconditions (object versions, unique names, the one ingress network) are checked when they are applied.
 
 import { ApiError, badRequest, nodeNotFound } from "../api/errors.js";
+import type { Node, NodeSpec, SwarmSpec } from "../api/objects.js";
 import { NodeSpecSchema, SwarmSpecSchema } from "../api/objects.js";
 import { parse } from "../api/schema.js";
+import type { NetworkResource, NodeListFilters, Swarm, SwarmUpdateOptions } from "../api/views.js";
 import { generateJoinToken } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
-import type {
-  NetworkResource,
-  Node,
-  NodeListFilters,
-  NodeSpec,
-  Swarm,
-  SwarmSpec,
-  SwarmUpdateOptions,
-} from "../engine/types.js";
 import type { NodeId } from "../raft/types.js";
 import { redact } from "../store/keyring.js";
 import type { Command, NetworkRecord, NetworkSpec, NodeRecord, Store } from "../store/store.js";

@@ -6,9 +6,9 @@ import { randomBytes } from "node:crypto";
 import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import { badRequest, notFound } from "../api/errors.js";
+import type { NetworkResource } from "../api/views.js";
 import { newNodeId } from "../ca/ids.js";
 import { encryptedMtu } from "../dataplane/xfrm.js";
-import type { NetworkResource } from "../engine/types.js";
 import type {
   AttachRequest,
   AttachResponse,
