@@ -695,7 +695,9 @@ describe("LevelStorage encryption at rest", () => {
     } finally {
       compact.mockRestore();
     }
-    expect((await filesWithMarker()).length).toBeGreaterThan(0);
+    // Usually the clear values are still in the files here; LevelDB's own background compaction may already
+    // have dropped them on a loaded machine (seen in full runs), so this is not asserted: what matters is
+    // that the next open finishes the purge whatever is left (the last assertion).
     await expect(LevelStorage.open(dir)).rejects.toThrow(StorageKeyError); // it is encrypted already
     const s = await openStorage();
     expect(s.migrated).toBe(false);
