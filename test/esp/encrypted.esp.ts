@@ -400,7 +400,7 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     const COUNT = 20;
     const out = (x: SaStats[]) => x.filter((st) => st.src === h2().addr && st.dst === h3().addr);
     let measured = false;
-    for (let attempt = 1; attempt <= 5 && !measured; attempt++) {
+    for (let attempt = 1; attempt <= 12 && !measured; attempt++) {
       const before = await states(h2());
       const { result, packets } = await capture(() => ping(h2(), "c2", "c3", COUNT));
       const after = await states(h2());
