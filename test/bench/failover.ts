@@ -55,6 +55,7 @@ import { type Certificates, DataRoot, type LocalState } from "../../src/daemon/s
 import type { ClusterInfo, NodeSpec } from "../../src/engine/types.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { Manager } from "../../src/manager/manager.js";
+import { children, cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** dist/test/bench/failover.js → dist/src/daemon/main.js */
@@ -147,34 +148,6 @@ function parseArgs(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------------
 // Cleanup: whatever happens, no daemon and no temp dir outlives the benchmark.
 
-const children = new Set<ChildProcess>();
-const tempDirs = new Set<string>();
-let keepTemp = false;
-
-function cleanupSync(): void {
-  for (const p of children) {
-    if (p.exitCode === null && p.signalCode === null) {
-      try {
-        p.kill("SIGKILL");
-      } catch {
-        /* already gone */
-      }
-    }
-  }
-  children.clear();
-  if (!keepTemp) for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
-  tempDirs.clear();
-}
-
-process.on("exit", cleanupSync);
-for (const sig of ["SIGINT", "SIGTERM"] as const) {
-  process.on(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    cleanupSync();
-    process.exit(130);
-  });
-}
-
 async function makeTempDir(prefix: string): Promise<string> {
   const d = await mkdtemp(join(tmpdir(), prefix));
   tempDirs.add(d);
@@ -182,7 +155,7 @@ async function makeTempDir(prefix: string): Promise<string> {
 }
 
 function removeTempDir(d: string): void {
-  if (!keepTemp) rmSync(d, { recursive: true, force: true });
+  if (!cleanupOptions.keepTemp) rmSync(d, { recursive: true, force: true });
   tempDirs.delete(d);
 }
 
@@ -1023,7 +996,7 @@ async function runThroughput(o: Options): Promise<Cell[]> {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  keepTemp = o.keep;
+  cleanupOptions.keepTemp = o.keep;
   const result: Record<string, unknown> = {
     benchmark: "failover",
     date: new Date().toISOString(),

@@ -32,6 +32,7 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
+import { children, cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
 import type { ToWorker, WorkerStats } from "./sim-worker.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -101,33 +102,6 @@ function parseArgs(argv: string[]): Options {
 
 // ---------------------------------------------------------------------------------------------------
 // Cleanup
-
-const children = new Set<ChildProcess>();
-const tempDirs = new Set<string>();
-let keepTemp = false;
-
-function cleanupSync(): void {
-  for (const p of children) {
-    if (p.exitCode === null && p.signalCode === null) {
-      try {
-        p.kill("SIGKILL");
-      } catch {
-        /* gone */
-      }
-    }
-  }
-  children.clear();
-  if (!keepTemp) for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
-  tempDirs.clear();
-}
-process.on("exit", cleanupSync);
-for (const sig of ["SIGINT", "SIGTERM"] as const) {
-  process.on(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    cleanupSync();
-    process.exit(130);
-  });
-}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -800,7 +774,7 @@ function printTable(rows: Row[]): void {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  keepTemp = o.keep;
+  cleanupOptions.keepTemp = o.keep;
   const metrics = await daemonSupportsMetrics();
   const rows: Row[] = [];
   for (const n of o.nodes) {
