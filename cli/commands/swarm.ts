@@ -199,16 +199,7 @@ async function runJoinToken(inv: Invocation): Promise<void> {
   const client = inv.client();
   if (inv.flag<boolean>("rotate") === true) {
     const sw = obj(await client.get("/swarm"));
-    const version = obj(sw.Version).Index;
-    await client.call("POST", "/swarm/update", {
-      query: {
-        rotateManagerToken: String(manager),
-        rotateManagerUnlockKey: "false",
-        rotateWorkerToken: String(worker),
-        version: String(typeof version === "number" ? version : 0),
-      },
-      body: requestBody(goSwarmSpec(sw.Spec)),
-    });
+    await updateSwarm(client, sw, sw.Spec, { manager, worker });
     if (!quiet) inv.out(`Successfully rotated ${role} join token.\n\n`);
   }
   const sw = obj(await client.get("/swarm"));
@@ -240,16 +231,7 @@ async function runUpdate(inv: Invocation): Promise<void> {
   const before = obj(spec.EncryptionConfig).AutoLockManagers === true;
   mergeSwarmSpec(inv, spec);
   const after = obj(spec.EncryptionConfig).AutoLockManagers === true;
-  const version = obj(sw.Version).Index;
-  await client.call("POST", "/swarm/update", {
-    query: {
-      rotateManagerToken: "false",
-      rotateManagerUnlockKey: "false",
-      rotateWorkerToken: "false",
-      version: String(typeof version === "number" ? version : 0),
-    },
-    body: requestBody(goSwarmSpec(spec)),
-  });
+  await updateSwarm(client, sw, spec, {});
   inv.out("Swarm updated.\n");
   if (after && !before) await printUnlockKey(inv, client);
 }
@@ -285,16 +267,7 @@ async function runUnlockKey(inv: Invocation): Promise<void> {
     if (obj(obj(sw.Spec).EncryptionConfig).AutoLockManagers !== true) {
       throw new CliError("cannot rotate because autolock is not turned on");
     }
-    const version = obj(sw.Version).Index;
-    await client.call("POST", "/swarm/update", {
-      query: {
-        rotateManagerToken: "false",
-        rotateManagerUnlockKey: "true",
-        rotateWorkerToken: "false",
-        version: String(typeof version === "number" ? version : 0),
-      },
-      body: requestBody(goSwarmSpec(sw.Spec)),
-    });
+    await updateSwarm(client, sw, sw.Spec, { unlockKey: true });
     if (!quiet) inv.out("Successfully rotated manager unlock key.\n");
   }
   let key: string;
@@ -378,16 +351,7 @@ async function runCA(inv: Invocation): Promise<void> {
   ca.SigningCAKey = key;
   if (cert === "" && key === "") ca.ForceRotate = (typeof ca.ForceRotate === "number" ? ca.ForceRotate : 0) + 1;
   spec.CAConfig = ca;
-  const version = obj(sw.Version).Index;
-  await client.call("POST", "/swarm/update", {
-    query: {
-      rotateManagerToken: "false",
-      rotateManagerUnlockKey: "false",
-      rotateWorkerToken: "false",
-      version: String(typeof version === "number" ? version : 0),
-    },
-    body: requestBody(goSwarmSpec(spec)),
-  });
+  await updateSwarm(client, sw, spec, {});
   if (inv.flag<boolean>("detach") === true) return;
   await rotationProgress(inv, client, inv.flag<boolean>("quiet") === true);
   displayTrustRoot(inv, obj(await client.get("/swarm")));
@@ -591,5 +555,24 @@ export function addSwarmCommands(program: Command): void {
       },
     ],
     run: runCA,
+  });
+}
+
+/** POST /swarm/update of `spec` at the swarm's current version, rotating what `rotate` names, as docker sends it. */
+async function updateSwarm(
+  client: EngineClient,
+  sw: Record<string, unknown>,
+  spec: unknown,
+  rotate: { manager?: boolean; unlockKey?: boolean; worker?: boolean },
+): Promise<void> {
+  const version = obj(sw.Version).Index;
+  await client.call("POST", "/swarm/update", {
+    query: {
+      rotateManagerToken: String(rotate.manager === true),
+      rotateManagerUnlockKey: String(rotate.unlockKey === true),
+      rotateWorkerToken: String(rotate.worker === true),
+      version: String(typeof version === "number" ? version : 0),
+    },
+    body: requestBody(goSwarmSpec(spec)),
   });
 }
