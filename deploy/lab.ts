@@ -251,12 +251,7 @@ export class Lab {
       await killContainerProcesses(h);
     }
     // Namespace files the daemons mounted under their exec roots, and anything else mounted below root.
-    const mounts = readFileSync("/proc/self/mounts", "utf8")
-      .split("\n")
-      .map((l) => l.split(" ")[1] ?? "")
-      .filter((m) => m.startsWith(`${this.root}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) await sh(["umount", "-l", m], true);
+    await unmountBelow(this.root);
     for (const h of this.hosts()) await sh(["ip", "netns", "del", h.netns], true);
     // Any host namespace left without a directory (a crashed up).
     const { stdout } = await run("ip", ["netns", "list"]).catch(() => ({ stdout: "" }));
@@ -270,6 +265,34 @@ export class Lab {
       if (m?.[1]?.startsWith(`sl-${this.name}-`)) await sh(["ip", "link", "del", m[1]], true);
     }
     rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/** Lazily unmounts everything mounted below `dir`, deepest first (what a crashed run left mounted). */
+export async function unmountBelow(dir: string): Promise<void> {
+  const mounts = readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .map((l) => l.split(" ")[1] ?? "")
+    .filter((m) => m.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) await sh(["umount", "-l", m], true);
+}
+
+/** SIGKILLs every process whose command line holds `text` (the shims of a containerd name its socket). */
+export function killProcessesNaming(text: string): void {
+  for (const p of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    let cmdline = "";
+    try {
+      cmdline = readFileSync(`/proc/${p}/cmdline`, "utf8");
+    } catch {
+      continue; // gone
+    }
+    if (!cmdline.includes(text) || Number(p) === process.pid) continue;
+    try {
+      process.kill(Number(p), "SIGKILL");
+    } catch {
+      /* gone */
+    }
   }
 }
 

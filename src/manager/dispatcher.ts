@@ -38,6 +38,11 @@ interface Session {
   lastSeenMs: number;
   /** The last message sent, to send only what changed. */
   last: string;
+  /**
+   * Whether the node's Ready status is committed: until then the session is sent nothing, so that an agent's
+   * first message (which ends `swarm join`) means every manager's `node ls` already shows the node Ready.
+   */
+  registered: boolean;
 }
 
 export const DEFAULT_HEARTBEAT_MS = 5000;
@@ -63,6 +68,8 @@ interface StatusUpdate {
   addr?: string;
   message?: string;
   description?: NodeDescription;
+  /** Called once the update is written, refused, or found needless (a session waiting for it). */
+  done?: () => void;
 }
 
 /** Computed once per batch of pushes, shared by every session of the batch. */
@@ -178,8 +185,15 @@ export class Dispatcher {
 
   private queueStatus(u: StatusUpdate): void {
     const prev = this.pending.get(u.id);
-    // A description waiting to be written is kept when a later change to the status comes.
-    this.pending.set(u.id, prev?.description && !u.description ? { ...u, description: prev.description } : u);
+    // A description waiting to be written is kept when a later change to the status comes; so is whoever
+    // waits for the earlier change.
+    const next = prev?.description && !u.description ? { ...u, description: prev.description } : { ...u };
+    const waiting = [prev?.done, u.done].filter((f): f is () => void => f !== undefined);
+    if (waiting.length > 0)
+      next.done = () => {
+        for (const f of waiting) f();
+      };
+    this.pending.set(u.id, next);
     if (this.pending.size >= MAX_STATUS_BATCH) this.flushStatus();
     else this.statusTimer ??= setTimeout(() => this.flushStatus(), STATUS_FLUSH_MS);
   }
@@ -192,23 +206,31 @@ export class Dispatcher {
     const updates: StatusUpdate[] = [];
     for (const u of this.pending.values()) {
       const rec = this.m.store.nodeView(u.id);
-      if (!rec) continue;
-      // Down only if the node still has no session; nothing if the store already says it.
-      if (u.state === "down" && (this.byNode.has(u.id) || rec.node.Status.State === "down")) continue;
-      if (u.state === "ready" && !this.byNode.has(u.id)) continue;
-      updates.push(u);
+      const needless =
+        !rec ||
+        // Down only if the node still has no session; nothing if the store already says it.
+        (u.state === "down" && (this.byNode.has(u.id) || rec.node.Status.State === "down")) ||
+        (u.state === "ready" && !this.byNode.has(u.id));
+      if (needless) u.done?.();
+      else updates.push(u);
     }
     this.pending.clear();
     for (let i = 0; i < updates.length; i += MAX_STATUS_BATCH) {
       const batch = updates.slice(i, i + MAX_STATUS_BATCH);
       observe.statusWritten(batch.length);
-      void this.m.write({ op: "node.statusBatch", updates: batch }).then(
-        () => {
-          const down = batch.filter((u) => u.state === "down").length;
-          if (down > 0) this.m.log.info({ nodes: down }, "nodes are down: missed heartbeats");
-        },
-        (e: unknown) => this.m.log.warn({ nodes: batch.length, err: e }, "could not record node status"),
-      );
+      const op = { op: "node.statusBatch" as const, updates: batch.map(({ done: _, ...u }) => u) };
+      void this.m
+        .write(op)
+        .then(
+          () => {
+            const down = batch.filter((u) => u.state === "down").length;
+            if (down > 0) this.m.log.info({ nodes: down }, "nodes are down: missed heartbeats");
+          },
+          (e: unknown) => this.m.log.warn({ nodes: batch.length, err: e }, "could not record node status"),
+        )
+        .finally(() => {
+          for (const u of batch) u.done?.();
+        });
     }
   }
 
@@ -266,6 +288,7 @@ export class Dispatcher {
   }
 
   private markSession(s: Session): void {
+    if (!s.registered) return;
     if (this.dirty.size === 0) this.dirtySinceMs = performance.now();
     this.dirty.add(s);
     if (!this.flushing) {
@@ -426,6 +449,7 @@ export class Dispatcher {
       call,
       lastSeenMs: performance.now(),
       last: "",
+      registered: false,
     };
     // One session per node: a reconnecting agent replaces its old session.
     const old = this.byNode.get(s.nodeId);
@@ -446,10 +470,21 @@ export class Dispatcher {
     // description, writes nothing.
     const describe =
       description && JSON.stringify(description) !== JSON.stringify(rec.node.Description) ? description : undefined;
+    const register = () => {
+      s.registered = true;
+      this.markSession(s);
+    };
+    // As SwarmKit's dispatcher: the session answers once the node's status is written (a refused write
+    // still answers: the node's next session writes it again).
     if (describe || rec.node.Status.State !== "ready" || rec.node.Status.Addr !== addr) {
-      this.queueStatus({ id: s.nodeId, state: "ready", addr, ...(describe ? { description: describe } : {}) });
-    }
-    this.markSession(s);
+      this.queueStatus({
+        id: s.nodeId,
+        state: "ready",
+        addr,
+        ...(describe ? { description: describe } : {}),
+        done: register,
+      });
+    } else register();
   }
 }
 

@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { isDeepStrictEqual, promisify } from "node:util";
 import { pino } from "pino";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFailed } from "vitest";
-import { Lab, type LabHost } from "../../deploy/lab.js";
+import { killProcessesNaming, Lab, type LabHost, unmountBelow } from "../../deploy/lab.js";
 import { probeEsp } from "../../src/dataplane/firewall.js";
 import { encryptedMtu, spi, XFRM_MARK, XFRM_REQID } from "../../src/dataplane/xfrm.js";
 import { ContainerdSupervisor } from "../../src/runtime/containerd/supervisor.js";
@@ -361,6 +361,10 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     }
     await lab.down();
     await containerd.stop();
+    // The shims of containers the daemons did not remove (a crashed one's) outlive containerd and hold
+    // their rootfs mounts: without this the directory cannot be removed (EBUSY).
+    killProcessesNaming(CONTAINERD_DIR);
+    await unmountBelow(CONTAINERD_DIR);
     rmSync(CONTAINERD_DIR, { recursive: true, force: true });
   }, 120_000);
 

@@ -28,7 +28,8 @@ interface Fixture {
   service: UntypedServiceImplementation;
 }
 
-function fixture(): Fixture {
+/** `gate`: every Raft write waits for it before it is applied (a commit that takes its time). */
+function fixture(gate?: Promise<void>): Fixture {
   const store = new Store();
   const writes: Command[] = [];
   let index = 0;
@@ -59,6 +60,7 @@ function fixture(): Fixture {
     leaderAddr: () => "127.0.0.1:2377",
     write: async (c) => {
       writes.push(c);
+      await gate;
       return apply(c);
     },
     readBarrier: async () => undefined,
@@ -175,6 +177,23 @@ describe("dispatcher", () => {
       const last = s.messages.at(-1)!;
       expect((JSON.parse(last.nodeJson) as Node).Status.State).toBe("ready");
     }
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a joining node's session is sent nothing until its Ready status is committed (join ends on Ready)", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    let commit = () => {};
+    const f = fixture(new Promise<void>((resolve) => (commit = resolve)));
+    addNode(f, 0);
+    f.dispatcher.becomeLeader();
+    const s = open(f, 0);
+    await settle();
+    expect(f.writes.map((w) => w.op)).toEqual(["node.statusBatch"]);
+    expect(s.messages).toEqual([]);
+    commit();
+    await settle();
+    expect(s.messages).toHaveLength(1);
+    expect((JSON.parse(s.messages[0]!.nodeJson) as Node).Status.State).toBe("ready");
     f.dispatcher.loseLeadership();
   });
 
