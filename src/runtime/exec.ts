@@ -181,10 +181,13 @@ export class Execs {
         return 255;
       },
     );
+    // Deleting the process first: the shim's Delete waits (up to 2 s) for its copy of the process's output
+    // into the FIFOs, then closes its ends, so the last bytes (wc's count, say) are in before the drain.
+    // Draining first could close the FIFOs on a loaded machine while the shim was still copying.
+    await this.tasks.deleteProcess(c.id, e.id);
     if (!(await within(drained, DRAIN_MS))) this.log.debug({ exec: e.id }, "exec output still open after exit");
     fifos.close();
     await removeFifos(paths);
-    await this.tasks.deleteProcess(c.id, e.id);
     e.running = false;
     e.exitCode = code;
     e.pid = 0;

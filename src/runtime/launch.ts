@@ -137,15 +137,17 @@ export class Launcher {
     logWriter: JsonLogWriter,
   ): Promise<ExitInfo> {
     let code = await this.waitThroughRestarts(c);
-    if (!(await within(drained, DRAIN_MS)))
-      this.log.debug({ id: c.id }, "output still open after exit: closing the log");
-    fifos.close();
-    logWriter.close();
+    // The task is deleted before the output is drained: the shim's Delete waits (up to 2 s) for its copy
+    // of the output into the FIFOs and then closes its ends, so the last lines reach the log.
     try {
       code = (await this.tasks.cleanup(c.id)) ?? code;
     } catch (err) {
       this.log.warn({ err, id: c.id }, "could not delete an exited task: the next start deletes it");
     }
+    if (!(await within(drained, DRAIN_MS)))
+      this.log.debug({ id: c.id }, "output still open after exit: closing the log");
+    fifos.close();
+    logWriter.close();
     return { code };
   }
 

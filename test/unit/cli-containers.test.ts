@@ -746,7 +746,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("shoal with the real engine and container r
       stderr: "nameserver 192.0.2.53\nsearch shoal.test\noptions ndots:0\n",
     });
     r = await shoalIn("line one\nline two\n", "exec", "-i", "c1", "wc", "-l");
-    expect(r.stdout.trim()).toBe("2");
+    expect({ ...r, stdout: r.stdout.trim() }).toEqual({ code: 0, stdout: "2", stderr: "" });
     r = await shoal("logs", "c1");
     expect(r).toEqual({ code: 0, stdout: "started\n", stderr: "" });
     r = await shoal("stop", "-t", "1", "c1");
