@@ -33,7 +33,7 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { children, cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
-import type { ToWorker, WorkerStats } from "./sim-worker.js";
+import type { JoinStages, ToWorker, WorkerStats } from "./sim-worker.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SHOALD = join(HERE, "..", "..", "src", "daemon", "main.js");
@@ -304,9 +304,7 @@ class Shoald {
 
   /** CPU seconds (user + system) so far, from /proc. */
   cpuSeconds(): number {
-    const f = readFileSync(`/proc/${this.proc!.pid}/stat`, "utf8");
-    const fields = f.slice(f.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
+    return cpuSecondsOf(this.proc!.pid!);
   }
 
   rssMiB(): number {
@@ -374,19 +372,37 @@ async function daemonSupportsMetrics(): Promise<boolean> {
 // ---------------------------------------------------------------------------------------------------
 // Worker processes
 
+/** A process's CPU seconds (user + system) so far, from /proc (0 once it is gone). */
+function cpuSecondsOf(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = f.slice(f.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0; // exited
+  }
+}
+
 class Workers {
   private readonly procs: ChildProcess[] = [];
   private waiting: ((s: WorkerStats) => void)[][] = [];
 
-  constructor(count: number) {
+  /** `profileDir`: each simulator writes a V8 CPU profile there when it stops. */
+  constructor(count: number, profileDir?: string) {
     for (let i = 0; i < count; i++) {
-      const p = fork(SIM_WORKER, [], { stdio: ["ignore", "ignore", "inherit", "ipc"] });
+      const execArgv = profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
+      const p = fork(SIM_WORKER, [], { stdio: ["ignore", "ignore", "inherit", "ipc"], execArgv });
       children.add(p);
       p.once("exit", () => children.delete(p));
       this.waiting.push([]);
       p.on("message", (m: unknown) => this.waiting[i]!.shift()?.(m as WorkerStats));
       this.procs.push(p);
     }
+  }
+
+  /** CPU seconds of every simulator process together. */
+  cpuSeconds(): number {
+    return sum(this.procs.map((p) => (p.pid ? cpuSecondsOf(p.pid) : 0)));
   }
 
   send(i: number, m: ToWorker): void {
@@ -454,6 +470,11 @@ export interface Row {
   };
   metrics?: Record<string, number | undefined>;
   profile?: string[];
+  simulatorProfile?: string[];
+  /** CPU seconds spent during the join phase, per process (where a join's cost goes). */
+  joinCpu?: { managers: Record<string, number>; simulators: number; wallSeconds: number };
+  /** Median and p99 ms of each stage of a join (root CA, key and CSR, certificate, first session message). */
+  joinStages?: Record<keyof JoinStages, { p50: number; p99: number }>;
 }
 
 async function formCluster(dir: string, o: Options, metrics: boolean): Promise<Shoald[]> {
@@ -513,6 +534,7 @@ function dockerNodeLs(sock: string): Promise<number> {
 async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: Row): Promise<void> {
   const swarm = await callOk<{ JoinTokens: { Worker: string } }>(ds[0]!.sock, "GET", "/swarm");
   const per = Math.ceil(n / o.procs);
+  const cpu0 = { managers: ds.map((d) => d.cpuSeconds()), sims: w.cpuSeconds() };
   const t0 = Date.now();
   for (let i = 0; i < o.procs; i++) {
     const count = Math.max(0, Math.min(per, n - i * per));
@@ -527,12 +549,14 @@ async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: R
   }
   let lastJoin = t0;
   let joined = 0;
+  const stages: JoinStages[] = [];
   let lastPrint = 0;
   const deadline = t0 + o.joinTimeoutS * 1000;
   for (;;) {
     await sleep(1000);
     const st = await w.stats();
     joined = sum(st.map((s) => s.joined));
+    for (const s of st) stages.push(...s.joinStagesMs);
     for (const s of st) for (const at of s.joinDoneAt) lastJoin = Math.max(lastJoin, at);
     const sessions = sum(st.map((s) => s.sessions));
     if (Date.now() - lastPrint > 10_000) {
@@ -545,6 +569,16 @@ async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: R
     }
     if (Date.now() > deadline) break;
   }
+  const stage = (k: keyof JoinStages) => {
+    const xs = stages.map((x) => x[k]);
+    return { p50: percentile(xs, 50), p99: percentile(xs, 99) };
+  };
+  row.joinStages = { root: stage("root"), key: stage("key"), issue: stage("issue"), session: stage("session") };
+  row.joinCpu = {
+    managers: Object.fromEntries(ds.map((d, i) => [d.name, d.cpuSeconds() - cpu0.managers[i]!])),
+    simulators: w.cpuSeconds() - cpu0.sims,
+    wallSeconds: (Date.now() - t0) / 1000,
+  };
   row.joined = joined;
   row.joinSeconds = (lastJoin - t0) / 1000;
   row.joinPerS = joined / Math.max(0.001, row.joinSeconds);
@@ -675,7 +709,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     leaderRssMiB: Number.NaN,
   };
   let ds: Shoald[] = [];
-  const w = new Workers(Math.min(o.procs, n));
+  const w = new Workers(Math.min(o.procs, n), o.profile ? join(dir, "profiles", "simulators") : undefined);
   try {
     console.log(`N=${n}: 3 managers, ${o.procs} worker processes, state in ${dir}`);
     ds = await formCluster(dir, o, metrics);
@@ -696,6 +730,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
       await w.stop();
       await Promise.all(ds.map((d) => d.stop()));
       row.profile = topOfProfile(join(dir, "profiles", leader.name));
+      row.simulatorProfile = topOfProfile(join(dir, "profiles", "simulators"));
     }
     return row;
   } catch (e) {
@@ -765,9 +800,25 @@ function printTable(rows: Row[]): void {
     );
   }
   for (const r of rows) {
+    const jc = r.joinCpu;
+    if (!jc) continue;
+    const parts = Object.entries(jc.managers).map(([name, sec]) => `${name} ${f(sec, 1)} s`);
+    console.log(
+      `join phase, N=${r.nodes}: ${f(jc.wallSeconds, 1)} s wall; CPU ${parts.join(", ")}, simulators ${f(jc.simulators, 1)} s`,
+    );
+    if (r.joinStages) {
+      const st = Object.entries(r.joinStages).map(([k, v]) => `${k} ${f(v.p50)}/${f(v.p99)} ms`);
+      console.log(`  a join's stages (p50/p99): ${st.join(", ")}`);
+    }
+  }
+  for (const r of rows) {
     if (r.profile?.length) {
       console.log(`\nleader profile, N=${r.nodes} (self time):`);
       for (const l of r.profile) console.log(`  ${l}`);
+    }
+    if (r.simulatorProfile?.length) {
+      console.log(`\nsimulators' profile, N=${r.nodes} (self time):`);
+      for (const l of r.simulatorProfile) console.log(`  ${l}`);
     }
   }
 }

@@ -38,6 +38,16 @@ export interface WorkerStats {
   heartbeatFailures: number;
   /** Wall ms at which each session saw the expected period (one per session that did). */
   sawExpectedAt: number[];
+  /** Where each join's time went since the last report (ms per successful join, by stage). */
+  joinStagesMs: JoinStages[];
+}
+
+/** One join, stage by stage: root CA fetched, key and CSR made, certificate issued, first session message. */
+export interface JoinStages {
+  root: number;
+  key: number;
+  issue: number;
+  session: number;
 }
 
 interface Sim {
@@ -45,6 +55,9 @@ interface Sim {
   sessionId: string;
   sessionAtMs: number;
   sawAtMs: number;
+  /** Until its first session message: then reported once. */
+  stages: JoinStages | undefined;
+  startedAt: number;
 }
 
 const log = pino({ level: process.env.SIM_LOG_LEVEL ?? "silent" });
@@ -55,9 +68,11 @@ let joinDoneAt: number[] = [];
 let heartbeatsMs: number[] = [];
 let heartbeatFailures = 0;
 let expectPeriodMs = 0;
+let joinStagesMs: JoinStages[] = [];
 
 /** The real join path of a worker (as the daemon's swarm join does it): a certificate for the token. */
 async function joinOne(managers: string[], token: string, hostname: string): Promise<Sim> {
+  const t0 = performance.now();
   const remote = managers[Math.floor(Math.random() * managers.length)]!;
   const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL);
   let rootPem: string;
@@ -67,7 +82,9 @@ async function joinOne(managers: string[], token: string, hostname: string): Pro
     anon.close();
   }
   if (!tokenMatchesRoot(parseJoinToken(token), rootPem)) throw new Error("root CA does not match the token");
+  const t1 = performance.now();
   const { keyPem, csrPem } = await generateNodeKeyAndCSR();
+  const t2 = performance.now();
   const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL);
   let certPem: string;
   let nodeId: string;
@@ -89,8 +106,16 @@ async function joinOne(managers: string[], token: string, hostname: string): Pro
   } finally {
     verified.close();
   }
+  const t3 = performance.now();
   const creds = clientCredentials(rootPem, certPem, keyPem);
-  const sim: Sim = { agent: undefined as unknown as Agent, sessionId: "", sessionAtMs: 0, sawAtMs: 0 };
+  const sim: Sim = {
+    agent: undefined as unknown as Agent,
+    sessionId: "",
+    sessionAtMs: 0,
+    sawAtMs: 0,
+    stages: { root: t1 - t0, key: t2 - t1, issue: t3 - t2, session: 0 },
+    startedAt: t3,
+  };
   sim.agent = new Agent({
     nodeId,
     managers: () => managers,
@@ -118,6 +143,10 @@ function onMessage(sim: Sim, m: DecodedSession): void {
   if (m.sessionId !== sim.sessionId) {
     sim.sessionId = m.sessionId;
     sim.sessionAtMs = now;
+  }
+  if (sim.stages) {
+    joinStagesMs.push({ ...sim.stages, session: performance.now() - sim.startedAt });
+    sim.stages = undefined;
   }
   if (expectPeriodMs > 0 && m.heartbeatPeriodMs === expectPeriodMs && sim.sawAtMs === 0) sim.sawAtMs = now;
 }
@@ -153,7 +182,9 @@ function stats(since: number): WorkerStats {
     heartbeatsMs,
     heartbeatFailures,
     sawExpectedAt: sims.filter((s) => s.sawAtMs > 0).map((s) => s.sawAtMs),
+    joinStagesMs,
   };
+  joinStagesMs = [];
   joinDoneAt = [];
   heartbeatsMs = [];
   heartbeatFailures = 0;
