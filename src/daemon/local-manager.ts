@@ -4,7 +4,8 @@
 
 import type { Logger } from "pino";
 import { Control } from "../manager/control.js";
-import { ListenError, Manager } from "../manager/manager.js";
+import { ListenError } from "../manager/listener.js";
+import { Manager } from "../manager/manager.js";
 import type { RaftPeer } from "./bootstrap.js";
 import { LISTEN_RETRY_MS, restartBlocked } from "./listen.js";
 import type { Certificates, DataRoot, LocalState } from "./state.js";
