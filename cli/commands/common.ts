@@ -7,7 +7,8 @@ import http from "node:http";
 import type { Duplex } from "node:stream";
 import { VERSION } from "../../src/version.js";
 import { CliError, type EngineClient, encodeQuery, pathEscape } from "../client.js";
-import type { Invocation } from "../command.js";
+import type { FlagSpec, Invocation } from "../command.js";
+import { parseFilter } from "../flags.js";
 import { executeTemplate, parseTemplate, type Template, TemplateError, table } from "../format.js";
 import { encodeGo, GoMap, GoStruct, type GoValue } from "../gojson.js";
 
@@ -180,6 +181,20 @@ export async function inspectRaw(inv: Invocation, fetch: (ref: string) => Promis
 export const LIST_FORMAT_NOTES =
   "Go templates: shoal supports field lookups ({{.ID}}, {{.Name}}), {{.}} and {{json .Field}}; " +
   "if/range/with, pipes and other functions are not supported.";
+
+/** A list's --format (table by default). */
+export const LIST_FORMAT_FLAG: FlagSpec = {
+  long: "format",
+  type: "string",
+  kind: "string",
+  description:
+    "Format output using a custom template: 'table' (default), 'table TEMPLATE', 'json', 'TEMPLATE' (see below)",
+};
+
+/** A list's --filter/-f: key=value conditions, repeatable. */
+export function filterFlag(description = "Filter output based on conditions provided"): FlagSpec {
+  return { long: "filter", short: "f", type: "filter", kind: "list", description, parse: parseFilter };
+}
 
 /** A list row: template fields in order; `{{json .}}` writes them as a map with sorted keys (docker's MarshalJSON). */
 export function row(typeName: string, fields: [string, GoValue][]): GoStruct {

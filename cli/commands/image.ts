@@ -7,8 +7,8 @@ import { pipeline } from "node:stream/promises";
 import type { Command } from "commander";
 import { CliError, type EngineClient } from "../client.js";
 import { group, type Invocation, type LeafSpec, leaf } from "../command.js";
-import { filtersJSON, parseFilter } from "../flags.js";
-import { answerError, humanDuration, obj, renderList, row, str, versionedPath } from "./common.js";
+import { filtersJSON } from "../flags.js";
+import { answerError, filterFlag, humanDuration, obj, renderList, row, str, versionedPath } from "./common.js";
 
 /** A request with a streamed body or answer: resolves once the headers are in (status >= 400 thrown). */
 export async function streamRequest(
@@ -240,14 +240,7 @@ function specs(): Record<string, LeafSpec> {
       args: { kind: "min", n: 0 },
       flags: [
         { long: "all", short: "a", kind: "bool", description: "Show all images (default hides intermediate images)" },
-        {
-          long: "filter",
-          short: "f",
-          type: "filter",
-          kind: "list",
-          description: "Filter output based on conditions provided",
-          parse: parseFilter,
-        },
+        filterFlag(),
         { long: "format", type: "string", kind: "string", description: "Format output using a custom template" },
         { long: "no-trunc", kind: "bool", description: "Don't truncate output" },
         { long: "quiet", short: "q", kind: "bool", description: "Only show image IDs" },
