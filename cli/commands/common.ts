@@ -355,36 +355,38 @@ function cannotConnect(client: EngineClient): CliError {
 }
 
 /**
- * A request whose answer is a stream (wait, logs): resolves once the headers are in, so the caller can go
- * on while the body is still to come; a status >= 400 is thrown as docker words it.
+ * A request whose body or answer is a stream (wait, logs, pull, load, save): resolves once the headers are
+ * in, so the caller can go on while the body is still to come; a status >= 400 is thrown as docker words
+ * it. `extraQuery` is appended as it is (docker save's repeated names=).
  */
 export async function openStream(
   client: EngineClient,
   method: string,
   path: string,
   query?: Record<string, string | undefined>,
+  opts: { body?: NodeJS.ReadableStream; headers?: http.OutgoingHttpHeaders; extraQuery?: string } = {},
 ): Promise<{ res: http.IncomingMessage; req: http.ClientRequest }> {
   await client.ping();
-  const full = versionedPath(client, path, query);
+  let full = versionedPath(client, path, query);
+  if (opts.extraQuery) full += `${full.includes("?") ? "&" : "?"}${opts.extraQuery}`;
+  const headers = { ...headersFor(undefined), ...opts.headers };
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { socketPath: client.socketPath, method, path: full, headers: headersFor(undefined), agent: false },
-      (res) => {
-        const status = res.statusCode ?? 0;
-        if (status < 400) {
-          resolve({ res, req });
-          return;
-        }
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (d: string) => {
-          text += d;
-        });
-        res.on("end", () => reject(answerError(status, res.headers["content-type"], text)));
-      },
-    );
+    const req = http.request({ socketPath: client.socketPath, method, path: full, headers, agent: false }, (res) => {
+      const status = res.statusCode ?? 0;
+      if (status < 400) {
+        resolve({ res, req });
+        return;
+      }
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => {
+        text += d;
+      });
+      res.on("end", () => reject(answerError(status, res.headers["content-type"], text)));
+    });
     req.on("error", () => reject(cannotConnect(client)));
-    req.end();
+    if (opts.body) opts.body.pipe(req);
+    else req.end();
   });
 }
 
