@@ -205,12 +205,16 @@ async function runLogs(inv: Invocation): Promise<void> {
 
 // ---- stop, rm, start, kill ---------------------------------------------------------------------------------
 
-/** Each ref in turn: print it on success; the errors, joined, make the exit status 1. */
-async function eachRef(inv: Invocation, f: (ref: string) => Promise<boolean>): Promise<void> {
+/**
+ * Each ref in turn: print the line f returns (the ref, an exit code; none: nothing); the errors, joined,
+ * make the exit status 1.
+ */
+async function eachRef(inv: Invocation, f: (ref: string) => Promise<string | undefined>): Promise<void> {
   const errors: string[] = [];
   for (const ref of inv.args) {
     try {
-      if (await f(ref)) inv.out(`${ref}\n`);
+      const line = await f(ref);
+      if (line !== undefined) inv.out(`${line}\n`);
     } catch (e) {
       if (!(e instanceof CliError)) throw e;
       errors.push(e.message);
@@ -230,7 +234,7 @@ function stopOrRestart(action: "stop" | "restart"): (inv: Invocation) => Promise
     };
     return eachRef(inv, async (ref) => {
       await client.call("POST", `/containers/${ref}/${action}`, { query });
-      return true;
+      return ref;
     });
   };
 }
@@ -250,11 +254,11 @@ function runRemove(inv: Invocation): Promise<void> {
       // docker rm -f of a container that is not there says so, but it is no failure.
       if (force && e instanceof CliError && /^Error response from daemon: No such container: /.test(e.message)) {
         process.stderr.write(`${e.message}\n`);
-        return false;
+        return undefined;
       }
       throw e;
     }
-    return true;
+    return ref;
   });
 }
 
@@ -281,24 +285,17 @@ function runKill(inv: Invocation): Promise<void> {
   const signal = inv.flag<string | undefined>("signal");
   return eachRef(inv, async (ref) => {
     await client.call("POST", `/containers/${ref}/kill`, signal ? { query: { signal } } : {});
-    return true;
+    return ref;
   });
 }
 
 /** docker wait: each container's exit code, a line each. */
-async function runWait(inv: Invocation): Promise<void> {
+function runWait(inv: Invocation): Promise<void> {
   const client = inv.client();
-  const errors: string[] = [];
-  for (const ref of inv.args) {
-    try {
-      const r = obj(JSON.parse(await client.call("POST", `/containers/${ref}/wait`)));
-      inv.out(`${typeof r.StatusCode === "number" ? r.StatusCode : -1}\n`);
-    } catch (e) {
-      if (!(e instanceof CliError)) throw e;
-      errors.push(e.message);
-    }
-  }
-  if (errors.length > 0) throw new CliError(errors.join("\n"));
+  return eachRef(inv, async (ref) => {
+    const r = obj(JSON.parse(await client.call("POST", `/containers/${ref}/wait`)));
+    return `${typeof r.StatusCode === "number" ? r.StatusCode : -1}`;
+  });
 }
 
 /** docker top: the container's processes as the host's ps shows them. */
