@@ -7,7 +7,8 @@ import http from "node:http";
 import type { Duplex } from "node:stream";
 import { VERSION } from "../../src/version.js";
 import { CliError, type EngineClient, encodeQuery, pathEscape } from "../client.js";
-import type { Invocation } from "../command.js";
+import type { FlagSpec, Invocation } from "../command.js";
+import { parseFilter } from "../flags.js";
 import { executeTemplate, parseTemplate, type Template, TemplateError, table } from "../format.js";
 import { encodeGo, GoMap, GoStruct, type GoValue } from "../gojson.js";
 
@@ -181,6 +182,20 @@ export const LIST_FORMAT_NOTES =
   "Go templates: shoal supports field lookups ({{.ID}}, {{.Name}}), {{.}} and {{json .Field}}; " +
   "if/range/with, pipes and other functions are not supported.";
 
+/** A list's --format (table by default). */
+export const LIST_FORMAT_FLAG: FlagSpec = {
+  long: "format",
+  type: "string",
+  kind: "string",
+  description:
+    "Format output using a custom template: 'table' (default), 'table TEMPLATE', 'json', 'TEMPLATE' (see below)",
+};
+
+/** A list's --filter/-f: key=value conditions, repeatable. */
+export function filterFlag(description = "Filter output based on conditions provided"): FlagSpec {
+  return { long: "filter", short: "f", type: "filter", kind: "list", description, parse: parseFilter };
+}
+
 /** A list row: template fields in order; `{{json .}}` writes them as a map with sorted keys (docker's MarshalJSON). */
 export function row(typeName: string, fields: [string, GoValue][]): GoStruct {
   return new GoStruct(
@@ -340,36 +355,38 @@ function cannotConnect(client: EngineClient): CliError {
 }
 
 /**
- * A request whose answer is a stream (wait, logs): resolves once the headers are in, so the caller can go
- * on while the body is still to come; a status >= 400 is thrown as docker words it.
+ * A request whose body or answer is a stream (wait, logs, pull, load, save): resolves once the headers are
+ * in, so the caller can go on while the body is still to come; a status >= 400 is thrown as docker words
+ * it. `extraQuery` is appended as it is (docker save's repeated names=).
  */
 export async function openStream(
   client: EngineClient,
   method: string,
   path: string,
   query?: Record<string, string | undefined>,
+  opts: { body?: NodeJS.ReadableStream; headers?: http.OutgoingHttpHeaders; extraQuery?: string } = {},
 ): Promise<{ res: http.IncomingMessage; req: http.ClientRequest }> {
   await client.ping();
-  const full = versionedPath(client, path, query);
+  let full = versionedPath(client, path, query);
+  if (opts.extraQuery) full += `${full.includes("?") ? "&" : "?"}${opts.extraQuery}`;
+  const headers = { ...headersFor(undefined), ...opts.headers };
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { socketPath: client.socketPath, method, path: full, headers: headersFor(undefined), agent: false },
-      (res) => {
-        const status = res.statusCode ?? 0;
-        if (status < 400) {
-          resolve({ res, req });
-          return;
-        }
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (d: string) => {
-          text += d;
-        });
-        res.on("end", () => reject(answerError(status, res.headers["content-type"], text)));
-      },
-    );
+    const req = http.request({ socketPath: client.socketPath, method, path: full, headers, agent: false }, (res) => {
+      const status = res.statusCode ?? 0;
+      if (status < 400) {
+        resolve({ res, req });
+        return;
+      }
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => {
+        text += d;
+      });
+      res.on("end", () => reject(answerError(status, res.headers["content-type"], text)));
+    });
     req.on("error", () => reject(cannotConnect(client)));
-    req.end();
+    if (opts.body) opts.body.pipe(req);
+    else req.end();
   });
 }
 

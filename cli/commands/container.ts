@@ -5,12 +5,13 @@
 import type { Command } from "commander";
 import { CliError } from "../client.js";
 import { commandPath, type FlagSpec, group, type Invocation, type LeafSpec, leaf } from "../command.js";
-import { filtersJSON, parseDuration, parseFilter, parseInt64 } from "../flags.js";
+import { filtersJSON, parseDuration, parseInt64 } from "../flags.js";
 import type { GoValue } from "../gojson.js";
 import {
   bytewise,
   copyOutput,
   ellipsis,
+  filterFlag,
   goBody,
   goQuote,
   hijack,
@@ -18,6 +19,7 @@ import {
   INSPECT_FORMAT_FLAG,
   inspectRaw,
   isRawStream,
+  LIST_FORMAT_FLAG,
   LIST_FORMAT_NOTES,
   obj,
   openStream,
@@ -203,12 +205,16 @@ async function runLogs(inv: Invocation): Promise<void> {
 
 // ---- stop, rm, start, kill ---------------------------------------------------------------------------------
 
-/** Each ref in turn: print it on success; the errors, joined, make the exit status 1. */
-async function eachRef(inv: Invocation, f: (ref: string) => Promise<boolean>): Promise<void> {
+/**
+ * Each ref in turn: print the line f returns (the ref, an exit code; none: nothing); the errors, joined,
+ * make the exit status 1.
+ */
+async function eachRef(inv: Invocation, f: (ref: string) => Promise<string | undefined>): Promise<void> {
   const errors: string[] = [];
   for (const ref of inv.args) {
     try {
-      if (await f(ref)) inv.out(`${ref}\n`);
+      const line = await f(ref);
+      if (line !== undefined) inv.out(`${line}\n`);
     } catch (e) {
       if (!(e instanceof CliError)) throw e;
       errors.push(e.message);
@@ -217,17 +223,20 @@ async function eachRef(inv: Invocation, f: (ref: string) => Promise<boolean>): P
   if (errors.length > 0) throw new CliError(errors.join("\n"));
 }
 
-function runStop(inv: Invocation): Promise<void> {
-  const client = inv.client();
-  const timeout = inv.flag<number | undefined>("timeout");
-  const query = {
-    signal: inv.flag<string | undefined>("signal") || undefined,
-    t: inv.changed("timeout") && timeout !== undefined ? String(timeout) : undefined,
+/** docker stop and docker restart: the same query (--signal, and --timeout only when given), each ref. */
+function stopOrRestart(action: "stop" | "restart"): (inv: Invocation) => Promise<void> {
+  return (inv) => {
+    const client = inv.client();
+    const timeout = inv.flag<number | undefined>("timeout");
+    const query = {
+      signal: inv.flag<string | undefined>("signal") || undefined,
+      t: inv.changed("timeout") && timeout !== undefined ? String(timeout) : undefined,
+    };
+    return eachRef(inv, async (ref) => {
+      await client.call("POST", `/containers/${ref}/${action}`, { query });
+      return ref;
+    });
   };
-  return eachRef(inv, async (ref) => {
-    await client.call("POST", `/containers/${ref}/stop`, { query });
-    return true;
-  });
 }
 
 function runRemove(inv: Invocation): Promise<void> {
@@ -245,11 +254,11 @@ function runRemove(inv: Invocation): Promise<void> {
       // docker rm -f of a container that is not there says so, but it is no failure.
       if (force && e instanceof CliError && /^Error response from daemon: No such container: /.test(e.message)) {
         process.stderr.write(`${e.message}\n`);
-        return false;
+        return undefined;
       }
       throw e;
     }
-    return true;
+    return ref;
   });
 }
 
@@ -276,37 +285,17 @@ function runKill(inv: Invocation): Promise<void> {
   const signal = inv.flag<string | undefined>("signal");
   return eachRef(inv, async (ref) => {
     await client.call("POST", `/containers/${ref}/kill`, signal ? { query: { signal } } : {});
-    return true;
-  });
-}
-
-function runRestart(inv: Invocation): Promise<void> {
-  const client = inv.client();
-  const timeout = inv.flag<number | undefined>("timeout");
-  const query = {
-    signal: inv.flag<string | undefined>("signal") || undefined,
-    t: inv.changed("timeout") && timeout !== undefined ? String(timeout) : undefined,
-  };
-  return eachRef(inv, async (ref) => {
-    await client.call("POST", `/containers/${ref}/restart`, { query });
-    return true;
+    return ref;
   });
 }
 
 /** docker wait: each container's exit code, a line each. */
-async function runWait(inv: Invocation): Promise<void> {
+function runWait(inv: Invocation): Promise<void> {
   const client = inv.client();
-  const errors: string[] = [];
-  for (const ref of inv.args) {
-    try {
-      const r = obj(JSON.parse(await client.call("POST", `/containers/${ref}/wait`)));
-      inv.out(`${typeof r.StatusCode === "number" ? r.StatusCode : -1}\n`);
-    } catch (e) {
-      if (!(e instanceof CliError)) throw e;
-      errors.push(e.message);
-    }
-  }
-  if (errors.length > 0) throw new CliError(errors.join("\n"));
+  return eachRef(inv, async (ref) => {
+    const r = obj(JSON.parse(await client.call("POST", `/containers/${ref}/wait`)));
+    return `${typeof r.StatusCode === "number" ? r.StatusCode : -1}`;
+  });
 }
 
 /** docker top: the container's processes as the host's ps shows them. */
@@ -394,21 +383,8 @@ function specs(): Record<string, Spec> {
       args: { kind: "none" },
       flags: [
         { long: "all", short: "a", kind: "bool", description: "Show all containers (default shows just running)" },
-        {
-          long: "filter",
-          short: "f",
-          type: "filter",
-          kind: "list",
-          description: "Filter output based on conditions provided",
-          parse: parseFilter,
-        },
-        {
-          long: "format",
-          type: "string",
-          kind: "string",
-          description:
-            "Format output using a custom template: 'table' (default), 'table TEMPLATE', 'json', 'TEMPLATE' (see below)",
-        },
+        filterFlag(),
+        LIST_FORMAT_FLAG,
         {
           long: "last",
           short: "n",
@@ -499,7 +475,7 @@ function specs(): Record<string, Spec> {
       short: "Stop one or more running containers",
       args: { kind: "min", n: 1 },
       flags: [SIGNAL_FLAG, STOP_WAIT_FLAG],
-      run: runStop,
+      run: stopOrRestart("stop"),
     },
     rm: {
       name: "rm",
@@ -545,7 +521,7 @@ function specs(): Record<string, Spec> {
       short: "Restart one or more containers",
       args: { kind: "min", n: 1 },
       flags: [SIGNAL_FLAG, STOP_WAIT_FLAG],
-      run: runRestart,
+      run: stopOrRestart("restart"),
     },
     wait: {
       name: "wait",

@@ -2,49 +2,13 @@
 // output. `pull` prints docker's per-layer progress as lines (what docker prints without a terminal).
 
 import { createReadStream, createWriteStream, statSync } from "node:fs";
-import * as http from "node:http";
+import type * as http from "node:http";
 import { pipeline } from "node:stream/promises";
 import type { Command } from "commander";
 import { CliError, type EngineClient } from "../client.js";
 import { group, type Invocation, type LeafSpec, leaf } from "../command.js";
-import { filtersJSON, parseFilter } from "../flags.js";
-import { answerError, humanDuration, obj, renderList, row, str, versionedPath } from "./common.js";
-
-/** A request with a streamed body or answer: resolves once the headers are in (status >= 400 thrown). */
-export async function streamRequest(
-  client: EngineClient,
-  method: string,
-  path: string,
-  query: Record<string, string | undefined>,
-  opts: { body?: NodeJS.ReadableStream; headers?: http.OutgoingHttpHeaders; extraQuery?: string } = {},
-): Promise<http.IncomingMessage> {
-  await client.ping();
-  let full = versionedPath(client, path, query);
-  if (opts.extraQuery) full += `${full.includes("?") ? "&" : "?"}${opts.extraQuery}`;
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { socketPath: client.socketPath, method, path: full, headers: opts.headers ?? {}, agent: false },
-      (res) => {
-        const status = res.statusCode ?? 0;
-        if (status < 400) {
-          resolve(res);
-          return;
-        }
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (d: string) => {
-          text += d;
-        });
-        res.on("end", () => reject(answerError(status, res.headers["content-type"], text)));
-      },
-    );
-    req.on("error", () =>
-      reject(new CliError(`Cannot connect to the shoal daemon at ${client.host}. Is the shoal daemon running?`)),
-    );
-    if (opts.body) opts.body.pipe(req);
-    else req.end();
-  });
-}
+import { filtersJSON } from "../flags.js";
+import { filterFlag, humanDuration, obj, openStream, renderList, row, str } from "./common.js";
 
 /** Reads docker's JSON message stream, calling `each` for every message; throws its error message. */
 export async function readMessages(
@@ -98,7 +62,7 @@ export async function pull(client: EngineClient, ref: string, out: (text: string
     fromImage = ref.slice(0, colon);
     tag = ref.slice(colon + 1);
   }
-  const res = await streamRequest(client, "POST", "/images/create", { fromImage, tag });
+  const { res } = await openStream(client, "POST", "/images/create", { fromImage, tag });
   await readMessages(res, progressPrinter(out));
 }
 
@@ -170,7 +134,7 @@ async function runLoad(inv: Invocation): Promise<void> {
   const input = inv.flag<string | undefined>("input");
   if (input) statSync(input);
   const body = input ? createReadStream(input) : process.stdin;
-  const res = await streamRequest(
+  const { res } = await openStream(
     inv.client(),
     "POST",
     "/images/load",
@@ -190,7 +154,7 @@ async function runSave(inv: Invocation): Promise<void> {
   }
   const names = new URLSearchParams();
   for (const n of inv.args) names.append("names", n);
-  const res = await streamRequest(inv.client(), "GET", "/images/get", {}, { extraQuery: names.toString() });
+  const { res } = await openStream(inv.client(), "GET", "/images/get", {}, { extraQuery: names.toString() });
   await pipeline(res, output ? createWriteStream(output) : process.stdout);
 }
 
@@ -240,14 +204,7 @@ function specs(): Record<string, LeafSpec> {
       args: { kind: "min", n: 0 },
       flags: [
         { long: "all", short: "a", kind: "bool", description: "Show all images (default hides intermediate images)" },
-        {
-          long: "filter",
-          short: "f",
-          type: "filter",
-          kind: "list",
-          description: "Filter output based on conditions provided",
-          parse: parseFilter,
-        },
+        filterFlag(),
         { long: "format", type: "string", kind: "string", description: "Format output using a custom template" },
         { long: "no-trunc", kind: "bool", description: "Don't truncate output" },
         { long: "quiet", short: "q", kind: "bool", description: "Only show image IDs" },

@@ -9,9 +9,11 @@ import { naturalCompare } from "../format.js";
 import { goTime, goTimeString } from "../gojson.js";
 import {
   bytewise,
+  filterFlag,
   goBody,
   INSPECT_FORMAT_FLAG,
   inspectRaw,
+  LIST_FORMAT_FLAG,
   LIST_FORMAT_NOTES,
   obj,
   renderList,
@@ -361,21 +363,8 @@ export function addNetworkCommands(program: Command): void {
     short: "List networks",
     args: { kind: "none" },
     flags: [
-      {
-        long: "filter",
-        short: "f",
-        type: "filter",
-        kind: "list",
-        description: 'Provide filter values (e.g. "driver=overlay")',
-        parse: parseFilter,
-      },
-      {
-        long: "format",
-        type: "string",
-        kind: "string",
-        description:
-          "Format output using a custom template: 'table' (default), 'table TEMPLATE', 'json', 'TEMPLATE' (see below)",
-      },
+      filterFlag('Provide filter values (e.g. "driver=overlay")'),
+      LIST_FORMAT_FLAG,
       { long: "no-trunc", kind: "bool", description: "Do not truncate the output" },
       { long: "quiet", short: "q", kind: "bool", description: "Only display network IDs" },
     ],

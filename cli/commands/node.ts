@@ -3,7 +3,7 @@
 import type { Command } from "commander";
 import { CliError, type EngineClient } from "../client.js";
 import { group, type Invocation, leaf } from "../command.js";
-import { filtersJSON, parseFilter, splitKV } from "../flags.js";
+import { filtersJSON, splitKV } from "../flags.js";
 import { bytesSize, executeTemplate, naturalCompare, prettyPrint, TemplateError, table } from "../format.js";
 import {
   encodeGo,
@@ -16,7 +16,7 @@ import {
   goTimeString,
   requestBody,
 } from "../gojson.js";
-import { inspectTemplate, renderTemplate } from "./common.js";
+import { filterFlag, inspectTemplate, LIST_FORMAT_FLAG, renderTemplate } from "./common.js";
 
 type Json = Record<string, unknown>;
 const obj = (v: unknown): Json => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Json) : {});
@@ -367,21 +367,8 @@ export function addNodeCommands(program: Command): void {
     short: "List nodes in the swarm",
     args: { kind: "none" },
     flags: [
-      {
-        long: "filter",
-        short: "f",
-        type: "filter",
-        kind: "list",
-        description: "Filter output based on conditions provided",
-        parse: parseFilter,
-      },
-      {
-        long: "format",
-        type: "string",
-        kind: "string",
-        description:
-          "Format output using a custom template: 'table' (default), 'table TEMPLATE', 'json', 'TEMPLATE' (see below)",
-      },
+      filterFlag(),
+      LIST_FORMAT_FLAG,
       { long: "quiet", short: "q", kind: "bool", description: "Only display IDs" },
     ],
     notes: FORMAT_NOTES,

@@ -6,7 +6,7 @@ import { networkInterfaces } from "node:os";
 import { ApiError, badRequest } from "../api/errors.js";
 import { parseIpv4 } from "../api/ipv4.js";
 import { CLUSTER_PORT } from "../api/ports.js";
-import { splitHostPort } from "../manager/manager.js";
+import { splitHostPort } from "../manager/listener.js";
 
 export const DEFAULT_LISTEN_PORT = CLUSTER_PORT;
 

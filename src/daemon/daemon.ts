@@ -2,8 +2,9 @@
 // (every node) and a manager (managers). The role can change at run time: a promoted worker renews its
 // certificate as a manager and joins the Raft group; a demoted manager leaves it and renews as a worker.
 // This class keeps the node's state and sequences its parts: bootstrap.ts (init, join, Raft membership),
-// addresses.ts, rotation.ts (root CA rotations), listen.ts (the manager's listen address), and the agent's
-// attachments (src/agent) for networks on this host.
+// local-manager.ts (this node's manager, retried while its listen address is busy), addresses.ts,
+// rotation.ts (root CA rotations), listen.ts (the manager's listen address), and the agent's attachments
+// (src/agent) for networks on this host.
 
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -40,10 +41,10 @@ import type {
   SwarmUpdateOptions,
 } from "../engine/types.js";
 import { newNodeObject } from "../manager/ca-server.js";
-import { Control } from "../manager/control.js";
+import type { Control } from "../manager/control.js";
 import { forceNewCluster } from "../manager/force-new-cluster.js";
 import { toApiError } from "../manager/grpc-util.js";
-import { ListenError, Manager } from "../manager/manager.js";
+import type { Manager } from "../manager/manager.js";
 import { Serial } from "../serial.js";
 import {
   clusterCreate,
@@ -53,13 +54,13 @@ import {
   leaveRefusal,
   newSwarm,
   planInit,
-  type RaftPeer,
   requestMembership,
   waitFor,
 } from "./bootstrap.js";
 import { NodeIdentity } from "./identity.js";
 import { firewallInfoOf, nodeDescription, swarmInfoOf } from "./info.js";
-import { LISTEN_RETRY_MS, listenAddrError, PromotionBlocked, restartBlocked } from "./listen.js";
+import { listenAddrError, PromotionBlocked } from "./listen.js";
+import { LocalManager } from "./local-manager.js";
 import { HostNetworks } from "./networks.js";
 import { RootFollower } from "./rotation.js";
 import { DataRoot, type LocalState } from "./state.js";
@@ -89,8 +90,8 @@ export class Daemon implements SwarmBackend {
   private state: LocalState | undefined;
   /** The node's certificates and their renewal. */
   private readonly identity: NodeIdentity;
-  manager: Manager | undefined;
-  private control: Control | undefined;
+  /** This node's manager (while it is one), its control API, why it is not running. */
+  private readonly local: LocalManager;
   agent: Agent | undefined;
   /** Serialises init/join/leave and role changes. */
   private readonly lock = new Serial();
@@ -103,10 +104,6 @@ export class Daemon implements SwarmBackend {
   private roleChange: Promise<void> | undefined;
   /** The role the managers want this node in (from the session); changeRole follows it. */
   private desiredRole: NodeRole | undefined;
-  /** Why this node, which should be a manager, is not running as one (Swarm.Error in `docker info`). */
-  private managerError: string | undefined;
-  /** The next try to become a manager (a promotion, a restart) while the listen address cannot be bound. */
-  private managerRetry: NodeJS.Timeout | undefined;
   private stopped = false;
   /** A manager whose keys are sealed under the swarm's unlock key, waiting for "docker swarm unlock". */
   private locked = false;
@@ -124,6 +121,18 @@ export class Daemon implements SwarmBackend {
       onCertificates: (c) => this.manager?.updateCertificates(c),
       serial: (f) => this.serial(f),
       log: this.log,
+    });
+    this.local = new LocalManager({
+      root: this.root,
+      logger: this.log,
+      state: () => this.state,
+      certs: () => this.identity.certs!,
+      stopped: () => this.stopped,
+      serial: (f) => this.serial(f),
+      onLateStart: () => this.agent?.reconnect(),
+      ...(opts.tickMs !== undefined ? { tickMs: opts.tickMs } : {}),
+      ...(opts.electionTick !== undefined ? { electionTick: opts.electionTick } : {}),
+      ...(opts.encryptionKeyRotationMs ? { encryptionKeyRotationMs: opts.encryptionKeyRotationMs } : {}),
     });
     this.follower = new RootFollower({
       nodeId: () => this.state?.nodeId ?? "",
@@ -161,6 +170,15 @@ export class Daemon implements SwarmBackend {
   /** /info's FirewallBackend: the backend in use, or why there is none (docker info prints it). */
   firewallInfo(): Promise<{ Driver: string; Info: [string, string][] }> {
     return firewallInfoOf(this.firewall);
+  }
+
+  /** This node's manager, while it is one and running. */
+  get manager(): Manager | undefined {
+    return this.local.manager;
+  }
+
+  private get control(): Control | undefined {
+    return this.local.control;
   }
 
   get nodeId(): string | undefined {
@@ -208,7 +226,7 @@ export class Daemon implements SwarmBackend {
           }
         }
       }
-      await this.startManagerOrRetry(peers);
+      await this.local.startOrRetry(peers);
     }
     this.startAgent();
     this.identity.schedule();
@@ -217,85 +235,14 @@ export class Daemon implements SwarmBackend {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    this.clearManagerError();
+    this.local.clearError();
     await this.networks.close();
     this.identity.stop();
     this.follower.stop();
     await this.agent?.stop();
     this.agent = undefined;
-    await this.manager?.stop();
-    this.manager = undefined;
-  }
-
-  private async startManager(bootstrap: boolean, peers?: RaftPeer[]): Promise<void> {
-    const state = this.state!;
-    this.manager = await Manager.start({
-      openRaftStorage: () => this.root.openRaftStorage(),
-      keysAtRest: { currentKek: () => this.root.currentKek(), seal: (kek) => this.root.sealSecrets(kek) },
-      state,
-      certs: this.identity.certs!,
-      logger: this.log,
-      bootstrap,
-      ...(peers ? { peers } : {}),
-      ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),
-      ...(this.opts.electionTick !== undefined ? { electionTick: this.opts.electionTick } : {}),
-      ...(this.opts.encryptionKeyRotationMs ? { encryptionKeyRotationMs: this.opts.encryptionKeyRotationMs } : {}),
-    });
-    this.control = new Control(this.manager);
-  }
-
-  /**
-   * Start the manager of a node whose state says manager (a restart, a promotion that joined Raft). If its
-   * listen address cannot be bound, the daemon stays up: it says why (log, Swarm.Error) and retries.
-   */
-  private async startManagerOrRetry(peers?: RaftPeer[]): Promise<void> {
-    try {
-      await this.startManager(false, peers);
-    } catch (e) {
-      if (!(e instanceof ListenError)) throw e;
-      this.reportManagerError(restartBlocked(e), e.addr);
-      this.retryManager(() =>
-        this.serial(async () => {
-          const s = this.state;
-          if (this.stopped || !s || s.role !== "manager" || this.manager) return;
-          await this.startManagerOrRetry(peers);
-          if (this.manager) this.agent?.reconnect();
-        }),
-      );
-      return;
-    }
-    if (this.managerError)
-      this.log.info({ addr: this.state?.listenAddr }, "the manager started: its listen address is free now");
-    this.clearManagerError();
-  }
-
-  /** Log why this node is not a manager yet: at error level once, then at debug level on each retry. */
-  private reportManagerError(message: string, addr: string): void {
-    if (message !== this.managerError) this.log.error({ addr }, message);
-    else this.log.debug({ addr }, message);
-    this.managerError = message;
-  }
-
-  private retryManager(f: () => Promise<void>): void {
-    if (this.managerRetry) clearTimeout(this.managerRetry);
-    this.managerRetry = setTimeout(() => {
-      this.managerRetry = undefined;
-      if (!this.stopped) void f().catch((e: unknown) => this.log.warn({ err: e }, "could not start the manager"));
-    }, LISTEN_RETRY_MS);
-    this.managerRetry.unref();
-  }
-
-  private clearManagerError(): void {
-    if (this.managerRetry) clearTimeout(this.managerRetry);
-    this.managerRetry = undefined;
-    this.managerError = undefined;
-  }
-
-  private async stopManager(): Promise<void> {
-    const m = this.manager;
-    this.manager = undefined;
-    this.control = undefined;
-    await m?.stop();
+    await this.local.manager?.stop();
+    this.local.manager = undefined;
   }
 
   private credentials(): ChannelCredentials {
@@ -350,14 +297,14 @@ export class Daemon implements SwarmBackend {
     if (this.stopped || !s || !role || this.roleChange) return;
     if (role === s.role) {
       // Demoted again before the promotion could finish: nothing to retry any more.
-      if (role === "worker" && this.managerError) this.clearManagerError();
+      if (role === "worker" && this.local.error) this.local.clearError();
       return;
     }
     this.roleChange = this.serial(() => this.changeRole(role))
       .catch((e: unknown) => {
-        if (e instanceof PromotionBlocked) this.reportManagerError(e.message, s.listenAddr);
+        if (e instanceof PromotionBlocked) this.local.reportError(e.message, s.listenAddr);
         else this.log.warn({ err: e }, "role change failed; will retry");
-        this.retryManager(async () => this.followRole());
+        this.local.retry(async () => this.followRole());
       })
       .finally(() => {
         this.roleChange = undefined;
@@ -373,7 +320,7 @@ export class Daemon implements SwarmBackend {
       const busy = await listenAddrError(s.listenAddr);
       if (busy) throw new PromotionBlocked(busy, this.opts.hostname);
     } else {
-      this.clearManagerError();
+      this.local.clearError();
     }
     this.log.info({ from: s.role, to: role }, "role change");
     const addr = this.agent?.connectedTo ?? this.managerAddrs()[0];
@@ -390,9 +337,9 @@ export class Daemon implements SwarmBackend {
       s.raftPeers = joined.members;
       await this.root.wipeRaft();
       await this.root.saveState(s);
-      await this.startManagerOrRetry(joined.members);
+      await this.local.startOrRetry(joined.members);
     } else {
-      await this.stopManager();
+      await this.local.stop();
       await this.root.wipeRaft();
       s.role = "worker";
       delete s.raftId;
@@ -408,7 +355,7 @@ export class Daemon implements SwarmBackend {
     return swarmInfoOf({
       state: this.state,
       locked: this.locked,
-      managerError: this.managerError,
+      managerError: this.local.error,
       manager: this.manager,
     });
   }
@@ -504,7 +451,7 @@ export class Daemon implements SwarmBackend {
       try {
         await this.root.saveCertificates(certs);
         await this.root.saveState(state);
-        await this.startManager(true);
+        await this.local.start(true);
         const m = this.manager!;
         await waitFor(() => m.isLeader, 10_000, "this node to become the leader of the new swarm");
         await m.write(clusterCreate(plan, state.clusterId, ca));
@@ -529,16 +476,16 @@ export class Daemon implements SwarmBackend {
 
   /** Undo a failed init or join: nothing half-done stays behind. */
   private async abandon(): Promise<void> {
-    this.clearManagerError();
+    this.local.clearError();
     this.desiredRole = undefined;
     // Undoing goes on past a part that will not stop (the data root is wiped below either way); it is logged.
     await this.agent
       ?.stop()
       .catch((e: unknown) => this.log.warn({ err: e }, "could not stop the agent of a failed init or join"));
     this.agent = undefined;
-    await this.stopManager().catch((e: unknown) =>
-      this.log.warn({ err: e }, "could not stop the manager of a failed init or join"),
-    );
+    await this.local
+      .stop()
+      .catch((e: unknown) => this.log.warn({ err: e }, "could not stop the manager of a failed init or join"));
     this.state = undefined;
     this.identity.forget();
     await this.root.wipe();
@@ -549,11 +496,11 @@ export class Daemon implements SwarmBackend {
     this.log.warn({}, "forcing a new cluster from this manager's state");
     await this.agent?.stop();
     this.agent = undefined;
-    await this.stopManager();
+    await this.local.stop();
     await forceNewCluster(() => this.root.openRaftStorage(), s.raftId!, this.log);
     s.managers = [{ nodeId: s.nodeId, addr: s.advertiseAddr }];
     await this.root.saveState(s);
-    await this.startManager(false);
+    await this.local.start(false);
     const m = this.manager!;
     await waitFor(() => m.isLeader, 10_000, "this node to become the leader of the new cluster");
     this.startAgent();
@@ -576,7 +523,7 @@ export class Daemon implements SwarmBackend {
           state.raftId = joined.raftId;
           state.raftPeers = joined.members;
           await this.root.saveState(state);
-          await this.startManager(false, joined.members);
+          await this.local.start(false, joined.members);
           const m = this.manager!;
           await waitFor(
             () => m.store.cluster() !== undefined,
@@ -612,8 +559,8 @@ export class Daemon implements SwarmBackend {
       }
       await this.agent?.stop();
       this.agent = undefined;
-      await this.stopManager();
-      this.clearManagerError();
+      await this.local.stop();
+      this.local.clearError();
       this.desiredRole = undefined;
       this.identity.stop();
       this.state = undefined;

@@ -5,7 +5,7 @@
 // keeps the daemon up, and retries.
 
 import { createServer } from "node:net";
-import { ListenError, splitHostPort } from "../manager/manager.js";
+import { ListenError, splitHostPort } from "../manager/listener.js";
 
 /** How often a node that should be a manager retries while its listen address cannot be bound. */
 export const LISTEN_RETRY_MS = 2000;

@@ -1,16 +1,17 @@
 // What a daemon keeps in its data root: which swarm it is in and as what, its certificates, and (on
 // managers) the Raft log under raft/, encrypted with the data encryption key in certificates/raft-dek.
-// Files are written to a temporary name, synced and renamed, so a crash leaves the old or the new file,
-// never half of one.
+// Files are written through src/durable.ts (temporary name, synced, renamed, directory synced), so a crash
+// leaves the old or the new file, never half of one.
 //
 // Autolock (swarm init --autolock, swarm update --autolock=true): a manager's raft-dek is sealed under the
 // cluster's key-encryption key, and its TLS key under the DEK (src/ca/unlockkey.ts). Such a data root is
 // locked when the daemon starts: nothing in it can be read until unlock() is given the unlock key.
 
 import { randomBytes } from "node:crypto";
-import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { isSealedNodeKey, openBytes, openNodeKey, sealBytes, sealNodeKey } from "../ca/unlockkey.js";
+import { writeFileDurable } from "../durable.js";
 import type { NodeRole } from "../engine/types.js";
 import { DEK_BYTES, LevelStorage } from "../raft/level-storage.js";
 import type { NodeId } from "../raft/types.js";
@@ -101,7 +102,7 @@ export class DataRoot {
   /** Saves are serialised: the last one called is the one on disk. */
   saveState(s: LocalState): Promise<void> {
     const text = `${JSON.stringify(s, null, 2)}\n`;
-    const run = this.saving.then(() => writeFileAtomic(this.stateFile, text, 0o600));
+    const run = this.saving.then(() => writeRootFile(this.stateFile, text, 0o600));
     // The chain only orders the saves: a failed one is its caller's (it gets `run`), not the next save's.
     this.saving = run.catch(() => undefined);
     return run;
@@ -125,11 +126,11 @@ export class DataRoot {
   /** Saves the certificates; the key is sealed under the DEK while the DEK is sealed (autolock). */
   saveCertificates(c: Certificates): Promise<void> {
     return this.secrets.run(async () => {
-      await writeFileAtomic(this.certFile("swarm-root-ca.crt"), c.rootPem, 0o644);
+      await writeRootFile(this.certFile("swarm-root-ca.crt"), c.rootPem, 0o644);
       const u = this.unsealed;
       const keyText = u !== undefined && u.kek !== null ? sealNodeKey(c.keyPem, u.dek) : c.keyPem;
-      await writeFileAtomic(this.nodeKeyFile, keyText, 0o600);
-      await writeFileAtomic(this.certFile("swarm-node.crt"), c.certPem, 0o644);
+      await writeRootFile(this.nodeKeyFile, keyText, 0o600);
+      await writeRootFile(this.certFile("swarm-node.crt"), c.certPem, 0o644);
     });
   }
 
@@ -172,13 +173,13 @@ export class DataRoot {
       const stored = await readIfExists(this.nodeKeyFile);
       if (kek !== null) {
         if (stored !== undefined && !isSealedNodeKey(stored)) {
-          await writeFileAtomic(this.nodeKeyFile, sealNodeKey(stored, dek), 0o600);
+          await writeRootFile(this.nodeKeyFile, sealNodeKey(stored, dek), 0o600);
         }
         await this.writeDekFile({ version: 2, sealed: sealBytes(kek, dek, SEALED_DEK_LABEL).toString("base64") });
       } else {
         await this.writeDekFile({ version: 1, dek: dek.toString("base64") });
         if (stored !== undefined && isSealedNodeKey(stored)) {
-          await writeFileAtomic(this.nodeKeyFile, openNodeKey(stored, dek), 0o600);
+          await writeRootFile(this.nodeKeyFile, openNodeKey(stored, dek), 0o600);
         }
       }
       this.unsealed = { dek, kek: kek === null ? null : Buffer.from(kek) };
@@ -224,7 +225,7 @@ export class DataRoot {
   }
 
   private async writeDekFile(content: { version: 1; dek: string } | { version: 2; sealed: string }): Promise<void> {
-    await writeFileAtomic(this.raftDekFile, `${JSON.stringify(content)}\n`, 0o600);
+    await writeRootFile(this.raftDekFile, `${JSON.stringify(content)}\n`, 0o600);
   }
 
   /** Writes a new DEK in clear (a new raft log; autolock seals it once the manager runs). */
@@ -270,7 +271,7 @@ export class DataRoot {
     await this.secrets.run(async () => {
       const stored = await readIfExists(this.nodeKeyFile);
       if (stored !== undefined && isSealedNodeKey(stored) && this.unsealed !== undefined) {
-        await writeFileAtomic(this.nodeKeyFile, openNodeKey(stored, this.unsealed.dek), 0o600);
+        await writeRootFile(this.nodeKeyFile, openNodeKey(stored, this.unsealed.dek), 0o600);
       }
       await rm(this.raftDir, { recursive: true, force: true });
       await rm(this.raftDekFile, { force: true });
@@ -279,26 +280,10 @@ export class DataRoot {
   }
 }
 
-let tmpSeq = 0;
-
-export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
+/** A durable write into the data root, whose directories are made (0700) by the first write into them. */
+async function writeRootFile(path: string, data: string, mode: number): Promise<void> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  // A name of its own for every write: two writes of the same file at once must not share a temp file.
-  const tmp = `${path}.tmp-${process.pid}-${++tmpSeq}`;
-  const fh = await open(tmp, "w", mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-  const dh = await open(dirname(path), "r");
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
+  await writeFileDurable(path, data, mode);
 }
 
 /** A file's text, or undefined if it does not exist (any other error is thrown). */

@@ -436,7 +436,11 @@ export class Firewall {
     const nft = await this.runner(["nft", "-f", "-"], { stdin: renderNft([]) });
     if (nft.code !== 0 && !isMissingTool(nft.stderr))
       this.log.debug({ err: nft.stderr.trim() }, "no nftables guard to remove");
-    const have = await this.iptablesTable(IPT_GUARD_TABLE).catch(() => undefined);
+    // No iptables-save, or no iptables in the kernel: no iptables guard can be there.
+    const have = await this.iptablesTable(IPT_GUARD_TABLE).catch((e: unknown) => {
+      this.log.debug({ err: (e as Error).message }, "no iptables guard to remove");
+      return undefined;
+    });
     const program = have ? renderIptablesGuard([], DEFAULT_DATA_PATH_PORT, have) : "";
     if (program !== "") {
       const r = await this.runner([IPTABLES_RESTORE, "-w", "--noflush"], { stdin: program });

@@ -158,7 +158,12 @@ export class IpsecDataplane {
    */
   reset(): Promise<void> {
     return this.serialised(async () => {
-      const policies = await this.listPolicies().catch(() => []);
+      // The states go below whatever the listing says. A policy left behind is reported, not fatal: it
+      // matches only packets the guard marks (the guard is reset below), and a sync replaces its peers' own.
+      const policies = await this.listPolicies().catch((e: unknown) => {
+        this.log.warn({ err: (e as Error).message }, "could not list xfrm policies: a previous run's may remain");
+        return [];
+      });
       const lines = policies.filter((p) => p.mark === XFRM_MARK).map((p) => policyDelete(p));
       lines.push(`xfrm state deleteall reqid ${hex32(XFRM_REQID)}`);
       await this.run(["ip", "-force", "-batch", "-"], batch(lines), "removing a previous run's IPsec states");

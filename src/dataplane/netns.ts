@@ -70,6 +70,8 @@ export async function createNetns(
   const argv = ["unshare", `--net=${path}`, ...(opts.exec ?? ["true"])];
   const runOpts = opts.stdin === undefined ? undefined : { stdin: opts.stdin };
   const result = await runner(argv, runOpts);
+  // The creation's error is the one thrown: a namespace file this cleanup could not remove is found and
+  // deleted by the overlay reconcile (a namespace no network wants), or adopted by the next create's caller.
   if (result.code !== 0) {
     await deleteNetns(path, { runner, probe }).catch(() => {});
     throw new CommandError(argv, result, opts.stdin);

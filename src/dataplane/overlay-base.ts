@@ -386,6 +386,7 @@ export class OverlayBase {
   protected withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.locks.get(key) ?? Promise.resolve();
     const run = prev.then(fn, fn);
+    // The caller gets run's error; the tail only orders the next holder of the lock after this one.
     const tail = run.catch(() => {});
     this.locks.set(key, tail);
     void tail.then(() => {

@@ -232,6 +232,7 @@ export function readBody(
 export async function writeWithBackpressure(out: Writable, chunk: Uint8Array): Promise<boolean> {
   if (out.destroyed || out.writableEnded) return false;
   if (out.write(chunk)) return true;
+  // once() rejects when the stream emits "error": the client is gone, which the return value reports.
   await Promise.race([once(out, "drain"), once(out, "close")]).catch(() => undefined);
   return !out.destroyed;
 }

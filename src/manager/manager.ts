@@ -3,12 +3,10 @@
 // Writes from any manager are proposed to Raft (the core forwards them to the leader); reads that must
 // see every finished write go through a ReadIndex barrier first.
 
-import { Server } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
-import { CLUSTER_PORT } from "../api/ports.js";
-import { clientCredentials, listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
+import { clientCredentials, type TLSMaterial } from "../ca/tls.js";
 import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { NodeStoppedError, RaftNode } from "../raft/node.js";
@@ -27,15 +25,16 @@ import {
 import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
 import type { AclContext } from "./acl.js";
 import { AutolockKeeper } from "./autolock.js";
-import { listenerTrust, RootRotationReconciler } from "./ca-rotation.js";
+import { RootRotationReconciler } from "./ca-rotation.js";
 import { caService } from "./ca-server.js";
 import { Dispatcher } from "./dispatcher.js";
 import { NO_LEADER_MESSAGE } from "./grpc-util.js";
 import { JoinLimiter } from "./join-limiter.js";
 import { KeyManager } from "./keymanager.js";
+import { ClusterListener } from "./listener.js";
 import { encodeMemberContext, memberCommand, membershipService, newRaftId } from "./membership.js";
 import { RoleManager } from "./rolemanager.js";
-import { addClusterServices } from "./services.js";
+import type { ClusterServices } from "./services.js";
 
 /** Who this manager is: its node, its Raft id, its cluster, and where it listens. */
 export interface ManagerIdentity {
@@ -74,29 +73,6 @@ export interface ManagerOptions {
   keysAtRest?: { currentKek: () => Buffer | null | undefined; seal: (kek: Buffer | null) => Promise<void> };
 }
 
-/**
- * The cluster listener could not be opened: its address is taken by another program, or is not one of
- * this host's. Only a manager listens, so this is checked when a node becomes one (init, join as manager,
- * promotion, restart as manager).
- */
-export class ListenError extends ApiError {
-  /** What is wrong, without the advice: "listen address 127.0.0.1:2377 is already in use". */
-  readonly reason: string;
-
-  constructor(
-    readonly addr: string,
-    readonly code: "EADDRINUSE" | "EADDRNOTAVAIL",
-  ) {
-    const reason =
-      code === "EADDRINUSE"
-        ? `listen address ${addr} is already in use`
-        : `listen address ${addr} is not an address of this host`;
-    super(400, `${reason}: choose another with --listen-addr`);
-    this.name = "ListenError";
-    this.reason = reason;
-  }
-}
-
 export class Manager {
   readonly store: Store;
   readonly log: Logger;
@@ -108,8 +84,7 @@ export class Manager {
   private readonly root: Logger;
   private storage!: LevelStorage;
   transport!: GrpcTransport;
-  private server: Server | undefined;
-  private listener: TLSListener | undefined;
+  private listener: ClusterListener | undefined;
   readonly dispatcher: Dispatcher;
   private roleManager: RoleManager;
   /** Leader only: creates the overlay keyring and rotates it on its stored schedule. */
@@ -118,8 +93,6 @@ export class Manager {
   private readonly autolock: AutolockKeeper;
   /** Leader only: moves every node to a new root CA, then finishes the rotation. */
   private readonly rootRotation: RootRotationReconciler;
-  /** The root bundle the listener trusts now (listenerTrust). */
-  private trusted = "";
   private certs: TLSMaterial;
   private readonly opts: ManagerOptions;
   /** The members a joining manager was given in its JoinResponse (before its store has them). */
@@ -179,7 +152,7 @@ export class Manager {
     // The listener trusts the rotation's new root as soon as a rotation starts, the new root alone once
     // it is over.
     this.store.events.on("event", (e: { kind: string }) => {
-      if (e.kind === "cluster" || e.kind === "restore") this.refreshTrust();
+      if (e.kind === "cluster" || e.kind === "restore") this.listener?.refreshTrust(this.store.cluster());
     });
   }
 
@@ -193,7 +166,6 @@ export class Manager {
     } catch (e) {
       m.autolock.stop();
       await m.listener?.close();
-      m.server?.forceShutdown();
       throw e;
     }
     m.prober = setInterval(() => m.probePeers(), 1000);
@@ -208,19 +180,7 @@ export class Manager {
   /** After a certificate renewal, or a new root adopted. */
   updateCertificates(c: TLSMaterial): void {
     this.certs = c;
-    this.trusted = listenerTrust(c.rootPem, this.store.cluster());
-    this.listener?.update({ rootPem: this.trusted, certPem: c.certPem, keyPem: c.keyPem });
-  }
-
-  private refreshTrust(): void {
-    const next = listenerTrust(this.certs.rootPem, this.store.cluster());
-    if (next === this.trusted || !this.listener) return;
-    this.trusted = next;
-    this.listener.update({ rootPem: next, certPem: this.certs.certPem, keyPem: this.certs.keyPem });
-    this.log.info(
-      { roots: next.split("-----BEGIN CERTIFICATE-----").length - 1 },
-      "the cluster listener's trusted roots changed",
-    );
+    this.listener?.updateCertificates(c, this.store.cluster());
   }
 
   private async startRaft(): Promise<void> {
@@ -281,18 +241,6 @@ export class Manager {
   }
 
   private async startServer(): Promise<void> {
-    const server = new Server({
-      "grpc.max_receive_message_length": 8 << 20,
-      "grpc.max_send_message_length": 8 << 20,
-      // Only to clean up the streams of clients that vanished: sessions and Raft have their own liveness
-      // (heartbeats, Raft's own), and a busy client must not be cut off for answering a ping late.
-      "grpc.keepalive_time_ms": 10_000,
-      "grpc.keepalive_timeout_ms": 10_000,
-      "grpc.keepalive_permit_without_calls": 1,
-      "grpc.http2.min_ping_interval_without_data_ms": 500,
-      // A node needs a handful of streams (a session, raft, a call or two); a flood of them is refused.
-      "grpc.max_concurrent_streams": 64,
-    });
     const acl: AclContext = {
       clusterId: () => this.clusterId,
       isRemoved: (id) => this.store.isRemoved(id),
@@ -300,7 +248,7 @@ export class Manager {
       readBarrier: () => this.readBarrier(),
       logger: this.root.child({ component: "acl" }),
     };
-    addClusterServices(server, {
+    const services: ClusterServices = {
       acl,
       raft: {
         deliver: (m) => this.raft?.step(m),
@@ -315,24 +263,13 @@ export class Manager {
       ca: caService(this),
       membership: membershipService(this),
       dispatcher: this.dispatcher.service(),
+    };
+    this.listener = await ClusterListener.open({
+      listenAddr: this.opts.state.listenAddr,
+      services,
+      certs: this.certs,
+      logger: this.log,
     });
-    const [host, portText] = splitHostPort(this.opts.state.listenAddr);
-    try {
-      this.listener = await listenTLS(server, {
-        host,
-        port: Number(portText),
-        rootPem: (this.trusted = listenerTrust(this.certs.rootPem, undefined)),
-        certPem: this.certs.certPem,
-        keyPem: this.certs.keyPem,
-      });
-    } catch (e) {
-      server.forceShutdown();
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === "EADDRINUSE" || code === "EADDRNOTAVAIL") throw new ListenError(this.opts.state.listenAddr, code);
-      throw e;
-    }
-    this.server = server;
-    this.log.info({ addr: `${host}:${this.listener.port}` }, "cluster listener started");
   }
 
   /**
@@ -557,7 +494,6 @@ export class Manager {
     await this.raft.stop();
     await this.autolock.settled();
     await this.transport.close();
-    if (this.server) this.server.forceShutdown();
     await this.listener?.close();
     await this.storage.close();
   }
@@ -591,12 +527,4 @@ function writeError(e: unknown): unknown {
     return new ApiError(503, `The request was not applied (${e.message}); it is safe to try again.`);
   }
   return e;
-}
-
-export function splitHostPort(addr: string): [string, string] {
-  const i = addr.lastIndexOf(":");
-  if (i < 0) return [addr, String(CLUSTER_PORT)];
-  let host = addr.slice(0, i);
-  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
-  return [host, addr.slice(i + 1)];
 }

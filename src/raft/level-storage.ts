@@ -129,6 +129,7 @@ export class LevelStorage {
       }
       return new LevelStorage(dir, db, loaded, chunkSize, cipher, migrated);
     } catch (err) {
+      // The open's own error is the one to report; a database that could not be loaded is not used again.
       await db.close().catch(() => undefined);
       throw err;
     }
@@ -156,6 +157,7 @@ export class LevelStorage {
       if (this.closed) throw new Error(`raft storage in ${this.dir} is closed`);
       return fn();
     });
+    // The caller gets run's error; the tail only orders the next operation after this one.
     this.tail = run.catch(() => undefined);
     return run;
   }
@@ -319,6 +321,7 @@ export class LevelStorage {
       this.closed = true;
       await this.db.close();
     });
+    // The caller gets run's error; the tail only orders the next operation after this one.
     this.tail = run.catch(() => undefined);
     return run;
   }

@@ -19,6 +19,7 @@ import {
   SimulatedCrash,
   type StateMachine,
 } from "./node-options.js";
+import { NodeReads } from "./node-reads.js";
 import { Raft } from "./raft.js";
 import { CryptoRand } from "./rand.js";
 import { RawNode, type Status } from "./rawnode.js";
@@ -71,14 +72,6 @@ interface Queued {
   reject: Pending["reject"];
 }
 
-interface PendingRead {
-  ctx: string;
-  index: number;
-  resolve: () => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout;
-}
-
 export class RaftNode {
   readonly id: NodeId;
   readonly rawNode: RawNode;
@@ -98,8 +91,7 @@ export class RaftNode {
   private queued: Queued[] = [];
   /** The term of the last entry applied here (pending proposals of earlier terms can no longer apply). */
   private appliedTerm = 0;
-  private reads: PendingRead[] = [];
-  private readSeq = 0;
+  private readonly reads: NodeReads;
   appliedIndex: number;
   private snapshotIndex: number;
   /** The loop failed (storage error, or a simulated crash): the node is dead. */
@@ -112,6 +104,7 @@ export class RaftNode {
     this.storage = opts.storage;
     this.sm = opts.stateMachine;
     this.log = opts.logger;
+    this.reads = new NodeReads(opts.id);
     this.appliedIndex = applied;
     this.snapshotIndex = applied;
     this.rawNode = new RawNode({
@@ -305,21 +298,11 @@ export class RaftNode {
   /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
   readBarrier(timeoutMs = 5_000): Promise<void> {
     if (this.stopped) return Promise.reject(this.stoppedError());
-    const ctx = `${this.id}:${++this.readSeq}`;
-    return new Promise<void>((resolve, reject) => {
-      try {
-        this.rawNode.readIndex(new TextEncoder().encode(ctx));
-      } catch (e) {
-        reject(e);
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.reads = this.reads.filter((r) => r.ctx !== ctx);
-        reject(new ErrProposalDropped("timed out waiting for a read index from the leader"));
-      }, timeoutMs);
-      this.reads.push({ ctx, index: -1, resolve, reject, timer });
-      this.kick();
-    });
+    return this.reads.add(
+      timeoutMs,
+      (ctx) => this.rawNode.readIndex(ctx),
+      () => this.kick(),
+    );
   }
 
   status(): Status {
@@ -414,7 +397,7 @@ export class RaftNode {
   private async handle(rd: Ready): Promise<void> {
     if (rd.softState) {
       this.opts.onSoftState?.(rd.softState);
-      if (rd.softState.state !== StateType.Leader && rd.softState.lead === NONE) this.failReadsOnLeaderLoss();
+      if (rd.softState.state !== StateType.Leader && rd.softState.lead === NONE) this.reads.failOnLeaderLoss();
     }
     const isLeader = this.rawNode.raft.state === StateType.Leader;
     const early: Message[] = [];
@@ -450,12 +433,8 @@ export class RaftNode {
     }
     this.crash("afterApply", rd);
     this.rawNode.advance(rd);
-    for (const rs of rd.readStates) {
-      const ctx = new TextDecoder().decode(rs.ctx);
-      const r = this.reads.find((x) => x.ctx === ctx);
-      if (r) r.index = rs.index;
-    }
-    this.serveReads();
+    this.reads.granted(rd.readStates);
+    this.reads.serve(this.appliedIndex);
     await this.maybeSnapshot();
   }
 
@@ -535,34 +514,6 @@ export class RaftNode {
     this.appliedTerm = Math.max(this.appliedTerm, snapTerm);
   }
 
-  private serveReads(): void {
-    if (this.reads.length === 0) return;
-    const keep: PendingRead[] = [];
-    for (const r of this.reads) {
-      if (r.index >= 0 && r.index <= this.appliedIndex) {
-        clearTimeout(r.timer);
-        r.resolve();
-      } else {
-        keep.push(r);
-      }
-    }
-    this.reads = keep;
-  }
-
-  private failReadsOnLeaderLoss(): void {
-    // A read index granted by a leader stays valid; requests still waiting for one are lost with it.
-    const keep: PendingRead[] = [];
-    for (const r of this.reads) {
-      if (r.index < 0) {
-        clearTimeout(r.timer);
-        r.reject(new ErrProposalDropped("leader lost while waiting for a read index"));
-      } else {
-        keep.push(r);
-      }
-    }
-    this.reads = keep;
-  }
-
   private async maybeSnapshot(): Promise<void> {
     const interval = this.opts.snapshotInterval ?? 10_000;
     if (this.appliedIndex - this.snapshotIndex < interval) return;
@@ -583,11 +534,7 @@ export class RaftNode {
       );
     }
     this.pending.clear();
-    for (const r of this.reads) {
-      clearTimeout(r.timer);
-      r.reject(err);
-    }
-    this.reads = [];
+    this.reads.failAll(err);
     for (const w of this.confWaiters) {
       clearTimeout(w.timer);
       w.reject(err);

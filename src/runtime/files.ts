@@ -1,32 +1,7 @@
-// The one place the runtime writes files that must survive a crash: written beside, fsync'd, renamed
-// over, and the directory fsync'd, so a reader finds the old content or the new, never a torn one. (And
-// the files a container has bind-mounted, rewritten in place; derived ones, so not fsync'd.)
+// The files a container has bind-mounted, rewritten in place (derived ones, so not fsync'd). Files that
+// must survive a crash go through src/durable.ts.
 
-import { open, rename, rm } from "node:fs/promises";
-import { dirname } from "node:path";
-
-export async function writeFileDurable(path: string, data: string, mode = 0o600): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, "w", mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  const dir = await open(dirname(path), "r");
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
+import { open } from "node:fs/promises";
 
 /**
  * Rewrites a file in place (same inode): for files bind-mounted into a running container, which a rename

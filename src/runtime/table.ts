@@ -5,9 +5,9 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { badRequest } from "../api/errors.js";
+import { writeFileDurable } from "../durable.js";
 import { delay } from "./async.js";
 import { type Container, errMessage, noSuchContainer } from "./container.js";
-import { writeFileDurable } from "./files.js";
 
 /** How often a failed write of state.json is tried before it is reported. */
 const PERSIST_TRIES = 3;

@@ -11,9 +11,10 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildOnce } from "../integration/harness.js";
+import { engineCase } from "./by-hand.js";
 import type { Case } from "./cases.js";
 import { FuzzCluster } from "./cluster.js";
-import type { EngineCase, PathSeg, QVal } from "./engine-cases.js";
+import type { QVal } from "./engine-cases.js";
 import type { GrpcCase, Identity } from "./grpc-cases.js";
 import { type J, j } from "./json.js";
 import type { PbField } from "./protobuf.js";
@@ -29,30 +30,8 @@ const DEFAULT_SEED = 9;
 
 // ---- building cases by hand --------------------------------------------------------------------------
 
-const seg = (x: string | Ref): PathSeg => (typeof x === "string" ? { lit: x, enc: false } : { ref: x, enc: true });
-
-function engine(
-  daemon: number,
-  method: string,
-  path: (string | Ref)[],
-  body?: J,
-  query: [string, QVal][] = [],
-): EngineCase {
-  return {
-    kind: "engine",
-    route: "named",
-    daemon,
-    method,
-    version: "v1.50",
-    path: path.map(seg),
-    query,
-    contentType: "application/json",
-    headers: [],
-    chunked: false,
-    upgrade: false,
-    body: body ? { b: "json", v: body } : { b: "none" },
-  };
-}
+const engine = (daemon: number, method: string, path: (string | Ref)[], body?: J, query: [string, QVal][] = []) =>
+  engineCase("named", daemon, method, path, body, query);
 
 function grpcCall(
   identity: Identity,

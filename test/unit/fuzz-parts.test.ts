@@ -5,60 +5,26 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { PingRequest, RaftMessageRequest } from "../../src/gen/raft.js";
+import { engineCase } from "../fuzz/by-hand.js";
 import { arbBatch, casesFromJson, casesToJson } from "../fuzz/cases.js";
-import type { EngineCase, PathSeg, QVal } from "../fuzz/engine-cases.js";
+import type { EngineCase, QVal } from "../fuzz/engine-cases.js";
 import { applyMutations, j, serialize } from "../fuzz/json.js";
 import { encode, varint } from "../fuzz/protobuf.js";
 import type { FuzzContext, Ref } from "../fuzz/refs.js";
 import { makeSafe } from "../fuzz/safety.js";
 import { judgeGrpc, judgeHttp, parseHttp, pbString, renderTarget } from "../fuzz/send.js";
+import { fuzzContext } from "./fuzz-fixtures.js";
 
-const ctx: FuzzContext = {
-  nodes: [
-    { id: "m1aaaaaaaaaaaaaaaaaaaaaaa", hostname: "node1", version: 11, role: "manager" },
-    { id: "m2bbbbbbbbbbbbbbbbbbbbbbb", hostname: "node2", version: 12, role: "manager" },
-    { id: "m3ccccccccccccccccccccccc", hostname: "node3", version: 13, role: "manager" },
-    { id: "w4ddddddddddddddddddddddd", hostname: "node4", version: 14, role: "worker" },
-    { id: "x5eeeeeeeeeeeeeeeeeeeeeee", hostname: "node5", version: 15, role: "worker" },
-    { id: "j6fffffffffffffffffffffff", hostname: "fz-joiner", version: 16, role: "manager" },
-  ],
-  networks: [{ id: "n".repeat(25), name: "ingress" }],
-  swarmVersion: 7,
-  tokens: { worker: "SWMTKN-1-abc-wkr", manager: "SWMTKN-1-abc-mgr" },
-  raftIds: [1n, 2n, 3n, 4n],
-  sessions: [],
-  endpoints: [],
-  csrs: ["csr"],
-  clusterAddrs: new Map([[1, "127.0.0.1:2377"]]),
-  rootPem: "root",
-  certPems: { worker: "w", exManager: "x" },
-  unlockKey: "",
-};
+const ctx: FuzzContext = fuzzContext({
+  id: "j6fffffffffffffffffffffff",
+  hostname: "fz-joiner",
+  version: 16,
+  role: "manager",
+});
 
-const seg = (x: string | Ref): PathSeg => (typeof x === "string" ? { lit: x, enc: false } : { ref: x, enc: true });
-
-function req(
-  daemon: number,
-  method: string,
-  path: (string | Ref)[],
-  body?: unknown,
-  query: [string, QVal][] = [],
-): EngineCase {
-  return {
-    kind: "engine",
-    route: "t",
-    daemon,
-    method,
-    version: "v1.50",
-    path: path.map(seg),
-    query,
-    contentType: "application/json",
-    headers: [],
-    chunked: false,
-    upgrade: false,
-    body: body === undefined ? { b: "none" } : { b: "json", v: j(body) },
-  };
-}
+/** An engine case of route "t"; `body` is any JSON value. */
+const req = (daemon: number, method: string, path: (string | Ref)[], body?: unknown, query: [string, QVal][] = []) =>
+  engineCase("t", daemon, method, path, body === undefined ? undefined : j(body), query);
 
 const bodyOf = (c: EngineCase): unknown =>
   c.body.b === "json" ? JSON.parse(serialize(c.body.v, () => null)) : undefined;

@@ -36,27 +36,9 @@ import {
 import { arbRouteCase, type EngineCase } from "../fuzz/engine-cases.js";
 import { serialize } from "../fuzz/json.js";
 import { type FuzzContext, resolveJson } from "../fuzz/refs.js";
+import { fuzzContext } from "./fuzz-fixtures.js";
 
-const ctx: FuzzContext = {
-  nodes: [
-    { id: "m1aaaaaaaaaaaaaaaaaaaaaaa", hostname: "node1", version: 11, role: "manager" },
-    { id: "m2bbbbbbbbbbbbbbbbbbbbbbb", hostname: "node2", version: 12, role: "manager" },
-    { id: "m3ccccccccccccccccccccccc", hostname: "node3", version: 13, role: "manager" },
-    { id: "w4ddddddddddddddddddddddd", hostname: "node4", version: 14, role: "worker" },
-    { id: "x5eeeeeeeeeeeeeeeeeeeeeee", hostname: "node5", version: 15, role: "worker" },
-  ],
-  networks: [{ id: "n".repeat(25), name: "ingress" }],
-  swarmVersion: 7,
-  tokens: { worker: "SWMTKN-1-abc-wkr", manager: "SWMTKN-1-abc-mgr" },
-  raftIds: [1n, 2n, 3n, 4n],
-  sessions: [],
-  endpoints: [],
-  csrs: ["csr"],
-  clusterAddrs: new Map([[1, "127.0.0.1:2377"]]),
-  rootPem: "root",
-  certPems: { worker: "w", exManager: "x" },
-  unlockKey: "",
-};
+const ctx: FuzzContext = fuzzContext();
 
 /** Each route's body: decoded by its schema, then converted as src/engine/server.ts does. */
 const HANDLERS: Record<string, (v: unknown) => unknown> = {

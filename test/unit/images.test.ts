@@ -84,6 +84,50 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     if (r.code !== 0) throw new Error(`exited ${r.code}: ${r.stderr}`);
     return r;
   };
+  /**
+   * A second registry, on a free port, whose config says `auth` (the lines under "auth:"): busybox pushed
+   * to `repo` with alice's credentials; a pull without credentials is refused, one with them (the docker
+   * CLI's config.json) succeeds. The registry is stopped and the credentials removed afterwards.
+   */
+  async function pullNeedsCredentials(name: string, auth: string, repo: string): Promise<void> {
+    const port = await freePort();
+    const secured = `127.0.0.1:${port}`;
+    const config = join(dir, `${name}.yml`);
+    await writeFile(
+      config,
+      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, name)}\nhttp:\n  addr: ${secured}\nauth:\n${auth}`,
+    );
+    const second = spawn(REGISTRY, ["serve", config], { stdio: "ignore" });
+    const image = `${secured}/${repo}`;
+    try {
+      for (let i = 0; i < 100 && (await run(["bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${port}`])).code !== 0; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      ok(
+        await run([
+          SKOPEO,
+          "copy",
+          "--dest-tls-verify=false",
+          "--dest-creds",
+          "alice:s3cret",
+          `oci-archive:${join(dir, "busybox.tar")}`,
+          `docker://${image}`,
+        ]),
+      );
+      const denied = await docker("pull", image);
+      expect(denied.code).toBe(1);
+      expect(denied.stderr).toContain(`pull access denied for ${image.slice(0, image.lastIndexOf(":"))}`);
+      await writeFile(
+        join(dir, "docker-config", "config.json"),
+        JSON.stringify({ auths: { [secured]: { auth: Buffer.from("alice:s3cret").toString("base64") } } }),
+      );
+      expect(ok(await docker("pull", image)).stdout).toContain(`Status: Downloaded newer image for ${image}`);
+      ok(await docker("rmi", image));
+    } finally {
+      second.kill();
+      await rm(join(dir, "docker-config", "config.json"), { force: true });
+    }
+  }
 
   beforeAll(async () => {
     dir = await mkdtemp(join(os.tmpdir(), "shoal-images-"));
@@ -244,45 +288,13 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
   });
 
   test("a registry that asks for credentials: refused without, pulled with (basic auth from the docker CLI's config)", async () => {
-    const port = await freePort();
-    const secured = `127.0.0.1:${port}`;
     const hash = (await run(["perl", "-e", 'print crypt("s3cret", q($2b$05$abcdefghijklmnopqrstuu))'])).stdout;
     await writeFile(join(dir, "htpasswd"), `alice:${hash}\n`);
-    const config = join(dir, "registry-auth.yml");
-    await writeFile(
-      config,
-      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, "registry-auth")}\nhttp:\n  addr: ${secured}\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: ${join(dir, "htpasswd")}\n`,
+    await pullNeedsCredentials(
+      "registry-auth",
+      `  htpasswd:\n    realm: shoal-test\n    path: ${join(dir, "htpasswd")}\n`,
+      "private/bb:1",
     );
-    const authed = spawn(REGISTRY, ["serve", config], { stdio: "ignore" });
-    try {
-      for (let i = 0; i < 100 && (await run(["bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${port}`])).code !== 0; i++) {
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      ok(
-        await run([
-          SKOPEO,
-          "copy",
-          "--dest-tls-verify=false",
-          "--dest-creds",
-          "alice:s3cret",
-          `oci-archive:${join(dir, "busybox.tar")}`,
-          `docker://${secured}/private/bb:1`,
-        ]),
-      );
-      const denied = await docker("pull", `${secured}/private/bb:1`);
-      expect(denied.code).toBe(1);
-      expect(denied.stderr).toContain(`pull access denied for ${secured}/private/bb`);
-      await writeFile(
-        join(dir, "docker-config", "config.json"),
-        JSON.stringify({ auths: { [secured]: { auth: Buffer.from("alice:s3cret").toString("base64") } } }),
-      );
-      const pulled = ok(await docker("pull", `${secured}/private/bb:1`));
-      expect(pulled.stdout).toContain(`Status: Downloaded newer image for ${secured}/private/bb:1`);
-      ok(await docker("rmi", `${secured}/private/bb:1`));
-    } finally {
-      authed.kill();
-      await rm(join(dir, "docker-config", "config.json"), { force: true });
-    }
   });
 
   test("a registry with token auth (a token server that grants by user): refused anonymously, pulled with credentials", async () => {
@@ -314,44 +326,14 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
       res.end(JSON.stringify({ token: `${input}.${sig.toString("base64url")}` }));
     });
     await new Promise<void>((r) => tokens.listen(tokenPort, "127.0.0.1", r));
-    const port = await freePort();
-    const secured = `127.0.0.1:${port}`;
-    const config = join(dir, "registry-token.yml");
-    await writeFile(
-      config,
-      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, "registry-token")}\nhttp:\n  addr: ${secured}\nauth:\n  token:\n    realm: http://127.0.0.1:${tokenPort}/token\n    service: shoal-registry\n    issuer: shoal-test\n    rootcertbundle: ${join(dir, "token-ca.pem")}\n`,
-    );
-    const reg2 = spawn(REGISTRY, ["serve", config], { stdio: "ignore" });
     try {
-      for (let i = 0; i < 100 && (await run(["bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${port}`])).code !== 0; i++) {
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      ok(
-        await run([
-          SKOPEO,
-          "copy",
-          "--dest-tls-verify=false",
-          "--dest-creds",
-          "alice:s3cret",
-          `oci-archive:${join(dir, "busybox.tar")}`,
-          `docker://${secured}/team/bb:1`,
-        ]),
+      await pullNeedsCredentials(
+        "registry-token",
+        `  token:\n    realm: http://127.0.0.1:${tokenPort}/token\n    service: shoal-registry\n    issuer: shoal-test\n    rootcertbundle: ${join(dir, "token-ca.pem")}\n`,
+        "team/bb:1",
       );
-      const denied = await docker("pull", `${secured}/team/bb:1`);
-      expect(denied.code).toBe(1);
-      expect(denied.stderr).toContain(`pull access denied for ${secured}/team/bb`);
-      await writeFile(
-        join(dir, "docker-config", "config.json"),
-        JSON.stringify({ auths: { [secured]: { auth: Buffer.from("alice:s3cret").toString("base64") } } }),
-      );
-      expect(ok(await docker("pull", `${secured}/team/bb:1`)).stdout).toContain(
-        `Status: Downloaded newer image for ${secured}/team/bb:1`,
-      );
-      ok(await docker("rmi", `${secured}/team/bb:1`));
     } finally {
-      reg2.kill();
       tokens.close();
-      await rm(join(dir, "docker-config", "config.json"), { force: true });
     }
   });
 

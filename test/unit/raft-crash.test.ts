@@ -31,20 +31,14 @@ import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
 import type { Entry, HardState, NodeId, Ready } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { waitFor as waitUntil } from "./raft-fixtures.js";
 import { TEST_DEK } from "./test-dek.js";
 
 const dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor<T>(what: string, f: () => T | undefined | false, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
+/** Polls every 2 ms. */
+const waitFor = <T>(what: string, f: () => T | undefined | false, ms?: number): Promise<T> => waitUntil(what, f, ms, 2);
 
 /** An entry as plain comparable data. */
 interface Rec {

@@ -4,35 +4,25 @@
 // read-index answers: the cluster then looks leaderless); with the keepalive the managers use, the stream
 // stays up and every message arrives, in order, once the peer reads again.
 
-import * as net from "node:net";
-import * as grpc from "@grpc/grpc-js";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
-import { clientCredentials, listenTLS } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls.js";
 import { RAFT_KEEPALIVE_MS } from "../../src/manager/manager.js";
-import {
-  GrpcTransport,
-  RAFT_SERVER_OPTIONS,
-  RaftServiceDefinition,
-  raftServiceImplementation,
-} from "../../src/raft/transport.js";
+import { GrpcTransport } from "../../src/raft/transport.js";
 import { type Message, MessageType, type NodeId, newMessage } from "../../src/raft/types.js";
+import { issue, type Material, managerNodeId, startRelay, startSink } from "./raft-fixtures.js";
 
-const CLUSTER = "clusterid0000000000000001";
 const PAUSE_MS = 2500;
 
 let rootM: RootCAMaterial;
-const creds = new Map<NodeId, { certPem: string; keyPem: string }>();
+const creds = new Map<NodeId, Material>();
 let cleanups: (() => unknown)[] = [];
 
 beforeAll(async () => {
   rootM = await createRootCA();
   const ca = await RootCA.fromPem(rootM.certPem, rootM.keyPem);
   for (const id of [1, 2]) {
-    const nodeId = `manager${String(id).padStart(18, "0")}`;
-    const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
-    creds.set(id, { keyPem, certPem: await signNodeCSR(ca, csrPem, { nodeId, role: "manager", clusterId: CLUSTER }) });
+    creds.set(id, await issue(ca, managerNodeId(id), "manager"));
   }
 });
 
@@ -41,75 +31,12 @@ afterEach(async () => {
   cleanups = [];
 });
 
-async function startSink(selfId: NodeId): Promise<{ port: number; delivered: Message[] }> {
-  const delivered: Message[] = [];
-  const server = new grpc.Server(RAFT_SERVER_OPTIONS);
-  server.addService(
-    RaftServiceDefinition,
-    raftServiceImplementation({ deliver: (m) => delivered.push(m), clusterId: () => CLUSTER, selfId: () => selfId }),
-  );
-  const listener = await listenTLS(server, {
-    host: "127.0.0.1",
-    port: 0,
-    rootPem: rootM.certPem,
-    ...creds.get(selfId)!,
-  });
-  cleanups.push(async () => {
-    server.forceShutdown();
-    await listener.close();
-  });
-  return { port: listener.port, delivered };
-}
-
-/** A TCP relay that can hold everything in both directions for a while (nothing lost), as a busy peer does. */
-async function startSlowRelay(targetPort: number): Promise<{ port: number; pause(): void; resume(): void }> {
-  let paused = false;
-  const held: (() => void)[] = [];
-  const sockets = new Set<net.Socket>();
-  const srv = net.createServer((down) => {
-    const up = net.connect(targetPort, "127.0.0.1");
-    const close = (): void => {
-      down.destroy();
-      up.destroy();
-    };
-    for (const s of [down, up]) {
-      sockets.add(s);
-      s.on("error", close);
-      s.on("close", close);
-    }
-    const relay = (to: net.Socket) => (d: Buffer) => {
-      if (paused) held.push(() => to.write(d));
-      else to.write(d);
-    };
-    down.on("data", relay(up));
-    up.on("data", relay(down));
-  });
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  cleanups.push(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        srv.close(() => r());
-      }),
-  );
-  return {
-    port: (srv.address() as net.AddressInfo).port,
-    pause: () => {
-      paused = true;
-    },
-    resume: () => {
-      paused = false;
-      for (const f of held.splice(0)) f();
-    },
-  };
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Heartbeats to a peer that stops reading for PAUSE_MS and then catches up; what the sender saw. */
 async function busyPeer(keepalive?: number): Promise<{ failures: number; unreachable: number; delivered: number[] }> {
-  const sink = await startSink(2);
-  const relay = await startSlowRelay(sink.port);
+  const sink = await startSink(2, rootM.certPem, creds.get(2)!, cleanups);
+  const relay = await startRelay(sink.port, cleanups);
   let unreachable = 0;
   const t = new GrpcTransport({
     selfId: 1,

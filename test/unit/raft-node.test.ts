@@ -12,6 +12,7 @@ import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
 import { ConfChangeType, EMPTY, type NodeId, StateType } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { waitFor as waitUntil } from "./raft-fixtures.js";
 import { TEST_DEK } from "./test-dek.js";
 
 interface Member {
@@ -59,15 +60,8 @@ async function kill(m: Member): Promise<void> {
   await m.storage.close();
 }
 
-async function waitFor<T>(what: string, f: () => T | undefined | false, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** Polls every 5 ms. */
+const waitFor = <T>(what: string, f: () => T | undefined | false, ms?: number): Promise<T> => waitUntil(what, f, ms, 5);
 
 async function putViaLeader(k: string, v: string): Promise<number> {
   for (let attempt = 0; ; attempt++) {

@@ -25,6 +25,7 @@ import {
   type NodeId,
 } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { waitFor as waitUntil } from "./raft-fixtures.js";
 import { TEST_DEK } from "./test-dek.js";
 
 const NEVER_MS = 600_000;
@@ -67,15 +68,8 @@ async function startMember(id: NodeId, voters: NodeId[], storage?: LevelStorage)
   return m;
 }
 
-async function waitFor<T>(what: string, f: () => T | undefined | false, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** Polls every 5 ms. */
+const waitFor = <T>(what: string, f: () => T | undefined | false, ms?: number): Promise<T> => waitUntil(what, f, ms, 5);
 
 /** Settle a promise into what it resolved or rejected with, without letting a rejection escape. */
 function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; err: Error }> {

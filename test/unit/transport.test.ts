@@ -6,12 +6,10 @@
 // per-peer queue stays bounded.
 
 import { mkdtemp, rm } from "node:fs/promises";
-import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { generateNodeKeyAndCSR, type NodeRole, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
 import { CLIENT_CHANNEL_OPTIONS, clientCredentials, listenTLS, type TLSListener } from "../../src/ca/tls.js";
 import * as pb from "../../src/gen/raft.js";
@@ -37,32 +35,20 @@ import {
   newMessage,
 } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
+import { CLUSTER, issue, type Material, managerNodeId, startRelay, startSink, waitFor } from "./raft-fixtures.js";
 import { TEST_DEK } from "./test-dek.js";
 
-const CLUSTER = "clusterid0000000000000001";
 const OTHER_CLUSTER = "clusterid0000000000000002";
-
-interface Material {
-  certPem: string;
-  keyPem: string;
-}
 
 let rootM: RootCAMaterial;
 const managers = new Map<NodeId, Material>();
 let worker: Material;
 let otherClusterManager: Material;
 
-async function issue(ca: RootCA, nodeId: string, role: NodeRole, clusterId = CLUSTER): Promise<Material> {
-  const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
-  return { keyPem, certPem: await signNodeCSR(ca, csrPem, { nodeId, role, clusterId }) };
-}
-
-const nodeIdOf = (id: NodeId): string => `manager${String(id).padStart(18, "0")}`;
-
 beforeAll(async () => {
   rootM = await createRootCA();
   const ca = await RootCA.fromPem(rootM.certPem, rootM.keyPem);
-  for (const id of [1, 2, 3, 4]) managers.set(id, await issue(ca, nodeIdOf(id), "manager"));
+  for (const id of [1, 2, 3, 4]) managers.set(id, await issue(ca, managerNodeId(id), "manager"));
   worker = await issue(ca, "worker000000000000000000001", "worker");
   otherClusterManager = await issue(ca, "manager00000000000000000099", "manager", OTHER_CLUSTER);
 });
@@ -108,7 +94,7 @@ afterEach(async () => {
 });
 
 /**
- * The daemon's membership rule, for members started with `strict`: raft id n is held by node nodeIdOf(n)
+ * The daemon's membership rule, for members started with `strict`: raft id n is held by node managerNodeId(n)
  * while it is in the node's configuration; an id its log removed is "removed"; anything else "unknown".
  */
 function memberRule(node: () => RaftNode | undefined): (from: NodeId, nodeId: string) => SenderStatus {
@@ -118,7 +104,7 @@ function memberRule(node: () => RaftNode | undefined): (from: NodeId, nodeId: st
     if (n.isRemovedId(from)) return "removed";
     const cs = n.status().confState;
     if (!cs.voters.includes(from) && !cs.learners.includes(from)) return "unknown";
-    return nodeIdOf(from) === nodeId ? "member" : "other-node";
+    return managerNodeId(from) === nodeId ? "member" : "other-node";
   };
 }
 
@@ -189,16 +175,6 @@ async function kill(m: Member): Promise<void> {
   await stopMember(m);
 }
 
-async function waitFor<T>(what: string, f: () => T | undefined | false, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 async function putViaLeader(k: string, v: string): Promise<number> {
   for (let attempt = 0; ; attempt++) {
     const l = members.find((m) => m.node.isLeader && !m.node.fatal);
@@ -226,68 +202,6 @@ function startProbing(everyMs: number): void {
     for (const a of members) for (const b of members) if (a !== b) void a.transport.probe(b.id);
   }, everyMs);
   cleanups.push(() => clearInterval(timer));
-}
-
-/** A bare Raft service (no node) that records what it is delivered. */
-async function startSink(selfId: NodeId): Promise<{ port: number; delivered: Message[] }> {
-  const delivered: Message[] = [];
-  const server = new grpc.Server(RAFT_SERVER_OPTIONS);
-  server.addService(
-    RaftServiceDefinition,
-    raftServiceImplementation({ deliver: (m) => delivered.push(m), clusterId: () => CLUSTER, selfId: () => selfId }),
-  );
-  const listener = await listenTLS(server, {
-    host: "127.0.0.1",
-    port: 0,
-    rootPem: rootM.certPem,
-    ...managers.get(selfId)!,
-  });
-  cleanups.push(async () => {
-    server.forceShutdown();
-    await listener.close();
-  });
-  return { port: listener.port, delivered };
-}
-
-/** A TCP relay that can black-hole traffic in both directions while keeping the connections open. */
-async function startProxy(targetPort: number): Promise<{ port: number; freeze(): void; thaw(): void }> {
-  let frozen = false;
-  const sockets = new Set<net.Socket>();
-  const srv = net.createServer((down) => {
-    const up = net.connect(targetPort, "127.0.0.1");
-    const close = (): void => {
-      down.destroy();
-      up.destroy();
-      sockets.delete(down);
-      sockets.delete(up);
-    };
-    for (const s of [down, up]) {
-      sockets.add(s);
-      s.on("error", close);
-      s.on("close", close);
-    }
-    down.on("data", (d) => frozen || up.write(d));
-    up.on("data", (d) => frozen || down.write(d));
-  });
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  cleanups.push(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        srv.close(() => r());
-      }),
-  );
-  return {
-    port: (srv.address() as net.AddressInfo).port,
-    freeze: () => {
-      frozen = true;
-    },
-    thaw: () => {
-      frozen = false;
-      // Bytes were lost: those connections are broken. New ones are relayed again.
-      for (const s of sockets) s.destroy();
-    },
-  };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -328,7 +242,7 @@ describe("gRPC raft transport", () => {
   });
 
   it("only managers of this cluster may call the Raft service", async () => {
-    const sink = await startSink(2);
+    const sink = await startSink(2, rootM.certPem, managers.get(2)!, cleanups);
     const target = `127.0.0.1:${sink.port}`;
     const req: pb.RaftMessageRequest = {
       message: messageToPb(newMessage({ type: MessageType.Heartbeat, from: 1, to: 2, term: 1 })),
@@ -587,8 +501,8 @@ describe("gRPC raft transport", () => {
   });
 
   it("a peer that stops reading is detected by keepalive, with the queue bounded meanwhile", async () => {
-    const sink = await startSink(2);
-    const proxy = await startProxy(sink.port);
+    const sink = await startSink(2, rootM.certPem, managers.get(2)!, cleanups);
+    const proxy = await startRelay(sink.port, cleanups);
     const unreachable: NodeId[] = [];
     const t = new GrpcTransport({
       selfId: 1,
