@@ -7,7 +7,7 @@
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { Container, ContainerRecordSchema } from "./container.js";
+import { Container, ContainerRecordSchema, ZERO_TIME } from "./container.js";
 import type { TaskClient, TaskState } from "./containerd/tasks.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import type { Launcher } from "./launch.js";
@@ -131,7 +131,7 @@ export class Recovery {
         return;
       }
     }
-    if (this.restartsAtBoot(c, wasRunning)) {
+    if (this.restartsAtBoot(c)) {
       await c
         .locked(() => this.d.lifecycle.startLocked(c))
         .catch((err: unknown) =>
@@ -159,12 +159,18 @@ export class Recovery {
     }
   }
 
-  /** docker's rule at daemon start: always, unless-stopped (not stopped by hand), on-failure if it was running. */
-  private restartsAtBoot(c: Container, wasRunning: boolean): boolean {
-    const p = c.rec.hostConfig.restartPolicy.name;
-    if (p === "always") return true;
-    if (p === "unless-stopped") return !c.rec.stoppedByUser;
-    return p === "on-failure" && wasRunning;
+  /**
+   * docker's rule at daemon start, for a container that has run before (one only created stays so):
+   * always; unless-stopped if not stopped by hand; on-failure if it ended with a failure (an end no daemon
+   * saw counts as one) and has retries left, and was not stopped by hand.
+   */
+  private restartsAtBoot(c: Container): boolean {
+    if (c.rec.state.startedAt === ZERO_TIME) return false;
+    const p = c.rec.hostConfig.restartPolicy;
+    if (p.name === "always") return true;
+    if (p.name === "unless-stopped") return !c.rec.stoppedByUser;
+    if (p.name !== "on-failure" || c.rec.stoppedByUser || c.rec.state.exitCode === 0) return false;
+    return p.maximumRetryCount === 0 || c.rec.restartCount < p.maximumRetryCount;
   }
 
   /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */

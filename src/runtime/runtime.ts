@@ -15,6 +15,7 @@
 // hosts, hostname). A daemon that restarts finds them there; containers a dead daemon left running are
 // killed and reported exited, and their namespace files removed (recovery.ts).
 
+import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
 import { type Container, noSuchContainer } from "./container.js";
@@ -127,7 +128,7 @@ export class ContainerRuntime implements ContainerBackend {
     this.cd = opts.containerd;
     this.images = new ImageStore(opts.containerd, log);
     this.imageService = new ImageService(this.images, opts.insecureRegistries ?? [], (id) => this.containerUsing(id));
-    this.tasks = new TaskClient(opts.containerd, log);
+    this.tasks = new TaskClient(opts.containerd, log, join(opts.execRoot, "runtime-runc"));
     this.table = new ContainerTable(opts.stateDir, log);
     this.networks = new ContainerNetworks(opts.attacher, this.table, opts.execRoot, log);
     this.execs = new Execs(this.table, this.tasks, (c, user) => this.userOf(c, user || c.rec.config.User), log);

@@ -175,7 +175,12 @@ async function main(): Promise<void> {
     }
     await lab.removeContainers(h1);
     const cd = new Containerd(join(h1.execRoot, "containerd", "containerd.sock"));
-    const tasks = new TaskClient(cd, (await import("pino")).default({ level: "silent" }));
+    // runc keeps its state where shoald has it keep it (under h1's exec root).
+    const tasks = new TaskClient(
+      cd,
+      (await import("pino")).default({ level: "silent" }),
+      join(h1.execRoot, "runtime-runc"),
+    );
     const inspect = JSON.parse((await api(h1, "GET", "/images/busybox/json")).text) as { RootFS: { Layers: string[] } };
     const topChain = inspect.RootFS.Layers[0]!;
     const floorDir = join(lab.root, "floor");

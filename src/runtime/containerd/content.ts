@@ -76,7 +76,7 @@ export class ContentStore {
   /**
    * Writes a blob under `lease` from its chunks. The digest and size are checked as the bytes go by
    * (DigestMismatchError, SizeMismatchError: nothing is committed); a blob that is there already is kept
-   * (and added to the lease). `onProgress` is told the bytes written so far.
+   * (and added to the lease). `onProgress` is told the bytes taken from `chunks` so far.
    */
   async write(
     blob: WriteBlob,
@@ -93,7 +93,8 @@ export class ContentStore {
       // Up to WRITE_WINDOW chunks are on their way at once (each answered in order): a blob streams at the
       // speed of the disk, not one round trip per chunk.
       const inflight: Promise<unknown>[] = [];
-      for await (const chunk of chunked(chunks)) {
+      // Progress is the bytes taken from the source (a download's own pace), not the 1 MiB messages sent.
+      for await (const chunk of chunked(chunks, onProgress)) {
         hash.update(chunk);
         if (offset + chunk.length > blob.size)
           throw new SizeMismatchError(blob.size, offset + chunk.length, blob.digest);
@@ -103,7 +104,6 @@ export class ContentStore {
         inflight.push(sent);
         if (inflight.length >= WRITE_WINDOW) await inflight.shift();
         offset += chunk.length;
-        onProgress?.(offset);
       }
       await Promise.all(inflight);
       if (offset !== blob.size) throw new SizeMismatchError(blob.size, offset, blob.digest);
@@ -155,10 +155,34 @@ export class ContentStore {
   }
 }
 
-/** The chunks of a blob, at most CHUNK_BYTES each. */
-async function* chunked(source: AsyncIterable<Buffer> | Buffer): AsyncGenerator<Buffer> {
+/**
+ * The chunks of a blob, CHUNK_BYTES each (the last one shorter): a body that arrives in the network's small
+ * pieces (16 to 64 KiB) is gathered, so a blob costs one Write message per MiB, not one per piece.
+ */
+async function* chunked(
+  source: AsyncIterable<Buffer> | Buffer,
+  onRead?: (bytes: number) => void,
+): AsyncGenerator<Buffer> {
   const all: AsyncIterable<Buffer> | Buffer[] = Buffer.isBuffer(source) ? [source] : source;
+  let parts: Buffer[] = [];
+  let held = 0;
+  let read = 0;
   for await (const b of all) {
-    for (let i = 0; i < b.length; i += CHUNK_BYTES) yield b.subarray(i, i + CHUNK_BYTES);
+    read += b.length;
+    onRead?.(read);
+    let rest = b;
+    while (held + rest.length >= CHUNK_BYTES) {
+      const take = CHUNK_BYTES - held;
+      parts.push(rest.subarray(0, take));
+      yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, CHUNK_BYTES);
+      rest = rest.subarray(take);
+      parts = [];
+      held = 0;
+    }
+    if (rest.length > 0) {
+      parts.push(rest);
+      held += rest.length;
+    }
   }
+  if (held > 0) yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, held);
 }

@@ -8,9 +8,13 @@ import { rm } from "node:fs/promises";
 import { Socket } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { Options as RuncOptions } from "../../gen/containerd/runc_options.js";
 import { Status } from "../../gen/containerd/task_types.js";
 import { runCommand } from "../sandbox.js";
 import { type Containerd, ContainerdError, isNotFound, RUNTIME, SNAPSHOTTER } from "./client.js";
+
+/** The type URL containerd and the runc shim know runc's options by (their registered message name). */
+const RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options";
 
 /** The FIFOs of a process, in the container's directory. */
 export interface FifoPaths {
@@ -116,11 +120,28 @@ export type TaskState = { state: "running"; pid: number } | { state: "stopped"; 
 
 export class TaskClient {
   private readonly log: Logger;
+  /** The runtime options of every container: runc's state under `runcRoot` when given. */
+  private readonly runtimeOptions: { typeUrl: string; value: Buffer } | undefined;
+
+  /**
+   * `runcRoot`: where runc keeps its containers' state (as dockerd's <exec-root>/runtime-runc). In a run
+   * directory of shoald's, it goes with a host restart like the containers it describes; runc's default
+   * (/run/containerd/runc/<namespace>) is shared by every containerd on the machine and outlived a wiped
+   * exec root, so a container brought back after a restart failed ("container with given ID already exists").
+   */
   constructor(
     private readonly cd: Containerd,
     logger: Logger,
+    runcRoot?: string,
   ) {
     this.log = logger.child({ component: "tasks" });
+    this.runtimeOptions =
+      runcRoot === undefined
+        ? undefined
+        : {
+            typeUrl: RUNC_OPTIONS_TYPE_URL,
+            value: Buffer.from(RuncOptions.encode(RuncOptions.fromPartial({ root: runcRoot })).finish()),
+          };
   }
 
   /** A root file system for a new container: a snapshot on the image's top layer ("" for none). */
@@ -157,7 +178,7 @@ export class TaskClient {
       id,
       labels,
       image: "",
-      runtime: { name: RUNTIME, options: undefined },
+      runtime: { name: RUNTIME, options: this.runtimeOptions },
       spec: {
         typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec",
         value: Buffer.from(JSON.stringify(spec)),
