@@ -345,9 +345,16 @@ describe.skipIf(!isRoot)("the docker CLI's container and image commands (lab, co
       "busybox",
       "sh",
       "-c",
-      "echo line1; echo line2; echo line3 >&2; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo late; exec sleep 1000",
+      "echo line1; echo line2; while [ ! -f /tmp/err ]; do sleep 0.1; done; echo line3 >&2; " +
+        "while [ ! -f /tmp/go ]; do sleep 0.1; done; echo late; exec sleep 1000",
     );
-    await waitFor("three lines", async () => ((await d("logs", "talker")).split("\n").length >= 3 ? true : undefined));
+    // stdout and stderr are two pipes: line3 goes to stderr only once line2 is in the log, so their order
+    // in the log is the one written.
+    await waitFor("two lines", async () => ((await d("logs", "talker")).includes("line2\n") ? true : undefined));
+    await d("exec", "talker", "touch", "/tmp/err");
+    await waitFor("three lines", async () =>
+      (await docker(h1, "logs", "talker")).stderr === "line3\n" ? true : undefined,
+    );
     const tail = await docker(h1, "logs", "--tail", "2", "talker");
     expect(tail.stdout).toBe("line2\n");
     expect(tail.stderr).toBe("line3\n");
