@@ -10,7 +10,8 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { arbBatch, type Case, casesToJson, describeCase } from "./cases.js";
 import { FuzzCluster } from "./cluster.js";
-import { CASE_TIMEOUT_MS, type Outcome, type SendEnv, sendCase } from "./send.js";
+import { LagProbe } from "./lag.js";
+import { CASE_TIMEOUT_MS, type Outcome, PROBE_TIMEOUT_MS, type SendEnv, sendCase } from "./send.js";
 
 export interface RunOptions {
   seed: number;
@@ -79,10 +80,14 @@ async function pool<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): 
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-function withTimeout(p: Promise<Outcome>, ms: number): Promise<Outcome> {
+/** The case's outcome, or "stuck" with what evidence there is (how far it got, the fuzzer's own delays). */
+function withTimeout(p: Promise<Outcome>, ms: number, evidence: () => string): Promise<Outcome> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<Outcome>((resolve) => {
-    timer = setTimeout(() => resolve({ summary: "stuck", finding: `the case did not finish in ${ms} ms` }), ms);
+    timer = setTimeout(
+      () => resolve({ summary: "stuck", finding: `the case did not finish in ${ms} ms\n    evidence: ${evidence()}` }),
+      ms,
+    );
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
@@ -115,8 +120,10 @@ async function runBatch(
   samples?: Map<string, string[]>,
 ): Promise<BatchResult & { rss: number[]; checkMs: number; sendMs: number; leader?: string; left: string[] }> {
   const ctx = await cluster.refresh();
+  const lag = new LagProbe();
   const env: SendEnv = {
     ctx,
+    lag,
     sock: (d) => cluster.lab.sock(d),
     cluster: (d) => ({ host: cluster.lab.ip(d), port: cluster.lab.port(d) }),
     clients: cluster.clients,
@@ -127,7 +134,13 @@ async function runBatch(
   const sendStart = Date.now();
   await pool(cases, opts.concurrency, async (c) => {
     sentOrder.push(c);
-    const o = await withTimeout(sendCase(env, c), CASE_TIMEOUT_MS + 15_000);
+    const started = Date.now();
+    const progress: string[] = [];
+    const o = await withTimeout(
+      sendCase(env, c, (s) => progress.push(s)),
+      CASE_TIMEOUT_MS + PROBE_TIMEOUT_MS + 15_000,
+      () => `${progress.length ? `${progress.join(", ")}; ` : ""}${lag.describe(started)}`,
+    );
     outcomes.set(c, o);
     const key = statKey(c, o);
     stats.set(key, (stats.get(key) ?? 0) + 1);
@@ -137,6 +150,7 @@ async function runBatch(
     if (o.finding) findings.push(`${o.finding}\n    case: ${describeCase(c)}`);
   });
   const sendMs = Date.now() - sendStart;
+  lag.stop();
   const left = await cluster.cleanup(ctx).catch((e: unknown) => [`cleanup failed: ${String(e)}`]);
   const check = await cluster.check(tag);
   return {
@@ -233,6 +247,8 @@ export async function run(opts: RunOptions): Promise<RunReport> {
     );
     if (r.failures.length === 0 && (r.findings.length === 0 || opts.keepGoing)) {
       checks++;
+      // Each as it comes, with its case and evidence (the summary at the end keeps only the first of a kind).
+      for (const f of r.findings) opts.log(`  finding (${new Date().toISOString()}): ${f.slice(0, 800)}`);
       for (const f of r.findings) {
         const key = signature(f);
         const d = distinct.get(key);

@@ -10,6 +10,7 @@ import type { BurstCase, SlowCase, TcpCase } from "./conn-cases.js";
 import type { ByteMut, EngineCase, QVal } from "./engine-cases.js";
 import type { GrpcCase, Identity } from "./grpc-cases.js";
 import { type Resolve, serialize } from "./json.js";
+import type { LagProbe } from "./lag.js";
 import { encode, type PbResolve } from "./protobuf.js";
 import { type FuzzContext, resolveJson, resolveRef, resolveString } from "./refs.js";
 import { makeSafe, segValue } from "./safety.js";
@@ -25,6 +26,8 @@ export interface Outcome {
 
 export interface SendEnv {
   ctx: FuzzContext;
+  /** Measures the fuzzer's own delays, for the evidence a hang finding carries. */
+  lag?: LagProbe;
   sock: (daemon: number) => string;
   cluster: (daemon: number) => { host: string; port: number };
   clients: GrpcPool;
@@ -240,7 +243,27 @@ export function judgeHttp(a: HttpAnswer, method: string): string | undefined {
   return undefined;
 }
 
+/** How long a /_ping probe after a hang may take. */
+export const PROBE_TIMEOUT_MS = 10_000;
+
+/**
+ * Evidence for a case that got no answer in time: the fuzzer's own delays while it waited, and how long a
+ * /_ping to the same daemon takes right after (a daemon that answers it at once was not stalled).
+ */
+export async function hangEvidence(env: SendEnv, daemon: number, since: number): Promise<string> {
+  const t0 = Date.now();
+  const r = await exchange(
+    env.sock(daemon),
+    Buffer.from("GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    PROBE_TIMEOUT_MS,
+  );
+  const a = parseHttp(r.raw);
+  const ping = a ? `answered ${a.status} in ${Date.now() - t0} ms` : `got no answer in ${PROBE_TIMEOUT_MS} ms`;
+  return `${env.lag ? `${env.lag.describe(since)}; ` : ""}a /_ping to daemon ${daemon} right after ${ping}`;
+}
+
 export async function sendEngine(env: SendEnv, generated: EngineCase): Promise<Outcome> {
+  const started = Date.now();
   const c = makeSafe(env.ctx, generated);
   const data = requestBytes(env.ctx, c);
   const upgrade = c.upgrade;
@@ -249,7 +272,10 @@ export async function sendEngine(env: SendEnv, generated: EngineCase): Promise<O
   );
   const a = parseHttp(r.raw);
   if (!a) {
-    if (r.timedOut) return { summary: "hang", finding: `no answer within ${CASE_TIMEOUT_MS} ms` };
+    if (r.timedOut) {
+      const evidence = await hangEvidence(env, c.daemon, started);
+      return { summary: "hang", finding: `no answer within ${CASE_TIMEOUT_MS} ms\n    evidence: ${evidence}` };
+    }
     return { summary: r.error ? `conn ${r.error}` : r.raw.length ? "garbled" : "closed" };
   }
   const finding = judgeHttp(a, c.method);
@@ -442,7 +468,9 @@ const slowHead = (len: number) =>
     `POST /v1.50/networks/create HTTP/1.1\r\nHost: api.moby.localhost\r\nContent-Type: application/json\r\nContent-Length: ${len}\r\nConnection: close\r\n\r\n`,
   );
 
-async function sendSlow(env: SendEnv, c: SlowCase): Promise<Outcome> {
+async function sendSlow(env: SendEnv, c: SlowCase, note: (s: string) => void): Promise<Outcome> {
+  const started = Date.now();
+  const at = (what: string) => note(`${what} +${Date.now() - started} ms`);
   const sock = netConnect(env.sock(c.daemon));
   const got: Buffer[] = [];
   let closed = false;
@@ -458,6 +486,7 @@ async function sendSlow(env: SendEnv, c: SlowCase): Promise<Outcome> {
     sock.once("connect", () => r());
     sock.once("error", () => r());
   });
+  at("connected");
   const full = Buffer.concat([slowHead(SLOW_BODY.length), SLOW_BODY]);
   const headLen = full.length - SLOW_BODY.length;
   let sent = 0;
@@ -490,11 +519,17 @@ async function sendSlow(env: SendEnv, c: SlowCase): Promise<Outcome> {
     return { summary: closed ? "slow closed by server" : "slow abandoned" };
   }
   if (sent < full.length) send(full.length - sent);
+  at("request sent");
   const answered = await Promise.race([closedP.then(() => true), sleep(CASE_TIMEOUT_MS).then(() => false)]);
   sock.destroy();
   const a = parseHttp(Buffer.concat(got));
-  if (!answered && !a)
-    return { summary: "hang", finding: `a slow request finished got no answer within ${CASE_TIMEOUT_MS} ms` };
+  if (!answered && !a) {
+    const evidence = await hangEvidence(env, c.daemon, started);
+    return {
+      summary: "hang",
+      finding: `a slow request finished got no answer within ${CASE_TIMEOUT_MS} ms\n    evidence: ${evidence}`,
+    };
+  }
   return { summary: a ? `slow HTTP ${a.status}` : "slow closed" };
 }
 
@@ -565,8 +600,11 @@ function sendTcp(env: SendEnv, c: TcpCase): Promise<Outcome> {
   });
 }
 
-/** Send one case; never throws (a failure to send is an outcome). */
-export async function sendCase(env: SendEnv, c: Case): Promise<Outcome> {
+/**
+ * Send one case; never throws (a failure to send is an outcome). `note` hears how far a slow case got
+ * (for the evidence of a case that does not finish).
+ */
+export async function sendCase(env: SendEnv, c: Case, note: (s: string) => void = () => undefined): Promise<Outcome> {
   try {
     switch (c.kind) {
       case "engine":
@@ -574,7 +612,7 @@ export async function sendCase(env: SendEnv, c: Case): Promise<Outcome> {
       case "grpc":
         return await sendGrpc(env, c);
       case "slow":
-        return await sendSlow(env, c);
+        return await sendSlow(env, c, note);
       case "burst":
         return await sendBurst(env, c);
       case "tcp":
