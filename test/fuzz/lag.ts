@@ -36,6 +36,29 @@ export class LagProbe {
     return max;
   }
 
+  /** How long the fuzzer's event loop was late in all since `since` (ms): time it could not listen. */
+  lostSince(since: number): number {
+    let lost = Math.max(0, this.now() - this.last - TICK_MS);
+    for (const [w, lag] of this.samples) if (w >= since) lost += lag;
+    return lost;
+  }
+
+  /**
+   * Resolves once `ms` have passed since `since` while the fuzzer was awake: the time its own event loop
+   * was late does not count (at most `ms` more), and I/O that arrived meanwhile is read first. A daemon
+   * is given the whole wait to answer even when the fuzzer was starved of CPU.
+   */
+  async waitAwake(since: number, ms: number): Promise<void> {
+    for (;;) {
+      const elapsed = this.now() - since;
+      const remaining = ms + Math.min(ms, this.lostSince(since)) - elapsed;
+      if (remaining <= 0) break;
+      await new Promise((r) => setTimeout(r, remaining));
+    }
+    // Timers run before the poll phase: an answer that came while the loop was late is read first.
+    await new Promise((r) => setImmediate(r));
+  }
+
   /** One line of evidence for a case that started at `since`. */
   describe(since: number): string {
     const [l1] = loadavg();

@@ -138,7 +138,8 @@ async function runBatch(
     const progress: string[] = [];
     const o = await withTimeout(
       sendCase(env, c, (s) => progress.push(s)),
-      CASE_TIMEOUT_MS + PROBE_TIMEOUT_MS + 15_000,
+      // A case waits up to twice CASE_TIMEOUT_MS when the fuzzer itself was starved (LagProbe.waitAwake).
+      2 * CASE_TIMEOUT_MS + PROBE_TIMEOUT_MS + 15_000,
       () => `${progress.length ? `${progress.join(", ")}; ` : ""}${lag.describe(started)}`,
     );
     outcomes.set(c, o);

@@ -33,6 +33,8 @@ export interface SendEnv {
   clients: GrpcPool;
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 /** How long any one case may take before it counts as hung. */
 export const CASE_TIMEOUT_MS = 20_000;
 const MAX_RESPONSE_BYTES = 1 << 20;
@@ -182,7 +184,9 @@ function exchange(
   data: Buffer,
   timeoutMs: number,
   stopEarly?: (got: Buffer) => boolean,
+  lag?: LagProbe,
 ): Promise<{ raw: Buffer; timedOut: boolean; error?: string }> {
+  const started = Date.now();
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -191,11 +195,10 @@ function exchange(
     const finish = (timedOut: boolean, error?: string) => {
       if (done) return;
       done = true;
-      clearTimeout(timer);
       sock.destroy();
       resolve({ raw: Buffer.concat(chunks), timedOut, ...(error ? { error } : {}) });
     };
-    const timer = setTimeout(() => finish(true), timeoutMs);
+    void (lag ? lag.waitAwake(started, timeoutMs) : sleep(timeoutMs)).then(() => finish(true));
     sock.on("connect", () => sock.write(data, () => undefined));
     sock.on("data", (d: Buffer) => {
       if (size < MAX_RESPONSE_BYTES) chunks.push(d);
@@ -267,8 +270,12 @@ export async function sendEngine(env: SendEnv, generated: EngineCase): Promise<O
   const c = makeSafe(env.ctx, generated);
   const data = requestBytes(env.ctx, c);
   const upgrade = c.upgrade;
-  const r = await exchange(env.sock(c.daemon), data, CASE_TIMEOUT_MS, (got) =>
-    upgrade ? /^HTTP\/1\.1 101/.test(got.toString("latin1", 0, 16)) : false,
+  const r = await exchange(
+    env.sock(c.daemon),
+    data,
+    CASE_TIMEOUT_MS,
+    (got) => (upgrade ? /^HTTP\/1\.1 101/.test(got.toString("latin1", 0, 16)) : false),
+    env.lag,
   );
   const a = parseHttp(r.raw);
   if (!a) {
@@ -460,8 +467,6 @@ function noteAnswer(env: SendEnv, c: GrpcCase, res: Buffer): void {
 // ---------------------------------------------------------------------------------------------------
 // Connections
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 const SLOW_BODY = Buffer.from('{"Name":"fz-slow","Driver":"overlay"}');
 const slowHead = (len: number) =>
   Buffer.from(
@@ -520,7 +525,11 @@ async function sendSlow(env: SendEnv, c: SlowCase, note: (s: string) => void): P
   }
   if (sent < full.length) send(full.length - sent);
   at("request sent");
-  const answered = await Promise.race([closedP.then(() => true), sleep(CASE_TIMEOUT_MS).then(() => false)]);
+  const waitFrom = Date.now();
+  const answered = await Promise.race([
+    closedP.then(() => true),
+    (env.lag ? env.lag.waitAwake(waitFrom, CASE_TIMEOUT_MS) : sleep(CASE_TIMEOUT_MS)).then(() => false),
+  ]);
   sock.destroy();
   const a = parseHttp(Buffer.concat(got));
   if (!answered && !a) {
