@@ -59,6 +59,8 @@ export interface RunReport {
   /** With keepGoing: each distinct finding once, with how often it was seen. */
   findings: Map<string, { n: number; first: string }>;
   rssMb: number[][];
+  /** Per batch: how late the fuzzer's own event loop ran at most while it sent the cases (ms). */
+  lagMs: number[];
 }
 
 interface BatchResult {
@@ -118,7 +120,9 @@ async function runBatch(
   opts: Pick<RunOptions, "concurrency">,
   stats: Map<string, number>,
   samples?: Map<string, string[]>,
-): Promise<BatchResult & { rss: number[]; checkMs: number; sendMs: number; leader?: string; left: string[] }> {
+): Promise<
+  BatchResult & { rss: number[]; checkMs: number; sendMs: number; lagMs: number; leader?: string; left: string[] }
+> {
   const ctx = await cluster.refresh();
   const lag = new LagProbe();
   const env: SendEnv = {
@@ -151,6 +155,7 @@ async function runBatch(
     if (o.finding) findings.push(`${o.finding}\n    case: ${describeCase(c)}`);
   });
   const sendMs = Date.now() - sendStart;
+  const lagMs = lag.maxLagSince(sendStart);
   lag.stop();
   const left = await cluster.cleanup(ctx).catch((e: unknown) => [`cleanup failed: ${String(e)}`]);
   const check = await cluster.check(tag);
@@ -162,6 +167,7 @@ async function runBatch(
     rss: check.rssMb,
     checkMs: check.ms,
     sendMs,
+    lagMs,
     left,
     ...(check.leader ? { leader: check.leader } : {}),
   };
@@ -208,6 +214,7 @@ export async function run(opts: RunOptions): Promise<RunReport> {
   const stats = new Map<string, number>();
   const samples = new Map<string, string[]>();
   const rssMb: number[][] = [];
+  const lagMs: number[] = [];
   const own = opts.cluster === undefined;
   let cluster: FuzzCluster | undefined = opts.cluster ?? (await FuzzCluster.start(`fuzz-${opts.seed}`, opts.log));
   let sent = 0;
@@ -235,15 +242,18 @@ export async function run(opts: RunOptions): Promise<RunReport> {
         rss: [],
         checkMs: 0,
         sendMs: 0,
+        lagMs: 0,
         left: [],
       };
     }
     sent += cases.length;
     rssMb.push(r.rss);
+    lagMs.push(r.lagMs);
     opts.log(
       `batch ${k + 1}/${numRuns}: ${cases.length} cases in ${(r.sendMs / 1000).toFixed(1)} s, ` +
         `${r.findings.length} findings; checks ${r.failures.length === 0 ? "passed" : "FAILED"} in ${(r.checkMs / 1000).toFixed(1)} s ` +
-        `(leader ${r.leader ?? "?"}; rss MB ${r.rss.join("/")}; ${((Date.now() - t0) / 1000).toFixed(1)} s in all)` +
+        `(leader ${r.leader ?? "?"}; rss MB ${r.rss.join("/")}; fuzzer late by up to ${r.lagMs} ms; ` +
+        `${((Date.now() - t0) / 1000).toFixed(1)} s in all)` +
         (r.left.length ? `; not undone: ${r.left.slice(0, 3).join(", ")}${r.left.length > 3 ? ", ..." : ""}` : ""),
     );
     if (r.failures.length === 0 && (r.findings.length === 0 || opts.keepGoing)) {
@@ -291,6 +301,7 @@ export async function run(opts: RunOptions): Promise<RunReport> {
     findings: distinct,
     samples,
     rssMb,
+    lagMs,
   };
 }
 
