@@ -7,8 +7,7 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import { type Duplex, PassThrough } from "node:stream";
-import type { ApiError } from "./errors.js";
-import { badRequest } from "./errors.js";
+import { ApiError, badRequest } from "./errors.js";
 import { bodyTooLarge, writeWithBackpressure } from "./http.js";
 import type { Upgrade } from "./router.js";
 import { compareApiVersions } from "./versions.js";
@@ -43,7 +42,9 @@ export function writeRawResponse(
   for (const [k, v] of Object.entries({ ...headers, "Content-Length": String(bytes.length), Connection: "close" })) {
     head.push(`${k}: ${v}`);
   }
-  socket.end(Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`), bytes]));
+  // Closed once the answer is out, as Node's server closes a `Connection: close` answer: a client that
+  // never closes its side of a hijacked connection must not hold it (and a connection slot) for ever.
+  socket.end(Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`), bytes]), () => socket.destroy());
 }
 
 export function writeRawError(socket: Duplex, err: ApiError): void {
@@ -56,19 +57,25 @@ export function writeRawError(socket: Duplex, err: ApiError): void {
   );
 }
 
+/** The error of a request whose body did not arrive in time (Node's server answers its own 408 alike). */
+export function bodyTimedOut(timeoutMs: number): ApiError {
+  return new ApiError(408, `the request body did not arrive within ${timeoutMs} ms`);
+}
+
 /**
  * The body of an upgrade request (Content-Length bytes after the head) and, after it, what the client
- * sends next: its stdin.
+ * sends next: its stdin. The body must arrive within `timeoutMs` (the request timeout: the connection has
+ * left the HTTP server, whose timeouts no longer apply to it).
  */
 export async function upgradeInput(
   req: IncomingMessage,
   up: Upgrade,
-  maxBytes: number,
+  limits: { maxBodyBytes: number; requestTimeoutMs: number },
 ): Promise<{ body: string; stream: PassThrough }> {
   const length = Number(req.headers["content-length"] ?? "0");
   if (!Number.isSafeInteger(length) || length < 0) throw badRequest("invalid Content-Length");
-  if (length > maxBytes) throw bodyTooLarge(maxBytes);
-  const buf = up.head.length < length ? await readAtLeast(up, length) : up.head;
+  if (length > limits.maxBodyBytes) throw bodyTooLarge(limits.maxBodyBytes);
+  const buf = up.head.length < length ? await readAtLeast(up, length, limits.requestTimeoutMs) : up.head;
   const stream = new PassThrough();
   const rest = buf.subarray(length);
   if (rest.length > 0) stream.write(rest);
@@ -76,11 +83,15 @@ export async function upgradeInput(
   return { body: buf.subarray(0, length).toString("utf8"), stream };
 }
 
-/** The head's bytes and what follows on the connection, until there are `length` of them. */
-function readAtLeast(up: Upgrade, length: number): Promise<Buffer> {
+/** The head's bytes and what follows on the connection, until there are `length` of them (or `timeoutMs`). */
+function readAtLeast(up: Upgrade, length: number, timeoutMs: number): Promise<Buffer> {
   return new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = [up.head];
     let size = up.head.length;
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(bodyTimedOut(timeoutMs));
+    }, timeoutMs);
     const onData = (c: Buffer): void => {
       chunks.push(c);
       size += c.length;
@@ -94,6 +105,7 @@ function readAtLeast(up: Upgrade, length: number): Promise<Buffer> {
       reject(badRequest("the request body ended early"));
     };
     const cleanup = (): void => {
+      clearTimeout(timer);
       up.socket.off("data", onData);
       up.socket.off("end", onEnd);
       up.socket.pause();
@@ -117,6 +129,9 @@ export function openStream(res: ServerResponse, up: Upgrade | undefined, mediaTy
   return up ? openHijackedStream(up.socket, mediaType) : openResponseStream(res, mediaType);
 }
 
+/** How long a client may keep its side of a hijacked connection open after the stream ended. */
+const HIJACKED_CLOSE_GRACE_MS = 5000;
+
 function openHijackedStream(socket: Duplex, mediaType: string): StreamOut {
   let closed = socket.destroyed;
   const onClose: (() => void)[] = [];
@@ -132,7 +147,10 @@ function openHijackedStream(socket: Duplex, mediaType: string): StreamOut {
     },
     write: (b) => (closed ? Promise.resolve(false) : writeWithBackpressure(socket, b)),
     end: () => {
-      if (!closed) socket.end();
+      if (closed) return;
+      // The client reads to the end and then closes; one that keeps its side open is closed after a grace.
+      socket.end();
+      setTimeout(() => socket.destroy(), HIJACKED_CLOSE_GRACE_MS).unref();
     },
     onClose: (f) => onClose.push(f),
   };

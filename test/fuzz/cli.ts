@@ -68,6 +68,7 @@ const peak = report.rssMb.reduce((a, r) => a.map((x, i) => Math.max(x, r[i] ?? 0
 log(
   `\nseed ${seed}: ${report.requestsSent} cases in ${report.batches} batches, ${(report.durationMs / 1000).toFixed(0)} s; ` +
     `${report.checksPassed} invariant checks passed; peak rss MB ${peak.join("/")}; ` +
+    `fuzzer late by up to ${Math.max(0, ...report.lagMs)} ms; ` +
     `${report.ok && report.findings.size === 0 ? "CLEAN" : "FAILED"}`,
 );
 if (report.findings.size > 0) {

@@ -10,7 +10,8 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { arbBatch, type Case, casesToJson, describeCase } from "./cases.js";
 import { FuzzCluster } from "./cluster.js";
-import { CASE_TIMEOUT_MS, type Outcome, type SendEnv, sendCase } from "./send.js";
+import { LagProbe } from "./lag.js";
+import { CASE_TIMEOUT_MS, type Outcome, PROBE_TIMEOUT_MS, type SendEnv, sendCase } from "./send.js";
 
 export interface RunOptions {
   seed: number;
@@ -58,6 +59,8 @@ export interface RunReport {
   /** With keepGoing: each distinct finding once, with how often it was seen. */
   findings: Map<string, { n: number; first: string }>;
   rssMb: number[][];
+  /** Per batch: how late the fuzzer's own event loop ran at most while it sent the cases (ms). */
+  lagMs: number[];
 }
 
 interface BatchResult {
@@ -79,10 +82,14 @@ async function pool<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): 
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-function withTimeout(p: Promise<Outcome>, ms: number): Promise<Outcome> {
+/** The case's outcome, or "stuck" with what evidence there is (how far it got, the fuzzer's own delays). */
+function withTimeout(p: Promise<Outcome>, ms: number, evidence: () => string): Promise<Outcome> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<Outcome>((resolve) => {
-    timer = setTimeout(() => resolve({ summary: "stuck", finding: `the case did not finish in ${ms} ms` }), ms);
+    timer = setTimeout(
+      () => resolve({ summary: "stuck", finding: `the case did not finish in ${ms} ms\n    evidence: ${evidence()}` }),
+      ms,
+    );
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
@@ -113,10 +120,14 @@ async function runBatch(
   opts: Pick<RunOptions, "concurrency">,
   stats: Map<string, number>,
   samples?: Map<string, string[]>,
-): Promise<BatchResult & { rss: number[]; checkMs: number; sendMs: number; leader?: string; left: string[] }> {
+): Promise<
+  BatchResult & { rss: number[]; checkMs: number; sendMs: number; lagMs: number; leader?: string; left: string[] }
+> {
   const ctx = await cluster.refresh();
+  const lag = new LagProbe();
   const env: SendEnv = {
     ctx,
+    lag,
     sock: (d) => cluster.lab.sock(d),
     cluster: (d) => ({ host: cluster.lab.ip(d), port: cluster.lab.port(d) }),
     clients: cluster.clients,
@@ -127,7 +138,14 @@ async function runBatch(
   const sendStart = Date.now();
   await pool(cases, opts.concurrency, async (c) => {
     sentOrder.push(c);
-    const o = await withTimeout(sendCase(env, c), CASE_TIMEOUT_MS + 15_000);
+    const started = Date.now();
+    const progress: string[] = [];
+    const o = await withTimeout(
+      sendCase(env, c, (s) => progress.push(s)),
+      // A case waits up to twice CASE_TIMEOUT_MS when the fuzzer itself was starved (LagProbe.waitAwake).
+      2 * CASE_TIMEOUT_MS + PROBE_TIMEOUT_MS + 15_000,
+      () => `${progress.length ? `${progress.join(", ")}; ` : ""}${lag.describe(started)}`,
+    );
     outcomes.set(c, o);
     const key = statKey(c, o);
     stats.set(key, (stats.get(key) ?? 0) + 1);
@@ -137,6 +155,8 @@ async function runBatch(
     if (o.finding) findings.push(`${o.finding}\n    case: ${describeCase(c)}`);
   });
   const sendMs = Date.now() - sendStart;
+  const lagMs = lag.maxLagSince(sendStart);
+  lag.stop();
   const left = await cluster.cleanup(ctx).catch((e: unknown) => [`cleanup failed: ${String(e)}`]);
   const check = await cluster.check(tag);
   return {
@@ -147,6 +167,7 @@ async function runBatch(
     rss: check.rssMb,
     checkMs: check.ms,
     sendMs,
+    lagMs,
     left,
     ...(check.leader ? { leader: check.leader } : {}),
   };
@@ -193,6 +214,7 @@ export async function run(opts: RunOptions): Promise<RunReport> {
   const stats = new Map<string, number>();
   const samples = new Map<string, string[]>();
   const rssMb: number[][] = [];
+  const lagMs: number[] = [];
   const own = opts.cluster === undefined;
   let cluster: FuzzCluster | undefined = opts.cluster ?? (await FuzzCluster.start(`fuzz-${opts.seed}`, opts.log));
   let sent = 0;
@@ -220,19 +242,24 @@ export async function run(opts: RunOptions): Promise<RunReport> {
         rss: [],
         checkMs: 0,
         sendMs: 0,
+        lagMs: 0,
         left: [],
       };
     }
     sent += cases.length;
     rssMb.push(r.rss);
+    lagMs.push(r.lagMs);
     opts.log(
       `batch ${k + 1}/${numRuns}: ${cases.length} cases in ${(r.sendMs / 1000).toFixed(1)} s, ` +
         `${r.findings.length} findings; checks ${r.failures.length === 0 ? "passed" : "FAILED"} in ${(r.checkMs / 1000).toFixed(1)} s ` +
-        `(leader ${r.leader ?? "?"}; rss MB ${r.rss.join("/")}; ${((Date.now() - t0) / 1000).toFixed(1)} s in all)` +
+        `(leader ${r.leader ?? "?"}; rss MB ${r.rss.join("/")}; fuzzer late by up to ${r.lagMs} ms; ` +
+        `${((Date.now() - t0) / 1000).toFixed(1)} s in all)` +
         (r.left.length ? `; not undone: ${r.left.slice(0, 3).join(", ")}${r.left.length > 3 ? ", ..." : ""}` : ""),
     );
     if (r.failures.length === 0 && (r.findings.length === 0 || opts.keepGoing)) {
       checks++;
+      // Each as it comes, with its case and evidence (the summary at the end keeps only the first of a kind).
+      for (const f of r.findings) opts.log(`  finding (${new Date().toISOString()}): ${f.slice(0, 800)}`);
       for (const f of r.findings) {
         const key = signature(f);
         const d = distinct.get(key);
@@ -274,6 +301,7 @@ export async function run(opts: RunOptions): Promise<RunReport> {
     findings: distinct,
     samples,
     rssMb,
+    lagMs,
   };
 }
 

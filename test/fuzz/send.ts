@@ -10,6 +10,7 @@ import type { BurstCase, SlowCase, TcpCase } from "./conn-cases.js";
 import type { ByteMut, EngineCase, QVal } from "./engine-cases.js";
 import type { GrpcCase, Identity } from "./grpc-cases.js";
 import { type Resolve, serialize } from "./json.js";
+import type { LagProbe } from "./lag.js";
 import { encode, type PbResolve } from "./protobuf.js";
 import { type FuzzContext, resolveJson, resolveRef, resolveString } from "./refs.js";
 import { makeSafe, segValue } from "./safety.js";
@@ -25,10 +26,14 @@ export interface Outcome {
 
 export interface SendEnv {
   ctx: FuzzContext;
+  /** Measures the fuzzer's own delays, for the evidence a hang finding carries. */
+  lag?: LagProbe;
   sock: (daemon: number) => string;
   cluster: (daemon: number) => { host: string; port: number };
   clients: GrpcPool;
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** How long any one case may take before it counts as hung. */
 export const CASE_TIMEOUT_MS = 20_000;
@@ -179,7 +184,9 @@ function exchange(
   data: Buffer,
   timeoutMs: number,
   stopEarly?: (got: Buffer) => boolean,
+  lag?: LagProbe,
 ): Promise<{ raw: Buffer; timedOut: boolean; error?: string }> {
+  const started = Date.now();
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -188,11 +195,10 @@ function exchange(
     const finish = (timedOut: boolean, error?: string) => {
       if (done) return;
       done = true;
-      clearTimeout(timer);
       sock.destroy();
       resolve({ raw: Buffer.concat(chunks), timedOut, ...(error ? { error } : {}) });
     };
-    const timer = setTimeout(() => finish(true), timeoutMs);
+    void (lag ? lag.waitAwake(started, timeoutMs) : sleep(timeoutMs)).then(() => finish(true));
     sock.on("connect", () => sock.write(data, () => undefined));
     sock.on("data", (d: Buffer) => {
       if (size < MAX_RESPONSE_BYTES) chunks.push(d);
@@ -240,16 +246,43 @@ export function judgeHttp(a: HttpAnswer, method: string): string | undefined {
   return undefined;
 }
 
+/** How long a /_ping probe after a hang may take. */
+export const PROBE_TIMEOUT_MS = 10_000;
+
+/**
+ * Evidence for a case that got no answer in time: the fuzzer's own delays while it waited, and how long a
+ * /_ping to the same daemon takes right after (a daemon that answers it at once was not stalled).
+ */
+export async function hangEvidence(env: SendEnv, daemon: number, since: number): Promise<string> {
+  const t0 = Date.now();
+  const r = await exchange(
+    env.sock(daemon),
+    Buffer.from("GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    PROBE_TIMEOUT_MS,
+  );
+  const a = parseHttp(r.raw);
+  const ping = a ? `answered ${a.status} in ${Date.now() - t0} ms` : `got no answer in ${PROBE_TIMEOUT_MS} ms`;
+  return `${env.lag ? `${env.lag.describe(since)}; ` : ""}a /_ping to daemon ${daemon} right after ${ping}`;
+}
+
 export async function sendEngine(env: SendEnv, generated: EngineCase): Promise<Outcome> {
+  const started = Date.now();
   const c = makeSafe(env.ctx, generated);
   const data = requestBytes(env.ctx, c);
   const upgrade = c.upgrade;
-  const r = await exchange(env.sock(c.daemon), data, CASE_TIMEOUT_MS, (got) =>
-    upgrade ? /^HTTP\/1\.1 101/.test(got.toString("latin1", 0, 16)) : false,
+  const r = await exchange(
+    env.sock(c.daemon),
+    data,
+    CASE_TIMEOUT_MS,
+    (got) => (upgrade ? /^HTTP\/1\.1 101/.test(got.toString("latin1", 0, 16)) : false),
+    env.lag,
   );
   const a = parseHttp(r.raw);
   if (!a) {
-    if (r.timedOut) return { summary: "hang", finding: `no answer within ${CASE_TIMEOUT_MS} ms` };
+    if (r.timedOut) {
+      const evidence = await hangEvidence(env, c.daemon, started);
+      return { summary: "hang", finding: `no answer within ${CASE_TIMEOUT_MS} ms\n    evidence: ${evidence}` };
+    }
     return { summary: r.error ? `conn ${r.error}` : r.raw.length ? "garbled" : "closed" };
   }
   const finding = judgeHttp(a, c.method);
@@ -434,15 +467,15 @@ function noteAnswer(env: SendEnv, c: GrpcCase, res: Buffer): void {
 // ---------------------------------------------------------------------------------------------------
 // Connections
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 const SLOW_BODY = Buffer.from('{"Name":"fz-slow","Driver":"overlay"}');
 const slowHead = (len: number) =>
   Buffer.from(
     `POST /v1.50/networks/create HTTP/1.1\r\nHost: api.moby.localhost\r\nContent-Type: application/json\r\nContent-Length: ${len}\r\nConnection: close\r\n\r\n`,
   );
 
-async function sendSlow(env: SendEnv, c: SlowCase): Promise<Outcome> {
+async function sendSlow(env: SendEnv, c: SlowCase, note: (s: string) => void): Promise<Outcome> {
+  const started = Date.now();
+  const at = (what: string) => note(`${what} +${Date.now() - started} ms`);
   const sock = netConnect(env.sock(c.daemon));
   const got: Buffer[] = [];
   let closed = false;
@@ -458,6 +491,7 @@ async function sendSlow(env: SendEnv, c: SlowCase): Promise<Outcome> {
     sock.once("connect", () => r());
     sock.once("error", () => r());
   });
+  at("connected");
   const full = Buffer.concat([slowHead(SLOW_BODY.length), SLOW_BODY]);
   const headLen = full.length - SLOW_BODY.length;
   let sent = 0;
@@ -490,11 +524,21 @@ async function sendSlow(env: SendEnv, c: SlowCase): Promise<Outcome> {
     return { summary: closed ? "slow closed by server" : "slow abandoned" };
   }
   if (sent < full.length) send(full.length - sent);
-  const answered = await Promise.race([closedP.then(() => true), sleep(CASE_TIMEOUT_MS).then(() => false)]);
+  at("request sent");
+  const waitFrom = Date.now();
+  const answered = await Promise.race([
+    closedP.then(() => true),
+    (env.lag ? env.lag.waitAwake(waitFrom, CASE_TIMEOUT_MS) : sleep(CASE_TIMEOUT_MS)).then(() => false),
+  ]);
   sock.destroy();
   const a = parseHttp(Buffer.concat(got));
-  if (!answered && !a)
-    return { summary: "hang", finding: `a slow request finished got no answer within ${CASE_TIMEOUT_MS} ms` };
+  if (!answered && !a) {
+    const evidence = await hangEvidence(env, c.daemon, started);
+    return {
+      summary: "hang",
+      finding: `a slow request finished got no answer within ${CASE_TIMEOUT_MS} ms\n    evidence: ${evidence}`,
+    };
+  }
   return { summary: a ? `slow HTTP ${a.status}` : "slow closed" };
 }
 
@@ -565,8 +609,11 @@ function sendTcp(env: SendEnv, c: TcpCase): Promise<Outcome> {
   });
 }
 
-/** Send one case; never throws (a failure to send is an outcome). */
-export async function sendCase(env: SendEnv, c: Case): Promise<Outcome> {
+/**
+ * Send one case; never throws (a failure to send is an outcome). `note` hears how far a slow case got
+ * (for the evidence of a case that does not finish).
+ */
+export async function sendCase(env: SendEnv, c: Case, note: (s: string) => void = () => undefined): Promise<Outcome> {
   try {
     switch (c.kind) {
       case "engine":
@@ -574,7 +621,7 @@ export async function sendCase(env: SendEnv, c: Case): Promise<Outcome> {
       case "grpc":
         return await sendGrpc(env, c);
       case "slow":
-        return await sendSlow(env, c);
+        return await sendSlow(env, c, note);
       case "burst":
         return await sendBurst(env, c);
       case "tcp":

@@ -144,6 +144,47 @@ describe("slow clients are closed after a bounded time, not minutes", () => {
   });
 });
 
+describe("hijacked connections (attach, exec start) are held no longer than other requests", () => {
+  const upgradeHead = (path: string, length: number): string =>
+    `POST ${path} HTTP/1.1\r\nHost: shoal\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${length}\r\n\r\n`;
+
+  test("an upgrade request whose body never arrives gets 408 and is closed", async () => {
+    server = await EngineServer.listen({
+      socketPath: sock,
+      backend: swarm,
+      limits: { headersTimeoutMs: 300, requestTimeoutMs: 600, timeoutCheckMs: 50 },
+    });
+    const c = await open();
+    c.socket.write(`${upgradeHead("/v1.50/exec/e1/start", 100)}{"Detach":`);
+    await within(c.closed, 10_000, "the upgrade request with a half-sent body is closed");
+    expect(c.received()).toMatch(/^HTTP\/1\.1 408 /);
+    expect(c.received()).toContain('{"message":"the request body did not arrive within 600 ms"}');
+  });
+
+  test("a client that keeps its side open after the answer to an upgrade request does not keep its slot", async () => {
+    server = await EngineServer.listen({ socketPath: sock, backend: swarm, limits: { maxConnections: 1 } });
+    const socket = connect({ path: sock, allowHalfOpen: true });
+    sockets.push(socket);
+    socket.on("error", () => undefined);
+    let text = "";
+    socket.on("data", (d: Buffer) => {
+      text += d.toString("utf8");
+    });
+    const ended = new Promise<void>((r) => socket.once("end", () => r()));
+    socket.write(upgradeHead("/v1.50/no/such/route", 0));
+    await within(ended, 10_000, "the answer to the upgrade request");
+    expect(text).toMatch(/^HTTP\/1\.1 404 /);
+    // The client never closes; the server has, so the one connection allowed serves the next client.
+    let r = { status: 0, body: "" };
+    for (let i = 0; i < 100 && r.status !== 200; i++) {
+      r = await get("/_ping").catch(() => ({ status: 0, body: "" }));
+      if (r.status !== 200) await new Promise((w) => setTimeout(w, 50));
+    }
+    expect(r).toEqual({ status: 200, body: "OK" });
+  });
+});
+
 describe("memory held per request", () => {
   test("bodies being read share one budget: past it a request is refused (503) and later ones are served", async () => {
     const backend = { ...swarm, swarmInit: async () => "id" } as unknown as SwarmBackend;

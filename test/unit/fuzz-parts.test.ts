@@ -3,12 +3,13 @@
 // answer judges flag what the docker CLI could not read.
 
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { PingRequest, RaftMessageRequest } from "../../src/gen/raft.js";
 import { engineCase } from "../fuzz/by-hand.js";
 import { arbBatch, casesFromJson, casesToJson } from "../fuzz/cases.js";
 import type { EngineCase, QVal } from "../fuzz/engine-cases.js";
 import { applyMutations, j, serialize } from "../fuzz/json.js";
+import { LagProbe } from "../fuzz/lag.js";
 import { encode, varint } from "../fuzz/protobuf.js";
 import type { FuzzContext, Ref } from "../fuzz/refs.js";
 import { makeSafe } from "../fuzz/safety.js";
@@ -211,5 +212,47 @@ describe("fuzz answer judges", () => {
     expect(judgeGrpc(2, "Cannot read properties of null (reading 'Hostname')")).toMatch(/internal error/);
     expect(judgeGrpc(13, "Error deserializing request: RangeError: index out of range")).toBeUndefined();
     expect(judgeGrpc(3, "invalid session request: TypeError in description")).toBeUndefined();
+  });
+});
+
+describe("the fuzzer's own delays do not count against a daemon", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("a wait lasts its time while the fuzzer is awake, and is extended by the time its event loop was late", async () => {
+    vi.useFakeTimers();
+    const probe = new LagProbe();
+    let done = false;
+    const since = Date.now();
+    void probe.waitAwake(since, 20_000).then(() => {
+      done = true;
+    });
+    await vi.advanceTimersByTimeAsync(5000);
+    // The fuzzer is starved for 10 s: the clock moves, no timer runs.
+    vi.setSystemTime(Date.now() + 10_000);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(probe.lostSince(since)).toBeGreaterThanOrEqual(9_800);
+    expect(probe.describe(since)).toMatch(/late by up to (9\d{3}|10\d{3}) ms/);
+    // 20 s have passed on the clock, but the fuzzer listened for 5.2 s only.
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(done).toBe(false);
+    await vi.advanceTimersByTimeAsync(5_500);
+    expect(done).toBe(true);
+    probe.stop();
+  });
+
+  it("without delays a wait ends on time", async () => {
+    vi.useFakeTimers();
+    const probe = new LagProbe();
+    let done = false;
+    void probe.waitAwake(Date.now(), 20_000).then(() => {
+      done = true;
+    });
+    await vi.advanceTimersByTimeAsync(19_900);
+    expect(done).toBe(false);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(done).toBe(true);
+    probe.stop();
   });
 });

@@ -168,7 +168,7 @@ async function logs(d: RouteDeps, { res, query, params, version }: Ctx): Promise
 
 async function attach(d: RouteDeps, { req, res, query, params, version, upgrade }: Ctx): Promise<void> {
   const opts = decodeQuery(ContainerAttachQuery, query);
-  const input = upgrade ? await upgradeInput(req, upgrade, d.limits.maxBodyBytes) : undefined;
+  const input = upgrade ? await upgradeInput(req, upgrade, d.limits) : undefined;
   const session = await d.containers().containerAttach(params[0]!, {
     stream: opts.stream,
     logs: opts.logs,

@@ -43,7 +43,7 @@ export function execRoutes(d: RouteDeps): Route[] {
 
 async function start(d: RouteDeps, ctx: Ctx): Promise<void> {
   const { req, res, params, version, upgrade } = ctx;
-  const input = upgrade ? await upgradeInput(req, upgrade, d.limits.maxBodyBytes) : undefined;
+  const input = upgrade ? await upgradeInput(req, upgrade, d.limits) : undefined;
   const body = input
     ? decode(ExecStartBody, parseUpgradeBody(input.body, d.limits.maxBodyBytes), "exec start request")
     : await jsonBody(d, ctx, ExecStartBody, "exec start request");
