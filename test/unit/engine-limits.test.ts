@@ -144,6 +144,48 @@ describe("slow clients are closed after a bounded time, not minutes", () => {
   });
 });
 
+describe("a body refused before its end", () => {
+  /** POST through Node's HTTP client, which writes the whole body before it reads the answer. */
+  function post(path: string, body: string): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = httpRequest(
+        {
+          socketPath: sock,
+          method: "POST",
+          path,
+          agent: false,
+          headers: { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) },
+        },
+        (res) => {
+          let text = "";
+          res.on("data", (c: Buffer) => {
+            text += c.toString();
+          });
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
+        },
+      );
+      req.on("error", reject);
+      req.end(body);
+    });
+  }
+
+  test("is still answered to a client that writes it all before reading (no broken pipe), and the rest is dropped", async () => {
+    let inits = 0;
+    const backend = { ...swarm, swarmInit: async () => `${++inits}` } as unknown as SwarmBackend;
+    server = await EngineServer.listen({ socketPath: sock, backend });
+    // Refused at its first bytes (too deep; too large), while the client still has megabytes to write.
+    const deep = `{"ListenAddr":${"[".repeat(4_000_000)}`;
+    const large = `{"ListenAddr":"${"1".repeat(4_000_000)}"}`;
+    for (let i = 0; i < 10; i++) {
+      const r = await post("/v1.50/swarm/init", i % 2 ? large : deep);
+      expect(r.status, r.body).toBe(i % 2 ? 413 : 400);
+      expect(r.body).toContain(i % 2 ? "request body is too large" : "nests deeper than");
+    }
+    expect(inits).toBe(0);
+    expect(await post("/v1.50/swarm/init", "{}")).toEqual({ status: 200, body: '"1"\n' });
+  });
+});
+
 describe("hijacked connections (attach, exec start) are held no longer than other requests", () => {
   const upgradeHead = (path: string, length: number): string =>
     `POST ${path} HTTP/1.1\r\nHost: shoal\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
