@@ -160,6 +160,25 @@ class JsonDepthScanner {
   }
 }
 
+/** How much of a refused body is read and dropped before its connection is closed instead. */
+export const DISCARD_MAX_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Reads the rest of a body that will not be used, and drops it (nothing is kept): a client writes its whole
+ * request before it reads the answer, so closing on unread bytes would break its pipe (EPIPE) before it saw
+ * why. The parser frames the body by its length, so the next request on the connection starts where this
+ * one ends. Past `maxBytes` the connection is closed; a body that stops coming is closed by the request
+ * timeout.
+ */
+export function discardBody(req: IncomingMessage, maxBytes = DISCARD_MAX_BYTES): void {
+  let dropped = 0;
+  req.on("data", (chunk: Buffer) => {
+    dropped += chunk.length;
+    if (dropped > maxBytes) req.socket.destroy();
+  });
+  req.resume();
+}
+
 export function bodyTooLarge(max: number): ApiError {
   return new ApiError(413, `request body is too large: at most ${max} bytes are accepted`);
 }

@@ -16,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { ImageService } from "../runtime/images/service.js";
 import { ApiError, unavailable } from "./errors.js";
-import { BodyBudget, DEFAULT_HTTP_LIMITS, type HttpLimits, LimitedServer } from "./http.js";
+import { BodyBudget, DEFAULT_HTTP_LIMITS, discardBody, type HttpLimits, LimitedServer } from "./http.js";
 import { ImageRoutes } from "./images.js";
 import { asApiError, matchRoute, type Route, type RouteDeps, route, sendJSON, splitUrl } from "./router.js";
 import { containerRoutes } from "./routes/containers.js";
@@ -199,8 +199,9 @@ export class EngineServer {
       res.destroy();
       return;
     }
-    // Unread request bytes would otherwise be taken for the next request on this connection.
-    if (!req.complete) res.setHeader("Connection", "close");
+    // The rest of the body is read and dropped while the answer goes out, rather than the connection closed
+    // on it: the client sees the answer, not a broken pipe.
+    if (!req.complete) discardBody(req);
     sendJSON(res, apiErr.status, { message: apiErr.message });
   }
 }

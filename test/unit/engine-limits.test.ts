@@ -184,6 +184,35 @@ describe("a body refused before its end", () => {
     expect(inits).toBe(0);
     expect(await post("/v1.50/swarm/init", "{}")).toEqual({ status: 200, body: '"1"\n' });
   });
+
+  test("a raw client whose write is still going gets the answer, not a broken pipe", async () => {
+    server = await EngineServer.listen({ socketPath: sock, backend: swarm });
+    const body = `{"ListenAddr":${"[".repeat(4_000_000)}`;
+    for (let i = 0; i < 10; i++) {
+      const c = await open();
+      let writeError = "";
+      c.socket.on("error", (e: NodeJS.ErrnoException) => {
+        writeError = e.code ?? e.message;
+      });
+      c.socket.write(
+        `POST /v1.50/swarm/init HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+      );
+      await within(
+        new Promise<void>((r) => {
+          const t = setInterval(() => {
+            if (c.received().includes("nests deeper than") || c.socket.destroyed) {
+              clearInterval(t);
+              r();
+            }
+          }, 10);
+        }),
+        10_000,
+        "an answer or a closed connection",
+      );
+      expect(`${writeError} ${c.received()}`).toMatch(/^ HTTP\/1\.1 400 Bad Request\r\n/);
+      c.socket.destroy();
+    }
+  });
 });
 
 describe("hijacked connections (attach, exec start) are held no longer than other requests", () => {
@@ -244,7 +273,18 @@ describe("memory held per request", () => {
     await new Promise((w) => setTimeout(w, 200));
     const b = await open();
     b.socket.write(head(body.length) + body);
-    await within(b.closed, 10_000, "the request past the budget is answered and closed");
+    await within(
+      new Promise<void>((r) => {
+        const t = setInterval(() => {
+          if (b.received().includes("try again in a moment")) {
+            clearInterval(t);
+            r();
+          }
+        }, 10);
+      }),
+      10_000,
+      "the request past the budget is answered",
+    );
     expect(b.received()).toMatch(/^HTTP\/1\.1 503 /);
     expect(b.received()).toContain("shoald is reading too many large requests at once: try again in a moment");
     a.socket.write(body.slice(40 * 1024));
