@@ -50,6 +50,12 @@ export const DEFAULT_HEARTBEAT_MS = 5000;
 export const HEARTBEAT_MISSES = 3;
 /** A new leader's grace before marking nodes down: the usual misses, plus this much per node. */
 export const GRACE_PER_NODE_MS = 4;
+/**
+ * While nodes are still coming back (a session started within the last heartbeat period), the grace goes on,
+ * up to this much per node: a new leader takes the sessions of a large swarm back more slowly than the fixed
+ * grace assumes (2,500 nodes came back in 37 s on two cores), and a node still waiting its turn is not down.
+ */
+export const GRACE_CAP_PER_NODE_MS = 30;
 /** Sessions sent their state per event-loop turn. */
 export const PUSH_BATCH = 200;
 /** How long status changes wait to be written together. */
@@ -86,7 +92,10 @@ export class Dispatcher {
   private lost = new Map<string, number>();
   /** After a leader change: until then (performance.now()) nothing is marked down for lack of a session. */
   private graceUntilMs = 0;
+  private graceCapMs = 0;
   private graceSwept = true;
+  /** performance.now() of the last session started (nodes still coming back extend the grace). */
+  private lastSessionAtMs = 0;
   private active = false;
   private readonly onEvent = (e: StoreEvent) => this.storeEvent(e);
   /** Which networks each node holds and which nodes hold each network (from the endpoints). */
@@ -121,7 +130,9 @@ export class Dispatcher {
     // Nodes that were up keep their status while they reconnect to us: every one of them at once, so the
     // grace grows with the cluster. Those not back by then are marked down.
     const n = this.m.store.nodeCount();
-    this.graceUntilMs = performance.now() + this.heartbeatPeriodMs() * HEARTBEAT_MISSES + n * GRACE_PER_NODE_MS;
+    const base = performance.now() + this.heartbeatPeriodMs() * HEARTBEAT_MISSES;
+    this.graceUntilMs = base + n * GRACE_PER_NODE_MS;
+    this.graceCapMs = base + n * GRACE_CAP_PER_NODE_MS;
     this.graceSwept = false;
     const every = Math.max(50, Math.floor(this.heartbeatPeriodMs() / 2));
     this.sweeper = setInterval(() => this.sweep(), every);
@@ -163,7 +174,8 @@ export class Dispatcher {
       this.lost.delete(nodeId);
       if (!this.byNode.has(nodeId)) this.queueDown(nodeId, "heartbeat failure");
     }
-    if (!this.graceSwept && now >= this.graceUntilMs) {
+    const stillComing = now - this.lastSessionAtMs < this.heartbeatPeriodMs() && now < this.graceCapMs;
+    if (!this.graceSwept && now >= this.graceUntilMs && !stillComing) {
       this.graceSwept = true;
       for (const rec of this.m.store.nodeViews()) {
         if (rec.node.Status.State === "ready" && !this.byNode.has(rec.node.ID)) {
@@ -459,6 +471,7 @@ export class Dispatcher {
     }
     this.sessions.set(s.id, s);
     this.byNode.set(s.nodeId, s);
+    this.lastSessionAtMs = performance.now();
     this.lost.delete(s.nodeId);
     call.on("cancelled", () => {
       if (this.sessions.get(s.id) !== s) return;
