@@ -164,7 +164,8 @@ export class Dispatcher {
     const now = performance.now();
     const limitMs = this.heartbeatPeriodMs() * HEARTBEAT_MISSES;
     for (const s of this.sessions.values()) {
-      if (now - s.lastSeenMs <= limitMs) continue;
+      // A session not yet answered (its Ready status still being written) cannot have beaten yet.
+      if (!s.registered || now - s.lastSeenMs <= limitMs) continue;
       this.drop(s);
       failStream(s.call, new GrpcError(status.DEADLINE_EXCEEDED, "session expired: missed heartbeats"));
       this.queueDown(s.nodeId, "heartbeat failure");
@@ -485,6 +486,7 @@ export class Dispatcher {
       description && JSON.stringify(description) !== JSON.stringify(rec.node.Description) ? description : undefined;
     const register = () => {
       s.registered = true;
+      s.lastSeenMs = performance.now();
       this.markSession(s);
     };
     // As SwarmKit's dispatcher: the session answers once the node's status is written (a refused write
