@@ -75,6 +75,22 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   ]);
 }
 
+/** Polls `done` until it holds; fails after 10 s naming `what`. */
+function until(done: () => boolean, what: string): Promise<void> {
+  return within(
+    new Promise<void>((r) => {
+      const t = setInterval(() => {
+        if (done()) {
+          clearInterval(t);
+          r();
+        }
+      }, 10);
+    }),
+    10_000,
+    what,
+  );
+}
+
 function get(path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({ socketPath: sock, method: "GET", path, agent: false }, (res) => {
@@ -197,16 +213,8 @@ describe("a body refused before its end", () => {
       c.socket.write(
         `POST /v1.50/swarm/init HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
       );
-      await within(
-        new Promise<void>((r) => {
-          const t = setInterval(() => {
-            if (c.received().includes("nests deeper than") || c.socket.destroyed) {
-              clearInterval(t);
-              r();
-            }
-          }, 10);
-        }),
-        10_000,
+      await until(
+        () => c.received().includes("nests deeper than") || c.socket.destroyed,
         "an answer or a closed connection",
       );
       expect(`${writeError} ${c.received()}`).toMatch(/^ HTTP\/1\.1 400 Bad Request\r\n/);
@@ -273,49 +281,16 @@ describe("memory held per request", () => {
     await new Promise((w) => setTimeout(w, 200));
     const b = await open();
     b.socket.write(head(body.length) + body);
-    await within(
-      new Promise<void>((r) => {
-        const t = setInterval(() => {
-          if (b.received().includes("try again in a moment")) {
-            clearInterval(t);
-            r();
-          }
-        }, 10);
-      }),
-      10_000,
-      "the request past the budget is answered",
-    );
+    await until(() => b.received().includes("try again in a moment"), "the request past the budget is answered");
     expect(b.received()).toMatch(/^HTTP\/1\.1 503 /);
     expect(b.received()).toContain("shoald is reading too many large requests at once: try again in a moment");
     a.socket.write(body.slice(40 * 1024));
-    await within(
-      new Promise<void>((r) => {
-        const t = setInterval(() => {
-          if (a.received().includes("\r\n\r\n")) {
-            clearInterval(t);
-            r();
-          }
-        }, 10);
-      }),
-      10_000,
-      "A's answer",
-    );
+    await until(() => a.received().includes("\r\n\r\n"), "A's answer");
     // Its body was too big for the schema's bound on ListenAddr: refused, but read and answered.
     expect(a.received()).toMatch(/^HTTP\/1\.1 400 /);
     const c = await open();
     c.socket.write(`${head(2)}{}`);
-    await within(
-      new Promise<void>((r) => {
-        const t = setInterval(() => {
-          if (c.received().includes('"id"')) {
-            clearInterval(t);
-            r();
-          }
-        }, 10);
-      }),
-      10_000,
-      "a later request is served",
-    );
+    await until(() => c.received().includes('"id"'), "a later request is served");
     expect(c.received()).toMatch(/^HTTP\/1\.1 200 /);
   });
 
