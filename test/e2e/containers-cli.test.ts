@@ -7,12 +7,12 @@
 // directory wiped). Root only; run under the lock. The lab (and everything in it) is removed at the end.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, dockerArchive, ociArchive, randomLayer } from "../../deploy/busybox-image.js";
-import { Lab, type LabHost } from "../../deploy/lab.js";
+import { killProcessesNaming, Lab, type LabHost, unmountBelow } from "../../deploy/lab.js";
 import { build, docker, isRoot, run, shoal, waitFor } from "./lab-helpers.js";
 
 const REGISTRY = "192.0.2.2:5000";
@@ -429,18 +429,6 @@ describe.skipIf(!isRoot)("the docker CLI's container and image commands (lab, co
     const state = async (n: string) => (await inspect(n)).State as { Status: string; Pid: number };
     const containerdPid = (): number =>
       Number(readFileSync(join(h1.execRoot, "containerd", "containerd.pid"), "utf8").trim());
-    /** Processes whose command line holds `text` (the shims of h1's containerd name its socket). */
-    const pidsWith = (text: string): number[] =>
-      readdirSync("/proc")
-        .filter((p) => /^\d+$/.test(p))
-        .filter((p) => {
-          try {
-            return readFileSync(`/proc/${p}/cmdline`, "utf8").includes(text);
-          } catch {
-            return false;
-          }
-        })
-        .map(Number);
     /** Every process of h1's containers (their cgroups). */
     const containerPids = async (): Promise<number[]> => {
       const ids = (await d("ps", "-aq", "--no-trunc")).trim().split("\n").filter(Boolean);
@@ -499,7 +487,8 @@ describe.skipIf(!isRoot)("the docker CLI's container and image commands (lab, co
       const cd2 = containerdPid();
       const victims = await containerPids();
       kill([cd2]);
-      kill(pidsWith(join(h1.execRoot, "containerd", "containerd.sock")));
+      // The shims of h1's containerd name its socket.
+      killProcessesNaming(join(h1.execRoot, "containerd", "containerd.sock"));
       kill(victims);
       await cameBack(before);
       expect((await inspect("pc")).RestartCount).toBe(1);
@@ -512,15 +501,11 @@ describe.skipIf(!isRoot)("the docker CLI's container and image commands (lab, co
       await d("create", "--name", "pf", "--restart", "always", "busybox", "sleep", "1000");
       const victims = await containerPids();
       await lab.stopDaemon(h1, "SIGKILL", 0);
-      kill(pidsWith(join(h1.execRoot, "containerd", "containerd.sock")));
+      // The shims of h1's containerd name its socket.
+      killProcessesNaming(join(h1.execRoot, "containerd", "containerd.sock"));
       kill(victims);
       // What a reboot clears: the run directory (a tmpfs) and everything mounted in it.
-      const mounts = readFileSync("/proc/self/mounts", "utf8")
-        .split("\n")
-        .map((l) => l.split(" ")[1] ?? "")
-        .filter((m) => m.startsWith(`${h1.execRoot}/`))
-        .sort((x, y) => y.length - x.length);
-      for (const m of mounts) await run("umount", ["-l", m]);
+      await unmountBelow(h1.execRoot);
       await run("rm", ["-rf", h1.execRoot]);
       await lab.startDaemon(h1);
       await waitFor("h1's daemon", async () => ((await shoal(h1, "version")).code === 0 ? true : undefined), 30_000);
