@@ -102,8 +102,26 @@ function senderProblem(problem: Exclude<PeerProblem, "no-certificate">, peer: Pe
   }
 }
 
-/** A message or ping from raft id `from` to `to`: addressed to this member, and sent by the node that holds `from`. */
-function checkMember(opts: RaftServiceOptions, from: NodeId, to: NodeId, peer: PeerIdentity): Refusal | undefined {
+/**
+ * Message types a follower relays to its leader on behalf of another member, keeping that member as the
+ * sender (as etcd's raft does): a proposal or read request that reached a manager which has just stopped
+ * being the leader goes on to the new one, and the answer to a read goes to the member that asked.
+ */
+function relayable(type: MessageType): boolean {
+  return type === MessageType.Prop || type === MessageType.ReadIndex || type === MessageType.TransferLeader;
+}
+
+/**
+ * A message or ping from raft id `from` to `to`: addressed to this member, and sent by the node that holds
+ * `from` (or, for a `relayed` type, by any current member on behalf of `from`, which must be one too).
+ */
+function checkMember(
+  opts: RaftServiceOptions,
+  from: NodeId,
+  to: NodeId,
+  peer: PeerIdentity,
+  relayed = false,
+): Refusal | undefined {
   const self = opts.selfId?.();
   if (self !== undefined && self !== NONE && to !== NONE && to !== self) {
     return {
@@ -121,6 +139,7 @@ function checkMember(opts: RaftServiceOptions, from: NodeId, to: NodeId, peer: P
         details: `${REMOVED_MEMBER_DETAILS} raft member ${hex(from)} was removed from the raft group; it must stop`,
       };
     case "other-node":
+      if (relayed) return undefined;
       return {
         code: grpc.status.PERMISSION_DENIED,
         details: `Permission denied: node ${peer.nodeId} may not send raft messages as member ${hex(from)}, which belongs to another node`,
@@ -160,10 +179,11 @@ export function raftServiceImplementation(opts: RaftServiceOptions): grpc.Untype
       } catch (err) {
         return { code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message };
       }
-      return checkMember(opts, m.from, m.to, peer) ?? m;
+      return checkMember(opts, m.from, m.to, peer, relayable(m.type)) ?? m;
     },
     handle: (m) => {
-      opts.onHeard?.(m.from);
+      // A relayed message says nothing about whether its named sender is reachable.
+      if (!relayable(m.type)) opts.onHeard?.(m.from);
       try {
         opts.deliver(m);
       } catch (err) {

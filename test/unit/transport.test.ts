@@ -366,6 +366,38 @@ describe("gRPC raft transport", () => {
       expect(leader.node.isLeader).toBe(true);
     });
 
+    it("a proposal or read relayed by one member on behalf of another is taken, as a follower that was the leader a moment ago relays them", async () => {
+      // Raft followers pass proposals and read requests on to their leader with the original member as the
+      // sender. At 1,800 nodes a manager that had just lost the leadership relayed such a read; the new
+      // leader refused it as impersonation and failed the whole stream, and the relaying manager, cut off
+      // from its leader, started an election.
+      const { leader } = await strictCluster();
+      const [asker, relay] = members.filter((m) => m !== leader) as [Member, Member];
+      const before = leader.node.status().commit;
+      const prop = newMessage({
+        type: MessageType.Prop,
+        from: asker.id,
+        to: leader.id,
+        entries: [{ term: 0, index: 0, type: EntryType.Normal, data: new Uint8Array([1]) }],
+      });
+      const read = newMessage({
+        type: MessageType.ReadIndex,
+        from: asker.id,
+        to: leader.id,
+        context: new TextEncoder().encode("relayed read"),
+      });
+      expect(await sendAs(relay.id, leader, prop)).toBeNull();
+      expect(await sendAs(relay.id, leader, read)).toBeNull();
+      await waitFor("the relayed proposal committed", () => leader.node.status().commit > before);
+      // The read's answer goes to the member that asked, not to the one that relayed it.
+      await waitFor("the answer to the relayed read", () => (asker.received.get(MessageType.ReadIndexResp) ?? 0) > 0);
+      expect(relay.received.get(MessageType.ReadIndexResp) ?? 0).toBe(0);
+      // Anything else still has to come from the member itself (the test above).
+      const beat = newMessage({ type: MessageType.Heartbeat, from: asker.id, to: leader.id, term: 1 });
+      expect((await sendAs(relay.id, leader, beat))?.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(leader.node.isLeader).toBe(true);
+    });
+
     it("a term of 2^53-1 is refused at the boundary, a term far ahead is dropped by the core, and the node runs and restarts fine", async () => {
       const { leader, term } = await strictCluster();
       const victim = members.find((m) => m !== leader)!;
