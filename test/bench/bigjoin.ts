@@ -398,6 +398,10 @@ interface Result {
     writesPerS: number;
     leaderLagMaxMs: number;
     leaderLagP99Ms: number;
+    /** Writes refused (no leader) and tried again. */
+    failedWrites: number;
+    /** Times the first leader stepped down during the fill. */
+    leaderLostLeadership: number;
   };
   snapshotBytes: number;
   snapshotIndex: number;
@@ -444,12 +448,20 @@ async function fill(o: Options, leader: Shoald, since: number): Promise<Result["
   let next = 0;
   let done: LogLine | undefined;
   let lastReport = t0;
+  let failedWrites = 0;
   const bigEnough = (l: LogLine) => Number(l.bytes) >= target;
   const writer = async (): Promise<void> => {
     while (done === undefined) {
       const i = next++;
       const body = { Name: `big-${i}`, Driver: "overlay", Labels: labelsOf(i, labelBytes) };
-      await callOk(leader.sock, "POST", "/networks/create", body, 30_000);
+      // A write refused while the managers elect a leader is tried again (a 409 then: it was applied).
+      for (let attempt = 0; ; attempt++) {
+        const r = await call(leader.sock, "POST", "/networks/create", body, 30_000).catch((e: Error) => e);
+        if (!(r instanceof Error) && ((r.status >= 200 && r.status < 300) || (attempt > 0 && r.status === 409))) break;
+        failedWrites++;
+        if (attempt >= 100) throw new Error(`POST /networks/create: ${r instanceof Error ? r.message : r.text}`);
+        await sleep(200);
+      }
       if (i % 500 === 0) done = leader.logged("snapshot taken", since, bigEnough);
       if (performance.now() - lastReport > 5000) {
         lastReport = performance.now();
@@ -467,6 +479,8 @@ async function fill(o: Options, leader: Shoald, since: number): Promise<Result["
     writesPerS: Math.round(next / seconds),
     leaderLagMaxMs: l.maxMs,
     leaderLagP99Ms: l.p99Ms,
+    failedWrites,
+    leaderLostLeadership: leader.logLines().filter((x) => x.msg === "stepped down: cannot reach a quorum").length,
     snap: done!,
   };
 }
@@ -515,19 +529,26 @@ async function run(o: Options): Promise<Result> {
     const snapshotBytes = Number(snap.bytes);
     const snapshotIndex = Number(snap.index);
     console.log(
-      `  filled: ${f.networks} networks in ${f.seconds} s (${f.writesPerS}/s); leader snapshot ${(snapshotBytes / 1e6).toFixed(1)} MB at index ${snapshotIndex}; leader lag during fill max ${f.leaderLagMaxMs} ms p99 ${f.leaderLagP99Ms} ms`,
+      `  filled: ${f.networks} networks in ${f.seconds} s (${f.writesPerS}/s); leader snapshot ${(snapshotBytes / 1e6).toFixed(1)} MB at index ${snapshotIndex}; leader lag during fill max ${f.leaderLagMaxMs} ms p99 ${f.leaderLagP99Ms} ms; ${f.failedWrites} writes refused, leader stepped down ${f.leaderLostLeadership} times`,
     );
     await sleep(3000); // let the follower take its own snapshot and settle
-    const termBefore = metricValue(await d1.metrics(), "shoal_raft_term");
+    // The leader now (it may have changed during the fill, if a snapshot stalled the first one).
+    const leader = await waitUntil("a leader", 60_000, async () => {
+      const nodes = await callOk<ApiNode[]>(d1.sock, "GET", "/nodes", undefined, 10_000);
+      const id = nodes.find((n) => n.ManagerStatus?.Leader)?.ID;
+      return [d1, d2].find((d) => d.nodeId === id);
+    });
+    console.log(`  leader before the join: ${leader.name}`);
+    const termBefore = metricValue(await leader.metrics(), "shoal_raft_term");
 
     // The join.
     d3.start();
     await d3.ready();
-    const lag = new LagSampler(d1);
+    const lag = new LagSampler(leader);
     await lag.start(500);
     const rssMax = { leader: 0, joiner: 0 };
     const rssTimer = setInterval(() => {
-      rssMax.leader = Math.max(rssMax.leader, d1.memMiB().rss);
+      rssMax.leader = Math.max(rssMax.leader, leader.memMiB().rss);
       rssMax.joiner = Math.max(rssMax.joiner, d3.memMiB().rss);
     }, 200);
     const joinWall = Date.now();
@@ -536,7 +557,7 @@ async function run(o: Options): Promise<Result> {
       d3.sock,
       "POST",
       "/swarm/join",
-      { RemoteAddrs: [d1.addr], JoinToken: token, ListenAddr: d3.addr, AdvertiseAddr: d3.addr },
+      { RemoteAddrs: [leader.addr], JoinToken: token, ListenAddr: d3.addr, AdvertiseAddr: d3.addr },
       o.joinTimeoutS * 1000,
     );
     const answeredMs = performance.now() - t0;
@@ -550,7 +571,9 @@ async function run(o: Options): Promise<Result> {
         const nodes = await callOk<ApiNode[]>(d3.sock, "GET", "/nodes", undefined, 10_000);
         const ms = nodes.filter((n) => n.ManagerStatus);
         if (ms.length !== 3 || !ms.some((n) => n.ManagerStatus?.Leader)) return undefined;
-        const promoted = d1.logged("promoting caught-up learner to voter", joinWall, (l) => l.learner === d3.raftId);
+        const promoted = [d1, d2].some((d) =>
+          d.logged("promoting caught-up learner to voter", joinWall, (l) => l.learner === d3.raftId),
+        );
         return promoted ? true : undefined;
       },
       200,
@@ -559,16 +582,18 @@ async function run(o: Options): Promise<Result> {
     const dockerMs = await dockerNodeLs(d3.sock);
     clearInterval(rssTimer);
     const lagJoin = await lag.stop();
-    const termAfter = metricValue(await d1.metrics(), "shoal_raft_term");
+    const termAfter = metricValue(await leader.metrics(), "shoal_raft_term");
     const at = (l: LogLine | undefined) => (l ? l.time - joinWall : undefined);
     const received = d3.logged("restored snapshot from leader", joinWall);
     const applied = d3.logged("snapshot applied", joinWall);
-    const voter = d1.logged("promoting caught-up learner to voter", joinWall, (l) => l.learner === d3.raftId);
+    const voter = [d1, d2]
+      .map((d) => d.logged("promoting caught-up learner to voter", joinWall, (l) => l.learner === d3.raftId))
+      .find((l) => l !== undefined);
     const elections = ds.reduce(
       (n, d) => n + d.logLines().filter((l) => l.msg === "became leader" && l.time >= joinWall).length,
       0,
     );
-    const m1 = d1.memMiB();
+    const m1 = leader.memMiB();
     const m3 = d3.memMiB();
     return {
       when: new Date().toISOString(),
