@@ -634,7 +634,7 @@ function report(r: Result): void {
   console.log("");
   console.log(`state (snapshot the leader sends)  ${(r.snapshotBytes / 1e6).toFixed(1)} MB (${r.snapshotBytes} bytes)`);
   console.log(
-    `fill                               ${r.fill.networks} networks, ${r.fill.seconds} s, leader lag max ${r.fill.leaderLagMaxMs} ms p99 ${r.fill.leaderLagP99Ms} ms`,
+    `fill                               ${r.fill.networks} networks, ${r.fill.seconds} s, leader lag max ${r.fill.leaderLagMaxMs} ms p99 ${r.fill.leaderLagP99Ms} ms, ${r.fill.failedWrites} writes refused, first leader stepped down ${r.fill.leaderLostLeadership}x`,
   );
   console.log(`join answered                      ${ms(r.join.answeredMs)}`);
   console.log(`snapshot received by the joiner    ${ms(r.join.snapshotReceivedMs)}`);
