@@ -220,8 +220,9 @@ export class Manager {
           observe.apply(performance.now() - t0);
           return out;
         },
-        snapshot: () => this.store.snapshot(),
-        restore: (data, index) => this.store.restore(data, index),
+        // Both in slices, the event loop turning in between: at 100 MB either takes seconds.
+        snapshot: () => this.store.snapshotInSlices(),
+        restore: (data, index) => this.store.restoreInSlices(data, index),
       },
       transport: this.transport,
       ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),

@@ -31,6 +31,7 @@ import {
   ErrProposalDropped,
   ErrProposalOutcomeUnknown,
   ErrProposalTooLarge,
+  ErrSnapOutOfDate,
   type Message,
   MessageType,
   NONE,
@@ -97,6 +98,8 @@ export class RaftNode {
   /** The loop failed (storage error, or a simulated crash): the node is dead. */
   fatal: Error | undefined;
   private idleWaiters: (() => void)[] = [];
+  /** A snapshot being put together and stored beside the loop (see maybeSnapshot). */
+  private snapshotting: Promise<void> | undefined;
 
   private constructor(opts: RaftNodeOptions, applied: number) {
     this.opts = opts;
@@ -318,10 +321,13 @@ export class RaftNode {
     return this.rawNode.raft.lead;
   }
 
-  /** Resolves when the loop has nothing left to do (tests). */
-  idle(): Promise<void> {
-    if (!this.running && !this.scheduled) return Promise.resolve();
-    return new Promise((r) => this.idleWaiters.push(r));
+  /** Resolves when the loop has nothing left to do and no snapshot is being taken (tests). */
+  async idle(): Promise<void> {
+    for (;;) {
+      if (this.running || this.scheduled) await new Promise<void>((r) => this.idleWaiters.push(r));
+      else if (this.snapshotting) await this.snapshotting;
+      else return;
+    }
   }
 
   /** Stop ticking and processing; pending proposals fail. Does not close the storage. */
@@ -357,11 +363,7 @@ export class RaftNode {
       // Only once everything is handled: a removed leader's last Ready hands leadership over.
       if (!this.fatal && this.rawNode.raft.isRemoved()) this.stopRemoved();
     } catch (e) {
-      this.fatal = e instanceof Error ? e : new Error(String(e));
-      this.stopped = true;
-      if (this.ticker) clearInterval(this.ticker);
-      if (!(e instanceof SimulatedCrash)) this.log?.error({ err: this.fatal }, "raft loop failed; node stopped");
-      this.failAll(this.fatal);
+      this.fail(e);
     } finally {
       this.running = false;
       if (!this.scheduled) {
@@ -370,6 +372,16 @@ export class RaftNode {
         for (const r of w) r();
       }
     }
+  }
+
+  /** The loop (or a snapshot beside it) failed: a storage error, or a simulated crash. The node is dead. */
+  private fail(e: unknown): void {
+    if (this.fatal) return;
+    this.fatal = e instanceof Error ? e : new Error(String(e));
+    this.stopped = true;
+    if (this.ticker) clearInterval(this.ticker);
+    if (!(e instanceof SimulatedCrash)) this.log?.error({ err: this.fatal }, "raft loop failed; node stopped");
+    this.failAll(this.fatal);
   }
 
   /** Why new work is refused once the node stopped. */
@@ -422,10 +434,19 @@ export class RaftNode {
     if (late.length > 0) this.opts.transport.send(late);
     this.crash("afterSend", rd);
     if (rd.snapshot) {
+      const t0 = performance.now();
       await this.sm.restore(rd.snapshot.data, rd.snapshot.metadata.index);
       this.appliedIndex = rd.snapshot.metadata.index;
-      this.snapshotIndex = rd.snapshot.metadata.index;
+      this.snapshotIndex = Math.max(this.snapshotIndex, rd.snapshot.metadata.index);
       this.restoredPastPending(rd.snapshot.metadata.term);
+      this.log?.info(
+        {
+          index: rd.snapshot.metadata.index,
+          bytes: rd.snapshot.data.length,
+          restoreMs: Math.round(performance.now() - t0),
+        },
+        "snapshot applied",
+      );
     }
     for (const e of rd.committedEntries) {
       const p = this.applyEntry(e);
@@ -514,13 +535,41 @@ export class RaftNode {
     this.appliedTerm = Math.max(this.appliedTerm, snapTerm);
   }
 
+  /**
+   * Every snapshotInterval applied entries, snapshot the state machine and store it (compacting the log).
+   * A state machine whose snapshot() returns a promise captures its state in the call and puts the bytes
+   * together afterwards: then the bytes are made and stored beside the loop, which goes on persisting,
+   * sending (heartbeats above all: a 100 MB state takes seconds to write out) and applying meanwhile.
+   * One snapshot at a time; storage orders its write after the saves before it.
+   */
   private async maybeSnapshot(): Promise<void> {
     const interval = this.opts.snapshotInterval ?? 10_000;
-    if (this.appliedIndex - this.snapshotIndex < interval) return;
+    if (this.snapshotting || this.appliedIndex - this.snapshotIndex < interval) return;
     const index = this.appliedIndex;
-    const data = await this.sm.snapshot();
-    await this.storage.createSnapshot(index, this.rawNode.raft.confState(), data, this.opts.keepTail ?? 500);
-    this.snapshotIndex = index;
+    const confState = this.rawNode.raft.confState();
+    const data = this.sm.snapshot();
+    if (!(data instanceof Promise)) {
+      await this.storeSnapshot(index, confState, data);
+      return;
+    }
+    this.snapshotting = data
+      .then((bytes) => this.storeSnapshot(index, confState, bytes))
+      .catch((err: unknown) => {
+        if (err instanceof ErrSnapOutOfDate) {
+          // A newer snapshot from the leader was installed meanwhile.
+          this.log?.info({ index }, "snapshot skipped: a newer one was installed meanwhile");
+          return;
+        }
+        this.fail(err);
+      })
+      .finally(() => {
+        this.snapshotting = undefined;
+      });
+  }
+
+  private async storeSnapshot(index: number, confState: ConfState, data: Uint8Array): Promise<void> {
+    await this.storage.createSnapshot(index, confState, data, this.opts.keepTail ?? 500);
+    this.snapshotIndex = Math.max(this.snapshotIndex, index);
     this.log?.info({ index, bytes: data.length }, "snapshot taken");
   }
 

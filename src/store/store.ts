@@ -31,7 +31,17 @@ import { applyKeys, redact } from "./keyring.js";
 import { applyMember } from "./members.js";
 import { applyNetwork } from "./networks.js";
 import { applyNode, applyStatusBatch } from "./nodes.js";
-import { decodeSnapshot, encodeSnapshot } from "./snapshot.js";
+import {
+  captureSnapshot,
+  decodeSnapshot,
+  decodeSnapshotInSlices,
+  encodeSnapshot,
+  endpointStamp,
+  networkStamp,
+  nodeStamp,
+  RecordJson,
+  SLICE_BYTES,
+} from "./snapshot.js";
 import {
   type ApplyContext,
   clone,
@@ -81,6 +91,10 @@ export class Store {
   /** Index of the last applied entry. */
   appliedIndex = 0;
   private readonly log: Logger | undefined;
+  /** Each record's JSON, made once per change, so that a snapshot takes no more than copying it. */
+  private json = new RecordJson();
+  /** Records the apply under way changed (their JSON is made once it is done). */
+  private touched: StoreEvent[] = [];
 
   constructor(opts: StoreOptions = {}) {
     this.log = opts.logger;
@@ -232,7 +246,27 @@ export class Store {
         "store: BUG: applying an entry threw; the entry was skipped on every manager",
       );
       return fail(500, `store: internal error applying the entry at index ${index}`);
+    } finally {
+      this.warmJson();
     }
+  }
+
+  /** The JSON of the records the last apply changed, made now that it is done (see RecordJson). */
+  private warmJson(): void {
+    const s = this.s;
+    for (const e of this.touched) {
+      if (e.kind === "node") {
+        const r = s.nodes.get(e.node.node.ID);
+        if (r) this.json.of(r, nodeStamp(r));
+      } else if (e.kind === "network") {
+        const r = s.networks.get(e.network.id);
+        if (r) this.json.of(r, networkStamp(r));
+      } else if (e.kind === "endpoint") {
+        const r = s.endpoints.get(e.endpoint.id);
+        if (r) this.json.of(r, endpointStamp(r));
+      }
+    }
+    this.touched = [];
   }
 
   private decode(
@@ -297,6 +331,9 @@ export class Store {
   /** Tell every watcher; a watcher that throws is logged and never reaches the apply (or Raft). */
   private emit(e: StoreEvent): void {
     this.dropViews(e);
+    if ((e.kind === "node" || e.kind === "network" || e.kind === "endpoint") && e.action !== "remove") {
+      this.touched.push(e);
+    }
     for (const listener of this.events.listeners("event")) {
       try {
         (listener as (e: StoreEvent) => void)(e);
@@ -306,14 +343,49 @@ export class Store {
     }
   }
 
-  /** Serialise the whole state (a Raft snapshot's data). */
+  /** Serialise the whole state (a Raft snapshot's data) in one synchronous call (format 1: tools, tests). */
   snapshot(): Uint8Array {
     return encodeSnapshot(this.s, this.appliedIndex);
+  }
+
+  /**
+   * The whole state as of now (a Raft snapshot's data, format 2): captured before this returns (the state
+   * may change right after), the bytes put together in slices with the event loop turning in between.
+   */
+  snapshotInSlices(): Promise<Uint8Array> {
+    return captureSnapshot(this.s, this.appliedIndex, this.json);
   }
 
   restore(data: Uint8Array, index: number): void {
     this.s = decodeSnapshot(data, this.log);
     this.appliedIndex = index;
+    this.json = new RecordJson();
+    this.emit({ kind: "restore" });
+  }
+
+  /**
+   * restore() in slices, with the event loop turning in between (a 100 MB snapshot takes seconds to read):
+   * the state is replaced at once at the end. Nothing else may change the store meanwhile (the Raft loop
+   * applies nothing while it waits for this).
+   */
+  async restoreInSlices(data: Uint8Array, index: number): Promise<void> {
+    const s = await decodeSnapshotInSlices(data, this.log);
+    // The records' JSON for the next snapshot, made now, in slices too.
+    const json = new RecordJson();
+    let slice = 0;
+    const warm = async (rec: object, stamp: number): Promise<void> => {
+      slice += json.of(rec, stamp).length;
+      if (slice >= SLICE_BYTES) {
+        slice = 0;
+        await new Promise((r) => setImmediate(r));
+      }
+    };
+    for (const r of s.nodes.values()) await warm(r, nodeStamp(r));
+    for (const r of s.networks.values()) await warm(r, networkStamp(r));
+    for (const r of s.endpoints.values()) await warm(r, endpointStamp(r));
+    this.s = s;
+    this.appliedIndex = index;
+    this.json = json;
     this.emit({ kind: "restore" });
   }
 

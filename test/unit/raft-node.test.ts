@@ -149,6 +149,44 @@ describe("raft node driver", () => {
     expect(three.node.status().state).toBe(StateType.Follower);
   });
 
+  it("goes on committing, applying and heartbeating while a snapshot of a big state is still being written out", async () => {
+    // A state machine whose snapshot captures the state in the call and delivers the bytes later (as the
+    // store does with 100 MB): until the test lets it finish, the loop must not wait for it.
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    let captured: string | undefined;
+    const opts = { snapshotInterval: 20, keepTail: 5 };
+    for (const id of [1, 2, 3]) await startMember(id, [1, 2, 3], opts);
+    const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+    const sm = leader.sm;
+    sm.snapshot = (() => {
+      const bytes = KVMachine.prototype.snapshot.call(sm);
+      captured ??= JSON.stringify([...sm.data]);
+      return released.then(() => bytes);
+    }) as unknown as () => Uint8Array;
+    for (let i = 0; i < 25; i++) await putViaLeader(`k${i}`, "before");
+    await waitFor("the snapshot captured", () => captured);
+    const term = leader.node.status().term;
+    // The snapshot is still being written out: writes keep committing and applying on the leader, and
+    // its followers keep hearing from it (no election: the term stays).
+    for (let i = 0; i < 40; i++) await putViaLeader(`after${i}`, "x");
+    await new Promise((r) => setTimeout(r, 300)); // 30 ticks: 3 election timeouts without heartbeats
+    expect(leader.node.isLeader).toBe(true);
+    expect(leader.node.status().term).toBe(term);
+    expect(sm.data.get("after39")).toBe("x");
+    expect(leader.storage.mem.snapshot().metadata.index).toBe(1);
+    // Once written out, the snapshot is stored at the index it was captured at, with the state of then.
+    release();
+    await leader.node.idle();
+    const snap = leader.storage.mem.snapshot();
+    expect(snap.metadata.index).toBeGreaterThanOrEqual(20);
+    expect(snap.metadata.index).toBeLessThan(30);
+    expect(new TextDecoder().decode(snap.data)).toBe(captured);
+    expect(leader.storage.mem.firstIndex()).toBe(snap.metadata.index - opts.keepTail + 1);
+  });
+
   it("snapshots every N entries, compacts, and brings a new member up from the snapshot", async () => {
     const opts = { snapshotInterval: 50, keepTail: 10 };
     for (const id of [1, 2, 3]) await startMember(id, [1, 2, 3], opts);
