@@ -230,6 +230,15 @@ export class IpsecDataplane {
   /** Read back from the kernel what is installed towards each of `remotes` (states by SPI, the policy). */
   async kernelView(remotes: string[], keys: Key[] | undefined): Promise<PeerKernelView[]> {
     const [states, policies] = await Promise.all([this.listStates(), this.listPolicies()]);
+    return this.viewOf(states, policies, remotes, keys);
+  }
+
+  private viewOf(
+    states: KernelState[],
+    policies: KernelPolicy[],
+    remotes: string[],
+    keys: Key[] | undefined,
+  ): PeerKernelView[] {
     const primary = keys?.[1];
     return remotes.map((r) => {
       const ip = normalizeIp(r);
@@ -356,7 +365,7 @@ export class IpsecDataplane {
       if (dst !== this.localAddr) present.add(dst);
     }
     if (present.size === 0) return;
-    const view = keys ? await this.kernelView([...present], keys) : [];
+    const view = keys ? this.viewOf(states, policies, [...present], keys) : [];
     const kept = view.filter((v) => v.complete && remotes.has(v.ip)).map((v) => v.ip);
     const stale = [...present].filter((ip) => !kept.includes(ip));
     for (const ip of kept) this.installed.add(ip);
