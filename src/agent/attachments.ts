@@ -14,6 +14,7 @@ import { ApiError } from "../api/errors.js";
 import { EmbeddedDns } from "../dataplane/dns.js";
 import type { Firewall } from "../dataplane/firewall.js";
 import { GatewayBridge } from "../dataplane/gwbridge.js";
+import type { ReconcileReport } from "../dataplane/overlay.js";
 import type { EspSupport } from "../dataplane/xfrm.js";
 import type { DispatcherClient } from "../gen/cluster.js";
 import { toApiError, unary } from "../manager/grpc-util.js";
@@ -34,6 +35,11 @@ const ATTACH_TIMEOUT_MS = 15_000;
 const DETACH_TIMEOUT_MS = 10_000;
 
 type Who = { id: string; name: string; netnsPath: string };
+
+/** A running container's endpoint, as the runtime has it after a restart (ContainerRuntime.runningEndpoints). */
+export interface RunningEndpoint extends Who {
+  endpoint: AttachedEndpoint;
+}
 
 export interface AttachmentsOptions {
   nodeId: () => string;
@@ -74,7 +80,7 @@ export class Attachments implements NetworkAttacher {
     if (this.opts.nodeId() === "") throw new ApiError(404, `network ${networkRef} not found`);
     const answer = await this.allocate(container, networkRef, cfg);
     const net = answer.network.network;
-    const attached = attachedOf(net, answer.endpoint);
+    const attached = attachedOf(net, answer.endpoint, container.ifname);
     try {
       await this.overlays.admit(net, answer.networkKeysJson);
       await this.overlays
@@ -99,6 +105,45 @@ export class Attachments implements NetworkAttacher {
   async detach(container: Who, endpoint: AttachedEndpoint): Promise<void> {
     await this.leave(container, endpoint);
     this.log.info({ network: endpoint.networkName, container: container.name }, "container detached");
+  }
+
+  /** An endpoint whose wiring was saved, allocated to this node (as it is now). */
+  adoptable(endpoint: AttachedEndpoint): boolean {
+    const w = endpoint.wiring;
+    return w !== undefined && w.nodeId === this.opts.nodeId() && w.network.id === endpoint.networkId;
+  }
+
+  /**
+   * Start-up (HostNetworks.reconcile): take over the endpoints of the containers that kept running through
+   * the daemon's restart (ContainerRuntime.runningEndpoints) - overlay, IPsec, names, gateway - and remove
+   * what a previous run left for any other. Returns the overlay reconcile's report.
+   */
+  async adopt(running: RunningEndpoint[]): Promise<ReconcileReport> {
+    const eps = running.filter((r) => this.adoptable(r.endpoint));
+    const report = await this.overlays.adopt(
+      eps.map((r) => ({
+        attached: r.endpoint,
+        container: { id: r.id, name: r.name, netnsPath: r.netnsPath, ifname: r.endpoint.wiring!.ifname },
+        network: r.endpoint.wiring!.network,
+      })),
+    );
+    const containers = new Map<string, { who: Who; external: boolean }>();
+    for (const r of eps) {
+      const c = containers.get(r.id) ?? { who: { id: r.id, name: r.name, netnsPath: r.netnsPath }, external: false };
+      if (!r.endpoint.wiring!.network.spec.internal) c.external = true;
+      containers.set(r.id, c);
+    }
+    for (const { who, external } of containers.values()) {
+      try {
+        this.dns ??= new EmbeddedDns({ lookup: (id, name) => this.lookupName(id, name), logger: this.log });
+        await this.dns.addContainer(who.id, who.netnsPath);
+        if (external) await this.gateway().adopt(who.id, who.netnsPath);
+        this.log.info({ container: who.name }, "container's networking adopted");
+      } catch (e) {
+        this.log.warn({ err: e, container: who.name }, "could not take over all of a running container's networking");
+      }
+    }
+    return report;
   }
 
   resolvConf(): string {
@@ -223,8 +268,9 @@ export class Attachments implements NetworkAttacher {
   }
 }
 
-function attachedOf(net: NetworkRecord, ep: EndpointRecord): AttachedEndpoint {
+function attachedOf(net: NetworkRecord, ep: EndpointRecord, ifname: string): AttachedEndpoint {
   return {
+    wiring: { nodeId: ep.nodeId, ifname, network: net },
     networkId: net.id,
     networkName: net.spec.name,
     endpointId: ep.id,

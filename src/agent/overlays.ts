@@ -7,7 +7,7 @@
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { IpsecDataplane, PeerKernelView } from "../dataplane/ipsec.js";
-import type { OverlayDataplane } from "../dataplane/overlay.js";
+import type { DesiredNetwork, OverlayDataplane, ReconcileReport } from "../dataplane/overlay.js";
 import type { OverlayNetwork, Peer } from "../dataplane/render.js";
 import { type EspSupport, encryptionUnsupportedError } from "../dataplane/xfrm.js";
 import { isEncrypted, overlayMtu } from "../manager/networks.js";
@@ -138,9 +138,50 @@ export class HostOverlays {
     this.takeKeys(json, true);
   }
 
-  /** Remove IPsec states, policies and the guard (nftables and iptables) a previous run left (start-up). */
-  resetIpsec(): Promise<void> {
-    return this.chain.run(() => this.opts.host().ipsec.reset());
+  /**
+   * Start-up: take over the endpoints of containers that kept running through the daemon's restart (from
+   * their saved wiring), and remove everything else a previous run left. Their overlay namespaces, veths and
+   * peer entries are kept as they are (corrected where wrong; built again where gone) until the managers'
+   * next push says who the peers are; every other overlay namespace goes. On encrypted networks the guard
+   * keeps covering their VNIs and the previous run's SAs stay until the keys arrive (IpsecDataplane.adopt);
+   * with none, IPsec state and the guard are removed.
+   */
+  adopt(eps: (LocalEndpoint & { container: { ifname: string } })[]): Promise<ReconcileReport> {
+    return this.chain.run(async () => {
+      const host = this.opts.host();
+      const desired = new Map<string, DesiredNetwork>();
+      for (const ep of eps) {
+        const net = ep.network;
+        const d = desired.get(net.id) ?? { net: overlayOf(net), endpoints: [] };
+        d.endpoints.push({
+          id: ep.attached.endpointId,
+          containerNetns: ep.container.netnsPath,
+          ifname: ep.container.ifname,
+          ip: ep.attached.ip,
+          prefixLen: ep.attached.prefixLen,
+          mac: ep.attached.mac,
+        });
+        desired.set(net.id, d);
+      }
+      const report = await host.dataplane.reconcile(desired);
+      for (const ep of eps) {
+        this.local.set(ep.attached.endpointId, {
+          attached: ep.attached,
+          container: { id: ep.container.id, name: ep.container.name, netnsPath: ep.container.netnsPath },
+          network: ep.network,
+        });
+      }
+      const vnis = [...this.encryptedHeld().values()].map((n) => n.alloc.vni);
+      await host.ipsec
+        .adopt(vnis)
+        .catch((e: unknown) =>
+          this.log.warn({ err: (e as Error).message }, "could not take over the IPsec state a previous run left"),
+        );
+      // A push that came before (the session started first): programmed now.
+      for (const id of desired.keys()) if (this.states.has(id)) await this.program(id);
+      if (vnis.length > 0 && this.keys) await this.syncIpsec();
+      return report;
+    });
   }
 
   close(host: OverlayHost | undefined): void {

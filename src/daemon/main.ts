@@ -141,8 +141,9 @@ async function run(flags: Flags): Promise<void> {
     ...(flags.containerd ? { socket: flags.containerd } : {}),
   });
   const { runtime, containers } = await startRuntime(flags, daemon, supervisor, logger);
-  // Containers of a previous run are gone with it (their endpoints are released), and so are the
-  // overlay namespaces they held: nothing leaks across a restart.
+  // Containers of a previous run that still run are adopted, with their networking (the overlays they are
+  // on, their names, their gateway); those that ended while no daemon watched release their endpoints, and
+  // whatever else the previous run left goes: nothing leaks across a restart.
   await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
   await daemon.networks
     .reconcile()
@@ -162,15 +163,15 @@ async function run(flags: Flags): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down");
-    // A last resort against a stop that hangs: long enough for containers on networks to stop (their 5 s
-    // grace, then SIGKILL and their endpoints released through containerd) and for the data plane to be
-    // taken down on a loaded host; cut short, the kernel keeps the host's SAs, policies and rules.
+    // A last resort against a stop that hangs: long enough for containers the next daemon cannot adopt to
+    // stop (their 5 s grace, then SIGKILL and their endpoints released through containerd) and for the data
+    // plane to be taken down on a loaded host; cut short, the kernel keeps the host's SAs, policies and rules.
     const force = setTimeout(() => process.exit(1), SHUTDOWN_FORCE_MS);
     force.unref();
     try {
       await server.close();
       await metrics?.close();
-      // Containers keep running under containerd (the next shoald adopts them), but those on networks.
+      // Containers keep running under containerd, with their networking (the next shoald adopts them).
       await runtime?.shutdown(5);
       await supervisor.stop();
       await daemon.stop();

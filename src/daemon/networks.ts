@@ -4,7 +4,7 @@
 // containers.
 
 import type { Logger } from "pino";
-import { Attachments } from "../agent/attachments.js";
+import { Attachments, type RunningEndpoint } from "../agent/attachments.js";
 import type { OverlayHost } from "../agent/overlays.js";
 import { ApiError, MSG_LOCKED, notManager, unavailable } from "../api/errors.js";
 import { type Firewall, probeEsp } from "../dataplane/firewall.js";
@@ -38,6 +38,8 @@ export interface HostNetworksOptions {
 export interface ContainerNetworking {
   connect(c: string, net: string, cfg: EndpointSettingsRequest): Promise<void>;
   disconnect(c: string, net: string, force: boolean): Promise<void>;
+  /** The endpoints of the containers that run now (after a restart: the adopted ones). */
+  runningEndpoints(): RunningEndpoint[];
 }
 
 export class HostNetworks implements NetworkBackend {
@@ -93,25 +95,32 @@ export class HostNetworks implements NetworkBackend {
     return { dataplane, ipsec };
   }
 
-  /** After a restart: overlay namespaces of the previous run hold no container of ours any more. */
+  /**
+   * After a restart: the containers that kept running keep their networking (the agent's attachments take
+   * their endpoints over: overlay namespaces, veths, peers, IPsec, names, gateway); whatever else a previous
+   * run left (overlay namespaces, IPsec state) goes.
+   */
   async reconcile(): Promise<void> {
-    // A locked manager reconciles once it is unlocked (swarmUnlock).
+    // A locked manager reconciles once it is unlocked (swarmUnlock); its containers run on meanwhile.
     const { state, locked } = this.opts.node();
     if (!state || locked) return;
-    const report = await this.overlayHost().dataplane.reconcile(new Map());
     // Probe at start (in the background): the log says at once whether encrypted networks can work here.
     void this.attacher.overlays.espSupport();
-    await this.attacher.overlays
-      .resetIpsec()
-      .catch((e: unknown) =>
-        this.log.warn({ err: (e as Error).message }, "could not remove IPsec state left by a previous run"),
-      );
+    const report = await this.attacher.adopt(this.containers?.runningEndpoints() ?? []);
     if (report.deleted.length > 0 || report.removedStale.length > 0) {
       this.log.info(
         { deleted: report.deleted, stale: report.removedStale },
         "removed overlay namespaces left by a previous run",
       );
     }
+    if (report.adopted.length > 0 || report.created.length > 0) {
+      this.log.info(
+        { adopted: report.adopted, rebuilt: report.created },
+        "kept the overlay namespaces of containers that run on",
+      );
+    }
+    if (report.errors.length > 0)
+      this.log.warn({ errors: report.errors }, "could not reconcile all overlay namespaces");
   }
 
   /** Cluster writes go through a manager's control API: a worker is told where to go. */

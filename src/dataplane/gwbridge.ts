@@ -5,6 +5,7 @@
 
 import type { Logger } from "pino";
 import type { Firewall } from "./firewall.js";
+import { parseLinks } from "./render.js";
 import { mustRun, type Runner, spawnRunner } from "./runner.js";
 
 const GW_BRIDGE = "shoal_gwbridge";
@@ -97,6 +98,45 @@ export class GatewayBridge {
     return ip;
   }
 
+  /**
+   * After a restart: take over the gw0 of a container that kept running (its address and host end kept,
+   * its default route put back if it went); a container whose gw0 is missing or broken gets a new one.
+   * Returns its address.
+   */
+  async adopt(containerId: string, netnsPath: string): Promise<string> {
+    const existing = this.addrs.get(containerId);
+    if (existing) return existing;
+    await this.ensure();
+    const found = await this.existing(containerId, netnsPath);
+    if (!found) {
+      // Whatever half of it is left goes first (deleting the host end removes both).
+      await this.run(["ip", "link", "del", hostVeth(containerId)]);
+      return this.attach(containerId, netnsPath);
+    }
+    this.addrs.set(containerId, found);
+    await mustRun(this.run, ["ip", "link", "set", hostVeth(containerId), "master", GW_BRIDGE, "up"]);
+    await mustRun(this.run, ["nsenter", `--net=${netnsPath}`, "ip", "-batch", "-"], {
+      stdin: [`link set ${GW_IFNAME} up`, `route replace default via ${GW_GATEWAY} dev ${GW_IFNAME}`, ""].join("\n"),
+    });
+    this.log.debug({ container: containerId, ip: found }, "gateway interface adopted");
+    return found;
+  }
+
+  /** A container's gw0 address on the bridge, if its gw0 and the host end are there and paired. */
+  private async existing(containerId: string, netnsPath: string): Promise<string | undefined> {
+    const [host, inner] = await Promise.all([
+      this.run(["ip", "-json", "link", "show", "dev", hostVeth(containerId)]),
+      this.run(["nsenter", `--net=${netnsPath}`, "ip", "-json", "addr", "show", "dev", GW_IFNAME]),
+    ]);
+    if (host.code !== 0 || inner.code !== 0) return undefined;
+    const h = parseLinks(host.stdout)[0];
+    const g = parseLinks(inner.stdout)[0];
+    if (!h || !g || h.peerIndex !== g.ifindex || g.peerIndex !== h.ifindex) return undefined;
+    const a = g.addresses.find((x) => x.scope === "global" && x.prefixLen === PREFIX && inGatewaySubnet(x.local));
+    if (!a || [...this.addrs.values()].includes(a.local)) return undefined;
+    return a.local;
+  }
+
   /** Remove a container's gw0 (deleting the host end removes both). */
   async detach(containerId: string): Promise<void> {
     if (!this.addrs.has(containerId)) return;
@@ -124,6 +164,10 @@ export class GatewayBridge {
     }
     throw new Error(`no free address on ${GW_BRIDGE}`);
   }
+}
+
+function inGatewaySubnet(ip: string): boolean {
+  return /^172\.18\.\d{1,3}\.\d{1,3}$/.test(ip) && ip !== GW_GATEWAY;
 }
 
 /** The host end of a container's gateway veth: gw + 12 hex digits of the container id (15 chars max). */

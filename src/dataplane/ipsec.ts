@@ -130,6 +130,8 @@ export class IpsecDataplane {
   private readonly chain = new Serial();
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** After adopt(): the kernel's states and policies are a previous run's, not yet taken over. */
+  private adopting = false;
 
   constructor(opts: IpsecOptions) {
     this.localAddr = normalizeIp(opts.localAddr, "data path address");
@@ -172,6 +174,27 @@ export class IpsecDataplane {
       this.failed.clear();
       this.vnis = [];
       this.keys = undefined;
+      this.adopting = false;
+    });
+  }
+
+  /**
+   * A restart that adopts running containers on encrypted networks (`vnis`): what a previous run installed
+   * stays, so their traffic goes on; the guard covers exactly `vnis` from now on (cleartext of those VNIs
+   * is never let out, whatever the previous run left). The states and policies are taken over at the first
+   * sync with keys: a pair complete with those keys towards a wanted remote is kept, every other pair of
+   * shoal's is removed (as it is at a sync without any remote). With no VNI this is reset().
+   */
+  adopt(vnis: number[]): Promise<void> {
+    if (vnis.length === 0) return this.reset();
+    return this.serialised(async () => {
+      const sorted = [...new Set(vnis)].sort((a, b) => a - b);
+      await this.firewall.loadGuard(sorted, this.port);
+      this.vnis = sorted;
+      this.installed.clear();
+      this.failed.clear();
+      this.keys = undefined;
+      this.adopting = true;
     });
   }
 
@@ -207,6 +230,15 @@ export class IpsecDataplane {
   /** Read back from the kernel what is installed towards each of `remotes` (states by SPI, the policy). */
   async kernelView(remotes: string[], keys: Key[] | undefined): Promise<PeerKernelView[]> {
     const [states, policies] = await Promise.all([this.listStates(), this.listPolicies()]);
+    return this.viewOf(states, policies, remotes, keys);
+  }
+
+  private viewOf(
+    states: KernelState[],
+    policies: KernelPolicy[],
+    remotes: string[],
+    keys: Key[] | undefined,
+  ): PeerKernelView[] {
     const primary = keys?.[1];
     return remotes.map((r) => {
       const ip = normalizeIp(r);
@@ -245,6 +277,7 @@ export class IpsecDataplane {
     const remotes = new Set(wantedRemotes(want));
     const keys = want.keys;
     for (const r of this.failed.keys()) if (!remotes.has(r)) this.failed.delete(r);
+    if (this.adopting && (keys || remotes.size === 0)) await this.takeOver(keys, remotes);
 
     // 1. The guard gains VNIs before anything else (it is never left without a VNI still in use).
     const gained = vnis.some((v) => !this.vnis.includes(v));
@@ -314,6 +347,31 @@ export class IpsecDataplane {
       this.vnis = vnis;
     }
     if (this.failed.size > 0) this.scheduleRetry();
+  }
+
+  /**
+   * The first sync after adopt() that can decide: the pairs a previous run left that are complete with
+   * `keys` towards a wanted remote count as installed; every other pair of shoal's (another remote, other
+   * keys, half there) is flushed, and installed afresh below if wanted.
+   */
+  private async takeOver(keys: Key[] | undefined, remotes: Set<string>): Promise<void> {
+    this.adopting = false;
+    const [states, policies] = await Promise.all([this.listStates(), this.listPolicies()]);
+    const present = new Set<string>();
+    for (const st of states) for (const a of [st.src, st.dst]) if (a !== this.localAddr) present.add(a);
+    for (const p of policies) {
+      if (p.mark !== XFRM_MARK) continue;
+      const dst = normalizeIp(p.dst.split("/")[0]!);
+      if (dst !== this.localAddr) present.add(dst);
+    }
+    if (present.size === 0) return;
+    const view = keys ? this.viewOf(states, policies, [...present], keys) : [];
+    const kept = view.filter((v) => v.complete && remotes.has(v.ip)).map((v) => v.ip);
+    const stale = [...present].filter((ip) => !kept.includes(ip));
+    for (const ip of kept) this.installed.add(ip);
+    if (keys && kept.length > 0) this.keys = keys;
+    if (stale.length > 0) await this.flush(stale);
+    this.log.info({ kept, removed: stale }, "took over the IPsec pairs a previous run left");
   }
 
   /** Run one removal for several pairs; on failure flush them (the removal's aim is reached either way). */

@@ -44,8 +44,11 @@ export interface DesiredNetwork {
   net: OverlayNetwork;
   /** Local endpoints. A network with none has no namespace on this host. */
   endpoints: Endpoint[];
-  /** Remote endpoints. */
-  peers: Peer[];
+  /**
+   * Remote endpoints. Undefined: keep the FDB and neighbour entries the namespace has (a restart that
+   * adopts running containers, before the managers have said who the peers are now; setPeers corrects them).
+   */
+  peers?: Peer[];
 }
 
 export interface ReconcileReport {
@@ -118,7 +121,10 @@ export class OverlayDataplane extends OverlayBase {
 
   /**
    * After a restart: adopt the overlay namespaces that are desired (correcting links, addresses,
-   * endpoints and peers), build missing ones, and delete every other `1-*` namespace in execRoot/netns.
+   * endpoints, and peers unless they are left out), build missing ones, and delete every other `1-*`
+   * namespace in execRoot/netns. An adopted namespace keeps its bridge, VXLAN device and the veths of the
+   * desired endpoints as they are when they are right (a running container's traffic goes on); veths of
+   * other endpoints are deleted.
    */
   async reconcile(desired: Map<string, DesiredNetwork>): Promise<ReconcileReport> {
     const report: ReconcileReport = { adopted: [], created: [], deleted: [], removedStale: [], errors: [] };
@@ -170,10 +176,14 @@ export class OverlayDataplane extends OverlayBase {
         const rnet = resolveNetwork(d.net);
         const other = byNs.get(rnet.nsName);
         if (other) throw new Error(`networks ${other.rnet.id} and ${rnet.id} share namespace name ${rnet.nsName}`);
-        const peers = normalizePeers(d.peers);
         d.endpoints.forEach(validateEndpoint);
-        byNs.set(rnet.nsName, { rnet, d: { ...d, peers } });
-        this.wantedPeers.set(netId, peers);
+        if (d.peers === undefined) {
+          byNs.set(rnet.nsName, { rnet, d: { net: d.net, endpoints: d.endpoints } });
+        } else {
+          const peers = normalizePeers(d.peers);
+          byNs.set(rnet.nsName, { rnet, d: { ...d, peers } });
+          this.wantedPeers.set(netId, peers);
+        }
       } catch (err) {
         untouchable.add(nsNameFor(netId));
         report.errors.push({ netId, error: (err as Error).message });
@@ -266,7 +276,7 @@ export class OverlayDataplane extends OverlayBase {
         report.errors.push({ netId: rnet.id, error: `endpoint ${ep.id}: ${(err as Error).message}` });
       }
     }
-    await this.setPeersLocked(rnet.id, d.peers);
+    if (d.peers !== undefined) await this.setPeersLocked(rnet.id, d.peers);
   }
 
   /** Reconcile: a desired network with local endpoints and no namespace. */

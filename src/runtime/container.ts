@@ -7,6 +7,7 @@ import type { Socket } from "node:net";
 import { join } from "node:path";
 import { z } from "zod";
 import { ApiError } from "../api/errors.js";
+import { NetworkRecordSchema } from "../api/objects.js";
 import { Serial } from "../serial.js";
 import type { LogRecord } from "./jsonlog.js";
 import type { AttachedEndpoint, ContainerConfig, ContainerStatus, EndpointSettingsRequest } from "./types.js";
@@ -27,6 +28,14 @@ const AttachedEndpointSchema = z.object({
   mac: z.string(),
   gateway: z.string(),
   aliases: z.array(z.string()),
+  /** Absent in records of daemons that did not save it: such an endpoint is not adopted. */
+  wiring: z
+    .object({
+      nodeId: z.string().min(1),
+      ifname: z.string().regex(/^eth\d{1,4}$/),
+      network: NetworkRecordSchema,
+    })
+    .optional(),
 }) satisfies z.ZodType<AttachedEndpoint>;
 
 const NetworkAttachmentSchema = z.object({

@@ -92,6 +92,11 @@ export class ContainerNetworks {
     return { id: c.id, name: c.rec.name, netnsPath: this.netnsPathOf(c.id) };
   }
 
+  /** Whether every endpoint of the container can be taken over by the next daemon (NetworkAttacher.adoptable). */
+  adoptable(c: Container): boolean {
+    return c.rec.networks.every((n) => !n.endpoint || (this.attacher.adoptable?.(n.endpoint) ?? false));
+  }
+
   /**
    * The container's namespace with every network of its record attached (eth0, eth1, ...), and its files
    * written; all or nothing. Returns the namespace's path (null: the host's network).

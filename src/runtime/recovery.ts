@@ -1,6 +1,7 @@
 // A daemon's start: the containers a previous daemon left in stateDir are loaded (their state.json parsed
 // against its schema) and brought in line with what containerd says. A task that still runs is adopted
-// (its output and exit followed again, its endpoints kept); one that ended while no daemon watched is
+// (its output and exit followed again, its endpoints kept: the node's networking takes them over from
+// ContainerRuntime.runningEndpoints); one that ended while no daemon watched is
 // reported exited and its endpoints released; containers whose restart policy says so are started again
 // (after a containerd or host restart); namespace files of containers that are not running are removed.
 
@@ -39,11 +40,6 @@ export interface RecoveryDeps {
   lifecycle: Lifecycle;
   launcher: Launcher;
   tasks: TaskClient;
-  /**
-   * Whether running containers with endpoints are adopted too (the node's networking then takes over their
-   * endpoints, see ContainerRuntime.runningEndpoints); otherwise only those without are.
-   */
-  adoptNetworked: boolean;
   log: Logger;
 }
 
@@ -114,7 +110,7 @@ export class Recovery {
     const wasRunning = c.rec.state.status === "running";
     if (wasRunning) {
       let task = await this.d.tasks.state(c.id);
-      if (task.state === "running" && (this.d.adoptNetworked || !hasEndpoints(c))) {
+      if (task.state === "running" && (!hasEndpoints(c) || this.d.networks.adoptable(c))) {
         this.log.info({ id: c.id, name: c.rec.name, pid: task.pid }, "adopting a running container");
         this.d.lifecycle.running(c, await this.d.launcher.reattach(c, task.pid), c.rec.state.startedAt);
         return;
@@ -141,8 +137,8 @@ export class Recovery {
   }
 
   /**
-   * A running container on networks the node's networking does not take over at start (it rebuilds its
-   * overlays from scratch): stopped (SIGKILL), so its endpoints are released and nothing is left half-wired;
+   * A running container on networks the node's networking cannot take over (a record without the
+   * endpoints' wiring, or endpoints of another node id): stopped (SIGKILL), so its endpoints are released and nothing is left half-wired;
    * its restart policy may start it again, on fresh endpoints.
    */
   private async stopUnadoptable(c: Container): Promise<TaskState> {

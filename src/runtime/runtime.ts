@@ -90,12 +90,6 @@ export interface ContainerRuntimeOptions {
   attacher: NetworkAttacher;
   /** The containerd that runs the containers (in shoal's namespace). */
   containerd: Containerd;
-  /**
-   * Containers on networks are adopted by a new daemon and left running when it stops, as the others are.
-   * Only when the node's networking takes their endpoints over (runningEndpoints): until then (default) they
-   * are stopped when the daemon stops, and stopped by the next one if they outlived a crash.
-   */
-  adoptNetworkedContainers?: boolean;
   /** Registries reached over plain HTTP (shoald --insecure-registry). */
   insecureRegistries?: string[];
   /** This host's name (for the logs). */
@@ -119,10 +113,7 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly recovery: Recovery;
   private readonly log: Logger;
 
-  private readonly adoptNetworked: boolean;
-
   constructor(opts: ContainerRuntimeOptions) {
-    this.adoptNetworked = opts.adoptNetworkedContainers === true;
     const log = opts.logger.child({ component: "containers", ...(opts.hostname ? { host: opts.hostname() } : {}) });
     this.log = log;
     this.cd = opts.containerd;
@@ -149,7 +140,6 @@ export class ContainerRuntime implements ContainerBackend {
       lifecycle: this.lifecycle,
       launcher,
       tasks: this.tasks,
-      adoptNetworked: this.adoptNetworked,
       log,
     });
   }
@@ -326,12 +316,13 @@ export class ContainerRuntime implements ContainerBackend {
 
   /**
    * The daemon is going away: containers keep running (containerd keeps them; the next daemon adopts
-   * them), except those on networks the next daemon would not take over (see adoptNetworkedContainers),
-   * which are stopped (each with its stop timeout, or `timeoutSecs`). Restart policies stop acting.
+   * them, with their endpoints when the node's networking can take those over), except those on networks
+   * it cannot (see NetworkAttacher.adoptable), which are stopped (each with its stop timeout, or
+   * `timeoutSecs`). Restart policies stop acting.
    */
   async shutdown(timeoutSecs?: number): Promise<void> {
     this.lifecycle.close();
-    const networked = this.table.live().filter((c) => c.running && !this.adoptNetworked && hasEndpoints(c));
+    const networked = this.table.live().filter((c) => c.running && hasEndpoints(c) && !this.networks.adoptable(c));
     await Promise.all(
       networked.map((c) =>
         this.lifecycle

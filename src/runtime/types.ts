@@ -1,6 +1,9 @@
 // What the container runtime takes and returns, in the Docker Engine API's JSON shapes (PascalCase), so
 // the Engine API (src/engine) serves them unchanged; and what it asks of the node's networking (the
-// NetworkAttacher, which the agent implements). The runtime owns these shapes: it imports nothing above it.
+// NetworkAttacher, which the agent implements). The runtime owns these shapes: it imports nothing above it
+// (but the cluster's own records, src/api).
+
+import type { NetworkRecord } from "../api/objects.js";
 
 export interface EndpointSettingsRequest {
   IPAMConfig?: { IPv4Address?: string } | null;
@@ -21,6 +24,21 @@ export interface AttachedEndpoint {
   mac: string;
   gateway: string;
   aliases: string[];
+  /** What the next daemon needs to take the endpoint over while its container runs on (kept in state.json). */
+  wiring?: EndpointWiring;
+}
+
+/**
+ * An endpoint's wiring as the node made it: enough for a restarted daemon to adopt the overlay namespace,
+ * veth, names and gateway of a container that kept running, before the managers say anything.
+ */
+export interface EndpointWiring {
+  /** The node the managers allocated the endpoint to (a node that left and joined again has another id). */
+  nodeId: string;
+  /** The endpoint's interface in the container's namespace (eth0, eth1, ...). */
+  ifname: string;
+  /** The network as the managers answered the attach: its VNI, subnet, gateway, MTU and encryption. */
+  network: NetworkRecord;
 }
 
 export interface NetworkAttacher {
@@ -30,6 +48,11 @@ export interface NetworkAttacher {
     cfg: EndpointSettingsRequest,
   ): Promise<AttachedEndpoint>;
   detach(container: { id: string; name: string; netnsPath: string }, endpoint: AttachedEndpoint): Promise<void>;
+  /**
+   * Whether the node's networking can take this endpoint over after a daemon restart (its wiring is saved
+   * and it belongs to this node); a running container with an endpoint it cannot is stopped instead.
+   */
+  adoptable?(endpoint: AttachedEndpoint): boolean;
   /** The resolv.conf a container on these networks gets (the embedded DNS server's address). */
   resolvConf(networks: AttachedEndpoint[]): string;
 }

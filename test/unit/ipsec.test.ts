@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { Firewall, renderIptablesGuard, renderNft } from "../../src/dataplane/firewall.js";
 import { IpsecDataplane, parseXfrmPolicies, parseXfrmStates } from "../../src/dataplane/ipsec.js";
 import type { Runner, RunOptions, RunResult } from "../../src/dataplane/runner.js";
-import { type Key, renderInstall, renderRemove, renderRotate, spi } from "../../src/dataplane/xfrm.js";
+import { type Key, renderFlush, renderInstall, renderRemove, renderRotate, spi } from "../../src/dataplane/xfrm.js";
 
 const A = "192.0.2.1";
 const B = "192.0.2.2";
@@ -320,6 +320,71 @@ describe("reading the kernel back", () => {
     expect(r.calls.map((c) => c.argv.join(" "))).toEqual([
       "ip xfrm state list reqid 0x0053484c",
       "ip xfrm policy list",
+    ]);
+  });
+
+  it("adopt (a restart with containers on an encrypted network running on): the guard covers their VNIs at once, nothing is removed; at the first sync with keys a complete pair towards a wanted remote is kept, every other pair flushed, the wanted ones installed afresh", async () => {
+    const D = "192.0.2.4";
+    // A previous run left B complete with K2, C without its oldest inbound key, D (no longer a peer) complete.
+    const all = [
+      ...K2.map((k) => ({ src: B, dst: A, spi: spi(B, A, k.tag) })),
+      { src: A, dst: B, spi: spi(A, B, 3) },
+      ...K2.slice(1).map((k) => ({ src: C, dst: A, spi: spi(C, A, k.tag) })),
+      { src: A, dst: C, spi: spi(A, C, 3) },
+      ...K2.map((k) => ({ src: D, dst: A, spi: spi(D, A, k.tag) })),
+      { src: A, dst: D, spi: spi(A, D, 3) },
+    ];
+    const policy = (dst: string, tag: number) =>
+      [
+        `src ${A}/32 dst ${dst}/32 proto udp dport 4789 `,
+        "\tdir out priority 0 ptype main ",
+        "\tmark 0x53484c/0xffffffff ",
+        `\ttmpl src ${A} dst ${dst}`,
+        `\t\tproto esp spi 0x${spi(A, dst, tag).toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
+      ].join("\n");
+    const r = recorder((c) => {
+      if (c.argv[1] === "xfrm" && c.argv[2] === "state") return { stdout: stateText(all) };
+      if (c.argv[1] === "xfrm" && c.argv[2] === "policy") return { stdout: `${policy(B, 3)}\n${policy(D, 3)}\n` };
+      return undefined;
+    });
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
+    await ip.adopt([4097]);
+    expect(r.take()).toEqual([nft([4097])]);
+    expect(ip.status().guardedVnis).toEqual([4097]);
+
+    // The managers' first push (before its keys): nothing is touched, the guard stays.
+    const wanted = [{ vni: 4097, remotes: [B, C] }];
+    await ip.sync({ keys: undefined, networks: wanted });
+    expect(r.take()).toEqual([]);
+
+    // The keys: B is kept as it is; C (incomplete) and D (not wanted) are flushed; C is installed afresh.
+    await ip.sync({ keys: K2, networks: wanted });
+    expect(r.take()).toEqual([
+      { argv: ["ip", "xfrm", "state", "list", "reqid", "0x0053484c"] },
+      { argv: ["ip", "xfrm", "policy", "list"] },
+      { argv: ["ip", "-force", "-batch", "-"], stdin: renderFlush(A, [C, D], { port: 4789 }) },
+      ipb(renderInstall(A, [C], K2)),
+    ]);
+    expect(ip.status()).toEqual({
+      keyTags: [2, 3, 4],
+      guardedVnis: [4097],
+      peers: [
+        { ip: B, installed: true },
+        { ip: C, installed: true },
+      ],
+    });
+    ip.close();
+  });
+
+  it("adopt without a VNI is reset", async () => {
+    const r = recorder();
+    const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
+    await ip.adopt([]);
+    expect(r.take().map((c) => c.argv.join(" "))).toEqual([
+      "ip xfrm policy list",
+      "ip -force -batch -",
+      "nft -f -",
+      "iptables-legacy-save -t mangle",
     ]);
   });
 });
