@@ -207,6 +207,36 @@ describe.each([
     expect(s.mem.hardState).toEqual({ term: 1, vote: 1, commit: 4 });
   });
 
+  it("a 40 MiB snapshot is sealed a few MiB at a time, the event loop turning in between, and reads back whole", async () => {
+    // Sealed in one go, a 113 MB snapshot stopped a manager's heartbeats for 1.6 s. Count the event-loop
+    // turns between the call and the moment the database write is built.
+    let s = await openStorage();
+    await s.save({ hardState: { term: 2, vote: 1, commit: 10 }, entries: ents(1, 10, 2) }, true);
+    const big = new Uint8Array(40 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 4096) big[i] = i % 251;
+    let turns = 0;
+    let spinning = true;
+    const spin = (): void => {
+      turns++;
+      if (spinning) setImmediate(spin);
+    };
+    setImmediate(spin);
+    const db = (s as unknown as { db: { batch: () => unknown } }).db;
+    const batch = db.batch.bind(db);
+    let turnsAtWrite = -1;
+    db.batch = () => {
+      if (turnsAtWrite < 0) turnsAtWrite = turns;
+      return batch();
+    };
+    const start = turns;
+    await s.createSnapshot(10, cs, big, 5);
+    spinning = false;
+    expect(turnsAtWrite - start).toBeGreaterThanOrEqual(4);
+    s = await reopen(s);
+    expect(Buffer.compare(Buffer.from(s.mem.snapshot().data), Buffer.from(big))).toBe(0);
+    await s.close();
+  });
+
   it("createSnapshot compacts keeping the tail; reopen restores firstIndex and a 5 MiB snapshot byte for byte", async () => {
     let s = await openStorage();
     await s.save({ hardState: { term: 3, vote: 1, commit: 100 }, entries: ents(1, 120, 3) }, true);
