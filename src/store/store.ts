@@ -210,6 +210,13 @@ export class Store {
     return n ? clone(n) : undefined;
   }
 
+  /** Every network's id and name, nothing copied beyond them (to resolve a reference). */
+  networkNames(): { id: string; name: string }[] {
+    const out: { id: string; name: string }[] = [];
+    for (const n of this.s.networks.values()) out.push({ id: n.id, name: n.spec.name });
+    return out;
+  }
+
   networks(): NetworkRecord[] {
     return [...this.s.networks.values()].map(clone);
   }

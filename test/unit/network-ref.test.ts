@@ -1,7 +1,11 @@
 // The one network-reference resolver (dockerd's rules), used by the control API, the managers' Attach and a
 // worker's network inspect.
-import { describe, expect, it } from "vitest";
-import { resolveNetworkRef } from "../../src/manager/networks.js";
+import { describe, expect, it, vi } from "vitest";
+import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
+import { findNetwork, resolveNetworkRef } from "../../src/manager/networks.js";
+import { type Command, encodeCommand, Store } from "../../src/store/store.js";
+
+const at = new Date("2026-12-07T00:00:00Z");
 
 interface Net {
   id: string;
@@ -40,5 +44,60 @@ describe("resolveNetworkRef", () => {
 
   it("finds nothing for an unknown reference", () => {
     expect(find([a, b, c], "zzz")).toBeUndefined();
+  });
+});
+
+describe("findNetwork (the store's networks)", () => {
+  it("finds by id, name and id prefix among many, copying only the network found", () => {
+    const store = new Store();
+    let index = 0;
+    const apply = (c: Command) => {
+      const out = store.apply(encodeCommand(c, at), ++index);
+      if (!out.ok) throw new Error(out.message);
+    };
+    apply({
+      op: "cluster.create",
+      info: {
+        ID: "c".padEnd(25, "0"),
+        Version: { Index: 0 },
+        CreatedAt: at.toISOString(),
+        UpdatedAt: at.toISOString(),
+        Spec: DEFAULT_SWARM_SPEC,
+        TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
+        RootRotationInProgress: false,
+        DefaultAddrPool: ["10.0.0.0/8"],
+        SubnetSize: 24,
+        DataPathPort: 4789,
+      },
+      secrets: { rootCACertPem: "", rootCAKeyPem: "", workerToken: "w", managerToken: "m" },
+    });
+    const ids: string[] = [];
+    for (let i = 0; i < 200; i++) {
+      const id = `n${String(i).padStart(4, "0")}`.padEnd(25, "x");
+      ids.push(id);
+      apply({
+        op: "network.create",
+        id,
+        spec: {
+          name: `net${i}`,
+          driver: "overlay",
+          internal: false,
+          attachable: true,
+          ingress: false,
+          options: {},
+          labels: { big: "x".repeat(1000) },
+        },
+      });
+    }
+    const copies = vi.spyOn(store, "networks");
+    expect(findNetwork(store, ids[17]!)?.spec.name).toBe("net17");
+    expect(findNetwork(store, "net42")?.id).toBe(ids[42]);
+    expect(findNetwork(store, "n0199")?.id).toBe(ids[199]);
+    expect(() => findNetwork(store, "n01")).toThrow("ambiguous (100 matches found based on ID prefix)");
+    expect(findNetwork(store, "nope")).toBeUndefined();
+    // What a lookup returns is a copy: changing it changes nothing in the store.
+    findNetwork(store, "net1")!.spec.name = "renamed";
+    expect(findNetwork(store, "net1")?.id).toBe(ids[1]);
+    expect(copies).not.toHaveBeenCalled();
   });
 });
