@@ -56,6 +56,8 @@ export const GRACE_PER_NODE_MS = 4;
  * grace assumes (2,500 nodes came back in 37 s on two cores), and a node still waiting its turn is not down.
  */
 export const GRACE_CAP_PER_NODE_MS = 30;
+/** A sweep this much later than due counts as a stall of the process (see forgiveStall). */
+export const STALL_SLACK_MS = 250;
 /** Sessions sent their state per event-loop turn. */
 export const PUSH_BATCH = 200;
 /** How long status changes wait to be written together. */
@@ -107,6 +109,9 @@ export class Dispatcher {
   private pending = new Map<string, StatusUpdate>();
   private statusTimer: NodeJS.Timeout | undefined;
   private sweeper: NodeJS.Timeout | undefined;
+  private sweepEveryMs = 0;
+  /** performance.now() of the last sweep: a sweep much later than that means the process was stalled. */
+  private lastSweepMs = 0;
   private commonKey = "";
 
   constructor(private readonly m: DispatcherCluster) {}
@@ -135,6 +140,8 @@ export class Dispatcher {
     this.graceCapMs = base + n * GRACE_CAP_PER_NODE_MS;
     this.graceSwept = false;
     const every = Math.max(50, Math.floor(this.heartbeatPeriodMs() / 2));
+    this.sweepEveryMs = every;
+    this.lastSweepMs = performance.now();
     this.sweeper = setInterval(() => this.sweep(), every);
     this.sweeper.unref();
   }
@@ -162,6 +169,7 @@ export class Dispatcher {
   private sweep(): void {
     if (!this.active) return;
     const now = performance.now();
+    this.forgiveStall(now);
     const limitMs = this.heartbeatPeriodMs() * HEARTBEAT_MISSES;
     for (const s of this.sessions.values()) {
       // A session not yet answered (its Ready status still being written) cannot have beaten yet.
@@ -184,6 +192,28 @@ export class Dispatcher {
         }
       }
     }
+  }
+
+  /**
+   * Time this process could not listen is not held against the nodes: when the sweep runs late (the event
+   * loop was blocked, or the process got no CPU), the heartbeats of that time are still unread in the
+   * sockets, and this timer fires before they are read. Every clock that a missing heartbeat or session
+   * runs against is moved on by the delay. Without it, a leader stalled for a few seconds under a storm of
+   * reconnecting nodes marked hundreds of live nodes down.
+   */
+  private forgiveStall(now: number): void {
+    const late = now - this.lastSweepMs - this.sweepEveryMs;
+    this.lastSweepMs = now;
+    if (late <= STALL_SLACK_MS) return;
+    for (const s of this.sessions.values()) s.lastSeenMs = Math.min(now, s.lastSeenMs + late);
+    for (const [nodeId, at] of this.lost) this.lost.set(nodeId, Math.min(now, at + late));
+    this.graceUntilMs += late;
+    this.graceCapMs += late;
+    this.lastSessionAtMs = Math.min(now, this.lastSessionAtMs + late);
+    const fields = { stalledMs: Math.round(late) };
+    const msg = "dispatcher: this manager was stalled; heartbeat deadlines moved on by as much";
+    if (late >= 1000) this.m.log.warn(fields, msg);
+    else this.m.log.debug(fields, msg);
   }
 
   private drop(s: Session): void {

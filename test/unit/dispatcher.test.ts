@@ -245,6 +245,50 @@ describe("dispatcher", () => {
     f.dispatcher.loseLeadership();
   });
 
+  test("a leader that could not listen for a while (a stall) marks nobody down for the heartbeats it could not read", async () => {
+    // Timers are faked; performance.now() is driven by hand, so that time can pass with no timer running,
+    // as it does for a process whose event loop is blocked or which gets no CPU.
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate"] });
+    let now = 1_000_000;
+    vi.spyOn(performance, "now").mockImplementation(() => now);
+    const pass = async (ms: number) => {
+      for (let t = 0; t < ms; t += 100) {
+        now += 100;
+        await vi.advanceTimersByTimeAsync(100);
+      }
+    };
+    const f = fixture();
+    for (let i = 0; i < 10; i++) addNode(f, i, "ready");
+    f.dispatcher.becomeLeader();
+    const streams = Array.from({ length: 10 }, (_, i) => open(f, i));
+    await pass(300);
+    for (let t = 0; t < PERIOD_MS * (HEARTBEAT_MISSES + 2); t += PERIOD_MS) {
+      for (const s of streams) await beat(f, s);
+      await pass(PERIOD_MS);
+    }
+    // Stalled for longer than the heartbeat deadline: no timer ran, no heartbeat was read.
+    now += PERIOD_MS * (HEARTBEAT_MISSES + 2);
+    await pass(PERIOD_MS);
+    // The heartbeats sent meanwhile are read now.
+    for (const s of streams) await beat(f, s);
+    await pass(PERIOD_MS);
+    expect(streams.filter((s) => s.error !== undefined)).toEqual([]);
+    expect(f.store.nodeViews().filter((n) => n.node.Status.State === "down")).toEqual([]);
+    // A node that really stops beating is still marked down.
+    for (let t = 0; t < PERIOD_MS * (HEARTBEAT_MISSES + 2); t += PERIOD_MS) {
+      for (const s of streams.slice(1)) await beat(f, s);
+      await pass(PERIOD_MS);
+    }
+    expect(
+      f.store
+        .nodeViews()
+        .filter((n) => n.node.Status.State === "down")
+        .map((n) => n.node.ID),
+    ).toEqual([ids[0]]);
+    f.dispatcher.loseLeadership();
+    vi.restoreAllMocks();
+  });
+
   test("a node's status change is sent to its own session only; a swarm-wide change to every session", async () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
     const f = fixture();
