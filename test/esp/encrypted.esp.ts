@@ -340,6 +340,7 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
    * encrypted VNI (nor any VXLAN but the plain network's).
    */
   async function restartedEncrypted(signal: "SIGKILL" | "SIGTERM", before: { id: string; pid: number }) {
+    let started = false;
     const { packets } = await capture(async () => {
       await lab.stopDaemon(h3(), signal, 90_000);
       expect(await answers(h3())).toBe(false);
@@ -352,6 +353,7 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
       expect(kept.filter((s) => s.src === h2().addr).length, "h3's inbound SAs while its daemon is down").toBe(3);
       expect(kept.filter((s) => s.dst === h2().addr).length, "h3's outbound SA while its daemon is down").toBe(1);
       expect((await policies(h3())).filter((p) => p.dst === `${h2().addr}/32`)).toHaveLength(1);
+      started = true;
       await lab.startDaemon(h3());
       await waitFor("h3's daemon", () => answers(h3()), SLOW_MS);
       expect(await cleartext(h3()), "h3's guard once its daemon is back").toBeDefined();
@@ -364,6 +366,9 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
       await settled(h2(), [h3()]);
       expect((await ping(h2(), "c2", "c3", 5)).received).toBe(5);
       expect((await ping(h3(), "c3", "c2", 5)).received).toBe(5);
+    }).finally(async () => {
+      // Back also when a check above failed: the later tests need h3.
+      if (!started) await lab.startDaemon(h3());
     });
     expect(await runningAs(h3(), "c3"), "c3 after h3's restart").toEqual(before);
     expect(await strayed(h3(), [h2()])).toEqual([]);
