@@ -335,7 +335,10 @@ export class IpsecDataplane {
           this.installed.add(r);
           this.failed.delete(r);
         } catch (e) {
-          this.failed.set(r, (e as Error).message);
+          const why = (e as Error).message;
+          // Once per reason (it is retried every retryMs): the kernel's message, never a key.
+          if (this.failed.get(r) !== why) this.log.warn({ err: why, remote: r }, "could not install IPsec; retrying");
+          this.failed.set(r, why);
           await this.flush([r]);
         }
       }
@@ -370,7 +373,7 @@ export class IpsecDataplane {
     const stale = [...present].filter((ip) => !kept.includes(ip));
     for (const ip of kept) this.installed.add(ip);
     if (keys && kept.length > 0) this.keys = keys;
-    if (stale.length > 0) await this.flush(stale);
+    if (stale.length > 0) await this.flush(stale, states);
     this.log.info({ kept, removed: stale }, "took over the IPsec pairs a previous run left");
   }
 
@@ -384,12 +387,16 @@ export class IpsecDataplane {
     }
   }
 
-  /** Delete every state with shoal's reqid between here and each remote, and the remote's policy. */
-  private async flush(remotes: string[]): Promise<void> {
+  /**
+   * Delete every state with shoal's reqid between here and each remote (as listed now, or `listed` when the
+   * caller has just read them), and the remote's policy.
+   */
+  private async flush(remotes: string[], listed?: KernelState[]): Promise<void> {
     try {
+      const states = listed ?? (await this.listStates());
       await this.run(
         ["ip", "-force", "-batch", "-"],
-        renderFlush(this.localAddr, remotes, this.xopts),
+        renderFlush(this.localAddr, remotes, states, this.xopts),
         "flushing IPsec pairs",
       );
     } catch (e) {

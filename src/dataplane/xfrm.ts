@@ -308,17 +308,35 @@ export function renderRemove(local: string, remotes: string[], keys: Key[], opts
 }
 
 /**
- * Forget the pairs with `remotes` whatever state they are in (after a batch failed half way): the outbound
- * policy, then every state with shoal's reqid in both directions. For `ip -force -batch` (a line whose
- * object is already gone fails, and the rest still runs).
+ * Forget the pairs with `remotes` whatever state they are in (after a batch failed half way, or a previous
+ * run's pairs at a restart): the outbound policy, then each of `states` (as `ip xfrm state list reqid`
+ * listed them) between here and a remote, in either direction. For `ip -force -batch` (a line whose object
+ * is already gone fails, and the rest still runs).
+ *
+ * Each state is deleted by its SPI, not with `xfrm state deleteall src .. dst ..`: in one batch iproute2
+ * (6.1) carries out only the first deleteall, and the others silently do nothing - a restart that flushed a
+ * previous run's pair kept its inbound states, and every install of a keyring sharing one of their tags
+ * failed (EEXIST) until the ring had moved past them, the leftovers staying for good.
  */
-export function renderFlush(local: string, remotes: string[], opts?: XfrmOptions): string {
+export function renderFlush(
+  local: string,
+  remotes: string[],
+  states: { src: string; dst: string; spi: number }[],
+  opts?: XfrmOptions,
+): string {
   const ctx = context(local, remotes, opts);
+  const ofPair = (r: string) =>
+    states.filter(
+      (s) =>
+        (normalizeIp(s.src) === ctx.local && normalizeIp(s.dst) === r) ||
+        (normalizeIp(s.src) === r && normalizeIp(s.dst) === ctx.local),
+    );
   return batch(
     ctx.remotes.flatMap((r) => [
       `xfrm policy delete ${policySelector(ctx, r)}`,
-      `xfrm state deleteall src ${ctx.local} dst ${r} reqid ${hex32(XFRM_REQID)}`,
-      `xfrm state deleteall src ${r} dst ${ctx.local} reqid ${hex32(XFRM_REQID)}`,
+      ...ofPair(r).map(
+        (s) => `xfrm state delete src ${normalizeIp(s.src)} dst ${normalizeIp(s.dst)} proto esp spi ${hex32(s.spi)}`,
+      ),
     ]),
   );
 }

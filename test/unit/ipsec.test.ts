@@ -42,6 +42,21 @@ function recorder(answer?: (c: Call) => Partial<RunResult> | undefined) {
   };
 }
 
+// iproute2's `ip xfrm state list` layout (ipxfrm.c): header line, then the id line; keys follow.
+const stateText = (states: { src: string; dst: string; spi: number }[]) =>
+  states
+    .map((s) =>
+      [
+        `src ${s.src} dst ${s.dst}`,
+        `\tproto esp spi 0x${s.spi.toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
+        "\treplay-window 0 ",
+        `\taead rfc4106(gcm(aes)) 0x${"ab".repeat(20)} 128`,
+        "\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000",
+        "\tsel src 0.0.0.0/0 dst 0.0.0.0/0 ",
+      ].join("\n"),
+    )
+    .join("\n");
+
 const nft = (vnis: number[]): Call => ({ argv: ["nft", "-f", "-"], stdin: renderNft(vnis) });
 const ipb = (stdin: string): Call => ({ argv: ["ip", "-batch", "-"], stdin });
 /** The firewall of a host whose kernel has nftables' inet family (the probe is not run). */
@@ -119,10 +134,17 @@ describe("IpsecDataplane.sync", () => {
 
   it("an install that fails is flushed, reported per peer, and retried until it works", async () => {
     let fail = 2;
+    // What the failed batch left: C's first inbound state (its second failed), and B's pair.
+    const left = [
+      { src: C, dst: A, spi: spi(C, A, 1) },
+      ...K1.map((k) => ({ src: B, dst: A, spi: spi(B, A, k.tag) })),
+      { src: A, dst: B, spi: spi(A, B, 2) },
+    ];
     const r = recorder((c) => {
       if (c.stdin?.includes(`xfrm state add src ${C} dst ${A}`) && fail-- > 0) {
         return { code: 1, stderr: "Error: Requested AEAD algorithm not found.\nCommand failed -:1\n" };
       }
+      if (c.argv.join(" ") === "ip xfrm state list reqid 0x0053484c") return { stdout: stateText(left) };
       return undefined;
     });
     const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner), retryMs: 20 });
@@ -130,13 +152,14 @@ describe("IpsecDataplane.sync", () => {
       await ip.sync({ keys: K1, networks: [{ vni: 7, remotes: [B, C] }] });
       const calls = r.take();
       expect(calls.slice(0, 3)).toEqual([nft([7]), ipb(renderInstall(A, [B], K1)), ipb(renderInstall(A, [C], K1))]);
-      // The half-installed pair is flushed: its policy and every shoal state in both directions.
-      expect(calls[3]).toEqual({
+      // The half-installed pair is flushed: its policy and every shoal state in both directions, each by its
+      // SPI as the kernel lists them (one batch carries out only its first `deleteall`); B's pair stays.
+      expect(calls[3]).toEqual({ argv: ["ip", "xfrm", "state", "list", "reqid", "0x0053484c"] });
+      expect(calls[4]).toEqual({
         argv: ["ip", "-force", "-batch", "-"],
         stdin:
           `xfrm policy delete src ${A}/32 dst ${C}/32 proto udp dport 4789 dir out mark 0x0053484c\n` +
-          `xfrm state deleteall src ${A} dst ${C} reqid 0x0053484c\n` +
-          `xfrm state deleteall src ${C} dst ${A} reqid 0x0053484c\n`,
+          `xfrm state delete src ${C} dst ${A} proto esp spi 0x${spi(C, A, 1).toString(16).padStart(8, "0")}\n`,
       });
       const st = ip.status().peers;
       expect(st[0]).toEqual({ ip: B, installed: true });
@@ -161,6 +184,14 @@ describe("IpsecDataplane.sync", () => {
         failMove = false;
         return { code: 2, stderr: "Error: something broke.\n" };
       }
+      // Half way: K1's inbound states, K2's new one, K1's outbound state.
+      if (c.argv.join(" ") === "ip xfrm state list reqid 0x0053484c")
+        return {
+          stdout: stateText([
+            ...[1, 2, 3, 4].map((t) => ({ src: B, dst: A, spi: spi(B, A, t) })),
+            { src: A, dst: B, spi: spi(A, B, 2) },
+          ]),
+        };
       return undefined;
     });
     const ip = new IpsecDataplane({ localAddr: A, runner: r.runner, firewall: nftables(r.runner) });
@@ -172,13 +203,16 @@ describe("IpsecDataplane.sync", () => {
     expect(calls.map((c) => c.argv.join(" "))).toEqual([
       "ip -batch -",
       "ip -batch -",
+      "ip xfrm state list reqid 0x0053484c",
       "ip -force -batch -",
       "ip -batch -",
     ]);
     expect(calls[0]!.stdin).toBe(add);
     expect(calls[1]!.stdin).toBe(move);
-    expect(calls[2]!.stdin).toContain(`xfrm state deleteall src ${B} dst ${A}`);
-    expect(calls[3]!.stdin).toBe(renderInstall(A, [B], K2));
+    // Every state of the pair goes, by its SPI: all 4 inbound, the outbound one.
+    expect(calls[3]!.stdin!.match(/^xfrm state delete src /gm)).toHaveLength(5);
+    expect(calls[3]!.stdin).toContain(`xfrm state delete src ${A} dst ${B} proto esp spi`);
+    expect(calls[4]!.stdin).toBe(renderInstall(A, [B], K2));
     expect(ip.status()).toMatchObject({ keyTags: [2, 3, 4], peers: [{ ip: B, installed: true }] });
   });
 
@@ -245,21 +279,6 @@ describe("IpsecDataplane.sync", () => {
 });
 
 describe("reading the kernel back", () => {
-  // iproute2's `ip xfrm state list` layout (ipxfrm.c): header line, then the id line; keys follow.
-  const stateText = (states: { src: string; dst: string; spi: number }[]) =>
-    states
-      .map((s) =>
-        [
-          `src ${s.src} dst ${s.dst}`,
-          `\tproto esp spi 0x${s.spi.toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
-          "\treplay-window 0 ",
-          `\taead rfc4106(gcm(aes)) 0x${"ab".repeat(20)} 128`,
-          "\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000",
-          "\tsel src 0.0.0.0/0 dst 0.0.0.0/0 ",
-        ].join("\n"),
-      )
-      .join("\n");
-
   it("parses states (never reading the key line) and policies", () => {
     expect(parseXfrmStates(stateText([{ src: B, dst: A, spi: 0x1234 }]))).toEqual([
       { src: B, dst: A, spi: 0x1234, reqid: 5457996 },
@@ -362,7 +381,7 @@ describe("reading the kernel back", () => {
     expect(r.take()).toEqual([
       { argv: ["ip", "xfrm", "state", "list", "reqid", "0x0053484c"] },
       { argv: ["ip", "xfrm", "policy", "list"] },
-      { argv: ["ip", "-force", "-batch", "-"], stdin: renderFlush(A, [C, D], { port: 4789 }) },
+      { argv: ["ip", "-force", "-batch", "-"], stdin: renderFlush(A, [C, D], all, { port: 4789 }) },
       ipb(renderInstall(A, [C], K2)),
     ]);
     expect(ip.status()).toEqual({
