@@ -20,7 +20,7 @@ import type { Logger } from "pino";
 import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
 import { type Container, noSuchContainer } from "./container.js";
 import { type Containerd, SNAPSHOTTER } from "./containerd/client.js";
-import { TaskClient } from "./containerd/tasks.js";
+import { FifoPool, TaskClient } from "./containerd/tasks.js";
 import { type ContainerSpec, HOST_IMAGE, type ImageForRun, specFromRequest } from "./create.js";
 import { Execs } from "./exec.js";
 import { familiarName, fullName, parseReference } from "./images/reference.js";
@@ -103,6 +103,9 @@ export interface ContainerRuntimeOptions {
   logger: Logger;
 }
 
+/** The FIFO pool's directory in stateDir (beside the containers' directories: a rename moves a FIFO in). */
+const FIFO_POOL_DIR = "fifo-pool";
+
 /** The host image: the host's root file system, read-only; its config is empty (PATH only). */
 const HOST_IMAGE_FOR_RUN = { id: "", rootfs: "host" as const, config: {}, topChainId: "" };
 
@@ -117,6 +120,8 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly lifecycle: Lifecycle;
   private readonly execs: Execs;
   private readonly recovery: Recovery;
+  /** The FIFOs of containers' and exec'd processes' stdio, made ahead (a process each batch, not each start). */
+  private readonly fifos: FifoPool;
   private readonly log: Logger;
 
   private readonly adoptNetworked: boolean;
@@ -131,8 +136,15 @@ export class ContainerRuntime implements ContainerBackend {
     this.tasks = new TaskClient(opts.containerd, log, join(opts.execRoot, "runtime-runc"));
     this.table = new ContainerTable(opts.stateDir, log);
     this.networks = new ContainerNetworks(opts.attacher, this.table, opts.execRoot, log);
-    this.execs = new Execs(this.table, this.tasks, (c, user) => this.userOf(c, user || c.rec.config.User), log);
-    const launcher = new Launcher(this.tasks, log);
+    this.fifos = new FifoPool(join(opts.stateDir, FIFO_POOL_DIR), log);
+    this.execs = new Execs(
+      this.table,
+      this.tasks,
+      (c, user) => this.userOf(c, user || c.rec.config.User),
+      log,
+      this.fifos.make,
+    );
+    const launcher = new Launcher(this.tasks, log, this.fifos.make);
     this.lifecycle = new Lifecycle({
       table: this.table,
       networks: this.networks,
@@ -321,6 +333,7 @@ export class ContainerRuntime implements ContainerBackend {
 
   /** Loads what a previous daemon left and brings it in line (recovery.ts). */
   reconcile(): Promise<void> {
+    this.fifos.open();
     return this.recovery.reconcile();
   }
 
