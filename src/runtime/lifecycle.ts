@@ -61,10 +61,16 @@ export class Lifecycle {
     const c = new Container(rec, join(this.table.stateDir, rec.id));
     // The name is taken from here on (before any await), so two creates cannot both get it.
     this.table.add(c);
+    // Its network namespace is made meanwhile, for the start (networks.ts prepare).
+    this.d.networks.prepare(c);
     try {
       await mkdir(c.dir, { recursive: true, mode: 0o700 });
-      if (image.rootfs === "snapshot") await this.d.tasks.prepareRootfs(c.id, image.topChainId);
-      await this.table.persist(c);
+      // The root file system and state.json at once: a failure of either undoes both.
+      const made = await Promise.allSettled([
+        image.rootfs === "snapshot" ? this.d.tasks.prepareRootfs(c.id, image.topChainId) : undefined,
+        this.table.persist(c),
+      ]);
+      for (const r of made) if (r.status === "rejected") throw r.reason;
     } catch (err) {
       this.table.delete(c.id);
       await this.undoCreate(c);
@@ -75,6 +81,7 @@ export class Lifecycle {
   }
 
   private async undoCreate(c: Container): Promise<void> {
+    await this.d.networks.release(c, "a failed create");
     try {
       await this.d.tasks.removeRootfs(c.id);
       await rm(c.dir, { recursive: true, force: true });

@@ -352,6 +352,15 @@ export class ContainerRuntime implements ContainerBackend {
           .catch((err: unknown) => this.log.warn({ err, id: c.id }, "could not stop a container at shutdown")),
       ),
     );
+    // Namespaces made ahead for starts that will not come now go (the next daemon would find them stale).
+    const ahead = this.table.live().filter((c) => c.netnsAhead);
+    await Promise.all(
+      ahead.map((c) =>
+        c.locked(async () => {
+          if (!c.running) await this.networks.release(c, "the daemon's shutdown");
+        }),
+      ),
+    );
     this.cd.close();
   }
 
