@@ -111,7 +111,9 @@ export class FifoPool {
         }
         // rename replaces a FIFO a previous run left at `p`, as mkfifos does.
         await rename(f, p).catch((err: unknown) => {
+          // Its directory went, or is on another file system: the pool is made again (the others would fail too).
           this.log.debug({ err, fifo: f, path: p }, "a FIFO of the pool could not be moved: making one");
+          this.free = [];
           missing.push(p);
         });
       }),
@@ -123,7 +125,8 @@ export class FifoPool {
   private refill(): void {
     if (!this.dirMade || this.filling || this.free.length >= POOL_LOW) return;
     const names = Array.from({ length: POOL_BATCH }, () => join(this.dir, `fifo-${++this.seq}`));
-    this.filling = mkfifos(names)
+    this.filling = mkdir(this.dir, { recursive: true, mode: 0o700 })
+      .then(() => mkfifos(names))
       .then(() => {
         this.free.push(...names);
       })
