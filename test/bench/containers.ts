@@ -15,7 +15,8 @@
 // 2. Pull. An image of ~M MB (busybox and a layer of random bytes) from h2's registry: `docker pull` against
 //    h1 (download, verify, unpack) against `skopeo copy` of the same image from the same registry into an OCI
 //    directory (download and verify; no unpack), both run in h1's network namespace. Rounds alternate; the
-//    figure is the median.
+//    figure is the median. Beside them, containerd's own client (`ctr images pull`: download, verify,
+//    unpack, in a containerd namespace of its own on h1's containerd): what containerd costs for that work.
 //
 // Output: a table on stdout and bench-results/containers.json (all samples).
 
@@ -212,6 +213,11 @@ async function main(): Promise<void> {
     // 2. pull
     const dockerPull: number[] = [];
     const skopeo: number[] = [];
+    const ctrPull: number[] = [];
+    const sock = join(h1.execRoot, "containerd", "containerd.sock");
+    // containerd's own client in a namespace of its own (what containerd costs for the same work as shoal's).
+    const ctr = (...args: string[]) =>
+      lab.exec(h1, ["ctr", "-a", sock, "-n", "bench-ctr", ...args], { timeoutMs: 300_000 });
     for (let r = 0; r < rounds; r++) {
       await docker("rmi", "-f", `${reg}/bench/big:latest`).catch(() => undefined);
       dockerPull.push(await timed(() => docker("pull", `${reg}/bench/big:latest`)));
@@ -223,8 +229,11 @@ async function main(): Promise<void> {
           }),
         ),
       );
+      await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
+      ctrPull.push(await timed(() => ctr("images", "pull", "--plain-http", `${reg}/bench/big:latest`)));
     }
-    results.pull = { docker: dockerPull, skopeo, mb: pullMb };
+    await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
+    results.pull = { docker: dockerPull, skopeo, ctr: ctrPull, mb: pullMb };
 
     const line = (name: string, xs: number[], base?: number[]): string =>
       `${name.padEnd(38)} p50 ${percentile(xs, 50).toFixed(1).padStart(7)} ms   p99 ${percentile(xs, 99).toFixed(1).padStart(7)} ms${
@@ -244,7 +253,10 @@ async function main(): Promise<void> {
       `${"skopeo copy (download+verify)".padEnd(38)} ${percentile(skopeo, 50).toFixed(0).padStart(7)} ms\n`,
     );
     process.stdout.write(
-      `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}\n`,
+      `${"ctr images pull (download+verify+unpack)".padEnd(38)} ${percentile(ctrPull, 50).toFixed(0).padStart(7)} ms\n`,
+    );
+    process.stdout.write(
+      `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}, / ctr: ${(percentile(dockerPull, 50) / percentile(ctrPull, 50)).toFixed(2)}\n`,
     );
     const outDir = join(HERE, "..", "..", "..", "bench-results");
     mkdirSync(outDir, { recursive: true });
