@@ -158,6 +158,8 @@ export class Container {
   /** Input written by attached clients before the process was there (and whether it ended). */
   pendingStdin: Buffer[] = [];
   pendingStdinEnd = false;
+  /** Its network namespace, being made ahead of its first start (networks.ts prepare): true once made. */
+  netnsAhead: Promise<boolean> | undefined;
   constructor(
     public rec: ContainerRecord,
     readonly dir: string,

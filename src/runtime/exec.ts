@@ -5,7 +5,15 @@ import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { streamDone, within } from "./async.js";
 import { type Container, newId, noSuchContainer } from "./container.js";
-import { endInput, fifoPaths, openFifos, removeFifos, type TaskClient } from "./containerd/tasks.js";
+import {
+  endInput,
+  fifoPaths,
+  type MakeFifos,
+  mkfifos,
+  openFifos,
+  removeFifos,
+  type TaskClient,
+} from "./containerd/tasks.js";
 import { DRAIN_MS, launchErrorOf } from "./launch.js";
 import { type ProcessUser, processSpec } from "./spec.js";
 import type { ContainerTable } from "./table.js";
@@ -42,6 +50,7 @@ export class Execs {
     /** The user a process runs as: `user` ("" for the container's own) resolved in the container. */
     private readonly userOf: (c: Container, user: string) => Promise<ProcessUser>,
     private readonly log: Logger,
+    private readonly makeFifos: MakeFifos = mkfifos,
   ) {}
 
   async create(ref: string, req: ExecCreateRequest): Promise<string> {
@@ -129,7 +138,7 @@ export class Execs {
     e.running = true;
     const processId = `exec-${e.id.slice(0, 12)}`;
     const paths = fifoPaths(c.dir, processId, { stdin: e.attachStdin, tty: e.tty });
-    const fifos = await openFifos(paths, true);
+    const fifos = await openFifos(paths, true, this.makeFifos);
     try {
       const user = await this.userOf(c, e.user);
       const spec = processSpec({ args: e.cmd, env: e.env, cwd: e.workingDir, user, terminal: e.tty });

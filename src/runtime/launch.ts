@@ -9,7 +9,15 @@ import { ApiError } from "../api/errors.js";
 import { delay, streamDone, within } from "./async.js";
 import type { Container, Running } from "./container.js";
 import { ContainerdError } from "./containerd/client.js";
-import { endInput, fifoPaths, type OpenFifos, openFifos, type TaskClient } from "./containerd/tasks.js";
+import {
+  endInput,
+  fifoPaths,
+  type MakeFifos,
+  mkfifos,
+  type OpenFifos,
+  openFifos,
+  type TaskClient,
+} from "./containerd/tasks.js";
 import { JsonLogWriter } from "./jsonlog.js";
 import { containerSpec, type ProcessUser } from "./spec.js";
 
@@ -56,6 +64,8 @@ export class Launcher {
   constructor(
     private readonly tasks: TaskClient,
     private readonly log: Logger,
+    /** How a start makes its FIFOs (ContainerRuntime: from a FifoPool). */
+    private readonly makeFifos: MakeFifos = mkfifos,
   ) {}
 
   /** Starts the container's process in `netnsPath` (null: the host's network); resolves once it runs. */
@@ -63,7 +73,7 @@ export class Launcher {
     const rec = c.rec;
     const tty = rec.config.Tty;
     const paths = fifoPaths(c.dir, "init", { stdin: rec.config.OpenStdin, tty });
-    const fifos = await openFifos(paths, true);
+    const fifos = await openFifos(paths, true, this.makeFifos);
     const hostImage = rec.image.rootfs === "host";
     const spec = containerSpec({
       id: rec.id,

@@ -9,6 +9,7 @@ import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { delay, within } from "./async.js";
 import { Container, errMessage, noSuchContainer, ZERO_TIME } from "./container.js";
+import { isNotFound } from "./containerd/client.js";
 import type { TaskClient } from "./containerd/tasks.js";
 import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
@@ -25,13 +26,16 @@ const KILL_WAIT_MS = 30_000;
 const RESTART_FIRST_MS = 100;
 const RESTART_MAX_MS = 60_000;
 
+/** An image to create a container from: its top snapshot, and how to unpack it when that is not there. */
+export type RunImage = ImageForRun & { topChainId: string; unpack(): Promise<void> };
+
 export interface LifecycleDeps {
   table: ContainerTable;
   networks: ContainerNetworks;
   launcher: Launcher;
   tasks: TaskClient;
   /** The image a container is created from (404 "No such image" when it is not here). */
-  imageForRun(ref: string): Promise<ImageForRun & { topChainId: string }>;
+  imageForRun(ref: string): Promise<RunImage>;
   /** The user a container's process runs as. */
   userOf(c: Container): Promise<ProcessUser>;
   /** Called when a container is removed (its exec instances go with it). */
@@ -61,10 +65,16 @@ export class Lifecycle {
     const c = new Container(rec, join(this.table.stateDir, rec.id));
     // The name is taken from here on (before any await), so two creates cannot both get it.
     this.table.add(c);
+    // Its network namespace is made meanwhile, for the start (networks.ts prepare).
+    this.d.networks.prepare(c);
     try {
       await mkdir(c.dir, { recursive: true, mode: 0o700 });
-      if (image.rootfs === "snapshot") await this.d.tasks.prepareRootfs(c.id, image.topChainId);
-      await this.table.persist(c);
+      // The root file system and state.json at once: a failure of either undoes both.
+      const made = await Promise.allSettled([
+        image.rootfs === "snapshot" ? this.prepareRootfs(c, image) : undefined,
+        this.table.persist(c),
+      ]);
+      for (const r of made) if (r.status === "rejected") throw r.reason;
     } catch (err) {
       this.table.delete(c.id);
       await this.undoCreate(c);
@@ -74,7 +84,19 @@ export class Lifecycle {
     return c.id;
   }
 
+  /** The root file system on the image's top snapshot; the image unpacked first if containerd has not that. */
+  private async prepareRootfs(c: Container, image: RunImage): Promise<void> {
+    try {
+      await this.d.tasks.prepareRootfs(c.id, image.topChainId);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      await image.unpack();
+      await this.d.tasks.prepareRootfs(c.id, image.topChainId);
+    }
+  }
+
   private async undoCreate(c: Container): Promise<void> {
+    await this.d.networks.release(c, "a failed create");
     try {
       await this.d.tasks.removeRootfs(c.id);
       await rm(c.dir, { recursive: true, force: true });

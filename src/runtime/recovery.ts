@@ -88,7 +88,8 @@ export class Recovery {
     for (const n of await namesIn(this.d.networks.netnsDir)) {
       if (!CONTAINER_NETNS_RE.test(n)) continue;
       const owner = this.table.live().find((c) => c.id.startsWith(n));
-      if (owner?.running) continue;
+      // A running container's, or one made ahead for a container's first start.
+      if (owner?.running || owner?.netnsAhead) continue;
       const path = join(this.d.networks.netnsDir, n);
       this.log.info({ path }, "removing a network namespace left by a container that is not running");
       await deleteNetns(path).catch((err: unknown) =>

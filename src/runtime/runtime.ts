@@ -20,14 +20,14 @@ import type { Logger } from "pino";
 import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
 import { type Container, noSuchContainer } from "./container.js";
 import { type Containerd, SNAPSHOTTER } from "./containerd/client.js";
-import { TaskClient } from "./containerd/tasks.js";
-import { type ContainerSpec, HOST_IMAGE, type ImageForRun, specFromRequest } from "./create.js";
+import { FifoPool, TaskClient } from "./containerd/tasks.js";
+import { type ContainerSpec, HOST_IMAGE, specFromRequest } from "./create.js";
 import { Execs } from "./exec.js";
 import { familiarName, fullName, parseReference } from "./images/reference.js";
 import { ImageService } from "./images/service.js";
 import { ImageStore, type ResolvedImage } from "./images/store.js";
 import { Launcher } from "./launch.js";
-import { Lifecycle } from "./lifecycle.js";
+import { Lifecycle, type RunImage } from "./lifecycle.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { hasEndpoints, Recovery } from "./recovery.js";
@@ -97,8 +97,17 @@ export interface ContainerRuntimeOptions {
   logger: Logger;
 }
 
+/** The FIFO pool's directory in stateDir (beside the containers' directories: a rename moves a FIFO in). */
+const FIFO_POOL_DIR = "fifo-pool";
+
 /** The host image: the host's root file system, read-only; its config is empty (PATH only). */
-const HOST_IMAGE_FOR_RUN = { id: "", rootfs: "host" as const, config: {}, topChainId: "" };
+const HOST_IMAGE_FOR_RUN = {
+  id: "",
+  rootfs: "host" as const,
+  config: {},
+  topChainId: "",
+  unpack: async () => undefined,
+};
 
 export class ContainerRuntime implements ContainerBackend {
   readonly images: ImageStore;
@@ -111,6 +120,8 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly lifecycle: Lifecycle;
   private readonly execs: Execs;
   private readonly recovery: Recovery;
+  /** The FIFOs of containers' and exec'd processes' stdio, made ahead (a process each batch, not each start). */
+  private readonly fifos: FifoPool;
   private readonly log: Logger;
 
   constructor(opts: ContainerRuntimeOptions) {
@@ -122,8 +133,15 @@ export class ContainerRuntime implements ContainerBackend {
     this.tasks = new TaskClient(opts.containerd, log, join(opts.execRoot, "runtime-runc"));
     this.table = new ContainerTable(opts.stateDir, log);
     this.networks = new ContainerNetworks(opts.attacher, this.table, opts.execRoot, log);
-    this.execs = new Execs(this.table, this.tasks, (c, user) => this.userOf(c, user || c.rec.config.User), log);
-    const launcher = new Launcher(this.tasks, log);
+    this.fifos = new FifoPool(join(opts.stateDir, FIFO_POOL_DIR), log);
+    this.execs = new Execs(
+      this.table,
+      this.tasks,
+      (c, user) => this.userOf(c, user || c.rec.config.User),
+      log,
+      this.fifos.make,
+    );
+    const launcher = new Launcher(this.tasks, log, this.fifos.make);
     this.lifecycle = new Lifecycle({
       table: this.table,
       networks: this.networks,
@@ -151,8 +169,12 @@ export class ContainerRuntime implements ContainerBackend {
     return rt;
   }
 
-  /** The image a container is created from, unpacked (404 in docker's words when it is not here). */
-  private async imageForRun(ref: string): Promise<ImageForRun & { topChainId: string }> {
+  /**
+   * The image a container is created from (404 in docker's words when it is not here), and how to unpack it:
+   * the create prepares its root file system on the image's top snapshot and unpacks only when containerd
+   * says that is not there (a round trip less for every create of an unpacked image).
+   */
+  private async imageForRun(ref: string): Promise<RunImage> {
     if (ref === HOST_IMAGE || ref === `${HOST_IMAGE}:latest`) return { ...HOST_IMAGE_FOR_RUN, name: ref };
     if (ref === "") throw badRequest("No image specified: use an image name (docker run IMAGE)");
     let img: ResolvedImage;
@@ -162,15 +184,23 @@ export class ContainerRuntime implements ContainerBackend {
       if (err instanceof ApiError && err.status === 404) throw notFound(`No such image: ${displayRef(ref)}`);
       throw err;
     }
-    if (!(await this.images.unpacked(img))) {
+    const unpack = async (): Promise<void> => {
+      if (await this.images.unpacked(img)) return;
       const lease = await this.images.lease();
       try {
         await this.images.unpack(img.manifest, img.config, lease.id);
       } finally {
         await lease.done();
       }
-    }
-    return { name: ref, id: img.id, rootfs: "snapshot", config: img.config.config ?? {}, topChainId: img.topChainId };
+    };
+    return {
+      name: ref,
+      id: img.id,
+      rootfs: "snapshot",
+      config: img.config.config ?? {},
+      topChainId: img.topChainId,
+      unpack,
+    };
   }
 
   /** A user spec resolved in the container's root file system (the host's, or its snapshot's layers). */
@@ -311,6 +341,7 @@ export class ContainerRuntime implements ContainerBackend {
 
   /** Loads what a previous daemon left and brings it in line (recovery.ts). */
   reconcile(): Promise<void> {
+    this.fifos.open();
     return this.recovery.reconcile();
   }
 
@@ -328,6 +359,15 @@ export class ContainerRuntime implements ContainerBackend {
         this.lifecycle
           .stop(c.id, timeoutSecs === undefined ? {} : { timeout: timeoutSecs }, false)
           .catch((err: unknown) => this.log.warn({ err, id: c.id }, "could not stop a container at shutdown")),
+      ),
+    );
+    // Namespaces made ahead for starts that will not come now go (the next daemon would find them stale).
+    const ahead = this.table.live().filter((c) => c.netnsAhead);
+    await Promise.all(
+      ahead.map((c) =>
+        c.locked(async () => {
+          if (!c.running) await this.networks.release(c, "the daemon's shutdown");
+        }),
       ),
     );
     this.cd.close();

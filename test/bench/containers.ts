@@ -15,7 +15,8 @@
 // 2. Pull. An image of ~M MB (busybox and a layer of random bytes) from h2's registry: `docker pull` against
 //    h1 (download, verify, unpack) against `skopeo copy` of the same image from the same registry into an OCI
 //    directory (download and verify; no unpack), both run in h1's network namespace. Rounds alternate; the
-//    figure is the median.
+//    figure is the median. Beside them, containerd's own client (`ctr images pull`: download, verify,
+//    unpack, in a containerd namespace of its own on h1's containerd): what containerd costs for that work.
 //
 // Output: a table on stdout and bench-results/containers.json (all samples).
 
@@ -29,7 +30,7 @@ import { promisify } from "node:util";
 import { buildImage, ociArchive, randomLayer } from "../../deploy/busybox-image.js";
 import { Lab, type LabHost } from "../../deploy/lab.js";
 import { Containerd } from "../../src/runtime/containerd/client.js";
-import { fifoPaths, openFifos, TaskClient } from "../../src/runtime/containerd/tasks.js";
+import { fifoPaths, mkfifos, openFifos, TaskClient } from "../../src/runtime/containerd/tasks.js";
 import { containerSpec } from "../../src/runtime/spec.js";
 
 const execFileP = promisify(execFile);
@@ -71,13 +72,21 @@ async function timed(f: () => Promise<unknown>): Promise<number> {
   return performance.now() - t;
 }
 
-/** One create+start through containerd's API, as shoal's runtime does it but with no networking. */
-async function floorRun(tasks: TaskClient, dir: string, id: string, topChain: string): Promise<void> {
+/**
+ * One create+start through containerd's API, as shoal's runtime does it but with no networking; resolves to
+ * its duration. Its FIFOs are made before the clock starts: a Go client of containerd makes one with a
+ * system call (mkfifo(2)), Node only with a process (mkfifo(1), ~10 ms each), and the floor is what
+ * containerd costs, not what a process costs.
+ */
+async function floorRun(tasks: TaskClient, dir: string, id: string, topChain: string): Promise<number> {
   const cdir = join(dir, id);
   mkdirSync(cdir, { recursive: true });
-  await tasks.prepareRootfs(id, topChain);
   const paths = fifoPaths(cdir, "init", { stdin: false, tty: false });
-  const fifos = await openFifos(paths, true);
+  await mkfifos([paths.stdout, paths.stderr]);
+  const t = performance.now();
+  await tasks.prepareRootfs(id, topChain);
+  // Opened as a start opens new FIFOs (shoald holding a writer until the shim has its ends), made already.
+  const fifos = await openFifos(paths, true, async () => undefined);
   const spec = containerSpec({
     id,
     dir: cdir,
@@ -94,8 +103,10 @@ async function floorRun(tasks: TaskClient, dir: string, id: string, topChain: st
     readonlyRootfs: false,
   });
   await tasks.start(id, spec, "snapshot", paths, false, {});
+  const ms = performance.now() - t;
   fifos.release();
   fifos.close();
+  return ms;
 }
 
 /** Kills and removes the floor's tasks, containers and snapshots (also those a failed run left half made). */
@@ -190,7 +201,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < n; i++) {
         const id = `floor-${String(i).padStart(58, "0")}`;
         floorIds.push(id);
-        floor.push(await timed(() => floorRun(tasks, floorDir, id, topChain)));
+        floor.push(await floorRun(tasks, floorDir, id, topChain));
       }
     } finally {
       // The lab's cleanup knows shoal's containers only: the floor's go here, whatever happened.
@@ -202,6 +213,11 @@ async function main(): Promise<void> {
     // 2. pull
     const dockerPull: number[] = [];
     const skopeo: number[] = [];
+    const ctrPull: number[] = [];
+    const sock = join(h1.execRoot, "containerd", "containerd.sock");
+    // containerd's own client in a namespace of its own (what containerd costs for the same work as shoal's).
+    const ctr = (...args: string[]) =>
+      lab.exec(h1, ["ctr", "-a", sock, "-n", "bench-ctr", ...args], { timeoutMs: 300_000 });
     for (let r = 0; r < rounds; r++) {
       await docker("rmi", "-f", `${reg}/bench/big:latest`).catch(() => undefined);
       dockerPull.push(await timed(() => docker("pull", `${reg}/bench/big:latest`)));
@@ -213,8 +229,11 @@ async function main(): Promise<void> {
           }),
         ),
       );
+      await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
+      ctrPull.push(await timed(() => ctr("images", "pull", "--plain-http", `${reg}/bench/big:latest`)));
     }
-    results.pull = { docker: dockerPull, skopeo, mb: pullMb };
+    await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
+    results.pull = { docker: dockerPull, skopeo, ctr: ctrPull, mb: pullMb };
 
     const line = (name: string, xs: number[], base?: number[]): string =>
       `${name.padEnd(38)} p50 ${percentile(xs, 50).toFixed(1).padStart(7)} ms   p99 ${percentile(xs, 99).toFixed(1).padStart(7)} ms${
@@ -234,7 +253,10 @@ async function main(): Promise<void> {
       `${"skopeo copy (download+verify)".padEnd(38)} ${percentile(skopeo, 50).toFixed(0).padStart(7)} ms\n`,
     );
     process.stdout.write(
-      `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}\n`,
+      `${"ctr images pull (download+verify+unpack)".padEnd(38)} ${percentile(ctrPull, 50).toFixed(0).padStart(7)} ms\n`,
+    );
+    process.stdout.write(
+      `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}, / ctr: ${(percentile(dockerPull, 50) / percentile(ctrPull, 50)).toFixed(2)}\n`,
     );
     const outDir = join(HERE, "..", "..", "..", "bench-results");
     mkdirSync(outDir, { recursive: true });

@@ -17,6 +17,7 @@ import { buildImage, dockerArchive, ociArchive, randomLayer } from "../../deploy
 import { createRootCA } from "../../src/ca/rootca.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { SwarmBackend } from "../../src/engine/types.js";
+import { SNAPSHOTTER } from "../../src/runtime/containerd/client.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
 import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
@@ -269,6 +270,19 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     const ro = await docker("run", "--rm", "-v", `${dir}:/mnt/host:ro`, "busybox", "touch", "/mnt/host/x");
     expect(ro.code).toBe(1);
     expect(ro.stderr).toContain("Read-only file system");
+  });
+
+  test("docker run of an image whose unpacked layers are gone unpacks it again", async () => {
+    ok(await docker("load", "-i", join(dir, "busybox.tar")));
+    // The image's committed snapshot (one layer: its chain id is its diff id) removed behind shoal's back.
+    const layers = JSON.parse(ok(await docker("image", "inspect", "busybox")).stdout)[0].RootFS.Layers as string[];
+    expect(layers).toHaveLength(1);
+    const c = cd.containerd;
+    await c.call(c.snapshots, c.snapshots.remove, { snapshotter: SNAPSHOTTER, key: layers[0]! });
+    await expect(c.call(c.snapshots, c.snapshots.stat, { snapshotter: SNAPSHOTTER, key: layers[0]! })).rejects.toThrow(
+      /not found/,
+    );
+    expect(ok(await docker("run", "--rm", "busybox", "echo", "unpacked again")).stdout).toBe("unpacked again\n");
   });
 
   test("a missing image is pulled from the registry first, in docker's words; pull shows progress", async () => {

@@ -27,6 +27,9 @@ import {
   VethAttacher,
 } from "./runtime-fixtures.js";
 
+/** What containers left in a state directory (the FIFO pool there is the runtime's own). */
+const containerDirs = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => n !== "fifo-pool");
+
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
 let dir: string;
@@ -213,7 +216,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
 
     await rt.containerRemove("c1", { force: false });
     await expectApiError(rt.containerInspect("c1"), 404, "No such container: c1");
-    expect(await readdir(stateDir)).toEqual([]);
+    expect(await containerDirs(stateDir)).toEqual([]);
   });
 
   test("output goes to the log by stream; wait sees the exit code; a stop signal handler exits at once", async () => {
@@ -451,6 +454,6 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
     expect(await rt2.containerNetnsFiles()).toEqual([]);
     await rt2.containerRemove("wired", { force: false });
     await rt2.containerRemove("orphan", { force: false });
-    expect(await readdir(stateDir)).toEqual([]);
+    expect(await containerDirs(stateDir)).toEqual([]);
   });
 });

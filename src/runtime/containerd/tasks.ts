@@ -4,14 +4,14 @@
 // runs a task outlives containerd and shoald: a shoald that restarts reattaches to the FIFOs and waits again.
 
 import { closeSync, constants as fsConstants, openSync } from "node:fs";
-import { rm } from "node:fs/promises";
+import { mkdir, rename, rm } from "node:fs/promises";
 import { Socket } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { Options as RuncOptions } from "../../gen/containerd/runc_options.js";
 import { Status } from "../../gen/containerd/task_types.js";
 import { runCommand } from "../sandbox.js";
-import { type Containerd, ContainerdError, isNotFound, RUNTIME, SNAPSHOTTER } from "./client.js";
+import { type Containerd, ContainerdError, isAlreadyExists, isNotFound, RUNTIME, SNAPSHOTTER } from "./client.js";
 
 /** The type URL containerd and the runc shim know runc's options by (their registered message name). */
 const RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options";
@@ -45,10 +45,98 @@ export interface OpenFifos {
   close(): void;
 }
 
-async function mkfifo(path: string): Promise<void> {
-  await rm(path, { force: true });
-  const r = await runCommand(["mkfifo", "-m", "600", path]);
-  if (r.code !== 0) throw new Error(`mkfifo ${path} exited with code ${r.code}: ${r.stderr.trim()}`);
+/** Makes FIFOs at `paths` (mode 600), replacing what is there. */
+export type MakeFifos = (paths: string[]) => Promise<void>;
+
+/** One mkfifo for all of `paths`: Node cannot make a FIFO itself, and every process costs ~10 ms. */
+export const mkfifos: MakeFifos = async (paths) => {
+  if (paths.length === 0) return;
+  await Promise.all(paths.map((p) => rm(p, { force: true })));
+  const r = await runCommand(["mkfifo", "-m", "600", ...paths]);
+  if (r.code !== 0) throw new Error(`mkfifo ${paths.join(" ")} exited with code ${r.code}: ${r.stderr.trim()}`);
+};
+
+/** How many FIFOs a pool makes at once, and how few it may hold before it makes more. */
+const POOL_BATCH = 32;
+const POOL_LOW = 12;
+
+/**
+ * FIFOs made ahead of need, a batch per mkfifo, in a directory on the file system of the containers'
+ * directories: a start takes its FIFOs by renaming them into place (no process on its way). When the
+ * pool is empty (or a rename fails: another file system), the FIFOs are made there and then.
+ */
+export class FifoPool {
+  private free: string[] = [];
+  private filling: Promise<void> | undefined;
+  private seq = 0;
+  private opened: Promise<void> | undefined;
+  private dirMade = false;
+
+  constructor(
+    private readonly dir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Drops what a previous daemon left in the pool's directory, and makes the first batch, in the background
+   * (once; until then, and if the directory cannot be made, starts make their own FIFOs).
+   */
+  open(): void {
+    this.opened ??= (async () => {
+      await rm(this.dir, { recursive: true, force: true });
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    })().then(
+      () => {
+        this.dirMade = true;
+        this.refill();
+      },
+      (err: unknown) => this.log.warn({ err, dir: this.dir }, "no FIFO pool: every start makes its own FIFOs"),
+    );
+  }
+
+  /** Resolves once the pool's directory is made (a test waits for it). */
+  async ready(): Promise<void> {
+    await this.opened;
+    await this.filling;
+  }
+
+  readonly make: MakeFifos = async (paths) => {
+    const missing: string[] = [];
+    await Promise.all(
+      paths.map(async (p) => {
+        const f = this.free.pop();
+        if (f === undefined) {
+          missing.push(p);
+          return;
+        }
+        // rename replaces a FIFO a previous run left at `p`, as mkfifos does.
+        await rename(f, p).catch((err: unknown) => {
+          // Its directory went, or is on another file system: the pool is made again (the others would fail too).
+          this.log.debug({ err, fifo: f, path: p }, "a FIFO of the pool could not be moved: making one");
+          this.free = [];
+          missing.push(p);
+        });
+      }),
+    );
+    this.refill();
+    await mkfifos(missing);
+  };
+
+  private refill(): void {
+    if (!this.dirMade || this.filling || this.free.length >= POOL_LOW) return;
+    const names = Array.from({ length: POOL_BATCH }, () => join(this.dir, `fifo-${++this.seq}`));
+    this.filling = mkdir(this.dir, { recursive: true, mode: 0o700 })
+      .then(() => mkfifos(names))
+      .then(() => {
+        this.free.push(...names);
+      })
+      .catch((err: unknown) =>
+        this.log.warn({ err, dir: this.dir }, "could not make FIFOs ahead: starts make their own"),
+      )
+      .finally(() => {
+        this.filling = undefined;
+      });
+  }
 }
 
 /** A FIFO's writing end (the reader must be there: the shim's). */
@@ -65,9 +153,9 @@ function writer(path: string): Socket {
  * running process has (a restarted shoald reattaching). Until `release`, shoald holds a writer of its own
  * on each output FIFO, so no reader sees EOF before the shim has opened its end.
  */
-export async function openFifos(paths: FifoPaths, create: boolean): Promise<OpenFifos> {
+export async function openFifos(paths: FifoPaths, create: boolean, make: MakeFifos = mkfifos): Promise<OpenFifos> {
   const outs = [paths.stdout, paths.stderr].filter((p) => p !== "");
-  if (create) for (const p of [...outs, paths.stdin].filter((x) => x !== "")) await mkfifo(p);
+  if (create) await make([...outs, paths.stdin].filter((x) => x !== ""));
   const holders: number[] = [];
   const reader = (path: string): Socket => {
     const fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
@@ -173,7 +261,6 @@ export class TaskClient {
     labels: Record<string, string>,
   ): Promise<number> {
     const cd = this.cd;
-    await this.deleteContainer(id);
     const container = {
       id,
       labels,
@@ -187,7 +274,15 @@ export class TaskClient {
       snapshotKey: rootfs === "snapshot" ? id : "",
       extensions: {},
     };
-    await cd.call(cd.containers, cd.containers.create, { container });
+    try {
+      await cd.call(cd.containers, cd.containers.create, { container });
+    } catch (err) {
+      // One a previous start left (its task deleted, the container not): replaced. Asking first would cost
+      // every start a round trip for what is rare.
+      if (!isAlreadyExists(err)) throw err;
+      await this.deleteContainer(id);
+      await cd.call(cd.containers, cd.containers.create, { container });
+    }
     try {
       const mounts =
         rootfs === "snapshot"

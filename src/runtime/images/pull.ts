@@ -161,15 +161,17 @@ export async function pullImage(
   }
   const lease = await store.lease();
   try {
-    const { bytes: configBytes, config } = await fetchConfig(reg, manifest.config);
-    if (config.rootfs.diff_ids.length !== manifest.layers.length)
-      throw badRequest("the image config and its manifest name different numbers of layers");
-    // Every layer downloads at once; each is unpacked as soon as it and the layers below it are in.
+    // The config and every layer download at once; each layer is unpacked as soon as it and the layers
+    // below it are in (and the config, which names what each unpacks to, is here).
+    const configFetch = fetchConfig(reg, manifest.config);
     const downloads = manifest.layers.map((l) => fetchLayer(store, reg, l, lease.id, say));
-    const settled = Promise.allSettled(downloads);
+    const settled = Promise.allSettled([configFetch, ...downloads]);
     const fetched: boolean[] = [];
     const id = (i: number): string => short(manifest.layers[i]!.digest);
     try {
+      const { bytes: configBytes, config } = await configFetch;
+      if (config.rootfs.diff_ids.length !== manifest.layers.length)
+        throw badRequest("the image config and its manifest name different numbers of layers");
       await store.unpack(manifest, config, lease.id, {
         ready: async (i) => {
           fetched[i] = await downloads[i]!;
@@ -179,30 +181,36 @@ export async function pullImage(
           if (fetched[i]) say({ status: "Pull complete", progressDetail: {}, id: id(i) });
         },
       });
+      // The documents, once what they name is in (their gc.ref labels keep it), written at once.
+      const writes = [
+        store.content.write(
+          { digest: manifest.config.digest, size: manifest.config.size, labels: gcLabelsOfConfig(config) },
+          configBytes,
+          lease.id,
+        ),
+        store.content.write(
+          { digest: sha256(manifestBytes), size: manifestBytes.length, labels: gcLabelsOfManifest(manifest) },
+          manifestBytes,
+          lease.id,
+        ),
+      ];
+      if (resolved.index) {
+        const labels = { "containerd.io/gc.ref.content.m.0": sha256(manifestBytes) };
+        writes.push(
+          store.content.write(
+            { digest: resolved.index.target.digest, size: resolved.index.bytes.length, labels },
+            resolved.index.bytes,
+            lease.id,
+          ),
+        );
+      }
+      const written = await Promise.allSettled(writes);
+      for (const w of written) if (w.status === "rejected") throw w.reason;
     } finally {
       // No download outlives the pull, nor its lease: after a failure the others are waited for.
       await settled;
     }
-    await store.content.write(
-      { digest: manifest.config.digest, size: manifest.config.size, labels: gcLabelsOfConfig(config) },
-      configBytes,
-      lease.id,
-    );
-    await store.content.write(
-      { digest: sha256(manifestBytes), size: manifestBytes.length, labels: gcLabelsOfManifest(manifest) },
-      manifestBytes,
-      lease.id,
-    );
-    let target = resolved.target;
-    if (resolved.index) {
-      const labels = { "containerd.io/gc.ref.content.m.0": sha256(manifestBytes) };
-      await store.content.write(
-        { digest: resolved.index.target.digest, size: resolved.index.bytes.length, labels },
-        resolved.index.bytes,
-        lease.id,
-      );
-      target = resolved.index.target;
-    }
+    const target = resolved.index?.target ?? resolved.target;
     await store.setName(name, target, lease.id);
     say({ status: `Digest: ${target.digest}` });
     say({ status: `Status: Downloaded newer image for ${familiarName(name)}` });
