@@ -13,9 +13,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { entryPayload } from "../src/raft/frame.js";
 import { DEK_BYTES, LevelStorage } from "../src/raft/level-storage.js";
 import { LocalHub } from "../src/raft/local-transport.js";
-import { entryPayload, RaftNode, type StateMachine } from "../src/raft/node.js";
+import { RaftNode, type StateMachine } from "../src/raft/node.js";
 import { bootstrapSnapshot } from "../src/raft/rawnode.js";
 import { type NodeId, type SoftState, StateType } from "../src/raft/types.js";
 

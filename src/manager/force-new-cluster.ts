@@ -2,8 +2,8 @@
 // object (docker swarm init --force-new-cluster). It runs on the storage of a stopped manager.
 
 import type { Logger } from "pino";
+import { entryPayload } from "../raft/frame.js";
 import type { LevelStorage } from "../raft/level-storage.js";
-import { entryPayload } from "../raft/node.js";
 import { Raft } from "../raft/raft.js";
 import { ConfChangeType, EntryType, type NodeId } from "../raft/types.js";
 import { encodeCommand, Store } from "../store/store.js";

@@ -57,3 +57,12 @@ export function parseFrame(e: Entry): Frame | undefined {
 export function frameApplies(f: Frame, e: Entry): boolean {
   return f.term === undefined || f.term === e.term;
 }
+
+/**
+ * What the state machine gets from an entry, with the driver's framing stripped (for tools that read the
+ * log directly): undefined for an entry the driver does not apply (no frame, or appended at another term).
+ */
+export function entryPayload(e: Entry): Uint8Array | undefined {
+  const f = parseFrame(e);
+  return f && frameApplies(f, e) ? f.payload : undefined;
+}

@@ -11,10 +11,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { encodeFrame, FRAME_V1_BYTES, stampTerm } from "../../src/raft/frame.js";
+import { encodeFrame, entryPayload, FRAME_V1_BYTES, stampTerm } from "../../src/raft/frame.js";
 import { LevelStorage } from "../../src/raft/level-storage.js";
 import { LocalHub } from "../../src/raft/local-transport.js";
-import { entryPayload, RaftNode } from "../../src/raft/node.js";
+import { RaftNode } from "../../src/raft/node.js";
 import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
 import {
