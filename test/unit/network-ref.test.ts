@@ -1,9 +1,9 @@
 // The one network-reference resolver (dockerd's rules), used by the control API, the managers' Attach and a
 // worker's network inspect.
 import { describe, expect, it, vi } from "vitest";
-import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import { findNetwork, resolveNetworkRef } from "../../src/manager/networks.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
+import { clusterCreate } from "./store-fixtures.js";
 
 const at = new Date("2026-12-07T00:00:00Z");
 
@@ -55,22 +55,7 @@ describe("findNetwork (the store's networks)", () => {
       const out = store.apply(encodeCommand(c, at), ++index);
       if (!out.ok) throw new Error(out.message);
     };
-    apply({
-      op: "cluster.create",
-      info: {
-        ID: "c".padEnd(25, "0"),
-        Version: { Index: 0 },
-        CreatedAt: at.toISOString(),
-        UpdatedAt: at.toISOString(),
-        Spec: DEFAULT_SWARM_SPEC,
-        TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
-        RootRotationInProgress: false,
-        DefaultAddrPool: ["10.0.0.0/8"],
-        SubnetSize: 24,
-        DataPathPort: 4789,
-      },
-      secrets: { rootCACertPem: "", rootCAKeyPem: "", workerToken: "w", managerToken: "m" },
-    });
+    apply(clusterCreate(at));
     const ids: string[] = [];
     for (let i = 0; i < 200; i++) {
       const id = `n${String(i).padStart(4, "0")}`.padEnd(25, "x");

@@ -4,10 +4,10 @@
 
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { RoleManager } from "../../src/manager/rolemanager.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
+import { clusterCreate } from "./store-fixtures.js";
 
 const at = new Date("2026-12-07T00:00:00Z");
 const id = (n: number): string => `n${String(n).padStart(3, "0")}`.padEnd(25, "0");
@@ -20,22 +20,7 @@ function setup(opts: { transfer?: () => boolean } = {}) {
     if (!out.ok) throw new Error(out.message);
     return out.version;
   };
-  apply({
-    op: "cluster.create",
-    info: {
-      ID: "c".padEnd(25, "0"),
-      Version: { Index: 0 },
-      CreatedAt: at.toISOString(),
-      UpdatedAt: at.toISOString(),
-      Spec: DEFAULT_SWARM_SPEC,
-      TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
-      RootRotationInProgress: false,
-      DefaultAddrPool: ["10.0.0.0/8"],
-      SubnetSize: 24,
-      DataPathPort: 4789,
-    },
-    secrets: { rootCACertPem: "", rootCAKeyPem: "", workerToken: "w", managerToken: "m" },
-  });
+  apply(clusterCreate(at));
   const transfers: number[] = [];
   const rm = new RoleManager({
     store,

@@ -2,8 +2,8 @@
 // put together, read back in slices with the event loop turning in between, and either format read.
 
 import { describe, expect, it } from "vitest";
-import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import { type Command, encodeCommand, type NetworkSpec, Store } from "../../src/store/store.js";
+import { clusterCreate } from "./store-fixtures.js";
 
 const at = new Date("2026-11-22T00:00:00Z");
 const nid = (s: string): string =>
@@ -14,22 +14,7 @@ const nid = (s: string): string =>
     .slice(0, 25);
 const eid = (s: string): string => Buffer.from(s).toString("hex").padEnd(64, "0").slice(0, 64);
 
-const cluster: Command = {
-  op: "cluster.create",
-  info: {
-    ID: nid("c1"),
-    Version: { Index: 0 },
-    CreatedAt: at.toISOString(),
-    UpdatedAt: at.toISOString(),
-    Spec: DEFAULT_SWARM_SPEC,
-    TLSInfo: { TrustRoot: "", CertIssuerSubject: "", CertIssuerPublicKey: "" },
-    RootRotationInProgress: false,
-    DefaultAddrPool: ["10.0.0.0/8"],
-    SubnetSize: 24,
-    DataPathPort: 4789,
-  },
-  secrets: { rootCACertPem: "", rootCAKeyPem: "", workerToken: "w", managerToken: "m" },
-};
+const cluster = clusterCreate(at, nid("c1"));
 
 function network(i: number, labelBytes = 0): Command {
   const labels: Record<string, string> = {};
