@@ -20,7 +20,7 @@ import type {
 import type { Command, EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { asGrpc, GrpcError } from "./grpc-util.js";
-import { keysForNode } from "./keymanager.js";
+import { agentView } from "./keymanager.js";
 
 export const MTU_OPTION = "com.docker.network.driver.mtu";
 export const ENCRYPTED_OPTION = "encrypted";
@@ -132,9 +132,8 @@ export function statesForNode(store: Store, nodeId: string): NetworkState[] {
 
 /** The keys a node gets: only if it holds an encrypted network (agentView JSON), else nothing. */
 export function networkKeysFor(store: Store, nodeId: string): string {
-  const ring = store.keyring();
-  const keys = keysForNode(ring, nodeId, store.networks(), store.endpoints());
-  return keys ? JSON.stringify(keys) : "";
+  const ring = store.nodeNeedsKeys(nodeId) ? store.keyring() : undefined;
+  return ring ? JSON.stringify(agentView(ring)) : "";
 }
 
 /** What Attach and Detach need of their manager: the store, and writes and reads through Raft. */

@@ -255,18 +255,24 @@ export function isEncryptedNetwork(n: NetworkLike): boolean {
 }
 
 /** Whether `nodeId` holds an encrypted network (has an endpoint on one): only such nodes get keys. */
-export function nodeNeedsKeys(nodeId: string, networks: NetworkLike[], endpoints: EndpointLike[]): boolean {
-  const encrypted = new Set(networks.filter(isEncryptedNetwork).map((n) => n.id));
+export function nodeNeedsKeys(
+  nodeId: string,
+  networks: Iterable<NetworkLike>,
+  endpoints: Iterable<EndpointLike>,
+): boolean {
+  const encrypted = new Set<string>();
+  for (const n of networks) if (isEncryptedNetwork(n)) encrypted.add(n.id);
   if (encrypted.size === 0) return false;
-  return endpoints.some((e) => e.nodeId === nodeId && encrypted.has(e.networkId));
+  for (const e of endpoints) if (e.nodeId === nodeId && encrypted.has(e.networkId)) return true;
+  return false;
 }
 
 /** The keys to push down `nodeId`'s session, or undefined if it must not have them. */
 export function keysForNode(
   ring: Keyring | undefined,
   nodeId: string,
-  networks: NetworkLike[],
-  endpoints: EndpointLike[],
+  networks: Iterable<NetworkLike>,
+  endpoints: Iterable<EndpointLike>,
 ): AgentKeys | undefined {
   if (!ring || !nodeNeedsKeys(nodeId, networks, endpoints)) return undefined;
   return agentView(ring);

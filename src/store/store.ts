@@ -27,7 +27,7 @@ import { applyCertRenew, applyRootRotation } from "./ca.js";
 import { applyCluster } from "./cluster.js";
 import { type Command, CommandSchema, EntryTime } from "./commands.js";
 import { applyEndpoint } from "./endpoints.js";
-import { applyKeys, redact } from "./keyring.js";
+import { applyKeys, nodeNeedsKeys, redact } from "./keyring.js";
 import { applyMember } from "./members.js";
 import { applyNetwork } from "./networks.js";
 import { applyNode, applyStatusBatch } from "./nodes.js";
@@ -215,6 +215,11 @@ export class Store {
     const out: { id: string; name: string }[] = [];
     for (const n of this.s.networks.values()) out.push({ id: n.id, name: n.spec.name });
     return out;
+  }
+
+  /** Whether the node has an endpoint on an encrypted network (only such nodes get the overlay keys); nothing copied. */
+  nodeNeedsKeys(nodeId: string): boolean {
+    return nodeNeedsKeys(nodeId, this.s.networks.values(), this.s.endpoints.values());
   }
 
   networks(): NetworkRecord[] {

@@ -1,7 +1,8 @@
 // The one network-reference resolver (dockerd's rules), used by the control API, the managers' Attach and a
 // worker's network inspect.
 import { describe, expect, it, vi } from "vitest";
-import { findNetwork, resolveNetworkRef } from "../../src/manager/networks.js";
+import { findNetwork, networkKeysFor, resolveNetworkRef } from "../../src/manager/networks.js";
+import { initialKeyring } from "../../src/store/keyring.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
 import { clusterCreate } from "./store-fixtures.js";
 
@@ -84,5 +85,53 @@ describe("findNetwork (the store's networks)", () => {
     findNetwork(store, "net1")!.spec.name = "renamed";
     expect(findNetwork(store, "net1")?.id).toBe(ids[1]);
     expect(copies).not.toHaveBeenCalled();
+  });
+});
+
+describe("networkKeysFor (the keys an Attach answer carries)", () => {
+  it("gives the keys only to a node with an endpoint on an encrypted network, copying no network or endpoint", () => {
+    const store = new Store();
+    let index = 0;
+    const apply = (c: Command) => {
+      const out = store.apply(encodeCommand(c, at), ++index);
+      if (!out.ok) throw new Error(out.message);
+    };
+    apply(clusterCreate(at));
+    apply({ op: "keys.init", ring: initialKeyring(at) });
+    const node = (i: number) => `node${i}`.padEnd(25, "0");
+    const net = (name: string, options: Record<string, string>) => {
+      const id = name.padEnd(25, "0");
+      apply({
+        op: "network.create",
+        id,
+        spec: { name, driver: "overlay", internal: false, attachable: true, ingress: false, options, labels: {} },
+      });
+      return id;
+    };
+    const plain = net("plain", {});
+    const secret = net("secret", { encrypted: "" });
+    let ep = 0;
+    const attach = (networkId: string, nodeId: string) =>
+      apply({
+        op: "endpoint.create",
+        id: (++ep).toString(16).padStart(64, "0"),
+        networkId,
+        nodeId,
+        containerId: ep.toString(16).padStart(64, "a"),
+        containerName: `c${ep}`,
+        aliases: [],
+        standalone: true,
+      });
+    attach(plain, node(1));
+    attach(secret, node(2));
+    attach(plain, node(3));
+    attach(secret, node(3));
+    const copies = [vi.spyOn(store, "networks"), vi.spyOn(store, "endpoints")];
+    expect(networkKeysFor(store, node(1))).toBe("");
+    expect(networkKeysFor(store, node(4))).toBe("");
+    const keys = JSON.parse(networkKeysFor(store, node(2))) as { keys: unknown[]; primaryTag: number };
+    expect(keys.keys).toHaveLength(3);
+    expect(JSON.parse(networkKeysFor(store, node(3)))).toEqual(keys);
+    for (const c of copies) expect(c).not.toHaveBeenCalled();
   });
 });
