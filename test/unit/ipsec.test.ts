@@ -308,6 +308,16 @@ describe("reading the kernel back", () => {
     ]);
   });
 
+  /** What `ip xfrm policy list` prints for A's outbound policy towards `dst`, naming the SA of key `tag`. */
+  const policy = (dst: string, tag: number) =>
+    [
+      `src ${A}/32 dst ${dst}/32 proto udp dport 4789 `,
+      "\tdir out priority 0 ptype main ",
+      "\tmark 0x53484c/0xffffffff ",
+      `\ttmpl src ${A} dst ${dst}`,
+      `\t\tproto esp spi 0x${spi(A, dst, tag).toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
+    ].join("\n");
+
   it("a peer is complete with 3 inbound states, the primary's outbound state and a policy naming it", async () => {
     const all = [
       ...K2.map((k) => ({ src: B, dst: A, spi: spi(B, A, k.tag) })),
@@ -316,14 +326,6 @@ describe("reading the kernel back", () => {
       ...K2.slice(1).map((k) => ({ src: C, dst: A, spi: spi(C, A, k.tag) })),
       { src: A, dst: C, spi: spi(A, C, 3) },
     ];
-    const policy = (dst: string, tag: number) =>
-      [
-        `src ${A}/32 dst ${dst}/32 proto udp dport 4789 `,
-        "\tdir out priority 0 ptype main ",
-        "\tmark 0x53484c/0xffffffff ",
-        `\ttmpl src ${A} dst ${dst}`,
-        `\t\tproto esp spi 0x${spi(A, dst, tag).toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
-      ].join("\n");
     const r = recorder((c) => {
       if (c.argv[2] === "state") return { stdout: stateText(all) };
       if (c.argv[2] === "policy") return { stdout: `${policy(B, 3)}\n${policy(C, 2)}\n` };
@@ -353,14 +355,6 @@ describe("reading the kernel back", () => {
       ...K2.map((k) => ({ src: D, dst: A, spi: spi(D, A, k.tag) })),
       { src: A, dst: D, spi: spi(A, D, 3) },
     ];
-    const policy = (dst: string, tag: number) =>
-      [
-        `src ${A}/32 dst ${dst}/32 proto udp dport 4789 `,
-        "\tdir out priority 0 ptype main ",
-        "\tmark 0x53484c/0xffffffff ",
-        `\ttmpl src ${A} dst ${dst}`,
-        `\t\tproto esp spi 0x${spi(A, dst, tag).toString(16).padStart(8, "0")} reqid 5457996 mode transport`,
-      ].join("\n");
     const r = recorder((c) => {
       if (c.argv[1] === "xfrm" && c.argv[2] === "state") return { stdout: stateText(all) };
       if (c.argv[1] === "xfrm" && c.argv[2] === "policy") return { stdout: `${policy(B, 3)}\n${policy(D, 3)}\n` };
