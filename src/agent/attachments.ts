@@ -8,6 +8,8 @@
 // A failure at any step undoes all of them the one way an endpoint leaves (leave()): out of the overlay,
 // off DNS and the gateway if it was the container's last, and back to the managers (a release they have
 // not acknowledged is retried, never dropped: releases.ts).
+// An endpoint the managers hold for this node that no container here has (its Attach answer was lost, or
+// the daemon died between the Attach and saving the container) is given back too: see sweep().
 
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
@@ -33,6 +35,7 @@ export const CONTAINER_RESOLV_CONF = `nameserver ${CONTAINER_DNS_ADDRESS}\noptio
 const SESSION_WAIT_MS = 10_000;
 const ATTACH_TIMEOUT_MS = 15_000;
 const DETACH_TIMEOUT_MS = 10_000;
+const ORPHAN_GRACE_MS = 5_000;
 
 type Who = { id: string; name: string; netnsPath: string };
 
@@ -56,6 +59,11 @@ export interface AttachmentsOptions {
   sessionWaitMs?: number;
   /** The DNS server for containers' names (default: the embedded one, made on first use). */
   dns?: ContainerDns;
+  /**
+   * How long an endpoint of this node that no container here holds is left (seen at two sweeps this far
+   * apart, with no attach under way at either) before it is given back to the managers (default 5 s).
+   */
+  orphanGraceMs?: number;
 }
 
 /** What the attachments need of the embedded DNS server (src/dataplane/dns.ts). */
@@ -67,6 +75,16 @@ export class Attachments implements NetworkAttacher {
   private readonly log: Logger;
   private dns: ContainerDns | undefined;
   private gatewayBridge: GatewayBridge | undefined;
+  /** Set once the start-up adoption is done: from then on every endpoint of this node is known here. */
+  private sweeping = false;
+  private closed = false;
+  /** Attaches under way: the managers may push an endpoint before its Attach answer arrives. */
+  private attaching = 0;
+  /** Endpoints on their way out (leave()), whose releases are being sent. */
+  private readonly leaving = new Set<string>();
+  /** This node's endpoints that no container here held at the last sweep. */
+  private suspects = new Set<string>();
+  private sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: AttachmentsOptions) {
     this.log = opts.logger.child({ component: "networking" });
@@ -75,9 +93,22 @@ export class Attachments implements NetworkAttacher {
     this.dns = opts.dns;
   }
 
-  async attach(container: Who & { ifname: string }, networkRef: string, cfg: EndpointSettingsRequest) {
+  async attach(
+    container: Who & { ifname: string },
+    networkRef: string,
+    cfg: EndpointSettingsRequest,
+  ): Promise<AttachedEndpoint> {
     // Outside a swarm there are no networks to attach to, as dockerd says of one it does not know.
     if (this.opts.nodeId() === "") throw new ApiError(404, `network ${networkRef} not found`);
+    this.attaching++;
+    try {
+      return await this.attachNow(container, networkRef, cfg);
+    } finally {
+      this.attaching--;
+    }
+  }
+
+  private async attachNow(container: Who & { ifname: string }, networkRef: string, cfg: EndpointSettingsRequest) {
     const answer = await this.allocate(container, networkRef, cfg);
     const net = answer.network.network;
     const attached = attachedOf(net, answer.endpoint, container.ifname);
@@ -146,6 +177,59 @@ export class Attachments implements NetworkAttacher {
     return report;
   }
 
+  /**
+   * From now on, endpoints the managers hold for this node that no container here has are given back. Called
+   * once the containers that ran on through a restart are adopted (or there were none to adopt).
+   */
+  startSweeping(): void {
+    this.sweeping = true;
+    this.scheduleSweep();
+  }
+
+  private scheduleSweep(): void {
+    if (!this.sweeping || this.closed || this.sweepTimer) return;
+    this.sweepTimer = setTimeout(() => {
+      this.sweepTimer = undefined;
+      this.sweep();
+    }, this.opts.orphanGraceMs ?? ORPHAN_GRACE_MS);
+    this.sweepTimer.unref();
+  }
+
+  /**
+   * Endpoints of this node, as the managers last pushed them, that no local container holds. One seen so at
+   * two sweeps in a row, with no attach under way at either, is an orphan: its Attach answer was lost (a
+   * timeout, a leader change), or the daemon died between the Attach and saving the container. Its address
+   * would stay allocated for good; it is given back (retried until the managers take it).
+   */
+  private sweep(): void {
+    if (this.closed) return;
+    // An attach's endpoint may be pushed before its answer arrives: look again once none is under way.
+    if (this.attaching > 0) return this.scheduleSweep();
+    const self = this.opts.nodeId();
+    const orphans = new Set<string>();
+    for (const st of this.overlays.states.values()) {
+      for (const e of st.endpoints) {
+        const id = e.endpointId;
+        if (e.nodeId !== self || this.overlays.localEndpoint(id) || this.leaving.has(id)) continue;
+        if (!this.releases.waiting().includes(id)) orphans.add(id);
+      }
+    }
+    const next = new Set<string>();
+    for (const id of orphans) {
+      if (!this.suspects.has(id)) {
+        next.add(id);
+        continue;
+      }
+      this.log.warn(
+        { endpoint: id },
+        "giving back an endpoint the managers hold for this node that no container here has (an attach whose answer was lost, or a daemon that stopped in the middle of one)",
+      );
+      void this.releases.release(id);
+    }
+    this.suspects = next;
+    if (next.size > 0) this.scheduleSweep();
+  }
+
   resolvConf(): string {
     return CONTAINER_RESOLV_CONF;
   }
@@ -171,7 +255,8 @@ export class Attachments implements NetworkAttacher {
   onSessionNetworks(states: HeldNetwork[]): void {
     this.overlays
       .onSessionNetworks(states)
-      .catch((e: unknown) => this.log.warn({ err: e }, "could not program the overlay from the managers' update"));
+      .catch((e: unknown) => this.log.warn({ err: e }, "could not program the overlay from the managers' update"))
+      .finally(() => this.scheduleSweep());
   }
 
   onSessionKeys(json: string): void {
@@ -180,6 +265,9 @@ export class Attachments implements NetworkAttacher {
 
   /** Stop retrying releases and close the DNS server (daemon shutdown). */
   async close(host: OverlayHost | undefined): Promise<void> {
+    this.closed = true;
+    if (this.sweepTimer) clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
     this.releases.close();
     this.overlays.close(host);
     await this.dns
@@ -239,14 +327,19 @@ export class Attachments implements NetworkAttacher {
 
   /** The one way an endpoint leaves (a detach, or the undoing of a failed attach). */
   private async leave(container: Who, endpoint: AttachedEndpoint): Promise<void> {
+    this.leaving.add(endpoint.endpointId);
     try {
       await this.overlays.unwire(endpoint);
     } finally {
-      const left = this.overlays.localEndpoints().filter((l) => l.container.id === container.id);
-      if (!left.some((l) => !l.network.spec.internal)) await this.gatewayBridge?.detach(container.id);
-      if (left.length === 0) await this.dns?.removeContainer(container.id);
-      // Even if the kernel side failed: the address goes back to the managers (retried until they take it).
-      await this.releases.release(endpoint.endpointId);
+      try {
+        const left = this.overlays.localEndpoints().filter((l) => l.container.id === container.id);
+        if (!left.some((l) => !l.network.spec.internal)) await this.gatewayBridge?.detach(container.id);
+        if (left.length === 0) await this.dns?.removeContainer(container.id);
+      } finally {
+        // Even if the kernel side failed: the address goes back to the managers (retried until they take it).
+        await this.releases.release(endpoint.endpointId);
+        this.leaving.delete(endpoint.endpointId);
+      }
     }
   }
 

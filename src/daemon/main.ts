@@ -144,7 +144,13 @@ async function run(flags: Flags): Promise<void> {
   // Containers of a previous run that still run are adopted, with their networking (the overlays they are
   // on, their names, their gateway); those that ended while no daemon watched release their endpoints, and
   // whatever else the previous run left goes: nothing leaks across a restart.
-  await runtime?.reconcile().catch((e: unknown) => logger.warn({ err: e }, "could not reconcile containers"));
+  daemon.networks.containersRecovered = await (runtime?.reconcile().then(
+    () => true,
+    (e: unknown) => {
+      logger.warn({ err: e }, "could not reconcile containers");
+      return false;
+    },
+  ) ?? false);
   await daemon.networks
     .reconcile()
     .catch((e: unknown) => logger.warn({ err: e }, "could not reconcile overlay namespaces"));

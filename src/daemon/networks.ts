@@ -47,6 +47,11 @@ export class HostNetworks implements NetworkBackend {
   readonly attacher: Attachments;
   /** The container runtime, once it runs (network connect and disconnect). */
   containers: ContainerNetworking | undefined;
+  /**
+   * Set once the runtime has recovered the containers of a previous run: only then does this host know all
+   * of its containers, and may give back endpoints none of them holds (Attachments.startSweeping).
+   */
+  containersRecovered = false;
   private host: OverlayHost | undefined;
   private readonly log: Logger;
 
@@ -103,7 +108,8 @@ export class HostNetworks implements NetworkBackend {
   async reconcile(): Promise<void> {
     // A locked manager reconciles once it is unlocked (swarmUnlock); its containers run on meanwhile.
     const { state, locked } = this.opts.node();
-    if (!state || locked) return;
+    if (locked) return;
+    if (!state) return this.sweepOrphans();
     // Probe at start (in the background): the log says at once whether encrypted networks can work here.
     void this.attacher.overlays.espSupport();
     const report = await this.attacher.adopt(this.containers?.runningEndpoints() ?? []);
@@ -121,6 +127,12 @@ export class HostNetworks implements NetworkBackend {
     }
     if (report.errors.length > 0)
       this.log.warn({ errors: report.errors }, "could not reconcile all overlay namespaces");
+    this.sweepOrphans();
+  }
+
+  private sweepOrphans(): void {
+    if (this.containersRecovered) this.attacher.startSweeping();
+    else this.log.warn({}, "the containers of a previous run were not recovered: endpoints no container holds stay");
   }
 
   /** Cluster writes go through a manager's control API: a worker is told where to go. */

@@ -3,10 +3,12 @@
 // manager), a client on h2. h1's shoald is stopped (SIGTERM, then SIGKILL) and started again: web is the
 // same container (id, PID, address), the client still fetches http://web/ by name across the overlay, web
 // resolves the client by name, and nothing new appears on h1 (no second overlay namespace, no new link).
-// A container that dies while its shoald is down is reported exited and its endpoint released; after the
-// last one leaves, nothing of the overlay is left on h1. Root only; run under the lock.
+// A container that dies while its shoald is down is reported exited and its endpoint released; one whose
+// record was never saved (the daemon died in the middle of its start) leaves an endpoint no container on
+// h1 holds, which the new shoald gives back. After the last one leaves, nothing of the overlay is left on
+// h1. Root only; run under the lock.
 
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, ociArchive } from "../../deploy/busybox-image.js";
@@ -146,6 +148,35 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
     );
     expect(await waitFor("web's page from h2", fetchWeb, 30_000)).toBe(PAGE);
     await ok(h1, "rm", "brief");
+  }, 120_000);
+
+  it("an endpoint no container on h1 holds (the daemon died before it saved the container) is given back after the restart", async () => {
+    await ok(h1, "run", "-d", "--name", "ghost", "--network", "appnet", IMAGE, "sleep", "1000");
+    const ghost = await inspect("ghost");
+    const ep = ghost.NetworkSettings.Networks.appnet!.EndpointID;
+    await lab.stopDaemon(h1, "SIGKILL", 0);
+    // As if the daemon had died between the Attach and saving the container: no record, no process.
+    process.kill(ghost.State.Pid, "SIGKILL");
+    rmSync(join(h1.dataRoot, "containers", ghost.Id, "state.json"));
+    await lab.startDaemon(h1);
+    await waitFor("h1's shoald to answer", async () => (await docker(h1, "ps")).code === 0, 30_000);
+    expect((await docker(h1, "inspect", "ghost")).code).not.toBe(0);
+    const endpoints = async () => {
+      const net = JSON.parse(await ok(h1, "network", "inspect", "appnet")) as {
+        Containers: Record<string, { Name: string; EndpointID: string }>;
+      }[];
+      return Object.values(net[0]!.Containers);
+    };
+    expect((await endpoints()).some((e) => e.EndpointID === ep)).toBe(true);
+    await waitFor(
+      "ghost's endpoint to be given back",
+      async () => {
+        const eps = await endpoints();
+        return !eps.some((e) => e.EndpointID === ep) && eps.some((e) => e.Name === "web");
+      },
+      45_000,
+    );
+    expect(await waitFor("web's page from h2", fetchWeb, 30_000)).toBe(PAGE);
   }, 120_000);
 
   it("after web leaves, nothing of the overlay is left on h1: no namespace, no veth, no vxlan, no gateway link", async () => {

@@ -1,7 +1,7 @@
 // The agent's Attachments: an attach that fails after the managers allocated the endpoint undoes it the
 // one way an endpoint leaves, and gives the address back over the session; a detach does the same.
 import pino from "pino";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { Attachments } from "../../src/agent/attachments.js";
 import type { OverlayHost } from "../../src/agent/overlays.js";
 import type { Firewall } from "../../src/dataplane/firewall.js";
@@ -10,6 +10,7 @@ const NET_ID = "n".repeat(25);
 const NODE_ID = "a".repeat(25);
 const EP_ID = "e".repeat(64);
 const CONTAINER_ID = "c".repeat(64);
+const GRACE_MS = 5000;
 
 const network = {
   id: NET_ID,
@@ -40,16 +41,21 @@ const endpoint = {
 
 type Cb = (err: Error | null, res?: unknown) => void;
 
-/** A dispatcher client as the agent's session has one: Attach answers with the endpoint; Detach records. */
-function fakeSession() {
+/**
+ * A dispatcher client as the agent's session has one: Attach answers with the endpoint (once `answer`
+ * resolves, if given); Detach records.
+ */
+function fakeSession(answer?: Promise<void>) {
   const detached: string[] = [];
   const client = {
     attach: (_req: unknown, _md: unknown, _opts: unknown, cb: Cb) =>
-      cb(null, {
-        endpointJson: JSON.stringify(endpoint),
-        network: { networkJson: JSON.stringify(network), endpoints: [] },
-        networkKeysJson: "",
-      }),
+      void (answer ?? Promise.resolve()).then(() =>
+        cb(null, {
+          endpointJson: JSON.stringify(endpoint),
+          network: { networkJson: JSON.stringify(network), endpoints: [] },
+          networkKeysJson: "",
+        }),
+      ),
     detach: (req: { endpointId: string }, _md: unknown, _opts: unknown, cb: Cb) => {
       detached.push(req.endpointId);
       cb(null, {});
@@ -87,6 +93,7 @@ function fakeDns() {
 
 function attachments(session: ReturnType<typeof fakeSession>, host: OverlayHost, dns = fakeDns()) {
   return new Attachments({
+    orphanGraceMs: GRACE_MS,
     nodeId: () => NODE_ID,
     session: () => session.client as never,
     host: () => host,
@@ -160,6 +167,80 @@ describe("Attachments", () => {
     const err = await a.attach(container, "nonet", {}).catch((e: unknown) => e);
     expect(err).toMatchObject({ status: 404, message: "network nonet not found" });
     expect(calls).toEqual([]);
+    await a.close(host);
+  });
+});
+
+describe("Attachments: endpoints the managers hold for this node that no container here has", () => {
+  afterEach(() => void vi.useRealTimers());
+
+  const peer = (endpointId: string, nodeId: string, ip: string) => ({
+    endpointId,
+    nodeId,
+    nodeAddr: "192.0.2.1",
+    ip,
+    mac: "02:42:0a:00:01:09",
+    containerName: `c-${ip}`,
+    aliases: [],
+    hostname: "h",
+  });
+  const ORPHAN = "0".repeat(64);
+  const OTHERS = "1".repeat(64);
+  /** The managers' push: the network with our attached endpoint, an orphan of ours and another node's. */
+  const push = (...extra: ReturnType<typeof peer>[]) => [
+    {
+      networkJson: JSON.stringify(network),
+      network: network as never,
+      endpoints: [peer(EP_ID, NODE_ID, "10.0.1.2"), peer(OTHERS, "b".repeat(25), "10.0.1.4"), ...extra],
+    },
+  ];
+
+  it("are given back once seen at two sweeps; the node's attached endpoints and other nodes' are left", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const session = fakeSession();
+    const { host } = fakeHost(undefined);
+    const a = attachments(session, host);
+    await a.attach(container, "front", {});
+    a.startSweeping();
+    a.onSessionNetworks(push(peer(ORPHAN, NODE_ID, "10.0.1.3")));
+    await vi.advanceTimersByTimeAsync(GRACE_MS);
+    // One sweep: a suspect only (it may be an endpoint on its way in or out).
+    expect(session.detached).toEqual([]);
+    await vi.advanceTimersByTimeAsync(GRACE_MS);
+    expect(session.detached).toEqual([ORPHAN]);
+    // The managers took it back: nothing more is sent.
+    a.onSessionNetworks(push());
+    await vi.advanceTimersByTimeAsync(3 * GRACE_MS);
+    expect(session.detached).toEqual([ORPHAN]);
+    await a.close(host);
+  });
+
+  it("are left alone before the start-up adoption is done", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const session = fakeSession();
+    const { host } = fakeHost(undefined);
+    const a = attachments(session, host);
+    a.onSessionNetworks(push(peer(ORPHAN, NODE_ID, "10.0.1.3")));
+    await vi.advanceTimersByTimeAsync(5 * GRACE_MS);
+    expect(session.detached).toEqual([]);
+    await a.close(host);
+  });
+
+  it("an endpoint pushed while its attach waits for the answer is not taken for one", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    let answer!: () => void;
+    const session = fakeSession(new Promise<void>((r) => (answer = r)));
+    const { host } = fakeHost(undefined);
+    const a = attachments(session, host);
+    a.startSweeping();
+    const attached = a.attach(container, "front", {});
+    // The managers recorded the endpoint and pushed it; the Attach answer is slow to arrive.
+    a.onSessionNetworks(push());
+    await vi.advanceTimersByTimeAsync(4 * GRACE_MS);
+    answer();
+    await attached;
+    await vi.advanceTimersByTimeAsync(4 * GRACE_MS);
+    expect(session.detached).toEqual([]);
     await a.close(host);
   });
 });
