@@ -104,14 +104,16 @@ export class Control {
   async resolve(ref: string): Promise<NodeRecord> {
     await this.m.readBarrier();
     const id = ref === "self" ? this.m.nodeId : ref;
-    const nodes = this.m.store.nodes();
-    const exact = nodes.find((r) => r.node.ID === id);
-    if (exact) return exact;
+    // Over the store's shared views; only the node found is copied (5,000 nodes are not, per inspect).
+    const own = (r: { node: { ID: string } }) => this.m.store.node(r.node.ID)!;
+    const exact = this.m.store.nodeView(id);
+    if (exact) return own(exact);
+    const nodes = this.m.store.nodeViews();
     const byName = nodes.filter((r) => r.node.Description.Hostname === ref || r.node.Spec.Name === ref);
-    if (byName.length === 1) return byName[0]!;
+    if (byName.length === 1) return own(byName[0]!);
     if (byName.length > 1) throw badRequest(`node ${ref} is ambiguous (${byName.length} matches found)`);
     const byPrefix = nodes.filter((r) => r.node.ID.startsWith(ref));
-    if (byPrefix.length === 1) return byPrefix[0]!;
+    if (byPrefix.length === 1) return own(byPrefix[0]!);
     if (byPrefix.length > 1) throw badRequest(`node ${ref} is ambiguous (${byPrefix.length} matches found)`);
     throw nodeNotFound(ref);
   }
@@ -124,7 +126,7 @@ export class Control {
     const rec = await this.resolve(ref);
     spec = parse(NodeSpecSchema, spec, "node spec");
     if (rec.node.Spec.Role === "manager" && spec.Role === "worker") {
-      const managers = this.m.store.nodes().filter((r) => r.node.Spec.Role === "manager");
+      const managers = this.m.store.nodeViews().filter((r) => r.node.Spec.Role === "manager");
       if (managers.length <= 1) throw badRequest("attempting to demote the last manager of the swarm");
       const member = this.m.store.memberByNode(rec.node.ID);
       if (member && this.m.removalLosesQuorum(member.raftId)) throw badRequest(QUORUM_LOSS_MESSAGE);

@@ -1,11 +1,12 @@
 // Reads on hot paths: the store's frozen views (no copy per read, never stale after a change), the
 // batched node status entry, and the peer identity read once per certificate with Node's X509Certificate.
 
-import { beforeAll, describe, expect, test } from "vitest";
+import { beforeAll, describe, expect, test, vi } from "vitest";
 import { generateNodeKeyAndCSR, parseNodeCert, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
 import { identityOfDer, peerRole } from "../../src/ca/tls.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
+import { Control, type ControlCluster } from "../../src/manager/control.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
 
 const at = new Date("2026-12-01T00:00:00Z");
@@ -47,6 +48,24 @@ describe("store views", () => {
     expect(v.node.Status.State).toBe("unknown");
     expect(store.roleOf(id(2))).toBe("worker");
     expect(store.roleOf("nosuchnode0000000000000000")).toBeUndefined();
+  });
+
+  test("node inspect resolves an id, a hostname or a prefix over the views: only the node found is copied", async () => {
+    const store = storeWith(500);
+    const m = { store, nodeId: id(0), readBarrier: async () => undefined } as unknown as ControlCluster;
+    const control = new Control(m);
+    const copies = vi.spyOn(store, "nodes");
+    expect((await control.resolve(id(42))).node.Description.Hostname).toBe("h42");
+    expect((await control.resolve("h7")).node.ID).toBe(id(7));
+    expect((await control.resolve("self")).node.ID).toBe(id(0));
+    // A prefix: ids n...420 to n...429 share this one.
+    await expect(control.resolve(id(42).slice(0, 24))).rejects.toThrow("ambiguous (10 matches found)");
+    await expect(control.resolve("nosuch")).rejects.toThrow("nosuch");
+    // What it returns is the caller's own copy.
+    const r = await control.resolve("h3");
+    (r.node.Status as { State: string }).State = "down";
+    expect(store.nodeView(id(3))!.node.Status.State).toBe("unknown");
+    expect(copies).not.toHaveBeenCalled();
   });
 
   test("the cluster view follows cluster updates; a restore drops every view", () => {
