@@ -691,7 +691,9 @@ describe("encrypted overlay networks on lab hosts, in a kernel with ESP (iptable
     await waitFor("ra to reach rb by name", async () => (await ping(a, "ra", "rb", 1)).received === 1, SLOW_MS);
     const first = await settled(a, [b]);
     await settled(b, [a]);
-    const COUNT = Math.ceil((4 * ROTATION_MS) / 50);
+    // Five intervals of pings: the first rotation comes up to one interval in, three take two more, and a
+    // check that outlasts the time to the next rotation (below) lets that one pass unseen: one more.
+    const COUNT = Math.ceil((5 * ROTATION_MS) / 50);
     let done = false;
     const pinging = ping(a, "ra", "rb", COUNT).finally(() => {
       done = true;
