@@ -515,7 +515,7 @@ function checkBeforeProposing(cmd: Command): void {
  * it the leadership. SwarmKit's is 10 to 20 s. The swarm spec's ElectionTick stays Docker's 10 (a fixed
  * setting the docker CLI sends back on every update).
  */
-const ELECTION_TICKS = 30;
+export const ELECTION_TICKS = 30;
 
 /** HTTP/2 keepalive of the Raft streams to the other managers (interval and answer timeout). */
 export const RAFT_KEEPALIVE_MS = 10_000;
