@@ -226,7 +226,7 @@ export class Manager {
       },
       transport: this.transport,
       ...(this.opts.tickMs !== undefined ? { tickMs: this.opts.tickMs } : {}),
-      ...(this.opts.electionTick !== undefined ? { electionTick: this.opts.electionTick } : {}),
+      electionTick: this.opts.electionTick ?? ELECTION_TICKS,
       logger: this.root.child({ component: "raft", raftId: this.raftId.toString(16) }),
       onConfChange: (cc, _cs, index) => this.onConfChange(cc, index),
       onSoftState: (ss) => this.onSoftState(ss.state === StateType.Leader, ss.lead),
@@ -505,6 +505,17 @@ function checkBeforeProposing(cmd: Command): void {
   const r = checkCommand(cmd);
   if (!r.ok) throw new ApiError(400, `invalid ${cmd.op}: ${r.reason}`);
 }
+
+/**
+ * A follower that hears nothing from its leader for 30 to 60 ticks (3 to 6 s at the 100 ms tick) starts an
+ * election; a leader that hears no quorum for 30 ticks steps down. A leader that dies is noticed sooner: its
+ * connections close, and a follower that loses its leader's connection campaigns within 1 to 3 ticks. The
+ * timeout is for a leader that is alive but silent, and it must outlast a pause of a busy leader: with 1 s
+ * (10 ticks), a 1.6 s garbage collection of a leader holding 5,000 nodes on a loaded 2-core machine cost
+ * it the leadership. SwarmKit's is 10 to 20 s. The swarm spec's ElectionTick stays Docker's 10 (a fixed
+ * setting the docker CLI sends back on every update).
+ */
+export const ELECTION_TICKS = 30;
 
 /** HTTP/2 keepalive of the Raft streams to the other managers (interval and answer timeout). */
 export const RAFT_KEEPALIVE_MS = 10_000;

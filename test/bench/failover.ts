@@ -6,7 +6,7 @@
 //   npm run bench:failover -- --keep     # keep the temp dirs (daemon logs) for a look afterwards
 //   BENCH_LOG_LEVEL=warn ...              # the in-process managers' logs (default: errors only)
 //
-// Part 1, failover: three real shoald processes (default Raft timing: 100 ms ticks, election timeout 10-20
+// Part 1, failover: three real shoald processes (default Raft timing: 100 ms ticks, election timeout 30-60
 // ticks) on 127.0.0.1, .2 and .3, each with its own data root and Engine API socket in a temp dir. Node 1
 // inits the swarm, the others join as managers. Then, every round: find the leader (GET /nodes), SIGKILL
 // it, and from a surviving manager attempt a committed write through the Engine API until one succeeds
@@ -1011,7 +1011,7 @@ async function main(): Promise<void> {
     result.failover = {
       config: {
         managers: 3,
-        daemonFlags: "defaults (100 ms ticks, election timeout 10-20 ticks)",
+        daemonFlags: "defaults (100 ms ticks, election timeout 30-60 ticks)",
         rounds: o.rounds,
         attemptEveryMs: o.attemptEveryMs,
         attemptTimeoutMs: o.attemptTimeoutMs,
