@@ -1054,7 +1054,6 @@ describe("membership", () => {
     }
     expect(rounds).toBe(2);
     net.heal();
-    console.log("DBG", four.raft.electionElapsed, four.raft.randomizedElectionTimeout, four.lead, four.term);
     const two = net.node(2);
     const mark = net.sent.length;
     net.deliver(
