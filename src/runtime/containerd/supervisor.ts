@@ -8,7 +8,7 @@
 // that dies while shoald runs is started again.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
+import { closeSync, existsSync, openSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -20,7 +20,10 @@ function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** How long a managed containerd may take to answer on its socket after it was started. */
+/**
+ * How long a managed containerd may take to answer on its socket after it was started, and a given one
+ * (--containerd) whose socket is there but that does not answer at once (loaded, or starting itself).
+ */
 const START_TIMEOUT_MS = 20_000;
 
 export interface ContainerdOptions {
@@ -97,6 +100,18 @@ export async function answers(client: Containerd, timeoutMs: number): Promise<st
   }
 }
 
+/** containerd's version once it answers, within START_TIMEOUT_MS; undefined if it does not, or `gone()`. */
+async function waitForAnswer(client: Containerd, gone: () => boolean): Promise<string | undefined> {
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const v = await answers(client, 1000);
+    if (v !== undefined) return v;
+    if (gone()) return undefined;
+    await pause(100);
+  }
+  return undefined;
+}
+
 /** The pid a managed containerd left in its pid file; 0 when there is none (never started, or cleaned). */
 async function readPid(path: string): Promise<number> {
   try {
@@ -143,20 +158,27 @@ export class ContainerdSupervisor {
       return client;
     }
     if (!this.managed) {
+      // No socket: nothing runs there. A socket: a containerd that may just be slow to answer; wait for it.
+      if (existsSync(this.socket)) {
+        this.log.warn(
+          { socket: this.socket },
+          `containerd does not answer yet; waiting up to ${START_TIMEOUT_MS / 1000} s`,
+        );
+        const v = await waitForAnswer(client, () => false);
+        if (v !== undefined) {
+          this.log.info({ socket: this.socket, version: v, managed: false }, "using containerd");
+          return client;
+        }
+      }
       client.close();
       throw new Error(containerdUnavailable(this.socket, "it does not answer", false));
     }
     await this.spawnManaged();
-    const deadline = Date.now() + START_TIMEOUT_MS;
-    while (Date.now() < deadline) {
-      const v = await answers(client, 1000);
-      if (v !== undefined) {
-        this.log.info({ socket: this.socket, version: v, pid: this.child?.pid }, "started containerd");
-        this.up = true;
-        return client;
-      }
-      if (this.child && this.child.exitCode !== null) break;
-      await pause(100);
+    const v = await waitForAnswer(client, () => this.child !== undefined && this.child.exitCode !== null);
+    if (v !== undefined) {
+      this.log.info({ socket: this.socket, version: v, pid: this.child?.pid }, "started containerd");
+      this.up = true;
+      return client;
     }
     client.close();
     throw new Error(
