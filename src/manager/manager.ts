@@ -521,8 +521,12 @@ export const ELECTION_TICKS = 30;
 export const RAFT_KEEPALIVE_MS = 10_000;
 /** How long a write may wait for its outcome before it is reported unknown. */
 const WRITE_TIMEOUT_MS = 10_000;
-/** How long a write that certainly was not applied is proposed again while a leader is being elected. */
-const WRITE_RETRY_MS = 5_000;
+/**
+ * How long a write that certainly was not applied is proposed again while a leader is being elected: longer
+ * than the longest election timeout (60 ticks, 6 s at the 100 ms tick), so that a write made while a silent
+ * leader is replaced waits for the new one instead of failing.
+ */
+const WRITE_RETRY_MS = 8_000;
 
 /** The error a client gets for a write that did not succeed, in words that say whether it took effect. */
 function writeError(e: unknown): unknown {
