@@ -278,8 +278,15 @@ describe("encrypted overlay keys: 3 managers + 1 worker, rotation every 2.5 s, h
       // The worker's host networking (what takes the managers' network and key pushes) is built when its
       // daemon starts in a swarm, or at its first local container attach. The raw attach below stands in
       // for the latter but does not build it, so the worker's daemon is restarted once after its join.
+      // It runs without a container runtime (a containerd socket with nothing behind it): a daemon that
+      // knows its containers gives back an endpoint none of them holds, which the raw attach's is.
       const restartAt = Date.now();
-      await lab.restart(WORKER, ["--encryption-key-rotation", ROTATION_FLAG]);
+      await lab.restart(WORKER, [
+        "--encryption-key-rotation",
+        ROTATION_FLAG,
+        "--containerd",
+        join(lab.dataRoot(WORKER), "no-containerd.sock"),
+      ]);
       await lab.waitFor(
         async () => (await lab.nodeLs(1)).every((r) => r.Status === "Ready"),
         10_000,
