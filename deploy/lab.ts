@@ -49,6 +49,15 @@ const here = dirname(fileURLToPath(import.meta.url));
 const repo = existsSync(join(here, "..", "package.json")) ? resolve(here, "..") : resolve(here, "..", "..");
 const daemonJs = join(repo, "dist", "src", "daemon", "main.js");
 
+/**
+ * Node flags for every host's shoald, from SHOAL_LAB_NODE_FLAGS (space-separated), e.g.
+ * `SHOAL_LAB_NODE_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/prof" npm run bench:containers` to profile the
+ * daemons of a benchmark (the profile is written when a daemon exits, at the lab's end).
+ */
+function nodeFlags(): string[] {
+  return (process.env.SHOAL_LAB_NODE_FLAGS ?? "").split(" ").filter((f) => f !== "");
+}
+
 export class Lab {
   readonly name: string;
   readonly root: string;
@@ -123,6 +132,7 @@ export class Lab {
     const args = [
       `--net=/run/netns/${h.netns}`,
       process.execPath,
+      ...nodeFlags(),
       daemonJs,
       "--data-root",
       h.dataRoot,

@@ -4,7 +4,7 @@
 
 import { createHash, randomUUID } from "node:crypto";
 import type { ClientDuplexStream, ServiceError } from "@grpc/grpc-js";
-import { WriteAction, type WriteContentRequest, type WriteContentResponse } from "../../gen/containerd/content.js";
+import { WriteAction, WriteContentRequest, WriteContentResponse } from "../../gen/containerd/content.js";
 import { type Containerd, fromServiceError, isAlreadyExists, isNotFound } from "./client.js";
 
 /** The size of each Write message (containerd's own client writes 1 MiB at a time). */
@@ -27,24 +27,67 @@ export class SizeMismatchError extends Error {
   }
 }
 
+/** A Write message: its fields, and its data as the pieces it was read in (copied once, when it is sent). */
+interface OutgoingWrite {
+  req: WriteContentRequest;
+  data: Buffer[];
+  bytes: number;
+}
+
+const WRITE_PATH = "/containerd.services.content.v1.Content/Write";
+/** The tag of WriteContentRequest's `data` field (6, length-delimited). */
+const DATA_TAG = (6 << 3) | 2;
+
+/**
+ * A Write message's wire bytes: its other fields encoded by the generated code, then `data` appended from
+ * its pieces into the one buffer (protobuf fields may come in any order). The generated serializer would
+ * gather the pieces, copy them into a growing writer, copy that out and copy it once more into a Buffer.
+ */
+export function serializeWrite(m: OutgoingWrite): Buffer {
+  const head = WriteContentRequest.encode(m.req).finish();
+  if (m.bytes === 0) return Buffer.from(head.buffer, head.byteOffset, head.byteLength);
+  const len: number[] = [];
+  for (let n = m.bytes; ; n >>>= 7) {
+    if (n < 0x80) {
+      len.push(n);
+      break;
+    }
+    len.push((n & 0x7f) | 0x80);
+  }
+  const out = Buffer.allocUnsafe(head.length + 1 + len.length + m.bytes);
+  out.set(head, 0);
+  let at = head.length;
+  out[at++] = DATA_TAG;
+  for (const b of len) out[at++] = b;
+  for (const piece of m.data) at += piece.copy(out, at);
+  return out;
+}
+
 /** One Write session: each request answered by one response, in order. */
 class WriteSession {
   private readonly waiting: { resolve(r: WriteContentResponse): void; reject(e: Error): void }[] = [];
   private failure: Error | undefined;
-  constructor(private readonly stream: ClientDuplexStream<WriteContentRequest, WriteContentResponse>) {
-    stream.on("data", (r: WriteContentResponse) => this.waiting.shift()?.resolve(r));
-    stream.on("error", (err: ServiceError) => this.fail(fromServiceError(err, "content.Write")));
-    stream.on("end", () => this.fail(new Error("containerd closed the content write stream")));
+  private readonly stream: ClientDuplexStream<OutgoingWrite, WriteContentResponse>;
+  constructor(cd: Containerd, lease: string) {
+    this.stream = cd.content.makeBidiStreamRequest(
+      WRITE_PATH,
+      serializeWrite,
+      (b: Buffer) => WriteContentResponse.decode(b),
+      cd.metadata(lease),
+    );
+    this.stream.on("data", (r: WriteContentResponse) => this.waiting.shift()?.resolve(r));
+    this.stream.on("error", (err: ServiceError) => this.fail(fromServiceError(err, "content.Write")));
+    this.stream.on("end", () => this.fail(new Error("containerd closed the content write stream")));
   }
   private fail(err: Error): void {
     this.failure ??= err;
     for (const w of this.waiting.splice(0)) w.reject(this.failure);
   }
-  send(req: WriteContentRequest): Promise<WriteContentResponse> {
+  send(req: WriteContentRequest, data: Buffer[] = [], bytes = 0): Promise<WriteContentResponse> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       this.waiting.push({ resolve, reject });
-      this.stream.write(req);
+      this.stream.write({ req, data, bytes });
     });
   }
   close(): void {
@@ -85,7 +128,7 @@ export class ContentStore {
     onProgress?: (bytes: number) => void,
   ): Promise<void> {
     const ref = `shoal-${randomUUID()}`;
-    const session = new WriteSession(this.cd.content.write(this.cd.metadata(lease)));
+    const session = new WriteSession(this.cd, lease);
     try {
       await session.send(this.request(WriteAction.STAT, ref, { total: blob.size, expected: blob.digest }));
       const hash = createHash("sha256");
@@ -94,16 +137,15 @@ export class ContentStore {
       // speed of the disk, not one round trip per chunk.
       const inflight: Promise<unknown>[] = [];
       // Progress is the bytes taken from the source (a download's own pace), not the 1 MiB messages sent.
-      for await (const chunk of chunked(chunks, onProgress)) {
-        hash.update(chunk);
-        if (offset + chunk.length > blob.size)
-          throw new SizeMismatchError(blob.size, offset + chunk.length, blob.digest);
-        const sent = session.send(this.request(WriteAction.WRITE, ref, { offset, data: chunk }));
+      for await (const { pieces, bytes } of chunked(chunks, onProgress)) {
+        for (const p of pieces) hash.update(p);
+        if (offset + bytes > blob.size) throw new SizeMismatchError(blob.size, offset + bytes, blob.digest);
+        const sent = session.send(this.request(WriteAction.WRITE, ref, { offset }), pieces, bytes);
         // Its failure is seen where it is awaited (or by the next send): never an unhandled rejection.
         sent.catch(() => undefined);
         inflight.push(sent);
         if (inflight.length >= WRITE_WINDOW) await inflight.shift();
-        offset += chunk.length;
+        offset += bytes;
       }
       await Promise.all(inflight);
       if (offset !== blob.size) throw new SizeMismatchError(blob.size, offset, blob.digest);
@@ -156,15 +198,16 @@ export class ContentStore {
 }
 
 /**
- * The chunks of a blob, CHUNK_BYTES each (the last one shorter): a body that arrives in the network's small
- * pieces (16 to 64 KiB) is gathered, so a blob costs one Write message per MiB, not one per piece.
+ * The chunks of a blob, CHUNK_BYTES each (the last one shorter), as the pieces they were read in: a body that
+ * arrives in the network's small pieces (16 to 64 KiB) costs one Write message per MiB, not one per piece,
+ * and no copy until the message is sent.
  */
 async function* chunked(
   source: AsyncIterable<Buffer> | Buffer,
   onRead?: (bytes: number) => void,
-): AsyncGenerator<Buffer> {
+): AsyncGenerator<{ pieces: Buffer[]; bytes: number }> {
   const all: AsyncIterable<Buffer> | Buffer[] = Buffer.isBuffer(source) ? [source] : source;
-  let parts: Buffer[] = [];
+  let pieces: Buffer[] = [];
   let held = 0;
   let read = 0;
   for await (const b of all) {
@@ -173,16 +216,16 @@ async function* chunked(
     let rest = b;
     while (held + rest.length >= CHUNK_BYTES) {
       const take = CHUNK_BYTES - held;
-      parts.push(rest.subarray(0, take));
-      yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, CHUNK_BYTES);
+      pieces.push(rest.subarray(0, take));
+      yield { pieces, bytes: CHUNK_BYTES };
       rest = rest.subarray(take);
-      parts = [];
+      pieces = [];
       held = 0;
     }
     if (rest.length > 0) {
-      parts.push(rest);
+      pieces.push(rest);
       held += rest.length;
     }
   }
-  if (held > 0) yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, held);
+  if (held > 0) yield { pieces, bytes: held };
 }
