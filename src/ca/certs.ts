@@ -2,8 +2,9 @@
 // and the renewal schedule. The CA decides the identity (CN node id, OU role, O cluster id); the
 // subject a node puts in its CSR is ignored, but the CSR's signature must prove key possession.
 
-import { createPrivateKey, createPublicKey, X509Certificate as NodeX509Certificate, type webcrypto } from "node:crypto";
+import { createPrivateKey, createPublicKey, X509Certificate as NodeX509Certificate } from "node:crypto";
 import { CAError } from "./errors.js";
+import { readCSR } from "./leaf.js";
 import { cryptoRandomBytes, type RandomBytes } from "./random.js";
 import { BACKDATE_MS, ROOT_CA_CN, type RootCA } from "./rootca.js";
 import {
@@ -97,9 +98,10 @@ export interface SignNodeCSROptions {
 
 /**
  * Signs a node's CSR with the cluster root CA (managers only). Subject CN=<nodeId>, OU=swarm-manager|
- * swarm-worker, O=<clusterId>; DNS SANs OU, CN (and swarm-ca for managers); serverAuth+clientAuth;
- * valid from now-1h to now+days. Throws CAError "invalid-csr" if the CSR cannot be read, its signature
- * does not verify, or its key is not ECDSA P-256.
+ * swarm-worker, O=<clusterId> (in ASN.1 order O, OU, CN, as Go's pkix.Name; printed CN=..., OU=..., O=...);
+ * DNS SANs OU, CN (and swarm-ca for managers); serverAuth+clientAuth; valid from now-1h to now+days.
+ * Throws CAError "invalid-csr" if the CSR cannot be read, its signature does not verify, or its key is not
+ * ECDSA P-256. The join path: no ASN.1 library, one ECDSA verify and one sign (src/ca/leaf.ts).
  */
 export async function signNodeCSR(rootCA: RootCA, csrPem: string, opts: SignNodeCSROptions): Promise<string> {
   if (!ID_RE.test(opts.nodeId)) throw new CAError("invalid-node-id", `invalid node id ${JSON.stringify(opts.nodeId)}`);
@@ -115,23 +117,7 @@ export async function signNodeCSR(rootCA: RootCA, csrPem: string, opts: SignNode
     throw new CAError("no-ca-key", "This node is not a swarm manager: it does not hold the cluster CA key.");
   }
 
-  let csr: x509.Pkcs10CertificateRequest;
-  try {
-    csr = new x509.Pkcs10CertificateRequest(csrPem);
-  } catch (err) {
-    throw new CAError("invalid-csr", "the certificate signing request is not a readable PEM CSR", { cause: err });
-  }
-  const alg = csr.publicKey.algorithm as webcrypto.EcKeyAlgorithm;
-  if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256") {
-    throw new CAError("invalid-csr", "the certificate signing request must be for an ECDSA P-256 key");
-  }
-  let ok = false;
-  try {
-    ok = await csr.verify();
-  } catch (err) {
-    throw new CAError("invalid-csr", "the certificate signing request signature could not be checked", { cause: err });
-  }
-  if (!ok) throw new CAError("invalid-csr", "the certificate signing request signature is invalid");
+  const key = readCSR(csrPem);
 
   const now = (opts.now ?? (() => new Date()))();
   const notBefore = new Date(now.getTime() - BACKDATE_MS);
@@ -139,23 +125,16 @@ export async function signNodeCSR(rootCA: RootCA, csrPem: string, opts: SignNode
   if (notAfter > rootCA.notAfter) notAfter = rootCA.notAfter;
 
   const ou = roleToOU(opts.role);
-  const dnsNames = opts.role === "manager" ? [ou, opts.nodeId, CA_SAN] : [ou, opts.nodeId];
-  const cert = await rootCA.issue({
-    // ASN.1 order O, OU, CN (as Go's pkix.Name); printed most-specific first: CN=..., OU=..., O=...
-    subject: [{ O: [opts.clusterId] }, { OU: [ou] }, { CN: [opts.nodeId] }],
-    publicKey: csr.publicKey,
+  return rootCA.signNodeCertificate({
+    serial: Buffer.from(randomSerialHex(opts.randomBytes ?? cryptoRandomBytes), "hex"),
     notBefore,
     notAfter,
-    serialNumber: randomSerialHex(opts.randomBytes ?? cryptoRandomBytes),
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
-      new x509.SubjectAlternativeNameExtension(dnsNames.map((value) => ({ type: "dns" as const, value }))),
-      await x509.SubjectKeyIdentifierExtension.create(csr.publicKey),
-    ],
+    clusterId: opts.clusterId,
+    ou,
+    nodeId: opts.nodeId,
+    dnsNames: opts.role === "manager" ? [ou, opts.nodeId, CA_SAN] : [ou, opts.nodeId],
+    key,
   });
-  return certToPem(cert);
 }
 
 export interface NodeCertInfo {
