@@ -1,17 +1,20 @@
 // src/ca/leaf.ts: node certificates signed without the ASN.1 library are the certificates the @peculiar/x509
 // generator made before (byte for byte up to the signature, for the same inputs), verify against the root,
-// and pass OpenSSL's own checks; CSRs that are not a P-256 key's own are refused.
+// and pass OpenSSL's own checks; CSRs that are not a P-256 key's own are refused. A peer's identity is read
+// from its certificate's DER the way the reference parser reads it.
 
 import { execFileSync } from "node:child_process";
-import { X509Certificate as NodeX509Certificate, type webcrypto } from "node:crypto";
+import { generateKeyPairSync, X509Certificate as NodeX509Certificate, sign, verify, type webcrypto } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { generateNodeKeyAndCSR, type NodeRole, roleToOU, signNodeCSR } from "../../src/ca/certs.js";
-import { childrenOf, readElement } from "../../src/ca/der.js";
+import { generateNodeKeyAndCSR, type NodeRole, parseNodeCert, roleToOU, signNodeCSR } from "../../src/ca/certs.js";
+import { bitString, childrenOf, oid, readElement, seq, TAG, tlv } from "../../src/ca/der.js";
 import { CAError } from "../../src/ca/errors.js";
+import { ECDSA_WITH_SHA256, type NodeSubject, plainNodeSubject } from "../../src/ca/leaf.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
+import { identityOfDer, type PeerIdentity } from "../../src/ca/tls.js";
 import { certToPem, EC_SIGN_PARAMS, generateEcKeyPair, randomSerialHex, subtle, x509 } from "../../src/ca/x509.js";
 
 const HOUR = 3600_000;
@@ -231,5 +234,107 @@ describe("CSRs the signer refuses", () => {
     await refused(pem(Buffer.concat([der, Buffer.from([0])])), /not a readable PEM CSR/);
     await refused(pem(der.subarray(0, der.length - 10)), /not a readable PEM CSR/);
     await refused(certToPem(good).replace("CERTIFICATE REQUEST", "CERTIFICATE"), /not a readable PEM CSR/);
+  });
+});
+
+describe("a CSR for a compressed point", () => {
+  test("is accepted: the certificate holds the key as the CSR has it, as the ASN.1 library wrote it", async () => {
+    const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const jwk = publicKey.export({ format: "jwk" });
+    const x = Buffer.from(jwk.x!, "base64url");
+    const y = Buffer.from(jwk.y!, "base64url");
+    const point = Buffer.concat([Buffer.from([2 + (y[y.length - 1]! & 1)]), x]);
+    const spki = seq(seq(oid("1.2.840.10045.2.1"), oid("1.2.840.10045.3.1.7")), bitString(point));
+    const info = seq(tlv(TAG.INTEGER, Buffer.from([0])), seq(), spki, tlv(0xa0));
+    const csr = seq(info, ECDSA_WITH_SHA256, bitString(sign("sha256", info, privateKey)));
+    const csrPem = `-----BEGIN CERTIFICATE REQUEST-----\n${csr.toString("base64")}\n-----END CERTIFICATE REQUEST-----\n`;
+    const opts = { nodeId: NODE, role: "worker", clusterId: CLUSTER } as const;
+    const pem = await signNodeCSR(ca, csrPem, { ...opts, now: () => NOW, randomBytes: fixed([0x11]) });
+    const leaf = new NodeX509Certificate(pem);
+    expect(leaf.verify(new NodeX509Certificate(rootPem).publicKey)).toBe(true);
+    const probe = Buffer.from("the node's own key");
+    expect(verify("sha256", probe, leaf.publicKey, sign("sha256", probe, privateKey))).toBe(true);
+    expect(tbsOf(pem).includes(spki)).toBe(true);
+    const reference = await peculiarNodeCert(ca, csrPem, { ...opts, days: 90, serial: fixed([0x11]) });
+    expect(tbsOf(pem).equals(tbsOf(reference))).toBe(true);
+  });
+});
+
+describe("a peer's identity read straight from its certificate", () => {
+  async function certWith(subject: x509.JsonName): Promise<Buffer> {
+    const keys = await generateEcKeyPair();
+    const cert = await ca.issue({
+      subject,
+      publicKey: await x509.PublicKey.create(keys.publicKey),
+      notBefore: NOW,
+      notAfter: new Date(NOW.getTime() + DAY),
+      serialNumber: "01",
+      extensions: [],
+    });
+    return Buffer.from(cert.rawData);
+  }
+
+  /** What parseNodeCert, the reference, says: the identity, or null where it refuses the certificate. */
+  function reference(der: Buffer): PeerIdentity | null {
+    try {
+      const info = parseNodeCert(der);
+      return { nodeId: info.nodeId, role: info.role, clusterId: info.clusterId };
+    } catch {
+      return null;
+    }
+  }
+
+  test("shoal's own certificates: the subject from the DER, the identity the reference parser reads", async () => {
+    for (const [role, clusterId] of [
+      ["manager", CLUSTER],
+      ["worker", "my_cluster"],
+    ] as const) {
+      const { csrPem } = await generateNodeKeyAndCSR();
+      const pem = await signNodeCSR(ca, csrPem, { nodeId: NODE, role, clusterId, now: () => NOW });
+      const der = Buffer.from(new NodeX509Certificate(pem).raw);
+      expect(plainNodeSubject(der)).toEqual({ cn: NODE, ou: roleToOU(role), o: clusterId });
+      expect(identityOfDer(der)).toEqual({ nodeId: NODE, role, clusterId });
+      expect(identityOfDer(der)).toEqual(reference(der));
+    }
+  });
+
+  test("other subjects: plain ones read from the DER, the rest by the reference parser, with the same result", async () => {
+    const plain: [x509.JsonName, NodeSubject][] = [
+      [[{ CN: [NODE] }, { OU: ["swarm-worker"] }, { O: [CLUSTER] }], { cn: NODE, ou: "swarm-worker", o: CLUSTER }],
+      [
+        [{ C: ["US"] }, { O: [CLUSTER] }, { OU: ["swarm-manager"] }, { CN: [NODE] }],
+        { cn: NODE, ou: "swarm-manager", o: CLUSTER },
+      ],
+      // Read plainly, refused by role: an OU shoal does not issue.
+      [[{ O: [CLUSTER] }, { OU: ["swarm-admin"] }, { CN: [NODE] }], { cn: NODE, ou: "swarm-admin", o: CLUSTER }],
+    ];
+    for (const [subject, want] of plain) {
+      const der = await certWith(subject);
+      expect(plainNodeSubject(der)).toEqual(want);
+      expect(identityOfDer(der)).toEqual(reference(der));
+    }
+    const notPlain: x509.JsonName[] = [
+      // Repeated, missing, or several attributes in one RDN.
+      [{ O: [CLUSTER] }, { OU: ["swarm-worker"] }, { OU: ["swarm-manager"] }, { CN: [NODE] }],
+      [{ O: [CLUSTER] }, { CN: [NODE] }],
+      [{ O: [CLUSTER], OU: ["swarm-worker"] }, { CN: [NODE] }],
+      // Another string type.
+      [
+        { O: [CLUSTER] },
+        { OU: ["swarm-worker"] },
+        { CN: [`#16${NODE.length.toString(16).padStart(2, "0")}${Buffer.from(NODE).toString("hex")}`] },
+      ],
+    ];
+    for (const subject of notPlain) {
+      const der = await certWith(subject);
+      expect(plainNodeSubject(der)).toBeNull();
+      expect(identityOfDer(der)).toEqual(reference(der));
+    }
+    // A value in a form the DER path does not trust goes to the reference too.
+    const odd = await certWith([{ O: ["a,b"] }, { OU: ["swarm-worker"] }, { CN: [NODE] }]);
+    expect(plainNodeSubject(odd)).toEqual({ cn: NODE, ou: "swarm-worker", o: "a,b" });
+    expect(identityOfDer(odd)).toEqual(reference(odd));
+    expect(plainNodeSubject(Buffer.from("not a certificate"))).toBeNull();
+    expect(identityOfDer(Buffer.from("not a certificate, either"))).toBeNull();
   });
 });
