@@ -2,21 +2,13 @@
 // and the renewal schedule. The CA decides the identity (CN node id, OU role, O cluster id); the
 // subject a node puts in its CSR is ignored, but the CSR's signature must prove key possession.
 
-import { createPrivateKey, createPublicKey, X509Certificate as NodeX509Certificate } from "node:crypto";
+import { createPrivateKey, generateKeyPair, X509Certificate as NodeX509Certificate } from "node:crypto";
+import { promisify } from "node:util";
 import { CAError } from "./errors.js";
-import { readCSR } from "./leaf.js";
+import { csrPem, readCSR } from "./leaf.js";
 import { cryptoRandomBytes, type RandomBytes } from "./random.js";
 import { BACKDATE_MS, ROOT_CA_CN, type RootCA } from "./rootca.js";
-import {
-  certToPem,
-  EC_KEY_PARAMS,
-  EC_SIGN_PARAMS,
-  generateEcKeyPair,
-  privateKeyToPem,
-  randomSerialHex,
-  subtle,
-  x509,
-} from "./x509.js";
+import { randomSerialHex, x509 } from "./x509.js";
 
 export type NodeRole = "manager" | "worker";
 
@@ -41,6 +33,8 @@ export function ouToRole(ou: string): NodeRole | null {
   return null;
 }
 
+const generateEcKey = promisify(generateKeyPair);
+
 export interface NodeKeyAndCSR {
   /** PKCS#8 PEM, ECDSA P-256. */
   keyPem: string;
@@ -49,13 +43,8 @@ export interface NodeKeyAndCSR {
 
 /** A new ECDSA P-256 key and a CSR signed with it (subject CN=<nodeId> if given; the CA ignores it). */
 export async function generateNodeKeyAndCSR(nodeId?: string): Promise<NodeKeyAndCSR> {
-  const keys = await generateEcKeyPair();
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: nodeId === undefined ? [] : [{ CN: [nodeId] }],
-    keys,
-    signingAlgorithm: EC_SIGN_PARAMS,
-  });
-  return { keyPem: await privateKeyToPem(keys.privateKey), csrPem: certToPem(csr) };
+  const { privateKey } = await generateEcKey("ec", { namedCurve: "P-256" });
+  return { keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, csrPem: csrPem(privateKey, nodeId) };
 }
 
 /**
@@ -63,27 +52,7 @@ export async function generateNodeKeyAndCSR(nodeId?: string): Promise<NodeKeyAnd
  * certificate, the CSR's signature proving it holds that certificate's key.
  */
 export async function csrForKey(keyPem: string, nodeId?: string): Promise<string> {
-  const priv = createPrivateKey(keyPem);
-  const privateKey = await subtle.importKey(
-    "pkcs8",
-    priv.export({ type: "pkcs8", format: "der" }),
-    EC_KEY_PARAMS,
-    false,
-    ["sign"],
-  );
-  const publicKey = await subtle.importKey(
-    "spki",
-    createPublicKey(priv).export({ type: "spki", format: "der" }),
-    EC_KEY_PARAMS,
-    true,
-    ["verify"],
-  );
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: nodeId === undefined ? [] : [{ CN: [nodeId] }],
-    keys: { privateKey, publicKey },
-    signingAlgorithm: EC_SIGN_PARAMS,
-  });
-  return certToPem(csr);
+  return csrPem(createPrivateKey(keyPem), nodeId);
 }
 
 export interface SignNodeCSROptions {

@@ -346,10 +346,17 @@ export function insecureClientCredentials(): ChannelCredentials {
 let insecureCredentials: ChannelCredentials | undefined;
 
 function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
+  // The same bundle for every connection a node makes (and every node a simulator runs): read once.
+  const known = trustedRoots.get(rootPem);
+  if (known) return known;
   const blocks = rootPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
   if (blocks.length === 0) throw new TypeError("clientCredentials: rootPem contains no PEM certificate");
-  return blocks.map((b) => new NodeX509Certificate(b));
+  const roots = blocks.map((b) => new NodeX509Certificate(b));
+  if (trustedRoots.size >= 8) trustedRoots.delete(trustedRoots.keys().next().value!);
+  trustedRoots.set(rootPem, roots);
+  return roots;
 }
+const trustedRoots = new Map<string, NodeX509Certificate[]>();
 
 /**
  * The certificates the server presented, leaf first, following the issuer links Node gives

@@ -4,18 +4,42 @@
 // from its certificate's DER the way the reference parser reads it.
 
 import { execFileSync } from "node:child_process";
-import { generateKeyPairSync, X509Certificate as NodeX509Certificate, sign, verify, type webcrypto } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  X509Certificate as NodeX509Certificate,
+  sign,
+  verify,
+  type webcrypto,
+} from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { generateNodeKeyAndCSR, type NodeRole, parseNodeCert, roleToOU, signNodeCSR } from "../../src/ca/certs.js";
+import {
+  csrForKey,
+  generateNodeKeyAndCSR,
+  type NodeRole,
+  parseNodeCert,
+  roleToOU,
+  signNodeCSR,
+} from "../../src/ca/certs.js";
 import { bitString, childrenOf, oid, readElement, seq, TAG, tlv } from "../../src/ca/der.js";
 import { CAError } from "../../src/ca/errors.js";
 import { ECDSA_WITH_SHA256, type NodeSubject, plainNodeSubject } from "../../src/ca/leaf.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
 import { identityOfDer, type PeerIdentity } from "../../src/ca/tls.js";
-import { certToPem, EC_SIGN_PARAMS, generateEcKeyPair, randomSerialHex, subtle, x509 } from "../../src/ca/x509.js";
+import {
+  certToPem,
+  EC_KEY_PARAMS,
+  EC_SIGN_PARAMS,
+  generateEcKeyPair,
+  privateKeyToPem,
+  randomSerialHex,
+  subtle,
+  x509,
+} from "../../src/ca/x509.js";
 
 const HOUR = 3600_000;
 const DAY = 24 * HOUR;
@@ -258,6 +282,62 @@ describe("a CSR for a compressed point", () => {
     const reference = await peculiarNodeCert(ca, csrPem, { ...opts, days: 90, serial: fixed([0x11]) });
     expect(tbsOf(pem).equals(tbsOf(reference))).toBe(true);
   });
+});
+
+describe("CSRs a joining node writes without the ASN.1 library", () => {
+  /** The CertificationRequestInfo of a PEM CSR: everything its signature covers. */
+  function requestInfoOf(pem: string): Buffer {
+    const der = Buffer.from(pem.replace(/-----[A-Z ]+-----|\s/g, ""), "base64");
+    const info = childrenOf(der, readElement(der, 0))[0]!;
+    return Buffer.from(der.subarray(info.start, info.end));
+  }
+
+  for (const nodeId of [NODE, undefined]) {
+    test(`subject ${nodeId === undefined ? "empty" : "CN=<node id>"}: the library's request, and the CA takes it`, async () => {
+      const { keyPem, csrPem } = await generateNodeKeyAndCSR(nodeId);
+      const key = createPrivateKey(keyPem);
+      expect(key.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+      // The key's PEM as the library's exporter wrote it.
+      const cryptoKey = await subtle.importKey(
+        "pkcs8",
+        key.export({ type: "pkcs8", format: "der" }),
+        EC_KEY_PARAMS,
+        true,
+        ["sign"],
+      );
+      expect(keyPem).toBe(await privateKeyToPem(cryptoKey));
+      const publicKey = await subtle.importKey(
+        "spki",
+        createPublicKey(key).export({ type: "spki", format: "der" }),
+        EC_KEY_PARAMS,
+        true,
+        ["verify"],
+      );
+      const reference = await x509.Pkcs10CertificateRequestGenerator.create({
+        name: nodeId === undefined ? [] : [{ CN: [nodeId] }],
+        keys: { privateKey: cryptoKey, publicKey },
+        signingAlgorithm: EC_SIGN_PARAMS,
+      });
+      expect(requestInfoOf(csrPem).toString("hex")).toBe(requestInfoOf(certToPem(reference)).toString("hex"));
+      expect(csrPem).toMatch(
+        /^-----BEGIN CERTIFICATE REQUEST-----\n([A-Za-z0-9+/]{64}\n)*[A-Za-z0-9+/=]{1,64}\n-----END CERTIFICATE REQUEST-----\n$/,
+      );
+      expect(await new x509.Pkcs10CertificateRequest(csrPem).verify()).toBe(true);
+      expect(await csrForKey(keyPem, nodeId)).toMatch(/^-----BEGIN CERTIFICATE REQUEST-----/);
+      expect(requestInfoOf(await csrForKey(keyPem, nodeId)).equals(requestInfoOf(csrPem))).toBe(true);
+      if (hasOpenssl) {
+        const f = join(dir, "req.pem");
+        writeFileSync(f, csrPem);
+        expect(
+          execFileSync("openssl", ["req", "-verify", "-noout", "-in", f], { encoding: "utf8", stdio: "pipe" }),
+        ).toBe("");
+      }
+      const pem = await signNodeCSR(ca, csrPem, { nodeId: NODE, role: "worker", clusterId: CLUSTER, now: () => NOW });
+      expect(new NodeX509Certificate(pem).publicKey.export({ type: "spki", format: "der" })).toEqual(
+        createPublicKey(key).export({ type: "spki", format: "der" }),
+      );
+    });
+  }
 });
 
 describe("a peer's identity read straight from its certificate", () => {
