@@ -236,7 +236,7 @@ const SUBJECT_KEYS = new Map<string, keyof NodeSubject>([
  * The CN, OU and O of a certificate (DER) in the plain form shoal issues them: each once, in an RDN of its
  * own, a PrintableString or UTF8String. Anything else (an unreadable certificate, a repeated or missing
  * attribute, a multi-valued RDN, another string type) gives null: the caller then asks the full parser,
- * which says what is wrong. A few microseconds, where Node's X509Certificate takes a few hundred.
+ * which says what is wrong. About 20 µs, where Node's X509Certificate takes about 170.
  */
 export function plainNodeSubject(cert: Buffer): NodeSubject | null {
   const found: Partial<NodeSubject> = {};
