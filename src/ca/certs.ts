@@ -2,20 +2,13 @@
 // and the renewal schedule. The CA decides the identity (CN node id, OU role, O cluster id); the
 // subject a node puts in its CSR is ignored, but the CSR's signature must prove key possession.
 
-import { createPrivateKey, createPublicKey, X509Certificate as NodeX509Certificate, type webcrypto } from "node:crypto";
+import { createPrivateKey, generateKeyPair, X509Certificate as NodeX509Certificate } from "node:crypto";
+import { promisify } from "node:util";
 import { CAError } from "./errors.js";
+import { csrPem, readCSR } from "./leaf.js";
 import { cryptoRandomBytes, type RandomBytes } from "./random.js";
 import { BACKDATE_MS, ROOT_CA_CN, type RootCA } from "./rootca.js";
-import {
-  certToPem,
-  EC_KEY_PARAMS,
-  EC_SIGN_PARAMS,
-  generateEcKeyPair,
-  privateKeyToPem,
-  randomSerialHex,
-  subtle,
-  x509,
-} from "./x509.js";
+import { randomSerialHex, x509 } from "./x509.js";
 
 export type NodeRole = "manager" | "worker";
 
@@ -40,6 +33,8 @@ export function ouToRole(ou: string): NodeRole | null {
   return null;
 }
 
+const generateEcKey = promisify(generateKeyPair);
+
 export interface NodeKeyAndCSR {
   /** PKCS#8 PEM, ECDSA P-256. */
   keyPem: string;
@@ -48,13 +43,8 @@ export interface NodeKeyAndCSR {
 
 /** A new ECDSA P-256 key and a CSR signed with it (subject CN=<nodeId> if given; the CA ignores it). */
 export async function generateNodeKeyAndCSR(nodeId?: string): Promise<NodeKeyAndCSR> {
-  const keys = await generateEcKeyPair();
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: nodeId === undefined ? [] : [{ CN: [nodeId] }],
-    keys,
-    signingAlgorithm: EC_SIGN_PARAMS,
-  });
-  return { keyPem: await privateKeyToPem(keys.privateKey), csrPem: certToPem(csr) };
+  const { privateKey } = await generateEcKey("ec", { namedCurve: "P-256" });
+  return { keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, csrPem: csrPem(privateKey, nodeId) };
 }
 
 /**
@@ -62,27 +52,7 @@ export async function generateNodeKeyAndCSR(nodeId?: string): Promise<NodeKeyAnd
  * certificate, the CSR's signature proving it holds that certificate's key.
  */
 export async function csrForKey(keyPem: string, nodeId?: string): Promise<string> {
-  const priv = createPrivateKey(keyPem);
-  const privateKey = await subtle.importKey(
-    "pkcs8",
-    priv.export({ type: "pkcs8", format: "der" }),
-    EC_KEY_PARAMS,
-    false,
-    ["sign"],
-  );
-  const publicKey = await subtle.importKey(
-    "spki",
-    createPublicKey(priv).export({ type: "spki", format: "der" }),
-    EC_KEY_PARAMS,
-    true,
-    ["verify"],
-  );
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: nodeId === undefined ? [] : [{ CN: [nodeId] }],
-    keys: { privateKey, publicKey },
-    signingAlgorithm: EC_SIGN_PARAMS,
-  });
-  return certToPem(csr);
+  return csrPem(createPrivateKey(keyPem), nodeId);
 }
 
 export interface SignNodeCSROptions {
@@ -97,9 +67,10 @@ export interface SignNodeCSROptions {
 
 /**
  * Signs a node's CSR with the cluster root CA (managers only). Subject CN=<nodeId>, OU=swarm-manager|
- * swarm-worker, O=<clusterId>; DNS SANs OU, CN (and swarm-ca for managers); serverAuth+clientAuth;
- * valid from now-1h to now+days. Throws CAError "invalid-csr" if the CSR cannot be read, its signature
- * does not verify, or its key is not ECDSA P-256.
+ * swarm-worker, O=<clusterId> (in ASN.1 order O, OU, CN, as Go's pkix.Name; printed CN=..., OU=..., O=...);
+ * DNS SANs OU, CN (and swarm-ca for managers); serverAuth+clientAuth; valid from now-1h to now+days.
+ * Throws CAError "invalid-csr" if the CSR cannot be read, its signature does not verify, or its key is not
+ * ECDSA P-256. The join path: no ASN.1 library, one ECDSA verify and one sign (src/ca/leaf.ts).
  */
 export async function signNodeCSR(rootCA: RootCA, csrPem: string, opts: SignNodeCSROptions): Promise<string> {
   if (!ID_RE.test(opts.nodeId)) throw new CAError("invalid-node-id", `invalid node id ${JSON.stringify(opts.nodeId)}`);
@@ -115,23 +86,7 @@ export async function signNodeCSR(rootCA: RootCA, csrPem: string, opts: SignNode
     throw new CAError("no-ca-key", "This node is not a swarm manager: it does not hold the cluster CA key.");
   }
 
-  let csr: x509.Pkcs10CertificateRequest;
-  try {
-    csr = new x509.Pkcs10CertificateRequest(csrPem);
-  } catch (err) {
-    throw new CAError("invalid-csr", "the certificate signing request is not a readable PEM CSR", { cause: err });
-  }
-  const alg = csr.publicKey.algorithm as webcrypto.EcKeyAlgorithm;
-  if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256") {
-    throw new CAError("invalid-csr", "the certificate signing request must be for an ECDSA P-256 key");
-  }
-  let ok = false;
-  try {
-    ok = await csr.verify();
-  } catch (err) {
-    throw new CAError("invalid-csr", "the certificate signing request signature could not be checked", { cause: err });
-  }
-  if (!ok) throw new CAError("invalid-csr", "the certificate signing request signature is invalid");
+  const key = readCSR(csrPem);
 
   const now = (opts.now ?? (() => new Date()))();
   const notBefore = new Date(now.getTime() - BACKDATE_MS);
@@ -139,23 +94,16 @@ export async function signNodeCSR(rootCA: RootCA, csrPem: string, opts: SignNode
   if (notAfter > rootCA.notAfter) notAfter = rootCA.notAfter;
 
   const ou = roleToOU(opts.role);
-  const dnsNames = opts.role === "manager" ? [ou, opts.nodeId, CA_SAN] : [ou, opts.nodeId];
-  const cert = await rootCA.issue({
-    // ASN.1 order O, OU, CN (as Go's pkix.Name); printed most-specific first: CN=..., OU=..., O=...
-    subject: [{ O: [opts.clusterId] }, { OU: [ou] }, { CN: [opts.nodeId] }],
-    publicKey: csr.publicKey,
+  return rootCA.signNodeCertificate({
+    serial: Buffer.from(randomSerialHex(opts.randomBytes ?? cryptoRandomBytes), "hex"),
     notBefore,
     notAfter,
-    serialNumber: randomSerialHex(opts.randomBytes ?? cryptoRandomBytes),
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
-      new x509.SubjectAlternativeNameExtension(dnsNames.map((value) => ({ type: "dns" as const, value }))),
-      await x509.SubjectKeyIdentifierExtension.create(csr.publicKey),
-    ],
+    clusterId: opts.clusterId,
+    ou,
+    nodeId: opts.nodeId,
+    dnsNames: opts.role === "manager" ? [ou, opts.nodeId, CA_SAN] : [ou, opts.nodeId],
+    key,
   });
-  return certToPem(cert);
 }
 
 export interface NodeCertInfo {

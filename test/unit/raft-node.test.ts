@@ -10,7 +10,7 @@ import { LocalHub } from "../../src/raft/local-transport.js";
 import { RaftNode } from "../../src/raft/node.js";
 import { SeededRand } from "../../src/raft/rand.js";
 import { bootstrapSnapshot } from "../../src/raft/rawnode.js";
-import { ConfChangeType, EMPTY, type NodeId, StateType } from "../../src/raft/types.js";
+import { ConfChangeType, EMPTY, type Message, MessageType, type NodeId, StateType } from "../../src/raft/types.js";
 import { KVMachine } from "./kv-machine.js";
 import { waitFor as waitUntil } from "./raft-fixtures.js";
 import { TEST_DEK } from "./test-dek.js";
@@ -121,6 +121,37 @@ describe("raft node driver", () => {
       await follower.node.readBarrier();
       expect(follower.sm.data.get("x")).toBe(`${i}`);
     }
+  });
+
+  it("a burst of reads shares read-index requests, and each read still sees the writes before it", async () => {
+    // What every member sends, by type: the follower's ReadIndex requests, the leader's heartbeats.
+    const sent = new Map<NodeId, MessageType[]>();
+    for (const id of [1, 2, 3]) {
+      const inner = hub.transport(id);
+      const transport = {
+        send: (ms: Message[]) => {
+          sent.set(id, [...(sent.get(id) ?? []), ...ms.map((m) => m.type)]);
+          inner.send(ms);
+        },
+      };
+      await startMember(id, [1, 2, 3], { transport });
+    }
+    const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+    const follower = members.find((m) => !m.node.isLeader)!;
+    await putViaLeader("x", "0");
+    await follower.node.readBarrier();
+    const count = (id: NodeId, t: MessageType) => (sent.get(id) ?? []).filter((x) => x === t).length;
+    const before = count(follower.id, MessageType.ReadIndex);
+    const heartbeatsBefore = count(leader.id, MessageType.Heartbeat);
+
+    await putViaLeader("x", "1");
+    const reads = Array.from({ length: 40 }, () => follower.node.readBarrier().then(() => follower.sm.data.get("x")));
+    // Every read started after x=1 finished: every one sees it.
+    expect(await Promise.all(reads)).toEqual(Array(40).fill("1"));
+    // One request for the first read, one for the 39 that came while it was out (not one per read).
+    expect(count(follower.id, MessageType.ReadIndex) - before).toBeLessThanOrEqual(3);
+    // The leader's heartbeat rounds for them, two followers each, besides its ticks' (tickMs 10).
+    expect(count(leader.id, MessageType.Heartbeat) - heartbeatsBefore).toBeLessThan(40);
   });
 
   it("a member removed while cut off learns it when it speaks again: its node stops and onRemoved fires once", async () => {

@@ -1,5 +1,5 @@
 // Reads on hot paths: the store's frozen views (no copy per read, never stale after a change), the
-// batched node status entry, and the peer identity read once per certificate with Node's X509Certificate.
+// batched node status entry, and the peer identity read once per certificate, straight from its DER.
 
 import { beforeAll, describe, expect, test, vi } from "vitest";
 import { generateNodeKeyAndCSR, parseNodeCert, signNodeCSR } from "../../src/ca/certs.js";
@@ -118,7 +118,7 @@ describe("peer identity", () => {
     der = Buffer.from(pem.replace(/-----[A-Z ]+-----|\s/g, ""), "base64");
   });
 
-  test("Node's X509Certificate reads the same identity as the ASN.1 parser", () => {
+  test("the identity read from the DER is the one the ASN.1 parser reads", () => {
     const ref = parseNodeCert(der);
     expect(identityOfDer(der)).toEqual({ nodeId: ref.nodeId, role: ref.role, clusterId: ref.clusterId });
     expect(identityOfDer(Buffer.from("not a certificate"))).toBeNull();
