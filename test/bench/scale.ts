@@ -57,6 +57,8 @@ interface Options {
   profile: boolean;
   /** Take a heap snapshot of the leader once this many nodes have joined. */
   heapSnapshotAt: number | undefined;
+  /** Extra flags for the managers' node (e.g. --trace-gc: its lines go to each manager's log). */
+  nodeFlags: string[];
   failover: boolean;
   out: string;
   keep: boolean;
@@ -66,7 +68,7 @@ function usage(): never {
   console.error(
     "usage: node dist/test/bench/scale.js [--nodes 250,1000] [--procs P] [--concurrency C (per process)]\n" +
       "         [--steady S] [--join-timeout S] [--recover-timeout S] [--profile] [--heap-snapshot N]\n" +
-      "         [--no-failover] [--out FILE] [--keep]",
+      '         [--node-flags "--trace-gc ..."] [--no-failover] [--out FILE] [--keep]',
   );
   process.exit(2);
 }
@@ -81,6 +83,7 @@ function parseArgs(argv: string[]): Options {
     recoverTimeoutS: 90,
     profile: false,
     heapSnapshotAt: undefined,
+    nodeFlags: [],
     failover: true,
     out: join("bench-results", "scale.json"),
     keep: false,
@@ -102,6 +105,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--recover-timeout") o.recoverTimeoutS = num();
     else if (a === "--profile") o.profile = true;
     else if (a === "--heap-snapshot") o.heapSnapshotAt = Math.floor(num());
+    else if (a === "--node-flags") o.nodeFlags = (argv[++i] ?? usage()).split(/\s+/).filter(Boolean);
     else if (a === "--no-failover") o.failover = false;
     else if (a === "--out") o.out = argv[++i] ?? usage();
     else if (a === "--keep") o.keep = true;
@@ -238,6 +242,7 @@ class Shoald {
     readonly profileDir: string | undefined,
     /** Where a heap snapshot goes (the process's working directory), when one may be asked for. */
     readonly heapDir: string | undefined,
+    readonly nodeFlags: readonly string[] = [],
   ) {}
 
   get dataRoot(): string {
@@ -263,6 +268,7 @@ class Shoald {
     const args = [
       ...prof,
       ...heap,
+      ...this.nodeFlags,
       SHOALD,
       "--data-root",
       this.dataRoot,
@@ -278,7 +284,8 @@ class Shoald {
     ];
     try {
       if (this.heapDir) mkdirSync(this.heapDir, { recursive: true });
-      const p = spawn(process.execPath, args, { stdio: ["ignore", "ignore", fd], cwd: this.heapDir });
+      // stdout too: what node's own flags print (--trace-gc) goes to the log; the daemon logs to stderr.
+      const p = spawn(process.execPath, args, { stdio: ["ignore", fd, fd], cwd: this.heapDir });
       children.add(p);
       this.exited = new Promise((resolve) =>
         p.once("exit", () => {
@@ -529,7 +536,7 @@ async function formCluster(dir: string, o: Options, metrics: boolean): Promise<S
   const ds = ips.map((ip, i) => {
     const name = `scale-m${i + 1}`;
     const heapDir = o.heapSnapshotAt !== undefined ? join(dir, "heap", name) : undefined;
-    return new Shoald(name, ip, port, mport, join(dir, `m${i + 1}`), profileDir, heapDir);
+    return new Shoald(name, ip, port, mport, join(dir, `m${i + 1}`), profileDir, heapDir, o.nodeFlags);
   });
   for (const d of ds) await mkdir(d.dir, { recursive: true });
   const [d1, ...rest] = ds as [Shoald, Shoald, Shoald];
