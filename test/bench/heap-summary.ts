@@ -313,6 +313,40 @@ function main(): void {
       console.log(`${String(g.count).padStart(9)} ${mb(g.bytes)} ${perN(g.bytes)}  <- ${k}`);
     }
   }
+  // What the instances of one class hold: the objects they dominate, by the edge that leads there.
+  const kids = args.indexOf("--children");
+  if (kids >= 0) {
+    const c = args[kids + 1] ?? "";
+    const nf2 = s.meta.node_fields.length;
+    const ef = s.meta.edge_fields.length;
+    const nEdges = s.meta.node_fields.indexOf("edge_count");
+    const eType = s.meta.edge_fields.indexOf("type");
+    const eName = s.meta.edge_fields.indexOf("name_or_index");
+    const eTo = s.meta.edge_fields.indexOf("to_node");
+    const edgeTypes = s.meta.edge_types[0];
+    const groups2 = new Map<string, { count: number; bytes: number }>();
+    for (let v = 0, e = 0; v < a.count; v++) {
+      const end = e + s.nodes[v * nf2 + nEdges]! * ef;
+      if (a.className(v) === c) {
+        for (let k = e; k < end; k += ef) {
+          const w = s.edges[k + eTo]! / nf2;
+          if (a.dominator[w] !== v) continue;
+          const t = edgeTypes[s.edges[k + eType]!];
+          const name = t === "element" || t === "hidden" ? `[${t}]` : s.strings[s.edges[k + eName]!];
+          const key = `.${name} ${a.className(w)}`;
+          let g = groups2.get(key);
+          if (!g) groups2.set(key, (g = { count: 0, bytes: 0 }));
+          g.count++;
+          g.bytes += a.retained[w]!;
+        }
+      }
+      e = end;
+    }
+    console.log(`\nwhat ${c} holds (edge, class: count, retained):`);
+    for (const [k, g] of [...groups2.entries()].sort((x, y) => y[1].bytes - x[1].bytes).slice(0, top)) {
+      console.log(`${String(g.count).padStart(9)} ${mb(g.bytes)} ${perN(g.bytes)}  ${k.slice(0, 90)}`);
+    }
+  }
   // Strings by their first characters.
   const nf = s.meta.node_fields.length;
   const nType = s.meta.node_fields.indexOf("type");
