@@ -15,6 +15,7 @@ import { type AclContext, withAcl } from "../../src/manager/acl.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { Dispatcher, GRACE_PER_NODE_MS, HEARTBEAT_MISSES } from "../../src/manager/dispatcher.js";
 import { requestSchemas } from "../../src/manager/wire.js";
+import { initialKeyring, rotateCommand } from "../../src/store/keyring.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
 
 const CLUSTER = "c0000000000000000000000001";
@@ -396,6 +397,51 @@ describe("dispatcher", () => {
     expect(f.dispatcher.encodedPieces() - encoded2).toBe(2);
     for (let i = 0; i <= 10; i++) expect(streams[i]!.messages.at(-1)!.networks[0]!.endpoints.length).toBe(11);
     stringify.mockRestore();
+    f.dispatcher.loseLeadership();
+  });
+
+  test("overlay keys go to the holders of an encrypted network only; a rotation is encoded once for all of them", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    const apply = (c: Command) => {
+      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
+      if (!out.ok) throw new Error(out.message);
+    };
+    for (let i = 0; i < 6; i++) addNode(f, i, "ready");
+    apply({ op: "keys.init", ring: initialKeyring(at) });
+    const spec = { driver: "overlay" as const, internal: false, attachable: true, ingress: false, labels: {} };
+    const secret = "net000000000000000000000s";
+    const plain = "net000000000000000000000p";
+    apply({ op: "network.create", id: secret, spec: { name: "secret", ...spec, options: { encrypted: "" } } });
+    apply({ op: "network.create", id: plain, spec: { name: "plain", ...spec, options: {} } });
+    // Nodes 0-2 hold the encrypted network, 3-4 the plain one, 5 none.
+    for (let i = 0; i < 5; i++) {
+      apply({
+        op: "endpoint.create",
+        id: String(i).padEnd(64, "e"),
+        networkId: i < 3 ? secret : plain,
+        nodeId: ids[i]!,
+        containerId: String(i).padEnd(64, "c"),
+        containerName: `c${i}`,
+        aliases: [],
+        standalone: true,
+      });
+    }
+    f.dispatcher.becomeLeader();
+    const streams = Array.from({ length: 6 }, (_, i) => open(f, i));
+    await settle();
+    const keysOf = (i: number) => streams[i]!.messages.at(-1)!.networkKeysJson;
+    for (let i = 0; i < 6; i++) expect(keysOf(i) !== "").toBe(i < 3);
+    const before = streams.map((s) => s.messages.length);
+    const encoded = f.dispatcher.encodedPieces();
+    apply(rotateCommand(f.store.keyring()!, at));
+    await settle();
+    // Those holding a network are looked at; only the holders of the encrypted one get a new message.
+    expect(streams.map((s, i) => s.messages.length - before[i]!)).toEqual([1, 1, 1, 0, 0, 0]);
+    for (let i = 0; i < 3; i++) {
+      expect((JSON.parse(keysOf(i)) as { keys: { tag: number }[] }).keys.map((k) => k.tag)).toEqual([2, 3, 4]);
+    }
+    expect(f.dispatcher.encodedPieces() - encoded).toBe(2); // the keys, and what everyone gets
     f.dispatcher.loseLeadership();
   });
 
