@@ -8,36 +8,37 @@
 // - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft;
 // - a store event marks only the sessions it concerns (the node's own; the holders of a network; everyone
 //   only for what everyone gets: the manager list, the heartbeat period, the root CA), and the marked
-//   sessions are sent their new state in batches of bounded size per event-loop turn, from one context
-//   computed once per batch;
+//   sessions are sent their new state in batches of bounded size per event-loop turn;
+// - a message is put together from pieces encoded once and shared (push-parts.ts): a change to a network
+//   is encoded once for all its holders, a swarm-wide change once for everyone, a node once per change;
 // - node status changes (Ready when a session starts, Down when one is missed) are queued and written in
 //   few Raft entries (node.statusBatch); a reconnect of a node that is already Ready writes nothing;
 // - a new leader gives every node a grace that grows with the cluster before anything is marked Down.
 
 import { randomBytes } from "node:crypto";
-import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
+import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { type NodeDescription, NodeDescriptionSchema, type NodeState } from "../api/objects.js";
 import { parse, parseJsonText } from "../api/schema.js";
-import type { HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest } from "../gen/cluster.js";
+import type { HeartbeatRequest, HeartbeatResponse, SessionMessage } from "../gen/cluster.js";
 import { observe } from "../metrics/metrics.js";
 import { MAX_STATUS_BATCH } from "../store/commands.js";
-import { agentView, isEncryptedNetwork } from "../store/keyring.js";
 import type { ClusterRecord, NodeRecord, StoreEvent, View } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
-import { type AttachmentCluster, attachmentHandlers, networkState } from "./networks.js";
+import { type AttachmentCluster, attachmentHandlers } from "./networks.js";
+import { newSessionPieces, PushParts, type SessionCall, type SessionPieces, samePieces } from "./push-parts.js";
 import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
 interface Session {
   id: string;
   nodeId: string;
-  call: ServerWritableStream<SessionRequest, SessionMessage>;
+  call: SessionCall;
   /** performance.now() of the last heartbeat (or of the session's start). */
   lastSeenMs: number;
-  /** The last message sent, to send only what changed. */
-  last: string;
+  /** The pieces of its messages (to send only what changed). */
+  pieces: SessionPieces;
   /**
    * Whether the node's Ready status is committed: until then the session is sent nothing, so that an agent's
    * first message (which ends `swarm join`) means every manager's `node ls` already shows the node Ready.
@@ -80,13 +81,6 @@ interface StatusUpdate {
   done?: () => void;
 }
 
-/** Computed once per batch of pushes, shared by every session of the batch. */
-interface PushContext {
-  common: Pick<SessionMessage, "managers" | "heartbeatPeriodMs">;
-  cluster: View<ClusterRecord> | undefined;
-  networks: Map<string, ReturnType<typeof networkState>>;
-}
-
 export class Dispatcher {
   private sessions = new Map<string, Session>();
   private byNode = new Map<string, Session>();
@@ -113,8 +107,16 @@ export class Dispatcher {
   /** performance.now() of the last sweep: a sweep much later than that means the process was stalled. */
   private lastSweepMs = 0;
   private commonKey = "";
+  private readonly parts: PushParts;
 
-  constructor(private readonly m: DispatcherCluster) {}
+  constructor(private readonly m: DispatcherCluster) {
+    this.parts = new PushParts(m.store);
+  }
+
+  /** Pieces of session messages encoded so far (each one serialisation, shared by the sessions it goes to). */
+  encodedPieces(): number {
+    return this.parts.encoded;
+  }
 
   heartbeatPeriodMs(): number {
     const ns = this.m.store.clusterView()?.info.Spec.Dispatcher.HeartbeatPeriod;
@@ -131,6 +133,7 @@ export class Dispatcher {
     this.active = true;
     this.m.store.events.on("event", this.onEvent);
     this.rebuildHolds();
+    this.parts.clear();
     this.commonKey = this.commonSignature();
     // Nodes that were up keep their status while they reconnect to us: every one of them at once, so the
     // grace grows with the cluster. Those not back by then are marked down.
@@ -340,20 +343,17 @@ export class Dispatcher {
     }
   }
 
-  /** Send marked sessions their state: at most PUSH_BATCH per turn, from one shared context. */
+  /** Send marked sessions their state: at most PUSH_BATCH per turn, from pieces encoded once. */
   private flushPushes(): void {
     this.flushing = false;
     if (!this.active || this.dirty.size === 0) return;
-    const ctx: PushContext = {
-      common: { managers: this.managers(), heartbeatPeriodMs: this.heartbeatPeriodMs() },
-      cluster: this.m.store.clusterView(),
-      networks: new Map(),
-    };
+    const cluster = this.m.store.clusterView();
+    this.parts.refreshCommon(this.managers(), this.heartbeatPeriodMs(), cluster);
     let sent = 0;
     for (const s of this.dirty) {
       if (sent >= PUSH_BATCH) break;
       this.dirty.delete(s);
-      if (this.push(s, ctx)) sent++;
+      if (this.push(s, cluster)) sent++;
     }
     if (sent > 0) observe.pushed(sent, performance.now() - this.dirtySinceMs);
     if (this.dirty.size > 0) {
@@ -362,43 +362,17 @@ export class Dispatcher {
     }
   }
 
-  private message(s: Session, ctx: PushContext): SessionMessage | undefined {
-    const rec = this.m.store.nodeView(s.nodeId);
-    if (!rec) return undefined;
-    const held = [...(this.holds.get(s.nodeId)?.keys() ?? [])].sort();
-    const networks = [];
-    let encrypted = false;
-    for (const id of held) {
-      if (!ctx.networks.has(id)) ctx.networks.set(id, networkState(this.m.store, id));
-      const st = ctx.networks.get(id);
-      if (!st) continue;
-      networks.push(st);
-      if (!encrypted) {
-        const net = this.m.store.network(id);
-        encrypted = net !== undefined && isEncryptedNetwork(net);
-      }
-    }
-    const ring = encrypted ? this.m.store.keyring() : undefined;
-    return {
-      sessionId: s.id,
-      nodeJson: JSON.stringify(rec.node),
-      ...ctx.common,
-      role: rec.role,
-      networks,
-      networkKeysJson: ring ? JSON.stringify(agentView(ring)) : "",
-      ...rootCAFor(ctx.cluster, rec),
-    };
-  }
-
   /** Send the session its current state, if anything changed since the last message. */
-  private push(s: Session, ctx: PushContext): boolean {
+  private push(s: Session, cluster: View<ClusterRecord> | undefined): boolean {
     if (!this.sessions.has(s.id)) return false;
-    const msg = this.message(s, ctx);
-    if (!msg) return false;
-    const text = JSON.stringify(msg);
-    if (text === s.last) return false;
-    s.last = text;
-    s.call.write(msg);
+    const rec = this.m.store.nodeView(s.nodeId);
+    if (!rec) return false;
+    const held = [...(this.holds.get(s.nodeId)?.keys() ?? [])].sort();
+    const pieces = this.parts.pieces(s.pieces, rec, renewFor(cluster, rec), held);
+    if (samePieces(pieces, s.pieces.last)) return false;
+    s.pieces.last = pieces;
+    // Bytes already encoded: the service's serializer passes them through (services.ts).
+    s.call.write(Buffer.concat(pieces));
     return true;
   }
 
@@ -418,18 +392,24 @@ export class Dispatcher {
         }
         this.markNode(id);
         // A node's address and hostname are in every peer's view of the networks it holds.
-        for (const net of this.holds.get(id)?.keys() ?? []) this.markNetwork(net);
+        for (const net of this.holds.get(id)?.keys() ?? []) {
+          this.parts.dropNetwork(net);
+          this.markNetwork(net);
+        }
         return;
       }
       case "endpoint":
         this.countHold(e.endpoint.nodeId, e.endpoint.networkId, e.action === "create" ? 1 : -1);
+        this.parts.dropNetwork(e.endpoint.networkId);
         this.markNode(e.endpoint.nodeId);
         this.markNetwork(e.endpoint.networkId);
         return;
       case "network":
+        this.parts.dropNetwork(e.network.id);
         this.markNetwork(e.network.id);
         return;
       case "keys":
+        this.parts.dropKeys();
         for (const nodeId of this.holds.keys()) this.markNode(nodeId);
         return;
       case "member":
@@ -445,6 +425,7 @@ export class Dispatcher {
       }
       case "restore":
         this.rebuildHolds();
+        this.parts.clear();
         this.commonKey = this.commonSignature();
         this.markAll();
         return;
@@ -456,7 +437,7 @@ export class Dispatcher {
   service(): UntypedServiceImplementation {
     return {
       ...attachmentHandlers(this.m),
-      session: (call: ServerWritableStream<SessionRequest, SessionMessage>) => {
+      session: (call: SessionCall) => {
         try {
           this.session(call);
         } catch (e) {
@@ -474,7 +455,7 @@ export class Dispatcher {
     };
   }
 
-  private session(call: ServerWritableStream<SessionRequest, SessionMessage>): void {
+  private session(call: SessionCall): void {
     if (!this.active) throw notLeader(this.m.leaderAddr());
     const peer = callerOf(call);
     if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: a session needs a node certificate");
@@ -486,12 +467,13 @@ export class Dispatcher {
       throw new GrpcError(status.INVALID_ARGUMENT, `invalid session request: addr: ${addr} cannot be a node's address`);
     }
     const description = parseDescription(call.request.descriptionJson);
+    const id = randomBytes(12).toString("hex");
     const s: Session = {
-      id: randomBytes(12).toString("hex"),
+      id,
       nodeId: peer.nodeId,
       call,
       lastSeenMs: performance.now(),
-      last: "",
+      pieces: newSessionPieces(id),
       registered: false,
     };
     // One session per node: a reconnecting agent replaces its old session.
@@ -534,16 +516,13 @@ export class Dispatcher {
 }
 
 /**
- * What a session says about the root CA: the root every node should hold, and, during a rotation, the
- * issuer this node should renew to once the reconciler has told it to (node.certRenew).
+ * During a root rotation, the issuer this node should renew its certificate to once the reconciler has
+ * told it to (node.certRenew); empty otherwise.
  */
-function rootCAFor(
-  c: View<ClusterRecord> | undefined,
-  rec: View<NodeRecord>,
-): { rootCaPem: string; renewCertificateIssuer: string } {
+function renewFor(c: View<ClusterRecord> | undefined, rec: View<NodeRecord>): string {
   const want = c?.info.TLSInfo.CertIssuerPublicKey;
   const renew = c?.secrets.rootRotation !== undefined && rec.certRenew !== undefined && rec.certRenew === want;
-  return { rootCaPem: c?.info.TLSInfo.TrustRoot ?? "", renewCertificateIssuer: renew ? rec.certRenew! : "" };
+  return renew ? rec.certRenew! : "";
 }
 
 /** A session's description: absent, or a NodeDescription (anything else is refused, naming the field). */

@@ -74,6 +74,10 @@ export class ClusterListener {
       "grpc.http2.min_ping_interval_without_data_ms": 500,
       // A node needs a handful of streams (a session, raft, a call or two); a flood of them is refused.
       "grpc.max_concurrent_streams": 64,
+      // No channelz (nothing here reads it): with it, grpc-js registers every connection in a global
+      // registry, keeps a tracker and trace lines per connection and counts every call, which is memory
+      // and work per node (one connection each) on the leader of a large swarm.
+      "grpc.enable_channelz": 0,
     });
     addClusterServices(server, opts.services);
     const [host, portText] = splitHostPort(opts.listenAddr);

@@ -101,7 +101,7 @@ export function networkState(store: Store, networkId: string): NetworkState | un
 }
 
 function peerOf(store: Store, e: EndpointRecord): PeerEndpoint {
-  const node = store.node(e.nodeId)?.node;
+  const node = store.nodeView(e.nodeId)?.node;
   return {
     endpointId: e.id,
     nodeId: e.nodeId,
@@ -246,7 +246,7 @@ export function presentNetwork(net: NetworkRecord, endpoints: EndpointRow[], loc
 /** Endpoint rows for presentNetwork, from the store (managers). */
 export function endpointRows(store: Store, networkId: string): EndpointRow[] {
   return store.endpoints(networkId).map((e) => {
-    const node = store.node(e.nodeId)?.node;
+    const node = store.nodeView(e.nodeId)?.node;
     return {
       nodeId: e.nodeId,
       nodeAddr: node?.Status.Addr ?? "",

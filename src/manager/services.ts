@@ -4,9 +4,10 @@
 
 import type { Server, UntypedServiceImplementation } from "@grpc/grpc-js";
 import type { NodeRole } from "../api/objects.js";
-import { CAService, DispatcherService, RaftMembershipService } from "../gen/cluster.js";
+import { CAService, RaftMembershipService } from "../gen/cluster.js";
 import { RaftServiceDefinition, raftServiceImplementation } from "../raft/transport.js";
 import { type AclContext, type Allowed, type Rule, withAcl } from "./acl.js";
+import { DispatcherServiceEncoded } from "./push-parts.js";
 import { type RpcName, requestSchemas } from "./wire.js";
 
 export interface ClusterServices {
@@ -38,5 +39,5 @@ export function addClusterServices(server: Server, s: ClusterServices): void {
     attach: rule(NODES, "attach"),
     detach: rule(NODES, "detach"),
   };
-  server.addService(DispatcherService, withAcl(s.dispatcher, dispatcher, s.acl));
+  server.addService(DispatcherServiceEncoded, withAcl(s.dispatcher, dispatcher, s.acl));
 }

@@ -2,6 +2,7 @@
 //
 //   npm run bench:scale -- --nodes 250,1000,2500,5000
 //   npm run bench:scale -- --nodes 1000 --profile        # leader CPU profile (no failover phase)
+//   npm run bench:scale -- --nodes 2000 --heap-snapshot 1500 --keep   # leader heap snapshot at 1,500 joined
 //   npm run bench:scale -- --nodes 250 --procs 4 --concurrency 16 --out bench-results/scale.json --keep
 //
 // Per N: three shoald processes (127.0.0.1, .2, .3, one port; default Raft timing) form a swarm through
@@ -17,6 +18,11 @@
 //   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
 //                  got the new period (p99 over sessions; the max over 3 changes)
 //   leader RSS     at the end of the steady window
+//   heap used      the leader's V8 heap in use at the end of the steady window (its /metrics)
+//   longest stall  the longest event-loop delay of the leader from the first join to the failover (its
+//                  /metrics, polled every 2 s: nodejs_eventloop_lag_max_seconds is reset by each read)
+//   --heap-snapshot N  the leader writes a V8 heap snapshot (node --heapsnapshot-signal) once N nodes have
+//                  joined, into <state dir>/heap/; analyse it with `node dist/test/bench/heap-summary.js FILE`
 //   failover       SIGKILL the leader: sessions back on the new leader (time, or count at the timeout),
 //                  nodes ever seen Down in GET /nodes meanwhile (all are alive: every one is false), and
 //                  elections beyond the first (survivors' logs)
@@ -24,7 +30,7 @@
 // Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
 
 import { type ChildProcess, execFile, fork, spawn } from "node:child_process";
-import { closeSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
@@ -49,6 +55,10 @@ interface Options {
   joinTimeoutS: number;
   recoverTimeoutS: number;
   profile: boolean;
+  /** Take a heap snapshot of the leader once this many nodes have joined. */
+  heapSnapshotAt: number | undefined;
+  /** Extra flags for the managers' node (e.g. --trace-gc: its lines go to each manager's log). */
+  nodeFlags: string[];
   failover: boolean;
   out: string;
   keep: boolean;
@@ -57,7 +67,8 @@ interface Options {
 function usage(): never {
   console.error(
     "usage: node dist/test/bench/scale.js [--nodes 250,1000] [--procs P] [--concurrency C (per process)]\n" +
-      "         [--steady S] [--join-timeout S] [--recover-timeout S] [--profile] [--no-failover] [--out FILE] [--keep]",
+      "         [--steady S] [--join-timeout S] [--recover-timeout S] [--profile] [--heap-snapshot N]\n" +
+      '         [--node-flags "--trace-gc ..."] [--no-failover] [--out FILE] [--keep]',
   );
   process.exit(2);
 }
@@ -71,6 +82,8 @@ function parseArgs(argv: string[]): Options {
     joinTimeoutS: 300,
     recoverTimeoutS: 90,
     profile: false,
+    heapSnapshotAt: undefined,
+    nodeFlags: [],
     failover: true,
     out: join("bench-results", "scale.json"),
     keep: false,
@@ -91,6 +104,8 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--join-timeout") o.joinTimeoutS = num();
     else if (a === "--recover-timeout") o.recoverTimeoutS = num();
     else if (a === "--profile") o.profile = true;
+    else if (a === "--heap-snapshot") o.heapSnapshotAt = Math.floor(num());
+    else if (a === "--node-flags") o.nodeFlags = (argv[++i] ?? usage()).split(/\s+/).filter(Boolean);
     else if (a === "--no-failover") o.failover = false;
     else if (a === "--out") o.out = argv[++i] ?? usage();
     else if (a === "--keep") o.keep = true;
@@ -225,6 +240,9 @@ class Shoald {
     readonly metricsPort: number,
     readonly dir: string,
     readonly profileDir: string | undefined,
+    /** Where a heap snapshot goes (the process's working directory), when one may be asked for. */
+    readonly heapDir: string | undefined,
+    readonly nodeFlags: readonly string[] = [],
   ) {}
 
   get dataRoot(): string {
@@ -246,8 +264,11 @@ class Shoald {
   start(metrics: boolean): void {
     const fd = openSync(this.logPath, "a");
     const prof = this.profileDir ? ["--cpu-prof", "--cpu-prof-dir", join(this.profileDir, this.name)] : [];
+    const heap = this.heapDir ? ["--heapsnapshot-signal=SIGUSR2"] : [];
     const args = [
       ...prof,
+      ...heap,
+      ...this.nodeFlags,
       SHOALD,
       "--data-root",
       this.dataRoot,
@@ -262,7 +283,9 @@ class Shoald {
       ...(metrics ? ["--metrics-addr", `${this.ip}:${this.metricsPort}`] : []),
     ];
     try {
-      const p = spawn(process.execPath, args, { stdio: ["ignore", "ignore", fd] });
+      if (this.heapDir) mkdirSync(this.heapDir, { recursive: true });
+      // stdout too: what node's own flags print (--trace-gc) goes to the log; the daemon logs to stderr.
+      const p = spawn(process.execPath, args, { stdio: ["ignore", fd, fd], cwd: this.heapDir });
       children.add(p);
       this.exited = new Promise((resolve) =>
         p.once("exit", () => {
@@ -332,6 +355,29 @@ class Shoald {
       }
     }
     return n;
+  }
+
+  /**
+   * A V8 heap snapshot of this daemon (node --heapsnapshot-signal): the file, once written whole. The
+   * process writes it on its main thread, so it answers nothing meanwhile.
+   */
+  async heapSnapshot(): Promise<string> {
+    const dir = this.heapDir;
+    if (!dir) throw new Error(`${this.name} was not started to take heap snapshots`);
+    const before = new Set(readdirSync(dir));
+    const t0 = performance.now();
+    this.proc!.kill("SIGUSR2");
+    const file = await waitUntil(`${this.name}'s heap snapshot`, 600_000, async () => {
+      const f = readdirSync(dir).find((x) => x.endsWith(".heapsnapshot") && !before.has(x));
+      if (!f) return undefined;
+      // Written whole once the daemon answers again.
+      return (await call(this.sock, "GET", "/_ping", undefined, 1000)).status === 200 ? join(dir, f) : undefined;
+    });
+    const mib = statSync(file).size / 2 ** 20;
+    console.log(
+      `  heap snapshot of ${this.name}: ${file} (${mib.toFixed(0)} MiB, ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    );
+    return file;
   }
 
   /** The daemon's Prometheus text, or undefined without --metrics-addr support. */
@@ -462,6 +508,11 @@ export interface Row {
   fanoutP99Ms: number;
   fanoutReached: number;
   leaderRssMiB: number;
+  /** The leader's V8 heap in use at the end of the steady window (MiB). */
+  leaderHeapUsedMiB: number | undefined;
+  /** The longest event-loop delay of the leader from the first join to the failover (ms). */
+  longestStallMs: number | undefined;
+  heapSnapshot?: string;
   failover?: {
     backSeconds: number | undefined;
     backAtTimeout: number;
@@ -482,7 +533,11 @@ async function formCluster(dir: string, o: Options, metrics: boolean): Promise<S
   const port = await commonFreePort(ips);
   const mport = await commonFreePort(ips);
   const profileDir = o.profile ? join(dir, "profiles") : undefined;
-  const ds = ips.map((ip, i) => new Shoald(`scale-m${i + 1}`, ip, port, mport, join(dir, `m${i + 1}`), profileDir));
+  const ds = ips.map((ip, i) => {
+    const name = `scale-m${i + 1}`;
+    const heapDir = o.heapSnapshotAt !== undefined ? join(dir, "heap", name) : undefined;
+    return new Shoald(name, ip, port, mport, join(dir, `m${i + 1}`), profileDir, heapDir, o.nodeFlags);
+  });
   for (const d of ds) await mkdir(d.dir, { recursive: true });
   const [d1, ...rest] = ds as [Shoald, Shoald, Shoald];
   d1.start(metrics);
@@ -559,6 +614,9 @@ async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: R
     for (const s of st) stages.push(...s.joinStagesMs);
     for (const s of st) for (const at of s.joinDoneAt) lastJoin = Math.max(lastJoin, at);
     const sessions = sum(st.map((s) => s.sessions));
+    if (o.heapSnapshotAt !== undefined && row.heapSnapshot === undefined && joined >= o.heapSnapshotAt) {
+      row.heapSnapshot = await (await leaderOf(ds)).heapSnapshot();
+    }
     if (Date.now() - lastPrint > 10_000) {
       lastPrint = Date.now();
       console.log(`  ${((Date.now() - t0) / 1000).toFixed(0)} s: ${joined} joined, ${sessions} sessions`);
@@ -598,6 +656,43 @@ async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row): Pr
   row.heartbeatCount = hb.length;
   row.heartbeatFailures = sum(st.map((s) => s.heartbeatFailures));
   row.leaderRssMiB = leader.rssMiB();
+  const used = metricValue(await leader.metrics(), "nodejs_heap_size_used_bytes");
+  row.leaderHeapUsedMiB = used === undefined ? undefined : used / 2 ** 20;
+}
+
+/**
+ * The longest event-loop delay of each manager, from its /metrics every 2 s (prom-client resets
+ * nodejs_eventloop_lag_max_seconds at each read, so the max of the reads is the max over the time).
+ */
+class StallWatch {
+  private readonly maxMs = new Map<Shoald, number>();
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+
+  start(ds: Shoald[]): void {
+    this.timer = setInterval(() => {
+      if (this.busy) return;
+      this.busy = true;
+      void Promise.all(
+        ds
+          .filter((d) => d.alive)
+          .map(async (d) => {
+            const lag = metricValue(await d.metrics(), "nodejs_eventloop_lag_max_seconds");
+            if (lag !== undefined) this.maxMs.set(d, Math.max(this.maxMs.get(d) ?? 0, lag * 1000));
+          }),
+      ).finally(() => {
+        this.busy = false;
+      });
+    }, 2000);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  of(d: Shoald): number | undefined {
+    return this.maxMs.get(d);
+  }
 }
 
 async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> {
@@ -707,13 +802,17 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     fanoutP99Ms: Number.NaN,
     fanoutReached: 0,
     leaderRssMiB: Number.NaN,
+    leaderHeapUsedMiB: undefined,
+    longestStallMs: undefined,
   };
   let ds: Shoald[] = [];
+  const stalls = new StallWatch();
   const w = new Workers(Math.min(o.procs, n), o.profile ? join(dir, "profiles", "simulators") : undefined);
   try {
     console.log(`N=${n}: 3 managers, ${o.procs} worker processes, state in ${dir}`);
     ds = await formCluster(dir, o, metrics);
     let leader = await leaderOf(ds);
+    if (metrics) stalls.start(ds);
     await joinPhase(o, n, ds, w, row);
     console.log(
       `  joined ${row.joined} in ${row.joinSeconds.toFixed(1)} s; sessions up: ${row.sessionsUpSeconds ?? "no"}`,
@@ -725,6 +824,8 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
     await fanoutPhase(leader, w, row);
     await readMetrics(leader, row);
+    stalls.stop();
+    row.longestStallMs = stalls.of(leader);
     if (o.failover) await failoverPhase(o, ds, leader, w, row);
     if (o.profile) {
       await w.stop();
@@ -737,6 +838,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     for (const d of ds) console.error(`--- ${d.name} log tail:\n${d.logTail(10)}`);
     throw e;
   } finally {
+    stalls.stop();
     await w.stop();
     await Promise.all(ds.map((d) => d.stop().catch(() => d.kill())));
     if (!o.keep) {
@@ -787,16 +889,16 @@ function printTable(rows: Row[]): void {
   const f = (x: number | undefined, d = 0) => (x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(d));
   console.log("");
   console.log(
-    "| nodes | joined | join/s | sessions up | leader CPU | hb p99 | node ls | fan-out p99 | leader RSS | after leader SIGKILL |",
+    "| nodes | joined | join/s | sessions up | leader CPU | hb p99 | node ls | fan-out p99 | leader RSS | heap used | longest stall | after leader SIGKILL |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const fo = r.failover;
     const after = fo
       ? `${fo.backSeconds !== undefined ? `all back in ${f(fo.backSeconds, 1)} s` : `${fo.backAtTimeout}/${r.joined} back`}; ${fo.falselyDown} falsely Down; ${fo.extraElections} extra elections`
       : "-";
     console.log(
-      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms | ${f(r.nodeLsMs)} ms | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${after} |`,
+      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms | ${f(r.nodeLsMs)} ms | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${f(r.leaderHeapUsedMiB)} MiB | ${f(r.longestStallMs)} ms | ${after} |`,
     );
   }
   for (const r of rows) {

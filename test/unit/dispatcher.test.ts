@@ -10,11 +10,12 @@ import { afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 import { DEFAULT_SWARM_SPEC, type Node } from "../../src/api/objects.js";
 import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
-import type { SessionMessage } from "../../src/gen/cluster.js";
+import { SessionMessage } from "../../src/gen/cluster.js";
 import { type AclContext, withAcl } from "../../src/manager/acl.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { Dispatcher, GRACE_PER_NODE_MS, HEARTBEAT_MISSES } from "../../src/manager/dispatcher.js";
 import { requestSchemas } from "../../src/manager/wire.js";
+import { initialKeyring, rotateCommand } from "../../src/store/keyring.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
 
 const CLUSTER = "c0000000000000000000000001";
@@ -120,8 +121,9 @@ class FakeStream extends EventEmitter {
   getAuthContext() {
     return { sslPeerCertificate: { raw: this.der } };
   }
-  write(m: SessionMessage): boolean {
-    this.messages.push(m);
+  /** `bytes`: the message as the dispatcher writes it, encoded (grpc-js sends those bytes as they are). */
+  write(bytes: Buffer): boolean {
+    this.messages.push(SessionMessage.decode(bytes));
     return true;
   }
   end(): void {}
@@ -325,6 +327,121 @@ describe("dispatcher", () => {
     );
     await settle();
     for (const s of [a, b, c]) expect(s.messages.at(-1)!.heartbeatPeriodMs).toBe(2 * PERIOD_MS);
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a change is serialised once for every session it concerns, not once per session", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    const n = 30;
+    for (let i = 0; i < n; i++) addNode(f, i, "ready");
+    const apply = (c: Command) => {
+      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
+      if (!out.ok) throw new Error(out.message);
+    };
+    const netId = "net000000000000000000000a";
+    const spec = {
+      driver: "overlay" as const,
+      internal: false,
+      attachable: true,
+      ingress: false,
+      options: {},
+      labels: {},
+    };
+    apply({ op: "network.create", id: netId, spec: { name: "web", ...spec } });
+    const endpoint = (i: number): Command => ({
+      op: "endpoint.create",
+      id: `${String(i).padStart(4, "0")}`.padEnd(64, "e"),
+      networkId: netId,
+      nodeId: ids[i]!,
+      containerId: `${String(i).padStart(4, "0")}`.padEnd(64, "c"),
+      containerName: `web${i}`,
+      aliases: [],
+      standalone: true,
+    });
+    // The first 10 nodes hold the network.
+    for (let i = 0; i < 10; i++) apply(endpoint(i));
+    f.dispatcher.becomeLeader();
+    const streams = Array.from({ length: n }, (_, i) => open(f, i));
+    await settle();
+    const counts = () => streams.map((s) => s.messages.length);
+    const stringify = vi.spyOn(JSON, "stringify");
+
+    // A swarm-wide change: every session gets it, from one encoding of what everyone gets.
+    const before = counts();
+    const encoded = f.dispatcher.encodedPieces();
+    const cl = f.store.cluster()!;
+    const period = { Dispatcher: { HeartbeatPeriod: 3 * PERIOD_MS * 1e6 } };
+    apply({ op: "cluster.update", version: cl.info.Version.Index, spec: { ...cl.info.Spec, ...period } });
+    stringify.mockClear();
+    await settle();
+    expect(counts()).toEqual(before.map((c) => c + 1));
+    for (const [i, s] of streams.entries()) {
+      const m = s.messages.at(-1)!;
+      expect(m.heartbeatPeriodMs).toBe(3 * PERIOD_MS);
+      // Still the whole state of the session: its own node, the networks it holds.
+      expect((JSON.parse(m.nodeJson) as Node).ID).toBe(ids[i]);
+      expect(m.networks.length).toBe(i < 10 ? 1 : 0);
+      expect(m.sessionId).toBe(s.messages[0]!.sessionId);
+    }
+    expect(f.dispatcher.encodedPieces() - encoded).toBe(1);
+    expect(stringify).not.toHaveBeenCalled(); // no node and no message turned into JSON again per session
+
+    // A new endpoint on the network: its 11 holders get it, from one encoding of the network.
+    const before2 = counts();
+    const encoded2 = f.dispatcher.encodedPieces();
+    apply(endpoint(10));
+    await settle();
+    expect(counts().map((c, i) => c - before2[i]!)).toEqual(streams.map((_, i) => (i <= 10 ? 1 : 0)));
+    // The network once, what everyone gets once per batch; no node piece (no node changed).
+    expect(f.dispatcher.encodedPieces() - encoded2).toBe(2);
+    for (let i = 0; i <= 10; i++) expect(streams[i]!.messages.at(-1)!.networks[0]!.endpoints.length).toBe(11);
+    stringify.mockRestore();
+    f.dispatcher.loseLeadership();
+  });
+
+  test("overlay keys go to the holders of an encrypted network only; a rotation is encoded once for all of them", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    const apply = (c: Command) => {
+      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
+      if (!out.ok) throw new Error(out.message);
+    };
+    for (let i = 0; i < 6; i++) addNode(f, i, "ready");
+    apply({ op: "keys.init", ring: initialKeyring(at) });
+    const spec = { driver: "overlay" as const, internal: false, attachable: true, ingress: false, labels: {} };
+    const secret = "net000000000000000000000s";
+    const plain = "net000000000000000000000p";
+    apply({ op: "network.create", id: secret, spec: { name: "secret", ...spec, options: { encrypted: "" } } });
+    apply({ op: "network.create", id: plain, spec: { name: "plain", ...spec, options: {} } });
+    // Nodes 0-2 hold the encrypted network, 3-4 the plain one, 5 none.
+    for (let i = 0; i < 5; i++) {
+      apply({
+        op: "endpoint.create",
+        id: String(i).padEnd(64, "e"),
+        networkId: i < 3 ? secret : plain,
+        nodeId: ids[i]!,
+        containerId: String(i).padEnd(64, "c"),
+        containerName: `c${i}`,
+        aliases: [],
+        standalone: true,
+      });
+    }
+    f.dispatcher.becomeLeader();
+    const streams = Array.from({ length: 6 }, (_, i) => open(f, i));
+    await settle();
+    const keysOf = (i: number) => streams[i]!.messages.at(-1)!.networkKeysJson;
+    for (let i = 0; i < 6; i++) expect(keysOf(i) !== "").toBe(i < 3);
+    const before = streams.map((s) => s.messages.length);
+    const encoded = f.dispatcher.encodedPieces();
+    apply(rotateCommand(f.store.keyring()!, at));
+    await settle();
+    // Those holding a network are looked at; only the holders of the encrypted one get a new message.
+    expect(streams.map((s, i) => s.messages.length - before[i]!)).toEqual([1, 1, 1, 0, 0, 0]);
+    for (let i = 0; i < 3; i++) {
+      expect((JSON.parse(keysOf(i)) as { keys: { tag: number }[] }).keys.map((k) => k.tag)).toEqual([2, 3, 4]);
+    }
+    expect(f.dispatcher.encodedPieces() - encoded).toBe(2); // the keys, and what everyone gets
     f.dispatcher.loseLeadership();
   });
 
