@@ -5,6 +5,7 @@
 // reported exited and its endpoints released; containers whose restart policy says so are started again
 // (after a containerd or host restart); namespace files of containers that are not running are removed.
 
+import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -65,8 +66,35 @@ export class Recovery {
         this.table.add(c);
         await this.adopt(c);
       }
+      await this.removeUnrecorded();
     }
     await this.removeStaleNamespaces();
+  }
+
+  /**
+   * Containers containerd keeps that no record names: a daemon that died between creating one and saving
+   * it. Killed and removed with their root file systems (a directory with a record that could not be read
+   * is left as it is, with its container).
+   */
+  private async removeUnrecorded(): Promise<void> {
+    for (const id of await this.d.tasks.containerIds()) {
+      if (this.table.has(id) || existsSync(join(this.table.stateDir, id, "state.json"))) continue;
+      this.log.info(
+        { id },
+        "removing a container containerd keeps that no record names (its daemon stopped before saving it)",
+      );
+      try {
+        if ((await this.d.tasks.state(id)).state === "running") {
+          await this.d.tasks.kill(id, 9);
+          await this.d.tasks.wait(id);
+        }
+        await this.d.tasks.cleanup(id);
+        await this.d.tasks.removeRootfs(id);
+        await rm(join(this.table.stateDir, id), { recursive: true, force: true });
+      } catch (err) {
+        this.log.warn({ err, id }, "could not remove a container no record names: the next start tries again");
+      }
+    }
   }
 
   /** A container directory's record; undefined (logged) when state.json is missing or not a record. */

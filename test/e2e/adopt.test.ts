@@ -8,7 +8,7 @@
 // h1 holds, which the new shoald gives back. After the last one leaves, nothing of the overlay is left on
 // h1. Root only; run under the lock.
 
-import { rmSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, ociArchive } from "../../deploy/busybox-image.js";
@@ -23,6 +23,20 @@ interface Inspect {
   Id: string;
   State: { Running: boolean; Pid: number; Status: string };
   NetworkSettings: { Networks: Record<string, { IPAddress: string; EndpointID: string }> };
+}
+
+/** The command lines of the processes that name `word` (a shim names its container's id). */
+function processesNaming(word: string): string[] {
+  const out: string[] = [];
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ");
+      if (cmd.includes(word)) out.push(cmd);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
 }
 
 /** Link names in a host's own network namespace. */
@@ -177,6 +191,9 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
       45_000,
     );
     expect(await waitFor("web's page from h2", fetchWeb, 30_000)).toBe(PAGE);
+    // What containerd kept of it (its container, its task's shim, its root file system) is gone too.
+    expect(processesNaming(ghost.Id), "no shim is left for ghost's task").toEqual([]);
+    expect(existsSync(join(h1.dataRoot, "containers", ghost.Id)), "ghost's directory is removed").toBe(false);
   }, 120_000);
 
   it("after web leaves, nothing of the overlay is left on h1: no namespace, no veth, no vxlan, no gateway link", async () => {

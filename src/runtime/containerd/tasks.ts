@@ -331,6 +331,12 @@ export class TaskClient {
     }
   }
 
+  /** The ids of the containers containerd keeps in shoal's namespace. */
+  async containerIds(): Promise<string[]> {
+    const r = await this.cd.call(this.cd.containers, this.cd.containers.list, { filters: [] });
+    return r.containers.map((c) => c.id);
+  }
+
   /** Deletes an exited task and its containerd container (the root file system snapshot stays). */
   async cleanup(id: string): Promise<number | undefined> {
     const code = await this.deleteTask(id);
