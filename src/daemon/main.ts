@@ -98,6 +98,7 @@ async function startRuntime(
       stateDir: join(flags.dataRoot, "containers"),
       attacher: daemon.networks.attacher,
       containerd: await supervisor.start(),
+      ownsContainerd: supervisor.managed,
       insecureRegistries: flags.insecureRegistry,
       hostname: () => flags.hostname,
       logger,

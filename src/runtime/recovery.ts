@@ -41,6 +41,8 @@ export interface RecoveryDeps {
   lifecycle: Lifecycle;
   launcher: Launcher;
   tasks: TaskClient;
+  /** Whether containerd is this daemon's alone: only then are its containers without a record ours to remove. */
+  ownsContainerd: boolean;
   log: Logger;
 }
 
@@ -66,15 +68,15 @@ export class Recovery {
         this.table.add(c);
         await this.adopt(c);
       }
-      await this.removeUnrecorded();
+      if (this.d.ownsContainerd) await this.removeUnrecorded();
     }
     await this.removeStaleNamespaces();
   }
 
   /**
-   * Containers containerd keeps that no record names: a daemon that died between creating one and saving
-   * it. Killed and removed with their root file systems (a directory with a record that could not be read
-   * is left as it is, with its container).
+   * Containers containerd keeps that no record names, when containerd is this daemon's alone (managed): a
+   * daemon that died between creating one and saving it. Killed and removed with their root file systems (a
+   * directory with a record that could not be read is left as it is, with its container).
    */
   private async removeUnrecorded(): Promise<void> {
     for (const id of await this.d.tasks.containerIds()) {

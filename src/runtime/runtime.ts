@@ -90,6 +90,11 @@ export interface ContainerRuntimeOptions {
   attacher: NetworkAttacher;
   /** The containerd that runs the containers (in shoal's namespace). */
   containerd: Containerd;
+  /**
+   * Whether that containerd is this daemon's alone (managed by it). A given one (--containerd) may serve
+   * other shoal daemons in the same namespace: containers without a record here may be theirs.
+   */
+  ownsContainerd?: boolean;
   /** Registries reached over plain HTTP (shoald --insecure-registry). */
   insecureRegistries?: string[];
   /** This host's name (for the logs). */
@@ -158,6 +163,7 @@ export class ContainerRuntime implements ContainerBackend {
       lifecycle: this.lifecycle,
       launcher,
       tasks: this.tasks,
+      ownsContainerd: opts.ownsContainerd ?? false,
       log,
     });
   }

@@ -56,6 +56,13 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
 
   const inspect = async (name: string): Promise<Inspect> =>
     (JSON.parse(await ok(h1, "inspect", name)) as Inspect[])[0]!;
+  /** The endpoints on appnet as h1's manager has them. */
+  const endpoints = async () => {
+    const net = JSON.parse(await ok(h1, "network", "inspect", "appnet")) as {
+      Containers: Record<string, { Name: string; EndpointID: string }>;
+    }[];
+    return Object.values(net[0]!.Containers);
+  };
   /** The client on h2 fetches web's page by name (undefined while it cannot). */
   const fetchWeb = async (): Promise<string | undefined> => {
     const r = await shoal(h2, "exec", "client", "timeout", "5", "wget", "-qO-", "http://web/");
@@ -152,10 +159,7 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
     await waitFor(
       "brief's endpoint to be released",
       async () => {
-        const net = JSON.parse(await ok(h1, "network", "inspect", "appnet")) as {
-          Containers: Record<string, { Name: string; EndpointID: string }>;
-        }[];
-        const eps = Object.values(net[0]!.Containers);
+        const eps = await endpoints();
         return !eps.some((e) => e.EndpointID === ep) && eps.some((e) => e.Name === "web");
       },
       30_000,
@@ -175,12 +179,6 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
     await lab.startDaemon(h1);
     await waitFor("h1's shoald to answer", async () => (await docker(h1, "ps")).code === 0, 30_000);
     expect((await docker(h1, "inspect", "ghost")).code).not.toBe(0);
-    const endpoints = async () => {
-      const net = JSON.parse(await ok(h1, "network", "inspect", "appnet")) as {
-        Containers: Record<string, { Name: string; EndpointID: string }>;
-      }[];
-      return Object.values(net[0]!.Containers);
-    };
     expect((await endpoints()).some((e) => e.EndpointID === ep)).toBe(true);
     await waitFor(
       "ghost's endpoint to be given back",

@@ -48,15 +48,21 @@ describe("resolveNetworkRef", () => {
   });
 });
 
+/** A store holding a cluster, and `apply`, which commits a command to it (throwing if it is refused). */
+function clusterStore(): { store: Store; apply: (c: Command) => void } {
+  const store = new Store();
+  let index = 0;
+  const apply = (c: Command) => {
+    const out = store.apply(encodeCommand(c, at), ++index);
+    if (!out.ok) throw new Error(out.message);
+  };
+  apply(clusterCreate(at));
+  return { store, apply };
+}
+
 describe("findNetwork (the store's networks)", () => {
   it("finds by id, name and id prefix among many, copying only the network found", () => {
-    const store = new Store();
-    let index = 0;
-    const apply = (c: Command) => {
-      const out = store.apply(encodeCommand(c, at), ++index);
-      if (!out.ok) throw new Error(out.message);
-    };
-    apply(clusterCreate(at));
+    const { store, apply } = clusterStore();
     const ids: string[] = [];
     for (let i = 0; i < 200; i++) {
       const id = `n${String(i).padStart(4, "0")}`.padEnd(25, "x");
@@ -90,13 +96,7 @@ describe("findNetwork (the store's networks)", () => {
 
 describe("networkKeysFor (the keys an Attach answer carries)", () => {
   it("gives the keys only to a node with an endpoint on an encrypted network, copying no network or endpoint", () => {
-    const store = new Store();
-    let index = 0;
-    const apply = (c: Command) => {
-      const out = store.apply(encodeCommand(c, at), ++index);
-      if (!out.ok) throw new Error(out.message);
-    };
-    apply(clusterCreate(at));
+    const { store, apply } = clusterStore();
     apply({ op: "keys.init", ring: initialKeyring(at) });
     const node = (i: number) => `node${i}`.padEnd(25, "0");
     const net = (name: string, options: Record<string, string>) => {
