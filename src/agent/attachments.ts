@@ -204,7 +204,10 @@ export class Attachments implements NetworkAttacher {
   private sweep(): void {
     if (this.closed) return;
     // An attach's endpoint may be pushed before its answer arrives: look again once none is under way.
-    if (this.attaching > 0) return this.scheduleSweep();
+    if (this.attaching > 0) {
+      this.scheduleSweep();
+      return;
+    }
     const self = this.opts.nodeId();
     const orphans = new Set<string>();
     for (const st of this.overlays.states.values()) {

@@ -109,7 +109,10 @@ export class HostNetworks implements NetworkBackend {
     // A locked manager reconciles once it is unlocked (swarmUnlock); its containers run on meanwhile.
     const { state, locked } = this.opts.node();
     if (locked) return;
-    if (!state) return this.sweepOrphans();
+    if (!state) {
+      this.sweepOrphans();
+      return;
+    }
     // Probe at start (in the background): the log says at once whether encrypted networks can work here.
     void this.attacher.overlays.espSupport();
     const report = await this.attacher.adopt(this.containers?.runningEndpoints() ?? []);
