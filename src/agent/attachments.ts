@@ -214,7 +214,7 @@ export class Attachments implements NetworkAttacher {
       for (const e of st.endpoints) {
         const id = e.endpointId;
         if (e.nodeId !== self || this.overlays.localEndpoint(id) || this.leaving.has(id)) continue;
-        if (!this.releases.waiting().includes(id)) orphans.add(id);
+        if (!this.releases.isPending(id)) orphans.add(id);
       }
     }
     const next = new Set<string>();

@@ -36,6 +36,11 @@ export class EndpointReleases {
     }
   }
 
+  /** Whether an endpoint's release is waiting to be acknowledged. */
+  isPending(endpointId: string): boolean {
+    return this.pending.has(endpointId);
+  }
+
   /** Endpoints still to be given back (for diagnostics and tests). */
   waiting(): string[] {
     return [...this.pending];

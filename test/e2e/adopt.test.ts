@@ -63,6 +63,11 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
     }[];
     return Object.values(net[0]!.Containers);
   };
+  /** Endpoint `ep` is gone from appnet, and web's is still there. */
+  const releasedButWeb = async (ep: string): Promise<boolean> => {
+    const eps = await endpoints();
+    return !eps.some((e) => e.EndpointID === ep) && eps.some((e) => e.Name === "web");
+  };
   /** The client on h2 fetches web's page by name (undefined while it cannot). */
   const fetchWeb = async (): Promise<string | undefined> => {
     const r = await shoal(h2, "exec", "client", "timeout", "5", "wget", "-qO-", "http://web/");
@@ -156,14 +161,7 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
     await waitFor("h1's shoald to answer", async () => (await docker(h1, "ps")).code === 0, 30_000);
     expect((await inspect("brief")).State).toMatchObject({ Running: false, Status: "exited" });
     // The managers no longer have its endpoint; web's is still there.
-    await waitFor(
-      "brief's endpoint to be released",
-      async () => {
-        const eps = await endpoints();
-        return !eps.some((e) => e.EndpointID === ep) && eps.some((e) => e.Name === "web");
-      },
-      30_000,
-    );
+    await waitFor("brief's endpoint to be released", () => releasedButWeb(ep), 30_000);
     expect(await waitFor("web's page from h2", fetchWeb, 30_000)).toBe(PAGE);
     await ok(h1, "rm", "brief");
   }, 120_000);
@@ -180,14 +178,7 @@ describe.skipIf(!isRoot)("a shoald restart adopts a running container on an over
     await waitFor("h1's shoald to answer", async () => (await docker(h1, "ps")).code === 0, 30_000);
     expect((await docker(h1, "inspect", "ghost")).code).not.toBe(0);
     expect((await endpoints()).some((e) => e.EndpointID === ep)).toBe(true);
-    await waitFor(
-      "ghost's endpoint to be given back",
-      async () => {
-        const eps = await endpoints();
-        return !eps.some((e) => e.EndpointID === ep) && eps.some((e) => e.Name === "web");
-      },
-      45_000,
-    );
+    await waitFor("ghost's endpoint to be given back", () => releasedButWeb(ep), 45_000);
     expect(await waitFor("web's page from h2", fetchWeb, 30_000)).toBe(PAGE);
     // What containerd kept of it (its container, its task's shim, its root file system) is gone too.
     expect(processesNaming(ghost.Id), "no shim is left for ghost's task").toEqual([]);
