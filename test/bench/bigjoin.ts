@@ -24,21 +24,25 @@
 //   elections       "became leader" lines in any daemon's log after the join started (0 is right)
 // Everything started (daemons, temp dirs) is cleaned up on success, failure and SIGINT.
 
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import http from "node:http";
-import net from "node:net";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
-import { children, cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
+import { cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
+import {
+  commonFreePort,
+  call as engineCall,
+  type LogLine,
+  metricValue,
+  type Resp,
+  Shoald,
+  sleep,
+  waitUntil as waitFor,
+} from "./shoald.js";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const SHOALD = join(HERE, "..", "..", "src", "daemon", "main.js");
 const DOCKER = process.env.DOCKER_CLI ?? "/usr/local/bin/docker";
-const API = "/v1.50";
 /** Entries between two Raft snapshots (src/raft/node.ts, the swarm's SnapshotInterval). */
 const SNAPSHOT_INTERVAL = 10_000;
 
@@ -85,89 +89,12 @@ function parseArgs(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 100): Promise<T> {
-  const deadline = performance.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (performance.now() > deadline) {
-      const why = last instanceof Error ? ` (last error: ${last.message})` : "";
-      throw new Error(`timed out after ${ms} ms waiting for ${what}${why}`);
-    }
-    await sleep(everyMs);
-  }
-}
-
-function freePort(host: string, port = 0): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(port, host, () => {
-      const a = s.address() as net.AddressInfo;
-      s.close(() => resolve(a.port));
-    });
-  });
-}
-
-async function commonFreePort(hosts: string[]): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const p = await freePort(hosts[0]!);
-    try {
-      for (const h of hosts.slice(1)) await freePort(h, p);
-      return p;
-    } catch {
-      /* taken on another address */
-    }
-  }
-  throw new Error(`no TCP port free on all of ${hosts.join(", ")}`);
-}
-
-interface Resp {
-  status: number;
-  body: unknown;
-  text: string;
+function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 100): Promise<T> {
+  return waitFor(what, ms, f, everyMs);
 }
 
 function call(sock: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<Resp> {
-  return new Promise<Resp>((resolve, reject) => {
-    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = http.request(
-      {
-        socketPath: sock,
-        path: `${API}${path}`,
-        method,
-        agent: false,
-        timeout: timeoutMs,
-        headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", reject);
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let parsed: unknown;
-          try {
-            parsed = text.length > 0 ? JSON.parse(text) : undefined;
-          } catch {
-            parsed = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, body: parsed, text });
-        });
-      },
-    );
-    req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
-    req.on("error", reject);
-    if (data) req.write(data);
-    req.end();
-  });
+  return engineCall(sock, method, path, body, timeoutMs);
 }
 
 async function callOk<T>(sock: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<T> {
@@ -183,168 +110,6 @@ interface ApiNode {
   ManagerStatus?: { Leader?: boolean; Reachability: string; Addr: string };
 }
 
-/** The value of a metric line `name value` (the first match), from Prometheus text. */
-function metricValue(text: string | undefined, name: string): number | undefined {
-  if (!text) return undefined;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(`${name} `) && !line.startsWith(`${name}{`)) continue;
-    const v = Number(line.slice(line.lastIndexOf(" ") + 1));
-    if (Number.isFinite(v)) return v;
-  }
-  return undefined;
-}
-
-interface LogLine {
-  time: number;
-  msg: string;
-  [k: string]: unknown;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// A shoald process
-
-class Shoald {
-  proc: ChildProcess | undefined;
-  nodeId = "";
-  raftId = 0;
-  private exited: Promise<void> = Promise.resolve();
-
-  constructor(
-    readonly name: string,
-    readonly ip: string,
-    readonly port: number,
-    readonly metricsPort: number,
-    readonly dir: string,
-  ) {}
-
-  get dataRoot(): string {
-    return join(this.dir, "data");
-  }
-  get sock(): string {
-    return join(this.dir, "shoald.sock");
-  }
-  get logPath(): string {
-    return join(this.dir, "shoald.log");
-  }
-  get addr(): string {
-    return `${this.ip}:${this.port}`;
-  }
-  get alive(): boolean {
-    return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null;
-  }
-
-  start(): void {
-    const fd = openSync(this.logPath, "a");
-    const args = [
-      SHOALD,
-      "--data-root",
-      this.dataRoot,
-      "--exec-root",
-      `${this.dataRoot}-exec`,
-      "-H",
-      `unix://${this.sock}`,
-      "--hostname",
-      this.name,
-      "--log-level",
-      "info",
-      "--metrics-addr",
-      `${this.ip}:${this.metricsPort}`,
-    ];
-    try {
-      const p = spawn(process.execPath, args, { stdio: ["ignore", "ignore", fd] });
-      children.add(p);
-      this.exited = new Promise((resolve) =>
-        p.once("exit", () => {
-          children.delete(p);
-          resolve();
-        }),
-      );
-      this.proc = p;
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  async ready(): Promise<void> {
-    await waitUntil(`${this.name}'s Engine API`, 30_000, async () => {
-      if (!this.alive) throw new Error(`${this.name} exited: ${this.logTail()}`);
-      return (await call(this.sock, "GET", "/_ping", undefined, 1000)).status === 200 ? true : undefined;
-    });
-  }
-
-  async stop(): Promise<void> {
-    if (!this.alive) return;
-    this.proc!.kill("SIGTERM");
-    const t = setTimeout(() => this.proc?.kill("SIGKILL"), 15_000);
-    await this.exited;
-    clearTimeout(t);
-  }
-
-  async loadIdentity(): Promise<void> {
-    const s = JSON.parse(await readFile(join(this.dataRoot, "swarm", "state.json"), "utf8")) as {
-      nodeId: string;
-      raftId?: number;
-    };
-    this.nodeId = s.nodeId;
-    this.raftId = s.raftId ?? 0;
-  }
-
-  /** VmRSS and VmHWM (peak) in MiB. */
-  memMiB(): { rss: number; peak: number } {
-    try {
-      const st = readFileSync(`/proc/${this.proc!.pid}/status`, "utf8");
-      const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(st)?.[1] ?? Number.NaN);
-      return { rss: kb("VmRSS") / 1024, peak: kb("VmHWM") / 1024 };
-    } catch {
-      return { rss: Number.NaN, peak: Number.NaN };
-    }
-  }
-
-  logTail(lines = 15): string {
-    try {
-      return readFileSync(this.logPath, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-    } catch {
-      return "(no log)";
-    }
-  }
-
-  logLines(): LogLine[] {
-    const out: LogLine[] = [];
-    let text: string;
-    try {
-      text = readFileSync(this.logPath, "utf8");
-    } catch {
-      return out;
-    }
-    for (const line of text.split("\n")) {
-      if (!line.startsWith("{")) continue;
-      try {
-        out.push(JSON.parse(line) as LogLine);
-      } catch {
-        /* torn line */
-      }
-    }
-    return out;
-  }
-
-  /** The first log line with message `msg` at or after wall time `fromMs` that `pred` accepts. */
-  logged(msg: string, fromMs: number, pred: (l: LogLine) => boolean = () => true): LogLine | undefined {
-    return this.logLines().find((l) => l.msg === msg && l.time >= fromMs && pred(l));
-  }
-
-  metrics(): Promise<string | undefined> {
-    return new Promise((resolve) => {
-      const req = http.get({ host: this.ip, port: this.metricsPort, path: "/metrics", timeout: 10_000 }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => resolve(res.statusCode === 200 ? Buffer.concat(chunks).toString("utf8") : undefined));
-      });
-      req.on("error", () => resolve(undefined));
-      req.on("timeout", () => req.destroy());
-    });
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Event-loop lag of a daemon, scraped from its metrics (each scrape resets the histogram)
 
@@ -357,7 +122,7 @@ class LagSampler {
   constructor(private readonly d: Shoald) {}
 
   async start(everyMs: number): Promise<void> {
-    await this.d.metrics(); // reset the histogram: what follows is this window's
+    await this.d.metrics(10_000); // reset the histogram: what follows is this window's
     this.timer = setInterval(() => void this.scrape(), everyMs);
   }
 
@@ -365,7 +130,7 @@ class LagSampler {
     if (this.busy) return;
     this.busy = true;
     try {
-      const text = await this.d.metrics();
+      const text = await this.d.metrics(10_000);
       const max = metricValue(text, "nodejs_eventloop_lag_max_seconds");
       const p99 = metricValue(text, "nodejs_eventloop_lag_p99_seconds");
       if (max !== undefined) this.maxS.push(max);
@@ -480,7 +245,7 @@ async function fill(o: Options, leader: Shoald, since: number): Promise<Result["
     leaderLagMaxMs: l.maxMs,
     leaderLagP99Ms: l.p99Ms,
     failedWrites,
-    leaderLostLeadership: leader.logLines().filter((x) => x.msg === "stepped down: cannot reach a quorum").length,
+    leaderLostLeadership: leader.logSince().filter((x) => x.msg === "stepped down: cannot reach a quorum").length,
     snap: done!,
   };
 }
@@ -504,7 +269,9 @@ async function run(o: Options): Promise<Result> {
   const ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
   const port = await commonFreePort(ips);
   const mport = await commonFreePort(ips);
-  const ds = ips.map((ip, i) => new Shoald(`bigjoin-m${i + 1}`, ip, port, mport, join(dir, `m${i + 1}`)));
+  const ds = ips.map(
+    (ip, i) => new Shoald(`bigjoin-m${i + 1}`, ip, port, join(dir, `m${i + 1}`), { metricsPort: mport }),
+  );
   for (const d of ds) await mkdir(d.dir, { recursive: true });
   const [d1, d2, d3] = ds as [Shoald, Shoald, Shoald];
   try {
@@ -590,7 +357,7 @@ async function run(o: Options): Promise<Result> {
       .map((d) => d.logged("promoting caught-up learner to voter", joinWall, (l) => l.learner === d3.raftId))
       .find((l) => l !== undefined);
     const elections = ds.reduce(
-      (n, d) => n + d.logLines().filter((l) => l.msg === "became leader" && l.time >= joinWall).length,
+      (n, d) => n + d.logSince().filter((l) => l.msg === "became leader" && l.time >= joinWall).length,
       0,
     );
     const m1 = leader.memMiB();

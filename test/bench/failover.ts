@@ -36,15 +36,11 @@
 //
 // Everything started here (daemons, managers, temp dirs) is cleaned up on success, failure and SIGINT.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import http from "node:http";
-import net from "node:net";
+import { rmSync } from "node:fs";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
 import pino, { type Logger } from "pino";
 import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
 import { newClusterId, newNodeId } from "../../src/ca/ids.js";
@@ -55,12 +51,18 @@ import { type Certificates, DataRoot, type LocalState } from "../../src/daemon/s
 import type { ClusterInfo, NodeSpec } from "../../src/engine/types.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { Manager } from "../../src/manager/manager.js";
-import { children, cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
-
-const HERE = dirname(fileURLToPath(import.meta.url));
-/** dist/test/bench/failover.js → dist/src/daemon/main.js */
-const SHOALD = join(HERE, "..", "..", "src", "daemon", "main.js");
-const API = "/v1.50";
+import { cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
+import {
+  apiMessage,
+  commonFreePort,
+  call as engineCall,
+  freePort,
+  type Resp,
+  Shoald,
+  sleep,
+  TimeoutError,
+  waitUntil as waitFor,
+} from "./shoald.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Options
@@ -162,24 +164,8 @@ function removeTempDir(d: string): void {
 // ---------------------------------------------------------------------------------------------------
 // Small helpers
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 50): Promise<T> {
-  const deadline = performance.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (performance.now() > deadline) {
-      const why = last instanceof Error ? ` (last error: ${last.message})` : "";
-      throw new Error(`timed out after ${ms} ms waiting for ${what}${why}`);
-    }
-    await sleep(everyMs);
-  }
+function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 50): Promise<T> {
+  return waitFor(what, ms, f, everyMs);
 }
 
 /** Nearest-rank percentile of an ascending array. */
@@ -224,89 +210,11 @@ function errText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-function freePort(host: string, port = 0): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(port, host, () => {
-      const a = s.address() as net.AddressInfo;
-      s.close(() => resolve(a.port));
-    });
-  });
-}
-
-/** A TCP port free on every one of `hosts`. */
-async function commonFreePort(hosts: string[]): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const p = await freePort(hosts[0]!);
-    try {
-      for (const h of hosts.slice(1)) await freePort(h, p);
-      return p;
-    } catch {
-      /* taken on another address: try another */
-    }
-  }
-  throw new Error(`no TCP port free on all of ${hosts.join(", ")}`);
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Engine API over a unix socket
 
-interface Resp {
-  status: number;
-  body: unknown;
-  text: string;
-}
-
-class TimeoutError extends Error {}
-
 function call(sock: string, method: string, path: string, body?: unknown, timeoutMs = 5000): Promise<Resp> {
-  return new Promise<Resp>((resolve, reject) => {
-    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    let settled = false;
-    const done = (f: () => void) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      f();
-    };
-    const req = http.request(
-      {
-        socketPath: sock,
-        path: `${API}${path}`,
-        method,
-        agent: false,
-        headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", (e) => done(() => reject(e)));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let parsed: unknown;
-          try {
-            parsed = text.length > 0 ? JSON.parse(text) : undefined;
-          } catch {
-            parsed = undefined;
-          }
-          done(() => resolve({ status: res.statusCode ?? 0, body: parsed, text }));
-        });
-      },
-    );
-    const timer = setTimeout(() => {
-      done(() => reject(new TimeoutError(`${method} ${path}: no answer within ${timeoutMs} ms`)));
-      req.destroy();
-    }, timeoutMs);
-    req.on("error", (e) => done(() => reject(e)));
-    if (data) req.write(data);
-    req.end();
-  });
-}
-
-function apiMessage(r: Resp): string {
-  const m = (r.body as { message?: unknown } | undefined)?.message;
-  return typeof m === "string" ? m : r.text.trim().slice(0, 200);
+  return engineCall(sock, method, path, body, timeoutMs);
 }
 
 async function callOk<T>(sock: string, method: string, path: string, body?: unknown, timeoutMs = 5000): Promise<T> {
@@ -321,147 +229,6 @@ interface ApiNode {
   Spec: NodeSpec;
   Description: { Hostname: string };
   ManagerStatus?: { Leader?: boolean; Reachability: string; Addr: string };
-}
-
-// ---------------------------------------------------------------------------------------------------
-// A shoald process
-
-class Shoald {
-  proc: ChildProcess | undefined;
-  nodeId = "";
-  raftId = 0;
-  private exited: Promise<void> = Promise.resolve();
-
-  constructor(
-    readonly name: string,
-    readonly ip: string,
-    readonly port: number,
-    readonly dir: string,
-  ) {}
-
-  get dataRoot(): string {
-    return join(this.dir, "data");
-  }
-  get sock(): string {
-    return join(this.dir, "shoald.sock");
-  }
-  get logPath(): string {
-    return join(this.dir, "shoald.log");
-  }
-  get addr(): string {
-    return `${this.ip}:${this.port}`;
-  }
-  get alive(): boolean {
-    return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null;
-  }
-
-  start(): void {
-    if (this.alive) throw new Error(`${this.name} is already running`);
-    const fd = openSync(this.logPath, "a");
-    try {
-      const p = spawn(
-        process.execPath,
-        [
-          SHOALD,
-          "--data-root",
-          this.dataRoot,
-          "--exec-root",
-          `${this.dataRoot}-exec`,
-          "-H",
-          `unix://${this.sock}`,
-          "--hostname",
-          this.name,
-          "--log-level",
-          "info",
-        ],
-        { stdio: ["ignore", "ignore", fd] },
-      );
-      children.add(p);
-      this.exited = new Promise<void>((resolve) => {
-        p.once("exit", () => {
-          children.delete(p);
-          resolve();
-        });
-      });
-      this.proc = p;
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /** Waits for the Engine API to answer (the daemon has resumed whatever its data root holds). */
-  async ready(ms = 30_000): Promise<void> {
-    await waitUntil(`${this.name}'s Engine API`, ms, async () => {
-      if (!this.alive) throw new Error(`${this.name} exited: ${this.logTail()}`);
-      const r = await call(this.sock, "GET", "/_ping", undefined, 1000);
-      return r.status === 200 ? true : undefined;
-    });
-  }
-
-  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    if (!this.alive) return;
-    this.proc!.kill(signal);
-    await this.exited;
-  }
-
-  async stop(): Promise<void> {
-    if (!this.alive) return;
-    this.proc!.kill("SIGTERM");
-    const t = setTimeout(() => this.proc?.kill("SIGKILL"), 5000);
-    await this.exited;
-    clearTimeout(t);
-  }
-
-  async loadIdentity(): Promise<void> {
-    const s = JSON.parse(await readFile(join(this.dataRoot, "swarm", "state.json"), "utf8")) as LocalState;
-    this.nodeId = s.nodeId;
-    this.raftId = s.raftId ?? 0;
-  }
-
-  logSize(): number {
-    try {
-      return statSync(this.logPath).size;
-    } catch {
-      return 0;
-    }
-  }
-
-  /** Parsed pino lines written after byte offset `from`. */
-  logSince(from: number): LogLine[] {
-    let text: string;
-    try {
-      text = readFileSync(this.logPath).subarray(from).toString("utf8");
-    } catch {
-      return [];
-    }
-    const out: LogLine[] = [];
-    for (const line of text.split("\n")) {
-      if (!line.startsWith("{")) continue;
-      try {
-        out.push(JSON.parse(line) as LogLine);
-      } catch {
-        /* a torn last line */
-      }
-    }
-    return out;
-  }
-
-  logTail(lines = 15): string {
-    try {
-      return readFileSync(this.logPath, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-    } catch {
-      return "(no log)";
-    }
-  }
-}
-
-interface LogLine {
-  time: number;
-  msg: string;
-  peer?: string;
-  leader?: number | string;
-  term?: number;
-  component?: string;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -542,7 +309,7 @@ async function runFailover(o: Options): Promise<{ rounds: Round[]; summary: Reco
   const dir = await makeTempDir("shoal-failover-");
   const ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
   const port = o.port ?? (await commonFreePort(ips));
-  const ds = ips.map((ip, i) => new Shoald(`bench-m${i + 1}`, ip, port, join(dir, `m${i + 1}`)));
+  const ds = ips.map((ip, i) => new Shoald(`bench-m${i + 1}`, ip, port, join(dir, `m${i + 1}`), { stopGraceMs: 5000 }));
   for (const d of ds) await mkdir(d.dir, { recursive: true });
   const rounds: Round[] = [];
   try {

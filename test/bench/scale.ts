@@ -29,23 +29,30 @@
 // Managers expose --metrics-addr when the daemon supports it; the bench then reads their /metrics.
 // Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
 
-import { type ChildProcess, execFile, fork, spawn } from "node:child_process";
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import http from "node:http";
-import net from "node:net";
+import { type ChildProcess, execFile, fork } from "node:child_process";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { children, cleanupOptions, cleanupSync, tempDirs } from "./cleanup.js";
+import {
+  commonFreePort,
+  cpuSecondsOf,
+  call as engineCall,
+  metricValue,
+  type Resp,
+  SHOALD,
+  Shoald,
+  sleep,
+  waitUntil as waitFor,
+} from "./shoald.js";
 import type { JoinStages, ToWorker, WorkerStats } from "./sim-worker.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const SHOALD = join(HERE, "..", "..", "src", "daemon", "main.js");
 const SIM_WORKER = join(HERE, "sim-worker.js");
 const DOCKER = process.env.DOCKER_CLI ?? "/usr/local/bin/docker";
-const API = "/v1.50";
 
 interface Options {
   nodes: number[];
@@ -116,100 +123,22 @@ function parseArgs(argv: string[]): Options {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Cleanup
+// Helpers (shoald.ts holds the shared ones)
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 200): Promise<T> {
-  const deadline = performance.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (performance.now() > deadline) {
-      throw new Error(
-        `timed out after ${ms} ms waiting for ${what}${last instanceof Error ? ` (${last.message})` : ""}`,
-      );
-    }
-    await sleep(everyMs);
-  }
+function waitUntil<T>(what: string, ms: number, f: () => Promise<T | undefined>, everyMs = 200): Promise<T> {
+  return waitFor(what, ms, f, everyMs);
 }
-
 function percentile(xs: readonly number[], p: number): number {
   if (xs.length === 0) return Number.NaN;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
 
-function freePort(host: string, port = 0): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(port, host, () => {
-      const a = s.address() as net.AddressInfo;
-      s.close(() => resolve(a.port));
-    });
-  });
-}
-
-async function commonFreePort(hosts: string[]): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const p = await freePort(hosts[0]!);
-    try {
-      for (const h of hosts.slice(1)) await freePort(h, p);
-      return p;
-    } catch {
-      /* taken elsewhere */
-    }
-  }
-  throw new Error("no common free port");
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Engine API
 
-interface Resp {
-  status: number;
-  body: unknown;
-}
-
 function call(sock: string, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<Resp> {
-  return new Promise<Resp>((resolve, reject) => {
-    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = http.request(
-      {
-        socketPath: sock,
-        path: `${API}${path}`,
-        method,
-        agent: false,
-        timeout: timeoutMs,
-        headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", reject);
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let parsed: unknown = text;
-          try {
-            parsed = text ? JSON.parse(text) : undefined;
-          } catch {
-            /* not JSON */
-          }
-          resolve({ status: res.statusCode ?? 0, body: parsed });
-        });
-      },
-    );
-    req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
-    req.on("error", reject);
-    if (data) req.write(data);
-    req.end();
-  });
+  return engineCall(sock, method, path, body, timeoutMs);
 }
 
 async function callOk<T>(sock: string, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<T> {
@@ -217,194 +146,11 @@ async function callOk<T>(sock: string, method: string, path: string, body?: unkn
   if (r.status < 200 || r.status >= 300) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body as T;
 }
-
 interface ApiNode {
   ID: string;
   Description: { Hostname: string };
   Status: { State: string };
   ManagerStatus?: { Leader?: boolean; Reachability: string };
-}
-
-// ---------------------------------------------------------------------------------------------------
-// shoald
-
-class Shoald {
-  proc: ChildProcess | undefined;
-  nodeId = "";
-  private exited: Promise<void> = Promise.resolve();
-
-  constructor(
-    readonly name: string,
-    readonly ip: string,
-    readonly port: number,
-    readonly metricsPort: number,
-    readonly dir: string,
-    readonly profileDir: string | undefined,
-    /** Where a heap snapshot goes (the process's working directory), when one may be asked for. */
-    readonly heapDir: string | undefined,
-    readonly nodeFlags: readonly string[] = [],
-  ) {}
-
-  get dataRoot(): string {
-    return join(this.dir, "data");
-  }
-  get sock(): string {
-    return join(this.dir, "shoald.sock");
-  }
-  get logPath(): string {
-    return join(this.dir, "shoald.log");
-  }
-  get addr(): string {
-    return `${this.ip}:${this.port}`;
-  }
-  get alive(): boolean {
-    return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null;
-  }
-
-  start(metrics: boolean): void {
-    const fd = openSync(this.logPath, "a");
-    const prof = this.profileDir ? ["--cpu-prof", "--cpu-prof-dir", join(this.profileDir, this.name)] : [];
-    const heap = this.heapDir ? ["--heapsnapshot-signal=SIGUSR2"] : [];
-    const args = [
-      ...prof,
-      ...heap,
-      ...this.nodeFlags,
-      SHOALD,
-      "--data-root",
-      this.dataRoot,
-      "--exec-root",
-      `${this.dataRoot}-exec`,
-      "-H",
-      `unix://${this.sock}`,
-      "--hostname",
-      this.name,
-      "--log-level",
-      "info",
-      ...(metrics ? ["--metrics-addr", `${this.ip}:${this.metricsPort}`] : []),
-    ];
-    try {
-      if (this.heapDir) mkdirSync(this.heapDir, { recursive: true });
-      // stdout too: what node's own flags print (--trace-gc) goes to the log; the daemon logs to stderr.
-      const p = spawn(process.execPath, args, { stdio: ["ignore", fd, fd], cwd: this.heapDir });
-      children.add(p);
-      this.exited = new Promise((resolve) =>
-        p.once("exit", () => {
-          children.delete(p);
-          resolve();
-        }),
-      );
-      this.proc = p;
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  async ready(): Promise<void> {
-    await waitUntil(`${this.name}'s Engine API`, 30_000, async () => {
-      if (!this.alive) throw new Error(`${this.name} exited: ${this.logTail()}`);
-      return (await call(this.sock, "GET", "/_ping", undefined, 1000)).status === 200 ? true : undefined;
-    });
-  }
-
-  async kill(): Promise<void> {
-    if (!this.alive) return;
-    this.proc!.kill("SIGKILL");
-    await this.exited;
-  }
-
-  async stop(): Promise<void> {
-    if (!this.alive) return;
-    this.proc!.kill("SIGTERM");
-    const t = setTimeout(() => this.proc?.kill("SIGKILL"), 15_000);
-    await this.exited;
-    clearTimeout(t);
-  }
-
-  async loadIdentity(): Promise<void> {
-    const s = JSON.parse(await readFile(join(this.dataRoot, "swarm", "state.json"), "utf8")) as { nodeId: string };
-    this.nodeId = s.nodeId;
-  }
-
-  /** CPU seconds (user + system) so far, from /proc. */
-  cpuSeconds(): number {
-    return cpuSecondsOf(this.proc!.pid!);
-  }
-
-  rssMiB(): number {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.proc!.pid}/status`, "utf8"));
-    return m ? Number(m[1]) / 1024 : Number.NaN;
-  }
-
-  logTail(lines = 15): string {
-    try {
-      return readFileSync(this.logPath, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-    } catch {
-      return "(no log)";
-    }
-  }
-
-  /** How many times this daemon logged that it became leader at or after wall time `fromMs`. */
-  electionsSince(fromMs: number): number {
-    let n = 0;
-    for (const line of readFileSync(this.logPath, "utf8").split("\n")) {
-      if (!line.includes('"became leader"')) continue;
-      try {
-        if ((JSON.parse(line) as { time: number }).time >= fromMs) n++;
-      } catch {
-        /* torn line */
-      }
-    }
-    return n;
-  }
-
-  /**
-   * A V8 heap snapshot of this daemon (node --heapsnapshot-signal): the file, once written whole. The
-   * process writes it on its main thread, so it answers nothing meanwhile.
-   */
-  async heapSnapshot(): Promise<string> {
-    const dir = this.heapDir;
-    if (!dir) throw new Error(`${this.name} was not started to take heap snapshots`);
-    const before = new Set(readdirSync(dir));
-    const t0 = performance.now();
-    this.proc!.kill("SIGUSR2");
-    const file = await waitUntil(`${this.name}'s heap snapshot`, 600_000, async () => {
-      const f = readdirSync(dir).find((x) => x.endsWith(".heapsnapshot") && !before.has(x));
-      if (!f) return undefined;
-      // Written whole once the daemon answers again.
-      return (await call(this.sock, "GET", "/_ping", undefined, 1000)).status === 200 ? join(dir, f) : undefined;
-    });
-    const mib = statSync(file).size / 2 ** 20;
-    console.log(
-      `  heap snapshot of ${this.name}: ${file} (${mib.toFixed(0)} MiB, ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
-    );
-    return file;
-  }
-
-  /** The daemon's Prometheus text, or undefined without --metrics-addr support. */
-  async metrics(): Promise<string | undefined> {
-    return new Promise((resolve) => {
-      const req = http.get({ host: this.ip, port: this.metricsPort, path: "/metrics", timeout: 5000 }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => resolve(res.statusCode === 200 ? Buffer.concat(chunks).toString("utf8") : undefined));
-      });
-      req.on("error", () => resolve(undefined));
-      req.on("timeout", () => req.destroy());
-    });
-  }
-}
-
-/** The value of a metric line `name{labels} value` (the first match), from Prometheus text. */
-export function metricValue(text: string | undefined, name: string, labels = ""): number | undefined {
-  if (!text) return undefined;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(name)) continue;
-    const rest = line.slice(name.length);
-    if (labels ? !rest.startsWith(`{${labels}`) : !(rest.startsWith(" ") || rest.startsWith("{"))) continue;
-    const v = Number(line.slice(line.lastIndexOf(" ") + 1));
-    if (Number.isFinite(v)) return v;
-  }
-  return undefined;
 }
 
 async function daemonSupportsMetrics(): Promise<boolean> {
@@ -417,17 +163,6 @@ async function daemonSupportsMetrics(): Promise<boolean> {
 
 // ---------------------------------------------------------------------------------------------------
 // Worker processes
-
-/** A process's CPU seconds (user + system) so far, from /proc (0 once it is gone). */
-function cpuSecondsOf(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = f.slice(f.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0; // exited
-  }
-}
 
 class Workers {
   private readonly procs: ChildProcess[] = [];
@@ -536,16 +271,22 @@ async function formCluster(dir: string, o: Options, metrics: boolean): Promise<S
   const ds = ips.map((ip, i) => {
     const name = `scale-m${i + 1}`;
     const heapDir = o.heapSnapshotAt !== undefined ? join(dir, "heap", name) : undefined;
-    return new Shoald(name, ip, port, mport, join(dir, `m${i + 1}`), profileDir, heapDir, o.nodeFlags);
+    const metricsPort = metrics ? mport : undefined;
+    return new Shoald(name, ip, port, join(dir, `m${i + 1}`), {
+      metricsPort,
+      profileDir,
+      heapDir,
+      nodeFlags: o.nodeFlags,
+    });
   });
   for (const d of ds) await mkdir(d.dir, { recursive: true });
   const [d1, ...rest] = ds as [Shoald, Shoald, Shoald];
-  d1.start(metrics);
+  d1.start();
   await d1.ready();
   await callOk(d1.sock, "POST", "/swarm/init", { ListenAddr: d1.addr, AdvertiseAddr: d1.addr });
   const swarm = await callOk<{ JoinTokens: { Manager: string } }>(d1.sock, "GET", "/swarm");
   for (const d of rest) {
-    d.start(metrics);
+    d.start();
     await d.ready();
     await callOk(d.sock, "POST", "/swarm/join", {
       RemoteAddrs: [d1.addr],
@@ -655,7 +396,7 @@ async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row): Pr
   row.heartbeatP99Ms = percentile(hb, 99);
   row.heartbeatCount = hb.length;
   row.heartbeatFailures = sum(st.map((s) => s.heartbeatFailures));
-  row.leaderRssMiB = leader.rssMiB();
+  row.leaderRssMiB = leader.memMiB().rss;
   const used = metricValue(await leader.metrics(), "nodejs_heap_size_used_bytes");
   row.leaderHeapUsedMiB = used === undefined ? undefined : used / 2 ** 20;
 }
