@@ -330,7 +330,7 @@ export class Manager {
     } else if (!isLeader && this.leaderState) {
       this.leaderState = false;
       this.log.info({ leader: lead.toString(16) }, "this manager is no longer the leader");
-      this.dispatcher.loseLeadership();
+      void this.dispatcher.loseLeadership();
       this.roleManager.stop();
       this.keyManager.stop();
       this.rootRotation.stop();
@@ -491,7 +491,7 @@ export class Manager {
     this.keyManager.stop();
     this.rootRotation.stop();
     this.autolock.stop();
-    this.dispatcher.loseLeadership();
+    await this.dispatcher.loseLeadership();
     await this.raft.stop();
     await this.autolock.settled();
     await this.transport.close();

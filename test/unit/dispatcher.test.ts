@@ -30,7 +30,7 @@ interface Fixture {
 }
 
 /** `gate`: every Raft write waits for it before it is applied (a commit that takes its time). */
-function fixture(gate?: Promise<void>): Fixture {
+function fixture(gate?: Promise<void>, closeBatch?: number): Fixture {
   const store = new Store();
   const writes: Command[] = [];
   let index = 0;
@@ -55,17 +55,20 @@ function fixture(gate?: Promise<void>): Fixture {
     },
     secrets: { rootCACertPem: "", rootCAKeyPem: "", workerToken: "w", managerToken: "m" },
   });
-  const dispatcher = new Dispatcher({
-    store,
-    log: pino({ level: "silent" }),
-    leaderAddr: () => "127.0.0.1:2377",
-    write: async (c) => {
-      writes.push(c);
-      await gate;
-      return apply(c);
+  const dispatcher = new Dispatcher(
+    {
+      store,
+      log: pino({ level: "silent" }),
+      leaderAddr: () => "127.0.0.1:2377",
+      write: async (c) => {
+        writes.push(c);
+        await gate;
+        return apply(c);
+      },
+      readBarrier: async () => undefined,
     },
-    readBarrier: async () => undefined,
-  });
+    closeBatch,
+  );
   const acl: AclContext = {
     clusterId: () => CLUSTER,
     isRemoved: (id) => store.isRemoved(id),
@@ -443,6 +446,26 @@ describe("dispatcher", () => {
     }
     expect(f.dispatcher.encodedPieces() - encoded).toBe(2); // the keys, and what everyone gets
     f.dispatcher.loseLeadership();
+  });
+
+  test("a manager that stops leading closes its sessions a batch per event-loop turn, each told the leader", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture(undefined, 10);
+    for (let i = 0; i < 40; i++) addNode(f, i, "ready");
+    f.dispatcher.becomeLeader();
+    const streams = ids.map((_, i) => open(f, i));
+    await settle();
+    const closed = () => streams.filter((s) => s.error !== undefined).length;
+    expect(closed()).toBe(0);
+    const done = f.dispatcher.loseLeadership();
+    // Not all at once: the first batch now, the next ones on later turns of the event loop.
+    expect(closed()).toBe(10);
+    await settle();
+    await done;
+    expect(closed()).toBe(40);
+    for (const s of streams) expect(s.error?.message).toContain("127.0.0.1:2377");
+    // Forgotten at once: a heartbeat on any of them is told to go to the leader.
+    await expect(beat(f, streams[39]!)).rejects.toThrow(/127\.0\.0\.1:2377/);
   });
 
   test("a session whose heartbeats stop is expired and its node marked down", async () => {
