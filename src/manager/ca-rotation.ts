@@ -149,7 +149,7 @@ export function listenerTrust(localRootPem: string, cluster: ClusterRecord | und
 }
 
 /** Does the node report the issuer `want` (its certificate was signed by that key)? */
-export function hasIssuer(rec: NodeRecord, want: TLSInfo): boolean {
+export function hasIssuer(rec: View<NodeRecord>, want: View<TLSInfo>): boolean {
   const t = rec.node.Description.TLSInfo;
   return (
     t !== undefined &&
@@ -215,8 +215,9 @@ export async function recoverCertificate(
 // ------------------------------------------------------------------ the reconciler (leader only)
 
 export interface RotationDeps {
-  cluster: () => ClusterRecord | undefined;
-  nodes: () => NodeRecord[];
+  /** The store's shared views, not copies: a pass runs after every burst of node changes. */
+  cluster: () => View<ClusterRecord> | undefined;
+  nodes: () => readonly View<NodeRecord>[];
   /** Subscribe to store events; returns the unsubscribe function. */
   onEvent: (f: (e: StoreEvent) => void) => () => void;
   write: (c: Command) => Promise<unknown>;
@@ -308,7 +309,7 @@ export class RootRotationReconciler {
     }
   }
 
-  private async finish(c: ClusterRecord): Promise<void> {
+  private async finish(c: View<ClusterRecord>): Promise<void> {
     const r = c.secrets.rootRotation!;
     const down = this.deps.nodes().filter((n) => n.node.Status.State === "down" && !hasIssuer(n, c.info.TLSInfo));
     await this.deps.write({

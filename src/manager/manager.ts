@@ -140,8 +140,8 @@ export class Manager {
       logger: opts.logger.child({ component: "autolock" }),
     });
     this.rootRotation = new RootRotationReconciler({
-      cluster: () => this.store.cluster(),
-      nodes: () => this.store.nodes(),
+      cluster: () => this.store.clusterView(),
+      nodes: () => this.store.nodeViews(),
       onEvent: (f) => {
         this.store.events.on("event", f);
         return () => this.store.events.off("event", f);

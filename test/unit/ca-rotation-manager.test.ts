@@ -119,8 +119,8 @@ async function until(pred: () => boolean, what: string, ms = 5000): Promise<void
 
 function reconciler(log: Log): RootRotationReconciler {
   return new RootRotationReconciler({
-    cluster: () => log.store.cluster(),
-    nodes: () => log.store.nodes(),
+    cluster: () => log.store.clusterView(),
+    nodes: () => log.store.nodeViews(),
     onEvent: (f) => {
       log.store.events.on("event", f);
       return () => log.store.events.off("event", f);
