@@ -1,7 +1,8 @@
 // Scale benchmark: N simulated workers against three real shoald managers on loopback.
 //
 //   npm run bench:scale -- --nodes 250,1000,2500,5000
-//   npm run bench:scale -- --nodes 1000 --profile        # leader CPU profile (no failover phase)
+//   npm run bench:scale -- --nodes 1000 --profile        # CPU profiles: the leader's (no failover phase), and
+//   npm run bench:scale -- --nodes 1000 --profile --failover --keep   # the new leader's over the failover
 //   npm run bench:scale -- --nodes 2000 --heap-snapshot 1500 --keep   # leader heap snapshot at 1,500 joined
 //   npm run bench:scale -- --nodes 250 --procs 4 --concurrency 16 --out bench-results/scale.json --keep
 //
@@ -75,7 +76,7 @@ function usage(): never {
   console.error(
     "usage: node dist/test/bench/scale.js [--nodes 250,1000] [--procs P] [--concurrency C (per process)]\n" +
       "         [--steady S] [--join-timeout S] [--recover-timeout S] [--profile] [--heap-snapshot N]\n" +
-      '         [--node-flags "--trace-gc ..."] [--no-failover] [--out FILE] [--keep]',
+      '         [--node-flags "--trace-gc ..."] [--no-failover] [--failover (with --profile)] [--out FILE] [--keep]',
   );
   process.exit(2);
 }
@@ -95,6 +96,7 @@ function parseArgs(argv: string[]): Options {
     out: join("bench-results", "scale.json"),
     keep: false,
   };
+  let profileFailover = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const num = (): number => {
@@ -114,11 +116,13 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--heap-snapshot") o.heapSnapshotAt = Math.floor(num());
     else if (a === "--node-flags") o.nodeFlags = (argv[++i] ?? usage()).split(/\s+/).filter(Boolean);
     else if (a === "--no-failover") o.failover = false;
+    else if (a === "--failover") profileFailover = true;
     else if (a === "--out") o.out = argv[++i] ?? usage();
     else if (a === "--keep") o.keep = true;
     else usage();
   }
-  if (o.profile) o.failover = false;
+  // A profile is of the leader through the steady phase, or (--failover) of the new leader through the failover.
+  if (o.profile) o.failover = profileFailover;
   return o;
 }
 
@@ -567,11 +571,19 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     await readMetrics(leader, row);
     stalls.stop();
     row.longestStallMs = stalls.of(leader);
+    const killedAt = Date.now();
     if (o.failover) await failoverPhase(o, ds, leader, w, row);
     if (o.profile) {
+      const profiled = o.failover ? await leaderOf(ds.filter((d) => d !== leader)) : leader;
       await w.stop();
       await Promise.all(ds.map((d) => d.stop()));
-      row.profile = topOfProfile(join(dir, "profiles", leader.name));
+      row.profile = topOfProfile(join(dir, "profiles", profiled.name));
+      if (o.failover) {
+        // Seconds into the new leader's profile (from its process start, within ~0.1 s) when the old one was killed.
+        const at = ((killedAt - profiled.startedAtMs) / 1000).toFixed(1);
+        console.log(`  profile of the new leader ${profiled.name} in ${join(dir, "profiles", profiled.name)}`);
+        console.log(`  the failover starts ${at} s into it (node /work/tools/incl.mjs FILE ${at} ${Number(at) + 60})`);
+      }
       row.simulatorProfile = topOfProfile(join(dir, "profiles", "simulators"));
     }
     return row;

@@ -184,6 +184,8 @@ export class Shoald {
   proc: ChildProcess | undefined;
   nodeId = "";
   raftId = 0;
+  /** Wall time (Date.now()) of the last start. */
+  startedAtMs = 0;
   private exited: Promise<void> = Promise.resolve();
 
   constructor(
@@ -245,6 +247,7 @@ export class Shoald {
         }),
       );
       this.proc = p;
+      this.startedAtMs = Date.now();
     } finally {
       closeSync(fd);
     }
