@@ -22,7 +22,7 @@ import {
   type NodeId,
   StateType,
 } from "../raft/types.js";
-import { type Command, checkCommand, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
+import { type Command, DecodedEntry, encodeCommand, type Outcome, type RaftMember, Store } from "../store/store.js";
 import type { AclContext } from "./acl.js";
 import { AutolockKeeper } from "./autolock.js";
 import { RootRotationReconciler } from "./ca-rotation.js";
@@ -214,9 +214,9 @@ export class Manager {
       id: this.raftId,
       storage: this.storage,
       stateMachine: {
-        apply: (data, index) => {
+        apply: (data, index, checked) => {
           const t0 = performance.now();
-          const out = this.store.apply(data, index);
+          const out = this.store.apply(data, index, checked);
           observe.apply(performance.now() - t0);
           return out;
         },
@@ -359,7 +359,6 @@ export class Manager {
    * effect" when this manager cannot know (it is cut off).
    */
   async write(cmd: Command): Promise<number> {
-    checkBeforeProposing(cmd);
     if (!this.raft) throw new ApiError(503, "this manager is still starting; try again in a moment");
     const start = Date.now();
     // The leader-only loops write only while this manager leads: what one of them asked for is not proposed
@@ -368,8 +367,10 @@ export class Manager {
     for (let attempt = 0; ; attempt++) {
       const leftMs = Math.max(WRITE_TIMEOUT_MS - (Date.now() - start), 1000);
       let res: { index: number; result: unknown };
+      const data = encodeCommand(cmd, new Date());
+      const checked = checkBeforeProposing(cmd, data);
       try {
-        res = await this.raft.proposeWithResult(encodeCommand(cmd, new Date()), leftMs);
+        res = await this.raft.proposeWithResult(data, leftMs, checked);
       } catch (e) {
         const retry =
           e instanceof ErrProposalDropped &&
@@ -500,10 +501,14 @@ export class Manager {
   }
 }
 
-/** Nothing malformed reaches the log: a command is parsed against the store's schema before it is proposed. */
-function checkBeforeProposing(cmd: Command): void {
-  const r = checkCommand(cmd);
-  if (!r.ok) throw new ApiError(400, `invalid ${cmd.op}: ${r.reason}`);
+/**
+ * Nothing malformed reaches the log: an entry is decoded as the store's apply decodes it (the command schema)
+ * before it is proposed; this manager's apply of it then uses that decoding instead of making it again.
+ */
+function checkBeforeProposing(cmd: Command, data: Uint8Array): DecodedEntry {
+  const d = DecodedEntry.of(data);
+  if (!d.result.ok) throw new ApiError(400, `invalid ${cmd.op}: ${d.result.reason}`);
+  return d;
 }
 
 /**

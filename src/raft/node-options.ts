@@ -6,8 +6,12 @@ import type { LevelStorage } from "./level-storage.js";
 import type { ConfChange, ConfState, Message, NodeId, Rand, Ready, SoftState } from "./types.js";
 
 export interface StateMachine {
-  /** Apply one committed entry's payload, in log order. What it returns reaches the proposer. */
-  apply(data: Uint8Array, index: number): unknown;
+  /**
+   * Apply one committed entry's payload, in log order. What it returns reaches the proposer. `local`: what
+   * this node's proposeWithResult was given with the payload, when this node proposed the entry and still
+   * waits for it (the proposer's own parsing of its payload, say); the apply must not depend on having it.
+   */
+  apply(data: Uint8Array, index: number, local?: unknown): unknown;
   /** Serialise the whole state (as of the last applied index). */
   snapshot(): Uint8Array | Promise<Uint8Array>;
   /** Replace the whole state with a snapshot's (empty data: the empty state). */

@@ -63,12 +63,15 @@ interface Pending {
   timer: NodeJS.Timeout;
   /** The term stamped in its frame: it can be applied only at this term. */
   term: number;
+  /** Given back to the state machine's apply of this entry. */
+  local: unknown;
 }
 
 interface Queued {
   framed: Uint8Array;
   seq: number;
   timeoutMs: number;
+  local: unknown;
   resolve: Pending["resolve"];
   reject: Pending["reject"];
 }
@@ -186,9 +189,14 @@ export class RaftNode {
    * Rejects with ErrProposalDropped when it is certain the proposal was not applied and never will be
    * (no leader, or a newer leader's entries superseded it: proposing again is safe), ErrProposalTooLarge
    * when it is too large, and ErrProposalOutcomeUnknown when nothing decided it within `timeoutMs`
-   * (default: the node's proposalTimeoutMs, 10 s).
+   * (default: the node's proposalTimeoutMs, 10 s). `local` goes to the state machine's apply of this entry
+   * on this node (see StateMachine.apply).
    */
-  proposeWithResult(data: Uint8Array, timeoutMs?: number): Promise<{ index: number; result: unknown }> {
+  proposeWithResult(
+    data: Uint8Array,
+    timeoutMs?: number,
+    local?: unknown,
+  ): Promise<{ index: number; result: unknown }> {
     if (this.stopped) return Promise.reject(this.stoppedError());
     const seq = ++this.seq;
     const framed = encodeFrame(this.runId, seq, data);
@@ -201,7 +209,7 @@ export class RaftNode {
     }
     const t = timeoutMs ?? this.opts.proposalTimeoutMs ?? 10_000;
     return new Promise<{ index: number; result: unknown }>((resolve, reject) => {
-      this.queued.push({ framed, seq, timeoutMs: t, resolve, reject });
+      this.queued.push({ framed, seq, timeoutMs: t, resolve, reject, local });
       this.kick();
     });
   }
@@ -238,7 +246,7 @@ export class RaftNode {
             ),
           );
         }, b.timeoutMs);
-        this.pending.set(b.seq, { resolve: b.resolve, reject: b.reject, timer, term });
+        this.pending.set(b.seq, { resolve: b.resolve, reject: b.reject, timer, term, local: b.local });
       }
     }
   }
@@ -504,7 +512,7 @@ export class RaftNode {
       }
       this.applied(e);
     };
-    const result = this.sm.apply(f.payload, e.index);
+    const result = this.sm.apply(f.payload, e.index, ours ? this.pending.get(f.seq)?.local : undefined);
     // Only an asynchronous state machine costs a turn of the event loop per entry.
     if (result instanceof Promise) return result.then(done);
     done(result);

@@ -81,6 +81,52 @@ export function checkCommand(c: unknown): { ok: true; command: Command } | { ok:
   return r.success ? { ok: true, command: r.data } : { ok: false, reason: describeIssues(r.error) };
 }
 
+/**
+ * An entry's bytes as the store decodes them (the command schema, the proposer's time), checked once by the
+ * manager that proposes it; its apply of that same entry then uses this instead of decoding it again. Made
+ * only by decodeEntry, so it is exactly what apply would have made of those bytes: the apply stays the same
+ * on every manager.
+ */
+export class DecodedEntry {
+  private constructor(
+    private readonly data: Uint8Array,
+    readonly result: Decoded,
+  ) {}
+
+  /** The decoding of `data`: the one every manager's apply makes. */
+  static of(data: Uint8Array): DecodedEntry {
+    return new DecodedEntry(data, decode(data));
+  }
+
+  /** Whether this is the decoding of `data` (the same bytes; the Raft log frames a copy of them). */
+  isOf(data: Uint8Array): boolean {
+    return (
+      Buffer.compare(
+        Buffer.from(this.data.buffer, this.data.byteOffset, this.data.byteLength),
+        Buffer.from(data.buffer, data.byteOffset, data.byteLength),
+      ) === 0
+    );
+  }
+}
+
+type Decoded = { ok: true; command: Command; at: string } | { ok: false; reason: string };
+
+/** An entry's bytes parsed: JSON, then the command schema and the proposer's time. */
+function decode(data: Uint8Array): Decoded {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(dec.decode(data));
+  } catch {
+    return { ok: false, reason: "undecodable entry" };
+  }
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return { ok: false, reason: "not a command" };
+  const { at, ...rest } = raw as Record<string, unknown>;
+  const time = EntryTime.safeParse(at);
+  if (!time.success) return { ok: false, reason: `at: ${describeIssues(time.error)}` };
+  const c = checkCommand(rest);
+  return c.ok ? { ok: true, command: c.command, at: time.data } : c;
+}
+
 export interface StoreOptions {
   logger?: Logger;
 }
@@ -240,10 +286,13 @@ export class Store {
 
   // ------------------------------------------------------------------ the state machine
 
-  /** Apply one committed entry. Total and deterministic: the same entries give the same state everywhere. */
-  apply(data: Uint8Array, index: number): Outcome {
+  /**
+   * Apply one committed entry. Total and deterministic: the same entries give the same state everywhere.
+   * `checked`: the entry as its proposer decoded it before proposing (used if it is of these bytes).
+   */
+  apply(data: Uint8Array, index: number, checked?: unknown): Outcome {
     this.appliedIndex = index;
-    const entry = this.decode(data, index);
+    const entry = checked instanceof DecodedEntry && checked.isOf(data) ? checked.result : decode(data);
     if (!entry.ok) {
       this.log?.warn({ index, reason: entry.reason }, "store: refused a malformed entry (nothing changed)");
       return fail(400, `store: refused the entry at index ${index}: ${entry.reason}`);
@@ -279,24 +328,6 @@ export class Store {
       }
     }
     this.touched = [];
-  }
-
-  private decode(
-    data: Uint8Array,
-    index: number,
-  ): { ok: true; command: Command; at: string } | { ok: false; reason: string } {
-    let raw: unknown;
-    try {
-      raw = JSON.parse(dec.decode(data));
-    } catch {
-      return { ok: false, reason: `undecodable entry at index ${index}` };
-    }
-    if (!raw || typeof raw !== "object" || Array.isArray(raw)) return { ok: false, reason: "not a command" };
-    const { at, ...rest } = raw as Record<string, unknown>;
-    const time = EntryTime.safeParse(at);
-    if (!time.success) return { ok: false, reason: `at: ${describeIssues(time.error)}` };
-    const c = checkCommand(rest);
-    return c.ok ? { ok: true, command: c.command, at: time.data } : c;
   }
 
   private applyCommand(c: Command, ctx: ApplyContext): Outcome {

@@ -112,6 +112,30 @@ describe("raft node driver", () => {
     expect(back.node.isLeader).toBe(false);
   });
 
+  it("the proposer's apply of its own entry gets what it proposed with (its own parsing), no other node's does", async () => {
+    const seen = new Map<NodeId, unknown[]>();
+    for (const id of [1, 2, 3]) {
+      const m = await startMember(id, [1, 2, 3]);
+      const apply = m.sm.apply.bind(m.sm);
+      m.sm.apply = (payload: Uint8Array, index: number, local?: unknown) => {
+        seen.set(id, [...(seen.get(id) ?? []), local]);
+        apply(payload, index);
+      };
+    }
+    const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+    const follower = members.find((m) => m !== leader)!;
+    const mine = { parsed: "k=v" };
+    await leader.node.proposeWithResult(KVMachine.put("k", "v"), 5000, mine);
+    await follower.node.proposeWithResult(KVMachine.put("k2", "v2"), 5000, "from the follower");
+    await waitFor("all applied", () => members.every((m) => m.sm.data.get("k2") === "v2"));
+    for (const m of members) {
+      const locals = seen.get(m.id)!.filter((x) => x !== undefined);
+      if (m === leader) expect(locals).toEqual([mine]);
+      else if (m === follower) expect(locals).toEqual(["from the follower"]);
+      else expect(locals).toEqual([]);
+    }
+  });
+
   it("reads through the read barrier see every write that finished before", async () => {
     for (const id of [1, 2, 3]) await startMember(id, [1, 2, 3]);
     await waitFor("a leader", () => members.find((m) => m.node.isLeader));

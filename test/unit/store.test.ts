@@ -1,9 +1,17 @@
 // The replicated store as a state machine: the same entries give the same objects on every manager;
 // allocation happens when an entry is applied, in log order; refused commands change nothing.
 
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
-import { type Command, encodeCommand, type NetworkSpec, type Outcome, Store } from "../../src/store/store.js";
+import { CommandSchema } from "../../src/store/commands.js";
+import {
+  type Command,
+  DecodedEntry,
+  encodeCommand,
+  type NetworkSpec,
+  type Outcome,
+  Store,
+} from "../../src/store/store.js";
 
 const at = new Date("2026-11-22T00:00:00Z");
 
@@ -197,6 +205,29 @@ describe("store: the apply is total", () => {
     // The next good write goes through.
     const ok = store.apply(encodeCommand({ op: "cluster.update", version: 1, spec: DEFAULT_SWARM_SPEC }, at), 3);
     expect(ok).toEqual({ ok: true, version: 3 });
+  });
+
+  it("an entry its proposer decoded is applied without parsing it again, and the same as elsewhere", () => {
+    const proposer = run([cluster()]).store;
+    const other = run([cluster()]).store;
+    const a = encodeCommand({ op: "network.create", id: nid("a"), spec: net("a") }, at);
+    const b = encodeCommand({ op: "network.create", id: nid("b"), spec: net("b") }, at);
+    const checked = DecodedEntry.of(a);
+    expect(checked.result.ok).toBe(true);
+    const parse = vi.spyOn(CommandSchema, "safeParse");
+    try {
+      // The Raft log hands the apply a copy of the bytes (inside its frame): the decoding is still of them.
+      expect(proposer.apply(new Uint8Array(a), 2, checked)).toEqual({ ok: true, version: 2 });
+      expect(parse).not.toHaveBeenCalled();
+      // A decoding of other bytes is not used for these.
+      expect(proposer.apply(b, 3, checked)).toEqual({ ok: true, version: 3 });
+      expect(parse).toHaveBeenCalledTimes(1);
+    } finally {
+      parse.mockRestore();
+    }
+    other.apply(a, 2);
+    other.apply(b, 3);
+    expect(new TextDecoder().decode(proposer.snapshot())).toBe(new TextDecoder().decode(other.snapshot()));
   });
 
   it("refuses garbage, unknown commands, wrong types and oversized values alike on every replica", () => {
