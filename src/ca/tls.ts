@@ -142,7 +142,19 @@ export interface ListenTLSOptions extends TLSMaterial {
   maxConnections?: number;
   /** A client that has not finished its TLS handshake by then is cut off (default 10 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * Connections the kernel holds for accept (default LISTEN_BACKLOG; the kernel caps it at somaxconn).
+   */
+  backlog?: number;
 }
+
+/**
+ * After a leader change every node of the swarm connects to the new leader within a few seconds. Node's
+ * default backlog (511) overflowed whenever the event loop paused for a moment in that storm, and the kernel
+ * drops a connection that finds the queue full: its client only tries again after TCP's retransmission
+ * backoff (1, 2, 4, 8, 16 s), which made the last nodes of a large swarm take tens of seconds to come back.
+ */
+export const LISTEN_BACKLOG = 8192;
 
 /**
  * Serves `server` on host:port with TLS done by shoal, then hands the connection to grpc-js
@@ -195,7 +207,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
     tlsServer.once("error", onError);
-    tlsServer.listen(opts.port, opts.host, () => {
+    tlsServer.listen({ port: opts.port, host: opts.host, backlog: opts.backlog ?? LISTEN_BACKLOG }, () => {
       tlsServer.off("error", onError);
       resolve();
     });
