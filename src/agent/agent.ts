@@ -196,7 +196,7 @@ export class Agent {
             return;
           }
           if (res?.periodMs) period = this.periodMs = res.periodMs;
-          this.heartbeat = setTimeout(beat, jittered(period));
+          this.heartbeat = setTimeout(beat, heartbeatDelayMs(period, this.random));
         });
       };
       stream.on("data", (msg: SessionMessage) => {
@@ -207,7 +207,7 @@ export class Agent {
           this.log.info({ manager: addr }, "session established");
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = this.periodMs = msg.heartbeatPeriodMs;
-        if (!this.heartbeat) this.heartbeat = setTimeout(beat, jittered(period));
+        if (!this.heartbeat) this.heartbeat = setTimeout(beat, heartbeatDelayMs(period, this.random));
         let decoded: DecodedSession;
         try {
           decoded = decodeSessionMessage(msg);
@@ -230,9 +230,13 @@ export class Agent {
   }
 }
 
-/** Heartbeats go out a little before the period is up (swarmkit: period ± 10 %, never late). */
-function jittered(periodMs: number): number {
-  return Math.max(50, Math.floor(periodMs * (0.6 + Math.random() * 0.2)));
+/**
+ * Heartbeats go out a little before the period is up, never late (SwarmKit: the period ± 10 %): at 85 to
+ * 95 % of it. The leader answers every node's heartbeats (1,100 a second from 5,000 nodes at a 5 s period);
+ * at 60 to 80 % it answered 30 % more than that, for nothing: a node is down only after three periods.
+ */
+export function heartbeatDelayMs(periodMs: number, random: () => number): number {
+  return Math.max(50, Math.floor(periodMs * (0.85 + random() * 0.1)));
 }
 
 function sleep(ms: number): Promise<void> {

@@ -17,10 +17,12 @@ interface Served {
   /** Date.now() of every session the agent opened, and of the moment the first one was broken. */
   opened: number[];
   brokeAt: number;
+  /** Date.now() of every heartbeat. */
+  beats: number[];
 }
 
 async function serve(): Promise<Served> {
-  const s: Served = { server: new Server(), addr: "", opened: [], brokeAt: 0 };
+  const s: Served = { server: new Server(), addr: "", opened: [], brokeAt: 0, beats: [] };
   const msg = (n: number): SessionMessage => ({
     sessionId: `${n}`.padStart(24, "0"),
     nodeJson: "",
@@ -43,7 +45,10 @@ async function serve(): Promise<Served> {
         }, 200);
       }
     },
-    heartbeat: (_c: unknown, cb: (e: null, r: { periodMs: number }) => void) => cb(null, { periodMs: PERIOD_MS }),
+    heartbeat: (_c: unknown, cb: (e: null, r: { periodMs: number }) => void) => {
+      s.beats.push(Date.now());
+      cb(null, { periodMs: PERIOD_MS });
+    },
     attach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
     detach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
   });
@@ -60,7 +65,11 @@ afterEach(async () => {
   cleanup = [];
 });
 
-async function reconnectGapMs(random: () => number, during?: (agent: Agent) => void): Promise<number> {
+async function reconnectGapMs(
+  random: () => number,
+  during?: (agent: Agent) => void,
+  served?: (s: Served) => void,
+): Promise<number> {
   const s = await serve();
   const agent = new Agent({
     nodeId: "n".repeat(25),
@@ -88,6 +97,7 @@ async function reconnectGapMs(random: () => number, during?: (agent: Agent) => v
     await new Promise((r) => setTimeout(r, 20));
   }
   expect(s.opened.length).toBeGreaterThanOrEqual(2);
+  served?.(s);
   return s.opened[1]! - s.brokeAt;
 }
 
@@ -99,6 +109,24 @@ describe("agent reconnect", () => {
 
   test("the wait is drawn anew: random() = 0 reconnects after the short backoff only", async () => {
     expect(await reconnectGapMs(() => 0)).toBeLessThan(0.6 * PERIOD_MS);
+  });
+
+  test("heartbeats go out at 85 to 95 % of the period, never sooner (the leader answers every one)", async () => {
+    let s: Served | undefined;
+    await reconnectGapMs(
+      () => 0,
+      undefined,
+      (x) => (s = x),
+    );
+    const deadline = Date.now() + 10_000;
+    while (s!.beats.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const beats = s!.beats;
+    expect(beats.length).toBeGreaterThanOrEqual(3);
+    // random() = 0: the shortest delay the agent draws. The first beat comes that long after the session's
+    // first message (the reconnect), each next one that long after the previous answer.
+    expect(beats[0]! - s!.opened[1]!).toBeGreaterThanOrEqual(0.85 * PERIOD_MS - 5);
+    for (let i = 1; i < beats.length; i++)
+      expect(beats[i]! - beats[i - 1]!).toBeGreaterThanOrEqual(0.85 * PERIOD_MS - 5);
   });
 
   test("while it waits to reconnect, the agent offers no session client (an attach waits for the next session)", async () => {
