@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import * as pb from "../../src/gen/raft.js";
 import {
   CodecError,
@@ -17,6 +17,7 @@ import {
   MAX_CONTEXT_BYTES,
   MAX_ENTRY_BYTES,
   MAX_MESSAGE_ENTRIES,
+  messageSchema,
   messageToPb,
   parseRaftMessage,
 } from "../../src/raft/codec.js";
@@ -268,6 +269,47 @@ describe("parseRaftMessage: the schema every message from a peer passes", () => 
     }
     expect(() => parseRaftMessage(null)).toThrow(CodecError);
     expect(() => parseRaftMessage({})).toThrow(CodecError);
+  });
+
+  it("a message without entries or snapshot (heartbeats, votes, responses) is checked field by field, exactly as the schema", () => {
+    const hb = messageToPb(
+      newMessage({ type: MessageType.HeartbeatResp, from: 2, to: 1, term: 5, commit: 9, context: bytes(7) }),
+    );
+    const schema = vi.spyOn(messageSchema, "safeParse");
+    try {
+      expect(parseRaftMessage(hb)).toMatchObject({ type: MessageType.HeartbeatResp, from: 2, to: 1, term: 5 });
+      // Not through the schema's generic walk.
+      expect(schema).not.toHaveBeenCalled();
+    } finally {
+      schema.mockRestore();
+    }
+    // Accepted exactly when the schema accepts, with the same value, over every field and many values.
+    const values: unknown[] = [0, 1, -1, -0, 1.5, 2 ** 48, 2 ** 48 + 1, 2 ** 53, Number.NaN, Number.POSITIVE_INFINITY];
+    values.push("1", null, undefined, true, false, {}, [], Buffer.alloc(0), Buffer.alloc(MAX_CONTEXT_BYTES));
+    values.push(Buffer.alloc(MAX_CONTEXT_BYTES + 1), new Uint8Array(3), [
+      { term: 1, index: 1, type: 0, data: bytes() },
+    ]);
+    values.push(...Object.values(pb.MessageType));
+    const fields = ["type", "from", "to", "term", "logTerm", "index", "commit", "reject", "rejectHint", "context"];
+    let accepted = 0;
+    for (const field of [...fields, "entries", "snapshot"]) {
+      for (const value of values) {
+        const x = { ...hb, [field]: value };
+        const want = messageSchema.safeParse(x);
+        let got: Message | undefined;
+        try {
+          got = parseRaftMessage(x);
+        } catch {
+          got = undefined;
+        }
+        expect(got !== undefined, `${field} = ${String(value)}`).toBe(want.success);
+        if (!got || !want.success) continue;
+        accepted++;
+        const { entries: _e, snapshot: _s, context, ...rest } = want.data;
+        expect(got).toEqual({ ...rest, entries: [], context: new Uint8Array(context) });
+      }
+    }
+    expect(accepted).toBeGreaterThan(40);
   });
 
   it("checks a snapshot chunk: only on Snap, within its total, with a sound conf state", () => {
