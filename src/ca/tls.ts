@@ -171,7 +171,11 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     socket.on("error", () => {
       // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.
     });
-    if (!socket.authorized && presentedCertificate(socket)) {
+    // A connection's peer certificate cannot change (no renegotiation): read it once (Node builds a new
+    // object at each call), and hand out that one object, so that peerRole reads the identity once per
+    // connection, not once per call.
+    const peer = socket.getPeerCertificate();
+    if (!socket.authorized && presentedCertificate(peer)) {
       socket.destroy();
       return;
     }
@@ -179,10 +183,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
       socket.destroy();
       return;
     }
-    // A connection's peer certificate cannot change (no renegotiation): hand out one object for it, so
-    // that peerRole reads the identity once per connection, not once per call.
     socket.disableRenegotiation();
-    const peer = socket.getPeerCertificate();
     socket.getPeerCertificate = ((detailed?: boolean) =>
       detailed
         ? tls.TLSSocket.prototype.getPeerCertificate.call(socket, true)
@@ -235,8 +236,7 @@ function secureContextOptions(m: TLSMaterial): tls.SecureContextOptions {
   return { ca: m.rootPem, cert: m.certPem, key: m.keyPem };
 }
 
-function presentedCertificate(socket: tls.TLSSocket): boolean {
-  const peer = socket.getPeerCertificate();
+function presentedCertificate(peer: tls.PeerCertificate | null): boolean {
   return peer !== null && typeof peer === "object" && Buffer.isBuffer(peer.raw);
 }
 
@@ -467,24 +467,58 @@ function presentedChain(cert: tls.PeerCertificate): NodeX509Certificate[] {
   return out;
 }
 
+/**
+ * Chains already found to be a manager's, per trusted roots: by the fingerprints of the presented
+ * certificates, until the first of them (or of the roots) expires. A node connects to the same few managers
+ * again and again (the scale bench's simulators, thousands of times): each chain is parsed and its
+ * signatures checked once. Only good verdicts are kept; a bad chain is checked again (and refused) each time.
+ */
+const goodChains = new WeakMap<NodeX509Certificate[], Map<string, number>>();
+const MAX_GOOD_CHAINS = 64;
+
+/** The fingerprints of the presented chain (as presentedChain follows it), without parsing anything. */
+function chainKey(cert: tls.PeerCertificate): string {
+  const out: string[] = [];
+  let c: tls.PeerCertificate | undefined = cert;
+  while (c !== undefined && typeof c.fingerprint256 === "string" && out.length < 4 && !out.includes(c.fingerprint256)) {
+    out.push(c.fingerprint256);
+    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
+  }
+  return out.join("/");
+}
+
 /** Node has verified the chain against the roots when this runs; we re-check the issuer and the role. */
 function checkManagerCertificate(roots: NodeX509Certificate[], cert: tls.PeerCertificate): Error | undefined {
   if (!Buffer.isBuffer(cert.raw)) return new Error("the swarm manager presented no certificate");
+  const key = chainKey(cert);
+  let known = goodChains.get(roots);
+  const until = known?.get(key);
+  if (until !== undefined && Date.now() <= until) return undefined;
   let chain: NodeX509Certificate[];
   try {
     chain = presentedChain(cert);
   } catch {
     return new Error("the swarm manager presented an unreadable certificate");
   }
+  const err = checkManagerChain(roots, chain, cert.raw);
+  if (err === undefined) {
+    if (!known) goodChains.set(roots, (known = new Map()));
+    if (known.size >= MAX_GOOD_CHAINS) known.delete(known.keys().next().value!);
+    known.set(key, Math.min(...[...chain, ...roots].map((c) => Date.parse(c.validTo))));
+  }
+  return err;
+}
+
+function checkManagerChain(roots: NodeX509Certificate[], chain: NodeX509Certificate[], raw: Buffer): Error | undefined {
   if (!chainLeadsTo(chain, roots)) {
     return new Error("the server's certificate was not issued by this swarm's root CA");
   }
   // The role from the cached, cheap read (every connection to a manager asks); the full parse only to say
   // why a certificate is not a node certificate.
-  const role: NodeRole | undefined = identityOfDer(cert.raw)?.role;
+  const role: NodeRole | undefined = identityOfDer(raw)?.role;
   if (role === undefined) {
     try {
-      parseNodeCert(cert.raw);
+      parseNodeCert(raw);
     } catch (err) {
       return new Error(`the server's certificate is not a swarm node certificate: ${(err as Error).message}`);
     }
