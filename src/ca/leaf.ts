@@ -102,7 +102,7 @@ export function readCSR(csrPem: string): CSRKey {
   }
   let key: KeyObject;
   try {
-    key = createPublicKey({ key: spkiIn, format: "der", type: "spki" });
+    key = p256PublicKey(spkiIn);
   } catch (err) {
     throw invalid("must be for an ECDSA P-256 key", err);
   }
@@ -120,6 +120,29 @@ export function readCSR(csrPem: string): CSRKey {
   // As the CSR has it (the ASN.1 library copied it too): node:crypto would write it back the same.
   const spki = Buffer.from(spkiIn);
   return { spki, keyId: keyIdOf(spki) };
+}
+
+/** SubjectPublicKeyInfo of a P-256 key up to its point: id-ecPublicKey, prime256v1, a 66-byte BIT STRING. */
+const P256_SPKI_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");
+
+/**
+ * The key of a SubjectPublicKeyInfo. The form every node writes (P-256, uncompressed point) is imported as a
+ * JWK of its coordinates, which OpenSSL 3 does about three times faster than decoding the DER (its decoder
+ * framework), checking the point is on the curve all the same; anything else is decoded from the DER.
+ */
+function p256PublicKey(spki: Buffer): KeyObject {
+  if (
+    spki.length === P256_SPKI_PREFIX.length + 65 &&
+    spki.subarray(0, P256_SPKI_PREFIX.length).equals(P256_SPKI_PREFIX)
+  ) {
+    const point = spki.subarray(P256_SPKI_PREFIX.length);
+    if (point[0] === 0x04) {
+      const x = point.subarray(1, 33).toString("base64url");
+      const y = point.subarray(33).toString("base64url");
+      return createPublicKey({ key: { kty: "EC", crv: "P-256", x, y }, format: "jwk" });
+    }
+  }
+  return createPublicKey({ key: spki, format: "der", type: "spki" });
 }
 
 /**

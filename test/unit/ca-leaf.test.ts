@@ -284,6 +284,23 @@ describe("a CSR for a compressed point", () => {
   });
 });
 
+describe("a CSR for an uncompressed point (the form every node writes, read without decoding the DER)", () => {
+  test("a point that is not on the curve is refused, as the DER decoder refuses it", async () => {
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const point = Buffer.concat([Buffer.from([4]), Buffer.alloc(32, 1), Buffer.alloc(32, 2)]);
+    const spki = seq(seq(oid("1.2.840.10045.2.1"), oid("1.2.840.10045.3.1.7")), bitString(point));
+    expect(() => createPublicKey({ key: spki, format: "der", type: "spki" })).toThrow();
+    const info = seq(tlv(TAG.INTEGER, Buffer.from([0])), seq(), spki, tlv(0xa0));
+    const csr = seq(info, ECDSA_WITH_SHA256, bitString(sign("sha256", info, privateKey)));
+    const csrPem = `-----BEGIN CERTIFICATE REQUEST-----\n${csr.toString("base64")}\n-----END CERTIFICATE REQUEST-----\n`;
+    const err = await signNodeCSR(ca, csrPem, { nodeId: NODE, role: "worker", clusterId: CLUSTER }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(CAError);
+    expect((err as CAError).message).toMatch(/must be for an ECDSA P-256 key/);
+  });
+});
+
 describe("CSRs a joining node writes without the ASN.1 library", () => {
   /** The CertificationRequestInfo of a PEM CSR: everything its signature covers. */
   function requestInfoOf(pem: string): Buffer {
