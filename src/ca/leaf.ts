@@ -151,7 +151,50 @@ function p256PublicKey(spki: Buffer): KeyObject {
  * to the signature (test/unit/ca-leaf.test.ts), for a fraction of its CPU (a joining node asks one).
  */
 export function csrPem(key: KeyObject, commonName?: string): string {
-  const spki = createPublicKey(key).export({ type: "spki", format: "der" });
+  return csrPemWithSpki(
+    key,
+    p256Encodings(key)?.spki ?? createPublicKey(key).export({ type: "spki", format: "der" }),
+    commonName,
+  );
+}
+
+/**
+ * A P-256 private key's PKCS#8 (DER) and public key's SubjectPublicKeyInfo, written from its JWK coordinates
+ * byte for byte as OpenSSL writes them (test/unit/ca-leaf.test.ts), without OpenSSL 3's encoder framework
+ * (a tenth of the CPU: a joining node makes both). Undefined for a key of another kind.
+ */
+export function p256Encodings(key: KeyObject): { pkcs8: Buffer; spki: Buffer } | undefined {
+  if (key.type !== "private" || key.asymmetricKeyType !== "ec") return undefined;
+  if (key.asymmetricKeyDetails?.namedCurve !== "prime256v1") return undefined;
+  const jwk = key.export({ format: "jwk" });
+  const coordinate = (v: string | undefined): Buffer => {
+    const b = Buffer.from(v ?? "", "base64url");
+    if (b.length > 32) throw new RangeError("a P-256 key component longer than 32 bytes");
+    return Buffer.concat([Buffer.alloc(32 - b.length), b]);
+  };
+  const point = Buffer.concat([Buffer.from([0x04]), coordinate(jwk.x), coordinate(jwk.y)]);
+  const spki = Buffer.concat([P256_SPKI_PREFIX, point]);
+  // ECPrivateKey (RFC 5915): version 1, the private key, [1] the public key; the curve is in the algorithm.
+  const ecPrivateKey = seq(
+    tlv(TAG.INTEGER, Buffer.from([1])),
+    tlv(TAG.OCTET_STRING, coordinate(jwk.d)),
+    tlv(0xa1, bitString(point)),
+  );
+  const pkcs8 = seq(
+    tlv(TAG.INTEGER, Buffer.from([0])),
+    seq(oid(OID_EC_PUBLIC_KEY), oid("1.2.840.10045.3.1.7")),
+    tlv(TAG.OCTET_STRING, ecPrivateKey),
+  );
+  return { pkcs8, spki };
+}
+
+/** A P-256 private key as PKCS#8 PEM, as `key.export({ type: "pkcs8", format: "pem" })` writes it. */
+export function p256Pkcs8Pem(key: KeyObject): string {
+  const enc = p256Encodings(key);
+  return enc ? pemOf(enc.pkcs8, "PRIVATE KEY") : (key.export({ type: "pkcs8", format: "pem" }) as string);
+}
+
+function csrPemWithSpki(key: KeyObject, spki: Buffer, commonName?: string): string {
   const subject = commonName === undefined ? seq() : seq(rdn(ATTR_CN, commonName));
   const info = seq(tlv(TAG.INTEGER, Buffer.from([0])), subject, spki, tlv(0xa0));
   const der = seq(info, ECDSA_WITH_SHA256, bitString(sign("sha256", info, key)));
