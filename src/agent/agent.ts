@@ -44,9 +44,17 @@ export const MAX_RECONNECT_SPREAD_MS = 10_000;
  * keepalive only finds a half-open connection while no call is in flight. It is slow on purpose: a peer whose
  * event loop is busy for a second (one slow CPU, a burst of work) must not lose its session for answering a
  * ping late.
+ *
+ * Each channel has a subchannel pool of its own: grpc-js's global one shares a connection only between
+ * channels of the same credentials object, which a node's channels never are (each has its own
+ * credentials), and it looks for one by comparing with every connection it holds to that address (a scan
+ * per new channel, growing with the connections a process holds: the scale bench's simulators hold
+ * thousands). No channelz either (nothing reads it; it registers and traces every channel and connection).
  */
 export const CHANNEL_OPTIONS = {
   ...CLIENT_CHANNEL_OPTIONS,
+  "grpc.use_local_subchannel_pool": 1,
+  "grpc.enable_channelz": 0,
   "grpc.keepalive_time_ms": 10_000,
   "grpc.keepalive_timeout_ms": 10_000,
   "grpc.keepalive_permit_without_calls": 1,

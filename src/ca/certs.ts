@@ -5,7 +5,7 @@
 import { createPrivateKey, generateKeyPair, X509Certificate as NodeX509Certificate } from "node:crypto";
 import { promisify } from "node:util";
 import { CAError } from "./errors.js";
-import { csrPem, readCSR } from "./leaf.js";
+import { csrPem, p256Pkcs8Pem, readCSR } from "./leaf.js";
 import { cryptoRandomBytes, type RandomBytes } from "./random.js";
 import { BACKDATE_MS, ROOT_CA_CN, type RootCA } from "./rootca.js";
 import { randomSerialHex, x509 } from "./x509.js";
@@ -44,7 +44,7 @@ export interface NodeKeyAndCSR {
 /** A new ECDSA P-256 key and a CSR signed with it (subject CN=<nodeId> if given; the CA ignores it). */
 export async function generateNodeKeyAndCSR(nodeId?: string): Promise<NodeKeyAndCSR> {
   const { privateKey } = await generateEcKey("ec", { namedCurve: "P-256" });
-  return { keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, csrPem: csrPem(privateKey, nodeId) };
+  return { keyPem: p256Pkcs8Pem(privateKey), csrPem: csrPem(privateKey, nodeId) };
 }
 
 /**

@@ -21,6 +21,9 @@
 // - ChannelCredentials.createSsl(..., { rejectUnauthorized: false }) really skips verification (grpc-js
 //   checks `authorized` only when rejectUnauthorized is not false); checkServerIdentity replaces Node's
 //   host-name check and runs only after the chain verified.
+// - A channel makes every connection through its credentials' `_createSecureConnector(...).connect(socket)`
+//   (abstract in the public ChannelCredentials, so a subclass may implement it), and two channels share a
+//   connection only if their credentials are `_equals`. joinCredentials() below relies on both.
 
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
 import * as tls from "node:tls";
@@ -180,7 +183,11 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     socket.on("error", () => {
       // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.
     });
-    if (!socket.authorized && presentedCertificate(socket)) {
+    // A connection's peer certificate cannot change (no renegotiation): read it once (Node builds a new
+    // object at each call), and hand out that one object, so that peerRole reads the identity once per
+    // connection, not once per call.
+    const peer = socket.getPeerCertificate();
+    if (!socket.authorized && presentedCertificate(peer)) {
       socket.destroy();
       return;
     }
@@ -188,10 +195,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
       socket.destroy();
       return;
     }
-    // A connection's peer certificate cannot change (no renegotiation): hand out one object for it, so
-    // that peerRole reads the identity once per connection, not once per call.
     socket.disableRenegotiation();
-    const peer = socket.getPeerCertificate();
     socket.getPeerCertificate = ((detailed?: boolean) =>
       detailed
         ? tls.TLSSocket.prototype.getPeerCertificate.call(socket, true)
@@ -244,8 +248,7 @@ function secureContextOptions(m: TLSMaterial): tls.SecureContextOptions {
   return { ca: m.rootPem, cert: m.certPem, key: m.keyPem };
 }
 
-function presentedCertificate(socket: tls.TLSSocket): boolean {
-  const peer = socket.getPeerCertificate();
+function presentedCertificate(peer: tls.PeerCertificate | null): boolean {
   return peer !== null && typeof peer === "object" && Buffer.isBuffer(peer.raw);
 }
 
@@ -357,6 +360,95 @@ export function insecureClientCredentials(): ChannelCredentials {
 }
 let insecureCredentials: ChannelCredentials | undefined;
 
+/**
+ * Credentials for a join: one connection for the root CA and the certificate request. The connection is
+ * made unverified (the root is not known yet); once the joiner has checked the fetched root against the
+ * token's digest it calls `trust(rootPem)`, which checks the certificate every connection made so far
+ * presented as clientCredentials(rootPem) would have (it chains to that root, OU=swarm-manager) and from
+ * then on checks each new connection before it is used. Only then may the token go out: a server that
+ * merely relays the public root cannot present a manager certificate of that root.
+ *
+ * Without it a join is three TLS handshakes (root, certificate, session): this saves one on both sides.
+ * One for each join (the connections it made are its own); pass CLIENT_CHANNEL_OPTIONS (or the agent's).
+ */
+export interface JoinCredentials {
+  readonly credentials: ChannelCredentials;
+  /** Throws (the reason) if a connection made so far was not to a manager of this root. */
+  trust(rootPem: string): void;
+}
+
+export function joinCredentials(): JoinCredentials {
+  const creds = new TrustOnCheckCredentials();
+  return { credentials: creds, trust: (rootPem) => creds.trust(rootPem) };
+}
+
+/** See joinCredentials. grpc-js makes each connection through `_createSecureConnector(...).connect`. */
+class TrustOnCheckCredentials extends ChannelCredentials {
+  /** The roots, once trusted; until then the certificates presented on the connections made. */
+  private roots: NodeX509Certificate[] | undefined;
+  private presented: tls.PeerCertificate[] = [];
+
+  trust(rootPem: string): void {
+    const roots = parseTrustedRoots(rootPem);
+    for (const cert of this.presented) {
+      const err = checkManagerCertificate(roots, cert);
+      if (err) throw err;
+    }
+    this.presented = [];
+    this.roots = roots;
+  }
+
+  private check(socket: tls.TLSSocket): void {
+    const cert = socket.getPeerCertificate(true);
+    if (this.roots === undefined) {
+      this.presented.push(cert);
+      return;
+    }
+    const err = checkManagerCertificate(this.roots, cert);
+    if (err) throw err;
+  }
+
+  override _isSecure(): boolean {
+    return true;
+  }
+
+  override _equals(other: ChannelCredentials): boolean {
+    // Never shared with another channel: what was checked is this join's.
+    return other === this;
+  }
+
+  override _createSecureConnector(
+    ...args: Parameters<ChannelCredentials["_createSecureConnector"]>
+  ): ReturnType<ChannelCredentials["_createSecureConnector"]> {
+    const inner = unverifiedCredentials()._createSecureConnector(...args);
+    return {
+      connect: async (socket) => {
+        const out = await inner.connect(socket);
+        try {
+          this.check(out.socket as tls.TLSSocket);
+        } catch (e) {
+          out.socket.destroy();
+          throw e;
+        }
+        return out;
+      },
+      waitForReady: () => inner.waitForReady(),
+      getCallCredentials: () => inner.getCallCredentials(),
+      destroy: () => inner.destroy(),
+    };
+  }
+}
+
+/** TLS without verification, on one context for the process (no roots: the default store is not loaded). */
+function unverifiedCredentials(): ChannelCredentials {
+  unverified ??= ChannelCredentials.createFromSecureContext(tls.createSecureContext({ minVersion: TLS_MIN_VERSION }), {
+    rejectUnauthorized: false,
+    checkServerIdentity: () => undefined,
+  });
+  return unverified;
+}
+let unverified: ChannelCredentials | undefined;
+
 function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
   // The same bundle for every connection a node makes (and every node a simulator runs): read once.
   const known = trustedRoots.get(rootPem);
@@ -387,24 +479,58 @@ function presentedChain(cert: tls.PeerCertificate): NodeX509Certificate[] {
   return out;
 }
 
+/**
+ * Chains already found to be a manager's, per trusted roots: by the fingerprints of the presented
+ * certificates, until the first of them (or of the roots) expires. A node connects to the same few managers
+ * again and again (the scale bench's simulators, thousands of times): each chain is parsed and its
+ * signatures checked once. Only good verdicts are kept; a bad chain is checked again (and refused) each time.
+ */
+const goodChains = new WeakMap<NodeX509Certificate[], Map<string, number>>();
+const MAX_GOOD_CHAINS = 64;
+
+/** The fingerprints of the presented chain (as presentedChain follows it), without parsing anything. */
+function chainKey(cert: tls.PeerCertificate): string {
+  const out: string[] = [];
+  let c: tls.PeerCertificate | undefined = cert;
+  while (c !== undefined && typeof c.fingerprint256 === "string" && out.length < 4 && !out.includes(c.fingerprint256)) {
+    out.push(c.fingerprint256);
+    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
+  }
+  return out.join("/");
+}
+
 /** Node has verified the chain against the roots when this runs; we re-check the issuer and the role. */
 function checkManagerCertificate(roots: NodeX509Certificate[], cert: tls.PeerCertificate): Error | undefined {
   if (!Buffer.isBuffer(cert.raw)) return new Error("the swarm manager presented no certificate");
+  const key = chainKey(cert);
+  let known = goodChains.get(roots);
+  const until = known?.get(key);
+  if (until !== undefined && Date.now() <= until) return undefined;
   let chain: NodeX509Certificate[];
   try {
     chain = presentedChain(cert);
   } catch {
     return new Error("the swarm manager presented an unreadable certificate");
   }
+  const err = checkManagerChain(roots, chain, cert.raw);
+  if (err === undefined) {
+    if (!known) goodChains.set(roots, (known = new Map()));
+    if (known.size >= MAX_GOOD_CHAINS) known.delete(known.keys().next().value!);
+    known.set(key, Math.min(...[...chain, ...roots].map((c) => Date.parse(c.validTo))));
+  }
+  return err;
+}
+
+function checkManagerChain(roots: NodeX509Certificate[], chain: NodeX509Certificate[], raw: Buffer): Error | undefined {
   if (!chainLeadsTo(chain, roots)) {
     return new Error("the server's certificate was not issued by this swarm's root CA");
   }
   // The role from the cached, cheap read (every connection to a manager asks); the full parse only to say
   // why a certificate is not a node certificate.
-  const role: NodeRole | undefined = identityOfDer(cert.raw)?.role;
+  const role: NodeRole | undefined = identityOfDer(raw)?.role;
   if (role === undefined) {
     try {
-      parseNodeCert(cert.raw);
+      parseNodeCert(raw);
     } catch (err) {
       return new Error(`the server's certificate is not a swarm node certificate: ${(err as Error).message}`);
     }

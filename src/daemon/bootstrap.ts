@@ -12,11 +12,16 @@ import { generateNodeKeyAndCSR, signNodeCSR } from "../ca/certs.js";
 import { clusterTLSInfo } from "../ca/chain.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
-import { clientCredentials, insecureClientCredentials } from "../ca/tls.js";
-import { generateJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
+import { joinCredentials } from "../ca/tls.js";
+import { generateJoinToken, type ParsedJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import type { SwarmInit, SwarmJoin } from "../engine/types.js";
-import { CAClient, RaftMembershipClient } from "../gen/cluster.js";
+import {
+  CAClient,
+  type IssueNodeCertificateRequest,
+  type IssueNodeCertificateResponse,
+  RaftMembershipClient,
+} from "../gen/cluster.js";
 import { leaderHint, toApiError, unary } from "../manager/grpc-util.js";
 import type { Manager } from "../manager/manager.js";
 import { newRaftId } from "../manager/membership.js";
@@ -139,7 +144,7 @@ export async function requestMembership(
   hostname: string,
 ): Promise<{ certs: Certificates; state: LocalState; role: NodeRole; remote: string }> {
   if (!req.joinToken) throw badRequest("invalid join token");
-  let parsed: ReturnType<typeof parseJoinToken>;
+  let parsed: ParsedJoinToken;
   try {
     parsed = parseJoinToken(req.joinToken);
   } catch {
@@ -152,31 +157,14 @@ export async function requestMembership(
   // Only a manager listens; a worker keeps the address for a later promotion. Whether it can be bound
   // goes with the certificate request: the managers refuse a manager token then, creating nothing.
   const listenError = await listenAddrError(`${listen.host}:${listen.port}`);
-  const rootPem = await fetchRoot(remote);
-  if (!tokenMatchesRoot(parsed, rootPem)) {
-    throw badRequest(
-      `remote CA does not match fingerprint. Expected: ${parsed.digest}, got ${rootDigest(rootPem)}. Check the join token and the manager address.`,
-    );
-  }
   const advertise = resolveAdvertiseAddr(req.advertiseAddr, listen, remote);
-  const { keyPem, csrPem } = await generateNodeKeyAndCSR();
-  const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL_OPTIONS);
-  let issued: { nodeId: string; certificatePem: string; role: string; clusterId: string; dataPathPort: number };
-  try {
-    const request = {
-      csrPem,
-      token: req.joinToken,
-      availability: req.availability,
-      hostname,
-      advertiseAddr: `${advertise.ip}:${advertise.port}`,
-      listenAddrError: listenError?.message ?? "",
-    };
-    issued = await unary(verified.issueNodeCertificate.bind(verified), request, 15_000);
-  } catch (e) {
-    throw toApiError(e);
-  } finally {
-    verified.close();
-  }
+  const { rootPem, keyPem, issued } = await requestCertificate(remote, parsed, {
+    token: req.joinToken,
+    availability: req.availability,
+    hostname,
+    advertiseAddr: `${advertise.ip}:${advertise.port}`,
+    listenAddrError: listenError?.message ?? "",
+  });
   const role = issued.role as NodeRole;
   const state: LocalState = {
     version: 1,
@@ -192,15 +180,57 @@ export async function requestMembership(
   return { certs: { rootPem, certPem: issued.certificatePem, keyPem }, state, role, remote };
 }
 
-/** The root CA a manager serves, unverified (the caller checks it against the join token). */
-async function fetchRoot(remote: string): Promise<string> {
-  const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL_OPTIONS);
+/** A join's stages, as they end (the scale bench times them). */
+export type JoinStage = "root" | "key" | "certificate";
+
+/**
+ * The certificate half of a join, on one connection to `remote`: its root CA (fetched unverified, checked
+ * against the token's digest), then, once the connection is known to be to a manager of that root
+ * (joinCredentials), a new key's CSR sent with the token. The key is made while the root is fetched.
+ */
+export async function requestCertificate(
+  remote: string,
+  token: ParsedJoinToken,
+  request: Omit<IssueNodeCertificateRequest, "csrPem">,
+  onStage?: (stage: JoinStage) => void,
+): Promise<{ rootPem: string; keyPem: string; issued: IssueNodeCertificateResponse }> {
+  const creds = joinCredentials();
+  const client = new CAClient(remote, creds.credentials, CHANNEL_OPTIONS);
+  const key = generateNodeKeyAndCSR();
+  // Not awaited until the root is checked: a refused join must not leave it unhandled.
+  key.catch(() => undefined);
   try {
-    return (await unary(anon.getRootCaCertificate.bind(anon), {}, 5000)).certificatePem;
-  } catch (e) {
-    throw unavailable(`could not reach the manager at ${remote}: ${toApiError(e).message}`);
+    let rootPem: string;
+    try {
+      rootPem = (await unary(client.getRootCaCertificate.bind(client), {}, 5000)).certificatePem;
+    } catch (e) {
+      throw unavailable(`could not reach the manager at ${remote}: ${toApiError(e).message}`);
+    }
+    if (!tokenMatchesRoot(token, rootPem)) {
+      throw badRequest(
+        `remote CA does not match fingerprint. Expected: ${token.digest}, got ${rootDigest(rootPem)}. Check the join token and the manager address.`,
+      );
+    }
+    try {
+      creds.trust(rootPem);
+    } catch (e) {
+      throw unavailable(
+        `the manager at ${remote} is not a manager of the swarm the token is for: ${(e as Error).message}`,
+      );
+    }
+    onStage?.("root");
+    const { keyPem, csrPem } = await key;
+    onStage?.("key");
+    let issued: IssueNodeCertificateResponse;
+    try {
+      issued = await unary(client.issueNodeCertificate.bind(client), { ...request, csrPem }, 15_000);
+    } catch (e) {
+      throw toApiError(e);
+    }
+    onStage?.("certificate");
+    return { rootPem, keyPem, issued };
   } finally {
-    anon.close();
+    client.close();
   }
 }
 

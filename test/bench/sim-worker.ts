@@ -1,7 +1,8 @@
 // One process of the scale bench's simulated workers (test/bench/scale.ts forks several). Each simulated
-// worker goes through the real join path of a worker node: the root CA fetched anonymously and checked
-// against the token's digest, a fresh key and CSR, CA.IssueNodeCertificate with the worker join token
-// (a real certificate signed by the swarm's CA), then the real Agent (src/agent/agent.ts): a Dispatcher
+// worker goes through the real join path of a worker node, the function `swarm join` runs
+// (requestCertificate, src/daemon/bootstrap.ts): the root CA fetched anonymously and checked against the
+// token's digest, a fresh key and CSR, CA.IssueNodeCertificate with the worker join token on the same
+// connection (a real certificate signed by the swarm's CA), then the real Agent (src/agent/agent.ts): a Dispatcher
 // session over mutual TLS with its own certificate, heartbeats at the period the managers ask for, and
 // failover to another manager when the session breaks. Nothing here stands in for a manager.
 //
@@ -11,11 +12,9 @@
 import pino from "pino";
 import { Agent } from "../../src/agent/agent.js";
 import type { DecodedSession } from "../../src/agent/messages.js";
-import { generateNodeKeyAndCSR } from "../../src/ca/certs.js";
-import { clientCredentials, insecureClientCredentials } from "../../src/ca/tls.js";
-import { parseJoinToken, tokenMatchesRoot } from "../../src/ca/token.js";
-import { CAClient } from "../../src/gen/cluster.js";
-import { unary } from "../../src/manager/grpc-util.js";
+import { clientCredentials } from "../../src/ca/tls.js";
+import { parseJoinToken } from "../../src/ca/token.js";
+import { type JoinStage, requestCertificate } from "../../src/daemon/bootstrap.js";
 
 export type ToWorker =
   | { t: "join"; managers: string[]; token: string; count: number; prefix: string; concurrency: number }
@@ -61,7 +60,6 @@ interface Sim {
 }
 
 const log = pino({ level: process.env.SIM_LOG_LEVEL ?? "silent" });
-const CHANNEL = { "grpc.ssl_target_name_override": "swarm-manager" };
 const sims: Sim[] = [];
 let joinFailures = 0;
 let joinDoneAt: number[] = [];
@@ -70,43 +68,24 @@ let heartbeatFailures = 0;
 let expectPeriodMs = 0;
 let joinStagesMs: JoinStages[] = [];
 
-/** The real join path of a worker (as the daemon's swarm join does it): a certificate for the token. */
+/** The real join path of a worker (the daemon's swarm join: requestCertificate), then the real Agent. */
 async function joinOne(managers: string[], token: string, hostname: string): Promise<Sim> {
   const t0 = performance.now();
+  const at: Partial<Record<JoinStage, number>> = {};
   const remote = managers[Math.floor(Math.random() * managers.length)]!;
-  const anon = new CAClient(remote, insecureClientCredentials(), CHANNEL);
-  let rootPem: string;
-  try {
-    rootPem = (await unary(anon.getRootCaCertificate.bind(anon), {}, 10_000)).certificatePem;
-  } finally {
-    anon.close();
-  }
-  if (!tokenMatchesRoot(parseJoinToken(token), rootPem)) throw new Error("root CA does not match the token");
-  const t1 = performance.now();
-  const { keyPem, csrPem } = await generateNodeKeyAndCSR();
-  const t2 = performance.now();
-  const verified = new CAClient(remote, clientCredentials(rootPem), CHANNEL);
-  let certPem: string;
-  let nodeId: string;
-  try {
-    const res = await unary(
-      verified.issueNodeCertificate.bind(verified),
-      {
-        csrPem,
-        token,
-        availability: "active",
-        hostname,
-        advertiseAddr: "127.0.0.1:2377",
-        listenAddrError: "",
-      },
-      60_000,
-    );
-    certPem = res.certificatePem;
-    nodeId = res.nodeId;
-  } finally {
-    verified.close();
-  }
+  const { rootPem, keyPem, issued } = await requestCertificate(
+    remote,
+    parseJoinToken(token),
+    { token, availability: "active", hostname, advertiseAddr: "127.0.0.1:2377", listenAddrError: "" },
+    (stage) => {
+      at[stage] = performance.now();
+    },
+  );
   const t3 = performance.now();
+  const t1 = at.root ?? t0;
+  const t2 = at.key ?? t1;
+  const certPem = issued.certificatePem;
+  const nodeId = issued.nodeId;
   const creds = clientCredentials(rootPem, certPem, keyPem);
   const sim: Sim = {
     agent: undefined as unknown as Agent,

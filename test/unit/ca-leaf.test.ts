@@ -27,7 +27,13 @@ import {
 } from "../../src/ca/certs.js";
 import { bitString, childrenOf, oid, readElement, seq, TAG, tlv } from "../../src/ca/der.js";
 import { CAError } from "../../src/ca/errors.js";
-import { ECDSA_WITH_SHA256, type NodeSubject, plainNodeSubject } from "../../src/ca/leaf.js";
+import {
+  ECDSA_WITH_SHA256,
+  type NodeSubject,
+  p256Encodings,
+  p256Pkcs8Pem,
+  plainNodeSubject,
+} from "../../src/ca/leaf.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
 import { identityOfDer, type PeerIdentity } from "../../src/ca/tls.js";
 import {
@@ -281,6 +287,43 @@ describe("a CSR for a compressed point", () => {
     expect(tbsOf(pem).includes(spki)).toBe(true);
     const reference = await peculiarNodeCert(ca, csrPem, { ...opts, days: 90, serial: fixed([0x11]) });
     expect(tbsOf(pem).equals(tbsOf(reference))).toBe(true);
+  });
+});
+
+describe("a node's key written without OpenSSL's encoders", () => {
+  test("PKCS#8 and SubjectPublicKeyInfo are byte for byte what OpenSSL writes, and read back as the same key", () => {
+    for (let i = 0; i < 200; i++) {
+      const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+      const enc = p256Encodings(privateKey)!;
+      expect(enc.pkcs8.equals(privateKey.export({ type: "pkcs8", format: "der" }))).toBe(true);
+      expect(enc.spki.equals(publicKey.export({ type: "spki", format: "der" }))).toBe(true);
+      const pem = p256Pkcs8Pem(privateKey);
+      expect(pem).toBe(privateKey.export({ type: "pkcs8", format: "pem" }));
+      expect(createPrivateKey(pem).export({ format: "jwk" })).toEqual(privateKey.export({ format: "jwk" }));
+    }
+  });
+
+  test("a key of another curve is written by OpenSSL", () => {
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-384" });
+    expect(p256Encodings(privateKey)).toBeUndefined();
+    expect(p256Pkcs8Pem(privateKey)).toBe(privateKey.export({ type: "pkcs8", format: "pem" }));
+  });
+});
+
+describe("a CSR for an uncompressed point (the form every node writes, read without decoding the DER)", () => {
+  test("a point that is not on the curve is refused, as the DER decoder refuses it", async () => {
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const point = Buffer.concat([Buffer.from([4]), Buffer.alloc(32, 1), Buffer.alloc(32, 2)]);
+    const spki = seq(seq(oid("1.2.840.10045.2.1"), oid("1.2.840.10045.3.1.7")), bitString(point));
+    expect(() => createPublicKey({ key: spki, format: "der", type: "spki" })).toThrow();
+    const info = seq(tlv(TAG.INTEGER, Buffer.from([0])), seq(), spki, tlv(0xa0));
+    const csr = seq(info, ECDSA_WITH_SHA256, bitString(sign("sha256", info, privateKey)));
+    const csrPem = `-----BEGIN CERTIFICATE REQUEST-----\n${csr.toString("base64")}\n-----END CERTIFICATE REQUEST-----\n`;
+    const err = await signNodeCSR(ca, csrPem, { nodeId: NODE, role: "worker", clusterId: CLUSTER }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(CAError);
+    expect((err as CAError).message).toMatch(/must be for an ECDSA P-256 key/);
   });
 });
 

@@ -8,6 +8,7 @@ import {
   CLIENT_CHANNEL_OPTIONS,
   clientCredentials,
   insecureClientCredentials,
+  joinCredentials,
   listenTLS,
   peerRole,
   reloadableServerCredentials,
@@ -178,6 +179,32 @@ describe("a client with a certificate from another CA", () => {
   test("is anonymous with serverCredentials + bindAsync (Node cannot refuse it from TLS options alone)", async () => {
     const port = await startBound();
     expect(await whoAmI(port, clientCredentials(rootM.certPem, foreignNode.certPem, foreignNode.keyPem))).toBeNull();
+  });
+});
+
+describe("joinCredentials (the root and the certificate request of a join on one connection)", () => {
+  test("connects to any server; trust(root) then checks the certificate that connection presented", async () => {
+    const good = joinCredentials();
+    expect(await whoAmI(await startListener(), good.credentials)).toBeNull();
+    expect(() => good.trust(rootM.certPem)).not.toThrow();
+
+    const worker = joinCredentials();
+    expect(await whoAmI(await startListener(workerAsServer), worker.credentials)).toBeNull();
+    expect(() => worker.trust(rootM.certPem)).toThrow("the server is not a swarm manager");
+
+    const foreign = joinCredentials();
+    expect(await whoAmI(await startListener(foreignNode), foreign.credentials)).toBeNull();
+    expect(() => foreign.trust(rootM.certPem)).toThrow("not issued by this swarm's root CA");
+  });
+
+  test("once the root is trusted, a new connection must be to a manager of that root", async () => {
+    const jc = joinCredentials();
+    jc.trust(rootM.certPem);
+    await expect(whoAmI(await startListener(foreignNode), jc.credentials)).rejects.toMatchObject({
+      code: grpc.status.UNAVAILABLE,
+      details: expect.stringContaining("not issued by this swarm's root CA"),
+    });
+    expect(await whoAmI(await startListener(), jc.credentials)).toBeNull();
   });
 });
 
