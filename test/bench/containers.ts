@@ -2,6 +2,7 @@
 //
 //   npm run bench:containers
 //   npm run bench:containers -- --containers 50 --pull-mb 50
+//   npm run bench:containers -- --pull-only --rounds 5      (part 2 alone)
 //
 // Needs root, containerd, runc, docker-registry, skopeo and the docker CLI (/usr/local/bin/docker). Lab
 // "bcont": 2 hosts (deploy/lab.ts); h1 runs shoald (with its own containerd), h2 a registry holding the
@@ -138,6 +139,7 @@ async function main(): Promise<void> {
   const n = option("containers", 50);
   const pullMb = option("pull-mb", 50);
   const rounds = option("rounds", 3);
+  const pullOnly = process.argv.includes("--pull-only");
   const lab = new Lab({ name: "bcont", daemonArgs: ["--insecure-registry", "192.0.2.2:5000"], logLevel: "warn" });
   await lab.down();
   const stop = (): void => {
@@ -166,10 +168,10 @@ async function main(): Promise<void> {
     await docker("pull", `${reg}/bench/busybox:latest`);
     await docker("tag", `${reg}/bench/busybox:latest`, "busybox");
 
-    // 1. run latency
+    // 1. run latency (skipped with --pull-only)
     const cli: number[] = [];
     const engine: number[] = [];
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < (pullOnly ? 0 : n); i++) {
       cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
       engine.push(
         await timed(async () => {
@@ -198,7 +200,7 @@ async function main(): Promise<void> {
     const floor: number[] = [];
     const floorIds: string[] = [];
     try {
-      for (let i = 0; i < n; i++) {
+      for (let i = 0; i < (pullOnly ? 0 : n); i++) {
         const id = `floor-${String(i).padStart(58, "0")}`;
         floorIds.push(id);
         floor.push(await floorRun(tasks, floorDir, id, topChain));

@@ -1,5 +1,5 @@
 // Blobs written to a real containerd's content store through shoal's Write stream: a body that arrives in
-// pieces of any size is sent as 1 MiB messages built from those pieces (one copy), and comes back byte for
+// pieces of any size is sent as 1 MiB messages made of those pieces (not copied), and comes back byte for
 // byte; blobs written at once where one is corrupt: the good ones are committed, the corrupt one refused,
 // with nothing of it committed or left half-written. Root only (containerd); run under the heavy lock.
 
@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { WriteAction, WriteContentRequest } from "../../src/gen/containerd/content.js";
 import type { Containerd } from "../../src/runtime/containerd/client.js";
-import { ContentStore, DigestMismatchError, serializeWrite } from "../../src/runtime/containerd/content.js";
+import { ContentStore, DigestMismatchError, writeFrames } from "../../src/runtime/containerd/content.js";
 import { CAN_RUN_CONTAINERS, testContainerd } from "./runtime-fixtures.js";
 
 const digestOf = (b: Buffer): string => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -26,8 +26,16 @@ async function* inPieces(b: Buffer, sizes: number[]): AsyncGenerator<Buffer> {
   }
 }
 
+/** The message of a gRPC frame sent as `parts`, checked against its 5-byte prefix. */
+function unframe(parts: Buffer[]): Buffer {
+  const all = Buffer.concat(parts);
+  expect(all[0]).toBe(0);
+  expect(all.readUInt32BE(1)).toBe(all.length - 5);
+  return all.subarray(5);
+}
+
 describe("a Write message built from pieces", () => {
-  test("is the message the generated encoder makes, whatever the pieces", () => {
+  test("is the gRPC frame of the message the generated encoder makes, whatever the pieces, which it sends as they are", () => {
     const data = randomBytes(1024 * 1024 + 3);
     const req = {
       action: WriteAction.WRITE,
@@ -44,13 +52,17 @@ describe("a Write message built from pieces", () => {
         pieces.push(data.subarray(at, at + cuts[i % cuts.length]!));
         at += cuts[i % cuts.length]!;
       }
-      const decoded = WriteContentRequest.decode(serializeWrite({ req, data: pieces, bytes: data.length }));
+      const frames = writeFrames({ req, data: pieces, bytes: data.length });
+      // The data goes out in the very buffers it came in.
+      expect(frames.slice(1)).toEqual(pieces);
+      for (const [i, p] of pieces.entries()) expect(frames[i + 1]).toBe(p);
+      const decoded = WriteContentRequest.decode(unframe(writeFrames({ req, data: pieces, bytes: data.length })));
       expect(decoded.offset).toBe(req.offset);
       expect(decoded.ref).toBe("shoal-x");
       expect(Buffer.from(decoded.data).equals(data)).toBe(true);
     }
     const commit = { ...req, action: WriteAction.COMMIT, labels: { a: "b" } };
-    expect(WriteContentRequest.decode(serializeWrite({ req: commit, data: [], bytes: 0 }))).toEqual(
+    expect(WriteContentRequest.decode(unframe(writeFrames({ req: commit, data: [], bytes: 0 })))).toEqual(
       WriteContentRequest.decode(WriteContentRequest.encode(commit).finish()),
     );
   });
@@ -96,6 +108,29 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () =
     for (const b of good) expect((await content.read(digestOf(b))).equals(b)).toBe(true);
     expect(await content.has(claimed)).toBe(false);
     // No write is left half-done in containerd's ingest directory.
+    const ingest = join(dir, "data", "containerd", "io.containerd.content.v1.content", "ingest");
+    expect(await readdir(ingest).catch(() => [])).toEqual([]);
+  }, 60_000);
+
+  test("a blob of whole MiBs, an empty one and one there already are written; too many or too few bytes are refused, nothing left", async () => {
+    const whole = randomBytes(2 * 1024 * 1024);
+    const empty = Buffer.alloc(0);
+    await content.write({ digest: digestOf(whole), size: whole.length }, inPieces(whole, [65536]), lease);
+    await content.write({ digest: digestOf(empty), size: 0 }, inPieces(empty, [1]), lease);
+    // Written again: containerd has it (AlreadyExists), the write resolves and the blob is as it was.
+    await content.write({ digest: digestOf(whole), size: whole.length }, inPieces(whole, [100_000]), lease);
+    expect((await content.read(digestOf(whole))).equals(whole)).toBe(true);
+    expect((await content.read(digestOf(empty))).length).toBe(0);
+    const long = randomBytes(1024 * 1024 + 10);
+    const claimed = long.subarray(0, 1024 * 1024);
+    await expect(
+      content.write({ digest: digestOf(claimed), size: claimed.length }, inPieces(long, [65536]), lease),
+    ).rejects.toThrow(/size mismatch/);
+    await expect(
+      content.write({ digest: digestOf(long), size: long.length + 1 }, inPieces(long, [65536]), lease),
+    ).rejects.toThrow(/size mismatch/);
+    expect(await content.has(digestOf(claimed))).toBe(false);
+    expect(await content.has(digestOf(long))).toBe(false);
     const ingest = join(dir, "data", "containerd", "io.containerd.content.v1.content", "ingest");
     expect(await readdir(ingest).catch(() => [])).toEqual([]);
   }, 60_000);

@@ -22,6 +22,7 @@ import { LeasesClient } from "../../gen/containerd/leases.js";
 import { SnapshotsClient } from "../../gen/containerd/snapshots.js";
 import { TasksClient } from "../../gen/containerd/tasks.js";
 import { VersionClient } from "../../gen/containerd/version.js";
+import { WireSession } from "./wire.js";
 
 export const NAMESPACE = "shoal";
 export const SNAPSHOTTER = "overlayfs";
@@ -75,6 +76,8 @@ export class Containerd {
   readonly snapshots: SnapshotsClient;
   readonly tasks: TasksClient;
   readonly version: VersionClient;
+  /** A plain HTTP/2 session for the streams that carry bulk data (content writes: wire.ts). */
+  readonly wire: WireSession;
 
   constructor(
     readonly socketPath: string,
@@ -98,6 +101,12 @@ export class Containerd {
     this.snapshots = new SnapshotsClient(address, creds, options);
     this.tasks = new TasksClient(address, creds, options);
     this.version = new VersionClient(address, creds, options);
+    this.wire = new WireSession(socketPath);
+  }
+
+  /** The metadata every call carries, as HTTP/2 headers (for a stream of `wire`). */
+  headers(lease?: string): Record<string, string> {
+    return { "containerd-namespace": this.namespace, ...(lease ? { "containerd-lease": lease } : {}) };
   }
 
   /** The metadata every call carries: shoal's namespace, and the lease when there is one. */
@@ -146,6 +155,7 @@ export class Containerd {
     ]) {
       c.close();
     }
+    this.wire.close();
   }
 }
 

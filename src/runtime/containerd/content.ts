@@ -1,11 +1,13 @@
 // Blobs in containerd's content store: written through the Write stream (each chunk at its offset, the
 // commit naming the digest and size containerd must find), with the digest also checked here as the bytes
 // go by, so a blob that is not what it claims is refused before it is committed; read back as a stream.
+// The Write stream runs on a plain HTTP/2 stream (wire.ts): a chunk goes out as the pieces it arrived in.
 
 import { createHash, randomUUID } from "node:crypto";
-import type { ClientDuplexStream, ServiceError } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { WriteAction, WriteContentRequest, WriteContentResponse } from "../../gen/containerd/content.js";
-import { type Containerd, fromServiceError, isAlreadyExists, isNotFound } from "./client.js";
+import { type Containerd, ContainerdError, isAlreadyExists, isNotFound } from "./client.js";
+import type { WireStream } from "./wire.js";
 
 /** The size of each Write message (containerd's own client writes 1 MiB at a time). */
 const CHUNK_BYTES = 1024 * 1024;
@@ -27,7 +29,7 @@ export class SizeMismatchError extends Error {
   }
 }
 
-/** A Write message: its fields, and its data as the pieces it was read in (copied once, when it is sent). */
+/** A Write message: its fields, and its data as the pieces it was read in. */
 interface OutgoingWrite {
   req: WriteContentRequest;
   data: Buffer[];
@@ -39,45 +41,67 @@ const WRITE_PATH = "/containerd.services.content.v1.Content/Write";
 const DATA_TAG = (6 << 3) | 2;
 
 /**
- * A Write message's wire bytes: its other fields encoded by the generated code, then `data` appended from
- * its pieces into the one buffer (protobuf fields may come in any order). The generated serializer would
- * gather the pieces, copy them into a growing writer, copy that out and copy it once more into a Buffer.
+ * A Write message as gRPC frames it, in the buffers it is sent as: one made here (the 5-byte prefix, the
+ * other fields encoded by the generated code, `data`'s tag and length: protobuf fields may come in any
+ * order), then the data's pieces as they came from the network. Nothing of the data is copied.
  */
-export function serializeWrite(m: OutgoingWrite): Buffer {
+export function writeFrames(m: OutgoingWrite): Buffer[] {
   const head = WriteContentRequest.encode(m.req).finish();
-  if (m.bytes === 0) return Buffer.from(head.buffer, head.byteOffset, head.byteLength);
   const len: number[] = [];
-  for (let n = m.bytes; ; n >>>= 7) {
-    if (n < 0x80) {
-      len.push(n);
-      break;
+  if (m.bytes > 0) {
+    for (let n = m.bytes; ; n >>>= 7) {
+      if (n < 0x80) {
+        len.push(n);
+        break;
+      }
+      len.push((n & 0x7f) | 0x80);
     }
-    len.push((n & 0x7f) | 0x80);
   }
-  const out = Buffer.allocUnsafe(head.length + 1 + len.length + m.bytes);
-  out.set(head, 0);
-  let at = head.length;
-  out[at++] = DATA_TAG;
-  for (const b of len) out[at++] = b;
-  for (const piece of m.data) at += piece.copy(out, at);
-  return out;
+  const fields = head.length + (m.bytes > 0 ? 1 + len.length : 0);
+  const out = Buffer.allocUnsafe(5 + fields);
+  out[0] = 0;
+  out.writeUInt32BE(fields + m.bytes, 1);
+  out.set(head, 5);
+  if (m.bytes > 0) {
+    let at = 5 + head.length;
+    out[at++] = DATA_TAG;
+    for (const b of len) out[at++] = b;
+  }
+  return [out, ...m.data];
 }
 
 /** One Write session: each request answered by one response, in order. */
 class WriteSession {
   private readonly waiting: { resolve(r: WriteContentResponse): void; reject(e: Error): void }[] = [];
   private failure: Error | undefined;
-  private readonly stream: ClientDuplexStream<OutgoingWrite, WriteContentResponse>;
+  private readonly stream: WireStream;
+  /** Resolves when the call has ended (containerd is done with it: its writer closed), well or not. */
+  readonly ended: Promise<void>;
+  private markEnded: () => void = () => undefined;
   constructor(cd: Containerd, lease: string) {
-    this.stream = cd.content.makeBidiStreamRequest(
-      WRITE_PATH,
-      serializeWrite,
-      (b: Buffer) => WriteContentResponse.decode(b),
-      cd.metadata(lease),
-    );
-    this.stream.on("data", (r: WriteContentResponse) => this.waiting.shift()?.resolve(r));
-    this.stream.on("error", (err: ServiceError) => this.fail(fromServiceError(err, "content.Write")));
-    this.stream.on("end", () => this.fail(new Error("containerd closed the content write stream")));
+    this.ended = new Promise((resolve) => {
+      this.markEnded = resolve;
+    });
+    this.stream = cd.wire.open(WRITE_PATH, cd.headers(lease));
+    this.stream.onMessage = (b) => {
+      let r: WriteContentResponse;
+      try {
+        r = WriteContentResponse.decode(b);
+      } catch {
+        this.stream.cancel({ code: status.INTERNAL, detail: "containerd sent a Write response that does not parse" });
+        return;
+      }
+      // containerd answers a commit twice: the second finds no one waiting.
+      this.waiting.shift()?.resolve(r);
+    };
+    this.stream.onEnd = (st) => {
+      this.fail(
+        st
+          ? new ContainerdError(st.code, st.detail, "content.Write")
+          : new Error("containerd closed the content write stream"),
+      );
+      this.markEnded();
+    };
   }
   private fail(err: Error): void {
     this.failure ??= err;
@@ -87,11 +111,11 @@ class WriteSession {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       this.waiting.push({ resolve, reject });
-      this.stream.write({ req, data, bytes });
+      this.stream.send(writeFrames({ req, data, bytes }));
     });
   }
   close(): void {
-    this.stream.end();
+    this.stream.close();
   }
 }
 
@@ -130,37 +154,53 @@ export class ContentStore {
     const ref = `shoal-${randomUUID()}`;
     const session = new WriteSession(this.cd, lease);
     try {
-      await session.send(this.request(WriteAction.STAT, ref, { total: blob.size, expected: blob.digest }));
       const hash = createHash("sha256");
       let offset = 0;
       // Up to WRITE_WINDOW chunks are on their way at once (each answered in order): a blob streams at the
-      // speed of the disk, not one round trip per chunk.
+      // speed of the disk, not one round trip per chunk. The first one names the blob (containerd refuses
+      // one it has: AlreadyExists); the one that completes it waits for the source's end and goes with the
+      // commit, once the digest is checked.
       const inflight: Promise<unknown>[] = [];
+      let last: { pieces: Buffer[]; bytes: number } | undefined;
       // Progress is the bytes taken from the source (a download's own pace), not the 1 MiB messages sent.
-      for await (const { pieces, bytes } of chunked(chunks, onProgress)) {
-        for (const p of pieces) hash.update(p);
-        if (offset + bytes > blob.size) throw new SizeMismatchError(blob.size, offset + bytes, blob.digest);
-        const sent = session.send(this.request(WriteAction.WRITE, ref, { offset }), pieces, bytes);
+      for await (const c of chunked(chunks, onProgress)) {
+        const end = offset + (last?.bytes ?? 0) + c.bytes;
+        if (end > blob.size) throw new SizeMismatchError(blob.size, end, blob.digest);
+        for (const p of c.pieces) hash.update(p);
+        if (end === blob.size) {
+          last = c;
+          continue;
+        }
+        const named = offset === 0 ? { total: blob.size, expected: blob.digest } : {};
+        const sent = session.send(this.request(WriteAction.WRITE, ref, { offset, ...named }), c.pieces, c.bytes);
         // Its failure is seen where it is awaited (or by the next send): never an unhandled rejection.
         sent.catch(() => undefined);
         inflight.push(sent);
         if (inflight.length >= WRITE_WINDOW) await inflight.shift();
-        offset += bytes;
+        offset += c.bytes;
       }
-      await Promise.all(inflight);
-      if (offset !== blob.size) throw new SizeMismatchError(blob.size, offset, blob.digest);
+      const final = last ?? { pieces: [], bytes: 0 };
+      if (offset + final.bytes !== blob.size) throw new SizeMismatchError(blob.size, offset + final.bytes, blob.digest);
       const actual = `sha256:${hash.digest("hex")}`;
       if (actual !== blob.digest) throw new DigestMismatchError(blob.digest, actual);
-      await session.send(
+      const commit = session.send(
         this.request(WriteAction.COMMIT, ref, {
           offset,
           total: blob.size,
           expected: blob.digest,
           labels: blob.labels ?? {},
         }),
+        final.pieces,
+        final.bytes,
       );
+      commit.catch(() => undefined);
+      await Promise.all([...inflight, commit]);
     } catch (err) {
       if (!isAlreadyExists(err)) {
+        // containerd takes what is on its way, and closes the write, before what it wrote is dropped:
+        // else the drop could come first and the write make its ingest again, left for good.
+        session.close();
+        await session.ended;
         await this.abort(ref);
         throw err;
       }

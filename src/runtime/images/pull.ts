@@ -37,6 +37,11 @@ export interface PullOptions {
 }
 
 const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
+/**
+ * How many layers download at once (docker's max-concurrent-downloads): the others wait their turn, in the
+ * manifest's order, so the lower layers (unpacked first) come in first.
+ */
+const MAX_CONCURRENT_DOWNLOADS = 3;
 /** How often (in bytes) a layer's download progress is told. */
 const PROGRESS_STEP_BYTES = 512 * 1024;
 
@@ -134,6 +139,31 @@ async function fetchLayer(
   return true;
 }
 
+/** Runs at most `n` of the tasks given it at once, the others in the order they were given. */
+export function turns(n: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const queue: (() => void)[] = [];
+  // A task that ends hands its place to the next one waiting.
+  const next = (): void => {
+    const start = queue.shift();
+    if (start) start();
+    else running--;
+  };
+  return <T>(task: () => Promise<T>): Promise<T> =>
+    new Promise<void>((start) => {
+      if (running < n) {
+        running++;
+        start();
+      } else queue.push(start);
+    }).then(async () => {
+      try {
+        return await task();
+      } finally {
+        next();
+      }
+    });
+}
+
 /**
  * Pulls `text` ("busybox", "registry.lab:5000/tools/busybox:1.36"). Throws (an HTTP error) before the first
  * message when the image cannot be found; after that, failures are thrown too and the caller says them as
@@ -164,7 +194,8 @@ export async function pullImage(
     // The config and every layer download at once; each layer is unpacked as soon as it and the layers
     // below it are in (and the config, which names what each unpacks to, is here).
     const configFetch = fetchConfig(reg, manifest.config);
-    const downloads = manifest.layers.map((l) => fetchLayer(store, reg, l, lease.id, say));
+    const turn = turns(MAX_CONCURRENT_DOWNLOADS);
+    const downloads = manifest.layers.map((l) => turn(() => fetchLayer(store, reg, l, lease.id, say)));
     const settled = Promise.allSettled([configFetch, ...downloads]);
     const fetched: boolean[] = [];
     const id = (i: number): string => short(manifest.layers[i]!.digest);
