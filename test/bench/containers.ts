@@ -2,7 +2,7 @@
 //
 //   npm run bench:containers
 //   npm run bench:containers -- --containers 50 --pull-mb 50
-//   npm run bench:containers -- --pull-only --rounds 5      (part 2 alone)
+//   npm run bench:containers -- --only run --log-level debug --keep-log /tmp/h1.log   (runs only; h1's log kept)
 //
 // Needs root, containerd, runc, docker-registry, skopeo and the docker CLI (/usr/local/bin/docker). Lab
 // "bcont": 2 hosts (deploy/lab.ts); h1 runs shoald (with its own containerd), h2 a registry holding the
@@ -22,7 +22,7 @@
 // Output: a table on stdout and bench-results/containers.json (all samples).
 
 import { execFile } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -42,6 +42,11 @@ const API = "/v1.50";
 function option(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : def;
+}
+
+function stringOption(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
 }
 
 function percentile(xs: number[], p: number): number {
@@ -103,11 +108,15 @@ async function floorRun(tasks: TaskClient, dir: string, id: string, topChain: st
     nanoCpus: 0,
     readonlyRootfs: false,
   });
-  await tasks.start(id, spec, "snapshot", paths, false, {});
-  const ms = performance.now() - t;
-  fifos.release();
-  fifos.close();
-  return ms;
+  try {
+    await tasks.start(id, spec, "snapshot", paths, false, {});
+    const ms = performance.now() - t;
+    fifos.release();
+    return ms;
+  } finally {
+    // Closed also when the start failed: open FIFOs would keep this process (and the lock) for good.
+    fifos.close();
+  }
 }
 
 /** Kills and removes the floor's tasks, containers and snapshots (also those a failed run left half made). */
@@ -134,13 +143,91 @@ async function reachable(lab: Lab, h: LabHost, reg: string): Promise<void> {
   if (r !== "200") throw new Error(`the lab registry ${reg} does not answer ${h.name}: ${r.trim()}`);
 }
 
+function line(name: string, xs: number[], base?: number[]): string {
+  const ratios = base
+    ? `   ${(percentile(xs, 50) / percentile(base, 50)).toFixed(2)}x / ${(percentile(xs, 99) / percentile(base, 99)).toFixed(2)}x floor`
+    : "";
+  return `${name.padEnd(38)} p50 ${percentile(xs, 50).toFixed(1).padStart(7)} ms   p99 ${percentile(xs, 99).toFixed(1).padStart(7)} ms${ratios}`;
+}
+
+function writeResults(results: Record<string, unknown>): void {
+  const outDir = join(HERE, "..", "..", "..", "bench-results");
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, "containers.json"), `${JSON.stringify(results, null, 2)}\n`);
+}
+
+type Docker = (...args: string[]) => Promise<unknown>;
+
+/**
+ * N times `docker run -d` and N times the Engine API's create+start (interleaved), then N times the floor
+ * (containerd alone); and N times the CLI doing no request (`docker --version`: what the CLI's process costs).
+ */
+async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
+  const cli: number[] = [];
+  const cliAlone: number[] = [];
+  const engine: number[] = [];
+  const engineCreate: number[] = [];
+  const engineStart: number[] = [];
+  for (let i = 0; i < n; i++) {
+    cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
+    let id = "";
+    const create = await timed(async () => {
+      const c = await api(h1, "POST", "/containers/create", {
+        Image: "busybox",
+        Cmd: ["sleep", "3600"],
+        HostConfig: { NetworkMode: "none" },
+      });
+      id = (JSON.parse(c.text) as { Id: string }).Id;
+    });
+    const start = await timed(async () => {
+      const s = await api(h1, "POST", `/containers/${id}/start`);
+      if (s.status !== 204) throw new Error(`start: ${s.status} ${s.text}`);
+    });
+    engineCreate.push(create);
+    engineStart.push(start);
+    engine.push(create + start);
+    cliAlone.push(await timed(() => docker("--version")));
+  }
+  await lab.removeContainers(h1);
+  const cd = new Containerd(join(h1.execRoot, "containerd", "containerd.sock"));
+  // runc keeps its state where shoald has it keep it (under h1's exec root).
+  const tasks = new TaskClient(
+    cd,
+    (await import("pino")).default({ level: "silent" }),
+    join(h1.execRoot, "runtime-runc"),
+  );
+  const inspect = JSON.parse((await api(h1, "GET", "/images/busybox/json")).text) as { RootFS: { Layers: string[] } };
+  const topChain = inspect.RootFS.Layers[0]!;
+  const floorDir = join(lab.root, "floor");
+  const floor: number[] = [];
+  const floorIds: string[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const id = `floor-${String(i).padStart(58, "0")}`;
+      floorIds.push(id);
+      floor.push(await floorRun(tasks, floorDir, id, topChain));
+    }
+  } finally {
+    // The lab's cleanup knows shoal's containers only: the floor's go here, whatever happened.
+    await removeFloor(tasks, floorIds);
+    cd.close();
+  }
+  return { cli, cliAlone, engine, engineCreate, engineStart, floor };
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("the benchmark builds network namespaces: run it as root");
   const n = option("containers", 50);
   const pullMb = option("pull-mb", 50);
   const rounds = option("rounds", 3);
-  const pullOnly = process.argv.includes("--pull-only");
-  const lab = new Lab({ name: "bcont", daemonArgs: ["--insecure-registry", "192.0.2.2:5000"], logLevel: "warn" });
+  // "run" or "pull": only that part; a log level of "debug" logs every request with its duration.
+  const only = stringOption("only");
+  const keepLog = stringOption("keep-log");
+  const lab = new Lab({
+    name: "bcont",
+    daemonArgs: ["--insecure-registry", "192.0.2.2:5000"],
+    logLevel: stringOption("log-level") ?? "warn",
+  });
   await lab.down();
   const stop = (): void => {
     void lab.down().finally(() => process.exit(1));
@@ -154,6 +241,28 @@ async function main(): Promise<void> {
     const small = join(lab.root, "busybox.tar");
     writeFileSync(small, ociArchive(buildImage()));
     await lab.pushImage(h2, small, `${reg}/bench/busybox:latest`);
+    await reachable(lab, h1, reg);
+    const dockerEnv = { ...process.env, DOCKER_HOST: `unix://${h1.socket}`, DOCKER_CONFIG: join(lab.root, "docker") };
+    const docker = (...args: string[]) => execFileP(DOCKER, args, { env: dockerEnv, timeout: 300_000 });
+    await docker("pull", `${reg}/bench/busybox:latest`);
+    await docker("tag", `${reg}/bench/busybox:latest`, "busybox");
+
+    // 1. run latency
+    if (only !== "pull") {
+      const run = await runLatency(lab, h1, docker, n);
+      results.run = run;
+      process.stdout.write(`\ncontainers: ${n} runs each, image present, --network none\n`);
+      process.stdout.write(`${line("containerd create+start (floor)", run.floor)}\n`);
+      process.stdout.write(`${line("Engine API create+start", run.engine, run.floor)}\n`);
+      process.stdout.write(`${line("  of which create", run.engineCreate)}\n`);
+      process.stdout.write(`${line("  of which start", run.engineStart)}\n`);
+      process.stdout.write(`${line("docker run -d (CLI wall time)", run.cli, run.floor)}\n`);
+      process.stdout.write(`${line("docker --version (the CLI, no request)", run.cliAlone)}\n`);
+    }
+    if (only === "run") {
+      writeResults(results);
+      return;
+    }
     const big = join(lab.root, "big.tar");
     writeFileSync(
       big,
@@ -162,55 +271,6 @@ async function main(): Promise<void> {
       ),
     );
     await lab.pushImage(h2, big, `${reg}/bench/big:latest`);
-    await reachable(lab, h1, reg);
-    const dockerEnv = { ...process.env, DOCKER_HOST: `unix://${h1.socket}`, DOCKER_CONFIG: join(lab.root, "docker") };
-    const docker = (...args: string[]) => execFileP(DOCKER, args, { env: dockerEnv, timeout: 300_000 });
-    await docker("pull", `${reg}/bench/busybox:latest`);
-    await docker("tag", `${reg}/bench/busybox:latest`, "busybox");
-
-    // 1. run latency (skipped with --pull-only)
-    const cli: number[] = [];
-    const engine: number[] = [];
-    for (let i = 0; i < (pullOnly ? 0 : n); i++) {
-      cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
-      engine.push(
-        await timed(async () => {
-          const c = await api(h1, "POST", "/containers/create", {
-            Image: "busybox",
-            Cmd: ["sleep", "3600"],
-            HostConfig: { NetworkMode: "none" },
-          });
-          const id = (JSON.parse(c.text) as { Id: string }).Id;
-          const s = await api(h1, "POST", `/containers/${id}/start`);
-          if (s.status !== 204) throw new Error(`start: ${s.status} ${s.text}`);
-        }),
-      );
-    }
-    await lab.removeContainers(h1);
-    const cd = new Containerd(join(h1.execRoot, "containerd", "containerd.sock"));
-    // runc keeps its state where shoald has it keep it (under h1's exec root).
-    const tasks = new TaskClient(
-      cd,
-      (await import("pino")).default({ level: "silent" }),
-      join(h1.execRoot, "runtime-runc"),
-    );
-    const inspect = JSON.parse((await api(h1, "GET", "/images/busybox/json")).text) as { RootFS: { Layers: string[] } };
-    const topChain = inspect.RootFS.Layers[0]!;
-    const floorDir = join(lab.root, "floor");
-    const floor: number[] = [];
-    const floorIds: string[] = [];
-    try {
-      for (let i = 0; i < (pullOnly ? 0 : n); i++) {
-        const id = `floor-${String(i).padStart(58, "0")}`;
-        floorIds.push(id);
-        floor.push(await floorRun(tasks, floorDir, id, topChain));
-      }
-    } finally {
-      // The lab's cleanup knows shoal's containers only: the floor's go here, whatever happened.
-      await removeFloor(tasks, floorIds);
-      cd.close();
-    }
-    results.run = { cli, engine, floor };
 
     // 2. pull
     const dockerPull: number[] = [];
@@ -237,16 +297,6 @@ async function main(): Promise<void> {
     await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
     results.pull = { docker: dockerPull, skopeo, ctr: ctrPull, mb: pullMb };
 
-    const line = (name: string, xs: number[], base?: number[]): string =>
-      `${name.padEnd(38)} p50 ${percentile(xs, 50).toFixed(1).padStart(7)} ms   p99 ${percentile(xs, 99).toFixed(1).padStart(7)} ms${
-        base
-          ? `   ${(percentile(xs, 50) / percentile(base, 50)).toFixed(2)}x / ${(percentile(xs, 99) / percentile(base, 99)).toFixed(2)}x floor`
-          : ""
-      }`;
-    process.stdout.write(`\ncontainers: ${n} runs each, image present, --network none\n`);
-    process.stdout.write(`${line("containerd create+start (floor)", floor)}\n`);
-    process.stdout.write(`${line("Engine API create+start", engine, floor)}\n`);
-    process.stdout.write(`${line("docker run -d (CLI wall time)", cli, floor)}\n`);
     process.stdout.write(`\npull of a ${pullMb} MB image from the lab registry (median of ${rounds})\n`);
     process.stdout.write(
       `${"docker pull (download+verify+unpack)".padEnd(38)} ${percentile(dockerPull, 50).toFixed(0).padStart(7)} ms\n`,
@@ -260,10 +310,12 @@ async function main(): Promise<void> {
     process.stdout.write(
       `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}, / ctr: ${(percentile(dockerPull, 50) / percentile(ctrPull, 50)).toFixed(2)}\n`,
     );
-    const outDir = join(HERE, "..", "..", "..", "bench-results");
-    mkdirSync(outDir, { recursive: true });
-    writeFileSync(join(outDir, "containers.json"), `${JSON.stringify(results, null, 2)}\n`);
+    writeResults(results);
   } finally {
+    if (keepLog) {
+      const h1 = lab.hosts()[0];
+      if (h1) copyFileSync(h1.log, keepLog);
+    }
     await lab.down();
   }
 }
