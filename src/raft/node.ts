@@ -63,7 +63,6 @@ interface Pending {
   timer: NodeJS.Timeout;
   /** The term stamped in its frame: it can be applied only at this term. */
   term: number;
-  /** Given back to the state machine's apply of this entry. */
   local: unknown;
 }
 
@@ -185,12 +184,11 @@ export class RaftNode {
   }
 
   /**
-   * Propose data; resolves once it is applied here, with what the state machine's apply returned.
-   * Rejects with ErrProposalDropped when it is certain the proposal was not applied and never will be
-   * (no leader, or a newer leader's entries superseded it: proposing again is safe), ErrProposalTooLarge
-   * when it is too large, and ErrProposalOutcomeUnknown when nothing decided it within `timeoutMs`
-   * (default: the node's proposalTimeoutMs, 10 s). `local` goes to the state machine's apply of this entry
-   * on this node (see StateMachine.apply).
+   * Propose data; resolves once it is applied here, with what the state machine's apply returned. Rejects
+   * with ErrProposalDropped when it is certain the proposal was not applied and never will be (no leader, or
+   * a newer leader's entries superseded it: proposing again is safe), ErrProposalTooLarge when it is too
+   * large, ErrProposalOutcomeUnknown when nothing decided it within `timeoutMs` (default: the node's
+   * proposalTimeoutMs, 10 s). `local` goes to this node's apply of the entry (StateMachine.apply).
    */
   proposeWithResult(
     data: Uint8Array,
