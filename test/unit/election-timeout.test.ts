@@ -38,12 +38,7 @@ describe(`the managers' election timeout (${ELECTION_TICKS} ticks of ${TICK_MS} 
   it("a leader that dies is replaced within a few ticks: its followers see its connections close", () => {
     for (let seed = 1; seed <= 20; seed++) {
       const net = threeManagers(seed);
-      net.node(1).down = true;
-      net.isolate(1);
-      for (const id of [2, 3]) {
-        net.node(id).rn.reportUnreachable(1);
-        net.process(id);
-      }
+      net.crash(1, [2, 3]);
       const ticks = net.tickUntil(() => net.leaders().some((n) => n.id !== 1), ELECTION_TICKS, [2, 3]);
       expect(ticks, `seed ${seed}: no new leader within ${ELECTION_TICKS} ticks`).toBeGreaterThan(0);
       expect(ticks, `seed ${seed}: ticks to a new leader`).toBeLessThanOrEqual(10);

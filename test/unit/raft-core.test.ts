@@ -92,13 +92,8 @@ describe("fast failover when the transport sees the leader die", () => {
   it("followers told their leader is unreachable elect a new one within a few ticks, not an election timeout", () => {
     const net = cluster();
     const term = net.node(1).term;
-    net.node(1).down = true;
-    net.isolate(1);
     // Both transports saw the connection to node 1 break.
-    for (const id of [2, 3]) {
-      net.node(id).rn.reportUnreachable(1);
-      net.process(id);
-    }
+    net.crash(1, [2, 3]);
     const ticks = net.tickUntil(() => net.leaders().some((n) => n.id !== 1), ELECTION, [2, 3]);
     expect(ticks).toBeLessThanOrEqual(4);
     expect(net.leader().term).toBeGreaterThan(term);
@@ -108,12 +103,7 @@ describe("fast failover when the transport sees the leader die", () => {
     let collisions = 0;
     for (let seed = 1; seed <= 60; seed++) {
       const net = cluster(3, 1, undefined, seed);
-      net.node(1).down = true;
-      net.isolate(1);
-      for (const id of [2, 3]) {
-        net.node(id).rn.reportUnreachable(1);
-        net.process(id);
-      }
+      net.crash(1, [2, 3]);
       let collidedAt = -1;
       let t = 0;
       for (; t < 3 * ELECTION && net.leaders().every((n) => n.id === 1); t++) {

@@ -272,6 +272,19 @@ export class Network {
     for (const o of this.ids()) if (o !== id) this.cutLink(id, o);
   }
 
+  /**
+   * `id` dies: down, cut off, and each of `witnesses` learns it from its transport (the connection to it
+   * broke: reportUnreachable), then handles that.
+   */
+  crash(id: NodeId, witnesses: NodeId[]): void {
+    this.node(id).down = true;
+    this.isolate(id);
+    for (const w of witnesses) {
+      this.node(w).rn.reportUnreachable(id);
+      this.process(w);
+    }
+  }
+
   /** Split the cluster into groups that cannot talk to each other. */
   partition(...groups: NodeId[][]): void {
     for (const g of groups)
