@@ -5,12 +5,10 @@
 // same words as before; and a server that relays the swarm's public root but holds no manager certificate
 // of it never sees the token.
 
-import { connect, createServer, type Server as NetServer, type Socket } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import pino from "pino";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ApiError } from "../../src/api/errors.js";
-import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, signNodeCSR } from "../../src/ca/certs.js";
 import { chainsToRoot, clusterTLSInfo } from "../../src/ca/chain.js";
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
@@ -23,6 +21,8 @@ import { caService, INVALID_TOKEN_MESSAGE } from "../../src/manager/ca-server.js
 import { JoinLimiter } from "../../src/manager/join-limiter.js";
 import { requestSchemas } from "../../src/manager/wire.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
+import { startRelay } from "./raft-fixtures.js";
+import { clusterCreate } from "./store-fixtures.js";
 
 const CLUSTER_ID = "c1uster000000000000000000";
 const silent = pino({ level: "silent" });
@@ -75,20 +75,11 @@ function clusterStore(): { store: Store; write: (c: Command) => Promise<number> 
     if (!out.ok) throw new Error(out.message);
     return out.version;
   };
+  // The swarm's real root and tokens, for a join against it.
+  const create = clusterCreate(new Date("2026-12-01T00:00:00.000Z"), CLUSTER_ID);
   void write({
-    op: "cluster.create",
-    info: {
-      ID: CLUSTER_ID,
-      Version: { Index: 0 },
-      CreatedAt: "2026-12-01T00:00:00.000Z",
-      UpdatedAt: "2026-12-01T00:00:00.000Z",
-      Spec: DEFAULT_SWARM_SPEC,
-      TLSInfo: clusterTLSInfo(root.certPem),
-      RootRotationInProgress: false,
-      DefaultAddrPool: ["10.0.0.0/8"],
-      SubnetSize: 24,
-      DataPathPort: 4789,
-    },
+    ...create,
+    info: { ...create.info, TLSInfo: clusterTLSInfo(root.certPem) },
     secrets: {
       rootCACertPem: root.certPem,
       rootCAKeyPem: root.keyPem,
@@ -97,34 +88,6 @@ function clusterStore(): { store: Store; write: (c: Command) => Promise<number> 
     },
   });
   return { store, write };
-}
-
-/** A TCP relay to `target` on 127.0.0.1 that counts the connections it accepts. */
-async function relay(target: number): Promise<{ port: number; count: () => number; server: NetServer }> {
-  let count = 0;
-  const sockets = new Set<Socket>();
-  const server = createServer((client) => {
-    count++;
-    const up = connect(target, "127.0.0.1");
-    sockets.add(client).add(up);
-    client.pipe(up).pipe(client);
-    const end = () => {
-      client.destroy();
-      up.destroy();
-    };
-    client.on("error", end).on("close", end);
-    up.on("error", end).on("close", end);
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  closers.push(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  );
-  const a = server.address();
-  return { port: typeof a === "object" && a ? a.port : 0, count: () => count, server };
 }
 
 /**
@@ -175,8 +138,8 @@ async function manager(serverCert = managerCert): Promise<Running> {
     server.forceShutdown();
     await listener.close();
   });
-  const r = await relay(listener.port);
-  return { addr: `127.0.0.1:${r.port}`, connections: r.count, issueCalls: () => issueCalls, store };
+  const r = await startRelay(listener.port, closers);
+  return { addr: `127.0.0.1:${r.port}`, connections: r.connections, issueCalls: () => issueCalls, store };
 }
 
 function join(addr: string, joinToken: string) {

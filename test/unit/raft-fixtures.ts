@@ -71,6 +71,8 @@ export interface Relay {
   freeze(): void;
   /** Relay again; the connections that lost bytes are broken, so they are cut (new ones are relayed). */
   thaw(): void;
+  /** The connections accepted so far. */
+  connections(): number;
 }
 
 /** A TCP relay on 127.0.0.1 to `targetPort`. */
@@ -79,7 +81,9 @@ export async function startRelay(targetPort: number, cleanups: Cleanups): Promis
   let frozen = false;
   const held: (() => void)[] = [];
   const sockets = new Set<net.Socket>();
+  let accepted = 0;
   const srv = net.createServer((down) => {
+    accepted++;
     const up = net.connect(targetPort, "127.0.0.1");
     const close = (): void => {
       down.destroy();
@@ -124,5 +128,6 @@ export async function startRelay(targetPort: number, cleanups: Cleanups): Promis
       frozen = false;
       for (const s of sockets) s.destroy();
     },
+    connections: () => accepted,
   };
 }

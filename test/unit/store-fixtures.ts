@@ -4,7 +4,7 @@ import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import type { Command } from "../../src/store/store.js";
 
 /** A cluster.create command for cluster `id` (25 characters), made at `at`. */
-export function clusterCreate(at: Date, id = "c".padEnd(25, "0")): Command {
+export function clusterCreate(at: Date, id = "c".padEnd(25, "0")): Extract<Command, { op: "cluster.create" }> {
   return {
     op: "cluster.create",
     info: {
