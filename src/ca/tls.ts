@@ -347,15 +347,16 @@ export function clientCredentials(rootPem: string, certPem?: string, keyPem?: st
 
 /**
  * Credentials that do not verify the server at all: only for fetching the root CA before joining, after
- * which the joiner must compare the fetched bundle's digest with the join token (tokenMatchesRoot).
+ * which the joiner must compare the fetched bundle's digest with the join token (tokenMatchesRoot); the
+ * join's connection (joinCredentials) is made with these. One for the process, on one TLS context with no
+ * roots (the default store is not loaded: that was a third of a joining simulator's CPU in bench:scale); it
+ * holds no secret.
  */
 export function insecureClientCredentials(): ChannelCredentials {
-  // One for the process: without roots of its own, each new one loads Node's whole bundled root store into
-  // a fresh TLS context (a third of a joining simulator's CPU in bench:scale), and it holds no secret.
-  insecureCredentials ??= ChannelCredentials.createSsl(null, null, null, {
-    rejectUnauthorized: false,
-    checkServerIdentity: () => undefined,
-  });
+  insecureCredentials ??= ChannelCredentials.createFromSecureContext(
+    tls.createSecureContext({ minVersion: TLS_MIN_VERSION }),
+    { rejectUnauthorized: false, checkServerIdentity: () => undefined },
+  );
   return insecureCredentials;
 }
 let insecureCredentials: ChannelCredentials | undefined;
@@ -420,7 +421,7 @@ class TrustOnCheckCredentials extends ChannelCredentials {
   override _createSecureConnector(
     ...args: Parameters<ChannelCredentials["_createSecureConnector"]>
   ): ReturnType<ChannelCredentials["_createSecureConnector"]> {
-    const inner = unverifiedCredentials()._createSecureConnector(...args);
+    const inner = insecureClientCredentials()._createSecureConnector(...args);
     return {
       connect: async (socket) => {
         const out = await inner.connect(socket);
@@ -438,16 +439,6 @@ class TrustOnCheckCredentials extends ChannelCredentials {
     };
   }
 }
-
-/** TLS without verification, on one context for the process (no roots: the default store is not loaded). */
-function unverifiedCredentials(): ChannelCredentials {
-  unverified ??= ChannelCredentials.createFromSecureContext(tls.createSecureContext({ minVersion: TLS_MIN_VERSION }), {
-    rejectUnauthorized: false,
-    checkServerIdentity: () => undefined,
-  });
-  return unverified;
-}
-let unverified: ChannelCredentials | undefined;
 
 function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
   // The same bundle for every connection a node makes (and every node a simulator runs): read once.
