@@ -414,7 +414,7 @@ export class Daemon implements SwarmBackend {
     });
   }
 
-  nodeList(filters: NodeListFilters): Promise<Node[]> {
+  nodeList(filters: NodeListFilters): Promise<string> {
     return this.requireControl().nodeList(filters);
   }
 

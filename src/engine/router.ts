@@ -123,8 +123,13 @@ export function asApiError(err: unknown): ApiError {
 // ---- answers --------------------------------------------------------------------------------------------
 
 export function sendJSON(res: ServerResponse, status: number, value: unknown): void {
+  sendJSONText(res, status, JSON.stringify(value));
+}
+
+/** A body already serialised (JSON text). */
+export function sendJSONText(res: ServerResponse, status: number, json: string): void {
   // Exactly "application/json": with a charset the docker CLI prints error bodies raw.
-  const body = Buffer.from(`${JSON.stringify(value)}\n`, "utf8");
+  const body = Buffer.from(`${json}\n`, "utf8");
   res.writeHead(status, { "Content-Type": "application/json", "Content-Length": String(body.length) });
   res.end(body);
 }

@@ -56,7 +56,11 @@ export interface SwarmBackend {
   swarmUnlockKey(): Promise<string>;
   /** POST /swarm/unlock: open a locked manager with its unlock key. */
   swarmUnlock(unlockKey: string): Promise<void>;
-  nodeList(filters: NodeListFilters): Promise<Node[]>;
+  /**
+   * The nodes as the JSON text of GET /nodes' body (a list of 5,000 nodes is served from text kept per node
+   * version, not serialised per call).
+   */
+  nodeList(filters: NodeListFilters): Promise<string>;
   /** ref: a full id, a unique id prefix, a hostname, or "self". */
   nodeInspect(ref: string): Promise<Node>;
   nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void>;

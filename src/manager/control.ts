@@ -11,7 +11,7 @@ import { generateJoinToken } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import type { NodeId } from "../raft/types.js";
 import { redact } from "../store/keyring.js";
-import type { Command, NetworkRecord, NetworkSpec, NodeRecord, Store } from "../store/store.js";
+import type { Command, NetworkRecord, NetworkSpec, NodeRecord, Store, View } from "../store/store.js";
 import { planRootRotation } from "./ca-rotation.js";
 import { endpointRows, networkMatches, newNetworkId, presentNetwork, requireNetwork } from "./networks.js";
 
@@ -87,18 +87,36 @@ export class Control {
     return c.info.Spec.EncryptionConfig?.AutoLockManagers ? (c.secrets.unlockKey ?? "") : "";
   }
 
-  async nodeList(filters: NodeListFilters): Promise<Node[]> {
+  /**
+   * GET /nodes' body, as JSON text. A worker's text is made once per version of its node (kept with the
+   * store's frozen view, dropped with it when the node changes), so a list of 5,000 nodes is not serialised
+   * per call; a manager's is made per call (its ManagerStatus is live Raft state).
+   */
+  async nodeList(filters: NodeListFilters): Promise<string> {
     await this.m.readBarrier();
-    const out: Node[] = [];
+    const parts: string[] = [];
+    const filtered = Object.values(filters).some((v) => v !== undefined && v.length > 0);
     for (const rec of this.m.store.nodeViews()) {
-      // A shallow copy of the frozen view: the list is only serialised, never changed.
+      let text = rec.role === "manager" ? undefined : this.nodeText.get(rec);
+      if (text !== undefined && !filtered) {
+        parts.push(text);
+        continue;
+      }
+      // A shallow copy of the frozen view: it is only serialised, never changed.
       const { ManagerStatus: _, ...node } = rec.node;
       const n = this.present({ node: node as Node, role: rec.role });
       if (!matches(n, filters)) continue;
-      out.push(n);
+      if (text === undefined) {
+        text = JSON.stringify(n);
+        if (rec.role !== "manager") this.nodeText.set(rec, text);
+      }
+      parts.push(text);
     }
-    return out;
+    return `[${parts.join(",")}]`;
   }
+
+  /** A worker node's JSON text, per store view (a changed node has a new view). */
+  private readonly nodeText = new WeakMap<View<NodeRecord>, string>();
 
   /** ref: a full id, a unique id prefix, a hostname, or "self". */
   async resolve(ref: string): Promise<NodeRecord> {

@@ -68,6 +68,48 @@ describe("store views", () => {
     expect(copies).not.toHaveBeenCalled();
   });
 
+  test("node ls: the JSON of every node, each worker serialised once per version of it; managers live", async () => {
+    const store = storeWith(300);
+    apply(store, {
+      op: "node.create",
+      node: newNodeObject(id(300), "manager", "active", "mgr", ""),
+      role: "manager",
+    });
+    const m = {
+      store,
+      nodeId: id(300),
+      readBarrier: async () => undefined,
+      leaderRaftId: () => "1",
+      reachable: () => true,
+    } as unknown as ControlCluster;
+    const control = new Control(m);
+    const stringify = vi.spyOn(JSON, "stringify");
+    const first = JSON.parse(await control.nodeList({}));
+    expect(first).toHaveLength(301);
+    expect(first[5].Description.Hostname).toBe("h5");
+    expect(first[5].ManagerStatus).toBeUndefined();
+    expect(first[300].ManagerStatus).toEqual({ Reachability: "unreachable", Addr: "" });
+    expect(stringify).toHaveBeenCalledTimes(301);
+    // Nothing changed: only the manager (its status is Raft's, live) is serialised again.
+    stringify.mockClear();
+    expect(JSON.parse(await control.nodeList({}))).toEqual(first);
+    expect(stringify).toHaveBeenCalledTimes(1);
+    // One node changes: it shows at once, and it alone is serialised again.
+    apply(store, { op: "node.status", id: id(5), state: "ready", addr: "192.0.2.5" });
+    stringify.mockClear();
+    const second = JSON.parse(await control.nodeList({}));
+    expect(second[5].Status).toEqual({ State: "ready", Addr: "192.0.2.5" });
+    expect(second[6]).toEqual(first[6]);
+    expect(stringify).toHaveBeenCalledTimes(2);
+    stringify.mockRestore();
+    // Filters still apply, over the same texts.
+    const named = JSON.parse(await control.nodeList({ name: ["h7"] }));
+    expect(named.map((n: { ID: string }) => n.ID)).toEqual([id(7)]);
+    expect(JSON.parse(await control.nodeList({ role: ["manager"] })).map((n: { ID: string }) => n.ID)).toEqual([
+      id(300),
+    ]);
+  });
+
   test("the cluster view follows cluster updates; a restore drops every view", () => {
     const store = storeWith(1);
     const before = store.snapshot();

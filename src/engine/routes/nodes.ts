@@ -1,6 +1,16 @@
 // /nodes: list, inspect, update, remove.
 
-import { type Ctx, jsonBody, type Route, type RouteDeps, route, SEG, sendEmpty, sendJSON } from "../router.js";
+import {
+  type Ctx,
+  jsonBody,
+  type Route,
+  type RouteDeps,
+  route,
+  SEG,
+  sendEmpty,
+  sendJSON,
+  sendJSONText,
+} from "../router.js";
 import { NodeListQuery, NodeRemoveQuery, NodeSpecBody, NodeUpdateQuery, nodeSpecFromRequest } from "../schemas/node.js";
 import { decodeQuery } from "../schemas/query.js";
 import type { NodeListFilters } from "../types.js";
@@ -9,7 +19,7 @@ export function nodeRoutes(d: RouteDeps): Route[] {
   const b = d.backend;
   const list = async ({ res, query }: Ctx): Promise<void> => {
     const { filters } = decodeQuery(NodeListQuery, query);
-    sendJSON(res, 200, await b.nodeList(filters as NodeListFilters));
+    sendJSONText(res, 200, await b.nodeList(filters as NodeListFilters));
   };
   const update = async (ctx: Ctx): Promise<void> => {
     const spec = nodeSpecFromRequest(await jsonBody(d, ctx, NodeSpecBody, "node spec"));
