@@ -15,7 +15,8 @@
 //   sessions up    time until every simulated worker holds a session
 //   leader CPU     the leader process's CPU over --steady seconds once every session is up (% of one core)
 //   hb p99         heartbeat round trips seen by the agents during the steady window
-//   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI)
+//   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI); beside it
+//                  the CLI alone: the same command with the leader's answers replayed from memory
 //   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
 //                  got the new period (p99 over sessions; the max over 3 changes)
 //   leader RSS     at the end of the steady window
@@ -33,6 +34,7 @@
 import { type ChildProcess, execFile, fork } from "node:child_process";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import http from "node:http";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -244,6 +246,8 @@ export interface Row {
   heartbeatCount: number;
   heartbeatFailures: number;
   nodeLsMs: number;
+  /** The same `docker node ls` with the leader's answers served from memory: the CLI's own time. */
+  nodeLsFloorMs: number;
   fanoutP99Ms: number;
   fanoutReached: number;
   leaderRssMiB: number;
@@ -319,16 +323,74 @@ async function leaderOf(ds: Shoald[]): Promise<Shoald> {
   });
 }
 
+/** `docker node ls`, the table a user reads: the CLI's wall time. */
 function dockerNodeLs(sock: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     execFile(
       DOCKER,
-      ["node", "ls", "-q"],
+      ["node", "ls"],
       { env: { ...process.env, DOCKER_HOST: `unix://${sock}` }, maxBuffer: 64 << 20, timeout: 60_000 },
       (e) => (e ? reject(e) : resolve(performance.now() - t0)),
     );
   });
+}
+
+/**
+ * The docker CLI's own floor for `docker node ls`: the same answers, served from memory. A proxy on a unix
+ * socket in `dir` forwards each request it has not seen to the leader and keeps the answer; the CLI runs
+ * once through it (so every answer is kept), then three times from memory alone (median).
+ */
+async function nodeLsFloor(leaderSock: string, dir: string): Promise<number> {
+  const kept = new Map<string, { status: number; headers: http.IncomingHttpHeaders; body: Buffer }>();
+  const forward = (req: http.IncomingMessage) =>
+    new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+      const up = http.request(
+        { socketPath: leaderSock, path: req.url, method: req.method, headers: req.headers },
+        (r) => {
+          const chunks: Buffer[] = [];
+          r.on("data", (c: Buffer) => chunks.push(c));
+          r.on("end", () => resolve({ status: r.statusCode ?? 500, headers: r.headers, body: Buffer.concat(chunks) }));
+          r.on("error", reject);
+        },
+      );
+      up.on("error", reject);
+      req.pipe(up);
+    });
+  const server = http.createServer((req, res) => {
+    const key = `${req.method} ${req.url}`;
+    const got = kept.get(key);
+    const answer = got
+      ? Promise.resolve(got)
+      : forward(req).then((a) => {
+          kept.set(key, a);
+          return a;
+        });
+    answer.then(
+      (a) => {
+        const headers = { ...a.headers };
+        delete headers["transfer-encoding"];
+        headers["content-length"] = String(a.body.length);
+        res.writeHead(a.status, headers);
+        res.end(req.method === "HEAD" ? undefined : a.body);
+      },
+      () => {
+        res.writeHead(502);
+        res.end();
+      },
+    );
+  });
+  const sock = join(dir, "node-ls-floor.sock");
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  try {
+    await dockerNodeLs(sock);
+    const ls: number[] = [];
+    for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(sock));
+    return ls.sort((a, b) => a - b)[1]!;
+  } finally {
+    server.close();
+    server.closeAllConnections();
+  }
 }
 
 async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: Row): Promise<void> {
@@ -544,6 +606,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     heartbeatCount: 0,
     heartbeatFailures: 0,
     nodeLsMs: Number.NaN,
+    nodeLsFloorMs: Number.NaN,
     fanoutP99Ms: Number.NaN,
     fanoutReached: 0,
     leaderRssMiB: Number.NaN,
@@ -567,6 +630,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     const ls: number[] = [];
     for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(leader.sock));
     row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
+    row.nodeLsFloorMs = await nodeLsFloor(leader.sock, dir);
     await fanoutPhase(leader, w, row);
     await readMetrics(leader, row);
     stalls.stop();
@@ -651,7 +715,7 @@ function printTable(rows: Row[]): void {
       ? `${fo.backSeconds !== undefined ? `all back in ${f(fo.backSeconds, 1)} s` : `${fo.backAtTimeout}/${r.joined} back`}; ${fo.falselyDown} falsely Down; ${fo.extraElections} extra elections`
       : "-";
     console.log(
-      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms | ${f(r.nodeLsMs)} ms | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${f(r.leaderHeapUsedMiB)} MiB | ${f(r.longestStallMs)} ms | ${after} |`,
+      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms | ${f(r.nodeLsMs)} ms (CLI alone ${f(r.nodeLsFloorMs)}) | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${f(r.leaderHeapUsedMiB)} MiB | ${f(r.longestStallMs)} ms | ${after} |`,
     );
   }
   for (const r of rows) {
