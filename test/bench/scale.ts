@@ -563,11 +563,21 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
       `  joined ${row.joined} in ${row.joinSeconds.toFixed(1)} s; sessions up: ${row.sessionsUpSeconds ?? "no"}`,
     );
     leader = await leaderOf(ds);
+    const into = (): string => ((Date.now() - leader.startedAtMs) / 1000).toFixed(1);
+    const steadyFrom = into();
     await steadyPhase(o, leader, w, row);
+    const steadyTo = into();
     const ls: number[] = [];
     for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(leader.sock));
     row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
+    const fanoutFrom = into();
     await fanoutPhase(leader, w, row);
+    if (o.profile) {
+      // Seconds into the leader's profile (from its process start, within ~0.1 s) of each phase.
+      const file = join(dir, "profiles", leader.name);
+      console.log(`  leader ${leader.name}: steady ${steadyFrom}-${steadyTo} s, fan-out ${fanoutFrom}-${into()} s`);
+      console.log(`  (node /work/tools/incl.mjs ${file}/*.cpuprofile ${steadyFrom} ${steadyTo})`);
+    }
     await readMetrics(leader, row);
     stalls.stop();
     row.longestStallMs = stalls.of(leader);
