@@ -465,12 +465,10 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> 
       250,
     ).catch(() => undefined);
     reached = Math.min(reached, seen.length);
-    p99s.push(
-      percentile(
-        seen.map((at) => at - t0),
-        99,
-      ),
-    );
+    const took = seen.map((at) => at - t0);
+    p99s.push(percentile(took, 99));
+    const ps = [10, 50, 90, 99, 100].map((p) => `p${p} ${percentile(took, p).toFixed(0)}`).join(", ");
+    console.log(`  fan-out of a ${periodS} s period: ${ps} ms (${seen.length} sessions)`);
     await sleep(1000);
   }
   row.fanoutP99Ms = Math.max(...p99s);
