@@ -5,7 +5,9 @@
 // agent goes there.
 //
 // Cost per event is proportional to the sessions it concerns, not to the cluster's size:
-// - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft;
+// - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft; they come on one
+//   Heartbeats stream per session, a message each (a unary Heartbeat call each, still served for agents
+//   without the stream, cost an HTTP/2 stream with headers and trailers: most of a large swarm's leader CPU);
 // - a store event marks only the sessions it concerns (the node's own; the holders of a network; everyone
 //   only for what everyone gets: the manager list, the heartbeat period, the root CA), and the marked
 //   sessions are sent their new state in batches of bounded size per event-loop turn;
