@@ -11,7 +11,8 @@ import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
 import { leaderHint } from "../manager/grpc-util.js";
 import { observe } from "../metrics/metrics.js";
-import { type DecodedSession, decodeSessionMessage } from "./messages.js";
+import { Heartbeats } from "./heartbeats.js";
+import { type DecodedSession, decodeSessionMessage, type SessionDecodeMemo } from "./messages.js";
 
 export interface AgentOptions {
   nodeId: string;
@@ -69,7 +70,7 @@ export class Agent {
   private current:
     | { client: InstanceType<typeof DispatcherClient>; stream: ClientReadableStream<SessionMessage> }
     | undefined;
-  private heartbeat: NodeJS.Timeout | undefined;
+  private heartbeats: Heartbeats | undefined;
   /** The manager the session is with, once established. */
   connectedTo: string | undefined;
   /** Whether the current attempt got as far as an established session. */
@@ -110,8 +111,8 @@ export class Agent {
   }
 
   private teardown(): void {
-    if (this.heartbeat) clearTimeout(this.heartbeat);
-    this.heartbeat = undefined;
+    this.heartbeats?.stop();
+    this.heartbeats = undefined;
     if (this.current) {
       this.current.stream.cancel();
       this.current.client.close();
@@ -191,22 +192,7 @@ export class Agent {
       this.current = { client, stream };
       let sessionId = "";
       let period = 5000;
-      const beat = () => {
-        const deadline = new Date(Date.now() + Math.max(1000, period));
-        const sentMs = performance.now();
-        client.heartbeat({ sessionId }, new Metadata(), { deadline }, (err, res) => {
-          observe.heartbeatSent(performance.now() - sentMs, !err);
-          this.opts.onHeartbeat?.(performance.now() - sentMs, !err);
-          if (this.current?.stream !== stream) return;
-          if (err) {
-            this.log.debug({ manager: addr, err: err.message }, "heartbeat failed");
-            stream.cancel();
-            return;
-          }
-          if (res?.periodMs) period = this.periodMs = res.periodMs;
-          this.heartbeat = setTimeout(beat, heartbeatDelayMs(period, this.random));
-        });
-      };
+      const memo: SessionDecodeMemo = { nodeJson: "", node: undefined };
       stream.on("data", (msg: SessionMessage) => {
         if (!sessionId) {
           sessionId = msg.sessionId;
@@ -215,10 +201,30 @@ export class Agent {
           this.log.info({ manager: addr }, "session established");
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = this.periodMs = msg.heartbeatPeriodMs;
-        if (!this.heartbeat) this.heartbeat = setTimeout(beat, heartbeatDelayMs(period, this.random));
+        if (!this.heartbeats) {
+          this.heartbeats = new Heartbeats({
+            client,
+            sessionId,
+            periodMs: () => period,
+            delayMs: (ms) => heartbeatDelayMs(ms, this.random),
+            onPeriod: (ms) => {
+              if (ms) period = this.periodMs = ms;
+            },
+            onBeat: (ms, ok) => {
+              observe.heartbeatSent(ms, ok);
+              this.opts.onHeartbeat?.(ms, ok);
+            },
+            onFailure: (err) => {
+              if (this.current?.stream !== stream) return;
+              this.log.debug({ manager: addr, err: err.message }, "heartbeat failed");
+              stream.cancel();
+            },
+          });
+          this.heartbeats.start();
+        }
         let decoded: DecodedSession;
         try {
-          decoded = decodeSessionMessage(msg);
+          decoded = decodeSessionMessage(msg, memo);
         } catch (e) {
           this.log.warn(
             { manager: addr, problem: e instanceof Error ? e.message : String(e) },

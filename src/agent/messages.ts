@@ -123,14 +123,34 @@ function held(raw: NetworkState, parsed: z.infer<typeof NetworkStateSchema>): He
   return { networkJson: raw.networkJson, network: parsed.networkJson, endpoints: parsed.endpoints };
 }
 
-/** A session message, checked; throws MalformedMessage naming the field (never quoting key material). */
-export function decodeSessionMessage(msg: SessionMessage): DecodedSession {
-  const r = SessionMessageSchema.safeParse(msg);
+/**
+ * What decoding a session's previous message leaves for the next: the node's JSON as it came and the node
+ * parsed from it. Every message carries the node; most (a swarm-wide change, a network's) carry it unchanged,
+ * and parsing it against its schema was most of an agent's work per message.
+ */
+export interface SessionDecodeMemo {
+  nodeJson: string;
+  node: Node | undefined;
+}
+
+/**
+ * A session message, checked; throws MalformedMessage naming the field (never quoting key material). With
+ * `memo` (the session's, updated here), a node whose JSON is the very text of the previous message's is the
+ * node parsed then (treat it as read-only).
+ */
+export function decodeSessionMessage(msg: SessionMessage, memo?: SessionDecodeMemo): DecodedSession {
+  const reuse = memo !== undefined && msg.nodeJson !== "" && msg.nodeJson === memo.nodeJson;
+  const r = SessionMessageSchema.safeParse(reuse ? { ...msg, nodeJson: "" } : msg);
   if (!r.success) throw new MalformedMessage(`malformed session message: ${describeIssues(r.error)}`);
   const d = r.data;
+  const node = reuse ? memo.node : d.nodeJson === "" ? undefined : d.nodeJson;
+  if (memo) {
+    memo.nodeJson = msg.nodeJson;
+    memo.node = node;
+  }
   return {
     sessionId: d.sessionId,
-    node: d.nodeJson === "" ? undefined : d.nodeJson,
+    node,
     managers: d.managers,
     heartbeatPeriodMs: d.heartbeatPeriodMs,
     role: d.role,

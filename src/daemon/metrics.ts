@@ -3,6 +3,22 @@
 
 import type { Manager } from "../manager/manager.js";
 import { sources, watchLeader } from "../metrics/metrics.js";
+import type { NodeRecord, View } from "../store/store.js";
+
+/** Counted once per list of nodes (the store shares the list until a node changes; a scrape asks twice). */
+const counted = new WeakMap<readonly View<NodeRecord>[], Record<string, number>>();
+
+function nodesByState(nodes: readonly View<NodeRecord>[]): Record<string, number> {
+  let out = counted.get(nodes);
+  if (out) return out;
+  out = { unknown: 0, ready: 0, down: 0, disconnected: 0 };
+  for (const rec of nodes) {
+    const s = rec.node.Status.State;
+    out[s] = (out[s] ?? 0) + 1;
+  }
+  counted.set(nodes, out);
+  return out;
+}
 
 export function metricSourcesFor(manager: () => Manager | undefined): void {
   sources.raft = () => {
@@ -14,12 +30,7 @@ export function metricSourcesFor(manager: () => Manager | undefined): void {
   sources.store = () => {
     const m = manager();
     if (!m) return undefined;
-    const nodesByState: Record<string, number> = { unknown: 0, ready: 0, down: 0, disconnected: 0 };
-    for (const rec of m.store.nodeViews()) {
-      const s = rec.node.Status.State;
-      nodesByState[s] = (nodesByState[s] ?? 0) + 1;
-    }
-    return { counts: m.store.counts(), nodesByState };
+    return { counts: m.store.counts(), nodesByState: nodesByState(m.store.nodeViews()) };
   };
   sources.dispatcher = () => {
     const m = manager();

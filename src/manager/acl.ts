@@ -6,6 +6,7 @@
 // open to "anyone" are the two a joining node needs before it has a certificate.
 
 import {
+  type ServerDuplexStream,
   type ServerUnaryCall,
   type ServerWritableStream,
   status,
@@ -24,6 +25,11 @@ export type Allowed = "anyone" | NodeRole[];
 export interface Rule {
   allowed: Allowed;
   request: z.ZodType;
+  /**
+   * The method takes a stream of requests: the caller is checked once, when the stream opens, and the handler
+   * parses each message against `request` itself (there is no one request to parse here).
+   */
+  stream?: boolean;
 }
 
 /** What the ACL needs from the manager: the cluster's identity and the nodes' current state. */
@@ -43,7 +49,10 @@ export interface Caller extends PeerIdentity {
   effectiveRole: NodeRole;
 }
 
-type AnyCall = ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>;
+type AnyCall =
+  | ServerUnaryCall<unknown, unknown>
+  | ServerWritableStream<unknown, unknown>
+  | ServerDuplexStream<unknown, unknown>;
 
 const deny = (why: string) => new GrpcError(status.PERMISSION_DENIED, `Permission denied: ${why}`);
 
@@ -113,7 +122,11 @@ export function callerOf(call: object): Caller | undefined {
 
 async function admit(call: AnyCall, name: string, rule: Rule, ctx: AclContext): Promise<void> {
   const caller = await authorize(call, rule.allowed, ctx);
-  const parsed = rule.request.safeParse(call.request);
+  if (rule.stream) {
+    if (caller) callers.set(call, caller);
+    return;
+  }
+  const parsed = rule.request.safeParse((call as { request?: unknown }).request);
   if (!parsed.success) {
     const problem = describeIssues(parsed.error);
     ctx.logger?.warn({ rpc: name, node: caller?.nodeId, peer: call.getPeer(), problem }, "refused a malformed request");

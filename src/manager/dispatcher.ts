@@ -5,7 +5,9 @@
 // agent goes there.
 //
 // Cost per event is proportional to the sessions it concerns, not to the cluster's size:
-// - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft;
+// - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft; they come on one
+//   Heartbeats stream per session, a message each (a unary Heartbeat call each, still served for agents
+//   without the stream, cost an HTTP/2 stream with headers and trailers: most of a large swarm's leader CPU);
 // - a store event marks only the sessions it concerns (the node's own; the holders of a network; everyone
 //   only for what everyone gets: the manager list, the heartbeat period, the root CA), and the marked
 //   sessions are sent their new state in batches of bounded size per event-loop turn;
@@ -20,7 +22,7 @@ import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } fro
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { type NodeDescription, NodeDescriptionSchema, type NodeState } from "../api/objects.js";
-import { parse, parseJsonText } from "../api/schema.js";
+import { describeIssues, parse, parseJsonText } from "../api/schema.js";
 import type { HeartbeatRequest, HeartbeatResponse, SessionMessage } from "../gen/cluster.js";
 import { observe } from "../metrics/metrics.js";
 import { MAX_STATUS_BATCH } from "../store/commands.js";
@@ -28,8 +30,16 @@ import type { ClusterRecord, NodeRecord, StoreEvent, View } from "../store/store
 import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
 import { type AttachmentCluster, attachmentHandlers } from "./networks.js";
-import { newSessionPieces, PushParts, type SessionCall, type SessionPieces, samePieces } from "./push-parts.js";
-import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
+import {
+  encodedHeartbeatResponse,
+  type HeartbeatStream,
+  newSessionPieces,
+  PushParts,
+  type SessionCall,
+  type SessionPieces,
+  samePieces,
+} from "./push-parts.js";
+import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES, requestSchemas } from "./wire.js";
 
 interface Session {
   id: string;
@@ -476,7 +486,42 @@ export class Dispatcher {
         observe.heartbeatReceived();
         cb(null, { periodMs: this.heartbeatPeriodMs() });
       },
+      heartbeats: (call: HeartbeatStream) => this.heartbeatStream(call),
     };
+  }
+
+  /**
+   * Heartbeats on one stream for the session's life: each is what a Heartbeat call is (the session's time
+   * kept, the period answered), for one message in and one out instead of an HTTP/2 stream with headers
+   * and trailers each time. The caller was checked when the stream opened; a beat for a session that is
+   * gone or not the caller's own ends the stream with NOT_FOUND, as Heartbeat answers it.
+   */
+  private heartbeatStream(call: HeartbeatStream): void {
+    const caller = callerOf(call);
+    let ended = false;
+    const fail = (e: GrpcError) => {
+      ended = true;
+      failStream(call, e);
+    };
+    call.on("data", (raw: unknown) => {
+      if (ended) return;
+      const req = requestSchemas.heartbeat.safeParse(raw);
+      if (!req.success) {
+        return fail(new GrpcError(status.INVALID_ARGUMENT, `invalid heartbeats request: ${describeIssues(req.error)}`));
+      }
+      if (!this.active) return fail(notLeader(this.m.leaderAddr()));
+      const s = this.sessions.get(req.data.sessionId);
+      if (!s || s.nodeId !== caller?.nodeId) return fail(new GrpcError(status.NOT_FOUND, "session invalid"));
+      s.lastSeenMs = performance.now();
+      observe.heartbeatReceived();
+      call.write(encodedHeartbeatResponse(this.heartbeatPeriodMs()));
+    });
+    call.on("end", () => {
+      if (!ended) call.end();
+    });
+    call.on("error", () => {
+      ended = true;
+    });
   }
 
   private session(call: SessionCall): void {

@@ -10,9 +10,9 @@
 // A piece whose bytes come out the same as before keeps its old Buffer: a session is sent a message only
 // when one of its pieces is not the very Buffer it was last sent.
 
-import type { ServerWritableStream } from "@grpc/grpc-js";
-import type { ManagerAddr, NetworkState, SessionRequest } from "../gen/cluster.js";
-import { DispatcherService, SessionMessage } from "../gen/cluster.js";
+import type { ServerDuplexStream, ServerWritableStream } from "@grpc/grpc-js";
+import type { HeartbeatRequest, ManagerAddr, NetworkState, SessionRequest } from "../gen/cluster.js";
+import { DispatcherService, HeartbeatResponse, SessionMessage } from "../gen/cluster.js";
 import { agentView, isEncryptedNetwork } from "../store/keyring.js";
 import type { ClusterRecord, NodeRecord, Store, View } from "../store/store.js";
 import { networkState } from "./networks.js";
@@ -23,14 +23,31 @@ const EMPTY = Buffer.alloc(0);
 export type EncodedSessionMessage = Buffer;
 export type SessionCall = ServerWritableStream<SessionRequest, EncodedSessionMessage>;
 
-/** The dispatcher's service with a session stream that takes messages already encoded. */
+/** A HeartbeatResponse already encoded (the heartbeat stream writes these bytes as they are). */
+export type EncodedHeartbeatResponse = Buffer;
+export type HeartbeatStream = ServerDuplexStream<HeartbeatRequest, EncodedHeartbeatResponse>;
+
+/** The dispatcher's service with session and heartbeat streams that take messages already encoded. */
 export const DispatcherServiceEncoded = {
   ...DispatcherService,
   session: {
     ...DispatcherService.session,
     responseSerialize: (value: EncodedSessionMessage): Buffer => value,
   },
+  heartbeats: {
+    ...DispatcherService.heartbeats,
+    responseSerialize: (value: EncodedHeartbeatResponse): Buffer => value,
+  },
 } as const;
+
+/** The answer to a heartbeat on the stream, encoded once per period (every answer is the same bytes). */
+export function encodedHeartbeatResponse(periodMs: number): EncodedHeartbeatResponse {
+  if (lastAnswer?.periodMs !== periodMs) {
+    lastAnswer = { periodMs, bytes: Buffer.from(HeartbeatResponse.encode({ periodMs }).finish()) };
+  }
+  return lastAnswer.bytes;
+}
+let lastAnswer: { periodMs: number; bytes: Buffer } | undefined;
 
 function encode(m: Partial<SessionMessage>): Buffer {
   const w = SessionMessage.encode(SessionMessage.fromPartial(m));

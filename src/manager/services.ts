@@ -36,6 +36,7 @@ export function addClusterServices(server: Server, s: ClusterServices): void {
   const dispatcher = {
     session: rule(NODES, "session"),
     heartbeat: rule(NODES, "heartbeat"),
+    heartbeats: { ...rule(NODES, "heartbeat"), stream: true },
     attach: rule(NODES, "attach"),
     detach: rule(NODES, "detach"),
   };

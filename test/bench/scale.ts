@@ -527,12 +527,10 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> 
       250,
     ).catch(() => undefined);
     reached = Math.min(reached, seen.length);
-    p99s.push(
-      percentile(
-        seen.map((at) => at - t0),
-        99,
-      ),
-    );
+    const took = seen.map((at) => at - t0);
+    p99s.push(percentile(took, 99));
+    const ps = [10, 50, 90, 99, 100].map((p) => `p${p} ${percentile(took, p).toFixed(0)}`).join(", ");
+    console.log(`  fan-out of a ${periodS} s period: ${ps} ms (${seen.length} sessions)`);
     await sleep(1000);
   }
   row.fanoutP99Ms = Math.max(...p99s);
@@ -626,12 +624,22 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
       `  joined ${row.joined} in ${row.joinSeconds.toFixed(1)} s; sessions up: ${row.sessionsUpSeconds ?? "no"}`,
     );
     leader = await leaderOf(ds);
+    const into = (): string => ((Date.now() - leader.startedAtMs) / 1000).toFixed(1);
+    const steadyFrom = into();
     await steadyPhase(o, leader, w, row);
+    const steadyTo = into();
     const ls: number[] = [];
     for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(leader.sock));
     row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
     row.nodeLsFloorMs = await nodeLsFloor(leader.sock, dir);
+    const fanoutFrom = into();
     await fanoutPhase(leader, w, row);
+    if (o.profile) {
+      // Seconds into the leader's profile (from its process start, within ~0.1 s) of each phase.
+      const file = join(dir, "profiles", leader.name);
+      console.log(`  leader ${leader.name}: steady ${steadyFrom}-${steadyTo} s, fan-out ${fanoutFrom}-${into()} s`);
+      console.log(`  (node /work/tools/incl.mjs ${file}/*.cpuprofile ${steadyFrom} ${steadyTo})`);
+    }
     await readMetrics(leader, row);
     stalls.stop();
     row.longestStallMs = stalls.of(leader);

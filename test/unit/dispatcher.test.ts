@@ -10,7 +10,7 @@ import { afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 import { DEFAULT_SWARM_SPEC, type Node } from "../../src/api/objects.js";
 import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
-import { SessionMessage } from "../../src/gen/cluster.js";
+import { HeartbeatResponse, SessionMessage } from "../../src/gen/cluster.js";
 import { type AclContext, withAcl } from "../../src/manager/acl.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { Dispatcher, GRACE_PER_NODE_MS, HEARTBEAT_MISSES } from "../../src/manager/dispatcher.js";
@@ -78,7 +78,13 @@ function fixture(gate?: Promise<void>, closeBatch?: number): Fixture {
   const rule = (name: "session" | "heartbeat") => ({ allowed: ["worker" as const], request: requestSchemas[name] });
   const service = withAcl(
     dispatcher.service(),
-    { session: rule("session"), heartbeat: rule("heartbeat"), attach: rule("session"), detach: rule("session") },
+    {
+      session: rule("session"),
+      heartbeat: rule("heartbeat"),
+      heartbeats: { ...rule("heartbeat"), stream: true },
+      attach: rule("session"),
+      detach: rule("session"),
+    },
     acl,
   );
   return { store, writes, dispatcher, service };
@@ -160,6 +166,41 @@ function beat(f: Fixture, s: FakeStream): Promise<void> {
       (e) => (e ? reject(e) : resolve()),
     ),
   );
+}
+
+/** A stand-in for grpc-js's server duplex stream of heartbeats: what the dispatcher answers, and how it ended. */
+class FakeBeats extends EventEmitter {
+  readonly answers: HeartbeatResponse[] = [];
+  error: (Error & { code?: number }) | undefined;
+  ended = false;
+  constructor(private readonly der: Buffer) {
+    super();
+    this.on("error", (e: Error) => {
+      this.error = e;
+    });
+  }
+  getPeer(): string {
+    return "127.0.0.1:40001";
+  }
+  getAuthContext() {
+    return { sslPeerCertificate: { raw: this.der } };
+  }
+  write(bytes: Buffer): boolean {
+    this.answers.push(HeartbeatResponse.decode(bytes));
+    return true;
+  }
+  end(): void {
+    this.ended = true;
+  }
+}
+
+/** A heartbeat stream opened by node i (its certificate); the ACL admits it on a later microtask. */
+async function openBeats(f: Fixture, i: number): Promise<FakeBeats> {
+  const b = new FakeBeats(certs[i]!);
+  (f.service.heartbeats as (c: unknown) => void)(b);
+  await Promise.resolve();
+  await Promise.resolve();
+  return b;
 }
 
 const settle = async (ms = 300) => {
@@ -485,5 +526,51 @@ describe("dispatcher", () => {
     const states = Object.fromEntries(f.store.nodeViews().map((n) => [n.node.ID, n.node.Status.State]));
     expect(states).toEqual({ [ids[0]!]: "down", [ids[1]!]: "ready" });
     f.dispatcher.loseLeadership();
+  });
+
+  test("heartbeats on one stream keep a session alive, each answered with the period", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    addNode(f, 0, "ready");
+    addNode(f, 1, "ready");
+    f.dispatcher.becomeLeader();
+    const [a, b] = [open(f, 0), open(f, 1)];
+    await settle();
+    const beats = await openBeats(f, 1);
+    for (let t = 0; t < 6; t++) {
+      beats.emit("data", { sessionId: b.messages[0]!.sessionId });
+      await settle(PERIOD_MS);
+    }
+    expect(beats.answers).toEqual(Array(6).fill({ periodMs: PERIOD_MS }));
+    expect(beats.error).toBeUndefined();
+    expect(b.error).toBeUndefined();
+    expect(a.error?.message).toMatch(/missed heartbeats/);
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a beat on the stream for an unknown session, or another node's, ends the stream NOT_FOUND", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    addNode(f, 0, "ready");
+    addNode(f, 1, "ready");
+    f.dispatcher.becomeLeader();
+    const a = open(f, 0);
+    await settle();
+    const unknown = await openBeats(f, 0);
+    unknown.emit("data", { sessionId: "0".repeat(24) });
+    expect(unknown.error?.code).toBe(5); // NOT_FOUND
+    // Node 1 naming node 0's session (a session id is not a credential on its own).
+    const other = await openBeats(f, 1);
+    other.emit("data", { sessionId: a.messages[0]!.sessionId });
+    expect(other.error?.code).toBe(5);
+    expect(other.answers).toEqual([]);
+    const bad = await openBeats(f, 0);
+    bad.emit("data", { sessionId: "not a session" });
+    expect(bad.error?.code).toBe(3); // INVALID_ARGUMENT
+    f.dispatcher.loseLeadership();
+    // After this manager stops leading, a beat is told where the leader is.
+    const late = await openBeats(f, 0);
+    late.emit("data", { sessionId: a.messages[0]!.sessionId });
+    expect(late.error?.message).toContain("127.0.0.1:2377");
   });
 });

@@ -65,6 +65,10 @@ describe("metrics", () => {
     expect(r.text).toMatch(/^shoal_dispatcher_push_seconds_count [1-9]/m);
     expect(r.text).toMatch(/^process_resident_memory_bytes [1-9]/m);
     expect(r.text).toMatch(/^nodejs_eventloop_lag_p99_seconds /m);
+    // Open descriptors are still counted (off the event loop); no metric lists every handle or resource at
+    // each scrape (a leader holds one per node).
+    expect(r.text).toMatch(/^process_open_fds [1-9]/m);
+    expect(r.text).not.toMatch(/^nodejs_active_(handles|resources)/m);
     // A source that changed is read anew at the next scrape.
     sources.dispatcher = () => ({ sessions: 12 });
     expect((await get(server.port, "/metrics")).text.split("\n")).toContain("shoal_dispatcher_sessions 12");

@@ -2,8 +2,14 @@
 // address, what a node accepts from the managers, and the slowing of join-token guessing.
 
 import { describe, expect, it } from "vitest";
-import { decodeAttachResponse, decodeSessionMessage, MalformedMessage } from "../../src/agent/messages.js";
+import {
+  decodeAttachResponse,
+  decodeSessionMessage,
+  MalformedMessage,
+  type SessionDecodeMemo,
+} from "../../src/agent/messages.js";
 import type { SessionMessage } from "../../src/gen/cluster.js";
+import { newNodeObject } from "../../src/manager/ca-server.js";
 import { JoinLimiter } from "../../src/manager/join-limiter.js";
 import { acceptableNodeAddr, requestSchemas } from "../../src/manager/wire.js";
 
@@ -127,6 +133,22 @@ describe("what a node accepts from the managers", () => {
       expect(err, JSON.stringify(c)).toBeInstanceOf(MalformedMessage);
       expect((err as Error).message).not.toContain("SECRET");
     }
+  });
+
+  it("a node whose JSON is the text of the session's previous message is the node parsed then; another is parsed and checked", () => {
+    const memo: SessionDecodeMemo = { nodeJson: "", node: undefined };
+    const nodeJson = JSON.stringify(newNodeObject(nodeId, "worker", "active", "h1", "192.0.2.1"));
+    const first = decodeSessionMessage(message({ nodeJson }), memo);
+    expect(first.node?.Description.Hostname).toBe("h1");
+    const second = decodeSessionMessage(message({ nodeJson, heartbeatPeriodMs: 6000 }), memo);
+    expect(second.heartbeatPeriodMs).toBe(6000);
+    expect(second.node).toBe(first.node);
+    // The rest of a message is still checked whole.
+    expect(() => decodeSessionMessage(message({ nodeJson, role: "admin" }), memo)).toThrow(MalformedMessage);
+    const bad = JSON.stringify({ ID: nodeId, Spec: { Labels: { n: 5 } } });
+    expect(() => decodeSessionMessage(message({ nodeJson: bad }), memo)).toThrow(MalformedMessage);
+    const renamed = JSON.stringify(newNodeObject(nodeId, "worker", "active", "h2", "192.0.2.1"));
+    expect(decodeSessionMessage(message({ nodeJson: renamed }), memo).node?.Description.Hostname).toBe("h2");
   });
 
   it("refuses an attach answer whose endpoint is not one", () => {
