@@ -2,6 +2,7 @@
 //
 //   npm run bench:bigjoin                              # 100 MB, 2 managers, then a third joins
 //   npm run bench:bigjoin -- --mb 150 --writers 16 --out bench-results/bigjoin.json --keep
+//   npm run bench:bigjoin -- --mb 20 --profile --keep   # CPU profiles of every daemon, under <dir>/profiles
 //
 // Two real shoald processes (127.0.0.1 and .2, one port, default Raft timing, --metrics-addr) form a
 // swarm through the Engine API (`swarm init`, `swarm join` with the manager token). The state is filled
@@ -52,11 +53,12 @@ interface Options {
   joinTimeoutS: number;
   out: string;
   keep: boolean;
+  profile: boolean;
 }
 
 function usage(): never {
   console.error(
-    "usage: node dist/test/bench/bigjoin.js [--mb MB] [--writers W] [--join-timeout S] [--out FILE] [--keep]",
+    "usage: node dist/test/bench/bigjoin.js [--mb MB] [--writers W] [--join-timeout S] [--out FILE] [--keep] [--profile]",
   );
   process.exit(2);
 }
@@ -68,6 +70,7 @@ function parseArgs(argv: string[]): Options {
     joinTimeoutS: 300,
     out: join("bench-results", "bigjoin.json"),
     keep: false,
+    profile: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -81,6 +84,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--join-timeout") o.joinTimeoutS = num(1);
     else if (a === "--out") o.out = argv[++i] ?? usage();
     else if (a === "--keep") o.keep = true;
+    else if (a === "--profile") o.profile = true;
     else usage();
   }
   return o;
@@ -270,7 +274,11 @@ async function run(o: Options): Promise<Result> {
   const port = await commonFreePort(ips);
   const mport = await commonFreePort(ips);
   const ds = ips.map(
-    (ip, i) => new Shoald(`bigjoin-m${i + 1}`, ip, port, join(dir, `m${i + 1}`), { metricsPort: mport }),
+    (ip, i) =>
+      new Shoald(`bigjoin-m${i + 1}`, ip, port, join(dir, `m${i + 1}`), {
+        metricsPort: mport,
+        ...(o.profile ? { profileDir: join(dir, "profiles") } : {}),
+      }),
   );
   for (const d of ds) await mkdir(d.dir, { recursive: true });
   const [d1, d2, d3] = ds as [Shoald, Shoald, Shoald];
