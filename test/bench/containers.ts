@@ -13,16 +13,19 @@
 //    The floor: the same containerd (h1's, through its API from here, in shoal's namespace) doing the same
 //    with no networking: prepare the root file system snapshot, create the container and its task (FIFOs
 //    for stdio), start it. p50 and p99 of each, and the ratios to the floor.
-// 2. Pull. An image of ~M MB (busybox and a layer of random bytes) from h2's registry: `docker pull` against
-//    h1 (download, verify, unpack) against `skopeo copy` of the same image from the same registry into an OCI
-//    directory (download and verify; no unpack), both run in h1's network namespace. Rounds alternate; the
-//    figure is the median. Beside them, containerd's own client (`ctr images pull`: download, verify,
-//    unpack, in a containerd namespace of its own on h1's containerd): what containerd costs for that work.
+// 2. Pull. An image of ~M MB (busybox and two layers of random bytes) from h2's registry: `docker pull`
+//    against h1 (download, verify, unpack) against `skopeo copy` of the same image from the same registry
+//    into an OCI directory (download and verify; no unpack), both run in h1's network namespace. Rounds
+//    alternate; the figure is the median, each round's values beside it, and the CPU each process spent
+//    (shoald, containerd, the registry, the client). Beside them, containerd's own client (`ctr images
+//    pull`: download, verify, unpack, in a containerd namespace of its own on h1's containerd): what
+//    containerd costs for that work. Each pull starts with the image in neither namespace: containerd
+//    shares blobs across namespaces, and ctr takes one another namespace holds without downloading it.
 //
 // Output: a table on stdout and bench-results/containers.json (all samples).
 
 import { execFile } from "node:child_process";
-import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -215,6 +218,142 @@ async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
   return { cli, cliAlone, engine, engineCreate, engineStart, floor };
 }
 
+/** CPU time (user+system, ms) a process has used so far; 0 when it is gone. */
+function cpuMs(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    // The fields after the command's parenthesis: utime and stime are the 12th and 13th (clock ticks, 100 Hz).
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return 0;
+  }
+}
+
+function pidIn(path: string): number | undefined {
+  try {
+    return Number(readFileSync(path, "utf8").trim()) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A pull's wall time and the CPU each process spent on it (ms). */
+interface PullSample {
+  ms: number;
+  cpu: Record<string, number>;
+}
+
+/** Runs `f`, measuring its wall time and the CPU the `pids` used meanwhile (plus `own`, the client's CPU). */
+async function sampled(
+  pids: Record<string, number | undefined>,
+  f: () => Promise<number | undefined>,
+): Promise<PullSample> {
+  const before = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuMs(p)]));
+  const t = performance.now();
+  const own = await f();
+  const ms = performance.now() - t;
+  const cpu = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuMs(p) - before[k]!]));
+  if (own !== undefined) cpu.client = own;
+  return { ms, cpu };
+}
+
+/** The client's CPU (ms) from GNU time's "-f %U %S" line, the last of its stderr. */
+function clientCpu(stderr: string): number {
+  const [u, sys] = stderr.trim().split("\n").at(-1)!.split(" ").map(Number);
+  return Math.round(((u ?? 0) + (sys ?? 0)) * 1000);
+}
+
+/**
+ * `docker pull` against h1, `skopeo copy` and `ctr images pull` of the same ~M MB image from h2's registry,
+ * rounds interleaved. Before each pull the image is gone from both of h1's containerd namespaces (shoal's and
+ * ctr's): containerd shares blobs between namespaces, and a client that asks first (ctr does) takes a blob
+ * another namespace holds without downloading it.
+ */
+async function pullBench(
+  lab: Lab,
+  h1: LabHost,
+  h2: LabHost,
+  reg: string,
+  docker: Docker,
+  rounds: number,
+  pullMb: number,
+): Promise<Record<string, unknown>> {
+  const big = join(lab.root, "big.tar");
+  writeFileSync(
+    big,
+    ociArchive(
+      buildImage({ extraLayers: [randomLayer("a", (pullMb * 1e6) / 2), randomLayer("b", (pullMb * 1e6) / 2)] }),
+    ),
+  );
+  const image = `${reg}/bench/big:latest`;
+  await lab.pushImage(h2, big, image);
+  const sock = join(h1.execRoot, "containerd", "containerd.sock");
+  // containerd's own client in a namespace of its own (what containerd costs for the same work as shoal's).
+  const ctr = (...args: string[]) =>
+    lab.exec(h1, ["/usr/bin/time", "-f", "%U %S", "ctr", "-a", sock, "-n", "bench-ctr", ...args], {
+      timeoutMs: 300_000,
+    });
+  const pids = {
+    shoald: lab.pid(h1),
+    containerd: pidIn(join(h1.execRoot, "containerd", "containerd.pid")),
+    registry: pidIn(join(h2.dir, "registry.pid")),
+  };
+  const gone = async (): Promise<void> => {
+    await docker("rmi", "-f", image).catch(() => undefined);
+    await ctr("images", "rm", "--sync", image).catch(() => undefined);
+  };
+  const samples: Record<"docker" | "skopeo" | "ctr", PullSample[]> = { docker: [], skopeo: [], ctr: [] };
+  for (let r = 0; r < rounds; r++) {
+    await gone();
+    samples.docker.push(await sampled(pids, async () => void (await docker("pull", image))));
+    await gone();
+    samples.ctr.push(
+      await sampled(pids, async () => clientCpu((await ctr("images", "pull", "--plain-http", image)).stderr)),
+    );
+    await gone();
+    const out = join(lab.root, `skopeo-${r}`);
+    const copy = ["skopeo", "copy", "--src-tls-verify=false", `docker://${image}`, `oci:${out}`];
+    samples.skopeo.push(
+      await sampled({ registry: pids.registry }, async () =>
+        clientCpu((await lab.exec(h1, ["/usr/bin/time", "-f", "%U %S", ...copy], { timeoutMs: 300_000 })).stderr),
+      ),
+    );
+  }
+  await gone();
+  const show = (name: string, xs: PullSample[]): void => {
+    const ms = xs.map((x) => x.ms);
+    const cpu = Object.keys(xs[0]?.cpu ?? {})
+      .map(
+        (k) =>
+          `${k} ${percentile(
+            xs.map((x) => x.cpu[k]!),
+            50,
+          ).toFixed(0)}`,
+      )
+      .join(", ");
+    process.stdout.write(
+      `${name.padEnd(42)} ${percentile(ms, 50).toFixed(0).padStart(6)} ms   [${ms.map((x) => x.toFixed(0)).join(" ")}]   CPU ms: ${cpu}\n`,
+    );
+  };
+  process.stdout.write(
+    `\npull of a ${pullMb} MB image from the lab registry (median of ${rounds}; each round's values)\n`,
+  );
+  show("docker pull (download+verify+unpack)", samples.docker);
+  show("ctr images pull (download+verify+unpack)", samples.ctr);
+  show("skopeo copy (download+verify, no unpack)", samples.skopeo);
+  const med = (xs: PullSample[]): number =>
+    percentile(
+      xs.map((x) => x.ms),
+      50,
+    );
+  process.stdout.write(
+    `ratio docker pull / skopeo: ${(med(samples.docker) / med(samples.skopeo)).toFixed(2)}, / ctr: ${(med(samples.docker) / med(samples.ctr)).toFixed(2)}\n`,
+  );
+  return { ...samples, mb: pullMb };
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("the benchmark builds network namespaces: run it as root");
   const n = option("containers", 50);
@@ -263,53 +402,8 @@ async function main(): Promise<void> {
       writeResults(results);
       return;
     }
-    const big = join(lab.root, "big.tar");
-    writeFileSync(
-      big,
-      ociArchive(
-        buildImage({ extraLayers: [randomLayer("a", (pullMb * 1e6) / 2), randomLayer("b", (pullMb * 1e6) / 2)] }),
-      ),
-    );
-    await lab.pushImage(h2, big, `${reg}/bench/big:latest`);
-
     // 2. pull
-    const dockerPull: number[] = [];
-    const skopeo: number[] = [];
-    const ctrPull: number[] = [];
-    const sock = join(h1.execRoot, "containerd", "containerd.sock");
-    // containerd's own client in a namespace of its own (what containerd costs for the same work as shoal's).
-    const ctr = (...args: string[]) =>
-      lab.exec(h1, ["ctr", "-a", sock, "-n", "bench-ctr", ...args], { timeoutMs: 300_000 });
-    for (let r = 0; r < rounds; r++) {
-      await docker("rmi", "-f", `${reg}/bench/big:latest`).catch(() => undefined);
-      dockerPull.push(await timed(() => docker("pull", `${reg}/bench/big:latest`)));
-      const out = join(lab.root, `skopeo-${r}`);
-      skopeo.push(
-        await timed(() =>
-          lab.exec(h1, ["skopeo", "copy", "--src-tls-verify=false", `docker://${reg}/bench/big:latest`, `oci:${out}`], {
-            timeoutMs: 300_000,
-          }),
-        ),
-      );
-      await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
-      ctrPull.push(await timed(() => ctr("images", "pull", "--plain-http", `${reg}/bench/big:latest`)));
-    }
-    await ctr("images", "rm", "--sync", `${reg}/bench/big:latest`).catch(() => undefined);
-    results.pull = { docker: dockerPull, skopeo, ctr: ctrPull, mb: pullMb };
-
-    process.stdout.write(`\npull of a ${pullMb} MB image from the lab registry (median of ${rounds})\n`);
-    process.stdout.write(
-      `${"docker pull (download+verify+unpack)".padEnd(38)} ${percentile(dockerPull, 50).toFixed(0).padStart(7)} ms\n`,
-    );
-    process.stdout.write(
-      `${"skopeo copy (download+verify)".padEnd(38)} ${percentile(skopeo, 50).toFixed(0).padStart(7)} ms\n`,
-    );
-    process.stdout.write(
-      `${"ctr images pull (download+verify+unpack)".padEnd(38)} ${percentile(ctrPull, 50).toFixed(0).padStart(7)} ms\n`,
-    );
-    process.stdout.write(
-      `ratio docker pull / skopeo: ${(percentile(dockerPull, 50) / percentile(skopeo, 50)).toFixed(2)}, / ctr: ${(percentile(dockerPull, 50) / percentile(ctrPull, 50)).toFixed(2)}\n`,
-    );
+    results.pull = await pullBench(lab, h1, h2, reg, docker, rounds, pullMb);
     writeResults(results);
   } finally {
     if (keepLog) {

@@ -7,10 +7,16 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { WriteAction, WriteContentRequest } from "../../src/gen/containerd/content.js";
-import type { Containerd } from "../../src/runtime/containerd/client.js";
-import { ContentStore, DigestMismatchError, writeFrames } from "../../src/runtime/containerd/content.js";
+import { type Containerd, ContainerdError } from "../../src/runtime/containerd/client.js";
+import {
+  ContentStore,
+  DigestMismatchError,
+  digestMismatchOf,
+  writeFrames,
+} from "../../src/runtime/containerd/content.js";
 import { CAN_RUN_CONTAINERS, testContainerd } from "./runtime-fixtures.js";
 
 const digestOf = (b: Buffer): string => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -68,6 +74,28 @@ describe("a Write message built from pieces", () => {
   });
 });
 
+describe("containerd's refusal of a commit", () => {
+  test("is a digest mismatch when containerd found other bytes than the digest named, and only then", () => {
+    const [a, b] = [digestOf(Buffer.from("a")), digestOf(Buffer.from("b"))];
+    const refused = digestMismatchOf(
+      new ContainerdError(
+        status.FAILED_PRECONDITION,
+        `unexpected commit digest ${a}, expected ${b}: failed precondition`,
+        "content.Write",
+      ),
+    );
+    expect(refused).toBeInstanceOf(DigestMismatchError);
+    expect([refused?.expected, refused?.actual]).toEqual([b, a]);
+    // Other refusals stay what they are.
+    expect(
+      digestMismatchOf(new ContainerdError(status.FAILED_PRECONDITION, "unexpected commit size 3, expected 4", "")),
+    ).toBeUndefined();
+    expect(
+      digestMismatchOf(new ContainerdError(status.UNAVAILABLE, `unexpected commit digest ${a}, expected ${b}`, "")),
+    ).toBeUndefined();
+  });
+});
+
 describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () => {
   let dir = "";
   let cd: Containerd;
@@ -104,7 +132,12 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () =
       content.write({ digest: claimed, size: bad.length }, inPieces(bad, [65536]), lease),
     ]);
     expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected"]);
-    expect((results[2] as PromiseRejectedResult).reason).toBeInstanceOf(DigestMismatchError);
+    // containerd's own check at the commit (shoald hashes nothing): what it found, and what it was told.
+    const refused = (results[2] as PromiseRejectedResult).reason as DigestMismatchError;
+    expect(refused).toBeInstanceOf(DigestMismatchError);
+    expect(refused.expected).toBe(claimed);
+    expect(refused.actual).toBe(digestOf(bad));
+    expect(refused.message).toBe(`digest mismatch: expected ${claimed}, got ${digestOf(bad)}`);
     for (const b of good) expect((await content.read(digestOf(b))).equals(b)).toBe(true);
     expect(await content.has(claimed)).toBe(false);
     // No write is left half-done in containerd's ingest directory.

@@ -4,7 +4,7 @@
 // the heavy lock. Nothing is left behind: containers, images, containerd, the registry, temp dirs.
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { createPrivateKey, sign } from "node:crypto";
+import { createHash, createPrivateKey, sign } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer as createHttpServer } from "node:http";
@@ -18,6 +18,7 @@ import { createRootCA } from "../../src/ca/rootca.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { SwarmBackend } from "../../src/engine/types.js";
 import { SNAPSHOTTER } from "../../src/runtime/containerd/client.js";
+import { ContentStore } from "../../src/runtime/containerd/content.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
 import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
@@ -379,10 +380,27 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     await writeFile(biggest, data);
     // The layer is in the content store from the run above: remove that image so it is fetched.
     await docker("rmi", "-f", `${reg}/shoal/web:latest`);
+    // The image's documents (written while its layers download) are not in the content store, before or after.
+    const res = await fetch(`http://${reg}/v2/shoal/tampered/manifests/1`, {
+      headers: { Accept: "application/vnd.oci.image.manifest.v1+json" },
+    });
+    const manifest = Buffer.from(await res.arrayBuffer());
+    const documents = [
+      `sha256:${createHash("sha256").update(manifest).digest("hex")}`,
+      (JSON.parse(manifest.toString("utf8")) as { config: { digest: string } }).config.digest,
+    ];
+    const store = new ContentStore(cd.containerd);
+    const present = async (): Promise<boolean[]> => Promise.all(documents.map((d) => store.has(d)));
+    expect(await present()).toEqual([false, false]);
     const r = await docker("pull", `${reg}/shoal/tampered:1`);
     expect(r.code).toBe(1);
     expect(r.stderr + r.stdout).toMatch(/digest mismatch/);
     expect((await docker("image", "inspect", `${reg}/shoal/tampered:1`)).code).toBe(1);
+    // A failed pull leaves nothing behind: neither its documents nor a half-written layer.
+    expect(await present()).toEqual([false, false]);
+    expect(await readdir(join(dir, "cd", "data", "containerd", "io.containerd.content.v1.content", "ingest"))).toEqual(
+      [],
+    );
   });
 
   test("restart policies, top, --memory and --cpus", async () => {

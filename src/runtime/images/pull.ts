@@ -165,6 +165,43 @@ export function turns(n: number): <T>(task: () => Promise<T>) => Promise<T> {
 }
 
 /**
+ * Writes the documents of a pull (config, manifest, and the index it came through) into the content store,
+ * each with the gc.ref labels that keep its children.
+ */
+function writeDocuments(
+  store: ImageStore,
+  resolved: Awaited<ReturnType<typeof resolveManifest>>,
+  config: ImageConfig,
+  configBytes: Buffer,
+  lease: string,
+): Promise<void>[] {
+  const { manifest, bytes: manifestBytes } = resolved;
+  const writes = [
+    store.content.write(
+      { digest: manifest.config.digest, size: manifest.config.size, labels: gcLabelsOfConfig(config) },
+      configBytes,
+      lease,
+    ),
+    store.content.write(
+      { digest: resolved.target.digest, size: manifestBytes.length, labels: gcLabelsOfManifest(manifest) },
+      manifestBytes,
+      lease,
+    ),
+  ];
+  if (resolved.index) {
+    const labels = { "containerd.io/gc.ref.content.m.0": resolved.target.digest };
+    writes.push(
+      store.content.write(
+        { digest: resolved.index.target.digest, size: resolved.index.bytes.length, labels },
+        resolved.index.bytes,
+        lease,
+      ),
+    );
+  }
+  return writes;
+}
+
+/**
  * Pulls `text` ("busybox", "registry.lab:5000/tools/busybox:1.36"). Throws (an HTTP error) before the first
  * message when the image cannot be found; after that, failures are thrown too and the caller says them as
  * the stream's error message.
@@ -178,7 +215,7 @@ export async function pullImage(
   const ref = parseReference(text);
   const reg = new Registry(ref, opts.insecureRegistries, opts.credentials);
   const resolved = await resolveManifest(reg, ref);
-  const { manifest, bytes: manifestBytes } = resolved;
+  const { manifest } = resolved;
   // docker names the repository's path in its registry ("library/busybox", "team/web"), not the registry.
   say({ status: `Pulling from ${ref.path}`, id: ref.tag ?? ref.digest ?? "latest" });
   const name = fullName(ref);
@@ -190,17 +227,23 @@ export async function pullImage(
     return;
   }
   const lease = await store.lease();
+  let failed = true;
   try {
     // The config and every layer download at once; each layer is unpacked as soon as it and the layers
-    // below it are in (and the config, which names what each unpacks to, is here).
+    // below it are in (and the config, which names what each unpacks to, is here). The documents go into
+    // the content store as soon as the config is here, beside the layers: the lease keeps them (and what
+    // their gc.ref labels name) until the image record does.
     const configFetch = fetchConfig(reg, manifest.config);
     const turn = turns(MAX_CONCURRENT_DOWNLOADS);
     const downloads = manifest.layers.map((l) => turn(() => fetchLayer(store, reg, l, lease.id, say)));
-    const settled = Promise.allSettled([configFetch, ...downloads]);
+    const documents = configFetch.then(({ bytes, config }) =>
+      Promise.allSettled(writeDocuments(store, resolved, config, bytes, lease.id)),
+    );
+    const settled = Promise.allSettled([documents, ...downloads]);
     const fetched: boolean[] = [];
     const id = (i: number): string => short(manifest.layers[i]!.digest);
     try {
-      const { bytes: configBytes, config } = await configFetch;
+      const { config } = await configFetch;
       if (config.rootfs.diff_ids.length !== manifest.layers.length)
         throw badRequest("the image config and its manifest name different numbers of layers");
       await store.unpack(manifest, config, lease.id, {
@@ -212,45 +255,23 @@ export async function pullImage(
           if (fetched[i]) say({ status: "Pull complete", progressDetail: {}, id: id(i) });
         },
       });
-      // The documents, once what they name is in (their gc.ref labels keep it), written at once.
-      const writes = [
-        store.content.write(
-          { digest: manifest.config.digest, size: manifest.config.size, labels: gcLabelsOfConfig(config) },
-          configBytes,
-          lease.id,
-        ),
-        store.content.write(
-          { digest: sha256(manifestBytes), size: manifestBytes.length, labels: gcLabelsOfManifest(manifest) },
-          manifestBytes,
-          lease.id,
-        ),
-      ];
-      if (resolved.index) {
-        const labels = { "containerd.io/gc.ref.content.m.0": sha256(manifestBytes) };
-        writes.push(
-          store.content.write(
-            { digest: resolved.index.target.digest, size: resolved.index.bytes.length, labels },
-            resolved.index.bytes,
-            lease.id,
-          ),
-        );
-      }
-      const written = await Promise.allSettled(writes);
-      for (const w of written) if (w.status === "rejected") throw w.reason;
+      for (const w of await documents) if (w.status === "rejected") throw w.reason;
     } finally {
-      // No download outlives the pull, nor its lease: after a failure the others are waited for.
+      // No download or write outlives the pull, nor its lease: after a failure the others are waited for.
       await settled;
     }
     const target = resolved.index?.target ?? resolved.target;
     await store.setName(name, target, lease.id);
     say({ status: `Digest: ${target.digest}` });
     say({ status: `Status: Downloaded newer image for ${familiarName(name)}` });
+    failed = false;
   } catch (err) {
     if (err instanceof DigestMismatchError || err instanceof SizeMismatchError) {
       throw new RegistryError(500, `failed to pull ${familiarName(name)}: ${err.message}`);
     }
     throw err;
   } finally {
-    await lease.done();
+    // A failed pull leaves nothing behind: what it wrote (layers, documents, snapshots) goes with its lease.
+    await lease.done(failed);
   }
 }

@@ -77,15 +77,19 @@ export class ImageStore {
     this.log = logger.child({ component: "images" });
   }
 
-  /** A lease for a write (an import, a pull): what is written under it stays until `done` is called. */
-  async lease(): Promise<{ id: string; done(): Promise<void> }> {
+  /**
+   * A lease for a write (an import, a pull): what is written under it stays until `done` is called. A write
+   * that failed ends its lease with `collect`: containerd's garbage collector then runs before `done`
+   * resolves, and takes what nothing else keeps (the blobs, documents and snapshots of the failed write).
+   */
+  async lease(): Promise<{ id: string; done(collect?: boolean): Promise<void> }> {
     const id = `shoal-${randomUUID()}`;
     await this.cd.call(this.cd.leases, this.cd.leases.create, { id, labels: {} });
     return {
       id,
-      done: async () => {
+      done: async (collect = false) => {
         await this.cd
-          .call(this.cd.leases, this.cd.leases.delete, { id, sync: false })
+          .call(this.cd.leases, this.cd.leases.delete, { id, sync: collect })
           .catch((err: unknown) =>
             this.log.warn(
               { err, lease: id },
