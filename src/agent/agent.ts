@@ -34,7 +34,16 @@ export interface AgentOptions {
   onHeartbeat?: (latencyMs: number, ok: boolean) => void;
   /** Randomness for the reconnect spread (tests); Math.random by default. */
   random?: () => number;
+  /** Every step the agent takes to hold its session (the scale bench's failover timeline). */
+  onEvent?: (e: AgentEvent) => void;
 }
+
+/** One step of the agent's: a session attempt, its failure, a wait before the next, a session established. */
+export type AgentEvent =
+  | { kind: "attempt"; addr: string }
+  | { kind: "failed"; addr: string; code: number | undefined; hint: string | undefined; established: boolean }
+  | { kind: "wait"; ms: number; why: "spread" | "backoff" }
+  | { kind: "up"; addr: string };
 
 /** The longest a node waits before reconnecting after its session broke (a random part of the period). */
 export const MAX_RECONNECT_SPREAD_MS = 10_000;
@@ -140,6 +149,7 @@ export class Agent {
         await sleep(backoff);
         continue;
       }
+      this.opts.onEvent?.({ kind: "attempt", addr });
       try {
         await this.session(addr);
         backoff = 100;
@@ -153,6 +163,8 @@ export class Agent {
         // A session that was up and broke (or was dropped on purpose) starts over quickly.
         if (broke) backoff = 100;
         failures = this.established ? 1 : failures + 1;
+        const hint = leaderHint(e);
+        this.opts.onEvent?.({ kind: "failed", addr, code: grpcCode(e), hint, established: broke });
         try {
           this.opts.onSessionFailure?.(addr, e, failures);
         } catch (err) {
@@ -161,9 +173,12 @@ export class Agent {
         // When a leader goes, every node of the swarm loses its session at once: each waits a random part
         // of a heartbeat period first, so that the new leader sees them spread out, not all in one burst
         // (it gives them a grace that covers this before marking anything down).
-        if (broke) await sleep(Math.floor(this.random() * Math.min(this.periodMs, MAX_RECONNECT_SPREAD_MS)));
+        if (broke) {
+          const ms = Math.floor(this.random() * Math.min(this.periodMs, MAX_RECONNECT_SPREAD_MS));
+          this.opts.onEvent?.({ kind: "wait", ms, why: "spread" });
+          await sleep(ms);
+        }
         if (this.stopped) return;
-        const hint = leaderHint(e);
         if (hint && hint !== addr) {
           this.hint = hint;
           continue;
@@ -172,7 +187,9 @@ export class Agent {
           { manager: addr, err: e instanceof Error ? e.message : String(e) },
           "session failed; trying another manager",
         );
-        await sleep(backoff + Math.floor(Math.random() * backoff * 0.2));
+        const ms = backoff + Math.floor(Math.random() * backoff * 0.2);
+        this.opts.onEvent?.({ kind: "wait", ms, why: "backoff" });
+        await sleep(ms);
         backoff = Math.min(8000, backoff * 2);
       } finally {
         this.teardown();
@@ -213,6 +230,7 @@ export class Agent {
           this.connectedTo = addr;
           this.established = true;
           this.log.info({ manager: addr }, "session established");
+          this.opts.onEvent?.({ kind: "up", addr });
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = this.periodMs = msg.heartbeatPeriodMs;
         if (!this.heartbeat) this.heartbeat = setTimeout(beat, heartbeatDelayMs(period, this.random));
@@ -245,6 +263,11 @@ export class Agent {
  */
 export function heartbeatDelayMs(periodMs: number, random: () => number): number {
   return Math.max(50, Math.floor(periodMs * (0.85 + random() * 0.1)));
+}
+
+function grpcCode(e: unknown): number | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "number" ? code : undefined;
 }
 
 function sleep(ms: number): Promise<void> {
