@@ -6,7 +6,7 @@
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
-import { clientCredentials, type TLSMaterial } from "../ca/tls.js";
+import { nodeCredentials, type TLSMaterial } from "../ca/tls.js";
 import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { NodeStoppedError, RaftNode } from "../raft/node.js";
@@ -198,7 +198,7 @@ export class Manager {
     this.transport = new GrpcTransport({
       selfId: this.raftId,
       resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id)?.addr,
-      credentials: () => clientCredentials(this.certs.rootPem, this.certs.certPem, this.certs.keyPem),
+      credentials: () => nodeCredentials(this.certs),
       onUnreachable: (id) => this.raft?.reportUnreachable(id),
       onToldRemoved: (by) => this.raft?.toldRemoved(by),
       logger: this.root.child({ component: "transport" }),
