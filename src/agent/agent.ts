@@ -1,7 +1,7 @@
 // The agent: every node's session with the managers. It opens a Session stream with the leader (a
 // manager that is not the leader names it, and the agent goes there), sends heartbeats at the period the
-// dispatcher asks for, and when the session breaks fails over to another manager with backoff
-// (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
+// dispatcher asks for, and when the session breaks fails over to another manager (the others first, the
+// lost one last: attemptOrder) with backoff (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
 // the daemon through onMessage.
 
 import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import type { NodeDescription } from "../api/objects.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
-import { leaderHint } from "../manager/grpc-util.js";
+import { LOST_MANAGER_KEY, leaderHint } from "../manager/grpc-util.js";
 import { observe } from "../metrics/metrics.js";
 import { type DecodedSession, decodeSessionMessage } from "./messages.js";
 
@@ -74,7 +74,10 @@ export const CHANNEL_OPTIONS = {
 export class Agent {
   private stopped = false;
   private hint: string | undefined;
-  private rotation = 0;
+  /** The managers still to try in this round (see attemptOrder). */
+  private round: string[] = [];
+  /** The manager whose session broke last, until a session is established again: tried last. */
+  private lost: string | undefined;
   private current:
     | { client: InstanceType<typeof DispatcherClient>; stream: ClientReadableStream<SessionMessage> }
     | undefined;
@@ -135,9 +138,8 @@ export class Agent {
       this.hint = undefined;
       return h;
     }
-    const list = this.opts.managers();
-    if (list.length === 0) return undefined;
-    return list[this.rotation++ % list.length];
+    if (this.round.length === 0) this.round = attemptOrder(this.opts.managers(), this.lost, this.random);
+    return this.round.shift();
   }
 
   private async run(): Promise<void> {
@@ -160,6 +162,12 @@ export class Agent {
         this.teardown();
         if (this.stopped) return;
         const broke = this.established;
+        if (broke) {
+          // The next round starts with the others: the manager just lost is most likely gone (a leader's
+          // death), and until the survivors elect a new one they still name it as the leader.
+          this.lost = addr;
+          this.round = [];
+        }
         // A session that was up and broke (or was dropped on purpose) starts over quickly.
         if (broke) backoff = 100;
         failures = this.established ? 1 : failures + 1;
@@ -179,7 +187,9 @@ export class Agent {
           await sleep(ms);
         }
         if (this.stopped) return;
-        if (hint && hint !== addr) {
+        // A redirect goes at once, unless it names the manager this node just lost: that one waits its turn
+        // at the end of the round (it may be back, or still leading: the session may have broken on our side).
+        if (hint && hint !== addr && hint !== this.lost) {
           this.hint = hint;
           continue;
         }
@@ -187,6 +197,8 @@ export class Agent {
           { manager: addr, err: e instanceof Error ? e.message : String(e) },
           "session failed; trying another manager",
         );
+        // A session that broke has just waited out its spread: the next manager is tried at once.
+        if (broke) continue;
         const ms = backoff + Math.floor(Math.random() * backoff * 0.2);
         this.opts.onEvent?.({ kind: "wait", ms, why: "backoff" });
         await sleep(ms);
@@ -201,9 +213,13 @@ export class Agent {
     this.established = false;
     return new Promise<void>((resolve, reject) => {
       const client = new DispatcherClient(addr, this.opts.credentials(), CHANNEL_OPTIONS);
+      // The manager just lost, if any: a manager that still takes it for the leader holds the request until
+      // the swarm has elected another (src/manager/session-hold.ts), instead of sending this node back there.
+      const md = new Metadata();
+      if (this.lost !== undefined) md.set(LOST_MANAGER_KEY, this.lost);
       const stream = client.session(
         { descriptionJson: JSON.stringify(this.opts.description()), addr: this.opts.addr },
-        new Metadata(),
+        md,
       );
       this.current = { client, stream };
       let sessionId = "";
@@ -229,6 +245,7 @@ export class Agent {
           sessionId = msg.sessionId;
           this.connectedTo = addr;
           this.established = true;
+          this.lost = undefined;
           this.log.info({ manager: addr }, "session established");
           this.opts.onEvent?.({ kind: "up", addr });
         }
@@ -254,6 +271,20 @@ export class Agent {
       stream.on("end", () => resolve());
     });
   }
+}
+
+/**
+ * The managers to try, in order, for one round of attempts. Normally the daemon's order (a manager node's own
+ * manager first). After a session broke (`lost`), the others first, starting from a random one so that the
+ * swarm's nodes spread over them (with three managers, half of the nodes reach the new leader at once; the
+ * other half are told where it is), and the lost manager last.
+ */
+export function attemptOrder(managers: readonly string[], lost: string | undefined, random: () => number): string[] {
+  const others = managers.filter((a) => a !== lost);
+  const start = lost === undefined || others.length === 0 ? 0 : Math.floor(random() * others.length) % others.length;
+  const round = [...others.slice(start), ...others.slice(0, start)];
+  if (lost !== undefined && managers.includes(lost)) round.push(lost);
+  return round;
 }
 
 /**

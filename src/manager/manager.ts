@@ -335,6 +335,7 @@ export class Manager {
       this.keyManager.stop();
       this.rootRotation.stop();
     }
+    this.dispatcher.leaderChanged();
   }
 
   private onConfChange(cc: ConfChange, index: number): void {
