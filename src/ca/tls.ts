@@ -363,6 +363,11 @@ const credentialsByMaterial = new WeakMap<TLSMaterial, ChannelCredentials>();
  * `checkServerIdentity` with `getPeerCertificate(true)` (~200 us: the whole chain as JS objects, looked up
  * in the context's store). That was a quarter of the scale bench's simulators' CPU in a failover, where
  * thousands of nodes reconnect at once. The checks are those of checkManagerCertificate (issuer, OU).
+ *
+ * Node 20 fact: on a client, getPeerX509Certificate() takes the leaf out of the connection's peer chain
+ * (a second call returns undefined, and getPeerCertificate() then shows the next certificate of the chain,
+ * or nothing). It is called once, here; nothing in shoal reads a client connection's peer certificate after
+ * the handshake (grpc-js copies it into the client's auth context, which nothing reads).
  */
 class ManagerCredentials extends ChannelCredentials {
   private readonly context: tls.SecureContext;
@@ -415,6 +420,7 @@ class ManagerCredentials extends ChannelCredentials {
           },
         },
         () => {
+          delete (tlsSocket as { getPeerCertificate?: unknown }).getPeerCertificate;
           if (!tlsSocket.authorized) {
             tlsSocket.destroy();
             reject(tlsSocket.authorizationError);
