@@ -7,7 +7,7 @@
 import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { NodeDescription } from "../api/objects.js";
-import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
+import { CLIENT_CHANNEL_OPTIONS, channelTarget } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
 import { LOST_MANAGER_KEY, leaderHint } from "../manager/grpc-util.js";
 import { observe } from "../metrics/metrics.js";
@@ -212,7 +212,7 @@ export class Agent {
   private session(addr: string): Promise<void> {
     this.established = false;
     return new Promise<void>((resolve, reject) => {
-      const client = new DispatcherClient(addr, this.opts.credentials(), CHANNEL_OPTIONS);
+      const client = new DispatcherClient(channelTarget(addr), this.opts.credentials(), CHANNEL_OPTIONS);
       // The manager just lost, if any: a manager that still takes it for the leader holds the request until
       // the swarm has elected another (src/manager/session-hold.ts), instead of sending this node back there.
       const md = new Metadata();

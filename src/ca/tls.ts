@@ -26,7 +26,7 @@
 //   connection only if their credentials are `_equals`. joinCredentials() below relies on both.
 
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
-import type { Socket } from "node:net";
+import { isIPv4, isIPv6, type Socket } from "node:net";
 import * as tls from "node:tls";
 import {
   CallCredentials,
@@ -59,6 +59,21 @@ export interface TLSMaterial {
  * which Node warns about (DEP0123, RFC 6066 forbids IP server names). Host-name checking is ours anyway.
  */
 export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = { "grpc.ssl_target_name_override": MANAGER_OU };
+
+/**
+ * The gRPC target for a manager's host:port. An IP address goes to grpc-js's IP resolver ("ipv4:" or
+ * "ipv6:"): its DNS resolver, which grpc-js uses for a target without a scheme, builds a c-ares channel for
+ * every new channel, IP or not (about as much CPU as the agent's TLS handshake, in the scale bench's
+ * failover). A DNS name is left to the DNS resolver.
+ */
+export function channelTarget(addr: string): string {
+  const colon = addr.lastIndexOf(":");
+  if (colon <= 0) return addr;
+  const host = addr.slice(0, colon);
+  if (isIPv4(host)) return `ipv4:${addr}`;
+  if (host.startsWith("[") && host.endsWith("]") && isIPv6(host.slice(1, -1))) return `ipv6:${addr}`;
+  return addr;
+}
 
 const TLS_MIN_VERSION = "TLSv1.2";
 

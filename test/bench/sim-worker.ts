@@ -9,7 +9,7 @@
 // The parent drives it over the IPC channel (messages below) and reads its figures: joins, sessions
 // (and when each was last established), heartbeat round trips, and when each session saw a change.
 
-import { createRequire } from "node:module";
+import { createRequire, syncBuiltinESMExports } from "node:module";
 import pino from "pino";
 import { Agent, type AgentEvent } from "../../src/agent/agent.js";
 import type { DecodedSession } from "../../src/agent/messages.js";
@@ -209,6 +209,8 @@ tlsModule.connect = ((...args: Parameters<typeof realConnect>) => {
   }
   return socket;
 }) as typeof realConnect;
+// The ESM view of node:tls (src/ca/tls.ts imports it so) follows the patch only once synced.
+syncBuiltinESMExports();
 
 function mark(): void {
   counting = true;
