@@ -76,6 +76,8 @@ export interface DispatcherCluster extends AttachmentCluster {
   readonly log: Logger;
   /** host:port of the leader, for the agents this manager sends there. */
   leaderAddr(): string | undefined;
+  /** Whether the leader this manager knows has not been heard from lately (it may be gone). */
+  leaderSilent(): boolean;
 }
 
 interface StatusUpdate {
@@ -128,6 +130,7 @@ export class Dispatcher {
     this.parts = new PushParts(m.store);
     this.held = new SessionHold({
       leaderAddr: () => m.leaderAddr(),
+      leaderSilent: () => m.leaderSilent(),
       leading: () => this.active,
       answer: (call) => this.answer(call),
       ...(holdMs !== undefined ? { holdMs } : {}),

@@ -295,6 +295,16 @@ export class Manager {
     return this.raft.isLeader;
   }
 
+  /**
+   * Whether the leader this manager follows has not been heard from for LEADER_SILENT_MS (it sends heartbeats
+   * every tick: ten of them missed). False while there is no leader, or this manager leads.
+   */
+  leaderSilent(): boolean {
+    const lead = this.raft.leader;
+    if (lead === 0 || lead === this.raftId) return false;
+    return !this.transport.reachable(lead, LEADER_SILENT_MS);
+  }
+
   /** host:port of the current leader, if known. */
   leaderAddr(): string | undefined {
     const lead = this.raft.leader;
@@ -522,6 +532,8 @@ function checkBeforeProposing(cmd: Command, data: Uint8Array): DecodedEntry {
  * setting the docker CLI sends back on every update).
  */
 export const ELECTION_TICKS = 30;
+/** A leader not heard from for this long may be gone (session-hold.ts). */
+export const LEADER_SILENT_MS = 1000;
 
 /** HTTP/2 keepalive of the Raft streams to the other managers (interval and answer timeout). */
 export const RAFT_KEEPALIVE_MS = 10_000;

@@ -1,7 +1,7 @@
 // A manager that is not the leader answers a session request with the leader's address, and the agent goes
 // there. While the swarm has no leader, or while this manager still takes for leader the one the agent has
-// just lost (after a leader's death the survivors name it until their election timeout, 3-6 s), it has
-// nothing useful to answer: the request is held until a leader the agent can use is known, and answered then
+// just lost and has not heard from it lately (after a leader's death the survivors name it until their
+// election timeout, 3-6 s), it has nothing useful to answer: the request is held until a leader the agent can use is known, and answered then
 // (served, if this manager is that leader), at most `holdMs`. Without it, each node that came back before the
 // election asked again and again, each time with a TLS handshake on a manager busy electing, and its backoff
 // grew past the election.
@@ -33,6 +33,8 @@ interface Held {
 export interface SessionHoldOptions {
   /** host:port of the leader as this manager knows it; undefined while there is none. */
   leaderAddr: () => string | undefined;
+  /** Whether the leader this manager knows has not been heard from lately. */
+  leaderSilent: () => boolean;
   /** Whether this manager leads (its dispatcher serves sessions). */
   leading: () => boolean;
   /** Answer a held request now (a redirect, NO_LEADER, or the session itself on the leader). */
@@ -56,9 +58,12 @@ export class SessionHold {
 
   /** Holds the request of a manager that is not the leader if it has nothing useful to answer yet. */
   hold(call: SessionCall): boolean {
-    const lost = lostManager(call.metadata);
     const leader = this.opts.leaderAddr();
-    if ((leader !== undefined && leader !== lost) || this.held.size >= MAX_HELD || !callerOf(call)) return false;
+    const lost = leader === undefined ? undefined : lostManager(call.metadata);
+    // A leader other than the lost one is the answer; so is the lost one if it is still heard from (the
+    // node's session broke on its side, or on the way).
+    if (leader !== undefined && (leader !== lost || !this.opts.leaderSilent())) return false;
+    if (this.held.size >= MAX_HELD || !callerOf(call)) return false;
     const h: Held = { call, lost, timer: setTimeout(() => this.release(h), this.holdMs) };
     h.timer.unref();
     this.held.add(h);

@@ -33,12 +33,12 @@ interface Fixture {
 
 /**
  * `gate`: every Raft write waits for it before it is applied (a commit that takes its time). `leader`: the
- * leader as this manager knows it (changed by the test).
+ * leader as this manager knows it, and whether it has been silent lately (changed by the test).
  */
 function fixture(
   gate?: Promise<void>,
   closeBatch?: number,
-  leader: { addr: string | undefined } = { addr: "127.0.0.1:2377" },
+  leader: { addr: string | undefined; silent?: boolean } = { addr: "127.0.0.1:2377" },
 ): Fixture {
   const store = new Store();
   const writes: Command[] = [];
@@ -69,6 +69,7 @@ function fixture(
       store,
       log: pino({ level: "silent" }),
       leaderAddr: () => leader.addr,
+      leaderSilent: () => leader.silent ?? true,
       write: async (c) => {
         writes.push(c);
         await gate;
@@ -530,6 +531,17 @@ describe("dispatcher", () => {
       }
       expect(f.dispatcher.heldRequests()).toBe(0);
       expect(f.writes).toEqual([]);
+    });
+
+    test("sends a node straight back to the manager it lost while that one is still heard from", async () => {
+      vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+      const f = fixture(undefined, undefined, { addr: OLD, silent: false });
+      addNode(f, 0, "ready");
+      // The leader is alive (the node's session broke on its side): nothing to wait for.
+      const s = open(f, 0, OLD);
+      await settle();
+      expect(s.error?.message).toContain(OLD);
+      expect(f.dispatcher.heldRequests()).toBe(0);
     });
 
     test("answers a held request once its time is up, and forgets one the node gave up", async () => {
