@@ -16,7 +16,10 @@ import { callerOf } from "./acl.js";
 import { LOST_MANAGER_KEY } from "./grpc-util.js";
 import type { SessionCall } from "./push-parts.js";
 
-/** The longest a request is held: a few election timeouts. */
+/**
+ * The longest a request is held: a few election timeouts. Each is held a random 75-100 % of it, so that while
+ * the swarm stays without a leader the nodes told so do not all come back at the same moment.
+ */
 export const HOLD_MS = 10_000;
 /** Requests held at once, at most (beyond, they are answered at once, as before). */
 export const MAX_HELD = 20_000;
@@ -40,15 +43,19 @@ export interface SessionHoldOptions {
   /** Answer a held request now (a redirect, NO_LEADER, or the session itself on the leader). */
   answer: (call: SessionCall) => void;
   holdMs?: number;
+  /** Randomness for the hold time (tests); Math.random by default. */
+  random?: () => number;
 }
 
 export class SessionHold {
   private readonly held = new Set<Held>();
   private readonly holdMs: number;
+  private readonly random: () => number;
   private releasing = false;
 
   constructor(private readonly opts: SessionHoldOptions) {
     this.holdMs = opts.holdMs ?? HOLD_MS;
+    this.random = opts.random ?? Math.random;
   }
 
   /** Requests held now. */
@@ -64,7 +71,8 @@ export class SessionHold {
     // node's session broke on its side, or on the way).
     if (leader !== undefined && (leader !== lost || !this.opts.leaderSilent())) return false;
     if (this.held.size >= MAX_HELD || !callerOf(call)) return false;
-    const h: Held = { call, lost, timer: setTimeout(() => this.release(h), this.holdMs) };
+    const ms = Math.floor(this.holdMs * (0.75 + 0.25 * this.random()));
+    const h: Held = { call, lost, timer: setTimeout(() => this.release(h), ms) };
     h.timer.unref();
     this.held.add(h);
     call.on("cancelled", () => {
