@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import type { NodeRole } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime } from "../ca/certs.js";
-import { nodeCredentials } from "../ca/tls.js";
+import { nodeCredentials } from "../ca/tls-client.js";
 import { CAClient } from "../gen/cluster.js";
 import { unary } from "../manager/grpc-util.js";
 import type { Certificates, DataRoot } from "./state.js";

@@ -6,7 +6,8 @@
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
-import { nodeCredentials, type TLSMaterial } from "../ca/tls.js";
+import type { TLSMaterial } from "../ca/tls.js";
+import { nodeCredentials } from "../ca/tls-client.js";
 import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { NodeStoppedError, RaftNode } from "../raft/node.js";

@@ -13,7 +13,7 @@ import { createRequire, syncBuiltinESMExports } from "node:module";
 import pino from "pino";
 import { Agent, type AgentEvent } from "../../src/agent/agent.js";
 import type { DecodedSession } from "../../src/agent/messages.js";
-import { clientCredentials } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls-client.js";
 import { parseJoinToken } from "../../src/ca/token.js";
 import { type JoinStage, requestCertificate } from "../../src/daemon/bootstrap.js";
 

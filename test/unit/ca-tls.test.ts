@@ -7,16 +7,18 @@ import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.j
 import {
   CLIENT_CHANNEL_OPTIONS,
   channelTarget,
-  clientCredentials,
-  insecureClientCredentials,
-  joinCredentials,
   listenTLS,
-  nodeCredentials,
   peerRole,
   reloadableServerCredentials,
   serverCredentials,
   type TLSListener,
 } from "../../src/ca/tls.js";
+import {
+  clientCredentials,
+  insecureClientCredentials,
+  joinCredentials,
+  nodeCredentials,
+} from "../../src/ca/tls-client.js";
 
 const CLUSTER = "clusterid0000000000000001";
 
