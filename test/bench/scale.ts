@@ -27,6 +27,10 @@
 //   failover       SIGKILL the leader: sessions back on the new leader (time, or count at the timeout),
 //                  nodes ever seen Down in GET /nodes meanwhile (all are alive: every one is false), and
 //                  elections beyond the first (survivors' logs)
+//   failover timeline  per node, from its agent's steps (Agent onEvent): when it noticed, each attempt's
+//                  target (dead, follower, leader) and outcome, the spread and backoff it waited, when it was
+//                  back; histograms of time-to-back and attempts, TLS handshakes the simulators made per node,
+//                  and the CPU each process spent from the SIGKILL until all were back
 // Managers expose --metrics-addr when the daemon supports it; the bench then reads their /metrics.
 // Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
 
