@@ -1,15 +1,15 @@
 // The agent: every node's session with the managers. It opens a Session stream with the leader (a
 // manager that is not the leader names it, and the agent goes there), sends heartbeats at the period the
-// dispatcher asks for, and when the session breaks fails over to another manager with backoff
-// (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
+// dispatcher asks for, and when the session breaks fails over to another manager (the others first, the
+// lost one last: attemptOrder) with backoff (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
 // the daemon through onMessage.
 
 import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { NodeDescription } from "../api/objects.js";
-import { CLIENT_CHANNEL_OPTIONS } from "../ca/tls.js";
+import { CLIENT_CHANNEL_OPTIONS, channelTarget } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
-import { leaderHint } from "../manager/grpc-util.js";
+import { LOST_MANAGER_KEY, leaderHint } from "../manager/grpc-util.js";
 import { observe } from "../metrics/metrics.js";
 import { Heartbeats } from "./heartbeats.js";
 import { type DecodedSession, decodeSessionMessage, type SessionDecodeMemo } from "./messages.js";
@@ -35,7 +35,16 @@ export interface AgentOptions {
   onHeartbeat?: (latencyMs: number, ok: boolean) => void;
   /** Randomness for the reconnect spread (tests); Math.random by default. */
   random?: () => number;
+  /** Every step the agent takes to hold its session (the scale bench's failover timeline). */
+  onEvent?: (e: AgentEvent) => void;
 }
+
+/** One step of the agent's: a session attempt, its failure, a wait before the next, a session established. */
+export type AgentEvent =
+  | { kind: "attempt"; addr: string }
+  | { kind: "failed"; addr: string; code: number | undefined; hint: string | undefined; established: boolean }
+  | { kind: "wait"; ms: number; why: "spread" | "backoff" }
+  | { kind: "up"; addr: string };
 
 /** The longest a node waits before reconnecting after its session broke (a random part of the period). */
 export const MAX_RECONNECT_SPREAD_MS = 10_000;
@@ -66,7 +75,10 @@ export const CHANNEL_OPTIONS = {
 export class Agent {
   private stopped = false;
   private hint: string | undefined;
-  private rotation = 0;
+  /** The managers still to try in this round (see attemptOrder). */
+  private round: string[] = [];
+  /** The manager whose session broke last, until a session is established again: tried last. */
+  private lost: string | undefined;
   private current:
     | { client: InstanceType<typeof DispatcherClient>; stream: ClientReadableStream<SessionMessage> }
     | undefined;
@@ -127,9 +139,8 @@ export class Agent {
       this.hint = undefined;
       return h;
     }
-    const list = this.opts.managers();
-    if (list.length === 0) return undefined;
-    return list[this.rotation++ % list.length];
+    if (this.round.length === 0) this.round = attemptOrder(this.opts.managers(), this.lost, this.random);
+    return this.round.shift();
   }
 
   private async run(): Promise<void> {
@@ -141,6 +152,7 @@ export class Agent {
         await sleep(backoff);
         continue;
       }
+      this.opts.onEvent?.({ kind: "attempt", addr });
       try {
         await this.session(addr);
         backoff = 100;
@@ -151,9 +163,17 @@ export class Agent {
         this.teardown();
         if (this.stopped) return;
         const broke = this.established;
+        if (broke) {
+          // The next round starts with the others: the manager just lost is most likely gone (a leader's
+          // death), and until the survivors elect a new one they still name it as the leader.
+          this.lost = addr;
+          this.round = [];
+        }
         // A session that was up and broke (or was dropped on purpose) starts over quickly.
         if (broke) backoff = 100;
         failures = this.established ? 1 : failures + 1;
+        const hint = leaderHint(e);
+        this.opts.onEvent?.({ kind: "failed", addr, code: grpcCode(e), hint, established: broke });
         try {
           this.opts.onSessionFailure?.(addr, e, failures);
         } catch (err) {
@@ -162,10 +182,15 @@ export class Agent {
         // When a leader goes, every node of the swarm loses its session at once: each waits a random part
         // of a heartbeat period first, so that the new leader sees them spread out, not all in one burst
         // (it gives them a grace that covers this before marking anything down).
-        if (broke) await sleep(Math.floor(this.random() * Math.min(this.periodMs, MAX_RECONNECT_SPREAD_MS)));
+        if (broke) {
+          const ms = Math.floor(this.random() * Math.min(this.periodMs, MAX_RECONNECT_SPREAD_MS));
+          this.opts.onEvent?.({ kind: "wait", ms, why: "spread" });
+          await sleep(ms);
+        }
         if (this.stopped) return;
-        const hint = leaderHint(e);
-        if (hint && hint !== addr) {
+        // A redirect goes at once, unless it names the manager this node just lost: that one waits its turn
+        // at the end of the round (it may be back, or still leading: the session may have broken on our side).
+        if (hint && hint !== addr && hint !== this.lost) {
           this.hint = hint;
           continue;
         }
@@ -173,7 +198,11 @@ export class Agent {
           { manager: addr, err: e instanceof Error ? e.message : String(e) },
           "session failed; trying another manager",
         );
-        await sleep(backoff + Math.floor(Math.random() * backoff * 0.2));
+        // A session that broke has just waited out its spread: the next manager is tried at once.
+        if (broke) continue;
+        const ms = backoff + Math.floor(Math.random() * backoff * 0.2);
+        this.opts.onEvent?.({ kind: "wait", ms, why: "backoff" });
+        await sleep(ms);
         backoff = Math.min(8000, backoff * 2);
       } finally {
         this.teardown();
@@ -184,10 +213,14 @@ export class Agent {
   private session(addr: string): Promise<void> {
     this.established = false;
     return new Promise<void>((resolve, reject) => {
-      const client = new DispatcherClient(addr, this.opts.credentials(), CHANNEL_OPTIONS);
+      const client = new DispatcherClient(channelTarget(addr), this.opts.credentials(), CHANNEL_OPTIONS);
+      // The manager just lost, if any: a manager that still takes it for the leader holds the request until
+      // the swarm has elected another (src/manager/session-hold.ts), instead of sending this node back there.
+      const md = new Metadata();
+      if (this.lost !== undefined) md.set(LOST_MANAGER_KEY, this.lost);
       const stream = client.session(
         { descriptionJson: JSON.stringify(this.opts.description()), addr: this.opts.addr },
-        new Metadata(),
+        md,
       );
       this.current = { client, stream };
       let sessionId = "";
@@ -198,7 +231,9 @@ export class Agent {
           sessionId = msg.sessionId;
           this.connectedTo = addr;
           this.established = true;
+          this.lost = undefined;
           this.log.info({ manager: addr }, "session established");
+          this.opts.onEvent?.({ kind: "up", addr });
         }
         if (msg.heartbeatPeriodMs && msg.heartbeatPeriodMs !== period) period = this.periodMs = msg.heartbeatPeriodMs;
         if (!this.heartbeats) {
@@ -245,12 +280,31 @@ export class Agent {
 }
 
 /**
+ * The managers to try, in order, for one round of attempts. Normally the daemon's order (a manager node's own
+ * manager first). After a session broke (`lost`), the others first, starting from a random one so that the
+ * swarm's nodes spread over them (with three managers, half of the nodes reach the new leader at once; the
+ * other half are told where it is), and the lost manager last.
+ */
+export function attemptOrder(managers: readonly string[], lost: string | undefined, random: () => number): string[] {
+  const others = managers.filter((a) => a !== lost);
+  const start = lost === undefined || others.length === 0 ? 0 : Math.floor(random() * others.length) % others.length;
+  const round = [...others.slice(start), ...others.slice(0, start)];
+  if (lost !== undefined && managers.includes(lost)) round.push(lost);
+  return round;
+}
+
+/**
  * Heartbeats go out a little before the period is up, never late (SwarmKit: the period ± 10 %): at 85 to
  * 95 % of it. The leader answers every node's heartbeats (1,100 a second from 5,000 nodes at a 5 s period);
  * at 60 to 80 % it answered 30 % more than that, for nothing: a node is down only after three periods.
  */
 export function heartbeatDelayMs(periodMs: number, random: () => number): number {
   return Math.max(50, Math.floor(periodMs * (0.85 + random() * 0.1)));
+}
+
+function grpcCode(e: unknown): number | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "number" ? code : undefined;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -1,4 +1,4 @@
-// gRPC TLS for :2377. Client certificates are optional at the TLS level so that a node without one can
+// gRPC TLS for :2377 (the client's credentials are in tls-client.ts). Client certificates are optional at the TLS level so that a node without one can
 // fetch the root CA and ask for a certificate with a join token; authorisation is decided per RPC from
 // peerRole(call). Servers are addressed by IP, so clients check the chain against the swarm root and
 // that the server's OU is swarm-manager, instead of matching a host name.
@@ -23,13 +23,12 @@
 //   host-name check and runs only after the chain verified.
 // - A channel makes every connection through its credentials' `_createSecureConnector(...).connect(socket)`
 //   (abstract in the public ChannelCredentials, so a subclass may implement it), and two channels share a
-//   connection only if their credentials are `_equals`. joinCredentials() below relies on both.
+//   connection only if their credentials are `_equals`. The client credentials (tls-client.ts) rely on both.
 
-import { X509Certificate as NodeX509Certificate } from "node:crypto";
+import { isIPv4, isIPv6 } from "node:net";
 import * as tls from "node:tls";
-import { ChannelCredentials, type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
+import { type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
 import { MANAGER_OU, type NodeRole, ouToRole, parseNodeCert } from "./certs.js";
-import { chainLeadsTo } from "./chain.js";
 import { plainNodeSubject } from "./leaf.js";
 
 /** The identity of an authenticated peer. */
@@ -52,7 +51,22 @@ export interface TLSMaterial {
  */
 export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = { "grpc.ssl_target_name_override": MANAGER_OU };
 
-const TLS_MIN_VERSION = "TLSv1.2";
+/**
+ * The gRPC target for a manager's host:port. An IP address goes to grpc-js's IP resolver ("ipv4:" or
+ * "ipv6:"): its DNS resolver, which grpc-js uses for a target without a scheme, builds a c-ares channel for
+ * every new channel, IP or not (about as much CPU as the agent's TLS handshake, in the scale bench's
+ * failover). A DNS name is left to the DNS resolver.
+ */
+export function channelTarget(addr: string): string {
+  const colon = addr.lastIndexOf(":");
+  if (colon <= 0) return addr;
+  const host = addr.slice(0, colon);
+  if (isIPv4(host)) return `ipv4:${addr}`;
+  if (host.startsWith("[") && host.endsWith("]") && isIPv6(host.slice(1, -1))) return `ipv6:${addr}`;
+  return addr;
+}
+
+export const TLS_MIN_VERSION = "TLSv1.2";
 
 // ---------------------------------------------------------------------------------------------------
 // Server
@@ -183,10 +197,12 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     socket.on("error", () => {
       // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.
     });
-    // A connection's peer certificate cannot change (no renegotiation): read it once (Node builds a new
-    // object at each call), and hand out that one object, so that peerRole reads the identity once per
-    // connection, not once per call.
-    const peer = socket.getPeerCertificate();
+    // A connection's peer certificate cannot change (no renegotiation): read it once, and hand out that one
+    // object, so that peerRole reads the identity once per connection, not once per call. Only its DER is
+    // read (peerRole, grpc-js's auth context): from getPeerX509Certificate (the certificate as it is), not
+    // getPeerCertificate() (~150 us more per connection: every field as JS, three fingerprints).
+    const presented = socket.getPeerX509Certificate();
+    const peer = (presented ? { raw: presented.raw } : {}) as tls.PeerCertificate;
     if (!socket.authorized && presentedCertificate(peer)) {
       socket.destroy();
       return;
@@ -318,215 +334,4 @@ function readIdentity(raw: Buffer): PeerIdentity | null {
   } catch {
     return null;
   }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Client
-
-/**
- * Credentials for talking to a manager: the server's certificate must chain to `rootPem` and carry
- * OU=swarm-manager (no host-name check: managers are addressed by IP). With certPem/keyPem the client
- * authenticates as that node; without, it is anonymous (e.g. to request a certificate with a token).
- * Pass CLIENT_CHANNEL_OPTIONS to the client constructor.
- */
-export function clientCredentials(rootPem: string, certPem?: string, keyPem?: string): ChannelCredentials {
-  if ((certPem === undefined) !== (keyPem === undefined)) {
-    throw new TypeError("clientCredentials: certPem and keyPem must be given together");
-  }
-  const roots = parseTrustedRoots(rootPem);
-  return ChannelCredentials.createSsl(
-    Buffer.from(rootPem),
-    keyPem === undefined ? null : Buffer.from(keyPem),
-    certPem === undefined ? null : Buffer.from(certPem),
-    {
-      checkServerIdentity: (_host: string, cert: tls.PeerCertificate): Error | undefined =>
-        checkManagerCertificate(roots, cert),
-    },
-  );
-}
-
-/**
- * Credentials that do not verify the server at all: only for fetching the root CA before joining, after
- * which the joiner must compare the fetched bundle's digest with the join token (tokenMatchesRoot); the
- * join's connection (joinCredentials) is made with these. One for the process, on one TLS context with no
- * roots (the default store is not loaded: that was a third of a joining simulator's CPU in bench:scale); it
- * holds no secret.
- */
-export function insecureClientCredentials(): ChannelCredentials {
-  insecureCredentials ??= ChannelCredentials.createFromSecureContext(
-    tls.createSecureContext({ minVersion: TLS_MIN_VERSION }),
-    { rejectUnauthorized: false, checkServerIdentity: () => undefined },
-  );
-  return insecureCredentials;
-}
-let insecureCredentials: ChannelCredentials | undefined;
-
-/**
- * Credentials for a join: one connection for the root CA and the certificate request. The connection is
- * made unverified (the root is not known yet); once the joiner has checked the fetched root against the
- * token's digest it calls `trust(rootPem)`, which checks the certificate every connection made so far
- * presented as clientCredentials(rootPem) would have (it chains to that root, OU=swarm-manager) and from
- * then on checks each new connection before it is used. Only then may the token go out: a server that
- * merely relays the public root cannot present a manager certificate of that root.
- *
- * Without it a join is three TLS handshakes (root, certificate, session): this saves one on both sides.
- * One for each join (the connections it made are its own); pass CLIENT_CHANNEL_OPTIONS (or the agent's).
- */
-export interface JoinCredentials {
-  readonly credentials: ChannelCredentials;
-  /** Throws (the reason) if a connection made so far was not to a manager of this root. */
-  trust(rootPem: string): void;
-}
-
-export function joinCredentials(): JoinCredentials {
-  const creds = new TrustOnCheckCredentials();
-  return { credentials: creds, trust: (rootPem) => creds.trust(rootPem) };
-}
-
-/** See joinCredentials. grpc-js makes each connection through `_createSecureConnector(...).connect`. */
-class TrustOnCheckCredentials extends ChannelCredentials {
-  /** The roots, once trusted; until then the certificates presented on the connections made. */
-  private roots: NodeX509Certificate[] | undefined;
-  private presented: tls.PeerCertificate[] = [];
-
-  trust(rootPem: string): void {
-    const roots = parseTrustedRoots(rootPem);
-    for (const cert of this.presented) {
-      const err = checkManagerCertificate(roots, cert);
-      if (err) throw err;
-    }
-    this.presented = [];
-    this.roots = roots;
-  }
-
-  private check(socket: tls.TLSSocket): void {
-    const cert = socket.getPeerCertificate(true);
-    if (this.roots === undefined) {
-      this.presented.push(cert);
-      return;
-    }
-    const err = checkManagerCertificate(this.roots, cert);
-    if (err) throw err;
-  }
-
-  override _isSecure(): boolean {
-    return true;
-  }
-
-  override _equals(other: ChannelCredentials): boolean {
-    // Never shared with another channel: what was checked is this join's.
-    return other === this;
-  }
-
-  override _createSecureConnector(
-    ...args: Parameters<ChannelCredentials["_createSecureConnector"]>
-  ): ReturnType<ChannelCredentials["_createSecureConnector"]> {
-    const inner = insecureClientCredentials()._createSecureConnector(...args);
-    return {
-      connect: async (socket) => {
-        const out = await inner.connect(socket);
-        try {
-          this.check(out.socket as tls.TLSSocket);
-        } catch (e) {
-          out.socket.destroy();
-          throw e;
-        }
-        return out;
-      },
-      waitForReady: () => inner.waitForReady(),
-      getCallCredentials: () => inner.getCallCredentials(),
-      destroy: () => inner.destroy(),
-    };
-  }
-}
-
-function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
-  // The same bundle for every connection a node makes (and every node a simulator runs): read once.
-  const known = trustedRoots.get(rootPem);
-  if (known) return known;
-  const blocks = rootPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) throw new TypeError("clientCredentials: rootPem contains no PEM certificate");
-  const roots = blocks.map((b) => new NodeX509Certificate(b));
-  if (trustedRoots.size >= 8) trustedRoots.delete(trustedRoots.keys().next().value!);
-  trustedRoots.set(rootPem, roots);
-  return roots;
-}
-const trustedRoots = new Map<string, NodeX509Certificate[]>();
-
-/**
- * The certificates the server presented, leaf first, following the issuer links Node gives
- * (getPeerCertificate(true)): during a root rotation a manager's leaf comes with the cross-signed
- * intermediate that leads to the old root.
- */
-function presentedChain(cert: tls.PeerCertificate): NodeX509Certificate[] {
-  const out: NodeX509Certificate[] = [];
-  const seen = new Set<string>();
-  let c: tls.PeerCertificate | undefined = cert;
-  while (c !== undefined && Buffer.isBuffer(c.raw) && out.length < 4 && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256);
-    out.push(new NodeX509Certificate(c.raw));
-    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
-  }
-  return out;
-}
-
-/**
- * Chains already found to be a manager's, per trusted roots: by the fingerprints of the presented
- * certificates, until the first of them (or of the roots) expires. A node connects to the same few managers
- * again and again (the scale bench's simulators, thousands of times): each chain is parsed and its
- * signatures checked once. Only good verdicts are kept; a bad chain is checked again (and refused) each time.
- */
-const goodChains = new WeakMap<NodeX509Certificate[], Map<string, number>>();
-const MAX_GOOD_CHAINS = 64;
-
-/** The fingerprints of the presented chain (as presentedChain follows it), without parsing anything. */
-function chainKey(cert: tls.PeerCertificate): string {
-  const out: string[] = [];
-  let c: tls.PeerCertificate | undefined = cert;
-  while (c !== undefined && typeof c.fingerprint256 === "string" && out.length < 4 && !out.includes(c.fingerprint256)) {
-    out.push(c.fingerprint256);
-    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
-  }
-  return out.join("/");
-}
-
-/** Node has verified the chain against the roots when this runs; we re-check the issuer and the role. */
-function checkManagerCertificate(roots: NodeX509Certificate[], cert: tls.PeerCertificate): Error | undefined {
-  if (!Buffer.isBuffer(cert.raw)) return new Error("the swarm manager presented no certificate");
-  const key = chainKey(cert);
-  let known = goodChains.get(roots);
-  const until = known?.get(key);
-  if (until !== undefined && Date.now() <= until) return undefined;
-  let chain: NodeX509Certificate[];
-  try {
-    chain = presentedChain(cert);
-  } catch {
-    return new Error("the swarm manager presented an unreadable certificate");
-  }
-  const err = checkManagerChain(roots, chain, cert.raw);
-  if (err === undefined) {
-    if (!known) goodChains.set(roots, (known = new Map()));
-    if (known.size >= MAX_GOOD_CHAINS) known.delete(known.keys().next().value!);
-    known.set(key, Math.min(...[...chain, ...roots].map((c) => Date.parse(c.validTo))));
-  }
-  return err;
-}
-
-function checkManagerChain(roots: NodeX509Certificate[], chain: NodeX509Certificate[], raw: Buffer): Error | undefined {
-  if (!chainLeadsTo(chain, roots)) {
-    return new Error("the server's certificate was not issued by this swarm's root CA");
-  }
-  // The role from the cached, cheap read (every connection to a manager asks); the full parse only to say
-  // why a certificate is not a node certificate.
-  const role: NodeRole | undefined = identityOfDer(raw)?.role;
-  if (role === undefined) {
-    try {
-      parseNodeCert(raw);
-    } catch (err) {
-      return new Error(`the server's certificate is not a swarm node certificate: ${(err as Error).message}`);
-    }
-    return new Error("the server's certificate is not a swarm node certificate");
-  }
-  if (role !== "manager") return new Error("the server is not a swarm manager (its certificate has OU=swarm-worker)");
-  return undefined;
 }

@@ -12,7 +12,7 @@ import { generateNodeKeyAndCSR, signNodeCSR } from "../ca/certs.js";
 import { clusterTLSInfo } from "../ca/chain.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
-import { joinCredentials } from "../ca/tls.js";
+import { joinCredentials } from "../ca/tls-client.js";
 import { generateJoinToken, type ParsedJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
 import type { SwarmInit, SwarmJoin } from "../engine/types.js";

@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import { CHANNEL_OPTIONS } from "../agent/agent.js";
 import type { NodeRole } from "../api/objects.js";
 import { generateNodeKeyAndCSR, parseNodeCert, renewalTime } from "../ca/certs.js";
-import { clientCredentials } from "../ca/tls.js";
+import { nodeCredentials } from "../ca/tls-client.js";
 import { CAClient } from "../gen/cluster.js";
 import { unary } from "../manager/grpc-util.js";
 import type { Certificates, DataRoot } from "./state.js";
@@ -38,7 +38,7 @@ export class NodeIdentity {
   credentials(): ChannelCredentials {
     const c = this.certs;
     if (!c) throw new Error("this node has no certificate: it is not in a swarm");
-    return clientCredentials(c.rootPem, c.certPem, c.keyPem);
+    return nodeCredentials(c);
   }
 
   /** Use (and save) new certificates, and schedule their renewal. */

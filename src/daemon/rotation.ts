@@ -18,7 +18,7 @@ import { NodeRoleSchema, Pem } from "../api/objects.js";
 import { parse } from "../api/schema.js";
 import { csrForKey } from "../ca/certs.js";
 import { chainIssuer, chainsToRoot } from "../ca/chain.js";
-import { clientCredentials } from "../ca/tls.js";
+import { clientCredentials } from "../ca/tls-client.js";
 import { CAClient, type SessionMessage } from "../gen/cluster.js";
 import { unary } from "../manager/grpc-util.js";
 import type { Certificates } from "./state.js";

@@ -2,7 +2,7 @@
 // marks a node Ready when its session starts and Down after three missed heartbeat periods; it pushes the
 // node's own object (its desired role among it), the list of managers and the networks the node holds
 // down the session stream. Managers that are not the leader answer UNAVAILABLE naming the leader, and the
-// agent goes there.
+// agent goes there (while they know of no leader the agent can use, they hold the request: session-hold.ts).
 //
 // Cost per event is proportional to the sessions it concerns, not to the cluster's size:
 // - heartbeats stay in memory (a time per session, checked by one sweep), never in Raft; they come on one
@@ -39,6 +39,7 @@ import {
   type SessionPieces,
   samePieces,
 } from "./push-parts.js";
+import { SessionHold } from "./session-hold.js";
 import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES, requestSchemas } from "./wire.js";
 
 interface Session {
@@ -85,6 +86,8 @@ export interface DispatcherCluster extends AttachmentCluster {
   readonly log: Logger;
   /** host:port of the leader, for the agents this manager sends there. */
   leaderAddr(): string | undefined;
+  /** Whether the leader this manager knows has not been heard from lately (it may be gone). */
+  leaderSilent(): boolean;
 }
 
 interface StatusUpdate {
@@ -126,12 +129,32 @@ export class Dispatcher {
   private readonly parts: PushParts;
   /** Sessions of a leadership given up, still being closed (a batch per event-loop turn). */
   private closing: Promise<void> = Promise.resolve();
+  /** Session requests held while this manager has no useful leader to name (session-hold.ts). */
+  private readonly held: SessionHold;
 
   constructor(
     private readonly m: DispatcherCluster,
     private readonly closeBatch = CLOSE_BATCH,
+    holdMs?: number,
   ) {
     this.parts = new PushParts(m.store);
+    this.held = new SessionHold({
+      leaderAddr: () => m.leaderAddr(),
+      leaderSilent: () => m.leaderSilent(),
+      leading: () => this.active,
+      answer: (call) => this.answer(call),
+      ...(holdMs !== undefined ? { holdMs } : {}),
+    });
+  }
+
+  /** The swarm's leader changed (this manager's Raft says): held session requests get their answer. */
+  leaderChanged(): void {
+    this.held.leaderChanged();
+  }
+
+  /** Session requests held now (tests, metrics). */
+  heldRequests(): number {
+    return this.held.size;
   }
 
   /** Pieces of session messages encoded so far (each one serialisation, shared by the sessions it goes to). */
@@ -472,11 +495,8 @@ export class Dispatcher {
     return {
       ...attachmentHandlers(this.m),
       session: (call: SessionCall) => {
-        try {
-          this.session(call);
-        } catch (e) {
-          failStream(call, e instanceof Error ? e : new Error(String(e)));
-        }
+        if (!this.active && this.held.hold(call)) return;
+        this.answer(call);
       },
       heartbeat: (call: ServerUnaryCall<HeartbeatRequest, HeartbeatResponse>, cb: sendUnaryData<HeartbeatResponse>) => {
         if (!this.active) return cb(notLeader(this.m.leaderAddr()));
@@ -522,6 +542,14 @@ export class Dispatcher {
     call.on("error", () => {
       ended = true;
     });
+  }
+
+  private answer(call: SessionCall): void {
+    try {
+      this.session(call);
+    } catch (e) {
+      failStream(call, e instanceof Error ? e : new Error(String(e)));
+    }
   }
 
   private session(call: SessionCall): void {

@@ -21,6 +21,8 @@ export class GrpcError extends Error {
 }
 
 export const LEADER_ADDR_KEY = "leader-addr";
+/** Session request metadata: the manager whose session the agent has just lost (session-hold.ts). */
+export const LOST_MANAGER_KEY = "lost-manager";
 
 /** UNAVAILABLE, naming the leader (if known) so the caller can go there. */
 export function notLeader(leaderAddr: string | undefined): GrpcError {

@@ -6,7 +6,8 @@
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { NodeRole } from "../api/objects.js";
-import { clientCredentials, type TLSMaterial } from "../ca/tls.js";
+import type { TLSMaterial } from "../ca/tls.js";
+import { nodeCredentials } from "../ca/tls-client.js";
 import { observe } from "../metrics/metrics.js";
 import type { LevelStorage } from "../raft/level-storage.js";
 import { NodeStoppedError, RaftNode } from "../raft/node.js";
@@ -198,7 +199,7 @@ export class Manager {
     this.transport = new GrpcTransport({
       selfId: this.raftId,
       resolve: (id) => this.store.member(id)?.addr ?? this.peers.get(id)?.addr,
-      credentials: () => clientCredentials(this.certs.rootPem, this.certs.certPem, this.certs.keyPem),
+      credentials: () => nodeCredentials(this.certs),
       onUnreachable: (id) => this.raft?.reportUnreachable(id),
       onToldRemoved: (by) => this.raft?.toldRemoved(by),
       logger: this.root.child({ component: "transport" }),
@@ -295,6 +296,16 @@ export class Manager {
     return this.raft.isLeader;
   }
 
+  /**
+   * Whether the leader this manager follows has not been heard from for LEADER_SILENT_MS (it sends heartbeats
+   * every tick: ten of them missed). False while there is no leader, or this manager leads.
+   */
+  leaderSilent(): boolean {
+    const lead = this.raft.leader;
+    if (lead === 0 || lead === this.raftId) return false;
+    return !this.transport.reachable(lead, LEADER_SILENT_MS);
+  }
+
   /** host:port of the current leader, if known. */
   leaderAddr(): string | undefined {
     const lead = this.raft.leader;
@@ -335,6 +346,7 @@ export class Manager {
       this.keyManager.stop();
       this.rootRotation.stop();
     }
+    this.dispatcher.leaderChanged();
   }
 
   private onConfChange(cc: ConfChange, index: number): void {
@@ -521,6 +533,8 @@ function checkBeforeProposing(cmd: Command, data: Uint8Array): DecodedEntry {
  * setting the docker CLI sends back on every update).
  */
 export const ELECTION_TICKS = 30;
+/** A leader not heard from for this long may be gone (session-hold.ts). */
+export const LEADER_SILENT_MS = 1000;
 
 /** HTTP/2 keepalive of the Raft streams to the other managers (interval and answer timeout). */
 export const RAFT_KEEPALIVE_MS = 10_000;

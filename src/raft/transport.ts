@@ -32,6 +32,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { channelTarget } from "../ca/tls.js";
 import type * as pb from "../gen/raft.js";
 import type { Transport } from "./node-options.js";
 import { type Item, OutQueue } from "./transport-queue.js";
@@ -355,7 +356,7 @@ export class GrpcTransport implements Transport {
     if (!address) throw new Error(`no address is known for raft member ${hex(p.id)}`);
     p.client?.close();
     p.client = undefined;
-    const client = new grpc.Client(address, this.opts.credentials(), this.channelOptions);
+    const client = new grpc.Client(channelTarget(address), this.opts.credentials(), this.channelOptions);
     p.client = client;
     p.address = address;
     return client;

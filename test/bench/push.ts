@@ -128,6 +128,7 @@ async function main(): Promise<void> {
     store,
     log: pino({ level: "silent" }),
     leaderAddr: () => "127.0.0.1:2377",
+    leaderSilent: () => false,
     write: async (c) => {
       apply(c);
       return index;

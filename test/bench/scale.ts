@@ -28,6 +28,10 @@
 //   failover       SIGKILL the leader: sessions back on the new leader (time, or count at the timeout),
 //                  nodes ever seen Down in GET /nodes meanwhile (all are alive: every one is false), and
 //                  elections beyond the first (survivors' logs)
+//   failover timeline  per node, from its agent's steps (Agent onEvent): when it noticed, each attempt's
+//                  target (dead, follower, leader) and outcome, the spread and backoff it waited, when it was
+//                  back; histograms of time-to-back and attempts, TLS handshakes the simulators made per node,
+//                  and the CPU each process spent from the SIGKILL until all were back
 // Managers expose --metrics-addr when the daemon supports it; the bench then reads their /metrics.
 // Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
 
@@ -51,7 +55,7 @@ import {
   sleep,
   waitUntil as waitFor,
 } from "./shoald.js";
-import type { JoinStages, ToWorker, WorkerStats } from "./sim-worker.js";
+import type { JoinStages, Timeline, ToWorker, WorkerStats, WorkerTimelines } from "./sim-worker.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SIM_WORKER = join(HERE, "sim-worker.js");
@@ -172,7 +176,7 @@ async function daemonSupportsMetrics(): Promise<boolean> {
 
 class Workers {
   private readonly procs: ChildProcess[] = [];
-  private waiting: ((s: WorkerStats) => void)[][] = [];
+  private waiting: ((m: unknown) => void)[][] = [];
 
   /** `profileDir`: each simulator writes a V8 CPU profile there when it stops. */
   constructor(count: number, profileDir?: string) {
@@ -182,7 +186,7 @@ class Workers {
       children.add(p);
       p.once("exit", () => children.delete(p));
       this.waiting.push([]);
-      p.on("message", (m: unknown) => this.waiting[i]!.shift()?.(m as WorkerStats));
+      p.on("message", (m: unknown) => this.waiting[i]!.shift()?.(m));
       this.procs.push(p);
     }
   }
@@ -200,16 +204,24 @@ class Workers {
     for (let i = 0; i < this.procs.length; i++) this.send(i, m);
   }
 
-  async stats(since = 0): Promise<WorkerStats[]> {
+  private ask<T>(m: ToWorker): Promise<T[]> {
     return Promise.all(
       this.procs.map(
         (p, i) =>
-          new Promise<WorkerStats>((resolve) => {
-            this.waiting[i]!.push(resolve);
-            p.send({ t: "stats", since } satisfies ToWorker);
+          new Promise<T>((resolve) => {
+            this.waiting[i]!.push((x) => resolve(x as T));
+            p.send(m);
           }),
       ),
     );
+  }
+
+  stats(since = 0): Promise<WorkerStats[]> {
+    return this.ask<WorkerStats>({ t: "stats", since });
+  }
+
+  timelines(): Promise<WorkerTimelines[]> {
+    return this.ask<WorkerTimelines>({ t: "timeline" });
   }
 
   async stop(): Promise<void> {
@@ -261,6 +273,9 @@ export interface Row {
     backAtTimeout: number;
     falselyDown: number;
     extraElections: number;
+    /** CPU seconds of each surviving manager and of the simulators from the SIGKILL until all were back. */
+    cpuToBack?: Record<string, number>;
+    timeline?: FailoverTimeline;
   };
   metrics?: Record<string, number | undefined>;
   profile?: string[];
@@ -541,6 +556,10 @@ async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Worker
   const n = row.joined;
   const survivors = ds.filter((d) => d !== leader);
   const down = new Set<string>();
+  w.broadcast({ t: "mark" });
+  await sleep(200);
+  const cpu0 = { survivors: survivors.map((d) => d.cpuSeconds()), sims: w.cpuSeconds() };
+  let cpuToBack: Record<string, number> | undefined;
   const t0 = Date.now();
   await leader.kill();
   let back: number | undefined;
@@ -550,7 +569,11 @@ async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Worker
   while (Date.now() - t0 < o.recoverTimeoutS * 1000) {
     await sleep(500);
     backCount = sum((await w.stats(t0)).map((s) => s.sessionsSince));
-    if (back === undefined && backCount >= n) back = (Date.now() - t0) / 1000;
+    if (back === undefined && backCount >= n) {
+      back = (Date.now() - t0) / 1000;
+      cpuToBack = Object.fromEntries(survivors.map((d, i) => [d.name, d.cpuSeconds() - cpu0.survivors[i]!]));
+      cpuToBack.simulators = w.cpuSeconds() - cpu0.sims;
+    }
     if (Date.now() - lastPoll > 2000) {
       lastPoll = Date.now();
       for (const d of survivors) {
@@ -566,13 +589,136 @@ async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Worker
     if (back !== undefined && Date.now() > graceEndMs) break;
   }
   const elections = sum(survivors.map((d) => d.electionsSince(t0)));
+  let timeline: FailoverTimeline | undefined;
+  try {
+    const newLeader = await leaderOf(survivors);
+    timeline = failoverTimeline(await w.timelines(), t0, leader.addr, newLeader.addr);
+  } catch (e) {
+    console.error(`  no failover timeline: ${e instanceof Error ? e.message : String(e)}`);
+  }
   row.failover = {
     backSeconds: back,
     backAtTimeout: backCount,
     falselyDown: down.size,
     extraElections: Math.max(0, elections - 1),
+    ...(cpuToBack ? { cpuToBack } : {}),
+    ...(timeline ? { timeline } : {}),
   };
 }
+
+/** Where each node's time to get back went, from its agent's steps (test/bench/sim-worker.ts). */
+export interface FailoverTimeline {
+  nodes: number;
+  /** Seconds after the SIGKILL: when nodes noticed, when the first session on the new leader was up. */
+  noticedS: { p50: number; p99: number; max: number };
+  firstBackS: number;
+  backS: { p50: number; p90: number; p99: number; max: number };
+  /** Nodes back per 5 s after the SIGKILL ("0-5": ..., "never"). */
+  backHistogram: Record<string, number>;
+  /** Session attempts per node until it was back (1, 2, ..., "6+"). */
+  attemptsHistogram: Record<string, number>;
+  /** Attempts by target (dead, follower, leader) and outcome (up, redirect, no-leader, refused, code N). */
+  attempts: Record<string, number>;
+  /** Per node, seconds waited on purpose (the spread after the break, backoff after failures). */
+  spreadS: { p50: number; max: number };
+  backoffS: { p50: number; p99: number; max: number };
+  /** Per node, seconds from noticing to back that were not waiting: connecting, handshakes, answers. */
+  workingS: { p50: number; p99: number; max: number };
+  /** TLS handshakes the simulators began and completed, by target (dead, follower, leader), per node. */
+  handshakesPerNode: { begun: number; done: number; byTarget: Record<string, number> };
+}
+
+function failoverTimeline(
+  reports: WorkerTimelines[],
+  t0: number,
+  deadAddr: string,
+  leaderAddr: string,
+): FailoverTimeline {
+  const s = (ms: number) => Math.round(ms / 100) / 10;
+  const target = (addr: string) => (addr === deadAddr ? "dead" : addr === leaderAddr ? "leader" : "follower");
+  const timelines: Timeline[] = reports.flatMap((r) => r.timelines);
+  const noticed: number[] = [];
+  const back: number[] = [];
+  const spread: number[] = [];
+  const backoff: number[] = [];
+  const working: number[] = [];
+  const backHistogram: Record<string, number> = {};
+  const attemptsHistogram: Record<string, number> = {};
+  const attempts: Record<string, number> = {};
+  const bump = (m: Record<string, number>, k: string, by = 1) => {
+    m[k] = (m[k] ?? 0) + by;
+  };
+  for (const t of timelines) {
+    const lost = t.events.find((e) => e.kind === "failed" && e.established) ?? t.events[0];
+    const up = t.events.find((e) => e.kind === "up");
+    if (lost) noticed.push(lost.at - t0);
+    let tries = 0;
+    let waitedSpread = 0;
+    let waitedBackoff = 0;
+    for (const e of t.events) {
+      if (up && e.at > up.at) break;
+      if (e.kind === "attempt") tries++;
+      else if (e.kind === "wait" && e.why === "spread") waitedSpread += e.ms;
+      else if (e.kind === "wait") waitedBackoff += e.ms;
+      else if (e.kind === "up") bump(attempts, `${target(e.addr)} up`);
+      else if (e.kind === "failed" && !e.established) {
+        const outcome = e.hint
+          ? "redirect"
+          : e.code === 14 && target(e.addr) === "dead"
+            ? "refused"
+            : e.code === 14
+              ? "no-leader"
+              : `code ${e.code}`;
+        bump(attempts, `${target(e.addr)} ${outcome}`);
+      }
+    }
+    spread.push(waitedSpread);
+    backoff.push(waitedBackoff);
+    bump(attemptsHistogram, tries >= 6 ? "6+" : String(tries));
+    if (!up) {
+      bump(backHistogram, "never");
+      continue;
+    }
+    back.push(up.at - t0);
+    const bucket = Math.floor((up.at - t0) / 5000) * 5;
+    bump(backHistogram, `${bucket}-${bucket + 5}`);
+    if (lost) working.push(up.at - lost.at - waitedSpread - waitedBackoff);
+  }
+  const p = (xs: number[], q: number) => s(percentile(xs, q));
+  const byTarget: Record<string, number> = {};
+  let begun = 0;
+  let done = 0;
+  for (const r of reports) {
+    for (const n of Object.values(r.handshakesBegun)) begun += n;
+    for (const [addr, n] of Object.entries(r.handshakesDone)) {
+      done += n;
+      bump(byTarget, target(addr), n);
+    }
+  }
+  const n = Math.max(1, timelines.length);
+  const sortedHistogram = Object.fromEntries(
+    Object.entries(backHistogram).sort((a, b) => bucketStart(a[0]) - bucketStart(b[0])),
+  );
+  return {
+    nodes: timelines.length,
+    noticedS: { p50: p(noticed, 50), p99: p(noticed, 99), max: s(Math.max(...noticed)) },
+    firstBackS: s(Math.min(...back)),
+    backS: { p50: p(back, 50), p90: p(back, 90), p99: p(back, 99), max: s(Math.max(...back)) },
+    backHistogram: sortedHistogram,
+    attemptsHistogram,
+    attempts,
+    spreadS: { p50: p(spread, 50), max: s(Math.max(...spread)) },
+    backoffS: { p50: p(backoff, 50), p99: p(backoff, 99), max: s(Math.max(...backoff)) },
+    workingS: { p50: p(working, 50), p99: p(working, 99), max: s(Math.max(...working)) },
+    handshakesPerNode: {
+      begun: Math.round((begun / n) * 100) / 100,
+      done: Math.round((done / n) * 100) / 100,
+      byTarget: Object.fromEntries(Object.entries(byTarget).map(([k, v]) => [k, Math.round((v / n) * 100) / 100])),
+    },
+  };
+}
+
+const bucketStart = (k: string) => (k === "never" ? Number.POSITIVE_INFINITY : Number.parseInt(k, 10));
 
 async function readMetrics(leader: Shoald, row: Row): Promise<void> {
   const text = await leader.metrics();
@@ -736,6 +882,26 @@ function printTable(rows: Row[]): void {
     if (r.joinStages) {
       const st = Object.entries(r.joinStages).map(([k, v]) => `${k} ${f(v.p50)}/${f(v.p99)} ms`);
       console.log(`  a join's stages (p50/p99): ${st.join(", ")}`);
+    }
+  }
+  for (const r of rows) {
+    const tl = r.failover?.timeline;
+    if (!tl) continue;
+    console.log(`failover timeline, N=${r.nodes} (seconds after the SIGKILL):`);
+    console.log(
+      `  noticed p50/p99/max ${tl.noticedS.p50}/${tl.noticedS.p99}/${tl.noticedS.max}; first back ${tl.firstBackS}; back p50/p90/p99/max ${tl.backS.p50}/${tl.backS.p90}/${tl.backS.p99}/${tl.backS.max}`,
+    );
+    console.log(`  back per 5 s: ${JSON.stringify(tl.backHistogram)}`);
+    console.log(`  attempts per node: ${JSON.stringify(tl.attemptsHistogram)}`);
+    console.log(`  attempts (target outcome): ${JSON.stringify(tl.attempts)}`);
+    console.log(
+      `  per node: spread p50/max ${tl.spreadS.p50}/${tl.spreadS.max}; backoff p50/p99/max ${tl.backoffS.p50}/${tl.backoffS.p99}/${tl.backoffS.max}; working p50/p99/max ${tl.workingS.p50}/${tl.workingS.p99}/${tl.workingS.max}`,
+    );
+    console.log(`  TLS handshakes per node: ${JSON.stringify(tl.handshakesPerNode)}`);
+    const cpu = r.failover?.cpuToBack;
+    if (cpu) {
+      const parts = Object.entries(cpu).map(([k, v]) => `${k} ${v.toFixed(1)} s`);
+      console.log(`  CPU from the SIGKILL until all were back: ${parts.join(", ")}`);
     }
   }
   for (const r of rows) {

@@ -9,10 +9,11 @@
 // The parent drives it over the IPC channel (messages below) and reads its figures: joins, sessions
 // (and when each was last established), heartbeat round trips, and when each session saw a change.
 
+import { createRequire, syncBuiltinESMExports } from "node:module";
 import pino from "pino";
-import { Agent } from "../../src/agent/agent.js";
+import { Agent, type AgentEvent } from "../../src/agent/agent.js";
 import type { DecodedSession } from "../../src/agent/messages.js";
-import { clientCredentials } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls-client.js";
 import { parseJoinToken } from "../../src/ca/token.js";
 import { type JoinStage, requestCertificate } from "../../src/daemon/bootstrap.js";
 import { nodeDescription } from "../../src/daemon/info.js";
@@ -23,7 +24,23 @@ export type ToWorker =
   | { t: "expect"; periodMs: number }
   /** Report; `since` (wall ms): count sessions established after it. Heartbeat samples are reset. */
   | { t: "stats"; since: number }
+  /** From now on, record every agent's steps (and count TLS handshakes); reported by "timeline". */
+  | { t: "mark" }
+  | { t: "timeline" }
   | { t: "stop" };
+
+/** One simulated worker's steps since the mark (wall ms), as its agent reported them. */
+export interface Timeline {
+  events: (AgentEvent & { at: number })[];
+}
+
+export interface WorkerTimelines {
+  t: "timeline";
+  timelines: Timeline[];
+  /** TLS connections this process began and completed since the mark, by target address. */
+  handshakesBegun: Record<string, number>;
+  handshakesDone: Record<string, number>;
+}
 
 export interface WorkerStats {
   t: "stats";
@@ -52,6 +69,7 @@ export interface JoinStages {
 
 interface Sim {
   agent: Agent;
+  timeline: Timeline | undefined;
   sessionId: string;
   sessionAtMs: number;
   sawAtMs: number;
@@ -90,6 +108,7 @@ async function joinOne(managers: string[], token: string, hostname: string): Pro
   const creds = clientCredentials(rootPem, certPem, keyPem);
   const sim: Sim = {
     agent: undefined as unknown as Agent,
+    timeline: undefined,
     sessionId: "",
     sessionAtMs: 0,
     sawAtMs: 0,
@@ -105,6 +124,7 @@ async function joinOne(managers: string[], token: string, hostname: string): Pro
     addr: "",
     logger: log,
     onMessage: (m: DecodedSession) => onMessage(sim, m),
+    onEvent: (e) => sim.timeline?.events.push({ ...e, at: Date.now() }),
     onHeartbeat: (ms, ok) => {
       if (ok) heartbeatsMs.push(ms);
       else heartbeatFailures++;
@@ -167,6 +187,35 @@ function stats(since: number): WorkerStats {
   return out;
 }
 
+// Every TLS connection this process makes goes through tls.connect (grpc-js calls it through the module
+// object, so the counter below sees them); counted only after the mark.
+let counting = false;
+let handshakesBegun: Record<string, number> = {};
+let handshakesDone: Record<string, number> = {};
+const tlsModule = createRequire(import.meta.url)("node:tls") as typeof import("node:tls");
+const realConnect = tlsModule.connect;
+tlsModule.connect = ((...args: Parameters<typeof realConnect>) => {
+  const socket = realConnect(...args);
+  if (counting) {
+    const o = args[0] as { host?: string; socket?: { remoteAddress?: string; remotePort?: number } };
+    const target = o.socket?.remoteAddress ? `${o.socket.remoteAddress}:${o.socket.remotePort}` : (o.host ?? "?");
+    handshakesBegun[target] = (handshakesBegun[target] ?? 0) + 1;
+    socket.once("secureConnect", () => {
+      handshakesDone[target] = (handshakesDone[target] ?? 0) + 1;
+    });
+  }
+  return socket;
+}) as typeof realConnect;
+// The ESM view of node:tls (src/ca/tls.ts imports it so) follows the patch only once synced.
+syncBuiltinESMExports();
+
+function mark(): void {
+  counting = true;
+  handshakesBegun = {};
+  handshakesDone = {};
+  for (const s of sims) s.timeline = { events: [] };
+}
+
 process.on("message", (raw: unknown) => {
   const m = raw as ToWorker;
   if (m.t === "join") void joinAll(m);
@@ -174,7 +223,16 @@ process.on("message", (raw: unknown) => {
     expectPeriodMs = m.periodMs;
     for (const s of sims) s.sawAtMs = 0;
   } else if (m.t === "stats") process.send?.(stats(m.since));
-  else if (m.t === "stop") {
+  else if (m.t === "mark") mark();
+  else if (m.t === "timeline") {
+    const out: WorkerTimelines = {
+      t: "timeline",
+      timelines: sims.map((s) => s.timeline ?? { events: [] }),
+      handshakesBegun,
+      handshakesDone,
+    };
+    process.send?.(out);
+  } else if (m.t === "stop") {
     void Promise.all(sims.map((s) => s.agent.stop())).finally(() => process.exit(0));
   }
 });

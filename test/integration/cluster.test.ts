@@ -18,7 +18,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, type TestContext
 import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
 import { newClusterId, newNodeId } from "../../src/ca/ids.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
-import { CLIENT_CHANNEL_OPTIONS, clientCredentials, listenTLS, type TLSListener } from "../../src/ca/tls.js";
+import { CLIENT_CHANNEL_OPTIONS, listenTLS, type TLSListener } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls-client.js";
 import { generateJoinToken } from "../../src/ca/token.js";
 import { DataRoot, type LocalState } from "../../src/daemon/state.js";
 import {

@@ -21,7 +21,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, type TestContext } from "vitest";
-import { CLIENT_CHANNEL_OPTIONS, clientCredentials } from "../../src/ca/tls.js";
+import { CLIENT_CHANNEL_OPTIONS } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls-client.js";
 import { type AttachRequest, type AttachResponse, DispatcherClient } from "../../src/gen/cluster.js";
 import { buildOnce, type Formed, Lab, sleep } from "./harness.js";
 

@@ -14,7 +14,8 @@ import {
   splitPemCerts,
 } from "../../src/ca/chain.js";
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
-import { CLIENT_CHANNEL_OPTIONS, clientCredentials, listenTLS, peerRole, type TLSListener } from "../../src/ca/tls.js";
+import { CLIENT_CHANNEL_OPTIONS, listenTLS, peerRole, type TLSListener } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls-client.js";
 import { x509 } from "../../src/ca/x509.js";
 
 const CLUSTER = "clusterid0000000000000001";

@@ -6,15 +6,19 @@ import { generateNodeKeyAndCSR, type NodeRole, signNodeCSR } from "../../src/ca/
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
 import {
   CLIENT_CHANNEL_OPTIONS,
-  clientCredentials,
-  insecureClientCredentials,
-  joinCredentials,
+  channelTarget,
   listenTLS,
   peerRole,
   reloadableServerCredentials,
   serverCredentials,
   type TLSListener,
 } from "../../src/ca/tls.js";
+import {
+  clientCredentials,
+  insecureClientCredentials,
+  joinCredentials,
+  nodeCredentials,
+} from "../../src/ca/tls-client.js";
 
 const CLUSTER = "clusterid0000000000000001";
 
@@ -54,7 +58,8 @@ const WhoClient = grpc.makeGenericClientConstructor(WhoAmIService, "Who");
 
 /** Calls WhoAmI; resolves with the parsed answer (a PeerIdentity or null) or rejects with the gRPC error. */
 function whoAmI(port: number, creds: grpc.ChannelCredentials): Promise<unknown> {
-  const client = new WhoClient(`127.0.0.1:${port}`, creds, CLIENT_CHANNEL_OPTIONS);
+  // As the agent and the Raft transport connect: through grpc-js's IP resolver.
+  const client = new WhoClient(channelTarget(`127.0.0.1:${port}`), creds, CLIENT_CHANNEL_OPTIONS);
   return new Promise<unknown>((resolve, reject) => {
     client.makeUnaryRequest<Buffer, Buffer>(
       "/shoal.test.Who/WhoAmI",
@@ -242,4 +247,16 @@ test("TLS material that does not fit together is refused up front", async () => 
       keyPem: workerNode.keyPem,
     }),
   ).rejects.toThrow();
+});
+
+test("channelTarget: an IP address goes to grpc-js's IP resolver, a DNS name to its DNS resolver", () => {
+  expect(channelTarget("127.0.0.1:2377")).toBe("ipv4:127.0.0.1:2377");
+  expect(channelTarget("[::1]:2377")).toBe("ipv6:[::1]:2377");
+  expect(channelTarget("manager-1.example:2377")).toBe("manager-1.example:2377");
+});
+
+test("nodeCredentials: one credentials object for a node's TLS material, a new one once it is renewed", () => {
+  const m = { rootPem: rootM.certPem, certPem: managerNode.certPem, keyPem: managerNode.keyPem };
+  expect(nodeCredentials(m)).toBe(nodeCredentials(m));
+  expect(nodeCredentials({ ...m })).not.toBe(nodeCredentials(m));
 });

@@ -4,7 +4,7 @@
 // real ACL (real node certificates), the real Dispatcher; only the gRPC call objects are stand-ins.
 
 import { EventEmitter } from "node:events";
-import type { ServerWritableStream, UntypedServiceImplementation } from "@grpc/grpc-js";
+import { Metadata, type ServerWritableStream, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import pino from "pino";
 import { afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 import { DEFAULT_SWARM_SPEC, type Node } from "../../src/api/objects.js";
@@ -14,6 +14,8 @@ import { HeartbeatResponse, SessionMessage } from "../../src/gen/cluster.js";
 import { type AclContext, withAcl } from "../../src/manager/acl.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { Dispatcher, GRACE_PER_NODE_MS, HEARTBEAT_MISSES } from "../../src/manager/dispatcher.js";
+import { LOST_MANAGER_KEY } from "../../src/manager/grpc-util.js";
+import { HOLD_MS } from "../../src/manager/session-hold.js";
 import { requestSchemas } from "../../src/manager/wire.js";
 import { initialKeyring, rotateCommand } from "../../src/store/keyring.js";
 import { type Command, encodeCommand, Store } from "../../src/store/store.js";
@@ -29,8 +31,15 @@ interface Fixture {
   service: UntypedServiceImplementation;
 }
 
-/** `gate`: every Raft write waits for it before it is applied (a commit that takes its time). */
-function fixture(gate?: Promise<void>, closeBatch?: number): Fixture {
+/**
+ * `gate`: every Raft write waits for it before it is applied (a commit that takes its time). `leader`: the
+ * leader as this manager knows it, and whether it has been silent lately (changed by the test).
+ */
+function fixture(
+  gate?: Promise<void>,
+  closeBatch?: number,
+  leader: { addr: string | undefined; silent?: boolean } = { addr: "127.0.0.1:2377" },
+): Fixture {
   const store = new Store();
   const writes: Command[] = [];
   let index = 0;
@@ -59,7 +68,8 @@ function fixture(gate?: Promise<void>, closeBatch?: number): Fixture {
     {
       store,
       log: pino({ level: "silent" }),
-      leaderAddr: () => "127.0.0.1:2377",
+      leaderAddr: () => leader.addr,
+      leaderSilent: () => leader.silent ?? true,
       write: async (c) => {
         writes.push(c);
         await gate;
@@ -114,6 +124,7 @@ afterEach(() => {
 /** A stand-in for grpc-js's server stream: what the dispatcher writes, and whether it ended. */
 class FakeStream extends EventEmitter {
   readonly messages: SessionMessage[] = [];
+  readonly metadata = new Metadata();
   error: Error | undefined;
   constructor(
     readonly request: { descriptionJson: string; addr: string },
@@ -149,8 +160,10 @@ function addNode(f: Fixture, i: number, state: "unknown" | "ready" = "unknown"):
   }
 }
 
-function open(f: Fixture, i: number): FakeStream {
+/** `lost`: the manager the node says it lost (the agent's session request metadata). */
+function open(f: Fixture, i: number, lost?: string): FakeStream {
   const s = new FakeStream({ descriptionJson: "", addr: "" }, certs[i]!);
+  if (lost !== undefined) s.metadata.set(LOST_MANAGER_KEY, lost);
   (f.service.session as (c: ServerWritableStream<unknown, unknown>) => void)(
     s as unknown as ServerWritableStream<unknown, unknown>,
   );
@@ -572,5 +585,87 @@ describe("dispatcher", () => {
     const late = await openBeats(f, 0);
     late.emit("data", { sessionId: a.messages[0]!.sessionId });
     expect(late.error?.message).toContain("127.0.0.1:2377");
+  });
+
+  describe("a manager that is not the leader", () => {
+    const OLD = "192.0.2.1:2377";
+    const NEW = "192.0.2.2:2377";
+
+    test("holds the request of a node that lost the manager it takes for leader, then names the new leader", async () => {
+      vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+      const leader = { addr: OLD as string | undefined };
+      const f = fixture(undefined, undefined, leader);
+      for (let i = 0; i < 3; i++) addNode(f, i, "ready");
+      // Its election timeout has not run out yet: it still names the dead leader.
+      const held = [open(f, 0, OLD), open(f, 1, OLD)];
+      const other = open(f, 2);
+      await settle();
+      expect(held.map((s) => s.error)).toEqual([undefined, undefined]);
+      expect(f.dispatcher.heldRequests()).toBe(2);
+      // A node that lost no manager (or another one) is told the leader at once, as before.
+      expect(other.error?.message).toContain(OLD);
+      // Elected: the held requests are answered with the new leader, and none became a session here.
+      leader.addr = undefined;
+      f.dispatcher.leaderChanged();
+      await settle();
+      expect(f.dispatcher.heldRequests()).toBe(2);
+      leader.addr = NEW;
+      f.dispatcher.leaderChanged();
+      await settle();
+      for (const s of held) {
+        expect(s.error?.message).toContain(NEW);
+        expect(s.messages).toEqual([]);
+      }
+      expect(f.dispatcher.heldRequests()).toBe(0);
+      expect(f.writes).toEqual([]);
+    });
+
+    test("sends a node straight back to the manager it lost while that one is still heard from", async () => {
+      vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+      const f = fixture(undefined, undefined, { addr: OLD, silent: false });
+      addNode(f, 0, "ready");
+      // The leader is alive (the node's session broke on its side): nothing to wait for.
+      const s = open(f, 0, OLD);
+      await settle();
+      expect(s.error?.message).toContain(OLD);
+      expect(f.dispatcher.heldRequests()).toBe(0);
+    });
+
+    test("answers a held request once its time is up, and forgets one the node gave up", async () => {
+      vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+      const f = fixture(undefined, undefined, { addr: undefined });
+      addNode(f, 0, "ready");
+      addNode(f, 1, "ready");
+      const s = open(f, 0, OLD);
+      const gaveUp = open(f, 1);
+      await settle(0);
+      expect(f.dispatcher.heldRequests()).toBe(2);
+      gaveUp.emit("cancelled");
+      expect(f.dispatcher.heldRequests()).toBe(1);
+      // Held a random 75-100 % of HOLD_MS.
+      await settle(0.75 * HOLD_MS - 100);
+      expect(s.error).toBeUndefined();
+      await settle(0.25 * HOLD_MS + 200);
+      expect(s.error?.message).toMatch(/does not have a leader/);
+      expect(f.dispatcher.heldRequests()).toBe(0);
+    });
+
+    test("serves the requests it held once it is the leader itself", async () => {
+      vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+      const leader = { addr: OLD as string | undefined };
+      const f = fixture(undefined, undefined, leader);
+      addNode(f, 0, "ready");
+      const s = open(f, 0, OLD);
+      await settle();
+      expect(s.error).toBeUndefined();
+      leader.addr = "127.0.0.1:2377";
+      f.dispatcher.becomeLeader();
+      f.dispatcher.leaderChanged();
+      await settle();
+      expect(s.error).toBeUndefined();
+      expect(s.messages).toHaveLength(1);
+      expect((JSON.parse(s.messages[0]!.nodeJson) as Node).Status.State).toBe("ready");
+      f.dispatcher.loseLeadership();
+    });
   });
 });

@@ -6,7 +6,7 @@
 
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
-import { clientCredentials } from "../../src/ca/tls.js";
+import { clientCredentials } from "../../src/ca/tls-client.js";
 import { RAFT_KEEPALIVE_MS } from "../../src/manager/manager.js";
 import { GrpcTransport } from "../../src/raft/transport.js";
 import { type Message, MessageType, type NodeId, newMessage } from "../../src/raft/types.js";
