@@ -324,6 +324,9 @@ export class TaskClient {
       const { process } = await this.cd.call(this.cd.tasks, this.cd.tasks.get, { containerId: id, execId: "" });
       if (!process) return { state: "absent" };
       if (process.status === Status.STOPPED) return { state: "stopped", code: process.exitStatus };
+      // Created and never started (its daemon died between the two): its process never ran CMD, and no one
+      // will start it; it ended as one that died unseen (255), and its deletion removes it.
+      if (process.status === Status.CREATED) return { state: "stopped", code: 255 };
       return { state: "running", pid: process.pid };
     } catch (err) {
       if (isNotFound(err)) return { state: "absent" };
