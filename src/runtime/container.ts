@@ -9,6 +9,7 @@ import { z } from "zod";
 import { ApiError } from "../api/errors.js";
 import { NetworkRecordSchema } from "../api/objects.js";
 import { Serial } from "../serial.js";
+import type { OpenFifos } from "./containerd/tasks.js";
 import type { LogRecord } from "./jsonlog.js";
 import type { AttachedEndpoint, ContainerConfig, ContainerStatus, EndpointSettingsRequest } from "./types.js";
 
@@ -145,6 +146,15 @@ export interface Running {
   handled: Promise<void>;
 }
 
+/** A container's task made but not started (Launcher.prepare), with the FIFOs of its stdio. */
+export interface Prepared {
+  fifos: OpenFifos;
+  /** The spec it was made with (JSON): a start with another spec makes the task again. */
+  spec: string;
+  /** The host pid of its process (the same once started). */
+  pid: number;
+}
+
 export class Container {
   proc: Running | undefined;
   readonly chain = new Serial();
@@ -160,6 +170,12 @@ export class Container {
   pendingStdinEnd = false;
   /** Its network namespace, being made ahead of its first start (networks.ts prepare): true once made. */
   netnsAhead: Promise<boolean> | undefined;
+  /**
+   * Its task, being made ahead of its first start (lifecycle.ts makeAhead): the task made, or undefined
+   * when it could not be (the start makes it). Deleted when no start takes it in time.
+   */
+  taskAhead: Promise<Prepared | undefined> | undefined;
+  taskAheadTimer: NodeJS.Timeout | undefined;
   constructor(
     public rec: ContainerRecord,
     readonly dir: string,

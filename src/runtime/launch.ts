@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import { delay, streamDone, within } from "./async.js";
-import type { Container, Running } from "./container.js";
+import type { Container, Prepared, Running } from "./container.js";
 import { ContainerdError } from "./containerd/client.js";
 import {
   endInput,
@@ -68,14 +68,60 @@ export class Launcher {
     private readonly makeFifos: MakeFifos = mkfifos,
   ) {}
 
-  /** Starts the container's process in `netnsPath` (null: the host's network); resolves once it runs. */
-  async launch(c: Container, netnsPath: string | null, user: ProcessUser): Promise<Launched> {
+  /**
+   * Starts the container's process in `netnsPath` (null: the host's network); resolves once it runs. A task
+   * made ahead (`prepare`) is started when it was made for the same spec; else it is deleted and the task
+   * made now.
+   */
+  async launch(
+    c: Container,
+    netnsPath: string | null,
+    user: ProcessUser,
+    ahead?: Prepared,
+    /** Called with the task's pid when it is made, as containerd starts it. */
+    starting?: (pid: number) => void,
+  ): Promise<Launched> {
+    const spec = this.specOf(c, netnsPath, user);
+    let p = ahead;
+    if (p && p.spec !== JSON.stringify(spec)) {
+      this.log.debug({ id: c.id }, "the task made ahead has another spec: making it again");
+      await this.discard(c, p);
+      p = undefined;
+    }
+    p ??= await this.create(c, spec);
+    starting?.(p.pid);
+    let pid: number;
+    try {
+      pid = await this.tasks.startCreated(c.id);
+    } catch (err) {
+      p.fifos.close();
+      throw launchErrorOf(err);
+    }
+    return this.follow(c, p.fifos, pid);
+  }
+
+  /**
+   * The container's task made (containerd's container, the shim, runc's init process with its namespaces,
+   * mounts and cgroup) but not started, for `launch` to start: what a start waits for most, done ahead of it.
+   */
+  async prepare(c: Container, netnsPath: string | null, user: ProcessUser): Promise<Prepared> {
+    const p = await this.create(c, this.specOf(c, netnsPath, user));
+    // Nothing reads the output before the start (there is none): an error of a FIFO meanwhile is logged.
+    for (const s of [p.fifos.stdout, p.fifos.stderr, p.fifos.stdin]) {
+      s?.on("error", (err) => this.log.debug({ err, id: c.id }, "a FIFO of a task made ahead failed"));
+    }
+    return p;
+  }
+
+  /** Deletes a task made ahead that will not be started (its FIFOs closed, its containerd container gone). */
+  async discard(c: Container, p: Prepared): Promise<void> {
+    p.fifos.close();
+    await this.tasks.cleanup(c.id);
+  }
+
+  private specOf(c: Container, netnsPath: string | null, user: ProcessUser): object {
     const rec = c.rec;
-    const tty = rec.config.Tty;
-    const paths = fifoPaths(c.dir, "init", { stdin: rec.config.OpenStdin, tty });
-    const fifos = await openFifos(paths, true, this.makeFifos);
-    const hostImage = rec.image.rootfs === "host";
-    const spec = containerSpec({
+    return containerSpec({
       id: rec.id,
       dir: c.dir,
       hostname: rec.config.Hostname,
@@ -83,24 +129,34 @@ export class Launcher {
       env: rec.config.Env,
       cwd: rec.config.WorkingDir || "/",
       user,
-      terminal: tty,
+      terminal: rec.config.Tty,
       netnsPath,
       binds: rec.hostConfig.binds,
       memoryBytes: rec.hostConfig.memoryBytes,
       nanoCpus: rec.hostConfig.nanoCpus,
-      readonlyRootfs: hostImage,
+      readonlyRootfs: rec.image.rootfs === "host",
     });
+  }
+
+  /** The container's FIFOs opened and its task created (not started). */
+  private async create(c: Container, spec: object): Promise<Prepared> {
+    const rec = c.rec;
+    const tty = rec.config.Tty;
+    const paths = fifoPaths(c.dir, "init", { stdin: rec.config.OpenStdin, tty });
+    const fifos = await openFifos(paths, true, this.makeFifos);
+    const hostImage = rec.image.rootfs === "host";
     let pid: number;
     try {
-      pid = await this.tasks.start(rec.id, spec, hostImage ? HOST_ROOTFS : "snapshot", paths, tty, {
+      pid = await this.tasks.create(rec.id, spec, hostImage ? HOST_ROOTFS : "snapshot", paths, tty, {
         "io.shoal.container.name": rec.name,
       });
     } catch (err) {
       fifos.close();
       throw launchErrorOf(err);
     }
+    // The shim holds its ends now: readers see EOF when it closes them, and stdin can be opened.
     fifos.release();
-    return this.follow(c, fifos, pid);
+    return { fifos, spec: JSON.stringify(spec), pid };
   }
 
   /** A task a previous shoald started that still runs: its output and its exit, followed again. */

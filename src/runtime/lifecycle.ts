@@ -8,10 +8,10 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { delay, within } from "./async.js";
-import { Container, errMessage, noSuchContainer, ZERO_TIME } from "./container.js";
+import { Container, errMessage, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
 import { isNotFound } from "./containerd/client.js";
 import type { TaskClient } from "./containerd/tasks.js";
-import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
+import { type ContainerSpec, checkSpec, commandOf, type ImageForRun, networkModeOf, newRecord } from "./create.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
 import type { ContainerNetworks } from "./networks.js";
@@ -25,6 +25,12 @@ const KILL_WAIT_MS = 30_000;
 /** Restart policy back-off: 100 ms, doubling, at most a minute (docker's). */
 const RESTART_FIRST_MS = 100;
 const RESTART_MAX_MS = 60_000;
+/**
+ * How long a task made ahead of a container's first start waits for it before it is deleted (`docker create`
+ * without a start soon after: a shim and a waiting process each, for nothing), and how many there may be at once.
+ */
+const AHEAD_TTL_MS = 10_000;
+const AHEAD_MAX = 8;
 
 /** An image to create a container from: its top snapshot, and how to unpack it when that is not there. */
 export type RunImage = ImageForRun & { topChainId: string; unpack(): Promise<void> };
@@ -40,6 +46,8 @@ export interface LifecycleDeps {
   userOf(c: Container): Promise<ProcessUser>;
   /** Called when a container is removed (its exec instances go with it). */
   onRemoved(c: Container): void;
+  /** How long a task made ahead waits for its start (default AHEAD_TTL_MS). */
+  aheadTtlMs?: number;
   log: Logger;
 }
 
@@ -47,6 +55,8 @@ export class Lifecycle {
   private readonly table: ContainerTable;
   private readonly log: Logger;
   private closed = false;
+  /** Tasks being made, or made, ahead of a first start and not taken yet. */
+  private aheadCount = 0;
 
   constructor(private readonly d: LifecycleDeps) {
     this.table = d.table;
@@ -61,12 +71,15 @@ export class Lifecycle {
   async create(spec: ContainerSpec): Promise<string> {
     const image = await this.d.imageForRun(spec.image);
     const name = checkSpec(spec, (n) => this.table.byName(n));
-    const rec = newRecord(spec, name, image);
+    // The command is checked before a namespace of the pool is taken.
+    commandOf(spec, image.config);
+    const { id, made } = this.d.networks.newContainerId(networkModeOf(spec) === "host");
+    const rec = newRecord(spec, name, image, id);
     const c = new Container(rec, join(this.table.stateDir, rec.id));
     // The name is taken from here on (before any await), so two creates cannot both get it.
     this.table.add(c);
-    // Its network namespace is made meanwhile, for the start (networks.ts prepare).
-    this.d.networks.prepare(c);
+    // Its network namespace is made meanwhile (or was made ahead), for the start (networks.ts prepare).
+    this.d.networks.prepare(c, made);
     try {
       await mkdir(c.dir, { recursive: true, mode: 0o700 });
       // The root file system and state.json at once: a failure of either undoes both.
@@ -81,6 +94,7 @@ export class Lifecycle {
       throw err;
     }
     this.log.info({ id: c.id, name, image: image.name, cmd: [rec.path, ...rec.args] }, "container created");
+    this.makeAhead(c);
     return c.id;
   }
 
@@ -108,6 +122,65 @@ export class Lifecycle {
     }
   }
 
+  /**
+   * Starts making the task of a new container in the background (networks.ts prepare made its namespace):
+   * containerd's task create (the shim, runc's init process) is most of a start, and the client's start
+   * request comes a few ms after the create's answer (`docker run`); the start then only starts the task.
+   * A task that could not be made is made by the start; one no start took in AHEAD_TTL_MS is deleted.
+   */
+  private makeAhead(c: Container): void {
+    if (this.closed || this.aheadCount >= AHEAD_MAX) return;
+    this.aheadCount++;
+    c.taskAhead = (async () => {
+      const netnsPath = await this.d.networks.madeAhead(c);
+      if (netnsPath === undefined || c.removed) return undefined;
+      const user = await this.d.userOf(c);
+      // The bind mounts' sources (resolv.conf, hosts, hostname): rewritten in place by the start.
+      if (netnsPath !== null) await this.d.networks.writeFiles(c);
+      return await this.d.launcher.prepare(c, netnsPath, user);
+    })().catch((err: unknown) => {
+      this.log.debug({ err, id: c.id }, "could not make a container's task ahead: its start makes it");
+      return undefined;
+    });
+    c.taskAheadTimer = setTimeout(() => {
+      void c.locked(() => this.dropAhead(c, "no start came"));
+    }, this.d.aheadTtlMs ?? AHEAD_TTL_MS);
+    c.taskAheadTimer.unref();
+  }
+
+  /** The task made ahead, taken (it is the caller's to start or delete); undefined when none was made. */
+  private async takeAhead(c: Container): Promise<Prepared | undefined> {
+    const ahead = c.taskAhead;
+    if (ahead === undefined) return undefined;
+    c.taskAhead = undefined;
+    clearTimeout(c.taskAheadTimer);
+    c.taskAheadTimer = undefined;
+    try {
+      return await ahead;
+    } finally {
+      this.aheadCount--;
+    }
+  }
+
+  /** Deletes the task made ahead of the container's first start, if there is one (never rejects). */
+  async dropAhead(c: Container, after: string): Promise<void> {
+    const p = await this.takeAhead(c);
+    if (!p) return;
+    await this.discardQuietly(c, p, after);
+    this.log.debug({ id: c.id }, `deleted the task made ahead of a start after ${after}`);
+  }
+
+  private async discardQuietly(c: Container, p: Prepared, after: string): Promise<void> {
+    await this.d.launcher
+      .discard(c, p)
+      .catch((err: unknown) =>
+        this.log.warn(
+          { err, id: c.id },
+          `could not delete the task made ahead of a start after ${after}: the next start (or daemon start) deletes it`,
+        ),
+      );
+  }
+
   /** Starts a container by hand; false if it was running already. */
   async start(ref: string): Promise<boolean> {
     const c = this.table.find(ref);
@@ -128,24 +201,46 @@ export class Lifecycle {
   async startLocked(c: Container): Promise<void> {
     const rec = c.rec;
     let launched: Launched;
+    let ahead = await this.takeAhead(c);
+    let startedAt = "";
+    let early: { pid: number; saved: Promise<boolean> } | undefined;
+    // The record saved as running while containerd starts the task (an fsync off the start's path), with
+    // its endpoints and pid: a daemon that dies from here on finds it running, and adopts the task, or
+    // reports it exited (255) when containerd has it only created or not at all (recovery.ts).
+    const starting = (pid: number): void => {
+      startedAt = nowRFC3339Nano();
+      const state = { status: "running" as const, pid, exitCode: 0, error: "", startedAt, finishedAt: ZERO_TIME };
+      const saved = this.table.persist(c, { ...rec, state }).then(
+        () => true,
+        () => false,
+      );
+      early = { pid, saved };
+    };
     try {
       const user = await this.d.userOf(c);
       const netnsPath = await this.d.networks.setUp(c);
+      // The launcher starts the task made ahead, or deletes it (another spec) or it is deleted by its failure.
+      const given = ahead;
+      ahead = undefined;
       try {
-        launched = await this.d.launcher.launch(c, netnsPath, user);
+        launched = await this.d.launcher.launch(c, netnsPath, user, given, starting);
       } catch (err) {
         await this.d.networks.release(c, "a failed start");
         throw err;
       }
     } catch (err) {
+      if (ahead) await this.discardQuietly(c, ahead, "a failed start");
       const apiErr = err instanceof ApiError ? err : new ApiError(500, errMessage(err));
       rec.state.error = apiErr.message;
       rec.state.exitCode = err instanceof LaunchError ? err.exitCode : 128;
+      // After the record saved as running, if there is one: the last write is this one.
+      await early?.saved;
       await this.table.persistHappened(c, "a failed start");
       throw apiErr;
     }
-    this.running(c, launched, nowRFC3339Nano());
-    await this.table.persistHappened(c, "its start");
+    this.running(c, launched, startedAt || nowRFC3339Nano());
+    const savedEarly = early !== undefined && early.pid === launched.running.initPid && (await early.saved);
+    if (!savedEarly) await this.table.persistHappened(c, "its start");
     this.log.info({ id: rec.id, name: rec.name, pid: launched.running.initPid }, "container started");
   }
 
@@ -271,6 +366,7 @@ export class Lifecycle {
   private async removeLocked(c: Container): Promise<void> {
     c.rec.state.status = "removing";
     c.removed = true;
+    await this.dropAhead(c, "its removal");
     await this.d.networks.release(c, "its removal");
     await this.d.tasks.cleanup(c.id);
     await this.d.tasks.removeRootfs(c.id);

@@ -119,7 +119,7 @@ export class Recovery {
       if (!CONTAINER_NETNS_RE.test(n)) continue;
       const owner = this.table.live().find((c) => c.id.startsWith(n));
       // A running container's, or one made ahead for a container's first start.
-      if (owner?.running || owner?.netnsAhead) continue;
+      if (owner?.running || owner?.netnsAhead || this.d.networks.madeForNew(n)) continue;
       const path = join(this.d.networks.netnsDir, n);
       this.log.info({ path }, "removing a network namespace left by a container that is not running");
       await deleteNetns(path).catch((err: unknown) =>
@@ -137,6 +137,15 @@ export class Recovery {
       await rm(c.dir, { recursive: true, force: true });
       this.table.delete(c.id);
       return;
+    }
+    if (c.rec.state.status === "created") {
+      // A task made ahead of a first start that its daemon did not see (lifecycle.ts makeAhead): deleted,
+      // the start makes it again.
+      await this.d.tasks
+        .cleanup(c.id)
+        .catch((err: unknown) =>
+          this.log.warn({ err, id: c.id }, "could not delete a task made ahead of a start: the start deletes it"),
+        );
     }
     const wasRunning = c.rec.state.status === "running";
     if (wasRunning) {
@@ -200,11 +209,15 @@ export class Recovery {
     return p.maximumRetryCount === 0 || c.rec.restartCount < p.maximumRetryCount;
   }
 
-  /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */
+  /**
+   * Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics); not those
+   * made for containers to come.
+   */
   async containerNetnsFiles(): Promise<string[]> {
     const out: string[] = [];
     for (const n of await namesIn(this.d.networks.netnsDir)) {
-      if (CONTAINER_NETNS_RE.test(n) && (await netnsState(join(this.d.networks.netnsDir, n))) !== "absent") out.push(n);
+      if (!CONTAINER_NETNS_RE.test(n) || this.d.networks.madeForNew(n)) continue;
+      if ((await netnsState(join(this.d.networks.netnsDir, n))) !== "absent") out.push(n);
     }
     return out;
   }

@@ -99,6 +99,8 @@ export interface ContainerRuntimeOptions {
   insecureRegistries?: string[];
   /** This host's name (for the logs). */
   hostname?: () => string;
+  /** How long a task made ahead of a new container's first start waits for it (default 10 s; tests). */
+  aheadTtlMs?: number;
   logger: Logger;
 }
 
@@ -155,6 +157,7 @@ export class ContainerRuntime implements ContainerBackend {
       imageForRun: (ref) => this.imageForRun(ref),
       userOf: (c) => this.userOf(c, c.rec.config.User),
       onRemoved: (c) => this.execs.forget(c),
+      ...(opts.aheadTtlMs !== undefined ? { aheadTtlMs: opts.aheadTtlMs } : {}),
       log,
     });
     this.recovery = new Recovery({
@@ -367,16 +370,27 @@ export class ContainerRuntime implements ContainerBackend {
           .catch((err: unknown) => this.log.warn({ err, id: c.id }, "could not stop a container at shutdown")),
       ),
     );
-    // Namespaces made ahead for starts that will not come now go (the next daemon would find them stale).
-    const ahead = this.table.live().filter((c) => c.netnsAhead);
+    await this.dropAhead();
+    this.cd.close();
+  }
+
+  /**
+   * Removes what was made ahead for creates and starts that will not come now (the next daemon would find
+   * it stale): tasks and namespaces of containers not started yet, the namespaces for containers to come.
+   * The daemon is going away: no more is made ahead, and restart policies stop acting.
+   */
+  async dropAhead(): Promise<void> {
+    this.lifecycle.close();
+    const ahead = this.table.live().filter((c) => c.netnsAhead || c.taskAhead);
     await Promise.all(
       ahead.map((c) =>
         c.locked(async () => {
+          await this.lifecycle.dropAhead(c, "the daemon's shutdown");
           if (!c.running) await this.networks.release(c, "the daemon's shutdown");
         }),
       ),
     );
-    this.cd.close();
+    await this.networks.close();
   }
 
   /**

@@ -7,7 +7,7 @@ import type { Logger } from "pino";
 import { badRequest } from "../api/errors.js";
 import { writeFileDurable } from "../durable.js";
 import { delay } from "./async.js";
-import { type Container, errMessage, noSuchContainer } from "./container.js";
+import { type Container, type ContainerRecord, errMessage, noSuchContainer } from "./container.js";
 
 /** How often a failed write of state.json is tried before it is reported. */
 const PERSIST_TRIES = 3;
@@ -60,10 +60,13 @@ export class ContainerTable {
     return this.live().find((c) => c.rec.name === name);
   }
 
-  /** Writes the container's record to its state.json (durably); a removed container has none. */
-  async persist(c: Container): Promise<void> {
+  /**
+   * Writes the container's record (or `rec`, what it is about to be) to its state.json, durably; a removed
+   * container has none.
+   */
+  async persist(c: Container, rec: ContainerRecord = c.rec): Promise<void> {
     if (c.removed) return;
-    await writeFileDurable(join(c.dir, "state.json"), `${JSON.stringify(c.rec, null, 2)}\n`);
+    await writeFileDurable(join(c.dir, "state.json"), `${JSON.stringify(rec, null, 2)}\n`);
   }
 
   /**

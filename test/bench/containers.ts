@@ -12,7 +12,7 @@
 //    present): the CLI's wall time, and the Engine API's (POST /containers/create + /start, in process).
 //    The floor: the same containerd (h1's, through its API from here, in shoal's namespace) doing the same
 //    with no networking: prepare the root file system snapshot, create the container and its task (FIFOs
-//    for stdio), start it. p50 and p99 of each, and the ratios to the floor.
+//    for stdio), start it. Rounds interleave the three; p50 and p99 of each, and the ratios to the floor.
 // 2. Pull. An image of ~M MB (busybox and two layers of random bytes) from h2's registry: `docker pull`
 //    against h1 (download, verify, unpack) against `skopeo copy` of the same image from the same registry
 //    into an OCI directory (download and verify; no unpack), both run in h1's network namespace. Rounds
@@ -162,8 +162,10 @@ function writeResults(results: Record<string, unknown>): void {
 type Docker = (...args: string[]) => Promise<unknown>;
 
 /**
- * N times `docker run -d` and N times the Engine API's create+start (interleaved), then N times the floor
- * (containerd alone); and N times the CLI doing no request (`docker --version`: what the CLI's process costs).
+ * N rounds of: `docker run -d`, the Engine API's create+start, the floor (containerd alone), and the CLI doing
+ * no request (`docker --version`: what the CLI's process costs). Interleaved, so that a load that comes and
+ * goes on the machine weighs on each the same (the floor measured after the rest once came out 20% lower
+ * than the runs it was compared with).
  */
 async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
   const cli: number[] = [];
@@ -171,27 +173,6 @@ async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
   const engine: number[] = [];
   const engineCreate: number[] = [];
   const engineStart: number[] = [];
-  for (let i = 0; i < n; i++) {
-    cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
-    let id = "";
-    const create = await timed(async () => {
-      const c = await api(h1, "POST", "/containers/create", {
-        Image: "busybox",
-        Cmd: ["sleep", "3600"],
-        HostConfig: { NetworkMode: "none" },
-      });
-      id = (JSON.parse(c.text) as { Id: string }).Id;
-    });
-    const start = await timed(async () => {
-      const s = await api(h1, "POST", `/containers/${id}/start`);
-      if (s.status !== 204) throw new Error(`start: ${s.status} ${s.text}`);
-    });
-    engineCreate.push(create);
-    engineStart.push(start);
-    engine.push(create + start);
-    cliAlone.push(await timed(() => docker("--version")));
-  }
-  await lab.removeContainers(h1);
   const cd = new Containerd(join(h1.execRoot, "containerd", "containerd.sock"));
   // runc keeps its state where shoald has it keep it (under h1's exec root).
   const tasks = new TaskClient(
@@ -206,15 +187,35 @@ async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
   const floorIds: string[] = [];
   try {
     for (let i = 0; i < n; i++) {
-      const id = `floor-${String(i).padStart(58, "0")}`;
-      floorIds.push(id);
-      floor.push(await floorRun(tasks, floorDir, id, topChain));
+      // The first docker run unpacks the image (the floor's snapshots are made on it).
+      cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
+      let id = "";
+      const create = await timed(async () => {
+        const c = await api(h1, "POST", "/containers/create", {
+          Image: "busybox",
+          Cmd: ["sleep", "3600"],
+          HostConfig: { NetworkMode: "none" },
+        });
+        id = (JSON.parse(c.text) as { Id: string }).Id;
+      });
+      const start = await timed(async () => {
+        const s = await api(h1, "POST", `/containers/${id}/start`);
+        if (s.status !== 204) throw new Error(`start: ${s.status} ${s.text}`);
+      });
+      engineCreate.push(create);
+      engineStart.push(start);
+      engine.push(create + start);
+      const floorId = `floor-${String(i).padStart(58, "0")}`;
+      floorIds.push(floorId);
+      floor.push(await floorRun(tasks, floorDir, floorId, topChain));
+      cliAlone.push(await timed(() => docker("--version")));
     }
   } finally {
     // The lab's cleanup knows shoal's containers only: the floor's go here, whatever happened.
     await removeFloor(tasks, floorIds);
     cd.close();
   }
+  await lab.removeContainers(h1);
   return { cli, cliAlone, engine, engineCreate, engineStart, floor };
 }
 

@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } fr
 import { ApiError } from "../../src/api/errors.js";
 import { humanDuration } from "../../src/api/humanize.js";
 import { Container } from "../../src/runtime/container.js";
+import { TaskClient } from "../../src/runtime/containerd/tasks.js";
 import { newRecord } from "../../src/runtime/create.js";
 import { renderHosts } from "../../src/runtime/networks.js";
 import { listed } from "../../src/runtime/present.js";
@@ -46,6 +47,11 @@ async function pidAlive(pid: number): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** Resolves once `cond` holds (asked every 20 ms; the test's own timeout bounds it). */
+async function until(cond: () => Promise<boolean>): Promise<void> {
+  while (!(await cond())) await new Promise((r) => setTimeout(r, 20));
 }
 
 async function expectApiError(p: Promise<unknown>, status: number, message: string | RegExp): Promise<void> {
@@ -142,6 +148,8 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
       await rt.containerRemove(c.Id, { force: true }).catch(() => undefined);
     const leftovers = await rt.containerNetnsFiles();
     await rt.reconcile();
+    // The namespaces made for containers to come (the runtime's, not a leak) go with it.
+    await rt.dropAhead();
     await rm(dir, { recursive: true, force: true });
     expect(leftovers).toEqual([]);
   });
@@ -328,6 +336,58 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
     expect(attacher.attachedCount).toBe(0);
   });
 
+  test("a new container's task is made ahead of its start: a removal before the start leaves nothing in containerd; a start that does not come in time finds it gone and makes it", async () => {
+    const tasks = new TaskClient(cd.containerd, logger);
+    const inContainerd = async (id: string): Promise<boolean> => (await tasks.containerIds()).includes(id);
+    const early = await rt.create({ name: "early", image: "host", cmd: ["sleep", "1000"], networks: [] });
+    await until(() => inContainerd(early));
+    // Made, not started: docker's created container, with no process to show.
+    expect((await rt.containerInspect("early")).State).toMatchObject({ Status: "created", Running: false, Pid: 0 });
+    await rt.containerRemove("early", { force: false });
+    expect(await inContainerd(early)).toBe(false);
+
+    // A runtime whose tasks made ahead wait for no start: the one of "late" is deleted at once.
+    const deleted: string[] = [];
+    const watching = pino(
+      { level: "debug" },
+      {
+        write: (line: string) => {
+          const l = JSON.parse(line) as { msg: string; id?: string };
+          if (l.msg.startsWith("deleted the task made ahead")) deleted.push(l.id ?? "");
+        },
+      },
+    );
+    const rt3 = await ContainerRuntime.open({
+      execRoot: join(dir, "run3"),
+      stateDir: join(dir, "containers3"),
+      attacher,
+      logger: watching,
+      containerd: cd.containerd,
+      aheadTtlMs: 0,
+    });
+    try {
+      const late = await rt3.create({
+        name: "late",
+        image: "host",
+        cmd: ["sh", "-c", "echo late; sleep 1000"],
+        networks: [],
+      });
+      await until(async () => deleted.includes(late));
+      expect(await inContainerd(late)).toBe(false);
+      expect(await rt3.containerStart("late")).toBe(true);
+      const state = (await rt3.containerInspect("late")).State;
+      expect(state).toMatchObject({ Status: "running", Running: true });
+      expect(await pidAlive(state.Pid)).toBe(true);
+      await until(async () => (await logsOf(rt3, "late")) === "late\n");
+      await rt3.containerRemove("late", { force: true });
+      expect(await pidAlive(state.Pid)).toBe(false);
+      expect(await inContainerd(late)).toBe(false);
+      expect(await rt3.containerNetnsFiles()).toEqual([]);
+    } finally {
+      await rt3.dropAhead();
+    }
+  });
+
   test("connect and disconnect a running container; remove -f of a running one", async () => {
     await rt.create({ name: "multi", image: "host", cmd: ["sleep", "1000"], networks: [{ ref: "n1", cfg: {} }] });
     await rt.containerStart("multi");
@@ -389,6 +449,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
     const script = `
       import { ContainerRuntime } from ${JSON.stringify(join(out, "src/runtime/runtime.js"))};
       import { Containerd } from ${JSON.stringify(join(out, "src/runtime/containerd/client.js"))};
+      import { TaskClient } from ${JSON.stringify(join(out, "src/runtime/containerd/tasks.js"))};
       const logger = { child: () => logger, debug() {}, info() {}, warn() {}, error() {} };
       const attacher = {
         async attach(c, ref) { return { networkId: "net-" + ref, networkName: ref, endpointId: "ep-" + c.name, ip: "10.9.9.9", prefixLen: 24, mac: "", gateway: "10.9.9.1", aliases: [] }; },
@@ -402,6 +463,10 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
       const name = "orphan";
       await rt.create({ name, image: "host", cmd: ["sh", "-c", "echo before; sleep 1000"], networks: [] });
       await rt.containerStart(name);
+      // Created, not started: its task made ahead of the start is in containerd when the daemon dies.
+      const later = await rt.create({ name: "later", image: "host", cmd: ["sh", "-c", "echo later; sleep 1000"], networks: [] });
+      const tasks = new TaskClient(containerd, logger);
+      while ((await tasks.state(later)).state === "absent") await new Promise((r) => setTimeout(r, 20));
       console.log(JSON.stringify((await rt.containerInspect(name)).State));
       setInterval(() => {}, 1000);
     `;
@@ -451,6 +516,14 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
       Running: false,
       ExitCode: 137,
     });
+    expect(await rt2.containerNetnsFiles()).toEqual([]);
+    // The container only created stays so; its task made ahead is deleted, and its start makes it again.
+    const later = (await rt2.containerInspect("later")).Id;
+    expect((await rt2.containerInspect("later")).State).toMatchObject({ Status: "created", Running: false, Pid: 0 });
+    expect(await new TaskClient(cd.containerd, logger).containerIds()).not.toContain(later);
+    expect(await rt2.containerStart("later")).toBe(true);
+    await until(async () => (await logsOf(rt2, "later")) === "later\n");
+    await rt2.containerRemove("later", { force: true });
     expect(await rt2.containerNetnsFiles()).toEqual([]);
     await rt2.containerRemove("wired", { force: false });
     await rt2.containerRemove("orphan", { force: false });

@@ -206,6 +206,9 @@ export interface TaskExit {
 /** What a container's task looks like now (a restarted shoald asks). */
 export type TaskState = { state: "running"; pid: number } | { state: "stopped"; code: number } | { state: "absent" };
 
+/** A container's root file system: its snapshot (keyed by the container's id), or mounts of its own. */
+export type RootfsSource = { type: string; source: string; target: string; options: string[] }[] | "snapshot";
+
 export class TaskClient {
   private readonly log: Logger;
   /** The runtime options of every container: runc's state under `runcRoot` when given. */
@@ -255,7 +258,23 @@ export class TaskClient {
   async start(
     id: string,
     spec: object,
-    rootfs: { type: string; source: string; target: string; options: string[] }[] | "snapshot",
+    rootfs: RootfsSource,
+    fifos: FifoPaths,
+    terminal: boolean,
+    labels: Record<string, string>,
+  ): Promise<number> {
+    await this.create(id, spec, rootfs, fifos, terminal, labels);
+    return this.startCreated(id);
+  }
+
+  /**
+   * Creates the containerd container and its task (the shim, and runc's init process waiting to run the
+   * command), not started; resolves to the task's pid. On failure nothing is left.
+   */
+  async create(
+    id: string,
+    spec: object,
+    rootfs: RootfsSource,
     fifos: FifoPaths,
     terminal: boolean,
     labels: Record<string, string>,
@@ -280,7 +299,7 @@ export class TaskClient {
       // One a previous start left (its task deleted, the container not): replaced. Asking first would cost
       // every start a round trip for what is rare.
       if (!isAlreadyExists(err)) throw err;
-      await this.deleteContainer(id);
+      await this.cleanup(id);
       await cd.call(cd.containers, cd.containers.create, { container });
     }
     try {
@@ -288,7 +307,7 @@ export class TaskClient {
         rootfs === "snapshot"
           ? (await cd.call(cd.snapshots, cd.snapshots.mounts, { snapshotter: SNAPSHOTTER, key: id })).mounts
           : rootfs;
-      await cd.call(cd.tasks, cd.tasks.create, {
+      const r = await cd.call(cd.tasks, cd.tasks.create, {
         containerId: id,
         rootfs: mounts,
         stdin: fifos.stdin,
@@ -297,14 +316,19 @@ export class TaskClient {
         terminal,
         runtimePath: "",
       });
-      try {
-        return (await cd.call(cd.tasks, cd.tasks.start, { containerId: id, execId: "" })).pid;
-      } catch (err) {
-        await this.deleteTask(id);
-        throw err;
-      }
+      return r.pid;
     } catch (err) {
       await this.deleteContainer(id);
+      throw err;
+    }
+  }
+
+  /** Starts a task `create` made; resolves to its pid. On failure the task and the container are deleted. */
+  async startCreated(id: string): Promise<number> {
+    try {
+      return (await this.cd.call(this.cd.tasks, this.cd.tasks.start, { containerId: id, execId: "" })).pid;
+    } catch (err) {
+      await this.cleanup(id);
       throw err;
     }
   }
@@ -324,6 +348,9 @@ export class TaskClient {
       const { process } = await this.cd.call(this.cd.tasks, this.cd.tasks.get, { containerId: id, execId: "" });
       if (!process) return { state: "absent" };
       if (process.status === Status.STOPPED) return { state: "stopped", code: process.exitStatus };
+      // Created and never started (its daemon died between the two): its process never ran CMD, and no one
+      // will start it; it ended as one that died unseen (255), and its deletion removes it.
+      if (process.status === Status.CREATED) return { state: "stopped", code: 255 };
       return { state: "running", pid: process.pid };
     } catch (err) {
       if (isNotFound(err)) return { state: "absent" };
