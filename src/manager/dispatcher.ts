@@ -18,29 +18,22 @@
 // - a new leader gives every node a grace that grows with the cluster before anything is marked Down.
 
 import { randomBytes } from "node:crypto";
-import type { ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
+import type { UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { type NodeDescription, NodeDescriptionSchema, type NodeState } from "../api/objects.js";
-import { describeIssues, parse, parseJsonText } from "../api/schema.js";
-import type { HeartbeatRequest, HeartbeatResponse, SessionMessage } from "../gen/cluster.js";
+import { parse, parseJsonText } from "../api/schema.js";
+import type { SessionMessage } from "../gen/cluster.js";
 import { observe } from "../metrics/metrics.js";
 import { MAX_STATUS_BATCH } from "../store/commands.js";
 import type { ClusterRecord, NodeRecord, StoreEvent, View } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
+import { heartbeatHandlers } from "./heartbeat-service.js";
 import { type AttachmentCluster, attachmentHandlers } from "./networks.js";
-import {
-  encodedHeartbeatResponse,
-  type HeartbeatStream,
-  newSessionPieces,
-  PushParts,
-  type SessionCall,
-  type SessionPieces,
-  samePieces,
-} from "./push-parts.js";
+import { newSessionPieces, PushParts, type SessionCall, type SessionPieces, samePieces } from "./push-parts.js";
 import { SessionHold } from "./session-hold.js";
-import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES, requestSchemas } from "./wire.js";
+import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
 interface Session {
   id: string;
@@ -498,50 +491,18 @@ export class Dispatcher {
         if (!this.active && this.held.hold(call)) return;
         this.answer(call);
       },
-      heartbeat: (call: ServerUnaryCall<HeartbeatRequest, HeartbeatResponse>, cb: sendUnaryData<HeartbeatResponse>) => {
-        if (!this.active) return cb(notLeader(this.m.leaderAddr()));
-        const s = this.sessions.get(call.request.sessionId);
-        if (!s) return cb(new GrpcError(status.NOT_FOUND, "session invalid"));
-        s.lastSeenMs = performance.now();
-        observe.heartbeatReceived();
-        cb(null, { periodMs: this.heartbeatPeriodMs() });
-      },
-      heartbeats: (call: HeartbeatStream) => this.heartbeatStream(call),
+      ...heartbeatHandlers({
+        active: () => this.active,
+        leaderAddr: () => this.m.leaderAddr(),
+        beat: (sessionId, nodeId) => {
+          const s = this.sessions.get(sessionId);
+          if (!s || (nodeId !== undefined && s.nodeId !== nodeId)) return false;
+          s.lastSeenMs = performance.now();
+          return true;
+        },
+        heartbeatPeriodMs: () => this.heartbeatPeriodMs(),
+      }),
     };
-  }
-
-  /**
-   * Heartbeats on one stream for the session's life: each is what a Heartbeat call is (the session's time
-   * kept, the period answered), for one message in and one out instead of an HTTP/2 stream with headers
-   * and trailers each time. The caller was checked when the stream opened; a beat for a session that is
-   * gone or not the caller's own ends the stream with NOT_FOUND, as Heartbeat answers it.
-   */
-  private heartbeatStream(call: HeartbeatStream): void {
-    const caller = callerOf(call);
-    let ended = false;
-    const fail = (e: GrpcError) => {
-      ended = true;
-      failStream(call, e);
-    };
-    call.on("data", (raw: unknown) => {
-      if (ended) return;
-      const req = requestSchemas.heartbeat.safeParse(raw);
-      if (!req.success) {
-        return fail(new GrpcError(status.INVALID_ARGUMENT, `invalid heartbeats request: ${describeIssues(req.error)}`));
-      }
-      if (!this.active) return fail(notLeader(this.m.leaderAddr()));
-      const s = this.sessions.get(req.data.sessionId);
-      if (!s || s.nodeId !== caller?.nodeId) return fail(new GrpcError(status.NOT_FOUND, "session invalid"));
-      s.lastSeenMs = performance.now();
-      observe.heartbeatReceived();
-      call.write(encodedHeartbeatResponse(this.heartbeatPeriodMs()));
-    });
-    call.on("end", () => {
-      if (!ended) call.end();
-    });
-    call.on("error", () => {
-      ended = true;
-    });
   }
 
   private answer(call: SessionCall): void {
