@@ -191,7 +191,7 @@ export function checkSpec(spec: ContainerSpec, holderOf: (name: string) => { id:
   return name;
 }
 
-export function networkModeOf(spec: ContainerSpec): string {
+function networkModeOf(spec: ContainerSpec): string {
   return spec.networkMode ?? spec.networks[0]?.ref ?? "none";
 }
 
@@ -241,9 +241,10 @@ function configOf(spec: ContainerSpec, image: ImageForRun, id: string): Containe
   };
 }
 
-/** The record of a new container named `name`, created now from `image` (its id: `id`, or a new one). */
-export function newRecord(spec: ContainerSpec, name: string, image: ImageForRun, id = newId()): ContainerRecord {
+/** The record of a new container named `name`, created now from `image`. */
+export function newRecord(spec: ContainerSpec, name: string, image: ImageForRun): ContainerRecord {
   const argv = commandOf(spec, image.config);
+  const id = newId();
   return {
     id,
     name,

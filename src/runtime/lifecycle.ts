@@ -11,7 +11,7 @@ import { delay, within } from "./async.js";
 import { Container, errMessage, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
 import { isNotFound } from "./containerd/client.js";
 import type { TaskClient } from "./containerd/tasks.js";
-import { type ContainerSpec, checkSpec, commandOf, type ImageForRun, networkModeOf, newRecord } from "./create.js";
+import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
 import type { ContainerNetworks } from "./networks.js";
@@ -71,15 +71,12 @@ export class Lifecycle {
   async create(spec: ContainerSpec): Promise<string> {
     const image = await this.d.imageForRun(spec.image);
     const name = checkSpec(spec, (n) => this.table.byName(n));
-    // The command is checked before a namespace of the pool is taken.
-    commandOf(spec, image.config);
-    const { id, made } = this.d.networks.newContainerId(networkModeOf(spec) === "host");
-    const rec = newRecord(spec, name, image, id);
+    const rec = newRecord(spec, name, image);
     const c = new Container(rec, join(this.table.stateDir, rec.id));
     // The name is taken from here on (before any await), so two creates cannot both get it.
     this.table.add(c);
-    // Its network namespace is made meanwhile (or was made ahead), for the start (networks.ts prepare).
-    this.d.networks.prepare(c, made);
+    // Its network namespace is made meanwhile, for the start (networks.ts prepare).
+    this.d.networks.prepare(c);
     try {
       await mkdir(c.dir, { recursive: true, mode: 0o700 });
       // The root file system and state.json at once: a failure of either undoes both.

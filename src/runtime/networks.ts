@@ -6,9 +6,9 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest } from "../api/errors.js";
-import { type Container, type NetworkAttachment, newId } from "./container.js";
+import type { Container, NetworkAttachment } from "./container.js";
 import { rewriteInPlace } from "./files.js";
-import { createNetns, deleteNetns, NetnsPool, netnsState } from "./sandbox.js";
+import { createNetns, deleteNetns, netnsState } from "./sandbox.js";
 import type { ContainerTable } from "./table.js";
 import type { AttachedEndpoint, EndpointSettingsRequest, NetworkAttacher } from "./types.js";
 
@@ -73,37 +73,12 @@ const hostNetworkRefused = (): ApiError =>
   badRequest("container cannot be disconnected from host network or connected to host network");
 
 export class ContainerNetworks {
-  /** Namespaces made ahead, each for the id of a container to come. */
-  private readonly pool: NetnsPool;
-
   constructor(
     private readonly attacher: NetworkAttacher,
     private readonly table: ContainerTable,
     private readonly execRoot: string,
     private readonly log: Logger,
-  ) {
-    this.pool = new NetnsPool((id) => this.netnsPathOf(id), newId, log);
-  }
-
-  /**
-   * The id of a new container: one whose network namespace is made already (from the pool: `prepare` is
-   * then told so), or a new one (`made` false) when the container shares the host's network or the pool
-   * is empty.
-   */
-  newContainerId(hostNetwork: boolean): { id: string; made: boolean } {
-    const id = hostNetwork ? undefined : this.pool.take();
-    return id === undefined ? { id: newId(), made: false } : { id, made: true };
-  }
-
-  /** Whether the namespace file `name` is one made ahead for a container to come (not a stale one). */
-  madeForNew(name: string): boolean {
-    return this.pool.holds(name);
-  }
-
-  /** The daemon is going away: the namespaces made for containers to come are removed. */
-  close(): Promise<void> {
-    return this.pool.close();
-  }
+  ) {}
 
   get netnsDir(): string {
     return join(this.execRoot, "netns");
@@ -127,12 +102,8 @@ export class ContainerNetworks {
    * two processes (unshare, ip: ~20 ms), made while the create prepares the root file system and the
    * client sends its start. Never rejects: a namespace that could not be made is made again by setUp.
    */
-  prepare(c: Container, made = false): void {
+  prepare(c: Container): void {
     if (c.hostNetwork || c.netnsAhead) return;
-    if (made) {
-      c.netnsAhead = Promise.resolve(true);
-      return;
-    }
     const path = this.netnsPathOf(c.id);
     c.netnsAhead = createNetns(path).then(
       () => true,

@@ -119,7 +119,7 @@ export class Recovery {
       if (!CONTAINER_NETNS_RE.test(n)) continue;
       const owner = this.table.live().find((c) => c.id.startsWith(n));
       // A running container's, or one made ahead for a container's first start.
-      if (owner?.running || owner?.netnsAhead || this.d.networks.madeForNew(n)) continue;
+      if (owner?.running || owner?.netnsAhead) continue;
       const path = join(this.d.networks.netnsDir, n);
       this.log.info({ path }, "removing a network namespace left by a container that is not running");
       await deleteNetns(path).catch((err: unknown) =>
@@ -209,14 +209,11 @@ export class Recovery {
     return p.maximumRetryCount === 0 || c.rec.restartCount < p.maximumRetryCount;
   }
 
-  /**
-   * Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics); not those
-   * made for containers to come.
-   */
+  /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */
   async containerNetnsFiles(): Promise<string[]> {
     const out: string[] = [];
     for (const n of await namesIn(this.d.networks.netnsDir)) {
-      if (!CONTAINER_NETNS_RE.test(n) || this.d.networks.madeForNew(n)) continue;
+      if (!CONTAINER_NETNS_RE.test(n)) continue;
       if ((await netnsState(join(this.d.networks.netnsDir, n))) !== "absent") out.push(n);
     }
     return out;

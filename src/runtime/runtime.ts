@@ -390,7 +390,6 @@ export class ContainerRuntime implements ContainerBackend {
         }),
       ),
     );
-    await this.networks.close();
   }
 
   /**

@@ -148,7 +148,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
       await rt.containerRemove(c.Id, { force: true }).catch(() => undefined);
     const leftovers = await rt.containerNetnsFiles();
     await rt.reconcile();
-    // The namespaces made for containers to come (the runtime's, not a leak) go with it.
+    // The tasks made for starts to come (the runtime's, not a leak) go with it.
     await rt.dropAhead();
     await rm(dir, { recursive: true, force: true });
     expect(leftovers).toEqual([]);
