@@ -4,12 +4,12 @@
 // once. Real gRPC servers on loopback (plaintext) play the managers; the agent's randomness is injected and
 // its steps are read from onEvent, so nothing here depends on timing.
 
-import { credentials, Metadata, Server, ServerCredentials, type ServerWritableStream, status } from "@grpc/grpc-js";
-import pino from "pino";
+import { Metadata, Server, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, test } from "vitest";
 import { Agent, type AgentEvent, attemptOrder } from "../../src/agent/agent.js";
 import { DispatcherService, type SessionMessage } from "../../src/gen/cluster.js";
 import { LEADER_ADDR_KEY } from "../../src/manager/grpc-util.js";
+import { listenPlaintext, sessionMessage, testAgentOptions } from "./agent-fixtures.js";
 
 /** Short, so that the reconnect spread (a random part of it) is short whatever random() gives. */
 const PERIOD_MS = 200;
@@ -23,19 +23,7 @@ interface Fake {
   opened: number;
 }
 
-function message(n: number): SessionMessage {
-  return {
-    sessionId: `${n}`.padStart(24, "0"),
-    nodeJson: "",
-    managers: [],
-    heartbeatPeriodMs: PERIOD_MS,
-    role: "worker",
-    networks: [],
-    networkKeysJson: "",
-    rootCaPem: "",
-    renewCertificateIssuer: "",
-  };
-}
+const message = (n: number): SessionMessage => sessionMessage(n, PERIOD_MS);
 
 let sessions = 0;
 async function fake(mode: Fake["mode"]): Promise<Fake> {
@@ -64,10 +52,7 @@ async function fake(mode: Fake["mode"]): Promise<Fake> {
     attach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
     detach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
   });
-  const port = await new Promise<number>((resolve, reject) =>
-    f.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-  );
-  f.addr = `127.0.0.1:${port}`;
+  f.addr = await listenPlaintext(f.server);
   return f;
 }
 
@@ -89,18 +74,7 @@ async function run(
     resolve = r;
   });
   const agent = new Agent({
-    nodeId: "n".repeat(25),
-    managers: () => managers,
-    credentials: () => credentials.createInsecure(),
-    description: () => ({
-      Hostname: "h",
-      Platform: { Architecture: "x86_64", OS: "linux" },
-      Resources: { NanoCPUs: 0, MemoryBytes: 0 },
-      Engine: { EngineVersion: "", Plugins: [] },
-    }),
-    addr: "",
-    logger: pino({ level: "silent" }),
-    onMessage: () => {},
+    ...testAgentOptions(() => managers),
     random,
     onEvent: (e) => {
       events.push(e);

@@ -2,15 +2,7 @@
 // not serve the stream gets Heartbeat calls; a beat refused on the stream ends the session, as a refused call
 // does. A real gRPC server (plaintext, loopback) and the real Agent.
 
-import {
-  credentials,
-  Server,
-  ServerCredentials,
-  type ServerDuplexStream,
-  type ServerWritableStream,
-  status,
-} from "@grpc/grpc-js";
-import pino from "pino";
+import { Server, type ServerDuplexStream, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, test } from "vitest";
 import { Agent } from "../../src/agent/agent.js";
 import {
@@ -19,6 +11,7 @@ import {
   type HeartbeatResponse,
   type SessionMessage,
 } from "../../src/gen/cluster.js";
+import { listenPlaintext, sessionMessage, testAgentOptions } from "./agent-fixtures.js";
 
 const PERIOD_MS = 300;
 
@@ -34,17 +27,7 @@ interface Served {
 /** `stream`: whether the manager serves Heartbeats; `refuseAfter`: the stream answers NOT_FOUND to that beat. */
 async function serve(stream: boolean, refuseAfter = Number.POSITIVE_INFINITY): Promise<Served> {
   const s: Served = { server: new Server(), addr: "", sessions: 0, streams: [], calls: 0 };
-  const msg = (n: number): SessionMessage => ({
-    sessionId: `${n}`.padStart(24, "0"),
-    nodeJson: "",
-    managers: [],
-    heartbeatPeriodMs: PERIOD_MS,
-    role: "worker",
-    networks: [],
-    networkKeysJson: "",
-    rootCaPem: "",
-    renewCertificateIssuer: "",
-  });
+  const msg = (n: number): SessionMessage => sessionMessage(n, PERIOD_MS);
   const impl: Record<string, unknown> = {
     session: (call: ServerWritableStream<unknown, SessionMessage>) => {
       s.sessions++;
@@ -70,10 +53,7 @@ async function serve(stream: boolean, refuseAfter = Number.POSITIVE_INFINITY): P
     };
   }
   s.server.addService(DispatcherService, impl as never);
-  const port = await new Promise<number>((resolve, reject) =>
-    s.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-  );
-  s.addr = `127.0.0.1:${port}`;
+  s.addr = await listenPlaintext(s.server);
   return s;
 }
 
@@ -85,18 +65,7 @@ afterEach(async () => {
 
 function agentFor(s: Served, beats: { ok: boolean }[]): Agent {
   const agent = new Agent({
-    nodeId: "n".repeat(25),
-    managers: () => [s.addr],
-    credentials: () => credentials.createInsecure(),
-    description: () => ({
-      Hostname: "h",
-      Platform: { Architecture: "x86_64", OS: "linux" },
-      Resources: { NanoCPUs: 0, MemoryBytes: 0 },
-      Engine: { EngineVersion: "", Plugins: [] },
-    }),
-    addr: "",
-    logger: pino({ level: "silent" }),
-    onMessage: () => {},
+    ...testAgentOptions(() => [s.addr]),
     onHeartbeat: (_ms, ok) => beats.push({ ok }),
     random: () => 0,
   });

@@ -3,11 +3,11 @@
 // A real gRPC server (plaintext, loopback) that serves one session, breaks it, and records when the agent
 // comes back; the agent's randomness is injected.
 
-import { credentials, Server, ServerCredentials, type ServerWritableStream, status } from "@grpc/grpc-js";
-import pino from "pino";
+import { Server, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, test } from "vitest";
 import { Agent } from "../../src/agent/agent.js";
 import { DispatcherService, type SessionMessage } from "../../src/gen/cluster.js";
+import { listenPlaintext, sessionMessage, testAgentOptions } from "./agent-fixtures.js";
 
 const PERIOD_MS = 800;
 
@@ -23,17 +23,7 @@ interface Served {
 
 async function serve(): Promise<Served> {
   const s: Served = { server: new Server(), addr: "", opened: [], brokeAt: 0, beats: [] };
-  const msg = (n: number): SessionMessage => ({
-    sessionId: `${n}`.padStart(24, "0"),
-    nodeJson: "",
-    managers: [],
-    heartbeatPeriodMs: PERIOD_MS,
-    role: "worker",
-    networks: [],
-    networkKeysJson: "",
-    rootCaPem: "",
-    renewCertificateIssuer: "",
-  });
+  const msg = (n: number): SessionMessage => sessionMessage(n, PERIOD_MS);
   s.server.addService(DispatcherService, {
     session: (call: ServerWritableStream<unknown, SessionMessage>) => {
       s.opened.push(Date.now());
@@ -52,10 +42,7 @@ async function serve(): Promise<Served> {
     attach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
     detach: (_c: unknown, cb: (e: Error) => void) => cb(new Error("no")),
   });
-  const port = await new Promise<number>((resolve, reject) =>
-    s.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-  );
-  s.addr = `127.0.0.1:${port}`;
+  s.addr = await listenPlaintext(s.server);
   return s;
 }
 
@@ -72,18 +59,7 @@ async function reconnectGapMs(
 ): Promise<number> {
   const s = await serve();
   const agent = new Agent({
-    nodeId: "n".repeat(25),
-    managers: () => [s.addr],
-    credentials: () => credentials.createInsecure(),
-    description: () => ({
-      Hostname: "h",
-      Platform: { Architecture: "x86_64", OS: "linux" },
-      Resources: { NanoCPUs: 0, MemoryBytes: 0 },
-      Engine: { EngineVersion: "", Plugins: [] },
-    }),
-    addr: "",
-    logger: pino({ level: "silent" }),
-    onMessage: () => {},
+    ...testAgentOptions(() => [s.addr]),
     random,
   });
   cleanup.push(async () => {
