@@ -2,7 +2,9 @@
 // manager that is not the leader names it, and the agent goes there), sends heartbeats at the period the
 // dispatcher asks for, and when the session breaks fails over to another manager (the others first, the
 // lost one last: attemptOrder) with backoff (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
-// the daemon through onMessage.
+// the daemon through onMessage. The agent takes deltas: after its session's first message (the whole state)
+// each message carries only what changed, applied to the session's state (messages.ts); onMessage is handed
+// the whole state every time. A delta that cannot be applied starts a new session.
 
 import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -219,13 +221,15 @@ export class Agent {
       const md = new Metadata();
       if (this.lost !== undefined) md.set(LOST_MANAGER_KEY, this.lost);
       const stream = client.session(
-        { descriptionJson: JSON.stringify(this.opts.description()), addr: this.opts.addr },
+        { descriptionJson: JSON.stringify(this.opts.description()), addr: this.opts.addr, acceptsDeltas: true },
         md,
       );
       this.current = { client, stream };
       let sessionId = "";
       let period = 5000;
       const memo: SessionDecodeMemo = { nodeJson: "", node: undefined };
+      /** The session's state as its messages so far say it (a delta applies to it). */
+      let state: DecodedSession | undefined;
       stream.on("data", (msg: SessionMessage) => {
         if (!sessionId) {
           sessionId = msg.sessionId;
@@ -259,14 +263,18 @@ export class Agent {
         }
         let decoded: DecodedSession;
         try {
-          decoded = decodeSessionMessage(msg, memo);
+          decoded = decodeSessionMessage(msg, memo, state);
         } catch (e) {
-          this.log.warn(
-            { manager: addr, problem: e instanceof Error ? e.message : String(e) },
-            "refused a session message",
-          );
+          const problem = e instanceof Error ? e.message : String(e);
+          // A delta not applied would leave this node's state behind the manager's idea of it for good: the
+          // session starts over, and its first message is the whole state.
+          if (msg.delta) {
+            this.log.warn({ manager: addr, problem }, "refused a session delta; starting a new session");
+            stream.cancel();
+          } else this.log.warn({ manager: addr, problem }, "refused a session message");
           return;
         }
+        state = decoded;
         try {
           this.opts.onMessage(decoded);
         } catch (e) {

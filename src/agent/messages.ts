@@ -8,6 +8,7 @@ import {
   type EndpointRecord,
   EndpointRecordSchema,
   KeyringSchema,
+  NetworkId,
   type NetworkRecord,
   NetworkRecordSchema,
   type Node,
@@ -88,6 +89,22 @@ const SessionMessageSchema = z.object({
   ]),
 });
 
+/** The fields a delta may clear (SessionMessage.cleared): managers, keys, root CA, renewal issuer. */
+const CLEARABLE = [3, 7, 8, 9] as const;
+
+/** A delta: the same fields, any of them empty (unchanged), with what it clears and the networks that went. */
+const SessionDeltaSchema = SessionMessageSchema.extend({
+  role: z.union([z.literal(""), NodeRoleSchema]),
+  cleared: z
+    .array(
+      z.union(
+        CLEARABLE.map((n) => z.literal(n)) as [z.ZodLiteral<3>, z.ZodLiteral<7>, z.ZodLiteral<8>, z.ZodLiteral<9>],
+      ),
+    )
+    .max(CLEARABLE.length),
+  removedNetworks: z.array(NetworkId).max(4096),
+});
+
 const AttachResponseSchema = z.object({
   endpointJson: jsonOf(EndpointRecordSchema, 64 << 10),
   network: NetworkStateSchema,
@@ -136,9 +153,15 @@ export interface SessionDecodeMemo {
 /**
  * A session message, checked; throws MalformedMessage naming the field (never quoting key material). With
  * `memo` (the session's, updated here), a node whose JSON is the very text of the previous message's is the
- * node parsed then (treat it as read-only).
+ * node parsed then (treat it as read-only). A delta (SessionMessage.delta) is applied to `prev`, the
+ * session's state as the previous message left it: the result is the whole state, as a full message says it.
  */
-export function decodeSessionMessage(msg: SessionMessage, memo?: SessionDecodeMemo): DecodedSession {
+export function decodeSessionMessage(
+  msg: SessionMessage,
+  memo?: SessionDecodeMemo,
+  prev?: DecodedSession,
+): DecodedSession {
+  if (msg.delta) return applyDelta(msg, memo, prev);
   const reuse = memo !== undefined && msg.nodeJson !== "" && msg.nodeJson === memo.nodeJson;
   const r = SessionMessageSchema.safeParse(reuse ? { ...msg, nodeJson: "" } : msg);
   if (!r.success) throw new MalformedMessage(`malformed session message: ${describeIssues(r.error)}`);
@@ -159,6 +182,46 @@ export function decodeSessionMessage(msg: SessionMessage, memo?: SessionDecodeMe
     networkKeysJson: msg.networkKeysJson,
     rootCaPem: d.rootCaPem,
     renewCertificateIssuer: d.renewCertificateIssuer,
+  };
+}
+
+/** A delta applied to the session's state: what it carries replaces, what it clears or removes goes. */
+function applyDelta(msg: SessionMessage, memo: SessionDecodeMemo | undefined, prev: DecodedSession | undefined) {
+  if (!prev) throw new MalformedMessage("malformed session message: a delta before the session's whole state");
+  const reuse = memo !== undefined && msg.nodeJson !== "" && msg.nodeJson === memo.nodeJson;
+  const r = SessionDeltaSchema.safeParse(reuse ? { ...msg, nodeJson: "" } : msg);
+  if (!r.success) throw new MalformedMessage(`malformed session message: ${describeIssues(r.error)}`);
+  const d = r.data;
+  if (d.sessionId !== "" && d.sessionId !== prev.sessionId) {
+    throw new MalformedMessage("malformed session message: sessionId: a delta of another session");
+  }
+  const cleared = new Set<number>(d.cleared);
+  let node = prev.node;
+  if (msg.nodeJson !== "") {
+    node = reuse ? memo.node : d.nodeJson === "" ? undefined : d.nodeJson;
+    if (memo) {
+      memo.nodeJson = msg.nodeJson;
+      memo.node = node;
+    }
+  }
+  const networks = new Map(prev.networks.map((n) => [n.network.id, n]));
+  for (const id of d.removedNetworks) networks.delete(id);
+  for (const [i, n] of d.networks.entries()) networks.set(n.networkJson.id, held(msg.networks[i]!, n));
+  const keysJson = cleared.has(7) ? "" : msg.networkKeysJson !== "" ? msg.networkKeysJson : prev.networkKeysJson;
+  const keys = cleared.has(7) ? undefined : d.networkKeysJson !== "" ? (d.networkKeysJson as AgentKeys) : prev.keys;
+  return {
+    sessionId: prev.sessionId,
+    node,
+    managers: cleared.has(3) ? [] : d.managers.length > 0 ? d.managers : prev.managers,
+    heartbeatPeriodMs: d.heartbeatPeriodMs || prev.heartbeatPeriodMs,
+    role: d.role || prev.role,
+    networks: [...networks.values()].sort((a, b) =>
+      a.network.id < b.network.id ? -1 : a.network.id > b.network.id ? 1 : 0,
+    ),
+    keys,
+    networkKeysJson: keysJson,
+    rootCaPem: cleared.has(8) ? "" : d.rootCaPem || prev.rootCaPem,
+    renewCertificateIssuer: cleared.has(9) ? "" : d.renewCertificateIssuer || prev.renewCertificateIssuer,
   };
 }
 

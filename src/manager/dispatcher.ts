@@ -13,6 +13,8 @@
 //   sessions are sent their new state in batches of bounded size per event-loop turn;
 // - a message is put together from pieces encoded once and shared (push-parts.ts): a change to a network
 //   is encoded once for all its holders, a swarm-wide change once for everyone, a node once per change;
+//   an agent that takes deltas is sent only the pieces that changed (a new heartbeat period: a few bytes),
+//   the whole state only in its session's first message;
 // - node status changes (Ready when a session starts, Down when one is missed) are queued and written in
 //   few Raft entries (node.statusBatch); a reconnect of a node that is already Ready writes nothing;
 // - a new leader gives every node a grace that grows with the cluster before anything is marked Down.
@@ -31,7 +33,7 @@ import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
 import { heartbeatHandlers } from "./heartbeat-service.js";
 import { type AttachmentCluster, attachmentHandlers } from "./networks.js";
-import { newSessionPieces, PushParts, type SessionCall, type SessionPieces, samePieces } from "./push-parts.js";
+import { messageFor, newSessionPieces, PushParts, type SessionCall, type SessionPieces } from "./push-parts.js";
 import { SessionHold } from "./session-hold.js";
 import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
 
@@ -418,11 +420,10 @@ export class Dispatcher {
     const rec = this.m.store.nodeView(s.nodeId);
     if (!rec) return false;
     const held = [...(this.holds.get(s.nodeId)?.keys() ?? [])].sort();
-    const pieces = this.parts.pieces(s.pieces, rec, renewFor(cluster, rec), held);
-    if (samePieces(pieces, s.pieces.last)) return false;
-    s.pieces.last = pieces;
+    const message = messageFor(s.pieces, this.parts.pieces(s.pieces, rec, renewFor(cluster, rec), held));
+    if (!message) return false;
     // Bytes already encoded: the service's serializer passes them through (services.ts).
-    s.call.write(Buffer.concat(pieces));
+    s.call.write(message);
     return true;
   }
 
@@ -531,7 +532,7 @@ export class Dispatcher {
       nodeId: peer.nodeId,
       call,
       lastSeenMs: performance.now(),
-      pieces: newSessionPieces(id),
+      pieces: newSessionPieces(id, call.request.acceptsDeltas === true),
       registered: false,
     };
     // One session per node: a reconnecting agent replaces its old session.

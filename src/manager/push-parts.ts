@@ -8,7 +8,11 @@
 // encoding of it plus a copy of bytes per session holding it, never an encoding per session.
 //
 // A piece whose bytes come out the same as before keeps its old Buffer: a session is sent a message only
-// when one of its pieces is not the very Buffer it was last sent.
+// when one of its pieces is not the very Buffer it was last sent. An agent that takes deltas is sent only
+// those pieces (after its session's first message, the whole state): a new heartbeat period is a message of
+// a few bytes to every session, not its node, the managers and the root CA again. Per session that is one
+// write either way; what a delta saves is the bytes copied, encrypted and sent, the garbage they leave, and
+// the agent's decoding.
 
 import type { ServerDuplexStream, ServerWritableStream } from "@grpc/grpc-js";
 import type { HeartbeatRequest, ManagerAddr, NetworkState, SessionRequest } from "../gen/cluster.js";
@@ -61,18 +65,74 @@ function keep(prev: Buffer | undefined, next: Buffer): Buffer {
 
 /** What a session keeps of the pieces it was sent. */
 export interface SessionPieces {
-  /** Field 1 (the session id), made when the session starts. */
+  /** Field 1 (the session id), made when the session starts: in every message. */
   readonly idPart: Buffer;
+  /** Whether the agent applies deltas (SessionRequest.accepts_deltas): then only changed pieces are sent. */
+  readonly deltas: boolean;
   /** The node's view its node piece was made from (views are shared and replaced when the node changes). */
   nodeView: View<NodeRecord> | undefined;
   nodeRenew: string;
   nodePart: Buffer;
-  /** The pieces of the last message sent, in order. */
-  last: readonly Buffer[];
+  /** The pieces of the last message sent, by what they hold (see Pieces); empty before the first. */
+  last: Pieces;
 }
 
-export function newSessionPieces(sessionId: string): SessionPieces {
-  return { idPart: encode({ sessionId }), nodeView: undefined, nodeRenew: "", nodePart: EMPTY, last: [] };
+export function newSessionPieces(sessionId: string, deltas = false): SessionPieces {
+  return {
+    idPart: encode({ sessionId }),
+    deltas,
+    nodeView: undefined,
+    nodeRenew: "",
+    nodePart: EMPTY,
+    last: new Map(),
+  };
+}
+
+/**
+ * A session's pieces by what each holds: "node" (its node, role and renewal issuer), "managers", "period",
+ * "ca", "net:<id>" for each network it holds, "keys". Only pieces with bytes: one that would be empty (no
+ * keys for a node holding no encrypted network) is absent, and its field is then empty.
+ */
+export type Pieces = Map<string, Buffer>;
+
+/** The field each piece but the node's and the networks' fills: cleared in a delta when the piece goes. */
+const FIELD_OF: Record<string, number> = { managers: 3, keys: 7, ca: 8 };
+/** SessionMessage.renew_certificate_issuer: cleared in a delta that carries a node piece without one. */
+const RENEW_FIELD = 9;
+const NETWORK_PREFIX = "net:";
+/** The head of a delta that clears nothing and removes no network (most of them). */
+const DELTA = encode({ delta: true });
+
+/**
+ * The message to send a session whose pieces are now `now`, or undefined when they are the very ones it was
+ * last sent. A session's first message, and every message to an agent that does not take deltas, is the
+ * whole state; later ones to an agent that does carry the session id and the pieces that changed, with the
+ * fields and networks that went (see SessionMessage.delta).
+ */
+export function messageFor(s: SessionPieces, now: Pieces): Buffer | undefined {
+  const last = s.last;
+  const changed: Buffer[] = [];
+  let nodeChanged = false;
+  for (const [key, bytes] of now) {
+    if (last.get(key) === bytes) continue;
+    changed.push(bytes);
+    if (key === "node") nodeChanged = true;
+  }
+  const gone: string[] = [];
+  for (const key of last.keys()) if (!now.has(key)) gone.push(key);
+  if (changed.length === 0 && gone.length === 0) return undefined;
+  s.last = now;
+  if (last.size === 0 || !s.deltas) return Buffer.concat([s.idPart, ...now.values()]);
+  const cleared: number[] = [];
+  const removedNetworks: string[] = [];
+  for (const key of gone) {
+    if (key.startsWith(NETWORK_PREFIX)) removedNetworks.push(key.slice(NETWORK_PREFIX.length));
+    else if (FIELD_OF[key] !== undefined) cleared.push(FIELD_OF[key]);
+  }
+  if (nodeChanged && s.nodeRenew === "") cleared.push(RENEW_FIELD);
+  const head =
+    cleared.length > 0 || removedNetworks.length > 0 ? encode({ delta: true, cleared, removedNetworks }) : DELTA;
+  return Buffer.concat([s.idPart, head, ...changed]);
 }
 
 interface NetworkPiece {
@@ -83,7 +143,10 @@ interface NetworkPiece {
 export class PushParts {
   /** Pieces encoded so far (each is one serialisation; tests and metrics count them). */
   encoded = 0;
-  private common: Buffer | undefined;
+  /** What every session gets alike, a piece per field (a change to one sends only it to agents taking deltas). */
+  private managersPart: Buffer = EMPTY;
+  private periodPart: Buffer = EMPTY;
+  private caPart: Buffer = EMPTY;
   private networks = new Map<string, NetworkPiece | null>();
   private keys: Buffer | undefined;
 
@@ -93,7 +156,9 @@ export class PushParts {
   refreshCommon(managers: ManagerAddr[], heartbeatPeriodMs: number, cluster: View<ClusterRecord> | undefined): void {
     const rootCaPem = cluster?.info.TLSInfo.TrustRoot ?? "";
     this.encoded++;
-    this.common = keep(this.common, encode({ managers, heartbeatPeriodMs, rootCaPem }));
+    this.managersPart = keep(this.managersPart, encode({ managers }));
+    this.periodPart = keep(this.periodPart, encode({ heartbeatPeriodMs }));
+    this.caPart = keep(this.caPart, encode({ rootCaPem }));
   }
 
   /** A network changed (itself, its endpoints, or a node holding it): its piece is made again when needed. */
@@ -108,7 +173,9 @@ export class PushParts {
   clear(): void {
     this.networks.clear();
     this.keys = undefined;
-    this.common = undefined;
+    this.managersPart = EMPTY;
+    this.periodPart = EMPTY;
+    this.caPart = EMPTY;
   }
 
   private network(id: string): NetworkPiece | null {
@@ -133,10 +200,10 @@ export class PushParts {
   }
 
   /**
-   * The pieces of a session's message now (its node, `held` the networks it holds, sorted), or undefined
-   * when its node is gone. The node piece is made again only when the node's view changed.
+   * The pieces of a session's message now (its node, `held` the networks it holds, sorted). The node piece
+   * is made again only when the node's view changed.
    */
-  pieces(s: SessionPieces, rec: View<NodeRecord>, renew: string, held: readonly string[]): Buffer[] {
+  pieces(s: SessionPieces, rec: View<NodeRecord>, renew: string, held: readonly string[]): Pieces {
     if (s.nodeView !== rec || s.nodeRenew !== renew) {
       this.encoded++;
       s.nodePart = keep(
@@ -146,22 +213,22 @@ export class PushParts {
       s.nodeView = rec;
       s.nodeRenew = renew;
     }
-    const out = [s.idPart, s.nodePart, this.common ?? EMPTY];
+    const out: Pieces = new Map();
+    const add = (key: string, bytes: Buffer) => {
+      if (bytes.length > 0) out.set(key, bytes);
+    };
+    add("node", s.nodePart);
+    add("managers", this.managersPart);
+    add("period", this.periodPart);
+    add("ca", this.caPart);
     let encrypted = false;
     for (const id of held) {
       const p = this.network(id);
       if (!p) continue;
-      out.push(p.bytes);
+      add(NETWORK_PREFIX + id, p.bytes);
       encrypted ||= p.encrypted;
     }
-    if (encrypted) out.push(this.keysPart());
+    if (encrypted) add("keys", this.keysPart());
     return out;
   }
-}
-
-/** Whether a session's pieces are the very ones it was last sent. */
-export function samePieces(a: readonly Buffer[], b: readonly Buffer[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }

@@ -37,6 +37,8 @@ export const requestSchemas = {
   session: z.object({
     descriptionJson: z.string().max(MAX_DESCRIPTION_JSON_BYTES, `must be at most ${MAX_DESCRIPTION_JSON_BYTES} bytes`),
     addr: z.union([empty, IpAddress]),
+    // An older agent's request decodes with false (the field's default).
+    acceptsDeltas: z.boolean().default(false),
   }),
   heartbeat: z.object({ sessionId: z.string().regex(/^[0-9a-f]{24}$/, "is not a session id") }),
   attach: z.object({

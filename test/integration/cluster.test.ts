@@ -219,7 +219,11 @@ const rpc = {
       new DispatcherClient(addr, creds, CLIENT_CHANNEL_OPTIONS),
       (c) =>
         new Promise<RpcOutcome>((res) => {
-          const call = c.session({ descriptionJson: "", addr: "" }, new grpc.Metadata(), deadline());
+          const call = c.session(
+            { descriptionJson: "", addr: "", acceptsDeltas: false },
+            new grpc.Metadata(),
+            deadline(),
+          );
           call.on("data", () => {
             res(OK);
             call.cancel();
@@ -1121,6 +1125,9 @@ describe("a role change that cannot complete (a fake manager refuses the certifi
           networkKeysJson: "",
           rootCaPem: "",
           renewCertificateIssuer: "",
+          delta: false,
+          cleared: [],
+          removedNetworks: [],
         });
       },
       heartbeat: (_call: unknown, cb: grpc.sendUnaryData<{ periodMs: number }>) => cb(null, { periodMs: 1000 }),

@@ -92,7 +92,7 @@ describe("issue 9: the cluster protocol refuses what once stopped it", () => {
   it('case 2: a worker\'s session with description "null" is refused on every manager; Raft keeps running', async () => {
     const worker = readCerts(lab, 4);
     for (const i of [1, 2, 3]) {
-      const o = await session(lab.addr(i), worker, { descriptionJson: "null", addr: "" });
+      const o = await session(lab.addr(i), worker, { descriptionJson: "null", addr: "", acceptsDeltas: false });
       // The leader refuses the description; followers send the worker to the leader first.
       expect([grpc.status.INVALID_ARGUMENT, grpc.status.UNAVAILABLE]).toContain(o.code);
       if (i === 1) expect(o.details).toMatch(/invalid session request: invalid description: /);
@@ -108,11 +108,11 @@ describe("issue 9: the cluster protocol refuses what once stopped it", () => {
       Resources: { NanoCPUs: 0, MemoryBytes: 0 },
       Engine: { EngineVersion: "x", Plugins: [] },
     });
-    const o = await session(leaderAddr(), worker, { descriptionJson: bad, addr: "" });
+    const o = await session(leaderAddr(), worker, { descriptionJson: bad, addr: "", acceptsDeltas: false });
     expect(o.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(o.details).toMatch(/Hostname/);
     const huge = JSON.stringify({ Hostname: "h".repeat(100_000) });
-    expect((await session(leaderAddr(), worker, { descriptionJson: huge, addr: "" })).code).toBe(
+    expect((await session(leaderAddr(), worker, { descriptionJson: huge, addr: "", acceptsDeltas: false })).code).toBe(
       grpc.status.INVALID_ARGUMENT,
     );
     const rows = await lab.nodeLs(1);
@@ -123,7 +123,7 @@ describe("issue 9: the cluster protocol refuses what once stopped it", () => {
   it("a worker cannot name a multicast, unspecified or foreign loopback address as its own", async () => {
     const worker = readCerts(lab, 4);
     for (const addr of ["224.0.0.1", "0.0.0.0", "not-an-ip", "10.0.0.1:4789"]) {
-      const o = await session(leaderAddr(), worker, { descriptionJson: "", addr });
+      const o = await session(leaderAddr(), worker, { descriptionJson: "", addr, acceptsDeltas: false });
       expect(o.code, addr).toBe(grpc.status.INVALID_ARGUMENT);
     }
     const node4 = (await lab.nodeLs(1)).find((r) => r.Hostname === "node4")!;

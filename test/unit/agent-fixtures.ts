@@ -18,6 +18,9 @@ export function sessionMessage(n: number, periodMs: number): SessionMessage {
     networkKeysJson: "",
     rootCaPem: "",
     renewCertificateIssuer: "",
+    delta: false,
+    cleared: [],
+    removedNetworks: [],
   };
 }
 

@@ -7,6 +7,7 @@ import { EventEmitter } from "node:events";
 import { Metadata, type ServerWritableStream, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import pino from "pino";
 import { afterEach, beforeAll, describe, expect, test, vi } from "vitest";
+import { type DecodedSession, decodeSessionMessage, type SessionDecodeMemo } from "../../src/agent/messages.js";
 import { DEFAULT_SWARM_SPEC, type Node } from "../../src/api/objects.js";
 import { generateNodeKeyAndCSR, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
@@ -124,10 +125,12 @@ afterEach(() => {
 /** A stand-in for grpc-js's server stream: what the dispatcher writes, and whether it ended. */
 class FakeStream extends EventEmitter {
   readonly messages: SessionMessage[] = [];
+  /** The bytes of each message, as written. */
+  readonly sizes: number[] = [];
   readonly metadata = new Metadata();
   error: Error | undefined;
   constructor(
-    readonly request: { descriptionJson: string; addr: string },
+    readonly request: { descriptionJson: string; addr: string; acceptsDeltas?: boolean },
     private readonly der: Buffer,
   ) {
     super();
@@ -144,6 +147,7 @@ class FakeStream extends EventEmitter {
   /** `bytes`: the message as the dispatcher writes it, encoded (grpc-js sends those bytes as they are). */
   write(bytes: Buffer): boolean {
     this.messages.push(SessionMessage.decode(bytes));
+    this.sizes.push(bytes.length);
     return true;
   }
   end(): void {}
@@ -160,9 +164,14 @@ function addNode(f: Fixture, i: number, state: "unknown" | "ready" = "unknown"):
   }
 }
 
-/** `lost`: the manager the node says it lost (the agent's session request metadata). */
-function open(f: Fixture, i: number, lost?: string): FakeStream {
-  const s = new FakeStream({ descriptionJson: "", addr: "" }, certs[i]!);
+/**
+ * `lost`: the manager the node says it lost (the agent's session request metadata). `deltas`: the agent
+ * takes deltas (an agent of this tree); without it the request is an older agent's.
+ */
+function open(f: Fixture, i: number, lost?: string, deltas?: boolean): FakeStream {
+  const request =
+    deltas === undefined ? { descriptionJson: "", addr: "" } : { descriptionJson: "", addr: "", acceptsDeltas: deltas };
+  const s = new FakeStream(request, certs[i]!);
   if (lost !== undefined) s.metadata.set(LOST_MANAGER_KEY, lost);
   (f.service.session as (c: ServerWritableStream<unknown, unknown>) => void)(
     s as unknown as ServerWritableStream<unknown, unknown>,
@@ -499,6 +508,108 @@ describe("dispatcher", () => {
       expect((JSON.parse(keysOf(i)) as { keys: { tag: number }[] }).keys.map((k) => k.tag)).toEqual([2, 3, 4]);
     }
     expect(f.dispatcher.encodedPieces() - encoded).toBe(2); // the keys, and what everyone gets
+    f.dispatcher.loseLeadership();
+  });
+
+  test("an agent that takes deltas is sent only what changed, and after any sequence of them holds the whole state", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    const apply = (c: Command) => {
+      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
+      if (!out.ok) throw new Error(out.message);
+    };
+    for (let i = 0; i < 3; i++) addNode(f, i, "ready");
+    apply({ op: "keys.init", ring: initialKeyring(at) });
+    const spec = { driver: "overlay" as const, internal: false, attachable: true, ingress: false, labels: {} };
+    const secret = "net000000000000000000000s";
+    const plain = "net000000000000000000000p";
+    apply({ op: "network.create", id: secret, spec: { name: "secret", ...spec, options: { encrypted: "" } } });
+    apply({ op: "network.create", id: plain, spec: { name: "plain", ...spec, options: {} } });
+    const endpoint = (n: number, node: number, net: string): Command => ({
+      op: "endpoint.create",
+      id: String(n).padEnd(64, "e"),
+      networkId: net,
+      nodeId: ids[node]!,
+      containerId: String(n).padEnd(64, "c"),
+      containerName: `c${n}`,
+      aliases: [],
+      standalone: true,
+    });
+    apply(endpoint(0, 0, plain));
+    f.dispatcher.becomeLeader();
+    // Node 0's agent takes deltas; node 1's is an older one (whole state each time); node 2 is a peer.
+    let a = open(f, 0, undefined, true);
+    const old = open(f, 1);
+    await settle();
+    // The agent's side: every message applied in order to the state the previous ones left.
+    const follow = (stream: FakeStream) => {
+      const memo: SessionDecodeMemo = { nodeJson: "", node: undefined };
+      let state: DecodedSession | undefined;
+      let read = 0;
+      return (): DecodedSession => {
+        for (; read < stream.messages.length; read++) state = decodeSessionMessage(stream.messages[read]!, memo, state);
+        return state!;
+      };
+    };
+    let agentState = follow(a);
+    /** A new session of node 0: its first message is the whole state, the same as the deltas left. */
+    const restart = async () => {
+      const merged = agentState();
+      expect(a.messages.slice(1).every((m) => m.delta)).toBe(true);
+      a = open(f, 0, undefined, true);
+      await settle();
+      expect(a.messages).toHaveLength(1);
+      expect(a.messages[0]!.delta).toBe(false);
+      agentState = follow(a);
+      expect({ ...merged, sessionId: "" }).toEqual({ ...agentState(), sessionId: "" });
+    };
+    expect(a.messages[0]!.delta).toBe(false);
+    expect(agentState().networks.map((n) => n.network.id)).toEqual([plain]);
+    const step = async (c: Command) => {
+      apply(c);
+      await settle();
+    };
+
+    // A new heartbeat period: a few bytes (the session id and the period), not the node nor the network.
+    const cl = f.store.cluster()!;
+    const period = { Dispatcher: { HeartbeatPeriod: 3 * PERIOD_MS * 1e6 } };
+    await step({ op: "cluster.update", version: cl.info.Version.Index, spec: { ...cl.info.Spec, ...period } });
+    const d = a.messages.at(-1)!;
+    expect(d.delta).toBe(true);
+    expect([d.nodeJson, d.networks.length, d.managers.length]).toEqual(["", 0, 0]);
+    expect(a.sizes.at(-1)).toBeLessThan(64);
+    expect(agentState().heartbeatPeriodMs).toBe(3 * PERIOD_MS);
+    // The older agent got its whole state, as before.
+    expect(old.messages.at(-1)!.delta).toBe(false);
+    expect(old.messages.at(-1)!.heartbeatPeriodMs).toBe(3 * PERIOD_MS);
+    expect(JSON.parse(old.messages.at(-1)!.nodeJson).ID).toBe(ids[1]);
+
+    // The node holds the encrypted network too (keys come), a peer joins it, the node's labels change, the
+    // keys rotate, the node leaves the plain network, then the encrypted one (keys go).
+    await step(endpoint(1, 0, secret));
+    expect(agentState().keys).toBeDefined();
+    await step(endpoint(2, 2, secret));
+    const node = f.store.node(ids[0]!)!.node;
+    await step({
+      op: "node.update",
+      id: ids[0]!,
+      version: node.Version.Index,
+      spec: { Labels: { zone: "a" }, Role: "worker", Availability: "active" },
+    });
+    await step(rotateCommand(f.store.keyring()!, at));
+    await step({ op: "endpoint.remove", id: String(0).padEnd(64, "e") });
+    const mid = agentState();
+    expect(mid.networks.map((n) => [n.network.id, n.endpoints.length])).toEqual([[secret, 2]]);
+    expect(mid.node?.Spec.Labels).toEqual({ zone: "a" });
+    expect(mid.keys?.keys.map((k) => k.tag)).toEqual([2, 3, 4]);
+    await restart();
+    // It leaves the encrypted network: the network and the keys go.
+    await step({ op: "endpoint.remove", id: String(1).padEnd(64, "e") });
+    expect(a.messages.at(-1)!.removedNetworks).toEqual([secret]);
+    expect(agentState().networks).toEqual([]);
+    expect(agentState().keys).toBeUndefined();
+    expect(agentState().networkKeysJson).toBe("");
+    await restart();
     f.dispatcher.loseLeadership();
   });
 

@@ -62,6 +62,9 @@ function message(extra: Partial<SessionMessage> = {}): SessionMessage {
     networkKeysJson: "",
     rootCaPem: "",
     renewCertificateIssuer: "",
+    delta: false,
+    cleared: [],
+    removedNetworks: [],
     ...extra,
   };
 }
