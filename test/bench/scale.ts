@@ -14,7 +14,9 @@
 //   join/s         N / time from the first join request to the last certificate issued
 //   sessions up    time until every simulated worker holds a session
 //   leader CPU     the leader process's CPU over --steady seconds once every session is up (% of one core)
-//   hb p99         heartbeat round trips seen by the agents during the steady window
+//   hb p99         heartbeat round trips seen by the agents during the steady window; beside it, what of a
+//                  round trip is not the leader's: the simulators' event-loop delay (p99, max over the
+//                  processes) in that window, and the leader's own longest event-loop delay in it
 //   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI); beside it
 //                  the CLI alone: the same command with the leader's answers replayed from memory
 //   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
@@ -257,11 +259,18 @@ export interface Row {
   heartbeatP99Ms: number;
   heartbeatCount: number;
   heartbeatFailures: number;
+  /** The simulators' event-loop delay in the steady window (ms): the worst process's p99 and max. */
+  simLoopP99Ms?: number;
+  simLoopMaxMs?: number;
+  /** The leader's longest event-loop delay in the steady window (ms, from its /metrics every 2 s). */
+  leaderLoopMaxMs?: number;
   nodeLsMs: number;
   /** The same `docker node ls` with the leader's answers served from memory: the CLI's own time. */
   nodeLsFloorMs: number;
   fanoutP99Ms: number;
   fanoutReached: number;
+  /** Per change: the leader's push histogram bound on its own time to write the last session (ms). */
+  fanoutLeaderBoundsMs?: (number | undefined)[];
   leaderRssMiB: number;
   /** The leader's V8 heap in use at the end of the steady window (MiB). */
   leaderHeapUsedMiB: number | undefined;
@@ -464,14 +473,19 @@ async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: R
   row.joinPerS = joined / Math.max(0.001, row.joinSeconds);
 }
 
-async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row): Promise<void> {
+async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row, stalls: StallWatch): Promise<void> {
   await sleep(5000);
   await w.stats(); // drop the samples of the join
   const c0 = leader.cpuSeconds();
   const t0 = performance.now();
+  const from = Date.now();
   await sleep(o.steadySeconds * 1000);
   const c1 = leader.cpuSeconds();
   const st = await w.stats();
+  row.simLoopP99Ms = Math.max(...st.map((s) => s.loopP99Ms));
+  row.simLoopMaxMs = Math.max(...st.map((s) => s.loopMaxMs));
+  // The leader's reads that cover the window (each covers the 2 s before it).
+  row.leaderLoopMaxMs = stalls.maxBetween(leader, from + 2000, Date.now());
   row.leaderCpuPct = ((c1 - c0) / ((performance.now() - t0) / 1000)) * 100;
   const hb = st.flatMap((s) => s.heartbeatsMs);
   row.heartbeatP99Ms = percentile(hb, 99);
@@ -488,6 +502,8 @@ async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row): Pr
  */
 class StallWatch {
   private readonly maxMs = new Map<Shoald, number>();
+  /** Every read: when (wall ms) and the longest delay since the previous read. */
+  private readonly reads = new Map<Shoald, { at: number; ms: number }[]>();
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
 
@@ -500,7 +516,11 @@ class StallWatch {
           .filter((d) => d.alive)
           .map(async (d) => {
             const lag = metricValue(await d.metrics(), "nodejs_eventloop_lag_max_seconds");
-            if (lag !== undefined) this.maxMs.set(d, Math.max(this.maxMs.get(d) ?? 0, lag * 1000));
+            if (lag === undefined) return;
+            this.maxMs.set(d, Math.max(this.maxMs.get(d) ?? 0, lag * 1000));
+            const reads = this.reads.get(d) ?? [];
+            reads.push({ at: Date.now(), ms: lag * 1000 });
+            this.reads.set(d, reads);
           }),
       ).finally(() => {
         this.busy = false;
@@ -515,10 +535,38 @@ class StallWatch {
   of(d: Shoald): number | undefined {
     return this.maxMs.get(d);
   }
+
+  /** The longest delay of the reads made between `from` and `to` (wall ms). */
+  maxBetween(d: Shoald, from: number, to: number): number | undefined {
+    const ms = (this.reads.get(d) ?? []).filter((r) => r.at >= from && r.at <= to).map((r) => r.ms);
+    return ms.length > 0 ? Math.max(...ms) : undefined;
+  }
+}
+
+/** The cumulative bucket counts of the leader's push latency histogram (le in seconds -> count). */
+function pushBuckets(text: string | undefined): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const m of (text ?? "").matchAll(/^shoal_dispatcher_push_seconds_bucket\{le="([^"]+)"\} (\S+)$/gm)) {
+    out.set(m[1] === "+Inf" ? Number.POSITIVE_INFINITY : Number(m[1]), Number(m[2]));
+  }
+  return out;
+}
+
+/**
+ * The bound (ms) under which every batch the leader sent between two reads of its histogram was sent: for a
+ * fan-out, the leader's own time from the change to its write to the last session (a bucket's upper edge).
+ */
+function leaderPushBoundMs(before: Map<number, number>, after: Map<number, number>): number | undefined {
+  const les = [...after.keys()].sort((a, b) => a - b);
+  const total = (after.get(Number.POSITIVE_INFINITY) ?? 0) - (before.get(Number.POSITIVE_INFINITY) ?? 0);
+  if (total <= 0) return undefined;
+  const le = les.find((x) => (after.get(x) ?? 0) - (before.get(x) ?? 0) >= total);
+  return le === undefined ? undefined : le * 1000;
 }
 
 async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> {
   const p99s: number[] = [];
+  const bounds: (number | undefined)[] = [];
   let reached = Number.POSITIVE_INFINITY;
   for (const periodS of [6, 5, 6]) {
     const swarm = await callOk<{ Version: { Index: number }; Spec: { Dispatcher: { HeartbeatPeriod: number } } }>(
@@ -529,6 +577,7 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> 
     w.broadcast({ t: "expect", periodMs: periodS * 1000 });
     await sleep(200);
     const spec = { ...swarm.Spec, Dispatcher: { ...swarm.Spec.Dispatcher, HeartbeatPeriod: periodS * 1e9 } };
+    const buckets0 = pushBuckets(await leader.metrics());
     const t0 = Date.now();
     await callOk(leader.sock, "POST", `/swarm/update?version=${swarm.Version.Index}`, spec);
     let seen: number[] = [];
@@ -544,11 +593,15 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> 
     reached = Math.min(reached, seen.length);
     const took = seen.map((at) => at - t0);
     p99s.push(percentile(took, 99));
+    const bound = leaderPushBoundMs(buckets0, pushBuckets(await leader.metrics()));
+    bounds.push(bound);
     const ps = [10, 50, 90, 99, 100].map((p) => `p${p} ${percentile(took, p).toFixed(0)}`).join(", ");
-    console.log(`  fan-out of a ${periodS} s period: ${ps} ms (${seen.length} sessions)`);
+    const lb = bound === undefined ? "" : `; the leader wrote the last within ${bound} ms of the change`;
+    console.log(`  fan-out of a ${periodS} s period: ${ps} ms (${seen.length} sessions)${lb}`);
     await sleep(1000);
   }
   row.fanoutP99Ms = Math.max(...p99s);
+  row.fanoutLeaderBoundsMs = bounds;
   row.fanoutReached = reached;
 }
 
@@ -772,7 +825,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     leader = await leaderOf(ds);
     const into = (): string => ((Date.now() - leader.startedAtMs) / 1000).toFixed(1);
     const steadyFrom = into();
-    await steadyPhase(o, leader, w, row);
+    await steadyPhase(o, leader, w, row, stalls);
     const steadyTo = into();
     const ls: number[] = [];
     for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(leader.sock));
@@ -869,7 +922,7 @@ function printTable(rows: Row[]): void {
       ? `${fo.backSeconds !== undefined ? `all back in ${f(fo.backSeconds, 1)} s` : `${fo.backAtTimeout}/${r.joined} back`}; ${fo.falselyDown} falsely Down; ${fo.extraElections} extra elections`
       : "-";
     console.log(
-      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms | ${f(r.nodeLsMs)} ms (CLI alone ${f(r.nodeLsFloorMs)}) | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${f(r.leaderHeapUsedMiB)} MiB | ${f(r.longestStallMs)} ms | ${after} |`,
+      `| ${r.nodes} | ${r.joined} | ${f(r.joinPerS, 1)} | ${r.sessionsUpSeconds !== undefined ? `${f(r.sessionsUpSeconds, 1)} s` : "no"} | ${f(r.leaderCpuPct)} % | ${f(r.heartbeatP99Ms)} ms (sim loop p99/max ${f(r.simLoopP99Ms)}/${f(r.simLoopMaxMs)}, leader loop max ${f(r.leaderLoopMaxMs)}) | ${f(r.nodeLsMs)} ms (CLI alone ${f(r.nodeLsFloorMs)}) | ${f(r.fanoutP99Ms)} ms (${r.fanoutReached}) | ${f(r.leaderRssMiB)} MiB | ${f(r.leaderHeapUsedMiB)} MiB | ${f(r.longestStallMs)} ms | ${after} |`,
     );
   }
   for (const r of rows) {

@@ -10,6 +10,7 @@
 // (and when each was last established), heartbeat round trips, and when each session saw a change.
 
 import { createRequire, syncBuiltinESMExports } from "node:module";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import pino from "pino";
 import { Agent, type AgentEvent } from "../../src/agent/agent.js";
 import type { DecodedSession } from "../../src/agent/messages.js";
@@ -57,6 +58,12 @@ export interface WorkerStats {
   sawExpectedAt: number[];
   /** Where each join's time went since the last report (ms per successful join, by stage). */
   joinStagesMs: JoinStages[];
+  /**
+   * This process's event-loop delay since the last report (ms, p99 and max): a heartbeat's answer waits that
+   * long here before its agent reads it, so a heartbeat round trip includes it.
+   */
+  loopP99Ms: number;
+  loopMaxMs: number;
 }
 
 /** One join, stage by stage: root CA fetched, key and CSR made, certificate issued, first session message. */
@@ -86,6 +93,8 @@ let heartbeatsMs: number[] = [];
 let heartbeatFailures = 0;
 let expectPeriodMs = 0;
 let joinStagesMs: JoinStages[] = [];
+const loop = monitorEventLoopDelay({ resolution: 10 });
+loop.enable();
 
 /** The real join path of a worker (the daemon's swarm join: requestCertificate), then the real Agent. */
 async function joinOne(managers: string[], token: string, hostname: string): Promise<Sim> {
@@ -182,7 +191,10 @@ function stats(since: number): WorkerStats {
     heartbeatFailures,
     sawExpectedAt: sims.filter((s) => s.sawAtMs > 0).map((s) => s.sawAtMs),
     joinStagesMs,
+    loopP99Ms: loop.percentile(99) / 1e6,
+    loopMaxMs: loop.max / 1e6,
   };
+  loop.reset();
   joinStagesMs = [];
   joinDoneAt = [];
   heartbeatsMs = [];
