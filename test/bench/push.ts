@@ -2,7 +2,8 @@
 // store, real ACL and node certificates; only the gRPC stream objects are stand-ins that count writes),
 // then the time and CPU until every session concerned has been written its new state.
 //
-//   node dist/test/bench/push.js [--sessions 2000] [--holders 200] [--rounds 3]
+//   node dist/test/bench/push.js [--sessions 2000] [--holders 200] [--rounds 3] [--deltas]
+//   (--deltas: the sessions' agents take deltas, as this tree's do; an older build ignores it)
 //
 //   swarm-wide   a cluster.update (heartbeat period): every session
 //   network      an endpoint added to a network that --holders nodes hold: those sessions (each message
@@ -41,7 +42,7 @@ class FakeStream extends EventEmitter {
   writes = 0;
   bytes = 0;
   constructor(
-    readonly request: { descriptionJson: string; addr: string },
+    readonly request: { descriptionJson: string; addr: string; acceptsDeltas: boolean },
     private readonly der: Buffer,
     private readonly onWrite: () => void,
   ) {
@@ -159,7 +160,10 @@ async function main(): Promise<void> {
       if (written >= want) return resolve();
       waiter = { want, done: resolve };
     });
-  const streams = certs.map((der) => new FakeStream({ descriptionJson: "", addr: "" }, der, onWrite));
+  const streams = certs.map(
+    (der) =>
+      new FakeStream({ descriptionJson: "", addr: "", acceptsDeltas: process.argv.includes("--deltas") }, der, onWrite),
+  );
   for (const s of streams) {
     (service.session as (c: ServerWritableStream<unknown, unknown>) => void)(
       s as unknown as ServerWritableStream<unknown, unknown>,
