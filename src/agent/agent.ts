@@ -39,6 +39,8 @@ export interface AgentOptions {
   random?: () => number;
   /** Every step the agent takes to hold its session (the scale bench's failover timeline). */
   onEvent?: (e: AgentEvent) => void;
+  /** False: ask for the whole state in every message, as an agent before deltas did (the scale bench's A/B). */
+  acceptsDeltas?: boolean;
 }
 
 /** One step of the agent's: a session attempt, its failure, a wait before the next, a session established. */
@@ -221,7 +223,11 @@ export class Agent {
       const md = new Metadata();
       if (this.lost !== undefined) md.set(LOST_MANAGER_KEY, this.lost);
       const stream = client.session(
-        { descriptionJson: JSON.stringify(this.opts.description()), addr: this.opts.addr, acceptsDeltas: true },
+        {
+          descriptionJson: JSON.stringify(this.opts.description()),
+          addr: this.opts.addr,
+          acceptsDeltas: this.opts.acceptsDeltas ?? true,
+        },
         md,
       );
       this.current = { client, stream };

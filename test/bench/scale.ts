@@ -76,6 +76,8 @@ interface Options {
   /** Extra flags for the managers' node (e.g. --trace-gc: its lines go to each manager's log). */
   nodeFlags: string[];
   failover: boolean;
+  /** Half of the simulator processes (the odd ones) run agents that do not take deltas: fan-out per half. */
+  deltasAb: boolean;
   out: string;
   keep: boolean;
 }
@@ -84,7 +86,7 @@ function usage(): never {
   console.error(
     "usage: node dist/test/bench/scale.js [--nodes 250,1000] [--procs P] [--concurrency C (per process)]\n" +
       "         [--steady S] [--join-timeout S] [--recover-timeout S] [--profile] [--heap-snapshot N]\n" +
-      '         [--node-flags "--trace-gc ..."] [--no-failover] [--failover (with --profile)] [--out FILE] [--keep]',
+      '         [--node-flags "--trace-gc ..."] [--no-failover] [--failover (with --profile)] [--deltas-ab] [--out FILE] [--keep]',
   );
   process.exit(2);
 }
@@ -101,6 +103,7 @@ function parseArgs(argv: string[]): Options {
     heapSnapshotAt: undefined,
     nodeFlags: [],
     failover: true,
+    deltasAb: false,
     out: join("bench-results", "scale.json"),
     keep: false,
   };
@@ -124,6 +127,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--heap-snapshot") o.heapSnapshotAt = Math.floor(num());
     else if (a === "--node-flags") o.nodeFlags = (argv[++i] ?? usage()).split(/\s+/).filter(Boolean);
     else if (a === "--no-failover") o.failover = false;
+    else if (a === "--deltas-ab") o.deltasAb = true;
     else if (a === "--failover") profileFailover = true;
     else if (a === "--out") o.out = argv[++i] ?? usage();
     else if (a === "--keep") o.keep = true;
@@ -431,6 +435,7 @@ async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: R
       count,
       prefix: `sim${i}`,
       concurrency: o.concurrency,
+      deltas: !(o.deltasAb && i % 2 === 1),
     });
   }
   let lastJoin = t0;
@@ -564,7 +569,7 @@ function leaderPushBoundMs(before: Map<number, number>, after: Map<number, numbe
   return le === undefined ? undefined : le * 1000;
 }
 
-async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> {
+async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): Promise<void> {
   const p99s: number[] = [];
   const bounds: (number | undefined)[] = [];
   let reached = Number.POSITIVE_INFINITY;
@@ -581,15 +586,29 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row): Promise<void> 
     const t0 = Date.now();
     await callOk(leader.sock, "POST", `/swarm/update?version=${swarm.Version.Index}`, spec);
     let seen: number[] = [];
+    let byProc: number[][] = [];
     await waitUntil(
       "the change to reach every session",
       30_000,
       async () => {
-        seen = (await w.stats()).flatMap((s) => s.sawExpectedAt);
+        byProc = (await w.stats()).map((s) => s.sawExpectedAt);
+        seen = byProc.flat();
         return seen.length >= row.joined ? true : undefined;
       },
       250,
     ).catch(() => undefined);
+    if (ab) {
+      // The even processes' agents take deltas, the odd ones' do not: the same leader, the same batches.
+      const half = (odd: number) =>
+        byProc
+          .filter((_, i) => i % 2 === odd)
+          .flat()
+          .map((at) => at - t0);
+      const p = (xs: number[]) => [50, 90, 99].map((q) => percentile(xs, q).toFixed(0)).join("/");
+      console.log(
+        `    A/B: agents taking deltas p50/p90/p99 ${p(half(0))} ms; agents taking whole messages ${p(half(1))} ms`,
+      );
+    }
     reached = Math.min(reached, seen.length);
     const took = seen.map((at) => at - t0);
     p99s.push(percentile(took, 99));
@@ -832,7 +851,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
     row.nodeLsFloorMs = await nodeLsFloor(leader.sock, dir);
     const fanoutFrom = into();
-    await fanoutPhase(leader, w, row);
+    await fanoutPhase(leader, w, row, o.deltasAb);
     if (o.profile) {
       // Seconds into the leader's profile (from its process start, within ~0.1 s) of each phase.
       const file = join(dir, "profiles", leader.name);

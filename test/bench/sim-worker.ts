@@ -20,7 +20,16 @@ import { type JoinStage, requestCertificate } from "../../src/daemon/bootstrap.j
 import { nodeDescription } from "../../src/daemon/info.js";
 
 export type ToWorker =
-  | { t: "join"; managers: string[]; token: string; count: number; prefix: string; concurrency: number }
+  | {
+      t: "join";
+      managers: string[];
+      token: string;
+      count: number;
+      prefix: string;
+      concurrency: number;
+      /** Whether the agents take deltas (false: as agents before them did). */
+      deltas: boolean;
+    }
   /** From now on, note when each session first sees heartbeatPeriodMs === periodMs. */
   | { t: "expect"; periodMs: number }
   /** Report; `since` (wall ms): count sessions established after it. Heartbeat samples are reset. */
@@ -97,7 +106,7 @@ const loop = monitorEventLoopDelay({ resolution: 10 });
 loop.enable();
 
 /** The real join path of a worker (the daemon's swarm join: requestCertificate), then the real Agent. */
-async function joinOne(managers: string[], token: string, hostname: string): Promise<Sim> {
+async function joinOne(managers: string[], token: string, hostname: string, deltas: boolean): Promise<Sim> {
   const t0 = performance.now();
   const at: Partial<Record<JoinStage, number>> = {};
   const remote = managers[Math.floor(Math.random() * managers.length)]!;
@@ -137,6 +146,7 @@ async function joinOne(managers: string[], token: string, hostname: string): Pro
     logger: log,
     onMessage: (m: DecodedSession) => onMessage(sim, m),
     onEvent: (e) => sim.timeline?.events.push({ ...e, at: Date.now() }),
+    acceptsDeltas: deltas,
     onHeartbeat: (ms, ok) => {
       if (ok) heartbeatsMs.push(ms);
       else heartbeatFailures++;
@@ -166,7 +176,7 @@ async function joinAll(m: Extract<ToWorker, { t: "join" }>): Promise<void> {
       const i = next++;
       for (let attempt = 0; ; attempt++) {
         try {
-          sims.push(await joinOne(m.managers, m.token, `${m.prefix}-${i}`));
+          sims.push(await joinOne(m.managers, m.token, `${m.prefix}-${i}`, m.deltas));
           joinDoneAt.push(Date.now());
           break;
         } catch {
