@@ -625,7 +625,7 @@ export interface FailoverTimeline {
   /** Per node, seconds from noticing to back that were not waiting: connecting, handshakes, answers. */
   workingS: { p50: number; p99: number; max: number };
   /** TLS handshakes the simulators began and completed, by target (dead, follower, leader), per node. */
-  handshakesPerNode: { begun: number; done: number; byTarget: Record<string, number> };
+  handshakesPerNode: { begun: number; done: number; resumed: number; byTarget: Record<string, number> };
 }
 
 function failoverTimeline(
@@ -688,8 +688,10 @@ function failoverTimeline(
   const byTarget: Record<string, number> = {};
   let begun = 0;
   let done = 0;
+  let resumed = 0;
   for (const r of reports) {
     for (const n of Object.values(r.handshakesBegun)) begun += n;
+    for (const n of Object.values(r.handshakesResumed ?? {})) resumed += n;
     for (const [addr, n] of Object.entries(r.handshakesDone)) {
       done += n;
       bump(byTarget, target(addr), n);
@@ -713,6 +715,7 @@ function failoverTimeline(
     handshakesPerNode: {
       begun: Math.round((begun / n) * 100) / 100,
       done: Math.round((done / n) * 100) / 100,
+      resumed: Math.round((resumed / n) * 100) / 100,
       byTarget: Object.fromEntries(Object.entries(byTarget).map(([k, v]) => [k, Math.round((v / n) * 100) / 100])),
     },
   };
