@@ -26,10 +26,11 @@
 //   connection only if their credentials are `_equals`. The client credentials (tls-client.ts) rely on both.
 
 import { hkdfSync, randomBytes } from "node:crypto";
-import { isIPv4, isIPv6 } from "node:net";
+import { createServer as createNetServer, isIPv4, isIPv6 } from "node:net";
 import * as tls from "node:tls";
 import { type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
 import { MANAGER_OU, type NodeRole, ouToRole, parseNodeCert } from "./certs.js";
+import { HandshakeGate } from "./handshake-gate.js";
 import { plainNodeSubject } from "./leaf.js";
 
 /** The identity of an authenticated peer. */
@@ -151,6 +152,8 @@ export interface TLSListener {
   update(m: TLSMaterial): void;
   /** Replaces the session tickets' keys (ticketKeysOf): tickets made under the old ones are refused. */
   setTicketKeys(keys: Buffer): void;
+  /** TLS handshakes under way, and connections accepted that wait for a place (handshake-gate.ts). */
+  handshakes(): { running: number; waiting: number };
   /** Stops accepting, closes this listener's HTTP/2 sessions, and waits for its connections to end. */
   close(): Promise<void>;
 }
@@ -166,6 +169,8 @@ export interface ListenTLSOptions extends TLSMaterial {
   maxConnections?: number;
   /** A client that has not finished its TLS handshake by then is cut off (default 10 s). */
   handshakeTimeoutMs?: number;
+  /** TLS handshakes under way at once (handshake-gate.ts); more wait, accepted, in order. */
+  maxHandshakesInFlight?: number;
   /**
    * Connections the kernel holds for accept (default LISTEN_BACKLOG; the kernel caps it at somaxconn).
    */
@@ -200,7 +205,10 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     minVersion: TLS_MIN_VERSION,
     handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
   });
-  tlsServer.maxConnections = opts.maxConnections ?? 16_384;
+  // The TLS server does not listen itself: the gate accepts, and hands it a few connections at a time.
+  const gate = new HandshakeGate(tlsServer, opts.maxHandshakesInFlight, (opts.handshakeTimeoutMs ?? 10_000) + 1000);
+  const netServer = createNetServer({ pauseOnConnect: true }, (raw) => gate.admit(raw));
+  netServer.maxConnections = opts.maxConnections ?? 16_384;
   tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.on("error", () => {
       // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.
@@ -241,13 +249,13 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
 
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
-    tlsServer.once("error", onError);
-    tlsServer.listen({ port: opts.port, host: opts.host, backlog: opts.backlog ?? LISTEN_BACKLOG }, () => {
-      tlsServer.off("error", onError);
+    netServer.once("error", onError);
+    netServer.listen({ port: opts.port, host: opts.host, backlog: opts.backlog ?? LISTEN_BACKLOG }, () => {
+      netServer.off("error", onError);
       resolve();
     });
   });
-  const addr = tlsServer.address();
+  const addr = netServer.address();
   const port = typeof addr === "object" && addr !== null ? addr.port : opts.port;
 
   let closed: Promise<void> | null = null;
@@ -258,6 +266,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
       checkMaterial(m);
       tlsServer.setSecureContext(serverContextOptions(m, ticketKeys));
     },
+    handshakes: () => ({ running: gate.running, waiting: gate.waiting }),
     setTicketKeys(keys: Buffer): void {
       if (keys.length !== TICKET_KEYS_BYTES) throw new TypeError(`ticket keys must be ${TICKET_KEYS_BYTES} bytes`);
       if (keys.equals(ticketKeys)) return;
@@ -267,7 +276,8 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     close(): Promise<void> {
       if (closed === null) {
         closed = new Promise<void>((resolve) => {
-          tlsServer.close(() => resolve());
+          netServer.close(() => resolve());
+          gate.close();
           injector.destroy();
           // Sessions get a graceful GOAWAY from injector.destroy(); do not let a stuck peer hold close().
           const timer = setTimeout(() => {

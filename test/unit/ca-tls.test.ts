@@ -1,5 +1,6 @@
 // A real grpc-js server on 127.0.0.1 with shoal's TLS helpers, answering with the caller's role.
 
+import { connect, type Socket } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
 import { generateNodeKeyAndCSR, type NodeRole, signNodeCSR } from "../../src/ca/certs.js";
@@ -335,3 +336,42 @@ describe("TLS session resumption across managers (tls.ts, 'Session resumption')"
     expect(seen).toEqual([false, false, true]);
   });
 });
+
+describe("listenTLS's handshake gate (handshake-gate.ts)", () => {
+  test("at most maxHandshakesInFlight handshakes run; the others wait, accepted, and go in turn", async () => {
+    const l = await listenTLS(newServer(), {
+      host: "127.0.0.1",
+      port: 0,
+      rootPem: rootM.certPem,
+      ...serverNode,
+      maxHandshakesInFlight: 2,
+    });
+    listeners.push(l);
+    // Two clients that connect and never say hello hold both places.
+    const silent = await Promise.all(
+      [0, 1].map(
+        () =>
+          new Promise<Socket>((resolve, reject) => {
+            const s = connect(l.port, "127.0.0.1", () => resolve(s));
+            s.on("error", reject);
+          }),
+      ),
+    );
+    try {
+      await until(() => l.handshakes().running === 2);
+      const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+      const answer = whoAmI(l.port, creds);
+      await until(() => l.handshakes().waiting === 1);
+      expect(l.handshakes()).toEqual({ running: 2, waiting: 1 });
+      silent[0]!.destroy();
+      expect(await answer).toMatchObject({ nodeId: "worker0000000000000000001" });
+    } finally {
+      for (const s of silent) s.destroy();
+    }
+  });
+});
+
+async function until(f: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(f()).toBe(true);
+}
