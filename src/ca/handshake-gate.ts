@@ -11,12 +11,18 @@
 // at a time to the TLS server; each handshake that ends (done, failed, timed out, or the socket closed) lets
 // the next one in. The work a turn can hold is bounded by maxInFlight handshake steps, so timers (Raft's
 // ticks, heartbeats' deadlines) and keepalives keep running while the queue drains.
+//
+// A handshake holds its place at most PLACE_MS: clients that connect and say nothing (or very slowly) must
+// not hold the listener for the TLS handshake timeout (10 s); past PLACE_MS the handshake goes on (until that
+// timeout) without its place, and the next connection gets one.
 
 import type { Socket } from "node:net";
 import type * as tls from "node:tls";
 
 /** Handshakes in flight at once on a listener (about 50 ms of CPU if all advanced in one turn). */
 export const MAX_HANDSHAKES_IN_FLIGHT = 32;
+/** The longest a handshake holds its place (see above). */
+export const PLACE_MS = 2000;
 
 export class HandshakeGate {
   private readonly inFlight = new Map<Socket, NodeJS.Timeout>();
@@ -24,13 +30,13 @@ export class HandshakeGate {
   private head = 0;
 
   /**
-   * `tlsServer` is not listening itself: the gate emits its 'connection' events. `limitMs`: a handshake not
-   * over by then frees its place regardless (the TLS server's own handshake timeout, and a margin).
+   * `tlsServer` is not listening itself: the gate emits its 'connection' events. `placeMs`: a handshake not
+   * over by then frees its place (and goes on).
    */
   constructor(
     private readonly tlsServer: tls.Server,
     private readonly maxInFlight = MAX_HANDSHAKES_IN_FLIGHT,
-    private readonly limitMs = 11_000,
+    private readonly placeMs = PLACE_MS,
   ) {
     const done = (socket: tls.TLSSocket): void => this.done(parentOf(socket));
     tlsServer.on("secureConnection", done);
@@ -64,7 +70,7 @@ export class HandshakeGate {
   }
 
   private start(raw: Socket): void {
-    const timer = setTimeout(() => this.done(raw), this.limitMs);
+    const timer = setTimeout(() => this.done(raw), this.placeMs);
     timer.unref();
     this.inFlight.set(raw, timer);
     raw.once("close", () => this.done(raw));

@@ -206,7 +206,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
   });
   // The TLS server does not listen itself: the gate accepts, and hands it a few connections at a time.
-  const gate = new HandshakeGate(tlsServer, opts.maxHandshakesInFlight, (opts.handshakeTimeoutMs ?? 10_000) + 1000);
+  const gate = new HandshakeGate(tlsServer, opts.maxHandshakesInFlight);
   const netServer = createNetServer({ pauseOnConnect: true }, (raw) => gate.admit(raw));
   netServer.maxConnections = opts.maxConnections ?? 16_384;
   tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
