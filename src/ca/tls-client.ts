@@ -53,6 +53,12 @@ const credentialsByMaterial = new WeakMap<TLSMaterial, ChannelCredentials>();
 class ManagerCredentials extends ChannelCredentials {
   private readonly context: tls.SecureContext;
   private readonly roots: NodeX509Certificate[];
+  /**
+   * The latest TLS session ticket a manager gave these credentials' connections: the next connection, to
+   * any manager, resumes it (tls.ts, "Session resumption": the managers share their ticket keys). Only a
+   * node's own credentials have them (one object per node's material): never another node's session.
+   */
+  private session: Buffer | undefined;
 
   constructor(rootPem: string, certPem?: string, keyPem?: string) {
     super();
@@ -94,6 +100,9 @@ class ManagerCredentials extends ChannelCredentials {
           secureContext: this.context,
           ALPNProtocols: ["h2"],
           ...(servername !== undefined ? { servername } : {}),
+          // A resumed session: Node does not call checkServerIdentity (nothing was presented); that the
+          // server could open the ticket proves it holds the managers' ticket keys.
+          ...(this.session !== undefined ? { session: this.session } : {}),
           // Node calls this only once OpenSSL has verified the chain against the roots.
           checkServerIdentity: (): Error | undefined => {
             delete (tlsSocket as { getPeerCertificate?: unknown }).getPeerCertificate;
@@ -113,6 +122,10 @@ class ManagerCredentials extends ChannelCredentials {
       // What Node would build for checkServerIdentity, never read: checkServerIdentity above reads the
       // certificate itself (and puts the real method back first).
       tlsSocket.getPeerCertificate = (() => ({})) as unknown as typeof tlsSocket.getPeerCertificate;
+      // Only from a server that passed the checks above (a ticket comes after the handshake completed).
+      tlsSocket.on("session", (ticket: Buffer) => {
+        if (tlsSocket.authorized) this.session = ticket;
+      });
       tlsSocket.on("error", reject);
     });
   }

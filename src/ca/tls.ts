@@ -25,10 +25,12 @@
 //   (abstract in the public ChannelCredentials, so a subclass may implement it), and two channels share a
 //   connection only if their credentials are `_equals`. The client credentials (tls-client.ts) rely on both.
 
-import { isIPv4, isIPv6 } from "node:net";
+import { hkdfSync, randomBytes } from "node:crypto";
+import { createServer as createNetServer, isIPv4, isIPv6 } from "node:net";
 import * as tls from "node:tls";
 import { type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
 import { MANAGER_OU, type NodeRole, ouToRole, parseNodeCert } from "./certs.js";
+import { HandshakeGate } from "./handshake-gate.js";
 import { plainNodeSubject } from "./leaf.js";
 
 /** The identity of an authenticated peer. */
@@ -148,6 +150,10 @@ export interface TLSListener {
   readonly port: number;
   /** Replaces the root bundle and/or server certificate for new connections (after renewal). */
   update(m: TLSMaterial): void;
+  /** Replaces the session tickets' keys (ticketKeysOf): tickets made under the old ones are refused. */
+  setTicketKeys(keys: Buffer): void;
+  /** TLS handshakes under way, and connections accepted that wait for a place (handshake-gate.ts). */
+  handshakes(): { running: number; waiting: number };
   /** Stops accepting, closes this listener's HTTP/2 sessions, and waits for its connections to end. */
   close(): Promise<void>;
 }
@@ -155,10 +161,16 @@ export interface TLSListener {
 export interface ListenTLSOptions extends TLSMaterial {
   host: string;
   port: number;
+  /** The keys of the TLS session tickets it issues and takes (ticketKeysOf); random until given. */
+  ticketKeys?: Buffer;
+  /** Each handshake completed and kept: whether it resumed a session (metrics). */
+  onHandshake?: (resumed: boolean) => void;
   /** Connections held at once; more are refused at accept (default 16,384: a 5,000-node swarm and room). */
   maxConnections?: number;
   /** A client that has not finished its TLS handshake by then is cut off (default 10 s). */
   handshakeTimeoutMs?: number;
+  /** TLS handshakes under way at once (handshake-gate.ts); more wait, accepted, in order. */
+  maxHandshakesInFlight?: number;
   /**
    * Connections the kernel holds for accept (default LISTEN_BACKLOG; the kernel caps it at somaxconn).
    */
@@ -184,15 +196,19 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
   checkMaterial(opts);
   const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
   const sockets = new Set<tls.TLSSocket>();
+  let ticketKeys = opts.ticketKeys ?? randomBytes(TICKET_KEYS_BYTES);
   const tlsServer = tls.createServer({
-    ...secureContextOptions(opts),
+    ...serverContextOptions(opts, ticketKeys),
     requestCert: true,
     rejectUnauthorized: false,
     ALPNProtocols: ["h2"],
     minVersion: TLS_MIN_VERSION,
     handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
   });
-  tlsServer.maxConnections = opts.maxConnections ?? 16_384;
+  // The TLS server does not listen itself: the gate accepts, and hands it a few connections at a time.
+  const gate = new HandshakeGate(tlsServer, opts.maxHandshakesInFlight);
+  const netServer = createNetServer({ pauseOnConnect: true }, (raw) => gate.admit(raw));
+  netServer.maxConnections = opts.maxConnections ?? 16_384;
   tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.on("error", () => {
       // Surfaced through the HTTP/2 session; without a listener a reset would be an uncaught error.
@@ -207,11 +223,18 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
       socket.destroy();
       return;
     }
+    // A resumed session was not verified now: the certificate is the one its first handshake verified (the
+    // ticket carries it). It must not have expired since (the ticket may outlive it).
+    if (presented && socket.isSessionReused() && !(Date.now() <= Date.parse(presented.validTo))) {
+      socket.destroy();
+      return;
+    }
     if (socket.alpnProtocol !== "h2") {
       socket.destroy();
       return;
     }
     socket.disableRenegotiation();
+    opts.onHandshake?.(socket.isSessionReused());
     socket.getPeerCertificate = ((detailed?: boolean) =>
       detailed
         ? tls.TLSSocket.prototype.getPeerCertificate.call(socket, true)
@@ -226,13 +249,13 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
 
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
-    tlsServer.once("error", onError);
-    tlsServer.listen({ port: opts.port, host: opts.host, backlog: opts.backlog ?? LISTEN_BACKLOG }, () => {
-      tlsServer.off("error", onError);
+    netServer.once("error", onError);
+    netServer.listen({ port: opts.port, host: opts.host, backlog: opts.backlog ?? LISTEN_BACKLOG }, () => {
+      netServer.off("error", onError);
       resolve();
     });
   });
-  const addr = tlsServer.address();
+  const addr = netServer.address();
   const port = typeof addr === "object" && addr !== null ? addr.port : opts.port;
 
   let closed: Promise<void> | null = null;
@@ -241,12 +264,20 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     port,
     update(m: TLSMaterial): void {
       checkMaterial(m);
-      tlsServer.setSecureContext(secureContextOptions(m));
+      tlsServer.setSecureContext(serverContextOptions(m, ticketKeys));
+    },
+    handshakes: () => ({ running: gate.running, waiting: gate.waiting }),
+    setTicketKeys(keys: Buffer): void {
+      if (keys.length !== TICKET_KEYS_BYTES) throw new TypeError(`ticket keys must be ${TICKET_KEYS_BYTES} bytes`);
+      if (keys.equals(ticketKeys)) return;
+      ticketKeys = keys;
+      tlsServer.setTicketKeys(keys);
     },
     close(): Promise<void> {
       if (closed === null) {
         closed = new Promise<void>((resolve) => {
-          tlsServer.close(() => resolve());
+          netServer.close(() => resolve());
+          gate.close();
           injector.destroy();
           // Sessions get a graceful GOAWAY from injector.destroy(); do not let a stuck peer hold close().
           const timer = setTimeout(() => {
@@ -262,6 +293,48 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
 
 function secureContextOptions(m: TLSMaterial): tls.SecureContextOptions {
   return { ca: m.rootPem, cert: m.certPem, key: m.keyPem };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Session resumption
+//
+// After a leader's death every node of the swarm reconnects within seconds, and a full handshake (the
+// server signs, each side verifies the other's certificate chain) was the largest cost of that storm on both
+// sides. Every manager issues TLS 1.3 session tickets under the same keys (ticketKeysOf), so a node resumes,
+// at whichever manager, the session it had with any of them: an ECDHE exchange (psk_dhe_ke: the traffic
+// keeps forward secrecy), no signature, no chain to verify, about half the CPU of a full handshake.
+//
+// Why it is safe:
+// - The keys derive from the root CA's private key (the cluster's secret that only managers hold, in the Raft
+//   store): whoever can make or open a ticket can sign a manager certificate anyway. A root rotation changes
+//   them; a ticket they no longer open means a full handshake, checked as always.
+// - The server side: the ticket carries the client certificate its first handshake verified; the identity
+//   is read from it as from a fresh one (peerRole), its expiry is checked again (listenTLS), and what the node may
+//   do is still decided per call from the store (a removed node is refused: src/ca/peer.ts).
+// - The client side: a resumed session proves the server holds the ticket keys, so a manager of this root;
+//   the node's tickets are its credentials' own (tls-client.ts), never another node's.
+// - Session ids are bound to one context for all managers (sessionIdContext), not Node's default (a hash of
+//   the process's command line, which differs from manager to manager and would refuse every resumption).
+
+/** Node's ticket key size: 16 bytes of name, 16 of HMAC key, 16 of AES key. */
+export const TICKET_KEYS_BYTES = 48;
+/** A ticket's lifetime: TLS 1.3's longest (a session lasts days; it is resumed when its manager goes). */
+export const TICKET_LIFETIME_S = 7 * 24 * 3600;
+const SESSION_ID_CONTEXT = "shoal-2377";
+
+/** The session tickets' keys every manager of a cluster uses: HKDF-SHA256 of the root CA key. */
+export function ticketKeysOf(caKeyPem: string, clusterId: string): Buffer {
+  return Buffer.from(hkdfSync("sha256", caKeyPem, "shoal tls session tickets v1", clusterId, TICKET_KEYS_BYTES));
+}
+
+function serverContextOptions(m: TLSMaterial, ticketKeys: Buffer): tls.SecureContextOptions {
+  return {
+    ...secureContextOptions(m),
+    minVersion: TLS_MIN_VERSION,
+    ticketKeys,
+    sessionTimeout: TICKET_LIFETIME_S,
+    sessionIdContext: SESSION_ID_CONTEXT,
+  };
 }
 
 function presentedCertificate(peer: tls.PeerCertificate | null): boolean {

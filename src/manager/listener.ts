@@ -8,7 +8,8 @@ import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { ClusterRecord } from "../api/objects.js";
 import { CLUSTER_PORT } from "../api/ports.js";
-import { listenTLS, type TLSListener, type TLSMaterial } from "../ca/tls.js";
+import { listenTLS, type TLSListener, type TLSMaterial, ticketKeysOf } from "../ca/tls.js";
+import { observe } from "../metrics/metrics.js";
 import { listenerTrust } from "./ca-rotation.js";
 import { addClusterServices, type ClusterServices } from "./services.js";
 
@@ -90,6 +91,7 @@ export class ClusterListener {
         rootPem: trusted,
         certPem: opts.certs.certPem,
         keyPem: opts.certs.keyPem,
+        onHandshake: observe.tlsHandshake,
       });
     } catch (e) {
       server.forceShutdown();
@@ -111,10 +113,28 @@ export class ClusterListener {
     this.certs = c;
     this.trusted = listenerTrust(c.rootPem, cluster);
     this.listener.update({ rootPem: this.trusted, certPem: c.certPem, keyPem: c.keyPem });
+    this.refreshTicketKeys(cluster);
   }
 
-  /** The cluster object changed: trust the roots it names now (a root rotation started or ended). */
+  /**
+   * The session tickets' keys, the same on every manager (src/ca/tls.ts, "Session resumption"): from the
+   * cluster's root CA key once the store has it (random until then), new with a new root.
+   */
+  private refreshTicketKeys(cluster: ClusterRecord | undefined): void {
+    if (!cluster) return;
+    const key = cluster.secrets.rootCAKeyPem;
+    if (key === this.ticketKeysFrom) return;
+    this.ticketKeysFrom = key;
+    this.listener.setTicketKeys(ticketKeysOf(key, cluster.info.ID));
+  }
+  private ticketKeysFrom: string | undefined;
+
+  /**
+   * The cluster object changed: trust the roots it names now (a root rotation started or ended), and take
+   * the session tickets' keys of its root.
+   */
   refreshTrust(cluster: ClusterRecord | undefined): void {
+    this.refreshTicketKeys(cluster);
     const next = listenerTrust(this.certs.rootPem, cluster);
     if (next === this.trusted) return;
     this.trusted = next;

@@ -210,6 +210,7 @@ export class Manager {
       // kernel resets its connections at once.
       keepaliveTimeMs: RAFT_KEEPALIVE_MS,
       keepaliveTimeoutMs: RAFT_KEEPALIVE_MS,
+      connectTimeoutMs: RAFT_CONNECT_MS,
     });
     this.raft = await RaftNode.start({
       id: this.raftId,
@@ -538,6 +539,14 @@ export const LEADER_SILENT_MS = 1000;
 
 /** HTTP/2 keepalive of the Raft streams to the other managers (interval and answer timeout). */
 export const RAFT_KEEPALIVE_MS = 10_000;
+/**
+ * How long a new connection to another manager may take (the transport's default is 2 s). After a leader's
+ * death, a connection a survivor must make waits at the peer's listener behind the nodes' handshakes
+ * (src/ca/handshake-gate.ts): given up after 2 s, it was made again from the back of that queue, again and
+ * again, and the survivors went without a leader for as long as the storm lasted. A dead peer's kernel
+ * refuses at once; only a vanished host is noticed this much later.
+ */
+export const RAFT_CONNECT_MS = 10_000;
 /** How long a write may wait for its outcome before it is reported unknown. */
 const WRITE_TIMEOUT_MS = 10_000;
 /**

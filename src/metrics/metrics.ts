@@ -160,6 +160,13 @@ const overlayBuildSeconds = new Histogram({
   registers: [registry],
 });
 
+const tlsHandshakes = new Counter({
+  name: "shoal_tls_handshakes_total",
+  help: "TLS handshakes completed on the cluster listener (:2377), full or resumed (a session ticket of any manager)",
+  labelNames: ["kind"] as const,
+  registers: [registry],
+});
+
 export const observe = {
   proposal(ms: number): void {
     proposalSeconds.observe(ms / 1000);
@@ -176,6 +183,9 @@ export const observe = {
   },
   statusWritten(updates: number): void {
     statusWrites.inc(updates);
+  },
+  tlsHandshake(resumed: boolean): void {
+    tlsHandshakes.inc({ kind: resumed ? "resumed" : "full" });
   },
   heartbeatSent(ms: number, ok: boolean): void {
     heartbeatSeconds.observe({ result: ok ? "ok" : "failed" }, ms / 1000);

@@ -289,6 +289,10 @@ export interface Row {
     /** CPU seconds of each surviving manager and of the simulators from the SIGKILL until all were back. */
     cpuToBack?: Record<string, number>;
     timeline?: FailoverTimeline;
+    /** Each survivor's longest event-loop stall (ms) from the SIGKILL to the end of the phase (its /metrics). */
+    survivorStallMs?: Record<string, number>;
+    /** TLS handshakes the new leader completed since it started, full and resumed (its /metrics). */
+    newLeaderHandshakes?: Record<string, number>;
   };
   metrics?: Record<string, number | undefined>;
   profile?: string[];
@@ -634,6 +638,10 @@ async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Worker
   let cpuToBack: Record<string, number> | undefined;
   const t0 = Date.now();
   await leader.kill();
+  // The survivors' longest event-loop stalls through the failover: a new leader that stalls past Raft's
+  // keepalive and election timeout loses its peers, and a second election follows.
+  const stalls = new StallWatch();
+  stalls.start(survivors);
   let back: number | undefined;
   let backCount = 0;
   let lastPoll = 0;
@@ -660,11 +668,22 @@ async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Worker
     }
     if (back !== undefined && Date.now() > graceEndMs) break;
   }
+  stalls.stop();
+  const stallMs = Object.fromEntries(survivors.map((d) => [d.name, Math.round(stalls.of(d) ?? Number.NaN)]));
   const elections = sum(survivors.map((d) => d.electionsSince(t0)));
   let timeline: FailoverTimeline | undefined;
+  let handshakes: Record<string, number> | undefined;
   try {
     const newLeader = await leaderOf(survivors);
     timeline = failoverTimeline(await w.timelines(), t0, leader.addr, newLeader.addr);
+    const text = await newLeader.metrics();
+    if (text) {
+      handshakes = {};
+      for (const kind of ["full", "resumed"]) {
+        const v = metricValue(text, "shoal_tls_handshakes_total", `kind="${kind}"`);
+        if (v !== undefined) handshakes[kind] = v;
+      }
+    }
   } catch (e) {
     console.error(`  no failover timeline: ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -675,6 +694,8 @@ async function failoverPhase(o: Options, ds: Shoald[], leader: Shoald, w: Worker
     extraElections: Math.max(0, elections - 1),
     ...(cpuToBack ? { cpuToBack } : {}),
     ...(timeline ? { timeline } : {}),
+    survivorStallMs: stallMs,
+    ...(handshakes ? { newLeaderHandshakes: handshakes } : {}),
   };
 }
 
@@ -697,7 +718,7 @@ export interface FailoverTimeline {
   /** Per node, seconds from noticing to back that were not waiting: connecting, handshakes, answers. */
   workingS: { p50: number; p99: number; max: number };
   /** TLS handshakes the simulators began and completed, by target (dead, follower, leader), per node. */
-  handshakesPerNode: { begun: number; done: number; byTarget: Record<string, number> };
+  handshakesPerNode: { begun: number; done: number; resumed: number; byTarget: Record<string, number> };
 }
 
 function failoverTimeline(
@@ -760,8 +781,10 @@ function failoverTimeline(
   const byTarget: Record<string, number> = {};
   let begun = 0;
   let done = 0;
+  let resumed = 0;
   for (const r of reports) {
     for (const n of Object.values(r.handshakesBegun)) begun += n;
+    for (const n of Object.values(r.handshakesResumed ?? {})) resumed += n;
     for (const [addr, n] of Object.entries(r.handshakesDone)) {
       done += n;
       bump(byTarget, target(addr), n);
@@ -785,6 +808,7 @@ function failoverTimeline(
     handshakesPerNode: {
       begun: Math.round((begun / n) * 100) / 100,
       done: Math.round((done / n) * 100) / 100,
+      resumed: Math.round((resumed / n) * 100) / 100,
       byTarget: Object.fromEntries(Object.entries(byTarget).map(([k, v]) => [k, Math.round((v / n) * 100) / 100])),
     },
   };
@@ -974,6 +998,11 @@ function printTable(rows: Row[]): void {
     if (cpu) {
       const parts = Object.entries(cpu).map(([k, v]) => `${k} ${v.toFixed(1)} s`);
       console.log(`  CPU from the SIGKILL until all were back: ${parts.join(", ")}`);
+    }
+    const fo = r.failover;
+    if (fo?.survivorStallMs) console.log(`  survivors' longest stall (ms): ${JSON.stringify(fo.survivorStallMs)}`);
+    if (fo?.newLeaderHandshakes) {
+      console.log(`  new leader's TLS handshakes since its start: ${JSON.stringify(fo.newLeaderHandshakes)}`);
     }
   }
   for (const r of rows) {

@@ -50,6 +50,8 @@ export interface WorkerTimelines {
   /** TLS connections this process began and completed since the mark, by target address. */
   handshakesBegun: Record<string, number>;
   handshakesDone: Record<string, number>;
+  /** Of those done, the ones that resumed a TLS session (src/ca/tls.ts, "Session resumption"). */
+  handshakesResumed: Record<string, number>;
 }
 
 export interface WorkerStats {
@@ -217,6 +219,7 @@ function stats(since: number): WorkerStats {
 let counting = false;
 let handshakesBegun: Record<string, number> = {};
 let handshakesDone: Record<string, number> = {};
+let handshakesResumed: Record<string, number> = {};
 const tlsModule = createRequire(import.meta.url)("node:tls") as typeof import("node:tls");
 const realConnect = tlsModule.connect;
 tlsModule.connect = ((...args: Parameters<typeof realConnect>) => {
@@ -227,6 +230,7 @@ tlsModule.connect = ((...args: Parameters<typeof realConnect>) => {
     handshakesBegun[target] = (handshakesBegun[target] ?? 0) + 1;
     socket.once("secureConnect", () => {
       handshakesDone[target] = (handshakesDone[target] ?? 0) + 1;
+      if (socket.isSessionReused()) handshakesResumed[target] = (handshakesResumed[target] ?? 0) + 1;
     });
   }
   return socket;
@@ -238,6 +242,7 @@ function mark(): void {
   counting = true;
   handshakesBegun = {};
   handshakesDone = {};
+  handshakesResumed = {};
   for (const s of sims) s.timeline = { events: [] };
 }
 
@@ -255,6 +260,7 @@ process.on("message", (raw: unknown) => {
       timelines: sims.map((s) => s.timeline ?? { events: [] }),
       handshakesBegun,
       handshakesDone,
+      handshakesResumed,
     };
     process.send?.(out);
   } else if (m.t === "stop") {

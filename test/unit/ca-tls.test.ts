@@ -1,5 +1,6 @@
 // A real grpc-js server on 127.0.0.1 with shoal's TLS helpers, answering with the caller's role.
 
+import { connect, type Socket } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
 import { generateNodeKeyAndCSR, type NodeRole, signNodeCSR } from "../../src/ca/certs.js";
@@ -12,6 +13,7 @@ import {
   reloadableServerCredentials,
   serverCredentials,
   type TLSListener,
+  ticketKeysOf,
 } from "../../src/ca/tls.js";
 import {
   clientCredentials,
@@ -260,3 +262,116 @@ test("nodeCredentials: one credentials object for a node's TLS material, a new o
   expect(nodeCredentials(m)).toBe(nodeCredentials(m));
   expect(nodeCredentials({ ...m })).not.toBe(nodeCredentials(m));
 });
+
+describe("TLS session resumption across managers (tls.ts, 'Session resumption')", () => {
+  /** A listener like a manager's: keys from the root CA key, each handshake counted by kind. */
+  async function manager(keys: Buffer, seen: boolean[]): Promise<number> {
+    const l = await listenTLS(newServer(), {
+      host: "127.0.0.1",
+      port: 0,
+      rootPem: rootM.certPem,
+      ...serverNode,
+      ticketKeys: keys,
+      onHandshake: (resumed) => seen.push(resumed),
+    });
+    listeners.push(l);
+    return l.port;
+  }
+
+  test("a node resumes at another manager of the swarm the session it had with one, as the same node", async () => {
+    const keys = ticketKeysOf(rootM.keyPem, CLUSTER);
+    const [onA, onB] = [[] as boolean[], [] as boolean[]];
+    const [a, b] = [await manager(keys, onA), await manager(keys, onB)];
+    const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+    const worker = { nodeId: "worker0000000000000000001", role: "worker", clusterId: CLUSTER };
+    expect(await whoAmI(a, creds)).toEqual(worker);
+    expect(await whoAmI(b, creds)).toEqual(worker);
+    expect(await whoAmI(a, creds)).toEqual(worker);
+    expect([onA, onB]).toEqual([[false, true], [true]]);
+    // Another node's credentials have no session of their own yet: a full handshake, seen as that node.
+    const other = clientCredentials(rootM.certPem, managerNode.certPem, managerNode.keyPem);
+    expect(await whoAmI(b, other)).toMatchObject({ nodeId: "manager000000000000000001", role: "manager" });
+    expect(onB).toEqual([true, false]);
+  });
+
+  test("a manager under other keys (another root, another swarm) makes a full handshake, checked as always", async () => {
+    const [onA, onB, onC] = [[] as boolean[], [] as boolean[], [] as boolean[]];
+    const a = await manager(ticketKeysOf(rootM.keyPem, CLUSTER), onA);
+    const b = await manager(ticketKeysOf(otherRootM.keyPem, CLUSTER), onB);
+    const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+    await whoAmI(a, creds);
+    expect(await whoAmI(b, creds)).toMatchObject({ nodeId: "worker0000000000000000001" });
+    expect(onB).toEqual([false]);
+    // A server without the keys (not a manager: no root CA key to derive them from) cannot resume the
+    // node's session, and on a full handshake it has to present a manager certificate of this root: a
+    // worker's is refused.
+    const l = await listenTLS(newServer(), {
+      host: "127.0.0.1",
+      port: 0,
+      rootPem: rootM.certPem,
+      ...workerAsServer,
+      onHandshake: (r) => onC.push(r),
+    });
+    listeners.push(l);
+    await expect(whoAmI(l.port, creds)).rejects.toMatchObject({
+      details: expect.stringContaining("the server is not a swarm manager"),
+    });
+  });
+
+  test("setTicketKeys: tickets made under the old keys are refused, new ones resume", async () => {
+    const seen: boolean[] = [];
+    const l = await listenTLS(newServer(), {
+      host: "127.0.0.1",
+      port: 0,
+      rootPem: rootM.certPem,
+      ...serverNode,
+      onHandshake: (r) => seen.push(r),
+    });
+    listeners.push(l);
+    const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+    await whoAmI(l.port, creds);
+    l.setTicketKeys(ticketKeysOf(rootM.keyPem, CLUSTER));
+    await whoAmI(l.port, creds);
+    await whoAmI(l.port, creds);
+    expect(seen).toEqual([false, false, true]);
+  });
+});
+
+describe("listenTLS's handshake gate (handshake-gate.ts)", () => {
+  test("at most maxHandshakesInFlight handshakes run; the others wait, accepted, and go in turn", async () => {
+    const l = await listenTLS(newServer(), {
+      host: "127.0.0.1",
+      port: 0,
+      rootPem: rootM.certPem,
+      ...serverNode,
+      maxHandshakesInFlight: 2,
+    });
+    listeners.push(l);
+    // Two clients that connect and never say hello hold both places.
+    const silent = await Promise.all(
+      [0, 1].map(
+        () =>
+          new Promise<Socket>((resolve, reject) => {
+            const s = connect(l.port, "127.0.0.1", () => resolve(s));
+            s.on("error", reject);
+          }),
+      ),
+    );
+    try {
+      await until(() => l.handshakes().running === 2);
+      const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+      const answer = whoAmI(l.port, creds);
+      await until(() => l.handshakes().waiting === 1);
+      expect(l.handshakes()).toEqual({ running: 2, waiting: 1 });
+      silent[0]!.destroy();
+      expect(await answer).toMatchObject({ nodeId: "worker0000000000000000001" });
+    } finally {
+      for (const s of silent) s.destroy();
+    }
+  });
+});
+
+async function until(f: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(f()).toBe(true);
+}
