@@ -1,111 +1,114 @@
-// The cluster listener's accept side: how many TLS handshakes run at once.
+// The cluster listener's accept side: how many TLS handshakes start in one event-loop turn.
 //
 // After a leader's death every node of the swarm connects to the new leader (and to the others) within
 // seconds. Node's TLS server starts a handshake for every connection it accepts, and libuv hands an event-loop
 // turn every socket that became readable: a turn of hundreds of handshakes (each a millisecond or two of
 // CPU) stalled the new leader for seconds, past Raft's keepalive (1 s) and election timeout, and its peers'
 // connections dropped; the Raft connection that had to be made again then waited behind thousands of
-// agents' handshakes (its connect limit is 2 s), and the swarm went without a leader.
+// agents' handshakes, and the swarm went without a leader.
 //
-// The gate accepts every connection (paused: its bytes wait in the kernel) and hands at most `maxInFlight`
-// at a time to the TLS server; each handshake that ends (done, failed, timed out, or the socket closed) lets
-// the next one in. The work a turn can hold is bounded by maxInFlight handshake steps, so timers (Raft's
-// ticks, heartbeats' deadlines) and keepalives keep running while the queue drains.
+// The gate reads a connection's first bytes (a TLS ClientHello) itself, puts them back, and queues the
+// connection; each event-loop turn hands at most `perTurn` queued connections to the TLS server, whose
+// handshake step on the ClientHello (the server's costly part) then runs at once. A turn thus holds a bounded
+// number of those steps, and timers (Raft's ticks, heartbeats' deadlines) and keepalives run between turns
+// while the queue drains, in order of arrival.
 //
-// A handshake holds its place at most PLACE_MS: clients that connect and say nothing (or very slowly) must
-// not hold the listener for the TLS handshake timeout (10 s); past PLACE_MS the handshake goes on (until that
-// timeout) without its place, and the next connection gets one.
+// Nothing is held per handshake, so no client can take the listener away from the others: a connection that
+// says nothing occupies only its socket (cut after `firstBytesMs`, the TLS handshake timeout), and one that
+// stalls mid-handshake is the TLS server's to time out, as before. (A limit of handshakes in flight, the first
+// version of this gate, let a few silent connections hold every place.)
 
 import type { Socket } from "node:net";
 import type * as tls from "node:tls";
 
-/** Handshakes in flight at once on a listener (about 50 ms of CPU if all advanced in one turn). */
-export const MAX_HANDSHAKES_IN_FLIGHT = 32;
-/** The longest a handshake holds its place (see above). */
-export const PLACE_MS = 2000;
+/** Connections handed to TLS per event-loop turn (their ClientHello steps: tens of ms of CPU at most). */
+export const HANDSHAKES_PER_TURN = 32;
 
 export class HandshakeGate {
-  private readonly inFlight = new Map<Socket, NodeJS.Timeout>();
-  private readonly queue: Socket[] = [];
+  /** Connections whose first bytes came, waiting for their turn. */
+  private readonly ready: (Socket | undefined)[] = [];
   private head = 0;
+  /** Connections that have sent nothing yet. */
+  private readonly silent = new Set<Socket>();
+  private scheduled = false;
+  private closed = false;
 
-  /**
-   * `tlsServer` is not listening itself: the gate emits its 'connection' events. `placeMs`: a handshake not
-   * over by then frees its place (and goes on).
-   */
+  /** `tlsServer` is not listening itself: the gate emits its 'connection' events. */
   constructor(
     private readonly tlsServer: tls.Server,
-    private readonly maxInFlight = MAX_HANDSHAKES_IN_FLIGHT,
-    private readonly placeMs = PLACE_MS,
-  ) {
-    const done = (socket: tls.TLSSocket): void => this.done(parentOf(socket));
-    tlsServer.on("secureConnection", done);
-    tlsServer.on("tlsClientError", (_err: Error, socket: tls.TLSSocket) => done(socket));
+    private readonly perTurn = HANDSHAKES_PER_TURN,
+    private readonly firstBytesMs = 10_000,
+  ) {}
+
+  /** Connections that have said something and wait for their turn, and those that have said nothing yet. */
+  counts(): { waiting: number; silent: number } {
+    return { waiting: this.ready.length - this.head, silent: this.silent.size };
   }
 
-  /** Connections accepted and not yet handed to TLS. */
-  get waiting(): number {
-    return this.queue.length - this.head;
-  }
-
-  /** Handshakes under way. */
-  get running(): number {
-    return this.inFlight.size;
-  }
-
-  /** A connection accepted (paused): its handshake starts now, or when a place frees. */
+  /** A connection accepted: it is queued once its first bytes come. */
   admit(raw: Socket): void {
+    if (this.closed) {
+      raw.destroy();
+      return;
+    }
     raw.on("error", () => {
-      // A reset while it waits concerns only that client; the TLS socket reports its own.
+      // A reset before TLS has it concerns only that client; the TLS socket reports its own.
     });
-    if (this.inFlight.size < this.maxInFlight) this.start(raw);
-    else this.queue.push(raw);
-  }
-
-  /** Drop every connection still waiting (the listener closes). */
-  close(): void {
-    for (let i = this.head; i < this.queue.length; i++) this.queue[i]!.destroy();
-    this.queue.length = 0;
-    this.head = 0;
-  }
-
-  private start(raw: Socket): void {
-    const timer = setTimeout(() => this.done(raw), this.placeMs);
+    this.silent.add(raw);
+    const timer = setTimeout(() => raw.destroy(), this.firstBytesMs);
     timer.unref();
-    this.inFlight.set(raw, timer);
-    raw.once("close", () => this.done(raw));
-    this.tlsServer.emit("connection", raw);
+    const gone = (): void => {
+      clearTimeout(timer);
+      this.silent.delete(raw);
+    };
+    raw.once("close", gone);
+    raw.once("data", (first: Buffer) => {
+      gone();
+      raw.off("close", gone);
+      // Back where the TLS socket reads it: it takes what the raw socket holds before its own reads.
+      raw.pause();
+      raw.unshift(first);
+      this.ready.push(raw);
+      this.schedule();
+    });
   }
 
-  private done(raw: Socket | undefined): void {
-    if (raw === undefined) return;
-    const timer = this.inFlight.get(raw);
-    if (timer === undefined) return;
-    clearTimeout(timer);
-    this.inFlight.delete(raw);
-    this.next();
+  /** Drop every connection not yet handed to TLS (the listener closes). */
+  close(): void {
+    this.closed = true;
+    for (let i = this.head; i < this.ready.length; i++) this.ready[i]?.destroy();
+    this.ready.length = 0;
+    this.head = 0;
+    for (const raw of this.silent) raw.destroy();
+    this.silent.clear();
   }
 
-  private next(): void {
-    while (this.inFlight.size < this.maxInFlight && this.head < this.queue.length) {
-      const raw = this.queue[this.head]!;
-      this.queue[this.head++] = undefined as unknown as Socket;
-      if (this.head > 1024 && this.head * 2 > this.queue.length) {
-        this.queue.splice(0, this.head);
-        this.head = 0;
-      }
+  private schedule(): void {
+    if (this.scheduled || this.closed) return;
+    this.scheduled = true;
+    setImmediate(() => this.drain());
+  }
+
+  private drain(): void {
+    this.scheduled = false;
+    let handed = 0;
+    while (handed < this.perTurn && this.head < this.ready.length) {
+      const raw = this.ready[this.head]!;
+      this.ready[this.head++] = undefined;
       // Gone while it waited (a client that gave up): nothing to hand over.
       if (raw.destroyed) continue;
-      this.start(raw);
+      handed++;
+      this.tlsServer.emit("connection", raw);
+    }
+    if (this.head === this.ready.length) {
+      this.ready.length = 0;
+      this.head = 0;
+    } else {
+      if (this.head > 1024 && this.head * 2 > this.ready.length) {
+        this.ready.splice(0, this.head);
+        this.head = 0;
+      }
+      this.schedule();
     }
   }
-}
-
-/**
- * The accepted socket a server-side TLS socket wraps. Node keeps it as `_parent` (undocumented, stable since
- * Node 0.x; http2 and the TLS server rely on it).
- */
-function parentOf(socket: tls.TLSSocket): Socket | undefined {
-  const p = (socket as unknown as { _parent?: unknown })._parent;
-  return p !== null && typeof p === "object" ? (p as Socket) : undefined;
 }

@@ -25,7 +25,7 @@
 //   (abstract in the public ChannelCredentials, so a subclass may implement it), and two channels share a
 //   connection only if their credentials are `_equals`. The client credentials (tls-client.ts) rely on both.
 
-import { hkdfSync, randomBytes } from "node:crypto";
+import { createHash, hkdfSync, randomBytes } from "node:crypto";
 import { createServer as createNetServer, isIPv4, isIPv6 } from "node:net";
 import * as tls from "node:tls";
 import { type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
@@ -152,8 +152,11 @@ export interface TLSListener {
   update(m: TLSMaterial): void;
   /** Replaces the session tickets' keys (ticketKeysOf): tickets made under the old ones are refused. */
   setTicketKeys(keys: Buffer): void;
-  /** TLS handshakes under way, and connections accepted that wait for a place (handshake-gate.ts). */
-  handshakes(): { running: number; waiting: number };
+  /**
+   * Connections accepted and not yet handed to TLS (handshake-gate.ts): those whose first bytes came, waiting
+   * for their turn, and those that have sent nothing yet.
+   */
+  handshakes(): { waiting: number; silent: number };
   /** Stops accepting, closes this listener's HTTP/2 sessions, and waits for its connections to end. */
   close(): Promise<void>;
 }
@@ -169,8 +172,8 @@ export interface ListenTLSOptions extends TLSMaterial {
   maxConnections?: number;
   /** A client that has not finished its TLS handshake by then is cut off (default 10 s). */
   handshakeTimeoutMs?: number;
-  /** TLS handshakes under way at once (handshake-gate.ts); more wait, accepted, in order. */
-  maxHandshakesInFlight?: number;
+  /** Connections handed to TLS per event-loop turn (handshake-gate.ts); more wait, in order. */
+  handshakesPerTurn?: number;
   /**
    * Connections the kernel holds for accept (default LISTEN_BACKLOG; the kernel caps it at somaxconn).
    */
@@ -205,9 +208,9 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
     minVersion: TLS_MIN_VERSION,
     handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
   });
-  // The TLS server does not listen itself: the gate accepts, and hands it a few connections at a time.
-  const gate = new HandshakeGate(tlsServer, opts.maxHandshakesInFlight);
-  const netServer = createNetServer({ pauseOnConnect: true }, (raw) => gate.admit(raw));
+  // The TLS server does not listen itself: the gate accepts, and hands it a few connections per turn.
+  const gate = new HandshakeGate(tlsServer, opts.handshakesPerTurn, opts.handshakeTimeoutMs ?? 10_000);
+  const netServer = createNetServer((raw) => gate.admit(raw));
   netServer.maxConnections = opts.maxConnections ?? 16_384;
   tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.on("error", () => {
@@ -266,7 +269,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
       checkMaterial(m);
       tlsServer.setSecureContext(serverContextOptions(m, ticketKeys));
     },
-    handshakes: () => ({ running: gate.running, waiting: gate.waiting }),
+    handshakes: () => gate.counts(),
     setTicketKeys(keys: Buffer): void {
       if (keys.length !== TICKET_KEYS_BYTES) throw new TypeError(`ticket keys must be ${TICKET_KEYS_BYTES} bytes`);
       if (keys.equals(ticketKeys)) return;
@@ -322,9 +325,13 @@ export const TICKET_KEYS_BYTES = 48;
 export const TICKET_LIFETIME_S = 7 * 24 * 3600;
 const SESSION_ID_CONTEXT = "shoal-2377";
 
-/** The session tickets' keys every manager of a cluster uses: HKDF-SHA256 of the root CA key. */
-export function ticketKeysOf(caKeyPem: string, clusterId: string): Buffer {
-  return Buffer.from(hkdfSync("sha256", caKeyPem, "shoal tls session tickets v1", clusterId, TICKET_KEYS_BYTES));
+/**
+ * The session tickets' keys every manager of a cluster uses: HKDF-SHA256 of the root CA key, bound to the
+ * cluster and to the roots its managers trust (`trustedPem`, the same bundle on each).
+ */
+export function ticketKeysOf(caKeyPem: string, clusterId: string, trustedPem = ""): Buffer {
+  const info = `${clusterId}\n${createHash("sha256").update(trustedPem).digest("hex")}`;
+  return Buffer.from(hkdfSync("sha256", caKeyPem, "shoal tls session tickets v1", info, TICKET_KEYS_BYTES));
 }
 
 function serverContextOptions(m: TLSMaterial, ticketKeys: Buffer): tls.SecureContextOptions {

@@ -118,14 +118,18 @@ export class ClusterListener {
 
   /**
    * The session tickets' keys, the same on every manager (src/ca/tls.ts, "Session resumption"): from the
-   * cluster's root CA key once the store has it (random until then), new with a new root.
+   * cluster's root CA key and the roots it trusts once the store has them (random until then). Any change of
+   * either (a root rotation started, replaced or ended) makes new keys: a session made under the old trust
+   * is never resumed under the new one, where its certificate might no longer verify.
    */
   private refreshTicketKeys(cluster: ClusterRecord | undefined): void {
     if (!cluster) return;
     const key = cluster.secrets.rootCAKeyPem;
-    if (key === this.ticketKeysFrom) return;
-    this.ticketKeysFrom = key;
-    this.listener.setTicketKeys(ticketKeysOf(key, cluster.info.ID));
+    const trust = listenerTrust(this.certs.rootPem, cluster);
+    const from = `${key}\n${trust}`;
+    if (from === this.ticketKeysFrom) return;
+    this.ticketKeysFrom = from;
+    this.listener.setTicketKeys(ticketKeysOf(key, cluster.info.ID, trust));
   }
   private ticketKeysFrom: string | undefined;
 

@@ -294,6 +294,19 @@ describe("TLS session resumption across managers (tls.ts, 'Session resumption')"
     expect(onB).toEqual([true, false]);
   });
 
+  test("a change of the trusted roots (a root rotation started, replaced or ended) makes other keys: no resumption across it", async () => {
+    const [onA, onB] = [[] as boolean[], [] as boolean[]];
+    const before = ticketKeysOf(rootM.keyPem, CLUSTER, rootM.certPem);
+    const during = ticketKeysOf(rootM.keyPem, CLUSTER, rootM.certPem + otherRootM.certPem);
+    expect(ticketKeysOf(rootM.keyPem, CLUSTER, rootM.certPem).equals(before)).toBe(true);
+    expect(during.equals(before)).toBe(false);
+    const [a, b] = [await manager(before, onA), await manager(during, onB)];
+    const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+    await whoAmI(a, creds);
+    await whoAmI(b, creds);
+    expect([onA, onB]).toEqual([[false], [false]]);
+  });
+
   test("a manager under other keys (another root, another swarm) makes a full handshake, checked as always", async () => {
     const [onA, onB, onC] = [[] as boolean[], [] as boolean[], [] as boolean[]];
     const a = await manager(ticketKeysOf(rootM.keyPem, CLUSTER), onA);
@@ -338,36 +351,58 @@ describe("TLS session resumption across managers (tls.ts, 'Session resumption')"
 });
 
 describe("listenTLS's handshake gate (handshake-gate.ts)", () => {
-  test("at most maxHandshakesInFlight handshakes run; the others wait, accepted, and go in turn", async () => {
+  /** Opens `n` TCP connections to the listener that never say anything. */
+  function silentClients(port: number, n: number): Promise<Socket[]> {
+    return Promise.all(
+      Array.from(
+        { length: n },
+        () =>
+          new Promise<Socket>((resolve, reject) => {
+            const s = connect(port, "127.0.0.1", () => resolve(s));
+            s.on("error", () => {
+              // The listener cuts it: seen through 'close'.
+            });
+            s.once("error", reject);
+          }),
+      ),
+    );
+  }
+
+  test("connections that say nothing hold nothing: a node handshakes past them, one per turn", async () => {
     const l = await listenTLS(newServer(), {
       host: "127.0.0.1",
       port: 0,
       rootPem: rootM.certPem,
       ...serverNode,
-      maxHandshakesInFlight: 2,
+      handshakesPerTurn: 1,
     });
     listeners.push(l);
-    // Two clients that connect and never say hello hold both places.
-    const silent = await Promise.all(
-      [0, 1].map(
-        () =>
-          new Promise<Socket>((resolve, reject) => {
-            const s = connect(l.port, "127.0.0.1", () => resolve(s));
-            s.on("error", reject);
-          }),
-      ),
-    );
+    const silent = await silentClients(l.port, 64);
     try {
-      await until(() => l.handshakes().running === 2);
+      await until(() => l.handshakes().silent === 64);
       const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
-      const answer = whoAmI(l.port, creds);
-      await until(() => l.handshakes().waiting === 1);
-      expect(l.handshakes()).toEqual({ running: 2, waiting: 1 });
-      silent[0]!.destroy();
-      expect(await answer).toMatchObject({ nodeId: "worker0000000000000000001" });
+      // Several at once: one per turn, all in the end.
+      const answers = await Promise.all([0, 1, 2, 3].map(() => whoAmI(l.port, creds)));
+      for (const a of answers) expect(a).toMatchObject({ nodeId: "worker0000000000000000001" });
+      expect(l.handshakes()).toEqual({ waiting: 0, silent: 64 });
     } finally {
       for (const s of silent) s.destroy();
     }
+  });
+
+  test("a connection that says nothing is cut at the handshake timeout", async () => {
+    const l = await listenTLS(newServer(), {
+      host: "127.0.0.1",
+      port: 0,
+      rootPem: rootM.certPem,
+      ...serverNode,
+      handshakeTimeoutMs: 200,
+    });
+    listeners.push(l);
+    const [s] = await silentClients(l.port, 1);
+    const closed = new Promise<void>((resolve) => s!.once("close", () => resolve()));
+    await closed;
+    await until(() => l.handshakes().silent === 0);
   });
 });
 
