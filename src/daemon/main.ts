@@ -3,7 +3,7 @@
 
 import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import pino from "pino";
 import { checkPrograms } from "../dataplane/programs.js";
 import { EngineServer } from "../engine/server.js";
@@ -26,6 +26,7 @@ interface Flags {
   encryptionKeyRotation?: string;
   containerd?: string;
   insecureRegistry: string[];
+  maxConcurrentDownloads: number;
   firewallBackend: "auto" | "nftables" | "iptables";
   metricsAddr?: string;
 }
@@ -70,6 +71,18 @@ function buildProgram(): Command {
       [] as string[],
     )
     .option(
+      "--max-concurrent-downloads <n>",
+      "How many layers of one pull download at once (as dockerd's flag; 1 suits a registry on the LAN)",
+      (v: string) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 1 || n > 64) {
+          throw new InvalidArgumentError(`invalid --max-concurrent-downloads ${v}: a whole number from 1 to 64`);
+        }
+        return n;
+      },
+      3,
+    )
+    .option(
       "--encryption-key-rotation <duration>",
       "How often the managers rotate the overlay encryption keys (e.g. 12h, 30m, 10s)",
     )
@@ -100,6 +113,7 @@ async function startRuntime(
       containerd: await supervisor.start(),
       ownsContainerd: supervisor.managed,
       insecureRegistries: flags.insecureRegistry,
+      maxConcurrentDownloads: flags.maxConcurrentDownloads,
       hostname: () => flags.hostname,
       logger,
     });

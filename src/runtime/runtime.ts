@@ -97,6 +97,8 @@ export interface ContainerRuntimeOptions {
   ownsContainerd?: boolean;
   /** Registries reached over plain HTTP (shoald --insecure-registry). */
   insecureRegistries?: string[];
+  /** Layers of one pull downloaded at once (shoald --max-concurrent-downloads; default 3, as dockerd). */
+  maxConcurrentDownloads?: number;
   /** This host's name (for the logs). */
   hostname?: () => string;
   /** How long a task made ahead of a new container's first start waits for it (default 10 s; tests). */
@@ -136,7 +138,11 @@ export class ContainerRuntime implements ContainerBackend {
     this.log = log;
     this.cd = opts.containerd;
     this.images = new ImageStore(opts.containerd, log);
-    this.imageService = new ImageService(this.images, opts.insecureRegistries ?? [], (id) => this.containerUsing(id));
+    this.imageService = new ImageService(
+      this.images,
+      { insecureRegistries: opts.insecureRegistries ?? [], maxConcurrentDownloads: opts.maxConcurrentDownloads },
+      (id) => this.containerUsing(id),
+    );
     this.tasks = new TaskClient(opts.containerd, log, join(opts.execRoot, "runtime-runc"));
     this.table = new ContainerTable(opts.stateDir, log);
     this.networks = new ContainerNetworks(opts.attacher, this.table, opts.execRoot, log);

@@ -30,7 +30,7 @@ const swarm = {
 class Recording extends ImageService {
   calls: unknown[][] = [];
   constructor() {
-    super(undefined as unknown as ImageStore, [], () => undefined);
+    super(undefined as unknown as ImageStore, { insecureRegistries: [] }, () => undefined);
   }
   override async list(): Promise<ImageSummary[]> {
     this.calls.push(["list"]);

@@ -58,8 +58,8 @@ function tagsOf(img: ResolvedImage): string[] {
 export class ImageService {
   constructor(
     readonly store: ImageStore,
-    /** Registries reached over plain HTTP (shoald --insecure-registry). */
-    private readonly insecureRegistries: string[],
+    /** How pulls reach registries: shoald's --insecure-registry and --max-concurrent-downloads. */
+    private readonly registries: Pick<PullOptions, "insecureRegistries" | "maxConcurrentDownloads">,
     /** The container that uses an image (rmi's check). */
     private readonly containerUsing: (imageId: string) => string | undefined,
   ) {}
@@ -160,9 +160,9 @@ export class ImageService {
   /** `docker pull`: progress goes to `onProgress` in docker's JSON message shapes. */
   pull(
     ref: string,
-    opts: Omit<PullOptions, "insecureRegistries">,
+    opts: Omit<PullOptions, "insecureRegistries" | "maxConcurrentDownloads">,
     onProgress: (p: PullProgress) => void,
   ): Promise<void> {
-    return pullImage(this.store, ref, { ...opts, insecureRegistries: this.insecureRegistries }, onProgress);
+    return pullImage(this.store, ref, { ...opts, ...this.registries }, onProgress);
   }
 }
