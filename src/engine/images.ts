@@ -85,6 +85,9 @@ const ImageLoadQuery = z.object({ quiet: lenientBool(), platform: platformParam(
 /** GET /images/{name}/json. */
 const ImageInspectQuery = z.object({ manifests: lenientBool() });
 
+/** GET /images/{name}/history: --platform only (one platform here). */
+const ImageHistoryQuery = z.object({ platform: platformParam() });
+
 /** POST /images/{name}/tag (docker tag). */
 const ImageTagQuery = z.object({ repo: imageRef("repo"), tag: textParam("tag", MAX_IMAGE_REF_LENGTH) });
 
@@ -168,6 +171,12 @@ export class ImageRoutes {
   async inspect({ res, query, params }: ImageCtx): Promise<void> {
     decodeQuery(ImageInspectQuery, query);
     sendJSON(res, 200, await this.images().inspect(params[0]!));
+  }
+
+  /** GET /images/{name}/history (docker history). */
+  async history({ res, query, params }: ImageCtx): Promise<void> {
+    decodeQuery(ImageHistoryQuery, query);
+    sendJSON(res, 200, await this.images().history(params[0]!));
   }
 
   async remove({ res, query, params }: ImageCtx): Promise<void> {

@@ -81,6 +81,8 @@ const RecordStateSchema = z.object({
   error: z.string(),
   startedAt: z.string(),
   finishedAt: z.string(),
+  /** Running, its processes frozen (docker pause). */
+  paused: z.boolean().optional(),
 });
 export type RecordState = z.infer<typeof RecordStateSchema>;
 
@@ -185,6 +187,9 @@ export class Container {
   }
   get running(): boolean {
     return this.rec.state.status === "running";
+  }
+  get paused(): boolean {
+    return this.running && this.rec.state.paused === true;
   }
   get hostNetwork(): boolean {
     return this.rec.networkMode === "host";

@@ -183,6 +183,7 @@ export class Lifecycle {
     const c = this.table.find(ref);
     return c.locked(async () => {
       if (c.removed) throw noSuchContainer(ref);
+      if (c.paused) throw conflict("cannot start a paused container, try unpause instead");
       if (c.running) return false;
       if (c.rec.state.status === "removing") {
         throw conflict(`container ${c.id} is marked for removal and cannot be started`);
@@ -262,7 +263,8 @@ export class Lifecycle {
       await c.locked(async () => {
         c.proc = undefined;
         await this.d.networks.release(c, "its exit");
-        c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: info.code, finishedAt: nowRFC3339Nano() };
+        const finishedAt = nowRFC3339Nano();
+        c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: info.code, finishedAt, paused: false };
         // Decided here, with the exit: inspect says "restarting" (and the count) until it runs again.
         restart = !c.rec.autoRemove && this.restarts(c, info.code);
         if (restart) {
@@ -346,6 +348,7 @@ export class Lifecycle {
     if (sig === undefined) throw badRequest(`Invalid signal: ${sigName}`);
     const timeout = opts.timeout ?? c.rec.config.StopTimeout ?? 10;
     await this.signal(c, sig);
+    await this.thawAfter(c, sig);
     if (timeout < 0) {
       await proc.handled;
       return true;
@@ -353,6 +356,7 @@ export class Lifecycle {
     if (await within(proc.handled, timeout * 1000)) return true;
     this.log.info({ id: c.id, timeout }, "container did not stop in time: killing it");
     await this.signal(c, 9);
+    await this.thawAfter(c, 9);
     if (!(await within(proc.handled, KILL_WAIT_MS))) {
       throw new ApiError(500, `cannot stop container: ${ref}: the container's processes did not exit after SIGKILL`);
     }
@@ -378,6 +382,7 @@ export class Lifecycle {
     const proc = c.proc;
     if (!c.running || !proc) return;
     await this.signal(c, 9);
+    await this.thawAfter(c, 9);
     if (!(await within(proc.handled, KILL_WAIT_MS))) {
       throw new ApiError(500, `could not kill container ${c.id}: its processes did not exit after SIGKILL`);
     }
@@ -399,7 +404,28 @@ export class Lifecycle {
     const proc = c.proc;
     if (!c.running || !proc) throw conflict(`cannot kill container: ${ref}: container ${c.id} is not running`);
     await this.d.launcher.signal(c, sig);
+    await this.thawAfter(c, sig);
     if (sig === 9) await within(proc.handled, KILL_WAIT_MS);
+  }
+
+  /**
+   * As dockerd: a paused container that was sent SIGKILL or its stop signal is thawed, so that the signal
+   * (pending while it is frozen) is delivered and it exits; other signals wait for an unpause.
+   */
+  private async thawAfter(c: Container, sig: number): Promise<void> {
+    if (!c.paused) return;
+    if (sig !== 9 && sig !== parseSignal(c.rec.config.StopSignal || "SIGTERM")) return;
+    try {
+      await this.d.tasks.resume(c.id);
+      c.rec.state.paused = false;
+      await this.table.persistHappened(c, "its unpause");
+    } catch (err) {
+      // runc thaws a container itself to deliver SIGKILL: it may have exited already.
+      const now = await this.d.tasks.state(c.id).catch(() => undefined);
+      if (now?.state === "running") {
+        this.log.warn({ err, id: c.id }, "could not unpause a container to deliver its stop signal");
+      }
+    }
   }
 
   async wait(ref: string, condition: WaitCondition): Promise<PendingWait> {

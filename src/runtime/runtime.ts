@@ -10,6 +10,7 @@
 //   networks.ts   namespace, endpoints, resolv.conf/hosts/hostname   present.ts   ps and inspect
 //   streams.ts    logs and attach                                    exec.ts      exec
 //   recovery.ts   what a previous daemon left; shutdown              sandbox.ts   namespaces, pipes, /proc
+//   manage.ts     rename, pause, unpause, prune                      stats.ts     docker stats from cgroups
 //
 // State: every container has a directory under stateDir (state.json, its json-file log, resolv.conf,
 // hosts, hostname). A daemon that restarts finds them there; containers a dead daemon left running are
@@ -18,6 +19,7 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
+import { delay } from "./async.js";
 import { type Container, noSuchContainer } from "./container.js";
 import { type Containerd, SNAPSHOTTER } from "./containerd/client.js";
 import { FifoPool, TaskClient } from "./containerd/tasks.js";
@@ -28,11 +30,13 @@ import { ImageService } from "./images/service.js";
 import { ImageStore, type ResolvedImage } from "./images/store.js";
 import { Launcher } from "./launch.js";
 import { Lifecycle, type RunImage } from "./lifecycle.js";
+import { ContainerManager } from "./manage.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { hasEndpoints, Recovery } from "./recovery.js";
 import { runCommand } from "./sandbox.js";
 import type { ProcessUser } from "./spec.js";
+import { statsStream } from "./stats.js";
 import { containerAttach, containerLogs } from "./streams.js";
 import { ContainerTable } from "./table.js";
 import type {
@@ -43,6 +47,7 @@ import type {
   ContainerCreateRequest,
   ContainerJSON,
   ContainerListOptions,
+  ContainerPruneFilter,
   ContainerSummary,
   EndpointSettingsRequest,
   ExecCreateRequest,
@@ -52,6 +57,7 @@ import type {
   NetworkAttacher,
   OutputStream,
   PendingWait,
+  StatsStream,
   WaitCondition,
 } from "./types.js";
 import { layerDirs, resolveUser } from "./user.js";
@@ -127,6 +133,7 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly lifecycle: Lifecycle;
   private readonly execs: Execs;
   private readonly recovery: Recovery;
+  private readonly manager: ContainerManager;
   /** The FIFOs of containers' and exec'd processes' stdio, made ahead (a process each batch, not each start). */
   private readonly fifos: FifoPool;
   private readonly log: Logger;
@@ -160,6 +167,7 @@ export class ContainerRuntime implements ContainerBackend {
       ...(opts.aheadTtlMs !== undefined ? { aheadTtlMs: opts.aheadTtlMs } : {}),
       log,
     });
+    this.manager = new ContainerManager(this.table, this.tasks, this.lifecycle, log);
     this.recovery = new Recovery({
       table: this.table,
       networks: this.networks,
@@ -262,6 +270,31 @@ export class ContainerRuntime implements ContainerBackend {
     return this.lifecycle.remove(ref, opts);
   }
 
+  containerRename(ref: string, newName: string): Promise<void> {
+    return this.manager.rename(ref, newName);
+  }
+
+  containerPause(ref: string): Promise<void> {
+    return this.manager.pause(ref);
+  }
+
+  containerUnpause(ref: string): Promise<void> {
+    return this.manager.unpause(ref);
+  }
+
+  async containerStats(ref: string, opts: { stream: boolean; oneShot: boolean }): Promise<StatsStream> {
+    const c = this.table.find(ref);
+    const current = () =>
+      c.running && !c.removed && c.rec.state.pid > 0
+        ? { id: c.id, name: c.rec.name, pid: c.rec.state.pid, memoryLimitBytes: c.rec.hostConfig.memoryBytes }
+        : undefined;
+    return statsStream({ id: c.id, name: c.rec.name }, current, opts, delay);
+  }
+
+  containerPrune(filter: ContainerPruneFilter): Promise<string[]> {
+    return this.manager.prune(filter);
+  }
+
   async containerList(opts: ContainerListOptions): Promise<ContainerSummary[]> {
     const all = checkListOptions(opts);
     const now = Date.now();
@@ -298,8 +331,9 @@ export class ContainerRuntime implements ContainerBackend {
 
   containerCounts(): { total: number; running: number; paused: number; stopped: number } {
     const live = this.table.live();
-    const running = live.filter((c) => c.running).length;
-    return { total: live.length, running, paused: 0, stopped: live.length - running };
+    const paused = live.filter((c) => c.paused).length;
+    const running = live.filter((c) => c.running).length - paused;
+    return { total: live.length, running, paused, stopped: live.length - running - paused };
   }
 
   async containerLogs(ref: string, opts: LogsOptions): Promise<OutputStream> {

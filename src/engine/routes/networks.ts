@@ -24,8 +24,8 @@ import {
   networkSpecFromRequest,
 } from "../schemas/network.js";
 import { decodeQuery } from "../schemas/query.js";
-import { parseTimestampMs } from "../timestamps.js";
 import type { NetworkResource } from "../types.js";
+import { pruneLabelsMatch, pruneUntil } from "./prune.js";
 
 /** Networks every Docker engine has; `type=builtin` lists them, `type=custom` the others. */
 const BUILTIN_NETWORKS = ["bridge", "host", "none", "ingress", "docker_gwbridge"];
@@ -119,20 +119,6 @@ async function pruneOne(d: RouteDeps, n: NetworkResource): Promise<boolean> {
     d.log?.debug({ err, network: n.Name }, "network prune skipped a network");
     return false;
   }
-}
-
-/** The `until` filter of a prune, as dockerd reads it: a duration ago, a time, or Unix seconds. */
-function pruneUntil(values: string[] | undefined): number | undefined {
-  if (!values || values.length === 0) return undefined;
-  if (values.length > 1) throw badRequest("more than one until filter specified");
-  return parseTimestampMs(values[0]!, Date.now());
-}
-
-/** dockerd's matchLabels for prune: every `label` holds, and not every `label!` does. */
-function pruneLabelsMatch(f: Record<string, string[]>, labels: Record<string, string>): boolean {
-  if (!matchKVList(f.label, labels)) return false;
-  if ((f["label!"]?.length ?? 0) > 0 && matchKVList(f["label!"], labels)) return false;
-  return true;
 }
 
 /** dockerd's filters.Match: the value itself, or a regular expression that matches. */
