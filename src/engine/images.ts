@@ -215,6 +215,10 @@ export class ImageRoutes {
       });
       await pipeline(req, createWriteStream(path));
       const lines = await loadImages(this.images().store, path);
+      for (const l of lines) {
+        const name = /^Loaded image(?: ID)?: (.+)$/.exec(l)?.[1];
+        if (name) this.images().events.emit("image", "load", name, { name });
+      }
       // docker load prints these lines with and without --quiet.
       res.writeHead(200, { "Content-Type": "application/json" });
       for (const l of lines) res.write(`${JSON.stringify({ stream: `${l}\n` })}\n`);

@@ -20,6 +20,7 @@ import { BodyBudget, DEFAULT_HTTP_LIMITS, discardBody, type HttpLimits, LimitedS
 import { ImageRoutes } from "./images.js";
 import { asApiError, matchRoute, type Route, type RouteDeps, route, sendJSON, splitUrl } from "./router.js";
 import { containerRoutes } from "./routes/containers.js";
+import { eventRoutes } from "./routes/events.js";
 import { execRoutes } from "./routes/exec.js";
 import { networkRoutes } from "./routes/networks.js";
 import { nodeRoutes } from "./routes/nodes.js";
@@ -98,6 +99,7 @@ export class EngineServer {
       ...networkRoutes(deps),
       ...noServiceRoutes(deps),
       ...pruneRoutes(deps),
+      ...eventRoutes(deps),
       ...containerRoutes(deps),
       ...execRoutes(deps),
       ...imageRouteTable(opts.images, this.log),

@@ -203,6 +203,11 @@ export class Container {
   }
 }
 
+/** A container's attributes in its events, as dockerd gives them: its labels, image and name. */
+export function eventAttributes(c: Container, extra: Record<string, string> = {}): Record<string, string> {
+  return { ...c.rec.config.Labels, image: c.rec.config.Image, name: c.rec.name, ...extra };
+}
+
 export const noSuchContainer = (ref: string): ApiError => new ApiError(404, `No such container: ${ref}`);
 
 /** A random 64-hex id whose 12-character short form is not all digits (Docker's rule). */

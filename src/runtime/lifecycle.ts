@@ -8,10 +8,11 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { delay, within } from "./async.js";
-import { Container, errMessage, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
+import { Container, errMessage, eventAttributes, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
 import { isNotFound } from "./containerd/client.js";
 import type { TaskClient } from "./containerd/tasks.js";
 import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
+import type { EventLog } from "./events.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
 import type { ContainerNetworks } from "./networks.js";
@@ -48,6 +49,8 @@ export interface LifecycleDeps {
   onRemoved(c: Container): void;
   /** How long a task made ahead waits for its start (default AHEAD_TTL_MS). */
   aheadTtlMs?: number;
+  /** Where `docker events` hears of creates, starts, exits, kills, stops and removals. */
+  events: EventLog;
   log: Logger;
 }
 
@@ -91,6 +94,7 @@ export class Lifecycle {
       throw err;
     }
     this.log.info({ id: c.id, name, image: image.name, cmd: [rec.path, ...rec.args] }, "container created");
+    this.d.events.emit("container", "create", c.id, eventAttributes(c));
     this.makeAhead(c);
     return c.id;
   }
@@ -240,6 +244,7 @@ export class Lifecycle {
     const savedEarly = early !== undefined && early.pid === launched.running.initPid && (await early.saved);
     if (!savedEarly) await this.table.persistHappened(c, "its start");
     this.log.info({ id: rec.id, name: rec.name, pid: launched.running.initPid }, "container started");
+    this.d.events.emit("container", "start", c.id, eventAttributes(c));
   }
 
   /** The container runs `launched` (started now, or found running by a new daemon): follow its exit. */
@@ -273,6 +278,7 @@ export class Lifecycle {
         }
         await this.table.persistHappened(c, "its exit");
         this.log.info({ id: c.id, name: c.rec.name, exitCode: info.code }, "container exited");
+        this.d.events.emit("container", "die", c.id, eventAttributes(c, { exitCode: String(info.code) }));
       });
     } finally {
       resolveHandled();
@@ -375,6 +381,7 @@ export class Lifecycle {
     this.table.delete(c.id);
     this.d.onRemoved(c);
     this.log.info({ id: c.id, name: c.rec.name }, "container removed");
+    this.d.events.emit("container", "destroy", c.id, eventAttributes(c));
   }
 
   /** SIGKILL and the exit handled; nothing when it does not run. */
@@ -404,6 +411,7 @@ export class Lifecycle {
     const proc = c.proc;
     if (!c.running || !proc) throw conflict(`cannot kill container: ${ref}: container ${c.id} is not running`);
     await this.d.launcher.signal(c, sig);
+    this.d.events.emit("container", "kill", c.id, eventAttributes(c, { signal: String(sig) }));
     await this.thawAfter(c, sig);
     if (sig === 9) await within(proc.handled, KILL_WAIT_MS);
   }

@@ -4,9 +4,10 @@
 
 import type { Logger } from "pino";
 import { badRequest, conflict } from "../api/errors.js";
-import { noSuchContainer } from "./container.js";
+import { eventAttributes, noSuchContainer } from "./container.js";
 import type { TaskClient } from "./containerd/tasks.js";
 import { NAME_RE } from "./create.js";
+import type { EventLog } from "./events.js";
 import type { Lifecycle } from "./lifecycle.js";
 import type { ContainerTable } from "./table.js";
 import type { ContainerPruneFilter } from "./types.js";
@@ -16,6 +17,7 @@ export class ContainerManager {
     private readonly table: ContainerTable,
     private readonly tasks: TaskClient,
     private readonly lifecycle: Lifecycle,
+    private readonly events: EventLog,
     private readonly log: Logger,
   ) {}
 
@@ -55,6 +57,7 @@ export class ContainerManager {
         throw err;
       }
       this.log.info({ id: c.id, from: oldName, to: newName }, "container renamed");
+      this.events.emit("container", "rename", c.id, eventAttributes(c, { oldName: `/${oldName}` }));
     });
   }
 
@@ -70,6 +73,7 @@ export class ContainerManager {
       c.rec.state.paused = true;
       await this.table.persistHappened(c, "its pause");
       this.log.info({ id: c.id, name: c.rec.name }, "container paused");
+      this.events.emit("container", "pause", c.id, eventAttributes(c));
     });
   }
 
@@ -83,6 +87,7 @@ export class ContainerManager {
       c.rec.state.paused = false;
       await this.table.persistHappened(c, "its unpause");
       this.log.info({ id: c.id, name: c.rec.name }, "container unpaused");
+      this.events.emit("container", "unpause", c.id, eventAttributes(c));
     });
   }
 

@@ -20,10 +20,11 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
 import { delay } from "./async.js";
-import { type Container, noSuchContainer } from "./container.js";
+import { type Container, eventAttributes, noSuchContainer } from "./container.js";
 import { type Containerd, SNAPSHOTTER } from "./containerd/client.js";
 import { FifoPool, TaskClient } from "./containerd/tasks.js";
 import { type ContainerSpec, HOST_IMAGE, specFromRequest } from "./create.js";
+import { EventLog } from "./events.js";
 import { Execs } from "./exec.js";
 import { familiarName, fullName, parseReference } from "./images/reference.js";
 import { ImageService } from "./images/service.js";
@@ -134,6 +135,8 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly execs: Execs;
   private readonly recovery: Recovery;
   private readonly manager: ContainerManager;
+  /** What `docker events` reports: containers, images, and the networks the engine changes. */
+  readonly events = new EventLog();
   /** The FIFOs of containers' and exec'd processes' stdio, made ahead (a process each batch, not each start). */
   private readonly fifos: FifoPool;
   private readonly log: Logger;
@@ -143,7 +146,12 @@ export class ContainerRuntime implements ContainerBackend {
     this.log = log;
     this.cd = opts.containerd;
     this.images = new ImageStore(opts.containerd, log);
-    this.imageService = new ImageService(this.images, opts.insecureRegistries ?? [], (id) => this.containerUsing(id));
+    this.imageService = new ImageService(
+      this.images,
+      opts.insecureRegistries ?? [],
+      (id) => this.containerUsing(id),
+      this.events,
+    );
     this.tasks = new TaskClient(opts.containerd, log, join(opts.execRoot, "runtime-runc"));
     this.table = new ContainerTable(opts.stateDir, log);
     this.networks = new ContainerNetworks(opts.attacher, this.table, opts.execRoot, log);
@@ -164,10 +172,11 @@ export class ContainerRuntime implements ContainerBackend {
       imageForRun: (ref) => this.imageForRun(ref),
       userOf: (c) => this.userOf(c, c.rec.config.User),
       onRemoved: (c) => this.execs.forget(c),
+      events: this.events,
       ...(opts.aheadTtlMs !== undefined ? { aheadTtlMs: opts.aheadTtlMs } : {}),
       log,
     });
-    this.manager = new ContainerManager(this.table, this.tasks, this.lifecycle, log);
+    this.manager = new ContainerManager(this.table, this.tasks, this.lifecycle, this.events, log);
     this.recovery = new Recovery({
       table: this.table,
       networks: this.networks,
@@ -254,8 +263,11 @@ export class ContainerRuntime implements ContainerBackend {
     return this.lifecycle.start(ref);
   }
 
-  containerStop(ref: string, opts: { timeout?: number; signal?: string }): Promise<boolean> {
-    return this.lifecycle.stop(ref, opts);
+  async containerStop(ref: string, opts: { timeout?: number; signal?: string }): Promise<boolean> {
+    const c = this.table.find(ref);
+    const stopped = await this.lifecycle.stop(ref, opts);
+    if (stopped) this.events.emit("container", "stop", c.id, eventAttributes(c));
+    return stopped;
   }
 
   containerKill(ref: string, signal: string): Promise<void> {

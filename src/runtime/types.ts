@@ -4,6 +4,7 @@
 // (but the cluster's own records, src/api).
 
 import type { NetworkRecord } from "../api/objects.js";
+import type { EventLog } from "./events.js";
 
 /** What a container prune keeps: created after `untilMs` (ms since the epoch), or labels that fail the test. */
 export interface ContainerPruneFilter {
@@ -419,6 +420,8 @@ export interface ContainerBackend {
   containerPrune(filter: ContainerPruneFilter): Promise<string[]>;
   /** `docker stats`: `stream` a sample a second; else one (after a first, for the CPU delta, unless oneShot). */
   containerStats(ref: string, opts: { stream: boolean; oneShot: boolean }): Promise<StatsStream>;
+  /** `docker events`: what happened here (the engine adds the networks it changes). */
+  readonly events?: EventLog;
   /** Counts for GET /info. */
   containerCounts(): { total: number; running: number; paused: number; stopped: number };
 }

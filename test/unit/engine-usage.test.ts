@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { EngineServer } from "../../src/engine/server.js";
 import type { ContainerBackend, SwarmBackend } from "../../src/engine/types.js";
+import { EventLog } from "../../src/runtime/events.js";
 import type { ContainerPruneFilter, ContainerStatsJSON } from "../../src/runtime/types.js";
 
 let dir: string;
@@ -42,6 +43,7 @@ const containers = {
     };
   },
   containerList: async () => [],
+  events: new EventLog(),
   containerCounts: () => ({ total: 0, running: 0, paused: 0, stopped: 0 }),
 } as unknown as ContainerBackend;
 
@@ -137,5 +139,43 @@ describe("prune and system df", () => {
       status: 200,
       body: '{"CachesDeleted":null,"SpaceReclaimed":0}\n',
     });
+  });
+});
+
+describe("events", () => {
+  test("replayed between since and until, filtered by type, event and container name or id", async () => {
+    const log = containers.events!;
+    const since = Date.now() / 1000 - 1;
+    log.emit("container", "create", "c0ffee", { name: "web", image: "busybox" });
+    log.emit("container", "start", "c0ffee", { name: "web", image: "busybox" });
+    log.emit("image", "tag", "sha256:1", { name: "x:1" });
+    log.emit("network", "create", "n1", { name: "ov", type: "overlay" });
+    const until = Date.now() / 1000 + 1;
+    const get = async (filters: object) => {
+      const r = await call("GET", `/v1.50/events?since=${since}&until=${until}&filters=${q(filters)}`);
+      return r.body
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => {
+          const e = JSON.parse(l) as { Type: string; Action: string; Actor: { ID: string } };
+          return `${e.Type} ${e.Action} ${e.Actor.ID}`;
+        });
+    };
+    expect(await get({})).toEqual([
+      "container create c0ffee",
+      "container start c0ffee",
+      "image tag sha256:1",
+      "network create n1",
+    ]);
+    expect(await get({ container: ["web"], event: ["start"] })).toEqual(["container start c0ffee"]);
+    expect(await get({ type: ["network", "image"] })).toEqual(["image tag sha256:1", "network create n1"]);
+    expect(await get({ image: ["busybox"], type: ["container"] })).toHaveLength(2);
+    expect(await call("GET", `/v1.50/events?filters=${q({ colour: ["red"] })}`)).toEqual(
+      refused("invalid filter 'colour'"),
+    );
+    expect(await call("GET", `/v1.50/events?since=${until}&until=${since}`)).toEqual(
+      refused("`since` time must be before `until`"),
+    );
   });
 });

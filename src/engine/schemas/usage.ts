@@ -47,3 +47,25 @@ export const SystemDfTypes = z
     }
   })
   .transform((types) => types as DfType[]);
+
+/** GET /events: since/until (a time, a duration ago, Unix seconds) and dockerd's event filters. */
+export const EventsQuery = z.object({
+  since: textParam("since", 64),
+  until: textParam("until", 64),
+  filters: filtersParam([
+    "container",
+    "daemon",
+    "event",
+    "image",
+    "label",
+    "network",
+    "node",
+    "plugin",
+    "scope",
+    "type",
+    "volume",
+    "config",
+    "secret",
+    "service",
+  ]),
+});

@@ -3,6 +3,7 @@
 
 import { z } from "zod";
 import { badRequest } from "../../api/errors.js";
+import { EventLog } from "../events.js";
 import { type Descriptor, type ImageConfig, MEDIA, sha256 } from "./oci.js";
 import { type PullOptions, type PullProgress, pullImage } from "./pull.js";
 import { familiarName, fullName, parseReference } from "./reference.js";
@@ -90,7 +91,18 @@ export class ImageService {
     private readonly insecureRegistries: string[],
     /** The container that uses an image (rmi's check). */
     private readonly containerUsing: (imageId: string) => string | undefined,
+    /** Where `docker events` hears of pulls, loads, tags, untags and deletions. */
+    readonly events: EventLog = new EventLog(),
   ) {}
+
+  /** The events of an rmi (or a prune's removal): an untag per name, a delete for the image. */
+  private removed(img: { id: string }, result: RemoveResult): RemoveResult {
+    for (const r of result) {
+      if (r.Untagged) this.events.emit("image", "untag", img.id, { name: r.Untagged });
+      if (r.Deleted) this.events.emit("image", "delete", r.Deleted, {});
+    }
+    return result;
+  }
 
   async list(): Promise<ImageSummary[]> {
     const out = (await this.store.list()).map((img) => ({
@@ -192,7 +204,7 @@ export class ImageService {
       if (!filter.labels(img.config.config?.Labels ?? {})) continue;
       for (const name of img.names) {
         try {
-          const r = await this.store.remove(name, false, this.containerUsing);
+          const r = this.removed(img, await this.store.remove(name, false, this.containerUsing));
           deleted.push(...r);
           if (r.some((x) => x.Deleted)) reclaimedBytes += sizeOf(img);
         } catch {
@@ -204,13 +216,17 @@ export class ImageService {
     return { deleted, reclaimedBytes };
   }
 
-  remove(ref: string, force: boolean): Promise<RemoveResult> {
-    return this.store.remove(ref, force, this.containerUsing);
+  async remove(ref: string, force: boolean): Promise<RemoveResult> {
+    const img = await this.store.resolve(ref);
+    return this.removed(img, await this.store.remove(ref, force, this.containerUsing));
   }
 
   async tag(source: string, repo: string, tag: string): Promise<void> {
     if (repo === "") throw badRequest("repository name must have at least one component");
-    await this.store.tag(source, tag ? `${repo}:${tag}` : repo);
+    const target = tag ? `${repo}:${tag}` : repo;
+    await this.store.tag(source, target);
+    const img = await this.store.resolve(target);
+    this.events.emit("image", "tag", img.id, { name: familiarName(fullName(parseReference(target))) });
   }
 
   /** `docker save`: an archive that `docker load` reads (both a docker manifest.json and an OCI layout). */
@@ -261,11 +277,13 @@ export class ImageService {
   }
 
   /** `docker pull`: progress goes to `onProgress` in docker's JSON message shapes. */
-  pull(
+  async pull(
     ref: string,
     opts: Omit<PullOptions, "insecureRegistries">,
     onProgress: (p: PullProgress) => void,
   ): Promise<void> {
-    return pullImage(this.store, ref, { ...opts, insecureRegistries: this.insecureRegistries }, onProgress);
+    await pullImage(this.store, ref, { ...opts, insecureRegistries: this.insecureRegistries }, onProgress);
+    const name = familiarName(fullName(parseReference(ref)));
+    this.events.emit("image", "pull", name, { name });
   }
 }
