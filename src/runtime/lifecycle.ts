@@ -397,11 +397,16 @@ export class Lifecycle {
 
   /** Signals the container's init process; a process that is already gone is not an error. */
   private async signal(c: Container, sig: number): Promise<void> {
-    await this.d.launcher
-      .signal(c, sig)
-      .catch((err: unknown) =>
+    await this.d.launcher.signal(c, sig).then(
+      () => this.killed(c, sig),
+      (err: unknown) =>
         this.log.debug({ err, id: c.id, sig }, "signal not delivered: the container's process has exited"),
-      );
+    );
+  }
+
+  /** A signal was sent (docker kill, stop, rm -f): dockerd's "kill" event. */
+  private killed(c: Container, sig: number): void {
+    this.d.events.emit("container", "kill", c.id, eventAttributes(c, { signal: String(sig) }));
   }
 
   async kill(ref: string, signal: string): Promise<void> {
@@ -411,7 +416,7 @@ export class Lifecycle {
     const proc = c.proc;
     if (!c.running || !proc) throw conflict(`cannot kill container: ${ref}: container ${c.id} is not running`);
     await this.d.launcher.signal(c, sig);
-    this.d.events.emit("container", "kill", c.id, eventAttributes(c, { signal: String(sig) }));
+    this.killed(c, sig);
     await this.thawAfter(c, sig);
     if (sig === 9) await within(proc.handled, KILL_WAIT_MS);
   }
