@@ -85,6 +85,9 @@ const ImageLoadQuery = z.object({ quiet: lenientBool(), platform: platformParam(
 /** GET /images/{name}/json. */
 const ImageInspectQuery = z.object({ manifests: lenientBool() });
 
+/** GET /images/{name}/history: --platform only (one platform here). */
+const ImageHistoryQuery = z.object({ platform: platformParam() });
+
 /** POST /images/{name}/tag (docker tag). */
 const ImageTagQuery = z.object({ repo: imageRef("repo"), tag: textParam("tag", MAX_IMAGE_REF_LENGTH) });
 
@@ -170,6 +173,12 @@ export class ImageRoutes {
     sendJSON(res, 200, await this.images().inspect(params[0]!));
   }
 
+  /** GET /images/{name}/history (docker history). */
+  async history({ res, query, params }: ImageCtx): Promise<void> {
+    decodeQuery(ImageHistoryQuery, query);
+    sendJSON(res, 200, await this.images().history(params[0]!));
+  }
+
   async remove({ res, query, params }: ImageCtx): Promise<void> {
     const { force } = decodeQuery(ImageRemoveQuery, query);
     sendJSON(res, 200, await this.images().remove(params[0]!, force));
@@ -206,6 +215,10 @@ export class ImageRoutes {
       });
       await pipeline(req, createWriteStream(path));
       const lines = await loadImages(this.images().store, path);
+      for (const l of lines) {
+        const name = /^Loaded image(?: ID)?: (.+)$/.exec(l)?.[1];
+        if (name) this.images().events.emit("image", "load", name, { name });
+      }
       // docker load prints these lines with and without --quiet.
       res.writeHead(200, { "Content-Type": "application/json" });
       for (const l of lines) res.write(`${JSON.stringify({ stream: `${l}\n` })}\n`);

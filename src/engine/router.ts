@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import type { z } from "zod";
 import { MAX_JSON_DEPTH } from "../api/limits.js";
 import { parseJsonText } from "../api/schema.js";
+import type { ImageService } from "../runtime/images/service.js";
 import { API_VERSION } from "../version.js";
 import { ApiError, badRequest } from "./errors.js";
 import { type BodyBudget, type HttpLimits, readBody } from "./http.js";
@@ -62,6 +63,8 @@ export interface RouteDeps extends BodyIO {
   backend: SwarmBackend;
   networks(): NetworkBackend;
   containers(): ContainerBackend;
+  /** The image service (503 without). */
+  images(): ImageService;
   /** The container backend when the daemon has one (for counts that are 0 without). */
   containerBackend: ContainerBackend | undefined;
   log: Logger | undefined;

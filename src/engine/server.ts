@@ -20,9 +20,11 @@ import { BodyBudget, DEFAULT_HTTP_LIMITS, discardBody, type HttpLimits, LimitedS
 import { ImageRoutes } from "./images.js";
 import { asApiError, matchRoute, type Route, type RouteDeps, route, sendJSON, splitUrl } from "./router.js";
 import { containerRoutes } from "./routes/containers.js";
+import { eventRoutes } from "./routes/events.js";
 import { execRoutes } from "./routes/exec.js";
 import { networkRoutes } from "./routes/networks.js";
 import { nodeRoutes } from "./routes/nodes.js";
+import { pruneRoutes } from "./routes/prune.js";
 import { swarmRoutes } from "./routes/swarm.js";
 import { type EngineIdentity, readOperatingSystem, rfc3339Nano, systemRoutes } from "./routes/system.js";
 import { noServiceRoutes } from "./routes/unsupported.js";
@@ -81,6 +83,10 @@ export class EngineServer {
         }
         return opts.containers;
       },
+      images: () => {
+        if (!opts.images) throw unavailable("this daemon runs no containers: it has no images");
+        return opts.images;
+      },
       containerBackend: opts.containers,
       log: this.log,
       limits: this.limits,
@@ -92,6 +98,8 @@ export class EngineServer {
       ...nodeRoutes(deps),
       ...networkRoutes(deps),
       ...noServiceRoutes(deps),
+      ...pruneRoutes(deps),
+      ...eventRoutes(deps),
       ...containerRoutes(deps),
       ...execRoutes(deps),
       ...imageRouteTable(opts.images, this.log),
@@ -219,6 +227,7 @@ function imageRouteTable(images: ImageService | undefined, log: Logger | undefin
     route("GET", "/images/get", (ctx) => i.save(ctx)),
     route("GET", "/images/(.+)/get", (ctx) => i.save(ctx)),
     route("GET", "/images/(.+)/json", (ctx) => i.inspect(ctx)),
+    route("GET", "/images/(.+)/history", (ctx) => i.history(ctx)),
     route("POST", "/images/(.+)/tag", (ctx) => i.tag(ctx)),
     route("DELETE", "/images/(.+)", (ctx) => i.remove(ctx)),
   ];

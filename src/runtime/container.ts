@@ -81,6 +81,8 @@ const RecordStateSchema = z.object({
   error: z.string(),
   startedAt: z.string(),
   finishedAt: z.string(),
+  /** Running, its processes frozen (docker pause). */
+  paused: z.boolean().optional(),
 });
 export type RecordState = z.infer<typeof RecordStateSchema>;
 
@@ -186,6 +188,9 @@ export class Container {
   get running(): boolean {
     return this.rec.state.status === "running";
   }
+  get paused(): boolean {
+    return this.running && this.rec.state.paused === true;
+  }
   get hostNetwork(): boolean {
     return this.rec.networkMode === "host";
   }
@@ -196,6 +201,11 @@ export class Container {
   get logPath(): string {
     return join(this.dir, `${this.id}-json.log`);
   }
+}
+
+/** A container's attributes in its events, as dockerd gives them: its labels, image and name. */
+export function eventAttributes(c: Container, extra: Record<string, string> = {}): Record<string, string> {
+  return { ...c.rec.config.Labels, image: c.rec.config.Image, name: c.rec.name, ...extra };
 }
 
 export const noSuchContainer = (ref: string): ApiError => new ApiError(404, `No such container: ${ref}`);

@@ -16,7 +16,7 @@ import type { ContainerConfig, ContainerCreateRequest, EndpointSettingsRequest }
 /** The image whose root file system is the host's own (read-only): processes of the host, in a sandbox. */
 export const HOST_IMAGE = "host";
 
-const NAME_RE = /^\/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$/;
+export const NAME_RE = /^\/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$/;
 
 /** What `create` needs; specFromRequest maps Docker's request onto it. */
 export interface ContainerSpec {

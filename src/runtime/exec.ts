@@ -56,6 +56,7 @@ export class Execs {
   async create(ref: string, req: ExecCreateRequest): Promise<string> {
     const c = this.table.find(ref);
     if (!c.running) throw conflict(`container ${c.id} is not running`);
+    if (c.paused) throw conflict(`Container ${c.id} is paused, unpause the container before exec`);
     const cmd = req.Cmd ?? [];
     if (cmd.length === 0) throw badRequest("No exec command specified");
     const id = newId();

@@ -8,10 +8,11 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { delay, within } from "./async.js";
-import { Container, errMessage, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
+import { Container, errMessage, eventAttributes, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
 import { isNotFound } from "./containerd/client.js";
 import type { TaskClient } from "./containerd/tasks.js";
 import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
+import type { EventLog } from "./events.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
 import type { ContainerNetworks } from "./networks.js";
@@ -48,6 +49,8 @@ export interface LifecycleDeps {
   onRemoved(c: Container): void;
   /** How long a task made ahead waits for its start (default AHEAD_TTL_MS). */
   aheadTtlMs?: number;
+  /** Where `docker events` hears of creates, starts, exits, kills, stops and removals. */
+  events: EventLog;
   log: Logger;
 }
 
@@ -91,6 +94,7 @@ export class Lifecycle {
       throw err;
     }
     this.log.info({ id: c.id, name, image: image.name, cmd: [rec.path, ...rec.args] }, "container created");
+    this.d.events.emit("container", "create", c.id, eventAttributes(c));
     this.makeAhead(c);
     return c.id;
   }
@@ -183,6 +187,7 @@ export class Lifecycle {
     const c = this.table.find(ref);
     return c.locked(async () => {
       if (c.removed) throw noSuchContainer(ref);
+      if (c.paused) throw conflict("cannot start a paused container, try unpause instead");
       if (c.running) return false;
       if (c.rec.state.status === "removing") {
         throw conflict(`container ${c.id} is marked for removal and cannot be started`);
@@ -239,6 +244,7 @@ export class Lifecycle {
     const savedEarly = early !== undefined && early.pid === launched.running.initPid && (await early.saved);
     if (!savedEarly) await this.table.persistHappened(c, "its start");
     this.log.info({ id: rec.id, name: rec.name, pid: launched.running.initPid }, "container started");
+    this.d.events.emit("container", "start", c.id, eventAttributes(c));
   }
 
   /** The container runs `launched` (started now, or found running by a new daemon): follow its exit. */
@@ -262,7 +268,8 @@ export class Lifecycle {
       await c.locked(async () => {
         c.proc = undefined;
         await this.d.networks.release(c, "its exit");
-        c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: info.code, finishedAt: nowRFC3339Nano() };
+        const finishedAt = nowRFC3339Nano();
+        c.rec.state = { ...c.rec.state, status: "exited", pid: 0, exitCode: info.code, finishedAt, paused: false };
         // Decided here, with the exit: inspect says "restarting" (and the count) until it runs again.
         restart = !c.rec.autoRemove && this.restarts(c, info.code);
         if (restart) {
@@ -271,6 +278,7 @@ export class Lifecycle {
         }
         await this.table.persistHappened(c, "its exit");
         this.log.info({ id: c.id, name: c.rec.name, exitCode: info.code }, "container exited");
+        this.d.events.emit("container", "die", c.id, eventAttributes(c, { exitCode: String(info.code) }));
       });
     } finally {
       resolveHandled();
@@ -346,6 +354,7 @@ export class Lifecycle {
     if (sig === undefined) throw badRequest(`Invalid signal: ${sigName}`);
     const timeout = opts.timeout ?? c.rec.config.StopTimeout ?? 10;
     await this.signal(c, sig);
+    await this.thawAfter(c, sig);
     if (timeout < 0) {
       await proc.handled;
       return true;
@@ -353,6 +362,7 @@ export class Lifecycle {
     if (await within(proc.handled, timeout * 1000)) return true;
     this.log.info({ id: c.id, timeout }, "container did not stop in time: killing it");
     await this.signal(c, 9);
+    await this.thawAfter(c, 9);
     if (!(await within(proc.handled, KILL_WAIT_MS))) {
       throw new ApiError(500, `cannot stop container: ${ref}: the container's processes did not exit after SIGKILL`);
     }
@@ -371,6 +381,7 @@ export class Lifecycle {
     this.table.delete(c.id);
     this.d.onRemoved(c);
     this.log.info({ id: c.id, name: c.rec.name }, "container removed");
+    this.d.events.emit("container", "destroy", c.id, eventAttributes(c));
   }
 
   /** SIGKILL and the exit handled; nothing when it does not run. */
@@ -378,6 +389,7 @@ export class Lifecycle {
     const proc = c.proc;
     if (!c.running || !proc) return;
     await this.signal(c, 9);
+    await this.thawAfter(c, 9);
     if (!(await within(proc.handled, KILL_WAIT_MS))) {
       throw new ApiError(500, `could not kill container ${c.id}: its processes did not exit after SIGKILL`);
     }
@@ -385,11 +397,16 @@ export class Lifecycle {
 
   /** Signals the container's init process; a process that is already gone is not an error. */
   private async signal(c: Container, sig: number): Promise<void> {
-    await this.d.launcher
-      .signal(c, sig)
-      .catch((err: unknown) =>
+    await this.d.launcher.signal(c, sig).then(
+      () => this.killed(c, sig),
+      (err: unknown) =>
         this.log.debug({ err, id: c.id, sig }, "signal not delivered: the container's process has exited"),
-      );
+    );
+  }
+
+  /** A signal was sent (docker kill, stop, rm -f): dockerd's "kill" event. */
+  private killed(c: Container, sig: number): void {
+    this.d.events.emit("container", "kill", c.id, eventAttributes(c, { signal: String(sig) }));
   }
 
   async kill(ref: string, signal: string): Promise<void> {
@@ -399,7 +416,29 @@ export class Lifecycle {
     const proc = c.proc;
     if (!c.running || !proc) throw conflict(`cannot kill container: ${ref}: container ${c.id} is not running`);
     await this.d.launcher.signal(c, sig);
+    this.killed(c, sig);
+    await this.thawAfter(c, sig);
     if (sig === 9) await within(proc.handled, KILL_WAIT_MS);
+  }
+
+  /**
+   * As dockerd: a paused container that was sent SIGKILL or its stop signal is thawed, so that the signal
+   * (pending while it is frozen) is delivered and it exits; other signals wait for an unpause.
+   */
+  private async thawAfter(c: Container, sig: number): Promise<void> {
+    if (!c.paused) return;
+    if (sig !== 9 && sig !== parseSignal(c.rec.config.StopSignal || "SIGTERM")) return;
+    try {
+      await this.d.tasks.resume(c.id);
+      c.rec.state.paused = false;
+      await this.table.persistHappened(c, "its unpause");
+    } catch (err) {
+      // runc thaws a container itself to deliver SIGKILL: it may have exited already.
+      const now = await this.d.tasks.state(c.id).catch(() => undefined);
+      if (now?.state === "running") {
+        this.log.warn({ err, id: c.id }, "could not unpause a container to deliver its stop signal");
+      }
+    }
   }
 
   async wait(ref: string, condition: WaitCondition): Promise<PendingWait> {

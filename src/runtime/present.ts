@@ -71,12 +71,18 @@ export function listed(c: Container, f: Record<string, string[]>): boolean {
   const r = c.rec;
   if (f.id && !f.id.some((v) => c.id.startsWith(v))) return false;
   if (f.name && !f.name.some((v) => matchesName(r.name, v))) return false;
-  if (f.status && !f.status.includes(r.state.status)) return false;
+  if (f.status && !f.status.includes(stateOf(c))) return false;
   if (f.exited && !(r.state.status === "exited" && f.exited.includes(String(r.state.exitCode)))) return false;
   if (f.label && !f.label.every((l) => labelMatches(r.config.Labels, l))) return false;
   if (f.ancestor && !f.ancestor.some((a) => ancestorMatches(c, a))) return false;
   if (f.network && !f.network.some((n) => networkMatches(c, n))) return false;
   return true;
+}
+
+/** docker's State word: "paused" and "restarting" are states of a running (or restarting) container. */
+function stateOf(c: Container): ContainerSummary["State"] {
+  if (c.restarting) return "restarting";
+  return c.paused ? "paused" : c.rec.state.status;
 }
 
 function statusText(c: Container, nowMs: number): string {
@@ -86,7 +92,7 @@ function statusText(c: Container, nowMs: number): string {
     case "created":
       return "Created";
     case "running":
-      return `Up ${humanDuration(nowMs - Date.parse(s.startedAt))}`;
+      return `Up ${humanDuration(nowMs - Date.parse(s.startedAt))}${c.paused ? " (Paused)" : ""}`;
     case "removing":
       return "Removal In Progress";
     case "exited":
@@ -137,7 +143,7 @@ export function summaryOf(c: Container, nowMs: number): ContainerSummary {
     Created: Math.floor(Date.parse(r.created) / 1000),
     Ports: [],
     Labels: { ...r.config.Labels },
-    State: c.restarting ? "restarting" : r.state.status,
+    State: stateOf(c),
     Status: statusText(c, nowMs),
     HostConfig: { NetworkMode: r.networkMode },
     NetworkSettings: { Networks: endpointSettings(c) },
@@ -157,9 +163,9 @@ export function inspectOf(c: Container, execIds: string[], netnsPath: string): C
     Path: r.path,
     Args: [...r.args],
     State: {
-      Status: c.restarting ? "restarting" : s.status,
+      Status: stateOf(c),
       Running: s.status === "running",
-      Paused: false,
+      Paused: c.paused,
       Restarting: c.restarting,
       OOMKilled: false,
       Dead: false,

@@ -10,6 +10,7 @@
 //   networks.ts   namespace, endpoints, resolv.conf/hosts/hostname   present.ts   ps and inspect
 //   streams.ts    logs and attach                                    exec.ts      exec
 //   recovery.ts   what a previous daemon left; shutdown              sandbox.ts   namespaces, pipes, /proc
+//   manage.ts     rename, pause, unpause, prune                      stats.ts     docker stats from cgroups
 //
 // State: every container has a directory under stateDir (state.json, its json-file log, resolv.conf,
 // hosts, hostname). A daemon that restarts finds them there; containers a dead daemon left running are
@@ -18,21 +19,25 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict, notFound } from "../api/errors.js";
-import { type Container, noSuchContainer } from "./container.js";
+import { delay } from "./async.js";
+import { type Container, eventAttributes, noSuchContainer } from "./container.js";
 import { type Containerd, SNAPSHOTTER } from "./containerd/client.js";
 import { FifoPool, TaskClient } from "./containerd/tasks.js";
 import { type ContainerSpec, HOST_IMAGE, specFromRequest } from "./create.js";
+import { EventLog } from "./events.js";
 import { Execs } from "./exec.js";
 import { familiarName, fullName, parseReference } from "./images/reference.js";
 import { ImageService } from "./images/service.js";
 import { ImageStore, type ResolvedImage } from "./images/store.js";
 import { Launcher } from "./launch.js";
 import { Lifecycle, type RunImage } from "./lifecycle.js";
+import { ContainerManager } from "./manage.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { hasEndpoints, Recovery } from "./recovery.js";
 import { runCommand } from "./sandbox.js";
 import type { ProcessUser } from "./spec.js";
+import { statsStream } from "./stats.js";
 import { containerAttach, containerLogs } from "./streams.js";
 import { ContainerTable } from "./table.js";
 import type {
@@ -43,6 +48,7 @@ import type {
   ContainerCreateRequest,
   ContainerJSON,
   ContainerListOptions,
+  ContainerPruneFilter,
   ContainerSummary,
   EndpointSettingsRequest,
   ExecCreateRequest,
@@ -52,6 +58,7 @@ import type {
   NetworkAttacher,
   OutputStream,
   PendingWait,
+  StatsStream,
   WaitCondition,
 } from "./types.js";
 import { layerDirs, resolveUser } from "./user.js";
@@ -129,6 +136,9 @@ export class ContainerRuntime implements ContainerBackend {
   private readonly lifecycle: Lifecycle;
   private readonly execs: Execs;
   private readonly recovery: Recovery;
+  private readonly manager: ContainerManager;
+  /** What `docker events` reports: containers, images, and the networks the engine changes. */
+  readonly events = new EventLog();
   /** The FIFOs of containers' and exec'd processes' stdio, made ahead (a process each batch, not each start). */
   private readonly fifos: FifoPool;
   private readonly log: Logger;
@@ -142,6 +152,7 @@ export class ContainerRuntime implements ContainerBackend {
       this.images,
       { insecureRegistries: opts.insecureRegistries ?? [], maxConcurrentDownloads: opts.maxConcurrentDownloads },
       (id) => this.containerUsing(id),
+      this.events,
     );
     this.tasks = new TaskClient(opts.containerd, log, join(opts.execRoot, "runtime-runc"));
     this.table = new ContainerTable(opts.stateDir, log);
@@ -163,9 +174,11 @@ export class ContainerRuntime implements ContainerBackend {
       imageForRun: (ref) => this.imageForRun(ref),
       userOf: (c) => this.userOf(c, c.rec.config.User),
       onRemoved: (c) => this.execs.forget(c),
+      events: this.events,
       ...(opts.aheadTtlMs !== undefined ? { aheadTtlMs: opts.aheadTtlMs } : {}),
       log,
     });
+    this.manager = new ContainerManager(this.table, this.tasks, this.lifecycle, this.events, log);
     this.recovery = new Recovery({
       table: this.table,
       networks: this.networks,
@@ -252,8 +265,11 @@ export class ContainerRuntime implements ContainerBackend {
     return this.lifecycle.start(ref);
   }
 
-  containerStop(ref: string, opts: { timeout?: number; signal?: string }): Promise<boolean> {
-    return this.lifecycle.stop(ref, opts);
+  async containerStop(ref: string, opts: { timeout?: number; signal?: string }): Promise<boolean> {
+    const c = this.table.find(ref);
+    const stopped = await this.lifecycle.stop(ref, opts);
+    if (stopped) this.events.emit("container", "stop", c.id, eventAttributes(c));
+    return stopped;
   }
 
   containerKill(ref: string, signal: string): Promise<void> {
@@ -266,6 +282,31 @@ export class ContainerRuntime implements ContainerBackend {
 
   containerRemove(ref: string, opts: { force: boolean }): Promise<void> {
     return this.lifecycle.remove(ref, opts);
+  }
+
+  containerRename(ref: string, newName: string): Promise<void> {
+    return this.manager.rename(ref, newName);
+  }
+
+  containerPause(ref: string): Promise<void> {
+    return this.manager.pause(ref);
+  }
+
+  containerUnpause(ref: string): Promise<void> {
+    return this.manager.unpause(ref);
+  }
+
+  async containerStats(ref: string, opts: { stream: boolean; oneShot: boolean }): Promise<StatsStream> {
+    const c = this.table.find(ref);
+    const current = () =>
+      c.running && !c.removed && c.rec.state.pid > 0
+        ? { id: c.id, name: c.rec.name, pid: c.rec.state.pid, memoryLimitBytes: c.rec.hostConfig.memoryBytes }
+        : undefined;
+    return statsStream({ id: c.id, name: c.rec.name }, current, opts, delay);
+  }
+
+  containerPrune(filter: ContainerPruneFilter): Promise<string[]> {
+    return this.manager.prune(filter);
   }
 
   async containerList(opts: ContainerListOptions): Promise<ContainerSummary[]> {
@@ -304,8 +345,9 @@ export class ContainerRuntime implements ContainerBackend {
 
   containerCounts(): { total: number; running: number; paused: number; stopped: number } {
     const live = this.table.live();
-    const running = live.filter((c) => c.running).length;
-    return { total: live.length, running, paused: 0, stopped: live.length - running };
+    const paused = live.filter((c) => c.paused).length;
+    const running = live.filter((c) => c.running).length - paused;
+    return { total: live.length, running, paused, stopped: live.length - running - paused };
   }
 
   async containerLogs(ref: string, opts: LogsOptions): Promise<OutputStream> {

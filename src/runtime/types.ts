@@ -4,6 +4,13 @@
 // (but the cluster's own records, src/api).
 
 import type { NetworkRecord } from "../api/objects.js";
+import type { EventLog } from "./events.js";
+
+/** What a container prune keeps: created after `untilMs` (ms since the epoch), or labels that fail the test. */
+export interface ContainerPruneFilter {
+  untilMs?: number;
+  labels(labels: Record<string, string>): boolean;
+}
 
 export interface EndpointSettingsRequest {
   IPAMConfig?: { IPv4Address?: string } | null;
@@ -93,7 +100,7 @@ export interface ContainerCreateRequest {
   NetworkingConfig?: { EndpointsConfig?: Record<string, EndpointSettingsRequest | null> | null } | null;
 }
 
-export type ContainerStatus = "created" | "running" | "restarting" | "removing" | "exited";
+export type ContainerStatus = "created" | "running" | "paused" | "restarting" | "removing" | "exited";
 
 export interface ContainerState {
   Status: ContainerStatus;
@@ -318,6 +325,66 @@ export interface ExecSession {
   run(io: { output(chunk: OutputChunk): undefined | Promise<unknown>; stdin?: NodeJS.ReadableStream }): Promise<number>;
 }
 
+// ------------------------------------------------------------------ stats
+
+export interface CpuStats {
+  cpu_usage: {
+    total_usage: number;
+    percpu_usage?: number[];
+    usage_in_kernelmode: number;
+    usage_in_usermode: number;
+  };
+  system_cpu_usage: number;
+  online_cpus: number;
+  throttling_data: { periods: number; throttled_periods: number; throttled_time: number };
+}
+
+export interface BlkioEntry {
+  major: number;
+  minor: number;
+  op: string;
+  value: number;
+}
+
+export interface NetworkStats {
+  rx_bytes: number;
+  rx_packets: number;
+  rx_errors: number;
+  rx_dropped: number;
+  tx_bytes: number;
+  tx_packets: number;
+  tx_errors: number;
+  tx_dropped: number;
+}
+
+/** GET /containers/{id}/stats: docker's container.StatsResponse (snake_case, as dockerd sends it). */
+export interface ContainerStatsJSON {
+  read: string;
+  preread: string;
+  pids_stats: { current?: number; limit?: number };
+  blkio_stats: { io_service_bytes_recursive: BlkioEntry[] | null };
+  num_procs: number;
+  storage_stats: Record<string, never>;
+  cpu_stats: CpuStats;
+  precpu_stats: CpuStats;
+  memory_stats: {
+    usage?: number;
+    max_usage?: number;
+    stats?: Record<string, number>;
+    failcnt?: number;
+    limit?: number;
+  };
+  name: string;
+  id: string;
+  networks?: Record<string, NetworkStats>;
+}
+
+/** The samples of a stats request: one (no stream), or one a second until the client goes or the container stops. */
+export interface StatsStream {
+  samples: AsyncIterable<ContainerStatsJSON>;
+  cancel(): void;
+}
+
 /**
  * What the Engine API server needs from the container runtime. Container refs are a full id, a unique id
  * prefix, or a name (with or without the leading "/"). Errors are ApiErrors: 404 `No such container: X`,
@@ -345,6 +412,16 @@ export interface ContainerBackend {
   execResize?(execId: string, height: number, width: number): Promise<void>;
   /** `docker top`: the container's processes as the host's `ps` shows them. */
   containerTop(ref: string, psArgs: string): Promise<{ Titles: string[]; Processes: string[][] }>;
+  /** `docker rename`. */
+  containerRename(ref: string, newName: string): Promise<void>;
+  containerPause(ref: string): Promise<void>;
+  containerUnpause(ref: string): Promise<void>;
+  /** `docker container prune`: the ids of the containers removed. */
+  containerPrune(filter: ContainerPruneFilter): Promise<string[]>;
+  /** `docker stats`: `stream` a sample a second; else one (after a first, for the CPU delta, unless oneShot). */
+  containerStats(ref: string, opts: { stream: boolean; oneShot: boolean }): Promise<StatsStream>;
+  /** `docker events`: what happened here (the engine adds the networks it changes). */
+  readonly events?: EventLog;
   /** Counts for GET /info. */
   containerCounts(): { total: number; running: number; paused: number; stopped: number };
 }

@@ -21,6 +21,11 @@ export function unavailableBackend(message: string): ContainerBackend {
     execStart: fail,
     execInspect: fail,
     containerTop: fail,
+    containerRename: fail,
+    containerPause: fail,
+    containerUnpause: fail,
+    containerPrune: fail,
+    containerStats: fail,
     containerCounts: () => ({ total: 0, running: 0, paused: 0, stopped: 0 }),
   };
 }

@@ -172,6 +172,22 @@ class FakeContainers implements ContainerBackend {
   async execInspect(id: string): Promise<ExecInspect> {
     return { ID: id, Running: false, ExitCode: 3 } as ExecInspect;
   }
+  async containerRename(ref: string, newName: string): Promise<void> {
+    this.rec("containerRename", ref, newName);
+  }
+  async containerPause(ref: string): Promise<void> {
+    this.rec("containerPause", ref);
+  }
+  async containerUnpause(ref: string): Promise<void> {
+    this.rec("containerUnpause", ref);
+  }
+  async containerStats(): Promise<never> {
+    throw new Error("not faked");
+  }
+  async containerPrune(): Promise<string[]> {
+    this.rec("containerPrune");
+    return [];
+  }
   containerCounts() {
     return { total: 2, running: 1, paused: 0, stopped: 1 };
   }

@@ -1,10 +1,11 @@
 // /containers: create, list, inspect, start, stop, restart, kill, wait, resize, remove, logs, attach
-// (hijacked or streamed), top.
+// (hijacked or streamed), top, rename, pause, unpause, stats. (prune is in prune.ts.)
 
 import { badRequest } from "../errors.js";
 import { readBody, writeWithBackpressure } from "../http.js";
 import {
   type Ctx,
+  discardBody,
   jsonBody,
   type Route,
   type RouteDeps,
@@ -30,6 +31,7 @@ import {
   ResizeQuery,
 } from "../schemas/container.js";
 import { decodeQuery } from "../schemas/query.js";
+import { ContainerRenameQuery, ContainerStatsQuery } from "../schemas/usage.js";
 import { frame, openStream, streamMediaType, upgradeInput } from "../streams.js";
 import type { WaitCondition } from "../types.js";
 
@@ -66,6 +68,19 @@ export function containerRoutes(d: RouteDeps): Route[] {
     await c().containerResize?.(params[0]!, h, w);
     sendEmpty(res);
   };
+  const rename = async ({ req, res, query, params }: Ctx): Promise<void> => {
+    const { name } = decodeQuery(ContainerRenameQuery, query);
+    await discardBody(req, d);
+    await c().containerRename(params[0]!, name ?? "");
+    sendNoContent(res);
+  };
+  const pause =
+    (f: "containerPause" | "containerUnpause") =>
+    async ({ req, res, params }: Ctx): Promise<void> => {
+      await discardBody(req, d);
+      await c()[f](params[0]!);
+      sendNoContent(res);
+    };
   const top = async ({ res, query, params }: Ctx): Promise<void> => {
     sendJSON(res, 200, await c().containerTop(params[0]!, query.get("ps_args") ?? ""));
   };
@@ -83,6 +98,10 @@ export function containerRoutes(d: RouteDeps): Route[] {
     route("GET", `/containers/${SEG}/logs`, (ctx) => logs(d, ctx)),
     route("POST", `/containers/${SEG}/attach`, (ctx) => attach(d, ctx), true),
     route("GET", `/containers/${SEG}/top`, top),
+    route("POST", `/containers/${SEG}/rename`, rename),
+    route("POST", `/containers/${SEG}/pause`, pause("containerPause")),
+    route("POST", `/containers/${SEG}/unpause`, pause("containerUnpause")),
+    route("GET", `/containers/${SEG}/stats`, (ctx) => stats(d, ctx)),
   ];
 }
 
@@ -162,6 +181,20 @@ async function logs(d: RouteDeps, { res, query, params, version }: Ctx): Promise
   res.once("close", () => stream.cancel());
   for await (const c of stream.chunks) {
     if (!(await writeWithBackpressure(res, stream.tty ? c.data : frame(c.stream, c.data)))) break;
+  }
+  if (!res.destroyed) res.end();
+}
+
+/** GET /containers/{id}/stats: JSON samples, one a line (dockerd's json.Encoder), while the client reads. */
+async function stats(d: RouteDeps, { res, query, params }: Ctx): Promise<void> {
+  const q = decodeQuery(ContainerStatsQuery, query);
+  if (q.stream && q["one-shot"]) throw badRequest("cannot have stream=true and one-shot=true");
+  const s = await d.containers().containerStats(params[0]!, { stream: q.stream, oneShot: q["one-shot"] });
+  res.writeHead(200, { "Content-Type": "application/json" });
+  res.flushHeaders();
+  res.once("close", () => s.cancel());
+  for await (const sample of s.samples) {
+    if (!(await writeWithBackpressure(res, Buffer.from(`${JSON.stringify(sample)}\n`)))) break;
   }
   if (!res.destroyed) res.end();
 }

@@ -24,8 +24,9 @@ import {
   networkSpecFromRequest,
 } from "../schemas/network.js";
 import { decodeQuery } from "../schemas/query.js";
-import { parseTimestampMs } from "../timestamps.js";
 import type { NetworkResource } from "../types.js";
+import { networkEvent } from "./events.js";
+import { pruneLabelsMatch, pruneUntil } from "./prune.js";
 
 /** Networks every Docker engine has; `type=builtin` lists them, `type=custom` the others. */
 const BUILTIN_NETWORKS = ["bridge", "host", "none", "ingress", "docker_gwbridge"];
@@ -46,10 +47,17 @@ export function networkRoutes(d: RouteDeps): Route[] {
   };
   const create = async (ctx: Ctx): Promise<void> => {
     const spec = networkSpecFromRequest(await jsonBody(d, ctx, NetworkCreateBody, "network create request"));
-    sendJSON(ctx.res, 201, await d.networks().networkCreate(spec));
+    const created = await d.networks().networkCreate(spec);
+    networkEvent(d, "create", created.Id, { name: spec.name });
+    sendJSON(ctx.res, 201, created);
   };
   const remove = async ({ res, params }: Ctx): Promise<void> => {
+    const n = await d
+      .networks()
+      .networkInspect(params[0]!)
+      .catch(() => undefined);
     await d.networks().networkRemove(params[0]!);
+    if (n) networkEvent(d, "destroy", n.Id, { name: n.Name });
     sendNoContent(res);
   };
   return [
@@ -68,6 +76,7 @@ async function connect(d: RouteDeps, ctx: Ctx): Promise<void> {
   const r = await jsonBody(d, ctx, NetworkConnectBody, "network connect request");
   if (!r.Container) throw badRequest("invalid network connect request: Container must name the container to connect");
   await d.networks().networkConnect(ctx.params[0]!, r.Container, endpointFromRequest(r.EndpointConfig));
+  await connectEvent(d, "connect", ctx.params[0]!, r.Container);
   sendEmpty(ctx.res);
 }
 
@@ -77,7 +86,19 @@ async function disconnect(d: RouteDeps, ctx: Ctx): Promise<void> {
     throw badRequest("invalid network disconnect request: Container must name the container to disconnect");
   }
   await d.networks().networkDisconnect(ctx.params[0]!, r.Container, r.Force ?? false);
+  await connectEvent(d, "disconnect", ctx.params[0]!, r.Container);
   sendEmpty(ctx.res);
+}
+
+/** The event of a connect or disconnect that was done: the network's id and name, the container's id. */
+async function connectEvent(d: RouteDeps, action: string, networkRef: string, containerRef: string): Promise<void> {
+  try {
+    const n = await d.networks().networkInspect(networkRef);
+    const c = await d.containers().containerInspect(containerRef);
+    networkEvent(d, action, n.Id, { name: n.Name, container: c.Id });
+  } catch (err) {
+    d.log?.debug({ err, network: networkRef }, "no event for a network connect: its network or container went");
+  }
 }
 
 /**
@@ -113,26 +134,13 @@ function pruneHandler(d: RouteDeps): (ctx: Ctx) => Promise<void> {
 async function pruneOne(d: RouteDeps, n: NetworkResource): Promise<boolean> {
   try {
     await d.networks().networkRemove(n.Id);
+    networkEvent(d, "destroy", n.Id, { name: n.Name });
     return true;
   } catch (err) {
     // In use (or gone meanwhile): not for pruning now.
     d.log?.debug({ err, network: n.Name }, "network prune skipped a network");
     return false;
   }
-}
-
-/** The `until` filter of a prune, as dockerd reads it: a duration ago, a time, or Unix seconds. */
-function pruneUntil(values: string[] | undefined): number | undefined {
-  if (!values || values.length === 0) return undefined;
-  if (values.length > 1) throw badRequest("more than one until filter specified");
-  return parseTimestampMs(values[0]!, Date.now());
-}
-
-/** dockerd's matchLabels for prune: every `label` holds, and not every `label!` does. */
-function pruneLabelsMatch(f: Record<string, string[]>, labels: Record<string, string>): boolean {
-  if (!matchKVList(f.label, labels)) return false;
-  if ((f["label!"]?.length ?? 0) > 0 && matchKVList(f["label!"], labels)) return false;
-  return true;
 }
 
 /** dockerd's filters.Match: the value itself, or a regular expression that matches. */

@@ -428,6 +428,16 @@ export class TaskClient {
     await this.cd.call(this.cd.tasks, this.cd.tasks.resizePty, { containerId: id, execId, width, height });
   }
 
+  /** Freezes every process of a running task (docker pause). */
+  async pause(id: string): Promise<void> {
+    await this.cd.call(this.cd.tasks, this.cd.tasks.pause, { containerId: id });
+  }
+
+  /** Thaws a paused task (docker unpause). */
+  async resume(id: string): Promise<void> {
+    await this.cd.call(this.cd.tasks, this.cd.tasks.resume, { containerId: id });
+  }
+
   /** The host pids of a task's processes (`docker top`). */
   async pids(id: string): Promise<number[]> {
     const r = await this.cd.call(this.cd.tasks, this.cd.tasks.listPids, { containerId: id });
