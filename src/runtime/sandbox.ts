@@ -210,3 +210,38 @@ export async function deleteNetns(path: string): Promise<void> {
   if ((await netnsState(path)) === "netns") throw new Error(`${path} is still a mounted namespace after 4 unmounts`);
   await rm(path, { force: true });
 }
+
+/** Set once a `mount --move` was refused (a shared parent mount, as on a systemd host): binds from then on. */
+let moveRefused = false;
+
+/**
+ * Moves the network namespace on `from` (made ahead, netns-pool.ts) onto a new file `to`; `from` is gone
+ * after. One `mount --move` by the command shell; where the kernel refuses a move (the parent mount of
+ * `from` is shared), a bind mount and an unmount. All or nothing for `to`: on failure it is gone again,
+ * and so is `from`'s namespace (a pool's namespace is never given twice).
+ */
+export async function moveNetns(from: string, to: string): Promise<void> {
+  assertPath(from);
+  assertPath(to);
+  try {
+    if ((await netnsState(from)) !== "netns") throw new Error(`no network namespace on ${from}`);
+    await mkdir(dirname(to), { recursive: true });
+    await writeFile(to, "", { flag: "wx", mode: 0o444 });
+    try {
+      const moved = moveRefused ? undefined : await commandShell.run(["mount", "--move", from, to]);
+      if (moved?.code !== 0) {
+        const bound = await commandShell.run(["mount", "--bind", from, to]);
+        if (bound.code !== 0) throw new CommandError(["mount", "--bind", from, to], bound);
+        moveRefused = true;
+      }
+      if ((await netnsState(to)) !== "netns") throw new Error(`mount left no network namespace on ${to}`);
+    } catch (err) {
+      await deleteNetns(to).catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    // Moved: a plain file. Bound, or not moved: its namespace's mount goes too (else the pool's directory
+    // keeps it until the daemon's stop or next start removes it).
+    await deleteNetns(from).catch(() => undefined);
+  }
+}
