@@ -11,9 +11,13 @@ import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CommandShell, deleteNetns, netnsState } from "./sandbox.js";
 
-/** How many namespaces the pool makes at once, and how few it may hold before it makes more. */
-const NETNS_POOL_BATCH = 8;
-const NETNS_POOL_LOW = 3;
+/**
+ * How many namespaces the pool holds at most (for a burst of creates), and how many it makes after a take
+ * at most: a few at a time, so that what it makes beside a start (two processes a namespace) stays small;
+ * one a take once it is full.
+ */
+const NETNS_POOL_MAX = 4;
+const NETNS_POOL_STEP = 2;
 
 /** The script that makes a batch of namespaces: one process for all (argv: the files, made already). */
 const NETNS_BATCH_SCRIPT = 'for p do unshare --net="$p" ip link set lo up || exit 1; done';
@@ -62,7 +66,7 @@ export class NetnsPool {
   take(): string | undefined {
     if (this.closed) return undefined;
     const path = this.free.pop();
-    if (this.free.length < NETNS_POOL_LOW) this.refill();
+    this.refill();
     return path;
   }
 
@@ -101,7 +105,9 @@ export class NetnsPool {
 
   private refill(): void {
     if (this.filling || this.closed) return;
-    this.making = Array.from({ length: NETNS_POOL_BATCH }, () => join(this.dir, this.newName()));
+    const n = Math.min(NETNS_POOL_STEP, NETNS_POOL_MAX - this.free.length);
+    if (n <= 0) return;
+    this.making = Array.from({ length: n }, () => join(this.dir, this.newName()));
     this.filling = this.makeBatch(this.making)
       .then((made) => {
         if (!this.closed) this.free.push(...made);
