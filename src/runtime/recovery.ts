@@ -71,6 +71,8 @@ export class Recovery {
       if (this.d.ownsContainerd) await this.removeUnrecorded();
     }
     await this.removeStaleNamespaces();
+    // Those made ahead by a daemon that died (this one's pool holds its own).
+    await this.d.networks.pool.removeStale();
   }
 
   /**

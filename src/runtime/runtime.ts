@@ -11,6 +11,7 @@
 //   streams.ts    logs and attach                                    exec.ts      exec
 //   recovery.ts   what a previous daemon left; shutdown              sandbox.ts   namespaces, pipes, /proc
 //   manage.ts     rename, pause, unpause, prune                      stats.ts     docker stats from cgroups
+//   netns-pool.ts namespaces made ahead for containers to come (in <execRoot>/netns-pool, not netns)
 //
 // State: every container has a directory under stateDir (state.json, its json-file log, resolv.conf,
 // hosts, hostname). A daemon that restarts finds them there; containers a dead daemon left running are
@@ -438,6 +439,7 @@ export class ContainerRuntime implements ContainerBackend {
         }),
       ),
     );
+    await this.networks.pool.close();
   }
 
   /**
@@ -458,6 +460,11 @@ export class ContainerRuntime implements ContainerBackend {
             endpoint: n.endpoint!,
           })),
       );
+  }
+
+  /** Resolves once no namespaces are being made ahead for containers to come (tests). */
+  netnsPoolSettled(): Promise<void> {
+    return this.networks.pool.settled();
   }
 
   /** Namespace files under <execRoot>/netns that belong to containers (for tests and diagnostics). */

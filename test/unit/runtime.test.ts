@@ -3,7 +3,7 @@
 // namespace file, process or directory behind.
 
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +17,7 @@ import { newRecord } from "../../src/runtime/create.js";
 import { renderHosts } from "../../src/runtime/networks.js";
 import { listed } from "../../src/runtime/present.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { netnsState } from "../../src/runtime/sandbox.js";
 import { parseSignal } from "../../src/runtime/signals.js";
 import {
   CAN_RUN_CONTAINERS,
@@ -152,6 +153,63 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
     await rt.dropAhead();
     await rm(dir, { recursive: true, force: true });
     expect(leftovers).toEqual([]);
+  });
+
+  test("namespaces made ahead live in netns-pool, never among the containers'; a create takes one; the shutdown removes them", async () => {
+    const poolDir = join(execRoot, "netns-pool");
+    const netnsDir = join(execRoot, "netns");
+    // The inodes of the namespaces bind-mounted there (a file being made is not one yet).
+    const inodes = async (d: string): Promise<number[]> => {
+      const out: number[] = [];
+      for (const n of await readdir(d).catch(() => [] as string[])) {
+        if ((await netnsState(join(d, n))) === "netns") out.push((await stat(join(d, n))).ino);
+      }
+      return out;
+    };
+    // The first create starts the pool (a host that runs no container holds none).
+    expect(await inodes(poolDir)).toEqual([]);
+    const a = await rt.create({ name: "p1", image: "host", cmd: ["sleep", "1000"], networks: [] });
+    await rt.netnsPoolSettled();
+    const pooled = await inodes(poolDir);
+    expect(pooled.length).toBeGreaterThan(0);
+    const b = await rt.create({ name: "p2", image: "host", cmd: ["sleep", "1000"], networks: [] });
+    expect(await rt.containerStart("p2")).toBe(true);
+    // b's namespace is one the pool made (the same nsfs inode), moved onto b's file.
+    const bNetns = join(netnsDir, b.slice(0, 12));
+    expect(pooled).toContain((await stat(bNetns)).ino);
+    expect((await rt.containerInspect("p2")).NetworkSettings.SandboxKey).toBe(bNetns);
+    // The containers' directory holds the containers' namespaces only.
+    expect((await readdir(netnsDir)).sort()).toEqual([a.slice(0, 12), b.slice(0, 12)].sort());
+    expect(await rt.containerNetnsFiles()).toHaveLength(2);
+    expect((await inodes(poolDir)).length).toBeGreaterThan(0);
+    // The daemon goes: what it made ahead goes with it; the running container keeps its namespace.
+    await rt.dropAhead();
+    expect(await readdir(poolDir)).toEqual([]);
+    const mounts = (await readFile("/proc/self/mountinfo", "utf8")).split("\n").map((l) => l.split(" ")[4] ?? "");
+    expect(mounts.filter((m) => m.startsWith(`${poolDir}/`))).toEqual([]);
+    expect(await readdir(netnsDir)).toEqual([b.slice(0, 12)]);
+  });
+
+  test("namespaces made ahead by a daemon that died are removed by the next daemon's reconcile", async () => {
+    await rt.create({ name: "d1", image: "host", cmd: ["sleep", "1000"], networks: [] });
+    const poolDir = join(execRoot, "netns-pool");
+    await rt.netnsPoolSettled();
+    expect((await readdir(poolDir)).length).toBeGreaterThan(0);
+    // A second runtime on the same directories, as the next daemon after a SIGKILL (this one is not closed).
+    const next = await ContainerRuntime.open({
+      execRoot,
+      stateDir,
+      attacher,
+      logger,
+      hostname: () => "testhost",
+      containerd: cd.containerd,
+    });
+    try {
+      await next.reconcile();
+      expect(await readdir(poolDir)).toEqual([]);
+    } finally {
+      await next.dropAhead();
+    }
   });
 
   test("run sleep on a network: namespaces, files, exec, stop, rm — nothing left behind", async () => {

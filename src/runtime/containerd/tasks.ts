@@ -10,7 +10,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { Options as RuncOptions } from "../../gen/containerd/runc_options.js";
 import { Status } from "../../gen/containerd/task_types.js";
-import { runCommand } from "../sandbox.js";
+import { commandShell } from "../sandbox.js";
 import { type Containerd, ContainerdError, isAlreadyExists, isNotFound, RUNTIME, SNAPSHOTTER } from "./client.js";
 
 /** The type URL containerd and the runc shim know runc's options by (their registered message name). */
@@ -48,11 +48,14 @@ export interface OpenFifos {
 /** Makes FIFOs at `paths` (mode 600), replacing what is there. */
 export type MakeFifos = (paths: string[]) => Promise<void>;
 
-/** One mkfifo for all of `paths`: Node cannot make a FIFO itself, and every process costs ~10 ms. */
+/**
+ * One mkfifo for all of `paths`: Node cannot make a FIFO itself. Run by the command shell (sandbox.ts): no
+ * process is forked from shoald, whose event loop a fork stops.
+ */
 export const mkfifos: MakeFifos = async (paths) => {
   if (paths.length === 0) return;
   await Promise.all(paths.map((p) => rm(p, { force: true })));
-  const r = await runCommand(["mkfifo", "-m", "600", ...paths]);
+  const r = await commandShell.run(["mkfifo", "-m", "600", ...paths]);
   if (r.code !== 0) throw new Error(`mkfifo ${paths.join(" ")} exited with code ${r.code}: ${r.stderr.trim()}`);
 };
 
