@@ -7,6 +7,7 @@ import { request as httpRequest } from "node:http";
 import os from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
+import { MAX_PENDING_EVENTS } from "../../src/engine/routes/events.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { ContainerBackend, SwarmBackend } from "../../src/engine/types.js";
 import { EventLog } from "../../src/runtime/events.js";
@@ -177,5 +178,28 @@ describe("events", () => {
     expect(await call("GET", `/v1.50/events?since=${until}&until=${since}`)).toEqual(
       refused("`since` time must be before `until`"),
     );
+  });
+
+  test("a client that does not read: its stream ends once MAX_PENDING_EVENTS wait, instead of growing shoald", async () => {
+    const log = containers.events!;
+    const big = "x".repeat(4096);
+    const ended = await new Promise<{ lines: number }>((resolve, reject) => {
+      const req = httpRequest({ socketPath: sock, method: "GET", path: "/v1.50/events", agent: false }, (res) => {
+        res.pause();
+        // Far more than the socket buffers hold, while the client reads nothing.
+        for (let i = 0; i < MAX_PENDING_EVENTS + 2000; i++) log.emit("container", "start", `c${i}`, { big });
+        setTimeout(() => {
+          let lines = 0;
+          res.on("data", (c: Buffer) => {
+            for (const b of c) if (b === 10) lines++;
+          });
+          res.on("end", () => resolve({ lines }));
+          res.resume();
+        }, 100);
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    expect(ended.lines).toBeLessThan(MAX_PENDING_EVENTS + 2000);
   });
 });

@@ -40,6 +40,9 @@ export function eventMatches(e: EngineEvent, f: Filters): boolean {
   return true;
 }
 
+/** Events held for one stream that its client has not taken yet; past that its stream ends (dockerd drops a slow subscriber too). */
+export const MAX_PENDING_EVENTS = 4096;
+
 export function eventRoutes(d: RouteDeps): Route[] {
   return [route("GET", "/events", (ctx) => events(d, ctx))];
 }
@@ -61,11 +64,13 @@ async function events(d: RouteDeps, { res, query }: Ctx): Promise<void> {
   }
   const pending: EngineEvent[] = [];
   let wake: (() => void) | undefined;
+  let closed = false;
   const stop = log.subscribe((e) => {
-    pending.push(e);
+    // A client that does not read: its stream ends rather than shoald holding its events without bound.
+    if (pending.length >= MAX_PENDING_EVENTS) closed = true;
+    else pending.push(e);
     wake?.();
   });
-  let closed = false;
   const ended = () => {
     closed = true;
     wake?.();
