@@ -7,9 +7,9 @@
 // removed by the next one's reconcile (removeStale).
 
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CommandShell, deleteNetns, netnsState } from "./sandbox.js";
+import { CommandShell, deleteNetns, namesIn, netnsState } from "./sandbox.js";
 
 /**
  * How many namespaces the pool holds at most (for a burst of creates), and how many it makes after a take
@@ -21,15 +21,6 @@ const NETNS_POOL_STEP = 2;
 
 /** The script that makes a batch of namespaces: one process for all (argv: the files, made already). */
 const NETNS_BATCH_SCRIPT = 'for p do unshare --net="$p" ip link set lo up || exit 1; done';
-
-async function namesIn(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw err;
-  }
-}
 
 export interface NetnsPoolOptions {
   /** The pool's directory (<execRoot>/netns-pool). */

@@ -15,20 +15,11 @@ import { nowRFC3339Nano } from "./jsonlog.js";
 import type { Launcher } from "./launch.js";
 import type { Lifecycle } from "./lifecycle.js";
 import type { ContainerNetworks } from "./networks.js";
-import { deleteNetns, netnsState } from "./sandbox.js";
+import { deleteNetns, namesIn, netnsState } from "./sandbox.js";
 import type { ContainerTable } from "./table.js";
 
 /** Namespace files of containers are named by 12 hex digits (the data plane's overlays are "1-..."). */
 const CONTAINER_NETNS_RE = /^[0-9a-f]{12}$/;
-
-async function namesIn(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw err;
-  }
-}
 
 /** Whether a container holds endpoints on networks now. */
 export function hasEndpoints(c: Container): boolean {

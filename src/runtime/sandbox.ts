@@ -3,7 +3,7 @@
 // Processes, mounts and cgroups are containerd's and runc's (containerd/tasks.ts, spec.ts).
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { explainMissing, missingProgramMessage } from "../dataplane/programs.js";
 import { CommandError, type RunResult, spawnRunner } from "../dataplane/runner.js";
@@ -243,5 +243,15 @@ export async function moveNetns(from: string, to: string): Promise<void> {
     // Moved: a plain file. Bound, or not moved: its namespace's mount goes too (else the pool's directory
     // keeps it until the daemon's stop or next start removes it).
     await deleteNetns(from).catch(() => undefined);
+  }
+}
+
+/** The names in a directory; none when it does not exist. */
+export async function namesIn(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
   }
 }
