@@ -4,7 +4,7 @@
 
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import pino from "pino";
 import { ApiError } from "../../src/api/errors.js";
@@ -44,8 +44,32 @@ export async function testContainerd(dir: string): Promise<{ containerd: Contain
     stop: async () => {
       containerd.close();
       await supervisor.stop();
+      // A shim whose task outlived the tests (a made-ahead task left in a race) would outlive its
+      // containerd: shims of this one go with it.
+      killShimsOf(dir);
     },
   };
+}
+
+/** SIGKILLs every containerd shim serving a containerd whose socket is under `dir`. */
+function killShimsOf(dir: string): void {
+  for (const pid of readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    } catch {
+      continue;
+    }
+    if (!argv[0]?.includes("containerd-shim")) continue;
+    const address = argv[argv.indexOf("-address") + 1];
+    if (address?.startsWith(`${dir}/`)) {
+      try {
+        process.kill(Number(pid), "SIGKILL");
+      } catch {
+        // Gone already.
+      }
+    }
+  }
 }
 
 /** Runs cmd in a running container through the exec calls the Engine API makes, and collects its output. */
