@@ -5,32 +5,9 @@
 //
 //   flock /tmp/shoal-heavy.lock npx vitest run test/integration/failover-resume.test.ts
 
-import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildOnce, Lab } from "./harness.js";
-
-const METRICS_PORT_OFFSET = 100;
-
-function scrape(host: string, port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host, port, path: "/metrics", timeout: 5000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-    });
-    req.on("error", reject);
-    req.on("timeout", () => req.destroy(new Error("no answer")));
-  });
-}
-
-function value(text: string, name: string, labels?: string): number | undefined {
-  for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
-    const sp = line.lastIndexOf(" ");
-    if (line.slice(0, sp) === (labels ? `${name}{${labels}}` : name)) return Number(line.slice(sp + 1));
-  }
-  return undefined;
-}
+import { METRICS_PORT_OFFSET, scrape, value } from "./metrics-scrape.js";
 
 describe("a leader's SIGKILL: the nodes resume their TLS sessions at the new leader", () => {
   let lab: Lab;
@@ -51,7 +28,7 @@ describe("a leader's SIGKILL: the nodes resume their TLS sessions at the new lea
     // Every node's session on node1 (the leader) first: 4 sessions, each made with a full handshake.
     await lab.waitFor(
       async () =>
-        (value(await scrape(lab.ip(1), mport(1)), "shoal_dispatcher_sessions") ?? 0) >= 4 ? true : undefined,
+        (value((await scrape(lab.ip(1), mport(1))).text, "shoal_dispatcher_sessions") ?? 0) >= 4 ? true : undefined,
       30_000,
       "4 sessions on node1",
     );
@@ -59,7 +36,10 @@ describe("a leader's SIGKILL: the nodes resume their TLS sessions at the new lea
     const leader = await lab.waitFor(
       async () => {
         for (const i of [2, 3]) {
-          const text = await scrape(lab.ip(i), mport(i)).catch(() => "");
+          const text = await scrape(lab.ip(i), mport(i)).then(
+            (r) => r.text,
+            () => "",
+          );
           // The survivors' agents and the worker's: three sessions on the new leader.
           if ((value(text, "shoal_dispatcher_sessions") ?? 0) >= 3) return i;
         }
@@ -68,7 +48,7 @@ describe("a leader's SIGKILL: the nodes resume their TLS sessions at the new lea
       60_000,
       "the three surviving nodes' sessions on a new leader",
     );
-    const text = await scrape(lab.ip(leader), mport(leader));
+    const { text } = await scrape(lab.ip(leader), mport(leader));
     // Each of the three nodes came to the new leader with a ticket of the old one's.
     expect(value(text, "shoal_tls_handshakes_total", 'kind="resumed"')).toBeGreaterThanOrEqual(3);
   });

@@ -5,34 +5,9 @@
 //
 //   flock /tmp/shoal-heavy.lock npx vitest run test/integration/metrics.test.ts
 
-import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildOnce, Lab, sleep } from "./harness.js";
-
-const METRICS_PORT_OFFSET = 100;
-
-function scrape(host: string, port: number, path = "/metrics"): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host, port, path, timeout: 5000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }));
-    });
-    req.on("error", reject);
-    req.on("timeout", () => req.destroy(new Error("no answer")));
-  });
-}
-
-/** The value of `name{labels}` in Prometheus text (labels: the exact label text, or none). */
-function value(text: string, name: string, labels?: string): number | undefined {
-  for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
-    const sp = line.lastIndexOf(" ");
-    const key = line.slice(0, sp);
-    if (key === (labels ? `${name}{${labels}}` : name)) return Number(line.slice(sp + 1));
-  }
-  return undefined;
-}
+import { METRICS_PORT_OFFSET, scrape, value } from "./metrics-scrape.js";
 
 describe("metrics", () => {
   let lab: Lab;
