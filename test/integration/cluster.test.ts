@@ -30,7 +30,7 @@ import {
   type IssueNodeCertificateResponse,
   type JoinResponse,
   RaftMembershipClient,
-  type SessionMessage,
+  SessionMessage,
   type SessionRequest,
 } from "../../src/gen/cluster.js";
 import * as raftpb from "../../src/gen/raft.js";
@@ -1115,20 +1115,14 @@ describe("a role change that cannot complete (a fake manager refuses the certifi
     server = new grpc.Server();
     server.addService(DispatcherService, {
       session: (call: grpc.ServerWritableStream<SessionRequest, SessionMessage>) => {
-        call.write({
-          sessionId: "fake-session",
-          nodeJson: "",
-          managers: [{ nodeId: managerId, addr: fakeAddr }],
-          heartbeatPeriodMs: 1000,
-          role: "manager",
-          networks: [],
-          networkKeysJson: "",
-          rootCaPem: "",
-          renewCertificateIssuer: "",
-          delta: false,
-          cleared: [],
-          removedNetworks: [],
-        });
+        call.write(
+          SessionMessage.fromPartial({
+            sessionId: "fake-session",
+            managers: [{ nodeId: managerId, addr: fakeAddr }],
+            heartbeatPeriodMs: 1000,
+            role: "manager",
+          }),
+        );
       },
       heartbeat: (_call: unknown, cb: grpc.sendUnaryData<{ periodMs: number }>) => cb(null, { periodMs: 1000 }),
     });

@@ -4,24 +4,15 @@
 import { credentials, type Server, ServerCredentials } from "@grpc/grpc-js";
 import pino from "pino";
 import type { AgentOptions } from "../../src/agent/agent.js";
-import type { SessionMessage } from "../../src/gen/cluster.js";
+import { SessionMessage } from "../../src/gen/cluster.js";
 
 /** The n-th session's first message: its id (n, 24 digits) and the heartbeat period. */
 export function sessionMessage(n: number, periodMs: number): SessionMessage {
-  return {
+  return SessionMessage.fromPartial({
     sessionId: `${n}`.padStart(24, "0"),
-    nodeJson: "",
-    managers: [],
     heartbeatPeriodMs: periodMs,
     role: "worker",
-    networks: [],
-    networkKeysJson: "",
-    rootCaPem: "",
-    renewCertificateIssuer: "",
-    delta: false,
-    cleared: [],
-    removedNetworks: [],
-  };
+  });
 }
 
 /** Binds `server` (its services added) to a free port of 127.0.0.1, plaintext; returns its host:port. */

@@ -153,6 +153,25 @@ class FakeStream extends EventEmitter {
   end(): void {}
 }
 
+/** A command applied to the fixture's store, as a commit would (throws when the store refuses it). */
+function applier(f: Fixture): (c: Command) => void {
+  return (c) => {
+    const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
+    if (!out.ok) throw new Error(out.message);
+  };
+}
+
+/** The overlay keys, an encrypted network ("secret") and a plain one ("plain"); their ids. */
+function keysAndTwoNetworks(apply: (c: Command) => void): { secret: string; plain: string } {
+  apply({ op: "keys.init", ring: initialKeyring(at) });
+  const spec = { driver: "overlay" as const, internal: false, attachable: true, ingress: false, labels: {} };
+  const secret = "net000000000000000000000s";
+  const plain = "net000000000000000000000p";
+  apply({ op: "network.create", id: secret, spec: { name: "secret", ...spec, options: { encrypted: "" } } });
+  apply({ op: "network.create", id: plain, spec: { name: "plain", ...spec, options: {} } });
+  return { secret, plain };
+}
+
 function addNode(f: Fixture, i: number, state: "unknown" | "ready" = "unknown"): void {
   const node: Node = newNodeObject(ids[i]!, "worker", "active", `host${i}`, "127.0.0.1");
   f.store.apply(encodeCommand({ op: "node.create", node, role: "worker" }, at), f.store.appliedIndex + 1);
@@ -401,10 +420,7 @@ describe("dispatcher", () => {
     const f = fixture();
     const n = 30;
     for (let i = 0; i < n; i++) addNode(f, i, "ready");
-    const apply = (c: Command) => {
-      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
-      if (!out.ok) throw new Error(out.message);
-    };
+    const apply = applier(f);
     const netId = "net000000000000000000000a";
     const spec = {
       driver: "overlay" as const,
@@ -469,17 +485,9 @@ describe("dispatcher", () => {
   test("overlay keys go to the holders of an encrypted network only; a rotation is encoded once for all of them", async () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
     const f = fixture();
-    const apply = (c: Command) => {
-      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
-      if (!out.ok) throw new Error(out.message);
-    };
+    const apply = applier(f);
     for (let i = 0; i < 6; i++) addNode(f, i, "ready");
-    apply({ op: "keys.init", ring: initialKeyring(at) });
-    const spec = { driver: "overlay" as const, internal: false, attachable: true, ingress: false, labels: {} };
-    const secret = "net000000000000000000000s";
-    const plain = "net000000000000000000000p";
-    apply({ op: "network.create", id: secret, spec: { name: "secret", ...spec, options: { encrypted: "" } } });
-    apply({ op: "network.create", id: plain, spec: { name: "plain", ...spec, options: {} } });
+    const { secret, plain } = keysAndTwoNetworks(apply);
     // Nodes 0-2 hold the encrypted network, 3-4 the plain one, 5 none.
     for (let i = 0; i < 5; i++) {
       apply({
@@ -514,17 +522,9 @@ describe("dispatcher", () => {
   test("an agent that takes deltas is sent only what changed, and after any sequence of them holds the whole state", async () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
     const f = fixture();
-    const apply = (c: Command) => {
-      const out = f.store.apply(encodeCommand(c, at), f.store.appliedIndex + 1);
-      if (!out.ok) throw new Error(out.message);
-    };
+    const apply = applier(f);
     for (let i = 0; i < 3; i++) addNode(f, i, "ready");
-    apply({ op: "keys.init", ring: initialKeyring(at) });
-    const spec = { driver: "overlay" as const, internal: false, attachable: true, ingress: false, labels: {} };
-    const secret = "net000000000000000000000s";
-    const plain = "net000000000000000000000p";
-    apply({ op: "network.create", id: secret, spec: { name: "secret", ...spec, options: { encrypted: "" } } });
-    apply({ op: "network.create", id: plain, spec: { name: "plain", ...spec, options: {} } });
+    const { secret, plain } = keysAndTwoNetworks(apply);
     const endpoint = (n: number, node: number, net: string): Command => ({
       op: "endpoint.create",
       id: String(n).padEnd(64, "e"),

@@ -8,7 +8,7 @@ import {
   MalformedMessage,
   type SessionDecodeMemo,
 } from "../../src/agent/messages.js";
-import type { SessionMessage } from "../../src/gen/cluster.js";
+import { SessionMessage } from "../../src/gen/cluster.js";
 import { newNodeObject } from "../../src/manager/ca-server.js";
 import { JoinLimiter } from "../../src/manager/join-limiter.js";
 import { acceptableNodeAddr, requestSchemas } from "../../src/manager/wire.js";
@@ -37,34 +37,29 @@ function network(extra: Record<string, unknown> = {}) {
 
 function message(extra: Partial<SessionMessage> = {}): SessionMessage {
   return {
-    sessionId: "0".repeat(24),
-    nodeJson: "",
-    managers: [{ nodeId, addr: "192.0.2.1:2377" }],
-    heartbeatPeriodMs: 5000,
-    role: "worker",
-    networks: [
-      {
-        networkJson: JSON.stringify(network()),
-        endpoints: [
-          {
-            endpointId: hex("1"),
-            nodeId,
-            nodeAddr: "192.0.2.2",
-            ip: "10.0.1.2",
-            mac: "02:42:0a:00:01:02",
-            containerName: "web",
-            aliases: ["www"],
-            hostname: "h2",
-          },
-        ],
-      },
-    ],
-    networkKeysJson: "",
-    rootCaPem: "",
-    renewCertificateIssuer: "",
-    delta: false,
-    cleared: [],
-    removedNetworks: [],
+    ...SessionMessage.fromPartial({
+      sessionId: "0".repeat(24),
+      managers: [{ nodeId, addr: "192.0.2.1:2377" }],
+      heartbeatPeriodMs: 5000,
+      role: "worker",
+      networks: [
+        {
+          networkJson: JSON.stringify(network()),
+          endpoints: [
+            {
+              endpointId: hex("1"),
+              nodeId,
+              nodeAddr: "192.0.2.2",
+              ip: "10.0.1.2",
+              mac: "02:42:0a:00:01:02",
+              containerName: "web",
+              aliases: ["www"],
+              hostname: "h2",
+            },
+          ],
+        },
+      ],
+    }),
     ...extra,
   };
 }
