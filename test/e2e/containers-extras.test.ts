@@ -6,23 +6,14 @@
 // limit, pids, network bytes; zeros for a stopped container), history, and bad input in docker's words
 // that changes nothing; docker events (replayed and streamed). Root only; run under the lock. The lab is removed at the end.
 
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, dockerArchive } from "../../deploy/busybox-image.js";
 import { Lab, type LabHost } from "../../deploy/lab.js";
+import { PYTHON, runPython } from "../integration/python-sdk.js";
 import { build, docker, isRoot, run, waitFor } from "./lab-helpers.js";
-
-/** A python3 that has Docker's SDK (python3-docker), or undefined. */
-const PYTHON = ["python3", "/usr/bin/python3"].find((p) => {
-  try {
-    execFileSync(p, ["-c", "import docker"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-});
 
 describe.skipIf(!isRoot)("docker rename, pause, prune, system df, stats and history (lab)", () => {
   const lab = new Lab({ name: "ctxtra", raftTickMs: 50 });
@@ -60,21 +51,7 @@ describe.skipIf(!isRoot)("docker rename, pause, prune, system df, stats and hist
     return { status: Number(lines.pop()), body: lines.join("\n").trim() };
   };
   /** Docker's Python SDK against h1: runs `script` (a function body using `client`), its JSON result. */
-  const python = (script: string): Promise<unknown> => {
-    const program = [
-      "import docker, json",
-      `client = docker.DockerClient(base_url="unix://${h1.socket}", version="auto", timeout=30)`,
-      "def run():",
-      ...script.split("\n").map((l) => `    ${l}`),
-      "print(json.dumps(run()))",
-    ].join("\n");
-    return new Promise((resolve, reject) => {
-      execFile(PYTHON!, ["-c", program], { timeout: 60_000 }, (err, stdout, stderr) => {
-        if (err) reject(new Error(`python: ${err.message}\n${stderr}`));
-        else resolve(JSON.parse(stdout) as unknown);
-      });
-    });
-  };
+  const python = (script: string): Promise<unknown> => runPython(`unix://${h1.socket}`, script);
 
   beforeAll(async () => {
     await build();

@@ -8,27 +8,17 @@
 //
 //   flock /tmp/shoal-heavy.lock npx vitest run test/integration/engine-api.test.ts
 
-import { execFile, execFileSync } from "node:child_process";
 import { request } from "node:http";
 import { connect } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, type TestContext } from "vitest";
 import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
 import { buildOnce, type Formed, Lab, type Result } from "./harness.js";
+import { PYTHON, runPython } from "./python-sdk.js";
 
 const MANAGERS = [1, 2, 3];
 const WORKER = 4;
 /** A daemon outside the swarm, for swarm init with partial specs. */
 const SPARE = 5;
-
-/** A python3 that has Docker's SDK (python3-docker), or undefined. */
-const PYTHON = ["python3", "/usr/bin/python3"].find((p) => {
-  try {
-    execFileSync(p, ["-c", "import docker"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-});
 
 function show(r: Result): string {
   return `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
@@ -82,21 +72,9 @@ function expectRefused(r: Raw, status: number, message: string): void {
   expect((r.json as { message?: string }).message).toBe(message);
 }
 
-/** Docker's Python SDK against daemon i: runs `script` (a function body using `client`), prints its JSON. */
+/** Docker's Python SDK against daemon i: runs `script` (a function body using `client`), its JSON result. */
 function python(lab: Lab, i: number, script: string): Promise<unknown> {
-  const program = [
-    "import docker, json, sys",
-    `client = docker.DockerClient(base_url=${JSON.stringify(lab.host(i))}, version="auto", timeout=30)`,
-    "def run():",
-    ...script.split("\n").map((l) => `    ${l}`),
-    "print(json.dumps(run()))",
-  ].join("\n");
-  return new Promise((resolve, reject) => {
-    execFile(PYTHON!, ["-c", program], { env: lab.env(), timeout: 60_000 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`python: ${err.message}\n${stderr}`));
-      else resolve(JSON.parse(stdout) as unknown);
-    });
-  });
+  return runPython(lab.host(i), script, lab.env());
 }
 
 /** What a refused request must leave as it was: the cluster object, the nodes, the networks. */
