@@ -207,10 +207,18 @@ export class EngineServer {
       res.destroy();
       return;
     }
-    // The rest of the body is read and dropped while the answer goes out, rather than the connection closed
-    // on it: the client sees the answer, not a broken pipe.
-    if (!req.complete) discardBody(req);
-    sendJSON(res, apiErr.status, { message: apiErr.message });
+    const answer = (): void => sendJSON(res, apiErr.status, { message: apiErr.message });
+    if (req.complete) {
+      answer();
+      return;
+    }
+    // The rest of the body is read and dropped, rather than the connection closed on it: the client sees the
+    // answer, not a broken pipe. On a connection that is closed after its answer (the client sent
+    // "Connection: close"), the answer waits for the body's end: sent at once, it would close the
+    // connection while the client still writes.
+    discardBody(req);
+    if (res.shouldKeepAlive) answer();
+    else req.once("end", answer);
   }
 }
 
