@@ -74,8 +74,21 @@ export class LimitedServer {
       (req, res) => {
         if (!this.refused.has(req.socket)) return onRequest(req, res);
         const body = refusalBody(tooManyConnectionsMessage(this.limits.maxConnections));
-        res.writeHead(503, { "Content-Type": "application/json", "Content-Length": body.length, Connection: "close" });
-        res.end(body);
+        const answer = (): void => {
+          res.writeHead(503, {
+            "Content-Type": "application/json",
+            "Content-Length": body.length,
+            Connection: "close",
+          });
+          res.end(body);
+        };
+        // The answer closes the connection: it waits for the request's body (dropped), or the client would be
+        // cut off while it still writes and see a broken pipe, not the reason.
+        if (req.complete) answer();
+        else {
+          discardBody(req);
+          req.once("end", answer);
+        }
       },
     );
     this.http.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {

@@ -118,6 +118,18 @@ describe("connections", () => {
     expect(extra.received()).toContain(
       '{"message":"shoald is serving 3 connections already (its limit): close some and try again"}',
     );
+    // So does one whose request has a body of megabytes, still being written when it is refused.
+    const big = await open();
+    let writeError = "";
+    big.socket.on("error", (e: NodeJS.ErrnoException) => {
+      writeError = e.code ?? e.message;
+    });
+    const body = `{"Name":"${"x".repeat(4_000_000)}"}`;
+    big.socket.write(
+      `POST /v1.50/networks/create HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+    );
+    await within(big.closed, 10_000, "the connection past the limit is closed");
+    expect(`${writeError} ${big.received()}`).toMatch(/^ HTTP\/1\.1 503 Service Unavailable\r\n/);
     // One that sends nothing is closed too.
     const silent = await open();
     await within(silent.closed, 10_000, "a silent connection past the limit is closed");
