@@ -56,6 +56,8 @@ export {
 
 /** Bytes of proposals stepped as one message (well under the transport's message limit). */
 const MAX_BATCH_BYTES = 1 << 20;
+/** A Ready that takes this long to persist, send and apply is logged (with where the time went). */
+const SLOW_READY_MS = 500;
 
 interface Pending {
   resolve: (r: { index: number; result: unknown }) => void;
@@ -413,6 +415,7 @@ export class RaftNode {
   }
 
   private async handle(rd: Ready): Promise<void> {
+    const started = performance.now();
     if (rd.softState) {
       this.opts.onSoftState?.(rd.softState);
       if (rd.softState.state !== StateType.Leader && rd.softState.lead === NONE) this.reads.failOnLeaderLoss();
@@ -437,6 +440,7 @@ export class RaftNode {
       );
     }
     this.crash("afterPersist", rd);
+    const persisted = performance.now();
     if (late.length > 0) this.opts.transport.send(late);
     this.crash("afterSend", rd);
     if (rd.snapshot) {
@@ -459,6 +463,20 @@ export class RaftNode {
       if (p) await p;
     }
     this.crash("afterApply", rd);
+    const done = performance.now();
+    if (done - started >= SLOW_READY_MS) {
+      this.log?.info(
+        {
+          persistMs: Math.round(persisted - started),
+          applyMs: Math.round(done - persisted),
+          entries: rd.entries.length,
+          committed: rd.committedEntries.length,
+          messages: rd.messages.length,
+          snapshot: rd.snapshot?.metadata.index,
+        },
+        "slow raft ready",
+      );
+    }
     this.rawNode.advance(rd);
     this.reads.granted(rd.readStates);
     this.reads.serve(this.appliedIndex);
