@@ -56,6 +56,13 @@ export {
 
 /** Bytes of proposals stepped as one message (well under the transport's message limit). */
 const MAX_BATCH_BYTES = 1 << 20;
+/** A Ready that takes this long to persist, send and apply is logged (with where the time went). */
+const SLOW_READY_MS = 500;
+/** Applying committed entries lets the event loop turn at least this often. */
+const APPLY_SLICE_MS = 50;
+
+/** One turn of the event loop (I/O callbacks, then what was set to run right after them). */
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 interface Pending {
   resolve: (r: { index: number; result: unknown }) => void;
@@ -413,6 +420,7 @@ export class RaftNode {
   }
 
   private async handle(rd: Ready): Promise<void> {
+    const started = performance.now();
     if (rd.softState) {
       this.opts.onSoftState?.(rd.softState);
       if (rd.softState.state !== StateType.Leader && rd.softState.lead === NONE) this.reads.failOnLeaderLoss();
@@ -437,8 +445,13 @@ export class RaftNode {
       );
     }
     this.crash("afterPersist", rd);
+    const persisted = performance.now();
     if (late.length > 0) this.opts.transport.send(late);
     this.crash("afterSend", rd);
+    // send() only queues: the transport writes to its sockets when the event loop turns. Let it, before
+    // applying: a follower's acknowledgement of what it just persisted must not wait behind the apply (a
+    // manager that joined through a snapshot applies the entries after it in the Ready that persists them).
+    if (late.length > 0 && (rd.snapshot || rd.committedEntries.length > 0)) await turn();
     if (rd.snapshot) {
       const t0 = performance.now();
       await this.sm.restore(rd.snapshot.data, rd.snapshot.metadata.index);
@@ -454,11 +467,31 @@ export class RaftNode {
         "snapshot applied",
       );
     }
+    let turned = performance.now();
     for (const e of rd.committedEntries) {
       const p = this.applyEntry(e);
       if (p) await p;
+      // A long apply lets the event loop turn now and then: what was sent goes out, peers' pings are answered.
+      if (performance.now() - turned >= APPLY_SLICE_MS) {
+        await turn();
+        turned = performance.now();
+      }
     }
     this.crash("afterApply", rd);
+    const done = performance.now();
+    if (done - started >= SLOW_READY_MS) {
+      this.log?.info(
+        {
+          persistMs: Math.round(persisted - started),
+          applyMs: Math.round(done - persisted),
+          entries: rd.entries.length,
+          committed: rd.committedEntries.length,
+          messages: rd.messages.length,
+          snapshot: rd.snapshot?.metadata.index,
+        },
+        "slow raft ready",
+      );
+    }
     this.rawNode.advance(rd);
     this.reads.granted(rd.readStates);
     this.reads.serve(this.appliedIndex);

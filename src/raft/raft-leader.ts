@@ -85,7 +85,10 @@ export class RaftLeader extends RaftState {
         }),
       );
       pr.snapSent = end;
-      if (end === total) pr.snapAllSent = true;
+      if (end === total) {
+        pr.snapAllSent = true;
+        this.logger?.info({ to, index: snap.metadata.index, bytes: total }, "sent the last snapshot chunk");
+      }
     }
   }
 
@@ -207,6 +210,7 @@ export class RaftLeader extends RaftState {
       const probeDone = pr.state === ProgressState.Probe && pr.match === m.index;
       if (moved || snapshotDone || probeDone) {
         if (snapshotDone) {
+          this.logger?.info({ to: m.from, match: pr.match }, "follower has the snapshot; replicating");
           pr.becomeProbe();
           pr.becomeReplicate();
         } else if (pr.state === ProgressState.Probe) {
@@ -227,7 +231,13 @@ export class RaftLeader extends RaftState {
         if (m.from === this.leadTransferee && pr.match === this.raftLog.lastIndex()) {
           this.sendTimeoutNow(m.from);
         }
-        if (pr.isLearner) this.maybePromoteLearner();
+        if (pr.isLearner) {
+          this.logger?.info(
+            { learner: m.from, match: pr.match, committed: this.raftLog.committed },
+            "learner acknowledged",
+          );
+          this.maybePromoteLearner();
+        }
       }
     }
   }
@@ -240,6 +250,10 @@ export class RaftLeader extends RaftState {
     if (pr.state === ProgressState.Snapshot) {
       // No acknowledgement for a while: a chunk was lost, or the follower restarted. Resend.
       if (++pr.snapStall >= 3) {
+        this.logger?.info(
+          { to: m.from, index: pr.pendingSnapshot, from: pr.snapAcked, sent: pr.snapSent, allSent: pr.snapAllSent },
+          "snapshot transfer stalled; resending unacknowledged chunks",
+        );
         pr.snapStall = 0;
         pr.snapSent = pr.snapAcked;
         pr.snapAllSent = false;

@@ -190,6 +190,8 @@ interface Result {
     joinerMaxDuringJoin: number;
   };
   electionsDuringJoin: number;
+  /** The Raft and join steps of the join, from every daemon's log: ms after the join request, daemon, message. */
+  timeline: string[];
   leaderTermBefore: number | undefined;
   leaderTermAfter: number | undefined;
 }
@@ -252,6 +254,45 @@ async function fill(o: Options, leader: Shoald, since: number): Promise<Result["
     leaderLostLeadership: leader.logSince().filter((x) => x.msg === "stepped down: cannot reach a quorum").length,
     snap: done!,
   };
+}
+
+/** The log lines of the join's steps (snapshot transfer, install, replication, promotion, connections). */
+const TIMELINE = [
+  "manager joined the raft group as a learner",
+  "sending snapshot",
+  "sent the last snapshot chunk",
+  "snapshot transfer stalled; resending unacknowledged chunks",
+  "restored snapshot from leader",
+  "snapshot applied",
+  "slow raft ready",
+  "follower has the snapshot; replicating",
+  "learner acknowledged",
+  "promoting caught-up learner to voter",
+  "raft transport: lost connection to peer",
+  "raft transport: connected to peer",
+  "raft transport: peer is not keeping up; dropping its oldest messages",
+  "lost the connection to the leader; campaigning soon",
+  "joined the swarm",
+];
+
+function joinTimeline(ds: Shoald[], fromMs: number): string[] {
+  const keep = new Set(TIMELINE);
+  const skip = new Set(["time", "msg", "level", "pid", "hostname", "name", "component"]);
+  const lines: { t: number; s: string }[] = [];
+  for (const d of ds) {
+    for (const l of d.logSince()) {
+      if (l.time < fromMs || !keep.has(l.msg)) continue;
+      const fields = Object.entries(l)
+        .filter(([k]) => !skip.has(k))
+        .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`)
+        .join(" ");
+      lines.push({
+        t: l.time - fromMs,
+        s: `${String(l.time - fromMs).padStart(6)} ms  ${d.name}  ${l.msg}  ${fields}`,
+      });
+    }
+  }
+  return lines.sort((a, b) => a.t - b.t).map((x) => x.s);
 }
 
 function dockerNodeLs(sock: string): Promise<number | undefined> {
@@ -368,6 +409,7 @@ async function run(o: Options): Promise<Result> {
       (n, d) => n + d.logSince().filter((l) => l.msg === "became leader" && l.time >= joinWall).length,
       0,
     );
+    const timeline = joinTimeline(ds, joinWall);
     const m1 = leader.memMiB();
     const m3 = d3.memMiB();
     return {
@@ -393,6 +435,7 @@ async function run(o: Options): Promise<Result> {
         joinerMaxDuringJoin: Math.round(rssMax.joiner),
       },
       electionsDuringJoin: elections,
+      timeline,
       leaderTermBefore: termBefore,
       leaderTermAfter: termAfter,
     };
@@ -428,6 +471,8 @@ function report(r: Result): void {
   console.log(
     `max RSS during the join            leader ${r.rssMiB.leaderMaxDuringJoin} MiB, joiner ${r.rssMiB.joinerMaxDuringJoin} MiB`,
   );
+  console.log("timeline of the join (ms after the join request):");
+  for (const l of r.timeline) console.log(`  ${l}`);
   console.log(
     `elections during the join          ${r.electionsDuringJoin} (leader term ${r.leaderTermBefore} -> ${r.leaderTermAfter})`,
   );

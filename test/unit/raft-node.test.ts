@@ -242,6 +242,31 @@ describe("raft node driver", () => {
     expect(leader.storage.mem.firstIndex()).toBe(snap.metadata.index - opts.keepTail + 1);
   });
 
+  it("a follower catching up acknowledges what it persisted before it applies it, so the leader hears at once", async () => {
+    // A manager that joins a big swarm gets the entries after the snapshot already committed: it persists
+    // and applies them in one Ready, and applying took ~10 s there. Its acknowledgement must reach the leader
+    // (which promotes it on it) before that apply, not after: the transport sends on the next turn of the
+    // event loop, as a socket does.
+    for (const id of [1, 2, 3]) await startMember(id, [1, 2, 3]);
+    const leader = await waitFor("a leader", () => members.find((m) => m.node.isLeader));
+    const lagging = members.find((m) => m !== leader)!;
+    hub.isolate(lagging.id);
+    for (let i = 0; i < 30; i++) await putViaLeader(`k${i}`, "x");
+    const last = leader.node.status().commit;
+    // What the leader knows the follower holds, at the moment the follower applies each entry.
+    const leaderSawAtApply = new Map<number, number>();
+    const apply = lagging.sm.apply.bind(lagging.sm);
+    lagging.sm.apply = (payload: Uint8Array, index: number) => {
+      leaderSawAtApply.set(index, leader.node.status().progress.get(lagging.id)?.match ?? 0);
+      apply(payload, index);
+    };
+    hub.heal(lagging.id);
+    await waitFor("the follower caught up", () => lagging.sm.data.get("k29") === "x");
+    const caughtUp = [...leaderSawAtApply].filter(([index]) => index <= last);
+    expect(caughtUp.length).toBeGreaterThan(0);
+    for (const [index, match] of caughtUp) expect(match, `entry ${index}`).toBeGreaterThanOrEqual(index);
+  });
+
   it("snapshots every N entries, compacts, and brings a new member up from the snapshot", async () => {
     const opts = { snapshotInterval: 50, keepTail: 10 };
     for (const id of [1, 2, 3]) await startMember(id, [1, 2, 3], opts);

@@ -2,7 +2,9 @@
 // allocation happens when an entry is applied, in log order; refused commands change nothing.
 
 import { describe, expect, it, vi } from "vitest";
-import { DEFAULT_SWARM_SPEC } from "../../src/api/objects.js";
+import { DEFAULT_SWARM_SPEC, type NetworkRecord } from "../../src/api/objects.js";
+import { SeededRand } from "../../src/raft/rand.js";
+import { cidrOverlaps } from "../../src/store/allocator/ipam.js";
 import { CommandSchema } from "../../src/store/commands.js";
 import {
   type Command,
@@ -189,6 +191,90 @@ describe("store: networks and endpoints", () => {
     expect(c.networks()).toEqual(a.networks());
   });
 });
+
+describe("store: the network table's index", () => {
+  // A create reads an index of the table (names, the ingress, subnets, VXLAN ids) kept as networks come and
+  // go, not every network. Whatever the history, it must decide exactly as a scan of the table does.
+  it("allocates and refuses as a scan of every network would, through creates, removes and a restore", () => {
+    const rand = new SeededRand(7);
+    const pick = <T>(xs: T[]): T => xs[rand.intn(xs.length)]!;
+    const store = new Store();
+    let index = 1;
+    store.apply(encodeCommand(cluster(["10.0.0.0/22", "192.168.0.0/24"], 26), at), index++);
+    let checked = 0;
+    for (let step = 0; step < 600; step++) {
+      if (step === 300) {
+        // A replica that starts from a snapshot carries on with a table it did not build.
+        const restored = new Store();
+        restored.restore(store.snapshot(), index - 1);
+        expect(restored.networks()).toEqual(store.networks());
+      }
+      const table = store.networks();
+      if (table.length > 0 && rand.intn(3) === 0) {
+        const victim = pick(table);
+        expect(store.apply(encodeCommand({ op: "network.remove", id: victim.id }, at), index++).ok).toBe(true);
+        continue;
+      }
+      const spec = net(`n${rand.intn(40)}`, {
+        ingress: rand.intn(20) === 0,
+        ...(rand.intn(6) === 0 ? { subnet: `10.0.${rand.intn(4)}.${64 * rand.intn(4)}/26` } : {}),
+        ...(rand.intn(6) === 0
+          ? { options: { "com.docker.network.driver.overlay.vxlanid_list": `${4097 + rand.intn(8)}` } }
+          : {}),
+      });
+      const id = nid(`x${step}`);
+      const want = scanDecision(table, spec);
+      const got = store.apply(encodeCommand({ op: "network.create", id, spec }, at), index++);
+      if (typeof want === "string") {
+        expect(got.ok, `step ${step}: ${want}`).toBe(false);
+        expect(JSON.stringify(got)).toContain(want);
+      } else {
+        expect(got.ok, `step ${step}: ${JSON.stringify(got)}`).toBe(true);
+        expect(store.network(id)?.alloc).toMatchObject(want);
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(100);
+  });
+});
+
+/**
+ * What creating `spec` on `table` (pool 10.0.0.0/22 then 192.168.0.0/24 in /26s) gives, found by reading
+ * every network: the error's words, or the subnet and VXLAN id.
+ */
+function scanDecision(table: NetworkRecord[], spec: NetworkSpec): string | { subnet: string; vni: number } {
+  for (const n of table) {
+    if (n.spec.name === spec.name) return "already exists";
+    if (spec.ingress && n.spec.ingress) return "an ingress network already exists";
+  }
+  const overlaps = (c: string) => table.some((n) => cidrOverlaps(c, n.alloc.subnet));
+  let subnet: string | undefined;
+  if (spec.subnet) {
+    if (overlaps(spec.subnet)) return "Pool overlaps";
+    subnet = spec.subnet;
+  } else {
+    for (const [base, count] of [
+      ["10.0", 16],
+      ["192.168", 4],
+    ] as const) {
+      for (let i = 0; i < count && !subnet; i++) {
+        const c = `${base}.${Math.floor(i / 4)}.${64 * (i % 4)}/26`;
+        if (!overlaps(c)) subnet = c;
+      }
+    }
+    if (!subnet) return "could not find an available";
+  }
+  const vnis = new Set(table.map((n) => n.alloc.vni));
+  // The ingress network takes VXLAN id 4096; another may ask for one.
+  const asked = spec.ingress ? "4096" : spec.options["com.docker.network.driver.overlay.vxlanid_list"];
+  if (asked !== undefined) {
+    if (vnis.has(Number(asked))) return "already allocated";
+    return { subnet, vni: Number(asked) };
+  }
+  let vni = 4097;
+  while (vnis.has(vni)) vni++;
+  return { subnet, vni };
+}
 
 describe("store: the apply is total", () => {
   const raw = (o: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(o));

@@ -184,17 +184,74 @@ function parseExplicitSubnet(s: string): Cidr {
   return c;
 }
 
-/** Sorted, merged [start, end] intervals covering the given CIDRs. */
-function mergedIntervals(cidrs: string[]): [number, number][] {
-  const iv = cidrs.map((s) => parseCidr(s, { strict: false })).map((c): [number, number] => [c.base, c.last]);
-  iv.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  const out: [number, number][] = [];
-  for (const [s, e] of iv) {
-    const top = out[out.length - 1];
-    if (top && s <= top[1] + 1) top[1] = Math.max(top[1], e);
-    else out.push([s, e]);
+/**
+ * The address blocks the networks hold, sorted by start (then end), kept up to date as networks come and go
+ * (TakenSpace), so that a new network's subnet is found without parsing every network's subnet again.
+ */
+export class TakenBlocks {
+  private starts: number[] = [];
+  private ends: number[] = [];
+
+  constructor(cidrs: Iterable<string> = []) {
+    for (const s of cidrs) this.add(s);
   }
-  return out;
+
+  get size(): number {
+    return this.starts.length;
+  }
+
+  /** Where [start, end] goes (or is) in the sorted order. */
+  private position(start: number, end: number): number {
+    let lo = 0;
+    let hi = this.starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const s = this.starts[mid]!;
+      if (s < start || (s === start && this.ends[mid]! < end)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  add(cidr: string): void {
+    const c = parseCidr(cidr, { strict: false });
+    const i = this.position(c.base, c.last);
+    this.starts.splice(i, 0, c.base);
+    this.ends.splice(i, 0, c.last);
+  }
+
+  /** Forget one block of `cidr` (one network's). */
+  remove(cidr: string): void {
+    const c = parseCidr(cidr, { strict: false });
+    const i = this.position(c.base, c.last);
+    if (this.starts[i] === c.base && this.ends[i] === c.last) {
+      this.starts.splice(i, 1);
+      this.ends.splice(i, 1);
+    }
+  }
+
+  overlaps(c: Cidr): boolean {
+    for (let i = 0; i < this.starts.length && this.starts[i]! <= c.last; i++) if (this.ends[i]! >= c.base) return true;
+    return false;
+  }
+
+  /**
+   * The first block of `step` addresses, aligned on `step`, in `pool` that overlaps no block held. The blocks
+   * are sorted by start: once past every block that ends before `c`, the next one either overlaps [c, end] or
+   * starts after it, and so does every one after it.
+   */
+  firstFree(pool: Cidr, step: number): number | undefined {
+    let i = 0;
+    let c = pool.base;
+    while (c + step - 1 <= pool.last) {
+      const end = c + step - 1;
+      while (i < this.starts.length && this.ends[i]! < c) i++;
+      if (i === this.starts.length || this.starts[i]! > end) return c;
+      // Overlaps block i: jump to the first aligned block after it.
+      c = Math.ceil((this.ends[i]! + 1) / step) * step;
+    }
+    return undefined;
+  }
 }
 
 /**
@@ -210,26 +267,21 @@ function mergedIntervals(cidrs: string[]): [number, number][] {
  * caller stores the result with its network.
  */
 export function allocateSubnet(existing: string[], cfg?: Partial<PoolConfig>, requested?: string): string {
+  return allocateSubnetAmong(new TakenBlocks(existing), cfg, requested);
+}
+
+/** allocateSubnet, with the networks' subnets held in `taken`. */
+export function allocateSubnetAmong(taken: TakenBlocks, cfg?: Partial<PoolConfig>, requested?: string): string {
   if (requested !== undefined) {
     const want = parseExplicitSubnet(requested);
-    for (const s of existing) if (cidrOverlaps(want, s)) throw poolOverlap();
+    if (taken.overlaps(want)) throw poolOverlap();
     return formatCidr(want);
   }
   const { pools, subnetSize } = normalizePoolConfig(cfg);
-  const taken = mergedIntervals(existing);
   const step = blockSize(subnetSize);
   for (const pool of pools) {
-    const p = parseCidr(pool);
-    let i = 0;
-    let c = p.base;
-    while (c + step - 1 <= p.last) {
-      const end = c + step - 1;
-      while (i < taken.length && taken[i]![1] < c) i++;
-      const t = taken[i];
-      if (t === undefined || t[0] > end) return `${formatIpv4(c)}/${subnetSize}`;
-      // Overlaps t: jump to the first aligned block after it.
-      c = Math.ceil((t[1] + 1) / step) * step;
-    }
+    const c = taken.firstFree(parseCidr(pool), step);
+    if (c !== undefined) return `${formatIpv4(c)}/${subnetSize}`;
   }
   throw poolExhausted();
 }
@@ -268,7 +320,14 @@ function checkVni(v: unknown): number {
  * Pure. Throws IpamError.
  */
 export function allocateVni(used: number[], opts: { first?: number; requested?: number; pool?: string } = {}): number {
-  const taken = new Set(used);
+  return allocateVniAmong(new Set(used), opts);
+}
+
+/** allocateVni, with the ids in use held in `taken`. */
+export function allocateVniAmong(
+  taken: { has(vni: number): boolean },
+  opts: { first?: number; requested?: number; pool?: string } = {},
+): number {
   if (opts.requested !== undefined) {
     const v = checkVni(opts.requested);
     if (taken.has(v)) throw vniInUse(v, opts.pool);
@@ -323,9 +382,24 @@ export function allocateNetwork(
   cfg?: Partial<PoolConfig>,
   req: NetworkRequest = {},
 ): NetworkAlloc {
-  const subnet = allocateSubnet(existing.subnets, cfg, req.subnet);
+  return allocateNetworkAmong({ subnets: new TakenBlocks(existing.subnets), vnis: new Set(existing.vnis) }, cfg, req);
+}
+
+/** What the other networks hold, kept by the caller as networks come and go (the store's network table). */
+export interface TakenSpace {
+  subnets: TakenBlocks;
+  vnis: { has(vni: number): boolean };
+}
+
+/** allocateNetwork, with what the other networks hold in `taken` (not changed). */
+export function allocateNetworkAmong(
+  taken: TakenSpace,
+  cfg?: Partial<PoolConfig>,
+  req: NetworkRequest = {},
+): NetworkAlloc {
+  const subnet = allocateSubnetAmong(taken.subnets, cfg, req.subnet);
   const gateway = gatewayOf(subnet, req.gateway);
-  const vni = allocateVni(existing.vnis, { requested: req.vni, pool: subnet });
+  const vni = allocateVniAmong(taken.vnis, { requested: req.vni, pool: subnet });
   return newNetworkAlloc(subnet, gateway, vni);
 }
 
