@@ -20,6 +20,7 @@ import {
   type StateMachine,
 } from "./node-options.js";
 import { NodeReads } from "./node-reads.js";
+import { NodeSnapshots } from "./node-snapshots.js";
 import { Raft } from "./raft.js";
 import { CryptoRand } from "./rand.js";
 import { RawNode, type Status } from "./rawnode.js";
@@ -31,7 +32,6 @@ import {
   ErrProposalDropped,
   ErrProposalOutcomeUnknown,
   ErrProposalTooLarge,
-  ErrSnapOutOfDate,
   type Message,
   MessageType,
   NONE,
@@ -103,12 +103,10 @@ export class RaftNode {
   private appliedTerm = 0;
   private readonly reads: NodeReads;
   appliedIndex: number;
-  private snapshotIndex: number;
   /** The loop failed (storage error, or a simulated crash): the node is dead. */
   fatal: Error | undefined;
   private idleWaiters: (() => void)[] = [];
-  /** A snapshot being put together and stored beside the loop (see maybeSnapshot). */
-  private snapshotting: Promise<void> | undefined;
+  private readonly snapshots: NodeSnapshots;
 
   private constructor(opts: RaftNodeOptions, applied: number) {
     this.opts = opts;
@@ -118,7 +116,14 @@ export class RaftNode {
     this.log = opts.logger;
     this.reads = new NodeReads(opts.id);
     this.appliedIndex = applied;
-    this.snapshotIndex = applied;
+    this.snapshots = new NodeSnapshots(applied, {
+      storage: opts.storage,
+      stateMachine: opts.stateMachine,
+      interval: opts.snapshotInterval ?? 10_000,
+      keepTail: opts.keepTail ?? 500,
+      log: opts.logger,
+      fail: (err) => this.fail(err),
+    });
     this.rawNode = new RawNode({
       id: opts.id,
       storage: opts.storage.mem,
@@ -338,7 +343,7 @@ export class RaftNode {
   async idle(): Promise<void> {
     for (;;) {
       if (this.running || this.scheduled) await new Promise<void>((r) => this.idleWaiters.push(r));
-      else if (this.snapshotting) await this.snapshotting;
+      else if (this.snapshots.busy) await this.snapshots.busy;
       else return;
     }
   }
@@ -456,7 +461,7 @@ export class RaftNode {
       const t0 = performance.now();
       await this.sm.restore(rd.snapshot.data, rd.snapshot.metadata.index);
       this.appliedIndex = rd.snapshot.metadata.index;
-      this.snapshotIndex = Math.max(this.snapshotIndex, rd.snapshot.metadata.index);
+      this.snapshots.installed(rd.snapshot.metadata.index);
       this.restoredPastPending(rd.snapshot.metadata.term);
       this.log?.info(
         {
@@ -495,7 +500,7 @@ export class RaftNode {
     this.rawNode.advance(rd);
     this.reads.granted(rd.readStates);
     this.reads.serve(this.appliedIndex);
-    await this.maybeSnapshot();
+    await this.snapshots.maybe(this.appliedIndex, () => this.rawNode.raft.confState());
   }
 
   private applyEntry(e: Entry): Promise<void> | undefined {
@@ -572,44 +577,6 @@ export class RaftNode {
       }
     }
     this.appliedTerm = Math.max(this.appliedTerm, snapTerm);
-  }
-
-  /**
-   * Every snapshotInterval applied entries, snapshot the state machine and store it (compacting the log).
-   * A state machine whose snapshot() returns a promise captures its state in the call and puts the bytes
-   * together afterwards: then the bytes are made and stored beside the loop, which goes on persisting,
-   * sending (heartbeats above all: a 100 MB state takes seconds to write out) and applying meanwhile.
-   * One snapshot at a time; storage orders its write after the saves before it.
-   */
-  private async maybeSnapshot(): Promise<void> {
-    const interval = this.opts.snapshotInterval ?? 10_000;
-    if (this.snapshotting || this.appliedIndex - this.snapshotIndex < interval) return;
-    const index = this.appliedIndex;
-    const confState = this.rawNode.raft.confState();
-    const data = this.sm.snapshot();
-    if (!(data instanceof Promise)) {
-      await this.storeSnapshot(index, confState, data);
-      return;
-    }
-    this.snapshotting = data
-      .then((bytes) => this.storeSnapshot(index, confState, bytes))
-      .catch((err: unknown) => {
-        if (err instanceof ErrSnapOutOfDate) {
-          // A newer snapshot from the leader was installed meanwhile.
-          this.log?.info({ index }, "snapshot skipped: a newer one was installed meanwhile");
-          return;
-        }
-        this.fail(err);
-      })
-      .finally(() => {
-        this.snapshotting = undefined;
-      });
-  }
-
-  private async storeSnapshot(index: number, confState: ConfState, data: Uint8Array): Promise<void> {
-    await this.storage.createSnapshot(index, confState, data, this.opts.keepTail ?? 500);
-    this.snapshotIndex = Math.max(this.snapshotIndex, index);
-    this.log?.info({ index, bytes: data.length }, "snapshot taken");
   }
 
   /** The node stops: proposals not yet stepped fail with `err`; those already out may still be applied. */
