@@ -183,9 +183,12 @@ async function daemonSupportsMetrics(): Promise<boolean> {
 class Workers {
   private readonly procs: ChildProcess[] = [];
   private waiting: ((m: unknown) => void)[][] = [];
+  /** How long a simulator may take to stop before it is killed (a profiled one writes its profile then). */
+  private readonly stopMs: number;
 
   /** `profileDir`: each simulator writes a V8 CPU profile there when it stops. */
   constructor(count: number, profileDir?: string) {
+    this.stopMs = profileDir ? 60_000 : 5000;
     for (let i = 0; i < count; i++) {
       const execArgv = profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
       const p = fork(SIM_WORKER, [], { stdio: ["ignore", "ignore", "inherit", "ipc"], execArgv });
@@ -236,7 +239,7 @@ class Workers {
         (p) =>
           new Promise<void>((resolve) => {
             if (p.exitCode !== null || p.signalCode !== null) return resolve();
-            const t = setTimeout(() => p.kill("SIGKILL"), 5000);
+            const t = setTimeout(() => p.kill("SIGKILL"), this.stopMs);
             p.once("exit", () => {
               clearTimeout(t);
               resolve();
@@ -589,6 +592,8 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): P
     const buckets0 = pushBuckets(await leader.metrics());
     const t0 = Date.now();
     await callOk(leader.sock, "POST", `/swarm/update?version=${swarm.Version.Index}`, spec);
+    // The change is committed and applied on the leader (its dispatcher has marked the sessions) by now.
+    const postMs = Date.now() - t0;
     let seen: number[] = [];
     let byProc: number[][] = [];
     await waitUntil(
@@ -621,6 +626,7 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): P
     const ps = [10, 50, 90, 99, 100].map((p) => `p${p} ${percentile(took, p).toFixed(0)}`).join(", ");
     const lb = bound === undefined ? "" : `; the leader wrote the last within ${bound} ms of the change`;
     console.log(`  fan-out of a ${periodS} s period: ${ps} ms (${seen.length} sessions)${lb}`);
+    console.log(`    POST /swarm/update answered (committed, applied on the leader) after ${postMs} ms`);
     await sleep(1000);
   }
   row.fanoutP99Ms = Math.max(...p99s);
