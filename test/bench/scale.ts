@@ -20,7 +20,11 @@
 //   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI); beside it
 //                  the CLI alone: the same command with the leader's answers replayed from memory
 //   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
-//                  got the new period (p99 over sessions; the max over 3 changes)
+//                  got the new period (p99 over sessions; the max over 3 changes). From just before the POST
+//                  (this process's clock) to the simulated agent's onMessage (its process's clock, the same
+//                  host) with the message deserialized and checked: it includes the POST itself (read
+//                  barrier, Raft commit, apply on the leader: printed), the leader's writes, and the
+//                  simulators' reading. Printed per change with the CPU each part spent meanwhile
 //   leader RSS     at the end of the steady window
 //   heap used      the leader's V8 heap in use at the end of the steady window (its /metrics)
 //   longest stall  the longest event-loop delay of the leader from the first join to the failover (its
