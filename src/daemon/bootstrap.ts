@@ -12,6 +12,7 @@ import { generateNodeKeyAndCSR, signNodeCSR } from "../ca/certs.js";
 import { clusterTLSInfo } from "../ca/chain.js";
 import { newClusterId, newNodeId } from "../ca/ids.js";
 import { createRootCA, RootCA } from "../ca/rootca.js";
+import { channelTarget } from "../ca/tls.js";
 import { joinCredentials } from "../ca/tls-client.js";
 import { generateJoinToken, type ParsedJoinToken, parseJoinToken, rootDigest, tokenMatchesRoot } from "../ca/token.js";
 import { formatUnlockKey, generateKek } from "../ca/unlockkey.js";
@@ -195,7 +196,9 @@ export async function requestCertificate(
   onStage?: (stage: JoinStage) => void,
 ): Promise<{ rootPem: string; keyPem: string; issued: IssueNodeCertificateResponse }> {
   const creds = joinCredentials();
-  const client = new CAClient(remote, creds.credentials, CHANNEL_OPTIONS);
+  // An IP address goes to grpc-js's IP resolver (as the agent's channels do): its DNS resolver makes a c-ares
+  // channel for every channel, IP or not, and a join makes one channel.
+  const client = new CAClient(channelTarget(remote), creds.credentials, CHANNEL_OPTIONS);
   const key = generateNodeKeyAndCSR();
   // Not awaited until the root is checked: a refused join must not leave it unhandled.
   key.catch(() => undefined);

@@ -20,7 +20,11 @@
 //   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI); beside it
 //                  the CLI alone: the same command with the leader's answers replayed from memory
 //   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
-//                  got the new period (p99 over sessions; the max over 3 changes)
+//                  got the new period (p99 over sessions; the max over 3 changes). From just before the POST
+//                  (this process's clock) to the simulated agent's onMessage (its process's clock, the same
+//                  host) with the message deserialized and checked: it includes the POST itself (read
+//                  barrier, Raft commit, apply on the leader: printed), the leader's writes, and the
+//                  simulators' reading. Printed per change with the CPU each part spent meanwhile
 //   leader RSS     at the end of the steady window
 //   heap used      the leader's V8 heap in use at the end of the steady window (its /metrics)
 //   longest stall  the longest event-loop delay of the leader from the first join to the failover (its
@@ -183,9 +187,12 @@ async function daemonSupportsMetrics(): Promise<boolean> {
 class Workers {
   private readonly procs: ChildProcess[] = [];
   private waiting: ((m: unknown) => void)[][] = [];
+  /** How long a simulator may take to stop before it is killed (a profiled one writes its profile then). */
+  private readonly stopMs: number;
 
   /** `profileDir`: each simulator writes a V8 CPU profile there when it stops. */
   constructor(count: number, profileDir?: string) {
+    this.stopMs = profileDir ? 60_000 : 5000;
     for (let i = 0; i < count; i++) {
       const execArgv = profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
       const p = fork(SIM_WORKER, [], { stdio: ["ignore", "ignore", "inherit", "ipc"], execArgv });
@@ -236,7 +243,7 @@ class Workers {
         (p) =>
           new Promise<void>((resolve) => {
             if (p.exitCode !== null || p.signalCode !== null) return resolve();
-            const t = setTimeout(() => p.kill("SIGKILL"), 5000);
+            const t = setTimeout(() => p.kill("SIGKILL"), this.stopMs);
             p.once("exit", () => {
               clearTimeout(t);
               resolve();
@@ -275,6 +282,11 @@ export interface Row {
   fanoutReached: number;
   /** Per change: the leader's push histogram bound on its own time to write the last session (ms). */
   fanoutLeaderBoundsMs?: (number | undefined)[];
+  /**
+   * Per change: CPU ms each part spent from the POST until every session had it (the leader, the other
+   * managers together, the simulators together): on two shared cores, a fan-out is as fast as its CPU allows.
+   */
+  fanoutCpuMs?: { leader: number; followers: number; simulators: number }[];
   leaderRssMiB: number;
   /** The leader's V8 heap in use at the end of the steady window (MiB). */
   leaderHeapUsedMiB: number | undefined;
@@ -573,7 +585,14 @@ function leaderPushBoundMs(before: Map<number, number>, after: Map<number, numbe
   return le === undefined ? undefined : le * 1000;
 }
 
-async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): Promise<void> {
+async function fanoutPhase(ds: Shoald[], leader: Shoald, w: Workers, row: Row, ab: boolean): Promise<void> {
+  const followers = ds.filter((d) => d !== leader && d.alive);
+  const cpu = () => ({
+    leader: leader.cpuSeconds(),
+    followers: sum(followers.map((d) => d.cpuSeconds())),
+    simulators: w.cpuSeconds(),
+  });
+  const cpus: { leader: number; followers: number; simulators: number }[] = [];
   const p99s: number[] = [];
   const bounds: (number | undefined)[] = [];
   let reached = Number.POSITIVE_INFINITY;
@@ -587,8 +606,11 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): P
     await sleep(200);
     const spec = { ...swarm.Spec, Dispatcher: { ...swarm.Spec.Dispatcher, HeartbeatPeriod: periodS * 1e9 } };
     const buckets0 = pushBuckets(await leader.metrics());
+    const cpu0 = cpu();
     const t0 = Date.now();
     await callOk(leader.sock, "POST", `/swarm/update?version=${swarm.Version.Index}`, spec);
+    // The change is committed and applied on the leader (its dispatcher has marked the sessions) by now.
+    const postMs = Date.now() - t0;
     let seen: number[] = [];
     let byProc: number[][] = [];
     await waitUntil(
@@ -601,6 +623,14 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): P
       },
       250,
     ).catch(() => undefined);
+    // Read when the last session had it (to the bench's 250 ms poll): clock ticks of 10 ms.
+    const cpu1 = cpu();
+    const used = {
+      leader: Math.round((cpu1.leader - cpu0.leader) * 1000),
+      followers: Math.round((cpu1.followers - cpu0.followers) * 1000),
+      simulators: Math.round((cpu1.simulators - cpu0.simulators) * 1000),
+    };
+    cpus.push(used);
     if (ab) {
       // The even processes' agents take deltas, the odd ones' do not: the same leader, the same batches.
       const half = (odd: number) =>
@@ -621,10 +651,15 @@ async function fanoutPhase(leader: Shoald, w: Workers, row: Row, ab: boolean): P
     const ps = [10, 50, 90, 99, 100].map((p) => `p${p} ${percentile(took, p).toFixed(0)}`).join(", ");
     const lb = bound === undefined ? "" : `; the leader wrote the last within ${bound} ms of the change`;
     console.log(`  fan-out of a ${periodS} s period: ${ps} ms (${seen.length} sessions)${lb}`);
+    console.log(`    POST /swarm/update answered (committed, applied on the leader) after ${postMs} ms`);
+    console.log(
+      `    CPU until then: leader ${used.leader} ms, other managers ${used.followers} ms, simulators ${used.simulators} ms`,
+    );
     await sleep(1000);
   }
   row.fanoutP99Ms = Math.max(...p99s);
   row.fanoutLeaderBoundsMs = bounds;
+  row.fanoutCpuMs = cpus;
   row.fanoutReached = reached;
 }
 
@@ -875,7 +910,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
     row.nodeLsFloorMs = await nodeLsFloor(leader.sock, dir);
     const fanoutFrom = into();
-    await fanoutPhase(leader, w, row, o.deltasAb);
+    await fanoutPhase(ds, leader, w, row, o.deltasAb);
     if (o.profile) {
       // Seconds into the leader's profile (from its process start, within ~0.1 s) of each phase.
       const file = join(dir, "profiles", leader.name);

@@ -79,6 +79,26 @@ describe("the cross-signed intermediate", () => {
 });
 
 describe("chains", () => {
+  test("an issuer's subject and key are the certificate's own bytes, as the ASN.1 library reads them", async () => {
+    const byLibrary = (pem: string) => {
+      const c = new x509.X509Certificate(pem);
+      return {
+        subject: Buffer.from(c.subjectName.toArrayBuffer()).toString("base64"),
+        publicKey: Buffer.from(c.publicKey.rawData).toString("base64"),
+      };
+    };
+    const leaf = await issue(ca2, "node00000000000000000000a", "worker", crossPem);
+    for (const pem of [r1.certPem, r2.certPem, other.certPem, crossPem, splitPemCerts(leaf.certPem)[0]!]) {
+      expect(issuerInfoOf(pem)).toEqual(byLibrary(pem));
+    }
+    // A bundle: its first certificate's.
+    expect(issuerInfoOf(leaf.certPem)).toEqual(byLibrary(splitPemCerts(leaf.certPem)[0]!));
+    expect(issuerInfoOf(r1.certPem.replaceAll("\n", "\r\n"))).toEqual(byLibrary(r1.certPem));
+    // Not a certificate: refused, as before.
+    expect(() => issuerInfoOf("garbage")).toThrow();
+    expect(() => issuerInfoOf("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")).toThrow();
+  });
+
   test("a leaf the new key signed chains to the new root directly and to the old one through the intermediate", async () => {
     const leaf = await issue(ca2, "node00000000000000000000a", "worker", crossPem);
     expect(splitPemCerts(leaf.certPem)).toHaveLength(2);
