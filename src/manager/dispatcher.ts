@@ -525,7 +525,11 @@ export class Dispatcher {
     if (!acceptableNodeAddr(addr, observed)) {
       throw new GrpcError(status.INVALID_ARGUMENT, `invalid session request: addr: ${addr} cannot be a node's address`);
     }
-    const description = parseDescription(call.request.descriptionJson);
+    // The description the node sends is most often, after a failover always, the one the store holds: the
+    // very text of it is taken as is (it was checked when it was stored); any other is parsed and checked.
+    const stored = descriptionJsonOf(rec);
+    const text = call.request.descriptionJson;
+    const description = text === "" || text === stored ? undefined : parseDescription(text);
     const id = randomBytes(12).toString("hex");
     const s: Session = {
       id,
@@ -553,8 +557,7 @@ export class Dispatcher {
     });
     // Written only if something changed: a reconnect of a node that is Ready, same address, same
     // description, writes nothing.
-    const describe =
-      description && JSON.stringify(description) !== JSON.stringify(rec.node.Description) ? description : undefined;
+    const describe = description && JSON.stringify(description) !== stored ? description : undefined;
     const register = () => {
       s.registered = true;
       s.lastSeenMs = performance.now();
@@ -583,6 +586,18 @@ function renewFor(c: View<ClusterRecord> | undefined, rec: View<NodeRecord>): st
   const renew = c?.secrets.rootRotation !== undefined && rec.certRenew !== undefined && rec.certRenew === want;
   return renew ? rec.certRenew! : "";
 }
+
+/**
+ * The JSON of a node's description as the store holds it, made once per description (a node's view is frozen,
+ * and a changed description is a new object): a new leader compares every node's session request with it.
+ */
+function descriptionJsonOf(rec: View<NodeRecord>): string {
+  const d = rec.node.Description;
+  let json = descriptionJson.get(d);
+  if (json === undefined) descriptionJson.set(d, (json = JSON.stringify(d)));
+  return json;
+}
+const descriptionJson = new WeakMap<object, string>();
 
 /** A session's description: absent, or a NodeDescription (anything else is refused, naming the field). */
 function parseDescription(text: string): NodeDescription | undefined {
