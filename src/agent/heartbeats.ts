@@ -6,6 +6,7 @@
 
 import { type ClientDuplexStream, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import type { DispatcherClient, HeartbeatRequest, HeartbeatResponse } from "../gen/cluster.js";
+import { withoutCallerStack } from "../manager/grpc-util.js";
 
 export interface HeartbeatOptions {
   client: InstanceType<typeof DispatcherClient>;
@@ -72,7 +73,7 @@ export class Heartbeats {
   }
 
   private open(): ClientDuplexStream<HeartbeatRequest, HeartbeatResponse> {
-    const stream = this.o.client.heartbeats(new Metadata());
+    const stream = withoutCallerStack(() => this.o.client.heartbeats(new Metadata()));
     this.stream = stream;
     stream.on("data", (res: HeartbeatResponse) => {
       if (this.stream !== stream || this.sentMs === 0) return;
@@ -105,13 +106,15 @@ export class Heartbeats {
     if (this.stopped) return;
     const sentMs = performance.now();
     const deadline = new Date(Date.now() + this.deadlineMs());
-    this.o.client.heartbeat({ sessionId: this.o.sessionId }, new Metadata(), { deadline }, (err, res) => {
-      if (this.stopped) return;
-      if (err) return this.fail(err, sentMs);
-      this.o.onBeat(performance.now() - sentMs, true);
-      this.o.onPeriod(res?.periodMs ?? 0);
-      this.schedule();
-    });
+    withoutCallerStack(() =>
+      this.o.client.heartbeat({ sessionId: this.o.sessionId }, new Metadata(), { deadline }, (err, res) => {
+        if (this.stopped) return;
+        if (err) return this.fail(err, sentMs);
+        this.o.onBeat(performance.now() - sentMs, true);
+        this.o.onPeriod(res?.periodMs ?? 0);
+        this.schedule();
+      }),
+    );
   }
 
   /** `sentMs`: when the failed beat went out (0: no beat was waiting, the stream broke between beats). */

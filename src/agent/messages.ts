@@ -141,9 +141,10 @@ function held(raw: NetworkState, parsed: z.infer<typeof NetworkStateSchema>): He
 }
 
 /**
- * What decoding a session's previous message leaves for the next: the node's JSON as it came and the node
- * parsed from it. Every message carries the node; most (a swarm-wide change, a network's) carry it unchanged,
- * and parsing it against its schema was most of an agent's work per message.
+ * What decoding the previous message leaves for the next: the node's JSON as it came and the node parsed
+ * from it. Every message carries the node; most (a swarm-wide change, a network's, a new session's first
+ * after a failover) carry it unchanged, and parsing it against its schema was most of an agent's work per
+ * message.
  */
 export interface SessionDecodeMemo {
   nodeJson: string;
@@ -152,7 +153,7 @@ export interface SessionDecodeMemo {
 
 /**
  * A session message, checked; throws MalformedMessage naming the field (never quoting key material). With
- * `memo` (the session's, updated here), a node whose JSON is the very text of the previous message's is the
+ * `memo` (the agent's, updated here), a node whose JSON is the very text of the previous message's is the
  * node parsed then (treat it as read-only). A delta (SessionMessage.delta) is applied to `prev`, the
  * session's state as the previous message left it: the result is the whole state, as a full message says it.
  */

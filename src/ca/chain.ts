@@ -99,15 +99,25 @@ export function chainIssuer(chainPem: string, rootsPem: string): IssuerInfo | un
   return issuer === undefined ? undefined : issuerInfoOf(issuer);
 }
 
-/** A node's TLSInfo (its description's): the root it trusts, and who issued its certificate. */
+/**
+ * A node's TLSInfo (its description's): the root it trusts, and who issued its certificate. A node describes
+ * itself in every session request, so at every reconnect: the last answer is kept, by the very PEM texts it
+ * was made from (finding the issuer parses the chain and the roots and checks a signature; the answer
+ * depends on nothing else).
+ */
 export function nodeTLSInfo(rootPem: string, chainPem: string): TLSInfo {
+  const last = lastTLSInfo;
+  if (last?.rootPem === rootPem && last.chainPem === chainPem) return { ...last.info };
   const issuer = chainIssuer(chainPem, rootPem);
-  return {
+  const info = {
     TrustRoot: rootPem,
     CertIssuerSubject: issuer?.subject ?? "",
     CertIssuerPublicKey: issuer?.publicKey ?? "",
   };
+  lastTLSInfo = { rootPem, chainPem, info };
+  return { ...info };
 }
+let lastTLSInfo: { rootPem: string; chainPem: string; info: TLSInfo } | undefined;
 
 /**
  * True if the chain's leaf, through the chain's other (CA) certificates, leads to one of the roots in

@@ -132,6 +132,35 @@ class ManagerCredentials extends ChannelCredentials {
 }
 
 /**
+ * Node 20's tls.connect hands a session to resume to OpenSSL twice: the TLSSocket it makes sets
+ * `options.session` (TLSSocket's _init), and connect then sets the same Buffer again (tlssock.setSession).
+ * Each time OpenSSL decodes the whole session, the manager's certificate in it included (~0.5 ms with
+ * OpenSSL 3.0: about a tenth of the scale bench's simulators' CPU in a failover, where every node
+ * resumes). The second is skipped: a socket asked to set, before its handshake is done, the very Buffer
+ * it was made with already has that session. Any other call (another session, or after the handshake)
+ * goes through unchanged.
+ */
+function setSessionOnce(): void {
+  type Proto = {
+    setSession(this: tls.TLSSocket, session: string | Buffer): void;
+    [SET_SESSION_ONCE]?: true;
+  };
+  const proto = tls.TLSSocket.prototype as unknown as Proto;
+  if (proto[SET_SESSION_ONCE]) return;
+  const setSession = proto.setSession;
+  proto.setSession = function (this: tls.TLSSocket, session: string | Buffer): void {
+    const own = this as unknown as { _tlsOptions?: { session?: unknown }; _secureEstablished?: boolean };
+    if (typeof session !== "string" && own._tlsOptions?.session === session && own._secureEstablished === false) {
+      return;
+    }
+    setSession.call(this, session);
+  };
+  proto[SET_SESSION_ONCE] = true;
+}
+const SET_SESSION_ONCE = Symbol.for("shoal.tls.setSessionOnce");
+setSessionOnce();
+
+/**
  * Credentials that do not verify the server at all: only for fetching the root CA before joining, after
  * which the joiner must compare the fetched bundle's digest with the join token (tokenMatchesRoot); the
  * join's connection (joinCredentials) is made with these. One for the process, on one TLS context with no

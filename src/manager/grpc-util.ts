@@ -49,6 +49,23 @@ export function leaderHint(e: unknown): string | undefined {
   return typeof v === "string" && v.length > 0 ? v : undefined;
 }
 
+/**
+ * Starts a client call without the caller's stack: grpc-js captures one (an Error) for every call it starts,
+ * and when the call ends with a status other than OK formats it into the error it emits, with two Errors more.
+ * An agent's session and heartbeat calls end so every time the node fails over (the manager died, a
+ * redirect, the agent's own cancel): thousands at once in a large swarm, none of them a bug whose stack would
+ * tell anything. The status, details and metadata of the error are unchanged.
+ */
+export function withoutCallerStack<T>(start: () => T): T {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return start();
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
 /** Turn an error from a manager into what the Engine API tells the user. */
 export function toApiError(e: unknown, context?: string): ApiError {
   if (e instanceof ApiError) return e;

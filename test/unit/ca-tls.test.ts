@@ -1,6 +1,7 @@
 // A real grpc-js server on 127.0.0.1 with shoal's TLS helpers, answering with the caller's role.
 
 import { connect, type Socket } from "node:net";
+import * as tls from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
 import { generateNodeKeyAndCSR, type NodeRole, signNodeCSR } from "../../src/ca/certs.js";
@@ -292,6 +293,32 @@ describe("TLS session resumption across managers (tls.ts, 'Session resumption')"
     const other = clientCredentials(rootM.certPem, managerNode.certPem, managerNode.keyPem);
     expect(await whoAmI(b, other)).toMatchObject({ nodeId: "manager000000000000000001", role: "manager" });
     expect(onB).toEqual([true, false]);
+  });
+
+  test("a resumed connection hands its session to OpenSSL once (Node's tls.connect would twice, each decoding it)", async () => {
+    const seen: boolean[] = [];
+    const port = await manager(ticketKeysOf(rootM.keyPem, CLUSTER), seen);
+    const creds = clientCredentials(rootM.certPem, workerNode.certPem, workerNode.keyPem);
+    await whoAmI(port, creds);
+    // Every TLS socket's native handle shares one prototype: count what reaches it.
+    const probe = new tls.TLSSocket(null as unknown as Socket, {});
+    const native = Object.getPrototypeOf((probe as unknown as { _handle: object })._handle) as {
+      setSession(this: unknown, session: Buffer): void;
+    };
+    probe.destroy();
+    const setSession = native.setSession;
+    let decoded = 0;
+    native.setSession = function (this: unknown, session: Buffer) {
+      decoded++;
+      setSession.call(this, session);
+    };
+    try {
+      await whoAmI(port, creds);
+    } finally {
+      native.setSession = setSession;
+    }
+    expect(seen).toEqual([false, true]);
+    expect(decoded).toBe(1);
   });
 
   test("a change of the trusted roots (a root rotation started, replaced or ended) makes other keys: no resumption across it", async () => {

@@ -187,9 +187,9 @@ function addNode(f: Fixture, i: number, state: "unknown" | "ready" = "unknown"):
  * `lost`: the manager the node says it lost (the agent's session request metadata). `deltas`: the agent
  * takes deltas (an agent of this tree); without it the request is an older agent's.
  */
-function open(f: Fixture, i: number, lost?: string, deltas?: boolean): FakeStream {
+function open(f: Fixture, i: number, lost?: string, deltas?: boolean, descriptionJson = ""): FakeStream {
   const request =
-    deltas === undefined ? { descriptionJson: "", addr: "" } : { descriptionJson: "", addr: "", acceptsDeltas: deltas };
+    deltas === undefined ? { descriptionJson, addr: "" } : { descriptionJson, addr: "", acceptsDeltas: deltas };
   const s = new FakeStream(request, certs[i]!);
   if (lost !== undefined) s.metadata.set(LOST_MANAGER_KEY, lost);
   (f.service.session as (c: ServerWritableStream<unknown, unknown>) => void)(
@@ -296,6 +296,33 @@ describe("dispatcher", () => {
     await settle();
     expect(s.messages.length).toBe(1);
     expect(f.writes).toEqual([]);
+    f.dispatcher.loseLeadership();
+  });
+
+  test("a reconnect with the description the store holds writes nothing; a changed one is written, a malformed one refused", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "setInterval", "setImmediate", "performance"] });
+    const f = fixture();
+    addNode(f, 0, "ready");
+    f.dispatcher.becomeLeader();
+    const held = f.store.nodeView(ids[0]!)!.node.Description;
+    const same = open(f, 0, undefined, true, JSON.stringify(held));
+    await settle();
+    expect(same.messages.length).toBe(1);
+    expect(f.writes).toEqual([]);
+    // The same description in another key order is the same description: nothing to write either.
+    const { Hostname, ...rest } = held;
+    open(f, 0, undefined, true, JSON.stringify({ ...rest, Hostname }));
+    await settle();
+    expect(f.writes).toEqual([]);
+    const renamed = open(f, 0, undefined, true, JSON.stringify({ ...held, Hostname: "renamed" }));
+    await settle();
+    expect(renamed.messages.length).toBe(1);
+    expect(f.writes.map((w) => w.op)).toEqual(["node.statusBatch"]);
+    expect(f.store.nodeView(ids[0]!)!.node.Description.Hostname).toBe("renamed");
+    const bad = open(f, 0, undefined, true, JSON.stringify({ ...held, Hostname: 5 }));
+    await settle();
+    expect(bad.messages).toEqual([]);
+    expect(bad.error?.message).toMatch(/invalid session request: .*Hostname/);
     f.dispatcher.loseLeadership();
   });
 
