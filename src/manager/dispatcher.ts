@@ -19,23 +19,22 @@
 //   few Raft entries (node.statusBatch); a reconnect of a node that is already Ready writes nothing;
 // - a new leader gives every node a grace that grows with the cluster before anything is marked Down.
 
-import { randomBytes } from "node:crypto";
 import type { UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { type NodeDescription, NodeDescriptionSchema, type NodeState } from "../api/objects.js";
-import { parse, parseJsonText } from "../api/schema.js";
+import type { NodeDescription, NodeState } from "../api/objects.js";
 import type { SessionMessage } from "../gen/cluster.js";
 import { observe } from "../metrics/metrics.js";
 import { MAX_STATUS_BATCH } from "../store/commands.js";
-import type { ClusterRecord, NodeRecord, StoreEvent, View } from "../store/store.js";
+import type { ClusterRecord, StoreEvent, View } from "../store/store.js";
 import { callerOf } from "./acl.js";
 import { failStream, GrpcError, notLeader, peerIp } from "./grpc-util.js";
 import { heartbeatHandlers } from "./heartbeat-service.js";
 import { type AttachmentCluster, attachmentHandlers } from "./networks.js";
 import { messageFor, newSessionPieces, PushParts, type SessionCall, type SessionPieces } from "./push-parts.js";
 import { SessionHold } from "./session-hold.js";
-import { acceptableNodeAddr, MAX_DESCRIPTION_JSON_BYTES } from "./wire.js";
+import { descriptionJsonOf, newSessionId, parseDescription, renewFor } from "./session-request.js";
+import { acceptableNodeAddr } from "./wire.js";
 
 interface Session {
   id: string;
@@ -574,58 +573,5 @@ export class Dispatcher {
         done: register,
       });
     } else register();
-  }
-}
-
-/**
- * During a root rotation, the issuer this node should renew its certificate to once the reconciler has
- * told it to (node.certRenew); empty otherwise.
- */
-function renewFor(c: View<ClusterRecord> | undefined, rec: View<NodeRecord>): string {
-  const want = c?.info.TLSInfo.CertIssuerPublicKey;
-  const renew = c?.secrets.rootRotation !== undefined && rec.certRenew !== undefined && rec.certRenew === want;
-  return renew ? rec.certRenew! : "";
-}
-
-/**
- * A session's id: 12 random bytes (hex), from a pool filled for 256 ids at a time. A new leader starts a
- * session for every node of the swarm within seconds, and randomBytes costs a call into OpenSSL (with a job
- * object) per id: 1.5 % of a new leader's CPU in a failover, for 12 bytes each.
- */
-function newSessionId(): string {
-  if (idPoolAt + SESSION_ID_BYTES > idPool.length) {
-    idPool = randomBytes(SESSION_ID_BYTES * 256);
-    idPoolAt = 0;
-  }
-  const id = idPool.toString("hex", idPoolAt, idPoolAt + SESSION_ID_BYTES);
-  idPoolAt += SESSION_ID_BYTES;
-  return id;
-}
-const SESSION_ID_BYTES = 12;
-let idPool = Buffer.alloc(0);
-let idPoolAt = 0;
-
-/**
- * The JSON of a node's description as the store holds it, made once per description (a node's view is frozen,
- * and a changed description is a new object): a new leader compares every node's session request with it.
- */
-function descriptionJsonOf(rec: View<NodeRecord>): string {
-  const d = rec.node.Description;
-  let json = descriptionJson.get(d);
-  if (json === undefined) descriptionJson.set(d, (json = JSON.stringify(d)));
-  return json;
-}
-const descriptionJson = new WeakMap<object, string>();
-
-/** A session's description: absent, or a NodeDescription (anything else is refused, naming the field). */
-function parseDescription(text: string): NodeDescription | undefined {
-  if (!text) return undefined;
-  try {
-    return parse(NodeDescriptionSchema, parseJsonText(text, "description", MAX_DESCRIPTION_JSON_BYTES), "description");
-  } catch (e) {
-    throw new GrpcError(
-      status.INVALID_ARGUMENT,
-      `invalid session request: ${e instanceof Error ? e.message : String(e)}`,
-    );
   }
 }
