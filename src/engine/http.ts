@@ -82,13 +82,7 @@ export class LimitedServer {
           });
           res.end(body);
         };
-        // The answer closes the connection: it waits for the request's body (dropped), or the client would be
-        // cut off while it still writes and see a broken pipe, not the reason.
-        if (req.complete) answer();
-        else {
-          discardBody(req);
-          req.once("end", answer);
-        }
+        answerPastBody(req, answer, true);
       },
     );
     this.http.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -190,6 +184,23 @@ export function discardBody(req: IncomingMessage, maxBytes = DISCARD_MAX_BYTES):
     if (dropped > maxBytes) req.socket.destroy();
   });
   req.resume();
+}
+
+/**
+ * Answers a request whose body (or what is left of it) will not be used: the rest is read and dropped
+ * (discardBody) rather than the connection closed on it. An answer after which the connection is closed
+ * (`closes`; the client sent "Connection: close", or the answer says so) waits for the body's end: sent at
+ * once, it would close the connection while the client still writes, and the client would see a broken pipe,
+ * not the answer.
+ */
+export function answerPastBody(req: IncomingMessage, answer: () => void, closes: boolean): void {
+  if (req.complete) {
+    answer();
+    return;
+  }
+  discardBody(req);
+  if (closes) req.once("end", answer);
+  else answer();
 }
 
 export function bodyTooLarge(max: number): ApiError {

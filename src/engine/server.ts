@@ -16,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { ImageService } from "../runtime/images/service.js";
 import { ApiError, unavailable } from "./errors.js";
-import { BodyBudget, DEFAULT_HTTP_LIMITS, discardBody, type HttpLimits, LimitedServer } from "./http.js";
+import { answerPastBody, BodyBudget, DEFAULT_HTTP_LIMITS, type HttpLimits, LimitedServer } from "./http.js";
 import { ImageRoutes } from "./images.js";
 import { asApiError, matchRoute, type Route, type RouteDeps, route, sendJSON, splitUrl } from "./router.js";
 import { containerRoutes } from "./routes/containers.js";
@@ -207,18 +207,7 @@ export class EngineServer {
       res.destroy();
       return;
     }
-    const answer = (): void => sendJSON(res, apiErr.status, { message: apiErr.message });
-    if (req.complete) {
-      answer();
-      return;
-    }
-    // The rest of the body is read and dropped, rather than the connection closed on it: the client sees the
-    // answer, not a broken pipe. On a connection that is closed after its answer (the client sent
-    // "Connection: close"), the answer waits for the body's end: sent at once, it would close the
-    // connection while the client still writes.
-    discardBody(req);
-    if (res.shouldKeepAlive) answer();
-    else req.once("end", answer);
+    answerPastBody(req, () => sendJSON(res, apiErr.status, { message: apiErr.message }), !res.shouldKeepAlive);
   }
 }
 
