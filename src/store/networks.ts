@@ -74,8 +74,7 @@ class NetworkIndex {
   readonly names = new Map<string, number>();
   ingress = 0;
   readonly subnets = new TakenBlocks();
-  private readonly vniCount = new Map<number, number>();
-  readonly vnis = { has: (vni: number): boolean => this.vniCount.has(vni) };
+  readonly vnis = new Map<number, number>();
 
   constructor(table: Map<string, NetworkRecord>) {
     for (const n of table.values()) this.add(n);
@@ -85,14 +84,14 @@ class NetworkIndex {
     bump(this.names, n.spec.name, 1);
     if (n.spec.ingress) this.ingress++;
     this.subnets.add(n.alloc.subnet);
-    bump(this.vniCount, n.alloc.vni, 1);
+    bump(this.vnis, n.alloc.vni, 1);
   }
 
   remove(n: NetworkRecord): void {
     bump(this.names, n.spec.name, -1);
     if (n.spec.ingress) this.ingress--;
     this.subnets.remove(n.alloc.subnet);
-    bump(this.vniCount, n.alloc.vni, -1);
+    bump(this.vnis, n.alloc.vni, -1);
   }
 }
 

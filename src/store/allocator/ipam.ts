@@ -196,10 +196,6 @@ export class TakenBlocks {
     for (const s of cidrs) this.add(s);
   }
 
-  get size(): number {
-    return this.starts.length;
-  }
-
   /** Where [start, end] goes (or is) in the sorted order. */
   private position(start: number, end: number): number {
     let lo = 0;
