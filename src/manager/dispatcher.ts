@@ -19,6 +19,7 @@
 //   few Raft entries (node.statusBatch); a reconnect of a node that is already Ready writes nothing;
 // - a new leader gives every node a grace that grows with the cluster before anything is marked Down.
 
+import { setImmediate as turn } from "node:timers/promises";
 import type { UntypedServiceImplementation } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -209,7 +210,7 @@ export class Dispatcher {
     this.byNode.clear();
     const closeAll = async () => {
       for (let i = 0; i < calls.length; i += this.closeBatch) {
-        if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        if (i > 0) await turn();
         for (const c of calls.slice(i, i + this.closeBatch)) failStream(c, err);
       }
     };

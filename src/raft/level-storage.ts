@@ -17,6 +17,7 @@
 // verifying it, in level-load.ts.
 
 import { mkdir, stat } from "node:fs/promises";
+import { setImmediate as turn } from "node:timers/promises";
 import { Level } from "level";
 import {
   COMPACTION_MARKER_KEY,
@@ -274,7 +275,7 @@ export class LevelStorage {
       sealed += part.length;
       if (sealed >= SEAL_SLICE_BYTES && n + 1 < chunks) {
         sealed = 0;
-        await new Promise<void>((r) => setImmediate(r));
+        await turn();
       }
     }
     const old = this.mem.snap.metadata.index;

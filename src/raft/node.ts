@@ -9,6 +9,7 @@
 // loop's awaits; their effects come out in the next Ready.
 
 import { randomInt } from "node:crypto";
+import { setImmediate as turn } from "node:timers/promises";
 import type { Logger } from "pino";
 import { encodeFrame, frameApplies, parseFrame, stampTerm } from "./frame.js";
 import type { LevelStorage } from "./level-storage.js";
@@ -60,9 +61,6 @@ const MAX_BATCH_BYTES = 1 << 20;
 const SLOW_READY_MS = 500;
 /** Applying committed entries lets the event loop turn at least this often. */
 const APPLY_SLICE_MS = 50;
-
-/** One turn of the event loop (I/O callbacks, then what was set to run right after them). */
-const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 interface Pending {
   resolve: (r: { index: number; result: unknown }) => void;

@@ -14,6 +14,7 @@
 //      the bytes are put together in slices between which the event loop runs. It is read in slices too
 //      (decodeSnapshotInSlices), so a manager restoring 100 MB keeps answering its peers.
 
+import { setImmediate as turn } from "node:timers/promises";
 import type { Logger } from "pino";
 import { z } from "zod";
 import {
@@ -60,8 +61,6 @@ const NEWLINE = 0x0a;
 
 /** Bytes of a snapshot put together or read between two turns of the event loop. */
 export const SLICE_BYTES = 1 << 20;
-
-const nextTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 /** Format 1: the whole state as one JSON object, in one synchronous call. */
 export function encodeSnapshot(s: State, appliedIndex: number): Uint8Array {
@@ -134,7 +133,7 @@ async function assemble(header: string, lines: string[]): Promise<Uint8Array> {
     slice += l.length;
     if (slice >= SLICE_BYTES) {
       slice = 0;
-      await nextTurn();
+      await turn();
     }
   }
   const out = Buffer.allocUnsafe(total);
@@ -146,7 +145,7 @@ async function assemble(header: string, lines: string[]): Promise<Uint8Array> {
     slice += l.length;
     if (slice >= SLICE_BYTES) {
       slice = 0;
-      await nextTurn();
+      await turn();
     }
   }
   if (off !== total) throw new Error(`store snapshot: wrote ${off} bytes of ${total}`);
@@ -173,7 +172,7 @@ export async function decodeSnapshotInSlices(data: Uint8Array, log: Logger | und
   for (;;) {
     const r = steps.next();
     if (r.done) return r.value;
-    await nextTurn();
+    await turn();
   }
 }
 

@@ -11,6 +11,7 @@
 // apply: cluster.ts, nodes.ts, networks.ts, endpoints.ts, members.ts, and the keyring in keyring.ts.
 
 import { EventEmitter } from "node:events";
+import { setImmediate as turn } from "node:timers/promises";
 import type { Logger } from "pino";
 import type {
   ClusterRecord,
@@ -420,7 +421,7 @@ export class Store {
       slice += json.of(rec, stamp).length;
       if (slice >= SLICE_BYTES) {
         slice = 0;
-        await new Promise((r) => setImmediate(r));
+        await turn();
       }
     };
     for (const r of s.nodes.values()) await warm(r, nodeStamp(r));
