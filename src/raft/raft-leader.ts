@@ -232,7 +232,7 @@ export class RaftLeader extends RaftState {
           this.sendTimeoutNow(m.from);
         }
         if (pr.isLearner) {
-          this.logger?.info(
+          this.logger?.debug(
             { learner: m.from, match: pr.match, committed: this.raftLog.committed },
             "learner acknowledged",
           );

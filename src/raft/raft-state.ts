@@ -30,6 +30,7 @@ import {
 } from "./types.js";
 
 export interface RaftLogger {
+  debug(obj: Record<string, unknown>, msg: string): void;
   info(obj: Record<string, unknown>, msg: string): void;
   warn(obj: Record<string, unknown>, msg: string): void;
 }

@@ -266,7 +266,6 @@ const TIMELINE = [
   "snapshot applied",
   "slow raft ready",
   "follower has the snapshot; replicating",
-  "learner acknowledged",
   "promoting caught-up learner to voter",
   "raft transport: lost connection to peer",
   "raft transport: connected to peer",
