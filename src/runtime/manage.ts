@@ -9,6 +9,7 @@ import type { TaskClient } from "./containerd/tasks.js";
 import { NAME_RE } from "./create.js";
 import type { EventLog } from "./events.js";
 import type { Lifecycle } from "./lifecycle.js";
+import { writtenBytes } from "./sizes.js";
 import type { ContainerTable } from "./table.js";
 import type { ContainerPruneFilter } from "./types.js";
 
@@ -95,19 +96,23 @@ export class ContainerManager {
    * `docker container prune`: removes every container that is not running (nor restarting) and passes the
    * filter; one that cannot be removed now (it started meanwhile) is skipped. Answers the ids removed.
    */
-  async prune(filter: ContainerPruneFilter): Promise<string[]> {
-    const removed: string[] = [];
+  async prune(filter: ContainerPruneFilter): Promise<{ deleted: string[]; reclaimedBytes: number }> {
+    const deleted: string[] = [];
+    let reclaimedBytes = 0;
     for (const c of this.table.live()) {
       if (c.running || c.restarting) continue;
       if (filter.untilMs !== undefined && Date.parse(c.rec.created) > filter.untilMs) continue;
       if (!filter.labels(c.rec.config.Labels)) continue;
       try {
+        // What its root file system held of its own, as dockerd counts a pruned container's space.
+        const bytes = await writtenBytes(this.tasks, c.id).catch(() => 0);
         await this.lifecycle.remove(c.id, { force: false });
-        removed.push(c.id);
+        deleted.push(c.id);
+        reclaimedBytes += bytes;
       } catch (err) {
         this.log.debug({ err, id: c.id }, "container prune skipped a container");
       }
     }
-    return removed;
+    return { deleted, reclaimedBytes };
   }
 }

@@ -12,6 +12,7 @@
 //   recovery.ts   what a previous daemon left; shutdown              sandbox.ts   namespaces, pipes, /proc
 //   manage.ts     rename, pause, unpause, prune                      stats.ts     docker stats from cgroups
 //   netns-pool.ts namespaces made ahead for containers to come (in <execRoot>/netns-pool, not netns)
+//   sizes.ts      what a container wrote (ps -s, inspect --size, system df, prune's reclaimed space)
 //
 // State: every container has a directory under stateDir (state.json, its json-file log, resolv.conf,
 // hosts, hostname). A daemon that restarts finds them there; containers a dead daemon left running are
@@ -37,6 +38,7 @@ import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { hasEndpoints, Recovery } from "./recovery.js";
 import { runCommand } from "./sandbox.js";
+import { ContainerSizes } from "./sizes.js";
 import type { ProcessUser } from "./spec.js";
 import { statsStream } from "./stats.js";
 import { containerAttach, containerLogs } from "./streams.js";
@@ -306,7 +308,7 @@ export class ContainerRuntime implements ContainerBackend {
     return statsStream({ id: c.id, name: c.rec.name }, current, opts, delay);
   }
 
-  containerPrune(filter: ContainerPruneFilter): Promise<string[]> {
+  containerPrune(filter: ContainerPruneFilter): Promise<{ deleted: string[]; reclaimedBytes: number }> {
     return this.manager.prune(filter);
   }
 
@@ -318,12 +320,19 @@ export class ContainerRuntime implements ContainerBackend {
       .filter((c) => (all || c.running) && listed(c, opts.filters))
       .map((c) => summaryOf(c, now));
     // Newest first, as dockerd lists them.
-    return out.sort((a, b) => b.Created - a.Created);
+    out.sort((a, b) => b.Created - a.Created);
+    if (opts.size) {
+      const sizes = new ContainerSizes(this.tasks, this.images);
+      await Promise.all(out.map(async (s) => Object.assign(s, await sizes.of(s.Id, s.ImageID))));
+    }
+    return out;
   }
 
-  async containerInspect(ref: string): Promise<ContainerJSON> {
+  async containerInspect(ref: string, opts: { size?: boolean } = {}): Promise<ContainerJSON> {
     const c = this.table.find(ref);
-    return inspectOf(c, this.execs.runningOf(c), this.networks.netnsPathOf(c.id));
+    const out = inspectOf(c, this.execs.runningOf(c), this.networks.netnsPathOf(c.id));
+    if (opts.size) Object.assign(out, await new ContainerSizes(this.tasks, this.images).of(c.id, out.Image));
+    return out;
   }
 
   async containerResize(ref: string, height: number, width: number): Promise<void> {

@@ -188,6 +188,9 @@ export interface ContainerJSON {
     RestartPolicy: { Name: string; MaximumRetryCount: number };
   };
   GraphDriver: { Data: null; Name: string };
+  /** With ?size=1 (docker inspect --size): the bytes the container wrote, and those with its image's. */
+  SizeRw?: number;
+  SizeRootFs?: number;
   Mounts: unknown[];
   Config: ContainerConfig;
   NetworkSettings: {
@@ -215,10 +218,15 @@ export interface ContainerSummary {
   HostConfig: { NetworkMode: string };
   NetworkSettings: { Networks: Record<string, EndpointSettings> };
   Mounts: unknown[];
+  /** With ?size=1 (docker ps -s): the bytes the container wrote, and those with its image's. */
+  SizeRw?: number;
+  SizeRootFs?: number;
 }
 
 export interface ContainerListOptions {
   all: boolean;
+  /** docker ps -s: each container's SizeRw and SizeRootFs. */
+  size?: boolean;
   /** Docker's filters: id, name, status, label, network, exited. */
   filters: Record<string, string[]>;
 }
@@ -400,7 +408,7 @@ export interface ContainerBackend {
   containerWait(ref: string, condition: WaitCondition): Promise<PendingWait>;
   containerRemove(ref: string, opts: { force: boolean }): Promise<void>;
   containerList(opts: ContainerListOptions): Promise<ContainerSummary[]>;
-  containerInspect(ref: string): Promise<ContainerJSON>;
+  containerInspect(ref: string, opts?: { size?: boolean }): Promise<ContainerJSON>;
   containerLogs(ref: string, opts: LogsOptions): Promise<OutputStream>;
   containerAttach(ref: string, opts: AttachOptions): Promise<AttachSession>;
   execCreate(ref: string, req: ExecCreateRequest): Promise<string>;
@@ -417,7 +425,8 @@ export interface ContainerBackend {
   containerPause(ref: string): Promise<void>;
   containerUnpause(ref: string): Promise<void>;
   /** `docker container prune`: the ids of the containers removed. */
-  containerPrune(filter: ContainerPruneFilter): Promise<string[]>;
+  /** The containers removed, and the bytes their root file systems held of their own. */
+  containerPrune(filter: ContainerPruneFilter): Promise<{ deleted: string[]; reclaimedBytes: number }>;
   /** `docker stats`: `stream` a sample a second; else one (after a first, for the CPU delta, unless oneShot). */
   containerStats(ref: string, opts: { stream: boolean; oneShot: boolean }): Promise<StatsStream>;
   /** `docker events`: what happened here (the engine adds the networks it changes). */

@@ -2,7 +2,8 @@
 // against shoald on a one-host lab: rename (its words when the name is taken; the overlay DNS name follows
 // at the next start; a running attached container is refused and keeps its name), pause and unpause
 // (inspect, ps and info say so; exec and start refused; stop and kill of a paused container work),
-// container, image, build-cache and system prune with their filters, system df, stats (CPU, memory and its
+// container, image, build-cache and system prune with their filters, system df, the bytes a container
+// wrote (ps -s, inspect --size, system df -v, prune's reclaimed space), stats (CPU, memory and its
 // limit, pids, network bytes; zeros for a stopped container), history, and bad input in docker's words
 // that changes nothing; docker events (replayed and streamed). Root only; run under the lock. The lab is removed at the end.
 
@@ -202,6 +203,44 @@ describe.skipIf(!isRoot)("docker rename, pause, prune, system df, stats and hist
     await d("rm", "-f", "keep-running");
     await d("rmi", "spare:1");
   }, 120_000);
+
+  it("docker ps -s, inspect --size, system df -v and container prune: the bytes a container wrote", async () => {
+    const MB3 = 3_000_000;
+    await d(
+      "run",
+      "-d",
+      "--name",
+      "writer",
+      "--label",
+      "sized=yes",
+      "busybox",
+      "sh",
+      "-c",
+      `head -c ${MB3} /dev/zero > /blob; sleep 1000`,
+    );
+    const sizes = async (): Promise<{ SizeRw?: number; SizeRootFs?: number }> =>
+      (JSON.parse(await d("inspect", "--size", "writer")) as { SizeRw?: number; SizeRootFs?: number }[])[0]!;
+    await waitFor("the container to write its 3 MB", async () => ((await sizes()).SizeRw ?? 0) >= MB3);
+    const s = await sizes();
+    // The 3 MB file and what else the container's file system got (its directories, /etc files): a few kB.
+    expect(s.SizeRw).toBeLessThan(MB3 + 256 * 1024);
+    const imageSize = Number((await d("image", "inspect", "-f", "{{.Size}}", "busybox")).trim());
+    expect(imageSize).toBeGreaterThan(0);
+    expect(s.SizeRootFs).toBe(s.SizeRw! + imageSize);
+    // Without --size, inspect carries neither (as dockerd).
+    const plain = (JSON.parse(await d("inspect", "writer")) as Record<string, unknown>[])[0]!;
+    expect(plain.SizeRw).toBeUndefined();
+    expect(await d("ps", "-s", "--filter", "name=writer", "--format", "{{.Size}}")).toMatch(
+      /^3(\.\d+)?MB \(virtual \d+(\.\d+)?MB\)\n$/,
+    );
+    const df = await d("system", "df", "-v", "--format", "{{json .Containers}}");
+    const row = (JSON.parse(df) as { Names: string; Size: string }[]).find((c) => c.Names === "writer");
+    expect(row?.Size).toMatch(/^3(\.\d+)?MB$/);
+    await d("stop", "-t", "0", "writer");
+    expect(await d("container", "prune", "-f", "--filter", "label=sized=yes")).toMatch(
+      /^Deleted Containers:\n[0-9a-f]{64}\n\nTotal reclaimed space: 3(\.\d+)?MB\n$/,
+    );
+  }, 60_000);
 
   it("docker stats: CPU, memory against its limit, pids and network bytes of a running container; zeros when stopped", async () => {
     await d(

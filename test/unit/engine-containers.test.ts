@@ -184,9 +184,9 @@ class FakeContainers implements ContainerBackend {
   async containerStats(): Promise<never> {
     throw new Error("not faked");
   }
-  async containerPrune(): Promise<string[]> {
+  async containerPrune(): Promise<{ deleted: string[]; reclaimedBytes: number }> {
     this.rec("containerPrune");
-    return [];
+    return { deleted: [], reclaimedBytes: 0 };
   }
   containerCounts() {
     return { total: 2, running: 1, paused: 0, stopped: 1 };
@@ -517,7 +517,7 @@ describe("container routes", () => {
       ["kill", "c1", "SIGHUP"],
       ["remove", "c1", { force: true }],
       ["remove", "nope", { force: false }],
-      ["list", { all: true, filters: { status: ["exited"] } }],
+      ["list", { all: true, filters: { status: ["exited"] }, size: false }],
     ]);
   });
 

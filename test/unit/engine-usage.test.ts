@@ -30,7 +30,7 @@ const containers = {
   containerUnpause: async (ref: string) => void calls.push(["unpause", ref]),
   containerPrune: async (f: ContainerPruneFilter) => {
     calls.push(["prune", f.untilMs !== undefined, f.labels({ tier: "a" }), f.labels({ tier: "b" })]);
-    return ["c1"];
+    return { deleted: ["c1"], reclaimedBytes: 4096 };
   },
   containerStats: async (ref: string, opts: { stream: boolean; oneShot: boolean }) => {
     calls.push(["stats", ref, opts]);
@@ -114,7 +114,7 @@ describe("rename, pause, unpause, stats", () => {
 describe("prune and system df", () => {
   test("container prune: until and label filters reach the runtime; other keys refused", async () => {
     const r = await call("POST", `/v1.50/containers/prune?filters=${q({ label: ["tier=a"], until: ["1h"] })}`);
-    expect(r).toEqual({ status: 200, body: '{"ContainersDeleted":["c1"],"SpaceReclaimed":0}\n' });
+    expect(r).toEqual({ status: 200, body: '{"ContainersDeleted":["c1"],"SpaceReclaimed":4096}\n' });
     expect(calls).toEqual([["prune", true, true, false]]);
     expect(await call("POST", `/v1.50/containers/prune?filters=${q({ color: ["red"] })}`)).toEqual(
       refused("invalid filter 'color'"),

@@ -38,8 +38,8 @@ import type { WaitCondition } from "../types.js";
 export function containerRoutes(d: RouteDeps): Route[] {
   const c = () => d.containers();
   const inspect = async ({ res, params, query }: Ctx): Promise<void> => {
-    decodeQuery(ContainerInspectQuery, query);
-    sendJSON(res, 200, await c().containerInspect(params[0]!));
+    const { size } = decodeQuery(ContainerInspectQuery, query);
+    sendJSON(res, 200, await c().containerInspect(params[0]!, { size }));
   };
   const stop = async ({ res, query, params }: Ctx): Promise<void> => {
     const stopped = await c().containerStop(params[0]!, stopOptions(query));
@@ -120,7 +120,7 @@ async function create(d: RouteDeps, ctx: Ctx): Promise<void> {
 async function list(d: RouteDeps, { res, query }: Ctx): Promise<void> {
   const q = decodeQuery(ContainerListQuery, query);
   const limit = q.limit ?? -1;
-  let found = await d.containers().containerList({ all: q.all || limit > 0, filters: q.filters });
+  let found = await d.containers().containerList({ all: q.all || limit > 0, filters: q.filters, size: q.size });
   if (limit > 0) found = found.slice(0, limit);
   sendJSON(res, 200, found);
 }

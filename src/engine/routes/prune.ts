@@ -54,11 +54,14 @@ export function pruneRoutes(d: RouteDeps): Route[] {
     const { filters } = decodeQuery(ContainerPruneQuery, ctx.query);
     const untilMs = pruneUntil(filters.until);
     await discardBody(ctx.req, d);
-    const deleted = await d.containers().containerPrune({
+    const { deleted, reclaimedBytes } = await d.containers().containerPrune({
       ...(untilMs !== undefined ? { untilMs } : {}),
       labels: (l) => pruneLabelsMatch(filters, l),
     });
-    sendJSON(ctx.res, 200, { ContainersDeleted: deleted.length > 0 ? deleted : null, SpaceReclaimed: 0 });
+    sendJSON(ctx.res, 200, {
+      ContainersDeleted: deleted.length > 0 ? deleted : null,
+      SpaceReclaimed: reclaimedBytes,
+    });
   };
   const images = async (ctx: Ctx): Promise<void> => {
     const { filters } = decodeQuery(ImagePruneQuery, ctx.query);
@@ -96,13 +99,15 @@ async function systemDf(d: RouteDeps, { res, query }: Ctx): Promise<void> {
   const wants = (t: string) => types.length === 0 || types.includes(t as (typeof types)[number]);
   const out: Record<string, unknown> = {};
   let list: ContainerSummary[] = [];
-  if (wants("container") || wants("image")) list = await d.containers().containerList({ all: true, filters: {} });
+  if (wants("container") || wants("image")) {
+    list = await d.containers().containerList({ all: true, filters: {}, size: wants("container") });
+  }
   if (wants("image")) {
     const usage = await d.images().diskUsage(list.map((c) => c.ImageID));
     out.LayersSize = usage.layersSize;
     out.Images = usage.images;
   }
-  if (wants("container")) out.Containers = list.map((c) => ({ ...c, SizeRw: 0, SizeRootFs: 0 }));
+  if (wants("container")) out.Containers = list;
   if (wants("volume")) out.Volumes = [];
   if (wants("build-cache")) out.BuildCache = [];
   sendJSON(res, 200, out);

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { Options as RuncOptions } from "../../gen/containerd/runc_options.js";
 import { Status } from "../../gen/containerd/task_types.js";
+import type { Mount } from "../../gen/containerd/types.js";
 import { commandShell } from "../sandbox.js";
 import { type Containerd, ContainerdError, isAlreadyExists, isNotFound, RUNTIME, SNAPSHOTTER } from "./client.js";
 
@@ -247,6 +248,25 @@ export class TaskClient {
       parent,
       labels,
     });
+  }
+
+  /**
+   * The directory that holds what a container wrote to its root file system: its snapshot's overlay upper
+   * directory (or, on no image layers, the bind-mounted snapshot itself); undefined when it has no snapshot.
+   */
+  async rootfsDiffDir(id: string): Promise<string | undefined> {
+    let mounts: Mount[];
+    try {
+      mounts = (await this.cd.call(this.cd.snapshots, this.cd.snapshots.mounts, { snapshotter: SNAPSHOTTER, key: id }))
+        .mounts;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const m = mounts[0];
+    if (!m) return undefined;
+    if (m.type === "bind") return m.source;
+    return m.options.find((o) => o.startsWith("upperdir="))?.slice("upperdir=".length);
   }
 
   async removeRootfs(id: string): Promise<void> {

@@ -72,7 +72,8 @@ const HistoryEntrySchema = z.object({
   empty_layer: z.boolean().optional(),
 });
 
-function sizeOf(img: ResolvedImage): number {
+/** An image's size as `docker images` shows it: its layers' bytes. */
+export function sizeOf(img: ResolvedImage): number {
   return img.manifest.layers.reduce((n, l) => n + l.size, 0);
 }
 
