@@ -133,6 +133,17 @@ export class Attachments implements NetworkAttacher {
     return attached;
   }
 
+  async rename(container: { id: string; name: string }, endpoints: AttachedEndpoint[], newName: string): Promise<void> {
+    const client = await this.client(this.opts.sessionWaitMs ?? SESSION_WAIT_MS);
+    const req = { endpointIds: endpoints.map((e) => e.endpointId), containerName: newName };
+    try {
+      await unary(client.rename.bind(client), req, ATTACH_TIMEOUT_MS);
+    } catch (e) {
+      throw toApiError(e);
+    }
+    this.log.info({ container: container.id, from: container.name, to: newName }, "container's endpoints renamed");
+  }
+
   async detach(container: Who, endpoint: AttachedEndpoint): Promise<void> {
     await this.leave(container, endpoint);
     this.log.info({ network: endpoint.networkName, container: container.name }, "container detached");

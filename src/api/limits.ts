@@ -15,6 +15,8 @@ export const MAX_LABELS_BYTES = 64 * 1024;
 export const MAX_OPTIONS = 64;
 /** Aliases of one endpoint. */
 export const MAX_ALIASES = 64;
+/** Endpoints one request names for one container (the networks it is on). */
+export const MAX_CONTAINER_ENDPOINTS = 256;
 /** Short descriptive strings a node reports about itself (OS, architecture, versions, plugin names). */
 export const MAX_SHORT_STRING = 256;
 /** Plugins a node may report. */

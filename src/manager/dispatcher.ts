@@ -450,7 +450,9 @@ export class Dispatcher {
         return;
       }
       case "endpoint":
-        this.countHold(e.endpoint.nodeId, e.endpoint.networkId, e.action === "create" ? 1 : -1);
+        if (e.action !== "update") {
+          this.countHold(e.endpoint.nodeId, e.endpoint.networkId, e.action === "create" ? 1 : -1);
+        }
         this.parts.dropNetwork(e.endpoint.networkId);
         this.markNode(e.endpoint.nodeId);
         this.markNetwork(e.endpoint.networkId);

@@ -16,6 +16,8 @@ import type {
   DetachResponse,
   NetworkState,
   PeerEndpoint,
+  RenameRequest,
+  RenameResponse,
 } from "../gen/cluster.js";
 import type { Command, EndpointRecord, NetworkRecord, NetworkSpec, Store } from "../store/store.js";
 import { callerOf } from "./acl.js";
@@ -143,7 +145,7 @@ export interface AttachmentCluster {
   readBarrier(): Promise<void>;
 }
 
-/** Attach and Detach, added to the Dispatcher service: any manager serves them (writes go through Raft). */
+/** Attach, Detach and Rename, added to the Dispatcher service: any manager serves them (writes go through Raft). */
 export function attachmentHandlers(m: AttachmentCluster): UntypedServiceImplementation {
   return {
     attach: (call: ServerUnaryCall<AttachRequest, AttachResponse>, cb: sendUnaryData<AttachResponse>) => {
@@ -184,6 +186,19 @@ export function attachmentHandlers(m: AttachmentCluster): UntypedServiceImplemen
           throw new GrpcError(status.PERMISSION_DENIED, "Permission denied: the endpoint belongs to another node");
         }
         if (ep) await m.write({ op: "endpoint.remove", id: ep.id });
+        return {};
+      })().then(
+        (res) => cb(null, res),
+        (e: unknown) => cb(asGrpc(e)),
+      );
+    },
+    /** A node renames its own container's endpoints (the store refuses another node's). */
+    rename: (call: ServerUnaryCall<RenameRequest, RenameResponse>, cb: sendUnaryData<RenameResponse>) => {
+      void (async () => {
+        const peer = callerOf(call);
+        if (!peer) throw new GrpcError(status.PERMISSION_DENIED, "Permission denied");
+        const { endpointIds, containerName } = call.request;
+        await m.write({ op: "endpoint.rename", ids: endpointIds, nodeId: peer.nodeId, containerName });
         return {};
       })().then(
         (res) => cb(null, res),

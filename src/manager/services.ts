@@ -39,6 +39,7 @@ export function addClusterServices(server: Server, s: ClusterServices): void {
     heartbeats: { ...rule(NODES, "heartbeat"), stream: true },
     attach: rule(NODES, "attach"),
     detach: rule(NODES, "detach"),
+    rename: rule(NODES, "rename"),
   };
   server.addService(DispatcherServiceEncoded, withAcl(s.dispatcher, dispatcher, s.acl));
 }

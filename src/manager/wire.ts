@@ -5,7 +5,14 @@
 
 import { isIP } from "node:net";
 import { z } from "zod";
-import { MAX_CSR_BYTES, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_PEM_BYTES, MAX_TOKEN_LENGTH } from "../api/limits.js";
+import {
+  MAX_CONTAINER_ENDPOINTS,
+  MAX_CSR_BYTES,
+  MAX_MESSAGE_LENGTH,
+  MAX_NAME_LENGTH,
+  MAX_PEM_BYTES,
+  MAX_TOKEN_LENGTH,
+} from "../api/limits.js";
 import { Aliases, ContainerId, EndpointId, NodeAvailabilitySchema, ObjectId } from "../api/objects.js";
 import { HostName, HostPort, IpAddress, Ipv4Address, ObjectName, shortText } from "../api/schema.js";
 
@@ -49,6 +56,10 @@ export const requestSchemas = {
     ip: z.union([empty, Ipv4Address]),
   }),
   detach: z.object({ endpointId: EndpointId }),
+  rename: z.object({
+    endpointIds: z.array(EndpointId).min(1, "names no endpoint").max(MAX_CONTAINER_ENDPOINTS),
+    containerName: ObjectName,
+  }),
 } as const;
 
 export type RpcName = keyof typeof requestSchemas;

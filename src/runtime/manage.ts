@@ -9,6 +9,7 @@ import type { TaskClient } from "./containerd/tasks.js";
 import { NAME_RE } from "./create.js";
 import type { EventLog } from "./events.js";
 import type { Lifecycle } from "./lifecycle.js";
+import type { ContainerNetworks } from "./networks.js";
 import { writtenBytes } from "./sizes.js";
 import type { ContainerTable } from "./table.js";
 import type { ContainerPruneFilter } from "./types.js";
@@ -18,14 +19,16 @@ export class ContainerManager {
     private readonly table: ContainerTable,
     private readonly tasks: TaskClient,
     private readonly lifecycle: Lifecycle,
+    private readonly networks: ContainerNetworks,
     private readonly events: EventLog,
     private readonly log: Logger,
   ) {}
 
   /**
-   * `docker rename OLD NEW`. The name is taken at once (no await between the check and the change), so a
-   * create or another rename cannot take it meanwhile. A running container's endpoints on networks keep the
-   * name the managers gave them until it starts again: shoal refuses that rename instead of half doing it.
+   * `docker rename OLD NEW`. A running container's endpoints on networks take the new name first (the
+   * managers' record, so every host's DNS answers it; they refuse a name another container has on one of
+   * them, and nothing changes). The name is checked again after that and taken with no await between, so a
+   * create or another rename cannot take it meanwhile.
    */
   async rename(ref: string, newNameRaw: string): Promise<void> {
     if (ref === "" || newNameRaw === "") throw badRequest("Neither old nor new names may be empty");
@@ -38,23 +41,37 @@ export class ContainerManager {
       if (c.removed) throw noSuchContainer(ref);
       const oldName = c.rec.name;
       if (oldName === newName) throw badRequest("Renaming a container with the same name as its current name");
-      const holder = this.table.byName(newName);
-      if (holder) {
-        throw conflict(
-          `Error when allocating new name: Conflict. The container name "/${newName}" is already in use by container "${holder.id}". You have to remove (or rename) that container to be able to reuse that name.`,
-        );
-      }
-      const attached = c.rec.networks.filter((n) => n.endpoint).map((n) => n.endpoint!.networkName);
-      if (c.running && attached.length > 0) {
-        throw conflict(
-          `shoal cannot rename a running container on network(s) ${attached.join(", ")}: their names are the cluster's; stop the container, rename it, and start it again`,
-        );
+      const taken = (): void => {
+        const holder = this.table.byName(newName);
+        if (holder) {
+          throw conflict(
+            `Error when allocating new name: Conflict. The container name "/${newName}" is already in use by container "${holder.id}". You have to remove (or rename) that container to be able to reuse that name.`,
+          );
+        }
+      };
+      taken();
+      // Only endpoints of a running container exist: a stopped one's get the name at its next start.
+      const endpointsRenamed = c.running && (await this.networks.rename(c, newName));
+      const undoEndpoints = async (): Promise<void> => {
+        if (!endpointsRenamed) return;
+        await this.networks
+          .rename(c, oldName)
+          .catch((err: unknown) =>
+            this.log.warn({ err, id: c.id, name: oldName }, "could not give the container's endpoints their name back"),
+          );
+      };
+      try {
+        taken();
+      } catch (err) {
+        await undoEndpoints();
+        throw err;
       }
       c.rec = { ...c.rec, name: newName };
       try {
         await this.table.persist(c);
       } catch (err) {
         c.rec = { ...c.rec, name: oldName };
+        await undoEndpoints();
         throw err;
       }
       this.log.info({ id: c.id, from: oldName, to: newName }, "container renamed");

@@ -5,7 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { ApiError, badRequest } from "../api/errors.js";
+import { ApiError, badRequest, conflict } from "../api/errors.js";
 import type { Container, NetworkAttachment } from "./container.js";
 import { rewriteInPlace } from "./files.js";
 import { NetnsPool } from "./netns-pool.js";
@@ -240,6 +240,22 @@ export class ContainerNetworks {
     if (rec.networkMode === "none" || rec.networkMode === "default") rec.networkMode = networkRef;
     if (c.running) await this.writeFiles(c);
     await this.table.persist(c);
+  }
+
+  /**
+   * A running container's endpoints take its new name (docker rename), before the container does. Whether
+   * it had any to rename.
+   */
+  async rename(c: Container, newName: string): Promise<boolean> {
+    const endpoints = c.rec.networks.flatMap((n) => (n.endpoint ? [n.endpoint] : []));
+    if (endpoints.length === 0) return false;
+    if (!this.attacher.rename) {
+      throw conflict(
+        `cannot rename container ${c.rec.name}: this node's networking cannot rename its endpoints on ${endpoints.map((e) => e.networkName).join(", ")}`,
+      );
+    }
+    await this.attacher.rename({ id: c.id, name: c.rec.name }, endpoints, newName);
+    return true;
   }
 
   /** `network disconnect`: leaves now if the container runs. */

@@ -181,7 +181,7 @@ export class ContainerRuntime implements ContainerBackend {
       ...(opts.aheadTtlMs !== undefined ? { aheadTtlMs: opts.aheadTtlMs } : {}),
       log,
     });
-    this.manager = new ContainerManager(this.table, this.tasks, this.lifecycle, this.events, log);
+    this.manager = new ContainerManager(this.table, this.tasks, this.lifecycle, this.networks, this.events, log);
     this.recovery = new Recovery({
       table: this.table,
       networks: this.networks,

@@ -56,6 +56,11 @@ export interface NetworkAttacher {
   ): Promise<AttachedEndpoint>;
   detach(container: { id: string; name: string; netnsPath: string }, endpoint: AttachedEndpoint): Promise<void>;
   /**
+   * docker rename of a running container: the managers give its endpoints the new name, the one every host's
+   * DNS answers (all or none; refused in docker's words when another container has it on one of them).
+   */
+  rename?(container: { id: string; name: string }, endpoints: AttachedEndpoint[], newName: string): Promise<void>;
+  /**
    * Whether the node's networking can take this endpoint over after a daemon restart (its wiring is saved
    * and it belongs to this node); a running container with an endpoint it cannot is stopped instead.
    */

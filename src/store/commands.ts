@@ -4,7 +4,7 @@
 // malformed reaches the log in the first place).
 
 import { z } from "zod";
-import { MAX_MESSAGE_LENGTH } from "../api/limits.js";
+import { MAX_CONTAINER_ENDPOINTS, MAX_MESSAGE_LENGTH } from "../api/limits.js";
 import {
   Aliases,
   ClusterInfoSchema,
@@ -115,6 +115,13 @@ export const CommandSchema = z.discriminatedUnion("op", [
     standalone: z.boolean(),
   }),
   z.strictObject({ op: z.literal("endpoint.remove"), id: EndpointId }),
+  /** docker rename of a running container: its endpoints on `nodeId` take the new name, all or none. */
+  z.strictObject({
+    op: z.literal("endpoint.rename"),
+    ids: z.array(EndpointId).min(1).max(MAX_CONTAINER_ENDPOINTS),
+    nodeId: ObjectId,
+    containerName: ObjectName,
+  }),
   z.strictObject({ op: z.literal("member.add"), member: RaftMemberSchema }),
   z.strictObject({ op: z.literal("member.remove"), raftId: RaftId }),
   /** Create the keyring (the first leader, once). Refused if one exists. */

@@ -35,7 +35,7 @@ export type StoreEvent =
   | { kind: "node"; action: "create" | "update" | "remove"; node: NodeRecord }
   | { kind: "member"; action: "add" | "remove"; member: RaftMember }
   | { kind: "network"; action: "create" | "remove"; network: NetworkRecord }
-  | { kind: "endpoint"; action: "create" | "remove"; endpoint: EndpointRecord }
+  | { kind: "endpoint"; action: "create" | "update" | "remove"; endpoint: EndpointRecord }
   /** Redacted: events may be logged, keys never. */
   | { kind: "keys"; keyring: RedactedKeyring }
   | { kind: "restore" };

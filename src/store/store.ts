@@ -356,6 +356,7 @@ export class Store {
         return applyNetwork(s, c, ctx);
       case "endpoint.create":
       case "endpoint.remove":
+      case "endpoint.rename":
         return applyEndpoint(s, c, ctx);
       case "member.add":
       case "member.remove":

@@ -202,6 +202,17 @@ const CLUSTER_RPCS: RpcSpec[] = [
     fields: f(tf(1, or(fc.nat(5).map((i) => ref({ r: "endpoint", i }))))),
     weight: 3,
   },
+  {
+    rpc: `${DISPATCHER}Rename`,
+    style: "unary",
+    fields: fc
+      .tuple(
+        fc.array(tf(1, or(fc.nat(5).map((i) => ref({ r: "endpoint", i })))), { maxLength: 3 }),
+        tf(2, or(fc.constantFrom(s("fz-renamed"), s("fz-ctr"), s("")))),
+      )
+      .map(([ids, name]) => [...ids, name]),
+    weight: 2,
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------------

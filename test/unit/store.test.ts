@@ -171,6 +171,56 @@ describe("store: networks and endpoints", () => {
     expect(store.endpoints().map((e) => e.id)).toEqual([eid("e2")]);
   });
 
+  it("renames a running container's endpoints all or none: its own node only, a name free on every network", () => {
+    const rename = (ids: string[], name: string, node = "n1"): Command => ({
+      op: "endpoint.rename",
+      ids: ids.map(eid),
+      nodeId: nid(node),
+      containerName: name,
+    });
+    const cmds: Command[] = [
+      cluster(),
+      { op: "network.create", id: nid("a"), spec: net("a") },
+      { op: "network.create", id: nid("b"), spec: net("b") },
+      ep("w1", "a", "web"),
+      ep("w2", "b", "web"),
+      ep("x1", "b", "www"),
+      ep("y1", "a", "other", { nodeId: nid("n2") }),
+      // 7: taken on b by another container: neither endpoint renamed.
+      rename(["w1", "w2"], "www"),
+      // 8: another node's endpoint among them: refused.
+      rename(["w1", "y1"], "site"),
+      // 9: an endpoint that is gone.
+      rename(["w1", "gone"], "site"),
+      // 10: done, on both networks.
+      rename(["w1", "w2"], "site"),
+    ];
+    const refused = run(cmds.slice(0, 10)).store;
+    const namesOf = (st: Store) =>
+      Object.fromEntries(st.endpoints().map((e) => [`${e.containerName}@${e.networkId.slice(0, 1)}`, e.version]));
+    // The refused renames changed nothing.
+    expect(namesOf(refused)).toEqual({ "web@a": 4, "web@b": 5, "www@b": 6, "other@a": 7 });
+    const { store, outcomes } = run(cmds);
+    expect(outcomes[7]).toEqual({
+      ok: false,
+      status: 403,
+      message: "endpoint with name www already exists in network b",
+    });
+    expect(outcomes[8]).toEqual({
+      ok: false,
+      status: 403,
+      message: "Permission denied: the endpoint belongs to another node",
+    });
+    expect(outcomes[9]).toMatchObject({ ok: false, status: 404 });
+    expect(outcomes[10]!.ok).toBe(true);
+    const names = Object.fromEntries(store.endpoints().map((e) => [e.containerName, e.networkId]));
+    expect(names).toEqual({ site: nid("b"), www: nid("b"), other: nid("a") });
+    expect(store.endpoint(eid("w1"))!.containerName).toBe("site");
+    expect(store.endpoint(eid("w1"))!.version).toBe(11);
+    // The address stays the container's.
+    expect(store.endpoint(eid("w1"))!.ip).toBe("10.0.0.2");
+  });
+
   it("is deterministic: two replicas, and a replica restored from a snapshot, agree on every allocation", () => {
     const cmds: Command[] = [cluster()];
     for (let i = 0; i < 5; i++) cmds.push({ op: "network.create", id: nid(`n${i}`), spec: net(`n${i}`) });
