@@ -414,7 +414,7 @@ export class Daemon implements SwarmBackend {
     });
   }
 
-  nodeList(filters: NodeListFilters): Promise<string> {
+  nodeList(filters: NodeListFilters): Promise<Uint8Array> {
     return this.requireControl().nodeList(filters);
   }
 

@@ -137,6 +137,13 @@ export function sendJSONText(res: ServerResponse, status: number, json: string):
   res.end(body);
 }
 
+/** A body already serialised, as bytes of JSON text (written as they are: no copy). */
+export function sendJSONBytes(res: ServerResponse, status: number, json: Uint8Array): void {
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": String(json.length + 1) });
+  res.write(json);
+  res.end("\n");
+}
+
 export function sendEmpty(res: ServerResponse): void {
   res.writeHead(200, { "Content-Length": "0" });
   res.end();

@@ -57,10 +57,10 @@ export interface SwarmBackend {
   /** POST /swarm/unlock: open a locked manager with its unlock key. */
   swarmUnlock(unlockKey: string): Promise<void>;
   /**
-   * The nodes as the JSON text of GET /nodes' body (a list of 5,000 nodes is served from text kept per node
-   * version, not serialised per call).
+   * The nodes: the bytes of GET /nodes' body, JSON text (a list of 5,000 nodes is served from bytes kept
+   * between changes, not serialised per call).
    */
-  nodeList(filters: NodeListFilters): Promise<string>;
+  nodeList(filters: NodeListFilters): Promise<Uint8Array>;
   /** ref: a full id, a unique id prefix, a hostname, or "self". */
   nodeInspect(ref: string): Promise<Node>;
   nodeUpdate(ref: string, version: number, spec: NodeSpec): Promise<void>;

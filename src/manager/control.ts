@@ -88,35 +88,60 @@ export class Control {
   }
 
   /**
-   * GET /nodes' body, as JSON text. A worker's text is made once per version of its node (kept with the
-   * store's frozen view, dropped with it when the node changes), so a list of 5,000 nodes is not serialised
-   * per call; a manager's is made per call (its ManagerStatus is live Raft state).
+   * GET /nodes' body: the bytes of its JSON text. A worker's text is made once per version of its node (kept
+   * with the store's frozen view, dropped with it when the node changes), so a list of 5,000 nodes is not
+   * serialised per call; a manager's is made per call (its ManagerStatus is live Raft state). The bytes of
+   * the whole unfiltered list are kept too, and served again while they would come out the same: the same
+   * list of views (the store makes a new one when any node changes) and the same managers' texts.
    */
-  async nodeList(filters: NodeListFilters): Promise<string> {
+  async nodeList(filters: NodeListFilters): Promise<Buffer> {
     await this.m.readBarrier();
-    const parts: string[] = [];
+    const views = this.m.store.nodeViews();
     const filtered = Object.values(filters).some((v) => v !== undefined && v.length > 0);
-    for (const rec of this.m.store.nodeViews()) {
-      let text = rec.role === "manager" ? undefined : this.nodeText.get(rec);
-      if (text !== undefined && !filtered) {
-        parts.push(text);
-        continue;
-      }
-      // A shallow copy of the frozen view: it is only serialised, never changed.
-      const { ManagerStatus: _, ...node } = rec.node;
-      const n = this.present({ node: node as Node, role: rec.role });
-      if (!matches(n, filters)) continue;
-      if (text === undefined) {
-        text = JSON.stringify(n);
-        if (rec.role !== "manager") this.nodeText.set(rec, text);
-      }
-      parts.push(text);
+    if (filtered) return Buffer.from(this.listText(views, (n) => matches(n, filters)));
+    const managers = views.filter((r) => r.role === "manager").map((r) => this.nodeText(r));
+    const kept = this.listBytes;
+    if (kept?.views === views && sameTexts(kept.managers, managers)) return kept.bytes;
+    const bytes = Buffer.from(this.listText(views, undefined, managers));
+    this.listBytes = { views, managers, bytes };
+    return bytes;
+  }
+
+  /** The JSON text of the nodes (those `keep` keeps); `managers`: their texts already made, in list order. */
+  private listText(views: readonly View<NodeRecord>[], keep?: (n: Node) => boolean, managers?: string[]): string {
+    const parts: string[] = [];
+    let m = 0;
+    for (const rec of views) {
+      const text =
+        rec.role === "manager" && managers ? managers[m++]! : keep ? this.nodeText(rec, keep) : this.nodeText(rec);
+      if (text !== undefined) parts.push(text);
     }
     return `[${parts.join(",")}]`;
   }
 
+  /** A node's JSON text, or undefined when `keep` refuses it (a worker's text is kept per view). */
+  private nodeText(rec: View<NodeRecord>): string;
+  private nodeText(rec: View<NodeRecord>, keep: (n: Node) => boolean): string | undefined;
+  private nodeText(rec: View<NodeRecord>, keep?: (n: Node) => boolean): string | undefined {
+    const worker = rec.role !== "manager";
+    let text = worker ? this.workerText.get(rec) : undefined;
+    if (text !== undefined && !keep) return text;
+    // A shallow copy of the frozen view: it is only serialised, never changed.
+    const { ManagerStatus: _, ...node } = rec.node;
+    const n = this.present({ node: node as Node, role: rec.role });
+    if (keep && !keep(n)) return undefined;
+    if (text === undefined) {
+      text = JSON.stringify(n);
+      if (worker) this.workerText.set(rec, text);
+    }
+    return text;
+  }
+
   /** A worker node's JSON text, per store view (a changed node has a new view). */
-  private readonly nodeText = new WeakMap<View<NodeRecord>, string>();
+  private readonly workerText = new WeakMap<View<NodeRecord>, string>();
+
+  /** The last unfiltered GET /nodes body, and what it was made from. */
+  private listBytes: { views: readonly View<NodeRecord>[]; managers: string[]; bytes: Buffer } | undefined;
 
   /** ref: a full id, a unique id prefix, a hostname, or "self". */
   async resolve(ref: string): Promise<NodeRecord> {
@@ -228,6 +253,10 @@ function nextUnlockKey(current: string | undefined, spec: SwarmSpec, rotate: boo
   if (!spec.EncryptionConfig?.AutoLockManagers) return {};
   if (current !== undefined && !rotate) return {};
   return { unlockKey: formatUnlockKey(generateKek()) };
+}
+
+function sameTexts(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function matches(n: Node, f: NodeListFilters): boolean {

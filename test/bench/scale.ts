@@ -17,8 +17,11 @@
 //   hb p99         heartbeat round trips seen by the agents during the steady window; beside it, what of a
 //                  round trip is not the leader's: the simulators' event-loop delay (p99, max over the
 //                  processes) in that window, and the leader's own longest event-loop delay in it
-//   node ls        `docker node ls` against the leader's socket (median of 3, the real docker CLI); beside it
-//                  the CLI alone: the same command with the leader's answers replayed from memory
+//   node ls        `docker node ls` against the leader's socket (median of 3 after one warm-up, the real docker
+//                  CLI); beside it the CLI alone: the same command with the leader's answers replayed from memory.
+//                  Printed apart: the CLI's own CPU (user + system, /usr/bin/time) in both, and GET /nodes from
+//                  the leader alone (until its head, until its last byte); once with every session up, once
+//                  quiet (at the end, without --profile: the simulators stopped, the 5,000 records kept)
 //   fan-out p99    POST /swarm/update changing the dispatcher heartbeat period: time until each session
 //                  got the new period (p99 over sessions; the max over 3 changes). From just before the POST
 //                  (this process's clock) to the simulated agent's onMessage (its process's clock, the same
@@ -42,7 +45,7 @@
 // Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
 
 import { type ChildProcess, execFile, fork } from "node:child_process";
-import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import http from "node:http";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -66,6 +69,8 @@ import type { JoinStages, Timeline, ToWorker, WorkerStats, WorkerTimelines } fro
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SIM_WORKER = join(HERE, "sim-worker.js");
 const DOCKER = process.env.DOCKER_CLI ?? "/usr/local/bin/docker";
+/** GNU time, for the CPU the docker CLI spends (optional). */
+const TIME = "/usr/bin/time";
 
 interface Options {
   nodes: number[];
@@ -278,6 +283,8 @@ export interface Row {
   nodeLsMs: number;
   /** The same `docker node ls` with the leader's answers served from memory: the CLI's own time. */
   nodeLsFloorMs: number;
+  /** Where node ls's time goes, with every session up, and quiet (the simulators stopped, the records kept). */
+  nodeLs?: { loaded: NodeLsBreakdown; quiet?: NodeLsBreakdown };
   fanoutP99Ms: number;
   fanoutReached: number;
   /** Per change: the leader's push histogram bound on its own time to write the last session (ms). */
@@ -313,6 +320,20 @@ export interface Row {
   joinCpu?: { managers: Record<string, number>; simulators: number; wallSeconds: number };
   /** Median and p99 ms of each stage of a join (root CA, key and CSR, certificate, first session message). */
   joinStages?: Record<keyof JoinStages, { p50: number; p99: number }>;
+}
+
+/** `docker node ls` taken apart (medians of 3, ms). */
+interface NodeLsBreakdown {
+  /** The CLI against the leader: wall, and its own CPU (user + system; NaN without /usr/bin/time). */
+  cliMs: number;
+  cliCpuMs: number;
+  /** The CLI with the leader's answers replayed from memory. */
+  floorMs: number;
+  floorCpuMs: number;
+  /** GET /nodes from the leader alone: until its head came, until its last byte came; its size. */
+  getHeadMs: number;
+  getTotalMs: number;
+  bytes: number;
 }
 
 async function formCluster(dir: string, o: Options, metrics: boolean): Promise<Shoald[]> {
@@ -367,25 +388,93 @@ async function leaderOf(ds: Shoald[]): Promise<Shoald> {
   });
 }
 
-/** `docker node ls`, the table a user reads: the CLI's wall time. */
-function dockerNodeLs(sock: string): Promise<number> {
+/** `docker node ls`, the table a user reads: the CLI's wall time (ms). */
+async function dockerNodeLs(sock: string): Promise<number> {
+  return (await dockerNodeLsRun(sock)).wallMs;
+}
+
+/** One `docker node ls`: its wall time and, where /usr/bin/time is installed, the CLI's CPU (user + system). */
+function dockerNodeLsRun(sock: string): Promise<{ wallMs: number; cpuMs: number }> {
+  const timed = existsSync(TIME);
+  const [cmd, args] = timed ? [TIME, ["-f", "%U %S", DOCKER, "node", "ls"]] : [DOCKER, ["node", "ls"]];
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     execFile(
-      DOCKER,
-      ["node", "ls"],
+      cmd,
+      args,
       { env: { ...process.env, DOCKER_HOST: `unix://${sock}` }, maxBuffer: 64 << 20, timeout: 60_000 },
-      (e) => (e ? reject(e) : resolve(performance.now() - t0)),
+      (e, _out, err) => {
+        if (e) return reject(e);
+        const wallMs = performance.now() - t0;
+        const [u, sys] = (timed ? (String(err).trim().split("\n").at(-1) ?? "") : "").split(" ").map(Number);
+        resolve({ wallMs, cpuMs: u !== undefined && sys !== undefined ? (u + sys) * 1000 : Number.NaN });
+      },
     );
   });
+}
+
+/** Median of three runs of `f` (one warm-up run first), per field. */
+async function median3<T extends Record<string, number>>(f: () => Promise<T>): Promise<T> {
+  await f();
+  const runs: T[] = [];
+  for (let i = 0; i < 3; i++) runs.push(await f());
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(runs[0]!))
+    out[k] = percentile(
+      runs.map((r) => r[k]!),
+      50,
+    );
+  return out as T;
+}
+
+/** GET /nodes straight from the leader, read as fast as this process can: until the head, until the end. */
+function getNodes(sock: string): Promise<{ headMs: number; totalMs: number; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = http.request({ socketPath: sock, path: "/v1.50/nodes", agent: false }, (res) => {
+      const headMs = performance.now() - t0;
+      let bytes = 0;
+      res.on("data", (c: Buffer) => {
+        bytes += c.length;
+      });
+      res.on("end", () => resolve({ headMs, totalMs: performance.now() - t0, bytes }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/** Where `docker node ls`'s time goes: the CLI against the leader and against its answers replayed, and the leader's own GET /nodes. */
+async function nodeLsBreakdown(sock: string, dir: string): Promise<NodeLsBreakdown> {
+  const cli = await median3(() => dockerNodeLsRun(sock));
+  const floor = await nodeLsFloor(sock, dir, (proxy) => median3(() => dockerNodeLsRun(proxy)));
+  const get = await median3(() => getNodes(sock));
+  return {
+    cliMs: cli.wallMs,
+    cliCpuMs: cli.cpuMs,
+    floorMs: floor.wallMs,
+    floorCpuMs: floor.cpuMs,
+    getHeadMs: get.headMs,
+    getTotalMs: get.totalMs,
+    bytes: get.bytes,
+  };
+}
+
+function printBreakdown(what: string, b: NodeLsBreakdown): void {
+  const f = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : "-");
+  console.log(
+    `  node ls ${what}: CLI ${f(b.cliMs)} ms (its CPU ${f(b.cliCpuMs)} ms); answers replayed ${f(b.floorMs)} ms (CPU ${f(b.floorCpuMs)} ms); ` +
+      `GET /nodes alone: head after ${f(b.getHeadMs)} ms, all ${(b.bytes / 1e6).toFixed(1)} MB after ${f(b.getTotalMs)} ms`,
+  );
 }
 
 /**
  * The docker CLI's own floor for `docker node ls`: the same answers, served from memory. A proxy on a unix
  * socket in `dir` forwards each request it has not seen to the leader and keeps the answer; the CLI runs
- * once through it (so every answer is kept), then three times from memory alone (median).
+ * once through it (so every answer is kept), then `measure` runs it from memory alone.
  */
-async function nodeLsFloor(leaderSock: string, dir: string): Promise<number> {
+async function nodeLsFloor<T>(leaderSock: string, dir: string, measure: (proxySock: string) => Promise<T>): Promise<T> {
   const kept = new Map<string, { status: number; headers: http.IncomingHttpHeaders; body: Buffer }>();
   const forward = (req: http.IncomingMessage) =>
     new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
@@ -428,13 +517,37 @@ async function nodeLsFloor(leaderSock: string, dir: string): Promise<number> {
   await new Promise<void>((resolve) => server.listen(sock, resolve));
   try {
     await dockerNodeLs(sock);
-    const ls: number[] = [];
-    for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(sock));
-    return ls.sort((a, b) => a - b)[1]!;
+    return await measure(sock);
   } finally {
     server.close();
     server.closeAllConnections();
   }
+}
+
+/**
+ * node ls on a quiet machine: the simulators stopped (no session, no heartbeat), the leader's node records
+ * kept. Measured once no node changes any more (every worker marked down), so the leader serves its list.
+ */
+async function quietNodeLs(ds: Shoald[], w: Workers, dir: string): Promise<NodeLsBreakdown> {
+  await w.stop();
+  const leader = await leaderOf(ds.filter((d) => d.alive));
+  let last = "";
+  await waitUntil(
+    "every node's status to settle",
+    120_000,
+    async () => {
+      const r = await call(leader.sock, "GET", "/nodes", undefined, 30_000);
+      const nodes = r.body as ApiNode[];
+      const now = nodes.map((n) => n.Status.State).join();
+      const settled = now === last && !nodes.some((n) => n.Status.State === "ready" && !n.ManagerStatus);
+      last = now;
+      return settled ? true : undefined;
+    },
+    3_000,
+  );
+  const quiet = await nodeLsBreakdown(leader.sock, dir);
+  printBreakdown("quiet (simulators stopped)", quiet);
+  return quiet;
 }
 
 async function joinPhase(o: Options, n: number, ds: Shoald[], w: Workers, row: Row): Promise<void> {
@@ -905,10 +1018,11 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     const steadyFrom = into();
     await steadyPhase(o, leader, w, row, stalls);
     const steadyTo = into();
-    const ls: number[] = [];
-    for (let i = 0; i < 3; i++) ls.push(await dockerNodeLs(leader.sock));
-    row.nodeLsMs = ls.sort((a, b) => a - b)[1]!;
-    row.nodeLsFloorMs = await nodeLsFloor(leader.sock, dir);
+    const loaded = await nodeLsBreakdown(leader.sock, dir);
+    row.nodeLsMs = loaded.cliMs;
+    row.nodeLsFloorMs = loaded.floorMs;
+    row.nodeLs = { loaded };
+    printBreakdown("with every session up", loaded);
     const fanoutFrom = into();
     await fanoutPhase(ds, leader, w, row, o.deltasAb);
     if (o.profile) {
@@ -922,6 +1036,7 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     row.longestStallMs = stalls.of(leader);
     const killedAt = Date.now();
     if (o.failover) await failoverPhase(o, ds, leader, w, row);
+    if (!o.profile && row.nodeLs) row.nodeLs.quiet = await quietNodeLs(ds, w, dir);
     if (o.profile) {
       const profiled = o.failover ? await leaderOf(ds.filter((d) => d !== leader)) : leader;
       await w.stop();

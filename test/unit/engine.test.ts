@@ -215,7 +215,7 @@ class TestBackend implements SwarmBackend {
     if (key !== this.unlockKey) throw new ApiError(401, MSG_INVALID_UNLOCK_KEY);
     this.mode = "manager";
   }
-  async nodeList(filters: NodeListFilters): Promise<string> {
+  async nodeList(filters: NodeListFilters): Promise<Uint8Array> {
     this.record("nodeList", filters);
     if (this.failNext) {
       const err = this.failNext;
@@ -223,7 +223,7 @@ class TestBackend implements SwarmBackend {
       throw err;
     }
     this.requireManager();
-    return JSON.stringify(this.nodes.filter((n) => !filters.role || filters.role.includes(n.Spec.Role)));
+    return Buffer.from(JSON.stringify(this.nodes.filter((n) => !filters.role || filters.role.includes(n.Spec.Role))));
   }
   private find(ref: string): Node {
     const id = ref === "self" ? SELF_ID : ref;

@@ -84,7 +84,7 @@ describe("store views", () => {
     } as unknown as ControlCluster;
     const control = new Control(m);
     const stringify = vi.spyOn(JSON, "stringify");
-    const first = JSON.parse(await control.nodeList({}));
+    const first = JSON.parse(String(await control.nodeList({})));
     expect(first).toHaveLength(301);
     expect(first[5].Description.Hostname).toBe("h5");
     expect(first[5].ManagerStatus).toBeUndefined();
@@ -92,22 +92,80 @@ describe("store views", () => {
     expect(stringify).toHaveBeenCalledTimes(301);
     // Nothing changed: only the manager (its status is Raft's, live) is serialised again.
     stringify.mockClear();
-    expect(JSON.parse(await control.nodeList({}))).toEqual(first);
+    expect(JSON.parse(String(await control.nodeList({})))).toEqual(first);
     expect(stringify).toHaveBeenCalledTimes(1);
     // One node changes: it shows at once, and it alone is serialised again.
     apply(store, { op: "node.status", id: id(5), state: "ready", addr: "192.0.2.5" });
     stringify.mockClear();
-    const second = JSON.parse(await control.nodeList({}));
+    const second = JSON.parse(String(await control.nodeList({})));
     expect(second[5].Status).toEqual({ State: "ready", Addr: "192.0.2.5" });
     expect(second[6]).toEqual(first[6]);
     expect(stringify).toHaveBeenCalledTimes(2);
     stringify.mockRestore();
     // Filters still apply, over the same texts.
-    const named = JSON.parse(await control.nodeList({ name: ["h7"] }));
+    const named = JSON.parse(String(await control.nodeList({ name: ["h7"] })));
     expect(named.map((n: { ID: string }) => n.ID)).toEqual([id(7)]);
-    expect(JSON.parse(await control.nodeList({ role: ["manager"] })).map((n: { ID: string }) => n.ID)).toEqual([
+    expect(JSON.parse(String(await control.nodeList({ role: ["manager"] }))).map((n: { ID: string }) => n.ID)).toEqual([
       id(300),
     ]);
+  });
+
+  test("node ls: the whole body is kept between changes, and a node change or a leader move shows at once", async () => {
+    const store = storeWith(200);
+    for (const [i, raftId] of [
+      [200, 1],
+      [201, 2],
+    ] as const) {
+      apply(store, {
+        op: "node.create",
+        node: newNodeObject(id(i), "manager", "active", `mgr${i}`, ""),
+        role: "manager",
+      });
+      apply(store, { op: "member.add", member: { raftId, nodeId: id(i), addr: `192.0.2.${i - 199}:2377` } });
+    }
+    let leader = 1;
+    let reachable = true;
+    const m = {
+      store,
+      nodeId: id(200),
+      readBarrier: async () => undefined,
+      leaderRaftId: () => leader,
+      reachable: (r: number) => r === 1 || reachable,
+    } as unknown as ControlCluster;
+    const control = new Control(m);
+    const statusOf = async (i: number) =>
+      JSON.parse(String(await control.nodeList({}))).find((n: { ID: string }) => n.ID === id(i)).ManagerStatus;
+
+    const first = await control.nodeList({});
+    expect(JSON.parse(String(first))).toHaveLength(202);
+    // Nothing changed: the very same bytes again (the list is not joined, nor encoded, anew).
+    const joins = vi.spyOn(Array.prototype, "join");
+    expect(await control.nodeList({})).toBe(first);
+    expect(joins.mock.contexts.filter((a) => Array.isArray(a) && a.length >= 200)).toEqual([]);
+    joins.mockRestore();
+    expect(await statusOf(200)).toEqual({ Leader: true, Reachability: "reachable", Addr: "192.0.2.1:2377" });
+    // Live Raft state changes nothing in the store, and still shows on the next call.
+    leader = 2;
+    expect(await statusOf(200)).toEqual({ Reachability: "reachable", Addr: "192.0.2.1:2377" });
+    expect(await statusOf(201)).toEqual({ Leader: true, Reachability: "reachable", Addr: "192.0.2.2:2377" });
+    leader = 1;
+    reachable = false;
+    expect(await statusOf(201)).toEqual({ Reachability: "unreachable", Addr: "192.0.2.2:2377" });
+    // A worker changes: its new state shows at once, and the bytes are made anew once.
+    const before = await control.nodeList({});
+    apply(store, { op: "node.status", id: id(7), state: "down", message: "heartbeat failure" });
+    const after = await control.nodeList({});
+    expect(after).not.toBe(before);
+    expect(JSON.parse(String(after))[7].Status).toEqual({ State: "down", Addr: "", Message: "heartbeat failure" });
+    expect(await control.nodeList({})).toBe(after);
+    // A filtered list is its own, and does not replace the kept one.
+    expect(JSON.parse(String(await control.nodeList({ role: ["manager"] })))).toHaveLength(2);
+    expect(await control.nodeList({})).toBe(after);
+    // A restore (a snapshot installed) drops every view: the list is made from the restored state.
+    store.restore(store.snapshot(), store.appliedIndex);
+    const restored = await control.nodeList({});
+    expect(restored).not.toBe(after);
+    expect(JSON.parse(String(restored))).toEqual(JSON.parse(String(after)));
   });
 
   test("the cluster view follows cluster updates; a restore drops every view", () => {

@@ -9,7 +9,7 @@ import {
   SEG,
   sendEmpty,
   sendJSON,
-  sendJSONText,
+  sendJSONBytes,
 } from "../router.js";
 import { NodeListQuery, NodeRemoveQuery, NodeSpecBody, NodeUpdateQuery, nodeSpecFromRequest } from "../schemas/node.js";
 import { decodeQuery } from "../schemas/query.js";
@@ -19,7 +19,7 @@ export function nodeRoutes(d: RouteDeps): Route[] {
   const b = d.backend;
   const list = async ({ res, query }: Ctx): Promise<void> => {
     const { filters } = decodeQuery(NodeListQuery, query);
-    sendJSONText(res, 200, await b.nodeList(filters as NodeListFilters));
+    sendJSONBytes(res, 200, await b.nodeList(filters as NodeListFilters));
   };
   const update = async (ctx: Ctx): Promise<void> => {
     const spec = nodeSpecFromRequest(await jsonBody(d, ctx, NodeSpecBody, "node spec"));
