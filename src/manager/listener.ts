@@ -36,6 +36,9 @@ export class ListenError extends ApiError {
   }
 }
 
+/** The cluster listener's HTTP/2 keepalive period (see ClusterListener.open). */
+export const LISTENER_KEEPALIVE_MS = 10_000;
+
 export function splitHostPort(addr: string): [string, string] {
   const i = addr.lastIndexOf(":");
   if (i < 0) return [addr, String(CLUSTER_PORT)];
@@ -69,7 +72,7 @@ export class ClusterListener {
       "grpc.max_send_message_length": 8 << 20,
       // Only to clean up the streams of clients that vanished: sessions and Raft have their own liveness
       // (heartbeats, Raft's own), and a busy client must not be cut off for answering a ping late.
-      "grpc.keepalive_time_ms": 10_000,
+      "grpc.keepalive_time_ms": LISTENER_KEEPALIVE_MS,
       "grpc.keepalive_timeout_ms": 10_000,
       "grpc.keepalive_permit_without_calls": 1,
       "grpc.http2.min_ping_interval_without_data_ms": 500,
