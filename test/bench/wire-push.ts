@@ -10,7 +10,8 @@
 //   WIRE_PUSH_SERVER_KA=ms / WIRE_PUSH_CLIENT_KA=ms   another keepalive period for the server / the client
 //   WIRE_PUSH_PERF=1   the client runs with --perf-basic-prof (both pids are printed, for perf record -p)
 //
-// Prints the CPU of 5 s with the sessions idle (keepalive pings only: no heartbeats here), then per round:
+// Prints the CPU of 10 s with the sessions idle (keepalive pings only: no heartbeats here; from 11 s after
+// they came up, so that a 10 s keepalive's pings are all in it), then per round:
 // wall time to the last message, the spread of arrivals (p99 over sessions from the first), and CPU µs per
 // message of each process (process.cpuUsage: the server's from its first write until the client had every
 // message; the client's from --gap-ms before the first write until it had every message).
@@ -30,6 +31,7 @@ import { LISTENER_KEEPALIVE_MS } from "../../src/manager/listener.js";
 import { DispatcherServiceEncoded, type SessionCall } from "../../src/manager/push-parts.js";
 
 const CLUSTER = "c0000000000000000000000001";
+const IDLE_MS = 10_000;
 
 function arg(name: string, d: number): number {
   const i = process.argv.indexOf(name);
@@ -163,16 +165,20 @@ async function server(): Promise<void> {
   console.log(`${n} sessions up`);
   await new Promise((r) => setTimeout(r, 1000));
   {
-    // Idle: keepalive pings and nothing else (no heartbeats here).
+    // Idle: keepalive pings and nothing else (no heartbeats here). From 11 s after the sessions came up (a
+    // connection's first ping comes a keepalive period after it was made) for 10 s: with a 10 s keepalive,
+    // every connection's pings of a period.
+    await new Promise((r) => setTimeout(r, 10_000));
     child.send({ kind: "expect", round: 0 } satisfies ToClient);
     const c0 = process.cpuUsage();
-    await new Promise((r) => setTimeout(r, 5000));
+    await new Promise((r) => setTimeout(r, IDLE_MS));
     const cli = waitFor("cpu");
     child.send({ kind: "cpu?" } satisfies ToClient);
     const c = process.cpuUsage(c0);
     const idle = (await cli).us;
     console.log(
-      `idle 5 s: server ${((c.user + c.system) / 5000).toFixed(1)} ms/s, client ${(idle / 5000).toFixed(1)} ms/s`,
+      `idle ${IDLE_MS / 1000} s: server ${((c.user + c.system) / IDLE_MS).toFixed(1)} ms/s, ` +
+        `client ${(idle / IDLE_MS).toFixed(1)} ms/s`,
     );
   }
   const rows: { wall: number; p99: number; srv: number; cli: number }[] = [];
