@@ -178,6 +178,27 @@ function candidateOf(pem: string): { subject: Buffer; key: KeyObject } | undefin
 }
 const candidates = new Map<string, { subject: Buffer; key: KeyObject } | null>();
 
+/**
+ * A node's certificate PEM as its TLS contexts take it: a lone leaf followed by the root (of `rootsPem`) that
+ * issued it; anything else as it is. What a handshake sends is the same either way: with no chain of its own,
+ * OpenSSL builds one from the context's trusted roots at every handshake (X509_verify_cert on its own
+ * certificate: a signature check and the store's lookups, ~0.1 ms of each side's CPU a handshake) and sends
+ * the leaf and that root. Given the chain, it sends it as it is.
+ */
+export function withIssuerChain(certPem: string, rootsPem: string): string {
+  const last = lastWithIssuer;
+  if (last?.certPem === certPem && last.rootsPem === rootsPem) return last.out;
+  const blocks = splitPemCerts(certPem);
+  let out = certPem;
+  if (blocks.length === 1) {
+    const issuer = leafIssuer(certPem, rootsPem);
+    if (issuer !== undefined && issuer !== blocks[0]) out = `${blocks[0]}${issuer}`;
+  }
+  lastWithIssuer = { certPem, rootsPem, out };
+  return out;
+}
+let lastWithIssuer: { certPem: string; rootsPem: string; out: string } | undefined;
+
 /** The issuer of a node certificate chain (found among its intermediates and `rootsPem`), if any. */
 export function chainIssuer(chainPem: string, rootsPem: string): IssuerInfo | undefined {
   const issuer = leafIssuer(chainPem, rootsPem);

@@ -9,7 +9,7 @@ import type { Socket } from "node:net";
 import * as tls from "node:tls";
 import { CallCredentials, ChannelCredentials } from "@grpc/grpc-js";
 import { type NodeRole, parseNodeCert } from "./certs.js";
-import { chainLeadsTo } from "./chain.js";
+import { chainLeadsTo, withIssuerChain } from "./chain.js";
 import { identityOfDer, TLS_MIN_VERSION, type TLSMaterial } from "./tls.js";
 
 /**
@@ -65,7 +65,9 @@ class ManagerCredentials extends ChannelCredentials {
     this.roots = parseTrustedRoots(rootPem);
     this.context = tls.createSecureContext({
       ca: rootPem,
-      ...(certPem !== undefined && keyPem !== undefined ? { cert: certPem, key: keyPem } : {}),
+      ...(certPem !== undefined && keyPem !== undefined
+        ? { cert: withIssuerChain(certPem, rootPem), key: keyPem }
+        : {}),
       minVersion: TLS_MIN_VERSION,
     });
   }

@@ -30,6 +30,7 @@ import { createServer as createNetServer, isIPv4, isIPv6 } from "node:net";
 import * as tls from "node:tls";
 import { type ChannelOptions, experimental, type Server, ServerCredentials } from "@grpc/grpc-js";
 import { MANAGER_OU, type NodeRole, ouToRole, parseNodeCert } from "./certs.js";
+import { withIssuerChain } from "./chain.js";
 import { HandshakeGate } from "./handshake-gate.js";
 import { plainNodeSubject } from "./leaf.js";
 
@@ -300,7 +301,7 @@ export async function listenTLS(server: Server, opts: ListenTLSOptions): Promise
 }
 
 function secureContextOptions(m: TLSMaterial): tls.SecureContextOptions {
-  return { ca: m.rootPem, cert: m.certPem, key: m.keyPem };
+  return { ca: m.rootPem, cert: withIssuerChain(m.certPem, m.rootPem), key: m.keyPem };
 }
 
 // ---------------------------------------------------------------------------------------------------
