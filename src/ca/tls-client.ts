@@ -9,7 +9,7 @@ import type { Socket } from "node:net";
 import * as tls from "node:tls";
 import { CallCredentials, ChannelCredentials } from "@grpc/grpc-js";
 import { type NodeRole, parseNodeCert } from "./certs.js";
-import { chainLeadsTo } from "./chain.js";
+import { chainLeadsTo, withIssuerChain } from "./chain.js";
 import { identityOfDer, TLS_MIN_VERSION, type TLSMaterial } from "./tls.js";
 
 /**
@@ -43,7 +43,7 @@ const credentialsByMaterial = new WeakMap<TLSMaterial, ChannelCredentials>();
  * checked from `getPeerX509Certificate()` (~15 us) instead of the object Node builds for
  * `checkServerIdentity` with `getPeerCertificate(true)` (~200 us: the whole chain as JS objects, looked up
  * in the context's store). That was a quarter of the scale bench's simulators' CPU in a failover, where
- * thousands of nodes reconnect at once. The checks are those of checkManagerCertificate (issuer, OU).
+ * thousands of nodes reconnect at once. The checks are checkManagerX509's (issuer, OU).
  *
  * Node 20 fact: on a client, getPeerX509Certificate() takes the leaf out of the connection's peer chain
  * (a second call returns undefined, and getPeerCertificate() then shows the next certificate of the chain,
@@ -65,7 +65,9 @@ class ManagerCredentials extends ChannelCredentials {
     this.roots = parseTrustedRoots(rootPem);
     this.context = tls.createSecureContext({
       ca: rootPem,
-      ...(certPem !== undefined && keyPem !== undefined ? { cert: certPem, key: keyPem } : {}),
+      ...(certPem !== undefined && keyPem !== undefined
+        ? { cert: withIssuerChain(certPem, rootPem), key: keyPem }
+        : {}),
       minVersion: TLS_MIN_VERSION,
     });
   }
@@ -202,25 +204,30 @@ export function joinCredentials(): JoinCredentials {
 class TrustOnCheckCredentials extends ChannelCredentials {
   /** The roots, once trusted; until then the certificates presented on the connections made. */
   private roots: NodeX509Certificate[] | undefined;
-  private presented: tls.PeerCertificate[] = [];
+  private presented: (NodeX509Certificate | undefined)[] = [];
 
   trust(rootPem: string): void {
     const roots = parseTrustedRoots(rootPem);
-    for (const cert of this.presented) {
-      const err = checkManagerCertificate(roots, cert);
+    for (const leaf of this.presented) {
+      const err = checkManagerX509(roots, leaf);
       if (err) throw err;
     }
     this.presented = [];
     this.roots = roots;
   }
 
+  /**
+   * The server's certificate as getPeerX509Certificate gives it (its issuers linked, as the server sent them),
+   * not getPeerCertificate(true) (~200 us a join: the whole chain as JS objects). The connection is unverified
+   * (no roots in its context): grpc-js reads no peer certificate of it (it is not `authorized`).
+   */
   private check(socket: tls.TLSSocket): void {
-    const cert = socket.getPeerCertificate(true);
+    const leaf = socket.getPeerX509Certificate();
     if (this.roots === undefined) {
-      this.presented.push(cert);
+      this.presented.push(leaf);
       return;
     }
-    const err = checkManagerCertificate(this.roots, cert);
+    const err = checkManagerX509(this.roots, leaf);
     if (err) throw err;
   }
 
@@ -269,23 +276,6 @@ function parseTrustedRoots(rootPem: string): NodeX509Certificate[] {
 const trustedRoots = new Map<string, NodeX509Certificate[]>();
 
 /**
- * The certificates the server presented, leaf first, following the issuer links Node gives
- * (getPeerCertificate(true)): during a root rotation a manager's leaf comes with the cross-signed
- * intermediate that leads to the old root.
- */
-function presentedChain(cert: tls.PeerCertificate): NodeX509Certificate[] {
-  const out: NodeX509Certificate[] = [];
-  const seen = new Set<string>();
-  let c: tls.PeerCertificate | undefined = cert;
-  while (c !== undefined && Buffer.isBuffer(c.raw) && out.length < 4 && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256);
-    out.push(new NodeX509Certificate(c.raw));
-    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
-  }
-  return out;
-}
-
-/**
  * Chains already found to be a manager's, per trusted roots: by the fingerprints of the presented
  * certificates, until the first of them (or of the roots) expires. A node connects to the same few managers
  * again and again (the scale bench's simulators, thousands of times): each chain is parsed and its
@@ -293,31 +283,6 @@ function presentedChain(cert: tls.PeerCertificate): NodeX509Certificate[] {
  */
 const goodChains = new WeakMap<NodeX509Certificate[], Map<string, number>>();
 const MAX_GOOD_CHAINS = 64;
-
-/** The fingerprints of the presented chain (as presentedChain follows it), without parsing anything. */
-function chainKey(cert: tls.PeerCertificate): string {
-  const out: string[] = [];
-  let c: tls.PeerCertificate | undefined = cert;
-  while (c !== undefined && typeof c.fingerprint256 === "string" && out.length < 4 && !out.includes(c.fingerprint256)) {
-    out.push(c.fingerprint256);
-    c = (c as tls.DetailedPeerCertificate).issuerCertificate;
-  }
-  return out.join("/");
-}
-
-/** Node has verified the chain against the roots when this runs; we re-check the issuer and the role. */
-function checkManagerCertificate(roots: NodeX509Certificate[], cert: tls.PeerCertificate): Error | undefined {
-  if (!Buffer.isBuffer(cert.raw)) return new Error("the swarm manager presented no certificate");
-  const key = chainKey(cert);
-  if (knownGood(roots, key)) return undefined;
-  let chain: NodeX509Certificate[];
-  try {
-    chain = presentedChain(cert);
-  } catch {
-    return new Error("the swarm manager presented an unreadable certificate");
-  }
-  return checkAndRemember(roots, key, chain, cert.raw);
-}
 
 function knownGood(roots: NodeX509Certificate[], key: string): boolean {
   const until = goodChains.get(roots)?.get(key);
@@ -340,7 +305,10 @@ function checkAndRemember(
   return err;
 }
 
-/** checkManagerCertificate for the certificate as getPeerX509Certificate gives it (issuers linked). */
+/**
+ * The checks of a manager's certificate (issuer, OU), on the certificate as getPeerX509Certificate gives it
+ * (its issuers linked, as the server sent them). With roots in the context, OpenSSL has verified the chain first.
+ */
 function checkManagerX509(roots: NodeX509Certificate[], leaf: NodeX509Certificate | undefined): Error | undefined {
   if (leaf === undefined) return new Error("the swarm manager presented no certificate");
   const chain: NodeX509Certificate[] = [];

@@ -62,7 +62,10 @@ export function nodeDescription(hostname: string, certs: Certificates | undefine
   return {
     Hostname: hostname,
     Platform: { Architecture: os.arch() === "x64" ? "x86_64" : os.arch(), OS: "linux" },
-    Resources: { NanoCPUs: os.cpus().length * 1e9, MemoryBytes: os.totalmem() },
+    // The CPUs this process may run on, as /info's NCPU (Docker: runtime.NumCPU). Not os.cpus(): it reads
+    // /proc/cpuinfo and every CPU's times (~1 ms), for a count, at each session a node starts; and it counts
+    // CPUs outside the process's affinity.
+    Resources: { NanoCPUs: os.availableParallelism() * 1e9, MemoryBytes: os.totalmem() },
     Engine: { EngineVersion: VERSION, Plugins: [{ Type: "Network", Name: "overlay" }] },
     // The root this node trusts and who issued its certificate: what `docker swarm ca` watches.
     ...(certs ? { TLSInfo: nodeTLSInfo(certs.rootPem, certs.certPem) } : {}),

@@ -1009,7 +1009,16 @@ async function runOne(o: Options, n: number, metrics: boolean): Promise<Row> {
     ds = await formCluster(dir, o, metrics);
     let leader = await leaderOf(ds);
     if (metrics) stalls.start(ds);
+    const joinFrom = ((Date.now() - leader.startedAtMs) / 1000).toFixed(1);
     await joinPhase(o, n, ds, w, row);
+    if (o.profile) {
+      // Seconds into the leader's profile (from its process start, within ~0.1 s) of the join phase.
+      const joinTo = ((Date.now() - leader.startedAtMs) / 1000).toFixed(1);
+      console.log(`  leader ${leader.name}: join ${joinFrom}-${joinTo} s`);
+      console.log(
+        `  (node /work/tools/incl.mjs ${join(dir, "profiles", leader.name)}/*.cpuprofile ${joinFrom} ${joinTo})`,
+      );
+    }
     console.log(
       `  joined ${row.joined} in ${row.joinSeconds.toFixed(1)} s; sessions up: ${row.sessionsUpSeconds ?? "no"}`,
     );

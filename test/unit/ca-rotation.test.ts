@@ -12,6 +12,7 @@ import {
   issuerInfoOf,
   nodeTLSInfo,
   splitPemCerts,
+  withIssuerChain,
 } from "../../src/ca/chain.js";
 import { createRootCA, RootCA, type RootCAMaterial } from "../../src/ca/rootca.js";
 import { CLIENT_CHANNEL_OPTIONS, listenTLS, peerRole, type TLSListener } from "../../src/ca/tls.js";
@@ -133,6 +134,16 @@ describe("chains", () => {
     // Go marshals []byte as base64: the subject is CN=swarm-ca in DER.
     expect(Buffer.from(desired.CertIssuerSubject, "base64").toString("latin1")).toContain("swarm-ca");
   });
+});
+
+test("withIssuerChain: a lone leaf gets the root that signed it (of the trusted ones); a chain stays as it is", async () => {
+  const old = await issue(ca1, "node00000000000000000000c", "worker");
+  const moved = await issue(ca2, "node00000000000000000000d", "worker", crossPem);
+  // Both roots are CN=swarm-ca: the one whose key signed the leaf is chosen.
+  expect(withIssuerChain(old.certPem, r2.certPem + r1.certPem)).toBe(old.certPem + r1.certPem);
+  expect(withIssuerChain(old.certPem, r2.certPem)).toBe(old.certPem);
+  expect(withIssuerChain(moved.certPem, r1.certPem)).toBe(moved.certPem);
+  expect(withIssuerChain(r1.certPem, r1.certPem)).toBe(r1.certPem);
 });
 
 // ---------------------------------------------------------------------------------------------------
