@@ -363,9 +363,15 @@ async function main(): Promise<void> {
   // "run" or "pull": only that part; a log level of "debug" logs every request with its duration.
   const only = stringOption("only");
   const keepLog = stringOption("keep-log");
+  // shoald --max-concurrent-downloads (0: shoald's default).
+  const downloads = option("max-concurrent-downloads", 0);
   const lab = new Lab({
     name: "bcont",
-    daemonArgs: ["--insecure-registry", "192.0.2.2:5000"],
+    daemonArgs: [
+      "--insecure-registry",
+      "192.0.2.2:5000",
+      ...(downloads > 0 ? ["--max-concurrent-downloads", String(downloads)] : []),
+    ],
     logLevel: stringOption("log-level") ?? "warn",
   });
   await lab.down();

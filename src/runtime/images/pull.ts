@@ -73,6 +73,9 @@ export function progressBar(current: number, total: number): string {
 
 const short = (digest: string): string => digest.slice(7, 19);
 
+/** Marks of a pull's timeline (ms since its start), logged at debug when it ends. */
+type Mark = (what: string) => void;
+
 /** The manifest a reference names, for this host, checked against its digest. */
 async function resolveManifest(
   reg: Registry,
@@ -135,14 +138,20 @@ async function fetchLayer(
   lease: string,
   say: (p: PullProgress) => void,
   received: () => void,
+  mark: Mark,
 ): Promise<boolean> {
   const id = short(l.digest);
+  mark(`${id} turn`);
   if (await store.content.has(l.digest)) {
     say({ status: "Already exists", progressDetail: {}, id });
     return false;
   }
   say({ status: "Pulling fs layer", progressDetail: {}, id });
-  const body = whole(await reg.blob(l.digest), received);
+  const body = whole(await reg.blob(l.digest), () => {
+    mark(`${id} received`);
+    received();
+  });
+  mark(`${id} response`);
   let told = 0;
   await store.content.write({ digest: l.digest, size: l.size }, body, lease, (bytes) => {
     if (bytes - told >= PROGRESS_STEP_BYTES || bytes === l.size) {
@@ -155,6 +164,7 @@ async function fetchLayer(
       });
     }
   });
+  mark(`${id} committed`);
   say({ status: "Verifying Checksum", progressDetail: {}, id });
   say({ status: "Download complete", progressDetail: {}, id });
   return true;
@@ -249,9 +259,27 @@ export async function pullImage(
   opts: PullOptions,
   say: (p: PullProgress) => void,
 ): Promise<void> {
+  const t0 = performance.now();
+  const marks: string[] = [];
+  const mark: Mark = (what) => marks.push(`${(performance.now() - t0).toFixed(1)} ${what}`);
+  try {
+    await pull(store, text, opts, say, mark);
+  } finally {
+    store.log.debug({ marks }, "pull timeline");
+  }
+}
+
+async function pull(
+  store: ImageStore,
+  text: string,
+  opts: PullOptions,
+  say: (p: PullProgress) => void,
+  mark: Mark,
+): Promise<void> {
   const ref = parseReference(text);
   const reg = new Registry(ref, opts.insecureRegistries, opts.credentials);
   const resolved = await resolveManifest(reg, ref);
+  mark("manifest");
   const { manifest } = resolved;
   // docker names the repository's path in its registry ("library/busybox", "team/web"), not the registry.
   say({ status: `Pulling from ${ref.path}`, id: ref.tag ?? ref.digest ?? "latest" });
@@ -264,6 +292,7 @@ export async function pullImage(
     return;
   }
   const lease = await store.lease();
+  mark("lease");
   let failed = true;
   try {
     // The config and every layer download at once; each layer is unpacked as soon as it and the layers
@@ -273,24 +302,27 @@ export async function pullImage(
     const configFetch = fetchConfig(reg, manifest.config);
     const turn = turns(opts.maxConcurrentDownloads ?? MAX_CONCURRENT_DOWNLOADS);
     const downloads = manifest.layers.map((l) =>
-      inTurn(turn, (received) => fetchLayer(store, reg, l, lease.id, say, received)),
+      inTurn(turn, (received) => fetchLayer(store, reg, l, lease.id, say, received, mark)),
     );
     const documents = configFetch.then(({ bytes, config }) =>
-      Promise.allSettled(writeDocuments(store, resolved, config, bytes, lease.id)),
+      Promise.allSettled(writeDocuments(store, resolved, config, bytes, lease.id)).finally(() => mark("documents")),
     );
     const settled = Promise.allSettled([documents, ...downloads]);
     const fetched: boolean[] = [];
     const id = (i: number): string => short(manifest.layers[i]!.digest);
     try {
       const { config } = await configFetch;
+      mark("config");
       if (config.rootfs.diff_ids.length !== manifest.layers.length)
         throw badRequest("the image config and its manifest name different numbers of layers");
       await store.unpack(manifest, config, lease.id, {
         ready: async (i) => {
           fetched[i] = await downloads[i]!;
+          mark(`${id(i)} unpack`);
           if (fetched[i]) say({ status: "Extracting", progressDetail: {}, id: id(i) });
         },
         done: (i) => {
+          mark(`${id(i)} unpacked`);
           if (fetched[i]) say({ status: "Pull complete", progressDetail: {}, id: id(i) });
         },
       });
@@ -301,6 +333,7 @@ export async function pullImage(
     }
     const target = resolved.index?.target ?? resolved.target;
     await store.setName(name, target, lease.id);
+    mark("named");
     say({ status: `Digest: ${target.digest}` });
     say({ status: `Status: Downloaded newer image for ${familiarName(name)}` });
     failed = false;
@@ -312,5 +345,6 @@ export async function pullImage(
   } finally {
     // A failed pull leaves nothing behind: what it wrote (layers, documents, snapshots) goes with its lease.
     await lease.done(failed);
+    mark("lease done");
   }
 }
