@@ -23,6 +23,8 @@ export const DEBIAN_PACKAGES: Readonly<Record<string, string>> = {
   sysctl: "procps",
   mkfifo: "coreutils",
   true: "coreutils",
+  // The mount mover (src/runtime/sandbox.ts); where it is missing, mount does the moves.
+  perl: "perl-base",
   sh: "dash",
   ps: "procps",
   containerd: "containerd",

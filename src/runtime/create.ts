@@ -191,7 +191,7 @@ export function checkSpec(spec: ContainerSpec, holderOf: (name: string) => { id:
   return name;
 }
 
-function networkModeOf(spec: ContainerSpec): string {
+export function networkModeOf(spec: ContainerSpec): string {
   return spec.networkMode ?? spec.networks[0]?.ref ?? "none";
 }
 
@@ -241,10 +241,9 @@ function configOf(spec: ContainerSpec, image: ImageForRun, id: string): Containe
   };
 }
 
-/** The record of a new container named `name`, created now from `image`. */
-export function newRecord(spec: ContainerSpec, name: string, image: ImageForRun): ContainerRecord {
+/** The record of a new container named `name` (id `id`, drawn by the caller or here), created now from `image`. */
+export function newRecord(spec: ContainerSpec, name: string, image: ImageForRun, id = newId()): ContainerRecord {
   const argv = commandOf(spec, image.config);
-  const id = newId();
   return {
     id,
     name,

@@ -17,6 +17,7 @@ import {
   type OpenFifos,
   openFifos,
   type TaskClient,
+  type TaskWaits,
 } from "./containerd/tasks.js";
 import { JsonLogWriter } from "./jsonlog.js";
 import { containerSpec, type ProcessUser } from "./spec.js";
@@ -58,6 +59,15 @@ export function launchErrorOf(err: unknown): LaunchError {
   if (/executable file not found|no such file or directory/.test(detail)) return new LaunchError(text, 127);
   if (/permission denied/.test(detail)) return new LaunchError(text, 126);
   return new LaunchError(text, 128);
+}
+
+/** What a task made ahead of a first start is made from, while the create makes the rest (lifecycle.ts makeAhead). */
+export interface AheadInputs {
+  /** Its network namespace's path (null: the host's network), known before the namespace is there. */
+  netnsPath: string | null;
+  user: Promise<ProcessUser>;
+  /** What its steps wait for (TaskClient.create). */
+  waits: TaskWaits;
 }
 
 export class Launcher {
@@ -104,8 +114,16 @@ export class Launcher {
    * The container's task made (containerd's container, the shim, runc's init process with its namespaces,
    * mounts and cgroup) but not started, for `launch` to start: what a start waits for most, done ahead of it.
    */
-  async prepare(c: Container, netnsPath: string | null, user: ProcessUser): Promise<Prepared> {
-    const p = await this.create(c, this.specOf(c, netnsPath, user));
+  async prepare(c: Container, inputs: AheadInputs): Promise<Prepared> {
+    const fifos = await this.openFifosOf(c);
+    let spec: object;
+    try {
+      spec = this.specOf(c, inputs.netnsPath, await inputs.user);
+    } catch (err) {
+      fifos.close();
+      throw err;
+    }
+    const p = await this.createTask(c, spec, fifos, inputs.waits);
     // Nothing reads the output before the start (there is none): an error of a FIFO meanwhile is logged.
     for (const s of [p.fifos.stdout, p.fifos.stderr, p.fifos.stdin]) {
       s?.on("error", (err) => this.log.debug({ err, id: c.id }, "a FIFO of a task made ahead failed"));
@@ -140,16 +158,25 @@ export class Launcher {
 
   /** The container's FIFOs opened and its task created (not started). */
   private async create(c: Container, spec: object): Promise<Prepared> {
+    return this.createTask(c, spec, await this.openFifosOf(c));
+  }
+
+  /** The FIFOs of the container's init process, made new and opened. */
+  private openFifosOf(c: Container): Promise<OpenFifos> {
+    const paths = fifoPaths(c.dir, "init", { stdin: c.rec.config.OpenStdin, tty: c.rec.config.Tty });
+    return openFifos(paths, true, this.makeFifos);
+  }
+
+  /** The container's task created (not started), with its FIFOs opened by openFifosOf (closed on failure). */
+  private async createTask(c: Container, spec: object, fifos: OpenFifos, waits?: TaskWaits): Promise<Prepared> {
     const rec = c.rec;
     const tty = rec.config.Tty;
     const paths = fifoPaths(c.dir, "init", { stdin: rec.config.OpenStdin, tty });
-    const fifos = await openFifos(paths, true, this.makeFifos);
     const hostImage = rec.image.rootfs === "host";
     let pid: number;
     try {
-      pid = await this.tasks.create(rec.id, spec, hostImage ? HOST_ROOTFS : "snapshot", paths, tty, {
-        "io.shoal.container.name": rec.name,
-      });
+      const labels = { "io.shoal.container.name": rec.name };
+      pid = await this.tasks.create(rec.id, spec, hostImage ? HOST_ROOTFS : "snapshot", paths, tty, labels, waits);
     } catch (err) {
       fifos.close();
       throw launchErrorOf(err);

@@ -8,10 +8,18 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
 import { delay, within } from "./async.js";
-import { Container, errMessage, eventAttributes, noSuchContainer, type Prepared, ZERO_TIME } from "./container.js";
+import {
+  Container,
+  errMessage,
+  eventAttributes,
+  newId,
+  noSuchContainer,
+  type Prepared,
+  ZERO_TIME,
+} from "./container.js";
 import { isNotFound } from "./containerd/client.js";
-import type { TaskClient } from "./containerd/tasks.js";
-import { type ContainerSpec, checkSpec, type ImageForRun, newRecord } from "./create.js";
+import type { Mounts, TaskClient } from "./containerd/tasks.js";
+import { type ContainerSpec, checkSpec, type ImageForRun, networkModeOf, newRecord } from "./create.js";
 import type { EventLog } from "./events.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
@@ -72,41 +80,67 @@ export class Lifecycle {
   }
 
   async create(spec: ContainerSpec): Promise<string> {
-    const image = await this.d.imageForRun(spec.image);
-    const name = checkSpec(spec, (n) => this.table.byName(n));
-    const rec = newRecord(spec, name, image);
-    const c = new Container(rec, join(this.table.stateDir, rec.id));
+    // The id first: what needs only it is begun before the image lookup (the network namespace, the
+    // directory), and the task of the first start as soon as the record is made (makeAhead).
+    const id = newId();
+    const dir = join(this.table.stateDir, id);
+    const netns = networkModeOf(spec) === "host" ? undefined : this.d.networks.prepare(id);
+    const dirMade = mkdir(dir, { recursive: true, mode: 0o700 }).then(() => undefined);
+    dirMade.catch(() => undefined);
+    let c: Container;
+    let image: RunImage;
+    try {
+      image = await this.d.imageForRun(spec.image);
+      const name = checkSpec(spec, (n) => this.table.byName(n));
+      c = new Container(newRecord(spec, name, image, id), dir);
+    } catch (err) {
+      await this.undoEarly(id, dir, netns, dirMade);
+      throw err;
+    }
+    c.netnsAhead = netns;
     // The name is taken from here on (before any await), so two creates cannot both get it.
     this.table.add(c);
-    // Its network namespace is made meanwhile, for the start (networks.ts prepare).
-    this.d.networks.prepare(c);
+    // The root file system and state.json at once: a failure of either undoes both.
+    const rootfs = image.rootfs === "snapshot" ? this.prepareRootfs(c, image) : undefined;
+    const saved = dirMade.then(() => this.table.persist(c));
+    const made = Promise.allSettled([rootfs, saved]).then((rs) => {
+      for (const r of rs) if (r.status === "rejected") throw r.reason;
+    });
+    this.makeAhead(c, { dirMade, made, rootfs });
     try {
-      await mkdir(c.dir, { recursive: true, mode: 0o700 });
-      // The root file system and state.json at once: a failure of either undoes both.
-      const made = await Promise.allSettled([
-        image.rootfs === "snapshot" ? this.prepareRootfs(c, image) : undefined,
-        this.table.persist(c),
-      ]);
-      for (const r of made) if (r.status === "rejected") throw r.reason;
+      await made;
     } catch (err) {
       this.table.delete(c.id);
+      await this.dropAhead(c, "a failed create");
       await this.undoCreate(c);
       throw err;
     }
-    this.log.info({ id: c.id, name, image: image.name, cmd: [rec.path, ...rec.args] }, "container created");
+    const rec = c.rec;
+    this.log.info({ id: c.id, name: rec.name, image: image.name, cmd: [rec.path, ...rec.args] }, "container created");
     this.d.events.emit("container", "create", c.id, eventAttributes(c));
-    this.makeAhead(c);
     return c.id;
   }
 
+  /** What a create that failed before its container existed had begun: its namespace and directory, removed. */
+  private async undoEarly(id: string, dir: string, netns: Promise<boolean> | undefined, dirMade: Promise<void>) {
+    if (netns) await this.d.networks.dropPrepared(id, netns);
+    await dirMade.catch(() => undefined);
+    await rm(dir, { recursive: true, force: true }).catch((err: unknown) =>
+      this.log.warn(
+        { err, dir },
+        "could not remove the directory of a failed create (without state.json, skipped at restart)",
+      ),
+    );
+  }
+
   /** The root file system on the image's top snapshot; the image unpacked first if containerd has not that. */
-  private async prepareRootfs(c: Container, image: RunImage): Promise<void> {
+  private async prepareRootfs(c: Container, image: RunImage): Promise<Mounts> {
     try {
-      await this.d.tasks.prepareRootfs(c.id, image.topChainId);
+      return await this.d.tasks.prepareRootfs(c.id, image.topChainId);
     } catch (err) {
       if (!isNotFound(err)) throw err;
       await image.unpack();
-      await this.d.tasks.prepareRootfs(c.id, image.topChainId);
+      return await this.d.tasks.prepareRootfs(c.id, image.topChainId);
     }
   }
 
@@ -124,21 +158,45 @@ export class Lifecycle {
   }
 
   /**
-   * Starts making the task of a new container in the background (networks.ts prepare made its namespace):
+   * Starts making the task of a new container in the background, while its create makes the rest:
    * containerd's task create (the shim, runc's init process) is most of a start, and the client's start
    * request comes a few ms after the create's answer (`docker run`); the start then only starts the task.
-   * A task that could not be made is made by the start; one no start took in AHEAD_TTL_MS is deleted.
+   * The FIFOs are opened and the bind mounts' sources (resolv.conf, hosts, hostname) written once the
+   * directory is there, containerd's container made once the record and the root file system are
+   * (`made`: never a containerd container without its record), and the task once the network namespace
+   * is there too. A task that could not be made is made by the start; one no start took in AHEAD_TTL_MS is
+   * deleted.
    */
-  private makeAhead(c: Container): void {
+  private makeAhead(
+    c: Container,
+    created: { dirMade: Promise<void>; made: Promise<void>; rootfs: Promise<Mounts> | undefined },
+  ): void {
     if (this.closed || this.aheadCount >= AHEAD_MAX) return;
     this.aheadCount++;
+    const netnsAhead = c.netnsAhead;
     c.taskAhead = (async () => {
-      const netnsPath = await this.d.networks.madeAhead(c);
-      if (netnsPath === undefined || c.removed) return undefined;
-      const user = await this.d.userOf(c);
-      // The bind mounts' sources (resolv.conf, hosts, hostname): rewritten in place by the start.
-      if (netnsPath !== null) await this.d.networks.writeFiles(c);
-      return await this.d.launcher.prepare(c, netnsPath, user);
+      await created.dirMade;
+      let netnsPath: string | null = null;
+      let ready: Promise<unknown> | undefined;
+      if (!c.hostNetwork) {
+        const path = this.d.networks.netnsPathOf(c.id);
+        netnsPath = path;
+        const netnsMade = (netnsAhead ?? Promise.resolve(false)).then((ok) => {
+          if (!ok) throw new Error(`no network namespace was made ahead on ${path}`);
+        });
+        // Rewritten in place by the start (setUp), after its endpoints are attached.
+        ready = Promise.all([netnsMade, this.d.networks.writeFiles(c)]);
+      }
+      // A named user is looked up in the root file system.
+      const user = created.made.then(() => this.d.userOf(c));
+      // Read by prepare at their steps: one a failed earlier step leaves unread is not an unhandled rejection.
+      user.catch(() => undefined);
+      ready?.catch(() => undefined);
+      return await this.d.launcher.prepare(c, {
+        netnsPath,
+        user,
+        waits: { container: created.made, mounts: created.rootfs, task: ready },
+      });
     })().catch((err: unknown) => {
       this.log.debug({ err, id: c.id }, "could not make a container's task ahead: its start makes it");
       return undefined;
@@ -203,7 +261,9 @@ export class Lifecycle {
   async startLocked(c: Container): Promise<void> {
     const rec = c.rec;
     let launched: Launched;
-    let ahead = await this.takeAhead(c);
+    // The task made ahead is waited for while the networks are set up (in the namespace it was made in).
+    const taking = this.takeAhead(c);
+    let ahead: Prepared | undefined;
     let startedAt = "";
     let early: { pid: number; saved: Promise<boolean> } | undefined;
     // The record saved as running while containerd starts the task (an fsync off the start's path), with
@@ -219,8 +279,15 @@ export class Lifecycle {
       early = { pid, saved };
     };
     try {
-      const user = await this.d.userOf(c);
-      const netnsPath = await this.d.networks.setUp(c);
+      let user: ProcessUser;
+      let netnsPath: string | null;
+      try {
+        user = await this.d.userOf(c);
+        // setUp undoes itself on failure; a user that could not be found leaves nothing to undo.
+        netnsPath = await this.d.networks.setUp(c);
+      } finally {
+        ahead = await taking;
+      }
       // The launcher starts the task made ahead, or deletes it (another spec) or it is deleted by its failure.
       const given = ahead;
       ahead = undefined;

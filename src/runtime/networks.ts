@@ -104,14 +104,15 @@ export class ContainerNetworks {
   }
 
   /**
-   * Starts making a new container's network namespace, for its first start to find made, while the create
-   * prepares the root file system and writes its record: one of the pool's moved onto the container's file
-   * (one process), or, the pool empty, a new one (two processes, unshare and ip: ~30 ms). Never rejects: a
-   * namespace that could not be made is made again by setUp.
+   * Starts making the network namespace of a container to be created with id `id`, for its first start to
+   * find made, while the create looks its image up, prepares the root file system and writes its record:
+   * one of the pool's moved onto the container's file (one process), or, the pool empty, a new one (two
+   * processes, unshare and ip: ~30 ms). The promise (Container.netnsAhead) never rejects: false when the
+   * namespace could not be made (setUp makes it again). A create that fails before its container exists
+   * gives it to dropPrepared.
    */
-  prepare(c: Container): void {
-    if (c.hostNetwork || c.netnsAhead) return;
-    const path = this.netnsPathOf(c.id);
+  prepare(id: string): Promise<boolean> {
+    const path = this.netnsPathOf(id);
     const pooled = this.pool.take();
     const made =
       pooled === undefined
@@ -120,12 +121,24 @@ export class ContainerNetworks {
             this.log.debug({ err, pooled, path }, "could not move a network namespace made ahead: making one");
             return createNetns(path);
           });
-    c.netnsAhead = made.then(
+    return made.then(
       () => true,
       (err: unknown) => {
         this.log.debug({ err, path }, "could not make a network namespace ahead: the start makes it");
         return false;
       },
+    );
+  }
+
+  /** Removes the namespace `prepare` made for a container that was not created after all (never rejects). */
+  async dropPrepared(id: string, ahead: Promise<boolean>): Promise<void> {
+    await ahead;
+    const path = this.netnsPathOf(id);
+    await deleteNetns(path).catch((err: unknown) =>
+      this.log.warn(
+        { err, path },
+        "could not remove the network namespace of a failed create: reconcile removes it at the next start",
+      ),
     );
   }
 

@@ -9,7 +9,7 @@ import os from "node:os";
 import { basename, join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { NetnsPool } from "../../src/runtime/netns-pool.js";
-import { deleteNetns, moveNetns, netnsState } from "../../src/runtime/sandbox.js";
+import { deleteNetns, MountMover, moveNetns, netnsState } from "../../src/runtime/sandbox.js";
 import { CAN_RUN_CONTAINERS } from "./runtime-fixtures.js";
 
 const log = { warn: () => undefined };
@@ -81,6 +81,33 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("NetnsPool (real namespaces)", () => {
     const { execFileSync } = await import("node:child_process");
     const lo = execFileSync("nsenter", [`--net=${target}`, "ip", "-o", "link", "show", "lo"], { encoding: "utf8" });
     expect(lo).toMatch(/[<,]UP[,>]/);
+  });
+
+  test("the mount mover moves a namespace's mount with no process of its own, answers errno, and says when it cannot run", async () => {
+    const pool = newPool();
+    await filled(pool);
+    const pooled = pool.take()!;
+    const ino = (await stat(pooled)).ino;
+    const target = join(containersDir, "0123456789ab");
+    const { mkdir, writeFile } = await import("node:fs/promises");
+    await mkdir(containersDir, { recursive: true });
+    await writeFile(target, "");
+    const mover = new MountMover();
+    try {
+      expect(await mover.move(pooled, target)).toBe(0);
+      expect((await stat(target)).ino).toBe(ino);
+      expect(await netnsState(pooled)).toBe("file");
+      // One process for every move: the same one answers the next.
+      expect(await mover.move(join(dir, "missing"), join(dir, "nowhere"))).toBe(2); // ENOENT
+      expect(await mover.move(pooled, target)).toBe(22); // EINVAL: a plain file, no mount to move
+    } finally {
+      mover.close();
+      await rm(pooled, { force: true });
+    }
+    // No perl (or no syscall number for this machine): undefined, the caller runs mount.
+    const none = new MountMover("/nonexistent/perl");
+    expect(await none.move(join(dir, "a"), join(dir, "b"))).toBeUndefined();
+    expect(await new MountMover("perl", null).move(join(dir, "a"), join(dir, "b"))).toBeUndefined();
   });
 
   test("a closed pool leaves no namespace, file or mount, and makes no more", async () => {

@@ -358,6 +358,10 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
       /Invalid container name/,
     );
     await expectApiError(rt.create({ image: "host", cmd: [], networks: [] }), 400, "no command specified");
+    // A create begins the namespace and the directory of its container before it looks the image up: a
+    // refused one leaves neither.
+    expect(await containerDirs(stateDir)).toEqual([id]);
+    expect(await rt.containerNetnsFiles()).toEqual([id.slice(0, 12)]);
     const anon = await rt.create({ image: "host", cmd: ["true"], networks: [] });
     expect((await rt.containerInspect(anon)).Name).toMatch(/^\/[a-z]+_[a-z]+\d?$/);
   });

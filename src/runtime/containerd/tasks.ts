@@ -211,7 +211,23 @@ export interface TaskExit {
 export type TaskState = { state: "running"; pid: number } | { state: "stopped"; code: number } | { state: "absent" };
 
 /** A container's root file system: its snapshot (keyed by the container's id), or mounts of its own. */
-export type RootfsSource = { type: string; source: string; target: string; options: string[] }[] | "snapshot";
+export type RootfsSource = Mounts | "snapshot";
+
+/** Mounts of a root file system, as containerd gives them. */
+export type Mounts = { type: string; source: string; target: string; options: string[] }[];
+
+/**
+ * What the making of a task waits for, each at its step (one rejected: nothing is left, and its error is
+ * thrown), so that a task made ahead is begun before all it needs is there.
+ */
+export interface TaskWaits {
+  /** Before containerd's container: its record saved (never a containerd container without one), its root file system made. */
+  container?: Promise<unknown>;
+  /** The snapshot's mounts, as its prepare answered them (else they are asked for). */
+  mounts?: Promise<Mounts>;
+  /** Before the task: what runc needs that containerd's container does not (the network namespace, the bind mounts' sources). */
+  task?: Promise<unknown>;
+}
 
 export class TaskClient {
   private readonly log: Logger;
@@ -239,15 +255,16 @@ export class TaskClient {
           };
   }
 
-  /** A root file system for a new container: a snapshot on the image's top layer ("" for none). */
-  async prepareRootfs(id: string, parent: string): Promise<void> {
+  /** A root file system for a new container: a snapshot on the image's top layer ("" for none); resolves to its mounts. */
+  async prepareRootfs(id: string, parent: string): Promise<Mounts> {
     const labels = { "containerd.io/gc.root": new Date().toISOString() };
-    await this.cd.call(this.cd.snapshots, this.cd.snapshots.prepare, {
+    const r = await this.cd.call(this.cd.snapshots, this.cd.snapshots.prepare, {
       snapshotter: SNAPSHOTTER,
       key: id,
       parent,
       labels,
     });
+    return r.mounts;
   }
 
   /**
@@ -292,7 +309,8 @@ export class TaskClient {
 
   /**
    * Creates the containerd container and its task (the shim, and runc's init process waiting to run the
-   * command), not started; resolves to the task's pid. On failure nothing is left.
+   * command), not started; resolves to the task's pid. Each step first waits for what `waits` gives for it.
+   * On failure nothing is left.
    */
   async create(
     id: string,
@@ -301,6 +319,7 @@ export class TaskClient {
     fifos: FifoPaths,
     terminal: boolean,
     labels: Record<string, string>,
+    waits: TaskWaits = {},
   ): Promise<number> {
     const cd = this.cd;
     const container = {
@@ -316,6 +335,9 @@ export class TaskClient {
       snapshotKey: rootfs === "snapshot" ? id : "",
       extensions: {},
     };
+    // Read at their steps; one not read (an earlier step failed) is not an unhandled rejection.
+    for (const w of [waits.mounts, waits.task]) w?.catch(() => undefined);
+    await waits.container;
     try {
       await cd.call(cd.containers, cd.containers.create, { container });
     } catch (err) {
@@ -327,9 +349,12 @@ export class TaskClient {
     }
     try {
       const mounts =
-        rootfs === "snapshot"
-          ? (await cd.call(cd.snapshots, cd.snapshots.mounts, { snapshotter: SNAPSHOTTER, key: id })).mounts
-          : rootfs;
+        rootfs !== "snapshot"
+          ? rootfs
+          : waits.mounts
+            ? await waits.mounts
+            : (await cd.call(cd.snapshots, cd.snapshots.mounts, { snapshotter: SNAPSHOTTER, key: id })).mounts;
+      await waits.task;
       const r = await cd.call(cd.tasks, cd.tasks.create, {
         containerId: id,
         rootfs: mounts,
