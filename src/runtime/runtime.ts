@@ -37,7 +37,7 @@ import { ContainerManager } from "./manage.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { hasEndpoints, Recovery } from "./recovery.js";
-import { runCommand } from "./sandbox.js";
+import { mountMover, runCommand } from "./sandbox.js";
 import { ContainerSizes } from "./sizes.js";
 import type { ProcessUser } from "./spec.js";
 import { statsStream } from "./stats.js";
@@ -429,6 +429,8 @@ export class ContainerRuntime implements ContainerBackend {
       ),
     );
     await this.dropAhead();
+    // The mount mover's process (sandbox.ts) goes with the daemon's last move.
+    mountMover.close();
     this.cd.close();
   }
 

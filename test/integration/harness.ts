@@ -11,7 +11,10 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { mountsUnder } from "../e2e/dataplane-lab.js";
 
+const execFileP = promisify(execFile);
 const UP2 = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 /** The repository, whether this file runs from test/integration (vitest) or dist/test/integration (node). */
 export const REPO = basename(UP2) === "dist" && existsSync(join(UP2, "../package.json")) ? resolve(UP2, "..") : UP2;
@@ -614,12 +617,19 @@ export class Lab {
     for (const i of nodes.sort((a, b) => a - b)) this.dump(i, lines);
   }
 
-  /** SIGKILL every daemon, wait for them, and remove the lab's directory. */
+  /**
+   * SIGKILL every daemon, wait for them, and remove the lab's directory, with what a killed daemon left
+   * mounted in it (the network namespaces its pool made ahead for containers).
+   */
   async close(keepDir = false): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([...this.slots.keys()].map((i) => this.kill(i, "SIGKILL")));
-    if (!keepDir) rmSync(this.dir, { recursive: true, force: true });
+    if (keepDir) return;
+    for (const m of (await mountsUnder(this.dir)).sort((a, b) => b.length - a.length)) {
+      await execFileP("umount", ["-l", m]).catch(() => undefined);
+    }
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
