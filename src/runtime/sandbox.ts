@@ -95,12 +95,7 @@ export class CommandShell {
 
   /** While commands are pending the shell keeps shoald's process open; idle, it does not. */
   private hold(on: boolean): void {
-    const child = this.child;
-    if (!child) return;
-    for (const h of [child, child.stdin, child.stdout] as ({ ref(): void; unref(): void } | null)[]) {
-      if (on) h?.ref();
-      else h?.unref();
-    }
+    holdChild(this.child, on);
   }
 
   private take(d: Buffer): void {
@@ -149,6 +144,15 @@ export const commandShell = new CommandShell();
 async function mustRun(argv: string[]): Promise<void> {
   const r = await commandShell.run(argv);
   if (r.code !== 0) throw new CommandError(argv, r);
+}
+
+/** A helper process kept open while it has work pending (ref), and not keeping shoald's open while idle (unref). */
+function holdChild(child: ChildProcess | undefined, on: boolean): void {
+  if (!child) return;
+  for (const h of [child, child.stdin, child.stdout] as ({ ref(): void; unref(): void } | null)[]) {
+    if (on) h?.ref();
+    else h?.unref();
+  }
 }
 
 // ---- moves of mounts, without a process each -------------------------------------------------------------
@@ -223,12 +227,7 @@ export class MountMover {
   }
 
   private hold(on: boolean): void {
-    const child = this.child;
-    if (!child) return;
-    for (const h of [child, child.stdin, child.stdout] as ({ ref(): void; unref(): void } | null)[]) {
-      if (on) h?.ref();
-      else h?.unref();
-    }
+    holdChild(this.child, on);
   }
 
   private take(d: string): void {
