@@ -1,17 +1,18 @@
 // The agent: every node's session with the managers. It opens a Session stream with the leader (a
 // manager that is not the leader names it, and the agent goes there), sends heartbeats at the period the
 // dispatcher asks for, and when the session breaks fails over to another manager (the others first, the
-// lost one last: attemptOrder) with backoff (100 ms doubling to 8 s). What the managers push (the node's desired role, the manager list) reaches
+// lost one last: attemptOrder) with backoff (100 ms doubling to 8 s); an attempt whose first message does not
+// come within FIRST_MESSAGE_TIMEOUT_MS fails as any other. What the managers push (the node's desired role, the manager list) reaches
 // the daemon through onMessage. The agent takes deltas: after its session's first message (the whole state)
 // each message carries only what changed, applied to the session's state (messages.ts); onMessage is handed
 // the whole state every time. A delta that cannot be applied starts a new session.
 
-import { type ChannelCredentials, type ClientReadableStream, Metadata } from "@grpc/grpc-js";
+import { type ChannelCredentials, type ClientReadableStream, Metadata, status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { NodeDescription } from "../api/objects.js";
 import { CLIENT_CHANNEL_OPTIONS, channelTarget } from "../ca/tls.js";
 import { DispatcherClient, type SessionMessage } from "../gen/cluster.js";
-import { LOST_MANAGER_KEY, leaderHint, withoutCallerStack } from "../manager/grpc-util.js";
+import { HOLD_MS, LOST_MANAGER_KEY, leaderHint, withoutCallerStack } from "../manager/grpc-util.js";
 import { observe } from "../metrics/metrics.js";
 import { Heartbeats } from "./heartbeats.js";
 import { type DecodedSession, decodeSessionMessage, type SessionDecodeMemo } from "./messages.js";
@@ -41,6 +42,8 @@ export interface AgentOptions {
   onEvent?: (e: AgentEvent) => void;
   /** False: ask for the whole state in every message, as an agent before deltas did (the scale bench's A/B). */
   acceptsDeltas?: boolean;
+  /** The bound on the wait for a session's first message (tests); FIRST_MESSAGE_TIMEOUT_MS by default. */
+  firstMessageTimeoutMs?: number;
 }
 
 /** One step of the agent's: a session attempt, its failure, a wait before the next, a session established. */
@@ -54,10 +57,30 @@ export type AgentEvent =
 export const MAX_RECONNECT_SPREAD_MS = 10_000;
 
 /**
- * A dead manager is noticed by the session's heartbeats (each has a deadline) and by the connection closing;
- * keepalive only finds a half-open connection while no call is in flight. It is slow on purpose: a peer whose
- * event loop is busy for a second (one slow CPU, a burst of work) must not lose its session for answering a
- * ping late.
+ * The longest an agent waits for its session's first message, from the attempt's start (connecting, the TLS
+ * handshake, the request), before it cancels the attempt and tries the next manager as after any failed
+ * attempt. Until that message nothing of the session has a deadline (its heartbeats start with it) and
+ * keepalive is rare (CHANNEL_OPTIONS): a manager whose host died at that moment (no RST: a half-open
+ * connection, or a connect never answered, which grpc-js does not time out) would hold the node for minutes.
+ * A live manager may take a while, and must not be cut short: a follower holds the request up to HOLD_MS
+ * while it knows no leader the node can use (src/manager/session-hold.ts); and a new leader of a large swarm
+ * takes thousands of sessions back at once (handshakes queued at its listener, a status write before a node
+ * it had marked down is answered). So: the hold's bound, and 20 s more for those.
+ */
+export const FIRST_MESSAGE_TIMEOUT_MS = HOLD_MS + 20_000;
+
+/**
+ * A dead manager is noticed by the agent's own bounds, never by keepalive alone: the wait for a session's
+ * first message (FIRST_MESSAGE_TIMEOUT_MS), the session's heartbeats (each beat has a deadline), the deadline
+ * of every unary call over these channels (attach, detach, rename; the CA's and Raft membership's calls); and
+ * by the connection closing. Keepalive is a backstop only, and rare: grpc-js pings every connection at this
+ * period whatever goes over it, and both sides pay for each ping (bench:wire-push, 2,000 idle sessions: the
+ * agents' side 44.8 ms of CPU a second at 10 s, 12.3 at 60 s; the manager's side likewise). The answer to a
+ * ping is an HTTP/2 frame sent back in the event-loop turn that reads the ping: 10 s to answer (as the
+ * listener's) only cuts off a peer stalled that long, whose session's heartbeats have failed by then anyway.
+ * Pings without calls stay permitted: the listener allows them (keepalive_permit_without_calls, pings 500 ms
+ * apart at the least), grpc-js servers never send GOAWAY too_many_pings, and these channels carry a call all
+ * their life anyway (a session; a CA or membership call, closed after it).
  *
  * Each channel has a subchannel pool of its own: grpc-js's global one shares a connection only between
  * channels of the same credentials object, which a node's channels never are (each has its own
@@ -69,7 +92,7 @@ export const CHANNEL_OPTIONS = {
   ...CLIENT_CHANNEL_OPTIONS,
   "grpc.use_local_subchannel_pool": 1,
   "grpc.enable_channelz": 0,
-  "grpc.keepalive_time_ms": 10_000,
+  "grpc.keepalive_time_ms": 60_000,
   "grpc.keepalive_timeout_ms": 10_000,
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.initial_reconnect_backoff_ms": 100,
@@ -239,10 +262,24 @@ export class Agent {
       let sessionId = "";
       let period = 5000;
       const memo = this.memo;
+      // Cleared by the first message; the attempt fails as any other if none comes in time.
+      const firstMs = this.opts.firstMessageTimeoutMs ?? FIRST_MESSAGE_TIMEOUT_MS;
+      let first: NodeJS.Timeout | undefined = setTimeout(() => {
+        first = undefined;
+        const err = new Error(`no session message from manager ${addr} within ${firstMs} ms`);
+        reject(Object.assign(err, { code: status.DEADLINE_EXCEEDED }));
+        stream.cancel();
+      }, firstMs);
+      first.unref();
+      const settled = () => {
+        if (first) clearTimeout(first);
+        first = undefined;
+      };
       /** The session's state as its messages so far say it (a delta applies to it). */
       let state: DecodedSession | undefined;
       stream.on("data", (msg: SessionMessage) => {
         if (!sessionId) {
+          settled();
           sessionId = msg.sessionId;
           this.connectedTo = addr;
           this.established = true;
@@ -292,8 +329,14 @@ export class Agent {
           this.log.warn({ err: e }, "handling a session message failed");
         }
       });
-      stream.on("error", (e) => reject(e));
-      stream.on("end", () => resolve());
+      stream.on("error", (e) => {
+        settled();
+        reject(e);
+      });
+      stream.on("end", () => {
+        settled();
+        resolve();
+      });
     });
   }
 }

@@ -23,6 +23,11 @@ export class GrpcError extends Error {
 export const LEADER_ADDR_KEY = "leader-addr";
 /** Session request metadata: the manager whose session the agent has just lost (session-hold.ts). */
 export const LOST_MANAGER_KEY = "lost-manager";
+/**
+ * The longest a manager holds a session request (session-hold.ts): a few election timeouts. Here, beside
+ * LOST_MANAGER_KEY, because the agent's own bound on the wait for a session's first message is derived from it.
+ */
+export const HOLD_MS = 10_000;
 
 /** UNAVAILABLE, naming the leader (if known) so the caller can go there. */
 export function notLeader(leaderAddr: string | undefined): GrpcError {

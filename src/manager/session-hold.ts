@@ -13,14 +13,13 @@
 import type { Metadata } from "@grpc/grpc-js";
 import { HostPort } from "../api/schema.js";
 import { callerOf } from "./acl.js";
-import { LOST_MANAGER_KEY } from "./grpc-util.js";
+import { HOLD_MS, LOST_MANAGER_KEY } from "./grpc-util.js";
 import type { SessionCall } from "./push-parts.js";
 
-/**
- * The longest a request is held: a few election timeouts. Each is held a random 75-100 % of it, so that while
- * the swarm stays without a leader the nodes told so do not all come back at the same moment.
- */
-export const HOLD_MS = 10_000;
+// The longest a request is held is HOLD_MS (grpc-util.ts: the agent derives its wait for a first message
+// from it). Each is held a random 75-100 % of it, so that while the swarm stays without a leader the nodes
+// told so do not all come back at the same moment.
+
 /** Requests held at once, at most (beyond, they are answered at once, as before). */
 export const MAX_HELD = 20_000;
 /** Held requests answered per event-loop turn once a leader is known. */

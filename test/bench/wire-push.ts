@@ -6,12 +6,13 @@
 // is (the session id, the delta head, the period), PUSH_BATCH per event-loop turn as the dispatcher does; the
 // client counts the messages its 'data' handlers got, decoded by grpc-js as the agent's are.
 //
-//   node dist/test/bench/wire-push.js [--sessions 1000] [--rounds 8] [--gap-ms 200]
+//   node dist/test/bench/wire-push.js [--sessions 1000] [--rounds 8] [--gap-ms 200] [--idle-ms 10000]
 //   WIRE_PUSH_SERVER_KA=ms / WIRE_PUSH_CLIENT_KA=ms   another keepalive period for the server / the client
 //   WIRE_PUSH_PERF=1   the client runs with --perf-basic-prof (both pids are printed, for perf record -p)
 //
-// Prints the CPU of 10 s with the sessions idle (keepalive pings only: no heartbeats here; from 11 s after
-// they came up, so that a 10 s keepalive's pings are all in it), then per round:
+// Prints the CPU of 10 s (--idle-ms) with the sessions idle (keepalive pings only: no heartbeats here; from
+// 11 s after they came up, so that a 10 s keepalive's pings are all in it; --idle-ms 60000 holds one ping of
+// each side's 60 s keepalive per connection, and six of a 10 s one: the cost over a whole period), then per round:
 // wall time to the last message, the spread of arrivals (p99 over sessions from the first), and CPU µs per
 // message of each process (process.cpuUsage: the server's from its first write until the client had every
 // message; the client's from --gap-ms before the first write until it had every message).
@@ -31,12 +32,12 @@ import { LISTENER_KEEPALIVE_MS } from "../../src/manager/listener.js";
 import { DispatcherServiceEncoded, type SessionCall } from "../../src/manager/push-parts.js";
 
 const CLUSTER = "c0000000000000000000000001";
-const IDLE_MS = 10_000;
-
 function arg(name: string, d: number): number {
   const i = process.argv.indexOf(name);
   return i >= 0 ? Number(process.argv[i + 1]) : d;
 }
+
+const IDLE_MS = arg("--idle-ms", 10_000);
 
 interface Material {
   rootPem: string;
@@ -166,8 +167,8 @@ async function server(): Promise<void> {
   await new Promise((r) => setTimeout(r, 1000));
   {
     // Idle: keepalive pings and nothing else (no heartbeats here). From 11 s after the sessions came up (a
-    // connection's first ping comes a keepalive period after it was made) for 10 s: with a 10 s keepalive,
-    // every connection's pings of a period.
+    // connection's first ping comes a keepalive period after it was made) for IDLE_MS: with a 10 s keepalive
+    // and 10 s, every connection's pings of a period; with 60 s, one period of a 60 s keepalive's.
     await new Promise((r) => setTimeout(r, 10_000));
     child.send({ kind: "expect", round: 0 } satisfies ToClient);
     const c0 = process.cpuUsage();
