@@ -39,8 +39,9 @@
 //                  elections beyond the first (survivors' logs)
 //   failover timeline  per node, from its agent's steps (Agent onEvent): when it noticed, each attempt's
 //                  target (dead, follower, leader) and outcome, the spread and backoff it waited, when it was
-//                  back; histograms of time-to-back and attempts, TLS handshakes the simulators made per node,
-//                  and the CPU each process spent from the SIGKILL until all were back
+//                  back; histograms of time-to-back and attempts, each attempt's time to its outcome (the
+//                  agent's first-message bound must stay above it), TLS handshakes the simulators made per
+//                  node, and the CPU each process spent from the SIGKILL until all were back
 // Managers expose --metrics-addr when the daemon supports it; the bench then reads their /metrics.
 // Everything started (daemons, worker processes, temp dirs) is cleaned up on success, failure and SIGINT.
 
@@ -865,6 +866,11 @@ export interface FailoverTimeline {
   backoffS: { p50: number; p99: number; max: number };
   /** Per node, seconds from noticing to back that were not waiting: connecting, handshakes, answers. */
   workingS: { p50: number; p99: number; max: number };
+  /**
+   * Seconds from each attempt to its outcome (the session up, or the attempt failed), over every attempt: what
+   * the agent's bound on the wait for a first message (FIRST_MESSAGE_TIMEOUT_MS) must stay above.
+   */
+  attemptS: { p50: number; p99: number; max: number };
   /** TLS handshakes the simulators began and completed, by target (dead, follower, leader), per node. */
   handshakesPerNode: { begun: number; done: number; resumed: number; byTarget: Record<string, number> };
 }
@@ -883,6 +889,7 @@ function failoverTimeline(
   const spread: number[] = [];
   const backoff: number[] = [];
   const working: number[] = [];
+  const attemptMs: number[] = [];
   const backHistogram: Record<string, number> = {};
   const attemptsHistogram: Record<string, number> = {};
   const attempts: Record<string, number> = {};
@@ -896,10 +903,17 @@ function failoverTimeline(
     let tries = 0;
     let waitedSpread = 0;
     let waitedBackoff = 0;
+    let attemptAt: number | undefined;
     for (const e of t.events) {
       if (up && e.at > up.at) break;
-      if (e.kind === "attempt") tries++;
-      else if (e.kind === "wait" && e.why === "spread") waitedSpread += e.ms;
+      if (attemptAt !== undefined && (e.kind === "up" || e.kind === "failed")) {
+        attemptMs.push(e.at - attemptAt);
+        attemptAt = undefined;
+      }
+      if (e.kind === "attempt") {
+        tries++;
+        attemptAt = e.at;
+      } else if (e.kind === "wait" && e.why === "spread") waitedSpread += e.ms;
       else if (e.kind === "wait") waitedBackoff += e.ms;
       else if (e.kind === "up") bump(attempts, `${target(e.addr)} up`);
       else if (e.kind === "failed" && !e.established) {
@@ -953,6 +967,7 @@ function failoverTimeline(
     spreadS: { p50: p(spread, 50), max: s(Math.max(...spread)) },
     backoffS: { p50: p(backoff, 50), p99: p(backoff, 99), max: s(Math.max(...backoff)) },
     workingS: { p50: p(working, 50), p99: p(working, 99), max: s(Math.max(...working)) },
+    attemptS: { p50: p(attemptMs, 50), p99: p(attemptMs, 99), max: s(Math.max(...attemptMs)) },
     handshakesPerNode: {
       begun: Math.round((begun / n) * 100) / 100,
       done: Math.round((done / n) * 100) / 100,
@@ -1152,6 +1167,7 @@ function printTable(rows: Row[]): void {
     console.log(
       `  per node: spread p50/max ${tl.spreadS.p50}/${tl.spreadS.max}; backoff p50/p99/max ${tl.backoffS.p50}/${tl.backoffS.p99}/${tl.backoffS.max}; working p50/p99/max ${tl.workingS.p50}/${tl.workingS.p99}/${tl.workingS.max}`,
     );
+    console.log(`  each attempt to its outcome p50/p99/max ${tl.attemptS.p50}/${tl.attemptS.p99}/${tl.attemptS.max}`);
     console.log(`  TLS handshakes per node: ${JSON.stringify(tl.handshakesPerNode)}`);
     const cpu = r.failover?.cpuToBack;
     if (cpu) {
