@@ -13,7 +13,8 @@
 // Agent (a Dispatcher session over mutual TLS, heartbeats). Figures:
 //   join/s         N / time from the first join request to the last certificate issued
 //   sessions up    time until every simulated worker holds a session
-//   leader CPU     the leader process's CPU over --steady seconds once every session is up (% of one core)
+//   leader CPU     the leader process's CPU over --steady seconds once every session is up (% of one core;
+//                  the simulators' CPU over the same window is printed as the phase ends)
 //   hb p99         heartbeat round trips seen by the agents during the steady window; beside it, what of a
 //                  round trip is not the leader's: the simulators' event-loop delay (p99, max over the
 //                  processes) in that window, and the leader's own longest event-loop delay in it
@@ -273,6 +274,8 @@ export interface Row {
   joinSeconds: number;
   sessionsUpSeconds: number | undefined;
   leaderCpuPct: number;
+  /** The simulator processes' CPU together over the steady window (% of one core). */
+  simCpuPct?: number;
   heartbeatP99Ms: number;
   heartbeatCount: number;
   heartbeatFailures: number;
@@ -612,16 +615,22 @@ async function steadyPhase(o: Options, leader: Shoald, w: Workers, row: Row, sta
   await sleep(5000);
   await w.stats(); // drop the samples of the join
   const c0 = leader.cpuSeconds();
+  const s0 = w.cpuSeconds();
   const t0 = performance.now();
   const from = Date.now();
   await sleep(o.steadySeconds * 1000);
   const c1 = leader.cpuSeconds();
+  const s1 = w.cpuSeconds();
   const st = await w.stats();
   row.simLoopP99Ms = Math.max(...st.map((s) => s.loopP99Ms));
   row.simLoopMaxMs = Math.max(...st.map((s) => s.loopMaxMs));
   // The leader's reads that cover the window (each covers the 2 s before it).
   row.leaderLoopMaxMs = stalls.maxBetween(leader, from + 2000, Date.now());
   row.leaderCpuPct = ((c1 - c0) / ((performance.now() - t0) / 1000)) * 100;
+  row.simCpuPct = ((s1 - s0) / ((performance.now() - t0) / 1000)) * 100;
+  console.log(
+    `  steady ${o.steadySeconds} s: leader ${row.leaderCpuPct.toFixed(1)} %, simulators ${row.simCpuPct.toFixed(1)} % of one core`,
+  );
   const hb = st.flatMap((s) => s.heartbeatsMs);
   row.heartbeatP99Ms = percentile(hb, 99);
   row.heartbeatCount = hb.length;
