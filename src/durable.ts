@@ -8,28 +8,40 @@ import { dirname } from "node:path";
 
 let tmpSeq = 0;
 
-/** Replace `path` with `data` durably. The directory must exist: a write never recreates one removed. */
+/**
+ * Replace `path` with `data` durably. The directory must exist: a write never recreates one removed.
+ * What does not depend on another step runs beside it (the directory opened while the file is written, the
+ * file closed while it is renamed): each step waits for a thread of the pool, and a busy daemon (a
+ * container's create) waits for this write.
+ */
 export async function writeFileDurable(path: string, data: string, mode = 0o600): Promise<void> {
   // A name of its own for every write: two writes of the same file at once must not share a temp file.
   const tmp = `${path}.tmp-${process.pid}-${++tmpSeq}`;
+  const dirOpened = open(dirname(path), "r");
+  // Read below, after the file's steps: their failure first is not an unhandled rejection.
+  dirOpened.catch(() => undefined);
   try {
-    const fh = await open(tmp, "w", mode);
     try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
+      const fh = await open(tmp, "w", mode);
+      let closed: Promise<void> | undefined;
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+        closed = fh.close();
+        await rename(tmp, path);
+      } finally {
+        await (closed ?? fh.close());
+      }
+    } catch (err) {
+      // Nothing half-written stays beside the file.
+      await rm(tmp, { force: true });
+      throw err;
     }
-    await rename(tmp, path);
-  } catch (err) {
-    // Nothing half-written stays beside the file.
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  const dir = await open(dirname(path), "r");
-  try {
-    await dir.sync();
+    await (await dirOpened).sync();
   } finally {
-    await dir.close();
+    await dirOpened.then(
+      (dir) => dir.close(),
+      () => undefined,
+    );
   }
 }

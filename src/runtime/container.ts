@@ -148,6 +148,13 @@ export interface Running {
   handled: Promise<void>;
 }
 
+/** The contents of the files bind-mounted into a container's /etc (networks.ts writeFiles). */
+export interface ContainerFiles {
+  resolv: string;
+  hosts: string;
+  hostname: string;
+}
+
 /** A container's task made but not started (Launcher.prepare), with the FIFOs of its stdio. */
 export interface Prepared {
   fifos: OpenFifos;
@@ -178,6 +185,12 @@ export class Container {
    */
   taskAhead: Promise<Prepared | undefined> | undefined;
   taskAheadTimer: NodeJS.Timeout | undefined;
+  /**
+   * Its resolv.conf, hosts and hostname being written ahead of its first start (networks.ts
+   * writeFilesAhead): what they were written with (undefined: the write failed). Taken by that start, which
+   * does not write them again when they would not change.
+   */
+  filesAhead: Promise<ContainerFiles | undefined> | undefined;
   constructor(
     public rec: ContainerRecord,
     readonly dir: string,

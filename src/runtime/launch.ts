@@ -99,10 +99,12 @@ export class Launcher {
       p = undefined;
     }
     p ??= await this.create(c, spec);
+    // Asked of containerd before `starting` saves the record: that write is not between the two.
+    const started = this.tasks.startCreated(c.id);
     starting?.(p.pid);
     let pid: number;
     try {
-      pid = await this.tasks.startCreated(c.id);
+      pid = await started;
     } catch (err) {
       p.fifos.close();
       throw launchErrorOf(err);

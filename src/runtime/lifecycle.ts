@@ -17,13 +17,13 @@ import {
   type Prepared,
   ZERO_TIME,
 } from "./container.js";
-import { isNotFound } from "./containerd/client.js";
 import type { Mounts, TaskClient } from "./containerd/tasks.js";
-import { type ContainerSpec, checkSpec, type ImageForRun, networkModeOf, newRecord } from "./create.js";
+import { type ContainerSpec, checkSpec, networkModeOf, newRecord } from "./create.js";
 import type { EventLog } from "./events.js";
 import { nowRFC3339Nano } from "./jsonlog.js";
 import { type ExitInfo, LaunchError, type Launched, type Launcher } from "./launch.js";
 import type { ContainerNetworks } from "./networks.js";
+import { type EarlyRootfs, RootfsMaker, type RunImage } from "./rootfs.js";
 import { parseSignal } from "./signals.js";
 import type { ProcessUser } from "./spec.js";
 import type { ContainerTable } from "./table.js";
@@ -40,9 +40,6 @@ const RESTART_MAX_MS = 60_000;
  */
 const AHEAD_TTL_MS = 10_000;
 const AHEAD_MAX = 8;
-
-/** An image to create a container from: its top snapshot, and how to unpack it when that is not there. */
-export type RunImage = ImageForRun & { topChainId: string; unpack(): Promise<void> };
 
 export interface LifecycleDeps {
   table: ContainerTable;
@@ -68,10 +65,12 @@ export class Lifecycle {
   private closed = false;
   /** Tasks being made, or made, ahead of a first start and not taken yet. */
   private aheadCount = 0;
+  private readonly rootfs: RootfsMaker;
 
   constructor(private readonly d: LifecycleDeps) {
     this.table = d.table;
     this.log = d.log;
+    this.rootfs = new RootfsMaker(d.tasks, d.log);
   }
 
   /** The daemon is going away: no restart policy starts anything any more. */
@@ -87,6 +86,9 @@ export class Lifecycle {
     const netns = networkModeOf(spec) === "host" ? undefined : this.d.networks.prepare(id);
     const dirMade = mkdir(dir, { recursive: true, mode: 0o700 }).then(() => undefined);
     dirMade.catch(() => undefined);
+    // The root file system, on the snapshot the image had last time, while the image is looked up (the
+    // lookup decides: another snapshot, and this one is removed and made again).
+    const early = this.rootfs.early(id, spec.image);
     let c: Container;
     let image: RunImage;
     try {
@@ -94,19 +96,19 @@ export class Lifecycle {
       const name = checkSpec(spec, (n) => this.table.byName(n));
       c = new Container(newRecord(spec, name, image, id), dir);
     } catch (err) {
-      await this.undoEarly(id, dir, netns, dirMade);
+      await this.undoEarly(id, dir, netns, dirMade, early);
       throw err;
     }
     c.netnsAhead = netns;
     // The name is taken from here on (before any await), so two creates cannot both get it.
     this.table.add(c);
     // The root file system and state.json at once: a failure of either undoes both.
-    const rootfs = image.rootfs === "snapshot" ? this.prepareRootfs(c, image) : undefined;
+    const rootfs = this.rootfs.prepare(c.id, image, early);
     const saved = dirMade.then(() => this.table.persist(c));
     const made = Promise.allSettled([rootfs, saved]).then((rs) => {
       for (const r of rs) if (r.status === "rejected") throw r.reason;
     });
-    this.makeAhead(c, { dirMade, made, rootfs });
+    this.makeAhead(c, { dirMade, saved, made, rootfs });
     try {
       await made;
     } catch (err) {
@@ -121,9 +123,19 @@ export class Lifecycle {
     return c.id;
   }
 
-  /** What a create that failed before its container existed had begun: its namespace and directory, removed. */
-  private async undoEarly(id: string, dir: string, netns: Promise<boolean> | undefined, dirMade: Promise<void>) {
+  /**
+   * What a create that failed before its container existed had begun: its namespace, root file system and
+   * directory, removed.
+   */
+  private async undoEarly(
+    id: string,
+    dir: string,
+    netns: Promise<boolean> | undefined,
+    dirMade: Promise<void>,
+    early: EarlyRootfs | undefined,
+  ) {
     if (netns) await this.d.networks.dropPrepared(id, netns);
+    if (early) await this.rootfs.drop(id, early);
     await dirMade.catch(() => undefined);
     await rm(dir, { recursive: true, force: true }).catch((err: unknown) =>
       this.log.warn(
@@ -131,17 +143,6 @@ export class Lifecycle {
         "could not remove the directory of a failed create (without state.json, skipped at restart)",
       ),
     );
-  }
-
-  /** The root file system on the image's top snapshot; the image unpacked first if containerd has not that. */
-  private async prepareRootfs(c: Container, image: RunImage): Promise<Mounts> {
-    try {
-      return await this.d.tasks.prepareRootfs(c.id, image.topChainId);
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-      await image.unpack();
-      return await this.d.tasks.prepareRootfs(c.id, image.topChainId);
-    }
   }
 
   private async undoCreate(c: Container): Promise<void> {
@@ -162,14 +163,19 @@ export class Lifecycle {
    * containerd's task create (the shim, runc's init process) is most of a start, and the client's start
    * request comes a few ms after the create's answer (`docker run`); the start then only starts the task.
    * The FIFOs are opened and the bind mounts' sources (resolv.conf, hosts, hostname) written once the
-   * directory is there, containerd's container made once the record and the root file system are
-   * (`made`: never a containerd container without its record), and the task once the network namespace
-   * is there too. A task that could not be made is made by the start; one no start took in AHEAD_TTL_MS is
-   * deleted.
+   * directory is there, containerd's container made once the record is saved (`saved`: never a containerd
+   * container without its record; while the root file system is being prepared, which containerd's
+   * container does not need), and the task once the root file system and the network namespace are there
+   * too. A task that could not be made is made by the start; one no start took in AHEAD_TTL_MS is deleted.
    */
   private makeAhead(
     c: Container,
-    created: { dirMade: Promise<void>; made: Promise<void>; rootfs: Promise<Mounts> | undefined },
+    created: {
+      dirMade: Promise<void>;
+      saved: Promise<void>;
+      made: Promise<void>;
+      rootfs: Promise<Mounts> | undefined;
+    },
   ): void {
     if (this.closed || this.aheadCount >= AHEAD_MAX) return;
     this.aheadCount++;
@@ -184,18 +190,20 @@ export class Lifecycle {
         const netnsMade = (netnsAhead ?? Promise.resolve(false)).then((ok) => {
           if (!ok) throw new Error(`no network namespace was made ahead on ${path}`);
         });
-        // Rewritten in place by the start (setUp), after its endpoints are attached.
-        ready = Promise.all([netnsMade, this.d.networks.writeFiles(c)]);
+        // Written again by the start (setUp) after its endpoints are attached, if that changes them; written
+        // as ahead only while no start has taken this task (else that start writes them itself).
+        const files = c.taskAhead !== undefined ? this.d.networks.writeFilesAhead(c) : this.d.networks.writeFiles(c);
+        ready = Promise.all([netnsMade, files]);
       }
-      // A named user is looked up in the root file system.
-      const user = created.made.then(() => this.d.userOf(c));
+      // A named user is looked up in the root file system (none is root's: not waited for).
+      const user = (c.rec.config.User === "" ? Promise.resolve() : created.made).then(() => this.d.userOf(c));
       // Read by prepare at their steps: one a failed earlier step leaves unread is not an unhandled rejection.
       user.catch(() => undefined);
       ready?.catch(() => undefined);
       return await this.d.launcher.prepare(c, {
         netnsPath,
         user,
-        waits: { container: created.made, mounts: created.rootfs, task: ready },
+        waits: { container: created.saved, mounts: created.rootfs, task: ready },
       });
     })().catch((err: unknown) => {
       this.log.debug({ err, id: c.id }, "could not make a container's task ahead: its start makes it");

@@ -2,11 +2,11 @@
 // /var/run/docker/netns), the endpoints the NetworkAttacher makes in it at start and on `network
 // connect` (each undone on failure), and the files that follow them: resolv.conf, hosts and hostname.
 
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { ApiError, badRequest, conflict } from "../api/errors.js";
-import type { Container, NetworkAttachment } from "./container.js";
+import type { Container, ContainerFiles, NetworkAttachment } from "./container.js";
 import { rewriteInPlace } from "./files.js";
 import { NetnsPool } from "./netns-pool.js";
 import { createNetns, deleteNetns, moveNetns, netnsState } from "./sandbox.js";
@@ -36,15 +36,29 @@ export function renderHosts(
   return `${lines.join("\n")}\n`;
 }
 
-/** The host's resolv.conf without loopback name servers (unreachable from a container's namespace). */
-export async function hostResolvConf(): Promise<string> {
-  let text = "";
+/** The host's resolv.conf as hostResolvConf last read it, and what the file was then. */
+let hostResolv: { key: string; text: string } | undefined;
+
+/**
+ * The host's resolv.conf without loopback name servers (unreachable from a container's namespace). Read
+ * again when the file is another one or has changed (its inode, size and time of change), else as read
+ * last: every container's create and start ask for it.
+ */
+export async function hostResolvConf(path = "/etc/resolv.conf"): Promise<string> {
   try {
-    text = await readFile("/etc/resolv.conf", "utf8");
+    const st = await stat(path);
+    const key = `${path} ${st.dev}:${st.ino} ${st.size} ${st.mtimeMs} ${st.ctimeMs}`;
+    if (hostResolv?.key === key) return hostResolv.text;
+    const text = filteredResolvConf(await readFile(path, "utf8"));
+    hostResolv = { key, text };
+    return text;
   } catch {
     // A host without /etc/resolv.conf: containers get an empty one, as on the host.
     return "";
   }
+}
+
+function filteredResolvConf(text: string): string {
   const lines = text
     .split("\n")
     .filter((l) => !/^\s*nameserver\s+(127\.|::1\b)/.test(l))
@@ -210,15 +224,47 @@ export class ContainerNetworks {
 
   /** resolv.conf, hosts and hostname for the container's current endpoints (rewritten in place). */
   async writeFiles(c: Container): Promise<void> {
+    // Those written ahead of its first start: written again only if they would change (never, for a
+    // container without networks). Its process has not run yet, so nothing else wrote them since.
+    const ahead = c.filesAhead;
+    c.filesAhead = undefined;
+    const files = await this.filesOf(c);
+    const was = await ahead;
+    if (was?.resolv === files.resolv && was.hosts === files.hosts && was.hostname === files.hostname) return;
+    await this.write(c, files);
+  }
+
+  /**
+   * writeFiles ahead of the container's first start (lifecycle.ts makeAhead), before the start's own
+   * (`setUp`), which writes them again only if they would change.
+   */
+  writeFilesAhead(c: Container): Promise<void> {
+    const writing = this.filesOf(c).then(async (files) => {
+      await this.write(c, files);
+      return files;
+    });
+    c.filesAhead = writing.then(
+      (files) => files,
+      () => undefined,
+    );
+    return writing.then(() => undefined);
+  }
+
+  private async filesOf(c: Container): Promise<ContainerFiles> {
     const rec = c.rec;
     const attached = rec.networks.filter((n) => n.endpoint);
     const eps = attached.map((n) => n.endpoint!);
     const resolv = eps.length > 0 ? this.attacher.resolvConf(eps) : await hostResolvConf();
     const aliases = attached.map((n) => n.cfg.Aliases ?? []);
+    const hosts = renderHosts(rec.config.Hostname, rec.name, eps, aliases);
+    return { resolv, hosts, hostname: `${rec.config.Hostname}\n` };
+  }
+
+  private async write(c: Container, files: ContainerFiles): Promise<void> {
     await Promise.all([
-      rewriteInPlace(join(c.dir, "resolv.conf"), resolv),
-      rewriteInPlace(join(c.dir, "hosts"), renderHosts(rec.config.Hostname, rec.name, eps, aliases)),
-      rewriteInPlace(join(c.dir, "hostname"), `${rec.config.Hostname}\n`),
+      rewriteInPlace(join(c.dir, "resolv.conf"), files.resolv),
+      rewriteInPlace(join(c.dir, "hosts"), files.hosts),
+      rewriteInPlace(join(c.dir, "hostname"), files.hostname),
     ]);
   }
 

@@ -13,6 +13,7 @@
 //   manage.ts     rename, pause, unpause, prune                      stats.ts     docker stats from cgroups
 //   netns-pool.ts namespaces made ahead for containers to come (in <execRoot>/netns-pool, not netns)
 //   sizes.ts      what a container wrote (ps -s, inspect --size, system df, prune's reclaimed space)
+//   rootfs.ts     a new container's root file system (begun before its image lookup, on the snapshot last seen)
 //
 // State: every container has a directory under stateDir (state.json, its json-file log, resolv.conf,
 // hosts, hostname). A daemon that restarts finds them there; containers a dead daemon left running are
@@ -32,11 +33,12 @@ import { familiarName, fullName, parseReference } from "./images/reference.js";
 import { ImageService } from "./images/service.js";
 import { ImageStore, type ResolvedImage } from "./images/store.js";
 import { Launcher } from "./launch.js";
-import { Lifecycle, type RunImage } from "./lifecycle.js";
+import { Lifecycle } from "./lifecycle.js";
 import { ContainerManager } from "./manage.js";
 import { ContainerNetworks } from "./networks.js";
 import { checkListOptions, inspectOf, listed, summaryOf } from "./present.js";
 import { hasEndpoints, Recovery } from "./recovery.js";
+import type { RunImage } from "./rootfs.js";
 import { mountMover, runCommand } from "./sandbox.js";
 import { ContainerSizes } from "./sizes.js";
 import type { ProcessUser } from "./spec.js";

@@ -173,6 +173,10 @@ async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
   const engine: number[] = [];
   const engineCreate: number[] = [];
   const engineStart: number[] = [];
+  // CPU (ms) shoald and containerd (with its shims and runc: its children) spent on each docker run.
+  const shoaldPid = lab.pid(h1);
+  const containerdPid = pidIn(join(h1.execRoot, "containerd", "containerd.pid"));
+  const cpu = { shoald: 0, containerd: 0 };
   const cd = new Containerd(join(h1.execRoot, "containerd", "containerd.sock"));
   // runc keeps its state where shoald has it keep it (under h1's exec root).
   const tasks = new TaskClient(
@@ -188,7 +192,10 @@ async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
   try {
     for (let i = 0; i < n; i++) {
       // The first docker run unpacks the image (the floor's snapshots are made on it).
+      const before = { shoald: cpuMs(shoaldPid), containerd: cpuMs(containerdPid, true) };
       cli.push(await timed(() => docker("run", "-d", "--network", "none", "busybox", "sleep", "3600")));
+      cpu.shoald += cpuMs(shoaldPid) - before.shoald;
+      cpu.containerd += cpuMs(containerdPid, true) - before.containerd;
       let id = "";
       const create = await timed(async () => {
         const c = await api(h1, "POST", "/containers/create", {
@@ -216,17 +223,30 @@ async function runLatency(lab: Lab, h1: LabHost, docker: Docker, n: number) {
     cd.close();
   }
   await lab.removeContainers(h1);
-  return { cli, cliAlone, engine, engineCreate, engineStart, floor };
+  return {
+    cli,
+    cliAlone,
+    engine,
+    engineCreate,
+    engineStart,
+    floor,
+    cpuPerRun: { shoald: cpu.shoald / n, containerd: cpu.containerd / n },
+  };
 }
 
-/** CPU time (user+system, ms) a process has used so far; 0 when it is gone. */
-function cpuMs(pid: number | undefined): number {
+/**
+ * CPU time (user+system, ms) a process has used so far (`children`: with that of its children that have
+ * exited and been waited for); 0 when it is gone.
+ */
+function cpuMs(pid: number | undefined, children = false): number {
   if (!pid) return 0;
   try {
-    // The fields after the command's parenthesis: utime and stime are the 12th and 13th (clock ticks, 100 Hz).
+    // The fields after the command's parenthesis: utime and stime are the 12th and 13th, cutime and cstime
+    // the 14th and 15th (clock ticks, 100 Hz).
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) * 10;
+    const own = Number(f[11]) + Number(f[12]);
+    return (own + (children ? Number(f[13]) + Number(f[14]) : 0)) * 10;
   } catch {
     return 0;
   }
@@ -404,6 +424,9 @@ async function main(): Promise<void> {
       process.stdout.write(`${line("  of which start", run.engineStart)}\n`);
       process.stdout.write(`${line("docker run -d (CLI wall time)", run.cli, run.floor)}\n`);
       process.stdout.write(`${line("docker --version (the CLI, no request)", run.cliAlone)}\n`);
+      process.stdout.write(
+        `CPU per docker run: shoald ${run.cpuPerRun.shoald.toFixed(1)} ms, containerd (and what it ran and waited for) ${run.cpuPerRun.containerd.toFixed(1)} ms\n`,
+      );
     }
     if (only === "run") {
       writeResults(results);

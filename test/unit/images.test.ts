@@ -286,6 +286,27 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     expect(ok(await docker("run", "--rm", "busybox", "echo", "unpacked again")).stdout).toBe("unpacked again\n");
   });
 
+  test("a name given to another image runs that one (not the root file system prepared on the one it had); a removed name is refused and leaves no snapshot", async () => {
+    const snapshots = join(dir, "cd", "data", "containerd", "io.containerd.snapshotter.v1.overlayfs", "snapshots");
+    const web = `${reg}/shoal/web:latest`;
+    ok(await docker("load", "-i", join(dir, "busybox.tar")));
+    ok(await docker("pull", web));
+    ok(await docker("tag", "busybox", "shoal/moving:1"));
+    // Run once: the create learns the name's top snapshot, and the next create prepares on it early.
+    expect(ok(await docker("run", "--rm", "shoal/moving:1", "echo", "busybox")).stdout).toBe("busybox\n");
+    ok(await docker("tag", web, "shoal/moving:1"));
+    const r = ok(await docker("run", "--rm", "shoal/moving:1", "cat", "/var/www/index.html"));
+    expect(r.stdout).toBe("hello from shoal's busybox\n");
+    // Gone: refused in docker's words, and the snapshot begun before the lookup said so is removed.
+    const before = (await readdir(snapshots)).length;
+    ok(await docker("rmi", "shoal/moving:1"));
+    await expect(runtime.containerCreate(undefined, { Image: "shoal/moving:1", Cmd: ["true"] })).rejects.toThrow(
+      "No such image: shoal/moving:1",
+    );
+    expect((await readdir(snapshots)).length).toBe(before);
+    ok(await docker("rmi", web));
+  });
+
   test("a missing image is pulled from the registry first, in docker's words; pull shows progress", async () => {
     const image = `${reg}/shoal/web:latest`;
     const r = ok(await docker("run", "--rm", image, "cat", "/var/www/index.html"));

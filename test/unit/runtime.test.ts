@@ -14,7 +14,7 @@ import { humanDuration } from "../../src/api/humanize.js";
 import { Container } from "../../src/runtime/container.js";
 import { TaskClient } from "../../src/runtime/containerd/tasks.js";
 import { newRecord } from "../../src/runtime/create.js";
-import { renderHosts } from "../../src/runtime/networks.js";
+import { hostResolvConf, renderHosts } from "../../src/runtime/networks.js";
 import { listed } from "../../src/runtime/present.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
 import { netnsState } from "../../src/runtime/sandbox.js";
@@ -96,6 +96,24 @@ describe("runtime helpers", () => {
     expect(parseSignal("kill")).toBe(9);
     expect(parseSignal("10")).toBe(10);
     expect(parseSignal("SIGNOPE")).toBeUndefined();
+  });
+
+  test("the host's resolv.conf: loopback name servers dropped; read again once the file changed", async () => {
+    const d = await mkdtemp(join(os.tmpdir(), "shoal-resolv-"));
+    try {
+      const path = join(d, "resolv.conf");
+      await writeFile(path, "nameserver 127.0.0.53\nnameserver 192.0.2.53\n");
+      expect(await hostResolvConf(path)).toBe("nameserver 192.0.2.53\n");
+      expect(await hostResolvConf(path)).toBe("nameserver 192.0.2.53\n");
+      // Same size, another content: the time of change tells.
+      await new Promise((r) => setTimeout(r, 20));
+      await writeFile(path, "nameserver 127.0.0.53\nnameserver 192.0.2.54\n");
+      expect(await hostResolvConf(path)).toBe("nameserver 192.0.2.54\n");
+      await rm(path);
+      expect(await hostResolvConf(path)).toBe("");
+    } finally {
+      await rm(d, { recursive: true, force: true });
+    }
   });
 
   test("ps --filter name= matches a name as dockerd does: exactly, or a regular expression with or without the slash", () => {
