@@ -20,6 +20,8 @@ import type { ContainerTable } from "./table.js";
 
 /** Namespace files of containers are named by 12 hex digits (the data plane's overlays are "1-..."). */
 const CONTAINER_NETNS_RE = /^[0-9a-f]{12}$/;
+/** A container's id: its directory in stateDir, its containerd container, its root file system's snapshot. */
+const CONTAINER_ID_RE = /^[0-9a-f]{64}$/;
 
 /** Whether a container holds endpoints on networks now. */
 export function hasEndpoints(c: Container): boolean {
@@ -53,7 +55,7 @@ export class Recovery {
       this.loaded = true;
       await mkdir(this.table.stateDir, { recursive: true, mode: 0o700 });
       for (const entry of await readdir(this.table.stateDir)) {
-        if (!/^[0-9a-f]{64}$/.test(entry) || this.table.has(entry)) continue;
+        if (!CONTAINER_ID_RE.test(entry) || this.table.has(entry)) continue;
         const c = await this.load(join(this.table.stateDir, entry));
         if (!c) continue;
         this.table.add(c);
@@ -67,9 +69,9 @@ export class Recovery {
   }
 
   /**
-   * Containers containerd keeps that no record names, when containerd is this daemon's alone (managed): a
-   * daemon that died between creating one and saving it. Killed and removed with their root file systems (a
-   * directory with a record that could not be read is left as it is, with its container).
+   * Containers and root file systems containerd keeps that no record names, when containerd is this daemon's
+   * alone (managed): a daemon that died between creating one and saving it. Killed and removed with their root
+   * file systems (a directory with a record that could not be read is left as it is, with its container).
    */
   private async removeUnrecorded(): Promise<void> {
     for (const id of await this.d.tasks.containerIds()) {
@@ -89,6 +91,22 @@ export class Recovery {
       } catch (err) {
         this.log.warn({ err, id }, "could not remove a container no record names: the next start tries again");
       }
+    }
+    // Root file systems no record names: a daemon that died after a create prepared one (rootfs.ts begins it
+    // before the image lookup) and before its record was saved. containerd never collects them (gc.root).
+    for (const id of await this.d.tasks.rootfsIds()) {
+      if (!CONTAINER_ID_RE.test(id) || this.table.has(id) || existsSync(join(this.table.stateDir, id, "state.json"))) {
+        continue;
+      }
+      this.log.info(
+        { id },
+        "removing a root file system no container record names (its daemon stopped before saving it)",
+      );
+      await this.d.tasks
+        .removeRootfs(id)
+        .catch((err: unknown) =>
+          this.log.warn({ err, id }, "could not remove a root file system no record names: the next start tries again"),
+        );
     }
   }
 

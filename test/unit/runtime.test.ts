@@ -3,6 +3,7 @@
 // namespace file, process or directory behind.
 
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -465,6 +466,31 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("container runtime (containerd, real namesp
       expect(await rt3.containerNetnsFiles()).toEqual([]);
     } finally {
       await rt3.dropAhead();
+    }
+  });
+
+  test("a root file system no record names (its daemon died between the snapshot and the record) is removed by the next daemon that owns containerd; other snapshots stay", async () => {
+    const tasks = new TaskClient(cd.containerd, logger);
+    const orphan = randomBytes(32).toString("hex");
+    await tasks.prepareRootfs(orphan, "");
+    const notAContainer = `kept-${randomBytes(4).toString("hex")}`;
+    await tasks.prepareRootfs(notAContainer, "");
+    const rt4 = await ContainerRuntime.open({
+      execRoot: join(dir, "run4"),
+      stateDir: join(dir, "containers4"),
+      attacher,
+      logger,
+      containerd: cd.containerd,
+      ownsContainerd: true,
+    });
+    try {
+      const left = await tasks.rootfsIds();
+      expect(left).not.toContain(orphan);
+      expect(left).toContain(notAContainer);
+    } finally {
+      await rt4.dropAhead();
+      await tasks.removeRootfs(notAContainer);
+      await tasks.removeRootfs(orphan);
     }
   });
 

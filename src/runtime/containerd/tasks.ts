@@ -9,6 +9,7 @@ import { Socket } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { Options as RuncOptions } from "../../gen/containerd/runc_options.js";
+import { Kind } from "../../gen/containerd/snapshots.js";
 import { Status } from "../../gen/containerd/task_types.js";
 import type { Mount } from "../../gen/containerd/types.js";
 import { commandShell } from "../sandbox.js";
@@ -284,6 +285,13 @@ export class TaskClient {
     if (!m) return undefined;
     if (m.type === "bind") return m.source;
     return m.options.find((o) => o.startsWith("upperdir="))?.slice("upperdir=".length);
+  }
+
+  /** The keys of the containers' root file systems containerd keeps (its active snapshots) in shoal's namespace. */
+  async rootfsIds(): Promise<string[]> {
+    const stream = this.cd.snapshots.list({ snapshotter: SNAPSHOTTER, filters: [] }, this.cd.metadata());
+    const parts = await this.cd.collect(stream, "List");
+    return parts.flatMap((p) => p.info.filter((i) => i.kind === Kind.ACTIVE).map((i) => i.name));
   }
 
   async removeRootfs(id: string): Promise<void> {
