@@ -112,6 +112,7 @@ async function startRuntime(
       attacher: daemon.networks.attacher,
       containerd: await supervisor.start(),
       ownsContainerd: supervisor.managed,
+      ...(supervisor.root !== undefined ? { containerdRoot: supervisor.root } : {}),
       insecureRegistries: flags.insecureRegistry,
       maxConcurrentDownloads: flags.maxConcurrentDownloads,
       hostname: () => flags.hostname,

@@ -107,6 +107,11 @@ export interface ContainerRuntimeOptions {
    * other shoal daemons in the same namespace: containers without a record here may be theirs.
    */
   ownsContainerd?: boolean;
+  /**
+   * The root of that containerd when this daemon manages it (its local content store is there): a pull puts
+   * its layers' blobs in place there itself (containerd/blobfile.ts).
+   */
+  containerdRoot?: string;
   /** Registries reached over plain HTTP (shoald --insecure-registry). */
   insecureRegistries?: string[];
   /** Layers of one pull downloaded at once (shoald --max-concurrent-downloads; default 3, as dockerd). */
@@ -152,7 +157,7 @@ export class ContainerRuntime implements ContainerBackend {
     const log = opts.logger.child({ component: "containers", ...(opts.hostname ? { host: opts.hostname() } : {}) });
     this.log = log;
     this.cd = opts.containerd;
-    this.images = new ImageStore(opts.containerd, log);
+    this.images = new ImageStore(opts.containerd, log, opts.containerdRoot);
     this.imageService = new ImageService(
       this.images,
       { insecureRegistries: opts.insecureRegistries ?? [], maxConcurrentDownloads: opts.maxConcurrentDownloads },

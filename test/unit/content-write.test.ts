@@ -1,15 +1,19 @@
 // Blobs written to a real containerd's content store through shoal's Write stream: a body that arrives in
 // pieces of any size is sent as 1 MiB messages made of those pieces (not copied), and comes back byte for
 // byte; blobs written at once where one is corrupt: the good ones are committed, the corrupt one refused,
-// with nothing of it committed or left half-written. Root only (containerd); run under the heavy lock.
+// with nothing of it committed or left half-written; a blob is kept by its lease alone. Each way a blob goes
+// in: through the Write stream, and put in place in the root of a containerd shoald manages (blobfile.ts).
+// Root only (containerd); run under the heavy lock.
 
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { WriteAction, WriteContentRequest } from "../../src/gen/containerd/content.js";
+import { blobPath, ingestDir } from "../../src/runtime/containerd/blobfile.js";
 import { type Containerd, ContainerdError } from "../../src/runtime/containerd/client.js";
 import {
   ContentStore,
@@ -96,17 +100,29 @@ describe("containerd's refusal of a commit", () => {
   });
 });
 
-describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () => {
+// Each way a blob goes in: through containerd's Write stream (a containerd shoald does not manage), and put
+// in place in the local content store of the containerd it manages (blobfile.ts).
+describe.skipIf(!CAN_RUN_CONTAINERS).each([
+  ["through containerd's Write stream", false],
+  ["put in place in containerd's root", true],
+])("blobs in containerd's content store, %s", (_way, placed) => {
   let dir = "";
+  let root = "";
   let cd: Containerd;
   let stop: () => Promise<void> = async () => undefined;
   let content: ContentStore;
   let lease = "";
 
+  /** What is left of blobs being written: containerd's ingest directory, and shoald's. */
+  const leftovers = async (): Promise<string[]> => [
+    ...(await readdir(join(root, "io.containerd.content.v1.content", "ingest")).catch(() => [])),
+    ...(await readdir(ingestDir(root)).catch(() => [])),
+  ];
+
   beforeAll(async () => {
     dir = await mkdtemp(join(os.tmpdir(), "shoal-content-"));
-    ({ containerd: cd, stop } = await testContainerd(dir));
-    content = new ContentStore(cd);
+    ({ containerd: cd, root, stop } = await testContainerd(dir));
+    content = new ContentStore(cd, placed ? root : undefined);
     lease = "content-write-test";
     await cd.call(cd.leases, cd.leases.create, { id: lease, labels: {} });
   }, 60_000);
@@ -132,7 +148,8 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () =
       content.write({ digest: claimed, size: bad.length }, inPieces(bad, [65536]), lease),
     ]);
     expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected"]);
-    // containerd's own check at the commit (shoald hashes nothing): what it found, and what it was told.
+    // containerd's own check at the commit (shoald hashes nothing), or shoald's before it puts a blob in
+    // place: what was found, and what was named.
     const refused = (results[2] as PromiseRejectedResult).reason as DigestMismatchError;
     expect(refused).toBeInstanceOf(DigestMismatchError);
     expect(refused.expected).toBe(claimed);
@@ -140,9 +157,9 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () =
     expect(refused.message).toBe(`digest mismatch: expected ${claimed}, got ${digestOf(bad)}`);
     for (const b of good) expect((await content.read(digestOf(b))).equals(b)).toBe(true);
     expect(await content.has(claimed)).toBe(false);
-    // No write is left half-done in containerd's ingest directory.
-    const ingest = join(dir, "data", "containerd", "io.containerd.content.v1.content", "ingest");
-    expect(await readdir(ingest).catch(() => [])).toEqual([]);
+    expect(existsSync(blobPath(root, claimed))).toBe(false);
+    // No write is left half-done.
+    expect(await leftovers()).toEqual([]);
   }, 60_000);
 
   test("a blob of whole MiBs, an empty one and one there already are written; too many or too few bytes are refused, nothing left", async () => {
@@ -164,7 +181,26 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("blobs in containerd's content store", () =
     ).rejects.toThrow(/size mismatch/);
     expect(await content.has(digestOf(claimed))).toBe(false);
     expect(await content.has(digestOf(long))).toBe(false);
-    const ingest = join(dir, "data", "containerd", "io.containerd.content.v1.content", "ingest");
-    expect(await readdir(ingest).catch(() => [])).toEqual([]);
+    for (const d of [digestOf(claimed), digestOf(long)]) expect(existsSync(blobPath(root, d))).toBe(false);
+    expect(await leftovers()).toEqual([]);
+  }, 60_000);
+
+  test("a blob is kept by its lease only: when the lease ends, containerd's garbage collector takes it, file and all", async () => {
+    const blob = randomBytes(1024 * 1024 + 5);
+    // One containerd's store has, but not in shoal's namespace (a write cut short after its blob was put
+    // in place): it is written all the same.
+    const there = randomBytes(4096);
+    await mkdir(join(blobPath(root, digestOf(there)), ".."), { recursive: true });
+    await writeFile(blobPath(root, digestOf(there)), there);
+    const short = "content-write-short";
+    await cd.call(cd.leases, cd.leases.create, { id: short, labels: {} });
+    for (const b of [blob, there])
+      await content.write({ digest: digestOf(b), size: b.length }, inPieces(b, [65536]), short);
+    for (const b of [blob, there]) expect((await content.read(digestOf(b))).equals(b)).toBe(true);
+    await cd.call(cd.leases, cd.leases.delete, { id: short, sync: true });
+    for (const b of [blob, there]) {
+      expect(await content.has(digestOf(b))).toBe(false);
+      expect(existsSync(blobPath(root, digestOf(b)))).toBe(false);
+    }
   }, 60_000);
 });

@@ -17,6 +17,7 @@ import { buildImage, dockerArchive, ociArchive, randomLayer } from "../../deploy
 import { createRootCA } from "../../src/ca/rootca.js";
 import { EngineServer } from "../../src/engine/server.js";
 import type { SwarmBackend } from "../../src/engine/types.js";
+import { blobPath, ingestDir } from "../../src/runtime/containerd/blobfile.js";
 import { SNAPSHOTTER } from "../../src/runtime/containerd/client.js";
 import { ContentStore } from "../../src/runtime/containerd/content.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
@@ -153,6 +154,8 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
       stateDir: join(dir, "containers"),
       attacher,
       containerd: cd.containerd,
+      // As shoald runs its own containerd: a pull puts its layers' blobs in place in containerd's root.
+      containerdRoot: cd.root,
       logger: pino({ level: "silent" }),
     });
     networks.containers = runtime;
@@ -422,6 +425,11 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     expect(await readdir(join(dir, "cd", "data", "containerd", "io.containerd.content.v1.content", "ingest"))).toEqual(
       [],
     );
+    // Nor the tampered layer's bytes: neither being written in shoald's directory nor put in place.
+    expect(await readdir(ingestDir(cd.root)).catch(() => [])).toEqual([]);
+    const layers = (JSON.parse(manifest.toString("utf8")) as { layers: { digest: string; size: number }[] }).layers;
+    const tampered = layers.find((l) => l.size === size)!;
+    expect(existsSync(blobPath(cd.root, tampered.digest))).toBe(false);
   });
 
   test("restart policies, top, --memory and --cpus", async () => {

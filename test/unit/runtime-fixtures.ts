@@ -32,7 +32,9 @@ export const CAN_RUN_CONTAINERS =
  * A containerd of the test's own (root and state under `dir`), as shoald runs one; `stop` ends it and
  * removes what it kept.
  */
-export async function testContainerd(dir: string): Promise<{ containerd: Containerd; stop(): Promise<void> }> {
+export async function testContainerd(
+  dir: string,
+): Promise<{ containerd: Containerd; root: string; stop(): Promise<void> }> {
   const supervisor = new ContainerdSupervisor({
     dataRoot: join(dir, "data"),
     execRoot: join(dir, "run"),
@@ -41,6 +43,7 @@ export async function testContainerd(dir: string): Promise<{ containerd: Contain
   const containerd = await supervisor.start();
   return {
     containerd,
+    root: supervisor.root!,
     stop: async () => {
       containerd.close();
       await supervisor.stop();

@@ -3,33 +3,23 @@
 // bytes as it writes them and refuses a commit whose digest is not the one named, before anything is
 // committed: that is the blob's check (a second sha256 here cost shoald ~35 ms of its one thread per 50 MB
 // pulled); the size is checked here as the bytes go by. The Write stream runs on a plain HTTP/2 stream
-// (wire.ts): a chunk goes out as the pieces it arrived in.
+// (wire.ts): a chunk goes out as the pieces it arrived in. A blob that streams in (a pulled layer) for a
+// containerd shoald manages is put in place in its root instead (blobfile.ts: checked there, with
+// Node's sha256) and recorded by a commit alone.
 
 import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { WriteAction, WriteContentRequest, WriteContentResponse } from "../../gen/containerd/content.js";
+import { DigestMismatchError, placeBlob, SizeMismatchError } from "./blobfile.js";
 import { type Containerd, ContainerdError, isAlreadyExists, isNotFound } from "./client.js";
 import type { WireStream } from "./wire.js";
+
+export { DigestMismatchError, SizeMismatchError };
 
 /** The size of each Write message (containerd's own client writes 1 MiB at a time). */
 const CHUNK_BYTES = 1024 * 1024;
 /** How many Write messages may wait for their answer at once. */
 const WRITE_WINDOW = 4;
-
-export class DigestMismatchError extends Error {
-  constructor(
-    readonly expected: string,
-    readonly actual: string,
-  ) {
-    super(`digest mismatch: expected ${expected}, got ${actual}`);
-  }
-}
-
-export class SizeMismatchError extends Error {
-  constructor(expected: number, actual: number, digest: string) {
-    super(`size mismatch for ${digest}: expected ${expected} bytes, got ${actual}`);
-  }
-}
 
 /**
  * containerd's refusal of a commit whose bytes are not the digest it was told (its local store's words:
@@ -139,7 +129,14 @@ export interface WriteBlob {
 }
 
 export class ContentStore {
-  constructor(private readonly cd: Containerd) {}
+  /**
+   * `root`: the root of a containerd this shoald manages, whose blobs it may put in place itself
+   * (blobfile.ts); without it, every blob goes through the content service's Write.
+   */
+  constructor(
+    private readonly cd: Containerd,
+    private readonly root?: string,
+  ) {}
 
   /** Whether the blob is there. */
   async has(digest: string): Promise<boolean> {
@@ -164,6 +161,8 @@ export class ContentStore {
     lease: string,
     onProgress?: (bytes: number) => void,
   ): Promise<void> {
+    if (this.root !== undefined && !Buffer.isBuffer(chunks))
+      return this.place(this.root, blob, chunks, lease, onProgress);
     const ref = `shoal-${randomUUID()}`;
     const session = new WriteSession(this.cd, lease);
     try {
@@ -213,6 +212,41 @@ export class ContentStore {
         await this.abort(ref);
         throw digestMismatchOf(err) ?? err;
       }
+      await this.cd.call(this.cd.leases, this.cd.leases.addResource, {
+        id: lease,
+        resource: { id: blob.digest, type: "content" },
+      });
+    } finally {
+      session.close();
+    }
+  }
+
+  /**
+   * A blob put in place in containerd's local store (blobfile.ts), then recorded in shoal's namespace by a
+   * commit that names it, under `lease`: containerd finds the blob and takes it without its bytes.
+   */
+  private async place(
+    root: string,
+    blob: WriteBlob,
+    chunks: AsyncIterable<Buffer>,
+    lease: string,
+    onProgress?: (bytes: number) => void,
+  ): Promise<void> {
+    await placeBlob(root, blob, chunks, onProgress);
+    const session = new WriteSession(this.cd, lease);
+    try {
+      await session.send(
+        // At the blob's end: containerd's writer of a blob it has stands there (an offset of 0 would have
+        // it start the blob over, and the commit find none of its bytes).
+        this.request(WriteAction.COMMIT, `shoal-${randomUUID()}`, {
+          offset: blob.size,
+          total: blob.size,
+          expected: blob.digest,
+          labels: blob.labels ?? {},
+        }),
+      );
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
       await this.cd.call(this.cd.leases, this.cd.leases.addResource, {
         id: lease,
         resource: { id: blob.digest, type: "content" },

@@ -13,6 +13,7 @@ import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { findOnPath } from "../../dataplane/programs.js";
+import { clearIngest } from "./blobfile.js";
 import { Containerd, ContainerdError } from "./client.js";
 
 /** A wait that keeps the process alive (shoald may have nothing else to wait for while it starts). */
@@ -138,6 +139,11 @@ export class ContainerdSupervisor {
     this.log = opts.logger.child({ component: "containerd" });
   }
 
+  /** The managed containerd's root (content, snapshots, metadata); undefined for a given one. */
+  get root(): string | undefined {
+    return this.managed ? join(this.opts.dataRoot, "containerd") : undefined;
+  }
+
   private get stateDir(): string {
     return join(this.opts.execRoot, "containerd");
   }
@@ -151,6 +157,8 @@ export class ContainerdSupervisor {
    * left it running, else started). Throws the one-line error saying what to do when there is none.
    */
   async start(): Promise<Containerd> {
+    // What blob writes a previous shoald's end cut short left (blobfile.ts): none is under way yet.
+    if (this.root !== undefined) await clearIngest(this.root);
     const client = new Containerd(this.socket);
     const version = await answers(client, 2000);
     if (version !== undefined) {

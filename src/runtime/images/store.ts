@@ -69,11 +69,13 @@ export class ImageStore {
   /** Parsed documents by what they are and their digest, least recently used first. */
   private readonly documents = new Map<string, unknown>();
 
+  /** `root`: a managed containerd's root, where blobs are put in place (ContentStore). */
   constructor(
     private readonly cd: Containerd,
     logger: Logger,
+    root?: string,
   ) {
-    this.content = new ContentStore(cd);
+    this.content = new ContentStore(cd, root);
     this.log = logger.child({ component: "images" });
   }
 
