@@ -75,7 +75,7 @@ export class Recovery {
    */
   private async removeUnrecorded(): Promise<void> {
     for (const id of await this.d.tasks.containerIds()) {
-      if (this.table.has(id) || existsSync(join(this.table.stateDir, id, "state.json"))) continue;
+      if (this.recorded(id)) continue;
       this.log.info(
         { id },
         "removing a container containerd keeps that no record names (its daemon stopped before saving it)",
@@ -95,9 +95,7 @@ export class Recovery {
     // Root file systems no record names: a daemon that died after a create prepared one (rootfs.ts begins it
     // before the image lookup) and before its record was saved. containerd never collects them (gc.root).
     for (const id of await this.d.tasks.rootfsIds()) {
-      if (!CONTAINER_ID_RE.test(id) || this.table.has(id) || existsSync(join(this.table.stateDir, id, "state.json"))) {
-        continue;
-      }
+      if (!CONTAINER_ID_RE.test(id) || this.recorded(id)) continue;
       this.log.info(
         { id },
         "removing a root file system no container record names (its daemon stopped before saving it)",
@@ -108,6 +106,11 @@ export class Recovery {
           this.log.warn({ err, id }, "could not remove a root file system no record names: the next start tries again"),
         );
     }
+  }
+
+  /** Whether a record names container `id`: loaded, or a state.json there that could not be read. */
+  private recorded(id: string): boolean {
+    return this.table.has(id) || existsSync(join(this.table.stateDir, id, "state.json"));
   }
 
   /** A container directory's record; undefined (logged) when state.json is missing or not a record. */

@@ -212,10 +212,7 @@ export class ContentStore {
         await this.abort(ref);
         throw digestMismatchOf(err) ?? err;
       }
-      await this.cd.call(this.cd.leases, this.cd.leases.addResource, {
-        id: lease,
-        resource: { id: blob.digest, type: "content" },
-      });
+      await this.keep(blob.digest, lease);
     } finally {
       session.close();
     }
@@ -247,13 +244,18 @@ export class ContentStore {
       );
     } catch (err) {
       if (!isAlreadyExists(err)) throw err;
-      await this.cd.call(this.cd.leases, this.cd.leases.addResource, {
-        id: lease,
-        resource: { id: blob.digest, type: "content" },
-      });
+      await this.keep(blob.digest, lease);
     } finally {
       session.close();
     }
+  }
+
+  /** A blob containerd has already, kept by `lease` (as one written under it would be). */
+  private async keep(digest: string, lease: string): Promise<void> {
+    await this.cd.call(this.cd.leases, this.cd.leases.addResource, {
+      id: lease,
+      resource: { id: digest, type: "content" },
+    });
   }
 
   private request(action: WriteAction, ref: string, rest: Partial<WriteContentRequest>): WriteContentRequest {
