@@ -23,6 +23,10 @@ export const DEBIAN_PACKAGES: Readonly<Record<string, string>> = {
   sysctl: "procps",
   mkfifo: "coreutils",
   true: "coreutils",
+  // The layer applier (src/runtime/images/apply): whiteouts, devices and xattrs; where either is missing,
+  // such a layer is left to containerd.
+  mknod: "coreutils",
+  setfattr: "attr",
   // The mount mover (src/runtime/sandbox.ts); where it is missing, mount does the moves.
   perl: "perl-base",
   sh: "dash",

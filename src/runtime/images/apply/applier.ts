@@ -1,0 +1,223 @@
+// LayerApplier: unpacks an image layer into a containerd overlayfs snapshot itself, in a worker thread,
+// while the layer is still downloading, writing what containerd's Diff.Apply would write (see README.md).
+// What it leaves to containerd it refuses with UnsupportedLayerError before or while writing: the caller
+// removes the snapshot and falls back to Diff.Apply.
+
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import type pino from "pino";
+import type { Mount } from "../../../gen/containerd/types.js";
+import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
+import { ABORTED, DONE, FAILED, type Job, newProgress, publish, type Result } from "./progress.js";
+
+export { LayerFormatError, UnsupportedLayerError };
+
+/** A layer's bytes in a file that may still be growing (the pull's ingest file). */
+export interface GrowingFile {
+  readonly path: string;
+  /** Bytes in the file so far; only grows. */
+  readonly available: number;
+  /** The layer's full size. */
+  readonly size: number;
+  /** Told whenever `available` grows. Returns an unsubscribe function. */
+  onProgress(cb: (available: number) => void): () => void;
+  /** Resolves once all `size` bytes are in (and verified against the layer digest); rejects if the download failed. */
+  readonly done: Promise<void>;
+}
+
+/** A GrowingFile of a file that is complete already (docker load, tests). */
+export function completeFile(path: string, size: number): GrowingFile {
+  return { path, size, available: size, onProgress: () => () => undefined, done: Promise.resolve() };
+}
+
+const PLAIN = new Set([
+  "application/vnd.oci.image.layer.v1.tar",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar",
+  "application/vnd.docker.image.rootfs.diff.tar",
+]);
+const GZIP = new Set([
+  "application/vnd.oci.image.layer.v1.tar+gzip",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+  "application/vnd.docker.image.rootfs.diff.tar.gzip",
+  "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+]);
+
+/** Whether a layer of mediaType is gzipped; UnsupportedLayerError for one this applier does not read. */
+export function isGzip(mediaType: string): boolean {
+  if (GZIP.has(mediaType)) return true;
+  if (PLAIN.has(mediaType)) return false;
+  throw new UnsupportedLayerError(`layer media type ${mediaType}`);
+}
+
+/** Where Snapshots.Prepare's mounts say the layer goes; UnsupportedLayerError for anything but a single
+ *  rw bind mount (a snapshot without a parent) or a single overlay mount with an upperdir. */
+export function targetOf(mounts: Mount[]): Job["target"] {
+  const m = mounts.length === 1 ? mounts[0]! : undefined;
+  if (m?.type === "bind" && !m.options.includes("ro")) return { kind: "bind", root: m.source, lowers: [] };
+  if (m?.type === "overlay") {
+    let upper: string | undefined;
+    let lowers: string[] = [];
+    let userxattr = false;
+    for (const o of m.options) {
+      if (o.startsWith("upperdir=")) upper = o.slice("upperdir=".length);
+      else if (o.startsWith("lowerdir=")) lowers = o.slice("lowerdir=".length).split(":");
+      // User-namespace overlays mark whiteouts in user.overlay.*: not what this writer makes.
+      else if (o === "userxattr") userxattr = true;
+    }
+    if (!userxattr && upper?.startsWith("/") && lowers.every((l) => l.startsWith("/"))) {
+      return { kind: "overlay", root: upper, lowers };
+    }
+  }
+  throw new UnsupportedLayerError(`snapshot mounts ${JSON.stringify(mounts.map((x) => [x.type, x.options]))}`);
+}
+
+/** The worker's compiled file: beside this module, or (running from source, as vitest does) under dist/. */
+function workerFile(): URL {
+  const here = fileURLToPath(import.meta.url);
+  if (here.endsWith(".js")) return new URL("./worker.js", import.meta.url);
+  const dir = dirname(here);
+  const root = join(dir, "../../../..");
+  const built = join(root, "dist", dir.slice(root.length), "worker.js");
+  const stale = readdirSync(dir)
+    .filter((f) => f.endsWith(".ts"))
+    .filter((f) => {
+      const js = join(dirname(built), basename(f, ".ts") + ".js");
+      return !existsSync(js) || statSync(js).mtimeMs < statSync(join(dir, f)).mtimeMs;
+    });
+  if (stale.length > 0) {
+    throw new Error(`the layer applier's worker is not built (or older than ${stale.join(", ")}): run npx tsc -p .`);
+  }
+  return new URL(`file://${built}`);
+}
+
+interface Slot {
+  worker: Worker;
+  jobs: Map<number, (r: Result) => void>;
+}
+
+export class LayerApplier {
+  private readonly log: pino.Logger;
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  /** `workers`: how many layers may be applied at once (each in its own thread). */
+  constructor(
+    log: pino.Logger,
+    private readonly workers = 2,
+  ) {
+    this.log = log.child({ component: "layer-applier" });
+  }
+
+  /** Starts a worker thread ahead of the first apply. */
+  start(): void {
+    if (this.slots.length === 0 && !this.closed) this.spawn();
+  }
+
+  async apply(
+    source: GrowingFile,
+    mediaType: string,
+    mounts: Mount[],
+    opts: { hash: boolean; signal?: AbortSignal },
+  ): Promise<{ diffId?: string }> {
+    const gzip = isGzip(mediaType);
+    const target = targetOf(mounts);
+    if (this.closed) throw new Error("the layer applier is closed");
+    opts.signal?.throwIfAborted();
+    const progress = newProgress();
+    publish(progress, { available: source.available });
+    const unsubscribe = source.onProgress((available) => publish(progress, { available }));
+    let sourceError: unknown;
+    source.done.then(
+      () => publish(progress, { available: source.size, status: DONE }),
+      (err: unknown) => {
+        sourceError = err;
+        publish(progress, { status: FAILED });
+      },
+    );
+    const onAbort = () => publish(progress, { status: ABORTED });
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const t0 = performance.now();
+    try {
+      const job: Job = {
+        id: this.nextId++,
+        path: source.path,
+        size: source.size,
+        gzip,
+        hash: opts.hash,
+        target,
+        progress,
+      };
+      const r = await this.run(job);
+      if (r.ok) {
+        this.log.debug(
+          { path: source.path, bytes: r.stats.bytes, ms: Math.round(performance.now() - t0) },
+          "layer applied",
+        );
+        return r.diffId === undefined ? {} : { diffId: r.diffId };
+      }
+      switch (r.kind) {
+        case "unsupported":
+          throw new UnsupportedLayerError(r.message);
+        case "format":
+          throw new LayerFormatError(r.message);
+        case "source":
+          throw sourceError ?? new Error(r.message);
+        case "aborted":
+          throw opts.signal?.reason ?? new Error(r.message);
+        default:
+          throw new Error(`applying the layer: ${r.message}`);
+      }
+    } finally {
+      unsubscribe();
+      opts.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const slots = this.slots.splice(0);
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  private run(job: Job): Promise<Result> {
+    let slot = this.slots.reduce<Slot | undefined>(
+      (a, s) => (a === undefined || s.jobs.size < a.jobs.size ? s : a),
+      undefined,
+    );
+    if (slot === undefined || (slot.jobs.size > 0 && this.slots.length < this.workers)) slot = this.spawn();
+    const s = slot;
+    return new Promise<Result>((resolve) => {
+      s.jobs.set(job.id, resolve);
+      s.worker.ref();
+      s.worker.postMessage(job);
+    });
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(workerFile());
+    const slot: Slot = { worker, jobs: new Map() };
+    worker.unref();
+    const fail = (message: string) => {
+      const i = this.slots.indexOf(slot);
+      if (i >= 0) this.slots.splice(i, 1);
+      for (const [id, resolve] of slot.jobs) resolve({ id, ok: false, kind: "failed", message });
+      slot.jobs.clear();
+    };
+    worker.on("message", (r: Result) => {
+      const resolve = slot.jobs.get(r.id);
+      slot.jobs.delete(r.id);
+      if (slot.jobs.size === 0) worker.unref();
+      resolve?.(r);
+    });
+    worker.on("error", (err) => {
+      this.log.error({ err }, "the layer applier's worker failed");
+      fail(`the layer applier's worker failed: ${err.message}`);
+    });
+    worker.on("exit", (code) => fail(`the layer applier's worker exited (${code})`));
+    this.slots.push(slot);
+    return slot;
+  }
+}

@@ -1,0 +1,124 @@
+// The applier's worker thread: applies one layer at a time, reading the layer file only as far as the
+// main thread says it has grown (progress.ts), gunzipping (zlib, off this thread) and hashing as it goes.
+
+import { createHash, type Hash } from "node:crypto";
+import { closeSync, openSync, readSync } from "node:fs";
+import { Readable, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { parentPort } from "node:worker_threads";
+import { createGunzip } from "node:zlib";
+import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
+import { ABORTED, AVAILABLE, DONE, type ErrorKind, FAILED, GEN, type Job, type Result, STATUS } from "./progress.js";
+import { TarSink } from "./tar-sink.js";
+import { Target } from "./target.js";
+
+const READ_BYTES = 1 << 20;
+
+/** Atomics.waitAsync (Node 16+; in TypeScript's lib from ES2024 on). */
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(a: BigInt64Array, i: number, v: bigint, ms: number): { async: boolean; value: Promise<string> | string };
+  }
+).waitAsync;
+
+class Stopped extends Error {
+  constructor(readonly kind: "aborted" | "source") {
+    super(kind === "aborted" ? "the apply was aborted" : "the layer's download failed");
+  }
+}
+
+/** The layer file's bytes, as they become available. */
+async function* chunks(job: Job): AsyncGenerator<Buffer> {
+  const fd = openSync(job.path, "r");
+  const s = job.progress;
+  let pos = 0;
+  try {
+    for (;;) {
+      const gen = Atomics.load(s, GEN);
+      const status = Number(Atomics.load(s, STATUS));
+      if (status === ABORTED) throw new Stopped("aborted");
+      if (status === FAILED) throw new Stopped("source");
+      const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
+      if (pos < available) {
+        // A fresh buffer per read: zlib may still hold the last one.
+        const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, available - pos));
+        const n = readSync(fd, buf, 0, buf.length, pos);
+        if (n === 0) throw new LayerFormatError(`the layer file is shorter than the ${available} bytes announced`);
+        pos += n;
+        yield n === buf.length ? buf : buf.subarray(0, n);
+        continue;
+      }
+      if (pos >= job.size && status === DONE) return;
+      const w = waitAsync(s, GEN, gen, 1000);
+      if (w.async) await w.value;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function apply(job: Job): Promise<{ diffId?: string; bytes: number }> {
+  const target = new Target(job.target);
+  const sink = new TarSink(target);
+  const hash: Hash | undefined = job.hash ? createHash("sha256") : undefined;
+  let bytes = 0;
+  const take = (b: Buffer): void => {
+    hash?.update(b);
+    bytes += b.length;
+    if (!sink.ended) sink.feed(b);
+  };
+  try {
+    if (job.gzip) {
+      const sinkStream = new Writable({
+        write(b: Buffer, _enc, cb) {
+          try {
+            take(b);
+            cb();
+          } catch (err) {
+            cb(err as Error);
+          }
+        },
+      });
+      await pipeline(Readable.from(chunks(job)), createGunzip({ chunkSize: 256 * 1024 }), sinkStream);
+    } else {
+      for await (const b of chunks(job)) take(b);
+    }
+    sink.end();
+    target.end();
+  } finally {
+    target.abandon();
+  }
+  return { diffId: hash === undefined ? undefined : `sha256:${hash.digest("hex")}`, bytes };
+}
+
+function kindOf(err: unknown): ErrorKind {
+  if (err instanceof Stopped) return err.kind;
+  if (err instanceof UnsupportedLayerError) return "unsupported";
+  if (err instanceof LayerFormatError) return "format";
+  // zlib's own errors: a corrupt or truncated gzip stream.
+  const code = (err as NodeJS.ErrnoException).code;
+  if (typeof code === "string" && code.startsWith("Z_")) return "format";
+  return "failed";
+}
+
+const port = parentPort;
+if (port !== null) {
+  let queue: Promise<void> = Promise.resolve();
+  port.on("message", (job: Job) => {
+    queue = queue.then(async () => {
+      let r: Result;
+      try {
+        const { diffId, bytes } = await apply(job);
+        r = { id: job.id, ok: true, diffId, stats: { bytes } };
+      } catch (err) {
+        const kind = kindOf(err);
+        const message =
+          kind === "format" && !(err instanceof LayerFormatError)
+            ? `the layer's gzip stream: ${(err as Error).message}`
+            : (err as Error).message;
+        r = { id: job.id, ok: false, kind, message };
+      }
+      port.postMessage(r);
+    });
+  });
+}
