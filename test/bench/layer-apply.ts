@@ -11,7 +11,7 @@
 // --rounds, rounds alternating. Needs root and containerd. Everything made is removed at the end.
 
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,7 +20,7 @@ import pino from "pino";
 import { SNAPSHOTTER } from "../../src/runtime/containerd/client.js";
 import { ContentStore } from "../../src/runtime/containerd/content.js";
 import { ContainerdSupervisor } from "../../src/runtime/containerd/supervisor.js";
-import { completeFile, LayerApplier } from "../../src/runtime/images/apply/applier.js";
+import { completeFile, type GrowingFile, LayerApplier } from "../../src/runtime/images/apply/applier.js";
 import { sha256, type TarItem, tar } from "../unit/layer-tar.js";
 
 function arg(name: string, def: number): number {
@@ -30,6 +30,7 @@ function arg(name: string, def: number): number {
 
 const ROUNDS = arg("rounds", 7);
 const MB = arg("mb", 25);
+const RATE = arg("rate", 100);
 const TICKS = 100; // USER_HZ
 
 function busyboxLike(): TarItem[] {
@@ -43,6 +44,47 @@ function busyboxLike(): TarItem[] {
     }
   }
   return items;
+}
+
+/**
+ * Writes data to path at RATE MB/s in 1 MiB pieces, as a download would, telling the GrowingFile; `done`
+ * resolves after the last piece. Returns the file and when the last byte was in.
+ */
+function download(path: string, data: Buffer): { file: GrowingFile; finished: Promise<number> } {
+  let available = 0;
+  const subs = new Set<(n: number) => void>();
+  let finish!: (t: number) => void;
+  const finished = new Promise<number>((r) => {
+    finish = r;
+  });
+  writeFileSync(path, "");
+  const file: GrowingFile = {
+    path,
+    size: data.length,
+    get available() {
+      return available;
+    },
+    onProgress(cb) {
+      subs.add(cb);
+      return () => subs.delete(cb);
+    },
+    done: finished.then(() => undefined),
+  };
+  const start = performance.now();
+  const step = (): void => {
+    const n = Math.min(data.length - available, 1 << 20);
+    appendFileSync(path, data.subarray(available, available + n));
+    available += n;
+    for (const cb of subs) cb(available);
+    if (available === data.length) {
+      finish(performance.now());
+      return;
+    }
+    const due = start + (available / (RATE * 1e6)) * 1000;
+    setTimeout(step, Math.max(0, due - performance.now()));
+  };
+  setTimeout(step, 0);
+  return { file, finished };
 }
 
 function containerdCpuMs(pid: number): number {
@@ -149,6 +191,22 @@ async function main(): Promise<void> {
       console.log(
         `${l.name.padEnd(26)} ${(l.data.length / 1e6).toFixed(1).padStart(8)}  ${fmt(samples.cd)}  ${fmt(samples.mine)}`,
       );
+    }
+    // Streamed: the applier works while the layer downloads; what is left after its last byte is the tail.
+    console.log(`\nstreamed at ${RATE} MB/s: ms from the layer's last byte to applied (median of ${ROUNDS})`);
+    for (const l of layers) {
+      const tails: number[] = [];
+      for (let r = 0; r < ROUNDS; r++) {
+        const key = `bench-${randomUUID()}`;
+        const mounts = await prepare(key);
+        const d = download(join(dir, `dl-${r}`), l.data);
+        const applied = await applier.apply(d.file, l.mediaType, mounts, { hash: l.mediaType.endsWith("gzip") });
+        const end = performance.now();
+        if (applied.diffId !== undefined && r === 0) console.error(`  streamed diff id ${applied.diffId}`);
+        tails.push(end - (await d.finished));
+        await remove(key);
+      }
+      console.log(`${l.name.padEnd(26)} ${median(tails).toFixed(1).padStart(8)}`);
     }
   } finally {
     await applier.close();

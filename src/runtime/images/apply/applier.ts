@@ -111,9 +111,15 @@ export class LayerApplier {
     this.log = log.child({ component: "layer-applier" });
   }
 
-  /** Starts a worker thread ahead of the first apply. */
+  /** Starts a worker thread ahead of the first apply (one that cannot start is logged, and every apply is
+   *  then left to containerd). */
   start(): void {
-    if (this.slots.length === 0 && !this.closed) this.spawn();
+    if (this.slots.length > 0 || this.closed) return;
+    try {
+      this.spawn();
+    } catch (err) {
+      this.log.warn({ err }, "the layer applier cannot start its worker: containerd will apply layers");
+    }
   }
 
   async apply(
@@ -197,7 +203,12 @@ export class LayerApplier {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(workerFile());
+    let worker: Worker;
+    try {
+      worker = new Worker(workerFile());
+    } catch (err) {
+      throw new UnsupportedLayerError(`the layer applier's worker cannot start: ${(err as Error).message}`);
+    }
     const slot: Slot = { worker, jobs: new Map() };
     worker.unref();
     const fail = (message: string) => {
