@@ -76,7 +76,11 @@ export function targetOf(mounts: Mount[]): Job["target"] {
 /** The worker's compiled file: beside this module, or (running from source, as vitest does) under dist/. */
 function workerFile(): URL {
   const here = fileURLToPath(import.meta.url);
-  if (here.endsWith(".js")) return new URL("./worker.js", import.meta.url);
+  if (here.endsWith(".js")) {
+    const url = new URL("./worker.js", import.meta.url);
+    if (!existsSync(url)) throw new Error(`${fileURLToPath(url)} is missing`);
+    return url;
+  }
   const dir = dirname(here);
   const root = join(dir, "../../../..");
   const built = join(root, "dist", dir.slice(root.length), "worker.js");

@@ -27,6 +27,14 @@ class Stopped extends Error {
   }
 }
 
+/** Throws if the apply was aborted or the download failed; else the status. */
+function stopIfAsked(s: BigInt64Array): number {
+  const status = Number(Atomics.load(s, STATUS));
+  if (status === ABORTED) throw new Stopped("aborted");
+  if (status === FAILED) throw new Stopped("source");
+  return status;
+}
+
 /** The layer file's bytes, as they become available. */
 async function* chunks(job: Job): AsyncGenerator<Buffer> {
   const fd = openSync(job.path, "r");
@@ -35,9 +43,7 @@ async function* chunks(job: Job): AsyncGenerator<Buffer> {
   try {
     for (;;) {
       const gen = Atomics.load(s, GEN);
-      const status = Number(Atomics.load(s, STATUS));
-      if (status === ABORTED) throw new Stopped("aborted");
-      if (status === FAILED) throw new Stopped("source");
+      const status = stopIfAsked(s);
       const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
       if (pos < available) {
         // A fresh buffer per read: zlib may still hold the last one.
@@ -63,6 +69,8 @@ async function apply(job: Job): Promise<{ diffId?: string; bytes: number }> {
   const hash: Hash | undefined = job.hash ? createHash("sha256") : undefined;
   let bytes = 0;
   const take = (b: Buffer): void => {
+    // A small gzip can unpack to a great deal: an abort is seen between its output chunks too.
+    stopIfAsked(job.progress);
     hash?.update(b);
     bytes += b.length;
     if (!sink.ended) sink.feed(b);
