@@ -159,8 +159,10 @@ export class Target {
   /** Sets the directories' times, last (as containerd does). */
   end(): void {
     for (const [rel, atime, mtime] of this.dirTimes) {
-      const st = lstatOrUndefined(this.abs(rel));
-      if (st?.isDirectory()) lutimesSync(this.abs(rel), atime, mtime);
+      // A directory a later entry replaced (or put under a symlink): containerd sets these times on
+      // whatever the name resolves to now, or fails; let it.
+      if (!this.dirs.has(rel)) throw new UnsupportedLayerError(`${rel}: a directory of this layer replaced in it`);
+      lutimesSync(this.abs(rel), atime, mtime);
     }
   }
 
