@@ -467,7 +467,23 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("LayerApplier against containerd's Diff.App
     const m = await prepare(`fz-${id}`, "");
     await containerdApply(base, m);
     await commit(`fz-${id}`, `fz-base-${id}`);
-    const names = ["a", "b", "d", "e", "a/b", "a/c", "a/d", "a/d/x", "e/f", "e/g", "f/g", "c/x"];
+    const names = [
+      "a",
+      "b",
+      "d",
+      "e",
+      "a/b",
+      "a/c",
+      "a/d",
+      "a/d/x",
+      "e/f",
+      "e/g",
+      "f/g",
+      "c/x",
+      "./a/b",
+      "/e/f",
+      "a/../b",
+    ];
     const whiteouts = [".wh.a", ".wh.d", "a/.wh.b", "a/.wh.d", "e/.wh.f", "a/.wh..wh..opq", "e/.wh..wh..opq", ".wh.zz"];
     const entry: fc.Arbitrary<TarItem> = fc.oneof(
       fc.record({
@@ -492,6 +508,17 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("LayerApplier against containerd's Diff.App
         link: fc.constantFrom(...names),
       }),
       fc.record({ name: fc.constantFrom(...whiteouts), data: fc.constant(Buffer.alloc(0)) }),
+      fc.record({
+        name: fc.constantFrom(...names),
+        type: fc.constantFrom("fifo" as const, "char" as const),
+        major: fc.constant(1),
+        minor: fc.constant(3),
+      }),
+      fc.record({
+        name: fc.constantFrom(...names),
+        data: fc.constant(Buffer.from("x")),
+        pax: fc.constant({ "SCHILY.xattr.user.k": "v" }),
+      }),
     );
     let n = 0;
     const outcomes = new Map<string, number>();
