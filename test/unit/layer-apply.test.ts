@@ -452,6 +452,31 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("LayerApplier against containerd's Diff.App
     expect(merged[0]!.has("data/opq/x")).toBe(false);
   });
 
+  test("tars GNU tar writes (gnu and posix formats) of real trees come out as containerd's", async () => {
+    const gnuTar = (format: string, dir: string, what: string) =>
+      execFileSync("tar", [`--format=${format}`, "-C", dir, "-cf", "-", what], { maxBuffer: 1 << 28 });
+    const layers = [
+      gnuTar("gnu", "/usr/share", "zoneinfo"),
+      gnuTar("posix", "/usr/lib/x86_64-linux-gnu", "perl-base"),
+      gnuTar("posix", "/usr/share", "zoneinfo/Europe"),
+    ].filter((l) => l.length > 10_240);
+    const id = randomUUID().slice(0, 8);
+    let parents = ["", ""];
+    for (const [i, layer] of layers.entries()) {
+      const theirs = await prepare(`gt-c-${i}-${id}`, parents[0]!);
+      const mine = await prepare(`gt-s-${i}-${id}`, parents[1]!);
+      const cdId = await containerdApply(layer, theirs);
+      const r = await applier.apply(layerFile(gzipSync(layer)), OCI_GZIP, mine, { hash: true });
+      expect(r.diffId).toBe(cdId);
+      const theirTree = describeTree(upper(theirs));
+      expect(theirTree.size).toBeGreaterThan(10);
+      expect(treeDiff(describeTree(upper(mine)), theirTree)).toEqual([]);
+      await commit(`gt-c-${i}-${id}`, `gt-c-${i}-${id}-done`);
+      await commit(`gt-s-${i}-${id}`, `gt-s-${i}-${id}-done`);
+      parents = [`gt-c-${i}-${id}-done`, `gt-s-${i}-${id}-done`];
+    }
+  }, 120_000);
+
   test("random layers over a base: the same as containerd's, or left to it", async () => {
     const id = randomUUID().slice(0, 8);
     const base = tar([
