@@ -87,7 +87,7 @@ async function apply(job: Job): Promise<{ diffId?: string; bytes: number }> {
           }
         },
       });
-      await pipeline(Readable.from(chunks(job)), createGunzip({ chunkSize: 256 * 1024 }), sinkStream);
+      await pipeline(Readable.from(chunks(job)), createGunzip({ chunkSize: 1 << 20 }), sinkStream);
     } else {
       for await (const b of chunks(job)) take(b);
     }
