@@ -211,7 +211,7 @@ async function main(): Promise<void> {
   } finally {
     await applier.close();
     await sup.stop();
-    await rm(dir, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true, maxRetries: 5 });
   }
 }
 

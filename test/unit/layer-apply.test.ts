@@ -113,7 +113,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await applier?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  if (dir) await rm(dir, { recursive: true, force: true, maxRetries: 5 });
 });
 
 /** A fresh directory under the test's. */
