@@ -212,6 +212,9 @@ describe.skipIf(!ROOT)("LayerApplier into a directory (a base layer)", () => {
     await expect(applyComplete(t, "application/vnd.oci.image.layer.v1.tar+zstd")).rejects.toThrow(
       UnsupportedLayerError,
     );
+    // A name longer than PATH_MAX (containerd fails on it too), in a pax record.
+    const deep = tar([{ name: "a/".repeat(3000), data: Buffer.from("x"), longName: "pax" }]);
+    await expect(applyComplete(deep, OCI_TAR)).rejects.toThrow(LayerFormatError);
     // Ended at a header boundary (no zero blocks), and one zero block then EOF: accepted, as Go's reader does.
     expect((await applyComplete(tarEntries(SMALL), OCI_TAR)).diffId).toBe(sha256(tarEntries(SMALL)));
     const one = Buffer.concat([tarEntries(SMALL), Buffer.alloc(512)]);

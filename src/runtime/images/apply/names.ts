@@ -4,7 +4,11 @@
 
 import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
 
+/** Linux's PATH_MAX: a longer name fails in containerd too (and is not walked here). */
+const MAX_NAME_BYTES = 4096;
+
 function clean(name: string): string | undefined {
+  if (name.length > MAX_NAME_BYTES) throw new LayerFormatError(`a tar entry name of ${name.length} characters`);
   if (name.includes("\0")) throw new LayerFormatError(`a tar entry name with a NUL byte: ${JSON.stringify(name)}`);
   const out: string[] = [];
   for (const part of name.split("/")) {

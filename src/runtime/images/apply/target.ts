@@ -82,6 +82,11 @@ export class Target {
 
   constructor(private readonly spec: TargetSpec) {}
 
+  /** Remembers what a base layer wrote (only its opaque markers ask). */
+  private wrote(rel: string): void {
+    if (this.spec.kind === "bind") this.unpacked.add(rel);
+  }
+
   private abs(rel: string): string {
     return rel === "" ? this.spec.root : `${this.spec.root}/${rel}`;
   }
@@ -153,7 +158,7 @@ export class Target {
     } finally {
       closeSync(fd);
     }
-    this.unpacked.add(c.rel);
+    this.wrote(c.rel);
   }
 
   /** Sets the directories' times, last (as containerd does). */
@@ -184,7 +189,7 @@ export class Target {
     if (e.type !== "2" && touch) chmodSync(path, e.mode & 0o7777);
     const [atime, mtime] = entryTimes(e);
     if (touch) lutimesSync(path, atime, mtime);
-    this.unpacked.add(rel);
+    this.wrote(rel);
   }
 
   private xattrs(e: Entry, rel: string, path: string): void {
