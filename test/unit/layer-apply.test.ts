@@ -4,11 +4,10 @@
 
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import fc from "fast-check";
 import pino from "pino";
@@ -23,6 +22,7 @@ import {
   LayerFormatError,
   UnsupportedLayerError,
 } from "../../src/runtime/images/apply/applier.js";
+import { ensureApplierBuilt } from "./applier-worker.js";
 import { sha256, type TarItem, tar, tarEntries } from "./layer-tar.js";
 import { describeTree, treeDiff } from "./layer-tree.js";
 import { CAN_RUN_CONTAINERS, testContainerd } from "./runtime-fixtures.js";
@@ -30,23 +30,6 @@ import { CAN_RUN_CONTAINERS, testContainerd } from "./runtime-fixtures.js";
 const ROOT = process.getuid?.() === 0;
 const OCI_TAR = "application/vnd.oci.image.layer.v1.tar";
 const OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
-const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-
-/** The worker runs compiled JS (dist/): build it when the sources are newer. */
-function ensureBuilt(): void {
-  const src = join(repo, "src/runtime/images/apply");
-  const stale = readdirSync(src).some((f) => {
-    const js = join(repo, "dist/src/runtime/images/apply", f.replace(/\.ts$/, ".js"));
-    return f.endsWith(".ts") && (!existsSync(js) || statSync(js).mtimeMs < statSync(join(src, f)).mtimeMs);
-  });
-  if (stale) {
-    try {
-      execFileSync("npx", ["tsc", "-p", "tsconfig.json"], { cwd: repo, stdio: "pipe", timeout: 180_000 });
-    } catch {
-      // tsc emits even when another file of the tree does not type-check; the applier checks its own JS.
-    }
-  }
-}
 
 function bind(dir: string): Mount[] {
   return [{ type: "bind", source: dir, target: "", options: ["rw", "rbind"] }];
@@ -105,7 +88,7 @@ let dir: string;
 let applier: LayerApplier;
 
 beforeAll(async () => {
-  ensureBuilt();
+  ensureApplierBuilt();
   dir = await mkdtemp(join(tmpdir(), "shoal-layer-apply-"));
   applier = new LayerApplier(log);
   applier.start();
