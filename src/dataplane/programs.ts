@@ -27,6 +27,7 @@ export const DEBIAN_PACKAGES: Readonly<Record<string, string>> = {
   // such a layer is left to containerd.
   mknod: "coreutils",
   setfattr: "attr",
+  getfattr: "attr",
   // The mount mover (src/runtime/sandbox.ts); where it is missing, mount does the moves.
   perl: "perl-base",
   sh: "dash",

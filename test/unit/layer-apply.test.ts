@@ -277,7 +277,7 @@ export const BASE: TarItem[] = [
   { name: "etc/pw2", type: "link", link: "etc/passwd", mode: 0o600, mtime: T + 30 },
   { name: "package.json", data: Buffer.from("{}") },
   { name: "pj2", type: "link", link: "package.json", mode: 0o600, mtime: T + 31 },
-  { name: "etc/conf.d/", mode: 0o750, uid: 5, gid: 6, mtime: T + 5 },
+  { name: "etc/conf.d/", mode: 0o750, uid: 5, gid: 6, mtime: T + 5, pax: { "SCHILY.xattr.user.dir": "conf" } },
   { name: "etc/conf.d/a.conf", data: Buffer.from("a") },
   { name: "usr/lib/libfoo.so.1", data: Buffer.alloc(5000, 1) },
   { name: "usr/lib/libfoo.so", type: "symlink", link: "libfoo.so.1", mtime: T + 6 },
@@ -426,7 +426,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("LayerApplier against containerd's Diff.App
     expect(cdUpper.get("data/opq")).toMatch(/trusted.overlay.opaque=0x79/);
     expect(cdUpper.get("var/lib/olddir")).toMatch(/^file /);
     expect(cdUpper.get("opt/file-to-dir")).toMatch(/^dir 0711 /);
-    expect(cdUpper.get("etc/conf.d")).toMatch(/^dir 0750 5:6/);
+    expect(cdUpper.get("etc/conf.d")).toMatch(/^dir 0750 5:6 .*user.dir=0x636f6e66/); // copied up from below
     expect(cdUpper.get("bin/su")).toMatch(/^file 4755 /);
     expect(cdUpper.get("new/h2")).toMatch(/nlink=2/);
     expect(cdUpper.get(LONG)).toMatch(/^file /);

@@ -42,6 +42,7 @@ export interface TargetSpec {
 const OPEN_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 const MKNOD = "/usr/bin/mknod";
 const SETFATTR = "/usr/bin/setfattr";
+const GETFATTR = "/usr/bin/getfattr";
 
 function lstatOrUndefined(p: string): Stats | undefined {
   try {
@@ -269,6 +270,7 @@ export class Target {
         lchownSync(path, l.uid, l.gid);
         chmodSync(path, l.mode & 0o7777);
         lutimesSync(path, l.atime, l.mtime);
+        copyXattrs(`${lower}/${rel}`, path, rel);
       }
       return;
     }
@@ -283,6 +285,24 @@ export class Target {
       throw new UnsupportedLayerError(`${rel}: not a directory of this layer (a hardlink's target)`);
     }
     this.dirs.add(rel);
+  }
+}
+
+/** Copies a lower directory's xattrs but overlay's own (containerd's copyUpXAttrs), through getfattr and
+ *  setfattr (Node has neither call): one spawn per parent made, which layers that list their directories
+ *  (as docker's do) never need. */
+function copyXattrs(from: string, to: string, rel: string): void {
+  const r = spawnSync(GETFATTR, ["-h", "-d", "-m", "-", "-e", "base64", "--absolute-names", "--", from]);
+  if (r.error !== undefined || r.status !== 0) {
+    throw new UnsupportedLayerError(`${rel}: the xattrs of the lower directory could not be read`);
+  }
+  for (const line of r.stdout.toString().split("\n")) {
+    const eq = line.indexOf("=");
+    if (line.startsWith("#") || eq <= 0 || line.startsWith("trusted.overlay.")) continue;
+    const key = line.slice(0, eq);
+    let value = line.slice(eq + 1);
+    if (value.startsWith('"')) value = `0s${Buffer.from(value.slice(1, -1)).toString("base64")}`;
+    run([SETFATTR, "-h", "-n", key, "-v", value, "--", to], `${rel}: xattr ${key}`);
   }
 }
 
