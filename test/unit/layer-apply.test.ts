@@ -4,7 +4,7 @@
 
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -71,7 +71,6 @@ function growing(path: string, size: number) {
 
 /** Writes `data` to path in pieces with pauses, telling g as it goes; leaves `stopAt` bytes unwritten. */
 async function dribble(path: string, data: Buffer, g: ReturnType<typeof growing>, stopAt = data.length) {
-  writeFileSync(path, "");
   let at = 0;
   let i = 0;
   while (at < stopAt) {
@@ -158,7 +157,9 @@ describe.skipIf(!ROOT)("LayerApplier into a directory (a base layer)", () => {
       const out = fresh("grown");
       writeFileSync(path, "");
       const applied = applier.apply(g.file, type, bind(out), { hash: true });
-      await dribble(path, data, g);
+      // The file moves while the apply is under way (the pull puts its ingest file in place): it reads on.
+      renameSync(path, `${path}.placed`);
+      await dribble(`${path}.placed`, data, g);
       g.finish();
       expect(await applied).toEqual({ diffId: sha256(t) });
       expect(treeDiff(describeTree(out, listed(items)), want)).toEqual([]);

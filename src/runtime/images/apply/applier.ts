@@ -3,7 +3,7 @@
 // What it leaves to containerd it refuses with UnsupportedLayerError before or while writing: the caller
 // removes the snapshot and falls back to Diff.Apply.
 
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -126,6 +126,15 @@ export class LayerApplier {
     }
   }
 
+  /**
+   * Applies the layer (mediaType: OCI/docker tar or tar+gzip; anything else: UnsupportedLayerError) read
+   * from `source` into the snapshot whose Snapshots.Prepare mounts are `mounts`. `source.path` is opened in
+   * this call: it may be renamed or unlinked after. `hash` false: no SHA-256 (an uncompressed layer's diff
+   * id is its digest, which the download verifies). Resolves with the sha256 of the uncompressed stream
+   * ("sha256:<hex>"), or {} when hash is false. Rejects with UnsupportedLayerError (remove the snapshot;
+   * containerd's Diff.Apply will do), LayerFormatError (the layer is bad), `source.done`'s error, the
+   * signal's reason, or an Error from the file system.
+   */
   async apply(
     source: GrowingFile,
     mediaType: string,
@@ -136,6 +145,9 @@ export class LayerApplier {
     const target = targetOf(mounts);
     if (this.closed) throw new Error("the layer applier is closed");
     opts.signal?.throwIfAborted();
+    // Opened now, in the call (a descriptor is the process's): the pull may move its ingest file into place
+    // at any time after.
+    const fd = openSync(source.path, "r");
     const progress = newProgress();
     publish(progress, { available: source.available });
     const unsubscribe = source.onProgress((available) => publish(progress, { available }));
@@ -153,7 +165,7 @@ export class LayerApplier {
     try {
       const job: Job = {
         id: this.nextId++,
-        path: source.path,
+        fd,
         size: source.size,
         gzip,
         hash: opts.hash,
@@ -183,6 +195,7 @@ export class LayerApplier {
     } finally {
       unsubscribe();
       opts.signal?.removeEventListener("abort", onAbort);
+      closeSync(fd);
     }
   }
 

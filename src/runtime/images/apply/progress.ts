@@ -28,7 +28,9 @@ export function publish(state: BigInt64Array, change: { available?: number; stat
 /** What the worker is asked to do. */
 export interface Job {
   id: number;
-  path: string;
+  /** The layer file, opened by the main thread (a descriptor is the process's: the file may be renamed or
+   *  unlinked by the pull meanwhile) and closed by it once the worker answers. */
+  fd: number;
   size: number;
   gzip: boolean;
   hash: boolean;

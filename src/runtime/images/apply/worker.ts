@@ -2,7 +2,7 @@
 // main thread says it has grown (progress.ts), gunzipping (zlib, off this thread) and hashing as it goes.
 
 import { createHash, type Hash } from "node:crypto";
-import { closeSync, openSync, readSync } from "node:fs";
+import { readSync } from "node:fs";
 import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { parentPort } from "node:worker_threads";
@@ -37,29 +37,25 @@ function stopIfAsked(s: BigInt64Array): number {
 
 /** The layer file's bytes, as they become available. */
 async function* chunks(job: Job): AsyncGenerator<Buffer> {
-  const fd = openSync(job.path, "r");
+  const fd = job.fd;
   const s = job.progress;
   let pos = 0;
-  try {
-    for (;;) {
-      const gen = Atomics.load(s, GEN);
-      const status = stopIfAsked(s);
-      const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
-      if (pos < available) {
-        // A fresh buffer per read: zlib may still hold the last one.
-        const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, available - pos));
-        const n = readSync(fd, buf, 0, buf.length, pos);
-        if (n === 0) throw new LayerFormatError(`the layer file is shorter than the ${available} bytes announced`);
-        pos += n;
-        yield n === buf.length ? buf : buf.subarray(0, n);
-        continue;
-      }
-      if (pos >= job.size && status === DONE) return;
-      const w = waitAsync(s, GEN, gen, 1000);
-      if (w.async) await w.value;
+  for (;;) {
+    const gen = Atomics.load(s, GEN);
+    const status = stopIfAsked(s);
+    const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
+    if (pos < available) {
+      // A fresh buffer per read: zlib may still hold the last one.
+      const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, available - pos));
+      const n = readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) throw new LayerFormatError(`the layer file is shorter than the ${available} bytes announced`);
+      pos += n;
+      yield n === buf.length ? buf : buf.subarray(0, n);
+      continue;
     }
-  } finally {
-    closeSync(fd);
+    if (pos >= job.size && status === DONE) return;
+    const w = waitAsync(s, GEN, gen, 1000);
+    if (w.async) await w.value;
   }
 }
 
