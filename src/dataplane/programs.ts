@@ -23,7 +23,7 @@ export const DEBIAN_PACKAGES: Readonly<Record<string, string>> = {
   sysctl: "procps",
   mkfifo: "coreutils",
   true: "coreutils",
-  // The layer applier (src/runtime/images/apply): whiteouts, devices and xattrs; where either is missing,
+  // The layer applier (src/runtime/images/apply): whiteouts, devices and xattrs; where one is missing,
   // such a layer is left to containerd.
   mknod: "coreutils",
   setfattr: "attr",

@@ -19,7 +19,7 @@ export function newProgress(): BigInt64Array {
 }
 
 export function publish(state: BigInt64Array, change: { available?: number; status?: number }): void {
-  if (change.available !== undefined) Atomics.store(state, AVAILABLE, BigInt(change.available));
+  if (change.available !== undefined) Atomics.store(state, AVAILABLE, BigInt(Math.floor(change.available)));
   if (change.status !== undefined) Atomics.store(state, STATUS, BigInt(change.status));
   Atomics.add(state, GEN, 1n);
   Atomics.notify(state, GEN);
