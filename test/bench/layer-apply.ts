@@ -2,7 +2,7 @@
 // both unpacking the same layer from a complete file into a fresh overlayfs snapshot of a containerd of
 // this benchmark's own.
 //
-//   npx tsc -p . && node dist/test/bench/layer-apply.js [--rounds 7] [--mb 25]
+//   npm run bench:layer-apply -- [--rounds 7] [--mb 25] [--rate 100]
 //
 // Layers: one file of --mb MB of random bytes; a busybox-like layer (the busybox binary, ~400 symlinks to
 // it, 2000 small files in 40 directories); each as a tar and as a tar+gzip. Per layer and applier: the
