@@ -534,45 +534,62 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("LayerApplier against containerd's Diff.App
     );
     let n = 0;
     const outcomes = new Map<string, number>();
+    /** Applies one layer over parents (containerd's chain, the applier's) and compares. */
+    const step = async (items: TarItem[], parents: string[], k: string, made: string[]): Promise<string> => {
+      const layer = tar(items);
+      const theirs = await prepare(`fz-c-${k}`, parents[0]!);
+      const mine = await prepare(`fz-s-${k}`, parents[1]!);
+      made.push(`fz-c-${k}`, `fz-s-${k}`);
+      const cdResult = await containerdApply(layer, theirs).then(
+        (d) => ({ ok: true as const, d }),
+        (err: Error) => ({ ok: false as const, err }),
+      );
+      const ours = await applier.apply(layerFile(layer), OCI_TAR, mine, { hash: true }).then(
+        (r) => ({ ok: true as const, d: r.diffId }),
+        (err: Error) => ({ ok: false as const, err }),
+      );
+      const what = items.map((i) => `${i.name}${i.type ? `:${i.type}` : ""}${i.link ? `->${i.link}` : ""}`).join(", ");
+      if (!ours.ok && ours.err instanceof UnsupportedLayerError)
+        return `left: ${ours.err.message.replace(/^[^:]*: /, "")}`;
+      if (ours.ok !== cdResult.ok) {
+        throw new Error(
+          `${what}: ours ${ours.ok ? "applied" : ours.err.message}, containerd ${cdResult.ok ? "applied" : cdResult.err.message}`,
+        );
+      }
+      if (!ours.ok) return "both refused";
+      expect(ours.d).toBe(cdResult.ok ? cdResult.d : undefined);
+      const noDirTimes = () => false;
+      expect(treeDiff(describeTree(upper(mine), noDirTimes), describeTree(upper(theirs), noDirTimes)), what).toEqual(
+        [],
+      );
+      return "the same";
+    };
     await fc.assert(
       // A third of the layers are base layers (a bind mount: whiteouts remove, nothing below).
-      fc.asyncProperty(fc.array(entry, { minLength: 1, maxLength: 6 }), fc.boolean(), async (items, over) => {
-        const layer = tar(items);
-        const k = `${id}-${n++}`;
-        const parent = over || n % 3 !== 0 ? `fz-base-${id}` : "";
-        const theirs = await prepare(`fz-c-${k}`, parent);
-        const mine = await prepare(`fz-s-${k}`, parent);
-        const cdResult = await containerdApply(layer, theirs).then(
-          (d) => ({ ok: true as const, d }),
-          (err: Error) => ({ ok: false as const, err }),
-        );
-        const ours = await applier.apply(layerFile(layer), OCI_TAR, mine, { hash: true }).then(
-          (r) => ({ ok: true as const, d: r.diffId }),
-          (err: Error) => ({ ok: false as const, err }),
-        );
-        const what = items
-          .map((i) => `${i.name}${i.type ? `:${i.type}` : ""}${i.link ? `->${i.link}` : ""}`)
-          .join(", ");
-        let outcome: string;
-        if (!ours.ok && ours.err instanceof UnsupportedLayerError)
-          outcome = `left: ${ours.err.message.replace(/^[^:]*: /, "")}`;
-        else if (ours.ok !== cdResult.ok) {
-          throw new Error(
-            `${what}: ours ${ours.ok ? "applied" : ours.err.message}, containerd ${cdResult.ok ? "applied" : cdResult.err.message}`,
-          );
-        } else if (ours.ok && cdResult.ok) {
-          expect(ours.d).toBe(cdResult.d);
-          const noDirTimes = () => false;
-          expect(
-            treeDiff(describeTree(upper(mine), noDirTimes), describeTree(upper(theirs), noDirTimes)),
-            what,
-          ).toEqual([]);
-          outcome = "the same";
-        } else outcome = "both refused";
-        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
-        await remove(`fz-c-${k}`);
-        await remove(`fz-s-${k}`);
-      }),
+      // One or two random layers, over the base or (a third of the time) with none below (a bind mount:
+      // whiteouts remove); the second over the first where that one came out the same.
+      fc.asyncProperty(
+        fc.array(fc.array(entry, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 2 }),
+        fc.boolean(),
+        async (chain, over) => {
+          const k = `${id}-${n++}`;
+          let parents = over || n % 3 !== 0 ? [`fz-base-${id}`, `fz-base-${id}`] : ["", ""];
+          const made: string[] = [];
+          try {
+            for (const [i, items] of chain.entries()) {
+              const outcome = await step(items, parents, `${k}-${i}`, made);
+              outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+              if (outcome !== "the same") break;
+              await commit(`fz-c-${k}-${i}`, `fz-c-${k}-${i}-done`);
+              await commit(`fz-s-${k}-${i}`, `fz-s-${k}-${i}-done`);
+              made.splice(-2, 2, `fz-c-${k}-${i}-done`, `fz-s-${k}-${i}-done`); // committed: their new names
+              parents = [`fz-c-${k}-${i}-done`, `fz-s-${k}-${i}-done`];
+            }
+          } finally {
+            for (const key of made.reverse()) await remove(key);
+          }
+        },
+      ),
       { numRuns: Number(process.env.LAYER_FUZZ_RUNS ?? 200), seed: Number(process.env.LAYER_FUZZ_SEED ?? 20261208) },
     );
     // The alphabet is adversarial (hardlinks to lower files, paths through the base's symlink c, whiteouts
