@@ -1,16 +1,25 @@
 // A blob put straight into the local content store of a containerd shoald manages, beside its API: the
 // bytes are written to a file of shoald's own on containerd's file system, checked (size as they go by,
-// sha256 at the end: Node's, with the CPU's SHA instructions), synced, and only then linked in where
-// containerd's local store keeps blobs (<root>/io.containerd.content.v1.content/blobs/sha256/<hex>, the
-// layout every containerd since 1.0 uses). The content service then records it in shoal's namespace
-// with one commit naming its digest and size, which containerd takes from the blob it finds (its shared
-// content policy, the default: how a blob one namespace wrote is taken by another), under the pull's
-// lease. containerd 1.6 hashes the bytes of a Write without SHA instructions (a third of its CPU in a
-// pull, and unpacking hashes each byte again): this way each byte is hashed once by containerd, not twice.
-
-import { createHash, randomUUID } from "node:crypto";
+// sha256 off shoald's thread, read back from the file as it grows: filehash.ts), synced, and only then
+// linked in where containerd's local store keeps blobs (<root>/io.containerd.content.v1.content/blobs/
+// sha256/<hex>, the layout every containerd since 1.0 uses). The content service then records it in
+// shoal's namespace with one commit naming its digest and size, which containerd takes from the blob it
+// finds (its shared content policy, the default: how a blob one namespace wrote is taken by another),
+// under the pull's lease. containerd 1.6 hashes the bytes of a Write without SHA instructions (a third of
+// its CPU in a pull, and unpacking hashes each byte again): this way each byte is hashed once by
+// containerd, not twice.
+//
+// The file being written can be handed out as it grows (GrowingFile, PlaceOptions.onFile): a reader (a
+// layer unpacked while it downloads) reads it up to `available`, and knows from `done` that the bytes it
+// read are the blob's. The file stays at its path until the reader releases it, whatever the outcome.
+//
+// Durability: nothing is named before its bytes are on disk (the fsync before the link, as containerd's
+// own writer syncs at its commit). The fdatasync every SYNC_BYTES while the bytes come is not needed for
+// that: it is there so the fsync before the link has only the last few MiB left to wait for.
+import { randomUUID } from "node:crypto";
 import { type FileHandle, link, mkdir, open, rm, unlink } from "node:fs/promises";
 import { join } from "node:path";
+import { FileHash } from "./filehash.js";
 
 /** Where a containerd with this root keeps its blobs (its local content store). */
 export function blobPath(root: string, digest: string): string {
@@ -68,40 +77,154 @@ async function writeAll(fh: FileHandle, pieces: Buffer[], bytes: number): Promis
 }
 
 /**
+ * A file being written as it grows, for a reader that follows it (a layer unpacked as it downloads):
+ * `available` counts the bytes written to the file (visible to a read of it; not necessarily synced yet).
+ */
+export interface GrowingFile {
+  /** The file being written. */
+  readonly path: string;
+  /** Bytes written to it so far (visible to a reader of the file: written, not necessarily synced); only grows. */
+  readonly available: number;
+  /** The blob's full size. */
+  readonly size: number;
+  /** `cb` is told whenever `available` grows; returns its unsubscribe. */
+  onProgress(cb: (available: number) => void): () => void;
+  /** Resolves once all bytes are in and their size and digest are verified; rejects if the write failed. */
+  readonly done: Promise<void>;
+}
+
+/**
+ * The GrowingFile a blob's write hands out. Its `path` (the file in shoald's ingest directory) stays until
+ * release() is called, whatever the write's outcome: a reader opens it when it likes and reads all of it
+ * (after the write, the blob in the content store is the same file, linked in). Until then the file stays
+ * in the ingest directory (removed when shoald starts, if shoald dies before).
+ */
+export interface IngestFile extends GrowingFile {
+  /** The reader is done with `path`: it may go (once the write is over). Idempotent. */
+  release(): void;
+}
+
+class Ingest implements IngestFile {
+  available = 0;
+  readonly done: Promise<void>;
+  private readonly listeners = new Set<(available: number) => void>();
+  private settle: { resolve(): void; reject(err: unknown): void } = { resolve() {}, reject() {} };
+  private held = false;
+  private writing = true;
+  private gone = false;
+
+  constructor(
+    readonly path: string,
+    readonly size: number,
+  ) {
+    this.done = new Promise<void>((resolve, reject) => {
+      this.settle = { resolve, reject };
+    });
+    // Its failure is the write's, seen where the write is awaited: a reader who never awaits `done` leaves
+    // no unhandled rejection.
+    this.done.catch(() => undefined);
+  }
+
+  onProgress(cb: (available: number) => void): () => void {
+    this.listeners.add(cb);
+    return () => this.listeners.delete(cb);
+  }
+
+  grown(available: number): void {
+    this.available = available;
+    for (const cb of this.listeners) cb(available);
+  }
+
+  verified(): void {
+    this.settle.resolve();
+  }
+
+  failed(err: unknown): void {
+    this.settle.reject(err);
+  }
+
+  /** Handed out to a reader: the file stays until it releases it. */
+  hold(): void {
+    this.held = true;
+  }
+
+  release(): void {
+    this.held = false;
+    void this.remove();
+  }
+
+  /** The write is over, well or not (its result is linked in, or not): the file goes unless it is held. */
+  writerDone(): Promise<void> {
+    this.writing = false;
+    return this.remove();
+  }
+
+  private async remove(): Promise<void> {
+    if (this.held || this.writing || this.gone) return;
+    this.gone = true;
+    this.listeners.clear();
+    await unlink(this.path).catch(() => undefined);
+  }
+}
+
+export interface PlaceOptions {
+  /** Told the bytes taken from the source so far (a download's own pace). */
+  onProgress?: (bytes: number) => void;
+  /**
+   * Given the file being written as soon as it exists (before its first byte): it stays at its path until
+   * the receiver calls its release() (which it must, whatever the outcome).
+   */
+  onFile?: (file: IngestFile) => void;
+}
+
+/**
  * Puts the blob `chunks` make into containerd's local content store at `root`, unless it is there; throws
  * SizeMismatchError or DigestMismatchError (and leaves nothing) when its bytes are not `size` bytes of
- * `digest`. `onProgress` is told the bytes taken so far.
+ * `digest`. The bytes are hashed off this thread, read back from the file as it is written (filehash.ts).
  */
 export async function placeBlob(
   root: string,
   blob: { digest: string; size: number },
   chunks: AsyncIterable<Buffer>,
-  onProgress?: (bytes: number) => void,
+  opts: PlaceOptions = {},
 ): Promise<void> {
+  const { onProgress, onFile } = opts;
   const dir = ingestDir(root);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = join(dir, randomUUID());
   const fh = await open(tmp, "wx", 0o644);
+  const file = new Ingest(tmp, blob.size);
   let open_ = true;
+  const hash = new FileHash(tmp);
+  let hashed = false;
   try {
-    const hash = createHash("sha256");
+    if (onFile) {
+      file.hold();
+      onFile(file);
+    }
     let taken = 0;
+    let written = 0;
     let queued: Buffer[] = [];
     let queuedBytes = 0;
     // One write on its way while the next one's bytes come in, and one flush of those before it.
     let writing: Promise<void> = Promise.resolve();
     let syncing: Promise<void> | undefined;
     let unsynced = 0;
+    const write = (pieces: Buffer[], bytes: number): Promise<void> =>
+      writeAll(fh, pieces, bytes).then(() => {
+        written += bytes;
+        hash.grown(written);
+        file.grown(written);
+      });
     for await (const c of chunks) {
       taken += c.length;
       if (taken > blob.size) throw new SizeMismatchError(blob.size, taken, blob.digest);
-      hash.update(c);
       onProgress?.(taken);
       queued.push(c);
       queuedBytes += c.length;
       if (queuedBytes >= WRITE_BYTES) {
         await writing;
-        writing = writeAll(fh, queued, queuedBytes);
+        writing = write(queued, queuedBytes);
         // Its failure is seen where it is awaited: never an unhandled rejection.
         writing.catch(() => undefined);
         unsynced += queuedBytes;
@@ -118,11 +241,12 @@ export async function placeBlob(
       }
     }
     await writing;
-    if (queuedBytes > 0) await writeAll(fh, queued, queuedBytes);
-    await syncing;
+    if (queuedBytes > 0) await write(queued, queuedBytes);
     if (taken !== blob.size) throw new SizeMismatchError(blob.size, taken, blob.digest);
-    const actual = `sha256:${hash.digest("hex")}`;
+    hashed = true;
+    const [actual] = await Promise.all([hash.digest(blob.size), syncing]);
     if (actual !== blob.digest) throw new DigestMismatchError(blob.digest, actual);
+    file.verified();
     // As containerd commits a blob: on disk before it is named, and read-only.
     await fh.sync();
     await fh.chmod(0o444);
@@ -136,9 +260,13 @@ export async function placeBlob(
       // There already (containerd renames a blob in whole): the same bytes, by their digest.
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     }
+  } catch (err) {
+    if (!hashed) hash.drop();
+    file.failed(err);
+    throw err;
   } finally {
     if (open_) await fh.close().catch(() => undefined);
-    await unlink(tmp).catch(() => undefined);
+    await file.writerDone();
   }
 }
 
