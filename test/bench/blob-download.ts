@@ -75,6 +75,12 @@ async function main(): Promise<void> {
   const { HeadFirst } = (await import(
     join(dist, "src/runtime/images/headfirst.js")
   )) as typeof import("../../src/runtime/images/headfirst.js");
+  const releaseChunk =
+    (
+      (await import(join(dist, "src/runtime/images/rawget.js")).catch(() => ({}))) as {
+        releaseChunk?: (c: Buffer) => void;
+      }
+    ).releaseChunk ?? (() => undefined);
   const server = spawn(process.execPath, ["-e", SERVER, String(mb)], { stdio: ["ignore", "pipe", "inherit"] });
   const info = await new Promise<{ port: number; digests: string[] }>((res, rej) => {
     server.stdout.once("data", (d: Buffer) => res(JSON.parse(d.toString())));
@@ -106,7 +112,7 @@ async function main(): Promise<void> {
             root,
             { digest, size: mb * 1e6 },
             body,
-            (placeBlob.length === 4 ? onProgress : { onProgress }) as never,
+            (placeBlob.length === 4 ? onProgress : { onProgress, onWritten: releaseChunk }) as never,
           );
         }),
       );

@@ -55,9 +55,29 @@ export class SizeMismatchError extends Error {
   }
 }
 
+/**
+ * `pieces` with neighbours that are one stretch of the same memory made one view: a body read into reused
+ * memory (rawget.ts) comes as consecutive views of 1 MiB arenas, written in one piece each.
+ */
+export function joinAdjacent(pieces: Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
+  let cur: Buffer | undefined;
+  for (const p of pieces) {
+    if (cur && p.buffer === cur.buffer && p.byteOffset === cur.byteOffset + cur.length) {
+      cur = Buffer.from(cur.buffer, cur.byteOffset, cur.length + p.length);
+      continue;
+    }
+    if (cur) out.push(cur);
+    cur = p;
+  }
+  if (cur) out.push(cur);
+  return out;
+}
+
 /** Writes every buffer of `pieces` at the file's current end. */
-async function writeAll(fh: FileHandle, pieces: Buffer[], bytes: number): Promise<void> {
-  const { bytesWritten } = await fh.writev(pieces);
+async function writeAll(fh: FileHandle, all: Buffer[], bytes: number): Promise<void> {
+  const pieces = joinAdjacent(all);
+  const { bytesWritten } = pieces.length === 1 ? await fh.write(pieces[0]!) : await fh.writev(pieces);
   if (bytesWritten !== bytes) {
     // A short write (rare on a regular file): the rest, one piece at a time.
     let skip = bytesWritten;
@@ -175,6 +195,11 @@ export interface PlaceOptions {
    * the receiver calls its release() (which it must, whatever the outcome).
    */
   onFile?: (file: IngestFile) => void;
+  /**
+   * Told each chunk of `chunks` once it is written to the file (and not needed any more): a source that
+   * reuses its memory (rawget.ts's releaseChunk) takes it back.
+   */
+  onWritten?: (chunk: Buffer) => void;
 }
 
 /**
@@ -188,7 +213,7 @@ export async function placeBlob(
   chunks: AsyncIterable<Buffer>,
   opts: PlaceOptions = {},
 ): Promise<void> {
-  const { onProgress, onFile } = opts;
+  const { onProgress, onFile, onWritten } = opts;
   const dir = ingestDir(root);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = join(dir, randomUUID());
@@ -212,6 +237,7 @@ export async function placeBlob(
     let unsynced = 0;
     const write = (pieces: Buffer[], bytes: number): Promise<void> =>
       writeAll(fh, pieces, bytes).then(() => {
+        if (onWritten) for (const p of pieces) onWritten(p);
         written += bytes;
         hash.grown(written);
         file.grown(written);

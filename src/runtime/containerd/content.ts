@@ -139,6 +139,11 @@ export interface WriteOptions {
    * outcome of the write: the file stays readable at its path until then.
    */
   onFile?: (file: IngestFile) => void;
+  /**
+   * Told each chunk of a streamed source once it is written and not needed any more (a source reusing its
+   * memory takes it back), when the store puts blobs in place itself; a chunk never told of is kept by no one.
+   */
+  onWritten?: (chunk: Buffer) => void;
 }
 
 export class ContentStore {
