@@ -77,7 +77,10 @@ function follow(file: IngestFile): { bytes: () => Buffer; seen: number[]; finish
   return { bytes: () => Buffer.concat(parts), seen, finished };
 }
 
-describe("a blob's file handed out as it grows", () => {
+describe.each([
+  ["hashed by the worker reading the file back", false],
+  ["hashed on the writer's thread", true],
+])("a blob's file handed out as it grows, %s", (_how, hashHere) => {
   let root = "";
   beforeEach(async () => {
     root = await mkdtemp(join(os.tmpdir(), "shoal-growing-"));
@@ -101,6 +104,7 @@ describe("a blob's file handed out as it grows", () => {
       if (at >= blob.length / 2) await half;
     };
     const placed = placeBlob(root, { digest: digestOf(blob), size: blob.length }, inPieces(blob, 65_537, gate), {
+      hashHere,
       onFile: (f) => {
         file = f;
         expect(f.available).toBe(0);
@@ -142,6 +146,7 @@ describe("a blob's file handed out as it grows", () => {
     for (const [what, body, expected] of cases) {
       let file: IngestFile | undefined;
       const placed = placeBlob(root, { digest: claimed, size: blob.length }, body, {
+        hashHere,
         onFile: (f) => {
           file = f;
         },
@@ -161,13 +166,15 @@ describe("a blob's file handed out as it grows", () => {
 
   test("without a reader, the ingest file goes with the write; empty and odd-sized blobs are placed", async () => {
     for (const blob of [Buffer.alloc(0), randomBytes(1), randomBytes(1024 * 1024), randomBytes(2 * 1024 * 1024 + 1)]) {
-      await placeBlob(root, { digest: digestOf(blob), size: blob.length }, inPieces(blob, 16_384));
+      await placeBlob(root, { digest: digestOf(blob), size: blob.length }, inPieces(blob, 16_384), { hashHere });
       expect((await readFile(blobPath(root, digestOf(blob)))).equals(blob)).toBe(true);
       expect(await leftovers()).toEqual([]);
     }
     const bad = randomBytes(100_000);
     await expect(
-      placeBlob(root, { digest: digestOf(randomBytes(100_000)), size: bad.length }, inPieces(bad, 16_384)),
+      placeBlob(root, { digest: digestOf(randomBytes(100_000)), size: bad.length }, inPieces(bad, 16_384), {
+        hashHere,
+      }),
     ).rejects.toThrow(DigestMismatchError);
     expect(await leftovers()).toEqual([]);
   }, 30_000);

@@ -144,6 +144,8 @@ export interface WriteOptions {
    * memory takes it back), when the store puts blobs in place itself; a chunk never told of is kept by no one.
    */
   onWritten?: (chunk: Buffer) => void;
+  /** Hash a placed blob on shoald's thread, not in a worker (blobfile.ts's PlaceOptions.hashHere). */
+  hashHere?: boolean;
 }
 
 export class ContentStore {
