@@ -135,8 +135,11 @@ export interface WriteOptions {
   /**
    * Given the file the blob is written into as soon as it exists, to read it as it grows (a layer unpacked
    * while it downloads), when the store puts blobs in place itself (`growingFiles`: the containerd shoald
-   * manages) and the source is streamed: else never called. The receiver must release() it, whatever the
-   * outcome of the write: the file stays readable at its path until then.
+   * manages) and the source is streamed: else never called (the caller reads the blob from the store once
+   * the write is done, as before). The receiver must release() it, whatever the outcome of the write: the
+   * file stays readable at its path until then. Its `done` resolves once the bytes are all written and their
+   * size and digest checked, before the blob is synced, linked in and committed: the write's own promise
+   * says when the blob is in the store.
    */
   onFile?: (file: IngestFile) => void;
   /**
