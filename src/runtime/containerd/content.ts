@@ -5,7 +5,8 @@
 // pulled); the size is checked here as the bytes go by. The Write stream runs on a plain HTTP/2 stream
 // (wire.ts): a chunk goes out as the pieces it arrived in. A blob that streams in (a pulled layer) for a
 // containerd shoald manages is put in place in its root instead (blobfile.ts: checked there, with
-// Node's sha256) and recorded by a commit alone.
+// Node's sha256, in a worker reading the file back as it grows) and recorded by a commit alone; the file
+// it is written into can be handed out as it grows (WriteOptions.onFile, a GrowingFile).
 
 import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
