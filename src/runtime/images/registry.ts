@@ -1,6 +1,8 @@
 // A client of a registry speaking the OCI distribution API: manifests and blobs of one repository, with
 // anonymous, token (Bearer) and basic authentication, over HTTPS with the system's CAs, or plain HTTP for
-// the registries shoald was told are insecure (--insecure-registry; localhost too, as in docker).
+// the registries shoald was told are insecure (--insecure-registry; localhost too, as in docker). A blob's
+// body over plain HTTP is read by rawget.ts, into reused memory, not node:http (a registry on the LAN sends
+// faster than node:http takes bytes on shoald's one thread).
 
 import { readFileSync } from "node:fs";
 import { request as httpRequest, type IncomingMessage } from "node:http";
