@@ -5,15 +5,17 @@
 // pulled); the size is checked here as the bytes go by. The Write stream runs on a plain HTTP/2 stream
 // (wire.ts): a chunk goes out as the pieces it arrived in. A blob that streams in (a pulled layer) for a
 // containerd shoald manages is put in place in its root instead (blobfile.ts: checked there, with
-// Node's sha256) and recorded by a commit alone.
+// Node's sha256, in a worker reading the file back as it grows) and recorded by a commit alone; the file
+// it is written into can be handed out as it grows (WriteOptions.onFile, a GrowingFile).
 
 import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { WriteAction, WriteContentRequest, WriteContentResponse } from "../../gen/containerd/content.js";
-import { DigestMismatchError, placeBlob, SizeMismatchError } from "./blobfile.js";
+import { DigestMismatchError, type IngestFile, placeBlob, SizeMismatchError } from "./blobfile.js";
 import { type Containerd, ContainerdError, isAlreadyExists, isNotFound } from "./client.js";
 import type { WireStream } from "./wire.js";
 
+export type { GrowingFile, IngestFile } from "./blobfile.js";
 export { DigestMismatchError, SizeMismatchError };
 
 /** The size of each Write message (containerd's own client writes 1 MiB at a time). */
@@ -128,6 +130,28 @@ export interface WriteBlob {
   labels?: Record<string, string>;
 }
 
+export interface WriteOptions {
+  /** Told the bytes taken from the source so far. */
+  onProgress?: (bytes: number) => void;
+  /**
+   * Given the file the blob is written into as soon as it exists, to read it as it grows (a layer unpacked
+   * while it downloads), when the store puts blobs in place itself (`growingFiles`: the containerd shoald
+   * manages) and the source is streamed: else never called (the caller reads the blob from the store once
+   * the write is done, as before). The receiver must release() it, whatever the outcome of the write: the
+   * file stays readable at its path until then. Its `done` resolves once the bytes are all written and their
+   * size and digest checked, before the blob is synced, linked in and committed: the write's own promise
+   * says when the blob is in the store.
+   */
+  onFile?: (file: IngestFile) => void;
+  /**
+   * Told each chunk of a streamed source once it is written and not needed any more (a source reusing its
+   * memory takes it back), when the store puts blobs in place itself; a chunk never told of is kept by no one.
+   */
+  onWritten?: (chunk: Buffer) => void;
+  /** Hash a placed blob on shoald's thread, not in a worker (blobfile.ts's PlaceOptions.hashHere). */
+  hashHere?: boolean;
+}
+
 export class ContentStore {
   /**
    * `root`: the root of a containerd this shoald manages, whose blobs it may put in place itself
@@ -137,6 +161,14 @@ export class ContentStore {
     private readonly cd: Containerd,
     private readonly root?: string,
   ) {}
+
+  /**
+   * Whether a streamed write hands out the file it writes (WriteOptions.onFile): true for the containerd
+   * shoald manages; a containerd given with --containerd takes its blobs through its Write stream only.
+   */
+  get growingFiles(): boolean {
+    return this.root !== undefined;
+  }
 
   /** Whether the blob is there. */
   async has(digest: string): Promise<boolean> {
@@ -152,17 +184,19 @@ export class ContentStore {
   /**
    * Writes a blob under `lease` from its chunks. The size is checked here as the bytes go by, the digest by
    * containerd at the commit (SizeMismatchError, DigestMismatchError: nothing is committed, and the partial
-   * write is dropped); a blob that is there already is kept (and added to the lease). `onProgress` is told
-   * the bytes taken from `chunks` so far.
+   * write is dropped); a blob that is there already is kept (and added to the lease). `progress` (or its
+   * onProgress) is told the bytes taken from `chunks` so far; its onFile is given the file being written,
+   * for a store that writes files (`growingFiles`).
    */
   async write(
     blob: WriteBlob,
     chunks: AsyncIterable<Buffer> | Buffer,
     lease: string,
-    onProgress?: (bytes: number) => void,
+    progress?: ((bytes: number) => void) | WriteOptions,
   ): Promise<void> {
-    if (this.root !== undefined && !Buffer.isBuffer(chunks))
-      return this.place(this.root, blob, chunks, lease, onProgress);
+    const opts: WriteOptions = typeof progress === "function" ? { onProgress: progress } : (progress ?? {});
+    const { onProgress } = opts;
+    if (this.root !== undefined && !Buffer.isBuffer(chunks)) return this.place(this.root, blob, chunks, lease, opts);
     const ref = `shoal-${randomUUID()}`;
     const session = new WriteSession(this.cd, lease);
     try {
@@ -227,9 +261,9 @@ export class ContentStore {
     blob: WriteBlob,
     chunks: AsyncIterable<Buffer>,
     lease: string,
-    onProgress?: (bytes: number) => void,
+    opts: WriteOptions,
   ): Promise<void> {
-    await placeBlob(root, blob, chunks, onProgress);
+    await placeBlob(root, blob, chunks, opts);
     const session = new WriteSession(this.cd, lease);
     try {
       await session.send(

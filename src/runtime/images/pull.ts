@@ -18,6 +18,7 @@ import {
   pickManifest,
   sha256,
 } from "./oci.js";
+import { releaseChunk } from "./rawget.js";
 import { familiarName, familiarRepository, fullName, parseReference, type Reference } from "./reference.js";
 import { type Credentials, Registry, RegistryError, readBody } from "./registry.js";
 import { gcLabelsOfConfig, gcLabelsOfManifest, type ImageStore } from "./store.js";
@@ -153,7 +154,7 @@ async function fetchLayer(
   });
   mark(`${id} response`);
   let told = 0;
-  await store.content.write({ digest: l.digest, size: l.size }, body, lease, (bytes) => {
+  const onProgress = (bytes: number): void => {
     if (bytes - told >= PROGRESS_STEP_BYTES || bytes === l.size) {
       told = bytes;
       say({
@@ -163,7 +164,9 @@ async function fetchLayer(
         id,
       });
     }
-  });
+  };
+  // The body's chunks are the registry client's reused memory (rawget.ts): given back once written.
+  await store.content.write({ digest: l.digest, size: l.size }, body, lease, { onProgress, onWritten: releaseChunk });
   mark(`${id} committed`);
   say({ status: "Verifying Checksum", progressDetail: {}, id });
   say({ status: "Download complete", progressDetail: {}, id });

@@ -1,6 +1,8 @@
 // A client of a registry speaking the OCI distribution API: manifests and blobs of one repository, with
 // anonymous, token (Bearer) and basic authentication, over HTTPS with the system's CAs, or plain HTTP for
-// the registries shoald was told are insecure (--insecure-registry; localhost too, as in docker).
+// the registries shoald was told are insecure (--insecure-registry; localhost too, as in docker). A blob's
+// body over plain HTTP is read by rawget.ts, into reused memory, not node:http (a registry on the LAN sends
+// faster than node:http takes bytes on shoald's one thread).
 
 import { readFileSync } from "node:fs";
 import { request as httpRequest, type IncomingMessage } from "node:http";
@@ -8,6 +10,7 @@ import { request as httpsRequest } from "node:https";
 import { z } from "zod";
 import { ApiError } from "../../api/errors.js";
 import { INDEX_TYPES, MANIFEST_TYPES, MEDIA } from "./oci.js";
+import { NotRawError, rawGet } from "./rawget.js";
 import type { Reference } from "./reference.js";
 
 /** The registry the default domain means. */
@@ -55,10 +58,17 @@ export function parseChallenge(header: string): { scheme: string; params: Record
   return { scheme, params };
 }
 
+/** A response's body: node:http's, or a blob's read by rawget.ts (chunks to release once written). */
+export type Body = AsyncIterable<Buffer> & {
+  readonly readableLength: number;
+  resume(): unknown;
+  destroy(err?: Error): unknown;
+};
+
 export interface Response {
   status: number;
   headers: IncomingMessage["headers"];
-  body: IncomingMessage;
+  body: Body;
 }
 
 export class Registry {
@@ -76,7 +86,18 @@ export class Registry {
     this.base = `${this.secure ? "https" : "http"}://${host}`;
   }
 
-  private send(url: string, headers: Record<string, string>): Promise<Response> {
+  /**
+   * A GET of `url`. `raw`: a blob's body, read by rawget.ts when it comes over plain HTTP with a length (else
+   * through node:http, asked again).
+   */
+  private async send(url: string, headers: Record<string, string>, raw = false): Promise<Response> {
+    if (raw && url.startsWith("http:")) {
+      try {
+        return await rawGet(new URL(url), headers, REQUEST_TIMEOUT_MS);
+      } catch (err) {
+        if (!(err instanceof NotRawError)) throw this.unreachable(err as Error);
+      }
+    }
     return new Promise((resolve, reject) => {
       const u = new URL(url);
       const opts = { method: "GET", headers, timeout: REQUEST_TIMEOUT_MS };
@@ -100,24 +121,24 @@ export class Registry {
   }
 
   /** A GET of a registry path, authenticating once when the registry asks (401 with a challenge). */
-  async get(path: string, accept: string[] = []): Promise<Response> {
+  async get(path: string, accept: string[] = [], raw = false): Promise<Response> {
     const headers: Record<string, string> = {};
     if (accept.length > 0) headers.Accept = accept.join(", ");
-    let res = await this.follow(`${this.base}${path}`, headers);
+    let res = await this.follow(`${this.base}${path}`, headers, raw);
     if (res.status === 401) {
       res.body.resume();
       await this.authenticate(String(res.headers["www-authenticate"] ?? ""));
-      res = await this.follow(`${this.base}${path}`, headers);
+      res = await this.follow(`${this.base}${path}`, headers, raw);
     }
     return res;
   }
 
-  private async follow(url: string, headers: Record<string, string>): Promise<Response> {
+  private async follow(url: string, headers: Record<string, string>, raw = false): Promise<Response> {
     let target = url;
     for (let i = 0; i <= MAX_REDIRECTS; i++) {
       const sameHost = new URL(target).host === new URL(this.base).host;
       const h = { ...headers, ...(sameHost && this.authorization ? { Authorization: this.authorization } : {}) };
-      const res = await this.send(target, h);
+      const res = await this.send(target, h, raw);
       if (![301, 302, 303, 307, 308].includes(res.status) || !res.headers.location) return res;
       res.body.resume();
       target = new URL(res.headers.location, target).toString();
@@ -193,9 +214,12 @@ export class Registry {
     return { data, mediaType, digestHeader: typeof digestHeader === "string" ? digestHeader : undefined };
   }
 
-  /** A blob's bytes as they come. */
-  async blob(digest: string): Promise<IncomingMessage> {
-    const res = await this.get(`/v2/${this.ref.path}/blobs/${digest}`);
+  /**
+   * A blob's bytes as they come. Over plain HTTP they are views of reused memory (rawget.ts): a reader that
+   * is done with a chunk (wrote it) gives it back with releaseChunk; one that keeps it need not.
+   */
+  async blob(digest: string): Promise<Body> {
+    const res = await this.get(`/v2/${this.ref.path}/blobs/${digest}`, [], true);
     if (res.status !== 200) {
       res.body.resume();
       throw new RegistryError(500, `fetching blob ${digest} of ${this.ref.path}: HTTP ${res.status}`);
@@ -211,7 +235,7 @@ export class Registry {
 }
 
 /** A response body, refused when it is larger than `max` bytes. */
-export async function readBody(body: IncomingMessage, max: number): Promise<Buffer> {
+export async function readBody(body: Body, max: number): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
   for await (const chunk of body) {
