@@ -4,6 +4,7 @@
 // removes the snapshot and falls back to Diff.Apply.
 
 import { closeSync, existsSync, openSync, readdirSync, statSync } from "node:fs";
+import { lstat, readdir, rename } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -11,6 +12,7 @@ import type pino from "pino";
 import type { Mount } from "../../../gen/containerd/types.js";
 import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
 import { ABORTED, DONE, FAILED, type Job, newProgress, publish, type Result } from "./progress.js";
+import { fromLowers } from "./target.js";
 
 export { LayerFormatError, UnsupportedLayerError };
 
@@ -96,6 +98,16 @@ function workerFile(): URL {
   return new URL(`file://${built}`);
 }
 
+/** A layer applied into a directory of its own, waiting for its snapshot (LayerApplier.stage). */
+export interface StagedLayer {
+  dir: string;
+  kind: "bind" | "overlay";
+  /** The parents it made for its entries, for place() to give the lowers' attributes. */
+  implicit: string[];
+  /** The sha256 of its uncompressed stream, when it was asked for. */
+  diffId?: string;
+}
+
 interface Slot {
   worker: Worker;
   jobs: Map<number, (r: Result) => void>;
@@ -115,12 +127,13 @@ export class LayerApplier {
     this.log = log.child({ component: "layer-applier" });
   }
 
-  /** Starts a worker thread ahead of the first apply (one that cannot start is logged, and every apply is
-   *  then left to containerd). */
+  /** Starts the worker threads ahead of the first apply (one that cannot start is logged, and every apply
+   *  is then left to containerd). */
   start(): void {
     if (this.slots.length > 0 || this.closed) return;
     try {
-      this.spawn();
+      // All of them: a thread started when a pull's second layer comes is ~100 ms late to it.
+      while (this.slots.length < this.workers) this.spawn();
     } catch (err) {
       this.log.warn({ err }, "the layer applier cannot start its worker: containerd will apply layers");
     }
@@ -141,8 +154,64 @@ export class LayerApplier {
     mounts: Mount[],
     opts: { hash: boolean; signal?: AbortSignal },
   ): Promise<{ diffId?: string }> {
-    const gzip = isGzip(mediaType);
+    const r = await this.unpack(source, mediaType, targetOf(mounts), opts);
+    return r.diffId === undefined ? {} : { diffId: r.diffId };
+  }
+
+  /**
+   * Applies a layer, as its bytes come, into `dir` (a new directory on the snapshots' file system) before
+   * its snapshot can be prepared: its parent is not committed yet (the layer below still downloads or
+   * unpacks). `base`: the layer will have no parent. place() then moves it into its snapshot.
+   */
+  async stage(
+    source: GrowingFile,
+    mediaType: string,
+    dir: string,
+    base: boolean,
+    opts: { hash: boolean; signal?: AbortSignal },
+  ): Promise<StagedLayer> {
+    const kind = base ? "bind" : "overlay";
+    const r = await this.unpack(source, mediaType, { kind, root: dir, lowers: [], staged: true }, opts);
+    return { dir, kind, implicit: r.implicit, ...(r.diffId === undefined ? {} : { diffId: r.diffId }) };
+  }
+
+  /**
+   * Moves a staged layer into the snapshot just prepared for it (`mounts`: empty, on the same file system):
+   * the parents it made for its entries take their attributes from the lowers, as they would have had the
+   * layer been applied there, then its top entries are renamed into the snapshot (what is in them moves
+   * with them). UnsupportedLayerError if that cannot be done (a parent through a lower's symlink, another
+   * file system): the caller removes the snapshot and lets containerd apply the layer.
+   */
+  async place(staged: StagedLayer, mounts: Mount[]): Promise<void> {
     const target = targetOf(mounts);
+    if (target.kind !== staged.kind) {
+      throw new UnsupportedLayerError(
+        `a layer staged for a ${staged.kind} snapshot, which was prepared as ${target.kind}`,
+      );
+    }
+    if ((await readdir(target.root)).length > 0) throw new UnsupportedLayerError(`${target.root} is not empty`);
+    for (const rel of staged.implicit) {
+      const path = join(staged.dir, rel);
+      if ((await lstat(path).catch(() => undefined))?.isDirectory()) fromLowers(rel, path, target.lowers, true);
+    }
+    for (const child of await readdir(staged.dir)) {
+      try {
+        await rename(join(staged.dir, child), join(target.root, child));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "EXDEV")
+          throw new UnsupportedLayerError(`${staged.dir} is not on the snapshot's file system`);
+        throw err;
+      }
+    }
+  }
+
+  private async unpack(
+    source: GrowingFile,
+    mediaType: string,
+    target: Job["target"],
+    opts: { hash: boolean; signal?: AbortSignal },
+  ): Promise<{ diffId?: string; implicit: string[] }> {
+    const gzip = isGzip(mediaType);
     if (this.closed) throw new Error("the layer applier is closed");
     opts.signal?.throwIfAborted();
     // Opened now, in the call (a descriptor is the process's): the pull may move its ingest file into place
@@ -178,7 +247,7 @@ export class LayerApplier {
           { path: source.path, bytes: r.stats.bytes, ms: Math.round(performance.now() - t0) },
           "layer applied",
         );
-        return r.diffId === undefined ? {} : { diffId: r.diffId };
+        return r.diffId === undefined ? { implicit: r.implicit } : { diffId: r.diffId, implicit: r.implicit };
       }
       switch (r.kind) {
         case "unsupported":

@@ -34,7 +34,7 @@ export interface Job {
   size: number;
   gzip: boolean;
   hash: boolean;
-  target: { kind: "bind" | "overlay"; root: string; lowers: string[] };
+  target: { kind: "bind" | "overlay"; root: string; lowers: string[]; staged?: boolean };
   progress: BigInt64Array;
 }
 
@@ -42,5 +42,5 @@ export type ErrorKind = "unsupported" | "format" | "aborted" | "failed" | "sourc
 
 /** What it answers. */
 export type Result =
-  | { id: number; ok: true; diffId?: string; stats: { bytes: number } }
+  | { id: number; ok: true; diffId?: string; stats: { bytes: number }; implicit: string[] }
   | { id: number; ok: false; kind: ErrorKind; message: string };

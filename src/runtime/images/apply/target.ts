@@ -31,12 +31,18 @@ import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
 import { type Entry, xattrsOf } from "./header.js";
 import { cleanLink, cleanName, dirOf } from "./names.js";
 
-/** Where to write: a bind mount's directory (a base layer) or an overlay's upperdir over its lowerdirs. */
+/**
+ * Where to write: a bind mount's directory (a base layer) or an overlay's upperdir over its lowerdirs; or,
+ * `staged`, a directory standing in for either before the snapshot can be prepared (its parent is not
+ * committed yet): the lowers are not known, and the parents made for entries are listed (`implicit`) for
+ * place() to give them the lowers' attributes once they are.
+ */
 export interface TargetSpec {
   kind: "bind" | "overlay";
   root: string;
   /** Top-most first, as in the overlay's lowerdir option. */
   lowers: string[];
+  staged?: boolean;
 }
 
 const OPEN_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
@@ -78,6 +84,8 @@ export class Target {
   private readonly dirTimes: [string, number, number][] = [];
   /** What this layer wrote (a base layer's opaque marker hides nothing else). */
   private readonly unpacked = new Set<string>();
+  /** Staged: the parents made for entries and not listed by the layer, in the order made (parents first). */
+  readonly implicit = new Set<string>();
   private fd: number | undefined;
   private current: { entry: Entry; rel: string; path: string } | undefined;
 
@@ -115,6 +123,8 @@ export class Target {
       case "5":
         if (existing === undefined || !existing.isDirectory()) mkdirSync(path, e.mode & 0o777);
         this.dirs.add(rel);
+        // Listed now: its own attributes, not a lower's.
+        this.implicit.delete(rel);
         this.dirTimes.push([rel, ...entryTimes(e)]);
         break;
       case "2":
@@ -204,6 +214,7 @@ export class Target {
     rmSync(this.abs(rel), { recursive: true, force: true });
     if (st.isDirectory()) {
       for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
+      for (const d of this.implicit) if (d === rel || d.startsWith(`${rel}/`)) this.implicit.delete(d);
     }
   }
 
@@ -262,18 +273,11 @@ export class Target {
     }
     mkdirSync(path, 0o755);
     this.dirs.add(rel);
-    for (const lower of this.spec.lowers) {
-      const l = lowerStat(lower, rel);
-      if (l === undefined) continue;
-      if (l.isSymbolicLink()) throw new UnsupportedLayerError(`${rel}: a symlink in a lower layer on an entry's path`);
-      if (l.isDirectory()) {
-        lchownSync(path, l.uid, l.gid);
-        chmodSync(path, l.mode & 0o7777);
-        lutimesSync(path, l.atime, l.mtime);
-        copyXattrs(`${lower}/${rel}`, path, rel);
-      }
+    if (this.spec.staged) {
+      this.implicit.add(rel);
       return;
     }
+    fromLowers(rel, path, this.spec.lowers);
   }
 
   /** Checks that rel is a real directory under the root (a hardlink target's parent), creating nothing. */
@@ -285,6 +289,27 @@ export class Target {
       throw new UnsupportedLayerError(`${rel}: not a directory of this layer (a hardlink's target)`);
     }
     this.dirs.add(rel);
+  }
+}
+
+/**
+ * A parent made for an entry (at `path`) takes the attributes of the same directory in the first lower
+ * that has it, as containerd's mkparent makes it; UnsupportedLayerError if the path goes through a symlink.
+ * `filled`: the directory's entries are in it already (a staged layer's, placed): it keeps the mtime they
+ * gave it, as the directory made before them ends up with.
+ */
+export function fromLowers(rel: string, path: string, lowers: string[], filled = false): void {
+  for (const lower of lowers) {
+    const l = lowerStat(lower, rel);
+    if (l === undefined) continue;
+    if (l.isSymbolicLink()) throw new UnsupportedLayerError(`${rel}: a symlink in a lower layer on an entry's path`);
+    if (l.isDirectory()) {
+      lchownSync(path, l.uid, l.gid);
+      chmodSync(path, l.mode & 0o7777);
+      lutimesSync(path, l.atime, filled ? lstatSync(path).mtime : l.mtime);
+      copyXattrs(`${lower}/${rel}`, path, rel);
+    }
+    return;
   }
 }
 
@@ -307,7 +332,7 @@ function copyXattrs(from: string, to: string, rel: string): void {
 }
 
 /** lstat of rel in a lower layer, every component before the last a real directory; undefined if absent. */
-function lowerStat(lower: string, rel: string): Stats | undefined {
+export function lowerStat(lower: string, rel: string): Stats | undefined {
   const parts = rel.split("/");
   let path = lower;
   for (let i = 0; i < parts.length; i++) {
