@@ -29,3 +29,12 @@ export function streamDone(s: Readable): Promise<void> {
     s.once("error", () => resolve());
   });
 }
+
+/** A promise with its resolve at hand (Promise.withResolvers, which Node 20 lacks), for a value told later. */
+export function told<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}

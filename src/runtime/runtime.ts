@@ -438,6 +438,7 @@ export class ContainerRuntime implements ContainerBackend {
     await this.dropAhead();
     // The mount mover's process (sandbox.ts) goes with the daemon's last move.
     mountMover.close();
+    await this.images.close();
     this.cd.close();
   }
 

@@ -21,6 +21,7 @@ import { blobPath, ingestDir } from "../../src/runtime/containerd/blobfile.js";
 import { SNAPSHOTTER } from "../../src/runtime/containerd/client.js";
 import { ContentStore } from "../../src/runtime/containerd/content.js";
 import { ContainerRuntime } from "../../src/runtime/runtime.js";
+import { ensureApplierBuilt } from "./applier-worker.js";
 import { CAN_RUN_CONTAINERS, TestNetworkBackend, testContainerd, VethAttacher } from "./runtime-fixtures.js";
 
 const DOCKER = ["/usr/local/bin/docker", "/usr/bin/docker"].find((p) => existsSync(p));
@@ -77,6 +78,14 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
   let server: EngineServer;
   let registry: ChildProcess;
   let reg: string;
+  const logLines: string[] = [];
+  /** Who applied the layers unpacked since the last call, in order ("shoald", "containerd"). */
+  const appliedBy = (): string[] =>
+    logLines
+      .splice(0)
+      .map((l) => JSON.parse(l) as { msg: string; by?: string })
+      .filter((l) => l.msg === "layer applied" && l.by !== undefined)
+      .map((l) => l.by!);
   const docker = (...args: string[]): Promise<Run> =>
     run([DOCKER!, ...args], {
       HOME: dir,
@@ -133,6 +142,8 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
   }
 
   beforeAll(async () => {
+    // Pulls unpack their layers with shoald's applier, whose worker runs compiled JS.
+    ensureApplierBuilt();
     dir = await mkdtemp(join(os.tmpdir(), "shoal-images-"));
     await mkdir(join(dir, "docker-config"));
     cd = await testContainerd(join(dir, "cd"));
@@ -156,7 +167,8 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
       containerd: cd.containerd,
       // As shoald runs its own containerd: a pull puts its layers' blobs in place in containerd's root.
       containerdRoot: cd.root,
-      logger: pino({ level: "silent" }),
+      // Its debug lines say who applied each layer (shoald's applier, or containerd).
+      logger: pino({ level: "debug" }, { write: (line: string) => void logLines.push(line) }),
     });
     networks.containers = runtime;
     server = await EngineServer.listen({
@@ -323,9 +335,16 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     const pull = ok(await docker("pull", image));
     expect(pull.stdout).toContain(`Status: Image is up to date for ${image}`);
     ok(await docker("rmi", image));
+    appliedBy();
     const again = ok(await docker("pull", image));
     expect(again.stdout).toMatch(/Pull complete/);
     expect(again.stdout).toContain(`Status: Downloaded newer image for ${image}`);
+    // Its layers (the busybox one only if no image before had it unpacked) were applied by shoald while
+    // they downloaded, each staged in a directory of its own: none is left.
+    const by = appliedBy();
+    expect(by.length).toBeGreaterThan(0);
+    expect(by.every((b) => b === "shoald")).toBe(true);
+    expect(await readdir(ingestDir(cd.root))).toEqual([]);
     const unknown = await docker("pull", `${reg}/shoal/nothing:1`);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain(`manifest for ${reg}/shoal/nothing:1 not found`);

@@ -21,6 +21,8 @@ export const MEDIA = {
 export const MANIFEST_TYPES: string[] = [MEDIA.ociManifest, MEDIA.dockerManifest];
 export const INDEX_TYPES: string[] = [MEDIA.ociIndex, MEDIA.dockerList];
 export const LAYER_TYPES: string[] = [MEDIA.ociLayer, MEDIA.ociLayerGzip, MEDIA.dockerLayer, MEDIA.dockerLayerGzip];
+/** Layers stored as plain tar: their diff id (the digest of the tar) is their digest. */
+export const UNCOMPRESSED_LAYER_TYPES: string[] = [MEDIA.ociLayer, MEDIA.dockerLayer];
 
 export const Digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, "must be a sha256 digest");
 

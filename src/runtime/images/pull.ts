@@ -4,7 +4,8 @@
 // the manifest is resolved nothing is said, so a bad reference or an unknown image is an HTTP error.
 
 import { badRequest } from "../../api/errors.js";
-import { DigestMismatchError, SizeMismatchError } from "../containerd/content.js";
+import { told } from "../async.js";
+import { DigestMismatchError, type IngestFile, SizeMismatchError } from "../containerd/content.js";
 import { HeadFirst } from "./headfirst.js";
 import {
   type Descriptor,
@@ -127,9 +128,20 @@ async function* whole(source: AsyncIterable<Buffer>, onEnd: () => void): AsyncGe
   }
 }
 
+/** What a pull tells of one layer's download. */
+interface LayerFetch {
+  /** Told when the layer's bytes are all in (containerd still commits them). */
+  received: () => void;
+  /**
+   * Told once, as soon as it is known: the file the layer is being downloaded into (its unpack follows it),
+   * or undefined (the layer is there already, or its bytes go to a containerd's content store through its
+   * API: it unpacks once it is in).
+   */
+  file: (f: IngestFile | undefined) => void;
+}
+
 /**
  * Downloads one layer into the content store (unless it is there), telling its progress; false if it was.
- * `received` is told when the layer's bytes are all in (containerd still commits them).
  */
 async function fetchLayer(
   store: ImageStore,
@@ -138,38 +150,61 @@ async function fetchLayer(
   at: { index: number; order: HeadFirst },
   lease: string,
   say: (p: PullProgress) => void,
-  received: () => void,
+  tell: LayerFetch,
   mark: Mark,
 ): Promise<boolean> {
   const id = short(l.digest);
   mark(`${id} turn`);
   if (await store.content.has(l.digest)) {
     say({ status: "Already exists", progressDetail: {}, id });
+    tell.file(undefined);
     return false;
   }
   say({ status: "Pulling fs layer", progressDetail: {}, id });
   const body = whole(at.order.read(at.index, await reg.blob(l.digest)), () => {
     mark(`${id} received`);
-    received();
+    tell.received();
   });
   mark(`${id} response`);
   let told = 0;
-  const onProgress = (bytes: number): void => {
-    if (bytes - told >= PROGRESS_STEP_BYTES || bytes === l.size) {
-      told = bytes;
-      say({
-        status: "Downloading",
-        progressDetail: { current: bytes, total: l.size },
-        progress: progressBar(bytes, l.size),
-        id,
-      });
-    }
+  const verified = (): void => {
+    say({ status: "Verifying Checksum", progressDetail: {}, id });
+    say({ status: "Download complete", progressDetail: {}, id });
   };
+  let following = false;
   // The body's chunks are the registry client's reused memory (rawget.ts): given back once written.
-  await store.content.write({ digest: l.digest, size: l.size }, body, lease, { onProgress, onWritten: releaseChunk });
+  await store.content.write({ digest: l.digest, size: l.size }, body, lease, {
+    onWritten: releaseChunk,
+    onProgress: (bytes) => {
+      if (bytes - told >= PROGRESS_STEP_BYTES || bytes === l.size) {
+        told = bytes;
+        say({
+          status: "Downloading",
+          progressDetail: { current: bytes, total: l.size },
+          progress: progressBar(bytes, l.size),
+          id,
+        });
+      }
+    },
+    onFile: (file) => {
+      following = true;
+      // Said once the bytes are verified, before the unpack that follows the file can end (docker's order:
+      // the layer's download is complete before its extraction is).
+      file.done.then(
+        () => {
+          mark(`${id} verified`);
+          verified();
+        },
+        () => undefined,
+      );
+      tell.file(file);
+    },
+  });
   mark(`${id} committed`);
-  say({ status: "Verifying Checksum", progressDetail: {}, id });
-  say({ status: "Download complete", progressDetail: {}, id });
+  if (!following) {
+    tell.file(undefined);
+    verified();
+  }
   return true;
 }
 
@@ -305,9 +340,15 @@ async function pull(
     const configFetch = fetchConfig(reg, manifest.config);
     const turn = turns(opts.maxConcurrentDownloads ?? MAX_CONCURRENT_DOWNLOADS);
     const order = new HeadFirst();
-    const downloads = manifest.layers.map((l, index) =>
-      inTurn(turn, (received) => fetchLayer(store, reg, l, { index, order }, lease.id, say, received, mark)),
-    );
+    const files = manifest.layers.map(() => told<IngestFile | undefined>());
+    const downloads = manifest.layers.map((l, index) => {
+      const d = inTurn(turn, (received) =>
+        fetchLayer(store, reg, l, { index, order }, lease.id, say, { received, file: files[index]!.resolve }, mark),
+      );
+      // A download that failed before its file was known has none to follow.
+      d.catch(() => undefined).finally(() => files[index]!.resolve(undefined));
+      return d;
+    });
     const documents = configFetch.then(({ bytes, config }) =>
       Promise.allSettled(writeDocuments(store, resolved, config, bytes, lease.id)).finally(() => mark("documents")),
     );
@@ -320,20 +361,31 @@ async function pull(
       if (config.rootfs.diff_ids.length !== manifest.layers.length)
         throw badRequest("the image config and its manifest name different numbers of layers");
       await store.unpack(manifest, config, lease.id, {
+        source: async (i) => {
+          const file = await files[i]!.promise;
+          if (file) {
+            fetched[i] = true;
+            mark(`${id(i)} unpack (following the download)`);
+          }
+          return file;
+        },
         ready: async (i) => {
           fetched[i] = await downloads[i]!;
           mark(`${id(i)} unpack`);
-          if (fetched[i]) say({ status: "Extracting", progressDetail: {}, id: id(i) });
         },
         done: (i) => {
           mark(`${id(i)} unpacked`);
-          if (fetched[i]) say({ status: "Pull complete", progressDetail: {}, id: id(i) });
+          if (!fetched[i]) return;
+          say({ status: "Extracting", progressDetail: {}, id: id(i) });
+          say({ status: "Pull complete", progressDetail: {}, id: id(i) });
         },
       });
       for (const w of await documents) if (w.status === "rejected") throw w.reason;
     } finally {
       // No download or write outlives the pull, nor its lease: after a failure the others are waited for.
       await settled;
+      // The unpack is over: the files it followed may go (the blobs stay, linked into the content store).
+      for (const f of files) void f.promise.then((file) => file?.release());
     }
     const target = resolved.index?.target ?? resolved.target;
     await store.setName(name, target, lease.id);

@@ -8,12 +8,23 @@
 // parents. New content is written under a lease until its image record exists.
 
 import { randomUUID } from "node:crypto";
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import type { z } from "zod";
 import { ApiError, badRequest, conflict, notFound } from "../../api/errors.js";
 import type { Image as ImageRecord } from "../../gen/containerd/images.js";
+import type { Mount } from "../../gen/containerd/types.js";
+import { blobPath, ingestDir } from "../containerd/blobfile.js";
 import { type Containerd, isAlreadyExists, isNotFound, SNAPSHOTTER } from "../containerd/client.js";
 import { ContentStore } from "../containerd/content.js";
+import {
+  completeFile,
+  type GrowingFile,
+  LayerApplier,
+  type StagedLayer,
+  UnsupportedLayerError,
+} from "./apply/applier.js";
 import {
   chainIds,
   type Descriptor,
@@ -26,6 +37,7 @@ import {
   ManifestSchema,
   parseDocument,
   pickManifest,
+  UNCOMPRESSED_LAYER_TYPES,
 } from "./oci.js";
 import { familiarName, fullName, looksLikeId, parseReference, repositoryOf } from "./reference.js";
 
@@ -69,14 +81,25 @@ export class ImageStore {
   /** Parsed documents by what they are and their digest, least recently used first. */
   private readonly documents = new Map<string, unknown>();
 
-  /** `root`: a managed containerd's root, where blobs are put in place (ContentStore). */
+  /** shoald's own layer applier: layers unpack in a worker thread, while they download. */
+  private readonly applier: LayerApplier;
+
+  /** `root`: a managed containerd's root, where blobs are put in place (ContentStore) and read from. */
   constructor(
     private readonly cd: Containerd,
     logger: Logger,
-    root?: string,
+    private readonly root?: string,
   ) {
     this.content = new ContentStore(cd, root);
     this.log = logger.child({ component: "images" });
+    this.applier = new LayerApplier(this.log);
+    // Warm before the first pull (a thread's start is tens of ms): it waits unref'd, keeping nothing alive.
+    this.applier.start();
+  }
+
+  /** Ends the applier's worker. */
+  close(): Promise<void> {
+    return this.applier.close();
   }
 
   /**
@@ -302,28 +325,74 @@ export class ImageStore {
   }
 
   /**
-   * Unpacks an image's layers into committed snapshots (those there already are kept), bottom up. `ready(i)`
-   * resolves once layer i is in the content store (a pull unpacks each layer as soon as it and those below
-   * it are in, while the others still download); `done(i)` is told when layer i is unpacked.
+   * Unpacks an image's layers into committed snapshots (those there already are kept), bottom up. A layer is
+   * applied by shoald's own applier (apply/, in worker threads) from the file its bytes are in: `source(i)`
+   * gives a pull's layer as the file it is still downloading into, as soon as its download starts, and the
+   * layer applies as its bytes come; otherwise, once `ready(i)` says the layer is in the content store, from
+   * its blob there (a managed containerd's). Every layer applies at once, each into a directory of its own
+   * (staged): a snapshot can only be prepared on a committed parent, so each is then moved into its
+   * snapshot, bottom up, and committed once its bytes are verified against the digest and its diff id
+   * checked against the config's. A layer the applier does not take (zstd, a path through a symlink), or
+   * one there is no file for (another containerd's content store), is applied by containerd (Diff.Apply).
+   * `done(i)` is told when layer i is unpacked.
    */
   async unpack(
     manifest: Manifest,
     config: ImageConfig,
     lease: string,
-    hooks: { ready?: (i: number) => Promise<void>; done?: (i: number) => void } = {},
+    hooks: {
+      source?: (i: number) => Promise<GrowingFile | undefined>;
+      ready?: (i: number) => Promise<void>;
+      done?: (i: number) => void;
+    } = {},
   ): Promise<void> {
     const chain = chainIds(config.rootfs.diff_ids);
     if (chain.length !== manifest.layers.length) {
       throw badRequest(`image config has ${chain.length} layers but its manifest ${manifest.layers.length}`);
     }
-    let parent = "";
-    for (const [i, layer] of manifest.layers.entries()) {
-      const chainId = chain[i]!;
-      await hooks.ready?.(i);
-      if (!(await this.snapshotExists(chainId)))
-        await this.applyLayer(layer, config.rootfs.diff_ids[i]!, parent, chainId, lease);
-      hooks.done?.(i);
-      parent = chainId;
+    const there = await Promise.all(chain.map((c) => this.snapshotExists(c)));
+    // Each layer's ready() is asked once, by whichever needs it first.
+    const readies = new Map<number, Promise<void>>();
+    const ready = (i: number): Promise<void> => {
+      let r = readies.get(i);
+      if (r === undefined) {
+        r = Promise.resolve(hooks.ready?.(i));
+        readies.set(i, r);
+      }
+      return r;
+    };
+    const staging = manifest.layers.map((layer, i) => {
+      if (there[i]) return undefined;
+      const s = this.stage(layer, config.rootfs.diff_ids[i]!, i === 0, hooks.source?.(i), () => ready(i));
+      // Its failure is thrown where the layer's turn awaits it; one whose turn never comes is not unhandled.
+      s.catch(() => undefined);
+      return s;
+    });
+    try {
+      let parent = "";
+      for (const [i, layer] of manifest.layers.entries()) {
+        const chainId = chain[i]!;
+        if (there[i]) await ready(i);
+        else {
+          await this.applyLayer(layer, config.rootfs.diff_ids[i]!, parent, chainId, lease, {
+            staged: staging[i]!,
+            ready: () => ready(i),
+          });
+        }
+        hooks.done?.(i);
+        parent = chainId;
+      }
+    } finally {
+      // Placed layers leave their directories empty; after a failure the others may still be staging (until
+      // their downloads end, which the pull waits for anyway): their directories go once they are done.
+      await Promise.all(
+        staging.map((s) =>
+          s?.then(
+            (st) => st && this.dropStaged(st),
+            () => undefined,
+          ),
+        ),
+      );
     }
   }
 
@@ -337,32 +406,125 @@ export class ImageStore {
     }
   }
 
+  /**
+   * Applies a layer into a directory of its own (LayerApplier.stage), from `source` (a pull's file, as it
+   * downloads) or, with none, from its blob once `ready`; resolves once its bytes are verified too.
+   * Undefined when there is nothing to apply it from or the applier leaves it to containerd.
+   */
+  private async stage(
+    layer: Descriptor,
+    diffId: string,
+    base: boolean,
+    source: Promise<GrowingFile | undefined> | undefined,
+    ready: () => Promise<void>,
+  ): Promise<StagedLayer | undefined> {
+    if (this.root === undefined) return undefined;
+    let file = await source;
+    if (!file) {
+      await ready();
+      file = this.blobFile(layer);
+      if (!file) return undefined;
+    }
+    const dir = join(ingestDir(this.root), `stage-${randomUUID()}`);
+    await mkdir(dir, { recursive: true });
+    // An uncompressed layer's diff id is its digest, which the download (or the content store) verified.
+    const known = UNCOMPRESSED_LAYER_TYPES.includes(layer.mediaType) && diffId === layer.digest;
+    // Both settle before anything else is done: a download that failed stops the applier, and the
+    // directory is removed only once nothing writes into it.
+    const [a, d] = await Promise.allSettled([
+      this.applier.stage(file, layer.mediaType, dir, base, { hash: !known }),
+      file.done,
+    ]);
+    if (d.status === "fulfilled" && a.status === "fulfilled") {
+      return known ? { ...a.value, diffId: layer.digest } : a.value;
+    }
+    await rm(dir, { recursive: true, force: true });
+    if (d.status === "rejected") throw d.reason;
+    const err: unknown = (a as PromiseRejectedResult).reason;
+    if (!(err instanceof UnsupportedLayerError)) throw err;
+    this.log.debug({ layer: layer.digest, reason: err.message }, "layer left to containerd to apply");
+    return undefined;
+  }
+
+  private async dropStaged(st: StagedLayer): Promise<void> {
+    await rm(st.dir, { recursive: true, force: true }).catch((err: unknown) =>
+      this.log.warn({ err, dir: st.dir }, "could not remove a staged layer (it goes when shoald next starts)"),
+    );
+  }
+
+  /** A layer's blob as a file to read, when the content store is a managed containerd's (its root known). */
+  private blobFile(layer: Descriptor): GrowingFile | undefined {
+    if (this.root === undefined || !/^sha256:[0-9a-f]{64}$/.test(layer.digest)) return undefined;
+    return completeFile(blobPath(this.root, layer.digest), layer.size);
+  }
+
+  private async prepare(key: string, parent: string, lease: string): Promise<Mount[]> {
+    const r = await this.cd.call(
+      this.cd.snapshots,
+      this.cd.snapshots.prepare,
+      { snapshotter: SNAPSHOTTER, key, parent, labels: {} },
+      { lease },
+    );
+    return r.mounts;
+  }
+
+  private async removeSnapshot(key: string): Promise<void> {
+    await this.cd
+      .call(this.cd.snapshots, this.cd.snapshots.remove, { snapshotter: SNAPSHOTTER, key })
+      .catch((e: unknown) => {
+        if (!isNotFound(e))
+          this.log.warn({ err: e, key }, "could not remove a half-unpacked layer: the lease's end removes it");
+      });
+  }
+
+  /**
+   * Applies one layer onto `parent` and commits it as `chainId`: the layer `staged` by shoald's applier is
+   * moved into the snapshot, else containerd applies it once it is `ready` (in the content store).
+   */
   private async applyLayer(
     layer: Descriptor,
     diffId: string,
     parent: string,
     chainId: string,
     lease: string,
+    from: { staged: Promise<StagedLayer | undefined>; ready: () => Promise<void> },
   ): Promise<void> {
-    const key = `extract-${randomUUID()} ${chainId}`;
     const cd = this.cd;
+    let key = `extract-${randomUUID()} ${chainId}`;
     const t0 = performance.now();
-    const { mounts } = await cd.call(
-      cd.snapshots,
-      cd.snapshots.prepare,
-      { snapshotter: SNAPSHOTTER, key, parent, labels: {} },
-      { lease },
-    );
+    // Prepared as soon as its parent is committed, while the layer may still be staging.
+    let mounts = await this.prepare(key, parent, lease);
     const t1 = performance.now();
+    let by = "shoald";
     try {
-      const { applied } = await cd.call(cd.diff, cd.diff.apply, {
-        diff: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: {} },
-        mounts,
-        payloads: {},
-      });
-      if (applied?.digest !== diffId) {
+      const staged = await from.staged;
+      let applied: string | undefined;
+      if (staged) {
+        try {
+          await this.applier.place(staged, mounts);
+          applied = staged.diffId;
+        } catch (err) {
+          if (!(err instanceof UnsupportedLayerError)) throw err;
+          this.log.debug({ layer: layer.digest, reason: err.message }, "layer left to containerd to apply");
+          // What was moved in goes with its snapshot: containerd applies onto a new one.
+          await this.removeSnapshot(key);
+          key = `extract-${randomUUID()} ${chainId}`;
+          mounts = await this.prepare(key, parent, lease);
+        }
+      }
+      if (applied === undefined) {
+        by = "containerd";
+        await from.ready();
+        const r = await cd.call(cd.diff, cd.diff.apply, {
+          diff: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: {} },
+          mounts,
+          payloads: {},
+        });
+        applied = r.applied?.digest;
+      }
+      if (applied !== diffId) {
         throw badRequest(
-          `layer ${layer.digest} unpacks to ${applied?.digest ?? "nothing"}, but the image config says ${diffId}`,
+          `layer ${layer.digest} unpacks to ${applied ?? "nothing"}, but the image config says ${diffId}`,
         );
       }
       const t2 = performance.now();
@@ -373,14 +535,11 @@ export class ImageStore {
         { lease },
       );
       this.log.debug(
-        { layer: layer.digest, prepareMs: ms(t1 - t0), applyMs: ms(t2 - t1), commitMs: ms(performance.now() - t2) },
-        "layer applied by containerd",
+        { layer: layer.digest, by, prepareMs: ms(t1 - t0), applyMs: ms(t2 - t1), commitMs: ms(performance.now() - t2) },
+        "layer applied",
       );
     } catch (err) {
-      await cd.call(cd.snapshots, cd.snapshots.remove, { snapshotter: SNAPSHOTTER, key }).catch((e: unknown) => {
-        if (!isNotFound(e))
-          this.log.warn({ err: e, key }, "could not remove a half-unpacked layer: the lease's end removes it");
-      });
+      await this.removeSnapshot(key);
       throw err;
     }
   }
