@@ -10,24 +10,14 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import type pino from "pino";
 import type { Mount } from "../../../gen/containerd/types.js";
+import type { GrowingFile } from "../../containerd/blobfile.js";
 import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
 import { ABORTED, DONE, FAILED, type Job, newProgress, publish, type Result } from "./progress.js";
 import { fromLowers } from "./target.js";
 
+/** A layer's bytes in a file that may still be growing (the pull's ingest file: the content store's type). */
+export type { GrowingFile };
 export { LayerFormatError, UnsupportedLayerError };
-
-/** A layer's bytes in a file that may still be growing (the pull's ingest file). */
-export interface GrowingFile {
-  readonly path: string;
-  /** Bytes in the file so far; only grows. */
-  readonly available: number;
-  /** The layer's full size. */
-  readonly size: number;
-  /** Told whenever `available` grows. Returns an unsubscribe function. */
-  onProgress(cb: (available: number) => void): () => void;
-  /** Resolves once all `size` bytes are in (and verified against the layer digest); rejects if the download failed. */
-  readonly done: Promise<void>;
-}
 
 /** A GrowingFile of a file that is complete already (docker load, tests). */
 export function completeFile(path: string, size: number): GrowingFile {
