@@ -106,9 +106,9 @@ async function staged(layer: Buffer, lower: string, dirMtimes: (rel: string) => 
 }
 
 describe.skipIf(!ROOT)("a layer staged before its snapshot exists, then placed into it", () => {
-  test("the parents it made take the lowers' attributes; the directories it lists keep their own", async () => {
+  test("the parents it made take the lowers' attributes and xattrs; the directories it lists keep their own", async () => {
     const lower = await base([
-      { name: "usr/", mode: 0o700, uid: 5, gid: 6, mtime: T },
+      { name: "usr/", mode: 0o700, uid: 5, gid: 6, mtime: T, pax: { "SCHILY.xattr.user.shoal": "lower" } },
       { name: "usr/lib/", mode: 0o750, uid: 7, gid: 8, mtime: T + 10 },
       { name: "opt/", mode: 0o755, mtime: T },
     ]);
@@ -126,7 +126,8 @@ describe.skipIf(!ROOT)("a layer staged before its snapshot exists, then placed i
     if (!a.ok || !b.ok) throw new Error(`applied: ${JSON.stringify([a, b])}`);
     expect(treeDiff(b.tree, a.tree)).toEqual([]);
     // The comparison compared what it should.
-    expect(b.tree.get("usr")).toBe("dir 0700 5:6");
+    // Its xattrs too (copied on shoald's thread by programs run without blocking it).
+    expect(b.tree.get("usr")).toBe("dir 0700 5:6 xattrs=user.shoal=0x6c6f776572");
     expect(b.tree.get("usr/lib")).toBe("dir 0750 7:8");
     expect(b.tree.get("usr/lib/new")).toBe("dir 0755 0:0");
     expect(b.tree.get("opt")).toBe(`dir 0711 9:9 mtime=${T + 40}`);

@@ -13,7 +13,7 @@ import type { Mount } from "../../../gen/containerd/types.js";
 import type { GrowingFile } from "../../containerd/blobfile.js";
 import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
 import { ABORTED, DONE, FAILED, type Job, newProgress, publish, type Result } from "./progress.js";
-import { fromLowers } from "./target.js";
+import { fromLowersPlaced } from "./target.js";
 
 /** A layer's bytes in a file that may still be growing (the pull's ingest file: the content store's type). */
 export type { GrowingFile };
@@ -182,7 +182,7 @@ export class LayerApplier {
     if ((await readdir(target.root)).length > 0) throw new UnsupportedLayerError(`${target.root} is not empty`);
     for (const rel of staged.implicit) {
       const path = join(staged.dir, rel);
-      if ((await lstat(path).catch(() => undefined))?.isDirectory()) fromLowers(rel, path, target.lowers, true);
+      if ((await lstat(path).catch(() => undefined))?.isDirectory()) await fromLowersPlaced(rel, path, target.lowers);
     }
     for (const child of await readdir(staged.dir)) {
       try {

@@ -7,7 +7,7 @@
 // after removing what was there), and anything containerd would resolve through a symlink is left to it
 // (UnsupportedLayerError).
 
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import {
   chmodSync,
   closeSync,
@@ -27,6 +27,7 @@ import {
   symlinkSync,
   writeSync,
 } from "node:fs";
+import { promisify } from "node:util";
 import { LayerFormatError, UnsupportedLayerError } from "./errors.js";
 import { type Entry, xattrsOf } from "./header.js";
 import { cleanLink, cleanName, dirOf } from "./names.js";
@@ -46,6 +47,7 @@ export interface TargetSpec {
 }
 
 const OPEN_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const execFileAsync = promisify(execFile);
 const MKNOD = "/usr/bin/mknod";
 const SETFATTR = "/usr/bin/setfattr";
 const GETFATTR = "/usr/bin/getfattr";
@@ -292,43 +294,91 @@ export class Target {
   }
 }
 
+/** The first lower that has rel, and what it has there (a directory, or what hides the path); undefined if
+ *  none has it. UnsupportedLayerError if the path goes through a symlink. */
+function inLowers(rel: string, lowers: string[]): { lower: string; st: Stats } | undefined {
+  for (const lower of lowers) {
+    const st = lowerStat(lower, rel);
+    if (st === undefined) continue;
+    if (st.isSymbolicLink()) throw new UnsupportedLayerError(`${rel}: a symlink in a lower layer on an entry's path`);
+    return { lower, st };
+  }
+  return undefined;
+}
+
+/** A made parent's owner, mode and times from the lower's directory (`filled`: its mtime is kept). */
+function takeAttributes(path: string, l: Stats, filled: boolean): void {
+  lchownSync(path, l.uid, l.gid);
+  chmodSync(path, l.mode & 0o7777);
+  lutimesSync(path, l.atime, filled ? lstatSync(path).mtime : l.mtime);
+}
+
 /**
  * A parent made for an entry (at `path`) takes the attributes of the same directory in the first lower
  * that has it, as containerd's mkparent makes it; UnsupportedLayerError if the path goes through a symlink.
- * `filled`: the directory's entries are in it already (a staged layer's, placed): it keeps the mtime they
- * gave it, as the directory made before them ends up with.
  */
-export function fromLowers(rel: string, path: string, lowers: string[], filled = false): void {
-  for (const lower of lowers) {
-    const l = lowerStat(lower, rel);
-    if (l === undefined) continue;
-    if (l.isSymbolicLink()) throw new UnsupportedLayerError(`${rel}: a symlink in a lower layer on an entry's path`);
-    if (l.isDirectory()) {
-      lchownSync(path, l.uid, l.gid);
-      chmodSync(path, l.mode & 0o7777);
-      lutimesSync(path, l.atime, filled ? lstatSync(path).mtime : l.mtime);
-      copyXattrs(`${lower}/${rel}`, path, rel);
-    }
-    return;
+export function fromLowers(rel: string, path: string, lowers: string[]): void {
+  const l = inLowers(rel, lowers);
+  if (!l?.st.isDirectory()) return;
+  takeAttributes(path, l.st, false);
+  copyXattrs(`${l.lower}/${rel}`, path, rel);
+}
+
+/**
+ * The same for a parent a staged layer made, placed (on shoald's thread: its programs run without blocking
+ * it). Its entries are in it already: it keeps the mtime they gave it, as the directory made before them
+ * ends up with.
+ */
+export async function fromLowersPlaced(rel: string, path: string, lowers: string[]): Promise<void> {
+  const l = inLowers(rel, lowers);
+  if (!l?.st.isDirectory()) return;
+  takeAttributes(path, l.st, true);
+  const what = `${rel}: the xattrs of the lower directory`;
+  const out = await execFileAsync(GETFATTR, getfattrArgs(`${l.lower}/${rel}`)).catch((err: Error) => {
+    throw new UnsupportedLayerError(`${what} could not be read (${err.message})`);
+  });
+  for (const argv of setfattrCalls(out.stdout, path)) {
+    await execFileAsync(argv[0]!, argv.slice(1)).catch((err: Error) => {
+      throw new UnsupportedLayerError(`${what} could not be copied (${err.message})`);
+    });
   }
 }
 
-/** Copies a lower directory's xattrs but overlay's own (containerd's copyUpXAttrs), through getfattr and
- *  setfattr (Node has neither call): one spawn per parent made, which layers that list their directories
- *  (as docker's do) never need. */
-function copyXattrs(from: string, to: string, rel: string): void {
-  const r = spawnSync(GETFATTR, ["-h", "-d", "-m", "-", "-e", "base64", "--absolute-names", "--", from]);
-  if (r.error !== undefined || r.status !== 0) {
-    throw new UnsupportedLayerError(`${rel}: the xattrs of the lower directory could not be read`);
-  }
-  for (const line of r.stdout.toString().split("\n")) {
+const getfattrArgs = (from: string): string[] => [
+  "-h",
+  "-d",
+  "-m",
+  "-",
+  "-e",
+  "base64",
+  "--absolute-names",
+  "--",
+  from,
+];
+
+/** The setfattr calls that give `to` the xattrs getfattr printed of a lower directory, but overlay's own
+ *  (containerd's copyUpXAttrs). */
+function setfattrCalls(printed: string, to: string): string[][] {
+  const calls: string[][] = [];
+  for (const line of printed.split("\n")) {
     const eq = line.indexOf("=");
     if (line.startsWith("#") || eq <= 0 || line.startsWith("trusted.overlay.")) continue;
     const key = line.slice(0, eq);
     let value = line.slice(eq + 1);
     if (value.startsWith('"')) value = `0s${Buffer.from(value.slice(1, -1)).toString("base64")}`;
-    run([SETFATTR, "-h", "-n", key, "-v", value, "--", to], `${rel}: xattr ${key}`);
+    calls.push([SETFATTR, "-h", "-n", key, "-v", value, "--", to]);
   }
+  return calls;
+}
+
+/** Copies a lower directory's xattrs through getfattr and setfattr (Node has neither call): one spawn per
+ *  parent made, which layers that list their directories (as docker's do) never need. */
+function copyXattrs(from: string, to: string, rel: string): void {
+  const r = spawnSync(GETFATTR, getfattrArgs(from));
+  if (r.error !== undefined || r.status !== 0) {
+    throw new UnsupportedLayerError(`${rel}: the xattrs of the lower directory could not be read`);
+  }
+  for (const argv of setfattrCalls(r.stdout.toString(), to)) run(argv, `${rel}: xattr ${argv[4]}`);
 }
 
 /** lstat of rel in a lower layer, every component before the last a real directory; undefined if absent. */
