@@ -31,7 +31,7 @@ export function streamDone(s: Readable): Promise<void> {
 }
 
 /** A promise with its resolve at hand (Promise.withResolvers, which Node 20 lacks), for a value told later. */
-export function told<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
+export function toBeTold<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
   let resolve!: (v: T) => void;
   const promise = new Promise<T>((r) => {
     resolve = r;

@@ -4,7 +4,7 @@
 // the manifest is resolved nothing is said, so a bad reference or an unknown image is an HTTP error.
 
 import { badRequest } from "../../api/errors.js";
-import { told } from "../async.js";
+import { toBeTold } from "../async.js";
 import { DigestMismatchError, type IngestFile, SizeMismatchError } from "../containerd/content.js";
 import { HeadFirst } from "./headfirst.js";
 import {
@@ -340,7 +340,7 @@ async function pull(
     const configFetch = fetchConfig(reg, manifest.config);
     const turn = turns(opts.maxConcurrentDownloads ?? MAX_CONCURRENT_DOWNLOADS);
     const order = new HeadFirst();
-    const files = manifest.layers.map(() => told<IngestFile | undefined>());
+    const files = manifest.layers.map(() => toBeTold<IngestFile | undefined>());
     const downloads = manifest.layers.map((l, index) => {
       const d = inTurn(turn, (received) =>
         fetchLayer(store, reg, l, { index, order }, lease.id, say, { received, file: files[index]!.resolve }, mark),
