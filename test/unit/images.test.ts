@@ -350,6 +350,17 @@ describe.skipIf(!READY)("images and containers from images (containerd, registry
     expect(unknown.stderr).toContain(`manifest for ${reg}/shoal/nothing:1 not found`);
   });
 
+  test("two pulls of the same image at once both succeed (each layer unpacked once, kept by both)", async () => {
+    const image = `${reg}/shoal/web:latest`;
+    await docker("rmi", "-f", image);
+    const pulls = await Promise.all([docker("pull", image), docker("pull", image)]);
+    for (const p of pulls) expect(ok(p).stdout).toMatch(/Status: (Downloaded newer image|Image is up to date) for /);
+    expect(ok(await docker("run", "--rm", image, "cat", "/var/www/index.html")).stdout).toBe(
+      "hello from shoal's busybox\n",
+    );
+    expect(await readdir(ingestDir(cd.root))).toEqual([]);
+  });
+
   test("a registry that asks for credentials: refused without, pulled with (basic auth from the docker CLI's config)", async () => {
     const hash = (await run(["perl", "-e", 'print crypt("s3cret", q($2b$05$abcdefghijklmnopqrstuu))'])).stdout;
     await writeFile(join(dir, "htpasswd"), `alice:${hash}\n`);

@@ -528,12 +528,25 @@ export class ImageStore {
         );
       }
       const t2 = performance.now();
-      await cd.call(
-        cd.snapshots,
-        cd.snapshots.commit,
-        { snapshotter: SNAPSHOTTER, name: chainId, key, labels: {} },
-        { lease },
-      );
+      try {
+        await cd.call(
+          cd.snapshots,
+          cd.snapshots.commit,
+          { snapshotter: SNAPSHOTTER, name: chainId, key, labels: {} },
+          { lease },
+        );
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw err;
+        // Another unpack committed it meanwhile (a pull of another image with this layer, at the same time):
+        // a chain id names the same content. Kept by this lease too, for the layers above it; this one goes.
+        await cd.call(cd.leases, cd.leases.addResource, {
+          id: lease,
+          resource: { id: chainId, type: `snapshots/${SNAPSHOTTER}` },
+        });
+        await this.removeSnapshot(key);
+        this.log.debug({ layer: layer.digest }, "layer unpacked meanwhile by another pull");
+        return;
+      }
       this.log.debug(
         { layer: layer.digest, by, prepareMs: ms(t1 - t0), applyMs: ms(t2 - t1), commitMs: ms(performance.now() - t2) },
         "layer applied",
