@@ -3,6 +3,7 @@
 // contents, and a writer of ustar archives. A truncated or malformed archive is refused whole.
 
 import type { FileHandle } from "node:fs/promises";
+import { cstring } from "./apply/header.js";
 
 const BLOCK = 512;
 
@@ -16,19 +17,13 @@ export interface TarEntry {
 
 export class TarError extends Error {}
 
-function field(block: Buffer, start: number, length: number): string {
-  const raw = block.subarray(start, start + length);
-  const nul = raw.indexOf(0);
-  return raw.subarray(0, nul < 0 ? raw.length : nul).toString("utf8");
-}
-
 function octal(block: Buffer, start: number, length: number, what: string): number {
   const raw = block.subarray(start, start + length);
   if ((raw[0]! & 0x80) !== 0) {
     // GNU base-256 for sizes over 8 GiB: far beyond any image layer shoal loads.
     throw new TarError(`${what} is too large`);
   }
-  const text = field(block, start, length).trim();
+  const text = cstring(block, start, length).trim();
   if (text === "") return 0;
   if (!/^[0-7]+$/.test(text)) throw new TarError(`invalid ${what} ${JSON.stringify(text)} in a tar header`);
   return Number.parseInt(text, 8);
@@ -92,10 +87,10 @@ export async function indexTar(fh: FileHandle): Promise<Map<string, TarEntry>> {
     if (dataStart + size > total) throw new TarError("unexpected EOF");
     if (type === "L" || type === "x") {
       const data = await readExactly(fh, dataStart, size);
-      longName = type === "L" ? field(data, 0, data.length) : (paxPath(data) ?? longName);
+      longName = type === "L" ? cstring(data, 0, data.length) : (paxPath(data) ?? longName);
     } else {
-      const prefix = field(header, 345, 155);
-      const base = field(header, 0, 100);
+      const prefix = cstring(header, 345, 155);
+      const base = cstring(header, 0, 100);
       const name = cleanName(longName ?? (prefix ? `${prefix}/${base}` : base));
       longName = undefined;
       if (type === "0" || type === "\0") entries.set(name, { name, offset: dataStart, size });

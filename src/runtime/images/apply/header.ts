@@ -35,7 +35,8 @@ export interface Pending {
   pax: Map<string, string>;
 }
 
-function cstring(b: Buffer, start: number, length: number): string {
+/** A NUL-terminated (or full) string field of a tar header, as UTF-8. */
+export function cstring(b: Buffer, start: number, length: number): string {
   const raw = b.subarray(start, start + length);
   const nul = raw.indexOf(0);
   return raw.subarray(0, nul < 0 ? raw.length : nul).toString("utf8");
