@@ -72,7 +72,7 @@ function buildProgram(): Command {
     )
     .option(
       "--max-concurrent-downloads <n>",
-      "How many layers of one pull download at once (as dockerd's flag; 1 suits a registry on the LAN)",
+      "How many layers of one pull download at once (as dockerd's flag)",
       (v: string) => {
         const n = Number(v);
         if (!Number.isInteger(n) || n < 1 || n > 64) {

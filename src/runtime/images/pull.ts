@@ -46,9 +46,9 @@ const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
  * How many layers download at once, unless shoald --max-concurrent-downloads says otherwise (3, as dockerd):
  * the others wait their turn, in the manifest's order, the next one starting as soon as the last one's bytes
  * are in (containerd still records them). Their bodies are read lowest layer first (headfirst.ts): from a
- * registry on the LAN, faster than shoald takes bytes, layers come in one after the other and each one's
- * unpack runs while the next one downloads; from a registry far away, slower per connection, they come
- * side by side (hence dockerd's default).
+ * registry on the LAN, faster than shoald takes bytes, layers come in one after the other and the lower
+ * ones are committed while the next ones download; from a registry far away, slower per connection, they
+ * come side by side (hence dockerd's default).
  */
 export const MAX_CONCURRENT_DOWNLOADS = 3;
 /** How often (in bytes) a layer's download progress is told. */
