@@ -3,9 +3,11 @@
 // containerd, as it does when its worker cannot start) builds it first.
 
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { completeFile, type GrowingFile } from "../../src/runtime/images/apply/applier.js";
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -22,4 +24,18 @@ export function ensureApplierBuilt(): void {
   } catch {
     // tsc emits even when another file of the tree does not type-check; the applier checks its own JS.
   }
+}
+
+/** A fresh directory under `root` (a test's scratch directory). */
+export function freshDir(root: string, name: string): string {
+  const p = join(root, `${name}-${randomUUID().slice(0, 8)}`);
+  mkdirSync(p, { recursive: true });
+  return p;
+}
+
+/** `data` in a file of its own under `root`, as a layer file that is complete. */
+export function layerFileUnder(root: string, data: Buffer): GrowingFile {
+  const p = join(freshDir(root, "layer"), "blob");
+  writeFileSync(p, data);
+  return completeFile(p, data.length);
 }

@@ -4,7 +4,7 @@
 
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, renameSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,13 +16,12 @@ import type { Mount } from "../../src/gen/containerd/types.js";
 import { SNAPSHOTTER } from "../../src/runtime/containerd/client.js";
 import { ContentStore } from "../../src/runtime/containerd/content.js";
 import {
-  completeFile,
   type GrowingFile,
   LayerApplier,
   LayerFormatError,
   UnsupportedLayerError,
 } from "../../src/runtime/images/apply/applier.js";
-import { ensureApplierBuilt } from "./applier-worker.js";
+import { ensureApplierBuilt, freshDir, layerFileUnder } from "./applier-worker.js";
 import { sha256, type TarItem, tar, tarEntries } from "./layer-tar.js";
 import { describeTree, treeDiff } from "./layer-tree.js";
 import { CAN_RUN_CONTAINERS, testContainerd } from "./runtime-fixtures.js";
@@ -99,17 +98,8 @@ afterAll(async () => {
 });
 
 /** A fresh directory under the test's. */
-function fresh(name: string): string {
-  const p = join(dir, `${name}-${randomUUID().slice(0, 8)}`);
-  mkdirSync(p, { recursive: true });
-  return p;
-}
-
-function layerFile(data: Buffer): GrowingFile {
-  const p = join(fresh("layer"), "blob");
-  writeFileSync(p, data);
-  return completeFile(p, data.length);
-}
+const fresh = (name: string): string => freshDir(dir, name);
+const layerFile = (data: Buffer): GrowingFile => layerFileUnder(dir, data);
 
 const SMALL: TarItem[] = [
   { name: "bin/", mode: 0o755, mtime: 1_500_000_000 },

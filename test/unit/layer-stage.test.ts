@@ -1,11 +1,4 @@
-// A layer staged by LayerApplier before its snapshot exists (a pull applies every layer at once, each into a
-// directory of its own, while the layers below it still download), then placed into its snapshot once that
-// is prepared, comes out as the same layer applied there directly (which layer-apply.test.ts compares with
-// containerd's Diff.Apply): the parents it made take the lowers' attributes, and what the direct apply
-// leaves to containerd, the staged one does too (at the latest when placed).
-
-import { randomUUID } from "node:crypto";
-import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { readdirSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,13 +6,8 @@ import fc from "fast-check";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { Mount } from "../../src/gen/containerd/types.js";
-import {
-  completeFile,
-  type GrowingFile,
-  LayerApplier,
-  UnsupportedLayerError,
-} from "../../src/runtime/images/apply/applier.js";
-import { ensureApplierBuilt } from "./applier-worker.js";
+import { type GrowingFile, LayerApplier, UnsupportedLayerError } from "../../src/runtime/images/apply/applier.js";
+import { ensureApplierBuilt, freshDir, layerFileUnder } from "./applier-worker.js";
 import { type TarItem, tar } from "./layer-tar.js";
 import { describeTree, treeDiff } from "./layer-tree.js";
 
@@ -42,17 +30,9 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-function fresh(name: string): string {
-  const p = join(dir, `${name}-${randomUUID().slice(0, 8)}`);
-  mkdirSync(p, { recursive: true });
-  return p;
-}
-
-function layerFile(data: Buffer): GrowingFile {
-  const p = join(fresh("layer"), "blob");
-  writeFileSync(p, data);
-  return completeFile(p, data.length);
-}
+/** A fresh directory under the test's. */
+const fresh = (name: string): string => freshDir(dir, name);
+const layerFile = (data: Buffer): GrowingFile => layerFileUnder(dir, data);
 
 const bind = (d: string): Mount[] => [{ type: "bind", source: d, target: "", options: ["rw", "rbind"] }];
 
