@@ -39,51 +39,54 @@ function stopIfAsked(s: BigInt64Array): number {
 const plain = Buffer.allocUnsafeSlow(READ_BYTES);
 
 /**
+ * One step through a layer file: its next bytes (read into `bufferOf(size)`) if there are any past `pos`,
+ * else the generation to wait on for more, or undefined at its end. Throws if the apply was aborted, the
+ * download failed, or the file is shorter than announced.
+ */
+function readStep(job: Job, pos: number, bufferOf: (size: number) => Buffer): Buffer | bigint | undefined {
+  const s = job.progress;
+  const gen = Atomics.load(s, GEN);
+  stopIfAsked(s);
+  const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
+  if (pos < available) {
+    const buf = bufferOf(Math.min(READ_BYTES, available - pos));
+    const n = readSync(job.fd, buf, 0, buf.length, pos);
+    if (n === 0) throw new LayerFormatError(`the layer file is shorter than the ${available} bytes announced`);
+    return n === buf.length ? buf : buf.subarray(0, n);
+  }
+  return pos >= job.size ? undefined : gen;
+}
+
+/**
  * A plain layer's bytes, each read handed to `take` as they become available, in one synchronous loop that
  * blocks this thread while it waits for more (it has nothing else to do meanwhile): in a pull the machine is
  * busy, and a loop of promises (an async generator's) cost this thread about four times its reading and
- * writing, in wake-ups.
+ * writing, in wake-ups. Each read is taken before the next, into the one buffer.
  */
 function plainChunks(job: Job, take: (b: Buffer) => void): void {
-  const s = job.progress;
-  let pos = 0;
-  for (;;) {
-    const gen = Atomics.load(s, GEN);
-    stopIfAsked(s);
-    const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
-    if (pos < available) {
-      const n = readSync(job.fd, plain, 0, Math.min(READ_BYTES, available - pos), pos);
-      if (n === 0) throw new LayerFormatError(`the layer file is shorter than the ${available} bytes announced`);
-      pos += n;
-      take(plain.subarray(0, n));
-      continue;
+  for (let pos = 0; ; ) {
+    const r = readStep(job, pos, (size) => plain.subarray(0, size));
+    if (r === undefined) return;
+    if (typeof r === "bigint") Atomics.wait(job.progress, GEN, r, 1000);
+    else {
+      pos += r.length;
+      take(r);
     }
-    if (pos >= job.size) return;
-    Atomics.wait(s, GEN, gen, 1000);
   }
 }
 
-/** The layer file's bytes, as they become available. */
+/** A gzipped layer's bytes, as they become available: a fresh buffer per read (zlib may still hold the last). */
 async function* chunks(job: Job): AsyncGenerator<Buffer> {
-  const fd = job.fd;
-  const s = job.progress;
-  let pos = 0;
-  for (;;) {
-    const gen = Atomics.load(s, GEN);
-    stopIfAsked(s);
-    const available = Math.min(Number(Atomics.load(s, AVAILABLE)), job.size);
-    if (pos < available) {
-      // A fresh buffer per read: zlib may still hold the last one.
-      const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, available - pos));
-      const n = readSync(fd, buf, 0, buf.length, pos);
-      if (n === 0) throw new LayerFormatError(`the layer file is shorter than the ${available} bytes announced`);
-      pos += n;
-      yield n === buf.length ? buf : buf.subarray(0, n);
-      continue;
+  for (let pos = 0; ; ) {
+    const r = readStep(job, pos, (size) => Buffer.allocUnsafe(size));
+    if (r === undefined) return;
+    if (typeof r === "bigint") {
+      const w = waitAsync(job.progress, GEN, r, 1000);
+      if (w.async) await w.value;
+    } else {
+      pos += r.length;
+      yield r;
     }
-    if (pos >= job.size) return;
-    const w = waitAsync(s, GEN, gen, 1000);
-    if (w.async) await w.value;
   }
 }
 
