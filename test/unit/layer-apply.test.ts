@@ -22,6 +22,7 @@ import {
   UnsupportedLayerError,
 } from "../../src/runtime/images/apply/applier.js";
 import { ensureApplierBuilt, freshDir, layerFileUnder } from "./applier-worker.js";
+import { randomEntry } from "./layer-random.js";
 import { sha256, type TarItem, tar, tarEntries } from "./layer-tar.js";
 import { describeTree, treeDiff } from "./layer-tree.js";
 import { CAN_RUN_CONTAINERS, testContainerd } from "./runtime-fixtures.js";
@@ -487,41 +488,7 @@ describe.skipIf(!CAN_RUN_CONTAINERS)("LayerApplier against containerd's Diff.App
       "a/../b",
     ];
     const whiteouts = [".wh.a", ".wh.d", "a/.wh.b", "a/.wh.d", "e/.wh.f", "a/.wh..wh..opq", "e/.wh..wh..opq", ".wh.zz"];
-    const entry: fc.Arbitrary<TarItem> = fc.oneof(
-      fc.record({
-        name: fc.constantFrom(...names),
-        data: fc.constantFrom(Buffer.from("1"), Buffer.from("22")),
-        mode: fc.constantFrom(0o644, 0o4711),
-        uid: fc.constantFrom(0, 7),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names).map((n) => `${n}/`),
-        mode: fc.constantFrom(0o755, 0o1777),
-        mtime: fc.constantFrom(T, T + 1),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names),
-        type: fc.constant("symlink" as const),
-        link: fc.constantFrom("a", "../x", "/e"),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names),
-        type: fc.constant("link" as const),
-        link: fc.constantFrom(...names),
-      }),
-      fc.record({ name: fc.constantFrom(...whiteouts), data: fc.constant(Buffer.alloc(0)) }),
-      fc.record({
-        name: fc.constantFrom(...names),
-        type: fc.constantFrom("fifo" as const, "char" as const),
-        major: fc.constant(1),
-        minor: fc.constant(3),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names),
-        data: fc.constant(Buffer.from("x")),
-        pax: fc.constant({ "SCHILY.xattr.user.k": "v" }),
-      }),
-    );
+    const entry = randomEntry({ names, whiteouts, dirMtimes: [T, T + 1], links: ["a", "../x", "/e"], special: true });
     let n = 0;
     const outcomes = new Map<string, number>();
     /** Applies one layer over parents (containerd's chain, the applier's) and compares. */

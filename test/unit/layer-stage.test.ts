@@ -1,3 +1,9 @@
+// A layer staged by LayerApplier before its snapshot exists (a pull applies every layer at once, each into a
+// directory of its own, while the layers below it still download), then placed into its snapshot once that
+// is prepared, comes out as the same layer applied there directly (which layer-apply.test.ts compares with
+// containerd's Diff.Apply): the parents it made take the lowers' attributes, and what the direct apply
+// leaves to containerd, the staged one does too (at the latest when placed).
+
 import { readdirSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -8,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { Mount } from "../../src/gen/containerd/types.js";
 import { type GrowingFile, LayerApplier, UnsupportedLayerError } from "../../src/runtime/images/apply/applier.js";
 import { ensureApplierBuilt, freshDir, layerFileUnder } from "./applier-worker.js";
+import { randomEntry } from "./layer-random.js";
 import { type TarItem, tar } from "./layer-tar.js";
 import { describeTree, treeDiff } from "./layer-tree.js";
 
@@ -161,30 +168,7 @@ describe.skipIf(!ROOT)("a layer staged before its snapshot exists, then placed i
     ]);
     const names = ["a", "b", "d", "e", "a/b", "a/c", "a/d", "a/d/x", "a/d/y/z", "e/f", "e/g/h", "f/g", "c/x"];
     const whiteouts = [".wh.a", ".wh.d", "a/.wh.b", "a/d/.wh.x", "e/.wh.f", "a/.wh..wh..opq", "e/g/.wh..wh..opq"];
-    const entry: fc.Arbitrary<TarItem> = fc.oneof(
-      fc.record({
-        name: fc.constantFrom(...names),
-        data: fc.constantFrom(Buffer.from("1"), Buffer.from("22")),
-        mode: fc.constantFrom(0o644, 0o4711),
-        uid: fc.constantFrom(0, 7),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names).map((n) => `${n}/`),
-        mode: fc.constantFrom(0o755, 0o1777),
-        mtime: fc.constantFrom(T + 5, T + 6),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names),
-        type: fc.constant("symlink" as const),
-        link: fc.constantFrom("a", "/e"),
-      }),
-      fc.record({
-        name: fc.constantFrom(...names),
-        type: fc.constant("link" as const),
-        link: fc.constantFrom(...names),
-      }),
-      fc.record({ name: fc.constantFrom(...whiteouts), data: fc.constant(Buffer.alloc(0)) }),
-    );
+    const entry = randomEntry({ names, whiteouts, dirMtimes: [T + 5, T + 6], links: ["a", "/e"], special: false });
     // Directories made as parents have the mtime of their last entry's making, on either side: only the
     // layer's own directories' mtimes are compared.
     const outcomes = new Map<string, number>();
