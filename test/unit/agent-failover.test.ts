@@ -6,10 +6,10 @@
 
 import { Metadata, Server, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, test } from "vitest";
-import { Agent, type AgentEvent, attemptOrder } from "../../src/agent/agent.js";
+import { type AgentEvent, attemptOrder } from "../../src/agent/agent.js";
 import { DispatcherService, type SessionMessage } from "../../src/gen/cluster.js";
 import { LEADER_ADDR_KEY } from "../../src/manager/grpc-util.js";
-import { listenPlaintext, sessionMessage, testAgentOptions } from "./agent-fixtures.js";
+import { listenPlaintext, runAgent, sessionMessage, testAgentOptions } from "./agent-fixtures.js";
 
 /** Short, so that the reconnect spread (a random part of it) is short whatever random() gives. */
 const PERIOD_MS = 200;
@@ -63,28 +63,8 @@ afterEach(async () => {
 });
 
 /** Runs an agent over `managers` until `done` holds of its steps; returns the steps. */
-async function run(
-  managers: string[],
-  random: () => number,
-  done: (ev: AgentEvent[]) => boolean,
-): Promise<AgentEvent[]> {
-  const events: AgentEvent[] = [];
-  let resolve!: () => void;
-  const finished = new Promise<void>((r) => {
-    resolve = r;
-  });
-  const agent = new Agent({
-    ...testAgentOptions(() => managers),
-    random,
-    onEvent: (e) => {
-      events.push(e);
-      if (done(events)) resolve();
-    },
-  });
-  cleanup.push(() => agent.stop());
-  agent.start();
-  await finished;
-  return events;
+function run(managers: string[], random: () => number, done: (ev: AgentEvent[]) => boolean): Promise<AgentEvent[]> {
+  return runAgent({ ...testAgentOptions(() => managers), random }, done, cleanup);
 }
 
 const attempts = (ev: AgentEvent[]) => ev.filter((e) => e.kind === "attempt").map((e) => e.addr);

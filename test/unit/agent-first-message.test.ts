@@ -8,14 +8,14 @@
 import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { Server, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
-import { Agent, type AgentEvent, CHANNEL_OPTIONS, FIRST_MESSAGE_TIMEOUT_MS } from "../../src/agent/agent.js";
+import { type AgentEvent, CHANNEL_OPTIONS, FIRST_MESSAGE_TIMEOUT_MS } from "../../src/agent/agent.js";
 import { generateNodeKeyAndCSR, type NodeRole, signNodeCSR } from "../../src/ca/certs.js";
 import { createRootCA, RootCA } from "../../src/ca/rootca.js";
 import { listenTLS, type TLSListener, type TLSMaterial } from "../../src/ca/tls.js";
 import { nodeCredentials } from "../../src/ca/tls-client.js";
 import { DispatcherService, type SessionMessage } from "../../src/gen/cluster.js";
 import { HOLD_MS } from "../../src/manager/grpc-util.js";
-import { sessionMessage, testAgentOptions } from "./agent-fixtures.js";
+import { runAgent, sessionMessage, testAgentOptions } from "./agent-fixtures.js";
 
 const CLUSTER = "clusterid0000000000000001";
 /** The agent's bound on the wait for a first message, in these tests. */
@@ -83,31 +83,14 @@ async function blackHole(): Promise<string> {
 }
 
 /** Runs an agent (a worker's TLS identity, the bound BOUND_MS) over `managers` until `done` holds of its steps. */
-async function run(managers: string[], done: (ev: AgentEvent[]) => boolean, timeoutMs = 5000): Promise<AgentEvent[]> {
-  const events: AgentEvent[] = [];
-  let resolve!: () => void;
-  const finished = new Promise<void>((r) => {
-    resolve = r;
-  });
-  const agent = new Agent({
+function run(managers: string[], done: (ev: AgentEvent[]) => boolean, timeoutMs = 5000): Promise<AgentEvent[]> {
+  const opts = {
     ...testAgentOptions(() => managers),
     credentials: () => nodeCredentials(workerTls),
     random: () => 0,
     firstMessageTimeoutMs: BOUND_MS,
-    onEvent: (e) => {
-      events.push(e);
-      if (done(events)) resolve();
-    },
-  });
-  cleanup.push(() => agent.stop());
-  agent.start();
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<void>((r) => {
-    timer = setTimeout(r, timeoutMs);
-  });
-  await Promise.race([finished, timedOut]);
-  clearTimeout(timer);
-  return events;
+  };
+  return runAgent(opts, done, cleanup, timeoutMs);
 }
 
 const up = (ev: AgentEvent[]) => ev.some((e) => e.kind === "up");

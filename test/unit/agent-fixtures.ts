@@ -1,9 +1,9 @@
-// What the agent tests share: a fake manager's session message, a plaintext gRPC server on loopback, and the
-// options of an agent with a test node's identity (no TLS, a silent logger).
+// What the agent tests share: a fake manager's session message, a plaintext gRPC server on loopback, the
+// options of an agent with a test node's identity (no TLS, a silent logger), and a run of one.
 
 import { credentials, type Server, ServerCredentials } from "@grpc/grpc-js";
 import pino from "pino";
-import type { AgentOptions } from "../../src/agent/agent.js";
+import { Agent, type AgentEvent, type AgentOptions } from "../../src/agent/agent.js";
 import { SessionMessage } from "../../src/gen/cluster.js";
 
 /** The n-th session's first message: its id (n, 24 digits) and the heartbeat period. */
@@ -39,4 +39,40 @@ export function testAgentOptions(managers: () => string[]): AgentOptions {
     logger: pino({ level: "silent" }),
     onMessage: () => {},
   };
+}
+
+/**
+ * Runs an agent with `opts` until `done` holds of its steps (or, given `timeoutMs`, that long at most);
+ * returns the steps. Its stop goes into `cleanup`.
+ */
+export async function runAgent(
+  opts: AgentOptions,
+  done: (ev: AgentEvent[]) => boolean,
+  cleanup: (() => Promise<void>)[],
+  timeoutMs?: number,
+): Promise<AgentEvent[]> {
+  const events: AgentEvent[] = [];
+  let resolve!: () => void;
+  const finished = new Promise<void>((r) => {
+    resolve = r;
+  });
+  const agent = new Agent({
+    ...opts,
+    onEvent: (e) => {
+      events.push(e);
+      if (done(events)) resolve();
+    },
+  });
+  cleanup.push(() => agent.stop());
+  agent.start();
+  if (timeoutMs === undefined) await finished;
+  else {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<void>((r) => {
+      timer = setTimeout(r, timeoutMs);
+    });
+    await Promise.race([finished, timedOut]);
+    clearTimeout(timer);
+  }
+  return events;
 }
